@@ -1,0 +1,48 @@
+"""The ``quant-engine`` command: one entry point, one sub-command group per chapter.
+
+Each chapter registers its own group through a ``register(subparsers)`` function in its package's
+``cli`` module, so this file only lists the groups and never grows business logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: (module, group name) of each chapter's command group, in --help order.
+COMMAND_GROUPS: tuple[str, ...] = (
+    "quant_engine.data.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quant-engine",
+        description="Walk-forward validation, feature store, spot training, drift sentinel and live bridge.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_GROUPS:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # user-facing errors: one clear line
+        print(f"quant-engine: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

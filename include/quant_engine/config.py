@@ -1,0 +1,163 @@
+"""Settings from ``QE_*`` environment variables, and the one place that picks a backend.
+
+Every part of the engine that touches storage or compute asks this module for its implementation,
+so switching the whole system between the embedded local default and AWS is one variable
+(``QE_BACKEND``) and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # imported lazily at call time so `import quant_engine` stays light
+    from quant_engine.features.offline_store import OfflineStore
+    from quant_engine.features.online_store import OnlineStore
+
+Backend = Literal["local", "aws"]
+BACKENDS: tuple[str, ...] = ("local", "aws")
+
+
+class SettingsError(ValueError):
+    """A ``QE_*`` variable holds a value the engine cannot use."""
+
+
+def _default_home() -> Path:
+    return Path.home() / ".quant_engine"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where data lives and which backend serves it.
+
+    Parameters
+    ----------
+    home : Path
+        Root for all local state (``QE_HOME``): the offline and online stores, reports, models.
+    backend : {"local", "aws"}
+        ``QE_BACKEND``. ``local`` is the embedded default (Parquet, SQLite, subprocesses);
+        ``aws`` uses S3, DynamoDB and SageMaker through boto3.
+    aws_region : str
+        ``QE_AWS_REGION`` (falls back to ``AWS_DEFAULT_REGION``, then ``us-east-1``).
+    aws_endpoint_url : str or None
+        ``QE_AWS_ENDPOINT_URL`` (falls back to ``AWS_ENDPOINT_URL``): a moto server or LocalStack.
+    s3_bucket : str or None
+        ``QE_S3_BUCKET``; required when ``backend == "aws"``.
+    s3_prefix : str
+        ``QE_S3_PREFIX``: key prefix for everything the engine writes to the bucket.
+    dynamodb_table : str
+        ``QE_DYNAMODB_TABLE``: the online store's table on AWS.
+    feature_group : str
+        ``QE_FEATURE_GROUP``: the feature group ingestion writes and training reads.
+    sagemaker_role_arn : str or None
+        ``QE_SAGEMAKER_ROLE_ARN``: execution role for SageMaker jobs and feature groups.
+    """
+
+    home: Path = field(default_factory=_default_home)
+    backend: Backend = "local"
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = "quant-engine"
+    dynamodb_table: str = "quant-engine-online"
+    feature_group: str = "market_features"
+    sagemaker_role_arn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise SettingsError(
+                f"QE_BACKEND={self.backend!r} is not a backend; use one of {', '.join(BACKENDS)}"
+            )
+        if self.backend == "aws" and not self.s3_bucket:
+            raise SettingsError("QE_BACKEND=aws needs QE_S3_BUCKET, the bucket for the offline store")
+        if not self.feature_group.replace("_", "").replace("-", "").isalnum():
+            raise SettingsError(
+                f"QE_FEATURE_GROUP={self.feature_group!r} must contain only letters, digits, '-' and '_'"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+
+        def get(name: str, *fallbacks: str) -> str | None:
+            for key in (name, *fallbacks):
+                value = env.get(key)
+                if value:
+                    return value
+            return None
+
+        home = get("QE_HOME")
+        return cls(
+            home=Path(home).expanduser().resolve() if home else _default_home(),
+            backend=(get("QE_BACKEND") or "local").lower(),  # type: ignore[arg-type]
+            aws_region=get("QE_AWS_REGION", "AWS_DEFAULT_REGION", "AWS_REGION") or "us-east-1",
+            aws_endpoint_url=get("QE_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+            s3_bucket=get("QE_S3_BUCKET"),
+            s3_prefix=(get("QE_S3_PREFIX") or "quant-engine").strip("/"),
+            dynamodb_table=get("QE_DYNAMODB_TABLE") or "quant-engine-online",
+            feature_group=get("QE_FEATURE_GROUP") or "market_features",
+            sagemaker_role_arn=get("QE_SAGEMAKER_ROLE_ARN"),
+        )
+
+    # Local layout. Derived, so a settings object is the whole truth about where things are.
+    @property
+    def offline_store_dir(self) -> Path:
+        return self.home / "offline-store"
+
+    @property
+    def online_store_path(self) -> Path:
+        return self.home / "online-store.sqlite"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def s3_uri(self, *parts: str) -> str:
+        """``s3://bucket/prefix/part/...`` for the aws backend."""
+        if not self.s3_bucket:
+            raise SettingsError("QE_S3_BUCKET is not set")
+        key = "/".join(p.strip("/") for p in (self.s3_prefix, *parts) if p)
+        return f"s3://{self.s3_bucket}/{key}"
+
+    def boto3_client(self, service: str):  # noqa: ANN201 - boto3 clients are untyped
+        """A boto3 client for ``service`` in the configured region and endpoint."""
+        import boto3
+
+        return boto3.client(service, region_name=self.aws_region, endpoint_url=self.aws_endpoint_url)
+
+
+def get_settings() -> Settings:
+    """The settings of this process, read from the environment."""
+    return Settings.from_env()
+
+
+def make_offline_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
+    """The offline feature store for the configured backend (local Parquet or S3)."""
+    from quant_engine.features.offline_store import LocalFileSystem, OfflineStore, S3FileSystem
+
+    settings = settings or get_settings()
+    group = feature_group or settings.feature_group
+    if settings.backend == "aws":
+        fs = S3FileSystem(settings.boto3_client("s3"), settings.s3_bucket, f"{settings.s3_prefix}/offline-store")
+    else:
+        fs = LocalFileSystem(settings.offline_store_dir)
+    return OfflineStore(fs, group)
+
+
+def make_online_store(settings: Settings | None = None, feature_group: str | None = None) -> OnlineStore:
+    """The online feature store for the configured backend (SQLite or DynamoDB)."""
+    from quant_engine.features.online_store import DynamoDBOnlineStore, SQLiteOnlineStore
+
+    settings = settings or get_settings()
+    group = feature_group or settings.feature_group
+    if settings.backend == "aws":
+        return DynamoDBOnlineStore(settings.boto3_client("dynamodb"), settings.dynamodb_table, group)
+    return SQLiteOnlineStore(settings.online_store_path, group)

@@ -1,0 +1,192 @@
+"""The bar schema every data source returns, and the validation at the edge that enforces it.
+
+Bad market data is the quietest way to break a model, so validation never repairs anything
+silently: it either raises :class:`BarValidationError` naming the tickers and rows at fault, or,
+with ``on_error="drop"``, removes exactly those rows and reports what it removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+BAR_COLUMNS: tuple[str, ...] = ("ticker", "ts", "open", "high", "low", "close", "volume")
+PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
+NUMERIC_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
+
+OnError = Literal["raise", "drop"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "drop")
+
+#: How many offending rows an error message quotes before summarising the rest.
+_MAX_QUOTED_ROWS = 5
+
+
+class BarValidationError(ValueError):
+    """Bars that break the schema; the message names the rule, the tickers and the rows."""
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_bars` found (and, with ``on_error="drop"``, removed)."""
+
+    n_rows_in: int = 0
+    n_rows_out: int = 0
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.n_rows_in} rows, no problems"
+        parts = [f"{rule}: {', '.join(rows)}" for rule, rows in self.problems.items()]
+        return f"{self.n_rows_in} rows in, {self.n_rows_out} kept; " + "; ".join(parts)
+
+
+def _describe_rows(bars: pd.DataFrame, mask: np.ndarray) -> list[str]:
+    """Human-readable ``TICKER@timestamp (row i)`` for the first offending rows."""
+    idx = np.flatnonzero(mask)
+    quoted = [
+        f"{bars['ticker'].iat[i]}@{bars['ts'].iat[i]} (row {i})" for i in idx[:_MAX_QUOTED_ROWS]
+    ]
+    if len(idx) > _MAX_QUOTED_ROWS:
+        tickers = sorted(set(bars["ticker"].iloc[idx].astype(str)))
+        quoted.append(f"... {len(idx)} rows in all, tickers {', '.join(tickers)}")
+    return quoted
+
+
+def _to_utc(ts: pd.Series, *, assume_tz: str | None) -> pd.Series:
+    """Timestamps as tz-aware UTC; naive input needs an explicit ``assume_tz``."""
+    if not pd.api.types.is_datetime64_any_dtype(ts):
+        try:
+            ts = pd.to_datetime(ts, utc=False, format="mixed")
+        except (ValueError, TypeError) as exc:
+            raise BarValidationError(f"column 'ts' holds values that are not timestamps: {exc}") from exc
+    if getattr(ts.dt, "tz", None) is None:
+        if assume_tz is None:
+            raise BarValidationError(
+                "column 'ts' holds naive timestamps; say which time zone they are in "
+                "(assume_tz='UTC', 'America/New_York', ...)"
+            )
+        ts = ts.dt.tz_localize(assume_tz)
+    return ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+
+
+def coerce_bars(frame: pd.DataFrame, *, assume_tz: str | None = None) -> pd.DataFrame:
+    """Bring a frame to the bar schema's columns and dtypes without judging its values.
+
+    ``ticker``, ``ts`` and ``close`` are required. Missing ``open``/``high``/``low`` are filled from
+    ``close`` (a close-only series is a valid bar series) and a missing ``volume`` becomes 0.
+    """
+    missing = [c for c in ("ticker", "ts", "close") if c not in frame.columns]
+    if missing:
+        raise BarValidationError(
+            f"bars are missing required column(s) {missing}; have {list(frame.columns)}"
+        )
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    out["ticker"] = frame["ticker"].astype(str).to_numpy()
+    out["ts"] = _to_utc(frame["ts"].reset_index(drop=True), assume_tz=assume_tz).to_numpy()
+    for col in NUMERIC_COLUMNS:
+        if col in frame.columns:
+            source = frame[col].to_numpy()
+        elif col == "volume":
+            source = np.zeros(len(frame))
+        else:
+            source = frame["close"].to_numpy()
+        try:
+            out[col] = pd.to_numeric(pd.Series(source), errors="raise").astype("float64")
+        except (ValueError, TypeError) as exc:
+            raise BarValidationError(f"column {col!r} holds values that are not numbers: {exc}") from exc
+    out["ts"] = out["ts"].astype("datetime64[ns, UTC]")
+    return out
+
+
+def validate_bars(
+    frame: pd.DataFrame,
+    *,
+    on_error: OnError = "raise",
+    assume_tz: str | None = None,
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Check bars against the schema and return them sorted by ``(ticker, ts)``.
+
+    Rules: no NaN in prices or volume; prices > 0; volume >= 0; ``high >= low`` and
+    ``low <= open, close <= high``; no duplicate ``(ticker, ts)``; time never goes backwards
+    within a ticker in the order given.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Bars with at least ``ticker``, ``ts`` and ``close``.
+    on_error : {"raise", "drop"}
+        ``raise`` (default) raises :class:`BarValidationError` listing every broken rule with the
+        offending tickers and rows. ``drop`` removes the offending rows instead (for duplicates it
+        keeps the last occurrence, for backwards time it sorts) and returns what it did in the report.
+    assume_tz : str, optional
+        Time zone of naive timestamps. Naive timestamps without it are an error.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> bars = pd.DataFrame({"ticker": ["A", "A"], "ts": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True),
+    ...                      "close": [10.0, 10.5]})
+    >>> clean, report = validate_bars(bars)
+    >>> report.ok, list(clean.columns)
+    (True, ['ticker', 'ts', 'open', 'high', 'low', 'close', 'volume'])
+    """
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error={on_error!r}; use one of {', '.join(ON_ERROR_CHOICES)}")
+    bars = coerce_bars(frame, assume_tz=assume_tz)
+    report = ValidationReport(n_rows_in=len(bars))
+    bad = np.zeros(len(bars), dtype=bool)
+
+    def check(rule: str, mask: np.ndarray) -> None:
+        nonlocal bad
+        if mask.any():
+            report.problems[rule] = _describe_rows(bars, mask)
+            bad |= mask
+
+    values = bars[list(NUMERIC_COLUMNS)].to_numpy()
+    check("NaN or infinite value", ~np.isfinite(values).all(axis=1))
+    with np.errstate(invalid="ignore"):
+        check("non-positive price", (bars[list(PRICE_COLUMNS)].to_numpy() <= 0).any(axis=1))
+        check("negative volume", bars["volume"].to_numpy() < 0)
+        check("high < low", bars["high"].to_numpy() < bars["low"].to_numpy())
+        outside = (
+            (bars[["open", "close"]].max(axis=1).to_numpy() > bars["high"].to_numpy())
+            | (bars[["open", "close"]].min(axis=1).to_numpy() < bars["low"].to_numpy())
+        )
+        check("open/close outside [low, high]", outside)
+
+    duplicated = bars.duplicated(["ticker", "ts"], keep="last").to_numpy()
+    check("duplicate (ticker, ts)", duplicated)
+    ts_ns = bars["ts"].to_numpy().astype("int64")
+    same_ticker = bars["ticker"].to_numpy()[1:] == bars["ticker"].to_numpy()[:-1]
+    backwards = np.concatenate([[False], same_ticker & (np.diff(ts_ns) < 0)])
+    if backwards.any():
+        # Only a report for the "raise" policy: sorting below repairs order without losing rows.
+        report.problems["time going backwards"] = _describe_rows(bars, backwards)
+
+    if report.problems and on_error == "raise":
+        raise BarValidationError("invalid bars: " + "; ".join(
+            f"{rule}: {', '.join(rows)}" for rule, rows in report.problems.items()
+        ))
+    if report.problems:
+        log.warning("dropping invalid bars: %s", report.summary())
+    clean = bars.loc[~bad].sort_values(["ticker", "ts"], kind="stable").reset_index(drop=True)
+    report.n_rows_out = len(clean)
+    return clean, report
+
+
+def empty_bars() -> pd.DataFrame:
+    """A zero-row frame with the bar schema's columns and dtypes."""
+    frame = pd.DataFrame({c: pd.Series(dtype="float64") for c in BAR_COLUMNS})
+    frame["ticker"] = frame["ticker"].astype(str)
+    frame["ts"] = pd.Series(dtype="datetime64[ns, UTC]")
+    return frame

@@ -1,0 +1,1 @@
+"""Walk-forward validation: labels, purged splitters, backtest paths and overfitting statistics."""

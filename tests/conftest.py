@@ -1,0 +1,37 @@
+"""Suite-wide set-up: a project-local Airflow home and a throw-away QE_HOME for every test.
+
+`make test` exports the same Airflow variables; setting them here too lets a developer run
+`pytest tests/...` directly from the venv.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".airflow"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# Keep AWS SDK calls in tests away from any real account: moto intercepts, and these make sure a
+# forgotten mock fails instead of reaching out with someone's credentials.
+for _key, _value in {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}.items():
+    os.environ[_key] = _value
+
+
+@pytest.fixture(autouse=True)
+def qe_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own empty QE_HOME and the local backend."""
+    home = tmp_path_factory.mktemp("qe_home")
+    monkeypatch.setenv("QE_HOME", str(home))
+    monkeypatch.setenv("QE_BACKEND", "local")
+    return home

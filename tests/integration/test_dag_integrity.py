@@ -1,0 +1,54 @@
+"""Every DAG file imports cleanly, defines its DAG, and does no work at import time.
+
+The scheduler's DAG processor re-imports these files constantly, so heavy imports and I/O belong
+inside tasks. The check runs each file in a fresh interpreter and looks at what it pulled in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO_ROOT / "dags").glob("*.py"))
+HEAVY_MODULES = ("pandas", "numpy", "xgboost", "duckdb", "pyarrow", "boto3", "sklearn", "scipy", "matplotlib")
+
+_PROBE = """
+import json, runpy, sys
+namespace = runpy.run_path(sys.argv[1])
+from airflow.sdk import DAG
+dags = sorted(v.dag_id for v in namespace.values() if isinstance(v, DAG))
+heavy = sorted(m for m in {heavy!r} if m in sys.modules)
+print(json.dumps({{"dags": dags, "heavy": heavy}}))
+"""
+
+
+def test_there_are_dags() -> None:
+    assert DAG_FILES, "dags/ holds no DAG files"
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_light_and_defines_its_dag(dag_file: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "QE_HOME": str(tmp_path / "qe_home")}
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY_MODULES), str(dag_file)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert probe["dags"] == [dag_file.stem], f"{dag_file.name} should define exactly the DAG {dag_file.stem!r}"
+    assert probe["heavy"] == [], f"{dag_file.name} imports {probe['heavy']} at parse time; import inside tasks"
+    assert not (tmp_path / "qe_home").exists(), f"{dag_file.name} wrote to QE_HOME while being parsed"
+
+
+def test_dagbag_has_no_import_errors() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"), include_examples=False)
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {p.stem for p in DAG_FILES}
