@@ -1,0 +1,579 @@
+"""Feature definitions declared once and executed two ways: over history and bar by bar.
+
+Each feature is ONE numpy function over trailing windows: it receives, for every input column, an
+array of shape ``(n_rows, window)`` whose last column is the current bar, and returns ``(n_rows,)``.
+The batch path hands it a :func:`~numpy.lib.stride_tricks.sliding_window_view` of a ticker's whole
+history; the streaming path hands it a ``(1, window)`` view of a per-ticker ring buffer built the
+same way. The same function on the same numbers with the same memory layout gives the same bits,
+so offline/online parity holds by construction rather than by careful re-implementation.
+
+The price of that guarantee is that every feature must be a finite-window function. Recursive
+indicators (EMA, Wilder's RSI) depend on all history since the first bar, so they would differ
+between a backfill and a bridge that started yesterday; here RSI is Cutler's variant over simple
+averages, which depends on the last ``n`` changes only.
+
+Volatilities are annualised as if bars were daily: multiplied by ``sqrt(252)``. On other bar
+frequencies they stay comparable with each other, only the scale is off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+
+from quant_engine.data.schema import BarValidationError
+
+#: Trading days per year; the annualisation factor of every volatility feature is its square root.
+TRADING_DAYS_PER_YEAR = 252
+_ANNUALISE = math.sqrt(TRADING_DAYS_PER_YEAR)
+_LN2 = math.log(2.0)
+
+_PRICE_INPUTS = frozenset({"open", "high", "low", "close"})
+INPUT_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+
+#: How many offending rows an error message quotes.
+_MAX_QUOTED_ROWS = 5
+
+WindowFunction = Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
+class FeatureDefinition:
+    """One feature: a name, the bar columns it reads, its window and the function that computes it.
+
+    Parameters
+    ----------
+    name : str
+        Column name in feature frames; a Python identifier.
+    inputs : tuple of str
+        Bar columns passed to ``compute``, in that order; each from ``open, high, low, close, volume``.
+    window : int
+        Bars of history ``compute`` sees, the current bar included (a 1-bar return needs 2).
+    compute : callable
+        ``compute(*windows) -> values``: one ``(n_rows, window)`` float64 array per input, row ``i``
+        being the trailing window ending at bar ``i``; returns ``(n_rows,)`` float64.
+    description : str
+        What the feature measures, for people and the store's metadata.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spread = FeatureDefinition("hl_spread", ("high", "low"), 1,
+    ...                            lambda high, low: high[:, -1] - low[:, -1], "high minus low")
+    >>> spread.apply({"high": np.array([[3.0], [5.0]]), "low": np.array([[1.0], [4.0]])})
+    array([2., 1.])
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    window: int
+    compute: WindowFunction = field(repr=False)
+    description: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"feature name {self.name!r} must be a Python identifier")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        unknown = [c for c in self.inputs if c not in INPUT_COLUMNS]
+        if not self.inputs or unknown:
+            raise ValueError(
+                f"feature {self.name!r}: inputs {list(self.inputs)} must be a non-empty selection of "
+                f"{list(INPUT_COLUMNS)}" + (f"; unknown: {unknown}" if unknown else "")
+            )
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError(f"feature {self.name!r}: window={self.window!r} must be an integer >= 1")
+        if not callable(self.compute):
+            raise TypeError(f"feature {self.name!r}: compute={self.compute!r} is not callable")
+
+    def apply(self, windows: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run ``compute`` on trailing windows keyed by input column, checking the result's shape."""
+        n_rows = windows[self.inputs[0]].shape[0]
+        values = np.asarray(self.compute(*(windows[c] for c in self.inputs)), dtype=np.float64)
+        if values.shape != (n_rows,):
+            raise ValueError(
+                f"feature {self.name!r} returned shape {values.shape} for {n_rows} windows; "
+                f"compute must return one value per window, shape ({n_rows},)"
+            )
+        return values
+
+
+# --- window functions --------------------------------------------------------------------------
+# Each takes (n_rows, window) arrays, last column = current bar, and returns (n_rows,).
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray, *, when_zero: float) -> np.ndarray:
+    """``numerator / denominator`` with a documented value where the denominator is zero."""
+    out = np.full(numerator.shape, when_zero, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def _log_returns(close: np.ndarray) -> np.ndarray:
+    return np.log(close[:, 1:] / close[:, :-1])
+
+
+def _log_return(close: np.ndarray) -> np.ndarray:
+    return np.log(close[:, -1] / close[:, 0])
+
+
+def _realized_vol(close: np.ndarray) -> np.ndarray:
+    return _log_returns(close).std(axis=1, ddof=1) * _ANNUALISE
+
+
+def _skip_5_momentum(close: np.ndarray) -> np.ndarray:
+    # close[:, -6] is the close five bars before the current one.
+    return np.log(close[:, -6] / close[:, 0])
+
+
+def _cutler_rsi(close: np.ndarray) -> np.ndarray:
+    changes = np.diff(close, axis=1)
+    gains = np.where(changes > 0, changes, 0.0).mean(axis=1)
+    losses = np.where(changes < 0, -changes, 0.0).mean(axis=1)
+    return 100.0 * _ratio(gains, gains + losses, when_zero=0.5)
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    # A flat window puts the current value exactly at its mean: z = 0.
+    centred = values[:, -1] - values.mean(axis=1)
+    return _ratio(centred, values.std(axis=1, ddof=1), when_zero=0.0)
+
+
+def _vol_regime(close: np.ndarray) -> np.ndarray:
+    # A flat year has no regime change to report: ratio 1.
+    returns = _log_returns(close)
+    return _ratio(returns[:, -20:].std(axis=1, ddof=1), returns.std(axis=1, ddof=1), when_zero=1.0)
+
+
+def _parkinson_vol(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    squared_range = np.log(high / low) ** 2
+    return np.sqrt(squared_range.mean(axis=1) / (4.0 * _LN2)) * _ANNUALISE
+
+
+def _garman_klass_vol(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    # Non-negative per bar on valid bars: |ln(C/O)| <= ln(H/L) and 0.5 > 2 ln 2 - 1.
+    per_bar = 0.5 * np.log(high / low) ** 2 - (2.0 * _LN2 - 1.0) * np.log(close / open_) ** 2
+    return np.sqrt(per_bar.mean(axis=1)) * _ANNUALISE
+
+
+def _intrabar_range(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    return np.log(high[:, -1] / low[:, -1])
+
+
+def _log_return_feature(bars: int) -> FeatureDefinition:
+    return FeatureDefinition(
+        f"log_return_{bars}", ("close",), bars + 1, _log_return,
+        f"log(close_t / close_t-{bars}): the {bars}-bar log return",
+    )
+
+
+def _realized_vol_feature(bars: int) -> FeatureDefinition:
+    return FeatureDefinition(
+        f"realized_vol_{bars}", ("close",), bars + 1, _realized_vol,
+        f"sample standard deviation (ddof=1) of the last {bars} 1-bar log returns, times sqrt(252)",
+    )
+
+
+DEFAULT_FEATURES: tuple[FeatureDefinition, ...] = (
+    _log_return_feature(1),
+    _log_return_feature(5),
+    _log_return_feature(20),
+    _realized_vol_feature(20),
+    _realized_vol_feature(60),
+    FeatureDefinition(
+        "momentum_60_5", ("close",), 61, _skip_5_momentum,
+        "log(close_t-5 / close_t-60): 60-bar momentum skipping the last 5 bars (short-term reversal)",
+    ),
+    FeatureDefinition(
+        "rsi_14", ("close",), 15, _cutler_rsi,
+        "Cutler's RSI: 100 * mean gain / (mean gain + mean loss) over the last 14 close changes; "
+        "50 when the window is flat",
+    ),
+    FeatureDefinition(
+        "close_zscore_20", ("close",), 20, _zscore,
+        "(close_t - 20-bar mean of close) / 20-bar std of close (ddof=1); 0 on a flat window",
+    ),
+    FeatureDefinition(
+        "vol_regime_20_252", ("close",), 253, _vol_regime,
+        "std of the last 20 log returns / std of the last 252 (ddof=1); above 1 = a volatile spell; "
+        "1 on a flat year",
+    ),
+    FeatureDefinition(
+        "volume_zscore_20", ("volume",), 20, _zscore,
+        "(volume_t - 20-bar mean volume) / 20-bar std of volume (ddof=1); 0 on a flat window, "
+        "so also 0 for sources without volume (reported as 0)",
+    ),
+)
+
+EXTENDED_FEATURES: tuple[FeatureDefinition, ...] = (
+    *DEFAULT_FEATURES,
+    FeatureDefinition(
+        "parkinson_vol_20", ("high", "low"), 20, _parkinson_vol,
+        "Parkinson volatility: sqrt(mean(ln(H/L)^2) / (4 ln 2)) over 20 bars, times sqrt(252)",
+    ),
+    FeatureDefinition(
+        "garman_klass_vol_20", ("open", "high", "low", "close"), 20, _garman_klass_vol,
+        "Garman-Klass volatility: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)) over 20 bars, "
+        "times sqrt(252)",
+    ),
+    FeatureDefinition("intrabar_range", ("high", "low"), 1, _intrabar_range, "ln(high_t / low_t)"),
+)
+
+
+# --- input checks, shared by both paths --------------------------------------------------------
+
+
+def _quote_rows(tickers: np.ndarray, ts: pd.Series, labels: list[object], mask: np.ndarray) -> str:
+    """``TICKER@ts (index label)`` for the first offending rows."""
+    idx = np.flatnonzero(mask)
+    quoted = [f"{tickers[i]}@{ts.iat[i]} (index {labels[i]!r})" for i in idx[:_MAX_QUOTED_ROWS]]
+    if len(idx) > _MAX_QUOTED_ROWS:
+        quoted.append(f"... {len(idx)} rows in all")
+    return ", ".join(quoted)
+
+
+def _value_problems(column: str, values: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The rules a single input column must satisfy, as (rule, offending-mask) pairs."""
+    with np.errstate(invalid="ignore"):
+        problems = [("NaN or infinite", ~np.isfinite(values))]
+        if column in _PRICE_INPUTS:
+            problems.append(("not positive (prices must be > 0)", values <= 0))
+        else:
+            problems.append(("negative (volume must be >= 0)", values < 0))
+    return problems
+
+
+def _ohlc_problems(columns: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """high >= low and open/close inside [low, high], checked only where a feature reads them."""
+    high, low = columns.get("high"), columns.get("low")
+    if high is None or low is None:
+        return []
+    problems = [("high < low", high < low)]
+    for name in ("open", "close"):
+        if name in columns:
+            problems.append((f"{name} outside [low, high]", (columns[name] < low) | (columns[name] > high)))
+    return problems
+
+
+def _timestamp_ns(value: object, ticker: str) -> int:
+    """A bar's timestamp as UTC nanoseconds; naive timestamps are an error."""
+    if not isinstance(value, (pd.Timestamp, datetime, np.datetime64, str)):
+        raise BarValidationError(f"bar for {ticker!r}: ts={value!r} is not a timestamp")
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise BarValidationError(f"bar for {ticker!r}: ts={value!r} is not a timestamp: {exc}") from exc
+    if ts.tzinfo is None:
+        raise BarValidationError(
+            f"bar for {ticker!r}: ts={value!r} is naive; timestamps must carry a time zone (UTC)"
+        )
+    return ts.tz_convert("UTC").as_unit("ns").value
+
+
+# --- the feature set ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named, versioned list of features, computed over history or bar by bar with equal results.
+
+    Parameters
+    ----------
+    name : str
+        Set name, e.g. ``"default"``.
+    version : int
+        Bumped whenever a definition changes, so stored features name the code that made them.
+    features : sequence of FeatureDefinition
+        The features, in column order; names must be unique.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> fs = get_feature_set("default").select(["log_return_1", "rsi_14"])
+    >>> bars = pd.DataFrame({"ticker": "A", "ts": pd.date_range("2024-01-01", periods=16, tz="UTC"),
+    ...                      "close": 100.0 + np.arange(16.0), "volume": 1e6})
+    >>> frame = fs.compute_batch(bars)
+    >>> list(frame.columns), float(frame["rsi_14"].iloc[-1])
+    (['ticker', 'event_time', 'log_return_1', 'rsi_14'], 100.0)
+    >>> state = fs.streaming_state()
+    >>> for bar in bars.to_dict("records"):
+    ...     values = state.update(bar)
+    >>> values == {name: float(frame[name].iloc[-1]) for name in fs.names}
+    True
+    """
+
+    name: str
+    version: int
+    features: tuple[FeatureDefinition, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"feature set name {self.name!r} must be a non-empty string")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(f"feature set {self.name!r}: version={self.version!r} must be an integer >= 1")
+        object.__setattr__(self, "features", tuple(self.features))
+        if not self.features:
+            raise ValueError(f"feature set {self.name!r} has no features")
+        not_definitions = [f for f in self.features if not isinstance(f, FeatureDefinition)]
+        if not_definitions:
+            raise TypeError(f"feature set {self.name!r}: {not_definitions!r} are not FeatureDefinition objects")
+        names = [f.name for f in self.features]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"feature set {self.name!r} defines {duplicated} more than once")
+        reserved = {"ticker", "event_time"} & set(names)
+        if reserved:
+            raise ValueError(f"feature set {self.name!r}: {sorted(reserved)} are reserved column names")
+
+    @property
+    def names(self) -> list[str]:
+        """Feature column names, in order."""
+        return [f.name for f in self.features]
+
+    @property
+    def lookback(self) -> int:
+        """Bars of history needed before every feature has a value (the longest window)."""
+        return max(f.window for f in self.features)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Bar columns the features read, in bar-schema order."""
+        used = {c for f in self.features for c in f.inputs}
+        return tuple(c for c in INPUT_COLUMNS if c in used)
+
+    def select(self, names: Iterable[str]) -> FeatureSet:
+        """The same set restricted to ``names``, in the order given.
+
+        Raises
+        ------
+        ValueError
+            If a name is not in the set (the message lists the known ones) or is repeated.
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        by_name = {f.name: f for f in self.features}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(
+                f"feature set {self.name!r} has no feature(s) {unknown}; known: {', '.join(self.names)}"
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"select() got {repeated} more than once")
+        return FeatureSet(self.name, self.version, tuple(by_name[n] for n in names))
+
+    def schema(self) -> dict[str, str]:
+        """Column name -> dtype of :meth:`compute_batch`'s frame, keys first, for store metadata."""
+        return {"ticker": "str", "event_time": "datetime64[ns, UTC]", **dict.fromkeys(self.names, "float64")}
+
+    def compute_batch(self, bars: pd.DataFrame) -> pd.DataFrame:
+        """Every feature at every bar of ``bars``, NaN where a window lacks history.
+
+        Parameters
+        ----------
+        bars : DataFrame
+            Bars per the bar schema (``ticker``, tz-aware ``ts`` and the input columns the features
+            read), any number of tickers, in any order.
+
+        Returns
+        -------
+        DataFrame
+            ``ticker, event_time, <features>``, one row per bar, sorted by ``(ticker, event_time)``.
+
+        Raises
+        ------
+        BarValidationError
+            Missing columns, naive or non-datetime ``ts``, duplicate ``(ticker, ts)``, NaN or
+            infinite inputs, non-positive prices, negative volume or inconsistent OHLC; the message
+            names the rule and the first offending rows.
+        """
+        if not isinstance(bars, pd.DataFrame):
+            raise TypeError(f"bars must be a pandas DataFrame, got {type(bars).__name__}")
+        required = ["ticker", "ts", *self.input_columns]
+        missing = [c for c in required if c not in bars.columns]
+        if missing:
+            raise BarValidationError(
+                f"bars are missing column(s) {missing} needed by feature set {self.name!r}; "
+                f"have {list(bars.columns)}"
+            )
+        ts = bars["ts"]
+        if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+            raise BarValidationError(
+                f"column 'ts' has dtype {ts.dtype}; it must be tz-aware datetime64 (UTC). "
+                "Pass the bars through quant_engine.data.schema.validate_bars(frame, assume_tz=...)"
+            )
+        ordered = bars.sort_values(["ticker", "ts"], kind="stable")
+        tickers = ordered["ticker"].astype(str).to_numpy()
+        ts = ordered["ts"].dt.tz_convert("UTC").astype("datetime64[ns, UTC]").reset_index(drop=True)
+        columns: dict[str, np.ndarray] = {}
+        for column in self.input_columns:
+            try:
+                columns[column] = ordered[column].to_numpy(dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise BarValidationError(f"column {column!r} holds values that are not numbers: {exc}") from exc
+
+        same_ticker = np.concatenate([[False], tickers[1:] == tickers[:-1]])
+        ts_ns = ts.to_numpy(dtype="datetime64[ns]").view("int64")
+        problems = [
+            ("ts missing (NaT)", ts.isna().to_numpy()),
+            ("duplicate (ticker, ts)", same_ticker & (np.diff(ts_ns, prepend=0) == 0)),
+        ]
+        for column, values in columns.items():
+            problems += [(f"{column} {rule}", mask) for rule, mask in _value_problems(column, values)]
+        problems += _ohlc_problems(columns)
+        labels = ordered.index.tolist()
+        found = [f"{rule}: {_quote_rows(tickers, ts, labels, mask)}" for rule, mask in problems if mask.any()]
+        if found:
+            raise BarValidationError("bars cannot be turned into features: " + "; ".join(found))
+
+        out = np.full((len(ordered), len(self.features)), np.nan)
+        starts = np.flatnonzero(~same_ticker)
+        for start, stop in zip(starts, [*starts[1:], len(ordered)], strict=True):
+            for j, feature in enumerate(self.features):
+                if stop - start >= feature.window:
+                    windows = {
+                        c: sliding_window_view(columns[c][start:stop], feature.window) for c in feature.inputs
+                    }
+                    out[start + feature.window - 1 : stop, j] = feature.apply(windows)
+        frame = pd.DataFrame({"ticker": pd.Series(tickers, dtype="str"), "event_time": ts})
+        return pd.concat([frame, pd.DataFrame(out, columns=self.names)], axis=1)
+
+    def streaming_state(self) -> StreamingFeatureState:
+        """Fresh per-ticker state whose ``update(bar)`` returns :meth:`compute_batch`'s row for that bar."""
+        return StreamingFeatureState(self)
+
+
+class StreamingFeatureState:
+    """Rolling per-ticker state that computes a feature set one bar at a time.
+
+    Each ticker keeps the last ``lookback`` values of every input column in a doubled ring buffer
+    (each value is written twice, ``capacity`` apart), so the trailing window is always one
+    contiguous slice: O(1) to append, no copying, and the window function sees exactly the memory
+    layout the batch path gives it.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> state = get_feature_set("default").select(["log_return_1"]).streaming_state()
+    >>> state.update({"ticker": "A", "ts": pd.Timestamp("2024-01-02", tz="UTC"), "close": 100.0})
+    {'log_return_1': nan}
+    >>> state.update({"ticker": "A", "ts": pd.Timestamp("2024-01-03", tz="UTC"), "close": 101.0})
+    {'log_return_1': 0.009950330853168092}
+    """
+
+    def __init__(self, feature_set: FeatureSet) -> None:
+        self._features = feature_set.features
+        self._columns = feature_set.input_columns
+        self._row = {c: i for i, c in enumerate(self._columns)}
+        self._capacity = feature_set.lookback
+        self._buffers: dict[str, np.ndarray] = {}
+        self._counts: dict[str, int] = {}
+        self._last_ts: dict[str, int] = {}
+
+    @property
+    def tickers(self) -> list[str]:
+        """Tickers seen so far."""
+        return list(self._counts)
+
+    def bars_seen(self, ticker: str) -> int:
+        """Bars accepted for ``ticker`` (0 for a ticker never seen)."""
+        return self._counts.get(ticker, 0)
+
+    def is_warm(self, ticker: str) -> bool:
+        """Whether ``ticker`` has enough history for every feature to have a value."""
+        return self.bars_seen(ticker) >= self._capacity
+
+    def update(self, bar: Mapping[str, object]) -> dict[str, float]:
+        """Add one bar and return every feature's value at it; NaN for features not yet warm.
+
+        Parameters
+        ----------
+        bar : mapping
+            ``ticker``, a tz-aware ``ts`` and the input columns the features read
+            (``open, high, low, close, volume``); extra keys are ignored.
+
+        Raises
+        ------
+        BarValidationError
+            A missing key, a naive timestamp, a bad value, or ``ts`` not after the ticker's previous
+            bar. The state is left unchanged.
+        """
+        missing = [k for k in ("ticker", "ts", *self._columns) if k not in bar]
+        if missing:
+            raise BarValidationError(f"bar {dict(bar)!r} is missing {missing}")
+        ticker = bar["ticker"]
+        if not isinstance(ticker, str) or not ticker:
+            raise BarValidationError(f"bar ticker {ticker!r} must be a non-empty string")
+        ts_ns = _timestamp_ns(bar["ts"], ticker)
+        previous = self._last_ts.get(ticker)
+        if previous is not None and ts_ns <= previous:
+            raise BarValidationError(
+                f"bar for {ticker!r} at {pd.Timestamp(ts_ns, tz='UTC')} is not after its previous bar at "
+                f"{pd.Timestamp(previous, tz='UTC')}; time must move forward per ticker"
+            )
+        try:
+            values = np.array([float(bar[c]) for c in self._columns])
+        except (TypeError, ValueError) as exc:
+            raise BarValidationError(f"bar for {ticker!r} holds a value that is not a number: {exc}") from exc
+        columns = dict(zip(self._columns, values.reshape(-1, 1), strict=True))
+        problems = [
+            f"{column} {rule}"
+            for column, col_values in columns.items()
+            for rule, mask in _value_problems(column, col_values)
+            if mask.any()
+        ]
+        problems += [rule for rule, mask in _ohlc_problems(columns) if mask.any()]
+        if problems:
+            raise BarValidationError(f"bar for {ticker!r} at {bar['ts']}: " + "; ".join(problems))
+
+        buffer = self._buffers.get(ticker)
+        if buffer is None:
+            buffer = self._buffers[ticker] = np.full((len(self._columns), 2 * self._capacity), np.nan)
+        count = self._counts.get(ticker, 0)
+        slot = count % self._capacity
+        buffer[:, slot] = values
+        buffer[:, slot + self._capacity] = values
+        self._counts[ticker] = count = count + 1
+        self._last_ts[ticker] = ts_ns
+
+        end = slot + self._capacity + 1  # the newest value sits at end - 1
+        out: dict[str, float] = {}
+        for feature in self._features:
+            if count < feature.window:
+                out[feature.name] = math.nan
+                continue
+            windows = {
+                c: sliding_window_view(buffer[self._row[c], end - feature.window : end], feature.window)
+                for c in feature.inputs
+            }
+            out[feature.name] = float(feature.apply(windows)[0])
+        return out
+
+
+_FEATURE_SETS: dict[str, FeatureSet] = {
+    "default": FeatureSet("default", 1, DEFAULT_FEATURES),
+    "extended": FeatureSet("extended", 1, EXTENDED_FEATURES),
+}
+
+
+def get_feature_set(name: str) -> FeatureSet:
+    """The named feature set: ``"default"`` (close and volume) or ``"extended"`` (adds OHLC range features).
+
+    Examples
+    --------
+    >>> get_feature_set("default").lookback
+    253
+    """
+    try:
+        return _FEATURE_SETS[name]
+    except KeyError:
+        raise ValueError(f"no feature set {name!r}; known: {', '.join(feature_set_names())}") from None
+
+
+def feature_set_names() -> Sequence[str]:
+    """Names accepted by :func:`get_feature_set`."""
+    return tuple(_FEATURE_SETS)
