@@ -1,0 +1,633 @@
+"""The online feature store: the latest feature vector per ticker of one feature group, for serving.
+
+Two backends behind one protocol: :class:`SQLiteOnlineStore` (embedded default) and
+:class:`DynamoDBOnlineStore` (AWS). Both keep one record per ``(feature_group, ticker)`` and share
+three rules:
+
+* **Newer wins.** A write replaces a record only if its ``event_time`` is strictly newer than the
+  stored one, so re-putting a frame changes nothing and a late backfill never hides a live value.
+* **A record is a whole vector.** A write replaces all of a ticker's features, never merges.
+* **All or nothing.** ``put`` is atomic, and :meth:`OnlineStore.transaction` widens that to a block:
+  every ``put`` inside takes effect together or, if the block raises, not at all. Ingestion uses it
+  to tie the online write to the offline commit. SQLite does this with one database transaction;
+  DynamoDB has none spanning arbitrary items, so it undoes its writes on failure (compensation):
+  readers may briefly see the writes of a block that is then rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import struct
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from os import PathLike
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+FeatureRecord = dict[str, Any]
+"""``{"event_time": pd.Timestamp (UTC), <feature>: float, ...}``."""
+
+_KEY_COLUMNS = ("ticker", "event_time")
+
+
+class OnlineStoreError(RuntimeError):
+    """The backend cannot serve the request (missing table, throttling beyond retries, ...)."""
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """Latest feature vector per ticker for one feature group."""
+
+    feature_group: str
+
+    def put(self, frame: pd.DataFrame) -> int:
+        """Upsert each ticker's latest row of ``frame`` where it is newer; return how many records changed."""
+        ...
+
+    def get(
+        self,
+        ticker: str,
+        features: Sequence[str] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> FeatureRecord | None:
+        """The ticker's record, or None when absent or older than ``ttl``."""
+        ...
+
+    def get_many(
+        self,
+        tickers: Iterable[str],
+        features: Sequence[str] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, FeatureRecord]:
+        """Records of the tickers that have a fresh one, keyed by ticker."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Context manager: every ``put`` inside takes effect together or not at all."""
+        ...
+
+
+# --- validation shared by both backends --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Row:
+    ticker: str
+    event_time_ns: int
+    values: tuple[float, ...]
+
+
+def _latest_rows(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[_Row]]:
+    """Feature names and the latest row per ticker of a feature frame, after checking it."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"put() takes a feature frame (pandas DataFrame), got {type(frame).__name__}")
+    missing = [c for c in _KEY_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"feature frame is missing column(s) {missing}; have {list(frame.columns)}")
+    names = tuple(c for c in frame.columns if c not in _KEY_COLUMNS)
+    if not names:
+        raise ValueError("feature frame has no feature columns besides 'ticker' and 'event_time'")
+    not_text = [c for c in names if not isinstance(c, str) or not c]
+    if not_text:
+        raise ValueError(f"feature column names must be non-empty strings, got {not_text!r}")
+    event_time = frame["event_time"]
+    if not isinstance(event_time.dtype, pd.DatetimeTZDtype):
+        raise ValueError(
+            f"column 'event_time' has dtype {event_time.dtype}; it must be tz-aware datetime64 (UTC)"
+        )
+    if event_time.isna().any():
+        raise ValueError(f"column 'event_time' has {int(event_time.isna().sum())} missing (NaT) value(s)")
+    tickers = frame["ticker"]
+    bad_tickers = [t for t in pd.unique(tickers) if not isinstance(t, str) or not t]
+    if bad_tickers:
+        raise ValueError(f"column 'ticker' must hold non-empty strings; got {bad_tickers[:5]!r}")
+    not_numeric = [c for c in names if not pd.api.types.is_numeric_dtype(frame[c]) or frame[c].dtype == bool]
+    if not_numeric:
+        raise ValueError(
+            f"feature column(s) {not_numeric} are not numeric (dtypes {[str(frame[c].dtype) for c in not_numeric]})"
+        )
+    keyed = pd.DataFrame({
+        "ticker": tickers.to_numpy(dtype=object),
+        "ns": event_time.dt.tz_convert("UTC").to_numpy(dtype="datetime64[ns]").view("int64"),
+    })
+    duplicated = keyed.duplicated(keep=False)
+    if duplicated.any():
+        quoted = [f"{t}@{pd.Timestamp(ns, tz='UTC')}" for t, ns in keyed[duplicated].head(5).itertuples(index=False)]
+        raise ValueError(f"feature frame has more than one row for (ticker, event_time): {', '.join(quoted)}")
+    latest = keyed.sort_values(["ticker", "ns"], kind="stable").drop_duplicates("ticker", keep="last").index
+    values = frame[list(names)].to_numpy(dtype="float64")[latest]
+    rows = [
+        _Row(ticker, int(ns), tuple(vector.tolist()))
+        for ticker, ns, vector in zip(keyed["ticker"].to_numpy()[latest], keyed["ns"].to_numpy()[latest], values,
+                                      strict=True)
+    ]
+    return names, rows
+
+
+def _check_ticker(ticker: object) -> str:
+    if not isinstance(ticker, str) or not ticker:
+        raise ValueError(f"ticker {ticker!r} must be a non-empty string")
+    return ticker
+
+
+def _check_tickers(tickers: Iterable[str]) -> list[str]:
+    if isinstance(tickers, str):
+        raise TypeError(f"get_many() takes a collection of tickers, got the string {tickers!r}; use get()")
+    return list(dict.fromkeys(_check_ticker(t) for t in tickers))
+
+
+def _check_features(features: Sequence[str] | None) -> tuple[str, ...] | None:
+    if features is None:
+        return None
+    if isinstance(features, str):
+        raise TypeError(f"features must be a list of names, got the string {features!r}")
+    return tuple(features)
+
+
+def _cutoff_ns(ttl: timedelta | None, now: datetime | None) -> int | None:
+    """Oldest event time (UTC ns) a record may have to be served, or None without a TTL."""
+    if now is not None and (not isinstance(now, datetime) or now.tzinfo is None):
+        raise ValueError(f"now={now!r} must be a tz-aware datetime")
+    if ttl is None:
+        return None
+    if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+        raise ValueError(f"ttl={ttl!r} must be a positive timedelta")
+    now_ns = time.time_ns() if now is None else pd.Timestamp(now).as_unit("ns").value
+    return now_ns - pd.Timedelta(ttl).value
+
+
+def _record(
+    ticker: str, event_time_ns: int, names: Sequence[str], values: Sequence[float],
+    features: tuple[str, ...] | None, feature_group: str,
+) -> FeatureRecord:
+    """The record a reader gets: event time plus the requested features (all by default)."""
+    stored = dict(zip(names, values, strict=True))
+    if features is not None:
+        missing = [f for f in features if f not in stored]
+        if missing:
+            raise ValueError(
+                f"feature(s) {missing} are not stored for {ticker!r} in feature group {feature_group!r}; "
+                f"stored: {', '.join(names)}"
+            )
+        stored = {f: stored[f] for f in features}
+    return {"event_time": pd.Timestamp(event_time_ns, tz="UTC"), **stored}
+
+
+# --- SQLite ------------------------------------------------------------------------------------
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS online_features (
+    feature_group  TEXT    NOT NULL,
+    ticker         TEXT    NOT NULL,
+    event_time_ns  INTEGER NOT NULL,  -- UTC nanoseconds since the epoch
+    feature_names  TEXT    NOT NULL,  -- JSON list, the order of feature_values
+    feature_values BLOB    NOT NULL,  -- little-endian float64, one per name
+    PRIMARY KEY (feature_group, ticker)
+) WITHOUT ROWID
+"""
+_SQLITE_UPSERT = """
+INSERT INTO online_features (feature_group, ticker, event_time_ns, feature_names, feature_values)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (feature_group, ticker) DO UPDATE SET
+    event_time_ns = excluded.event_time_ns,
+    feature_names = excluded.feature_names,
+    feature_values = excluded.feature_values
+WHERE excluded.event_time_ns > online_features.event_time_ns
+"""
+_SQLITE_SELECT_ONE = (
+    "SELECT event_time_ns, feature_names, feature_values FROM online_features "
+    "WHERE feature_group = ? AND ticker = ?"
+)
+_SQLITE_SELECT_MANY = (
+    "SELECT ticker, event_time_ns, feature_names, feature_values FROM online_features "
+    "WHERE feature_group = ? AND ticker IN ({placeholders})"
+)
+#: Tickers per ``IN (...)`` query, well under SQLite's bound-parameter limit.
+_SQLITE_CHUNK = 500
+
+
+class SQLiteOnlineStore:
+    """Online store in one SQLite file (WAL mode), the embedded default.
+
+    One table serves every feature group, keyed by ``(feature_group, ticker)`` without a rowid, so
+    a read is one primary-key B-tree lookup. The features are a single BLOB of float64 with their
+    names beside it as JSON, decoded through caches (one per distinct name list / vector length):
+    a read costs one prepared statement on a persistent connection and one ``struct.unpack``.
+
+    A store object holds a connection and belongs to the thread that made it; open one per thread
+    or process. WAL lets readers in other processes run while one writer writes.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Database file; its folder is created if missing.
+    feature_group : str
+        The feature group this store reads and writes.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> store = SQLiteOnlineStore(tempfile.mkdtemp() + "/online.sqlite", "demo")
+    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True),
+    ...                       "rsi_14": [40.0, 55.0]})
+    >>> store.put(frame), store.put(frame)
+    (1, 0)
+    >>> store.get("A")
+    {'event_time': Timestamp('2024-01-03 00:00:00+0000', tz='UTC'), 'rsi_14': 55.0}
+    >>> store.close()
+    """
+
+    def __init__(self, path: str | PathLike[str], feature_group: str) -> None:
+        if not isinstance(feature_group, str) or not feature_group:
+            raise ValueError(f"feature_group {feature_group!r} must be a non-empty string")
+        self.path = Path(path)
+        self.feature_group = feature_group
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are begun explicitly, so their extent is exactly ours.
+        self._conn = sqlite3.connect(self.path, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL under WAL survives process crashes; a power loss may drop the last commits, which
+        # the next ingestion rewrites from the offline store.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._conn.execute(_SQLITE_SCHEMA)
+        self._names: dict[str, tuple[str, ...]] = {}
+        self._structs: dict[int, struct.Struct] = {}
+
+    def __repr__(self) -> str:
+        return f"SQLiteOnlineStore({str(self.path)!r}, {self.feature_group!r})"
+
+    def __enter__(self) -> SQLiteOnlineStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        self._conn.close()
+
+    def _struct(self, n_values: int) -> struct.Struct:
+        packer = self._structs.get(n_values)
+        if packer is None:
+            packer = self._structs[n_values] = struct.Struct(f"<{n_values}d")
+        return packer
+
+    def _decode_names(self, encoded: str) -> tuple[str, ...]:
+        names = self._names.get(encoded)
+        if names is None:
+            names = self._names[encoded] = tuple(json.loads(encoded))
+        return names
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every ``put`` in the block one SQLite transaction; a block inside another joins it.
+
+        The write lock is taken at the start (``BEGIN IMMEDIATE``), so keep the block short: other
+        writers wait for it (readers do not, under WAL).
+        """
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+    def put(self, frame: pd.DataFrame) -> int:
+        """Upsert each ticker's latest row where it is newer than the stored one, atomically.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            ``ticker``, tz-aware ``event_time`` and numeric feature columns; several rows per ticker
+            are allowed (only the latest is considered), duplicate ``(ticker, event_time)`` are not.
+
+        Returns
+        -------
+        int
+            Records inserted or replaced; 0 when nothing was newer (a re-put, a stale backfill).
+        """
+        names, rows = _latest_rows(frame)
+        encoded_names = json.dumps(list(names))
+        packer = self._struct(len(names))
+        params = [
+            (self.feature_group, row.ticker, row.event_time_ns, encoded_names, packer.pack(*row.values))
+            for row in rows
+        ]
+        with self.transaction():
+            before = self._conn.total_changes
+            self._conn.executemany(_SQLITE_UPSERT, params)
+            return self._conn.total_changes - before
+
+    def get(
+        self,
+        ticker: str,
+        features: Sequence[str] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> FeatureRecord | None:
+        """The latest record of ``ticker``, or None when absent or older than ``ttl``.
+
+        Parameters
+        ----------
+        ticker : str
+        features : sequence of str, optional
+            Only these features (error naming any that are not stored); default all.
+        ttl : timedelta, optional
+            Serve only records whose ``event_time`` is at most ``ttl`` before ``now``.
+        now : datetime, optional
+            Tz-aware reference time for ``ttl``; default the current time.
+        """
+        cutoff = _cutoff_ns(ttl, now)
+        wanted = _check_features(features)
+        row = self._conn.execute(_SQLITE_SELECT_ONE, (self.feature_group, _check_ticker(ticker))).fetchone()
+        if row is None or (cutoff is not None and row[0] < cutoff):
+            return None
+        event_time_ns, encoded_names, blob = row
+        names = self._decode_names(encoded_names)
+        return _record(ticker, event_time_ns, names, self._struct(len(names)).unpack(blob), wanted,
+                       self.feature_group)
+
+    def get_many(
+        self,
+        tickers: Iterable[str],
+        features: Sequence[str] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, FeatureRecord]:
+        """Records of ``tickers`` keyed by ticker; absent and expired tickers are left out.
+
+        Arguments as in :meth:`get`.
+        """
+        cutoff = _cutoff_ns(ttl, now)
+        wanted = _check_features(features)
+        unique = _check_tickers(tickers)
+        found: dict[str, FeatureRecord] = {}
+        for start in range(0, len(unique), _SQLITE_CHUNK):
+            chunk = unique[start : start + _SQLITE_CHUNK]
+            sql = _SQLITE_SELECT_MANY.format(placeholders=", ".join("?" * len(chunk)))
+            for ticker, event_time_ns, encoded_names, blob in self._conn.execute(sql, (self.feature_group, *chunk)):
+                if cutoff is None or event_time_ns >= cutoff:
+                    names = self._decode_names(encoded_names)
+                    found[ticker] = _record(ticker, event_time_ns, names, self._struct(len(names)).unpack(blob),
+                                            wanted, self.feature_group)
+        return {t: found[t] for t in unique if t in found}
+
+
+# --- DynamoDB ----------------------------------------------------------------------------------
+
+#: Keys per BatchGetItem request (the service's limit).
+_DYNAMODB_BATCH = 100
+_DYNAMODB_RETRIES = 8
+
+
+#: A DynamoDB number (besides 0) has magnitude in [1e-130, 1e126); doubles outside travel as strings.
+_DYNAMODB_MIN_MAGNITUDE = 1e-130
+_DYNAMODB_MAGNITUDE_BOUND = 1e126
+
+
+def _encode_number(value: float) -> dict[str, str]:
+    """An attribute value for a double: N where DynamoDB can hold it exactly, else S with its repr.
+
+    DynamoDB numbers have no NaN, infinities or negative zero, and a narrower range than doubles.
+    """
+    if value == 0.0:
+        representable = math.copysign(1.0, value) > 0
+    else:
+        representable = _DYNAMODB_MIN_MAGNITUDE <= abs(value) < _DYNAMODB_MAGNITUDE_BOUND
+    return {"N": repr(value)} if representable else {"S": repr(value)}
+
+
+def _decode_number(attribute: Mapping[str, str]) -> float:
+    return float(attribute["N"] if "N" in attribute else attribute["S"])
+
+
+class DynamoDBOnlineStore:
+    """Online store in a DynamoDB table, one item per ``(feature_group, ticker)``.
+
+    Item layout: partition key ``record_id = "{feature_group}#{ticker}"``, plus ``feature_group``,
+    ``ticker``, ``event_time`` (N, UTC nanoseconds) and ``features`` (a map of name -> N). Floats
+    travel as their shortest round-trip ``repr``, so values come back bit for bit; the few a DynamoDB
+    number cannot hold (NaN, infinities, magnitudes beyond 1e-130..1e126) are stored as that ``repr``
+    in an S attribute instead.
+
+    Writes are conditional puts (``attribute_not_exists(record_id) OR event_time < :new``), so an
+    older write never overwrites a newer one, whatever the order they arrive in. Reads are strongly
+    consistent, as SQLite's are.
+
+    Parameters
+    ----------
+    client : botocore client
+        ``boto3.client("dynamodb")``.
+    table_name : str
+    feature_group : str
+        ``#`` is the record-id separator, so it may not appear in the group name.
+
+    Examples
+    --------
+    >>> import boto3, pandas as pd
+    >>> from moto import mock_aws
+    >>> with mock_aws():
+    ...     store = DynamoDBOnlineStore(boto3.client("dynamodb", region_name="us-east-1"), "online", "demo")
+    ...     store.create_table_if_missing()
+    ...     frame = pd.DataFrame({"ticker": ["A"], "event_time": pd.to_datetime(["2024-01-03"], utc=True),
+    ...                           "rsi_14": [55.0]})
+    ...     store.put(frame), store.put(frame), store.get("A")["rsi_14"]
+    True
+    (1, 0, 55.0)
+    """
+
+    def __init__(self, client: Any, table_name: str, feature_group: str) -> None:
+        if not isinstance(table_name, str) or not table_name:
+            raise ValueError(f"table_name {table_name!r} must be a non-empty string")
+        if not isinstance(feature_group, str) or not feature_group or "#" in feature_group:
+            raise ValueError(f"feature_group {feature_group!r} must be a non-empty string without '#'")
+        self._client = client
+        self.table_name = table_name
+        self.feature_group = feature_group
+        self._undo_log: list[tuple[str, int, dict[str, Any] | None]] | None = None
+
+    def __repr__(self) -> str:
+        return f"DynamoDBOnlineStore(<client>, {self.table_name!r}, {self.feature_group!r})"
+
+    def _record_id(self, ticker: str) -> str:
+        return f"{self.feature_group}#{ticker}"
+
+    @contextmanager
+    def _table_errors(self) -> Iterator[None]:
+        """Turn a missing table into an error that says what to do."""
+        try:
+            yield
+        except self._client.exceptions.ResourceNotFoundException as exc:
+            raise OnlineStoreError(
+                f"DynamoDB table {self.table_name!r} does not exist; call create_table_if_missing() first"
+            ) from exc
+
+    def create_table_if_missing(self) -> bool:
+        """Create the table (on-demand billing) unless it exists; True when it was created."""
+        try:
+            self._client.describe_table(TableName=self.table_name)
+            return False
+        except self._client.exceptions.ResourceNotFoundException:
+            pass
+        self._client.create_table(
+            TableName=self.table_name,
+            KeySchema=[{"AttributeName": "record_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "record_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self._client.get_waiter("table_exists").wait(TableName=self.table_name)
+        return True
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every ``put`` in the block if it raises; a block inside another joins it.
+
+        Undo restores each replaced item (or deletes a new one) on the condition that it still holds
+        what this block wrote, so a newer write made meanwhile by someone else is kept.
+        """
+        if self._undo_log is not None:
+            yield
+            return
+        self._undo_log = []
+        try:
+            yield
+        except BaseException:
+            self._undo(self._undo_log)
+            raise
+        finally:
+            self._undo_log = None
+
+    def _undo(self, undo_log: list[tuple[str, int, dict[str, Any] | None]]) -> None:
+        for record_id, written_ns, previous in reversed(undo_log):
+            condition = {
+                "ConditionExpression": "event_time = :written",
+                "ExpressionAttributeValues": {":written": {"N": str(written_ns)}},
+            }
+            try:
+                if previous is None:
+                    self._client.delete_item(TableName=self.table_name, Key={"record_id": {"S": record_id}},
+                                             **condition)
+                else:
+                    self._client.put_item(TableName=self.table_name, Item=previous, **condition)
+            except self._client.exceptions.ConditionalCheckFailedException:
+                log.info("not undoing %s: a newer write replaced it meanwhile", record_id)
+            except Exception:  # keep undoing the rest; the caller re-raises the original error
+                log.exception("could not undo the online write of %s", record_id)
+
+    def put(self, frame: pd.DataFrame) -> int:
+        """Conditionally put each ticker's latest row; all undone if any put fails.
+
+        Arguments and return value as :meth:`SQLiteOnlineStore.put`.
+        """
+        names, rows = _latest_rows(frame)
+        written = 0
+        with self._table_errors(), self.transaction():
+            for row in rows:
+                record_id = self._record_id(row.ticker)
+                event_time = {"N": str(row.event_time_ns)}
+                item = {
+                    "record_id": {"S": record_id},
+                    "feature_group": {"S": self.feature_group},
+                    "ticker": {"S": row.ticker},
+                    "event_time": event_time,
+                    "features": {"M": {n: _encode_number(v) for n, v in zip(names, row.values, strict=True)}},
+                }
+                try:
+                    response = self._client.put_item(
+                        TableName=self.table_name,
+                        Item=item,
+                        ConditionExpression="attribute_not_exists(record_id) OR event_time < :new",
+                        ExpressionAttributeValues={":new": event_time},
+                        ReturnValues="ALL_OLD",
+                    )
+                except self._client.exceptions.ConditionalCheckFailedException:
+                    continue  # the stored record is as new or newer
+                self._undo_log.append((record_id, row.event_time_ns, response.get("Attributes")))
+                written += 1
+        return written
+
+    def _decode(self, item: Mapping[str, Any], features: tuple[str, ...] | None) -> FeatureRecord:
+        stored = item["features"]["M"]
+        return _record(item["ticker"]["S"], int(item["event_time"]["N"]), list(stored),
+                       [_decode_number(v) for v in stored.values()], features, self.feature_group)
+
+    def get(
+        self,
+        ticker: str,
+        features: Sequence[str] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> FeatureRecord | None:
+        """As :meth:`SQLiteOnlineStore.get`."""
+        cutoff = _cutoff_ns(ttl, now)
+        wanted = _check_features(features)
+        key = {"record_id": {"S": self._record_id(_check_ticker(ticker))}}
+        with self._table_errors():
+            item = self._client.get_item(TableName=self.table_name, Key=key, ConsistentRead=True).get("Item")
+        if item is None or (cutoff is not None and int(item["event_time"]["N"]) < cutoff):
+            return None
+        return self._decode(item, wanted)
+
+    def get_many(
+        self,
+        tickers: Iterable[str],
+        features: Sequence[str] | None = None,
+        *,
+        ttl: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, FeatureRecord]:
+        """As :meth:`SQLiteOnlineStore.get_many`, through ``BatchGetItem`` (100 keys a request).
+
+        Keys the service leaves unprocessed (throttling) are retried with exponential backoff.
+        """
+        cutoff = _cutoff_ns(ttl, now)
+        wanted = _check_features(features)
+        unique = _check_tickers(tickers)
+        items: list[Mapping[str, Any]] = []
+        with self._table_errors():
+            for start in range(0, len(unique), _DYNAMODB_BATCH):
+                keys = [{"record_id": {"S": self._record_id(t)}} for t in unique[start : start + _DYNAMODB_BATCH]]
+                items += self._batch_get(keys)
+        found = {
+            item["ticker"]["S"]: self._decode(item, wanted)
+            for item in items
+            if cutoff is None or int(item["event_time"]["N"]) >= cutoff
+        }
+        return {t: found[t] for t in unique if t in found}
+
+    def _batch_get(self, keys: list[dict[str, Any]]) -> list[Mapping[str, Any]]:
+        request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+        items: list[Mapping[str, Any]] = []
+        for attempt in range(_DYNAMODB_RETRIES):
+            response = self._client.batch_get_item(RequestItems=request)
+            items += response["Responses"].get(self.table_name, [])
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                return items
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+        raise OnlineStoreError(
+            f"DynamoDB left {len(request[self.table_name]['Keys'])} key(s) of {self.table_name!r} unprocessed "
+            f"after {_DYNAMODB_RETRIES} attempts (throttled?)"
+        )
