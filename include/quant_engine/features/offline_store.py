@@ -1,0 +1,1055 @@
+"""The offline feature store: append-only, bitemporal Parquet in SageMaker Feature Store's layout.
+
+Data files live at ``<root>/<feature_group>/data/year=YYYY/month=MM/day=DD/<commit>.parquet``
+(partitioned by the UTC day of ``event_time``) with SageMaker's columns ``write_time``,
+``api_invocation_time`` and ``is_deleted`` beside the features. Beside the data sits one JSON
+object, ``<root>/<feature_group>/feature_group.json``, that holds the group's schema *and* its list
+of committed files. It is the only thing a reader trusts:
+
+* a write first stages every Parquet file it needs, then replaces ``feature_group.json`` in one
+  atomic step (temp file + fsync + rename locally, one conditional ``PutObject`` on S3). A failure
+  at any point before that step leaves only unreferenced files, which readers never see and the
+  next write removes (:meth:`OfflineStore.vacuum`);
+* :meth:`OfflineStore.revert` drops a commit from the list in the same single step.
+
+Writes are idempotent and bitemporal: a record ``(ticker, event_time)`` gets a new version only
+when its values differ from the latest stored one, and old versions stay, so a read or join
+``as_of`` a past ``write_time`` sees exactly what was known then.
+
+One writer per feature group at a time. Locally a lock file serialises writers. On S3 this is an
+assumption (the ingestion DAG runs one active run at a time); the commit is a conditional put
+(``If-Match`` on the previous ETag), so a second writer that breaks the assumption gets a
+:class:`ConcurrentCommitError` instead of silently overwriting the other's commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from quant_engine.features import pit
+from quant_engine.features.pit import FeatureFrameError, UnknownFeatureError, ticker_column, utc_ns_column
+
+__all__ = [
+    "CommitInfo",
+    "ConcurrentCommitError",
+    "FeatureFrameError",
+    "FeatureGroupSchema",
+    "FileSystem",
+    "LocalFileSystem",
+    "OfflineStore",
+    "OfflineStoreError",
+    "S3FileSystem",
+    "SchemaMismatchError",
+    "UnknownCommitError",
+    "UnknownFeatureError",
+]
+
+log = logging.getLogger(__name__)
+
+RECORD_IDENTIFIER = "ticker"
+EVENT_TIME = "event_time"
+WRITE_TIME = "write_time"
+API_INVOCATION_TIME = "api_invocation_time"
+IS_DELETED = "is_deleted"
+#: Column names SageMaker Feature Store reserves for itself; no feature may use them.
+RESERVED_NAMES: frozenset[str] = frozenset({WRITE_TIME, API_INVOCATION_TIME, IS_DELETED})
+SUPPORTED_DTYPES: tuple[str, ...] = ("float64",)
+
+MANIFEST_NAME = "feature_group.json"
+DATA_DIR = "data"
+FORMAT_VERSION = 1
+
+#: SageMaker's rule for feature group and feature names.
+_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9]([-_]*[a-zA-Z0-9]){0,63}$")
+_NS_PER_DAY = 86_400 * 10**9
+_UTC_NS = pa.timestamp("ns", tz="UTC")
+#: How many offending rows an error message quotes.
+_MAX_QUOTED = 5
+#: Parallel GETs when a reader pulls committed files from S3.
+_S3_READ_WORKERS = 16
+
+
+class OfflineStoreError(Exception):
+    """Base class for offline-store errors."""
+
+
+class SchemaMismatchError(FeatureFrameError):
+    """A batch's features differ from the stored group's schema (missing, extra or mistyped)."""
+
+
+class UnknownCommitError(OfflineStoreError, LookupError):
+    """:meth:`OfflineStore.revert` was given a commit id the group does not hold."""
+
+
+class ConcurrentCommitError(OfflineStoreError, RuntimeError):
+    """Another writer committed between this writer's read of the manifest and its commit."""
+
+
+# --------------------------------------------------------------------------------------------
+# The filesystem seam
+# --------------------------------------------------------------------------------------------
+
+
+class FileSystem(Protocol):
+    """The few storage operations the store needs; keys are ``/``-separated paths under a root."""
+
+    def read(self, key: str) -> bytes: ...
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+    def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]: ...
+
+    def local_path(self, key: str) -> Path | None: ...
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"storage key {key!r} must be a relative path without empty, '.' or '..' parts")
+    return key
+
+
+class LocalFileSystem:
+    """Files under ``root``; durable writes (fsync) and atomic replace (temp file + rename).
+
+    Parameters
+    ----------
+    root : Path
+        Directory that holds every feature group; created on first write.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
+            raise TypeError(f"root={root!r} must be a directory path")
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalFileSystem({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def read(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The bytes at ``key`` and a content hash that :meth:`replace_atomic` checks, or None."""
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write and fsync ``data`` (file and directory entry) so a later commit never points at lost bytes."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(path.parent)
+
+    def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None:
+        """Replace ``key`` with ``data`` all at once, if it still holds ``expected_version``.
+
+        ``expected_version=None`` means the key must not exist yet. Readers see either the old or
+        the new bytes, never a mix, even if the process dies halfway.
+        """
+        current = self.read_versioned(key)
+        current_version = None if current is None else current[1]
+        if current_version != expected_version:
+            raise ConcurrentCommitError(
+                f"{self._path(key)} changed since it was read; another writer committed in between"
+            )
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``key``; released even if the process dies."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class S3FileSystem:
+    """Objects under ``s3://bucket/prefix/`` through a boto3 S3 client.
+
+    A single ``PutObject`` is atomic on S3, and the manifest's put is conditional on the ETag read
+    before (``If-Match``, or ``If-None-Match: *`` for a new group). There is no lock: one writer
+    per feature group is assumed (see the module docstring).
+
+    Parameters
+    ----------
+    s3_client : botocore client
+        ``boto3.client("s3")``.
+    bucket : str
+        Bucket name.
+    prefix : str
+        Key prefix under which feature groups live (may be empty).
+    """
+
+    def __init__(self, s3_client: Any, bucket: str, prefix: str = "") -> None:
+        if not isinstance(bucket, str) or not bucket:
+            raise ValueError(f"bucket={bucket!r} must be a non-empty bucket name")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix={prefix!r} must be a string")
+        self.client = s3_client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+
+    def __repr__(self) -> str:
+        return f"S3FileSystem(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey as exc:
+            raise FileNotFoundError(f"s3://{self.bucket}/{self._key(key)}") from exc
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The bytes at ``key`` and their ETag, or None when the object does not exist."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return response["Body"].read(), response["ETag"]
+
+    def write(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None:
+        """One conditional put: succeeds only if the object still has ETag ``expected_version``."""
+        condition = {"IfNoneMatch": "*"} if expected_version is None else {"IfMatch": expected_version}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+        except self.client.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                raise ConcurrentCommitError(
+                    f"s3://{self.bucket}/{self._key(key)} changed since it was read; "
+                    "another writer committed in between"
+                ) from exc
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix).rstrip("/") + "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """No lock on S3: single writer per feature group is assumed; the commit's ETag check backs it up."""
+        return contextlib.nullcontext()
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Schema, commits and the manifest
+# --------------------------------------------------------------------------------------------
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` if it follows SageMaker's naming rule for feature groups and features."""
+    if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+        raise ValueError(
+            f"{what} {name!r} must start with a letter or digit and contain only letters, digits, "
+            "'-' and '_' (at most 64 characters; SageMaker's rule)"
+        )
+    return name
+
+
+def utc_timestamp(value: object, what: str) -> pd.Timestamp:
+    """``value`` as a tz-aware UTC timestamp; naive or unparsable values are an error naming ``what``."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}={value!r} is not a timestamp") from exc
+    if stamp is pd.NaT:
+        raise ValueError(f"{what} is NaT; give a timestamp")
+    if stamp.tzinfo is None:
+        raise ValueError(f"{what}={value!r} is a naive timestamp; give a time zone (e.g. UTC)")
+    return stamp.tz_convert("UTC")
+
+
+def _iso(stamp: pd.Timestamp) -> str:
+    return stamp.isoformat()
+
+
+@dataclass(frozen=True)
+class FeatureGroupSchema:
+    """What a feature group stores: its features, their dtypes, and SageMaker's two key columns.
+
+    Parameters
+    ----------
+    features : dict of str to str
+        Feature name to dtype, in column order. Only ``float64`` is supported (the feature-frame
+        contract).
+    version : int
+        Schema version, e.g. the feature set's version.
+    created_time : Timestamp, optional
+        When the group was created; set by the store.
+
+    Examples
+    --------
+    >>> schema = FeatureGroupSchema.for_features(["log_return_1", "rsi_14"])
+    >>> schema.feature_names, schema.record_identifier, schema.event_time_name
+    (('log_return_1', 'rsi_14'), 'ticker', 'event_time')
+    """
+
+    features: dict[str, str]
+    version: int = 1
+    created_time: pd.Timestamp | None = None
+    record_identifier: str = field(default=RECORD_IDENTIFIER, init=False)
+    event_time_name: str = field(default=EVENT_TIME, init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.features, dict) or not self.features:
+            raise ValueError(f"features={self.features!r} must be a non-empty dict of name -> dtype")
+        for name, dtype in self.features.items():
+            check_name(name, "feature name")
+            if name in RESERVED_NAMES or name in (RECORD_IDENTIFIER, EVENT_TIME):
+                raise ValueError(
+                    f"feature name {name!r} is reserved; "
+                    f"{sorted(RESERVED_NAMES | {RECORD_IDENTIFIER, EVENT_TIME})} cannot be features"
+                )
+            if dtype not in SUPPORTED_DTYPES:
+                raise ValueError(f"feature {name!r} has dtype {dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 1:
+            raise ValueError(f"version={self.version!r} must be an integer >= 1")
+        if self.created_time is not None:
+            object.__setattr__(self, "created_time", utc_timestamp(self.created_time, "created_time"))
+
+    @classmethod
+    def for_features(cls, names: Sequence[str], *, version: int = 1) -> FeatureGroupSchema:
+        """A schema of ``float64`` features named ``names``, in that order."""
+        if isinstance(names, str):
+            raise TypeError(f"names={names!r} must be a sequence of feature names, not one string")
+        names = list(names)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"feature names {repeated} appear more than once")
+        return cls({name: "float64" for name in names}, version=version)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(self.features)
+
+    def same_features(self, other: FeatureGroupSchema) -> bool:
+        return list(self.features.items()) == list(other.features.items())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "record_identifier_feature_name": self.record_identifier,
+            "event_time_feature_name": self.event_time_name,
+            "features": [{"name": n, "dtype": d} for n, d in self.features.items()],
+            "schema_version": self.version,
+            "created_time": None if self.created_time is None else _iso(self.created_time),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FeatureGroupSchema:
+        return cls(
+            {f["name"]: f["dtype"] for f in data["features"]},
+            version=data["schema_version"],
+            created_time=data["created_time"],
+        )
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """What one :meth:`OfflineStore.write` did.
+
+    ``commit_id`` is None when the batch held nothing new (an idempotent rerun): nothing was
+    written and there is nothing to revert.
+    """
+
+    commit_id: str | None
+    write_time: pd.Timestamp
+    api_invocation_time: pd.Timestamp
+    rows_written: int
+    rows_new: int
+    rows_corrected: int
+    rows_unchanged: int
+    files: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commit_id": self.commit_id,
+            "write_time": _iso(self.write_time),
+            "api_invocation_time": _iso(self.api_invocation_time),
+            "rows_written": self.rows_written,
+            "rows_new": self.rows_new,
+            "rows_corrected": self.rows_corrected,
+            "rows_unchanged": self.rows_unchanged,
+            "files": list(self.files),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommitInfo:
+        return cls(
+            commit_id=data["commit_id"],
+            write_time=pd.Timestamp(data["write_time"]),
+            api_invocation_time=pd.Timestamp(data["api_invocation_time"]),
+            rows_written=data["rows_written"],
+            rows_new=data["rows_new"],
+            rows_corrected=data["rows_corrected"],
+            rows_unchanged=data["rows_unchanged"],
+            files=tuple(data["files"]),
+        )
+
+
+@dataclass(frozen=True)
+class _StoredFile:
+    key: str  # relative to the group directory
+    day: int  # UTC day of every event_time in the file, as days since the epoch
+    rows: int
+    commit: CommitInfo
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """The decoded ``feature_group.json`` and the version token it was read at."""
+
+    feature_group: str
+    schema: FeatureGroupSchema | None
+    commits: tuple[CommitInfo, ...]
+    file_days: dict[str, tuple[int, int]]  # key -> (day, rows)
+    token: str | None
+
+    def to_bytes(self) -> bytes:
+        if self.schema is None:
+            raise OfflineStoreError("a feature group without a schema cannot be committed")
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "feature_group": self.feature_group,
+            **self.schema.to_json(),
+            "commits": [
+                {**c.to_json(), "file_days": [list(self.file_days[k]) for k in c.files]} for c in self.commits
+            ],
+        }
+        return json.dumps(payload, indent=1).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, token: str, feature_group: str) -> _Manifest:
+        payload = json.loads(data)
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise OfflineStoreError(
+                f"feature group {feature_group!r}: manifest format {payload.get('format_version')!r} "
+                f"is not {FORMAT_VERSION}, the one this code reads"
+            )
+        commits = []
+        file_days: dict[str, tuple[int, int]] = {}
+        for entry in payload["commits"]:
+            commit = CommitInfo.from_json(entry)
+            commits.append(commit)
+            file_days.update({k: (d, r) for k, (d, r) in zip(commit.files, entry["file_days"], strict=True)})
+        return cls(feature_group, FeatureGroupSchema.from_json(payload), tuple(commits), file_days, token)
+
+    def stored_files(self) -> list[_StoredFile]:
+        return [_StoredFile(k, *self.file_days[k], c) for c in self.commits for k in c.files]
+
+
+# --------------------------------------------------------------------------------------------
+# Batch validation
+# --------------------------------------------------------------------------------------------
+
+
+def _quote(frame: pd.DataFrame, mask: np.ndarray) -> str:
+    rows = np.flatnonzero(mask)
+    quoted = [f"{frame[RECORD_IDENTIFIER].iat[i]}@{frame[EVENT_TIME].iat[i]} (row {i})" for i in rows[:_MAX_QUOTED]]
+    if len(rows) > _MAX_QUOTED:
+        quoted.append(f"... {len(rows)} rows in all")
+    return ", ".join(quoted)
+
+
+def _schema_from_frame(frame: pd.DataFrame) -> FeatureGroupSchema:
+    names = [c for c in frame.columns if c not in (RECORD_IDENTIFIER, EVENT_TIME)]
+    for name in names:
+        if name in RESERVED_NAMES:
+            raise SchemaMismatchError(f"column {name!r} is reserved by the store; drop it from the batch")
+        if not isinstance(name, str):
+            raise SchemaMismatchError(f"column name {name!r} is not a string")
+    if not names:
+        raise SchemaMismatchError(f"the batch has no feature columns besides {RECORD_IDENTIFIER!r} and {EVENT_TIME!r}")
+    try:
+        return FeatureGroupSchema({name: str(frame[name].dtype) for name in names})
+    except ValueError as exc:
+        raise SchemaMismatchError(f"the batch cannot define a feature group: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A validated batch, sorted by (ticker, event_time)."""
+
+    tickers: np.ndarray
+    event_ns: np.ndarray
+    values: np.ndarray  # (rows, features) float64
+
+    def __len__(self) -> int:
+        return len(self.event_ns)
+
+
+def _validate_batch(frame: pd.DataFrame, schema: FeatureGroupSchema, feature_group: str) -> _Batch:
+    missing_keys = [c for c in (RECORD_IDENTIFIER, EVENT_TIME) if c not in frame.columns]
+    if missing_keys:
+        raise FeatureFrameError(f"the batch lacks column(s) {missing_keys}; have {list(frame.columns)}")
+    if frame.columns.duplicated().any():
+        raise FeatureFrameError(f"the batch repeats column(s) {sorted(set(frame.columns[frame.columns.duplicated()]))}")
+    names = schema.feature_names
+    given = [c for c in frame.columns if c not in (RECORD_IDENTIFIER, EVENT_TIME)]
+    missing = [n for n in names if n not in given]
+    extra = [c for c in given if c not in schema.features]
+    mistyped = [f"{n!r} is {frame[n].dtype}, not {schema.features[n]}"
+                for n in names if n in given and str(frame[n].dtype) != schema.features[n]]
+    if missing or extra or mistyped:
+        problems = []
+        if missing:
+            problems.append(f"missing feature(s) {missing}")
+        if extra:
+            problems.append(f"unknown feature(s) {extra}")
+        if mistyped:
+            problems.append("mistyped: " + "; ".join(mistyped))
+        raise SchemaMismatchError(
+            f"batch does not match feature group {feature_group!r} ({', '.join(names)}): " + "; ".join(problems)
+        )
+    frame = frame.reset_index(drop=True)
+    tickers = ticker_column(frame[RECORD_IDENTIFIER])
+    event_ns = utc_ns_column(frame[EVENT_TIME], EVENT_TIME)
+    values = frame[list(names)].to_numpy(dtype="float64")
+    not_finite = ~np.isfinite(values)
+    if not_finite.any():
+        columns = [n for n, bad in zip(names, not_finite.any(axis=0), strict=True) if bad]
+        raise FeatureFrameError(
+            f"NaN or infinite values in feature(s) {columns} at {_quote(frame, not_finite.any(axis=1))}; "
+            "the store keeps only complete rows"
+        )
+    duplicated = frame.duplicated([RECORD_IDENTIFIER, EVENT_TIME], keep=False).to_numpy()
+    if duplicated.any():
+        raise FeatureFrameError(f"duplicate (ticker, event_time) in the batch: {_quote(frame, duplicated)}")
+    order = np.lexsort((event_ns, tickers.astype(str)))
+    return _Batch(tickers[order], event_ns[order], values[order])
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+# --------------------------------------------------------------------------------------------
+
+
+class OfflineStore:
+    """An append-only, bitemporal feature group on a :class:`FileSystem`.
+
+    Parameters
+    ----------
+    fs : LocalFileSystem or S3FileSystem
+        Where the group lives.
+    feature_group : str
+        The group's name (SageMaker's naming rule: letters, digits, ``-``, ``_``).
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> store = OfflineStore(LocalFileSystem(tempfile.mkdtemp()), "prices")
+    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True),
+    ...                       "ret": [0.01, -0.02]})
+    >>> first = store.write(frame, write_time=pd.Timestamp("2024-01-04", tz="UTC"))
+    >>> first.rows_written, store.write(frame).rows_written  # a rerun writes nothing
+    (2, 0)
+    >>> entities = pd.DataFrame({"ticker": ["A"], "ts": pd.to_datetime(["2024-01-02 12:00"], utc=True)})
+    >>> float(store.point_in_time_join(entities)["ret"].iloc[0])
+    0.01
+    """
+
+    def __init__(self, fs: FileSystem, feature_group: str) -> None:
+        self.fs = fs
+        self.feature_group = check_name(feature_group, "feature group name")
+
+    def __repr__(self) -> str:
+        return f"OfflineStore({self.fs!r}, {self.feature_group!r})"
+
+    # -- keys ---------------------------------------------------------------------------------
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.feature_group, *parts))
+
+    @property
+    def _manifest_key(self) -> str:
+        return self._key(MANIFEST_NAME)
+
+    def _load(self) -> _Manifest:
+        found = self.fs.read_versioned(self._manifest_key)
+        if found is None:
+            return _Manifest(self.feature_group, None, (), {}, None)
+        data, token = found
+        return _Manifest.from_bytes(data, token, self.feature_group)
+
+    def _commit(self, manifest: _Manifest) -> None:
+        self.fs.replace_atomic(self._manifest_key, manifest.to_bytes(), expected_version=manifest.token)
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def schema(self) -> FeatureGroupSchema | None:
+        """The group's schema, or None when the group has not been created yet."""
+        return self._load().schema
+
+    def commits(self) -> list[CommitInfo]:
+        """Every live commit, oldest first."""
+        return list(self._load().commits)
+
+    def create_group(self, schema: FeatureGroupSchema) -> FeatureGroupSchema:
+        """Create the group with ``schema``; a no-op if it exists with the same features.
+
+        Raises
+        ------
+        SchemaMismatchError
+            The group exists with different features.
+        """
+        if not isinstance(schema, FeatureGroupSchema):
+            raise TypeError(f"schema must be a FeatureGroupSchema, not {type(schema).__name__}")
+        with self.fs.lock(self._key(".lock")):
+            manifest = self._load()
+            if manifest.schema is not None:
+                self._check_same_schema(manifest.schema, schema)
+                return manifest.schema
+            created = replace(schema, created_time=pd.Timestamp.now(tz="UTC"))
+            self._commit(replace(manifest, schema=created))
+            return created
+
+    def _check_same_schema(self, stored: FeatureGroupSchema, wanted: FeatureGroupSchema) -> None:
+        if not stored.same_features(wanted):
+            raise SchemaMismatchError(
+                f"feature group {self.feature_group!r} exists with features {dict(stored.features)}, "
+                f"not {dict(wanted.features)}"
+            )
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, frame: pd.DataFrame, *, write_time: object = None) -> CommitInfo:
+        """Append the records of ``frame`` that are new or changed, as one atomic commit.
+
+        Parameters
+        ----------
+        frame : DataFrame
+            A feature frame: ``ticker``, ``event_time`` (tz-aware) and the group's ``float64``
+            features, no NaN, one row per ``(ticker, event_time)``. The first write to a group
+            creates it with the frame's features.
+        write_time : Timestamp, optional
+            When this knowledge enters the store (default: now). A correction's ``write_time``
+            must be later than the version it corrects.
+
+        Returns
+        -------
+        CommitInfo
+            ``commit_id`` is None and ``rows_written`` 0 when every record was already stored
+            with the same values.
+
+        Raises
+        ------
+        SchemaMismatchError, FeatureFrameError
+            The batch breaks the schema or the contract; nothing is written.
+        """
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"a feature batch must be a pandas DataFrame, not {type(frame).__name__}")
+        api_invocation_time = pd.Timestamp.now(tz="UTC")
+        write_time = api_invocation_time if write_time is None else utc_timestamp(write_time, "write_time")
+        with self.fs.lock(self._key(".lock")):
+            manifest = self._load()
+            schema = manifest.schema
+            if schema is None:
+                schema = replace(_schema_from_frame(frame), created_time=api_invocation_time)
+            batch = _validate_batch(frame, schema, self.feature_group)
+            fresh, rows_new, rows_corrected = self._changed_rows(manifest, schema, batch, write_time)
+            counts = dict(rows_new=rows_new, rows_corrected=rows_corrected, rows_unchanged=len(batch) - len(fresh))
+            if len(fresh) == 0:
+                if manifest.schema is None:
+                    self._commit(replace(manifest, schema=schema))
+                return CommitInfo(None, write_time, api_invocation_time, 0, **counts)
+            self.vacuum(manifest)
+            commit_id = f"{write_time.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
+            file_days = self._stage(fresh, schema, commit_id, write_time, api_invocation_time)
+            commit = CommitInfo(commit_id, write_time, api_invocation_time, len(fresh), **counts,
+                                files=tuple(file_days))
+            self._commit(replace(manifest, schema=schema, commits=(*manifest.commits, commit),
+                                 file_days={**manifest.file_days, **file_days}))
+        log.info("feature group %s: commit %s wrote %d rows (%d new, %d corrected) in %d files",
+                 self.feature_group, commit_id, len(fresh), rows_new, rows_corrected, len(file_days))
+        return commit
+
+    def _changed_rows(
+        self, manifest: _Manifest, schema: FeatureGroupSchema, batch: _Batch, write_time: pd.Timestamp
+    ) -> tuple[_Batch, int, int]:
+        """The batch rows to append, and how many of them are new records vs corrections."""
+        if len(batch) == 0 or not manifest.commits:
+            return batch, len(batch), 0
+        names = list(schema.feature_names)
+        days = set(np.unique(batch.event_ns // _NS_PER_DAY).tolist())
+        files = [f for f in manifest.stored_files() if f.day in days]
+        with duckdb.connect() as con:
+            self._register_rows(con, files, schema)
+            con.register("wanted", pa.table({"ticker": pa.array(np.unique(batch.tickers).astype(str))}))
+            stored = con.sql(
+                pit.latest_versions_sql("feature_rows", names, dedupe=True,
+                                        where="ticker IN (SELECT ticker FROM wanted)")
+            ).to_arrow_table()
+        keys = pd.MultiIndex.from_arrays([batch.tickers.astype(str), batch.event_ns])
+        stored_keys = pd.MultiIndex.from_arrays(
+            [stored["ticker"].to_numpy(zero_copy_only=False).astype(str),
+             stored["event_time"].cast(pa.int64()).to_numpy()]
+        )
+        position = stored_keys.get_indexer(keys)
+        exists = position >= 0
+        stored_values = np.column_stack([stored[n].to_numpy() for n in names]) if len(stored) else np.empty((0, len(names)))
+        changed = np.zeros(len(batch), dtype=bool)
+        changed[exists] = (stored_values[position[exists]] != batch.values[exists]).any(axis=1)
+        if changed.any():
+            stored_write_ns = stored["write_time"].cast(pa.int64()).to_numpy()[position[changed]]
+            too_early = stored_write_ns >= write_time.value
+            if too_early.any():
+                i = np.flatnonzero(changed)[too_early][0]
+                raise FeatureFrameError(
+                    f"write_time {write_time} is not after the stored version of "
+                    f"{batch.tickers[i]}@{pd.Timestamp(batch.event_ns[i], tz='UTC')} "
+                    f"(written {pd.Timestamp(stored_write_ns[too_early][0], tz='UTC')}); "
+                    "a correction needs a later write_time"
+                )
+        keep = ~exists | changed
+        fresh = _Batch(batch.tickers[keep], batch.event_ns[keep], batch.values[keep])
+        return fresh, int((~exists).sum()), int(changed.sum())
+
+    def _stage(
+        self,
+        batch: _Batch,
+        schema: FeatureGroupSchema,
+        commit_id: str,
+        write_time: pd.Timestamp,
+        api_invocation_time: pd.Timestamp,
+    ) -> dict[str, tuple[int, int]]:
+        """Write one Parquet file per UTC day of ``event_time``; invisible until committed."""
+        days = batch.event_ns // _NS_PER_DAY
+        order = np.argsort(days, kind="stable")
+        n = len(batch)
+        table = pa.table(
+            {
+                RECORD_IDENTIFIER: pa.array(batch.tickers[order].astype(str), pa.string()),
+                EVENT_TIME: pa.array(batch.event_ns[order], _UTC_NS),
+                **{name: pa.array(batch.values[order, j], pa.float64()) for j, name in enumerate(schema.feature_names)},
+                WRITE_TIME: pa.array(np.full(n, write_time.value, dtype="int64"), _UTC_NS),
+                API_INVOCATION_TIME: pa.array(np.full(n, api_invocation_time.value, dtype="int64"), _UTC_NS),
+                IS_DELETED: pa.array(np.zeros(n, dtype=bool)),
+            }
+        )
+        sorted_days = days[order]
+        starts = np.flatnonzero(np.r_[True, sorted_days[1:] != sorted_days[:-1]])
+        ends = np.r_[starts[1:], n]
+        file_days: dict[str, tuple[int, int]] = {}
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+            day = int(sorted_days[start])
+            date = pd.Timestamp(day * _NS_PER_DAY)
+            key = f"{DATA_DIR}/year={date.year:04d}/month={date.month:02d}/day={date.day:02d}/{commit_id}.parquet"
+            buffer = io.BytesIO()
+            pq.write_table(table.slice(start, end - start), buffer)
+            self.fs.write(self._key(key), buffer.getvalue())
+            file_days[key] = (day, end - start)
+        return file_days
+
+    def revert(self, commit_id: str) -> CommitInfo:
+        """Remove one commit's rows in a single atomic step (e.g. when the online write failed).
+
+        Returns
+        -------
+        CommitInfo
+            The commit that was removed.
+
+        Raises
+        ------
+        UnknownCommitError
+            The group holds no live commit ``commit_id``.
+        """
+        if not isinstance(commit_id, str) or not commit_id:
+            raise ValueError(f"commit_id={commit_id!r} must be a non-empty string")
+        with self.fs.lock(self._key(".lock")):
+            manifest = self._load()
+            found = [c for c in manifest.commits if c.commit_id == commit_id]
+            if not found:
+                recent = [c.commit_id for c in manifest.commits[-3:]]
+                raise UnknownCommitError(
+                    f"feature group {self.feature_group!r} has no commit {commit_id!r}; latest: {recent}"
+                )
+            (reverted,) = found
+            kept = tuple(c for c in manifest.commits if c.commit_id != commit_id)
+            file_days = {k: v for k, v in manifest.file_days.items() if k not in set(reverted.files)}
+            self._commit(replace(manifest, commits=kept, file_days=file_days))
+            for key in reverted.files:  # unreferenced now; a crash here leaves orphans for vacuum()
+                self.fs.delete(self._key(key))
+        log.warning("feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id,
+                    reverted.rows_written)
+        return reverted
+
+    def vacuum(self, manifest: _Manifest | None = None) -> list[str]:
+        """Delete data files no commit references (left by failed writes or interrupted reverts).
+
+        Runs under the writer lock in :meth:`write`; call it directly only when no write is
+        running (one writer per group).
+
+        Returns
+        -------
+        list of str
+            The keys removed, relative to the filesystem root.
+        """
+        manifest = manifest or self._load()
+        live = {self._key(k) for k in manifest.file_days}
+        orphans = [k for k in self.fs.list(self._key(DATA_DIR)) if k not in live]
+        for key in orphans:
+            self.fs.delete(key)
+        if orphans:
+            log.info("feature group %s: removed %d orphaned files", self.feature_group, len(orphans))
+        return orphans
+
+    # -- reading ------------------------------------------------------------------------------
+    def _register_rows(self, con: duckdb.DuckDBPyConnection, files: Sequence[_StoredFile],
+                       schema: FeatureGroupSchema) -> None:
+        """Make the committed ``files`` queryable as the view ``feature_rows``."""
+        keys = [self._key(f.key) for f in files]
+        paths = [self.fs.local_path(k) for k in keys]
+        if keys and all(p is not None for p in paths):
+            con.read_parquet([str(p) for p in paths]).create_view("feature_rows")
+            return
+        if keys:
+            with ThreadPoolExecutor(max_workers=min(_S3_READ_WORKERS, len(keys))) as pool:
+                tables = list(pool.map(lambda k: pq.read_table(pa.BufferReader(self.fs.read(k))), keys))
+            table = pa.concat_tables(tables)
+        else:
+            table = _empty_rows(schema)
+        con.register("feature_rows", table)
+
+    def _require_schema(self, manifest: _Manifest) -> FeatureGroupSchema:
+        if manifest.schema is None:
+            raise OfflineStoreError(f"feature group {self.feature_group!r} does not exist yet; write to it first")
+        return manifest.schema
+
+    def read(
+        self,
+        tickers: Sequence[str] | None = None,
+        start: object = None,
+        end: object = None,
+        *,
+        as_of: object = None,
+        include_history: bool = False,
+    ) -> pd.DataFrame:
+        """Stored records, the latest version of each as known at ``as_of``.
+
+        Parameters
+        ----------
+        tickers : sequence of str, optional
+            Only these tickers (default: all).
+        start, end : Timestamp, optional
+            Inclusive bounds on ``event_time`` (tz-aware).
+        as_of : Timestamp, optional
+            Only versions with ``write_time <= as_of`` (default: everything committed).
+        include_history : bool
+            Return every version (with ``write_time``, ``api_invocation_time``, ``is_deleted``)
+            instead of the latest one per record.
+
+        Returns
+        -------
+        DataFrame
+            A feature frame sorted by ``(ticker, event_time)`` (and ``write_time`` with history).
+        """
+        if isinstance(tickers, str):
+            raise TypeError(f"tickers={tickers!r} must be a sequence of tickers, not one string")
+        wanted = None if tickers is None else ticker_column(pd.Series(list(tickers), dtype=object), "tickers")
+        start_ts = None if start is None else utc_timestamp(start, "start")
+        end_ts = None if end is None else utc_timestamp(end, "end")
+        if start_ts is not None and end_ts is not None and end_ts < start_ts:
+            raise ValueError(f"end={end_ts} is before start={start_ts}")
+        as_of_ts = None if as_of is None else utc_timestamp(as_of, "as_of")
+        manifest = self._load()
+        schema = self._require_schema(manifest)
+        names = list(schema.feature_names)
+        files = _select_files(
+            manifest,
+            as_of=as_of_ts,
+            first_day=None if start_ts is None else start_ts.value // _NS_PER_DAY,
+            last_day=None if end_ts is None else end_ts.value // _NS_PER_DAY,
+        )
+        conditions = []
+        if start_ts is not None:
+            conditions.append(f"epoch_ns(event_time) >= {start_ts.value}")
+        if end_ts is not None:
+            conditions.append(f"epoch_ns(event_time) <= {end_ts.value}")
+        if wanted is not None:
+            conditions.append("ticker IN (SELECT ticker FROM wanted)")
+        where = " AND ".join(conditions)
+        with duckdb.connect() as con:
+            self._register_rows(con, files, schema)
+            if wanted is not None:
+                con.register("wanted", pa.table({"ticker": pa.array(wanted.astype(str))}))
+            if include_history:
+                history = [WRITE_TIME, API_INVOCATION_TIME, IS_DELETED]
+                columns = ", ".join(pit.quote(c) for c in [RECORD_IDENTIFIER, EVENT_TIME, *names, *history])
+                sql = (f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
+                       "ORDER BY ticker, event_time, write_time")
+            else:
+                latest = pit.latest_versions_sql("feature_rows", names, dedupe=_needs_dedupe(files), where=where)
+                sql = f"SELECT * EXCLUDE (write_time) FROM ({latest}) ORDER BY ticker, event_time"
+            table = con.sql(sql).to_arrow_table()
+        return pit.arrow_to_frame(table)
+
+    def point_in_time_join(
+        self,
+        entities: pd.DataFrame,
+        features: Sequence[str] | None = None,
+        *,
+        as_of: object = None,
+        ttl: timedelta | pd.Timedelta | None = None,
+        entity_time_col: str = "ts",
+    ) -> pd.DataFrame:
+        """For each entity row, the latest feature values with ``event_time <= ts``.
+
+        Parameters
+        ----------
+        entities : DataFrame
+            ``ticker`` and ``entity_time_col`` (tz-aware); other columns (labels, ...) are
+            carried through.
+        features : sequence of str, optional
+            Features to attach (default: all of the group's).
+        as_of : Timestamp, optional
+            Bitemporal cut: only versions with ``write_time <= as_of`` count, so corrections
+            written later never leak into a backtest. Among qualifying versions of one
+            ``event_time`` the latest write wins.
+        ttl : timedelta, optional
+            Values whose ``event_time`` is before ``ts - ttl`` become NaN.
+        entity_time_col : str
+            Name of the entity frame's time column.
+
+        Returns
+        -------
+        DataFrame
+            ``entities`` (same rows, order and index) with one ``float64`` column per feature;
+            NaN where no feature row qualifies.
+        """
+        if as_of is not None:
+            as_of = utc_timestamp(as_of, "as_of")
+        ttl_ns = pit.ttl_nanoseconds(ttl)
+        manifest = self._load()
+        schema = self._require_schema(manifest)
+        names = pit.resolve_features(features, schema.feature_names, self.feature_group)
+        keys = pit.validate_entities(entities, entity_time_col, names)
+        if len(keys.ts_ns):
+            first_day = None if ttl_ns is None else (int(keys.ts_ns.min()) - ttl_ns) // _NS_PER_DAY
+            files = _select_files(manifest, as_of=as_of, first_day=first_day,
+                                  last_day=int(keys.ts_ns.max()) // _NS_PER_DAY)
+        else:
+            files = []
+        with duckdb.connect() as con:
+            self._register_rows(con, files, schema)
+            values = pit.asof_join(con, "feature_rows", keys, names, dedupe=_needs_dedupe(files), ttl_ns=ttl_ns)
+        return pit.attach(entities, names, values)
+
+
+def _select_files(
+    manifest: _Manifest, *, as_of: pd.Timestamp | None, first_day: int | None, last_day: int | None
+) -> list[_StoredFile]:
+    """Committed files that can hold qualifying rows: pruned by commit write_time and partition day."""
+    return [
+        f
+        for f in manifest.stored_files()
+        if (as_of is None or f.commit.write_time <= as_of)
+        and (first_day is None or f.day >= first_day)
+        and (last_day is None or f.day <= last_day)
+    ]
+
+
+def _needs_dedupe(files: Sequence[_StoredFile]) -> bool:
+    """Whether any record may have several versions among ``files``.
+
+    Every version after a record's first is counted as a correction by the commit that wrote it,
+    so without corrections each (ticker, event_time) appears once and the dedupe can be skipped.
+    """
+    return any(f.commit.rows_corrected for f in files)
+
+
+def _empty_rows(schema: FeatureGroupSchema) -> pa.Table:
+    return pa.table(
+        {
+            RECORD_IDENTIFIER: pa.array([], pa.string()),
+            EVENT_TIME: pa.array([], _UTC_NS),
+            **{name: pa.array([], pa.float64()) for name in schema.feature_names},
+            WRITE_TIME: pa.array([], _UTC_NS),
+            API_INVOCATION_TIME: pa.array([], _UTC_NS),
+            IS_DELETED: pa.array([], pa.bool_()),
+        }
+    )
