@@ -16,6 +16,7 @@ three rules:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -170,21 +171,30 @@ def _cutoff_ns(ttl: timedelta | None, now: datetime | None) -> int | None:
     return now_ns - pd.Timedelta(ttl).value
 
 
+@functools.lru_cache(maxsize=4096)
+def _utc_timestamp(event_time_ns: int) -> pd.Timestamp:
+    """Cached: building a tz-aware Timestamp costs microseconds, and records share event times."""
+    return pd.Timestamp(event_time_ns, tz="UTC")
+
+
 def _record(
     ticker: str, event_time_ns: int, names: Sequence[str], values: Sequence[float],
     features: tuple[str, ...] | None, feature_group: str,
 ) -> FeatureRecord:
     """The record a reader gets: event time plus the requested features (all by default)."""
+    record: FeatureRecord = {"event_time": _utc_timestamp(event_time_ns)}
+    if features is None:
+        record.update(zip(names, values, strict=True))
+        return record
     stored = dict(zip(names, values, strict=True))
-    if features is not None:
-        missing = [f for f in features if f not in stored]
-        if missing:
-            raise ValueError(
-                f"feature(s) {missing} are not stored for {ticker!r} in feature group {feature_group!r}; "
-                f"stored: {', '.join(names)}"
-            )
-        stored = {f: stored[f] for f in features}
-    return {"event_time": pd.Timestamp(event_time_ns, tz="UTC"), **stored}
+    missing = [f for f in features if f not in stored]
+    if missing:
+        raise ValueError(
+            f"feature(s) {missing} are not stored for {ticker!r} in feature group {feature_group!r}; "
+            f"stored: {', '.join(names)}"
+        )
+    record.update((f, stored[f]) for f in features)
+    return record
 
 
 # --- SQLite ------------------------------------------------------------------------------------
@@ -242,8 +252,8 @@ class SQLiteOnlineStore:
     --------
     >>> import tempfile, pandas as pd
     >>> store = SQLiteOnlineStore(tempfile.mkdtemp() + "/online.sqlite", "demo")
-    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True),
-    ...                       "rsi_14": [40.0, 55.0]})
+    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "rsi_14": [40.0, 55.0],
+    ...                       "event_time": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True)})
     >>> store.put(frame), store.put(frame)
     (1, 0)
     >>> store.get("A")
