@@ -28,7 +28,15 @@ _MAX_QUOTED_ROWS = 5
 
 
 class BarValidationError(ValueError):
-    """Bars that break the schema; the message names the rule, the tickers and the rows."""
+    """Bars that break the schema; the message names the rule, the tickers and the rows.
+
+    ``report`` holds every broken rule when the rows were readable (``None`` when the frame
+    itself is unusable: a missing column, naive timestamps).
+    """
+
+    def __init__(self, message: str, report: ValidationReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
@@ -62,11 +70,30 @@ def _describe_rows(bars: pd.DataFrame, mask: np.ndarray) -> list[str]:
     return quoted
 
 
+#: A timestamp written with its UTC offset (``Z``, ``+00:00``, ``-0500``) at the end.
+_OFFSET_PATTERN = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
 def _to_utc(ts: pd.Series, *, assume_tz: str | None) -> pd.Series:
-    """Timestamps as tz-aware UTC; naive input needs an explicit ``assume_tz``."""
+    """Timestamps as tz-aware UTC; naive input needs an explicit ``assume_tz``.
+
+    Values that are missing or cannot be read become ``NaT`` and are judged by
+    :func:`validate_bars`, row by row; mixing offset-carrying and naive text is an error.
+    """
     if not pd.api.types.is_datetime64_any_dtype(ts):
+        has_offset = ts.astype(str).str.contains(_OFFSET_PATTERN, regex=True).to_numpy() & ts.notna().to_numpy()
+        if has_offset.any():
+            # Unreadable text is a row problem; readable text without an offset is a naive timestamp.
+            naive = pd.to_datetime(ts[~has_offset], format="mixed", errors="coerce").notna()
+            if naive.any():
+                naive_rows = np.flatnonzero(~has_offset)[naive.to_numpy()][:_MAX_QUOTED_ROWS].tolist()
+                aware_rows = np.flatnonzero(has_offset)[:_MAX_QUOTED_ROWS].tolist()
+                raise BarValidationError(
+                    f"column 'ts' mixes timestamps with a UTC offset (rows {aware_rows}) and without one "
+                    f"(rows {naive_rows}); write every value the same way"
+                )
         try:
-            ts = pd.to_datetime(ts, utc=False, format="mixed")
+            ts = pd.to_datetime(ts, utc=bool(has_offset.any()), format="mixed", errors="coerce")
         except (ValueError, TypeError) as exc:
             raise BarValidationError(f"column 'ts' holds values that are not timestamps: {exc}") from exc
     if getattr(ts.dt, "tz", None) is None:
@@ -75,7 +102,10 @@ def _to_utc(ts: pd.Series, *, assume_tz: str | None) -> pd.Series:
                 "column 'ts' holds naive timestamps; say which time zone they are in "
                 "(assume_tz='UTC', 'America/New_York', ...)"
             )
-        ts = ts.dt.tz_localize(assume_tz)
+        try:
+            ts = ts.dt.tz_localize(assume_tz, ambiguous="raise", nonexistent="raise")
+        except Exception as exc:  # pytz/zoneinfo raise several unrelated types for bad zones and times
+            raise BarValidationError(f"cannot read naive 'ts' values as {assume_tz!r}: {exc}") from exc
     return ts.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
 
 
@@ -84,6 +114,8 @@ def coerce_bars(frame: pd.DataFrame, *, assume_tz: str | None = None) -> pd.Data
 
     ``ticker``, ``ts`` and ``close`` are required. Missing ``open``/``high``/``low`` are filled from
     ``close`` (a close-only series is a valid bar series) and a missing ``volume`` becomes 0.
+    A missing ticker becomes ``""`` and an unreadable timestamp ``NaT``; :func:`validate_bars`
+    reports both by row.
     """
     missing = [c for c in ("ticker", "ts", "close") if c not in frame.columns]
     if missing:
@@ -91,7 +123,7 @@ def coerce_bars(frame: pd.DataFrame, *, assume_tz: str | None = None) -> pd.Data
             f"bars are missing required column(s) {missing}; have {list(frame.columns)}"
         )
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-    out["ticker"] = frame["ticker"].astype(str).to_numpy()
+    out["ticker"] = frame["ticker"].astype("string").str.strip().fillna("").astype(str).to_numpy()
     out["ts"] = _to_utc(frame["ts"].reset_index(drop=True), assume_tz=assume_tz).to_numpy()
     for col in NUMERIC_COLUMNS:
         if col in frame.columns:
@@ -116,9 +148,9 @@ def validate_bars(
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Check bars against the schema and return them sorted by ``(ticker, ts)``.
 
-    Rules: no NaN in prices or volume; prices > 0; volume >= 0; ``high >= low`` and
-    ``low <= open, close <= high``; no duplicate ``(ticker, ts)``; time never goes backwards
-    within a ticker in the order given.
+    Rules: every row has a ticker and a readable timestamp; no NaN in prices or volume;
+    prices > 0; volume >= 0; ``high >= low`` and ``low <= open, close <= high``; no duplicate
+    ``(ticker, ts)``; time never goes backwards within a ticker in the order given.
 
     Parameters
     ----------
@@ -152,6 +184,9 @@ def validate_bars(
             report.problems[rule] = _describe_rows(bars, mask)
             bad |= mask
 
+    has_ts = bars["ts"].notna().to_numpy()
+    check("missing ticker", (bars["ticker"] == "").to_numpy())
+    check("missing or unreadable timestamp", ~has_ts)
     values = bars[list(NUMERIC_COLUMNS)].to_numpy()
     check("NaN or infinite value", ~np.isfinite(values).all(axis=1))
     with np.errstate(invalid="ignore"):
@@ -164,23 +199,25 @@ def validate_bars(
         )
         check("open/close outside [low, high]", outside)
 
-    duplicated = bars.duplicated(["ticker", "ts"], keep="last").to_numpy()
-    check("duplicate (ticker, ts)", duplicated)
-    ts_ns = bars["ts"].to_numpy().astype("int64")
-    same_ticker = bars["ticker"].to_numpy()[1:] == bars["ticker"].to_numpy()[:-1]
-    backwards = np.concatenate([[False], same_ticker & (np.diff(ts_ns) < 0)])
+    check("duplicate (ticker, ts)", bars.duplicated(["ticker", "ts"], keep="last").to_numpy() & has_ts)
+    # Order is judged among rows with a timestamp: each against the previous one of its ticker.
+    timed = bars.loc[has_ts, ["ticker", "ts"]]
+    previous = timed.groupby("ticker", sort=False)["ts"].shift()
+    backwards = np.zeros(len(bars), dtype=bool)
+    backwards[np.flatnonzero(has_ts)] = (timed["ts"] < previous).to_numpy()
     if backwards.any():
         # Only a report for the "raise" policy: sorting below repairs order without losing rows.
         report.problems["time going backwards"] = _describe_rows(bars, backwards)
 
     if report.problems and on_error == "raise":
-        raise BarValidationError("invalid bars: " + "; ".join(
-            f"{rule}: {', '.join(rows)}" for rule, rows in report.problems.items()
-        ))
-    if report.problems:
-        log.warning("dropping invalid bars: %s", report.summary())
+        raise BarValidationError(
+            "invalid bars: " + "; ".join(f"{rule}: {', '.join(rows)}" for rule, rows in report.problems.items()),
+            report,
+        )
     clean = bars.loc[~bad].sort_values(["ticker", "ts"], kind="stable").reset_index(drop=True)
     report.n_rows_out = len(clean)
+    if report.problems:
+        log.warning("dropping invalid bars: %s", report.summary())
     return clean, report
 
 
