@@ -345,7 +345,7 @@ def test_definition_arguments_are_validated() -> None:
         FeatureDefinition("x", ("close",), 1, "last", "")  # type: ignore[arg-type]
     scalar = FeatureDefinition("x", ("close",), 2, lambda close: close.sum(), "")
     with pytest.raises(ValueError, match=r"feature 'x' returned shape \(\) for 3 windows"):
-        scalar.apply({"close": np.ones((3, 2))})
+        scalar.apply(np.ones((3, 2)))
 
 
 def test_set_arguments_are_validated() -> None:

@@ -3,9 +3,10 @@
 Each feature is ONE numpy function over trailing windows: it receives, for every input column, an
 array of shape ``(n_rows, window)`` whose last column is the current bar, and returns ``(n_rows,)``.
 The batch path hands it a :func:`~numpy.lib.stride_tricks.sliding_window_view` of a ticker's whole
-history; the streaming path hands it a ``(1, window)`` view of a per-ticker ring buffer built the
-same way. The same function on the same numbers with the same memory layout gives the same bits,
-so offline/online parity holds by construction rather than by careful re-implementation.
+history; the streaming path hands it a ``(1, window)`` view of a per-ticker ring buffer, each row
+in both cases a contiguous run of float64. The same function on the same numbers in the same
+layout gives the same bits (the tests check it bit for bit), so offline/online parity holds by
+construction rather than by careful re-implementation.
 
 The price of that guarantee is that every feature must be a finite-window function. Recursive
 indicators (EMA, Wilder's RSI) depend on all history since the first bar, so they would differ
@@ -66,7 +67,7 @@ class FeatureDefinition:
     >>> import numpy as np
     >>> spread = FeatureDefinition("hl_spread", ("high", "low"), 1,
     ...                            lambda high, low: high[:, -1] - low[:, -1], "high minus low")
-    >>> spread.apply({"high": np.array([[3.0], [5.0]]), "low": np.array([[1.0], [4.0]])})
+    >>> spread.apply(np.array([[3.0], [5.0]]), np.array([[1.0], [4.0]]))
     array([2., 1.])
     """
 
@@ -91,10 +92,10 @@ class FeatureDefinition:
         if not callable(self.compute):
             raise TypeError(f"feature {self.name!r}: compute={self.compute!r} is not callable")
 
-    def apply(self, windows: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Run ``compute`` on trailing windows keyed by input column, checking the result's shape."""
-        n_rows = windows[self.inputs[0]].shape[0]
-        values = np.asarray(self.compute(*(windows[c] for c in self.inputs)), dtype=np.float64)
+    def apply(self, *windows: np.ndarray) -> np.ndarray:
+        """Run ``compute`` on one trailing-window array per input, checking the result's shape."""
+        n_rows = windows[0].shape[0]
+        values = np.asarray(self.compute(*windows), dtype=np.float64)
         if values.shape != (n_rows,):
             raise ValueError(
                 f"feature {self.name!r} returned shape {values.shape} for {n_rows} windows; "
@@ -435,10 +436,8 @@ class FeatureSet:
         for start, stop in zip(starts, [*starts[1:], len(ordered)], strict=True):
             for j, feature in enumerate(self.features):
                 if stop - start >= feature.window:
-                    windows = {
-                        c: sliding_window_view(columns[c][start:stop], feature.window) for c in feature.inputs
-                    }
-                    out[start + feature.window - 1 : stop, j] = feature.apply(windows)
+                    windows = (sliding_window_view(columns[c][start:stop], feature.window) for c in feature.inputs)
+                    out[start + feature.window - 1 : stop, j] = feature.apply(*windows)
         frame = pd.DataFrame({"ticker": pd.Series(tickers, dtype="str"), "event_time": ts})
         return pd.concat([frame, pd.DataFrame(out, columns=self.names)], axis=1)
 
@@ -452,8 +451,8 @@ class StreamingFeatureState:
 
     Each ticker keeps the last ``lookback`` values of every input column in a doubled ring buffer
     (each value is written twice, ``capacity`` apart), so the trailing window is always one
-    contiguous slice: O(1) to append, no copying, and the window function sees exactly the memory
-    layout the batch path gives it.
+    contiguous slice: O(1) to append, no copying. The window function gets it as a ``(1, window)``
+    view whose row is laid out in memory as each row of the batch path's sliding-window view.
 
     Examples
     --------
@@ -468,7 +467,7 @@ class StreamingFeatureState:
     def __init__(self, feature_set: FeatureSet) -> None:
         self._features = feature_set.features
         self._columns = feature_set.input_columns
-        self._row = {c: i for i, c in enumerate(self._columns)}
+        self._buffer_rows = [tuple(self._columns.index(c) for c in f.inputs) for f in self._features]
         self._capacity = feature_set.lookback
         self._buffers: dict[str, np.ndarray] = {}
         self._counts: dict[str, int] = {}
@@ -542,15 +541,12 @@ class StreamingFeatureState:
 
         end = slot + self._capacity + 1  # the newest value sits at end - 1
         out: dict[str, float] = {}
-        for feature in self._features:
+        for feature, rows in zip(self._features, self._buffer_rows, strict=True):
             if count < feature.window:
                 out[feature.name] = math.nan
                 continue
-            windows = {
-                c: sliding_window_view(buffer[self._row[c], end - feature.window : end], feature.window)
-                for c in feature.inputs
-            }
-            out[feature.name] = float(feature.apply(windows)[0])
+            start = end - feature.window
+            out[feature.name] = float(feature.apply(*(buffer[r, np.newaxis, start:end] for r in rows))[0])
         return out
 
 
