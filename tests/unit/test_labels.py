@@ -63,7 +63,7 @@ def test_docstring_examples_run():
 def test_fixed_horizon_by_hand_keeps_tickers_apart():
     bars = pd.DataFrame({
         "ticker": ["A"] * 4 + ["B"] * 3,
-        "ts": list(pd.date_range("2024-01-01", periods=4, tz="UTC")) + list(pd.date_range("2024-01-02", periods=3, tz="UTC")),
+        "ts": [*pd.date_range("2024-01-01", periods=4, tz="UTC"), *pd.date_range("2024-01-02", periods=3, tz="UTC")],
         "close": [10.0, 11.0, 9.0, 12.0, 50.0, 40.0, 60.0],
     })
     got = fixed_horizon_labels(bars, 2)

@@ -81,7 +81,9 @@ def test_sharpe_moments_conventions():
     assert moments.skew == pytest.approx(scipy_skew(RETURNS))
 
 
-@pytest.mark.parametrize("sr,sr_star,n,g3,g4", [(0.1, 0.0, 250, 0.0, 3.0), (0.15, 0.05, 60, -1.2, 7.5), (-0.05, 0.0, 1000, 0.4, 4.0)])
+@pytest.mark.parametrize("sr,sr_star,n,g3,g4", [
+    (0.1, 0.0, 250, 0.0, 3.0), (0.15, 0.05, 60, -1.2, 7.5), (-0.05, 0.0, 1000, 0.4, 4.0),
+])
 def test_probabilistic_sharpe_ratio_formula(sr, sr_star, n, g3, g4):
     want = norm.cdf((sr - sr_star) * math.sqrt(n - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr**2))
     assert probabilistic_sharpe_ratio(sr, sr_star, n, g3, g4) == pytest.approx(want, rel=1e-12)
@@ -112,7 +114,8 @@ def test_deflated_sharpe_ratio_reproduces_the_published_example():
 def test_expected_max_sharpe_formula():
     gamma = 0.5772156649015329
     for n_trials, variance in [(2, 1.0), (10, 0.04), (1000, 0.002)]:
-        want = math.sqrt(variance) * ((1 - gamma) * norm.ppf(1 - 1 / n_trials) + gamma * norm.ppf(1 - 1 / (n_trials * math.e)))
+        quantiles = (1 - gamma) * norm.ppf(1 - 1 / n_trials) + gamma * norm.ppf(1 - 1 / (n_trials * math.e))
+        want = math.sqrt(variance) * quantiles
         assert expected_max_sharpe(n_trials, variance) == pytest.approx(want, rel=1e-12)
     assert expected_max_sharpe(1, 0.5) == 0.0
     assert expected_max_sharpe(50, 0.0) == 0.0
@@ -222,7 +225,8 @@ def test_bad_inputs_are_named():
         (lambda: probability_of_backtest_overfitting([0.1, 0.2, 0.3, 0.4]), "must be 2-d"),
         (lambda: probability_of_backtest_overfitting(PERFORMANCE, n_blocks=3), "n_blocks=3 must be an even int"),
         (lambda: probability_of_backtest_overfitting(PERFORMANCE, n_blocks=10), "8 periods cannot fill n_blocks=10"),
-        (lambda: probability_of_backtest_overfitting(np.zeros((8, 3)), n_blocks=2), r"NaN for trial\(s\) \[0, 1, 2\] in combination 0"),
+        (lambda: probability_of_backtest_overfitting(np.zeros((8, 3)), n_blocks=2),
+         r"NaN for trial\(s\) \[0, 1, 2\] in combination 0"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

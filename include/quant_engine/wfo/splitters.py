@@ -49,6 +49,7 @@ import datetime as dt
 import itertools
 import math
 import numbers
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,7 +86,7 @@ class _SampleTimes:
         new_time[:1] = True
         np.not_equal(t0[1:], t0[:-1], out=new_time[1:])
         first_rows = np.flatnonzero(new_time)
-        span_end = np.maximum.reduceat(t1, first_rows) if len(t0) else t1[:0]
+        span_end = np.maximum.reduceat(t1, first_rows)
         return cls(
             t0=t0,
             t1=t1,
@@ -156,8 +157,9 @@ def _aligned_t1(X: object, t1: object, n_rows: int) -> object:
             missing = x_index[aligned.isna().to_numpy()]
             raise ValueError(f"t1 has no label end for {len(missing)} row(s) of X, first {missing[0]!r}")
         return aligned
-    if len(t1) != n_rows:  # type: ignore[arg-type]
-        raise ValueError(f"t1 has {len(t1)} entries but X has {n_rows} rows; give one label end per row")  # type: ignore[arg-type]
+    n_ends = len(t1)  # type: ignore[arg-type]
+    if n_ends != n_rows:
+        raise ValueError(f"t1 has {n_ends} entries but X has {n_rows} rows; give one label end per row")
     return t1
 
 
@@ -301,20 +303,21 @@ def _repr(cv: object, params: dict[str, object]) -> str:
     return f"{type(cv).__name__}({', '.join(shown)})"
 
 
-class _GroupPurgedCV:
+class _GroupPurgedCV(ABC):
     """Purged splits that test a few of ``n_groups`` contiguous groups of unique timestamps each."""
 
     t1: object | None
     embargo: Embargo
 
     @property
+    @abstractmethod
     def _n_groups(self) -> int:
-        raise NotImplementedError
+        """Number of contiguous groups the unique timestamps are cut into."""
 
     @property
+    @abstractmethod
     def test_groups(self) -> np.ndarray:
         """Test groups of each split, shape ``(n_splits, n_test_groups)``, in split order."""
-        raise NotImplementedError
 
     def get_n_splits(self, X: object = None, y: object = None, groups: object = None) -> int:
         """Number of splits; independent of the data.

@@ -180,8 +180,8 @@ def probabilistic_sharpe_ratio(
 def expected_max_sharpe(n_trials: int, var_trial_sharpes: float) -> float:
     """Expected largest of ``n_trials`` Sharpe ratios drawn around zero with variance ``var_trial_sharpes``.
 
-    ``√V·[(1−γ)·Φ⁻¹(1−1/N) + γ·Φ⁻¹(1−1/(N·e))]`` with γ the Euler–Mascheroni constant (Bailey et al.):
-    the Sharpe ratio the best of ``N`` skill-less trials reaches by luck alone. One trial involves no
+    ``√V·[(1−γ)·Φ⁻¹(1−1/N) + γ·Φ⁻¹(1−1/(N·e))]`` with γ the Euler–Mascheroni constant (Bailey et
+    al.): the Sharpe ratio the best of ``N`` skill-less trials reaches by luck alone. One trial involves no
     selection, so its expected maximum is 0.
 
     Examples
@@ -319,9 +319,13 @@ def probability_of_backtest_overfitting(
     """
     values = np.asarray(performance, dtype="float64")
     if values.ndim != 2 or values.shape[1] < 2:
-        raise ValueError(f"performance must be 2-d (periods, trials) with at least 2 trials, got shape {values.shape}")
+        raise ValueError(
+            f"performance must be 2-d (periods, trials) with at least 2 trials, got shape {values.shape}"
+        )
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, numbers.Integral) or n_blocks < 2 or n_blocks % 2:
-        raise ValueError(f"n_blocks={n_blocks!r} must be an even int of at least 2, so in- and out-of-sample halves match")
+        raise ValueError(
+            f"n_blocks={n_blocks!r} must be an even int of at least 2, so in- and out-of-sample halves match"
+        )
     n_periods, n_trials = values.shape
     if n_periods < n_blocks:
         raise ValueError(f"{n_periods} periods cannot fill n_blocks={n_blocks} blocks; use fewer blocks")
