@@ -42,8 +42,22 @@ $(AIRFLOW_DB_STAMP): $(DEPS_STAMP)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -40 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 	@rm -f $(AIRFLOW_HOME)/.migrated-* && touch $@
 
+# The main job: ingest the embedded synthetic market, then walk-forward validation through Airflow.
+MAIN_JOB_LOGS := $(QE_HOME)/logs
+INGEST_CONF := {"source": "synthetic", "start": "2015-01-01", "end": "2024-12-31"}
+
 run: venv airflow-db
-	$(BIN)/python -m quant_engine.main_job
+	@mkdir -p $(MAIN_JOB_LOGS)
+	@echo "[1/2] airflow dags test market_data_ingestion (synthetic market, 2015-2024; log: $(MAIN_JOB_LOGS)/ingestion.log)"
+	@$(BIN)/airflow dags test market_data_ingestion --conf '$(INGEST_CONF)' > $(MAIN_JOB_LOGS)/ingestion.log 2>&1 \
+		&& grep -q "state=success" $(MAIN_JOB_LOGS)/ingestion.log \
+		|| (tail -60 $(MAIN_JOB_LOGS)/ingestion.log; echo "ingestion failed; full log: $(MAIN_JOB_LOGS)/ingestion.log"; exit 1)
+	@grep -o "ingested .*" $(MAIN_JOB_LOGS)/ingestion.log | head -1
+	@echo "[2/2] airflow dags test wfo_pipeline (log: $(MAIN_JOB_LOGS)/wfo_pipeline.log)"
+	@$(BIN)/airflow dags test wfo_pipeline > $(MAIN_JOB_LOGS)/wfo_pipeline.log 2>&1 \
+		&& grep -q "state=success" $(MAIN_JOB_LOGS)/wfo_pipeline.log \
+		|| (tail -60 $(MAIN_JOB_LOGS)/wfo_pipeline.log; echo "wfo_pipeline failed; full log: $(MAIN_JOB_LOGS)/wfo_pipeline.log"; exit 1)
+	@$(BIN)/quant-engine wfo show --latest
 
 test: venv airflow-db
 	$(BIN)/python -m pytest -q -p no:cacheprovider
