@@ -101,6 +101,11 @@ def test_unreadable_and_missing_timestamps_are_row_problems() -> None:
     assert len(clean) == 3 and report.n_rows_out == 3
 
 
+def test_a_time_column_without_any_timestamp_is_named() -> None:
+    with pytest.raises(BarValidationError, match=r"holds no readable timestamp \(first values \['soon', 'later', 'never'\]\)"):
+        validate_bars(bars(ts=["soon", "later", "never", "again", "then"]))
+
+
 @pytest.mark.parametrize("column", ["ticker", "ts", "close"])
 def test_missing_required_column_is_named(column: str) -> None:
     with pytest.raises(BarValidationError, match=rf"missing required column\(s\) \['{column}'\]"):

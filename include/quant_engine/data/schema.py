@@ -93,9 +93,12 @@ def _to_utc(ts: pd.Series, *, assume_tz: str | None) -> pd.Series:
                     f"(rows {naive_rows}); write every value the same way"
                 )
         try:
-            ts = pd.to_datetime(ts, utc=bool(has_offset.any()), format="mixed", errors="coerce")
+            parsed = pd.to_datetime(ts, utc=bool(has_offset.any()), format="mixed", errors="coerce")
         except (ValueError, TypeError) as exc:
             raise BarValidationError(f"column 'ts' holds values that are not timestamps: {exc}") from exc
+        if parsed.isna().all() and ts.notna().any():
+            raise BarValidationError(f"column 'ts' holds no readable timestamp (first values {ts.head(3).tolist()})")
+        ts = parsed
     if getattr(ts.dt, "tz", None) is None:
         if assume_tz is None:
             raise BarValidationError(
