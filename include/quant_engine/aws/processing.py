@@ -1,0 +1,324 @@
+"""SageMaker Processing for walk-forward splits: stage a run on S3, run jobs, collect the predictions.
+
+A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker framework image, so
+the model code in the container is the same :func:`~quant_engine.wfo.pipeline.run_split` a local
+task runs. S3 layout, under ``settings.s3_uri("wfo", <run>)``::
+
+    input/    config.json, plan.json, dataset.parquet, splits/   -> /opt/ml/processing/input
+    code/     the quant_engine package sources                   -> /opt/ml/processing/code (PYTHONPATH)
+    output/<job>/predictions/trial=<t>/split=<s>.parquet         <- /opt/ml/processing/output
+
+The image defaults to SageMaker's XGBoost 3.2 framework image for the region (``image_uris.retrieve``
+of the ``sagemaker`` SDK, which works offline), the XGBoost release the engine trains with. The
+package is shipped as source, so the image must provide what ``run_split`` imports (Python 3.11,
+pandas, pyarrow, xgboost); where the framework image does not, build one from ``requirements.txt``
+and set ``QE_PROCESSING_IMAGE_URI``. The job size comes from ``QE_PROCESSING_*`` variables
+(:meth:`ProcessingSpec.from_env`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import quant_engine
+from quant_engine.config import Settings, SettingsError, get_settings
+from quant_engine.wfo.processing_entry import PROCESSING_INPUT, PROCESSING_OUTPUT, format_tasks
+
+log = logging.getLogger(__name__)
+
+PROCESSING_CODE = "/opt/ml/processing/code"
+ENTRY_POINT: tuple[str, ...] = ("python3", "-m", "quant_engine.wfo.processing_entry")
+#: Run-folder files a job reads; predictions and reports stay out of the upload.
+STAGED_FILES: tuple[str, ...] = ("config.json", "plan.json", "dataset.parquet")
+STAGED_DIRS: tuple[str, ...] = ("splits",)
+#: SageMaker limits an environment value to 256 characters.
+MAX_ENV_VALUE = 256
+TERMINAL_FAILURES: tuple[str, ...] = ("Failed", "Stopped")
+
+
+class ProcessingJobError(RuntimeError):
+    """A Processing job failed, was stopped, or did not finish in time; the message says which."""
+
+
+@dataclass(frozen=True)
+class ProcessingSpec:
+    """Size, image and patience of a Processing job.
+
+    Parameters
+    ----------
+    instance_type : str
+        ``ProcessingResources.ClusterConfig.InstanceType`` (``QE_PROCESSING_INSTANCE_TYPE``).
+    instance_count : int
+        Instances; the entry point gives each one every ``n``-th task (``QE_PROCESSING_INSTANCE_COUNT``).
+    volume_size_gb : int
+        EBS volume per instance (``QE_PROCESSING_VOLUME_GB``).
+    max_runtime_s : int
+        ``StoppingCondition.MaxRuntimeInSeconds`` (``QE_PROCESSING_MAX_RUNTIME_S``).
+    image_uri : str, optional
+        Container image (``QE_PROCESSING_IMAGE_URI``); default: SageMaker's ``framework`` image.
+    framework, framework_version : str
+        The framework image to look up when ``image_uri`` is not given.
+    poll_interval_s : float
+        Seconds between ``DescribeProcessingJob`` calls while waiting.
+    """
+
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = 1
+    volume_size_gb: int = 30
+    max_runtime_s: int = 3600
+    image_uri: str | None = None
+    framework: str = "xgboost"
+    framework_version: str = "3.2-0"
+    poll_interval_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.instance_type.startswith("ml."):
+            raise ValueError(f"instance_type={self.instance_type!r} is not a SageMaker instance type (ml.*)")
+        for name, low, high in (("instance_count", 1, 100), ("volume_size_gb", 1, 16384),
+                                ("max_runtime_s", 1, 432000)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name}={value!r} must be a whole number in [{low}, {high}]")
+        if not self.poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s={self.poll_interval_s!r} must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProcessingSpec:
+        """Defaults overridden by ``QE_PROCESSING_*`` variables."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, key, kind in (("instance_type", "QE_PROCESSING_INSTANCE_TYPE", str),
+                                ("instance_count", "QE_PROCESSING_INSTANCE_COUNT", int),
+                                ("volume_size_gb", "QE_PROCESSING_VOLUME_GB", int),
+                                ("max_runtime_s", "QE_PROCESSING_MAX_RUNTIME_S", int),
+                                ("image_uri", "QE_PROCESSING_IMAGE_URI", str)):
+            if env.get(key):
+                try:
+                    values[name] = kind(env[key])
+                except ValueError:
+                    raise SettingsError(f"{key}={env[key]!r} is not a {kind.__name__}") from None
+        return cls(**values)
+
+
+def framework_image_uri(region: str, framework: str = "xgboost", version: str = "3.2-0",
+                        instance_type: str = "ml.m5.xlarge") -> str:
+    """SageMaker's framework image for ``region``, from the SDK's offline table of ECR accounts."""
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(framework, region=region, version=version, instance_type=instance_type)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``("bucket", "key")``.
+
+    Examples
+    --------
+    >>> split_s3_uri("s3://b/wfo/run/input")
+    ('b', 'wfo/run/input')
+    """
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// URI")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    return bucket, key.strip("/")
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """Where a run folder's job inputs and outputs live on S3."""
+
+    input_uri: str
+    code_uri: str
+    output_uri: str
+
+    @classmethod
+    def for_run(cls, run_dir: Path, settings: Settings) -> StagedRun:
+        base = settings.s3_uri("wfo", Path(run_dir).name)
+        return cls(f"{base}/input", f"{base}/code", f"{base}/output")
+
+
+def _upload_tree(s3: Any, files: Sequence[tuple[Path, str]], uri: str) -> int:
+    bucket, prefix = split_s3_uri(uri)
+    for path, relative in files:
+        s3.upload_file(str(path), bucket, f"{prefix}/{relative}")
+    return len(files)
+
+
+def stage_run(run_dir: Path, settings: Settings | None = None, s3: Any = None) -> StagedRun:
+    """Upload the planned run folder and the package sources a job needs."""
+    settings = settings or get_settings()
+    run_dir = Path(run_dir)
+    s3 = s3 or settings.boto3_client("s3")
+    staged = StagedRun.for_run(run_dir, settings)
+    missing = [name for name in STAGED_FILES if not (run_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} lacks {missing}; build the dataset and the plan before staging")
+    inputs = [(run_dir / name, name) for name in STAGED_FILES]
+    for folder in STAGED_DIRS:
+        inputs += [(p, p.relative_to(run_dir).as_posix()) for p in sorted((run_dir / folder).rglob("*")) if p.is_file()]
+    package = Path(quant_engine.__file__).parent
+    code = [(p, p.relative_to(package.parent).as_posix()) for p in sorted(package.rglob("*"))
+            if p.is_file() and p.suffix in (".py", ".typed") and "__pycache__" not in p.parts]
+    n_inputs = _upload_tree(s3, inputs, staged.input_uri)
+    n_code = _upload_tree(s3, code, staged.code_uri)
+    log.info("staged %d run files at %s and %d source files at %s", n_inputs, staged.input_uri, n_code,
+             staged.code_uri)
+    return staged
+
+
+def job_name(run_dir: Path, tasks: Sequence[tuple[int, int]] | None, now: float | None = None) -> str:
+    """A unique job name (at most 63 characters): run digest, the task when there is one, a time stamp.
+
+    The time stamp makes a retried task a new job instead of a name clash with the failed one.
+    """
+    digest = hashlib.sha1(Path(run_dir).name.encode()).hexdigest()[:10]
+    what = f"t{tasks[0][0]}-s{tasks[0][1]}" if tasks and len(tasks) == 1 else f"n{len(tasks) if tasks else 0}"
+    stamp = int((time.time() if now is None else now) * 1000)
+    return f"qe-wfo-{digest}-{what}-{stamp}"[:63]
+
+
+def processing_job_request(
+    name: str,
+    staged: StagedRun,
+    tasks: Sequence[tuple[int, int]] | None,
+    spec: ProcessingSpec,
+    settings: Settings,
+    image_uri: str,
+) -> dict[str, Any]:
+    """The ``CreateProcessingJob`` arguments of one job running ``tasks`` (``None``: every task)."""
+    if not settings.sagemaker_role_arn:
+        raise SettingsError("QE_SAGEMAKER_ROLE_ARN is not set; SageMaker Processing needs an execution role")
+    environment = {"PYTHONPATH": PROCESSING_CODE, "PYTHONUNBUFFERED": "1"}
+    if tasks:
+        listed = format_tasks(tasks)
+        if len(listed) > MAX_ENV_VALUE:
+            raise ValueError(
+                f"{len(tasks)} tasks do not fit SageMaker's {MAX_ENV_VALUE}-character environment value; "
+                "run fewer tasks per job, or all of them (tasks=None)"
+            )
+        environment["QE_WFO_TASKS"] = listed
+
+    def s3_input(input_name: str, uri: str, local_path: str) -> dict[str, Any]:
+        return {"InputName": input_name, "S3Input": {
+            "S3Uri": uri, "LocalPath": local_path, "S3DataType": "S3Prefix", "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated"}}
+
+    return {
+        "ProcessingJobName": name,
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": spec.instance_count,
+            "InstanceType": spec.instance_type,
+            "VolumeSizeInGB": spec.volume_size_gb,
+        }},
+        "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s},
+        "AppSpecification": {"ImageUri": image_uri, "ContainerEntrypoint": list(ENTRY_POINT)},
+        "Environment": environment,
+        "ProcessingInputs": [
+            s3_input("run", staged.input_uri, PROCESSING_INPUT),
+            s3_input("code", staged.code_uri, PROCESSING_CODE),
+        ],
+        "ProcessingOutputConfig": {"Outputs": [{
+            "OutputName": "predictions",
+            "S3Output": {"S3Uri": f"{staged.output_uri}/{name}", "LocalPath": PROCESSING_OUTPUT,
+                         "S3UploadMode": "EndOfJob"},
+        }]},
+        "RoleArn": settings.sagemaker_role_arn,
+        "Tags": [{"Key": "quant-engine", "Value": "wfo"}],
+    }
+
+
+def wait_for_job(
+    client: Any,
+    name: str,
+    *,
+    timeout_s: float,
+    poll_interval_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Poll ``DescribeProcessingJob`` until the job completes; stop it and raise if it takes too long.
+
+    Raises
+    ------
+    ProcessingJobError
+        The job failed or was stopped (with SageMaker's ``FailureReason``), or ``timeout_s`` passed.
+    """
+    deadline = clock() + timeout_s
+    while True:
+        job = client.describe_processing_job(ProcessingJobName=name)
+        status = job["ProcessingJobStatus"]
+        if status == "Completed":
+            return job
+        if status in TERMINAL_FAILURES:
+            reason = job.get("FailureReason") or job.get("ExitMessage") or "no reason given"
+            raise ProcessingJobError(f"Processing job {name} ended {status}: {reason}")
+        if clock() >= deadline:
+            client.stop_processing_job(ProcessingJobName=name)
+            raise ProcessingJobError(f"Processing job {name} still {status} after {timeout_s:.0f} s; asked it to stop")
+        sleep(poll_interval_s)
+
+
+def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:
+    """Download every object under ``output_uri`` into ``destination``, keeping relative paths.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    bucket, prefix = split_s3_uri(output_uri)
+    written = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+        for item in page.get("Contents", []):
+            relative = item["Key"][len(prefix) + 1:]
+            target = Path(destination) / relative
+            if ".." in Path(relative).parts:
+                raise ProcessingJobError(f"refusing output key {item['Key']!r} that leaves {destination}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            s3.download_file(bucket, item["Key"], str(tmp))
+            tmp.replace(target)
+            written.append(target)
+    return written
+
+
+def run_tasks_on_sagemaker(
+    run_dir: Path,
+    tasks: Sequence[tuple[int, int]] | None,
+    settings: Settings | None = None,
+    *,
+    spec: ProcessingSpec | None = None,
+    sagemaker: Any = None,
+    s3: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Path]:
+    """Run ``tasks`` of a staged run (``None``: all) as one Processing job and fetch its predictions.
+
+    The predictions land in the run folder where a local task would have written them.
+
+    Returns
+    -------
+    list of Path
+        The files downloaded.
+    """
+    settings = settings or get_settings()
+    spec = spec or ProcessingSpec.from_env()
+    sagemaker = sagemaker or settings.boto3_client("sagemaker")
+    s3 = s3 or settings.boto3_client("s3")
+    staged = StagedRun.for_run(run_dir, settings)
+    image = spec.image_uri or framework_image_uri(settings.aws_region, spec.framework, spec.framework_version,
+                                                  spec.instance_type)
+    name = job_name(run_dir, tasks)
+    request = processing_job_request(name, staged, tasks, spec, settings, image)
+    sagemaker.create_processing_job(**request)
+    log.info("started Processing job %s (%s x%d, %s)", name, spec.instance_type, spec.instance_count, image)
+    # The stopping condition bounds the run; the extra quarter hour covers provisioning and upload.
+    wait_for_job(sagemaker, name, timeout_s=spec.max_runtime_s + 900, poll_interval_s=spec.poll_interval_s,
+                 sleep=sleep)
+    files = collect_outputs(s3, request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"], Path(run_dir))
+    log.info("Processing job %s completed; collected %d files", name, len(files))
+    return files
+

@@ -1,0 +1,306 @@
+"""The walk-forward report: ``report.json`` for machines and a self-contained ``report.html`` for people.
+
+Both land in ``$QE_HOME/reports/wfo/<run_id>/``. The HTML embeds its plots as base64 PNG (drawn
+with matplotlib's Agg canvas through :class:`~matplotlib.figure.Figure`, never pyplot, so nothing
+global changes), so it can be mailed or archived as one file: every path's equity curve, the PBO
+logit histogram, the distribution of path Sharpe ratios and the split diagram (train, test,
+purged and embargoed time of every split).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from quant_engine.config import Settings, get_settings
+from quant_engine.wfo.pipeline import (
+    EMBARGOED,
+    PURGED,
+    ROLE_NAMES,
+    TEST,
+    TRAIN,
+    load_dataset,
+    load_plan,
+    split_path,
+    write_json,
+)
+
+#: Colours of the split diagram, indexed by role code (train, test, purged, embargo).
+ROLE_COLOURS: tuple[str, ...] = ("#4c72b0", "#dd8452", "#c44e52", "#8c8c8c")
+#: Priority when a timestamp's rows have different roles: what the diagram shows for it.
+_ROLE_PRIORITY = {TEST: 3, PURGED: 2, EMBARGOED: 1, TRAIN: 0}
+HEADLINE_KEYS: tuple[str, ...] = ("pbo", "deflated_sharpe", "psr", "selected_trial", "n_splits", "n_paths")
+
+
+def report_dir(run_id: str, settings: Settings | None = None) -> Path:
+    """``$QE_HOME/reports/wfo/<run_id>``."""
+    from quant_engine.runs import safe_name
+
+    settings = settings or get_settings()
+    return settings.reports_dir / "wfo" / safe_name(run_id)
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    """The report's content, from the files the pipeline's steps left in ``run_dir``."""
+    run_dir = Path(run_dir)
+    statistics = json.loads((run_dir / "statistics.json").read_text())
+    plan = load_plan(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    data = json.loads((run_dir / "dataset.json").read_text())
+    path_rows = json.loads((run_dir / "paths.json").read_text())
+    selected = statistics["selected_trial"]
+    trials = []
+    for entry in statistics["trials"]:
+        trials.append({**entry, "paths": [r for r in path_rows if r["trial"] == entry["trial"]]})
+    return {
+        "run_id": run_dir.name,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pbo": statistics["pbo"],
+        "deflated_sharpe": statistics["deflated_sharpe"],
+        "psr": statistics["psr"],
+        "selected_trial": selected,
+        "selected_params": plan["trials"][selected],
+        "n_splits": plan["n_splits"],
+        "n_paths": plan["n_paths"],
+        "n_trials": len(plan["trials"]),
+        "paths": [r for r in path_rows if r["trial"] == selected],
+        "trials": trials,
+        # the CSCV logits (thousands) are drawn in the HTML and kept in the run's statistics.json
+        "statistics": {k: v for k, v in statistics.items() if k not in ("trials", "pbo_logits")},
+        "data": data,
+        "config": config,
+        "groups": plan["groups"],
+        "splits": plan["splits"],
+    }
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def _png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plot_equity(paths: pd.DataFrame, selected: int) -> str:
+    """Equity of every path of the selected trial, the other trials' paths faint behind them."""
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.add_subplot()
+    for (trial, path), frame in paths.groupby(["trial", "path"], sort=True):
+        equity = (1.0 + frame["return"].to_numpy()).cumprod()
+        if trial == selected:
+            ax.plot(frame["ts"], equity, lw=1.2, label=f"path {path}")
+        else:
+            ax.plot(frame["ts"], equity, lw=0.6, color="#bbbbbb", zorder=0)
+    ax.axhline(1.0, color="black", lw=0.5)
+    ax.set_title(f"Equity of every CPCV path, trial {selected} (other trials in grey)")
+    ax.set_ylabel("equity (start = 1)")
+    ax.legend(fontsize=7, ncol=5, loc="upper left")
+    return _png(fig)
+
+
+def plot_pbo_logits(logits: Sequence[float], pbo: float | None) -> str:
+    """Histogram of the CSCV logits; the mass left of zero is the PBO."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    values = np.asarray([v for v in logits if v is not None and np.isfinite(v)], dtype=float)
+    ax.hist(values, bins=min(30, max(5, len(values) // 4)), color="#4c72b0", edgecolor="white")
+    ax.axvline(0.0, color="#c44e52", lw=1.5)
+    ax.set_title(f"CSCV logits of the in-sample best trial (PBO = {_fmt(pbo)})")
+    ax.set_xlabel("logit of the out-of-sample relative rank")
+    ax.set_ylabel("combinations")
+    return _png(fig)
+
+
+def plot_sharpe_distribution(trials: Sequence[Mapping[str, Any]]) -> str:
+    """Path Sharpe ratios of every trial, one row of dots per trial, the mean marked."""
+    fig = Figure(figsize=(6, 0.6 * len(trials) + 1.8))
+    ax = fig.add_subplot()
+    for row, trial in enumerate(trials):
+        sharpes = [p for p in trial["path_sharpes"] if p is not None]
+        ax.scatter(sharpes, np.full(len(sharpes), row), s=18, alpha=0.7)
+        if trial["mean_path_sharpe"] is not None:
+            ax.plot([trial["mean_path_sharpe"]] * 2, [row - 0.3, row + 0.3], color="black", lw=2)
+    ax.set_yticks(range(len(trials)), [f"trial {t['trial']}" for t in trials])
+    ax.axvline(0.0, color="#888888", lw=0.8)
+    ax.set_xlabel("annualised Sharpe ratio of each path (bar: mean)")
+    ax.set_title("Sharpe distribution over CPCV paths")
+    return _png(fig)
+
+
+def timestamp_roles(run_dir: Path, n_splits: int) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Per unique timestamp and split, the role the split diagram shows: shape ``(n_splits, n_times)``.
+
+    Rows of one timestamp can differ (a ticker's label reaching a test block is purged while
+    another's is not); the timestamp then shows the most restrictive role: test, purged,
+    embargo, train.
+    """
+    ts = pd.DatetimeIndex(load_dataset(run_dir, ["ts"])["ts"])
+    codes, unique = pd.factorize(ts, sort=True)
+    priority = np.array([_ROLE_PRIORITY[r] for r in range(len(ROLE_NAMES))])
+    by_priority = np.array(sorted(_ROLE_PRIORITY, key=_ROLE_PRIORITY.get))
+    grid = np.zeros((n_splits, len(unique)), dtype=np.int8)
+    for s in range(n_splits):
+        with np.load(split_path(run_dir, s)) as stored:
+            roles = stored["roles"]
+        best = np.zeros(len(unique), dtype=np.int8)
+        np.maximum.at(best, codes, priority[roles].astype(np.int8))
+        grid[s] = by_priority[best]
+    return pd.DatetimeIndex(unique), grid
+
+
+def plot_split_diagram(times: pd.DatetimeIndex, grid: np.ndarray) -> str:
+    """One row per split over time: train, test, purged and embargoed periods."""
+    fig = Figure(figsize=(10, 0.28 * len(grid) + 1.6))
+    ax = fig.add_subplot()
+    x = np.append(times.tz_convert(None).to_numpy(), times[-1].tz_convert(None).to_datetime64())
+    ax.pcolormesh(x, np.arange(len(grid) + 1), grid, cmap=ListedColormap(ROLE_COLOURS), vmin=-0.5,
+                  vmax=len(ROLE_COLOURS) - 0.5, shading="flat")
+    ax.set_yticks(np.arange(len(grid)) + 0.5, [f"split {s}" for s in range(len(grid))], fontsize=7)
+    ax.invert_yaxis()
+    handles = [ax.fill_between([], [], color=c, label=n) for c, n in zip(ROLE_COLOURS, ROLE_NAMES, strict=True)]
+    ax.legend(handles=handles, ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.set_title("CPCV splits: train / test / purged / embargo")
+    return _png(fig)
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f2f2f2}.headline td:first-child{text-align:left}img{max-width:100%}
+pre{background:#f7f7f7;padding:1em;overflow:auto}
+"""
+
+
+def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
+    """The self-contained HTML page of ``report``; ``images`` maps a title to a base64 PNG."""
+    headline = [
+        ("Probability of backtest overfitting (PBO)", report["pbo"]),
+        ("Deflated Sharpe ratio (selected trial)", report["deflated_sharpe"]),
+        ("Probabilistic Sharpe ratio (selected trial)", report["psr"]),
+        ("Selected trial", report["selected_trial"]),
+        ("Splits / paths / trials", f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
+        ("Data", f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
+                 f"{len(report['data']['tickers'])} tickers"),
+    ]
+    trial_rows = [{"trial": t["trial"], **t["params"], "mean path Sharpe": t["mean_path_sharpe"],
+                   "std path Sharpe": t["std_path_sharpe"], "Sharpe of mean path": t["sharpe_of_mean"]}
+                  for t in report["trials"]]
+    trial_columns = list(trial_rows[0]) if trial_rows else []
+    path_columns = ["path", "sharpe", "sortino", "max_drawdown", "hit_rate", "turnover", "annual_return",
+                    "total_return"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>WFO report {html.escape(report['run_id'])}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Walk-forward report <code>{html.escape(report['run_id'])}</code></h1>",
+        f"<p>Generated {html.escape(report['generated_at'])}.</p>",
+        "<table class='headline'>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>"
+                                              for k, v in headline) + "</table>",
+        "<h2>Trials</h2>", _table(trial_rows, trial_columns),
+        f"<h2>Paths of trial {report['selected_trial']}</h2>", _table(report["paths"], path_columns),
+    ]
+    for title, png in images.items():
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    parts += [
+        "<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(report['config'], indent=2))}</pre>",
+        "<h2>Statistics</h2>", f"<pre>{html.escape(json.dumps(report['statistics'], indent=2))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_report(run_dir: Path, destination: Path | None = None, settings: Settings | None = None) -> Path:
+    """Write ``report.json`` and ``report.html`` for the run in ``run_dir``; return the folder.
+
+    ``destination`` defaults to :func:`report_dir` of the run's id. Each file is written to a
+    temporary name and renamed, so a reader sees the old report or the new one, never half.
+    """
+    run_dir = Path(run_dir)
+    report = build_report(run_dir)
+    destination = Path(destination) if destination else report_dir(report["run_id"], settings)
+    destination.mkdir(parents=True, exist_ok=True)
+    paths = pd.read_parquet(run_dir / "paths.parquet", columns=["trial", "path", "ts", "return"])
+    logits = json.loads((run_dir / "statistics.json").read_text())["pbo_logits"]
+    times, grid = timestamp_roles(run_dir, report["n_splits"])
+    images = {
+        "Equity curves": plot_equity(paths, report["selected_trial"]),
+        "PBO logit histogram": plot_pbo_logits(logits, report["pbo"]),
+        "Sharpe distribution": plot_sharpe_distribution(report["trials"]),
+        "Split diagram": plot_split_diagram(times, grid),
+    }
+    report["files"] = {"json": str(destination / "report.json"), "html": str(destination / "report.html")}
+    write_json(destination / "report.json", report)
+    _write_text(destination / "report.html", render_html(report, images))
+    return destination
+
+
+def load_report(location: Path) -> dict[str, Any]:
+    """A written report, from its folder or its ``report.json``."""
+    location = Path(location)
+    path = location / "report.json" if location.is_dir() else location
+    if not path.exists():
+        raise FileNotFoundError(f"no report at {path}")
+    return json.loads(path.read_text())
+
+
+def latest_report(settings: Settings | None = None) -> Path:
+    """The folder of the most recently written WFO report."""
+    settings = settings or get_settings()
+    root = settings.reports_dir / "wfo"
+    found = sorted(root.glob("*/report.json"), key=lambda p: p.stat().st_mtime) if root.exists() else []
+    if not found:
+        raise FileNotFoundError(f"no WFO report under {root}; run `quant-engine wfo run` or the wfo_pipeline DAG")
+    return found[-1].parent
+
+
+def headline(report: Mapping[str, Any]) -> str:
+    """The report's key numbers in a few lines, for logs and ``quant-engine wfo show``."""
+    selected = report["trials"][report["selected_trial"]]
+    lines = [
+        f"WFO report {report['run_id']}: {report['n_splits']} splits, {report['n_paths']} paths, "
+        f"{report['n_trials']} trials, data {report['data']['first_ts'][:10]} .. {report['data']['last_ts'][:10]}",
+        f"  selected trial {report['selected_trial']} {json.dumps(report['selected_params'])}",
+        f"  mean path Sharpe {_fmt(selected['mean_path_sharpe'], 2)} "
+        f"(min {_fmt(min((p for p in selected['path_sharpes'] if p is not None), default=None), 2)}, "
+        f"max {_fmt(max((p for p in selected['path_sharpes'] if p is not None), default=None), 2)})",
+        f"  PBO {_fmt(report['pbo'])}  PSR {_fmt(report['psr'])}  deflated Sharpe {_fmt(report['deflated_sharpe'])}",
+    ]
+    if "files" in report:
+        lines.append(f"  report: {report['files']['html']}")
+    return "\n".join(lines)

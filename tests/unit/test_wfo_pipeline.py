@@ -1,0 +1,262 @@
+"""The walk-forward pipeline: config validation, the PIT dataset, the plan, one split, the whole run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quant_engine.config import Settings, make_offline_store
+from quant_engine.data.sources import make_source
+from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.wfo.pipeline import (
+    DEFAULT_PARAMS,
+    EMBARGOED,
+    PURGED,
+    TEST,
+    TRAIN,
+    WfoConfig,
+    WfoConfigError,
+    assemble,
+    build_dataset,
+    load_dataset,
+    plan,
+    prediction_path,
+    run_pipeline,
+    run_split,
+    split_path,
+    split_roles,
+    statistics,
+)
+
+TICKERS = ["SYN00", "SYN01", "SYN02"]
+START, END = "2020-01-01", "2021-12-31"
+SMALL = {
+    "start": START, "end": END, "n_groups": 4, "n_test_groups": 2, "embargo": "3D",
+    "trials": [{"max_depth": 2, "n_estimators": 8}, {"max_depth": 3, "n_estimators": 8, "threshold": 0.02}],
+}
+
+
+@pytest.fixture(scope="module")
+def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A QE_HOME whose offline store holds the synthetic market's features for 3 tickers, 2020-2021."""
+    home = tmp_path_factory.mktemp("wfo_store")
+    ingest(IngestionRequest.build("synthetic", START, END, tickers=TICKERS), Settings(home=home))
+    return home
+
+
+@pytest.fixture
+def settings(store_home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("QE_HOME", str(store_home))
+    return Settings(home=store_home)
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_documented_run() -> None:
+    config = WfoConfig.from_params(DEFAULT_PARAMS)
+    assert (config.n_groups, config.n_test_groups, config.cost_bps, config.embargo) == (6, 2, 5.0, "5D")
+    assert len(config.trials) == 4
+    assert {(t.max_depth, t.learning_rate) for t in config.trials} == {(2, 0.05), (2, 0.2), (4, 0.05), (4, 0.2)}
+    assert config.start == pd.Timestamp("2015-01-01", tz="UTC") and config.end == pd.Timestamp("2024-12-31", tz="UTC")
+    assert config.splitter().n_splits == 15 and config.splitter().n_paths == 5
+
+
+def test_to_params_round_trips() -> None:
+    config = WfoConfig.from_params({**SMALL, "tickers": "SYN00, SYN01", "label_kind": "triple_barrier",
+                                    "pt_mult": None, "embargo": "7"})
+    assert config.tickers == ("SYN00", "SYN01")
+    assert config.label.pt_mult is None and config.embargo == 7
+    assert WfoConfig.from_params(json.loads(json.dumps(config.to_params()))) == config
+
+
+def test_null_parameters_take_defaults() -> None:
+    config = WfoConfig.from_params({**SMALL, "tickers": None, "cost_bps": None, "horizon": None})
+    assert config.tickers is None and config.cost_bps == 5.0 and config.label.horizon == 5
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"n_test_groups": 4}, "n_test_groups=4 must be smaller than n_groups=4"),
+    ({"n_test_groups": 6, "n_groups": 5}, "n_test_groups=6 must be smaller than n_groups=5"),
+    ({"n_groups": 1}, r"n_groups=1 must be between 2 and 30"),
+    ({"n_groups": 4.0}, r"n_groups=4.0 must be a whole number"),
+    ({"start": "2022-01-01"}, "end 2021-12-31 is before start 2022-01-01: the date range is empty"),
+    ({"start": "not a day"}, "start='not a day' is not a date"),
+    ({"embargo": "five days"}, "embargo='five days' is not a duration"),
+    ({"embargo": -3}, "embargo=-3 bars is negative"),
+    ({"embargo": 1.5}, "must be a number of bars"),
+    ({"label_kind": "sign"}, "label_kind='sign' is not a label kind"),
+    ({"horizon": 0}, "horizon=0 must be between 1 and 252"),
+    ({"pt_mult": -1.0}, "pt_mult=-1.0 must be a positive number"),
+    ({"cost_bps": -5}, "cost_bps=-5 must be a number of basis points"),
+    ({"source": "bloomberg"}, "source='bloomberg' is not a data source"),
+    ({"source": "csv"}, "source='csv' needs source_path"),
+    ({"feature_set": "fancy"}, "no feature set 'fancy'"),
+    ({"tickers": [1, 2]}, "tickers=.* must be a comma-separated string or a list"),
+    ({"trials": []}, "trials must be a non-empty list"),
+    ({"trials": [{"max_depth": 2}]}, "1 trial; give at least 2: PBO and the deflated Sharpe"),
+    ({"trials": {"max_depth": []}}, r"trial grid entries \['max_depth'\] are empty"),
+    ({"trials": [{"depth": 3}]}, r"trial 0 has unknown setting\(s\) \['depth'\]"),
+    ({"trials": [{"threshold": 0.6}]}, "trial 0: trial threshold=0.6 must be in"),
+    ({"trials": [{"learning_rate": 0}]}, r"trial 0: trial learning_rate=0 must be a number in \(0, 1\]"),
+    ({"trials": [{"max_depth": 2}, {"max_depth": 2}]}, r"trial\(s\) \[1\] repeat an earlier trial"),
+    ({"n_trees": 5}, r"unknown parameter\(s\) \['n_trees'\]"),
+])
+def test_bad_parameters_are_named(change: dict, message: str) -> None:
+    with pytest.raises(WfoConfigError, match=message):
+        WfoConfig.from_params({**SMALL, **change})
+
+
+def test_trial_grid_expands_to_its_product() -> None:
+    config = WfoConfig.from_params({**SMALL, "trials": {"max_depth": [2, 3, 4], "threshold": [0.0, 0.05]}})
+    assert len(config.trials) == 6
+    assert config.trials[1].max_depth == 2 and config.trials[1].threshold == 0.05
+
+
+# --- dataset and plan: the checks that need data -------------------------------------------------
+
+
+def test_dataset_joins_stored_features_to_labels_without_look_ahead(settings: Settings, tmp_path: Path) -> None:
+    config = WfoConfig.from_params(SMALL)
+    summary = build_dataset(config, tmp_path, settings)
+    data = load_dataset(tmp_path)
+    assert summary["rows"] == len(data) and summary["tickers"] == TICKERS
+    assert data["ts"].is_monotonic_increasing and (data["t1"] > data["ts"]).all()
+    assert (np.diff(data["group"].to_numpy()) >= 0).all() and sorted(data["group"].unique()) == [0, 1, 2, 3]
+    # each row's features are the stored row of exactly its own bar
+    stored = make_offline_store(settings).read(TICKERS).rename(columns={"event_time": "ts"})
+    merged = data.merge(stored, on=["ticker", "ts"], suffixes=("", "_stored"))
+    assert len(merged) == len(data)
+    np.testing.assert_array_equal(merged["rsi_14"], merged["rsi_14_stored"])
+    # labels and the next-bar return come from the source's closes
+    bars = make_source("synthetic").fetch(TICKERS, START, END)
+    close = bars.set_index(["ticker", "ts"])["close"]
+    row = data.iloc[100]
+    following = bars.loc[(bars["ticker"] == row["ticker"]) & (bars["ts"] > row["ts"]), "close"].to_numpy()
+    here = close[(row["ticker"], row["ts"])]
+    assert row["fwd_ret_1"] == pytest.approx(following[0] / here - 1)
+    assert row["ret"] == pytest.approx(following[4] / here - 1)
+    assert row["label"] == int(following[4] > here)
+    # no label reaches past the end of the sample
+    assert data["t1"].max() <= pd.Timestamp(END, tz="UTC") + pd.Timedelta(days=1)
+
+
+def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
+    config = WfoConfig.from_params({**SMALL, "label_kind": "triple_barrier", "horizon": 10, "sl_mult": None})
+    build_dataset(config, tmp_path, settings)
+    data = load_dataset(tmp_path)
+    span = (data["t1"] - data["ts"]).dt.days
+    assert span.min() >= 1 and span.max() <= 14  # settled within 10 bars
+    assert data["ts"].min() < pd.Timestamp("2020-01-10", tz="UTC")  # volatility history fetched before start
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tickers": "SYN00,SYN77"}, "unknown ticker.* SYN77: not in the offline store"),
+    ({"start": "2030-01-01", "end": "2030-12-31"}, "holds no rows between 2030-01-01 and 2030-12-31"),
+    ({"tickers": "SYN01", "start": "2030-01-01", "end": "2030-12-31"},
+     "SYN01 have no stored features between 2030-01-01 and 2030-12-31"),
+    ({"start": "2021-12-28", "end": "2021-12-31"}, "no row between 2021-12-28 and 2021-12-31 has both"),
+    ({"min_group_rows": 1000}, "too few samples per group: .* fewer than min_group_rows=1000"),
+    ({"feature_set": "extended"}, "feature set 'extended' needs .*parkinson_vol_20"),
+])
+def test_data_checks_fail_before_anything_is_written(settings: Settings, tmp_path: Path, change: dict,
+                                                     message: str) -> None:
+    with pytest.raises(WfoConfigError, match=message):
+        build_dataset(WfoConfig.from_params({**SMALL, **change}), tmp_path, settings)
+    assert not (tmp_path / "dataset.parquet").exists()
+
+
+def test_empty_store_says_to_ingest_first(tmp_path: Path) -> None:
+    with pytest.raises(WfoConfigError, match="offline store .* is empty; run the market_data_ingestion DAG"):
+        build_dataset(WfoConfig.from_params(SMALL), tmp_path / "run", Settings(home=tmp_path))
+
+
+def test_an_embargo_leaving_no_training_data_fails_in_the_plan(settings: Settings, tmp_path: Path) -> None:
+    build_dataset(WfoConfig.from_params({**SMALL, "n_groups": 3, "embargo": "400D"}), tmp_path, settings)
+    with pytest.raises(WfoConfigError, match="leave a split without training data: split 0 .* no training rows"):
+        plan(tmp_path, settings)
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_plan_writes_roles_and_tasks(settings: Settings, tmp_path: Path) -> None:
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
+    tasks = plan(tmp_path, settings)
+    written = json.loads((tmp_path / "plan.json").read_text())
+    assert tasks == [{"trial_id": t, "split_id": s} for t in range(2) for s in range(6)]
+    assert written["n_splits"] == 6 and written["n_paths"] == 3 and len(written["paths"]) == 3
+    data = load_dataset(tmp_path)
+    for split in written["splits"]:
+        with np.load(split_path(tmp_path, split["split_id"])) as stored:
+            roles = stored["roles"]
+        in_test = data["group"].isin(split["test_groups"]).to_numpy()
+        assert ((roles == TEST) == in_test).all()
+        assert split["n_train"] + split["n_test"] + split["n_purged"] + split["n_embargo"] == len(data)
+        # no training label overlaps a test row's time
+        test_times = data.loc[in_test, "ts"]
+        train = data.loc[roles == TRAIN]
+        for g in split["test_groups"]:
+            first, last = data.loc[data["group"] == g, "ts"].min(), data.loc[data["group"] == g, "t1"].max()
+            assert not ((train["ts"] <= last) & (train["t1"] >= first)).any()
+        assert split["n_purged"] > 0 and test_times.size
+
+
+def test_split_roles_tell_purge_from_embargo() -> None:
+    day = 86_400 * 10**9
+    ts = np.arange(10) * day
+    t1 = ts + 2 * day
+    groups = np.repeat([0, 1], 5)
+    train = np.array([0, 1, 2])
+    roles = split_roles(ts, t1, groups, train, [1])
+    # rows 3 and 4 carry labels reaching group 1 (from day 5): purged
+    assert roles.tolist() == [TRAIN] * 3 + [PURGED] * 2 + [TEST] * 5
+    roles = split_roles(ts, t1, groups, np.array([8, 9]), [0])
+    # the test block's span is [day 0, day 6] (its last label ends on day 6): rows 5 and 6 start inside it
+    # and are purged; row 7 starts after it and is the embargo
+    assert roles.tolist() == [TEST] * 5 + [PURGED] * 2 + [EMBARGOED] + [TRAIN] * 2
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def test_run_split_is_deterministic_and_predicts_its_test_rows(settings: Settings, tmp_path: Path) -> None:
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
+    plan(tmp_path, settings)
+    result = run_split(tmp_path, 1, 2)
+    first = pd.read_parquet(result["path"])
+    assert list(first.columns) == ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]
+    assert set(first["group"]) == set(json.loads((tmp_path / "plan.json").read_text())["splits"][2]["test_groups"])
+    assert first["prob"].between(0, 1).all() and result["n_test"] == len(first)
+    again = pd.read_parquet(run_split(tmp_path, 1, 2)["path"])
+    pd.testing.assert_frame_equal(first, again)
+    with pytest.raises(ValueError, match="trial_id=2 is not a trial"):
+        run_split(tmp_path, 2, 0)
+    with pytest.raises(FileNotFoundError, match="split_id=9 is not in the plan"):
+        run_split(tmp_path, 0, 9)
+
+
+def test_assemble_needs_every_prediction(settings: Settings, tmp_path: Path) -> None:
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
+    plan(tmp_path, settings)
+    run_split(tmp_path, 0, 0)
+    with pytest.raises(FileNotFoundError, match=r"task \(trial 0, split 1\) has not run"):
+        assemble(tmp_path)
+
+
+def test_run_pipeline_end_to_end(settings: Settings) -> None:
+    folder = run_pipeline(SMALL, run_id="unit-run", settings=settings)
+    run = settings.home / "runs" / "wfo" / "unit-run"
+    assert folder == settings.home / "reports" / "wfo" / "unit-run"
+    assert (folder / "report.json").exists() and (folder / "report.html").exists()
+    for t in range(2):
+        for s in range(6):
+            assert prediction_path(run, t, s).exists()
+    paths = pd.read_parquet(run / "paths.parquet")
+    data = load_dataset(run, ["ts"])
+    assert sorted(paths.groupby(["trial", "path"]).size().unique()) == [data["ts"].nunique()]
+    stats = json.loads((run / "statistics.json").read_text())
+    assert 0.0 <= stats["pbo"] <= 1.0 and 0.0 <= stats["psr"] <= 1.0 and 0.0 <= stats["deflated_sharpe"] <= 1.0
+    assert stats == statistics(run)  # recomputing from the same files gives the same numbers
