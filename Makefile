@@ -32,7 +32,7 @@ $(DEPS_STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "quant-engine needs Python 3.11 (found %d.%d at %s): the SageMaker SDK and Airflow 3 cannot share a 3.12 environment. Install 3.11 or set PYTHON=/path/to/python3.11." % (sys.version_info[0], sys.version_info[1], sys.executable))'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.deps-* && touch $@
 
 airflow-db: $(AIRFLOW_DB_STAMP)
