@@ -28,18 +28,23 @@ from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
         "start": Param(D["start"], type="string", format="date", description="First day of the sample."),
         "end": Param(D["end"], type="string", format="date", description="Last day of the sample, inclusive."),
         "source": Param(D["source"], enum=["synthetic", "csv", "parquet", "yfinance"],
-                        description="Where the labels' prices come from: the source the features were ingested from."),
-        "source_path": Param(D["source_path"], type=["null", "string"], description="File or folder for csv / parquet."),
-        "feature_set": Param(D["feature_set"], enum=["default", "extended"], description="Features joined from the store."),
+                        description="Where the labels' prices come from: the source the store was ingested from."),
+        "source_path": Param(D["source_path"], type=["null", "string"],
+                             description="File or folder for csv / parquet."),
+        "feature_set": Param(D["feature_set"], enum=["default", "extended"],
+                             description="Features joined from the store."),
         "label_kind": Param(D["label_kind"], enum=["fixed", "triple_barrier"],
-                            description="fixed: sign of the horizon return; triple_barrier: first barrier touched."),
-        "horizon": Param(D["horizon"], type="integer", minimum=1, description="Label horizon (vertical barrier) in bars."),
+                            description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),
+        "horizon": Param(D["horizon"], type="integer", minimum=1,
+                         description="Label horizon (vertical barrier) in bars."),
         "pt_mult": Param(D["pt_mult"], type=["null", "number"], exclusiveMinimum=0,
                          description="Triple barrier: profit-take distance in volatilities; null disables it."),
         "sl_mult": Param(D["sl_mult"], type=["null", "number"], exclusiveMinimum=0,
                          description="Triple barrier: stop-loss distance in volatilities; null disables it."),
-        "vol_window": Param(D["vol_window"], type="integer", minimum=2, description="Triple barrier: bars in the volatility."),
-        "n_groups": Param(D["n_groups"], type="integer", minimum=2, description="CPCV: contiguous groups of timestamps."),
+        "vol_window": Param(D["vol_window"], type="integer", minimum=2,
+                            description="Triple barrier: bars in the volatility estimate."),
+        "n_groups": Param(D["n_groups"], type="integer", minimum=2,
+                          description="CPCV: contiguous groups of timestamps."),
         "n_test_groups": Param(D["n_test_groups"], type="integer", minimum=1,
                                description="CPCV: test groups per split (smaller than n_groups)."),
         "embargo": Param(D["embargo"], type=["string", "integer"],
@@ -48,9 +53,11 @@ from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
                         description="XGBoost trials: a grid (object of lists, Cartesian product) or a list of "
                                     "objects; keys max_depth, learning_rate, n_estimators, subsample, "
                                     "colsample_bytree, min_child_weight, threshold."),
-        "cost_bps": Param(D["cost_bps"], type="number", minimum=0, description="Cost per unit of position traded, in bps."),
+        "cost_bps": Param(D["cost_bps"], type="number", minimum=0,
+                          description="Cost per unit of position traded, in basis points."),
         "seed": Param(D["seed"], type="integer", minimum=0, description="Seed of every model."),
-        "min_group_rows": Param(D["min_group_rows"], type="integer", minimum=1, description="Fewest rows a CPCV group may hold."),
+        "min_group_rows": Param(D["min_group_rows"], type="integer", minimum=1,
+                                description="Fewest rows a CPCV group may hold."),
     },
     doc_md=__doc__,
 )
@@ -60,12 +67,12 @@ def wfo_pipeline():
         from airflow.sdk.exceptions import AirflowFailException
 
         from quant_engine.runs import run_dir
-        from quant_engine.wfo.pipeline import WfoConfig, WfoConfigError, build_dataset
+        from quant_engine.wfo import pipeline
 
         folder = run_dir("wfo", run_id)
         try:  # bad input: fail now, without retries, before any split task starts
-            summary = build_dataset(WfoConfig.from_params(dict(params)), folder)
-        except WfoConfigError as exc:
+            summary = pipeline.build_dataset(pipeline.WfoConfig.from_params(dict(params)), folder)
+        except pipeline.WfoConfigError as exc:
             raise AirflowFailException(f"invalid wfo_pipeline parameters: {exc}") from exc
         return {"run_dir": str(folder), "rows": summary["rows"], "tickers": len(summary["tickers"])}
 
@@ -73,34 +80,35 @@ def wfo_pipeline():
     def plan(staged: dict) -> list[dict]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from quant_engine.wfo.pipeline import WfoConfigError, plan
+        from quant_engine.wfo import pipeline
 
         try:
-            tasks = plan(staged["run_dir"])
-        except WfoConfigError as exc:
+            tasks = pipeline.plan(staged["run_dir"])
+        except pipeline.WfoConfigError as exc:
             raise AirflowFailException(f"invalid wfo_pipeline parameters: {exc}") from exc
         return [{"run_dir": staged["run_dir"], **t} for t in tasks]
 
     @task(map_index_template="trial {{ task.op_kwargs['trial_id'] }} split {{ task.op_kwargs['split_id'] }}")
     def run_split(run_dir: str, trial_id: int, split_id: int) -> dict:
-        from quant_engine.wfo.pipeline import execute_split
+        from quant_engine.wfo import pipeline
 
-        return execute_split(run_dir, trial_id, split_id)
-
-    @task
-    def assemble_paths(staged: dict, done: list[dict]) -> dict:
-        from quant_engine.wfo.pipeline import assemble
-
-        return assemble(staged["run_dir"])
+        return pipeline.execute_split(run_dir, trial_id, split_id)
 
     @task
-    def statistics(staged: dict, paths: dict) -> dict:
-        from quant_engine.wfo.pipeline import statistics
+    def assemble_paths(staged: dict) -> dict:
+        from quant_engine.wfo import pipeline
 
-        return statistics(staged["run_dir"])
+        return pipeline.assemble(staged["run_dir"])
 
     @task
-    def report(staged: dict, stats: dict) -> str:
+    def statistics(staged: dict) -> dict:
+        from quant_engine.wfo import pipeline
+
+        result = pipeline.statistics(staged["run_dir"])
+        return {k: result[k] for k in ("selected_trial", "pbo", "psr", "deflated_sharpe")}
+
+    @task
+    def report(staged: dict) -> str:
         from quant_engine.wfo.report import headline, load_report, write_report
 
         folder = write_report(staged["run_dir"])
@@ -108,8 +116,7 @@ def wfo_pipeline():
         return str(folder / "report.html")
 
     staged = build_dataset()
-    results = run_split.expand_kwargs(plan(staged))
-    report(staged, statistics(staged, assemble_paths(staged, results)))
+    run_split.expand_kwargs(plan(staged)) >> assemble_paths(staged) >> statistics(staged) >> report(staged)
 
 
 wfo_pipeline_dag = wfo_pipeline()

@@ -35,7 +35,7 @@ from quant_engine.aws.processing import (
 from quant_engine.config import Settings, SettingsError
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.wfo import processing_entry
-from quant_engine.wfo.pipeline import WfoConfig, build_dataset, plan, prediction_path, run_split
+from quant_engine.wfo.pipeline import WfoConfig, build_dataset, execute_split, plan, prediction_path, run_split
 
 BUCKET = "qe-processing"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
@@ -139,12 +139,13 @@ def test_job_names_are_valid_and_unique_per_attempt() -> None:
     first = job_name(Path("runs/wfo/manual__2026-01-01T00:00:00+00:00"), [(3, 14)], now=1.0)
     assert first.startswith("qe-wfo-") and first.endswith("-t3-s14-1000") and len(first) <= 63
     assert first != job_name(Path("runs/wfo/manual__2026-01-01T00:00:00+00:00"), [(3, 14)], now=2.0)
-    assert job_name(Path("r"), None, now=1.0).endswith("-n0-1000")
+    assert job_name(Path("r"), None, now=1.0).endswith("-all-1000")
+    assert job_name(Path("r"), [(0, 1), (0, 2)], now=1.0).endswith("-n2-1000")
 
 
 def test_spec_from_env_and_its_checks() -> None:
-    spec = ProcessingSpec.from_env({"QE_PROCESSING_INSTANCE_TYPE": "ml.c5.xlarge", "QE_PROCESSING_INSTANCE_COUNT": "3",
-                                    "QE_PROCESSING_IMAGE_URI": "my/image:1"})
+    spec = ProcessingSpec.from_env({"QE_PROCESSING_INSTANCE_TYPE": "ml.c5.xlarge",
+                                    "QE_PROCESSING_INSTANCE_COUNT": "3", "QE_PROCESSING_IMAGE_URI": "my/image:1"})
     assert (spec.instance_type, spec.instance_count, spec.image_uri) == ("ml.c5.xlarge", 3, "my/image:1")
     with pytest.raises(SettingsError, match="QE_PROCESSING_VOLUME_GB='big' is not a int"):
         ProcessingSpec.from_env({"QE_PROCESSING_VOLUME_GB": "big"})
@@ -209,15 +210,20 @@ def test_collect_outputs_downloads_what_the_job_wrote(s3, tmp_path: Path) -> Non
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
-def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
-        planned_run: Path, aws_settings: Settings, s3, tmp_path: Path) -> None:
-    run = tmp_path / planned_run.name
-    run.mkdir()
+def copy_run(planned_run: Path, parent: Path) -> Path:
+    """A private copy of the planned run folder, so a test's predictions stay its own."""
+    run = parent / planned_run.name
+    (run / "splits").mkdir(parents=True)
     for name in ("config.json", "plan.json", "dataset.parquet"):
         (run / name).write_bytes((planned_run / name).read_bytes())
-    (run / "splits").mkdir()
     for path in (planned_run / "splits").iterdir():
         (run / "splits" / path.name).write_bytes(path.read_bytes())
+    return run
+
+
+def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
+        planned_run: Path, aws_settings: Settings, s3, tmp_path: Path) -> None:
+    run = copy_run(planned_run, tmp_path)
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     seen: list[dict] = []
     sagemaker.meta.events.register("before-parameter-build.sagemaker.CreateProcessingJob",
@@ -237,6 +243,25 @@ def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
     # the container ran the same run_split: identical to a local run of the task
     local = pd.read_parquet(run_split(planned_run, 1, 2, output_dir=tmp_path / "local")["path"])
     pd.testing.assert_frame_equal(pd.read_parquet(files[0]), local)
+
+
+def test_the_aws_backend_stages_in_plan_and_runs_each_dag_task_as_a_job(
+        planned_run: Path, aws_settings: Settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library calls the DAG's tasks make, with QE_BACKEND=aws: plan stages, execute_split runs a job."""
+    run = copy_run(planned_run, tmp_path)
+    seen: list[dict] = []
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3.session.Session())  # the library's clients come from it
+    boto3.DEFAULT_SESSION.events.register("before-parameter-build.sagemaker.CreateProcessingJob",
+                                          fake_container(s3, tmp_path / "container", seen))
+    monkeypatch.setenv("QE_PROCESSING_INSTANCE_TYPE", "ml.c5.large")
+
+    assert plan(run, aws_settings) == [{"trial_id": t, "split_id": s} for t in range(2) for s in range(3)]
+    result = execute_split(run, 0, 2, aws_settings)
+
+    assert result == {"trial_id": 0, "split_id": 2, "path": str(prediction_path(run, 0, 2))}
+    assert [r["ProcessingResources"]["ClusterConfig"]["InstanceType"] for r in seen] == ["ml.c5.large"]
+    local = run_split(planned_run, 0, 2, output_dir=tmp_path / "local")
+    pd.testing.assert_frame_equal(pd.read_parquet(result["path"]), pd.read_parquet(local["path"]))
 
 
 def test_entry_point_runs_every_task_locally_and_shards_across_hosts(planned_run: Path, tmp_path: Path,

@@ -260,3 +260,38 @@ def test_run_pipeline_end_to_end(settings: Settings) -> None:
     stats = json.loads((run / "statistics.json").read_text())
     assert 0.0 <= stats["pbo"] <= 1.0 and 0.0 <= stats["psr"] <= 1.0 and 0.0 <= stats["deflated_sharpe"] <= 1.0
     assert stats == statistics(run)  # recomputing from the same files gives the same numbers
+
+
+def test_statistics_select_by_mean_path_sharpe_and_deflate_for_the_search(tmp_path: Path) -> None:
+    from quant_engine.wfo.pipeline import write_json
+    from quant_engine.wfo.stats import deflated_sharpe_ratio, probabilistic_sharpe_ratio, sharpe_moments
+
+    rng = np.random.default_rng(5)
+    days = pd.date_range("2020-01-01", periods=320, freq="B", tz="UTC")
+    drift = {0: 0.0, 1: 0.002, 2: 0.0}
+    rows, summaries = [], []
+    for trial, mu in drift.items():
+        for path in range(2):
+            returns = rng.normal(mu, 0.01, len(days)) if trial != 2 else np.zeros(len(days))  # trial 2 stays flat
+            rows.append(pd.DataFrame({"trial": trial, "path": path, "ts": days, "return": returns}))
+            sharpe = returns.mean() / returns.std(ddof=1) * np.sqrt(252) if returns.std() else float("nan")
+            summaries.append({"trial": trial, "path": path, "sharpe": sharpe})
+    pd.concat(rows).to_parquet(tmp_path / "paths.parquet")
+    write_json(tmp_path / "paths.json", summaries)
+    write_json(tmp_path / "config.json", {**SMALL, "trials": [{"max_depth": d} for d in (2, 3, 4)]})
+
+    result = statistics(tmp_path)
+
+    assert result["selected_trial"] == 1
+    assert result["trials"][2]["mean_path_sharpe"] is None  # a flat trial has no Sharpe ratio
+    wide = pd.concat(rows).pivot(index="ts", columns=["trial", "path"], values="return")
+    mean_series = wide.T.groupby(level="trial").mean().T.to_numpy()
+    m = sharpe_moments(mean_series[:, 1])
+    assert result["psr"] == pytest.approx(probabilistic_sharpe_ratio(m.observed_sr, 0.0, m.n_obs, m.skew, m.kurtosis))
+    per_period = [sharpe_moments(mean_series[:, t]).observed_sr for t in (0, 1)]  # the flat trial has none
+    assert result["var_trial_sharpes_per_period"] == pytest.approx(np.var(per_period, ddof=1))
+    assert result["deflated_sharpe"] == pytest.approx(deflated_sharpe_ratio(
+        m.observed_sr, m.n_obs, skew=m.skew, kurtosis=m.kurtosis, n_trials=3,
+        var_trial_sharpes=np.var(per_period, ddof=1)))
+    assert result["deflated_sharpe"] < result["psr"]
+    assert result["pbo"] < 0.2 and len(result["pbo_logits"]) == result["pbo_combinations"] == 12870

@@ -178,7 +178,10 @@ def job_name(run_dir: Path, tasks: Sequence[tuple[int, int]] | None, now: float 
     The time stamp makes a retried task a new job instead of a name clash with the failed one.
     """
     digest = hashlib.sha1(Path(run_dir).name.encode()).hexdigest()[:10]
-    what = f"t{tasks[0][0]}-s{tasks[0][1]}" if tasks and len(tasks) == 1 else f"n{len(tasks) if tasks else 0}"
+    if tasks is None:
+        what = "all"
+    else:
+        what = f"t{tasks[0][0]}-s{tasks[0][1]}" if len(tasks) == 1 else f"n{len(tasks)}"
     stamp = int((time.time() if now is None else now) * 1000)
     return f"qe-wfo-{digest}-{what}-{stamp}"[:63]
 

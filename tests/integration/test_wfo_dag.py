@@ -1,0 +1,59 @@
+"""``airflow dags test wfo_pipeline`` end to end on a small ingested market, and its failure on bad input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from quant_engine.features.ingest import IngestionRequest, ingest
+
+pytestmark = pytest.mark.airflow
+
+TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
+CONF = {"start": "2019-01-01", "end": "2021-12-31", "tickers": ",".join(TICKERS), "n_groups": 4,
+        "n_test_groups": 2, "embargo": "5D", "trials": [{"max_depth": 2, "n_estimators": 10},
+                                                      {"max_depth": 3, "n_estimators": 10, "threshold": 0.02}]}
+
+
+@pytest.fixture
+def market(qe_home: Path) -> Path:
+    """The qe_home of this test with 4 tickers x 3 years of synthetic features ingested."""
+    ingest(IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS))
+    return qe_home
+
+
+def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> None:
+    result = run_dag("wfo_pipeline", CONF)
+    (folder,) = (market / "reports" / "wfo").iterdir()
+    report = json.loads((folder / "report.json").read_text())
+    assert (report["n_splits"], report["n_paths"], report["n_trials"]) == (6, 3, 2)
+    assert 0 <= report["pbo"] <= 1 and 0 <= report["deflated_sharpe"] <= report["psr"] <= 1
+    assert len(report["paths"]) == 3 and all(abs(p["sharpe"]) < 10 for p in report["paths"])
+    assert report["data"]["tickers"] == TICKERS and report["config"]["n_groups"] == 4
+    assert (folder / "report.html").stat().st_size > 10_000
+    # one mapped task per (trial, split), and the last task logged where the report is
+    output = result.stdout + result.stderr
+    assert len(set(_mapped_indexes(output))) == 12
+    assert f"report: {folder / 'report.html'}" in output
+
+
+def _mapped_indexes(output: str) -> list[str]:
+    return [line.split("rendered_map_index='")[1].split("'")[0]
+            for line in output.splitlines() if "task_id='run_split'" in line and "rendered_map_index='" in line]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tickers": "SYN00,SYN99"}, "unknown ticker(s) SYN99: not in the offline store"),
+    ({"n_groups": 3, "embargo": "400D"}, "the purge and embargo leave a split without training data"),
+])
+def test_bad_input_fails_before_any_split_task(market: Path, run_dag: Callable, change: dict, message: str) -> None:
+    result = run_dag("wfo_pipeline", {**CONF, **change}, expect_success=False)
+    output = result.stdout + result.stderr
+    assert "state=success" not in output.split("DagRun Finished")[-1]
+    assert message in output
+    assert _mapped_indexes(output) == []
+    assert not list((market / "runs" / "wfo").glob("*/predictions"))
+    assert not (market / "reports").exists()
