@@ -147,7 +147,7 @@ def test_spec_from_env_and_its_checks() -> None:
     spec = ProcessingSpec.from_env({"QE_PROCESSING_INSTANCE_TYPE": "ml.c5.xlarge",
                                     "QE_PROCESSING_INSTANCE_COUNT": "3", "QE_PROCESSING_IMAGE_URI": "my/image:1"})
     assert (spec.instance_type, spec.instance_count, spec.image_uri) == ("ml.c5.xlarge", 3, "my/image:1")
-    with pytest.raises(SettingsError, match="QE_PROCESSING_VOLUME_GB='big' is not a int"):
+    with pytest.raises(SettingsError, match="QE_PROCESSING_VOLUME_GB='big' is not a whole number"):
         ProcessingSpec.from_env({"QE_PROCESSING_VOLUME_GB": "big"})
     with pytest.raises(ValueError, match="instance_type='c5.xlarge' is not a SageMaker instance type"):
         ProcessingSpec(instance_type="c5.xlarge")

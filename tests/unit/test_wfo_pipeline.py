@@ -101,8 +101,8 @@ def test_null_parameters_take_defaults() -> None:
     ({"trials": [{"max_depth": 2}]}, "1 trial; give at least 2: PBO and the deflated Sharpe"),
     ({"trials": {"max_depth": []}}, r"trial grid entries \['max_depth'\] are empty"),
     ({"trials": [{"depth": 3}]}, r"trial 0 has unknown setting\(s\) \['depth'\]"),
-    ({"trials": [{"threshold": 0.6}]}, "trial 0: trial threshold=0.6 must be in"),
-    ({"trials": [{"learning_rate": 0}]}, r"trial 0: trial learning_rate=0 must be a number in \(0, 1\]"),
+    ({"trials": [{"threshold": 0.6}]}, "trial 0: threshold=0.6 must be in"),
+    ({"trials": [{"learning_rate": 0}]}, r"trial 0: learning_rate=0 must be a number in \(0, 1\]"),
     ({"trials": [{"max_depth": 2}, {"max_depth": 2}]}, r"trial\(s\) \[1\] repeat an earlier trial"),
     ({"n_trees": 5}, r"unknown parameter\(s\) \['n_trees'\]"),
 ])
@@ -295,3 +295,12 @@ def test_statistics_select_by_mean_path_sharpe_and_deflate_for_the_search(tmp_pa
         var_trial_sharpes=np.var(per_period, ddof=1)))
     assert result["deflated_sharpe"] < result["psr"]
     assert result["pbo"] < 0.2 and len(result["pbo_logits"]) == result["pbo_combinations"] == 12870
+
+
+def test_replanning_a_run_folder_drops_its_old_predictions(settings: Settings, tmp_path: Path) -> None:
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
+    plan(tmp_path, settings)
+    run_split(tmp_path, 0, 0)
+    build_dataset(WfoConfig.from_params({**SMALL, "n_groups": 3}), tmp_path, settings)
+    plan(tmp_path, settings)
+    assert not prediction_path(tmp_path, 0, 0).exists()

@@ -94,16 +94,19 @@ class ProcessingSpec:
         """Defaults overridden by ``QE_PROCESSING_*`` variables."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for name, key, kind in (("instance_type", "QE_PROCESSING_INSTANCE_TYPE", str),
-                                ("instance_count", "QE_PROCESSING_INSTANCE_COUNT", int),
-                                ("volume_size_gb", "QE_PROCESSING_VOLUME_GB", int),
-                                ("max_runtime_s", "QE_PROCESSING_MAX_RUNTIME_S", int),
-                                ("image_uri", "QE_PROCESSING_IMAGE_URI", str)):
-            if env.get(key):
-                try:
-                    values[name] = kind(env[key])
-                except ValueError:
-                    raise SettingsError(f"{key}={env[key]!r} is not a {kind.__name__}") from None
+        for name, key in (("instance_type", "QE_PROCESSING_INSTANCE_TYPE"),
+                          ("instance_count", "QE_PROCESSING_INSTANCE_COUNT"),
+                          ("volume_size_gb", "QE_PROCESSING_VOLUME_GB"),
+                          ("max_runtime_s", "QE_PROCESSING_MAX_RUNTIME_S"),
+                          ("image_uri", "QE_PROCESSING_IMAGE_URI")):
+            if not env.get(key):
+                continue
+            if name in ("instance_type", "image_uri"):
+                values[name] = env[key]
+            elif env[key].strip().isdigit():
+                values[name] = int(env[key])
+            else:
+                raise SettingsError(f"{key}={env[key]!r} is not a whole number")
         return cls(**values)
 
 

@@ -17,8 +17,11 @@ Run folder
     list of ``(trial, split)`` tasks. See :func:`plan`.
 ``predictions/trial=<t>/split=<s>.parquet``
     Test predictions of one model. See :func:`run_split`.
-``paths.parquet``, ``statistics.json``
-    Per-path daily portfolio returns of every trial, and the statistics over them.
+``dataset.json``
+    The dataset's summary (rows, tickers, first and last ``ts``, rows per group).
+``paths.parquet``, ``paths.json``, ``statistics.json``
+    Per-path daily portfolio series of every trial, each path's metrics, and the statistics over
+    them. See :func:`assemble` and :func:`statistics`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import logging
 import math
 import numbers
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,18 +85,18 @@ class Trial:
     min_child_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_int(f"trial max_depth={self.max_depth!r}", self.max_depth, 1, 12)
-        _check_int(f"trial n_estimators={self.n_estimators!r}", self.n_estimators, 1, 5000)
+        _check_int(f"max_depth={self.max_depth!r}", self.max_depth, 1, 12)
+        _check_int(f"n_estimators={self.n_estimators!r}", self.n_estimators, 1, 5000)
         for name, low, high in (("learning_rate", 0.0, 1.0), ("subsample", 0.0, 1.0),
                                 ("colsample_bytree", 0.0, 1.0)):
             value = getattr(self, name)
             if not _is_real(value) or not low < value <= high:
-                raise WfoConfigError(f"trial {name}={value!r} must be a number in ({low:g}, {high:g}]")
+                raise WfoConfigError(f"{name}={value!r} must be a number in ({low:g}, {high:g}]")
         if not _is_real(self.min_child_weight) or self.min_child_weight < 0:
-            raise WfoConfigError(f"trial min_child_weight={self.min_child_weight!r} must be a number >= 0")
+            raise WfoConfigError(f"min_child_weight={self.min_child_weight!r} must be a number >= 0")
         if not _is_real(self.threshold) or not 0.0 <= self.threshold < 0.5:
             raise WfoConfigError(
-                f"trial threshold={self.threshold!r} must be in [0, 0.5): the distance from 0.5 a "
+                f"threshold={self.threshold!r} must be in [0, 0.5): the distance from 0.5 a "
                 "probability must exceed before the backtest takes a position"
             )
 
@@ -598,7 +602,8 @@ def plan(run_dir: Path, settings: Settings | None = None) -> list[dict[str, int]
 
     The splitter checks every split before anything trains: one left without training rows by the
     purge and embargo raises here, as does a split whose training labels hold one class only.
-    With the aws backend the run folder is also staged on S3 for the Processing jobs.
+    Predictions left by an earlier plan of the same run folder are removed. With the aws backend
+    the run folder is also staged on S3 for the Processing jobs.
 
     Returns
     -------
@@ -650,6 +655,8 @@ def plan(run_dir: Path, settings: Settings | None = None) -> list[dict[str, int]
         "tasks": tasks,
     }
     write_json(run_dir / "plan.json", payload)
+    # Predictions of an earlier plan of this run folder belong to other splits; a rerun starts clean.
+    shutil.rmtree(run_dir / "predictions", ignore_errors=True)
     if settings.backend == "aws":
         from quant_engine.aws.processing import stage_run
 
