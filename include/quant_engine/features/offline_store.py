@@ -759,11 +759,13 @@ class OfflineStore:
         files = [f for f in manifest.stored_files() if f.day in days]
         with duckdb.connect() as con:
             self._register_rows(con, files, schema)
-            con.register("wanted", pa.table({"ticker": pa.array(np.unique(batch.tickers).astype(str))}))
-            stored = con.sql(
-                pit.latest_versions_sql("feature_rows", names, dedupe=True,
-                                        where="ticker IN (SELECT ticker FROM wanted)")
-            ).to_arrow_table()
+            con.register("batch_keys", pa.table({RECORD_IDENTIFIER: pa.array(batch.tickers.astype(str)),
+                                                 EVENT_TIME: pa.array(batch.event_ns, _UTC_NS)}))
+            stored = con.sql(pit.latest_versions_sql(
+                "(SELECT s.* FROM feature_rows s SEMI JOIN batch_keys b "
+                "ON s.ticker = b.ticker AND s.event_time = b.event_time)",
+                names, dedupe=True,
+            )).to_arrow_table()
         keys = pd.MultiIndex.from_arrays([batch.tickers.astype(str), batch.event_ns])
         stored_keys = pd.MultiIndex.from_arrays(
             [stored["ticker"].to_numpy(zero_copy_only=False).astype(str),
@@ -963,7 +965,7 @@ class OfflineStore:
                 sql = (f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
                        "ORDER BY ticker, event_time, write_time")
             else:
-                latest = pit.latest_versions_sql("feature_rows", names, dedupe=_needs_dedupe(files), where=where)
+                latest = pit.latest_versions_sql("feature_rows", names, dedupe=_may_hold_versions(files), where=where)
                 sql = f"SELECT * EXCLUDE (write_time) FROM ({latest}) ORDER BY ticker, event_time"
             table = con.sql(sql).to_arrow_table()
         return pit.arrow_to_frame(table)
@@ -1016,7 +1018,7 @@ class OfflineStore:
             files = []
         with duckdb.connect() as con:
             self._register_rows(con, files, schema)
-            values = pit.asof_join(con, "feature_rows", keys, names, dedupe=_needs_dedupe(files), ttl_ns=ttl_ns)
+            values = pit.asof_join(con, "feature_rows", keys, names, versioned=_may_hold_versions(files), ttl_ns=ttl_ns)
         return pit.attach(entities, names, values)
 
 
@@ -1033,11 +1035,11 @@ def _select_files(
     ]
 
 
-def _needs_dedupe(files: Sequence[_StoredFile]) -> bool:
+def _may_hold_versions(files: Sequence[_StoredFile]) -> bool:
     """Whether any record may have several versions among ``files``.
 
     Every version after a record's first is counted as a correction by the commit that wrote it,
-    so without corrections each (ticker, event_time) appears once and the dedupe can be skipped.
+    so without corrections each (ticker, event_time) appears once and choosing a version is skipped.
     """
     return any(f.commit.rows_corrected for f in files)
 

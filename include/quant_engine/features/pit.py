@@ -2,8 +2,9 @@
 
 For each entity row ``(ticker, ts)`` the join returns the feature row of the same ticker with the
 greatest ``event_time <= ts``. The store hands it the committed rows already cut at ``as_of``
-(``write_time <= as_of``); when a record has several versions among them, the latest write is
-chosen first (:func:`latest_versions_sql`), so a correction written after ``as_of`` never leaks in.
+(``write_time <= as_of``); when a record has several versions among them, the latest write wins
+(:func:`asof_join` folds that choice into the ASOF key), so a correction written after ``as_of``
+never leaks in.
 Rows are matched by a row number, so the result has exactly the entity frame's rows, in its order.
 """
 
@@ -51,13 +52,13 @@ def utc_ns_column(series: pd.Series, what: str) -> np.ndarray:
 def ticker_column(series: pd.Series, what: str = RECORD_IDENTIFIER) -> np.ndarray:
     """The record identifiers as an object array of non-empty strings."""
     values = series.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=False) in ("string", "empty") and not (values == "").any():
+        return values
     bad = np.fromiter((not isinstance(v, str) or not v for v in values), dtype=bool, count=len(values))
-    if bad.any():
-        examples = [repr(v) for v in values[bad][:_MAX_QUOTED]]
-        raise FeatureFrameError(
-            f"column {what!r} must hold non-empty strings; {int(bad.sum())} value(s) do not: {', '.join(examples)}"
-        )
-    return values
+    examples = [repr(v) for v in values[bad][:_MAX_QUOTED]]
+    raise FeatureFrameError(
+        f"column {what!r} must hold non-empty strings; {int(bad.sum())} value(s) do not: {', '.join(examples)}"
+    )
 
 
 def ttl_nanoseconds(ttl: timedelta | pd.Timedelta | None) -> int | None:
@@ -137,18 +138,27 @@ def latest_versions_sql(source: str, features: Sequence[str], *, dedupe: bool, w
     )
 
 
+#: Two's-complement offsets that turn (event_ns, write_ns) into one ordered 128-bit key.
+_WRITE_OFFSET = "9223372036854775808::HUGEINT"  # 2**63: write_ns + 2**63 lies in [0, 2**64)
+_LAST_WRITE = "18446744073709551615::HUGEINT"  # 2**64 - 1: after every write of the same instant
+
+
 def asof_join(
     con: duckdb.DuckDBPyConnection,
     source: str,
     keys: EntityKeys,
     features: Sequence[str],
     *,
-    dedupe: bool,
+    versioned: bool,
     ttl_ns: int | None,
 ) -> np.ndarray:
     """Feature values for each entity row, shape ``(rows, features)``, NaN where none qualifies.
 
     ``source`` names a relation on ``con`` with the store's columns, already cut at ``as_of``.
+    When records may have several versions (``versioned``), the ASOF key is the 128-bit number
+    ``event_ns * 2**64 + (write_ns + 2**63)``: its maximum below ``ts_ns * 2**64 + 2**64 - 1``
+    is the latest event at or before ``ts`` and, among that event's versions, the latest write,
+    so one ASOF JOIN does the deduplication that would otherwise need a GROUP BY over every row.
     """
     n = len(keys.ts_ns)
     con.register(
@@ -161,11 +171,21 @@ def asof_join(
             }
         ),
     )
+    columns = ", ".join(quote(n) for n in features)
     selected = ", ".join(f"f.{quote(n)}" for n in features)
+    if versioned:
+        entity_side = f"SELECT _row, ticker, (epoch_ns(ts)::HUGEINT << 64) + {_LAST_WRITE} AS _key FROM entity_keys"
+        feature_side = (
+            f"SELECT ticker, event_time, {columns}, "
+            f"(epoch_ns(event_time)::HUGEINT << 64) + (epoch_ns(write_time)::HUGEINT + {_WRITE_OFFSET}) AS _key "
+            f"FROM {source}"
+        )
+    else:
+        entity_side = "SELECT _row, ticker, ts AS _key FROM entity_keys"
+        feature_side = f"SELECT ticker, event_time, {columns}, event_time AS _key FROM {source}"
     result = con.sql(
         f"SELECT e._row, epoch_ns(f.event_time) AS _event_ns, {selected} "
-        f"FROM entity_keys e ASOF LEFT JOIN ({latest_versions_sql(source, features, dedupe=dedupe)}) f "
-        "ON e.ticker = f.ticker AND e.ts >= f.event_time"
+        f"FROM ({entity_side}) e ASOF LEFT JOIN ({feature_side}) f ON e.ticker = f.ticker AND e._key >= f._key"
     ).to_arrow_table()
     rows = result["_row"].to_numpy()
     values = np.full((n, len(features)), np.nan)
