@@ -1,0 +1,194 @@
+"""Daily ingestion: bars from a source -> features -> offline and online store, all or nothing.
+
+The same three steps back the ``market_data_ingestion`` DAG (one task each, handing Parquet files
+over between them) and ``quant-engine ingest`` (all in one process).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from quant_engine.config import Settings, get_settings, make_offline_store, make_online_store
+from quant_engine.data.sources import make_source
+from quant_engine.features.definitions import FeatureSet, get_feature_set
+
+log = logging.getLogger(__name__)
+
+SOURCES_NEEDING_PATH = ("csv", "parquet")
+
+#: Calendar days per trading bar, generous: weekends plus a margin for holidays.
+_CALENDAR_DAYS_PER_BAR = 1.5
+
+
+class IngestionError(ValueError):
+    """An ingestion request that cannot run; the message says which parameter is wrong."""
+
+
+@dataclass(frozen=True)
+class IngestionRequest:
+    """What to ingest: a source, its tickers and an inclusive range of days.
+
+    Parameters
+    ----------
+    source : {"synthetic", "yfinance", "csv", "parquet"}
+    start, end : Timestamp
+        Inclusive UTC days whose feature rows are written. History before ``start`` is fetched as
+        needed to fill every feature window, but never written.
+    tickers : tuple of str, optional
+        ``None`` means every ticker the source has.
+    path : str, optional
+        The file or folder for ``csv`` / ``parquet`` sources.
+    feature_set : str
+        Name of the feature set to compute (``default`` or ``extended``).
+    """
+
+    source: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    tickers: tuple[str, ...] | None = None
+    path: str | None = None
+    feature_set: str = "default"
+
+    @classmethod
+    def build(
+        cls,
+        source: str,
+        start: str | pd.Timestamp,
+        end: str | pd.Timestamp | None = None,
+        tickers: Sequence[str] | str | None = None,
+        path: str | None = None,
+        feature_set: str = "default",
+    ) -> IngestionRequest:
+        """Validate loosely typed parameters (DAG params, CLI flags) into a request."""
+        if source in SOURCES_NEEDING_PATH and not path:
+            raise IngestionError(f"source={source!r} needs a path to the file or folder of bars")
+        start_day = _utc_day(start, "start")
+        end_day = _utc_day(end if end is not None else start, "end")
+        if end_day < start_day:
+            raise IngestionError(f"end {end_day.date()} is before start {start_day.date()}")
+        if isinstance(tickers, str):
+            tickers = [t.strip() for t in tickers.split(",")]
+        ticker_tuple = tuple(t for t in tickers if t) if tickers else None
+        get_feature_set(feature_set)  # unknown names fail here, before any data moves
+        return cls(source, start_day, end_day, ticker_tuple, path, feature_set)
+
+
+def _utc_day(value: str | pd.Timestamp, name: str) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise IngestionError(f"{name}={value!r} is not a date") from exc
+    if stamp is pd.NaT:
+        raise IngestionError(f"{name} is empty")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.normalize()
+
+
+def last_session_day(moment: pd.Timestamp | str, exchange_tz: str = "America/New_York") -> str:
+    """The most recent weekday on or before ``moment`` in the exchange's time zone, as ``YYYY-MM-DD``.
+
+    A run triggered by hand on a weekend ingests Friday's session instead of finding no bars.
+    """
+    stamp = pd.Timestamp(moment)
+    day = (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).tz_convert(exchange_tz).normalize()
+    while day.weekday() >= 5:
+        day -= pd.Timedelta(days=1)
+    return day.strftime("%Y-%m-%d")
+
+
+def history_start(request: IngestionRequest, feature_set: FeatureSet) -> pd.Timestamp:
+    """First day to fetch so every feature window is full on ``request.start``."""
+    return request.start - pd.Timedelta(days=math.ceil(feature_set.lookback * _CALENDAR_DAYS_PER_BAR) + 7)
+
+
+def fetch_bars(request: IngestionRequest) -> pd.DataFrame:
+    """Validated bars from the source, with enough history before ``start`` for every window."""
+    feature_set = get_feature_set(request.feature_set)
+    options = {"path": request.path} if request.source in SOURCES_NEEDING_PATH else {}
+    source = make_source(request.source, **options)
+    end_inclusive = request.end + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    bars = source.fetch(list(request.tickers) if request.tickers else None, history_start(request, feature_set),
+                        end_inclusive)
+    log.info("fetched %d bars for %d tickers from %s", len(bars), bars["ticker"].nunique(), request.source)
+    return bars
+
+
+def compute_features(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame:
+    """Feature rows for the requested days whose every window is full.
+
+    Rows inside the range that still lack history (a ticker that started trading recently) are left
+    out and counted in the log rather than written with gaps.
+    """
+    features = get_feature_set(request.feature_set).compute_batch(bars)
+    days = features["event_time"].dt.normalize()
+    in_range = features.loc[(days >= request.start) & (days <= request.end)]
+    complete = in_range.dropna()
+    if len(complete) < len(in_range):
+        short = sorted(set(in_range["ticker"]) - set(complete["ticker"])) or sorted(set(in_range["ticker"]))
+        log.warning("left out %d rows without full feature history (tickers: %s)",
+                    len(in_range) - len(complete), ", ".join(short[:10]))
+    if complete.empty:
+        raise IngestionError(
+            f"no complete feature rows between {request.start.date()} and {request.end.date()} "
+            f"(source {request.source!r}); is the range a trading period the source covers?"
+        )
+    return complete.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class IngestionResult:
+    rows_received: int
+    rows_written_offline: int
+    rows_updated_online: int
+    tickers: int
+    start: str
+    end: str
+
+
+def write_features(features: pd.DataFrame, settings: Settings | None = None,
+                   feature_group: str | None = None) -> IngestionResult:
+    """Write to the offline store, then the online store, as one unit.
+
+    The offline write is one atomic commit. If the online write then fails, that commit is reverted,
+    so a failed ingestion leaves both stores exactly as they were.
+    """
+    settings = settings or get_settings()
+    offline = make_offline_store(settings, feature_group)
+    online = make_online_store(settings, feature_group)
+    commit = offline.write(features)
+    try:
+        updated = online.put(features)
+    except BaseException:
+        if commit.commit_id is not None:
+            log.error("online write failed; reverting offline commit %s", commit.commit_id)
+            offline.revert(commit.commit_id)
+        raise
+    return IngestionResult(
+        rows_received=len(features),
+        rows_written_offline=commit.rows_written,
+        rows_updated_online=int(updated),
+        tickers=int(features["ticker"].nunique()),
+        start=str(features["event_time"].min()),
+        end=str(features["event_time"].max()),
+    )
+
+
+def ingest(request: IngestionRequest, settings: Settings | None = None) -> IngestionResult:
+    """Fetch, compute and write in one process (the CLI's path; the DAG runs the steps as tasks)."""
+    bars = fetch_bars(request)
+    return write_features(compute_features(bars, request), settings)
+
+
+def stage_frame(frame: pd.DataFrame, path: Path) -> str:
+    """Write ``frame`` to Parquet atomically, for handing over between DAG tasks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return str(path)
