@@ -15,6 +15,8 @@ from collections.abc import Sequence
 #: (module, group name) of each chapter's command group, in --help order.
 COMMAND_GROUPS: tuple[str, ...] = (
     "quant_engine.data.cli",
+    "quant_engine.features.cli",
+    "quant_engine.wfo.cli",
 )
 
 
