@@ -64,28 +64,22 @@ from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
 def wfo_pipeline():
     @task
     def build_dataset(params=None, run_id=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from qe_airflow import fail_fast_on_bad_input
         from quant_engine.runs import run_dir
         from quant_engine.wfo import pipeline
 
         folder = run_dir("wfo", run_id)
-        try:  # bad input: fail now, without retries, before any split task starts
+        with fail_fast_on_bad_input():  # bad input fails now, without retries, before any split task
             summary = pipeline.build_dataset(pipeline.WfoConfig.from_params(dict(params)), folder)
-        except pipeline.WfoConfigError as exc:
-            raise AirflowFailException(f"invalid wfo_pipeline parameters: {exc}") from exc
         return {"run_dir": str(folder), "rows": summary["rows"], "tickers": len(summary["tickers"])}
 
     @task
     def plan(staged: dict) -> list[dict]:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from qe_airflow import fail_fast_on_bad_input
         from quant_engine.wfo import pipeline
 
-        try:
+        with fail_fast_on_bad_input():
             tasks = pipeline.plan(staged["run_dir"])
-        except pipeline.WfoConfigError as exc:
-            raise AirflowFailException(f"invalid wfo_pipeline parameters: {exc}") from exc
         return [{"run_dir": staged["run_dir"], **t} for t in tasks]
 
     @task(map_index_template="trial {{ task.op_kwargs['trial_id'] }} split {{ task.op_kwargs['split_id'] }}")
