@@ -131,7 +131,8 @@ def test_returns_have_fat_tails(returns: pd.DataFrame) -> None:
 def test_volatility_clusters_but_returns_barely_autocorrelate(returns: pd.DataFrame) -> None:
     for lag in range(1, 6):
         assert returns.abs().apply(lambda s: s.autocorr(lag)).mean() > 0.1
-        assert abs(returns.apply(lambda s: s.autocorr(lag)).mean()) < 0.05
+        # The designed edge (momentum in trending days) is the only source of autocorrelation.
+        assert abs(returns.apply(lambda s: s.autocorr(lag)).mean()) < 0.07
 
 
 def test_within_one_regime_tails_stay_fat_and_volatility_still_clusters(
@@ -186,8 +187,8 @@ def test_the_edge_is_momentum_when_trending_and_reversal_when_calm(
 ) -> None:
     assert market.params.edge.tolist() == EDGE.tolist()
     trending, calm = edge_ic(full, regime_of_day, "trending"), edge_ic(full, regime_of_day, "calm")
-    assert 0.03 < trending < 0.12  # real but weak: about k * sqrt(5)
-    assert -0.09 < calm < -0.02
+    assert 0.06 < trending < 0.16  # real but weak: about k * sqrt(5)
+    assert -0.11 < calm < -0.03
 
 
 # -- shifts -------------------------------------------------------------------------------------
