@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # imported lazily at call time so `import quant_engine` stays light
+    from quant_engine.aws.feature_store import SageMakerFeatureGroup
     from quant_engine.features.offline_store import OfflineStore
     from quant_engine.features.online_store import OnlineStore
 
@@ -23,6 +24,17 @@ BACKENDS: tuple[str, ...] = ("local", "aws")
 
 class SettingsError(ValueError):
     """A ``QE_*`` variable holds a value the engine cannot use."""
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    if value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    raise SettingsError(f"{name}={value!r} is not a yes/no value; use one of {', '.join(_TRUE + _FALSE)}")
 
 
 def _default_home() -> Path:
@@ -54,6 +66,9 @@ class Settings:
         ``QE_FEATURE_GROUP``: the feature group ingestion writes and training reads.
     sagemaker_role_arn : str or None
         ``QE_SAGEMAKER_ROLE_ARN``: execution role for SageMaker jobs and feature groups.
+    sagemaker_feature_store : bool
+        ``QE_SAGEMAKER_FEATURE_STORE`` (``1``/``true``): with the aws backend, ingestion also writes
+        every feature row to the SageMaker Feature Store group of the same name (``BatchWriteRecord``).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -65,6 +80,7 @@ class Settings:
     dynamodb_table: str = "quant-engine-online"
     feature_group: str = "market_features"
     sagemaker_role_arn: str | None = None
+    sagemaker_feature_store: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -73,6 +89,8 @@ class Settings:
             )
         if self.backend == "aws" and not self.s3_bucket:
             raise SettingsError("QE_BACKEND=aws needs QE_S3_BUCKET, the bucket for the offline store")
+        if self.sagemaker_feature_store and self.backend != "aws":
+            raise SettingsError("QE_SAGEMAKER_FEATURE_STORE needs QE_BACKEND=aws: the local backend has no SageMaker")
         if not self.feature_group.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(
                 f"QE_FEATURE_GROUP={self.feature_group!r} must contain only letters, digits, '-' and '_'"
@@ -101,6 +119,7 @@ class Settings:
             dynamodb_table=get("QE_DYNAMODB_TABLE") or "quant-engine-online",
             feature_group=get("QE_FEATURE_GROUP") or "market_features",
             sagemaker_role_arn=get("QE_SAGEMAKER_ROLE_ARN"),
+            sagemaker_feature_store=_flag(get("QE_SAGEMAKER_FEATURE_STORE"), "QE_SAGEMAKER_FEATURE_STORE"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.
@@ -159,5 +178,19 @@ def make_online_store(settings: Settings | None = None, feature_group: str | Non
     settings = settings or get_settings()
     group = feature_group or settings.feature_group
     if settings.backend == "aws":
-        return DynamoDBOnlineStore(settings.boto3_client("dynamodb"), settings.dynamodb_table, group)
+        store = DynamoDBOnlineStore(settings.boto3_client("dynamodb"), settings.dynamodb_table, group)
+        store.create_table_if_missing()  # one describe_table when it exists; first use creates it
+        return store
     return SQLiteOnlineStore(settings.online_store_path, group)
+
+
+def make_sagemaker_feature_group(
+    settings: Settings | None = None, feature_group: str | None = None
+) -> SageMakerFeatureGroup | None:
+    """The SageMaker Feature Store group ingestion mirrors into, or None when not configured."""
+    settings = settings or get_settings()
+    if not settings.sagemaker_feature_store:
+        return None
+    from quant_engine.aws.feature_store import SageMakerFeatureGroup
+
+    return SageMakerFeatureGroup.from_settings(settings, feature_group)

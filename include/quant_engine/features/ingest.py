@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from quant_engine.config import Settings, get_settings, make_offline_store, make_online_store
+from quant_engine.config import (
+    Settings,
+    get_settings,
+    make_offline_store,
+    make_online_store,
+    make_sagemaker_feature_group,
+)
 from quant_engine.data.sources import make_source
 from quant_engine.features.definitions import FeatureSet, get_feature_set
 
@@ -156,14 +162,21 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
     """Write to the offline store, then the online store, as one unit.
 
     The offline write is one atomic commit. If the online write then fails, that commit is reverted,
-    so a failed ingestion leaves both stores exactly as they were.
+    so a failed ingestion leaves both stores exactly as they were. Where a SageMaker Feature Store
+    group is configured it is written inside the online store's transaction: if it refuses the
+    records, the online and offline writes are undone too (its own records are upserts keyed by
+    ticker and event time, so the retry that follows rewrites them harmlessly).
     """
     settings = settings or get_settings()
     offline = make_offline_store(settings, feature_group)
     online = make_online_store(settings, feature_group)
+    sagemaker_group = make_sagemaker_feature_group(settings, feature_group)
     commit = offline.write(features)
     try:
-        updated = online.put(features)
+        with online.transaction():
+            updated = online.put(features)
+            if sagemaker_group is not None:
+                sagemaker_group.write(features)
     except BaseException:
         if commit.commit_id is not None:
             log.error("online write failed; reverting offline commit %s", commit.commit_id)
