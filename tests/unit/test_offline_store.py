@@ -411,3 +411,90 @@ def test_bad_constructor_arguments(tmp_path):
         S3FileSystem(object(), "", "prefix")
     with pytest.raises(ValueError, match=r"storage key '\.\./x'"):
         LocalFileSystem(tmp_path).read("../x")
+
+
+# -- compaction --------------------------------------------------------------------------------
+
+
+def bitemporal_answers(store: OfflineStore) -> list[pd.DataFrame]:
+    """Reads and joins at every interesting as_of, to compare a store before and after a change."""
+    entities = pd.DataFrame({"ticker": ["AAA", "BBB", "AAA", "ZZZ"],
+                             "ts": [utc("2024-01-05 12:00"), utc("2024-01-21"), utc("2024-01-01"), utc("2024-01-09")]})
+    answers = [store.read(include_history=True)]
+    for as_of in (None, T0, T0 - pd.Timedelta(hours=1)):  # all versions, the first commit only, nothing
+        answers += [store.read(as_of=as_of), store.point_in_time_join(entities, as_of=as_of),
+                    store.read(["BBB"], start=utc("2024-01-04"), end=utc("2024-01-06"), as_of=as_of)]
+    return answers
+
+
+def assert_same_answers(left: list[pd.DataFrame], right: list[pd.DataFrame]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def corrected_store(store: OfflineStore) -> OfflineStore:
+    """20 day files, then corrections of three days, then three more days."""
+    history = make_frame(days=20)
+    store.write(history, write_time=T0)
+    fix = history[history["event_time"].between(utc("2024-01-04"), utc("2024-01-06"))].copy()
+    fix["ret_1"] += 10.0
+    store.write(fix, write_time=T0 + pd.Timedelta(days=1))
+    return store
+
+
+def test_compaction_changes_no_answer_and_reads_stop_opening_day_files(store):
+    corrected_store(store)
+    before = bitemporal_answers(store)
+
+    snapshot = store.compact()
+
+    assert snapshot.startswith(f"{GROUP}/snapshots/") and snapshot in store.fs.list(f"{GROUP}/snapshots")
+    assert store.compact() == snapshot  # nothing new to compact
+    assert_same_answers(bitemporal_answers(store), before)
+    first_day_file = f"{GROUP}/{store.commits()[0].files[0]}"
+    store.fs.delete(first_day_file)  # whole-history reads now come from the snapshot alone
+    assert_same_answers([store.read(as_of=T0)], [before[4]])
+
+
+def test_writes_after_compaction_are_read_beside_the_snapshot(store):
+    corrected_store(store)
+    store.compact()
+    later = make_frame(days=3, start="2024-01-22", seed=4)
+    store.write(later, write_time=T0 + pd.Timedelta(days=3))
+    store.compact()
+    old_snapshot = store.fs.list(f"{GROUP}/snapshots")
+    store.write(make_frame(days=1, start="2024-01-30", seed=5), write_time=T0 + pd.Timedelta(days=4))
+
+    assert len(old_snapshot) == 1  # the second compaction replaced the first
+    assert len(store.read()) == 2 * (20 + 3 + 1)
+    pd.testing.assert_frame_equal(store.read(start=utc("2024-01-22"), end=utc("2024-01-24")),
+                                  later.sort_values(["ticker", "event_time"]).reset_index(drop=True),
+                                  check_dtype=False)
+
+
+def test_reverting_a_compacted_commit_drops_the_snapshot(store):
+    store.write(make_frame(days=20), write_time=T0)
+    before = bitemporal_answers(store)
+    commit = store.write(make_frame(days=20, seed=7), write_time=T0 + pd.Timedelta(days=1))
+    snapshot = store.compact()
+
+    store.revert(commit.commit_id)
+
+    assert store.fs.list(f"{GROUP}/snapshots") == []
+    assert snapshot not in store.fs.list(GROUP)
+    assert_same_answers(bitemporal_answers(store), before)
+
+
+def test_a_failed_compaction_leaves_the_store_as_before(store, monkeypatch):
+    corrected_store(store)
+    before, answers = snapshot(store), bitemporal_answers(store)
+    fail_on_call(monkeypatch, store.fs, "replace_atomic", call=1)
+
+    with pytest.raises(InjectedFailure):
+        store.compact()
+
+    assert_same_state(store, before)
+    assert_same_answers(bitemporal_answers(store), answers)
+    assert len(store.vacuum()) == 1  # the staged snapshot, never committed
+    assert store.fs.list(f"{GROUP}/snapshots") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from quant_engine.features import offline_store
 from quant_engine.features.offline_store import (
     FeatureFrameError,
     LocalFileSystem,
@@ -80,13 +82,18 @@ entity_rows = st.lists(st.tuples(st.sampled_from([*TICKERS, "D"]), st.integers(-
     as_of_slot=st.one_of(st.none(), st.integers(0, 3)),
     as_of_nudge_ns=st.sampled_from([0, 1, -1]),
     ttl_minutes=st.one_of(st.none(), st.integers(1, 6)),
+    compact_after=st.one_of(st.none(), st.integers(1, 3)),
     data=st.data(),
 )
-def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_nudge_ns, ttl_minutes, data):
+def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_nudge_ns, ttl_minutes, compact_after,
+                                        data):
     versions = []
-    with tempfile.TemporaryDirectory() as root:
+    # Every snapshot is worth reading here, so compacted runs exercise the snapshot path.
+    with tempfile.TemporaryDirectory() as root, mock.patch.object(offline_store, "SNAPSHOT_MIN_FILES", 1):
         store = OfflineStore(LocalFileSystem(Path(root)), GROUP)
         for slot, rows in enumerate(batches, start=1):
+            if slot - 1 == compact_after and versions:
+                store.compact()
             batch = {}
             for ticker, event_minute, f1, f2 in rows:  # later rows win within one batch: keys are unique per write
                 batch[(ticker, event_minute)] = (f1, f2)
@@ -101,6 +108,8 @@ def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_
                          for (t, m), (f1, f2) in batch.items()]
         if not versions:
             return
+        if compact_after is not None and compact_after >= len(batches):
+            store.compact()
         entities = pd.DataFrame({"ticker": [t for t, _ in entity_keys], "ts": [minute(m) for _, m in entity_keys]})
         entities["label"] = np.arange(len(entities)) * 10
         entities.index = data.draw(st.permutations(range(100, 100 + len(entities))))

@@ -10,7 +10,9 @@ of committed files. It is the only thing a reader trusts:
   atomic step (temp file + fsync + rename locally, one conditional ``PutObject`` on S3). A failure
   at any point before that step leaves only unreferenced files, which readers never see and the
   next write removes (:meth:`OfflineStore.vacuum`);
-* :meth:`OfflineStore.revert` drops a commit from the list in the same single step.
+* :meth:`OfflineStore.revert` drops a commit from the list in the same single step;
+* :meth:`OfflineStore.compact` adds a snapshot, one sorted Parquet file of every row, that reads
+  use instead of thousands of small day files (a derived copy; the day files stay).
 
 Writes are idempotent and bitemporal: a record ``(ticker, event_time)`` gets a new version only
 when its values differ from the latest stored one, and old versions stay, so a read or join
@@ -33,7 +35,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -77,6 +79,11 @@ SUPPORTED_DTYPES: tuple[str, ...] = ("float64",)
 
 MANIFEST_NAME = "feature_group.json"
 DATA_DIR = "data"
+SNAPSHOT_DIR = "snapshots"
+#: A read uses the snapshot only when it replaces at least this many day files.
+SNAPSHOT_MIN_FILES = 16
+#: Rows per row group in a snapshot, so readers can skip by event_time.
+_SNAPSHOT_ROW_GROUP = 131_072
 FORMAT_VERSION = 1
 
 #: SageMaker's rule for feature group and feature names.
@@ -475,11 +482,21 @@ class CommitInfo:
 
 
 @dataclass(frozen=True)
-class _StoredFile:
+class _Snapshot:
+    """One Parquet file holding every row of ``commit_ids``, written by :meth:`OfflineStore.compact`."""
+
     key: str  # relative to the group directory
-    day: int  # UTC day of every event_time in the file, as days since the epoch
+    commit_ids: tuple[str, ...]
     rows: int
-    commit: CommitInfo
+
+
+@dataclass(frozen=True)
+class _ReadPlan:
+    """Which files a read scans, and what it must do to their rows."""
+
+    keys: list[str]  # relative to the group directory
+    cut_at: pd.Timestamp | None  # drop rows written after this (snapshot rows of later commits)
+    versioned: bool  # some record may have several versions among the rows
 
 
 @dataclass(frozen=True)
@@ -491,6 +508,7 @@ class _Manifest:
     commits: tuple[CommitInfo, ...]
     file_days: dict[str, tuple[int, int]]  # key -> (day, rows)
     token: str | None
+    snapshot: _Snapshot | None = None
 
     def to_bytes(self) -> bytes:
         if self.schema is None:
@@ -502,6 +520,9 @@ class _Manifest:
             "commits": [
                 {**c.to_json(), "file_days": [list(self.file_days[k]) for k in c.files]} for c in self.commits
             ],
+            "snapshot": None if self.snapshot is None else {
+                "key": self.snapshot.key, "commits": list(self.snapshot.commit_ids), "rows": self.snapshot.rows,
+            },
         }
         return json.dumps(payload, indent=1).encode()
 
@@ -519,10 +540,36 @@ class _Manifest:
             commit = CommitInfo.from_json(entry)
             commits.append(commit)
             file_days.update({k: (d, r) for k, (d, r) in zip(commit.files, entry["file_days"], strict=True)})
-        return cls(feature_group, FeatureGroupSchema.from_json(payload), tuple(commits), file_days, token)
+        snapshot = payload.get("snapshot")
+        return cls(
+            feature_group, FeatureGroupSchema.from_json(payload), tuple(commits), file_days, token,
+            None if snapshot is None else _Snapshot(snapshot["key"], tuple(snapshot["commits"]), snapshot["rows"]),
+        )
 
-    def stored_files(self) -> list[_StoredFile]:
-        return [_StoredFile(k, *self.file_days[k], c) for c in self.commits for k in c.files]
+    def plan(
+        self, *, as_of: pd.Timestamp | None = None, days: Callable[[int], bool] = lambda day: True
+    ) -> _ReadPlan:
+        """The files holding every row written at or before ``as_of`` whose event day passes ``days``.
+
+        Each day file belongs to one commit, so ``as_of`` and ``days`` prune whole files. The
+        snapshot replaces the day files of the commits it covers when that saves at least
+        :data:`SNAPSHOT_MIN_FILES` files; its rows of commits written after ``as_of`` are then
+        cut row by row.
+        """
+        qualifying = [c for c in self.commits if as_of is None or c.write_time <= as_of]
+        covered = set(self.snapshot.commit_ids) if self.snapshot is not None else set()
+        replaced = sum(1 for c in qualifying if c.commit_id in covered for k in c.files if days(self.file_days[k][0]))
+        use_snapshot = replaced >= SNAPSHOT_MIN_FILES
+        keys = [k for c in qualifying if not (use_snapshot and c.commit_id in covered)
+                for k in c.files if days(self.file_days[k][0])]
+        cut_at = None
+        if use_snapshot:
+            keys.insert(0, self.snapshot.key)
+            if any(c.commit_id in covered and as_of is not None and c.write_time > as_of for c in self.commits):
+                cut_at = as_of
+        # Every version after a record's first is counted as a correction by the commit that wrote
+        # it, so without corrections each (ticker, event_time) appears once.
+        return _ReadPlan(keys, cut_at, versioned=any(c.rows_corrected for c in qualifying))
 
 
 # --------------------------------------------------------------------------------------------
@@ -737,7 +784,7 @@ class OfflineStore:
                 if manifest.schema is None:
                     self._commit(replace(manifest, schema=schema))
                 return CommitInfo(None, write_time, api_invocation_time, 0, **counts)
-            self.vacuum(manifest)
+            self._vacuum(manifest)
             commit_id = f"{write_time.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
             file_days = self._stage(fresh, schema, commit_id, write_time, api_invocation_time)
             commit = CommitInfo(commit_id, write_time, api_invocation_time, len(fresh), **counts,
@@ -756,9 +803,8 @@ class OfflineStore:
             return batch, len(batch), 0
         names = list(schema.feature_names)
         days = set(np.unique(batch.event_ns // _NS_PER_DAY).tolist())
-        files = [f for f in manifest.stored_files() if f.day in days]
         with duckdb.connect() as con:
-            self._register_rows(con, files, schema)
+            self._register_rows(con, manifest.plan(days=days.__contains__), schema)
             con.register("batch_keys", pa.table({RECORD_IDENTIFIER: pa.array(batch.tickers.astype(str)),
                                                  EVENT_TIME: pa.array(batch.event_ns, _UTC_NS)}))
             stored = con.sql(pit.latest_versions_sql(
@@ -853,27 +899,75 @@ class OfflineStore:
             (reverted,) = found
             kept = tuple(c for c in manifest.commits if c.commit_id != commit_id)
             file_days = {k: v for k, v in manifest.file_days.items() if k not in set(reverted.files)}
-            self._commit(replace(manifest, commits=kept, file_days=file_days))
-            for key in reverted.files:  # unreferenced now; a crash here leaves orphans for vacuum()
+            snapshot = manifest.snapshot
+            if snapshot is not None and commit_id in snapshot.commit_ids:
+                snapshot = None  # it holds the reverted rows; reads fall back to the day files
+            self._commit(replace(manifest, commits=kept, file_days=file_days, snapshot=snapshot))
+            dropped = [*reverted.files, *([manifest.snapshot.key] if manifest.snapshot and snapshot is None else [])]
+            for key in dropped:  # unreferenced now; a crash here leaves orphans for vacuum()
                 self.fs.delete(self._key(key))
         log.warning("feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id,
                     reverted.rows_written)
         return reverted
 
-    def vacuum(self, manifest: _Manifest | None = None) -> list[str]:
-        """Delete data files no commit references (left by failed writes or interrupted reverts).
+    def compact(self) -> str | None:
+        """Write every live row into one snapshot file that reads use instead of the day files.
 
-        Runs under the writer lock in :meth:`write`; call it directly only when no write is
-        running (one writer per group).
+        SageMaker's layout leaves one small file per day and commit; a read over years of them
+        spends most of its time opening files (thousands of GETs on S3). The snapshot is a
+        derived copy, sorted by ``event_time`` and keeping every version with its ``write_time``,
+        so bitemporal reads stay exact; the day files remain the layout's source of truth. It is
+        committed like a write (one atomic manifest replace), replaces the previous snapshot, and
+        is dropped by a :meth:`revert` of any commit it covers.
+
+        Returns
+        -------
+        str or None
+            The snapshot's key relative to the filesystem root, or None for a group without rows.
+        """
+        with self.fs.lock(self._key(".lock")):
+            manifest = self._load()
+            schema = self._require_schema(manifest)
+            if not manifest.commits:
+                return None
+            live_ids = tuple(c.commit_id for c in manifest.commits)
+            if manifest.snapshot is not None and manifest.snapshot.commit_ids == live_ids:
+                return self._key(manifest.snapshot.key)
+            self._vacuum(manifest)
+            everything = manifest.plan()
+            with duckdb.connect() as con:
+                self._register_rows(con, everything, schema)
+                table = con.sql("SELECT * FROM feature_rows ORDER BY event_time, ticker, write_time").to_arrow_table()
+            buffer = io.BytesIO()
+            pq.write_table(table.cast(_empty_rows(schema).schema), buffer, row_group_size=_SNAPSHOT_ROW_GROUP)
+            snapshot = _Snapshot(f"{SNAPSHOT_DIR}/{uuid.uuid4().hex}.parquet", live_ids, table.num_rows)
+            self.fs.write(self._key(snapshot.key), buffer.getvalue())
+            self._commit(replace(manifest, snapshot=snapshot))
+            if manifest.snapshot is not None:
+                self.fs.delete(self._key(manifest.snapshot.key))
+        log.info("feature group %s: compacted %d commits (%d rows) into %s", self.feature_group,
+                 len(live_ids), snapshot.rows, snapshot.key)
+        return self._key(snapshot.key)
+
+    def vacuum(self) -> list[str]:
+        """Delete data and snapshot files nothing references (left by failed writes, reverts, compactions).
+
+        :meth:`write` does this under the writer lock before staging; call it directly only when
+        no write is running (one writer per group).
 
         Returns
         -------
         list of str
             The keys removed, relative to the filesystem root.
         """
-        manifest = manifest or self._load()
+        return self._vacuum(self._load())
+
+    def _vacuum(self, manifest: _Manifest) -> list[str]:
         live = {self._key(k) for k in manifest.file_days}
-        orphans = [k for k in self.fs.list(self._key(DATA_DIR)) if k not in live]
+        if manifest.snapshot is not None:
+            live.add(self._key(manifest.snapshot.key))
+        stored = self.fs.list(self._key(DATA_DIR)) + self.fs.list(self._key(SNAPSHOT_DIR))
+        orphans = [k for k in stored if k not in live]
         for key in orphans:
             self.fs.delete(key)
         if orphans:
@@ -881,21 +975,22 @@ class OfflineStore:
         return orphans
 
     # -- reading ------------------------------------------------------------------------------
-    def _register_rows(self, con: duckdb.DuckDBPyConnection, files: Sequence[_StoredFile],
-                       schema: FeatureGroupSchema) -> None:
-        """Make the committed ``files`` queryable as the view ``feature_rows``."""
-        keys = [self._key(f.key) for f in files]
+    def _register_rows(self, con: duckdb.DuckDBPyConnection, plan: _ReadPlan, schema: FeatureGroupSchema) -> None:
+        """Make the rows ``plan`` selects queryable as the view ``feature_rows``."""
+        keys = [self._key(k) for k in plan.keys]
         paths = [self.fs.local_path(k) for k in keys]
         if keys and all(p is not None for p in paths):
-            con.read_parquet([str(p) for p in paths]).create_view("feature_rows")
-            return
-        if keys:
-            with ThreadPoolExecutor(max_workers=min(_S3_READ_WORKERS, len(keys))) as pool:
-                tables = list(pool.map(lambda k: pq.read_table(pa.BufferReader(self.fs.read(k))), keys))
-            table = pa.concat_tables(tables)
+            con.read_parquet([str(p) for p in paths]).create_view("stored_rows")
         else:
-            table = _empty_rows(schema)
-        con.register("feature_rows", table)
+            if keys:
+                with ThreadPoolExecutor(max_workers=min(_S3_READ_WORKERS, len(keys))) as pool:
+                    tables = list(pool.map(lambda k: pq.read_table(pa.BufferReader(self.fs.read(k))), keys))
+                table = pa.concat_tables(tables)
+            else:
+                table = _empty_rows(schema)
+            con.register("stored_rows", table)
+        cut = "" if plan.cut_at is None else f" WHERE epoch_ns(write_time) <= {plan.cut_at.value}"
+        con.execute(f"CREATE VIEW feature_rows AS SELECT * FROM stored_rows{cut}")
 
     def _require_schema(self, manifest: _Manifest) -> FeatureGroupSchema:
         if manifest.schema is None:
@@ -941,12 +1036,9 @@ class OfflineStore:
         manifest = self._load()
         schema = self._require_schema(manifest)
         names = list(schema.feature_names)
-        files = _select_files(
-            manifest,
-            as_of=as_of_ts,
-            first_day=None if start_ts is None else start_ts.value // _NS_PER_DAY,
-            last_day=None if end_ts is None else end_ts.value // _NS_PER_DAY,
-        )
+        first_day = -(2**63) if start_ts is None else start_ts.value // _NS_PER_DAY
+        last_day = 2**63 if end_ts is None else end_ts.value // _NS_PER_DAY
+        plan = manifest.plan(as_of=as_of_ts, days=lambda day: first_day <= day <= last_day)
         conditions = []
         if start_ts is not None:
             conditions.append(f"epoch_ns(event_time) >= {start_ts.value}")
@@ -956,7 +1048,7 @@ class OfflineStore:
             conditions.append("ticker IN (SELECT ticker FROM wanted)")
         where = " AND ".join(conditions)
         with duckdb.connect() as con:
-            self._register_rows(con, files, schema)
+            self._register_rows(con, plan, schema)
             if wanted is not None:
                 con.register("wanted", pa.table({"ticker": pa.array(wanted.astype(str))}))
             if include_history:
@@ -965,7 +1057,7 @@ class OfflineStore:
                 sql = (f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
                        "ORDER BY ticker, event_time, write_time")
             else:
-                latest = pit.latest_versions_sql("feature_rows", names, dedupe=_may_hold_versions(files), where=where)
+                latest = pit.latest_versions_sql("feature_rows", names, dedupe=plan.versioned, where=where)
                 sql = f"SELECT * EXCLUDE (write_time) FROM ({latest}) ORDER BY ticker, event_time"
             table = con.sql(sql).to_arrow_table()
         return pit.arrow_to_frame(table)
@@ -1011,37 +1103,15 @@ class OfflineStore:
         names = pit.resolve_features(features, schema.feature_names, self.feature_group)
         keys = pit.validate_entities(entities, entity_time_col, names)
         if len(keys.ts_ns):
-            first_day = None if ttl_ns is None else (int(keys.ts_ns.min()) - ttl_ns) // _NS_PER_DAY
-            files = _select_files(manifest, as_of=as_of, first_day=first_day,
-                                  last_day=int(keys.ts_ns.max()) // _NS_PER_DAY)
+            first_day = -(2**63) if ttl_ns is None else (int(keys.ts_ns.min()) - ttl_ns) // _NS_PER_DAY
+            last_day = int(keys.ts_ns.max()) // _NS_PER_DAY
+            plan = manifest.plan(as_of=as_of, days=lambda day: first_day <= day <= last_day)
         else:
-            files = []
+            plan = _ReadPlan([], None, versioned=False)
         with duckdb.connect() as con:
-            self._register_rows(con, files, schema)
-            values = pit.asof_join(con, "feature_rows", keys, names, versioned=_may_hold_versions(files), ttl_ns=ttl_ns)
+            self._register_rows(con, plan, schema)
+            values = pit.asof_join(con, "feature_rows", keys, names, versioned=plan.versioned, ttl_ns=ttl_ns)
         return pit.attach(entities, names, values)
-
-
-def _select_files(
-    manifest: _Manifest, *, as_of: pd.Timestamp | None, first_day: int | None, last_day: int | None
-) -> list[_StoredFile]:
-    """Committed files that can hold qualifying rows: pruned by commit write_time and partition day."""
-    return [
-        f
-        for f in manifest.stored_files()
-        if (as_of is None or f.commit.write_time <= as_of)
-        and (first_day is None or f.day >= first_day)
-        and (last_day is None or f.day <= last_day)
-    ]
-
-
-def _may_hold_versions(files: Sequence[_StoredFile]) -> bool:
-    """Whether any record may have several versions among ``files``.
-
-    Every version after a record's first is counted as a correction by the commit that wrote it,
-    so without corrections each (ticker, event_time) appears once and choosing a version is skipped.
-    """
-    return any(f.commit.rows_corrected for f in files)
 
 
 def _empty_rows(schema: FeatureGroupSchema) -> pa.Table:
