@@ -82,7 +82,7 @@ DATA_DIR = "data"
 SNAPSHOT_DIR = "snapshots"
 #: A read uses the snapshot only when it replaces at least this many day files.
 SNAPSHOT_MIN_FILES = 16
-#: Rows per row group in a snapshot, so readers can skip by event_time.
+#: Rows per row group in a snapshot, so readers can skip row groups by ticker.
 _SNAPSHOT_ROW_GROUP = 131_072
 FORMAT_VERSION = 1
 
@@ -915,7 +915,8 @@ class OfflineStore:
 
         SageMaker's layout leaves one small file per day and commit; a read over years of them
         spends most of its time opening files (thousands of GETs on S3). The snapshot is a
-        derived copy, sorted by ``event_time`` and keeping every version with its ``write_time``,
+        derived copy, sorted by ``(ticker, event_time)`` as the ASOF join partitions and orders
+        its input, and keeping every version with its ``write_time``,
         so bitemporal reads stay exact; the day files remain the layout's source of truth. It is
         committed like a write (one atomic manifest replace), replaces the previous snapshot, and
         is dropped by a :meth:`revert` of any commit it covers.
@@ -937,7 +938,7 @@ class OfflineStore:
             everything = manifest.plan()
             with duckdb.connect() as con:
                 self._register_rows(con, everything, schema)
-                table = con.sql("SELECT * FROM feature_rows ORDER BY event_time, ticker, write_time").to_arrow_table()
+                table = con.sql("SELECT * FROM feature_rows ORDER BY ticker, event_time, write_time").to_arrow_table()
             buffer = io.BytesIO()
             pq.write_table(table.cast(_empty_rows(schema).schema), buffer, row_group_size=_SNAPSHOT_ROW_GROUP)
             snapshot = _Snapshot(f"{SNAPSHOT_DIR}/{uuid.uuid4().hex}.parquet", live_ids, table.num_rows)

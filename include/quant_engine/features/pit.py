@@ -166,7 +166,7 @@ def asof_join(
         pa.table(
             {
                 "_row": pa.array(np.arange(n, dtype="int64")),
-                RECORD_IDENTIFIER: pa.array(keys.tickers.astype(str), pa.string()),
+                RECORD_IDENTIFIER: pa.array(keys.tickers, pa.string()),
                 "ts": pa.array(keys.ts_ns, _UTC_NS),
             }
         ),
