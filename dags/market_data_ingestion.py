@@ -29,7 +29,8 @@ FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
         "tickers": Param(None, type=["null", "string"],
                          description="Comma-separated tickers; empty means every ticker of the source."),
         "start": Param(None, type=["null", "string"], format="date",
-                       description="First day to ingest (YYYY-MM-DD); empty means the run's logical day."),
+                       description="First day to ingest (YYYY-MM-DD). Empty: the last session on or before "
+                                   "the run's logical date, or the whole file for csv / parquet."),
         "end": Param(None, type=["null", "string"], format="date",
                      description="Last day to ingest, inclusive; empty means the same day as start."),
         "feature_set": Param("default", enum=["default", "extended"],
@@ -41,14 +42,13 @@ def market_data_ingestion():
     @task
     def fetch_bars(params=None, run_id=None, logical_date=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
-        from quant_engine.features.ingest import IngestionRequest, fetch_bars, last_session_day, stage_frame
+        from quant_engine.features.ingest import IngestionRequest, fetch_bars, stage_frame
         from quant_engine.runs import run_dir
 
-        day = last_session_day((logical_date or pendulum.now("UTC")).isoformat())
         with fail_fast_on_bad_input():
-            request = IngestionRequest.build(
-                source=params["source"], path=params["path"], tickers=params["tickers"],
-                start=params["start"] or day, end=params["end"] or params["start"] or day,
+            request = IngestionRequest.for_run(
+                (logical_date or pendulum.now("UTC")).isoformat(), source=params["source"],
+                start=params["start"], end=params["end"], tickers=params["tickers"], path=params["path"],
                 feature_set=params["feature_set"],
             )
             bars = fetch_bars(request)

@@ -89,6 +89,22 @@ def test_csv_source_from_a_users_file(tmp_path) -> None:
     assert result.tickers == 2 and result.rows_written_offline == 10
 
 
+def test_a_run_naming_only_a_users_file_ingests_the_whole_file(tmp_path) -> None:
+    bars = SyntheticMarket(n_tickers=2, seed=3).fetch(None, "2023-01-02", "2024-03-08")
+    path = tmp_path / "my_bars.parquet"
+    bars.to_parquet(path)
+    req = IngestionRequest.for_run("2026-11-29T08:00:00Z", source="parquet", path=str(path))
+    assert (req.start, req.end) == (pd.Timestamp("2023-01-02", tz="UTC"), pd.Timestamp("2024-03-08", tz="UTC"))
+    result = ingest(req)
+    # the first year only fills the feature windows; every later weekday of both tickers is written
+    assert result.end == "2024-03-08 21:00:00+00:00" and result.rows_written_offline > 2 * 40
+
+
+def test_a_bare_run_ingests_the_last_session() -> None:
+    req = IngestionRequest.for_run("2026-11-29T08:00:00Z", source="synthetic")
+    assert req.start == req.end == pd.Timestamp("2026-11-27", tz="UTC")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

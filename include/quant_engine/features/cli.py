@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ingest.add_argument("--source", choices=SOURCE_NAMES, default="synthetic")
     ingest.add_argument("--path", help="file or folder of bars, for the csv and parquet sources")
     ingest.add_argument("--tickers", help="comma-separated tickers (default: all the source has)")
-    ingest.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    ingest.add_argument("--start", help="first day, YYYY-MM-DD (default: the last session; for csv / parquet "
+                                        "without dates, the whole file)")
     ingest.add_argument("--end", help="last day, inclusive (default: start)")
     ingest.add_argument("--feature-set", default="default", choices=("default", "extended"))
     ingest.set_defaults(handler=_ingest)
@@ -40,10 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from quant_engine.features.ingest import IngestionRequest, ingest
 
-    request = IngestionRequest.build(source=args.source, path=args.path, tickers=args.tickers,
-                                     start=args.start, end=args.end, feature_set=args.feature_set)
+    request = IngestionRequest.for_run(pd.Timestamp.now(tz="UTC"), source=args.source, path=args.path,
+                                       tickers=args.tickers, start=args.start, end=args.end,
+                                       feature_set=args.feature_set)
     print(json.dumps(dataclasses.asdict(ingest(request)), indent=2))
     return 0
 

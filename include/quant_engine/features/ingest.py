@@ -84,6 +84,27 @@ class IngestionRequest:
         get_feature_set(feature_set)  # unknown names fail here, before any data moves
         return cls(source, start_day, end_day, ticker_tuple, path, feature_set)
 
+    @classmethod
+    def for_run(
+        cls,
+        logical_date: str | pd.Timestamp,
+        source: str,
+        start: str | None = None,
+        end: str | None = None,
+        tickers: Sequence[str] | str | None = None,
+        path: str | None = None,
+        feature_set: str = "default",
+    ) -> IngestionRequest:
+        """A request from a DAG run's params, filling the range a user would expect when it is empty.
+
+        A scheduled or bare manual run ingests the last session on or before its logical date; a run
+        that names a user's file and no dates ingests the whole file.
+        """
+        if start is None and end is None and source in SOURCES_NEEDING_PATH and path:
+            start, end = file_day_range(source, path, tickers)
+        day = last_session_day(logical_date)
+        return cls.build(source, start or day, end or start or day, tickers, path, feature_set)
+
 
 def _utc_day(value: str | pd.Timestamp, name: str) -> pd.Timestamp:
     try:
@@ -106,6 +127,16 @@ def last_session_day(moment: pd.Timestamp | str, exchange_tz: str = "America/New
     while day.weekday() >= 5:
         day -= pd.Timedelta(days=1)
     return day.strftime("%Y-%m-%d")
+
+
+def file_day_range(source: str, path: str, tickers: Sequence[str] | str | None = None) -> tuple[str, str]:
+    """First and last UTC day of the bars in a user's CSV or Parquet file (or folder)."""
+    if isinstance(tickers, str):
+        tickers = [t.strip() for t in tickers.split(",") if t.strip()]
+    bars, _ = make_source(source, path=path).read(list(tickers) if tickers else None)
+    if bars.empty:
+        raise IngestionError(f"{path} holds no bars")
+    return bars["ts"].min().strftime("%Y-%m-%d"), bars["ts"].max().strftime("%Y-%m-%d")
 
 
 def history_start(request: IngestionRequest, feature_set: FeatureSet) -> pd.Timestamp:
