@@ -105,12 +105,14 @@ def test_re_putting_the_same_frame_changes_nothing(store: Any) -> None:
     assert store.get_many(["A", "B"]) == before
 
 
-def test_newer_wins_and_older_or_equal_writes_are_ignored(store: Any) -> None:
+def test_newer_wins_older_writes_are_ignored_and_same_time_corrections_apply(store: Any) -> None:
     store.put(frame([("A", T0, 1.0), ("B", T0, 1.0)]))
     older_a_newer_b = frame([("A", T0 - pd.Timedelta(hours=1), 9.0), ("B", T0 + pd.Timedelta(hours=1), 5.0)])
     assert store.put(older_a_newer_b) == 1
-    assert store.put(frame([("A", T0, 7.0)])) == 0  # same event time, different values: first write stays
     assert store.get("A") == {"event_time": T0, "a": 1.0, "b": 2.0}
+    assert store.put(frame([("A", T0, 7.0)])) == 1  # same event time, new values: a correction
+    assert store.get("A") == {"event_time": T0, "a": 7.0, "b": 14.0}
+    assert store.put(frame([("A", T0, 7.0)])) == 0  # and repeating it changes nothing
     assert store.get("B") == {"event_time": T0 + pd.Timedelta(hours=1), "a": 5.0, "b": 10.0}
 
 

@@ -4,8 +4,9 @@ Two backends behind one protocol: :class:`SQLiteOnlineStore` (embedded default) 
 :class:`DynamoDBOnlineStore` (AWS). Both keep one record per ``(feature_group, ticker)`` and share
 three rules:
 
-* **Newer wins.** A write replaces a record only if its ``event_time`` is strictly newer than the
-  stored one, so re-putting a frame changes nothing and a late backfill never hides a live value.
+* **Newer wins.** A write replaces a record if its ``event_time`` is newer than the stored one, or
+  equal with different values (a correction of that bar). Re-putting a frame changes nothing and a
+  late backfill of older bars never hides a live value.
 * **A record is a whole vector.** A write replaces all of a ticker's features, never merges.
 * **All or nothing.** ``put`` is atomic, and :meth:`OnlineStore.transaction` widens that to a block:
   every ``put`` inside takes effect together or, if the block raises, not at all. Ingestion uses it
@@ -17,6 +18,7 @@ three rules:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +54,8 @@ class OnlineStore(Protocol):
     feature_group: str
 
     def put(self, frame: pd.DataFrame) -> int:
-        """Upsert each ticker's latest row of ``frame`` where it is newer; return how many records changed."""
+        """Upsert each ticker's latest row of ``frame`` where it is newer or corrects the stored one;
+        return how many records changed."""
         ...
 
     def get(
@@ -90,6 +93,12 @@ class _Row:
     ticker: str
     event_time_ns: int
     values: tuple[float, ...]
+
+
+def _values_digest(names: Sequence[str], values: Sequence[float]) -> str:
+    """A short fingerprint of a feature vector, so a same-time correction can be told from a rerun."""
+    return hashlib.blake2b(json.dumps([list(names), [repr(float(v)) for v in values]]).encode(),
+                           digest_size=16).hexdigest()
 
 
 def _latest_rows(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[_Row]]:
@@ -217,6 +226,9 @@ ON CONFLICT (feature_group, ticker) DO UPDATE SET
     feature_names = excluded.feature_names,
     feature_values = excluded.feature_values
 WHERE excluded.event_time_ns > online_features.event_time_ns
+   OR (excluded.event_time_ns = online_features.event_time_ns
+       AND (excluded.feature_values != online_features.feature_values
+            OR excluded.feature_names != online_features.feature_names))
 """
 _SQLITE_SELECT_ONE = (
     "SELECT event_time_ns, feature_names, feature_values FROM online_features "
@@ -322,7 +334,7 @@ class SQLiteOnlineStore:
             raise
 
     def put(self, frame: pd.DataFrame) -> int:
-        """Upsert each ticker's latest row where it is newer than the stored one, atomically.
+        """Upsert each ticker's latest row where it is newer than (or corrects) the stored one, atomically.
 
         Parameters
         ----------
@@ -333,7 +345,7 @@ class SQLiteOnlineStore:
         Returns
         -------
         int
-            Records inserted or replaced; 0 when nothing was newer (a re-put, a stale backfill).
+            Records inserted or replaced; 0 when nothing was newer or different (a re-put, a stale backfill).
         """
         names, rows = _latest_rows(frame)
         encoded_names = json.dumps(list(names))
@@ -556,23 +568,28 @@ class DynamoDBOnlineStore:
             for row in rows:
                 record_id = self._record_id(row.ticker)
                 event_time = {"N": str(row.event_time_ns)}
+                digest = {"S": _values_digest(names, row.values)}
                 item = {
                     "record_id": {"S": record_id},
                     "feature_group": {"S": self.feature_group},
                     "ticker": {"S": row.ticker},
                     "event_time": event_time,
                     "features": {"M": {n: _encode_number(v) for n, v in zip(names, row.values, strict=True)}},
+                    "digest": digest,
                 }
                 try:
                     response = self._client.put_item(
                         TableName=self.table_name,
                         Item=item,
-                        ConditionExpression="attribute_not_exists(record_id) OR event_time < :new",
-                        ExpressionAttributeValues={":new": event_time},
+                        ConditionExpression=(
+                            "attribute_not_exists(record_id) OR event_time < :new"
+                            " OR (event_time = :new AND digest <> :digest)"
+                        ),
+                        ExpressionAttributeValues={":new": event_time, ":digest": digest},
                         ReturnValues="ALL_OLD",
                     )
                 except self._client.exceptions.ConditionalCheckFailedException:
-                    continue  # the stored record is as new or newer
+                    continue  # the stored record is newer, or the same one
                 self._undo_log.append((record_id, row.event_time_ns, response.get("Attributes")))
                 written += 1
         return written
