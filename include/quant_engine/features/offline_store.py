@@ -980,17 +980,18 @@ class OfflineStore:
         """Make the rows ``plan`` selects queryable as the view ``feature_rows``."""
         keys = [self._key(k) for k in plan.keys]
         paths = [self.fs.local_path(k) for k in keys]
-        if keys and all(p is not None for p in paths):
-            con.read_parquet([str(p) for p in paths]).create_view("stored_rows")
-        else:
-            if keys:
-                with ThreadPoolExecutor(max_workers=min(_S3_READ_WORKERS, len(keys))) as pool:
-                    tables = list(pool.map(lambda k: pq.read_table(pa.BufferReader(self.fs.read(k))), keys))
-                table = pa.concat_tables(tables)
-            else:
-                table = _empty_rows(schema)
-            con.register("stored_rows", table)
         cut = "" if plan.cut_at is None else f" WHERE epoch_ns(write_time) <= {plan.cut_at.value}"
+        if keys and all(p is not None for p in paths):
+            files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+            con.execute(f"CREATE VIEW feature_rows AS SELECT * FROM read_parquet([{files}]){cut}")
+            return
+        if keys:
+            with ThreadPoolExecutor(max_workers=min(_S3_READ_WORKERS, len(keys))) as pool:
+                tables = list(pool.map(lambda k: pq.read_table(pa.BufferReader(self.fs.read(k))), keys))
+            table = pa.concat_tables(tables)
+        else:
+            table = _empty_rows(schema)
+        con.register("stored_rows", table)
         con.execute(f"CREATE VIEW feature_rows AS SELECT * FROM stored_rows{cut}")
 
     def _require_schema(self, manifest: _Manifest) -> FeatureGroupSchema:

@@ -202,7 +202,10 @@ def asof_join(
 
 def attach(entities: pd.DataFrame, features: Sequence[str], values: np.ndarray) -> pd.DataFrame:
     """``entities`` with one column per feature appended, rows and index untouched."""
-    return entities.assign(**{name: values[:, j] for j, name in enumerate(features)})
+    result = entities.copy(deep=False)  # new columns land in the copy only; the caller's frame is unchanged
+    for j, name in enumerate(features):
+        result[name] = values[:, j]
+    return result
 
 
 def arrow_to_frame(table: pa.Table) -> pd.DataFrame:
