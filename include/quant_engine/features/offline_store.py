@@ -983,7 +983,9 @@ class OfflineStore:
         cut = "" if plan.cut_at is None else f" WHERE epoch_ns(write_time) <= {plan.cut_at.value}"
         if keys and all(p is not None for p in paths):
             files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
-            con.execute(f"CREATE VIEW feature_rows AS SELECT * FROM read_parquet([{files}]){cut}")
+            # The year=/month=/day= folders are SageMaker's layout, not columns to add to the rows.
+            source = f"read_parquet([{files}], hive_partitioning = false)"
+            con.execute(f"CREATE VIEW feature_rows AS SELECT * FROM {source}{cut}")
             return
         if keys:
             with ThreadPoolExecutor(max_workers=min(_S3_READ_WORKERS, len(keys))) as pool:
