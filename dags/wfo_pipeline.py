@@ -37,6 +37,10 @@ from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
                             description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),
         "horizon": Param(D["horizon"], type="integer", minimum=1,
                          description="Label horizon (vertical barrier) in bars."),
+        "label_target": Param(D["label_target"], type="string", enum=["absolute", "excess"],
+                              description="absolute: the ticker's own return; excess: its return minus the mean "
+                                          "of all tickers at the same bar (fixed labels only; matches a "
+                                          "market-neutral book)."),
         "pt_mult": Param(D["pt_mult"], type=["null", "number"], exclusiveMinimum=0,
                          description="Triple barrier: profit-take distance in volatilities; null disables it."),
         "sl_mult": Param(D["sl_mult"], type=["null", "number"], exclusiveMinimum=0,
@@ -53,6 +57,9 @@ from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
                         description="XGBoost trials: a grid (object of lists, Cartesian product) or a list of "
                                     "objects; keys max_depth, learning_rate, n_estimators, subsample, "
                                     "colsample_bytree, min_child_weight, threshold."),
+        "portfolio": Param(D["portfolio"], type="string", enum=["market_neutral", "directional"],
+                           description="market_neutral: demeaned probabilities, dollar-neutral, gross exposure 1 "
+                                       "per bar; directional: +1/-1 per ticker from the threshold, equal weight."),
         "cost_bps": Param(D["cost_bps"], type="number", minimum=0,
                           description="Cost per unit of position traded, in basis points."),
         "seed": Param(D["seed"], type="integer", minimum=0, description="Seed of every model."),

@@ -33,11 +33,15 @@ def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> N
     assert 0 <= report["pbo"] <= 1 and 0 <= report["deflated_sharpe"] <= report["psr"] <= 1
     assert len(report["paths"]) == 3 and all(abs(p["sharpe"]) < 10 for p in report["paths"])
     assert report["data"]["tickers"] == TICKERS and report["config"]["n_groups"] == 4
+    # the DAG's defaults for the book and the labels reach the run, and the report says which they were
+    assert (report["config"]["portfolio"], report["config"]["horizon"], report["config"]["label_target"]) == (
+        "market_neutral", 1, "excess")
     assert (folder / "report.html").stat().st_size > 10_000
     # one mapped task per (trial, split), and the last task logged where the report is
     output = result.stdout + result.stderr
     assert len(set(_mapped_indexes(output))) == 12
     assert f"report: {folder / 'report.html'}" in output
+    assert report["setup"] in output
 
 
 def _mapped_indexes(output: str) -> list[str]:
@@ -48,6 +52,8 @@ def _mapped_indexes(output: str) -> list[str]:
 @pytest.mark.parametrize(("change", "message"), [
     ({"tickers": "SYN00,SYN99"}, "unknown ticker(s) SYN99: not in the offline store"),
     ({"n_groups": 3, "embargo": "400D"}, "the purge and embargo leave a split without training data"),
+    ({"portfolio": "long_only"}, "'long_only' is not one of ['market_neutral', 'directional']"),
+    ({"label_kind": "triple_barrier"}, "label_target='excess' needs label_kind='fixed'"),
 ])
 def test_bad_input_fails_before_any_split_task(market: Path, run_dag: Callable, change: dict, message: str) -> None:
     result = run_dag("wfo_pipeline", {**CONF, **change}, expect_success=False)

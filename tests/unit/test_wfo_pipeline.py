@@ -61,22 +61,29 @@ def test_defaults_are_the_documented_run() -> None:
     config = WfoConfig.from_params(DEFAULT_PARAMS)
     assert (config.n_groups, config.n_test_groups, config.cost_bps, config.embargo) == (6, 2, 5.0, "5D")
     assert len(config.trials) == 4
-    assert {(t.max_depth, t.learning_rate) for t in config.trials} == {(2, 0.05), (2, 0.2), (4, 0.05), (4, 0.2)}
+    assert {(t.max_depth, t.learning_rate) for t in config.trials} == {(2, 0.03), (2, 0.1), (3, 0.03), (3, 0.1)}
+    assert {(t.n_estimators, t.min_child_weight, t.threshold) for t in config.trials} == {(100, 100, 0.0)}
+    assert (config.portfolio, config.label.kind, config.label.horizon, config.label.target) == (
+        "market_neutral", "fixed", 1, "excess")
     assert config.start == pd.Timestamp("2015-01-01", tz="UTC") and config.end == pd.Timestamp("2024-12-31", tz="UTC")
     assert config.splitter().n_splits == 15 and config.splitter().n_paths == 5
 
 
 def test_to_params_round_trips() -> None:
     config = WfoConfig.from_params({**SMALL, "tickers": "SYN00, SYN01", "label_kind": "triple_barrier",
-                                    "pt_mult": None, "embargo": "7"})
-    assert config.tickers == ("SYN00", "SYN01")
+                                    "label_target": "absolute", "pt_mult": None, "embargo": "7",
+                                    "portfolio": "directional"})
+    assert config.tickers == ("SYN00", "SYN01") and config.portfolio == "directional"
     assert config.label.pt_mult is None and config.embargo == 7
     assert WfoConfig.from_params(json.loads(json.dumps(config.to_params()))) == config
 
 
 def test_null_parameters_take_defaults() -> None:
-    config = WfoConfig.from_params({**SMALL, "tickers": None, "cost_bps": None, "horizon": None})
-    assert config.tickers is None and config.cost_bps == 5.0 and config.label.horizon == 5
+    config = WfoConfig.from_params({**SMALL, "tickers": None, "cost_bps": None, "horizon": None, "portfolio": None,
+                                    "label_target": None})
+    assert config.tickers is None and config.cost_bps == 5.0
+    assert config.label.horizon == DEFAULT_PARAMS["horizon"] and config.label.target == DEFAULT_PARAMS["label_target"]
+    assert config.portfolio == DEFAULT_PARAMS["portfolio"]
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -93,6 +100,11 @@ def test_null_parameters_take_defaults() -> None:
     ({"horizon": 0}, "horizon=0 must be between 1 and 252"),
     ({"pt_mult": -1.0}, "pt_mult=-1.0 must be a positive number"),
     ({"cost_bps": -5}, "cost_bps=-5 must be a number of basis points"),
+    ({"portfolio": "long_only"}, "portfolio='long_only' is not a portfolio construction; use one of market_neutral, "
+                                 "directional"),
+    ({"label_target": "relative"}, "label_target='relative' is not a label target; use one of absolute, excess"),
+    ({"label_kind": "triple_barrier", "label_target": "excess"},
+     "label_target='excess' needs label_kind='fixed', not 'triple_barrier'"),
     ({"source": "bloomberg"}, "source='bloomberg' is not a data source"),
     ({"source": "csv"}, "source='csv' needs source_path"),
     ({"feature_set": "fancy"}, "no feature set 'fancy'"),
@@ -121,7 +133,7 @@ def test_trial_grid_expands_to_its_product() -> None:
 
 
 def test_dataset_joins_stored_features_to_labels_without_look_ahead(settings: Settings, tmp_path: Path) -> None:
-    config = WfoConfig.from_params(SMALL)
+    config = WfoConfig.from_params({**SMALL, "horizon": 5, "label_target": "absolute"})
     summary = build_dataset(config, tmp_path, settings)
     data = load_dataset(tmp_path)
     assert summary["rows"] == len(data) and summary["tickers"] == TICKERS
@@ -145,8 +157,24 @@ def test_dataset_joins_stored_features_to_labels_without_look_ahead(settings: Se
     assert data["t1"].max() <= pd.Timestamp(END, tz="UTC") + pd.Timedelta(days=1)
 
 
+def test_excess_labels_compare_each_ticker_with_the_mean_of_all(settings: Settings, tmp_path: Path) -> None:
+    build_dataset(WfoConfig.from_params({**SMALL, "horizon": 3, "label_target": "excess"}), tmp_path, settings)
+    data = load_dataset(tmp_path)
+    bars = make_source("synthetic").fetch(TICKERS, START, END)
+    close = bars.pivot(index="ts", columns="ticker", values="close")
+    raw = (close.shift(-3) / close - 1.0).stack().rename("raw").reset_index()
+    merged = data.merge(raw, on=["ticker", "ts"])
+    assert len(merged) == len(data)
+    expected = merged["raw"] - merged.groupby("ts")["raw"].transform("mean")
+    np.testing.assert_allclose(merged["ret"], expected, atol=1e-15)
+    assert (merged["label"] == (expected > 0)).all()
+    np.testing.assert_allclose(data.groupby("ts")["ret"].sum(), 0.0, atol=1e-15)  # relative to the mean
+    assert 0.3 < data["label"].mean() < 0.7  # about half beat the mean, whatever the market did
+
+
 def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
-    config = WfoConfig.from_params({**SMALL, "label_kind": "triple_barrier", "horizon": 10, "sl_mult": None})
+    config = WfoConfig.from_params({**SMALL, "label_kind": "triple_barrier", "label_target": "absolute", "horizon": 10,
+                                    "sl_mult": None})
     build_dataset(config, tmp_path, settings)
     data = load_dataset(tmp_path)
     span = (data["t1"] - data["ts"]).dt.days
@@ -159,9 +187,13 @@ def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
     ({"start": "2030-01-01", "end": "2030-12-31"}, "holds no rows between 2030-01-01 and 2030-12-31"),
     ({"tickers": "SYN01", "start": "2030-01-01", "end": "2030-12-31"},
      "SYN01 have no stored features between 2030-01-01 and 2030-12-31"),
-    ({"start": "2021-12-28", "end": "2021-12-31"}, "no row between 2021-12-28 and 2021-12-31 has both"),
+    ({"start": "2021-12-28", "end": "2021-12-31", "horizon": 5},
+     "no row between 2021-12-28 and 2021-12-31 has both stored features and a label with its full 5-bar horizon"),
     ({"min_group_rows": 1000}, "too few samples per group: .* fewer than min_group_rows=1000"),
     ({"feature_set": "extended"}, "feature set 'extended' needs .*parkinson_vol_20"),
+    ({"tickers": "SYN01"}, r"portfolio='market_neutral' and label_target='excess' compare tickers with each other "
+                           r"and need at least 2, got \['SYN01'\]"),
+    ({"tickers": "SYN01", "portfolio": "directional"}, r"^label_target='excess' compare tickers"),
 ])
 def test_data_checks_fail_before_anything_is_written(settings: Settings, tmp_path: Path, change: dict,
                                                      message: str) -> None:
@@ -244,6 +276,30 @@ def test_assemble_needs_every_prediction(settings: Settings, tmp_path: Path) -> 
     run_split(tmp_path, 0, 0)
     with pytest.raises(FileNotFoundError, match=r"task \(trial 0, split 1\) has not run"):
         assemble(tmp_path)
+
+
+@pytest.mark.parametrize("portfolio", ["market_neutral", "directional"])
+def test_assemble_backtests_every_path_with_the_configured_portfolio(settings: Settings, tmp_path: Path,
+                                                                       portfolio: str) -> None:
+    from quant_engine.wfo.backtest import assemble_paths, backtest
+
+    config = WfoConfig.from_params({**SMALL, "portfolio": portfolio})
+    build_dataset(config, tmp_path, settings)
+    tasks = plan(tmp_path, settings)
+    for task in tasks:
+        run_split(tmp_path, task["trial_id"], task["split_id"])
+    assemble(tmp_path)
+    paths = pd.read_parquet(tmp_path / "paths.parquet")
+    written = json.loads((tmp_path / "plan.json").read_text())
+    predictions = {s: pd.read_parquet(prediction_path(tmp_path, 1, s)) for s in range(written["n_splits"])}
+    frame = assemble_paths(predictions, np.asarray(written["paths"]))[2]
+    expected = backtest(frame, threshold=config.trials[1].threshold, cost_bps=config.cost_bps, portfolio=portfolio)
+    got = paths.loc[(paths["trial"] == 1) & (paths["path"] == 2)]
+    np.testing.assert_allclose(got["return"], expected.returns)
+    np.testing.assert_allclose(got["exposure"], expected.exposure)
+    if portfolio == "market_neutral":  # a dollar-neutral book is fully invested or flat at each ts
+        assert np.isclose(paths["exposure"], 1.0).mean() > 0.5
+        assert (np.isclose(paths["exposure"], 1.0) | np.isclose(paths["exposure"], 0.0)).all()
 
 
 def test_run_pipeline_end_to_end(settings: Settings) -> None:

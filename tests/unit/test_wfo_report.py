@@ -15,8 +15,8 @@ import pytest
 from quant_engine.config import Settings
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.wfo import cli
-from quant_engine.wfo.pipeline import PURGED, TEST, load_dataset, run_pipeline
-from quant_engine.wfo.report import headline, latest_report, load_report, report_dir, timestamp_roles
+from quant_engine.wfo.pipeline import DEFAULT_PARAMS, PURGED, TEST, load_dataset, run_pipeline
+from quant_engine.wfo.report import headline, latest_report, load_report, report_dir, setup, timestamp_roles
 
 CONF = {"start": "2020-01-01", "end": "2021-12-31", "tickers": "SYN05,SYN06", "n_groups": 4, "n_test_groups": 2,
         "embargo": 3, "trials": {"max_depth": [2, 3], "n_estimators": [6]}}
@@ -55,6 +55,11 @@ def test_report_json_has_the_headline_and_every_path(report_folder: Path) -> Non
         assert {"sharpe", "sortino", "max_drawdown", "hit_rate", "turnover", "total_return"} <= set(path)
         assert np.isfinite(path["sharpe"]) and 0 <= path["max_drawdown"] < 1 and 0 <= path["hit_rate"] <= 1
     assert report["config"]["tickers"] == ["SYN05", "SYN06"] and report["config"]["n_groups"] == 4
+    config = report["config"]
+    assert (config["portfolio"], config["label_kind"], config["horizon"], config["label_target"]) == (
+        DEFAULT_PARAMS["portfolio"], DEFAULT_PARAMS["label_kind"], DEFAULT_PARAMS["horizon"],
+        DEFAULT_PARAMS["label_target"])
+    assert report["setup"] == setup(config) and config["portfolio"] in report["setup"]
     assert report["data"]["first_ts"].startswith("2020-01-01") and report["data"]["rows"] > 900
     assert [len(t["paths"]) for t in report["trials"]] == [3, 3]
     selected = report["trials"][report["selected_trial"]]
@@ -73,6 +78,11 @@ def test_report_html_is_self_contained_with_four_plots(report_folder: Path) -> N
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
     assert not re.search(r"(src|href)=['\"]https?:", page)  # nothing fetched from elsewhere
     assert "Probability of backtest overfitting" in page and "report-run" in page
+    report = json.loads((report_folder / "report.json").read_text())
+    assert f"<td>Portfolio and labels</td><td>{report['setup']}</td>" in page
+    configuration = page.split("<h2>Configuration</h2>")[1]
+    assert '&quot;portfolio&quot;: &quot;market_neutral&quot;' in configuration
+    assert '&quot;label_target&quot;: &quot;excess&quot;' in configuration
 
 
 def test_report_files_are_written_atomically(report_folder: Path) -> None:
@@ -95,6 +105,7 @@ def test_headline_latest_and_lookup(report_folder: Path, use_home: Path) -> None
     report = load_report(report_folder)
     text = headline(report)
     assert "6 splits, 3 paths, 2 trials" in text and f"PBO {report['pbo']:.3f}" in text
+    assert report["setup"] in text
     assert latest_report() == report_folder == report_dir("report-run")
     assert load_report(report_folder / "report.json") == report
     with pytest.raises(FileNotFoundError, match="no report at"):
@@ -122,10 +133,13 @@ def test_cli_show(report_folder: Path, use_home: Path, capsys: pytest.CaptureFix
 
 
 def test_cli_run(use_home: Path, capsys: pytest.CaptureFixture) -> None:
-    conf = {**CONF, "n_groups": 3, "n_test_groups": 1}
+    conf = {**CONF, "n_groups": 3, "n_test_groups": 1, "portfolio": "directional", "label_target": "absolute",
+            "horizon": 2}
     args = _parse(["wfo", "run", "--conf", json.dumps(conf), "--run-id", "cli-run"])
     assert args.handler(args) == 0
-    assert "WFO report cli-run: 3 splits, 1 paths, 2 trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "WFO report cli-run: 3 splits, 1 paths, 2 trials" in out
+    assert "directional portfolio, 5 bps costs; labels: fixed, horizon 2 bar(s), absolute target" in out
     assert (use_home / "reports" / "wfo" / "cli-run" / "report.html").exists()
 
 

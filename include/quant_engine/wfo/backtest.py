@@ -1,4 +1,4 @@
-"""Backtest of predicted probabilities: positions, costs, an equal-weight portfolio, CPCV paths.
+"""Backtest of predicted probabilities: positions, costs, a portfolio per timestamp, CPCV paths.
 
 Timing
 ------
@@ -7,19 +7,40 @@ it implies is taken at that close and held to the next bar's close, earning
 ``fwd_ret_1 = close[t+1] / close[t] - 1``. Every return in this module is stamped with ``ts``, the
 time the decision was made.
 
-Positions
----------
-``+1`` when ``prob > 0.5 + threshold``, ``-1`` when ``prob < 0.5 - threshold``, ``0`` in between
-(:func:`positions_from_probability`). A threshold keeps the strategy flat where the model is
-barely better than a coin, which is where costs eat the edge.
+Portfolios
+----------
+Positions are fractions of capital, one per ``(ticker, ts)``; the portfolio's return at ``ts`` is
+``sum_i position_i * fwd_ret_1_i``. Two constructions (``portfolio=``):
 
-Costs and portfolio
--------------------
-Each ticker pays ``cost_bps / 10_000 * |position[t] - position[t-1]|`` at ``ts`` (its first
-position is traded from flat; the last one is never closed, so no exit cost is charged at the
-end of the data). The portfolio holds every ticker present at ``ts`` with weight ``1 / N_t``,
-so its return is the mean of the tickers' net returns and its turnover the mean of their
-``|Δposition|`` (one-way, as a fraction of capital).
+``"market_neutral"`` (the default)
+    The cross-sectionally demeaned probability, ``d_i = prob_i - mean_ts(prob)``, scaled so the
+    longs sum to +0.5 and the shorts to -0.5: ``position_i = d_i / sum_ts |d|``
+    (:func:`market_neutral_positions`). The book is dollar-neutral with gross exposure 1, so a
+    market move common to every ticker cancels and what is left is the model's ranking of the
+    tickers against each other. With ``threshold`` > 0 tickers with ``|d_i| <= threshold`` are not
+    held and each side is rescaled over the rest; a timestamp with one ticker, or without a long
+    *and* a short, is flat.
+``"directional"``
+    ``+1`` when ``prob > 0.5 + threshold``, ``-1`` when ``prob < 0.5 - threshold``, ``0`` in
+    between (:func:`positions_from_probability`), each ticker weighted ``1 / N_t`` over the ``N_t``
+    tickers present at ``ts``. With one common market factor every ticker tends to take the same
+    side, so this book is mostly a bet on the market's direction.
+
+A threshold keeps the strategy out of tickers where the model barely separates them from the
+neutral point (0.5, or the cross-sectional mean), which is where costs eat the edge.
+
+Costs, turnover, exposure, hits
+-------------------------------
+Each ticker pays ``cost_bps / 10_000 * |Δposition|`` at ``ts``, ``Δposition`` being the change
+from its previous row (its first position is traded from flat; the last one is never closed, so
+no exit cost is charged at the end of the data). A directional position is counted in units of
+``±1`` and weighted ``1 / N_t`` like its return, so the portfolio's cost, turnover (one-way,
+fraction of capital) and gross exposure are the means over tickers of ``cost``, ``|Δposition|``
+and ``|position|``; a market-neutral position already is a fraction of capital, so they are sums.
+A *bet* is a ticker-bar with a non-zero position; it is a *hit* when the position has the sign of
+the return it is paid on: ``fwd_ret_1`` for a directional book, ``fwd_ret_1`` minus its
+cross-sectional mean at ``ts`` for a market-neutral one (the only part of a ticker's return a
+dollar-neutral book earns).
 
 Paths
 -----
@@ -44,6 +65,23 @@ from quant_engine.wfo.stats import max_drawdown, sharpe_ratio, sortino_ratio
 PERIODS_PER_YEAR = 252
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("ticker", "ts", "prob", "fwd_ret_1")
+#: Portfolio constructions of :func:`backtest`; see the module docstring.
+PORTFOLIOS: tuple[str, ...] = ("market_neutral", "directional")
+#: Demeaned probabilities closer to the mean than this are ties: the mean of equal probabilities
+#: can differ from them in the last bit, and that rounding must not become a full-size position.
+_TIE = 1e-12
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 <= threshold < 0.5:
+        raise ValueError(
+            f"threshold={threshold!r} must be in [0, 0.5): it is a distance from the neutral probability"
+        )
+
+
+def _check_probabilities(p: np.ndarray) -> None:
+    if np.isnan(p).any():
+        raise ValueError(f"{int(np.isnan(p).sum())} probabilities are NaN; every prediction needs a value")
 
 
 def positions_from_probability(prob: np.ndarray | pd.Series, threshold: float = 0.0) -> np.ndarray:
@@ -54,12 +92,39 @@ def positions_from_probability(prob: np.ndarray | pd.Series, threshold: float = 
     >>> positions_from_probability([0.9, 0.55, 0.5, 0.45, 0.1], threshold=0.05)
     array([ 1.,  0.,  0.,  0., -1.])
     """
-    if not 0.0 <= threshold < 0.5:
-        raise ValueError(f"threshold={threshold!r} must be in [0, 0.5): it is a distance from 0.5")
+    _check_threshold(threshold)
     p = np.asarray(prob, dtype=np.float64)
-    if np.isnan(p).any():
-        raise ValueError(f"{int(np.isnan(p).sum())} probabilities are NaN; every prediction needs a value")
+    _check_probabilities(p)
     return np.where(p > 0.5 + threshold, 1.0, np.where(p < 0.5 - threshold, -1.0, 0.0))
+
+
+def market_neutral_positions(prob: np.ndarray | pd.Series, ts: np.ndarray | pd.Series,
+                             threshold: float = 0.0) -> np.ndarray:
+    """Dollar-neutral weights with gross exposure 1 per timestamp, from the demeaned probabilities.
+
+    ``d = prob - mean(prob at the same ts)``; tickers with ``|d| <= threshold`` are not held; the
+    rest get ``d`` scaled so each side holds half the capital (longs sum to +0.5, shorts to -0.5).
+    Without a threshold that is ``d / sum |d|``. A timestamp left without a long or without a short
+    (one ticker, equal probabilities) is flat, since it cannot be dollar-neutral.
+
+    Examples
+    --------
+    >>> market_neutral_positions([0.6, 0.5, 0.4, 0.7], ["a", "a", "a", "b"]).tolist()
+    [0.5, 0.0, -0.5, 0.0]
+    >>> market_neutral_positions([0.58, 0.54, 0.48, 0.4], ["a"] * 4, threshold=0.05).tolist()
+    [0.5, 0.0, 0.0, -0.5]
+    """
+    _check_threshold(threshold)
+    p = np.asarray(prob, dtype=np.float64)
+    _check_probabilities(p)
+    codes, _ = pd.factorize(np.asarray(ts))
+    d = p - (np.bincount(codes, p) / np.bincount(codes))[codes]
+    d[np.abs(d) <= max(threshold, _TIE)] = 0.0
+    long_side = np.bincount(codes, np.maximum(d, 0.0))[codes]
+    short_side = np.bincount(codes, np.maximum(-d, 0.0))[codes]
+    held = (long_side > 0) & (short_side > 0) & (d != 0)
+    side = np.where(d > 0, long_side, short_side)
+    return np.divide(d, 2.0 * side, out=np.zeros_like(d), where=held)
 
 
 @dataclass(frozen=True)
@@ -75,12 +140,12 @@ class BacktestResult:
     costs : Series
         Costs paid, as a fraction of capital.
     turnover : Series
-        Mean over tickers of ``|Δposition|``.
+        One-way turnover, ``|Δposition|`` over tickers as a fraction of capital.
     exposure : Series
-        Mean over tickers of ``|position|``.
+        Gross exposure, ``|position|`` over tickers as a fraction of capital.
     hits, bets : int
-        Ticker-bars with a non-zero position whose sign matched the next bar's return, and all
-        ticker-bars with a non-zero position.
+        Ticker-bars with a non-zero position whose sign matched the return it is paid on (see the
+        module docstring), and all ticker-bars with a non-zero position.
     """
 
     returns: pd.Series
@@ -106,27 +171,37 @@ class BacktestResult:
         return performance_summary(self, periods_per_year)
 
 
-def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: float = 5.0) -> BacktestResult:
-    """Trade ``predictions`` and return the equal-weight portfolio's series.
+def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: float = 5.0,
+             portfolio: str = "market_neutral") -> BacktestResult:
+    """Trade ``predictions`` and return the portfolio's series.
 
     Parameters
     ----------
     predictions : DataFrame
         Columns ``ticker, ts, prob, fwd_ret_1``, one row per ``(ticker, ts)`` in any order.
     threshold : float
-        Distance from 0.5 the probability must exceed before taking a position.
+        Distance from the neutral probability (0.5, or the cross-sectional mean for a
+        market-neutral book) the probability must exceed before a ticker is held.
     cost_bps : float
         Cost per unit of position traded, in basis points.
+    portfolio : {"market_neutral", "directional"}
+        How probabilities become positions; see the module docstring.
 
     Examples
     --------
     >>> ts = pd.date_range("2024-01-01", periods=3, tz="UTC")
     >>> frame = pd.DataFrame({"ticker": "A", "ts": ts, "prob": [0.9, 0.9, 0.1],
     ...                       "fwd_ret_1": [0.01, -0.02, -0.03]})
-    >>> result = backtest(frame, cost_bps=10)
+    >>> result = backtest(frame, cost_bps=10, portfolio="directional")
     >>> result.returns.round(4).tolist()  # long, long, flip to short (2 units traded)
     [0.009, -0.02, 0.028]
+    >>> two = pd.DataFrame({"ticker": ["A", "B"], "ts": ts[0], "prob": [0.6, 0.4],
+    ...                     "fwd_ret_1": [0.03, 0.01]})
+    >>> backtest(two, cost_bps=0).returns.round(4).tolist()  # +0.5 A, -0.5 B: the spread, halved
+    [0.01]
     """
+    if portfolio not in PORTFOLIOS:
+        raise ValueError(f"portfolio={portfolio!r} is not a portfolio construction; use one of {', '.join(PORTFOLIOS)}")
     missing = [c for c in PREDICTION_COLUMNS if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions lack column(s) {missing}; need {list(PREDICTION_COLUMNS)}")
@@ -144,7 +219,17 @@ def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: flo
     if not np.isfinite(fwd).all():
         raise ValueError("fwd_ret_1 holds NaN or infinite values; drop rows without a next bar first")
 
-    position = positions_from_probability(frame["prob"].to_numpy(), threshold)
+    codes, times = pd.factorize(frame["ts"], sort=True)
+    count = np.bincount(codes)
+    prob = frame["prob"].to_numpy()
+    if portfolio == "directional":
+        position = positions_from_probability(prob, threshold)
+        weight = 1.0 / count[codes]  # units of +-1, each ticker 1 / N_t of capital
+        paid_on = fwd
+    else:
+        position = market_neutral_positions(prob, codes, threshold)
+        weight = np.ones_like(fwd)  # already fractions of capital
+        paid_on = fwd - (np.bincount(codes, fwd) / count)[codes]
     tickers = frame["ticker"].to_numpy()
     previous = np.concatenate([[0.0], position[:-1]])
     previous[np.concatenate([[True], tickers[1:] != tickers[:-1]])] = 0.0  # each ticker starts flat
@@ -152,18 +237,18 @@ def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: flo
     pnl = position * fwd
     cost = traded * cost_bps / 10_000.0
 
-    per_row = pd.DataFrame({
-        "gross": pnl, "cost": cost, "net": pnl - cost, "traded": traded, "exposure": np.abs(position),
-    }, index=frame.index).assign(ts=frame["ts"])
-    by_ts = per_row.groupby("ts", sort=True).mean()
+    def per_ts(values: np.ndarray, name: str) -> pd.Series:
+        return pd.Series(np.bincount(codes, weight * values, minlength=len(times)),
+                         index=pd.DatetimeIndex(times, name="ts"), name=name)
+
     bets = position != 0
     return BacktestResult(
-        returns=by_ts["net"].rename("return"),
-        gross=by_ts["gross"].rename("gross"),
-        costs=by_ts["cost"].rename("cost"),
-        turnover=by_ts["traded"].rename("turnover"),
-        exposure=by_ts["exposure"].rename("exposure"),
-        hits=int((bets & (pnl > 0)).sum()),
+        returns=per_ts(pnl - cost, "return"),
+        gross=per_ts(pnl, "gross"),
+        costs=per_ts(cost, "cost"),
+        turnover=per_ts(traded, "turnover"),
+        exposure=per_ts(np.abs(position), "exposure"),
+        hits=int((bets & (position * paid_on > 0)).sum()),
         bets=int(bets.sum()),
     )
 

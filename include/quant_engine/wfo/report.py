@@ -4,7 +4,9 @@ Both land in ``$QE_HOME/reports/wfo/<run_id>/``. The HTML embeds its plots as ba
 with matplotlib's Agg canvas through :class:`~matplotlib.figure.Figure`, never pyplot, so nothing
 global changes), so it can be mailed or archived as one file: every path's equity curve, the PBO
 logit histogram, the distribution of path Sharpe ratios and the split diagram (train, test,
-purged and embargoed time of every split).
+purged and embargoed time of every split). The portfolio construction and the label settings head
+the page next to the statistics, since the same predictions read very differently in a
+market-neutral and a directional book.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ _ROLE_PRIORITY = {TEST: 3, PURGED: 2, EMBARGOED: 1, TRAIN: 0}
 HEADLINE_KEYS: tuple[str, ...] = ("pbo", "deflated_sharpe", "psr", "selected_trial", "n_splits", "n_paths")
 
 
+def setup(config: Mapping[str, Any]) -> str:
+    """The portfolio and label settings of a run's ``config.json`` in one line.
+
+    Examples
+    --------
+    >>> setup({"portfolio": "market_neutral", "label_kind": "fixed", "horizon": 1, "label_target": "excess",
+    ...        "cost_bps": 5.0})
+    'market_neutral portfolio, 5 bps costs; labels: fixed, horizon 1 bar(s), excess target'
+    """
+    return (f"{config['portfolio']} portfolio, {config['cost_bps']:g} bps costs; labels: {config['label_kind']}, "
+            f"horizon {config['horizon']} bar(s), {config['label_target']} target")
+
+
 def report_dir(run_id: str, settings: Settings | None = None) -> Path:
     """``$QE_HOME/reports/wfo/<run_id>``."""
     from quant_engine.runs import safe_name
@@ -75,6 +90,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "n_splits": plan["n_splits"],
         "n_paths": plan["n_paths"],
         "n_trials": len(plan["trials"]),
+        "setup": setup(config),
         "paths": [r for r in path_rows if r["trial"] == selected],
         "trials": trials,
         # the CSCV logits (thousands) are drawn in the HTML and kept in the run's statistics.json
@@ -209,6 +225,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
         ("Deflated Sharpe ratio (selected trial)", report["deflated_sharpe"]),
         ("Probabilistic Sharpe ratio (selected trial)", report["psr"]),
         ("Selected trial", report["selected_trial"]),
+        ("Portfolio and labels", report["setup"]),
         ("Splits / paths / trials", f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
         ("Data", f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
                  f"{len(report['data']['tickers'])} tickers"),
@@ -295,6 +312,7 @@ def headline(report: Mapping[str, Any]) -> str:
     lines = [
         f"WFO report {report['run_id']}: {report['n_splits']} splits, {report['n_paths']} paths, "
         f"{report['n_trials']} trials, data {report['data']['first_ts'][:10]} .. {report['data']['last_ts'][:10]}",
+        f"  {report['setup']}",
         f"  selected trial {report['selected_trial']} {json.dumps(report['selected_params'])}",
         f"  mean path Sharpe {_fmt(selected['mean_path_sharpe'], 2)} "
         f"(min {_fmt(min((p for p in selected['path_sharpes'] if p is not None), default=None), 2)}, "
