@@ -43,20 +43,22 @@ $(AIRFLOW_DB_STAMP): $(DEPS_STAMP)
 	@rm -f $(AIRFLOW_HOME)/.migrated-* && touch $@
 
 # The main job: ingest the embedded synthetic market, then walk-forward validation through Airflow.
+# Each DAG's full log goes to $(QE_HOME)/logs; the terminal shows one line per finished task.
 MAIN_JOB_LOGS := $(QE_HOME)/logs
 INGEST_CONF := {"source": "synthetic", "start": "2015-01-01", "end": "2024-12-31"}
+define dag_test
+	@echo "== airflow dags test $(1) (log: $(MAIN_JOB_LOGS)/$(1).log)"
+	@set -o pipefail; $(BIN)/airflow dags test $(1) $(2) 2>&1 | tee $(MAIN_JOB_LOGS)/$(1).log \
+		| grep --line-buffered -o "end task task_id=[a-z_]* map_index=[-0-9]*" | sed -u 's/^/   /' \
+		&& grep -q "DagRun Finished.*state=success" $(MAIN_JOB_LOGS)/$(1).log \
+		|| (tail -40 $(MAIN_JOB_LOGS)/$(1).log; echo "$(1) failed; full log: $(MAIN_JOB_LOGS)/$(1).log"; exit 1)
+endef
 
 run: venv airflow-db
 	@mkdir -p $(MAIN_JOB_LOGS)
-	@echo "[1/2] airflow dags test market_data_ingestion (synthetic market, 2015-2024; log: $(MAIN_JOB_LOGS)/ingestion.log)"
-	@$(BIN)/airflow dags test market_data_ingestion --conf '$(INGEST_CONF)' > $(MAIN_JOB_LOGS)/ingestion.log 2>&1 \
-		&& grep -q "state=success" $(MAIN_JOB_LOGS)/ingestion.log \
-		|| (tail -60 $(MAIN_JOB_LOGS)/ingestion.log; echo "ingestion failed; full log: $(MAIN_JOB_LOGS)/ingestion.log"; exit 1)
-	@grep -o "ingested .*" $(MAIN_JOB_LOGS)/ingestion.log | head -1
-	@echo "[2/2] airflow dags test wfo_pipeline (log: $(MAIN_JOB_LOGS)/wfo_pipeline.log)"
-	@$(BIN)/airflow dags test wfo_pipeline > $(MAIN_JOB_LOGS)/wfo_pipeline.log 2>&1 \
-		&& grep -q "state=success" $(MAIN_JOB_LOGS)/wfo_pipeline.log \
-		|| (tail -60 $(MAIN_JOB_LOGS)/wfo_pipeline.log; echo "wfo_pipeline failed; full log: $(MAIN_JOB_LOGS)/wfo_pipeline.log"; exit 1)
+	$(call dag_test,market_data_ingestion,--conf '$(INGEST_CONF)')
+	@grep -o "ingested .*" $(MAIN_JOB_LOGS)/market_data_ingestion.log | head -1
+	$(call dag_test,wfo_pipeline)
 	@$(BIN)/quant-engine wfo show --latest
 
 test: venv airflow-db
