@@ -39,6 +39,14 @@ def test_backfill_writes_every_weekday_with_full_windows() -> None:
     ]
 
 
+def test_a_backfill_leaves_a_compacted_snapshot_and_daily_runs_do_not() -> None:
+    snapshots = Settings.from_env().offline_store_dir / "market_features" / "snapshots"
+    ingest(request("2024-03-04", "2024-03-08"))
+    assert not list(snapshots.glob("*.parquet"))
+    ingest(request("2024-03-11", "2024-04-30"))
+    assert len(list(snapshots.glob("*.parquet"))) == 1
+
+
 def test_rerun_is_idempotent() -> None:
     ingest(request("2024-03-04", "2024-03-08"))
     before = stored_rows()

@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     history.add_argument("--as-of", help="only what had been written by this time (bitemporal)")
     history.set_defaults(handler=_features_history)
 
+    compact = commands.add_parser("compact", help="rewrite the offline store's day files into one sorted snapshot "
+                                                  "that point-in-time joins read (the day files stay)")
+    compact.set_defaults(handler=_features_compact)
+
 
 def _ingest(args: argparse.Namespace) -> int:
     import pandas as pd
@@ -76,6 +80,14 @@ def _features_history(args: argparse.Namespace) -> int:
         print(f"no rows for {args.ticker!r} in the offline store")
         return 1
     print(frame.to_string(index=False))
+    return 0
+
+
+def _features_compact(args: argparse.Namespace) -> int:
+    from quant_engine.config import make_offline_store
+
+    snapshot = make_offline_store().compact()
+    print(f"snapshot: {snapshot}" if snapshot else "the feature group holds no rows yet")
     return 0
 
 

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 SOURCES_NEEDING_PATH = ("csv", "parquet")
 
+#: A write that adds at least this many day files (a backfill) is followed by a compaction, so
+#: later point-in-time joins read one sorted snapshot instead of thousands of small files.
+COMPACT_AFTER_FILES = 20
+
 #: Calendar days per trading bar, generous: weekends plus a margin for holidays.
 _CALENDAR_DAYS_PER_BAR = 1.5
 
@@ -213,6 +217,8 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
             log.error("online write failed; reverting offline commit %s", commit.commit_id)
             offline.revert(commit.commit_id)
         raise
+    if len(commit.files) >= COMPACT_AFTER_FILES:
+        offline.compact()
     return IngestionResult(
         rows_received=len(features),
         rows_written_offline=commit.rows_written,
