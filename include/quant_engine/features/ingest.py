@@ -23,6 +23,7 @@ from quant_engine.config import (
 )
 from quant_engine.data.sources import make_source
 from quant_engine.features.definitions import FeatureSet, get_feature_set
+from quant_engine.timeutil import utc_day
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ class IngestionRequest:
         """Validate loosely typed parameters (DAG params, CLI flags) into a request."""
         if source in SOURCES_NEEDING_PATH and not path:
             raise IngestionError(f"source={source!r} needs a path to the file or folder of bars")
-        start_day = _utc_day(start, "start")
-        end_day = _utc_day(end if end is not None else start, "end")
+        start_day = utc_day(start, "start", error=IngestionError)
+        end_day = utc_day(end if end is not None else start, "end", error=IngestionError)
         if end_day < start_day:
             raise IngestionError(f"end {end_day.date()} is before start {start_day.date()}")
         if isinstance(tickers, str):
@@ -108,17 +109,6 @@ class IngestionRequest:
             start, end = file_day_range(source, path, tickers)
         day = last_session_day(logical_date)
         return cls.build(source, start or day, end or start or day, tickers, path, feature_set)
-
-
-def _utc_day(value: str | pd.Timestamp, name: str) -> pd.Timestamp:
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise IngestionError(f"{name}={value!r} is not a date") from exc
-    if stamp is pd.NaT:
-        raise IngestionError(f"{name} is empty")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.normalize()
 
 
 def last_session_day(moment: pd.Timestamp | str, exchange_tz: str = "America/New_York") -> str:

@@ -232,6 +232,7 @@ class WfoConfig:
         from quant_engine.data.sources import SOURCE_NAMES
         from quant_engine.features.definitions import get_feature_set
         from quant_engine.wfo.backtest import PORTFOLIOS
+        from quant_engine.timeutil import utc_day
         from quant_engine.wfo.splitters import CombinatorialPurgedCV
 
         if not isinstance(params, Mapping):
@@ -242,7 +243,7 @@ class WfoConfig:
         # null means "the default", except for a barrier multiplier, where it disables the barrier.
         given = {k: v for k, v in params.items() if v is not None or k in ("pt_mult", "sl_mult")}
         p = {**DEFAULT_PARAMS, **given}
-        start, end = _utc_day(p["start"], "start"), _utc_day(p["end"], "end")
+        start, end = utc_day(p["start"], "start", error=WfoConfigError), utc_day(p["end"], "end", error=WfoConfigError)
         if end < start:
             raise WfoConfigError(f"end {end.date()} is before start {start.date()}: the date range is empty")
         if p["source"] not in SOURCE_NAMES:
@@ -361,19 +362,6 @@ def _check_int(what: str, value: object, low: int, high: int) -> int:
     if not low <= value <= high:
         raise WfoConfigError(f"{what} must be between {low} and {high}")
     return int(value)
-
-
-def _utc_day(value: object, name: str) -> pd.Timestamp:
-    import pandas as pd
-
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise WfoConfigError(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
-    if stamp is pd.NaT:
-        raise WfoConfigError(f"{name} is empty; give a date (YYYY-MM-DD)")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.normalize()
 
 
 def _parse_tickers(value: object) -> tuple[str, ...] | None:

@@ -1,0 +1,27 @@
+"""Day arithmetic at the public edges (DAG params, CLI flags), where dates arrive as loose text."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def utc_day(value: object, name: str, *, error: type[ValueError] = ValueError) -> pd.Timestamp:
+    """Midnight UTC of the day ``value`` names; a naive value is read as a UTC calendar date.
+
+    ``error`` is the ``ValueError`` subclass to raise, so each caller keeps its own error type.
+
+    Examples
+    --------
+    >>> utc_day("2024-03-04", "start")
+    Timestamp('2024-03-04 00:00:00+0000', tz='UTC')
+    >>> utc_day("2024-03-04T23:30:00-05:00", "end")
+    Timestamp('2024-03-05 00:00:00+0000', tz='UTC')
+    """
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise error(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
+    if stamp is pd.NaT:
+        raise error(f"{name} is empty; give a date (YYYY-MM-DD)")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.normalize()
