@@ -1,0 +1,489 @@
+"""The model registry: immutable, versioned XGBoost models and an atomically moved champion pointer.
+
+Models are stored as XGBoost JSON or UBJ, never pickle, so a model can be read by any XGBoost
+release and loading one never runs code. Layout under the registry's root (``$QE_HOME/models``
+locally, ``s3://<bucket>/<prefix>/models`` on AWS), through the same :class:`FileSystem` seam as
+the offline store::
+
+    <name>/versions/v0001/model-<sha256[:16]>.json   the booster (or .ubj), named by its content
+    <name>/versions/v0001/metadata.json              the commit: written last, and only if absent
+    <name>/champion.json                             {"version", "reason", "promoted_at", "previous"}
+
+A version exists once its ``metadata.json`` does. :meth:`ModelRegistry.register` writes the model
+file first and then creates the metadata with a create-only put (``If-None-Match: *`` on S3, an
+existence check under the registry lock locally), so a crash leaves at most an unreferenced model
+file and a version, once visible, never changes. :meth:`ModelRegistry.promote` replaces
+``champion.json`` in one atomic step conditioned on the pointer it read, so readers see the old or
+the new champion, never a mix, and two promoters cannot overwrite each other unseen.
+
+Promotion rule
+--------------
+A candidate becomes champion when there is no champion yet, or when, evaluated on the candidate's
+own holdout together with the current champion, its log-loss is lower by at least
+``min_logloss_gain`` (relative, default 0.5%) **and** its AUC is not lower by more than
+``max_auc_drop`` (absolute, default 0.005). See :class:`PromotionRule`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from quant_engine.config import Settings, get_settings
+from quant_engine.features.offline_store import ConcurrentCommitError, FileSystem, LocalFileSystem, S3FileSystem
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "MODEL_FORMATS",
+    "ModelMetadata",
+    "ModelRegistry",
+    "ModelVersion",
+    "Promotion",
+    "PromotionDecision",
+    "PromotionRule",
+    "RegistryError",
+    "UnknownVersionError",
+    "holdout_metrics",
+]
+
+DEFAULT_MODEL_NAME = "xgb_direction"
+#: File suffixes the registry stores; both are XGBoost's own formats, which hold no code.
+MODEL_FORMATS: tuple[str, ...] = ("json", "ubj")
+FORMAT_VERSION = 1
+_VERSION = re.compile(r"^v?0*(\d{1,9})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Attempts at a new version number when another writer takes the one chosen (S3 has no lock).
+_REGISTER_ATTEMPTS = 5
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served; the message names the value and the rule."""
+
+
+class UnknownVersionError(RegistryError, LookupError):
+    """The registry holds no committed version of that number."""
+
+
+def format_version(number: int) -> str:
+    """``7 -> "v0007"``: sortable as text up to 9999 versions, still valid beyond."""
+    return f"v{number:04d}"
+
+
+def parse_version(value: object) -> str:
+    """The canonical name of a version given as ``3``, ``"3"``, ``"v3"`` or ``"v0003"``.
+
+    Examples
+    --------
+    >>> parse_version("v3"), parse_version(12)
+    ('v0003', 'v0012')
+    """
+    match = _VERSION.match(str(value)) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    if match is None or int(match.group(1)) < 1:
+        raise RegistryError(f"version {value!r} is not a model version; use a number >= 1 such as 3, 'v3' or 'v0003'")
+    return format_version(int(match.group(1)))
+
+
+def _utc_iso(value: object, what: str) -> str:
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"{what}={value!r} is not a time") from None
+    if stamp is pd.NaT or stamp.tzinfo is None:
+        raise RegistryError(f"{what}={value!r} must be a time zone-aware time (naive times are ambiguous)")
+    return stamp.tz_convert("UTC").isoformat()
+
+
+def _json_ready(value: Any, what: str) -> Any:
+    """``value`` as plain JSON types (numpy scalars unwrapped); non-finite floats are refused."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RegistryError(f"{what} is {value!r}; metadata must hold finite numbers")
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v, f"{what}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v, f"{what}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise RegistryError(f"{what}={value!r} ({type(value).__name__}) cannot be stored as JSON")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model was trained on and how well it did; stored beside the model, never changed.
+
+    Parameters
+    ----------
+    features : sequence of str
+        Feature columns in the order the booster expects them.
+    data_start, data_end : time
+        First and last ``ts`` of the training data (tz-aware).
+    data_fingerprint : str
+        Digest of the training and holdout data, so two models can be told apart by their data.
+    params : mapping
+        Hyperparameters the model was trained with.
+    metrics : mapping
+        Holdout metrics (``logloss``, ``auc``, ...).
+    wfo_report : str, optional
+        The walk-forward report that justified this configuration.
+    training : mapping
+        How it was trained (runner, interruptions, spot savings, job name).
+    """
+
+    features: tuple[str, ...]
+    data_start: str
+    data_end: str
+    data_fingerprint: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    wfo_report: str | None = None
+    training: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        features = self.features
+        if isinstance(features, str) or not isinstance(features, Sequence) or not features \
+                or not all(isinstance(f, str) and f for f in features):
+            raise RegistryError(f"features={features!r} must be a non-empty list of feature names")
+        if len(set(features)) != len(features):
+            raise RegistryError(f"features={list(features)!r} repeat a name; each feature appears once")
+        object.__setattr__(self, "features", tuple(features))
+        start, end = _utc_iso(self.data_start, "data_start"), _utc_iso(self.data_end, "data_end")
+        if pd.Timestamp(end) < pd.Timestamp(start):
+            raise RegistryError(f"data_end {end} is before data_start {start}")
+        object.__setattr__(self, "data_start", start)
+        object.__setattr__(self, "data_end", end)
+        if not isinstance(self.data_fingerprint, str) or not self.data_fingerprint:
+            raise RegistryError(f"data_fingerprint={self.data_fingerprint!r} must be a non-empty digest")
+        if self.wfo_report is not None and not isinstance(self.wfo_report, str):
+            raise RegistryError(f"wfo_report={self.wfo_report!r} must be a path or URI, or None")
+        for name in ("params", "metrics", "training"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise RegistryError(f"{name}={value!r} must be a mapping")
+            object.__setattr__(self, name, _json_ready(value, name))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"features": list(self.features), "data_start": self.data_start, "data_end": self.data_end,
+                "data_fingerprint": self.data_fingerprint, "params": dict(self.params),
+                "metrics": dict(self.metrics), "wfo_report": self.wfo_report, "training": dict(self.training)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelMetadata:
+        return cls(**{k: data[k] for k in ("features", "data_start", "data_end", "data_fingerprint", "params",
+                                           "metrics", "wfo_report", "training")})
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One committed version: where its model file is, its digest, and its metadata."""
+
+    name: str
+    version: str
+    created_at: str
+    model_key: str
+    model_format: str
+    model_sha256: str
+    metadata: ModelMetadata
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
+                "created_at": self.created_at,
+                "model": {"key": self.model_key, "format": self.model_format, "sha256": self.model_sha256},
+                **self.metadata.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ModelVersion:
+        model = data["model"]
+        return cls(name=data["name"], version=data["version"], created_at=data["created_at"],
+                   model_key=model["key"], model_format=model["format"], model_sha256=model["sha256"],
+                   metadata=ModelMetadata.from_json(data))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The champion pointer: which version serves, why, since when, and which one it replaced."""
+
+    version: str
+    reason: str
+    promoted_at: str
+    previous: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "reason": self.reason, "promoted_at": self.promoted_at,
+                "previous": self.previous}
+
+
+class ModelRegistry:
+    """Versions of one model name on a :class:`FileSystem`.
+
+    Parameters
+    ----------
+    fs : FileSystem
+        ``LocalFileSystem(settings.models_dir)`` or ``S3FileSystem(client, bucket, f"{prefix}/models")``.
+    name : str
+        Model name: letters, digits, ``-`` and ``_``.
+
+    Examples
+    --------
+    >>> registry = ModelRegistry(LocalFileSystem(tmp / "models"))          # doctest: +SKIP
+    >>> version = registry.register("model.json", metadata)                 # doctest: +SKIP
+    >>> registry.promote(version, "first model")                            # doctest: +SKIP
+    """
+
+    def __init__(self, fs: FileSystem, name: str = DEFAULT_MODEL_NAME) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise RegistryError(
+                f"model name {name!r} must start with a letter or digit and hold only letters, digits, '-' and '_' "
+                "(at most 64 characters)"
+            )
+        self.fs = fs
+        self.name = name
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, name: str = DEFAULT_MODEL_NAME) -> ModelRegistry:
+        """The registry beside the offline store: ``settings.models_dir``, or ``models/`` under the S3 prefix."""
+        settings = settings or get_settings()
+        if settings.backend == "aws":
+            fs: FileSystem = S3FileSystem(settings.boto3_client("s3"), settings.s3_bucket,
+                                          f"{settings.s3_prefix}/models")
+        else:
+            fs = LocalFileSystem(settings.models_dir)
+        return cls(fs, name)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({self.fs!r}, name={self.name!r})"
+
+    def _key(self, *parts: str) -> str:
+        return "/".join((self.name, *parts))
+
+    # --- versions --------------------------------------------------------------------------------
+
+    def _version_numbers(self) -> tuple[list[int], list[int]]:
+        """(committed, every number with any file) under ``versions/``."""
+        committed, seen = set(), set()
+        for key in self.fs.list(self._key("versions")):
+            parts = key.split("/")
+            if len(parts) != 4 or not _VERSION.match(parts[2]):
+                continue
+            number = int(_VERSION.match(parts[2]).group(1))
+            seen.add(number)
+            if parts[3] == "metadata.json":
+                committed.add(number)
+        return sorted(committed), sorted(seen)
+
+    def versions(self) -> list[str]:
+        """Committed versions, oldest first."""
+        return [format_version(n) for n in self._version_numbers()[0]]
+
+    def list(self) -> list[ModelVersion]:
+        """Every committed version with its metadata, oldest first."""
+        return [self.get(v) for v in self.versions()]
+
+    def get(self, version: object) -> ModelVersion:
+        """The committed version ``version``; :class:`UnknownVersionError` when there is none."""
+        version = parse_version(version)
+        try:
+            data = self.fs.read(self._key("versions", version, "metadata.json"))
+        except FileNotFoundError:
+            known = ", ".join(self.versions()) or "none"
+            raise UnknownVersionError(f"model {self.name!r} has no version {version} (versions: {known})") from None
+        return ModelVersion.from_json(json.loads(data))
+
+    def latest(self) -> ModelVersion | None:
+        versions = self.versions()
+        return self.get(versions[-1]) if versions else None
+
+    def register(self, model_path: Path | str, metadata: ModelMetadata | Mapping[str, Any],
+                 *, now: object = None) -> str:
+        """Store the booster at ``model_path`` as a new immutable version and return its name.
+
+        The file must be XGBoost JSON (``.json``) or UBJ (``.ubj``) and load as a booster whose
+        feature count (and names, when it has them) match ``metadata.features``.
+        """
+        if not isinstance(metadata, ModelMetadata):
+            if not isinstance(metadata, Mapping):
+                raise RegistryError(f"metadata={metadata!r} must be a ModelMetadata or a mapping of its fields")
+            metadata = ModelMetadata.from_json({"params": {}, "metrics": {}, "wfo_report": None, "training": {},
+                                                **metadata})
+        path = Path(model_path)
+        model_format = path.suffix.lstrip(".").lower()
+        if model_format not in MODEL_FORMATS:
+            raise RegistryError(
+                f"{path.name!r} is not an XGBoost JSON or UBJ model; the registry stores only "
+                f"{', '.join('.' + f for f in MODEL_FORMATS)} files (save with booster.save_model('model.json'))"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist")
+        data = path.read_bytes()
+        _check_booster(_booster_from_bytes(data, str(path)), metadata.features, str(path))
+        digest = hashlib.sha256(data).hexdigest()
+        created = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+        for _ in range(_REGISTER_ATTEMPTS):
+            with self.fs.lock(self._key(".lock")):
+                seen = self._version_numbers()[1]
+                version = format_version((seen[-1] if seen else 0) + 1)
+                record = ModelVersion(name=self.name, version=version,
+                                      created_at=_utc_iso(created, "now"),
+                                      model_key=f"model-{digest[:16]}.{model_format}", model_format=model_format,
+                                      model_sha256=digest, metadata=metadata)
+                self.fs.write(self._key("versions", version, record.model_key), data)
+                try:
+                    self.fs.replace_atomic(self._key("versions", version, "metadata.json"),
+                                           _dumps(record.to_json()), expected_version=None)
+                except ConcurrentCommitError:
+                    continue  # another writer took this number first: take the next one
+                return version
+        raise ConcurrentCommitError(f"could not claim a version of {self.name!r} in {_REGISTER_ATTEMPTS} attempts")
+
+    def load_booster(self, version: object) -> xgb.Booster:
+        """The booster of ``version``, after checking its bytes against the digest in its metadata."""
+        record = self.get(version)
+        data = self.fs.read(self._key("versions", record.version, record.model_key))
+        if hashlib.sha256(data).hexdigest() != record.model_sha256:
+            raise RegistryError(
+                f"model file of {self.name} {record.version} does not match its recorded sha256; it was altered"
+            )
+        return _booster_from_bytes(data, f"{self.name} {record.version}")
+
+    # --- champion --------------------------------------------------------------------------------
+
+    def champion(self) -> Promotion | None:
+        """The current champion pointer, or None before the first promotion."""
+        current = self.fs.read_versioned(self._key("champion.json"))
+        return None if current is None else Promotion(**json.loads(current[0]))
+
+    def promote(self, version: object, reason: str, *, now: object = None) -> Promotion:
+        """Make ``version`` the champion in one atomic replace of the pointer.
+
+        Promoting the version that is already champion changes nothing (a rerun is harmless).
+        Raises :class:`ConcurrentCommitError` when the pointer changed since it was read.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise RegistryError(f"reason={reason!r} must say why the version is promoted")
+        record = self.get(version)
+        key = self._key("champion.json")
+        current = self.fs.read_versioned(key)
+        previous = None if current is None else Promotion(**json.loads(current[0]))
+        if previous is not None and previous.version == record.version:
+            return previous
+        promotion = Promotion(version=record.version, reason=reason.strip(),
+                              promoted_at=_utc_iso(pd.Timestamp.now(tz="UTC") if now is None else now, "now"),
+                              previous=None if previous is None else previous.version)
+        self.fs.replace_atomic(key, _dumps(promotion.to_json()),
+                               expected_version=None if current is None else current[1])
+        return promotion
+
+
+def _dumps(payload: Mapping[str, Any]) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _booster_from_bytes(data: bytes, what: str) -> xgb.Booster:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except xgb.core.XGBoostError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise RegistryError(f"{what} is not an XGBoost JSON/UBJ model: {first_line}") from None
+    return booster
+
+
+def _check_booster(booster: xgb.Booster, features: Sequence[str], what: str) -> None:
+    if booster.num_features() != len(features):
+        raise RegistryError(
+            f"{what} expects {booster.num_features()} features but the metadata names {len(features)}: {list(features)}"
+        )
+    if booster.feature_names is not None and list(booster.feature_names) != list(features):
+        raise RegistryError(
+            f"{what} was trained on features {booster.feature_names} but the metadata names {list(features)}"
+        )
+
+
+# --- evaluation and the promotion rule -----------------------------------------------------------
+
+
+def holdout_metrics(booster: xgb.Booster, holdout: pd.DataFrame, features: Sequence[str],
+                    label: str = "label") -> dict[str, float]:
+    """Log-loss, AUC and accuracy of ``booster`` on ``holdout`` (features in the booster's order)."""
+    import numpy as np
+    import xgboost as xgb
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    missing = [c for c in (*features, label) if c not in holdout.columns]
+    if missing:
+        raise RegistryError(f"holdout lacks column(s) {missing}")
+    y = holdout[label].to_numpy()
+    if len(np.unique(y)) < 2:
+        raise RegistryError(f"holdout of {len(y)} rows holds one class only; AUC and log-loss need both")
+    matrix = xgb.DMatrix(holdout[list(features)].to_numpy(dtype=np.float32),
+                         feature_names=None if booster.feature_names is None else list(features))
+    prob = booster.predict(matrix).astype(np.float64)
+    return {"logloss": float(log_loss(y, prob, labels=[0, 1])), "auc": float(roc_auc_score(y, prob)),
+            "accuracy": float(((prob > 0.5) == (y == 1)).mean()), "rows": int(len(y))}
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """When a candidate replaces the champion; both are scored on the candidate's holdout.
+
+    Parameters
+    ----------
+    min_logloss_gain : float
+        Relative log-loss reduction required: ``candidate <= champion * (1 - min_logloss_gain)``.
+        The default 0.5% keeps noise-level differences from churning the champion.
+    max_auc_drop : float
+        Largest AUC loss tolerated: ``candidate >= champion - max_auc_drop``, so better calibration
+        cannot buy a worse ranking.
+
+    Examples
+    --------
+    >>> rule = PromotionRule()
+    >>> rule.decide({"logloss": 0.69, "auc": 0.52}, None).promote
+    True
+    >>> rule.decide({"logloss": 0.689, "auc": 0.55}, {"logloss": 0.690, "auc": 0.55}).promote
+    False
+    """
+
+    min_logloss_gain: float = 0.005
+    max_auc_drop: float = 0.005
+
+    def __post_init__(self) -> None:
+        for name in ("min_logloss_gain", "max_auc_drop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise RegistryError(f"{name}={value!r} must be a number in [0, 1)")
+
+    def decide(self, candidate: Mapping[str, float], champion: Mapping[str, float] | None) -> PromotionDecision:
+        for what, metrics in (("candidate", candidate), ("champion", champion)):
+            if metrics is not None and not all(k in metrics for k in ("logloss", "auc")):
+                raise RegistryError(f"{what} metrics {dict(metrics)!r} need 'logloss' and 'auc'")
+        if champion is None:
+            return PromotionDecision(True, "first model: no champion to beat")
+        gain = 1.0 - candidate["logloss"] / champion["logloss"]
+        auc_change = candidate["auc"] - champion["auc"]
+        summary = (f"log-loss {candidate['logloss']:.5f} vs {champion['logloss']:.5f} ({gain:+.2%}), "
+                   f"AUC {candidate['auc']:.4f} vs {champion['auc']:.4f} ({auc_change:+.4f}) on the same holdout")
+        if gain < self.min_logloss_gain:
+            return PromotionDecision(False, f"{summary}: log-loss gain below {self.min_logloss_gain:.2%}")
+        if auc_change < -self.max_auc_drop:
+            return PromotionDecision(False, f"{summary}: AUC drop beyond {self.max_auc_drop:.4f}")
+        return PromotionDecision(True, f"{summary}: beats the champion")
