@@ -1,0 +1,175 @@
+"""The training set: a point-in-time join with labels, and a holdout at the end behind a purge gap.
+
+Rows, labels and features come from the walk-forward pipeline's own dataset step
+(:func:`quant_engine.wfo.pipeline.build_dataset`): offline-store rows in the range, labels from
+the source's bars with their end ``t1``, features attached by point-in-time join. The last
+``holdout_fraction`` of timestamps becomes the holdout. Between them lies the gap: a training row
+must have its label known strictly before the holdout starts (``t1 < holdout start``, the purge)
+and must start at least ``embargo_bars`` timestamps before it (the embargo, against serially
+correlated features), so nothing the holdout measures leaked into training.
+
+Output folder (a run folder of the ``spot_training`` DAG)::
+
+    train/train.parquet             feature columns + label: the trainer's ``train`` channel
+    validation/validation.parquet   the holdout, same columns: the ``validation`` channel
+    holdout.parquet                 the holdout with ticker, ts, t1, for evaluation and the registry
+    training_set.json               summary: features, ranges, row counts, data fingerprint, params
+    joined/                         the walk-forward dataset step's files it was cut from
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quant_engine.config import Settings
+from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
+from quant_engine.wfo.pipeline import WfoConfig, WfoConfigError, build_dataset, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+#: Walk-forward parameters that shape the data and the labels; the training set takes them as they are.
+DATA_KEYS: tuple[str, ...] = ("start", "end", "tickers", "source", "source_path", "feature_set", "label_kind",
+                              "horizon", "label_target", "pt_mult", "sl_mult", "vol_window")
+#: Every parameter :meth:`TrainingSetConfig.from_params` accepts, with its default.
+DEFAULT_PARAMS: dict[str, Any] = {**{k: WFO_DEFAULTS[k] for k in DATA_KEYS}, "holdout_fraction": 0.2,
+                                  "embargo_bars": 5}
+CHANNEL_FILES: dict[str, str] = {"train": "train/train.parquet", "validation": "validation/validation.parquet"}
+HOLDOUT_FILE = "holdout.parquet"
+SUMMARY_FILE = "training_set.json"
+
+
+class TrainingSetError(WfoConfigError):
+    """A training set that cannot be built; the message names the parameter and the rule."""
+
+
+@dataclass(frozen=True)
+class TrainingSetConfig:
+    """The data of a training run and how its holdout is cut.
+
+    Parameters
+    ----------
+    data : WfoConfig
+        Range, tickers, source, features and labels, validated as a walk-forward run would be.
+    holdout_fraction : float
+        Share of the last timestamps held out, in (0, 0.5].
+    embargo_bars : int
+        Timestamps before the holdout that no training row may start in, beyond the purge by ``t1``.
+    """
+
+    data: WfoConfig
+    holdout_fraction: float = 0.2
+    embargo_bars: int = 5
+
+    def __post_init__(self) -> None:
+        value = self.holdout_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 0.5:
+            raise TrainingSetError(f"holdout_fraction={value!r} must be a number in (0, 0.5]")
+        value = self.embargo_bars
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 252:
+            raise TrainingSetError(f"embargo_bars={value!r} must be a whole number between 0 and 252")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrainingSetConfig:
+        """Validate loosely typed parameters; missing or null keys take :data:`DEFAULT_PARAMS`."""
+        if not isinstance(params, Mapping):
+            raise TrainingSetError(f"parameters must be a JSON object, got {type(params).__name__}")
+        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise TrainingSetError(f"unknown parameter(s) {unknown}; known: {', '.join(DEFAULT_PARAMS)}")
+        p = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if v is not None or k in ("pt_mult", "sl_mult")}}
+        # The CPCV settings only size the walk-forward step's group column, which the cut ignores;
+        # a directional book lets an absolute-label run use one ticker.
+        data = WfoConfig.from_params({**{k: p[k] for k in DATA_KEYS}, "n_groups": 2, "n_test_groups": 1,
+                                      "embargo": 0, "min_group_rows": 1, "portfolio": "directional"})
+        return cls(data, p["holdout_fraction"], p["embargo_bars"])
+
+    def to_params(self) -> dict[str, Any]:
+        data = self.data.to_params()
+        return {**{k: data[k] for k in DATA_KEYS}, "holdout_fraction": self.holdout_fraction,
+                "embargo_bars": self.embargo_bars}
+
+
+def data_fingerprint(*frames: Any) -> str:
+    """SHA-256 over the rows' values (column names included), stable across processes and file layouts."""
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(json.dumps(list(map(str, frame.columns))).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Settings | None = None) -> dict[str, Any]:
+    """Join, label and cut; write the channels, the holdout and the summary into ``out_dir``.
+
+    Raises
+    ------
+    TrainingSetError
+        The range leaves no training rows after the gap, or a side holds one label class only.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from quant_engine.features.definitions import get_feature_set
+
+    out_dir = Path(out_dir)
+    build_dataset(config.data, out_dir / "joined", settings)
+    dataset = pd.read_parquet(out_dir / "joined" / "dataset.parquet")
+    features = list(get_feature_set(config.data.feature_set).names)
+    stamps = np.sort(dataset["ts"].unique())
+    n_holdout = math.ceil(len(stamps) * config.holdout_fraction)
+    first_holdout = len(stamps) - n_holdout
+    if first_holdout - config.embargo_bars < 1:
+        raise TrainingSetError(
+            f"{len(stamps)} timestamps leave nothing to train on after a {n_holdout}-timestamp holdout and "
+            f"embargo_bars={config.embargo_bars}; widen the range or lower holdout_fraction"
+        )
+    holdout_start = stamps[first_holdout]
+    embargo_start = stamps[first_holdout - config.embargo_bars]
+    in_holdout = (dataset["ts"] >= holdout_start).to_numpy()
+    in_train = ((dataset["ts"] < embargo_start) & (dataset["t1"] < holdout_start)).to_numpy()
+    train, holdout = dataset.loc[in_train], dataset.loc[in_holdout]
+    for side, frame in (("training", train), ("holdout", holdout)):
+        if frame["label"].nunique() < 2:
+            raise TrainingSetError(
+                f"the {side} rows ({len(frame)}) hold one label class only; widen the range or change the holdout"
+            )
+    columns = [*features, "label"]
+    for channel, frame in (("train", train), ("validation", holdout)):
+        write_parquet(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
+    write_parquet(holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE)
+    summary = {
+        "features": features,
+        "rows": {"train": int(in_train.sum()), "gap": int((~in_train & ~in_holdout).sum()),
+                 "holdout": int(in_holdout.sum())},
+        "tickers": sorted(dataset["ticker"].unique()),
+        "train_start": str(train["ts"].min()),
+        "train_end": str(train["ts"].max()),
+        "train_last_t1": str(train["t1"].max()),
+        "holdout_start": str(holdout["ts"].min()),
+        "holdout_end": str(holdout["ts"].max()),
+        "fingerprint": data_fingerprint(train.loc[:, ["ticker", "ts", "t1", *columns]],
+                                        holdout.loc[:, ["ticker", "ts", "t1", *columns]]),
+        "params": config.to_params(),
+        "channels": {c: str(out_dir / f) for c, f in CHANNEL_FILES.items()},
+        "holdout": str(out_dir / HOLDOUT_FILE),
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    log.info("training set: %d train, %d in the gap, %d holdout rows (holdout from %s)", summary["rows"]["train"],
+             summary["rows"]["gap"], summary["rows"]["holdout"], summary["holdout_start"])
+    return summary
+
+
+def load_summary(out_dir: Path) -> dict[str, Any]:
+    path = Path(out_dir) / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; build the training set first")
+    return json.loads(path.read_text())
