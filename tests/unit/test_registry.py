@@ -230,3 +230,36 @@ def test_holdout_metrics_and_promotion_rule(tmp_path: Path) -> None:
         PromotionRule(min_logloss_gain=1.5)
     with pytest.raises(RegistryError, match="one class only"):
         holdout_metrics(strong, holdout.assign(label=1), FEATURES)
+
+
+def _models_cli(*argv: str) -> int:
+    """``quant-engine models ...`` through the group's own ``register``."""
+    import argparse
+
+    from quant_engine.training import cli
+
+    parser = argparse.ArgumentParser(prog="quant-engine")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.handler(args)
+
+
+def test_models_cli_lists_shows_and_promotes(qe_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _models_cli("models", "list") == 0
+    assert "has no versions yet" in capsys.readouterr().out
+    registry = ModelRegistry.from_settings()
+    v1 = registry.register(_model(tmp_path / "a.json"), _metadata(metrics={"logloss": 0.6912, "auc": 0.5311}))
+    v2 = registry.register(_model(tmp_path / "b.json", rounds=8), _metadata())
+    registry.promote(v1, "first")
+    _models_cli("models", "list")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(f"* {v1}") and "0.6912" in lines[1] and "0.5311" in lines[1]
+    assert lines[2].startswith(f"  {v2}") and "2020-01-01..2021-12-31" in lines[2] and "local_spot" in lines[2]
+    _models_cli("models", "show", "2")
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["version"], shown["champion"], shown["features"]) == (v2, False, FEATURES)
+    assert _models_cli("models", "promote", "v2", "--reason", "reviewed the holdout report") == 0
+    assert capsys.readouterr().out.strip() == f"champion: {v2} (was {v1}): reviewed the holdout report"
+    assert registry.champion().version == v2
+    with pytest.raises(UnknownVersionError):
+        _models_cli("models", "show", "9")
