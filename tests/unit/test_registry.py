@@ -263,3 +263,37 @@ def test_models_cli_lists_shows_and_promotes(qe_home: Path, tmp_path: Path, caps
     assert registry.champion().version == v2
     with pytest.raises(UnknownVersionError):
         _models_cli("models", "show", "9")
+
+
+def test_evaluate_candidate_scores_both_on_the_same_holdout(registry: ModelRegistry, tmp_path: Path) -> None:
+    from quant_engine.training.registry import evaluate_candidate
+
+    holdout = _frame(n=600, seed=9)
+    weak, strong = _model(tmp_path / "weak.json", rounds=1), _model(tmp_path / "strong.json", rounds=30)
+    first = evaluate_candidate(registry, weak, holdout, FEATURES)
+    assert (first["promote"], first["champion"], first["champion_metrics"]) == (True, None, None)
+    v1 = registry.register(weak, _metadata(metrics=first["candidate"]))
+    registry.promote(v1, first["reason"], expected_champion=first["champion"])
+    better = evaluate_candidate(registry, strong, holdout, FEATURES)
+    assert better["promote"] and better["champion"] == v1
+    assert better["champion_metrics"] == holdout_metrics(registry.load_booster(v1), holdout, FEATURES)
+    worse = evaluate_candidate(registry, weak, holdout, FEATURES)
+    assert not worse["promote"] and "log-loss gain below 0.50%" in worse["reason"]
+    # a champion whose features this holdout lacks cannot be judged on it: no automatic promotion
+    renamed = holdout.rename(columns={"vol_20": "vol_60"})
+    names = ["ret_1", "ret_5", "vol_60"]
+    xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(renamed[names], renamed["label"], feature_names=names),
+              5).save_model(tmp_path / "other.json")
+    other = evaluate_candidate(registry, tmp_path / "other.json", renamed, names)
+    assert not other["promote"] and "needs feature(s) ['vol_20']" in other["reason"]
+
+
+def test_promote_refuses_when_the_judged_champion_was_replaced(registry: ModelRegistry, tmp_path: Path) -> None:
+    v1 = registry.register(_model(tmp_path / "a.json"), _metadata())
+    v2 = registry.register(_model(tmp_path / "b.json", rounds=8), _metadata())
+    v3 = registry.register(_model(tmp_path / "c.json", rounds=9), _metadata())
+    registry.promote(v1, "first", expected_champion=None)
+    with pytest.raises(ConcurrentCommitError, match="is v0001, not none as when v0003 was judged"):
+        registry.promote(v3, "judged before v1 was promoted", expected_champion=None)
+    registry.promote(v2, "judged against v1", expected_champion=v1)
+    assert registry.champion().version == v2

@@ -54,6 +54,7 @@ __all__ = [
     "PromotionRule",
     "RegistryError",
     "UnknownVersionError",
+    "evaluate_candidate",
     "holdout_metrics",
 ]
 
@@ -65,6 +66,8 @@ _VERSION = re.compile(r"^v?0*(\d{1,9})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 #: Attempts at a new version number when another writer takes the one chosen (S3 has no lock).
 _REGISTER_ATTEMPTS = 5
+#: ``promote``'s default: promote whoever the champion is now.
+_ANY = object()
 
 
 class RegistryError(ValueError):
@@ -363,11 +366,15 @@ class ModelRegistry:
         current = self.fs.read_versioned(self._key("champion.json"))
         return None if current is None else Promotion(**json.loads(current[0]))
 
-    def promote(self, version: object, reason: str, *, now: object = None) -> Promotion:
+    def promote(self, version: object, reason: str, *, expected_champion: object = _ANY,
+                now: object = None) -> Promotion:
         """Make ``version`` the champion in one atomic replace of the pointer.
 
         Promoting the version that is already champion changes nothing (a rerun is harmless).
-        Raises :class:`ConcurrentCommitError` when the pointer changed since it was read.
+        ``expected_champion`` (a version, or None for "no champion yet") is the champion a
+        decision was made against; when another one serves by now, nothing changes and
+        :class:`ConcurrentCommitError` says so. The same error comes when the pointer changes
+        between this read and the replace.
         """
         if not isinstance(reason, str) or not reason.strip():
             raise RegistryError(f"reason={reason!r} must say why the version is promoted")
@@ -377,6 +384,13 @@ class ModelRegistry:
         previous = None if current is None else Promotion(**json.loads(current[0]))
         if previous is not None and previous.version == record.version:
             return previous
+        if expected_champion is not _ANY:
+            expected = None if expected_champion is None else parse_version(expected_champion)
+            if expected != (None if previous is None else previous.version):
+                raise ConcurrentCommitError(
+                    f"the champion of {self.name!r} is {previous.version if previous else 'none'}, not "
+                    f"{expected or 'none'} as when {record.version} was judged; evaluate again"
+                )
         promotion = Promotion(version=record.version, reason=reason.strip(),
                               promoted_at=_utc_iso(pd.Timestamp.now(tz="UTC") if now is None else now, "now"),
                               previous=None if previous is None else previous.version)
@@ -487,3 +501,40 @@ class PromotionRule:
         if auc_change < -self.max_auc_drop:
             return PromotionDecision(False, f"{summary}: AUC drop beyond {self.max_auc_drop:.4f}")
         return PromotionDecision(True, f"{summary}: beats the champion")
+
+
+def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout: pd.DataFrame,
+                       features: Sequence[str], rule: PromotionRule | None = None) -> dict[str, Any]:
+    """Score a candidate and the current champion on the candidate's holdout, and apply ``rule``.
+
+    The champion is scored with its own features; when the holdout lacks any of them the two
+    cannot be compared on the same rows, so the candidate is not promoted automatically.
+
+    Returns
+    -------
+    dict
+        ``candidate`` and ``champion_metrics`` (metrics or None), ``champion`` (its version or
+        None), ``promote`` (bool) and ``reason``.
+    """
+    rule = rule or PromotionRule()
+    path = Path(model_path)
+    candidate_booster = _booster_from_bytes(path.read_bytes(), str(path))
+    _check_booster(candidate_booster, features, str(path))
+    candidate = holdout_metrics(candidate_booster, holdout, features)
+    promotion = registry.champion()
+    champion_metrics = None
+    if promotion is None:
+        decision = rule.decide(candidate, None)
+    else:
+        champion = registry.get(promotion.version)
+        missing = [f for f in champion.metadata.features if f not in holdout.columns]
+        if missing:
+            decision = PromotionDecision(False, f"champion {champion.version} needs feature(s) {missing} this holdout "
+                                                "lacks, so they cannot be compared on the same rows; compare by hand "
+                                                "and use `quant-engine models promote`")
+        else:
+            champion_metrics = holdout_metrics(registry.load_booster(champion.version), holdout,
+                                               champion.metadata.features)
+            decision = rule.decide(candidate, champion_metrics)
+    return {"candidate": candidate, "champion": None if promotion is None else promotion.version,
+            "champion_metrics": champion_metrics, "promote": decision.promote, "reason": decision.reason}
