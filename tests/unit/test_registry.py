@@ -66,6 +66,9 @@ def test_register_stores_json_model_and_metadata_as_a_new_version(registry: Mode
     assert first.metadata.wfo_report == "reports/wfo/run-1/report.json"
     assert registry.get("v2").model_format == "ubj"
     assert [m.version for m in registry.list()] == [v1, v2] and registry.latest().version == v2
+    # the same bytes on the same data are the same version (a rerun); on other data, a new one
+    assert registry.register(tmp_path / "a.json", _metadata(metrics={"logloss": 0.5})) == v1
+    assert registry.register(tmp_path / "a.json", _metadata(data_fingerprint="other")) == "v0003"
     # the stored model is the same booster: same predictions as the file that was registered
     frame = _frame(seed=3)
     original = xgb.Booster(model_file=str(tmp_path / "a.json"))

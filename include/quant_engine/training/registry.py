@@ -312,7 +312,9 @@ class ModelRegistry:
         """Store the booster at ``model_path`` as a new immutable version and return its name.
 
         The file must be XGBoost JSON (``.json``) or UBJ (``.ubj``) and load as a booster whose
-        feature count (and names, when it has them) match ``metadata.features``.
+        feature count (and names, when it has them) match ``metadata.features``. The same model
+        bytes trained on the same data (``data_fingerprint``) return the version that already
+        holds them, so a rerun of a training run adds nothing.
         """
         if not isinstance(metadata, ModelMetadata):
             if not isinstance(metadata, Mapping):
@@ -331,6 +333,9 @@ class ModelRegistry:
         data = path.read_bytes()
         _check_booster(_booster_from_bytes(data, str(path)), metadata.features, str(path))
         digest = hashlib.sha256(data).hexdigest()
+        for existing in self.list():
+            if existing.model_sha256 == digest and existing.metadata.data_fingerprint == metadata.data_fingerprint:
+                return existing.version
         created = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
         for _ in range(_REGISTER_ATTEMPTS):
             with self.fs.lock(self._key(".lock")):
