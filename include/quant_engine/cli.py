@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-#: (module, group name) of each chapter's command group, in --help order.
+#: Module of each chapter's command group, in --help order.
 COMMAND_GROUPS: tuple[str, ...] = (
     "quant_engine.data.cli",
     "quant_engine.features.cli",
