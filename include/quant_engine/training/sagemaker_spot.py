@@ -221,8 +221,7 @@ def training_job_request(
     image_uri: str,
 ) -> dict[str, Any]:
     """The ``CreateTrainingJob`` arguments of one managed spot job."""
-    if not settings.sagemaker_role_arn:
-        raise SettingsError("QE_SAGEMAKER_ROLE_ARN is not set; SageMaker training needs an execution role")
+    check_settings(settings)
     script_mode = {"sagemaker_program": ENTRY_SCRIPT, "sagemaker_submit_directory": staged.code_uri,
                    "sagemaker_region": settings.aws_region, "sagemaker_container_log_level": logging.INFO}
     return {
@@ -339,6 +338,15 @@ def download_model(s3: Any, artifact_uri: str, destination: Path) -> Path:
     return model
 
 
+def check_settings(settings: Settings) -> Settings:
+    """``settings`` if they name what a training job needs (a bucket and an execution role), else raise."""
+    if not settings.s3_bucket:
+        raise SettingsError("SageMaker training needs QE_S3_BUCKET for its channels, checkpoints and output")
+    if not settings.sagemaker_role_arn:
+        raise SettingsError("QE_SAGEMAKER_ROLE_ARN is not set; SageMaker training needs an execution role")
+    return settings
+
+
 def run_spot_training(
     channels: Mapping[str, Path],
     destination: Path,
@@ -360,9 +368,7 @@ def run_spot_training(
         ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`) and
         ``billing`` (the summary line).
     """
-    settings = settings or get_settings()
-    if not settings.s3_bucket:
-        raise SettingsError("SageMaker training needs QE_S3_BUCKET for its channels, checkpoints and output")
+    settings = check_settings(settings or get_settings())
     spec = spec or SpotTrainingSpec.from_env()
     sagemaker = sagemaker or settings.boto3_client("sagemaker")
     s3 = s3 or settings.boto3_client("s3")
