@@ -51,6 +51,7 @@ def test_sigterm_checkpoints_the_finished_round_and_exits_with_its_code(job, tmp
     assert first.exit_code == EXIT_INTERRUPTED
     assert first.lost_rounds == 0 and first.last_checkpoint == first.last_round >= 16
     assert second.resumed_from == first.last_round and second.exit_code == 0
+    assert 0 < second.ready_seconds < second.first_round_seconds  # restored, then trained on
     assert (tmp_path / "model" / "model.json").read_bytes() == reference
     assert report.as_dict()["interruptions"] == 1 and report.lost_rounds == 0
 

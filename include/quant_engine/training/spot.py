@@ -67,7 +67,12 @@ class Interruption:
 
 @dataclass(frozen=True)
 class AttemptReport:
-    """One run of the trainer process."""
+    """One run of the trainer process.
+
+    ``ready_seconds`` is the time from spawn until the trainer was ready to train (imports, data,
+    checkpoint restored) and ``first_round_seconds`` until its first new round was done; None
+    when it never got there.
+    """
 
     exit_code: int
     interruption: Interruption | None
@@ -76,6 +81,8 @@ class AttemptReport:
     last_checkpoint: int
     checkpoint_seconds: float
     wall_seconds: float
+    ready_seconds: float | None = None
+    first_round_seconds: float | None = None
 
     @property
     def lost_rounds(self) -> int:
@@ -149,7 +156,10 @@ def random_schedule(
 class _Progress:
     """What the reader thread has seen of one attempt's ``--progress`` lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.ready_seconds: float | None = None
+        self.first_round_seconds: float | None = None
         self.cond = threading.Condition()
         self.resumed_from: int | None = None
         self.last_round = 0
@@ -164,8 +174,11 @@ class _Progress:
             with self.cond:
                 if event["event"] == "resume":
                     self.resumed_from = self.last_round = self.last_checkpoint = event["round"]
+                    self.ready_seconds = time.perf_counter() - self.started
                 elif event["event"] == "round":
                     self.last_round = event["round"]
+                    if self.first_round_seconds is None:
+                        self.first_round_seconds = time.perf_counter() - self.started
                 elif event["event"] == "checkpoint":
                     self.last_checkpoint = event["round"]
                     self.checkpoint_seconds += event["seconds"]
@@ -265,8 +278,8 @@ def simulate(
             event = Interruption(float(rng.exponential(3600.0 / rate_per_hour)), None, rate_kind)
         else:
             event = None
-        progress = _Progress()
         start = time.perf_counter()
+        progress = _Progress(start)
         with tempfile.TemporaryFile() as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                     env=dict(os.environ if env is None else env))
@@ -289,6 +302,8 @@ def simulate(
             last_checkpoint=progress.last_checkpoint,
             checkpoint_seconds=progress.checkpoint_seconds,
             wall_seconds=time.perf_counter() - start,
+            ready_seconds=progress.ready_seconds,
+            first_round_seconds=progress.first_round_seconds,
         ))
         if code == 0:
             return SpotReport(attempts, time.perf_counter() - began)
