@@ -149,6 +149,7 @@ def test_read_refuses_missing_mismatched_and_malformed_files(tmp_path) -> None:
         (pd.DataFrame({"x": [1.0]}), {"comparison_threshold": 0.0}, "comparison_threshold=0.0"),
         (pd.DataFrame({"x": [1.0]}), {"comparison_method": "Fancy"}, "comparison_method='Fancy'"),
         (pd.DataFrame({"x": [1.0]}), {"sketch_k": 2}, "sketch_k=2"),
+        (pd.DataFrame([[1.0, 2.0]], columns=["x", "x"]), {}, "more than once"),
     ],
 )
 def test_bad_training_input_is_a_clear_error(frame: pd.DataFrame, kwargs: dict, message: str) -> None:

@@ -161,6 +161,8 @@ def test_empty_window_is_a_clear_error() -> None:
     base = build_baseline(pd.DataFrame({"x": [1.0, 2.0]}))
     with pytest.raises(EmptyWindowError, match="no rows"):
         check_drift(pd.DataFrame({"x": []}, dtype="float64"), base)
+    with pytest.raises(ValueError, match=r"window columns \['x'\] appear more than once"):
+        check_drift(pd.DataFrame([[1.0, 2.0]], columns=["x", "x"]), base)
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,9 @@ def build_baseline(
         raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     if len(frame) == 0:
         raise BaselineError("the training frame has no rows; a baseline needs at least one")
+    duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if duplicated:
+        raise BaselineError(f"columns {duplicated} appear more than once; feature names must be unique")
     if not (isinstance(comparison_threshold, (int, float)) and 0.0 < comparison_threshold <= 1.0):
         raise BaselineError(f"comparison_threshold={comparison_threshold!r} must be in (0, 1], a CDF distance")
     if comparison_method not in COMPARISON_METHODS:
@@ -232,7 +235,7 @@ def build_baseline(
     return Baseline(statistics, constraints)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays, which have no single truth value to compare by
 class FeatureBaseline:
     """One feature's stored statistics and constraint, with its CDF read back from the sketch."""
 

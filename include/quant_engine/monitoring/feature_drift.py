@@ -242,6 +242,9 @@ def check_drift(
         raise TypeError(f"baseline must be a Baseline, got {type(baseline).__name__}")
     if len(window) == 0:
         raise EmptyWindowError("the window has no rows; there is nothing to compare with the baseline")
+    duplicated = sorted({str(c) for c in window.columns[window.columns.duplicated()]})
+    if duplicated:
+        raise ValueError(f"window columns {duplicated} appear more than once; feature names must be unique")
     config = baseline.monitoring_config
     dist_cfg = config["distribution_constraints"]
     threshold = float(dist_cfg["comparison_threshold"]) if comparison_threshold is None else comparison_threshold
