@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # imported lazily at call time so `import quant_engine` stays light
     from quant_engine.aws.feature_store import SageMakerFeatureGroup
+    from quant_engine.monitoring.alarms import Alarms
     from quant_engine.features.offline_store import OfflineStore
     from quant_engine.features.online_store import OnlineStore
 
@@ -192,5 +193,18 @@ def make_sagemaker_feature_group(
     if not settings.sagemaker_feature_store:
         return None
     from quant_engine.aws.feature_store import SageMakerFeatureGroup
+    from quant_engine.monitoring.alarms import Alarms
 
     return SageMakerFeatureGroup.from_settings(settings, feature_group)
+
+
+def make_alarms(settings: Settings | None = None, *, monitoring_schedule: str, endpoint: str | None = None) -> Alarms:
+    """Drift metrics and alarm state: CloudWatch on aws, a local file under
+    ``$QE_HOME/monitoring/<monitoring_schedule>`` otherwise."""
+    from quant_engine.monitoring.alarms import CloudWatchAlarms, LocalAlarms, check_schedule_name
+
+    settings = settings or get_settings()
+    check_schedule_name(monitoring_schedule)
+    if settings.backend == "aws":
+        return CloudWatchAlarms(settings.boto3_client("cloudwatch"), monitoring_schedule, endpoint)
+    return LocalAlarms(settings.home / "monitoring" / monitoring_schedule)

@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from quant_engine.config import Settings
+from quant_engine.config import Settings, make_alarms
 from quant_engine.monitoring.alarms import (
     AlarmDefinition,
     CloudWatchAlarms,
     LocalAlarms,
     drift_alarm,
     drift_metrics,
-    make_alarms,
     metric_name,
 )
 from quant_engine.monitoring.baseline import build_baseline

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from quant_engine.monitoring.baseline import write_json_atomic
 
 if TYPE_CHECKING:
-    from quant_engine.config import Settings
     from quant_engine.monitoring.feature_drift import DriftReport
 
 __all__ = [
@@ -42,7 +41,7 @@ __all__ = [
     "LocalAlarms",
     "drift_alarm",
     "drift_metrics",
-    "make_alarms",
+    "check_schedule_name",
     "metric_name",
 ]
 
@@ -374,24 +373,12 @@ class CloudWatchAlarms:
         return AlarmStatus(name, alarm["StateValue"], alarm.get("StateReason", ""), alarm["StateUpdatedTimestamp"])
 
 
-def make_alarms(settings: Settings, *, monitoring_schedule: str, endpoint: str | None = None) -> Alarms:
-    """The alarm store for the configured backend.
-
-    Parameters
-    ----------
-    settings : Settings
-        ``backend == "aws"`` gives :class:`CloudWatchAlarms` (``settings.boto3_client("cloudwatch")``);
-        otherwise :class:`LocalAlarms` under ``$QE_HOME/monitoring/<monitoring_schedule>``.
-    monitoring_schedule : str
-        Names the schedule: a CloudWatch dimension, or the local folder.
-    endpoint : str, optional
-        The ``Endpoint`` dimension on AWS.
-    """
+def check_schedule_name(monitoring_schedule: object) -> str:
+    """``monitoring_schedule`` if it follows SageMaker's rule for schedule names (it becomes a
+    CloudWatch dimension on AWS and a folder name locally)."""
     if not (isinstance(monitoring_schedule, str) and _SCHEDULE_NAME.fullmatch(monitoring_schedule)):
         raise ValueError(
             f"monitoring_schedule={monitoring_schedule!r} must be 1-63 letters, digits, '-' or '_' "
             "(SageMaker's rule for schedule names), starting with a letter or digit"
         )
-    if settings.backend == "aws":
-        return CloudWatchAlarms(settings.boto3_client("cloudwatch"), monitoring_schedule, endpoint)
-    return LocalAlarms(settings.home / "monitoring" / monitoring_schedule)
+    return monitoring_schedule
