@@ -1,0 +1,62 @@
+"""``airflow dags test spot_training`` on a small ingested market: train under interruptions, register, promote."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.training.registry import ModelRegistry
+
+pytestmark = pytest.mark.airflow
+
+TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
+CONF = {"start": "2020-01-01", "end": "2021-12-31", "tickers": ",".join(TICKERS), "interruptions": 2,
+        "hyperparameters": {"num_round": 30, "max_depth": 2, "learning_rate": 0.1, "checkpoint_every": 5,
+                            "subsample": 0.8, "seed": 7}}
+
+
+@pytest.fixture
+def market(qe_home: Path) -> Path:
+    """The qe_home of this test with 4 tickers x 2 years of synthetic features ingested."""
+    ingest(IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS))
+    return qe_home
+
+
+def test_trains_registers_and_promotes_once(market: Path, run_dag: Callable) -> None:
+    first = run_dag("spot_training", CONF)
+    registry = ModelRegistry.from_settings()
+    (record,) = registry.list()
+    champion = registry.champion()
+    assert (champion.version, champion.previous) == (record.version, None)
+    assert champion.reason == "first model: no champion to beat"
+    (run,) = (market / "runs" / "training").iterdir()
+    summary = json.loads((run / "training_set.json").read_text())
+    meta = record.metadata
+    assert meta.data_fingerprint == summary["fingerprint"] and list(meta.features) == summary["features"]
+    assert meta.params == CONF["hyperparameters"] and meta.training["runner"] == "local_spot"
+    assert meta.training["spot"]["attempts"] == meta.training["spot"]["interruptions"] + 1
+    assert 0 < meta.metrics["logloss"] < 1 and 0 < meta.metrics["auc"] < 1
+    assert meta.metrics["rows"] == summary["rows"]["holdout"]
+    assert registry.load_booster(record.version).num_boosted_rounds() == 30
+    assert f"champion: {record.version} (was none)" in first.stdout + first.stderr  # promote ran
+
+    # the same run again trains the same bytes: no new version, no promotion, the champion stays
+    second = run_dag("spot_training", CONF)
+    assert [v.version for v in registry.list()] == [record.version]
+    assert registry.champion() == champion
+    output = second.stdout + second.stderr
+    assert f"registered {registry.name} {record.version}" in output
+    assert "log-loss gain below 0.50%" in output
+    assert "tasks_skipped=1" in output and "champion: " not in output  # promote skipped: no champion asset event
+
+
+def test_bad_hyperparameters_fail_before_training(market: Path, run_dag: Callable) -> None:
+    result = run_dag("spot_training", {**CONF, "hyperparameters": {"num_round": 0}}, expect_success=False)
+    output = result.stdout + result.stderr
+    assert "hyperparameter num_round=0 must be a whole number >= 1" in output
+    assert "starting task_id=train " not in output
+    assert ModelRegistry.from_settings().versions() == []
