@@ -38,7 +38,8 @@ def _settings(**changes: object) -> Settings:
 
 def _channels(tmp_path: Path) -> dict[str, Path]:
     frame = pd.DataFrame({"ret_1": [0.1, -0.2], "label": [1, 0]})
-    paths = {"train": tmp_path / "train" / "train.parquet", "validation": tmp_path / "validation" / "validation.parquet"}
+    paths = {"train": tmp_path / "train" / "train.parquet",
+             "validation": tmp_path / "validation" / "validation.parquet"}
     for path in paths.values():
         path.parent.mkdir(parents=True)
         frame.to_parquet(path)

@@ -32,7 +32,8 @@ def test_no_training_label_reaches_into_the_holdout(market: Path, tmp_path: Path
     stamps = np.sort(joined["ts"].unique())
     first_holdout = len(stamps) - int(np.ceil(len(stamps) * 0.2))
     # the holdout is exactly the last 20% of timestamps, every row of them
-    assert holdout["ts"].min() == stamps[first_holdout] and len(holdout) == (joined["ts"] >= stamps[first_holdout]).sum()
+    assert holdout["ts"].min() == stamps[first_holdout]
+    assert len(holdout) == (joined["ts"] >= stamps[first_holdout]).sum()
     train = joined.loc[(joined["ts"] < stamps[first_holdout - embargo_bars]) & (joined["t1"] < stamps[first_holdout])]
     assert summary["rows"] == {"train": len(train), "holdout": len(holdout),
                                "gap": len(joined) - len(train) - len(holdout)}
