@@ -107,6 +107,37 @@ def test_source_archive_runs_the_trainer_module() -> None:
     assert 'run_module("quant_engine.training.trainer"' in entry
 
 
+def test_staged_entry_script_trains_as_the_framework_container_runs_it(tmp_path: Path) -> None:
+    """Script mode: the submit dir on the path, hyperparameters as flags and decoded in SM_HPS."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import xgboost as xgb
+
+    submit = tmp_path / "code"
+    with tarfile.open(fileobj=io.BytesIO(source_archive()), mode="r:gz") as tar:
+        tar.extractall(submit, filter="data")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.normal(size=300)})
+    frame["label"] = (frame["x1"] > 0).astype("int8")
+    for channel in ("train", "validation"):
+        (tmp_path / channel).mkdir()
+        frame.to_parquet(tmp_path / channel / f"{channel}.parquet")
+    encoded = encode_hyperparameters({"num_round": 12, "max_depth": 2, "checkpoint_every": 4})
+    flags = [arg for name, value in encoded.items() for arg in (f"--{name}", value)]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(submit), "SM_CHANNEL_TRAIN": str(tmp_path / "train"),
+           "SM_CHANNEL_VALIDATION": str(tmp_path / "validation"), "SM_MODEL_DIR": str(tmp_path / "model"),
+           "SM_HPS": json.dumps({k: json.loads(v) for k, v in encoded.items()}),
+           "QE_CHECKPOINT_DIR": str(tmp_path / "checkpoints")}
+    result = subprocess.run([sys.executable, ENTRY_SCRIPT, *flags], cwd=submit, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    booster = xgb.Booster(model_file=str(tmp_path / "model" / "model.json"))
+    assert booster.num_boosted_rounds() == 12 and booster.feature_names == ["x1", "x2"]
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["validation"]["rows"] == 300
+
+
 def test_savings_from_a_filled_description(aws, tmp_path: Path) -> None:
     s3, sagemaker = aws
 

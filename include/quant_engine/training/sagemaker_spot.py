@@ -2,7 +2,7 @@
 
 The job runs ``python -m quant_engine.training.trainer`` (the same entry point the local runner
 starts as a subprocess) in SageMaker's XGBoost framework image for the region: the package
-sources travel as ``sourcedir.tar.gz`` with a two-line ``qe_train.py`` that runs the module, the
+sources travel as ``sourcedir.tar.gz`` with a small ``qe_train.py`` that runs the module, the
 framework's script mode (``sagemaker_program``, ``sagemaker_submit_directory``). S3 layout, under
 ``settings.s3_uri("training", <job>)``::
 
@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 ENTRY_SCRIPT = "qe_train.py"
-ENTRY_SOURCE = 'import runpy\nrunpy.run_module("quant_engine.training.trainer", run_name="__main__", alter_sys=True)\n'
+#: Script mode also passes every hyperparameter as a ``--name value`` flag, which the trainer's own
+#: flags would refuse; it reads them from ``SM_HPS``, so the entry script drops the flags.
+ENTRY_SOURCE = (
+    "import runpy\nimport sys\n\n"
+    "sys.argv = sys.argv[:1]  # the hyperparameters arrive in SM_HPS too\n"
+    'runpy.run_module("quant_engine.training.trainer", run_name="__main__", alter_sys=True)\n'
+)
 CHANNELS: tuple[str, ...] = ("train", "validation")
 #: SageMaker's own limits on a training job.
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600
