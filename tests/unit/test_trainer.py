@@ -6,10 +6,12 @@ import json
 import logging
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from moto import mock_aws
 
 from quant_engine.training.trainer import (
     EXIT_BAD_INPUT,
@@ -64,6 +66,19 @@ def test_interrupted_runs_resume_to_identical_model_bytes(tmp_path: Path, refere
     result = train(data, tmp_path / "m", hyperparameters=HP, checkpoint_dir=ckpt)
     assert result.resumed_from == done
     assert model_bytes(result) == reference
+
+
+def test_checkpoints_on_s3_resume_exactly(tmp_path: Path, reference: bytes) -> None:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="jobs")
+        uri = "s3://jobs/spot/run-1/checkpoints"
+        with pytest.raises(TrainingInterrupted):
+            train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, should_stop=stop_after(11))
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="jobs")["Contents"]]
+        assert "spot/run-1/checkpoints/round-000000010.json" in keys
+        result = train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri)
+    assert result.resumed_from == 10 and model_bytes(result) == reference
 
 
 def test_subsampling_really_samples_rows_and_columns(tmp_path: Path, reference: bytes) -> None:

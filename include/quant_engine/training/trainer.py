@@ -9,7 +9,8 @@ what                   environment (SageMaker's contract)            flag
 training data          ``SM_CHANNEL_TRAIN`` (Parquet file or dir)    ``--train``
 validation data        ``SM_CHANNEL_VALIDATION`` (optional)          ``--validation``
 model output           ``SM_MODEL_DIR``                              ``--model-dir``
-hyperparameters        ``SM_HPS`` (JSON), else                       ``--hyperparameters`` (JSON)
+hyperparameters        ``SM_HPS`` (JSON), else the file              ``--hyperparameters`` (JSON)
+                       ``QE_HYPERPARAMETERS_FILE`` or
                        ``/opt/ml/input/config/hyperparameters.json``
 checkpoints            ``QE_CHECKPOINT_DIR``, else                   ``--checkpoint-dir``
                        ``/opt/ml/checkpoints`` (dir or ``s3://``)
@@ -31,6 +32,12 @@ same way, so round ``i`` depends only on the data, the params, the seed, ``i`` a
 rounds ``< i``, which the checkpoint restores byte for byte; the quantile cuts are fixed by a
 ``QuantileDMatrix`` built once from the data. Uninterrupted and resumed runs therefore write the
 same ``model.json`` bytes (same XGBoost build and thread count).
+
+Re-seeding XGBoost instead does not work in 3.2 (measured): neither ``seed_per_iteration`` nor a
+per-round ``set_param({"seed": ...})`` reaches the column sampler, which the tree updater seeds
+once from the global generator when it is created; after a restart that creation draws from the
+generator too, shifting the row sample as well. For the same reason ``colsample_bylevel``,
+``colsample_bynode`` (< 1), ``booster="dart"`` and tree methods other than ``hist`` are refused.
 """
 
 from __future__ import annotations
@@ -365,6 +372,61 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
     return {"rows": len(y), "logloss": logloss, "auc": auc, "accuracy": float(np.mean((p >= 0.5) == (y == 1)))}
 
 
+class _CheckpointWriter:
+    """Writes checkpoints on a background thread while the next rounds train.
+
+    Serialising the booster takes a millisecond or two; the writes, their fsyncs and S3 round
+    trips take longer and would stall training. At most one write is in flight: the next
+    checkpoint (or the end of training) first waits for it, so rounds are stored in order and a
+    failed write surfaces as an error in the training loop. A kill while a write is in flight
+    loses only that checkpoint; the atomic write leaves the previous ones whole.
+    """
+
+    def __init__(self, manager: CheckpointManager, emit: Callable[[dict[str, Any]], None], start: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.manager = manager
+        self.emit = emit
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self.pending = None
+        self.last_round = start  # the resumed checkpoint is stored already
+        self.written = 0
+        self.blocked_seconds = 0.0  # training time spent on checkpoints (serialise + wait)
+        self.write_seconds = 0.0  # background time spent writing
+
+    def _write(self, round: int, model: bytes, blocked: float) -> None:
+        began = time.perf_counter()
+        self.manager.save(round, model)
+        seconds = time.perf_counter() - began
+        self.written += 1
+        self.write_seconds += seconds
+        self.emit({"event": "checkpoint", "round": round, "seconds": blocked, "write_seconds": seconds})
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is stored; re-raises its error."""
+        if self.pending is not None:
+            began = time.perf_counter()
+            pending, self.pending = self.pending, None
+            pending.result()
+            self.blocked_seconds += time.perf_counter() - began
+
+    def submit(self, round: int, booster: Any) -> None:
+        """Queue the booster's state after ``round`` rounds, unless that round is already stored."""
+        if round <= self.last_round:
+            return
+        began = time.perf_counter()
+        self.wait()
+        model = bytes(booster.save_raw("ubj"))
+        blocked = time.perf_counter() - began
+        self.blocked_seconds += blocked
+        self.last_round = round
+        self.pending = self.pool.submit(self._write, round, model, blocked)
+
+    def close(self) -> None:
+        """Let a write in flight finish (errors are :meth:`wait`'s to report) and stop the thread."""
+        self.pool.shutdown(wait=True)
+
+
 def _as_frame(data: pd.DataFrame | str | Path, channel: str) -> pd.DataFrame:
     return data if isinstance(data, pd.DataFrame) else load_channel(data, channel)
 
@@ -397,7 +459,9 @@ def train(
         Polled after every round; when it returns True the trainer checkpoints and raises
         :class:`TrainingInterrupted` (the entry point wires it to SIGTERM).
     on_event : callable, optional
-        Called with ``{"event": "resume"|"round"|"checkpoint", "round": r, ...}`` for progress.
+        Called with ``{"event": "resume"|"round"|"checkpoint", "round": r, ...}`` for progress;
+        ``checkpoint`` events (once the checkpoint is stored, with ``seconds`` the training loop
+        spent on it and ``write_seconds`` the background write) come from the writer thread.
 
     Returns
     -------
@@ -460,40 +524,37 @@ def train(
         log.info("resuming from checkpoint %s at round %d of %d", checkpoint.key, start, params.num_round)
     emit({"event": "resume", "round": start})
 
-    written, checkpoint_seconds, last_saved = 0, 0.0, start
-
-    def save(rounds: int) -> str | None:
-        nonlocal written, checkpoint_seconds, last_saved
-        if manager is None or rounds == last_saved:
-            return None
-        began = time.perf_counter()
-        key = manager.save(rounds, bytes(booster.save_raw("ubj")))
-        seconds = time.perf_counter() - began
-        written, checkpoint_seconds, last_saved = written + 1, checkpoint_seconds + seconds, rounds
-        emit({"event": "checkpoint", "round": rounds, "seconds": seconds})
-        return key
-
-    for i in range(start, params.num_round):
-        if stop():
-            save(i)
-            raise TrainingInterrupted(i, None if manager is None else f"round {last_saved} in {manager!r}")
-        rows, cols = _round_sample(params.seed, i, n_rows, n_cols, params)
-        if rows is not None:
-            dtrain.set_weight(rows)
-        if cols is not None:
-            dtrain.set_info(feature_weights=cols)
-        booster.update(dtrain, i)
-        emit({"event": "round", "round": i + 1})
-        if params.checkpoint_every and (i + 1) % params.checkpoint_every == 0:
-            save(i + 1)
+    writer = _CheckpointWriter(manager, emit, start) if manager is not None else None
+    try:
+        for i in range(start, params.num_round):
+            if stop():
+                if writer is not None:
+                    writer.submit(i, booster)
+                    writer.wait()
+                raise TrainingInterrupted(i, None if writer is None else f"round {writer.last_round} in {manager!r}")
+            rows, cols = _round_sample(params.seed, i, n_rows, n_cols, params)
+            if rows is not None:
+                dtrain.set_weight(rows)
+            if cols is not None:
+                dtrain.set_info(feature_weights=cols)
+            booster.update(dtrain, i)
+            emit({"event": "round", "round": i + 1})
+            if writer is not None and params.checkpoint_every and (i + 1) % params.checkpoint_every == 0:
+                writer.submit(i + 1, booster)
+        if writer is not None:
+            writer.wait()
+    finally:
+        if writer is not None:
+            writer.close()
     train_seconds = time.perf_counter() - started
 
     model = bytes(booster.save_raw("json"))
     metrics: dict[str, Any] = {
         "num_round": params.num_round,
         "resumed_from": start,
-        "checkpoints_written": written,
-        "checkpoint_seconds": checkpoint_seconds,
+        "checkpoints_written": 0 if writer is None else writer.written,
+        "checkpoint_seconds": 0.0 if writer is None else writer.blocked_seconds,
+        "checkpoint_write_seconds": 0.0 if writer is None else writer.write_seconds,
         "train_seconds": train_seconds,
         "features": data.features,
         "data_fingerprint": data.fingerprint,
@@ -509,7 +570,7 @@ def train(
     model_path, metrics_path = model_dir / "model.json", model_dir / "metrics.json"
     write_file_atomic(model_path, model)
     write_file_atomic(metrics_path, json.dumps(metrics, indent=2, sort_keys=True).encode())
-    return TrainResult(model_path, metrics_path, params.num_round, start, written, metrics)
+    return TrainResult(model_path, metrics_path, params.num_round, start, metrics["checkpoints_written"], metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,8 +628,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         # The spot notice: let the running round finish, then checkpoint and leave.
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
+    lock = threading.Lock()  # the checkpoint writer reports from its own thread
+
     def progress(event: dict[str, Any]) -> None:
-        print(PROGRESS_PREFIX + json.dumps(event), flush=True)
+        with lock:
+            sys.stdout.write(PROGRESS_PREFIX + json.dumps(event) + "\n")
+            sys.stdout.flush()
 
     try:
         train_path = args.train or env.get("SM_CHANNEL_TRAIN")
