@@ -46,8 +46,13 @@ DATASET_KEYS = tuple(D)
     params={
         "tickers": Param(D["tickers"], type=["null", "string"],
                          description="Comma-separated tickers; empty means every ticker in the offline store."),
-        "start": Param(D["start"], type="string", format="date", description="First day of the data."),
-        "end": Param(D["end"], type="string", format="date", description="Last day of the data, inclusive."),
+        "start": Param(D["start"], type=["null", "string"], format="date",
+                       description="First day of the data; empty: window_days before end."),
+        "end": Param(D["end"], type=["null", "string"], format="date",
+                     description="Last day of the data, inclusive; empty: the last day the offline store holds "
+                                 "(what a run the drift monitor triggers uses)."),
+        "window_days": Param(D["window_days"], type="integer", minimum=30,
+                             description="Days of data when start is empty."),
         "source": Param(D["source"], enum=["synthetic", "csv", "parquet", "yfinance"],
                         description="Where the labels' prices come from: the source the store was ingested from."),
         "source_path": Param(D["source_path"], type=["null", "string"],

@@ -75,3 +75,16 @@ def test_a_range_too_short_for_the_gap_fails_before_writing_channels(market: Pat
     with pytest.raises(TrainingSetError, match="leave nothing to train on"):
         build_training_set(config, tmp_path)
     assert not (tmp_path / "train").exists()
+
+
+def test_empty_dates_train_on_the_latest_stored_window(market: Path) -> None:
+    config = TrainingSetConfig.from_params({"tickers": PARAMS["tickers"], "window_days": 90})
+    assert (str(config.data.start.date()), str(config.data.end.date())) == ("2021-04-01", "2021-06-30")
+    assert TrainingSetConfig.from_params(config.to_params()) == config
+    with pytest.raises(TrainingSetError, match="window_days=7 must be a whole number of days between 30 and 36500"):
+        TrainingSetConfig.from_params({"window_days": 7})
+
+
+def test_empty_end_needs_stored_data(qe_home: Path) -> None:
+    with pytest.raises(TrainingSetError, match="the offline store .* is empty; ingest data first, or give end"):
+        TrainingSetConfig.from_params({"tickers": "SYN00"})

@@ -30,16 +30,25 @@ from typing import Any
 
 from quant_engine.config import Settings
 from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
-from quant_engine.wfo.pipeline import WfoConfig, WfoConfigError, build_dataset, write_json, write_parquet
+from quant_engine.wfo.pipeline import (
+    WfoConfig,
+    WfoConfigError,
+    _parse_tickers,
+    build_dataset,
+    write_json,
+    write_parquet,
+)
 
 log = logging.getLogger(__name__)
 
 #: Walk-forward parameters that shape the data and the labels; the training set takes them as they are.
 DATA_KEYS: tuple[str, ...] = ("start", "end", "tickers", "source", "source_path", "feature_set", "label_kind",
                               "horizon", "label_target", "pt_mult", "sl_mult", "vol_window")
-#: Every parameter :meth:`TrainingSetConfig.from_params` accepts, with its default.
-DEFAULT_PARAMS: dict[str, Any] = {**{k: WFO_DEFAULTS[k] for k in DATA_KEYS}, "holdout_fraction": 0.2,
-                                  "embargo_bars": 5}
+#: Every parameter :meth:`TrainingSetConfig.from_params` accepts, with its default. A null ``end``
+#: is the last day the offline store holds and a null ``start`` is ``window_days`` before ``end``,
+#: so a run the drift monitor triggers (which passes no parameters) trains on the latest data.
+DEFAULT_PARAMS: dict[str, Any] = {**{k: WFO_DEFAULTS[k] for k in DATA_KEYS}, "start": None, "end": None,
+                                  "window_days": 3 * 365, "holdout_fraction": 0.2, "embargo_bars": 5}
 CHANNEL_FILES: dict[str, str] = {"train": "train/train.parquet", "validation": "validation/validation.parquet"}
 HOLDOUT_FILE = "holdout.parquet"
 SUMMARY_FILE = "training_set.json"
@@ -76,14 +85,28 @@ class TrainingSetConfig:
             raise TrainingSetError(f"embargo_bars={value!r} must be a whole number between 0 and 252")
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> TrainingSetConfig:
-        """Validate loosely typed parameters; missing or null keys take :data:`DEFAULT_PARAMS`."""
+    def from_params(cls, params: Mapping[str, Any], settings: Settings | None = None) -> TrainingSetConfig:
+        """Validate loosely typed parameters; missing or null keys take :data:`DEFAULT_PARAMS`.
+
+        A null ``end`` reads the offline store for its last day (of ``tickers``, or of any ticker).
+        """
         if not isinstance(params, Mapping):
             raise TrainingSetError(f"parameters must be a JSON object, got {type(params).__name__}")
         unknown = sorted(set(params) - set(DEFAULT_PARAMS))
         if unknown:
             raise TrainingSetError(f"unknown parameter(s) {unknown}; known: {', '.join(DEFAULT_PARAMS)}")
         p = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if v is not None or k in ("pt_mult", "sl_mult")}}
+        window = p.pop("window_days")
+        if isinstance(window, bool) or not isinstance(window, int) or not 30 <= window <= 36500:
+            raise TrainingSetError(f"window_days={window!r} must be a whole number of days between 30 and 36500")
+        if p["end"] is None:
+            p["end"] = str(_last_stored_day(p["tickers"], settings).date())
+        if p["start"] is None:
+            import pandas as pd
+
+            from quant_engine.timeutil import utc_day
+
+            p["start"] = str((utc_day(p["end"], "end", error=TrainingSetError) - pd.Timedelta(days=window)).date())
         # The CPCV settings only size the walk-forward step's group column, which the cut ignores;
         # a directional book lets an absolute-label run use one ticker.
         data = WfoConfig.from_params({**{k: p[k] for k in DATA_KEYS}, "n_groups": 2, "n_test_groups": 1,
@@ -91,9 +114,27 @@ class TrainingSetConfig:
         return cls(data, p["holdout_fraction"], p["embargo_bars"])
 
     def to_params(self) -> dict[str, Any]:
+        """The resolved parameters (dates filled in), which :meth:`from_params` reads back unchanged."""
         data = self.data.to_params()
         return {**{k: data[k] for k in DATA_KEYS}, "holdout_fraction": self.holdout_fraction,
                 "embargo_bars": self.embargo_bars}
+
+
+def _last_stored_day(tickers: object, settings: Settings | None):  # noqa: ANN202 - a pandas Timestamp
+    """The UTC day of the latest ``event_time`` the offline store holds for ``tickers`` (None: any)."""
+    from quant_engine.config import make_offline_store
+    from quant_engine.timeutil import utc_day
+
+    store = make_offline_store(settings)
+    if store.schema is None:
+        raise TrainingSetError(
+            f"the offline store (feature group {store.feature_group!r}) is empty; ingest data first, or give end"
+        )
+    names = _parse_tickers(tickers)
+    rows = store.read(list(names) if names else None)
+    if rows.empty:
+        raise TrainingSetError(f"the offline store holds no rows for tickers {names}; give end or other tickers")
+    return utc_day(rows["event_time"].max(), "end", error=TrainingSetError)
 
 
 def data_fingerprint(*frames: Any) -> str:
