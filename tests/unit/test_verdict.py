@@ -7,13 +7,15 @@ baseline of the training features) at ``comparison_threshold=0.4``: the syntheti
 last weeks, so even without a shift one year's realised-vol distribution sits up to ~0.3 (CDF
 distance) from the training years', and Model Monitor's default 0.1 would call that drift.
 
-The shifts are sized to what this market's weak edge lets a year of data show: the concept shift
-flips the edge with ``edge_scale=-2`` (a flip at -1 moves the hit rate ~2 points, within the
-bounds on a year of 10 tickers), the covariate shift triples volatility, and "both" halves it
-while flipping the edge. The model reads the regime from realised volatility, so a volatility
-shift also moves which edge it applies: on some seeds a tripled volatility costs real hit rate,
-and the verdict then says "both" (measured: 2 of 6 seeds), which is why the scenario test runs
-one seed and the stationary false-alarm rate is measured over many.
+The edge is weak (a hit rate of ~51-52%), so the shifts are sized to what a year of 10 tickers
+can show: the concept shift flips the edge (``edge_scale=-1``), the covariate shift triples
+volatility, and "both" halves volatility while flipping the edge twice as hard (at -1 the halved
+volatility makes the model apply the wrong regime's edge, which undoes most of the flip). The
+model reads the regime from realised volatility, so a volatility shift also changes which edge it
+applies: on some seeds a tripled volatility costs real hit rate and the verdict says "both".
+Measured over seeds 0-11: concept flip -> concept_drift 8, none 4 (never feature drift);
+covariate x3 -> feature_drift 9, both 3; both -> both 6, feature_drift 4, concept_drift 1, none 1;
+stationary -> none on 24 of 24. The scenario test runs one seed; the rates are tested below.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def _scenario(seed: int, shift: str | None, log_dir: str | None = None):
     [
         (None, "none"),
         ("covariate:vol_scale=3", "feature_drift"),
-        ("concept:edge_scale=-2", "concept_drift"),
+        ("concept:edge_scale=-1", "concept_drift"),
         ("both:vol_scale=0.5,edge_scale=-2", "both"),
     ],
     ids=["stationary", "covariate", "concept", "both"],
@@ -127,7 +129,7 @@ def test_each_kind_of_shift_gets_its_verdict(shift, expected, tmp_path) -> None:
 
 def test_stationary_market_false_alarm_rate() -> None:
     # 12 seeds of the unshifted market. Bound tested: at most 1 of 12 verdicts other than "none"
-    # (measured: 0 of 12; both sides are one-sided 99% bounds plus tolerances).
+    # (measured: 0 of 24 seeds; the quality side uses one-sided 99% bounds plus tolerances).
     kinds = []
     for seed in range(12):
         feature_report, concept, _ = _scenario(seed, None)
@@ -135,14 +137,17 @@ def test_stationary_market_false_alarm_rate() -> None:
     assert sum(kind != "none" for kind in kinds) <= 1, kinds
 
 
-def test_concept_shift_is_found_on_every_seed_without_feature_drift() -> None:
-    # The concept shift leaves the inputs alone, so on the same seeds as the stationary test the
-    # feature side stays quiet while the hit rate leaves its bound.
+def test_concept_shift_detection_rate_without_feature_drift() -> None:
+    # The concept shift leaves the inputs alone, so on the seeds of the stationary test the
+    # feature side stays quiet on every seed, and the hit rate leaves its bound on most.
+    # Bound tested: at least 7 of 12 (measured: 8 of 12; the misses are years whose regime mix
+    # leaves the flipped edge too little room to show within a year of 10 tickers).
     kinds = []
-    for seed in range(6):
-        feature_report, concept, _ = _scenario(seed, "concept:edge_scale=-2")
+    for seed in range(12):
+        feature_report, concept, _ = _scenario(seed, "concept:edge_scale=-1")
         kinds.append(drift_verdict(feature_report.features, concept).kind)
-    assert kinds == ["concept_drift"] * 6, kinds
+    assert set(kinds) <= {"concept_drift", "none"}, kinds
+    assert kinds.count("concept_drift") >= 7, kinds
 
 
 # --- the verdict on plain inputs ------------------------------------------------------------------

@@ -382,10 +382,12 @@ class QualityBaseline:
         )
 
     def to_dict(self) -> dict[str, float]:
+        """JSON-safe form, to store next to the model."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QualityBaseline:
+        """The baseline stored by :meth:`to_dict`."""
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
@@ -607,6 +609,7 @@ class VolRegimeState:
     since: pd.Timestamp
 
     def to_dict(self) -> dict[str, Any]:
+        """The state file's JSON content."""
         return {
             "as_of": self.as_of.isoformat(),
             "realized_vol": self.realized_vol,
@@ -617,6 +620,7 @@ class VolRegimeState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VolRegimeState:
+        """The state stored by :meth:`to_dict`."""
         return cls(
             as_of=_utc(data["as_of"], "as_of"),
             realized_vol=float(data["realized_vol"]),

@@ -81,6 +81,9 @@ class Verdict:
         The market's volatility regime when the verdict was made.
     n_settled, n_pending : int
         Predictions the quality side scored, and those still waiting for labels.
+    notes : list of str
+        Caveats a reader should see: no feature evidence, drifts below ``min_drifted_features``,
+        detector alarms without a breached metric.
     """
 
     kind: VerdictKind
@@ -95,10 +98,12 @@ class Verdict:
 
     @property
     def feature_drift(self) -> bool:
+        """Whether the inputs were called drifted ("feature_drift" or "both")."""
         return self.kind in ("feature_drift", "both")
 
     @property
     def concept_drift(self) -> bool:
+        """Whether quality left its bounds ("concept_drift" or "both")."""
         return self.kind in ("concept_drift", "both")
 
     def to_dict(self) -> dict[str, Any]:
