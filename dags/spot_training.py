@@ -112,16 +112,15 @@ def spot_training():
             config = TrainingSetConfig.from_params({k: v for k, v in params.items() if k in DATASET_KEYS})
             summary = build_training_set(config, folder)
         print(f"training set: {summary['rows']} rows, holdout from {summary['holdout_start']}")
-        return {"run_dir": str(folder), "rows": summary["rows"]}
+        return {"run_dir": str(folder), "rows": summary["rows"], "channels": summary["channels"],
+                "holdout": summary["holdout"]}
 
     @task
     def train(staged: dict, params=None, run_id=None) -> dict:
         import json
         from pathlib import Path
 
-        folder = Path(staged["run_dir"])
-        channels = {name: folder / path for name, path in (("train", "train/train.parquet"),
-                                                            ("validation", "validation/validation.parquet"))}
+        folder, channels = Path(staged["run_dir"]), staged["channels"]
         hyperparameters = params["hyperparameters"]
         if params["runner"] == "sagemaker":
             from quant_engine.training.sagemaker_spot import run_spot_training
@@ -135,7 +134,7 @@ def spot_training():
 
         trainer = TrainingParams.from_hyperparameters(hyperparameters)
         report = simulate(
-            ["--train", str(channels["train"]), "--validation", str(channels["validation"]),
+            ["--train", channels["train"], "--validation", channels["validation"],
              "--model-dir", str(folder / "model"), "--checkpoint-dir", str(folder / "checkpoints"),
              "--hyperparameters", json.dumps(hyperparameters)],
             schedule=random_schedule(params["interruptions"], trainer.num_round, seed=trainer.seed, kind="mixed"),
@@ -150,11 +149,11 @@ def spot_training():
     def evaluate(staged: dict, trained: dict, params=None) -> dict:
         import pandas as pd
 
-        from quant_engine.training.dataset import HOLDOUT_FILE, load_summary
+        from quant_engine.training.dataset import load_summary
         from quant_engine.training.registry import ModelRegistry, evaluate_candidate
 
         summary = load_summary(staged["run_dir"])
-        holdout = pd.read_parquet(f"{staged['run_dir']}/{HOLDOUT_FILE}")
+        holdout = pd.read_parquet(staged["holdout"])
         result = evaluate_candidate(ModelRegistry.from_settings(name=params["model_name"]), trained["model_path"],
                                     holdout, summary["features"])
         print(f"promote={result['promote']}: {result['reason']}")
