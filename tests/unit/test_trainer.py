@@ -232,7 +232,8 @@ def test_bad_hyperparameters_are_refused(hyperparameters: dict, message: str) ->
 
 def test_hyperparameters_parse_sagemaker_strings() -> None:
     params = TrainingParams.from_hyperparameters(
-        {"num_round": "50", "eta": "0.3", "subsample": "0.8", "objective": "binary:logistic", "random_state": "7"}
+        {"num_round": "50", "eta": "0.3", "subsample": "0.8", "objective": "binary:logistic", "random_state": "7",
+         "sagemaker_program": "train.py", "sagemaker_submit_directory": "s3://b/code.tar.gz"}
     )
     assert (params.num_round, params.subsample, params.seed) == (50, 0.8, 7)
     assert params.xgb_params == {"objective": "binary:logistic", "tree_method": "hist", "seed": 7, "eta": 0.3}

@@ -187,7 +187,8 @@ class TrainingParams:
         """Parse and validate hyperparameters (strings as SageMaker passes them, or typed values)."""
         if hyperparameters is not None and not isinstance(hyperparameters, Mapping):
             raise TrainingInputError(f"hyperparameters={hyperparameters!r} must be a mapping of name to value")
-        given = {str(k): _coerce(v) for k, v in (hyperparameters or {}).items()}
+        # SageMaker's hyperparameters file also holds its own sagemaker_* entries (script mode).
+        given = {str(k): _coerce(v) for k, v in (hyperparameters or {}).items() if not str(k).startswith("sagemaker_")}
         for alias, name in (("num_boost_round", "num_round"), ("random_state", "seed")):
             if alias in given:
                 if name in given:
