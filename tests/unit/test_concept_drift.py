@@ -228,7 +228,9 @@ def test_detectors_run_over_the_error_stream_in_settle_order() -> None:
     # The default detectors are used when none are given, and JSON output carries the alarms.
     default = evaluate_quality(joined, baseline)
     assert set(default.detector_alarms) == {"adwin", "page_hinkley"}
-    assert json.loads(json.dumps(default.to_dict()))["detector_alarms"]["adwin"]
+    for times in default.detector_alarms.values():
+        assert times and first_bad_t1 <= times[0] < first_bad_t1 + pd.Timedelta(hours=300)
+    assert json.loads(json.dumps(default.to_dict()))["detector_alarms"]["page_hinkley"]
 
 
 def test_evaluate_rejects_bad_input() -> None:
@@ -254,6 +256,14 @@ def test_rolling_quality_is_a_trailing_window_per_settle_time() -> None:
     assert rolled["hit_rate"].tolist() == [1.0, 1.0, 0.5, 0.0]
     assert rolled["n"].tolist() == [1, 2, 2, 2]
     assert rolled["brier"].iloc[-1] == pytest.approx(0.81)
+    assert list(rolled.columns) == ["t1", "n", "hit_rate", "hit_rate_lower", "hit_rate_upper", "log_loss", "brier"]
+    assert (rolled["hit_rate_lower"] <= rolled["hit_rate"]).all() and (rolled["hit_rate"] <= rolled["hit_rate_upper"]).all()
+    # The last window's bounds are evaluate_quality's Wilson interval for the same 2 predictions.
+    last = _joined(prob[-2:], label[-2:])
+    baseline = QualityBaseline(n=100, hit_rate=0.5, log_loss=0.7, brier=0.25, log_loss_std=0.1, brier_std=0.1)
+    check = evaluate_quality(last, baseline, detectors={}).checks["hit_rate"]
+    assert rolled["hit_rate_lower"].iloc[-1] == pytest.approx(check.lower)
+    assert rolled["hit_rate_upper"].iloc[-1] == pytest.approx(check.upper)
     with pytest.raises(ValueError, match="window=0 must be an integer >= 1"):
         rolling_quality(_joined(prob, label), window=0)
 
