@@ -90,6 +90,14 @@ def test_subsampling_really_samples_rows_and_columns(tmp_path: Path, reference: 
     assert len(set().union(*used)) > 3  # ...a different draw each round
 
 
+def test_a_restart_with_more_threads_resumes_exactly(tmp_path: Path, reference: bytes) -> None:
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TrainingInterrupted):
+        train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=ckpt, should_stop=stop_after(10))
+    result = train(frame(), tmp_path / "m", hyperparameters={**HP, "nthread": 2}, checkpoint_dir=ckpt)
+    assert result.resumed_from == 9 and model_bytes(result) == reference
+
+
 def test_a_longer_run_resumes_from_a_shorter_runs_checkpoint(tmp_path: Path, reference: bytes) -> None:
     ckpt = tmp_path / "ckpt"
     train(frame(), tmp_path / "short", hyperparameters={**HP, "num_round": 18}, checkpoint_dir=ckpt)
@@ -239,4 +247,6 @@ def test_hyperparameters_parse_sagemaker_strings() -> None:
     assert params.xgb_params == {"objective": "binary:logistic", "tree_method": "hist", "seed": 7, "eta": 0.3}
     same = TrainingParams.from_hyperparameters({"num_round": 99, "eta": 0.3, "subsample": 0.8, "seed": 7})
     assert params.fingerprint == same.fingerprint  # num_round is not part of it
+    threads = TrainingParams.from_hyperparameters({"eta": 0.3, "subsample": 0.8, "seed": 7, "nthread": 16})
+    assert threads.fingerprint == same.fingerprint  # nor the thread count of the instance
     assert params.fingerprint != TrainingParams.from_hyperparameters({"eta": 0.3, "subsample": 0.8}).fingerprint

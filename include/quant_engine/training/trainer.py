@@ -31,7 +31,7 @@ column sampler exactly the chosen columns to pick. Training runs one round at a 
 same way, so round ``i`` depends only on the data, the params, the seed, ``i`` and the model of
 rounds ``< i``, which the checkpoint restores byte for byte; the quantile cuts are fixed by a
 ``QuantileDMatrix`` built once from the data. Uninterrupted and resumed runs therefore write the
-same ``model.json`` bytes (same XGBoost build and thread count).
+same ``model.json`` bytes (same XGBoost build; the thread count may differ).
 
 Re-seeding XGBoost instead does not work in 3.2 (measured): neither ``seed_per_iteration`` nor a
 per-round ``set_param({"seed": ...})`` reaches the column sampler, which the tree updater seeds
@@ -106,6 +106,9 @@ _FIXED = {
     "sampling_method": "uniform",
 }
 _OBJECTIVES = ("binary:logistic",)
+#: Parameters that do not change the trees: a restart on a bigger instance may change them.
+#: (CPU ``hist`` grows the same bytes with 1, 2 or 4 threads; measured with xgboost 3.2.)
+_NOT_MODEL_SHAPING = frozenset({"nthread", "n_jobs", "verbosity"})
 _DEFAULTS: dict[str, Any] = {"objective": "binary:logistic", "tree_method": "hist", "seed": 0}
 
 
@@ -226,7 +229,7 @@ class TrainingParams:
         import xgboost
 
         shape = {
-            "xgb_params": self.xgb_params,
+            "xgb_params": {k: v for k, v in self.xgb_params.items() if k not in _NOT_MODEL_SHAPING},
             "seed": self.seed,
             "subsample": self.subsample,
             "colsample_bytree": self.colsample_bytree,
