@@ -92,13 +92,13 @@ def spot_training():
         from quant_engine.config import get_settings
         from quant_engine.runs import run_dir
         from quant_engine.training.dataset import TrainingSetConfig, build_training_set
-        from quant_engine.training.registry import ModelRegistry
+        from quant_engine.config import make_model_registry
         from quant_engine.training.trainer import TrainingParams
 
         folder = run_dir("training", run_id)
         with fail_fast_on_bad_input():  # every parameter is checked before anything trains
             TrainingParams.from_hyperparameters(params["hyperparameters"])
-            ModelRegistry.from_settings(name=params["model_name"])
+            make_model_registry(name=params["model_name"])
             if params["runner"] == "sagemaker":
                 from quant_engine.training.sagemaker_spot import (
                     SpotTrainingSpec,
@@ -150,11 +150,12 @@ def spot_training():
         import pandas as pd
 
         from quant_engine.training.dataset import load_summary
-        from quant_engine.training.registry import ModelRegistry, evaluate_candidate
+        from quant_engine.config import make_model_registry
+        from quant_engine.training.registry import evaluate_candidate
 
         summary = load_summary(staged["run_dir"])
         holdout = pd.read_parquet(staged["holdout"])
-        result = evaluate_candidate(ModelRegistry.from_settings(name=params["model_name"]), trained["model_path"],
+        result = evaluate_candidate(make_model_registry(name=params["model_name"]), trained["model_path"],
                                     holdout, summary["features"])
         print(f"promote={result['promote']}: {result['reason']}")
         return result
@@ -162,7 +163,8 @@ def spot_training():
     @task(outlets=[REGISTRY_ASSET])
     def register(staged: dict, trained: dict, evaluated: dict, params=None) -> str:
         from quant_engine.training.dataset import load_summary
-        from quant_engine.training.registry import ModelMetadata, ModelRegistry
+        from quant_engine.config import make_model_registry
+        from quant_engine.training.registry import ModelMetadata
 
         summary = load_summary(staged["run_dir"])
         metadata = ModelMetadata(
@@ -172,7 +174,7 @@ def spot_training():
             training={**{k: v for k, v in trained.items() if k != "model_path"}, "dataset": summary["params"],
                       "holdout_start": summary["holdout_start"], "rows": summary["rows"]},
         )
-        version = ModelRegistry.from_settings(name=params["model_name"]).register(trained["model_path"], metadata)
+        version = make_model_registry(name=params["model_name"]).register(trained["model_path"], metadata)
         print(f"registered {params['model_name']} {version}")
         return version
 
@@ -182,9 +184,9 @@ def spot_training():
 
     @task(outlets=[CHAMPION_ASSET])
     def promote(version: str, evaluated: dict, params=None) -> dict:
-        from quant_engine.training.registry import ModelRegistry
+        from quant_engine.config import make_model_registry
 
-        promotion = ModelRegistry.from_settings(name=params["model_name"]).promote(
+        promotion = make_model_registry(name=params["model_name"]).promote(
             version, evaluated["reason"], expected_champion=evaluated["champion"])
         print(f"champion: {promotion.version} (was {promotion.previous or 'none'})")
         return promotion.to_json()

@@ -17,6 +17,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "quant_engine.data.cli",
     "quant_engine.features.cli",
     "quant_engine.wfo.cli",
+    "quant_engine.training.cli",
 )
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:  # imported lazily at call time so `import quant_engine` stays light
     from quant_engine.aws.feature_store import SageMakerFeatureGroup
     from quant_engine.monitoring.alarms import Alarms
+    from quant_engine.training.registry import ModelRegistry
     from quant_engine.features.offline_store import OfflineStore
     from quant_engine.features.online_store import OnlineStore
 
@@ -194,6 +195,7 @@ def make_sagemaker_feature_group(
         return None
     from quant_engine.aws.feature_store import SageMakerFeatureGroup
     from quant_engine.monitoring.alarms import Alarms
+    from quant_engine.training.registry import ModelRegistry
 
     return SageMakerFeatureGroup.from_settings(settings, feature_group)
 
@@ -208,3 +210,16 @@ def make_alarms(settings: Settings | None = None, *, monitoring_schedule: str, e
     if settings.backend == "aws":
         return CloudWatchAlarms(settings.boto3_client("cloudwatch"), monitoring_schedule, endpoint)
     return LocalAlarms(settings.home / "monitoring" / monitoring_schedule)
+
+
+def make_model_registry(settings: Settings | None = None, name: str | None = None) -> ModelRegistry:
+    """The model registry for the configured backend: ``models_dir`` locally, ``<prefix>/models`` on S3."""
+    from quant_engine.features.offline_store import LocalFileSystem, S3FileSystem
+    from quant_engine.training.registry import DEFAULT_MODEL_NAME, ModelRegistry
+
+    settings = settings or get_settings()
+    if settings.backend == "aws":
+        fs = S3FileSystem(settings.boto3_client("s3"), settings.s3_bucket, f"{settings.s3_prefix}/models")
+    else:
+        fs = LocalFileSystem(settings.models_dir)
+    return ModelRegistry(fs, name or DEFAULT_MODEL_NAME)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.training.registry import ModelRegistry
+from quant_engine.config import make_model_registry
 
 pytestmark = pytest.mark.airflow
 
@@ -28,7 +28,7 @@ def market(qe_home: Path) -> Path:
 
 def test_trains_registers_and_promotes_once(market: Path, run_dag: Callable) -> None:
     first = run_dag("spot_training", CONF)
-    registry = ModelRegistry.from_settings()
+    registry = make_model_registry()
     (record,) = registry.list()
     champion = registry.champion()
     assert (champion.version, champion.previous) == (record.version, None)
@@ -59,4 +59,4 @@ def test_bad_hyperparameters_fail_before_training(market: Path, run_dag: Callabl
     output = result.stdout + result.stderr
     assert "hyperparameter num_round=0 must be a whole number >= 1" in output
     assert "starting task_id=train " not in output
-    assert ModelRegistry.from_settings().versions() == []
+    assert make_model_registry().versions() == []

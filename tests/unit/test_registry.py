@@ -13,7 +13,7 @@ import pytest
 import xgboost as xgb
 from moto import mock_aws
 
-from quant_engine.config import Settings
+from quant_engine.config import Settings, make_model_registry
 from quant_engine.features import offline_store
 from quant_engine.features.offline_store import ConcurrentCommitError, LocalFileSystem, S3FileSystem
 from quant_engine.training.registry import (
@@ -197,7 +197,7 @@ def test_s3_registry_with_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         s3.create_bucket(Bucket="qe-bucket")
         monkeypatch.setenv("QE_BACKEND", "aws")
         monkeypatch.setenv("QE_S3_BUCKET", "qe-bucket")
-        registry = ModelRegistry.from_settings(Settings.from_env())
+        registry = make_model_registry(Settings.from_env())
         assert isinstance(registry.fs, S3FileSystem)
         v1 = registry.register(_model(tmp_path / "a.json"), _metadata())
         v2 = registry.register(_model(tmp_path / "b.ubj", rounds=6), _metadata())
@@ -250,7 +250,7 @@ def _models_cli(*argv: str) -> int:
 def test_models_cli_lists_shows_and_promotes(qe_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert _models_cli("models", "list") == 0
     assert "has no versions yet" in capsys.readouterr().out
-    registry = ModelRegistry.from_settings()
+    registry = make_model_registry()
     v1 = registry.register(_model(tmp_path / "a.json"), _metadata(metrics={"logloss": 0.6912, "auc": 0.5311}))
     v2 = registry.register(_model(tmp_path / "b.json", rounds=8), _metadata())
     registry.promote(v1, "first")

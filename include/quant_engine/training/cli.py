@@ -33,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace):  # noqa: ANN202 - the registry module is imported lazily
-    from quant_engine.training.registry import ModelRegistry
+    from quant_engine.config import make_model_registry
 
-    return ModelRegistry.from_settings(name=args.name)
+    return make_model_registry(name=args.name)
 
 
 def _metric(metrics: dict, name: str) -> str:

@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from quant_engine.config import Settings, get_settings
-from quant_engine.features.offline_store import ConcurrentCommitError, FileSystem, LocalFileSystem, S3FileSystem
+from quant_engine.features.offline_store import ConcurrentCommitError, FileSystem
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -233,7 +232,7 @@ class ModelRegistry:
     Parameters
     ----------
     fs : FileSystem
-        ``LocalFileSystem(settings.models_dir)`` or ``S3FileSystem(client, bucket, f"{prefix}/models")``.
+        Where versions live; :func:`quant_engine.config.make_model_registry` picks it for the backend.
     name : str
         Model name: letters, digits, ``-`` and ``_``.
 
@@ -252,17 +251,6 @@ class ModelRegistry:
             )
         self.fs = fs
         self.name = name
-
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, name: str = DEFAULT_MODEL_NAME) -> ModelRegistry:
-        """The registry beside the offline store: ``settings.models_dir``, or ``models/`` under the S3 prefix."""
-        settings = settings or get_settings()
-        if settings.backend == "aws":
-            fs: FileSystem = S3FileSystem(settings.boto3_client("s3"), settings.s3_bucket,
-                                          f"{settings.s3_prefix}/models")
-        else:
-            fs = LocalFileSystem(settings.models_dir)
-        return cls(fs, name)
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.fs!r}, name={self.name!r})"
