@@ -193,12 +193,13 @@ def test_feature_evidence_in_every_accepted_form() -> None:
         "mapping": {"drifted": True, "distance": 0.2},
         "object": FeatureEvidence(drifted=True, distance=0.5),
         "quiet": {"drifted": False, "distance": 0.01},
+        "numpy": {"drifted": np.bool_(False), "distance": np.float64(0.03)},
     }
     verdict = drift_verdict(evidence, report)
     assert verdict.kind == "feature_drift"
     # Largest distance first; a drift without a distance last.
     assert list(verdict.drifted_features.items()) == [("object", 0.5), ("mapping", 0.2), ("flag", None)]
-    assert verdict.feature_distances == {"flag": None, "mapping": 0.2, "object": 0.5, "quiet": 0.01}
+    assert verdict.feature_distances == {"flag": None, "mapping": 0.2, "object": 0.5, "quiet": 0.01, "numpy": 0.03}
 
 
 def test_min_drifted_features_and_notes() -> None:

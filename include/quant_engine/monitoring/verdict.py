@@ -24,12 +24,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from quant_engine.monitoring.concept_drift import ConceptDriftReport, VolRegimeState
 
 __all__ = ["VERDICTS", "FeatureEvidence", "Verdict", "drift_verdict"]
 
 VerdictKind = Literal["none", "feature_drift", "concept_drift", "both"]
 VERDICTS: tuple[str, ...] = ("none", "feature_drift", "concept_drift", "both")
+#: What counts as a drifted flag: Python and numpy booleans, and the integers 0 and 1.
+_FLAGS = (bool, np.bool_, numbers.Integral)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class FeatureEvidence:
 
 def _feature_evidence(name: str, value: object) -> FeatureEvidence:
     """Read one feature's evidence from a bool, a mapping or an object with ``drifted``."""
-    if isinstance(value, (bool, numbers.Integral)) and value in (0, 1):
+    if isinstance(value, _FLAGS) and value in (0, 1):
         return FeatureEvidence(bool(value))
     if isinstance(value, Mapping):
         drifted, distance = value.get("drifted"), value.get("distance")
@@ -53,7 +57,7 @@ def _feature_evidence(name: str, value: object) -> FeatureEvidence:
             f"feature_drift[{name!r}]={value!r}: expected a bool, a mapping with 'drifted' "
             "(and optionally 'distance'), or an object with a 'drifted' attribute"
         )
-    if not isinstance(drifted, (bool, numbers.Integral)) or drifted not in (0, 1):
+    if not isinstance(drifted, _FLAGS) or drifted not in (0, 1):
         raise ValueError(f"feature_drift[{name!r}] drifted={drifted!r} must be True or False")
     if distance is not None:
         if isinstance(distance, bool) or not isinstance(distance, numbers.Real) or not math.isfinite(distance):
