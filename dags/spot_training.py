@@ -14,7 +14,10 @@ Runs when someone triggers it and whenever the drift monitor asks for retraining
 * ``evaluate``: the new model and the current champion on the same holdout; the registry's
   promotion rule (log-loss lower by >= 0.5 %, AUC not lower by more than 0.005, or no champion yet).
 * ``register``: every trained model becomes an immutable registry version (a rerun of the same
-  run returns the same version) and updates the asset ``qe://models/registry``.
+  run returns the same version) and updates the asset ``qe://models/registry``; the version's
+  feature baseline (Model Monitor ``statistics.json`` / ``constraints.json`` of the training
+  channel) and holdout quality baseline are stored with it for the drift monitor
+  (``quant_engine.monitoring.run.record_baseline``).
 * ``beats_champion`` short-circuits when the rule says no, so ``promote`` moves the champion
   pointer and emits ``qe://models/champion`` only for a model that won: consumers of the champion
   asset (the bridge) reload only when the serving model changed.
@@ -162,8 +165,11 @@ def spot_training():
 
     @task(outlets=[REGISTRY_ASSET])
     def register(staged: dict, trained: dict, evaluated: dict, params=None) -> str:
-        from quant_engine.training.dataset import load_summary
+        import pandas as pd
+
         from quant_engine.config import make_model_registry
+        from quant_engine.monitoring.run import record_baseline
+        from quant_engine.training.dataset import load_summary
         from quant_engine.training.registry import ModelMetadata
 
         summary = load_summary(staged["run_dir"])
@@ -174,8 +180,14 @@ def spot_training():
             training={**{k: v for k, v in trained.items() if k != "model_path"}, "dataset": summary["params"],
                       "holdout_start": summary["holdout_start"], "rows": summary["rows"]},
         )
-        version = make_model_registry(name=params["model_name"]).register(trained["model_path"], metadata)
+        registry = make_model_registry(name=params["model_name"])
+        version = registry.register(trained["model_path"], metadata)
         print(f"registered {params['model_name']} {version}")
+        # The drift monitor judges this version against these baselines, never the training data.
+        folder = record_baseline(registry.name, version, registry.load_booster(version),
+                                 pd.read_parquet(staged["channels"]["train"]), pd.read_parquet(staged["holdout"]),
+                                 summary["features"])
+        print(f"baseline of {params['model_name']} {version} stored in {folder}")
         return version
 
     @task.short_circuit

@@ -1,0 +1,357 @@
+"""Drift monitoring of the champion model: the baselines stored with each version, and the check.
+
+The registry has no place to attach files to a version (a version is immutable once its
+``metadata.json`` exists), so the baselines live beside the registry, keyed by model and version::
+
+    $QE_HOME/monitoring/baselines/<model_name>/<version>/statistics.json       Model Monitor statistics
+    $QE_HOME/monitoring/baselines/<model_name>/<version>/constraints.json      Model Monitor constraints
+    $QE_HOME/monitoring/baselines/<model_name>/<version>/quality_baseline.json holdout QualityBaseline
+
+They are written when the version is registered (``spot_training``'s register task) and read by
+every later drift check of that version, which therefore never reloads the training data.
+
+:func:`run_drift_check` is the check the ``drift_monitor`` DAG runs after the batch scorer
+(:mod:`quant_engine.monitoring.scoring`): feature drift of a recent window against the baseline,
+the logged predictions' quality on their settled labels against the holdout, the volatility
+regime, one verdict, drift metrics to the alarms, and a JSON + HTML report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from quant_engine.config import Settings, get_settings, make_alarms, make_model_registry, make_offline_store
+from quant_engine.features.offline_store import check_name
+from quant_engine.monitoring.baseline import Baseline, BaselineError, build_baseline, write_json_atomic
+from quant_engine.monitoring.concept_drift import QualityBaseline
+from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
+from quant_engine.wfo.pipeline import LabelConfig
+
+if TYPE_CHECKING:
+    import xgboost as xgb
+
+    from quant_engine.features.offline_store import OfflineStore
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "QUALITY_FILE",
+    "DriftCheckResult",
+    "NoChampionError",
+    "baseline_dir",
+    "champion",
+    "label_config",
+    "load_baseline",
+    "monitoring_window",
+    "predict_proba",
+    "readiness",
+    "record_baseline",
+    "run_drift_check",
+]
+
+QUALITY_FILE = "quality_baseline.json"
+
+
+def baseline_dir(model_name: str, version: object, settings: Settings | None = None) -> Path:
+    """``$QE_HOME/monitoring/baselines/<model_name>/<version>``: where a version's baselines live."""
+    check_name(model_name, "model_name")
+    settings = settings or get_settings()
+    return settings.home / "monitoring" / "baselines" / model_name / parse_version(version)
+
+
+def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """Probabilities of class 1 for ``frame``'s rows, the features in the order the booster expects."""
+    import xgboost as xgb
+
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise ValueError(f"the rows lack feature column(s) {missing} the model needs")
+    matrix = xgb.DMatrix(frame[list(features)].to_numpy(dtype=np.float32),
+                         feature_names=None if booster.feature_names is None else list(features))
+    return booster.predict(matrix).astype(np.float64)
+
+
+def record_baseline(model_name: str, version: object, booster: xgb.Booster, train: pd.DataFrame,
+                    holdout: pd.DataFrame, features: Sequence[str], *, label: str = "label",
+                    settings: Settings | None = None) -> Path:
+    """Build and store a version's baselines: feature statistics of ``train``, quality on ``holdout``.
+
+    Deterministic in its inputs, so a rerun of the registering task rewrites the same bytes.
+    Returns the folder written.
+    """
+    features = list(features)
+    if label not in holdout.columns:
+        raise ValueError(f"the holdout lacks its label column {label!r}")
+    baseline = build_baseline(train, features=features)
+    quality = QualityBaseline.from_predictions(predict_proba(booster, holdout, features),
+                                               holdout[label].to_numpy())
+    folder = baseline_dir(model_name, version, settings)
+    baseline.write(folder)
+    write_json_atomic(folder / QUALITY_FILE, quality.to_dict())
+    return folder
+
+
+def load_baseline(model_name: str, version: object,
+                  settings: Settings | None = None) -> tuple[Baseline, QualityBaseline]:
+    """The stored feature baseline and quality baseline of a version.
+
+    Raises
+    ------
+    BaselineError
+        No baseline was recorded for the version (it was registered before baselines existed).
+    """
+    import json
+
+    folder = baseline_dir(model_name, version, settings)
+    baseline = Baseline.read(folder)
+    try:
+        quality = QualityBaseline.from_dict(json.loads((folder / QUALITY_FILE).read_text()))
+    except FileNotFoundError:
+        raise BaselineError(f"{folder / QUALITY_FILE} does not exist; the version has no quality baseline") from None
+    return baseline, quality
+
+
+# --- the drift check -------------------------------------------------------------------------------
+
+
+class NoChampionError(ValueError):
+    """The registry has no champion to score with or to monitor."""
+
+
+#: Calendar days of bars the volatility regime needs before the window: (20 + 252) bars, weekends,
+#: holidays (see :class:`~quant_engine.monitoring.concept_drift.VolRegimeTracker`'s defaults).
+_VOL_HISTORY_DAYS = math.ceil((20 + 252) * 1.5) + 7
+#: Features plotted in the HTML report besides the drifted ones: the largest distances.
+TOP_FEATURES = 4
+
+
+def champion(registry: ModelRegistry) -> ModelVersion:
+    """The registry's champion version, or :class:`NoChampionError`."""
+    promotion = registry.champion()
+    if promotion is None:
+        raise NoChampionError(f"model {registry.name!r} has no champion; train and promote one first")
+    return registry.get(promotion.version)
+
+
+def label_config(record: ModelVersion) -> tuple[LabelConfig, str, str | None]:
+    """The fixed-horizon labels, source and source path the version was trained with.
+
+    The drift check settles predictions exactly as training labelled rows, so quality is measured
+    on the question the model was asked. Triple-barrier models are checked on fixed labels of the
+    same horizon: settling barriers needs the volatility history of each row, and the horizon's
+    sign is what the model's probability is read as.
+    """
+    dataset = dict(record.metadata.training.get("dataset", {}))
+    label = LabelConfig(kind="fixed", horizon=int(dataset.get("horizon", 1)),
+                        target=str(dataset.get("label_target", "excess")))
+    return label, str(dataset.get("source", "synthetic")), dataset.get("source_path")
+
+
+def _new_rows(store: OfflineStore, record: ModelVersion) -> pd.DataFrame:
+    """Stored feature rows stamped after the version's data end (what it has never seen)."""
+    if store.schema is None:
+        raise ValueError(f"the offline store (feature group {store.feature_group!r}) is empty; ingest data first")
+    after = pd.Timestamp(record.metadata.data_end) + pd.Timedelta(1, "ns")
+    return store.read(None, after).dropna(subset=list(record.metadata.features))
+
+
+def readiness(model_name: str | None = None, *, min_new_rows: int = 100,
+              settings: Settings | None = None) -> dict[str, object]:
+    """Whether a drift check has something to judge: new rows since the baseline, and settled labels.
+
+    A row's label is settled once ``horizon`` later bars are stored, so the rows counted as matured
+    are those with at least ``horizon`` later timestamps among the new rows.
+
+    Returns
+    -------
+    dict
+        ``ready``, ``model_version``, ``data_end``, ``latest``, ``new_rows``, ``matured_rows``.
+    """
+    if isinstance(min_new_rows, bool) or not isinstance(min_new_rows, int) or min_new_rows < 1:
+        raise ValueError(f"min_new_rows={min_new_rows!r} must be an integer >= 1")
+    settings = settings or get_settings()
+    record = champion(make_model_registry(settings, model_name))
+    rows = _new_rows(make_offline_store(settings), record)
+    label, _, _ = label_config(record)
+    stamps = np.sort(rows["event_time"].unique())
+    matured = int((rows["event_time"] <= stamps[-1 - label.horizon]).sum()) if len(stamps) > label.horizon else 0
+    return {
+        "ready": len(rows) >= min_new_rows and matured > 0,
+        "model_version": record.version,
+        "data_end": record.metadata.data_end,
+        "latest": None if rows.empty else pd.Timestamp(stamps[-1]).isoformat(),
+        "new_rows": len(rows),
+        "matured_rows": matured,
+    }
+
+
+def monitoring_window(model_name: str | None = None, *, window_days: int = 60,
+                      settings: Settings | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """``(start, end)``: the last ``window_days`` of stored rows, never reaching back into training data."""
+    if isinstance(window_days, bool) or not isinstance(window_days, int) or not 1 <= window_days <= 3650:
+        raise ValueError(f"window_days={window_days!r} must be a whole number of days between 1 and 3650")
+    settings = settings or get_settings()
+    record = champion(make_model_registry(settings, model_name))
+    rows = _new_rows(make_offline_store(settings), record)
+    if rows.empty:
+        raise ValueError(f"the offline store holds no rows after {record.metadata.data_end}, the end of "
+                         f"{record.name} {record.version}'s training data; ingest newer data first")
+    end = rows["event_time"].max()
+    start = max(end - pd.Timedelta(days=window_days), rows["event_time"].min())
+    return start, end
+
+
+@dataclass(frozen=True)
+class DriftCheckResult:
+    """The outcome of :func:`run_drift_check`: what the verdict was and where the report lies."""
+
+    run_id: str
+    model_name: str
+    model_version: str
+    verdict: str
+    retrain: bool
+    report_dir: str
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def run_drift_check(
+    run_id: str,
+    *,
+    model_name: str | None = None,
+    window_days: int = 60,
+    comparison_threshold: float | None = None,
+    psi_threshold: float | None = None,
+    wasserstein_threshold: float | None = None,
+    min_drifted_features: int = 1,
+    confidence: float = 0.99,
+    source: str | None = None,
+    source_path: str | None = None,
+    settings: Settings | None = None,
+) -> DriftCheckResult:
+    """Judge the champion on the last ``window_days`` of stored data and write the report.
+
+    Feature drift: the window's feature rows against the version's stored baseline. Concept drift:
+    the window's logged predictions joined with the labels settled by the latest stored row,
+    against the stored holdout quality. Both, with the market's volatility regime, make the
+    verdict; drift metrics go to the alarms of schedule ``<model_name>-drift``. The report goes to
+    ``$QE_HOME/reports/drift/<run_id>/`` (``report.html`` first, ``report.json`` last, each atomic).
+
+    Parameters
+    ----------
+    run_id : str
+        Names the report folder; a rerun with the same id replaces the report.
+    model_name : str, optional
+        Registry name; default the registry's default model.
+    window_days : int
+        Days of recent data judged (clipped at the end of the training data).
+    comparison_threshold, psi_threshold, wasserstein_threshold : float, optional
+        Feature-drift thresholds (see :func:`~quant_engine.monitoring.feature_drift.check_drift`).
+    min_drifted_features : int
+        Features that must drift before the inputs count as drifted.
+    confidence : float
+        Level of the quality bounds.
+    source, source_path : str, optional
+        Where the labels' prices come from; default the source the version was trained on.
+
+    Returns
+    -------
+    DriftCheckResult
+        ``retrain`` is True when the verdict is anything but ``"none"``.
+    """
+    from quant_engine.data.sources import make_source
+    from quant_engine.monitoring.alarms import drift_alarm, drift_metrics
+    from quant_engine.monitoring.concept_drift import (
+        VolRegimeTracker,
+        evaluate_quality,
+        join_labels,
+        market_proxy_returns,
+    )
+    from quant_engine.monitoring.feature_drift import check_drift
+    from quant_engine.monitoring.report import write_report
+    from quant_engine.monitoring.scoring import prediction_log
+    from quant_engine.monitoring.verdict import drift_verdict
+    from quant_engine.runs import safe_name
+
+    settings = settings or get_settings()
+    registry = make_model_registry(settings, model_name)
+    record = champion(registry)
+    features = list(record.metadata.features)
+    baseline, quality = load_baseline(registry.name, record.version, settings)
+    start, end = monitoring_window(registry.name, window_days=window_days, settings=settings)
+    window = make_offline_store(settings).read(None, start, end).dropna(subset=features)
+    drift = check_drift(window.loc[:, ["ticker", "event_time", *features]], baseline,
+                        comparison_threshold=comparison_threshold, psi_threshold=psi_threshold,
+                        wasserstein_threshold=wasserstein_threshold)
+
+    label, trained_source, trained_path = label_config(record)
+    source = source or trained_source
+    source_path = source_path if source_path is not None else (trained_path if source == trained_source else None)
+    predictions = prediction_log(registry).read()
+    predictions = predictions[(predictions["model_version"] == record.version)
+                              & predictions["ts"].between(start, end)]
+    if predictions.empty:
+        raise ValueError(f"no logged prediction of {registry.name} {record.version} between {start} and {end}; "
+                         "run the batch scorer on the window first")
+    tickers = sorted(predictions["ticker"].unique())
+    options = {"path": source_path} if source in ("csv", "parquet") else {}
+    bars = make_source(source, **options).fetch(tickers, start - pd.Timedelta(days=_VOL_HISTORY_DAYS), end)
+    joined = join_labels(predictions, label.labels(bars), now=end)
+    concept = evaluate_quality(joined, quality, confidence=confidence)
+
+    schedule = f"{registry.name}-drift"
+    notes: list[str] = []
+    tracker = VolRegimeTracker(settings.home / "monitoring" / schedule / "vol_regime.json")
+    returns = market_proxy_returns(bars)
+    if len(returns) >= tracker.window + tracker.history - 1:
+        regime = tracker.update(returns)
+    else:
+        regime = None
+        notes.append(f"volatility regime unknown: the source gave {len(returns)} returns, "
+                     f"{tracker.window + tracker.history - 1} needed")
+    verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
+
+    alarms = make_alarms(settings, monitoring_schedule=schedule)
+    metrics = drift_metrics(drift)
+    for name in drift.comparison_distances:
+        alarms.put_alarm(drift_alarm(name, drift.comparison_threshold))
+    if metrics:
+        alarms.put_metrics(metrics)
+    alarm_states = {name: alarms.state(f"{metric}-alarm").state
+                    for name, metric in ((n, f"feature_baseline_drift_{n}") for n in drift.comparison_distances)}
+
+    folder = settings.reports_dir / "drift" / safe_name(run_id)
+    drift.write(folder)
+    retrain = verdict.kind != "none"
+    document = {
+        "run_id": run_id,
+        "model_name": registry.name,
+        "model_version": record.version,
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "rows": len(window)},
+        "verdict": verdict.kind,
+        "retraining_requested": retrain,
+        "evidence": {
+            **verdict.to_dict(),
+            "feature_drift": {name: asdict(f) for name, f in drift.features.items()},
+            "quality": concept.to_dict(),
+            "alarms": alarm_states,
+            "notes": [*verdict.notes, *notes],
+        },
+        "constraint_violations": drift.violations_document()["violations"],
+    }
+    plotted = list(dict.fromkeys([
+        *drift.drifted_features,
+        *sorted(drift.comparison_distances, key=lambda n: -drift.comparison_distances[n])[:TOP_FEATURES],
+    ]))
+    write_report(folder, document, baseline=baseline, window=window, features=plotted, quality=concept)
+    log.info("drift check %s of %s %s: %s", run_id, registry.name, record.version, verdict.kind)
+    return DriftCheckResult(run_id, registry.name, record.version, verdict.kind, retrain, str(folder))

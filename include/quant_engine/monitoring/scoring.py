@@ -1,0 +1,112 @@
+"""Batch scoring: the champion's predictions on stored feature rows, appended to the prediction log.
+
+Concept drift is judged on what the model actually said, so every scored row is kept in a
+:class:`~quant_engine.monitoring.concept_drift.PredictionLog` (``source="batch"``) until its label
+settles. The log lives beside the model in the registry's storage (``<model_name>/predictions``
+under ``$QE_HOME/models`` locally, under ``<prefix>/models`` on S3), so the backend is the one
+:func:`quant_engine.config.make_model_registry` picked.
+
+A rerun for the same range appends nothing: rows already logged with the same probability by the
+same version are skipped, so the log's files (not only what :meth:`PredictionLog.read` returns)
+stay as they were.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from quant_engine.config import Settings, get_settings, make_model_registry, make_offline_store
+from quant_engine.monitoring.concept_drift import PredictionLog
+from quant_engine.monitoring.run import NoChampionError, champion, predict_proba
+from quant_engine.timeutil import utc_day
+from quant_engine.training.registry import ModelRegistry
+
+__all__ = ["BATCH_SOURCE", "NoChampionError", "ScoreResult", "prediction_log", "score_batch"]
+
+BATCH_SOURCE = "batch"
+_KEY = ["ticker", "ts", "model_version", "source"]
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What one scoring run did."""
+
+    model_name: str
+    model_version: str
+    start: str
+    end: str
+    rows_scored: int
+    rows_appended: int
+    log_key: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def prediction_log(registry: ModelRegistry) -> PredictionLog:
+    """The prediction log of the registry's model, in the registry's own storage."""
+    return PredictionLog(registry.fs, f"{registry.name}/predictions")
+
+
+def score_batch(start: object, end: object, *, model_name: str | None = None, tickers: list[str] | None = None,
+                settings: Settings | None = None) -> ScoreResult:
+    """Score the champion on the offline store's rows with ``event_time`` in the days ``[start, end]``.
+
+    Parameters
+    ----------
+    start, end : date or str
+        Inclusive UTC days.
+    model_name : str, optional
+        Registry name (default: the registry's default model).
+    tickers : list of str, optional
+        Only these tickers (default: all the store holds).
+    settings : Settings, optional
+
+    Returns
+    -------
+    ScoreResult
+
+    Raises
+    ------
+    NoChampionError
+        The model has no champion yet.
+    ValueError
+        A bad range, or stored rows that lack the champion's features.
+    """
+    settings = settings or get_settings()
+    first, last = utc_day(start, "start"), utc_day(end, "end")
+    if last < first:
+        raise ValueError(f"end {last.date()} is before start {first.date()}: the range is empty")
+    registry = make_model_registry(settings, model_name)
+    record = champion(registry)
+    features = list(record.metadata.features)
+    store = make_offline_store(settings)
+    if store.schema is None:
+        raise ValueError(f"the offline store (feature group {store.feature_group!r}) is empty; ingest data first")
+    rows = store.read(tickers, first, last + pd.Timedelta(days=1) - pd.Timedelta(1, "ns"))
+    missing = [f for f in features if f not in rows.columns]
+    if missing:
+        raise ValueError(f"feature group {store.feature_group!r} lacks feature(s) {missing} that "
+                         f"{registry.name} {record.version} needs")
+    rows = rows.dropna(subset=features)  # a row without full history was never a valid model input
+    log = prediction_log(registry)
+    result = ScoreResult(registry.name, record.version, str(first.date()), str(last.date()), len(rows), 0, None)
+    if rows.empty:
+        return result
+    rows = rows.reset_index(drop=True)
+    scored = pd.DataFrame({
+        "ticker": rows["ticker"].astype(str),
+        "ts": rows["event_time"],
+        "prob": predict_proba(registry.load_booster(record.version), rows, features),
+        "model_version": record.version,
+        "source": BATCH_SOURCE,
+    })
+    logged = log.read()
+    if not logged.empty:
+        merged = scored.merge(logged, on=_KEY, how="left", suffixes=("", "_logged"))
+        scored = scored.loc[~merged["prob"].eq(merged["prob_logged"]).to_numpy()]
+    key = log.append(scored)
+    return ScoreResult(registry.name, record.version, str(first.date()), str(last.date()), len(rows),
+                       len(scored), key)

@@ -1,0 +1,136 @@
+"""Drift check of the champion: baselines stored with the version, a shifted market found, a stationary one not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from quant_engine.config import make_model_registry
+from quant_engine.data.synthetic import Shift, SyntheticMarket
+from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.monitoring.alarms import LocalAlarms
+from quant_engine.monitoring.baseline import STATISTICS_FILE
+from quant_engine.monitoring.run import (
+    QUALITY_FILE,
+    NoChampionError,
+    baseline_dir,
+    load_baseline,
+    monitoring_window,
+    readiness,
+    record_baseline,
+    run_drift_check,
+)
+from quant_engine.monitoring.scoring import score_batch
+from quant_engine.training.dataset import TrainingSetConfig, build_training_set
+from quant_engine.training.registry import ModelMetadata
+
+#: Regimes last 25-60 days, so a 90-day window of daily bars differs from a 1.5-year baseline by more
+#: than sampling noise; 0.25 separates that from a doubled volatility (robust distances 0.15 vs 0.7).
+THRESHOLD = 0.25
+WINDOW_DAYS = 90
+
+
+def build_champion(home: Path, *, shifted: bool, seed: int = 3) -> str:
+    """5 synthetic tickers, trained on 2020-06..2021-12, new data to 2022-04 (volatility x2.5 from 2022 when shifted)."""
+    shifts = [Shift("2022-01-03", "covariate", vol_scale=2.5)] if shifted else []
+    market = SyntheticMarket(n_tickers=5, seed=seed, start="2019-01-01", end="2022-06-30", shifts=shifts)
+    path = home / "bars.parquet"
+    market.fetch(None, "2019-01-01", "2022-06-30").to_parquet(path)
+    ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path)))
+    config = TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31", "source": "parquet",
+                                            "source_path": str(path)})
+    folder = home / "training"
+    summary = build_training_set(config, folder)
+    features = summary["features"]
+    train, holdout = pd.read_parquet(folder / "train" / "train.parquet"), pd.read_parquet(folder / "holdout.parquet")
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
+                        xgb.DMatrix(train[features].to_numpy(np.float32), label=train["label"],
+                                    feature_names=features), 20)
+    booster.save_model(str(folder / "model.json"))
+    registry = make_model_registry()
+    version = registry.register(folder / "model.json", ModelMetadata(
+        features=features, data_start=summary["train_start"], data_end=summary["holdout_end"],
+        data_fingerprint=summary["fingerprint"], training={"dataset": summary["params"]}))
+    registry.promote(version, "first model")
+    record_baseline(registry.name, version, registry.load_booster(version), train, holdout, features)
+    return version
+
+
+def score_window() -> None:
+    start, end = monitoring_window(window_days=WINDOW_DAYS)
+    score_batch(start, end)
+
+
+def test_baseline_is_stored_with_the_version_and_rewritten_identically(qe_home: Path) -> None:
+    version = build_champion(qe_home, shifted=False)
+    registry = make_model_registry()
+    record = registry.get(version)
+    folder = baseline_dir(registry.name, version)
+    assert folder == qe_home / "monitoring" / "baselines" / registry.name / version
+    baseline, quality = load_baseline(registry.name, version)
+    assert baseline.names == list(record.metadata.features)
+    train = pd.read_parquet(qe_home / "training" / "train" / "train.parquet")
+    holdout = pd.read_parquet(qe_home / "training" / "holdout.parquet")
+    assert baseline.statistics["dataset"]["item_count"] == len(train) and quality.n == len(holdout)
+    assert 0.3 < quality.hit_rate < 0.7
+    before = [(folder / name).read_bytes() for name in (STATISTICS_FILE, QUALITY_FILE)]
+    record_baseline(registry.name, version, registry.load_booster(version), train, holdout,
+                    record.metadata.features)
+    assert [(folder / name).read_bytes() for name in (STATISTICS_FILE, QUALITY_FILE)] == before
+
+
+def test_shifted_market_is_found_and_asks_for_retraining(qe_home: Path) -> None:
+    version = build_champion(qe_home, shifted=True)
+    score_window()
+    result = run_drift_check("shifted", window_days=WINDOW_DAYS, comparison_threshold=THRESHOLD)
+    assert result.retrain and result.verdict in ("feature_drift", "both") and result.model_version == version
+    report = json.loads((Path(result.report_dir) / "report.json").read_text())
+    assert report["verdict"] == result.verdict and report["retraining_requested"] is True
+    drifted = set(report["evidence"]["drifted_features"])
+    assert {"realized_vol_20", "realized_vol_60"} <= drifted
+    violations = {v["feature_name"] for v in report["constraint_violations"]
+                  if v["constraint_check_type"] == "baseline_drift_check"}
+    assert violations == drifted
+    assert report["evidence"]["n_settled"] > 0 and report["evidence"]["vol_regime"]["regime"] in (
+        "calm", "normal", "stressed")
+    page = (Path(result.report_dir) / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') >= len(drifted) + 1  # one per drifted feature + quality
+    alarms = LocalAlarms(qe_home / "monitoring" / "xgb_direction-drift")
+    assert alarms.state("feature_baseline_drift_realized_vol_20-alarm").state == "ALARM"
+    assert alarms.state("feature_baseline_drift_volume_zscore_20-alarm").state == "OK"
+
+
+def test_stationary_market_finds_nothing(qe_home: Path) -> None:
+    build_champion(qe_home, shifted=False)
+    score_window()
+    result = run_drift_check("stationary", window_days=WINDOW_DAYS, comparison_threshold=THRESHOLD)
+    assert (result.verdict, result.retrain) == ("none", False)
+    report = json.loads((Path(result.report_dir) / "report.json").read_text())
+    assert report["evidence"]["drifted_features"] == {} and report["evidence"]["breached_metrics"] == {}
+    assert not [v for v in report["constraint_violations"] if v["constraint_check_type"] == "baseline_drift_check"]
+    assert (Path(result.report_dir) / "report.html").exists()
+
+
+def test_readiness_counts_new_and_matured_rows(qe_home: Path) -> None:
+    build_champion(qe_home, shifted=False)
+    state = readiness(min_new_rows=10)
+    assert state["ready"] and 0 < state["matured_rows"] < state["new_rows"]
+    assert pd.Timestamp(state["latest"]) > pd.Timestamp(state["data_end"])
+    assert not readiness(min_new_rows=state["new_rows"] + 1)["ready"]
+    with pytest.raises(ValueError, match="min_new_rows=0"):
+        readiness(min_new_rows=0)
+
+
+def test_check_needs_a_champion_predictions_and_a_sane_window(qe_home: Path) -> None:
+    with pytest.raises(NoChampionError, match="no champion"):
+        readiness()
+    build_champion(qe_home, shifted=False)
+    with pytest.raises(ValueError, match="no logged prediction"):
+        run_drift_check("early", window_days=WINDOW_DAYS)
+    with pytest.raises(ValueError, match="window_days=0"):
+        run_drift_check("bad", window_days=0)
