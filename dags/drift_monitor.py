@@ -1,0 +1,123 @@
+"""Drift monitor: is the champion still fit for the market? If not, ask for retraining.
+
+Runs whenever ingestion updates the feature store (the asset ``qe://feature-store/market_features``).
+Graph::
+
+    enough_new_data -> score -> check -> retraining_needed -> request_retraining
+
+* ``enough_new_data`` (sensor, reschedule mode, so waiting holds no worker slot): waits up to
+  6 hours until the store holds ``min_new_rows`` rows after the end of the champion's training
+  data, some of them with settled labels. Not ``soft_fail``: that would turn bad input (an
+  unknown model) into a silent skip too.
+* ``score``: the batch scorer logs the champion's predictions on the window
+  (``quant_engine.monitoring.scoring``); a rerun logs nothing twice.
+* ``check``: the window's features against the baseline stored with the version, the settled
+  predictions' quality against its holdout, the volatility regime, one verdict; drift metrics to
+  the alarms; ``$QE_HOME/reports/drift/<run_id>/report.json`` and ``report.html``
+  (``quant_engine.monitoring.run``).
+* ``retraining_needed`` short-circuits on a verdict of ``none``, so ``request_retraining`` emits
+  ``qe://drift/retraining-requested`` (extra: verdict, run id, model version), on which
+  ``spot_training`` is scheduled, only when something drifted.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
+RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
+
+
+@dag(
+    schedule=[FEATURE_STORE_ASSET],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
+    tags=["quant-engine", "monitoring"],
+    params={
+        "model_name": Param("xgb_direction", type="string", description="Registry name of the monitored model."),
+        "window_days": Param(60, type="integer", minimum=1, maximum=3650,
+                             description="Days of the latest stored data judged; never reaches back into the "
+                                         "champion's training data."),
+        "min_new_rows": Param(100, type="integer", minimum=1,
+                              description="Feature rows after the training data's end needed before a check runs."),
+        "comparison_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
+                                      description="Largest KS distance (after the Robust sample-size allowance) a "
+                                                  "feature may show; empty: the baseline's own (0.1)."),
+        "psi_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0,
+                               description="PSI above which a feature also counts as drifted; empty: reported only."),
+        "wasserstein_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0,
+                                       description="W1/sigma above which a feature also counts as drifted; "
+                                                   "empty: reported only."),
+        "min_drifted_features": Param(1, type="integer", minimum=1,
+                                      description="Features that must drift before the inputs count as drifted."),
+        "confidence": Param(0.99, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                            description="Level of the quality metrics' bounds against the holdout."),
+        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "csv", "parquet", "yfinance"],
+                        description="Where the labels' prices come from; empty: the source the model was trained on."),
+        "source_path": Param(None, type=["null", "string"],
+                             description="File or folder for csv / parquet; empty: the training run's."),
+    },
+    doc_md=__doc__,
+)
+def drift_monitor():
+    @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
+    def enough_new_data(params=None):
+        from airflow.sdk import PokeReturnValue
+
+        from qe_airflow import fail_fast_on_bad_input
+        from quant_engine.monitoring.run import readiness
+
+        with fail_fast_on_bad_input():
+            state = readiness(params["model_name"], min_new_rows=params["min_new_rows"])
+        print(f"{state['new_rows']} new rows since {state['data_end']}, {state['matured_rows']} with settled labels")
+        return PokeReturnValue(is_done=state["ready"], xcom_value=state)
+
+    @task
+    def score(ready: dict, params=None) -> dict:
+        from qe_airflow import fail_fast_on_bad_input
+        from quant_engine.monitoring.run import monitoring_window
+        from quant_engine.monitoring.scoring import score_batch
+
+        with fail_fast_on_bad_input():
+            start, end = monitoring_window(params["model_name"], window_days=params["window_days"])
+            result = score_batch(start, end, model_name=params["model_name"])
+        print(f"scored {result.rows_scored} rows with {result.model_name} {result.model_version} "
+              f"({result.start} .. {result.end}), {result.rows_appended} new in the prediction log")
+        return result.to_dict()
+
+    @task
+    def check(scored: dict, params=None, run_id=None) -> dict:
+        from qe_airflow import fail_fast_on_bad_input
+        from quant_engine.monitoring.run import run_drift_check
+
+        with fail_fast_on_bad_input():
+            result = run_drift_check(
+                run_id, model_name=params["model_name"], window_days=params["window_days"],
+                comparison_threshold=params["comparison_threshold"], psi_threshold=params["psi_threshold"],
+                wasserstein_threshold=params["wasserstein_threshold"],
+                min_drifted_features=params["min_drifted_features"], confidence=params["confidence"],
+                source=params["source"], source_path=params["source_path"],
+            )
+        print(f"verdict {result.verdict} for {result.model_name} {result.model_version}; report in {result.report_dir}")
+        return result.to_dict()
+
+    @task.short_circuit
+    def retraining_needed(checked: dict) -> bool:
+        return checked["retrain"]
+
+    @task(outlets=[RETRAINING_REQUESTED])
+    def request_retraining(checked: dict, outlet_events=None) -> dict:
+        extra = {"verdict": checked["verdict"], "run_id": checked["run_id"],
+                 "model_name": checked["model_name"], "model_version": checked["model_version"]}
+        outlet_events[RETRAINING_REQUESTED].extra = extra
+        print(f"retraining requested: {extra}")
+        return extra
+
+    checked = check(score(enough_new_data()))
+    retraining_needed(checked) >> request_retraining(checked)
+
+
+drift_monitor_dag = drift_monitor()

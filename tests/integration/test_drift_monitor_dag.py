@@ -1,0 +1,99 @@
+"""``airflow dags test drift_monitor``: a shifted market asks for retraining, a stationary one does not."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+
+from quant_engine.config import make_model_registry
+from quant_engine.data.synthetic import Shift, SyntheticMarket
+from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.monitoring.run import record_baseline
+from quant_engine.runs import safe_name
+from quant_engine.training.dataset import TrainingSetConfig, build_training_set
+from quant_engine.training.registry import ModelMetadata
+
+pytestmark = pytest.mark.airflow
+
+#: 90 days of daily bars against a 1.5-year baseline: regimes alone move the robust KS distance to
+#: ~0.15, a volatility x2.5 to ~0.7 (see tests/unit/test_drift_run.py).
+CONF = {"window_days": 90, "comparison_threshold": 0.25, "min_new_rows": 50}
+
+
+def champion_on(home: Path, *, shifted: bool) -> str:
+    """Ingest 5 synthetic tickers to 2022-04 (volatility x2.5 from 2022 when shifted); a champion of 2020-06..2021-12.
+
+    The library path the ``spot_training`` DAG takes, minus the spot simulator, to keep the test fast.
+    """
+    shifts = [Shift("2022-01-03", "covariate", vol_scale=2.5)] if shifted else []
+    path = home / "bars.parquet"
+    SyntheticMarket(n_tickers=5, seed=3, start="2019-01-01", end="2022-06-30", shifts=shifts).fetch(
+        None, "2019-01-01", "2022-06-30").to_parquet(path)
+    ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path)))
+    folder = home / "training"
+    summary = build_training_set(TrainingSetConfig.from_params(
+        {"start": "2020-06-01", "end": "2021-12-31", "source": "parquet", "source_path": str(path)}), folder)
+    features = summary["features"]
+    train, holdout = pd.read_parquet(folder / "train" / "train.parquet"), pd.read_parquet(folder / "holdout.parquet")
+    xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
+              xgb.DMatrix(train[features].to_numpy(np.float32), label=train["label"], feature_names=features),
+              20).save_model(str(folder / "model.json"))
+    registry = make_model_registry()
+    version = registry.register(folder / "model.json", ModelMetadata(
+        features=features, data_start=summary["train_start"], data_end=summary["holdout_end"],
+        data_fingerprint=summary["fingerprint"], training={"dataset": summary["params"]}))
+    registry.promote(version, "first model")
+    record_baseline(registry.name, version, registry.load_booster(version), train, holdout, features)
+    return version
+
+
+def only_report(home: Path) -> tuple[Path, dict]:
+    (folder,) = (home / "reports" / "drift").iterdir()
+    return folder, json.loads((folder / "report.json").read_text())
+
+
+def retraining_events(airflow_home: Path) -> list[dict]:
+    """Extras of the retraining asset's events in the test Airflow's metadata database."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri = ?",
+            ("qe://drift/retraining-requested",),
+        ).fetchall()
+    return [json.loads(extra) if isinstance(extra, str) else extra for (extra,) in rows]
+
+
+def test_shifted_market_requests_retraining(qe_home: Path, airflow_home: Path, run_dag: Callable) -> None:
+    version = champion_on(qe_home, shifted=True)
+    result = run_dag("drift_monitor", CONF)
+    folder, report = only_report(qe_home)
+    assert report["verdict"] in ("feature_drift", "both") and report["model_version"] == version
+    assert "realized_vol_20" in report["evidence"]["drifted_features"]
+    assert (folder / "report.html").read_text().count("data:image/png;base64,") > 1
+    output = result.stdout + result.stderr
+    assert "retraining requested: " in output
+    mine = [e for e in retraining_events(airflow_home) if safe_name(e.get("run_id", "")) == folder.name]
+    assert [(e["verdict"], e["model_version"]) for e in mine] == [(report["verdict"], version)]
+
+
+def test_stationary_market_skips_the_request(qe_home: Path, airflow_home: Path, run_dag: Callable) -> None:
+    champion_on(qe_home, shifted=False)
+    result = run_dag("drift_monitor", CONF)
+    folder, report = only_report(qe_home)
+    assert report["verdict"] == "none" and report["retraining_requested"] is False
+    output = result.stdout + result.stderr
+    assert "tasks_skipped=1" in output and "retraining requested: " not in output
+    assert not [e for e in retraining_events(airflow_home) if safe_name(e.get("run_id", "")) == folder.name]
+
+
+def test_unknown_model_fails_before_scoring(qe_home: Path, run_dag: Callable) -> None:
+    result = run_dag("drift_monitor", {**CONF, "model_name": "no_such_model"}, expect_success=False)
+    output = result.stdout + result.stderr
+    assert "NoChampionError: model 'no_such_model' has no champion" in output
+    assert "starting task_id=score " not in output
