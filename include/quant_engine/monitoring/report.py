@@ -100,8 +100,8 @@ def _quality_plot(quality: ConceptDriftReport) -> str:
     import matplotlib.pyplot as plt
 
     checks = list(quality.checks.values())
-    figure, axes = plt.subplots(1, len(checks), figsize=(3.2 * len(checks), 2.6))
-    for axis, check in zip(np.atleast_1d(axes), checks, strict=True):
+    figure, axes = plt.subplots(1, len(checks), figsize=(3.6 * len(checks), 2.8))
+    for index, (axis, check) in enumerate(zip(np.atleast_1d(axes), checks, strict=True)):
         lower = check.value - check.lower if math.isfinite(check.lower) else 0.0
         upper = check.upper - check.value if math.isfinite(check.upper) else 0.0
         axis.errorbar([0], [check.value], yerr=[[lower], [upper]], fmt="o", capsize=6,
@@ -109,7 +109,9 @@ def _quality_plot(quality: ConceptDriftReport) -> str:
         axis.axhline(check.baseline, color="grey", linestyle="--", label="holdout baseline")
         axis.set_xticks([])
         axis.set_title(f"{check.name}{'  BREACHED' if check.breached else ''}", fontsize=10)
-        axis.legend(fontsize=7)
+        if index == 0:
+            axis.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
     return _png(figure)
 
 

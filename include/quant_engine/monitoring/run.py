@@ -321,13 +321,13 @@ def run_drift_check(
     verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
 
     alarms = make_alarms(settings, monitoring_schedule=schedule)
+    definitions = {name: drift_alarm(name, drift.comparison_threshold) for name in drift.comparison_distances}
+    for definition in definitions.values():
+        alarms.put_alarm(definition)  # replacing an alarm keeps its state and history
     metrics = drift_metrics(drift)
-    for name in drift.comparison_distances:
-        alarms.put_alarm(drift_alarm(name, drift.comparison_threshold))
     if metrics:
         alarms.put_metrics(metrics)
-    alarm_states = {name: alarms.state(f"{metric}-alarm").state
-                    for name, metric in ((n, f"feature_baseline_drift_{n}") for n in drift.comparison_distances)}
+    alarm_states = {name: alarms.state(definition.name).state for name, definition in definitions.items()}
 
     folder = settings.reports_dir / "drift" / safe_name(run_id)
     drift.write(folder)
