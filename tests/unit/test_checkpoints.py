@@ -11,13 +11,8 @@ import pytest
 from moto import mock_aws
 
 from quant_engine.features.offline_store import LocalFileSystem, S3FileSystem
-from quant_engine.training.checkpoints import (
-    FORMAT_VERSION,
-    CheckpointManager,
-    open_checkpoint_store,
-    sha256_hex,
-    write_file_atomic,
-)
+from quant_engine.atomic import write_bytes_atomic
+from quant_engine.training.checkpoints import FORMAT_VERSION, CheckpointManager, open_checkpoint_store, sha256_hex
 
 DATA, PARAMS = "d" * 64, "p" * 64
 
@@ -129,8 +124,8 @@ def test_other_format_version_and_rounds_beyond_the_run_are_skipped(tmp_path: Pa
 
 def test_write_file_atomic_replaces_whole_files(tmp_path: Path) -> None:
     target = tmp_path / "out" / "model.json"
-    write_file_atomic(target, b"one")
-    write_file_atomic(target, b"two")
+    write_bytes_atomic(target, b"one")
+    write_bytes_atomic(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["model.json"]
 

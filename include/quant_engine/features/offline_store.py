@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from quant_engine.atomic import fsync_dir, write_bytes_atomic
 from quant_engine.features import pit
 from quant_engine.features.pit import FeatureFrameError, UnknownFeatureError, ticker_column, utc_ns_column
 
@@ -183,7 +184,7 @@ class LocalFileSystem:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None:
         """Replace ``key`` with ``data`` all at once, if it still holds ``expected_version``.
@@ -197,18 +198,7 @@ class LocalFileSystem:
             raise ConcurrentCommitError(
                 f"{self._path(key)} changed since it was read; another writer committed in between"
             )
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        write_bytes_atomic(self._path(key), data)
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -233,14 +223,6 @@ class LocalFileSystem:
 
     def local_path(self, key: str) -> Path | None:
         return self._path(key)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class S3FileSystem:

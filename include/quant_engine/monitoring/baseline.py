@@ -21,8 +21,6 @@ Files are written atomically (temp file, fsync, rename); ``statistics.json`` fir
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,6 +29,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
+from quant_engine.atomic import write_bytes_atomic
 
 __all__ = [
     "Baseline",
@@ -60,27 +60,8 @@ class BaselineError(ValueError):
 
 
 def write_json_atomic(path: Path | str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` all at once: temp file, fsync, rename, fsync the folder.
-
-    Readers see the old or the new file, never a half-written one, even if the process dies.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(obj, indent=2, allow_nan=False).encode()
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``obj`` as JSON to ``path`` all at once (see :func:`quant_engine.atomic.write_bytes_atomic`)."""
+    write_bytes_atomic(path, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
 def _kll_levels(sorted_values: np.ndarray, k: int) -> list[list[float]]:

@@ -14,8 +14,6 @@ import base64
 import html
 import io
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from quant_engine.atomic import write_bytes_atomic
 from quant_engine.monitoring.baseline import Baseline, write_json_atomic
 from quant_engine.monitoring.concept_drift import ConceptDriftReport
 
@@ -46,19 +45,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _png(figure: Any) -> str:
@@ -190,6 +176,6 @@ window {html.escape(str(document.get("window", {})))}; retraining requested:
 </body></html>
 """
     html_path, json_path = folder / HTML_FILE, folder / JSON_FILE
-    _write_text_atomic(html_path, page)
+    write_bytes_atomic(html_path, page.encode("utf-8"))
     write_json_atomic(json_path, document)
     return json_path, html_path

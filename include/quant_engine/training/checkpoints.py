@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,6 @@ __all__ = [
     "CheckpointManager",
     "open_checkpoint_store",
     "sha256_hex",
-    "write_file_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,30 +49,6 @@ _MANIFEST = re.compile(r"^round-(\d{9})\.json$")
 def sha256_hex(data: bytes) -> str:
     """The SHA-256 of ``data`` as hex."""
     return hashlib.sha256(data).hexdigest()
-
-
-def write_file_atomic(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
-
-    Temp file in the same directory, fsync, rename, fsync of the directory: a crash at any point
-    leaves no torn ``model.json``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[FileSystem, str]:

@@ -60,12 +60,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant_engine.training.checkpoints import (
-    CheckpointManager,
-    open_checkpoint_store,
-    sha256_hex,
-    write_file_atomic,
-)
+from quant_engine.atomic import write_bytes_atomic
+from quant_engine.training.checkpoints import CheckpointManager, open_checkpoint_store, sha256_hex
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -572,8 +568,8 @@ def train(
             valid.y, booster.predict(xgb.DMatrix(valid.x, feature_names=valid.features))
         )
     model_path, metrics_path = model_dir / "model.json", model_dir / "metrics.json"
-    write_file_atomic(model_path, model)
-    write_file_atomic(metrics_path, json.dumps(metrics, indent=2, sort_keys=True).encode())
+    write_bytes_atomic(model_path, model)
+    write_bytes_atomic(metrics_path, json.dumps(metrics, indent=2, sort_keys=True).encode())
     return TrainResult(model_path, metrics_path, params.num_round, start, metrics["checkpoints_written"], metrics)
 
 
