@@ -125,8 +125,7 @@ def test_fetch_unknown_ticker_is_named(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_the_console_script_runs_synth_and_validate(tmp_path: Path) -> None:
     script = shutil.which("quant-engine", path=str(Path(sys.executable).parent))
-    if script is None:
-        pytest.skip("the quant-engine console script is not installed in this environment (pip install -e .)")
+    assert script is not None, "the quant-engine console script is missing: `make` installs it with pip install -e ."
     out = tmp_path / "bars.csv"
     synth = subprocess.run([script, "data", "synth", *SMALL, "--out", str(out)], capture_output=True, text=True,
                            timeout=120, check=False)
