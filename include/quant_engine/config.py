@@ -39,6 +39,28 @@ def _flag(value: str | None, name: str) -> bool:
     raise SettingsError(f"{name}={value!r} is not a yes/no value; use one of {', '.join(_TRUE + _FALSE)}")
 
 
+def env_overrides(
+    env: Mapping[str, str] | None, variables: Mapping[str, str], whole_numbers: tuple[str, ...] = ()
+) -> dict[str, str | int]:
+    """Job-spec fields set by ``QE_*`` variables (``field -> variable``); unset ones are left out.
+
+    Fields named in ``whole_numbers`` must hold digits; anything else is an error naming the variable.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, str | int] = {}
+    for field_name, variable in variables.items():
+        raw = env.get(variable)
+        if not raw:
+            continue
+        if field_name not in whole_numbers:
+            values[field_name] = raw
+        elif raw.strip().isdigit():
+            values[field_name] = int(raw)
+        else:
+            raise SettingsError(f"{variable}={raw!r} is not a whole number")
+    return values
+
+
 def _default_home() -> Path:
     return Path.home() / ".quant_engine"
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.config import Settings, SettingsError, get_settings
+from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
 from quant_engine.wfo.processing_entry import PROCESSING_INPUT, PROCESSING_OUTPUT, format_tasks
 
 log = logging.getLogger(__name__)
@@ -92,22 +92,15 @@ class ProcessingSpec:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProcessingSpec:
         """Defaults overridden by ``QE_PROCESSING_*`` variables."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, key in (("instance_type", "QE_PROCESSING_INSTANCE_TYPE"),
-                          ("instance_count", "QE_PROCESSING_INSTANCE_COUNT"),
-                          ("volume_size_gb", "QE_PROCESSING_VOLUME_GB"),
-                          ("max_runtime_s", "QE_PROCESSING_MAX_RUNTIME_S"),
-                          ("image_uri", "QE_PROCESSING_IMAGE_URI")):
-            if not env.get(key):
-                continue
-            if name in ("instance_type", "image_uri"):
-                values[name] = env[key]
-            elif env[key].strip().isdigit():
-                values[name] = int(env[key])
-            else:
-                raise SettingsError(f"{key}={env[key]!r} is not a whole number")
-        return cls(**values)
+        variables = {
+            "instance_type": "QE_PROCESSING_INSTANCE_TYPE",
+            "instance_count": "QE_PROCESSING_INSTANCE_COUNT",
+            "volume_size_gb": "QE_PROCESSING_VOLUME_GB",
+            "max_runtime_s": "QE_PROCESSING_MAX_RUNTIME_S",
+            "image_uri": "QE_PROCESSING_IMAGE_URI",
+        }
+        return cls(**env_overrides(env, variables, whole_numbers=(
+            "instance_count", "volume_size_gb", "max_runtime_s")))
 
 
 def framework_image_uri(region: str, framework: str = "xgboost", version: str = "3.2-0",

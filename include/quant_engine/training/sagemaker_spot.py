@@ -36,7 +36,7 @@ from typing import Any
 
 import quant_engine
 from quant_engine.aws.processing import framework_image_uri, split_s3_uri
-from quant_engine.config import Settings, SettingsError, get_settings
+from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -115,23 +115,16 @@ class SpotTrainingSpec:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpotTrainingSpec:
         """Defaults overridden by ``QE_TRAINING_*`` variables."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, key in (("instance_type", "QE_TRAINING_INSTANCE_TYPE"),
-                          ("instance_count", "QE_TRAINING_INSTANCE_COUNT"),
-                          ("volume_size_gb", "QE_TRAINING_VOLUME_GB"),
-                          ("max_runtime_s", "QE_TRAINING_MAX_RUNTIME_S"),
-                          ("max_wait_s", "QE_TRAINING_MAX_WAIT_S"),
-                          ("image_uri", "QE_TRAINING_IMAGE_URI")):
-            if not env.get(key):
-                continue
-            if name in ("instance_type", "image_uri"):
-                values[name] = env[key]
-            elif env[key].strip().isdigit():
-                values[name] = int(env[key])
-            else:
-                raise SettingsError(f"{key}={env[key]!r} is not a whole number")
-        return cls(**values)
+        variables = {
+            "instance_type": "QE_TRAINING_INSTANCE_TYPE",
+            "instance_count": "QE_TRAINING_INSTANCE_COUNT",
+            "volume_size_gb": "QE_TRAINING_VOLUME_GB",
+            "max_runtime_s": "QE_TRAINING_MAX_RUNTIME_S",
+            "max_wait_s": "QE_TRAINING_MAX_WAIT_S",
+            "image_uri": "QE_TRAINING_IMAGE_URI",
+        }
+        return cls(**env_overrides(env, variables, whole_numbers=(
+            "instance_count", "volume_size_gb", "max_runtime_s", "max_wait_s")))
 
 
 @dataclass(frozen=True)
