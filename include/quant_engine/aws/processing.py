@@ -232,6 +232,43 @@ def processing_job_request(
     }
 
 
+def poll_job(
+    describe: Callable[[], dict[str, Any]],
+    stop: Callable[[], object],
+    *,
+    status_key: str,
+    what: str,
+    error: type[Exception],
+    timeout_s: float,
+    poll_interval_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Poll a SageMaker job's description until it completes; stop it and raise if it takes too long.
+
+    Shared by Processing and training jobs, whose describe/stop calls differ only in name.
+
+    Raises
+    ------
+    error
+        The job failed or was stopped (with SageMaker's ``FailureReason``), or ``timeout_s`` passed.
+    """
+    deadline = clock() + timeout_s
+    while True:
+        job = describe()
+        status = job[status_key]
+        if status == "Completed":
+            return job
+        if status in TERMINAL_FAILURES:
+            reason = job.get("FailureReason") or job.get("ExitMessage") or "no reason given"
+            raise error(f"{what} ended {status}: {reason}")
+        if clock() >= deadline:
+            stop()
+            raise error(f"{what} still {status} after {timeout_s:.0f} s; asked it to stop")
+        log.info("%s: %s %s", what, status, job.get("SecondaryStatus", ""))
+        sleep(poll_interval_s)
+
+
 def wait_for_job(
     client: Any,
     name: str,
@@ -241,26 +278,13 @@ def wait_for_job(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll ``DescribeProcessingJob`` until the job completes; stop it and raise if it takes too long.
-
-    Raises
-    ------
-    ProcessingJobError
-        The job failed or was stopped (with SageMaker's ``FailureReason``), or ``timeout_s`` passed.
-    """
-    deadline = clock() + timeout_s
-    while True:
-        job = client.describe_processing_job(ProcessingJobName=name)
-        status = job["ProcessingJobStatus"]
-        if status == "Completed":
-            return job
-        if status in TERMINAL_FAILURES:
-            reason = job.get("FailureReason") or job.get("ExitMessage") or "no reason given"
-            raise ProcessingJobError(f"Processing job {name} ended {status}: {reason}")
-        if clock() >= deadline:
-            client.stop_processing_job(ProcessingJobName=name)
-            raise ProcessingJobError(f"Processing job {name} still {status} after {timeout_s:.0f} s; asked it to stop")
-        sleep(poll_interval_s)
+    """Poll ``DescribeProcessingJob`` until the job completes (see :func:`poll_job`)."""
+    return poll_job(
+        lambda: client.describe_processing_job(ProcessingJobName=name),
+        lambda: client.stop_processing_job(ProcessingJobName=name),
+        status_key="ProcessingJobStatus", what=f"Processing job {name}", error=ProcessingJobError,
+        timeout_s=timeout_s, poll_interval_s=poll_interval_s, sleep=sleep, clock=clock,
+    )
 
 
 def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:

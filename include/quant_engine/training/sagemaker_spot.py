@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.aws.processing import framework_image_uri, split_s3_uri
+from quant_engine.aws.processing import framework_image_uri, poll_job, split_s3_uri
 from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ CHANNELS: tuple[str, ...] = ("train", "validation")
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600
 MAX_HYPERPARAMETERS = 100
 MAX_HYPERPARAMETER_VALUE = 2500
-TERMINAL_FAILURES: tuple[str, ...] = ("Failed", "Stopped")
 
 
 class TrainingJobError(RuntimeError):
@@ -256,27 +255,13 @@ def wait_for_training_job(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    """Poll ``DescribeTrainingJob`` until the job completes; stop it and raise if it takes too long.
-
-    Raises
-    ------
-    TrainingJobError
-        The job failed or was stopped (with SageMaker's ``FailureReason``), or ``timeout_s`` passed.
-    """
-    deadline = clock() + timeout_s
-    while True:
-        job = client.describe_training_job(TrainingJobName=name)
-        status = job["TrainingJobStatus"]
-        if status == "Completed":
-            return job
-        if status in TERMINAL_FAILURES:
-            reason = job.get("FailureReason") or "no reason given"
-            raise TrainingJobError(f"training job {name} ended {status}: {reason}")
-        if clock() >= deadline:
-            client.stop_training_job(TrainingJobName=name)
-            raise TrainingJobError(f"training job {name} still {status} after {timeout_s:.0f} s; asked it to stop")
-        log.info("training job %s: %s (%s)", name, status, job.get("SecondaryStatus", ""))
-        sleep(poll_interval_s)
+    """Poll ``DescribeTrainingJob`` until the job completes (see :func:`~quant_engine.aws.processing.poll_job`)."""
+    return poll_job(
+        lambda: client.describe_training_job(TrainingJobName=name),
+        lambda: client.stop_training_job(TrainingJobName=name),
+        status_key="TrainingJobStatus", what=f"training job {name}", error=TrainingJobError,
+        timeout_s=timeout_s, poll_interval_s=poll_interval_s, sleep=sleep, clock=clock,
+    )
 
 
 @dataclass(frozen=True)
