@@ -10,6 +10,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
+from qe_airflow import SOURCES
 
 FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
 
@@ -22,7 +23,7 @@ FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
     tags=["quant-engine", "feature-store"],
     params={
-        "source": Param("synthetic", enum=["synthetic", "csv", "parquet", "yfinance"],
+        "source": Param("synthetic", enum=SOURCES,
                         description="Where bars come from. synthetic is the embedded default market."),
         "path": Param(None, type=["null", "string"],
                       description="File or folder of bars, for the csv and parquet sources."),

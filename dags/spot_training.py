@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
+from qe_airflow import dataset_params
 
 from quant_engine.training.dataset import DEFAULT_PARAMS as D
 
@@ -47,8 +48,7 @@ DATASET_KEYS = tuple(D)
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
     tags=["quant-engine", "training"],
     params={
-        "tickers": Param(D["tickers"], type=["null", "string"],
-                         description="Comma-separated tickers; empty means every ticker in the offline store."),
+        **dataset_params(D),
         "start": Param(D["start"], type=["null", "string"], format="date",
                        description="First day of the data; empty: window_days before end."),
         "end": Param(D["end"], type=["null", "string"], format="date",
@@ -56,17 +56,6 @@ DATASET_KEYS = tuple(D)
                                  "(what a run the drift monitor triggers uses)."),
         "window_days": Param(D["window_days"], type="integer", minimum=30,
                              description="Days of data when start is empty."),
-        "source": Param(D["source"], enum=["synthetic", "csv", "parquet", "yfinance"],
-                        description="Where the labels' prices come from: the source the store was ingested from."),
-        "source_path": Param(D["source_path"], type=["null", "string"],
-                             description="File or folder for csv / parquet."),
-        "feature_set": Param(D["feature_set"], enum=["default", "extended"],
-                             description="Features joined from the store."),
-        "label_kind": Param(D["label_kind"], enum=["fixed", "triple_barrier"],
-                            description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),
-        "horizon": Param(D["horizon"], type="integer", minimum=1, description="Label horizon in bars."),
-        "label_target": Param(D["label_target"], enum=["absolute", "excess"],
-                              description="absolute: the ticker's own return; excess: minus the tickers' mean."),
         "holdout_fraction": Param(D["holdout_fraction"], type="number", exclusiveMinimum=0, maximum=0.5,
                                   description="Share of the last timestamps held out to judge the model."),
         "embargo_bars": Param(D["embargo_bars"], type="integer", minimum=0,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, task
+from qe_airflow import dataset_params
 
 from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
 
@@ -23,24 +24,9 @@ from quant_engine.wfo.pipeline import DEFAULT_PARAMS as D
     default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
     tags=["quant-engine", "wfo"],
     params={
-        "tickers": Param(D["tickers"], type=["null", "string"],
-                         description="Comma-separated tickers; empty means every ticker in the offline store."),
+        **dataset_params(D),
         "start": Param(D["start"], type="string", format="date", description="First day of the sample."),
         "end": Param(D["end"], type="string", format="date", description="Last day of the sample, inclusive."),
-        "source": Param(D["source"], enum=["synthetic", "csv", "parquet", "yfinance"],
-                        description="Where the labels' prices come from: the source the store was ingested from."),
-        "source_path": Param(D["source_path"], type=["null", "string"],
-                             description="File or folder for csv / parquet."),
-        "feature_set": Param(D["feature_set"], enum=["default", "extended"],
-                             description="Features joined from the store."),
-        "label_kind": Param(D["label_kind"], enum=["fixed", "triple_barrier"],
-                            description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),
-        "horizon": Param(D["horizon"], type="integer", minimum=1,
-                         description="Label horizon (vertical barrier) in bars."),
-        "label_target": Param(D["label_target"], type="string", enum=["absolute", "excess"],
-                              description="absolute: the ticker's own return; excess: its return minus the mean "
-                                          "of all tickers at the same bar (fixed labels only; matches a "
-                                          "market-neutral book)."),
         "pt_mult": Param(D["pt_mult"], type=["null", "number"], exclusiveMinimum=0,
                          description="Triple barrier: profit-take distance in volatilities; null disables it."),
         "sl_mult": Param(D["sl_mult"], type=["null", "number"], exclusiveMinimum=0,

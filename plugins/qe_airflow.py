@@ -6,9 +6,14 @@ Lives in the plugins folder, which Airflow puts on ``sys.path`` for DAG files an
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
+from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
+
+#: Data sources a dataset's labels can be priced from (``quant_engine.data.sources.SOURCE_NAMES``;
+#: spelled out so parsing a DAG never imports the library's data stack).
+SOURCES = ["synthetic", "csv", "parquet", "yfinance"]
 
 
 @contextlib.contextmanager
@@ -22,3 +27,27 @@ def fail_fast_on_bad_input() -> Iterator[None]:
         yield
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
+    """The params of a labelled dataset built from the offline store, shared by every DAG that builds one.
+
+    ``defaults`` are the library's defaults for the same keys, so a form and the code never disagree.
+    """
+    return {
+        "tickers": Param(defaults["tickers"], type=["null", "string"],
+                         description="Comma-separated tickers; empty means every ticker in the offline store."),
+        "source": Param(defaults["source"], enum=SOURCES,
+                        description="Where the labels' prices come from: the source the store was ingested from."),
+        "source_path": Param(defaults["source_path"], type=["null", "string"],
+                             description="File or folder for csv / parquet."),
+        "feature_set": Param(defaults["feature_set"], enum=["default", "extended"],
+                             description="Features joined from the store."),
+        "label_kind": Param(defaults["label_kind"], enum=["fixed", "triple_barrier"],
+                            description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),
+        "horizon": Param(defaults["horizon"], type="integer", minimum=1,
+                         description="Label horizon (vertical barrier) in bars."),
+        "label_target": Param(defaults["label_target"], type="string", enum=["absolute", "excess"],
+                              description="absolute: the ticker's own return; excess: its return minus the mean "
+                                          "of all tickers at the same bar (fixed labels only)."),
+    }

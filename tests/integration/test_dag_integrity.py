@@ -54,3 +54,14 @@ def test_dagbag_has_no_import_errors() -> None:
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == {p.stem for p in DAG_FILES}
+
+
+def test_the_dag_forms_offer_exactly_the_librarys_data_sources() -> None:
+    import importlib.util
+
+    from quant_engine.data.sources import SOURCE_NAMES
+
+    spec = importlib.util.spec_from_file_location("qe_airflow", REPO_ROOT / "plugins" / "qe_airflow.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    assert sorted(plugin.SOURCES) == sorted(SOURCE_NAMES)
