@@ -360,3 +360,67 @@ def test_set_arguments_are_validated() -> None:
         FeatureSet("s", 1, [FeatureDefinition("ticker", ("close",), 1, lambda c: c[:, -1], "")])
     with pytest.raises(TypeError, match="not FeatureDefinition"):
         FeatureSet("s", 1, ["log_return_1"])  # type: ignore[list-item]
+
+
+# --- batched streaming: update_many and warm_up ---------------------------------------------------
+
+
+def stream_many(feature_set: FeatureSet, bars: pd.DataFrame) -> pd.DataFrame:
+    """Feed each timestamp's bars of all tickers in one update_many call, as the bridge does."""
+    state = feature_set.streaming_state()
+    rows = []
+    for _, group in bars.sort_values(["ts", "ticker"], kind="stable").groupby("ts", sort=True):
+        records = group.to_dict("records")
+        rows += [{"ticker": r["ticker"], "event_time": r["ts"], **values}
+                 for r, values in zip(records, state.update_many(records), strict=True)]
+    return pd.DataFrame(rows).sort_values(["ticker", "event_time"], kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("set_name", ["default", "extended"])
+def test_update_many_reproduces_batch_bit_for_bit(history: pd.DataFrame, set_name: str) -> None:
+    feature_set = get_feature_set(set_name)
+    # Tickers start on different days, so one call mixes warm and cold tickers.
+    staggered = history.loc[~((history["ticker"] == "CCC") & (history["ts"] < history["ts"].iloc[300]))]
+    batch = feature_set.compute_batch(staggered)
+    streamed = stream_many(feature_set, staggered)
+    for name in feature_set.names:
+        assert np.array_equal(batch[name].to_numpy(), streamed[name].to_numpy(), equal_nan=True), name
+
+
+def test_update_many_refuses_the_whole_call_on_one_bad_bar() -> None:
+    state = get_feature_set("default").streaming_state()
+    state.update_many([bar("A", 0), bar("B", 0)])
+    with pytest.raises(BarValidationError, match="close NaN"):
+        state.update_many([bar("A", 1), bar("B", 1, close=float("nan"))])
+    with pytest.raises(BarValidationError, match=r"several bars for \['A'\]"):
+        state.update_many([bar("A", 1), bar("A", 2)])
+    assert (state.bars_seen("A"), state.bars_seen("B")) == (1, 1)
+    assert state.update_many([]) == []
+
+
+@pytest.mark.parametrize("n_warm", [3, 253, 400])
+def test_warm_up_leaves_the_state_update_would(history: pd.DataFrame, n_warm: int) -> None:
+    feature_set = get_feature_set("extended")
+    one = history.loc[history["ticker"] == "AAA"].reset_index(drop=True)
+    updated, warmed = feature_set.streaming_state(), feature_set.streaming_state()
+    for record in one.iloc[:n_warm].to_dict("records"):
+        updated.update(record)
+    warmed.warm_up(one.iloc[:n_warm])
+    assert warmed.bars_seen("AAA") == n_warm
+    for record in one.iloc[n_warm:n_warm + 30].to_dict("records"):
+        a, b = updated.update(record), warmed.update(record)
+        assert np.array_equal(np.array(list(a.values())), np.array(list(b.values())), equal_nan=True)
+
+
+def test_warm_up_refuses_bad_history_and_keeps_state(history: pd.DataFrame) -> None:
+    state = get_feature_set("default").streaming_state()
+    one = history.loc[history["ticker"] == "AAA"].reset_index(drop=True)
+    state.warm_up(one.iloc[:10])
+    with pytest.raises(BarValidationError, match="strictly increasing"):
+        state.warm_up(one.iloc[5:12])
+    with pytest.raises(BarValidationError, match="one ticker"):
+        state.warm_up(history.iloc[[0, 900]])
+    bad = one.iloc[10:12].assign(close=[1.0, -1.0])
+    with pytest.raises(BarValidationError, match="close not positive"):
+        state.warm_up(bad)
+    assert state.bars_seen("AAA") == 10

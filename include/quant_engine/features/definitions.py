@@ -501,6 +501,112 @@ class StreamingFeatureState:
             A missing key, a naive timestamp, a bad value, or ``ts`` not after the ticker's previous
             bar. The state is left unchanged.
         """
+        ticker, ts_ns, values = self._checked(bar)
+        end = self._push(ticker, ts_ns, values)
+        buffer, count = self._buffers[ticker], self._counts[ticker]
+        out: dict[str, float] = {}
+        for feature, rows in zip(self._features, self._buffer_rows, strict=True):
+            if count < feature.window:
+                out[feature.name] = math.nan
+                continue
+            start = end - feature.window
+            out[feature.name] = float(feature.apply(*(buffer[r, np.newaxis, start:end] for r in rows))[0])
+        return out
+
+    def update_many(self, bars: Sequence[Mapping[str, object]]) -> list[dict[str, float]]:
+        """Add one bar for each of several tickers and return each bar's features, in input order.
+
+        The same numbers as calling :meth:`update` per bar, bit for bit, at a fraction of the cost
+        when many tickers close at once: each feature runs once over a ``(n_tickers, window)``
+        array that stacks the tickers' trailing windows (each row a contiguous copy laid out as
+        the batch path's rows), instead of once per ticker.
+
+        Raises
+        ------
+        BarValidationError
+            Any bar :meth:`update` would refuse, or two bars for one ticker (their order would be
+            ambiguous). Nothing is added then, not even the valid bars.
+        """
+        checked = [self._checked(bar) for bar in bars]
+        tickers = [ticker for ticker, _, _ in checked]
+        repeated = sorted({t for t in tickers if tickers.count(t) > 1})
+        if repeated:
+            raise BarValidationError(f"update_many got several bars for {repeated}; pass one bar per ticker")
+        ends = [self._push(ticker, ts_ns, values) for ticker, ts_ns, values in checked]
+        counts = np.array([self._counts[t] for t in tickers])
+        out = np.full((len(checked), len(self._features)), np.nan)
+        for j, (feature, rows) in enumerate(zip(self._features, self._buffer_rows, strict=True)):
+            ready = np.flatnonzero(counts >= feature.window)
+            if ready.size == 0:
+                continue
+            windows = [
+                np.stack([self._buffers[tickers[i]][r, ends[i] - feature.window : ends[i]] for i in ready])
+                for r in rows
+            ]
+            out[ready, j] = feature.apply(*windows)
+        names = [f.name for f in self._features]
+        return [dict(zip(names, row.tolist(), strict=True)) for row in out]
+
+    def warm_up(self, bars: pd.DataFrame) -> None:
+        """Load one ticker's past bars into its state without computing features for them.
+
+        What a warm start needs is the trailing ``lookback`` values, not every past feature
+        value; loading them directly makes starting many tickers from stored history cheap. The
+        state afterwards is exactly what :meth:`update` over the same bars would leave.
+
+        Parameters
+        ----------
+        bars : DataFrame
+            One ticker's bars (``ticker``, tz-aware ``ts``, the input columns), strictly
+            increasing in ``ts`` and after the ticker's last bar, if it has one.
+
+        Raises
+        ------
+        BarValidationError
+            More than one ticker, a bad value, or time not moving forward; the state is unchanged.
+        """
+        if not isinstance(bars, pd.DataFrame):
+            raise TypeError(f"bars must be a pandas DataFrame, got {type(bars).__name__}")
+        if bars.empty:
+            return
+        missing = [c for c in ("ticker", "ts", *self._columns) if c not in bars.columns]
+        if missing:
+            raise BarValidationError(f"warm-up bars are missing column(s) {missing}")
+        tickers = bars["ticker"].unique()
+        if len(tickers) != 1 or not isinstance(tickers[0], str) or not tickers[0]:
+            raise BarValidationError(f"warm-up bars must hold one ticker, got {list(tickers)[:5]}")
+        ticker = str(tickers[0])
+        ts_ns = np.array([_timestamp_ns(value, ticker) for value in bars["ts"]], dtype=np.int64)
+        previous = self._last_ts.get(ticker)
+        if (np.diff(ts_ns) <= 0).any() or (previous is not None and ts_ns[0] <= previous):
+            raise BarValidationError(
+                f"warm-up bars for {ticker!r} must be strictly increasing in ts and after its last bar"
+            )
+        try:
+            values = np.vstack([bars[c].to_numpy(dtype=np.float64) for c in self._columns])
+        except (TypeError, ValueError) as exc:
+            raise BarValidationError(f"warm-up bars for {ticker!r} hold a value that is not a number: {exc}") from exc
+        columns = dict(zip(self._columns, values, strict=True))
+        problems = [f"{column} {rule}" for column, col in columns.items()
+                    for rule, mask in _value_problems(column, col) if mask.any()]
+        problems += [rule for rule, mask in _ohlc_problems(columns) if mask.any()]
+        if problems:
+            raise BarValidationError(f"warm-up bars for {ticker!r}: " + "; ".join(problems))
+        buffer = self._buffers.get(ticker)
+        if buffer is None:
+            buffer = self._buffers[ticker] = np.full((len(self._columns), 2 * self._capacity), np.nan)
+        count = self._counts.get(ticker, 0)
+        kept = min(len(ts_ns), self._capacity)
+        slots = (count + len(ts_ns) - kept + np.arange(kept)) % self._capacity
+        buffer[:, slots] = values[:, -kept:]
+        buffer[:, slots + self._capacity] = values[:, -kept:]
+        self._counts[ticker] = count + len(ts_ns)
+        self._last_ts[ticker] = int(ts_ns[-1])
+
+    def _checked(self, bar: Mapping[str, object]) -> tuple[str, int, np.ndarray]:
+        """``(ticker, ts in UTC ns, input values)`` of a bar that passes every rule, else the error."""
+        if not isinstance(bar, Mapping):
+            raise BarValidationError(f"bar {bar!r} is not a mapping of column -> value")
         missing = [k for k in ("ticker", "ts", *self._columns) if k not in bar]
         if missing:
             raise BarValidationError(f"bar {dict(bar)!r} is missing {missing}")
@@ -528,7 +634,10 @@ class StreamingFeatureState:
         problems += [rule for rule, mask in _ohlc_problems(columns) if mask.any()]
         if problems:
             raise BarValidationError(f"bar for {ticker!r} at {bar['ts']}: " + "; ".join(problems))
+        return ticker, ts_ns, values
 
+    def _push(self, ticker: str, ts_ns: int, values: np.ndarray) -> int:
+        """Append a checked bar to the ticker's ring; returns the end of its newest window slice."""
         buffer = self._buffers.get(ticker)
         if buffer is None:
             buffer = self._buffers[ticker] = np.full((len(self._columns), 2 * self._capacity), np.nan)
@@ -536,18 +645,9 @@ class StreamingFeatureState:
         slot = count % self._capacity
         buffer[:, slot] = values
         buffer[:, slot + self._capacity] = values
-        self._counts[ticker] = count = count + 1
+        self._counts[ticker] = count + 1
         self._last_ts[ticker] = ts_ns
-
-        end = slot + self._capacity + 1  # the newest value sits at end - 1
-        out: dict[str, float] = {}
-        for feature, rows in zip(self._features, self._buffer_rows, strict=True):
-            if count < feature.window:
-                out[feature.name] = math.nan
-                continue
-            start = end - feature.window
-            out[feature.name] = float(feature.apply(*(buffer[r, np.newaxis, start:end] for r in rows))[0])
-        return out
+        return slot + self._capacity + 1  # the newest value sits at end - 1
 
 
 _FEATURE_SETS: dict[str, FeatureSet] = {
