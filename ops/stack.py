@@ -1,0 +1,367 @@
+"""Start and stop the native stack behind ``make up`` / ``make down``: the compose services without Docker.
+
+Postgres (the Airflow metadata database), ``airflow db migrate``, the api-server, scheduler
+(LocalExecutor), dag-processor and triggerer, the replay feed and the bridge run as background
+processes of this machine. Everything lives under one folder (``QE_STACK_DIR``, default ``.stack/``):
+the Postgres data, the Airflow home, one log and one pid file per service, the generated JWT secret.
+``up`` waits for every service to be healthy and stops on the first one that is not, showing its log;
+``down`` stops what the pid files name and is safe to repeat. Each service runs in its own process
+group, so stopping it also stops the task processes it started.
+
+Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STACK_API_PORT`` (28080),
+``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD``
+(admin / admin), ``QE_STACK_TIMEOUT_S`` (240, per service). ``QE_HOME`` is handed to every service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+POSTGRES_OS_USER = "postgres"  # Postgres refuses to run as root; Debian's package creates this user
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Where the stack lives and which ports it listens on, read once from the environment."""
+
+    folder: Path
+    pg_port: int
+    api_port: int
+    feed_port: int
+    bridge_port: int
+    user: str
+    password: str
+    timeout_s: float
+    qe_home: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StackConfig:
+        env = dict(os.environ if env is None else env)
+
+        def port(name: str, default: int) -> int:
+            raw = env.get(name, str(default))
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise SystemExit(f"{name}={raw!r} is not a TCP port (1-65535)")
+            return int(raw)
+
+        return cls(
+            folder=Path(env.get("QE_STACK_DIR", REPO_ROOT / ".stack")).resolve(),
+            pg_port=port("QE_STACK_PG_PORT", 55432),
+            api_port=port("QE_STACK_API_PORT", 28080),
+            feed_port=port("QE_STACK_FEED_PORT", 8765),
+            bridge_port=port("QE_STACK_BRIDGE_PORT", 8766),
+            user=env.get("QE_STACK_USER", "admin"),
+            password=env.get("QE_STACK_PASSWORD", "admin"),
+            timeout_s=float(env.get("QE_STACK_TIMEOUT_S", "240")),
+            qe_home=Path(env.get("QE_HOME", REPO_ROOT / "var")).resolve(),
+        )
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def db_url(self) -> str:
+        return f"postgresql+psycopg2://airflow@127.0.0.1:{self.pg_port}/airflow"
+
+    @property
+    def pg_data(self) -> Path:
+        return self.folder / "postgres"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.folder / "airflow"
+
+    def pid_file(self, name: str) -> Path:
+        return self.folder / "run" / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.folder / "logs" / f"{name}.log"
+
+
+def _secret(path: Path) -> str:
+    """A random secret generated on first use and kept (mode 0600) so restarts keep sessions valid."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def service_env(config: StackConfig) -> dict[str, str]:
+    """The environment every service gets: one metadata DB, one JWT secret, the same folders as make."""
+    env = dict(os.environ)
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+        "QE_HOME": str(config.qe_home),
+        "QE_BRIDGE_URL": f"http://127.0.0.1:{config.bridge_port}",
+        "QE_FEED_URL": f"ws://127.0.0.1:{config.feed_port}",
+        "AIRFLOW_HOME": str(config.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": config.db_url,
+        "AIRFLOW__CORE__AUTH_MANAGER":
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{config.user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(config.folder / "passwords.json"),
+        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(config.folder / "jwt_secret"),
+        "AIRFLOW__API__SECRET_KEY": _secret(config.folder / "api_secret_key"),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(config.api_port),
+        "AIRFLOW__API__BASE_URL": config.api_url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{config.api_url}/execution/",
+        "AIRFLOW__API__EXPOSE_CONFIG": "False",
+    })
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _running_pid(config: StackConfig, name: str) -> int | None:
+    path = config.pid_file(name)
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    return pid if pid > 0 and _alive(pid) else None
+
+
+def _http_ok(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300, response.read(4000).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(exc)
+
+
+def _fail(config: StackConfig, name: str, why: str) -> None:
+    log = config.log_file(name)
+    tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no log)"
+    raise SystemExit(f"{name} is not healthy: {why}\n--- last lines of {log} ---\n{tail}")
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """Postgres refuses root; as root run its tools as the ``postgres`` OS user."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", POSTGRES_OS_USER, "--", *command]
+
+
+def _pg_tool(name: str) -> str:
+    found = shutil.which(name) or next(
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+    if not found:
+        raise SystemExit(f"{name} not found: install PostgreSQL (Debian: apt-get install postgresql)")
+    return found
+
+
+def start_postgres(config: StackConfig) -> None:
+    """Initialise the data folder once, start the server on the stack's port, create the airflow DB."""
+    import psycopg2  # the metadata DB driver from requirements.txt
+
+    log = config.log_file("postgres")
+    if not (config.pg_data / "PG_VERSION").exists():
+        config.pg_data.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(config.pg_data, POSTGRES_OS_USER, POSTGRES_OS_USER)
+        subprocess.run(_as_postgres_user([_pg_tool("initdb"), "-D", str(config.pg_data), "-U", "airflow",
+                                          "--auth=trust", "-E", "UTF8", "--no-sync"]),
+                       check=True, stdout=subprocess.DEVNULL)
+    status = subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "status"]),
+                            capture_output=True, check=False)
+    if status.returncode != 0:
+        log.touch()
+        if os.geteuid() == 0:
+            shutil.chown(log, POSTGRES_OS_USER, POSTGRES_OS_USER)
+        options = f"-p {config.pg_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
+        started = subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "-o", options,
+                                                    "-l", str(log), "-w", "-t", "60", "start"]),
+                                 capture_output=True, text=True, check=False)
+        if started.returncode != 0:
+            _fail(config, "postgres", started.stdout + started.stderr)
+    connection = psycopg2.connect(host="127.0.0.1", port=config.pg_port, user="airflow", dbname="postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = 'airflow'")
+        if cursor.fetchone() is None:
+            cursor.execute("CREATE DATABASE airflow")
+    connection.close()
+    print(f"  postgres      127.0.0.1:{config.pg_port} (data {config.pg_data})")
+
+
+def migrate(config: StackConfig, env: dict[str, str]) -> None:
+    log = config.log_file("db-migrate")
+    with log.open("w") as handle:
+        result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, check=False, timeout=config.timeout_s * 2)
+    if result.returncode != 0:
+        _fail(config, "db-migrate", f"airflow db migrate exited {result.returncode}")
+    print("  airflow db    migrated")
+
+
+def _quant_engine_command(*args: str) -> list[str]:
+    return [str(BIN / "quant-engine"), *args]
+
+
+def services(config: StackConfig) -> dict[str, list[str]]:
+    """Each long-lived service and its command line, in start order."""
+    airflow = str(BIN / "airflow")
+    return {
+        "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(config.api_port),
+                       "--workers", "1"],
+        "scheduler": [airflow, "scheduler"],
+        "dag-processor": [airflow, "dag-processor"],
+        "triggerer": [airflow, "triggerer"],
+        "feed": _quant_engine_command("feed", "serve", "--host", "127.0.0.1", "--port", str(config.feed_port)),
+        "bridge": _quant_engine_command("bridge", "run", "--host", "127.0.0.1", "--port", str(config.bridge_port),
+                                        "--feed-url", f"ws://127.0.0.1:{config.feed_port}"),
+    }
+
+
+def start_service(config: StackConfig, name: str, command: list[str], env: dict[str, str]) -> None:
+    if _running_pid(config, name):
+        return
+    log = config.log_file(name).open("a")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               cwd=REPO_ROOT, start_new_session=True)
+    config.pid_file(name).write_text(f"{process.pid}\n")
+
+
+def _airflow_components_healthy(config: StackConfig) -> tuple[bool, str]:
+    ok, body = _http_ok(f"{config.api_url}/api/v2/monitor/health")
+    if not ok:
+        return False, body
+    health = json.loads(body)
+    unhealthy = [part for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                 if (health.get(part) or {}).get("status") != "healthy"]
+    return not unhealthy, f"not healthy yet: {', '.join(unhealthy)}" if unhealthy else "healthy"
+
+
+def wait_healthy(config: StackConfig) -> None:
+    """Poll each service's health endpoint until it answers, or stop with that service's log."""
+    checks = {
+        "api-server": lambda: _airflow_components_healthy(config),
+        "feed": lambda: _http_ok(f"http://127.0.0.1:{config.feed_port}/health"),
+        "bridge": lambda: _http_ok(f"http://127.0.0.1:{config.bridge_port}/health"),
+    }
+    for name, check in checks.items():
+        deadline = time.monotonic() + config.timeout_s
+        why = "no answer"
+        while time.monotonic() < deadline:
+            for process in services(config):
+                if config.pid_file(process).exists() and not _running_pid(config, process):
+                    _fail(config, process, "the process exited")
+            ok, why = check()
+            if ok:
+                break
+            time.sleep(1.0)
+        else:
+            _fail(config, name, why)
+
+
+def write_passwords(config: StackConfig) -> None:
+    """SimpleAuthManager reads user passwords from this JSON file; the login is the configured one."""
+    path = config.folder / "passwords.json"
+    path.write_text(json.dumps({config.user: config.password}) + "\n")
+    path.chmod(0o600)
+
+
+def up(config: StackConfig) -> None:
+    for sub in ("run", "logs"):
+        (config.folder / sub).mkdir(parents=True, exist_ok=True)
+    config.qe_home.mkdir(parents=True, exist_ok=True)
+    print(f"Starting the quant-engine stack in {config.folder}")
+    for name in ("feed", "bridge"):
+        command = services(config)[name]
+        if not Path(command[0]).exists():
+            raise SystemExit(f"{name}: {command[0]} is not installed; run `make venv` first")
+    start_postgres(config)
+    env = service_env(config)
+    write_passwords(config)
+    migrate(config, env)
+    for name, command in services(config).items():
+        start_service(config, name, command, env)
+    wait_healthy(config)
+    print(f"  api-server    {config.api_url}  (Airflow UI; login {config.user} / {config.password})")
+    print(f"  Quant Engine  {config.api_url}/quant-engine/  (also in the UI's navigation)")
+    print(f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}")
+    print(f"  feed          http://127.0.0.1:{config.feed_port}/health  ws://127.0.0.1:{config.feed_port}")
+    print(f"  logs          {config.folder / 'logs'}   QE_HOME {config.qe_home}")
+    print("Stop with `make down`.")
+
+
+def stop_service(config: StackConfig, name: str, grace_s: float = 20.0) -> None:
+    """SIGTERM the service's process group, SIGKILL what is left after ``grace_s``; forget the pid."""
+    pid = _running_pid(config, name)
+    if pid is not None:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        print(f"  stopped {name} (pid {pid})")
+    config.pid_file(name).unlink(missing_ok=True)
+
+
+def down(config: StackConfig) -> None:
+    for name in reversed(list(services(config))):
+        stop_service(config, name)
+    if (config.pg_data / "PG_VERSION").exists():
+        result = subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "status"]),
+                                capture_output=True, check=False)
+        if result.returncode == 0:
+            subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "-m", "fast", "-w",
+                                              "stop"]), check=True, stdout=subprocess.DEVNULL)
+            print("  stopped postgres")
+    print("The quant-engine stack is down.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1 or argv[0] not in {"up", "down"}:
+        raise SystemExit("usage: python ops/stack.py up|down")
+    config = StackConfig.from_env()
+    if argv[0] == "up":
+        try:
+            up(config)
+        except BaseException:
+            print("Start failed; stopping what was started.", file=sys.stderr)
+            down(config)
+            raise
+    else:
+        down(config)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,223 @@
+"""The "Quant Engine" pages of the Airflow UI: server-rendered HTML over what the library has stored.
+
+Every page needs the Airflow UI's login: the request's JWT (the UI's ``_token`` cookie, or an
+``Authorization: Bearer`` header) is checked by Airflow's own ``get_user`` dependency, with the
+auth manager the api-server configured. Nothing here computes a statistic: reports, registry
+entries and drift verdicts are read through ``quant_engine`` and only laid out.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from airflow.api_fastapi.core_api.security import get_user
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
+
+#: Where Airflow mounts this app on the api-server (see ``qe_ui.py``).
+URL_PREFIX = "/quant-engine"
+#: The bridge's HTTP side; ``GET /health`` and ``GET /signals/latest`` are read from it.
+DEFAULT_BRIDGE_URL = "http://127.0.0.1:8766"
+#: How long a page waits for the bridge before saying it is not reachable.
+BRIDGE_TIMEOUT_S = 1.5
+#: WFO runs listed on the overview, newest first.
+MAX_WFO_RUNS = 25
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+h1{margin-top:0}h2{margin-top:1.5em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f2f2f2}.num{text-align:right}.bad{color:#b00020;font-weight:bold}.ok{color:#1b7f3b}
+.muted{color:#777}
+"""
+
+
+def _settings():
+    from quant_engine.config import get_settings
+
+    return get_settings()
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return '<span class="muted">-</span>'
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, (dict, list)):
+        return html.escape(json.dumps(value))
+    return html.escape(str(value))
+
+
+def _table(columns: Sequence[str], rows: Iterable[Sequence[str]], empty: str) -> str:
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    if not body:
+        return f'<p class="muted">{html.escape(empty)}</p>'
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                        f"<style>{_STYLE}</style></head><body>{body}</body></html>")
+
+
+def _report_folders(kind: str) -> dict[str, Path]:
+    """Report folders of ``kind`` ('wfo' or 'drift') by folder name, newest first."""
+    root = _settings().reports_dir / kind
+    found = sorted(root.glob("*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    return {p.parent.name: p.parent for p in found}
+
+
+def _report_file(kind: str, name: str, filename: str) -> Path:
+    """A report's file, looked up among the stored folders (never a path built from the request)."""
+    folder = _report_folders(kind).get(name)
+    if folder is None or not (folder / filename).is_file():
+        raise HTTPException(status_code=404, detail=f"no {kind} report {name!r}")
+    return folder / filename
+
+
+def wfo_section() -> str:
+    from quant_engine.wfo.report import load_report
+
+    rows = []
+    for name, folder in list(_report_folders("wfo").items())[:MAX_WFO_RUNS]:
+        report = load_report(folder)
+        selected = report["trials"][report["selected_trial"]]
+        link = f"wfo/{urllib.parse.quote(name, safe='')}"
+        rows.append([
+            f'<a href="{link}">{html.escape(report["run_id"])}</a>',
+            _cell(report.get("generated_at")),
+            _cell(report["pbo"]), _cell(report["deflated_sharpe"]), _cell(report["psr"]),
+            _cell(selected.get("mean_path_sharpe"), 2),
+            _cell(f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
+            html.escape(report.get("setup", "")),
+        ])
+    table = _table(["run", "generated", "PBO", "deflated Sharpe", "PSR", "mean path Sharpe",
+                    "splits / paths / trials", "setup"], rows,
+                   "No walk-forward report yet: trigger the wfo_pipeline DAG.")
+    return ("<h2>Walk-forward reports</h2><p>Each run's page has every backtest path's equity curve, the PBO "
+            "logits and the split diagram.</p>" + table)
+
+
+def _model_names() -> list[str]:
+    from quant_engine.training.registry import DEFAULT_MODEL_NAME
+
+    settings = _settings()
+    names = {DEFAULT_MODEL_NAME}
+    if settings.backend == "local" and settings.models_dir.is_dir():
+        names.update(p.name for p in settings.models_dir.iterdir() if (p / "versions").is_dir())
+    return sorted(names)
+
+
+def registry_section() -> str:
+    from quant_engine.config import make_model_registry
+
+    parts = ["<h2>Model registry</h2>"]
+    for name in _model_names():
+        registry = make_model_registry(name=name)
+        champion = registry.champion()
+        rows = []
+        for version in reversed(registry.list()):
+            is_champion = champion is not None and champion.version == version.version
+            metrics = version.metadata.metrics or {}
+            rows.append([
+                f"<b>{html.escape(version.version)}</b>" + (' <span class="ok">champion</span>' if is_champion else ""),
+                _cell(version.created_at),
+                _cell({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}),
+                _cell(version.metadata.wfo_report),
+            ])
+        why = (f"champion {html.escape(champion.version)} since {html.escape(champion.promoted_at)}: "
+               f"{html.escape(champion.reason)}") if champion else "no champion yet"
+        parts.append(f"<h3>{html.escape(name)}</h3><p>{why}</p>")
+        parts.append(_table(["version", "created", "holdout metrics", "WFO report"], rows,
+                            "No version registered: run the spot_training DAG."))
+    return "".join(parts)
+
+
+def drift_section() -> str:
+    folders = _report_folders("drift")
+    if not folders:
+        return "<h2>Drift</h2><p class='muted'>No drift report yet: the drift_monitor DAG writes one.</p>"
+    name, folder = next(iter(folders.items()))
+    document = json.loads((folder / "report.json").read_text())
+    verdict = document.get("verdict", "?")
+    css = "ok" if verdict == "none" else "bad"
+    window = document.get("window", {})
+    alarms = (document.get("evidence") or {}).get("alarms") or {}
+    alarm_rows = [[html.escape(feature), f'<span class="{"bad" if state == "ALARM" else "ok"}">{html.escape(state)}</span>']
+                  for feature, state in sorted(alarms.items())]
+    link = f"drift/{urllib.parse.quote(name, safe='')}"
+    return (f"<h2>Drift</h2><p>Latest check <a href=\"{link}\">{html.escape(document.get('run_id', name))}</a> of "
+            f"{_cell(document.get('model_name'))} {_cell(document.get('model_version'))}, window "
+            f"{_cell(window.get('start'))} .. {_cell(window.get('end'))} ({_cell(window.get('rows'))} rows): "
+            f"verdict <span class=\"{css}\">{html.escape(str(verdict))}</span>, retraining requested: "
+            f"{_cell(document.get('retraining_requested'))}.</p>"
+            + _table(["feature alarm", "state"], alarm_rows, "No alarms defined."))
+
+
+def fetch_bridge(base_url: str, timeout_s: float = BRIDGE_TIMEOUT_S) -> tuple[dict | None, Any, str | None]:
+    """``(health, latest signals, error)`` from the bridge's HTTP side; ``error`` says why when it is down."""
+    try:
+        with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
+            health = client.get("/health")
+            health.raise_for_status()
+            signals = client.get("/signals/latest")
+            return health.json(), signals.json() if signals.status_code == 200 else None, None
+    except (httpx.HTTPError, ValueError) as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _signal_rows(signals: Any) -> tuple[list[str], list[list[str]]]:
+    """Latest signals as a table, whether the bridge sends a list of records or a mapping by ticker."""
+    if isinstance(signals, Mapping):
+        signals = signals.get("signals", [{"ticker": k, **v} if isinstance(v, Mapping) else {"ticker": k, "value": v}
+                                           for k, v in signals.items()])
+    records = [s for s in signals or [] if isinstance(s, Mapping)]
+    columns = list(dict.fromkeys(k for s in records for k in s))
+    return columns, [[_cell(s.get(c)) for c in columns] for s in records]
+
+
+def bridge_section() -> str:
+    base_url = os.environ.get("QE_BRIDGE_URL", DEFAULT_BRIDGE_URL)
+    health, signals, error = fetch_bridge(base_url)
+    if error is not None:
+        return (f"<h2>Bridge</h2><p class='bad'>bridge not reachable at {html.escape(base_url)}</p>"
+                f"<p class='muted'>{html.escape(error)}</p>")
+    facts = [[html.escape(str(k)), _cell(v)] for k, v in health.items()]
+    columns, rows = _signal_rows(signals)
+    return (f"<h2>Bridge</h2><p>{html.escape(base_url)}</p>" + _table(["health", "value"], facts, "empty health")
+            + "<h3>Latest signals</h3>" + _table(columns, rows, "No signal yet."))
+
+
+def create_app() -> FastAPI:
+    """The FastAPI app Airflow mounts at :data:`URL_PREFIX`; every route needs an Airflow login."""
+    app = FastAPI(title="Quant Engine", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview() -> HTMLResponse:
+        body = "<h1>Quant Engine</h1>" + wfo_section() + registry_section() + drift_section() + bridge_section()
+        return _page("Quant Engine", body)
+
+    @app.get("/wfo/{name}", response_class=HTMLResponse)
+    def wfo_report_page(name: str) -> FileResponse:
+        return FileResponse(_report_file("wfo", name, "report.html"), media_type="text/html")
+
+    @app.get("/wfo/{name}/report.json")
+    def wfo_report_json(name: str) -> FileResponse:
+        return FileResponse(_report_file("wfo", name, "report.json"), media_type="application/json")
+
+    @app.get("/drift/{name}", response_class=HTMLResponse)
+    def drift_report_page(name: str) -> FileResponse:
+        return FileResponse(_report_file("drift", name, "report.html"), media_type="text/html")
+
+    return app
