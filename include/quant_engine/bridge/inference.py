@@ -1,0 +1,236 @@
+"""Inference behind one interface: the registry's champion in process, or a SageMaker endpoint.
+
+Both take a ``(n_rows, n_features)`` float matrix, the columns in the order of ``features``, and
+return one probability per row; the state handler predicts every bar that closes at one moment
+in a single call. :class:`LocalChampionModel` is bit-compatible with the batch scorer
+(:func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, the same booster), so the
+bridge's predictions equal the offline ones.
+
+``volatility_range`` is the realised volatility the model saw in training (the min and max of the
+``realized_vol_20`` feature in the version's stored monitoring baseline); the state handler
+suppresses or scales signals outside it. An endpoint carries no such baseline, so it is given.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from quant_engine.monitoring.baseline import BaselineError
+from quant_engine.training.registry import ModelRegistry
+
+__all__ = ["LocalChampionModel", "NoModelError", "SageMakerEndpointModel", "SignalModel", "VOLATILITY_FEATURE"]
+
+log = logging.getLogger(__name__)
+
+#: The feature whose training range bounds the live volatility a signal is trusted at.
+VOLATILITY_FEATURE = "realized_vol_20"
+
+
+class NoModelError(RuntimeError):
+    """There is no model to serve (the registry has no champion yet)."""
+
+
+class SignalModel(Protocol):
+    """What the state handler needs from a model."""
+
+    @property
+    def version(self) -> str:
+        """The version (or endpoint) that made the last prediction; logged with every prediction."""
+        ...
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Input columns, in order."""
+        ...
+
+    @property
+    def volatility_range(self) -> tuple[float, float] | None:
+        """Training range of :data:`VOLATILITY_FEATURE`, or None when unknown."""
+        ...
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Probability of class 1 for each row of ``rows`` (``(n, len(features))``)."""
+        ...
+
+    def refresh(self) -> bool:
+        """Pick up a newly promoted model; True when the served model changed."""
+        ...
+
+
+def _check_rows(rows: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != len(features):
+        raise ValueError(f"rows must have shape (n, {len(features)}) for features {list(features)}, got {rows.shape}")
+    return rows
+
+
+class _Served:
+    """One loaded champion: swapped as a whole, so a batch never mixes two versions."""
+
+    __slots__ = ("version", "features", "booster", "volatility_range")
+
+    def __init__(self, version: str, features: tuple[str, ...], booster: Any,
+                 volatility_range: tuple[float, float] | None) -> None:
+        self.version, self.features, self.booster, self.volatility_range = version, features, booster, volatility_range
+
+
+class LocalChampionModel:
+    """The registry's champion, reloaded when another version is promoted.
+
+    Parameters
+    ----------
+    registry : ModelRegistry
+        From :func:`quant_engine.config.make_model_registry`.
+    baseline_loader : callable, optional
+        ``(model_name, version) -> Baseline``; default :func:`quant_engine.monitoring.run.load_baseline`.
+    check_every_s : float
+        :meth:`refresh` reads the champion pointer at most this often.
+    clock : callable
+        Monotonic seconds (tests pass their own).
+
+    Raises
+    ------
+    NoModelError
+        The registry has no champion.
+    """
+
+    def __init__(self, registry: ModelRegistry, *, baseline_loader: Callable[[str, str], Any] | None = None,
+                 check_every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if not check_every_s >= 0:
+            raise ValueError(f"check_every_s={check_every_s!r} must be >= 0")
+        self.registry = registry
+        self.check_every_s = float(check_every_s)
+        self._clock = clock
+        self._baseline_loader = baseline_loader
+        self.reloads = 0
+        promotion = registry.champion()
+        if promotion is None:
+            raise NoModelError(f"model {registry.name!r} has no champion; train and promote one first")
+        self._served = self._load(promotion.version)
+        self._checked_at = clock()
+
+    def _load(self, version: str) -> _Served:
+        record = self.registry.get(version)
+        booster = self.registry.load_booster(version)
+        loader = self._baseline_loader
+        if loader is None:
+            from quant_engine.monitoring.run import load_baseline
+
+            def loader(name: str, v: str) -> Any:
+                return load_baseline(name, v)[0]
+        vol_range = None
+        try:
+            feature = loader(self.registry.name, version).feature(VOLATILITY_FEATURE)
+            vol_range = (feature.min, feature.max)
+        except (BaselineError, FileNotFoundError, KeyError):
+            log.warning("%s %s has no baseline for %s; signals are not volatility-checked",
+                        self.registry.name, version, VOLATILITY_FEATURE)
+        log.info("serving %s %s", self.registry.name, version)
+        return _Served(version, tuple(record.metadata.features), booster, vol_range)
+
+    @property
+    def version(self) -> str:
+        return self._served.version
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self._served.features
+
+    @property
+    def volatility_range(self) -> tuple[float, float] | None:
+        return self._served.volatility_range
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """As :func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, class-1 probabilities."""
+        import xgboost as xgb
+
+        served = self._served
+        rows = _check_rows(rows, served.features)
+        names = None if served.booster.feature_names is None else list(served.features)
+        return served.booster.predict(xgb.DMatrix(rows.astype(np.float32), feature_names=names)).astype(np.float64)
+
+    def refresh(self) -> bool:
+        """Load the champion if it changed since the last check; the swap is one assignment."""
+        now = self._clock()
+        if now - self._checked_at < self.check_every_s:
+            return False
+        self._checked_at = now
+        promotion = self.registry.champion()
+        if promotion is None or promotion.version == self._served.version:
+            return False
+        previous = self._served.version
+        self._served = self._load(promotion.version)
+        self.reloads += 1
+        log.info("champion of %s changed: %s -> %s", self.registry.name, previous, promotion.version)
+        return True
+
+
+class SageMakerEndpointModel:
+    """A deployed SageMaker endpoint, called with ``text/csv`` rows; one probability per output line.
+
+    Parameters
+    ----------
+    client
+        ``boto3.client("sagemaker-runtime")`` (``Settings.boto3_client("sagemaker-runtime")``).
+    endpoint_name : str
+    features : sequence of str
+        The endpoint's input columns, in order.
+    volatility_range : (float, float), optional
+        Training range of :data:`VOLATILITY_FEATURE` of the deployed model.
+    """
+
+    def __init__(self, client: Any, endpoint_name: str, features: Sequence[str],
+                 volatility_range: tuple[float, float] | None = None) -> None:
+        if not isinstance(endpoint_name, str) or not endpoint_name:
+            raise ValueError(f"endpoint_name={endpoint_name!r} must be a non-empty string")
+        if isinstance(features, str) or not features:
+            raise ValueError(f"features={features!r} must be a non-empty list of feature names")
+        self.client = client
+        self.endpoint_name = endpoint_name
+        self._features = tuple(features)
+        self._volatility_range = volatility_range
+
+    @property
+    def version(self) -> str:
+        return f"endpoint:{self.endpoint_name}"
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self._features
+
+    @property
+    def volatility_range(self) -> tuple[float, float] | None:
+        return self._volatility_range
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """One ``invoke_endpoint`` call for all rows.
+
+        Raises
+        ------
+        ValueError
+            The endpoint's answer is not one probability in [0, 1] per row.
+        """
+        rows = _check_rows(rows, self._features)
+        payload = io.StringIO()
+        np.savetxt(payload, rows, delimiter=",", fmt="%.17g")
+        response = self.client.invoke_endpoint(EndpointName=self.endpoint_name, ContentType="text/csv",
+                                               Accept="text/csv", Body=payload.getvalue().encode())
+        text = response["Body"].read().decode().strip()
+        try:
+            probs = np.array([float(v) for v in text.replace("\n", ",").split(",") if v.strip()])
+        except ValueError:
+            raise ValueError(f"endpoint {self.endpoint_name!r} answered {text[:80]!r}, not probabilities") from None
+        if probs.shape != (len(rows),) or not ((probs >= 0) & (probs <= 1)).all():
+            raise ValueError(f"endpoint {self.endpoint_name!r} returned {probs.size} values for {len(rows)} rows; "
+                             "expected one probability in [0, 1] per row")
+        return probs
+
+    def refresh(self) -> bool:
+        """An endpoint is updated in place by SageMaker; nothing to reload here."""
+        return False
