@@ -1,5 +1,8 @@
 """Daily market data ingestion: fetch bars -> features -> offline + online feature store.
 
+The bars of the ingested days are stored too (offline group ``<feature group>_bars``), in the same
+all-or-nothing write as the features, for the live bridge's warm-up and backfill.
+
 Runs on weekdays after the US close for the day of its logical date; with ``start``/``end`` params
 it backfills a range in one run. Reruns are idempotent (the stores skip records they already hold).
 Emits the feature-store asset that ``drift_monitor`` and other downstream DAGs schedule on.
@@ -61,14 +64,17 @@ def market_data_ingestion():
         import pandas as pd
 
         from qe_airflow import fail_fast_on_bad_input
-        from quant_engine.features.ingest import IngestionRequest, compute_features, stage_frame
+        from quant_engine.features.ingest import IngestionRequest, bars_in_range, compute_features, stage_frame
         from quant_engine.runs import run_dir
 
         request = IngestionRequest.build(source=params["source"], path=params["path"], start=staged["start"],
                                          end=staged["end"], feature_set=params["feature_set"])
+        bars = pd.read_parquet(staged["bars"])
         with fail_fast_on_bad_input():
-            features = compute_features(pd.read_parquet(staged["bars"]), request)
-        return {**staged, "features": stage_frame(features, run_dir("ingestion", run_id) / "features.parquet")}
+            features = compute_features(bars, request)
+        folder = run_dir("ingestion", run_id)
+        return {**staged, "features": stage_frame(features, folder / "features.parquet"),
+                "bars_in_range": stage_frame(bars_in_range(bars, request), folder / "bars_in_range.parquet")}
 
     @task(outlets=[FEATURE_STORE_ASSET])
     def write_stores(staged: dict) -> dict:
@@ -80,11 +86,11 @@ def market_data_ingestion():
 
         from quant_engine.features.ingest import write_features
 
-        result = write_features(pd.read_parquet(staged["features"]))
+        result = write_features(pd.read_parquet(staged["features"]), bars=pd.read_parquet(staged["bars_in_range"]))
         shutil.rmtree(Path(staged["features"]).parent, ignore_errors=True)  # staged files served their purpose
         print(f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
               f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "
-              f"{result.rows_updated_online} online updates")
+              f"{result.rows_updated_online} online updates, {result.bars_written_offline} new bars")
         return dataclasses.asdict(result)
 
     write_stores(compute_features(fetch_bars()))

@@ -2,6 +2,11 @@
 
 The same three steps back the ``market_data_ingestion`` DAG (one task each, handing Parquet files
 over between them) and ``quant-engine ingest`` (all in one process).
+
+Beside the features, the bars they were computed from go to a second offline group,
+``<feature group>_bars`` (one row per bar, ``event_time`` = the bar's ``ts``), in the same
+all-or-nothing unit: the live bridge warms up and backfills from them
+(:class:`quant_engine.bridge.history.BarHistory`) and the replay feed can replay them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ COMPACT_AFTER_FILES = 20
 
 #: Calendar days per trading bar, generous: weekends plus a margin for holidays.
 _CALENDAR_DAYS_PER_BAR = 1.5
+
+#: The bars group of feature group ``g`` is named ``g + BARS_GROUP_SUFFIX``.
+BARS_GROUP_SUFFIX = "_bars"
+#: The bar columns stored in the bars group, as float64 "features".
+STORED_BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
 
 class IngestionError(ValueError):
@@ -172,6 +182,30 @@ def compute_features(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFr
     return complete.reset_index(drop=True)
 
 
+def bars_in_range(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame:
+    """The bars of the requested days, the ones stored beside the features.
+
+    History fetched before ``start`` only fills feature windows; it is stored by the run that
+    asks for its own days.
+    """
+    days = bars["ts"].dt.normalize()
+    return bars.loc[(days >= request.start) & (days <= request.end)].reset_index(drop=True)
+
+
+def bars_group_name(feature_group: str) -> str:
+    """The offline group that holds the bars feature group ``feature_group`` was computed from."""
+    return f"{feature_group}{BARS_GROUP_SUFFIX}"
+
+
+def bars_to_rows(bars: pd.DataFrame) -> pd.DataFrame:
+    """Validated bars as rows of the bars group: ``ticker``, ``event_time`` (= ``ts``), float64 OHLCV."""
+    bars = bars.reset_index(drop=True)
+    rows = pd.DataFrame({"ticker": bars["ticker"].astype(str), "event_time": bars["ts"].dt.tz_convert("UTC")})
+    for column in STORED_BAR_COLUMNS:
+        rows[column] = bars[column].astype("float64")
+    return rows
+
+
 @dataclass(frozen=True)
 class IngestionResult:
     rows_received: int
@@ -180,35 +214,56 @@ class IngestionResult:
     tickers: int
     start: str
     end: str
+    bars_written_offline: int = 0
 
 
 def write_features(features: pd.DataFrame, settings: Settings | None = None,
-                   feature_group: str | None = None) -> IngestionResult:
+                   feature_group: str | None = None, *, bars: pd.DataFrame | None = None) -> IngestionResult:
     """Write to the offline store, then the online store, as one unit.
 
-    The offline write is one atomic commit. If the online write then fails, that commit is reverted,
-    so a failed ingestion leaves both stores exactly as they were. Where a SageMaker Feature Store
-    group is configured it is written inside the online store's transaction: if it refuses the
-    records, the online and offline writes are undone too (its own records are upserts keyed by
-    ticker and event time, so the retry that follows rewrites them harmlessly).
+    The offline writes (features, then ``bars`` into the bars group) are one atomic commit each. If
+    a later write fails, the commits already made are reverted, so a failed ingestion leaves every
+    store exactly as it was. Where a SageMaker Feature Store group is configured it is written
+    inside the online store's transaction: if it refuses the records, the online and offline
+    writes are undone too (its own records are upserts keyed by ticker and event time, so the
+    retry that follows rewrites them harmlessly).
+
+    Parameters
+    ----------
+    features : DataFrame
+        Complete feature rows (see :func:`compute_features`).
+    settings : Settings, optional
+        Default: from the environment.
+    feature_group : str, optional
+        Default: ``settings.feature_group``.
+    bars : DataFrame, optional
+        Validated bars to store in ``<feature group>_bars`` (see :func:`bars_in_range`).
     """
     settings = settings or get_settings()
-    offline = make_offline_store(settings, feature_group)
-    online = make_online_store(settings, feature_group)
-    sagemaker_group = make_sagemaker_feature_group(settings, feature_group)
+    group = feature_group or settings.feature_group
+    offline = make_offline_store(settings, group)
+    bar_store = make_offline_store(settings, bars_group_name(group)) if bars is not None else None
+    online = make_online_store(settings, group)
+    sagemaker_group = make_sagemaker_feature_group(settings, group)
     commit = offline.write(features)
+    bar_commit = None
     try:
+        if bar_store is not None:
+            bar_commit = bar_store.write(bars_to_rows(bars))
         with online.transaction():
             updated = online.put(features)
             if sagemaker_group is not None:
                 sagemaker_group.write(features)
     except BaseException:
-        if commit.commit_id is not None:
-            log.error("online write failed; reverting offline commit %s", commit.commit_id)
-            offline.revert(commit.commit_id)
+        for store, made in ((bar_store, bar_commit), (offline, commit)):
+            if made is not None and made.commit_id is not None:
+                log.error("ingestion failed; reverting commit %s of %s", made.commit_id, store.feature_group)
+                store.revert(made.commit_id)
         raise
     if len(commit.files) >= COMPACT_AFTER_FILES:
         offline.compact()
+    if bar_commit is not None and len(bar_commit.files) >= COMPACT_AFTER_FILES:
+        bar_store.compact()
     return IngestionResult(
         rows_received=len(features),
         rows_written_offline=commit.rows_written,
@@ -216,13 +271,14 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
         tickers=int(features["ticker"].nunique()),
         start=str(features["event_time"].min()),
         end=str(features["event_time"].max()),
+        bars_written_offline=0 if bar_commit is None else bar_commit.rows_written,
     )
 
 
 def ingest(request: IngestionRequest, settings: Settings | None = None) -> IngestionResult:
     """Fetch, compute and write in one process (the CLI's path; the DAG runs the steps as tasks)."""
     bars = fetch_bars(request)
-    return write_features(compute_features(bars, request), settings)
+    return write_features(compute_features(bars, request), settings, bars=bars_in_range(bars, request))
 
 
 def stage_frame(frame: pd.DataFrame, path: Path) -> str:

@@ -1,0 +1,113 @@
+"""Daily bars from the offline store: the bridge's warm-up and backfill, the replay feed's history.
+
+Ingestion stores the bars it computed features from in the offline group ``<feature group>_bars``
+(:func:`quant_engine.features.ingest.bars_group_name`), one record per ``(ticker, bar ts)``. This
+module reads them back in the bar schema every source returns (``ticker, ts, open, high, low,
+close, volume``), so the bridge can fill its rolling windows before the first live tick
+(:meth:`BarHistory.last_bars`), fill the bars a feed outage cost it (:meth:`BarHistory.between`),
+and the replay server can stream stored history instead of the synthetic market
+(:meth:`BarHistory.read`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from quant_engine.config import Settings, get_settings, make_offline_store
+from quant_engine.data.schema import BAR_COLUMNS, empty_bars, validate_bars
+from quant_engine.features.ingest import bars_group_name
+from quant_engine.features.offline_store import OfflineStore, utc_timestamp
+
+__all__ = ["BarHistory"]
+
+#: Calendar days fetched per wanted bar on the first try (weekends and holidays included).
+_CALENDAR_DAYS_PER_BAR = 1.6
+
+
+class BarHistory:
+    """Stored daily bars of one feature group, read as validated bar frames.
+
+    Parameters
+    ----------
+    store : OfflineStore
+        The bars group (``<feature group>_bars``); see :meth:`from_settings`.
+    """
+
+    def __init__(self, store: OfflineStore) -> None:
+        if not isinstance(store, OfflineStore):
+            raise TypeError(f"store must be an OfflineStore, not {type(store).__name__}")
+        self.store = store
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, feature_group: str | None = None) -> BarHistory:
+        """The bars stored beside ``feature_group`` (default: the configured one) on the configured backend."""
+        settings = settings or get_settings()
+        return cls(make_offline_store(settings, bars_group_name(feature_group or settings.feature_group)))
+
+    def __repr__(self) -> str:
+        return f"BarHistory({self.store!r})"
+
+    @property
+    def exists(self) -> bool:
+        """Whether any ingestion has stored bars in this group yet."""
+        return self.store.schema is not None
+
+    def read(self, tickers: Sequence[str] | None = None, start: object = None, end: object = None) -> pd.DataFrame:
+        """Bars of ``tickers`` (default: all) with ``start <= ts <= end`` (tz-aware, inclusive; None: open).
+
+        Returns
+        -------
+        DataFrame
+            ``ticker, ts, open, high, low, close, volume`` sorted by ``(ticker, ts)``; empty when
+            nothing matches or no bars have been stored yet.
+        """
+        if not self.exists:
+            return empty_bars()
+        rows = self.store.read(tickers, start, end)
+        return _rows_to_bars(rows)
+
+    def last_bars(self, ticker: str, until: object, count: int) -> pd.DataFrame:
+        """The last ``count`` bars of ``ticker`` with ``ts <= until``: what was complete at ``until``.
+
+        Fewer rows come back when the store holds fewer; the caller decides whether that is enough.
+        """
+        _check_ticker(ticker)
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f"count={count!r} must be a whole number of bars >= 1")
+        until_ts = utc_timestamp(until, "until")
+        span = pd.Timedelta(days=math.ceil(count * _CALENDAR_DAYS_PER_BAR) + 7)
+        bars = self.read([ticker], until_ts - span, until_ts)
+        if len(bars) < count:  # a long holiday or a gap in the data: look at everything before
+            bars = self.read([ticker], None, until_ts)
+        return bars.tail(int(count)).reset_index(drop=True)
+
+    def between(self, ticker: str, start: object, end: object) -> pd.DataFrame:
+        """Bars of ``ticker`` with ``start <= ts <= end`` (both tz-aware), e.g. those a feed outage lost."""
+        _check_ticker(ticker)
+        start_ts, end_ts = utc_timestamp(start, "start"), utc_timestamp(end, "end")
+        if end_ts < start_ts:
+            raise ValueError(f"end={end_ts} is before start={start_ts}")
+        return self.read([ticker], start_ts, end_ts)
+
+    def tickers(self) -> list[str]:
+        """Every ticker with stored bars, sorted."""
+        if not self.exists:
+            return []
+        return sorted(self.store.read(None)["ticker"].unique().tolist())
+
+
+def _check_ticker(ticker: object) -> None:
+    if not isinstance(ticker, str) or not ticker:
+        raise ValueError(f"ticker={ticker!r} must be a non-empty string")
+
+
+def _rows_to_bars(rows: pd.DataFrame) -> pd.DataFrame:
+    """Stored rows in the bar schema (validated again: what comes out is what every source returns)."""
+    if rows.empty:
+        return empty_bars()
+    bars, _ = validate_bars(rows.rename(columns={"event_time": "ts"})[list(BAR_COLUMNS)])
+    return bars
