@@ -54,6 +54,10 @@ class SignalModel(Protocol):
         """Training range of :data:`VOLATILITY_FEATURE`, or None when unknown."""
         ...
 
+    def volatility_percentile(self, value: float) -> float | None:
+        """Where ``value`` of :data:`VOLATILITY_FEATURE` falls in training, in [0, 1]; None when unknown."""
+        ...
+
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Probability of class 1 for each row of ``rows`` (``(n, len(features))``)."""
         ...
@@ -73,11 +77,10 @@ def _check_rows(rows: np.ndarray, features: Sequence[str]) -> np.ndarray:
 class _Served:
     """One loaded champion: swapped as a whole, so a batch never mixes two versions."""
 
-    __slots__ = ("version", "features", "booster", "volatility_range")
+    __slots__ = ("version", "features", "booster", "volatility")
 
-    def __init__(self, version: str, features: tuple[str, ...], booster: Any,
-                 volatility_range: tuple[float, float] | None) -> None:
-        self.version, self.features, self.booster, self.volatility_range = version, features, booster, volatility_range
+    def __init__(self, version: str, features: tuple[str, ...], booster: Any, volatility: Any) -> None:
+        self.version, self.features, self.booster, self.volatility = version, features, booster, volatility
 
 
 class LocalChampionModel:
@@ -124,15 +127,14 @@ class LocalChampionModel:
 
             def loader(name: str, v: str) -> Any:
                 return load_baseline(name, v)[0]
-        vol_range = None
+        volatility = None
         try:
-            feature = loader(self.registry.name, version).feature(VOLATILITY_FEATURE)
-            vol_range = (feature.min, feature.max)
+            volatility = loader(self.registry.name, version).feature(VOLATILITY_FEATURE)
         except (BaselineError, FileNotFoundError, KeyError):
             log.warning("%s %s has no baseline for %s; signals are not volatility-checked",
                         self.registry.name, version, VOLATILITY_FEATURE)
         log.info("serving %s %s", self.registry.name, version)
-        return _Served(version, tuple(record.metadata.features), booster, vol_range)
+        return _Served(version, tuple(record.metadata.features), booster, volatility)
 
     @property
     def version(self) -> str:
@@ -144,7 +146,13 @@ class LocalChampionModel:
 
     @property
     def volatility_range(self) -> tuple[float, float] | None:
-        return self._served.volatility_range
+        volatility = self._served.volatility
+        return None if volatility is None else (volatility.min, volatility.max)
+
+    def volatility_percentile(self, value: float) -> float | None:
+        """The training CDF of :data:`VOLATILITY_FEATURE` at ``value``, read from the baseline's sketch."""
+        volatility = self._served.volatility
+        return None if volatility is None else float(volatility.cdf(np.array([value]))[0])
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """As :func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, class-1 probabilities."""
@@ -207,6 +215,13 @@ class SageMakerEndpointModel:
     @property
     def volatility_range(self) -> tuple[float, float] | None:
         return self._volatility_range
+
+    def volatility_percentile(self, value: float) -> float | None:
+        """``value``'s position inside the given range, clipped to [0, 1] (no distribution is known)."""
+        if self._volatility_range is None:
+            return None
+        low, high = self._volatility_range
+        return float(np.clip((value - low) / (high - low), 0.0, 1.0)) if high > low else 0.5
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """One ``invoke_endpoint`` call for all rows.

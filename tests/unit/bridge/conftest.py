@@ -34,3 +34,35 @@ def register_model(home: Path, seed: int, *, promote: bool = True, vol_range: tu
     if promote:
         registry.promote(version, f"seed {seed}")
     return version
+
+
+class FrameHistory:
+    """``BarHistory``'s reading methods over an in-memory bar frame."""
+
+    def __init__(self, bars: pd.DataFrame) -> None:
+        self.frame = bars.sort_values(["ticker", "ts"]).reset_index(drop=True)
+
+    def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        f = self.frame
+        return f.loc[(f["ticker"] == ticker) & (f["ts"] >= start) & (f["ts"] <= end)].reset_index(drop=True)
+
+    def last_bars(self, ticker: str, until: pd.Timestamp, count: int) -> pd.DataFrame:
+        f = self.frame
+        return f.loc[(f["ticker"] == ticker) & (f["ts"] <= until)].tail(count).reset_index(drop=True)
+
+
+def session_ticks(bars: pd.DataFrame, *, post: bool = True) -> list:
+    """Two regular ticks (mid-session, then at the bar's values) and a POST_MARKET tick per bar, in time order."""
+    from quant_engine.bridge.ticks import MarketHours, Tick
+
+    out = []
+    for ts, group in bars.sort_values(["ts", "ticker"]).groupby("ts", sort=True):
+        close_ms = int(ts.value // 1_000_000)
+        rows = list(group.itertuples(index=False))
+        out += [Tick(r.ticker, r.open, close_ms - 3 * 3_600_000, int(r.volume) // 2, r.open, r.open, r.open)
+                for r in rows]
+        out += [Tick(r.ticker, r.close, close_ms - 60_000, int(r.volume), r.open, r.high, r.low) for r in rows]
+        if post:
+            out += [Tick(r.ticker, r.close, close_ms, int(r.volume), r.open, r.high, r.low, MarketHours.POST_MARKET)
+                    for r in rows]
+    return out

@@ -84,3 +84,13 @@ def test_sagemaker_endpoint_against_moto_server(moto_endpoint: str) -> None:
     with pytest.raises(ValueError, match="not probabilities"):
         model.predict(rows[:1])
     assert not model.refresh()
+
+
+def test_volatility_percentile_reads_the_training_distribution(qe_home: Path) -> None:
+    register_model(qe_home, seed=3, vol_range=(0.1, 0.3))
+    model = LocalChampionModel(make_model_registry())
+    assert model.volatility_percentile(0.05) == 0.0 and model.volatility_percentile(0.5) == 1.0
+    assert 0.3 < model.volatility_percentile(0.2) < 0.7
+    endpoint = SageMakerEndpointModel(object(), "e", FEATURES, volatility_range=(0.1, 0.3))
+    assert endpoint.volatility_percentile(0.15) == pytest.approx(0.25)
+    assert SageMakerEndpointModel(object(), "e", FEATURES).volatility_percentile(0.2) is None

@@ -1,0 +1,96 @@
+"""State handler: streamed features equal the batch path's, one model call per batch, vol check, prediction log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quant_engine.bridge.inference import LocalChampionModel
+from quant_engine.bridge.state import BRIDGE_SOURCE, StateHandler
+from quant_engine.config import make_model_registry
+from quant_engine.data.synthetic import SyntheticMarket
+from quant_engine.features.definitions import get_feature_set
+from quant_engine.monitoring.run import predict_proba
+from quant_engine.monitoring.scoring import prediction_log
+
+from .conftest import FrameHistory, register_model, session_ticks
+
+FEATURE_SET = get_feature_set("default")
+LIVE_FROM = pd.Timestamp("2022-03-01", tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def market() -> pd.DataFrame:
+    return SyntheticMarket(n_tickers=3, seed=11).fetch(None, "2020-06-01", "2022-03-31")
+
+
+def handler_for(market: pd.DataFrame, **options: object) -> StateHandler:
+    registry = make_model_registry()
+    return StateHandler(FEATURE_SET, LocalChampionModel(registry), history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+                        prediction_log=prediction_log(registry), **options)
+
+
+def test_live_features_and_predictions_equal_the_batch_path(qe_home: Path, market: pd.DataFrame) -> None:
+    version = register_model(qe_home, seed=1, vol_range=(0.0, 5.0))
+    handler = handler_for(market, log_batch=1000)
+    live = market.loc[market["ts"] >= LIVE_FROM]
+    calls: list[int] = []
+    predict = handler.model.predict
+    handler.model.predict = lambda rows: (calls.append(len(rows)), predict(rows))[1]
+    signals = []
+    for _, day in live.groupby("ts"):  # one batch of ticks per session
+        signals += handler.on_ticks(session_ticks(day))
+    assert len(signals) == len(live) and {s.bar_origin for s in signals} == {"feed"}
+    assert handler.counters["warmups"] == 3
+    assert calls == [3] * live["ts"].nunique()  # one model call per batch, all tickers in it
+    batch = FEATURE_SET.compute_batch(market)
+    batch = batch.loc[batch["event_time"] >= LIVE_FROM].reset_index(drop=True)
+    streamed = pd.DataFrame([{"ticker": s.ticker, "event_time": s.ts, **s.features} for s in signals])
+    streamed = streamed.sort_values(["ticker", "event_time"]).reset_index(drop=True)
+    assert np.array_equal(batch[FEATURE_SET.names].to_numpy(), streamed[FEATURE_SET.names].to_numpy())
+    expected = predict_proba(make_model_registry().load_booster(version), batch, FEATURE_SET.names)
+    probs = pd.DataFrame([{"ticker": s.ticker, "event_time": s.ts, "prob": s.prob} for s in signals])
+    merged = batch[["ticker", "event_time"]].assign(expected=expected).merge(probs, on=["ticker", "event_time"])
+    assert np.array_equal(merged["prob"].to_numpy(), merged["expected"].to_numpy())
+    assert {s.status for s in signals} == {"ok"} and {s.regime for s in signals} <= {"calm", "normal", "stressed"}
+
+    assert prediction_log(make_model_registry()).files() == []  # below log_batch: not written yet
+    handler.flush()
+    logged = prediction_log(make_model_registry()).read()
+    assert len(logged) == len(live) and set(logged["source"]) == {BRIDGE_SOURCE}
+    assert set(logged["model_version"]) == {version}
+
+
+def test_signals_outside_the_training_volatility_are_suppressed_or_scaled(qe_home: Path, market: pd.DataFrame) -> None:
+    register_model(qe_home, seed=1, vol_range=(0.01, 0.02))  # far below the market's realised vol
+    live = market.loc[(market["ts"] >= LIVE_FROM) & (market["ts"] < LIVE_FROM + pd.Timedelta(days=3))]
+    suppressed = handler_for(market).on_ticks(session_ticks(live))
+    assert {s.status for s in suppressed} == {"suppressed"} and {s.weight for s in suppressed} == {0.0}
+    assert {s.regime for s in suppressed} == {"stressed"}
+    handler = handler_for(market, vol_policy="scale")
+    scaled = handler.on_ticks(session_ticks(live))
+    high = handler.model.volatility_range[1]
+    for s in scaled:
+        assert s.status == "scaled"
+        assert s.weight == pytest.approx((2 * s.prob - 1) * high / s.realized_vol)
+
+
+def test_a_ticker_without_history_warms_up_on_live_bars(qe_home: Path, market: pd.DataFrame) -> None:
+    register_model(qe_home, seed=1)
+    registry = make_model_registry()
+    handler = StateHandler(FEATURE_SET, LocalChampionModel(registry), prediction_log=prediction_log(registry))
+    live = market.loc[(market["ts"] >= LIVE_FROM) & (market["ticker"] == "SYN00")].head(5)
+    signals = handler.on_ticks(session_ticks(live))
+    assert [s.status for s in signals] == ["warming_up"] * 5 and handler.counters["predictions"] == 0
+    assert handler.flush() is None
+
+
+def test_model_without_the_feature_sets_columns_is_refused(qe_home: Path) -> None:
+    register_model(qe_home, seed=1)
+    with pytest.raises(ValueError, match="does not compute"):
+        StateHandler(FEATURE_SET.select(["log_return_1"]), LocalChampionModel(make_model_registry()))
+    with pytest.raises(ValueError, match="vol_policy='clip'"):
+        StateHandler(FEATURE_SET, LocalChampionModel(make_model_registry()), vol_policy="clip")
