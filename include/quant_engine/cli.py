@@ -18,6 +18,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "quant_engine.features.cli",
     "quant_engine.wfo.cli",
     "quant_engine.training.cli",
+    "quant_engine.bridge.cli",
 )
 
 
