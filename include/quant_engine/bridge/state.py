@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,8 +127,12 @@ class StateHandler:
 
     # --- ticks in ----------------------------------------------------------------------------
 
-    def on_ticks(self, ticks: Iterable[Tick], received_at: float | None = None) -> list[Signal]:
-        """Process a batch of ticks; return the signals of every bar they closed, in closing order."""
+    def on_ticks(self, ticks: Iterable[Tick], received_at: Mapping[str, float] | None = None) -> list[Signal]:
+        """Process a batch of ticks; return the signals of every bar they closed, in closing order.
+
+        ``received_at`` maps a ticker to the wall time its latest tick was received; it is copied
+        onto the ticker's signals, so latency can be measured from the bar-closing tick's receipt.
+        """
         if self.model.refresh():
             self.counters["model_reloads"] += 1
         closed: list[Bar] = []
@@ -138,7 +142,7 @@ class StateHandler:
             closed += self.bars.on_tick(tick)
         return self.on_bars(closed, received_at)
 
-    def advance(self, watermark_ms: int, received_at: float | None = None) -> list[Signal]:
+    def advance(self, watermark_ms: int, received_at: Mapping[str, float] | None = None) -> list[Signal]:
         """Move the feed clock without a tick (e.g. on a stale feed); signals of the bars that closed."""
         return self.on_bars(self.bars.advance(watermark_ms), received_at)
 
@@ -161,7 +165,7 @@ class StateHandler:
 
     # --- bars -> signals -----------------------------------------------------------------------
 
-    def on_bars(self, bars: Sequence[Bar], received_at: float | None = None) -> list[Signal]:
+    def on_bars(self, bars: Sequence[Bar], received_at: Mapping[str, float] | None = None) -> list[Signal]:
         """Features, regime, one model call and the volatility check for closed bars (any order per batch)."""
         if not bars:
             return []
@@ -176,7 +180,8 @@ class StateHandler:
             probs[ready] = self.model.predict(matrix)
             self.counters["predictions"] += len(ready)
         version = self.model.version
-        signals = [self._signal(bar, values, float(p), version, received_at)
+        received_at = received_at or {}
+        signals = [self._signal(bar, values, float(p), version, received_at.get(bar.ticker))
                    for (bar, values), p in zip(accepted, probs, strict=True)]
         for signal in signals:
             self.latest[signal.ticker] = signal
