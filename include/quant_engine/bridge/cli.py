@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the bridge's command groups."""
+    from quant_engine.bridge.service import add_bridge_commands
+
     add_feed_commands(subparsers)
+    add_bridge_commands(subparsers)
 
 
 def add_feed_commands(subparsers: argparse._SubParsersAction) -> None:
