@@ -45,14 +45,16 @@ RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
                               description="Feature rows after the training data's end needed before a check runs."),
         "comparison_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
                                       description="Largest KS distance (after the Robust sample-size allowance) a "
-                                                  "feature may show; empty: the baseline's own (0.1)."),
+                                                  "feature may show; empty: each feature's threshold calibrated "
+                                                  "on training windows of the same length."),
         "psi_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0,
                                description="PSI above which a feature also counts as drifted; empty: reported only."),
         "wasserstein_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0,
                                        description="W1/sigma above which a feature also counts as drifted; "
                                                    "empty: reported only."),
-        "min_drifted_features": Param(1, type="integer", minimum=1,
-                                      description="Features that must drift before the inputs count as drifted."),
+        "min_drifted_features": Param(2, type="integer", minimum=1,
+                                      description="Features that must drift together before the inputs count as "
+                                                  "drifted (one alone is noise a stationary market shows)."),
         "confidence": Param(0.99, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
                             description="Level of the quality metrics' bounds against the holdout."),
         "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "csv", "parquet", "yfinance"],

@@ -16,8 +16,8 @@ Runs when someone triggers it and whenever the drift monitor asks for retraining
 * ``register``: every trained model becomes an immutable registry version (a rerun of the same
   run returns the same version) and updates the asset ``qe://models/registry``; the version's
   feature baseline (Model Monitor ``statistics.json`` / ``constraints.json`` of the training
-  channel) and holdout quality baseline are stored with it for the drift monitor
-  (``quant_engine.monitoring.run.record_baseline``).
+  channel, drift thresholds calibrated on its windows) and holdout quality baseline are stored with
+  it in the registry's storage for the drift monitor (``quant_engine.monitoring.run.record_baseline``).
 * ``beats_champion`` short-circuits when the rule says no, so ``promote`` moves the champion
   pointer and emits ``qe://models/champion`` only for a model that won: consumers of the champion
   asset (the bridge) reload only when the serving model changed.
@@ -158,7 +158,7 @@ def spot_training():
 
         from quant_engine.config import make_model_registry
         from quant_engine.monitoring.run import record_baseline
-        from quant_engine.training.dataset import load_summary
+        from quant_engine.training.dataset import load_summary, load_train_frame
         from quant_engine.training.registry import ModelMetadata
 
         summary = load_summary(staged["run_dir"])
@@ -173,10 +173,10 @@ def spot_training():
         version = registry.register(trained["model_path"], metadata)
         print(f"registered {params['model_name']} {version}")
         # The drift monitor judges this version against these baselines, never the training data.
-        folder = record_baseline(registry.name, version, registry.load_booster(version),
-                                 pd.read_parquet(staged["channels"]["train"]), pd.read_parquet(staged["holdout"]),
-                                 summary["features"])
-        print(f"baseline of {params['model_name']} {version} stored in {folder}")
+        where = record_baseline(registry.name, version, registry.load_booster(version),
+                                load_train_frame(staged["run_dir"]), pd.read_parquet(staged["holdout"]),
+                                summary["features"])
+        print(f"baseline of {params['model_name']} {version} stored in {where}")
         return version
 
     @task.short_circuit

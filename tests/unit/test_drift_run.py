@@ -1,24 +1,27 @@
-"""Drift check of the champion: baselines stored with the version, a shifted market found, a stationary one not."""
+"""Drift check of the champion: baselines stored with the version (locally and on S3), a shifted market
+found, a stationary one not, with the calibrated default thresholds and with a fixed one."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from moto import mock_aws
 
-from quant_engine.config import make_model_registry
+from quant_engine.config import Settings, make_model_registry
 from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.alarms import LocalAlarms
-from quant_engine.monitoring.baseline import STATISTICS_FILE
+from quant_engine.monitoring.baseline import CONSTRAINTS_FILE, STATISTICS_FILE, BaselineError
 from quant_engine.monitoring.run import (
     QUALITY_FILE,
     NoChampionError,
-    baseline_dir,
+    baseline_key,
     load_baseline,
     monitoring_window,
     readiness,
@@ -26,7 +29,7 @@ from quant_engine.monitoring.run import (
     run_drift_check,
 )
 from quant_engine.monitoring.scoring import score_batch
-from quant_engine.training.dataset import TrainingSetConfig, build_training_set
+from quant_engine.training.dataset import TrainingSetConfig, build_training_set, load_train_frame
 from quant_engine.training.registry import ModelMetadata
 
 #: Regimes last 25-60 days, so a 90-day window of daily bars differs from a 1.5-year baseline by more
@@ -57,7 +60,8 @@ def build_champion(home: Path, *, shifted: bool, seed: int = 3) -> str:
         features=features, data_start=summary["train_start"], data_end=summary["holdout_end"],
         data_fingerprint=summary["fingerprint"], training={"dataset": summary["params"]}))
     registry.promote(version, "first model")
-    record_baseline(registry.name, version, registry.load_booster(version), train, holdout, features)
+    record_baseline(registry.name, version, registry.load_booster(version), load_train_frame(folder), holdout,
+                    features)
     return version
 
 
@@ -66,22 +70,55 @@ def score_window() -> None:
     score_batch(start, end)
 
 
-def test_baseline_is_stored_with_the_version_and_rewritten_identically(qe_home: Path) -> None:
+def test_baseline_is_stored_with_the_version_calibrated_and_rewritten_identically(qe_home: Path) -> None:
     version = build_champion(qe_home, shifted=False)
     registry = make_model_registry()
     record = registry.get(version)
-    folder = baseline_dir(registry.name, version)
-    assert folder == qe_home / "monitoring" / "baselines" / registry.name / version
+    folder = qe_home / "models" / registry.name / "baselines" / version
+    assert baseline_key(registry.name, version) == f"{registry.name}/baselines/{version}"
+    assert {p.name for p in folder.iterdir()} == {STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE}
     baseline, quality = load_baseline(registry.name, version)
     assert baseline.names == list(record.metadata.features)
-    train = pd.read_parquet(qe_home / "training" / "train" / "train.parquet")
+    train = load_train_frame(qe_home / "training")
     holdout = pd.read_parquet(qe_home / "training" / "holdout.parquet")
     assert baseline.statistics["dataset"]["item_count"] == len(train) and quality.n == len(holdout)
     assert 0.3 < quality.hit_rate < 0.7
-    before = [(folder / name).read_bytes() for name in (STATISTICS_FILE, QUALITY_FILE)]
+    # Thresholds calibrated on the training windows: never below Model Monitor's 0.1, larger for
+    # shorter windows of the same feature (more noise), present for every feature.
+    calibration = baseline.monitoring_config["distribution_constraints"]["window_calibration"]
+    assert set(calibration["windows"]) == {"20", "60", "120", "250"}
+    for feature in baseline.features:
+        t = feature.window_thresholds
+        assert set(t) == {20, 60, 120, 250} and min(t.values()) >= 0.1
+        assert t[20] >= t[250]
+    assert baseline.feature("realized_vol_60").window_thresholds[60] > 0.1  # regimes show between windows
+    before = [(folder / name).read_bytes() for name in (STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE)]
     record_baseline(registry.name, version, registry.load_booster(version), train, holdout,
                     record.metadata.features)
-    assert [(folder / name).read_bytes() for name in (STATISTICS_FILE, QUALITY_FILE)] == before
+    assert [(folder / name).read_bytes() for name in (STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE)] == before
+
+
+def test_baseline_is_stored_with_the_model_on_s3(qe_home: Path) -> None:
+    version = build_champion(qe_home, shifted=False)
+    local = make_model_registry()
+    train = load_train_frame(qe_home / "training")
+    holdout = pd.read_parquet(qe_home / "training" / "holdout.parquet")
+    features = local.get(version).metadata.features
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="qe-models")
+        aws = Settings(home=qe_home, backend="aws", s3_bucket="qe-models")
+        with pytest.raises(BaselineError, match="has no baseline"):
+            load_baseline(local.name, version, aws)
+        where = record_baseline(local.name, version, local.load_booster(version), train, holdout, features,
+                                settings=aws)
+        keys = sorted(o["Key"] for o in boto3.client("s3", region_name="us-east-1")
+                      .list_objects_v2(Bucket="qe-models")["Contents"])
+        prefix = f"quant-engine/models/{local.name}/baselines/{version}/"
+        assert keys == [prefix + name for name in sorted((CONSTRAINTS_FILE, QUALITY_FILE, STATISTICS_FILE))]
+        assert "qe-models" in where
+        from_s3, quality = load_baseline(local.name, version, aws)
+    from_disk, _ = load_baseline(local.name, version)
+    assert from_s3.constraints == from_disk.constraints and quality.n == len(holdout)
 
 
 def test_shifted_market_is_found_and_asks_for_retraining(qe_home: Path) -> None:
@@ -105,15 +142,34 @@ def test_shifted_market_is_found_and_asks_for_retraining(qe_home: Path) -> None:
     assert alarms.state("feature_baseline_drift_volume_zscore_20-alarm").state == "OK"
 
 
-def test_stationary_market_finds_nothing(qe_home: Path) -> None:
+@pytest.mark.parametrize("threshold", [None, THRESHOLD], ids=["calibrated", "fixed"])
+def test_stationary_market_finds_nothing(qe_home: Path, threshold: float | None) -> None:
     build_champion(qe_home, shifted=False)
     score_window()
-    result = run_drift_check("stationary", window_days=WINDOW_DAYS, comparison_threshold=THRESHOLD)
+    result = run_drift_check("stationary", window_days=WINDOW_DAYS, comparison_threshold=threshold)
     assert (result.verdict, result.retrain) == ("none", False)
     report = json.loads((Path(result.report_dir) / "report.json").read_text())
     assert report["evidence"]["drifted_features"] == {} and report["evidence"]["breached_metrics"] == {}
     assert not [v for v in report["constraint_violations"] if v["constraint_check_type"] == "baseline_drift_check"]
     assert (Path(result.report_dir) / "report.html").exists()
+    figures = json.loads((Path(result.report_dir) / "feature_drift.json").read_text())
+    assert figures["calibrated_window_days"] == (None if threshold else 60)  # a 90-day window: the 60-day thresholds
+    if threshold is None:
+        # With Model Monitor's fixed 0.1 the same window would have flagged features: the calibration matters.
+        assert any(f["robust_distance"] > 0.1 for f in figures["features"])
+        assert all(f["robust_distance"] <= f["threshold"] for f in figures["features"])
+
+
+def test_shifted_market_is_found_with_calibrated_thresholds(qe_home: Path) -> None:
+    build_champion(qe_home, shifted=True)
+    score_window()
+    result = run_drift_check("shifted-calibrated", window_days=WINDOW_DAYS)
+    assert result.retrain and result.verdict in ("feature_drift", "both")
+    report = json.loads((Path(result.report_dir) / "report.json").read_text())
+    assert len(report["evidence"]["drifted_features"]) >= 2  # the default min_drifted_features
+    alarms = LocalAlarms(qe_home / "monitoring" / "xgb_direction-drift")
+    drifted = next(iter(report["evidence"]["drifted_features"]))
+    assert alarms.state(f"feature_baseline_drift_{drifted}-alarm").state == "ALARM"
 
 
 def test_readiness_counts_new_and_matured_rows(qe_home: Path) -> None:

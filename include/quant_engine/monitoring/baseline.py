@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -231,6 +231,8 @@ class FeatureBaseline:
     completeness: float
     sketch_values: np.ndarray
     sketch_weights: np.ndarray
+    #: Window length in days -> calibrated comparison threshold (see ``monitoring.calibration``).
+    window_thresholds: dict[int, float] = field(default_factory=dict)
 
     @cached_property
     def cumulative_weights(self) -> np.ndarray:
@@ -297,9 +299,14 @@ class Baseline:
                         completeness=float(cons[name]["completeness"]),
                         sketch_values=values[order],
                         sketch_weights=weights[order],
+                        window_thresholds={
+                            int(days): float(value)
+                            for days, value in cons[name].get("monitoringConfigOverrides", {})
+                            .get("distribution_constraints", {}).get("window_thresholds", {}).items()
+                        },
                     )
                 )
-        except (KeyError, TypeError, IndexError) as exc:
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
             raise BaselineError(f"baseline documents are not in Model Monitor's shape: missing or bad {exc}") from exc
         return tuple(out)
 

@@ -24,7 +24,8 @@ feature whose non-integral share exceeds ``datatype_check_threshold``), ``comple
 (window completeness below the baseline's by more than ``completeness_tolerance``; infinite values
 count as missing) and ``baseline_drift_check``. A feature with no values in the window gets a
 completeness violation and no distances. PSI and Wasserstein raise a drift violation only when their
-optional thresholds are given. An empty window raises :class:`EmptyWindowError`.
+optional thresholds are given. An empty window raises :class:`EmptyWindowError`. Thresholds can be
+calibrated per feature and window length on the training data (:mod:`quant_engine.monitoring.calibration`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "FeatureDrift",
     "Violation",
     "check_drift",
+    "comparison_distance",
     "ks_allowance",
     "psi",
 ]
@@ -68,6 +70,9 @@ CHECK_TYPES: tuple[str, ...] = (
 #: Floor on a PSI bin's share, so an empty bin adds a large but finite term.
 PSI_EPSILON = 1e-4
 PSI_BINS = 10
+#: The bars of a window of ``L`` calendar days span ``L - 4`` days or more (a weekend and a holiday
+#: at its ends), so a window counts as covering a calibrated length that much longer than its span.
+_SPAN_SLACK_DAYS = 4
 
 
 class EmptyWindowError(ValueError):
@@ -95,6 +100,7 @@ class FeatureDrift:
     psi: float | None
     wasserstein_sigma: float | None
     drifted: bool
+    threshold: float | None = None  # what the comparison distance was judged against
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ class DriftReport:
     emit_metrics: bool
     features: dict[str, FeatureDrift]
     violations: list[Violation]
+    #: The calibrated window length whose per-feature thresholds were used; None: one threshold for all.
+    calibrated_window_days: int | None = None
 
     @property
     def drifted_features(self) -> list[str]:
@@ -119,6 +127,12 @@ class DriftReport:
         key = "robust_distance" if self.comparison_method == "Robust" else "distance"
         return {n: getattr(f, key) for n, f in self.features.items() if getattr(f, key) is not None}
 
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The threshold each feature's comparison distance was judged against."""
+        return {n: f.threshold if f.threshold is not None else self.comparison_threshold
+                for n, f in self.features.items()}
+
     def violations_document(self) -> dict[str, Any]:
         """``constraint_violations.json`` in Model Monitor's shape."""
         return {"violations": [asdict(v) for v in self.violations]}
@@ -130,6 +144,7 @@ class DriftReport:
             "item_count": self.item_count,
             "comparison_method": self.comparison_method,
             "comparison_threshold": self.comparison_threshold,
+            "calibrated_window_days": self.calibrated_window_days,
             "features": [{k: _json_number(v) for k, v in asdict(f).items()} for f in self.features.values()],
         }
         write_json_atomic(folder / VIOLATIONS_FILE, self.violations_document())
@@ -162,14 +177,26 @@ def psi(expected: np.ndarray, actual: np.ndarray, epsilon: float = PSI_EPSILON) 
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def _cdf_gap(base: FeatureBaseline, current_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The merged grid of both samples and ``|F_b - F_c|`` on it."""
+    grid = np.concatenate([base.sketch_values, current_sorted])
+    grid.sort(kind="stable")
+    f_c = np.searchsorted(current_sorted, grid, side="right") / current_sorted.size
+    return grid, np.abs(base.cdf(grid) - f_c)
+
+
+def comparison_distance(base: FeatureBaseline, current_sorted: np.ndarray, method: str, alpha: float = 0.01) -> float:
+    """The distance ``baseline_drift_check`` compares with its threshold: KS, less the allowance if Robust."""
+    distance = float(_cdf_gap(base, current_sorted)[1].max())
+    if method == "Robust":
+        return max(0.0, distance - ks_allowance(base.num_present, current_sorted.size, alpha))
+    return distance
+
+
 def _distances(base: FeatureBaseline, current_sorted: np.ndarray) -> tuple[float, float, float]:
     """(KS distance, PSI, W1 / sigma) between the sketch's CDF and the window's sorted values."""
     m = current_sorted.size
-    grid = np.concatenate([base.sketch_values, current_sorted])
-    grid.sort(kind="stable")
-    f_b = base.cdf(grid)
-    f_c = np.searchsorted(current_sorted, grid, side="right") / m
-    gap = np.abs(f_b - f_c)
+    grid, gap = _cdf_gap(base, current_sorted)
     distance = float(gap.max())
     w1 = float(np.sum(gap[:-1] * np.diff(grid)))
     if base.std_dev > 0:
@@ -207,7 +234,10 @@ def check_drift(
     baseline : Baseline
         From :func:`~quant_engine.monitoring.baseline.build_baseline` or ``Baseline.read``.
     comparison_threshold : float, optional
-        Overrides the baseline's ``comparison_threshold`` (Model Monitor's default 0.1).
+        One threshold for every feature. Default: when the baseline was calibrated
+        (:mod:`quant_engine.monitoring.calibration`) and ``window`` has ``event_time``, each feature's
+        threshold for the longest calibrated window length the window's span covers; otherwise the
+        baseline's ``comparison_threshold`` (Model Monitor's default 0.1).
     comparison_method : {"Simple", "Robust"}, optional
         Overrides the baseline's ``comparison_method``.
     alpha : float, default 0.01
@@ -260,6 +290,10 @@ def check_drift(
     if not (0.0 <= completeness_tolerance <= 1.0):
         raise ValueError(f"completeness_tolerance={completeness_tolerance!r} must be in [0, 1]")
 
+    calibrated_days = None
+    if comparison_threshold is None and method == dist_cfg["comparison_method"] and "event_time" in window.columns:
+        calibrated_days = _calibrated_window(baseline, window["event_time"])
+
     evaluate = config.get("evaluate_constraints", "Enabled") == "Enabled"
     compare = dist_cfg.get("perform_comparison", "Enabled") == "Enabled"
     type_threshold = float(config.get("datatype_check_threshold", 0.1))
@@ -311,16 +345,17 @@ def check_drift(
                         f"observed: only {1 - off_type:.1%} of data is Integral",
                     )
                 )
+        limit = base.window_thresholds.get(calibrated_days, threshold) if calibrated_days else threshold
         if present.size == 0:
-            features[base.name] = FeatureDrift(base.name, 0, 0.0, None, None, None, None, False)
+            features[base.name] = FeatureDrift(base.name, 0, 0.0, None, None, None, None, False, limit)
             continue
         present.sort()
         distance, psi_value, w_sigma = _distances(base, present)
         robust = max(0.0, distance - ks_allowance(base.num_present, present.size, alpha))
         judged = robust if method == "Robust" else distance
         reasons = []
-        if judged > threshold:
-            reasons.append(f"Baseline drift distance: {judged:.4g} exceeds threshold: {threshold:g}")
+        if judged > limit:
+            reasons.append(f"Baseline drift distance: {judged:.4g} exceeds threshold: {limit:g}")
         if psi_threshold is not None and psi_value > psi_threshold:
             reasons.append(f"PSI: {psi_value:.4g} exceeds threshold: {psi_threshold:g}")
         if wasserstein_threshold is not None and w_sigma > wasserstein_threshold:
@@ -329,7 +364,7 @@ def check_drift(
         if drifted:
             violations.append(Violation(base.name, "baseline_drift_check", "; ".join(reasons)))
         features[base.name] = FeatureDrift(
-            base.name, int(present.size), completeness, distance, robust, psi_value, w_sigma, drifted
+            base.name, int(present.size), completeness, distance, robust, psi_value, w_sigma, drifted, limit
         )
 
     known = set(baseline.names)
@@ -345,4 +380,19 @@ def check_drift(
         emit_metrics=config.get("emit_metrics", "Enabled") == "Enabled",
         features=features,
         violations=violations if evaluate else [],
+        calibrated_window_days=calibrated_days,
     )
+
+
+def _calibrated_window(baseline: Baseline, event_time: pd.Series) -> int | None:
+    """The longest calibrated window length the window's time span covers (the shortest if none is).
+
+    None when the baseline carries no calibration or the window has no times.
+    """
+    lengths = sorted({days for f in baseline.features for days in f.window_thresholds})
+    times = pd.to_datetime(event_time, utc=True).dropna()
+    if not lengths or times.empty:
+        return None
+    span_days = (times.max() - times.min()) / pd.Timedelta(days=1)
+    covered = [days for days in lengths if days <= span_days + _SPAN_SLACK_DAYS]
+    return covered[-1] if covered else lengths[0]

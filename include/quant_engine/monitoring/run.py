@@ -1,14 +1,15 @@
 """Drift monitoring of the champion model: the baselines stored with each version, and the check.
 
-The registry has no place to attach files to a version (a version is immutable once its
-``metadata.json`` exists), so the baselines live beside the registry, keyed by model and version::
+The baselines are stored with the model, in the registry's own storage (``$QE_HOME/models`` locally,
+``s3://<bucket>/<prefix>/models`` on the aws backend), beside the version they describe::
 
-    $QE_HOME/monitoring/baselines/<model_name>/<version>/statistics.json       Model Monitor statistics
-    $QE_HOME/monitoring/baselines/<model_name>/<version>/constraints.json      Model Monitor constraints
-    $QE_HOME/monitoring/baselines/<model_name>/<version>/quality_baseline.json holdout QualityBaseline
+    <model_name>/baselines/<version>/statistics.json        Model Monitor statistics
+    <model_name>/baselines/<version>/constraints.json       Model Monitor constraints, thresholds calibrated
+    <model_name>/baselines/<version>/quality_baseline.json  holdout QualityBaseline
 
-They are written when the version is registered (``spot_training``'s register task) and read by
-every later drift check of that version, which therefore never reloads the training data.
+(A version's own folder is immutable once registered, so they sit in a sibling tree.) They are
+written when the version is registered (``spot_training``'s register task) and read by every later
+drift check of that version, which therefore never reloads the training data.
 
 :func:`run_drift_check` is the check the ``drift_monitor`` DAG runs after the batch scorer
 (:mod:`quant_engine.monitoring.scoring`): feature drift of a recent window against the baseline,
@@ -18,11 +19,11 @@ regime, one verdict, drift metrics to the alarms, and a JSON + HTML report.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +31,13 @@ import pandas as pd
 
 from quant_engine.config import Settings, get_settings, make_alarms, make_model_registry, make_offline_store
 from quant_engine.features.offline_store import check_name
-from quant_engine.monitoring.baseline import Baseline, BaselineError, build_baseline, write_json_atomic
+from quant_engine.monitoring.baseline import (
+    CONSTRAINTS_FILE,
+    STATISTICS_FILE,
+    Baseline,
+    BaselineError,
+    build_baseline,
+)
 from quant_engine.monitoring.concept_drift import QualityBaseline
 from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
 from quant_engine.wfo.pipeline import LabelConfig
@@ -38,7 +45,7 @@ from quant_engine.wfo.pipeline import LabelConfig
 if TYPE_CHECKING:
     import xgboost as xgb
 
-    from quant_engine.features.offline_store import OfflineStore
+    from quant_engine.features.offline_store import FileSystem, OfflineStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,8 @@ __all__ = [
     "QUALITY_FILE",
     "DriftCheckResult",
     "NoChampionError",
-    "baseline_dir",
+    "DEFAULT_MIN_DRIFTED_FEATURES",
+    "baseline_key",
     "champion",
     "label_config",
     "load_baseline",
@@ -58,13 +66,22 @@ __all__ = [
 ]
 
 QUALITY_FILE = "quality_baseline.json"
+#: Features that must drift together before the inputs count as drifted: one alone is the noise a
+#: stationary market shows now and then (see :mod:`quant_engine.monitoring.calibration`).
+DEFAULT_MIN_DRIFTED_FEATURES = 2
 
 
-def baseline_dir(model_name: str, version: object, settings: Settings | None = None) -> Path:
-    """``$QE_HOME/monitoring/baselines/<model_name>/<version>``: where a version's baselines live."""
+def baseline_key(model_name: str, version: object, file: str = "") -> str:
+    """Storage key, in the registry's file system, of a version's baseline folder or one of its files."""
     check_name(model_name, "model_name")
-    settings = settings or get_settings()
-    return settings.home / "monitoring" / "baselines" / model_name / parse_version(version)
+    return "/".join(p for p in (model_name, "baselines", parse_version(version), file) if p)
+
+
+def _put_json(fs: FileSystem, key: str, obj: object) -> None:
+    """Replace ``key`` with ``obj`` as JSON all at once (a local rename or a single S3 put)."""
+    current = fs.read_versioned(key)
+    fs.replace_atomic(key, json.dumps(obj, indent=2, allow_nan=False).encode(),
+                      expected_version=None if current is None else current[1])
 
 
 def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
@@ -81,22 +98,32 @@ def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[
 
 def record_baseline(model_name: str, version: object, booster: xgb.Booster, train: pd.DataFrame,
                     holdout: pd.DataFrame, features: Sequence[str], *, label: str = "label",
-                    settings: Settings | None = None) -> Path:
+                    settings: Settings | None = None) -> str:
     """Build and store a version's baselines: feature statistics of ``train``, quality on ``holdout``.
 
+    When ``train`` has ``event_time`` (``quant_engine.training.dataset.load_train_frame``), the drift
+    thresholds are calibrated on windows of it (:mod:`quant_engine.monitoring.calibration`).
     Deterministic in its inputs, so a rerun of the registering task rewrites the same bytes.
-    Returns the folder written.
+    Returns where the baselines were stored.
     """
+    from quant_engine.monitoring.calibration import calibrate_baseline
+
+    fs = make_model_registry(settings, model_name).fs
+
     features = list(features)
     if label not in holdout.columns:
         raise ValueError(f"the holdout lacks its label column {label!r}")
     baseline = build_baseline(train, features=features)
+    if "event_time" in train.columns:
+        baseline = calibrate_baseline(baseline, train)
+    else:
+        log.warning("the training rows carry no event_time: drift thresholds are not calibrated")
     quality = QualityBaseline.from_predictions(predict_proba(booster, holdout, features),
                                                holdout[label].to_numpy())
-    folder = baseline_dir(model_name, version, settings)
-    baseline.write(folder)
-    write_json_atomic(folder / QUALITY_FILE, quality.to_dict())
-    return folder
+    _put_json(fs, baseline_key(model_name, version, STATISTICS_FILE), baseline.statistics)
+    _put_json(fs, baseline_key(model_name, version, CONSTRAINTS_FILE), baseline.constraints)
+    _put_json(fs, baseline_key(model_name, version, QUALITY_FILE), quality.to_dict())
+    return f"{fs!r}/{baseline_key(model_name, version)}"
 
 
 def load_baseline(model_name: str, version: object,
@@ -106,17 +133,21 @@ def load_baseline(model_name: str, version: object,
     Raises
     ------
     BaselineError
-        No baseline was recorded for the version (it was registered before baselines existed).
+        No baseline was recorded for the version, or its files are unreadable.
     """
-    import json
-
-    folder = baseline_dir(model_name, version, settings)
-    baseline = Baseline.read(folder)
-    try:
-        quality = QualityBaseline.from_dict(json.loads((folder / QUALITY_FILE).read_text()))
-    except FileNotFoundError:
-        raise BaselineError(f"{folder / QUALITY_FILE} does not exist; the version has no quality baseline") from None
-    return baseline, quality
+    fs = make_model_registry(settings, model_name).fs
+    documents = []
+    for file in (STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE):
+        key = baseline_key(model_name, version, file)
+        stored = fs.read_versioned(key)
+        if stored is None:
+            raise BaselineError(f"{key} does not exist in {fs!r}; {model_name} {parse_version(version)} "
+                                "has no baseline (record_baseline writes it when the version is registered)")
+        try:
+            documents.append(json.loads(stored[0]))
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"{key} in {fs!r} is not valid JSON: {exc}") from exc
+    return Baseline(documents[0], documents[1]), QualityBaseline.from_dict(documents[2])
 
 
 # --- the drift check -------------------------------------------------------------------------------
@@ -232,7 +263,7 @@ def run_drift_check(
     comparison_threshold: float | None = None,
     psi_threshold: float | None = None,
     wasserstein_threshold: float | None = None,
-    min_drifted_features: int = 1,
+    min_drifted_features: int = DEFAULT_MIN_DRIFTED_FEATURES,
     confidence: float = 0.99,
     source: str | None = None,
     source_path: str | None = None,
@@ -255,7 +286,8 @@ def run_drift_check(
     window_days : int
         Days of recent data judged (clipped at the end of the training data).
     comparison_threshold, psi_threshold, wasserstein_threshold : float, optional
-        Feature-drift thresholds (see :func:`~quant_engine.monitoring.feature_drift.check_drift`).
+        Feature-drift thresholds (see :func:`~quant_engine.monitoring.feature_drift.check_drift`);
+        without ``comparison_threshold``, each feature's threshold calibrated for the window's length.
     min_drifted_features : int
         Features that must drift before the inputs count as drifted.
     confidence : float
@@ -321,7 +353,8 @@ def run_drift_check(
     verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
 
     alarms = make_alarms(settings, monitoring_schedule=schedule)
-    definitions = {name: drift_alarm(name, drift.comparison_threshold) for name in drift.comparison_distances}
+    thresholds = drift.thresholds
+    definitions = {name: drift_alarm(name, thresholds[name]) for name in drift.comparison_distances}
     for definition in definitions.values():
         alarms.put_alarm(definition)  # replacing an alarm keeps its state and history
     metrics = drift_metrics(drift)

@@ -13,6 +13,8 @@ Output folder (a run folder of the ``spot_training`` DAG)::
     train/train.parquet             feature columns + label: the trainer's ``train`` channel
     validation/validation.parquet   the holdout, same columns: the ``validation`` channel
     holdout.parquet                 the holdout with ticker, ts, t1, for evaluation and the registry
+    train_times.parquet             ticker and ts of each ``train`` row, in the channel's order: the
+                                    drift baseline calibrates its thresholds on windows of time
     training_set.json               summary: features, ranges, row counts, data fingerprint, params
     joined/                         the walk-forward dataset step's files it was cut from
 """
@@ -26,7 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quant_engine.config import Settings
 from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
@@ -38,6 +40,9 @@ from quant_engine.wfo.pipeline import (
     write_json,
     write_parquet,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ DEFAULT_PARAMS: dict[str, Any] = {**{k: WFO_DEFAULTS[k] for k in DATA_KEYS}, "st
                                   "window_days": 3 * 365, "holdout_fraction": 0.2, "embargo_bars": 5}
 CHANNEL_FILES: dict[str, str] = {"train": "train/train.parquet", "validation": "validation/validation.parquet"}
 HOLDOUT_FILE = "holdout.parquet"
+TRAIN_TIMES_FILE = "train_times.parquet"
 SUMMARY_FILE = "training_set.json"
 
 
@@ -187,6 +193,7 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Setti
     for channel, frame in (("train", train), ("validation", holdout)):
         write_parquet(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
     write_parquet(holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE)
+    write_parquet(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
     summary = {
         "features": features,
         "rows": {"train": int(in_train.sum()), "gap": int((~in_train & ~in_holdout).sum()),
@@ -207,6 +214,23 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Setti
     log.info("training set: %d train, %d in the gap, %d holdout rows (holdout from %s)", summary["rows"]["train"],
              summary["rows"]["gap"], summary["rows"]["holdout"], summary["holdout_start"])
     return summary
+
+
+def load_train_frame(out_dir: Path) -> pd.DataFrame:
+    """The ``train`` channel's rows with their ``ticker`` and ``event_time``, as the drift baseline wants them.
+
+    The channel itself holds features and label only (the trainer's contract); the times come from
+    the file written beside it.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    train = pd.read_parquet(out_dir / CHANNEL_FILES["train"])
+    times = pd.read_parquet(out_dir / TRAIN_TIMES_FILE)
+    if len(times) != len(train):
+        raise TrainingSetError(f"{out_dir / TRAIN_TIMES_FILE} has {len(times)} rows, the train channel {len(train)}; "
+                               "rebuild the training set")
+    return pd.concat([times.rename(columns={"ts": "event_time"}), train], axis=1)
 
 
 def load_summary(out_dir: Path) -> dict[str, Any]:
