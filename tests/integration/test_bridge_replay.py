@@ -125,7 +125,8 @@ def assert_parity(received: list[dict], stored: dict[str, object], replay: pd.Da
     offline = stored["offline"]
     keys = [(s["ticker"], pd.Timestamp(s["ts"])) for s in received]
     assert len(keys) == len(set(keys)), "a bar was emitted twice"
-    assert sorted(keys) == sorted(zip(replay["ticker"], replay["ts"], strict=True))
+    expected = set(zip(replay["ticker"], replay["ts"], strict=True))
+    assert set(keys) == expected, f"missing {sorted(expected - set(keys))}, unexpected {sorted(set(keys) - expected)}"
     names = get_feature_set("default").names
     got = np.array([[s["features"][n] for n in names] for s in received])
     want = offline.loc[keys, names].to_numpy()
