@@ -41,9 +41,9 @@ ORIGINS: tuple[str, ...] = ("feed", "stored", "partial", "backfill")
 
 
 class BarSource(Protocol):
-    """Stored daily bars (the feed helper's ``BarHistory`` satisfies it)."""
+    """Stored daily bars: :class:`quant_engine.bridge.history.BarHistory` or anything with its ``between``."""
 
-    def bars(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Bars of ``ticker`` with ``start <= ts <= end``: ``ticker, ts, open, high, low, close, volume``."""
         ...
 
@@ -77,6 +77,11 @@ def bar_ts(day: int) -> pd.Timestamp:
     return pd.Timestamp(day * DAY_MS + _CLOSE_MS, unit="ms", tz="UTC").as_unit("ns")
 
 
+def _weekdays_between(first: int, last: int) -> int:
+    """Weekdays strictly between two day numbers: sessions a gap may have cost (1970-01-01 was a Thursday)."""
+    return sum(1 for day in range(first + 1, last) if (day + 3) % 7 < 5)
+
+
 def _tick_bar(tick: Tick, day: int, origin: str) -> Bar:
     return Bar(tick.ticker, bar_ts(day), float(tick.open_price), float(tick.day_high), float(tick.day_low),
                float(tick.price), float(tick.day_volume), origin)
@@ -85,9 +90,9 @@ def _tick_bar(tick: Tick, day: int, origin: str) -> Bar:
 def _stored_bars(frame: pd.DataFrame, origin: str) -> Iterator[tuple[int, Bar]]:
     frame = frame.sort_values("ts", kind="stable")
     ts_ms = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC").as_unit("ns").asi8 // 1_000_000
-    for ms, row in zip(ts_ms.tolist(), frame.itertuples(index=False), strict=True):
-        yield session_day(ms), Bar(str(row.ticker), bar_ts(session_day(ms)), float(row.open), float(row.high),
-                                   float(row.low), float(row.close), float(row.volume), origin)
+    columns = [frame[c].to_numpy(dtype=np.float64).tolist() for c in ("open", "high", "low", "close", "volume")]
+    for ms, ticker, *values in zip(ts_ms.tolist(), frame["ticker"].astype(str).tolist(), *columns, strict=True):
+        yield session_day(ms), Bar(ticker, bar_ts(session_day(ms)), *values, origin)
 
 
 class BarAggregator:
@@ -187,10 +192,10 @@ class BarAggregator:
         latest = self._open.pop(ticker, None)
         last = self._last_closed.get(ticker)
         stored: dict[int, Bar] = {}
-        needs_history = final is None or (last is not None and day - last > 1)
+        needs_history = final is None or (last is not None and _weekdays_between(last, day) > 0)
         if self.history is not None and needs_history:
             first = day if last is None else last + 1
-            frame = self.history.bars(ticker, bar_ts(first), bar_ts(day))
+            frame = self.history.between(ticker, bar_ts(first), bar_ts(day))
             stored = {d: b for d, b in _stored_bars(frame, "backfill") if first <= d <= day}
         out = [stored[d] for d in sorted(stored) if d < day]
         if final is not None:

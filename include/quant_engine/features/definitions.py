@@ -263,6 +263,8 @@ def _ohlc_problems(columns: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndar
 
 def _timestamp_ns(value: object, ticker: str) -> int:
     """A bar's timestamp as UTC nanoseconds; naive timestamps are an error."""
+    if isinstance(value, pd.Timestamp) and value.tzinfo is not None:
+        return value.value  # the common case, already aware: its UTC nanoseconds
     if not isinstance(value, (pd.Timestamp, datetime, np.datetime64, str)):
         raise BarValidationError(f"bar for {ticker!r}: ts={value!r} is not a timestamp")
     try:
@@ -451,7 +453,8 @@ class StreamingFeatureState:
 
     Each ticker keeps the last ``lookback`` values of every input column in a doubled ring buffer
     (each value is written twice, ``capacity`` apart), so the trailing window is always one
-    contiguous slice: O(1) to append, no copying. The window function gets it as a ``(1, window)``
+    contiguous slice: O(1) to append, no copying. The rings of all tickers are rows of one array,
+    so :meth:`update_many` gathers many tickers' windows in one indexing call. The window function gets it as a ``(1, window)``
     view whose row is laid out in memory as each row of the batch path's sliding-window view.
 
     Examples
@@ -469,7 +472,10 @@ class StreamingFeatureState:
         self._columns = feature_set.input_columns
         self._buffer_rows = [tuple(self._columns.index(c) for c in f.inputs) for f in self._features]
         self._capacity = feature_set.lookback
-        self._buffers: dict[str, np.ndarray] = {}
+        # One (tickers, columns, 2 * capacity) array holds every ticker's ring, so update_many
+        # gathers all tickers' windows of a feature in one indexing call.
+        self._rows: dict[str, int] = {}
+        self._ring = np.full((8, len(self._columns), 2 * self._capacity), np.nan)
         self._counts: dict[str, int] = {}
         self._last_ts: dict[str, int] = {}
 
@@ -503,7 +509,7 @@ class StreamingFeatureState:
         """
         ticker, ts_ns, values = self._checked(bar)
         end = self._push(ticker, ts_ns, values)
-        buffer, count = self._buffers[ticker], self._counts[ticker]
+        buffer, count = self._ring[self._rows[ticker]], self._counts[ticker]
         out: dict[str, float] = {}
         for feature, rows in zip(self._features, self._buffer_rows, strict=True):
             if count < feature.window:
@@ -527,23 +533,34 @@ class StreamingFeatureState:
             Any bar :meth:`update` would refuse, or two bars for one ticker (their order would be
             ambiguous). Nothing is added then, not even the valid bars.
         """
-        checked = [self._checked(bar) for bar in bars]
-        tickers = [ticker for ticker, _, _ in checked]
-        repeated = sorted({t for t in tickers if tickers.count(t) > 1})
-        if repeated:
+        if not bars:
+            return []
+        identities = [self._identity(bar) for bar in bars]
+        tickers = [ticker for ticker, _ in identities]
+        if len(set(tickers)) < len(tickers):
+            repeated = sorted({t for t in tickers if tickers.count(t) > 1})
             raise BarValidationError(f"update_many got several bars for {repeated}; pass one bar per ticker")
-        ends = [self._push(ticker, ts_ns, values) for ticker, ts_ns, values in checked]
+        try:
+            values = np.array([[bar[c] for c in self._columns] for bar in bars], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise BarValidationError(f"bars for {tickers} hold a value that is not a number: {exc}") from exc
+        columns = dict(zip(self._columns, values.T, strict=True))
+        problems = [(f"{column} {rule}", mask) for column, col in columns.items()
+                    for rule, mask in _value_problems(column, col)]
+        found = [f"{rule}: {[tickers[i] for i in np.flatnonzero(mask)]}"
+                 for rule, mask in problems + _ohlc_problems(columns) if mask.any()]
+        if found:
+            raise BarValidationError("bars refused: " + "; ".join(found))
+        ends = np.array([self._push(t, ts_ns, row) for (t, ts_ns), row in zip(identities, values, strict=True)])
+        rows_of = np.array([self._rows[t] for t in tickers])
         counts = np.array([self._counts[t] for t in tickers])
-        out = np.full((len(checked), len(self._features)), np.nan)
-        for j, (feature, rows) in enumerate(zip(self._features, self._buffer_rows, strict=True)):
+        out = np.full((len(bars), len(self._features)), np.nan)
+        for j, (feature, inputs) in enumerate(zip(self._features, self._buffer_rows, strict=True)):
             ready = np.flatnonzero(counts >= feature.window)
             if ready.size == 0:
                 continue
-            windows = [
-                np.stack([self._buffers[tickers[i]][r, ends[i] - feature.window : ends[i]] for i in ready])
-                for r in rows
-            ]
-            out[ready, j] = feature.apply(*windows)
+            positions = ends[ready, np.newaxis] - feature.window + np.arange(feature.window)
+            out[ready, j] = feature.apply(*(self._ring[rows_of[ready, np.newaxis], r, positions] for r in inputs))
         names = [f.name for f in self._features]
         return [dict(zip(names, row.tolist(), strict=True)) for row in out]
 
@@ -592,9 +609,8 @@ class StreamingFeatureState:
         problems += [rule for rule, mask in _ohlc_problems(columns) if mask.any()]
         if problems:
             raise BarValidationError(f"warm-up bars for {ticker!r}: " + "; ".join(problems))
-        buffer = self._buffers.get(ticker)
-        if buffer is None:
-            buffer = self._buffers[ticker] = np.full((len(self._columns), 2 * self._capacity), np.nan)
+        row = self._row(ticker)  # first: adding a ticker may replace the ring array
+        buffer = self._ring[row]
         count = self._counts.get(ticker, 0)
         kept = min(len(ts_ns), self._capacity)
         slots = (count + len(ts_ns) - kept + np.arange(kept)) % self._capacity
@@ -605,21 +621,7 @@ class StreamingFeatureState:
 
     def _checked(self, bar: Mapping[str, object]) -> tuple[str, int, np.ndarray]:
         """``(ticker, ts in UTC ns, input values)`` of a bar that passes every rule, else the error."""
-        if not isinstance(bar, Mapping):
-            raise BarValidationError(f"bar {bar!r} is not a mapping of column -> value")
-        missing = [k for k in ("ticker", "ts", *self._columns) if k not in bar]
-        if missing:
-            raise BarValidationError(f"bar {dict(bar)!r} is missing {missing}")
-        ticker = bar["ticker"]
-        if not isinstance(ticker, str) or not ticker:
-            raise BarValidationError(f"bar ticker {ticker!r} must be a non-empty string")
-        ts_ns = _timestamp_ns(bar["ts"], ticker)
-        previous = self._last_ts.get(ticker)
-        if previous is not None and ts_ns <= previous:
-            raise BarValidationError(
-                f"bar for {ticker!r} at {pd.Timestamp(ts_ns, tz='UTC')} is not after its previous bar at "
-                f"{pd.Timestamp(previous, tz='UTC')}; time must move forward per ticker"
-            )
+        ticker, ts_ns = self._identity(bar)
         try:
             values = np.array([float(bar[c]) for c in self._columns])
         except (TypeError, ValueError) as exc:
@@ -636,11 +638,29 @@ class StreamingFeatureState:
             raise BarValidationError(f"bar for {ticker!r} at {bar['ts']}: " + "; ".join(problems))
         return ticker, ts_ns, values
 
+    def _identity(self, bar: Mapping[str, object]) -> tuple[str, int]:
+        """``(ticker, ts in UTC ns)`` of a bar with every key, a ticker and a time after the ticker's last."""
+        if not isinstance(bar, Mapping):
+            raise BarValidationError(f"bar {bar!r} is not a mapping of column -> value")
+        missing = [k for k in ("ticker", "ts", *self._columns) if k not in bar]
+        if missing:
+            raise BarValidationError(f"bar {dict(bar)!r} is missing {missing}")
+        ticker = bar["ticker"]
+        if not isinstance(ticker, str) or not ticker:
+            raise BarValidationError(f"bar ticker {ticker!r} must be a non-empty string")
+        ts_ns = _timestamp_ns(bar["ts"], ticker)
+        previous = self._last_ts.get(ticker)
+        if previous is not None and ts_ns <= previous:
+            raise BarValidationError(
+                f"bar for {ticker!r} at {pd.Timestamp(ts_ns, tz='UTC')} is not after its previous bar at "
+                f"{pd.Timestamp(previous, tz='UTC')}; time must move forward per ticker"
+            )
+        return ticker, ts_ns
+
     def _push(self, ticker: str, ts_ns: int, values: np.ndarray) -> int:
         """Append a checked bar to the ticker's ring; returns the end of its newest window slice."""
-        buffer = self._buffers.get(ticker)
-        if buffer is None:
-            buffer = self._buffers[ticker] = np.full((len(self._columns), 2 * self._capacity), np.nan)
+        row = self._row(ticker)  # first: adding a ticker may replace the ring array
+        buffer = self._ring[row]
         count = self._counts.get(ticker, 0)
         slot = count % self._capacity
         buffer[:, slot] = values
@@ -648,6 +668,17 @@ class StreamingFeatureState:
         self._counts[ticker] = count + 1
         self._last_ts[ticker] = ts_ns
         return slot + self._capacity + 1  # the newest value sits at end - 1
+
+    def _row(self, ticker: str) -> int:
+        """The ticker's row in the ring array, adding one (and doubling the array when full) for a new ticker."""
+        row = self._rows.get(ticker)
+        if row is None:
+            row = self._rows[ticker] = len(self._rows)
+            if row == self._ring.shape[0]:
+                grown = np.full((2 * row, *self._ring.shape[1:]), np.nan)
+                grown[:row] = self._ring
+                self._ring = grown
+        return row
 
 
 _FEATURE_SETS: dict[str, FeatureSet] = {

@@ -31,7 +31,7 @@ class FakeHistory:
         self.frame = pd.DataFrame(rows)
         self.queries: list[tuple[str, pd.Timestamp, pd.Timestamp]] = []
 
-    def bars(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         self.queries.append((ticker, start, end))
         f = self.frame
         return f.loc[(f["ticker"] == ticker) & (f["ts"] >= start) & (f["ts"] <= end)] if len(f) else f
@@ -99,3 +99,13 @@ def test_contiguous_sessions_closed_by_the_feed_do_not_touch_history() -> None:
 def test_bad_grace_is_refused() -> None:
     with pytest.raises(ValueError, match="close_grace_ms=-1"):
         BarAggregator(close_grace_ms=-1)
+
+
+def test_a_weekend_is_no_gap_but_a_missing_monday_is() -> None:
+    history = FakeHistory({"A": [0, 4, 7]})  # Monday, Friday, next Monday
+    agg = BarAggregator(history)
+    agg.seed("A", bar_ts(int(MONDAY.value // 86_400_000_000_000) + 4))
+    assert [b.origin for b in agg.on_tick(tick("A", 7, 21, 100.0, post=True))] == ["feed"]
+    assert history.queries == []  # Saturday and Sunday cost no session: history is not asked
+    closed = agg.on_tick(tick("A", 9, 21, 100.0, post=True))  # Tuesday 8 missing, then Wednesday 9
+    assert [b.origin for b in closed] == ["feed"] and len(history.queries) == 1  # 8 is a holiday: no stored bar
