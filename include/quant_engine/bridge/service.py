@@ -1,11 +1,13 @@
 """The bridge service: feed client -> bounded buffer -> state handler -> signal publisher, in one asyncio loop.
 
-Two tasks share the loop. *Ingest* reads ticks from the :class:`~quant_engine.bridge.feed_client.FeedClient`
+Three tasks share the loop. *Ingest* reads ticks from the :class:`~quant_engine.bridge.feed_client.FeedClient`
 (which reconnects by itself) into the :class:`~quant_engine.bridge.buffer.TickBuffer` and never
 waits on processing. *Process* drains whatever the buffer holds, hands it to the
 :class:`~quant_engine.bridge.state.StateHandler` in one batch (so bars that close together are
 predicted together) and publishes the signals. The model is refreshed between batches, so a newly
 promoted champion takes over without losing a tick: ticks keep arriving in the buffer meanwhile.
+*Housekeeping* writes predictions to the prediction log at least every ``log_flush_s`` seconds,
+so the drift monitor sees them on quiet days too.
 
 ``quant-engine bridge run`` and ``python -m quant_engine.bridge`` run it configured from the
 environment (:class:`~quant_engine.bridge.settings.BridgeSettings`), log JSON lines to stderr, and
@@ -120,21 +122,22 @@ class BridgeService:
         await self.publisher.start()
         log.info("bridge listening", extra={"port": self.port, "feed": self.settings.feed_url,
                                             "tickers": len(self.tickers), "model_version": self.handler.model.version})
-        ingest = asyncio.create_task(self._ingest(), name="bridge-ingest")
-        process = asyncio.create_task(self._process(), name="bridge-process")
+        tasks = {asyncio.create_task(self._ingest(), name="bridge-ingest"),
+                 asyncio.create_task(self._process(), name="bridge-process"),
+                 asyncio.create_task(self._housekeeping(), name="bridge-housekeeping")}
         if started is not None:
             started.set()
         stopped = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait({ingest, process, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({*tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
             for task in done - {stopped}:
                 task.result()  # a task that ended on its own failed: let the error out
         finally:
             self._stopping = True
             await self.feed.close()
-            for task in (ingest, process, stopped):
+            for task in (*tasks, stopped):
                 task.cancel()
-            await asyncio.gather(ingest, process, stopped, return_exceptions=True)
+            await asyncio.gather(*tasks, stopped, return_exceptions=True)
             self._handle(self.buffer.drain())
             self.handler.flush()
             await self.publisher.stop()
@@ -152,6 +155,11 @@ class BridgeService:
             await self.buffer.wait()
             self._handle(self.buffer.drain())
             await asyncio.sleep(0)  # let ingest and subscribers run between batches
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.log_flush_s)
+            self.handler.flush()
 
     def _handle(self, ticks: list[Tick]) -> list[Signal]:
         if not ticks:

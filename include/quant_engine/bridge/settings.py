@@ -21,6 +21,7 @@ variable                       default                   meaning
 ``QE_BRIDGE_STALE_S``          ``30``                    feed silence (s) before reconnecting
 ``QE_BRIDGE_VOL_POLICY``       ``suppress``              ``suppress`` or ``scale`` out-of-range signals
 ``QE_BRIDGE_LOG_BATCH``        ``256``                   predictions per prediction-log file
+``QE_BRIDGE_LOG_FLUSH_S``      ``60``                    longest a prediction waits to be logged (s)
 ``QE_BRIDGE_RELOAD_S``         ``30``                    how often to look for a new champion (s)
 ``QE_BRIDGE_MAX_SIZE``         ``65536``                 largest subscriber message (bytes)
 ``QE_BRIDGE_CLIENT_QUEUE``     ``1024``                  signals queued per subscriber before dropping
@@ -51,7 +52,8 @@ _WHOLE = {
     "port": "QE_BRIDGE_PORT", "buffer_size": "QE_BRIDGE_BUFFER_SIZE", "log_batch": "QE_BRIDGE_LOG_BATCH",
     "max_size": "QE_BRIDGE_MAX_SIZE", "client_queue": "QE_BRIDGE_CLIENT_QUEUE",
 }
-_SECONDS = {"stale_after_s": "QE_BRIDGE_STALE_S", "reload_s": "QE_BRIDGE_RELOAD_S"}
+_SECONDS = {"stale_after_s": "QE_BRIDGE_STALE_S", "reload_s": "QE_BRIDGE_RELOAD_S",
+            "log_flush_s": "QE_BRIDGE_LOG_FLUSH_S"}
 
 
 def _names(raw: str | None) -> tuple[str, ...]:
@@ -76,6 +78,7 @@ class BridgeSettings:
     stale_after_s: float = 30.0
     vol_policy: str = "suppress"
     log_batch: int = 256
+    log_flush_s: float = 60.0
     reload_s: float = 30.0
     max_size: int = 65_536
     client_queue: int = 1024

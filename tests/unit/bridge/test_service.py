@@ -140,3 +140,34 @@ def test_module_entry_point_serves_and_stops_cleanly_on_sigterm(qe_home: Path) -
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_housekeeping_logs_predictions_on_quiet_days(qe_home: Path) -> None:
+    register_model(qe_home, seed=1, vol_range=(0.0, 5.0))
+    market = SyntheticMarket(n_tickers=2, seed=5).fetch(None, "2021-01-01", "2022-03-02")
+    live_from = pd.Timestamp("2022-03-01", tz="UTC")
+    registry = make_model_registry()
+    handler = StateHandler(get_feature_set("default"), LocalChampionModel(registry),
+                           history=FrameHistory(market.loc[market["ts"] < live_from]),
+                           prediction_log=prediction_log(registry), log_batch=1000)
+    service = BridgeService(BridgeSettings(port=0, log_flush_s=0.05), handler, ("SYN00", "SYN01"))
+
+    async def main() -> int:
+        stop, started = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(service.run(stop, started))
+        await started.wait()
+        from .conftest import session_ticks
+
+        for tick in session_ticks(market.loc[market["ts"] >= live_from]):
+            service.buffer.put(tick)
+        for _ in range(100):  # well below log_batch: only the timer can write them
+            await asyncio.sleep(0.02)
+            if prediction_log(registry).files():
+                break
+        files = len(prediction_log(registry).files())
+        stop.set()
+        await running
+        return files
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == 1
+    assert len(prediction_log(registry).read()) == 4

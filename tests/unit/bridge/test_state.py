@@ -94,3 +94,20 @@ def test_model_without_the_feature_sets_columns_is_refused(qe_home: Path) -> Non
         StateHandler(FEATURE_SET.select(["log_return_1"]), LocalChampionModel(make_model_registry()))
     with pytest.raises(ValueError, match="vol_policy='clip'"):
         StateHandler(FEATURE_SET, LocalChampionModel(make_model_registry()), vol_policy="clip")
+
+
+def test_a_promoted_champion_takes_over_between_batches_without_losing_bars(qe_home: Path,
+                                                                             market: pd.DataFrame) -> None:
+    first = register_model(qe_home, seed=1, vol_range=(0.0, 5.0))
+    registry = make_model_registry()
+    handler = StateHandler(FEATURE_SET, LocalChampionModel(registry, check_every_s=0),
+                           history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+                           prediction_log=prediction_log(registry))
+    days = [day for _, day in market.loc[market["ts"] >= LIVE_FROM].groupby("ts")][:4]
+    signals = handler.on_ticks(session_ticks(days[0])) + handler.on_ticks(session_ticks(days[1]))
+    second = register_model(qe_home, seed=2, vol_range=(0.0, 5.0))
+    signals += handler.on_ticks(session_ticks(days[2])) + handler.on_ticks(session_ticks(days[3]))
+    assert [s.model_version for s in signals] == [first] * 6 + [second] * 6
+    assert handler.counters["model_reloads"] == 1 and len({(s.ticker, s.ts) for s in signals}) == 12
+    handler.flush()
+    assert prediction_log(registry).read().groupby("model_version").size().to_dict() == {first: 6, second: 6}
