@@ -19,12 +19,13 @@ export PYTHONUNBUFFERED := 1
 
 AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.migrated-$(DEPS_HASH)
 
-.PHONY: run test venv airflow-db bench clean help
+.PHONY: run test up down browser-deps venv airflow-db bench clean help
 
 help:
 	@echo "make run   - install what is missing, then run the main job on the embedded default"
 	@echo "make test  - install what is missing, then run the whole test suite"
 	@echo "make bench - run the benchmarks under bench/"
+	@echo "make up    - start the stack natively (Postgres, Airflow, feed, bridge); make down stops it"
 
 venv: $(DEPS_STAMP)
 
@@ -61,8 +62,21 @@ run: venv airflow-db
 	$(call dag_test,wfo_pipeline)
 	@$(BIN)/quant-engine wfo show --latest
 
-test: venv airflow-db
+test: venv airflow-db browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The browser test drives Debian's Chromium through its chromedriver; CI starts on a clean machine.
+browser-deps:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+		echo "== installing chromium and chromium-driver (browser test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# The compose stack's processes on this machine, for real end-to-end runs (see ops/stack.py).
+up: venv
+	@$(BIN)/python ops/stack.py up
+
+down:
+	@$(BIN)/python ops/stack.py down
 
 bench: venv
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

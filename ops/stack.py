@@ -10,7 +10,10 @@ group, so stopping it also stops the task processes it started.
 
 Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STACK_API_PORT`` (28080),
 ``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD``
-(admin / admin), ``QE_STACK_TIMEOUT_S`` (240, per service). ``QE_HOME`` is handed to every service.
+(admin / admin), ``QE_STACK_TIMEOUT_S`` (240, per service), ``QE_STACK_FEED_START`` (2024-01-02, first
+day the feed replays). ``QE_HOME`` is handed to every service. The bridge serves the registry's
+champion model: before one exists, ``up`` says so and leaves the bridge stopped (the UI shows
+"bridge not reachable"); ``make up`` again after ``spot_training`` starts it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class StackConfig:
     password: str
     timeout_s: float
     qe_home: Path
+    feed_start: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StackConfig:
@@ -67,6 +71,7 @@ class StackConfig:
             password=env.get("QE_STACK_PASSWORD", "admin"),
             timeout_s=float(env.get("QE_STACK_TIMEOUT_S", "240")),
             qe_home=Path(env.get("QE_HOME", REPO_ROOT / "var")).resolve(),
+            feed_start=env.get("QE_STACK_FEED_START", "2024-01-02"),
         )
 
     @property
@@ -111,6 +116,8 @@ def service_env(config: StackConfig) -> dict[str, str]:
         "QE_HOME": str(config.qe_home),
         "QE_BRIDGE_URL": f"http://127.0.0.1:{config.bridge_port}",
         "QE_FEED_URL": f"ws://127.0.0.1:{config.feed_port}",
+        "QE_BRIDGE_HOST": "127.0.0.1",
+        "QE_BRIDGE_PORT": str(config.bridge_port),
         "AIRFLOW_HOME": str(config.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
@@ -230,7 +237,12 @@ def _quant_engine_command(*args: str) -> list[str]:
 
 
 def services(config: StackConfig) -> dict[str, list[str]]:
-    """Each long-lived service and its command line, in start order."""
+    """Each long-lived service and its command line, in start order.
+
+    The feed replays the synthetic market from ``QE_STACK_FEED_START`` (default 2024-01-02) at the
+    feed's default speed; the bridge reads its settings (``QE_FEED_URL``, ``QE_BRIDGE_*``) from
+    :func:`service_env`.
+    """
     airflow = str(BIN / "airflow")
     return {
         "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(config.api_port),
@@ -238,19 +250,37 @@ def services(config: StackConfig) -> dict[str, list[str]]:
         "scheduler": [airflow, "scheduler"],
         "dag-processor": [airflow, "dag-processor"],
         "triggerer": [airflow, "triggerer"],
-        "feed": _quant_engine_command("feed", "serve", "--host", "127.0.0.1", "--port", str(config.feed_port)),
-        "bridge": _quant_engine_command("bridge", "run", "--host", "127.0.0.1", "--port", str(config.bridge_port),
-                                        "--feed-url", f"ws://127.0.0.1:{config.feed_port}"),
+        "feed": _quant_engine_command("feed", "serve", "--host", "127.0.0.1", "--port", str(config.feed_port),
+                                      "--source", "synthetic", "--start", config.feed_start),
+        "bridge": _quant_engine_command("bridge", "run"),
     }
 
 
-def start_service(config: StackConfig, name: str, command: list[str], env: dict[str, str]) -> None:
+def bridge_blocker(env: dict[str, str]) -> str | None:
+    """Why the bridge cannot start yet, or None: with a local model it serves the registry's champion."""
+    from quant_engine.bridge.settings import BridgeSettings
+    from quant_engine.config import Settings, make_model_registry
+
+    bridge = BridgeSettings.from_env(env)
+    if bridge.model_source != "local":
+        return None
+    registry = make_model_registry(Settings.from_env(env), name=bridge.model_name)
+    if registry.champion() is None:
+        return (f"model {registry.name!r} has no champion yet: trigger spot_training (after ingestion), "
+                "then run `make up` again to start the bridge")
+    return None
+
+
+def start_service(config: StackConfig, name: str, command: list[str],
+                  env: dict[str, str]) -> subprocess.Popen | None:
+    """Start ``name`` unless its pid file names a live process; the new process, or None."""
     if _running_pid(config, name):
-        return
-    log = config.log_file(name).open("a")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               cwd=REPO_ROOT, start_new_session=True)
+        return None
+    with config.log_file(name).open("a") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, cwd=REPO_ROOT, start_new_session=True)
     config.pid_file(name).write_text(f"{process.pid}\n")
+    return process
 
 
 def _airflow_components_healthy(config: StackConfig) -> tuple[bool, str]:
@@ -263,22 +293,29 @@ def _airflow_components_healthy(config: StackConfig) -> tuple[bool, str]:
     return not unhealthy, f"not healthy yet: {', '.join(unhealthy)}" if unhealthy else "healthy"
 
 
-def wait_healthy(config: StackConfig) -> None:
-    """Poll each service's health endpoint until it answers, or stop with that service's log."""
+def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen], skip: tuple[str, ...] = ()) -> None:
+    """Poll each service's health endpoint until it answers, or stop with that service's log.
+
+    A service in ``started`` that exits meanwhile fails at once instead of at the timeout.
+    """
     checks = {
         "api-server": lambda: _airflow_components_healthy(config),
         "feed": lambda: _http_ok(f"http://127.0.0.1:{config.feed_port}/health"),
         "bridge": lambda: _http_ok(f"http://127.0.0.1:{config.bridge_port}/health"),
     }
     for name, check in checks.items():
-        deadline = time.monotonic() + config.timeout_s
+        if name in skip:
+            continue
+        begun = time.monotonic()
+        deadline = begun + config.timeout_s
         why = "no answer"
         while time.monotonic() < deadline:
-            for process in services(config):
-                if config.pid_file(process).exists() and not _running_pid(config, process):
-                    _fail(config, process, "the process exited")
+            for process_name, process in started.items():
+                if process.poll() is not None:
+                    _fail(config, process_name, f"the process exited with status {process.returncode}")
             ok, why = check()
             if ok:
+                print(f"  {name:<13} healthy after {time.monotonic() - begun:.0f} s")
                 break
             time.sleep(1.0)
         else:
@@ -305,12 +342,19 @@ def up(config: StackConfig) -> None:
     env = service_env(config)
     write_passwords(config)
     migrate(config, env)
-    for name, command in services(config).items():
-        start_service(config, name, command, env)
-    wait_healthy(config)
+    to_start = services(config)
+    blocker = bridge_blocker(env)
+    if blocker is not None:
+        del to_start["bridge"]
+    started = {name: process for name, command in to_start.items()
+               if (process := start_service(config, name, command, env)) is not None}
+    wait_healthy(config, started, skip=() if blocker is None else ("bridge",))
     print(f"  api-server    {config.api_url}  (Airflow UI; login {config.user} / {config.password})")
     print(f"  Quant Engine  {config.api_url}/quant-engine/  (also in the UI's navigation)")
-    print(f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}")
+    if blocker is None:
+        print(f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}")
+    else:
+        print(f"  bridge        NOT STARTED: {blocker}")
     print(f"  feed          http://127.0.0.1:{config.feed_port}/health  ws://127.0.0.1:{config.feed_port}")
     print(f"  logs          {config.folder / 'logs'}   QE_HOME {config.qe_home}")
     print("Stop with `make down`.")
