@@ -267,7 +267,8 @@ async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, 
     stop, started = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(target.run(stop, started))
     await started.wait()
-    subscriber = ctx.Process(target=subscriber_process, args=(target.port, expected_signals, skip, ready, sub_q), daemon=True)
+    subscriber = ctx.Process(target=subscriber_process, args=(target.port, expected_signals, skip, ready, sub_q),
+                             daemon=True)
     subscriber.start()
     await asyncio.to_thread(ready.wait, 60)
     if system == "bridge":

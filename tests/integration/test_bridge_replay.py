@@ -27,7 +27,14 @@ import pytest
 import xgboost as xgb
 from websockets.asyncio.client import connect
 
-from quant_engine.bridge.feed_server import DROP_REASON_OF_KIND, MALFORMED_KINDS, FaultPlan, FeedServer, ReplayClock, ReplaySchedule
+from quant_engine.bridge.feed_server import (
+    DROP_REASON_OF_KIND,
+    MALFORMED_KINDS,
+    FaultPlan,
+    FeedServer,
+    ReplayClock,
+    ReplaySchedule,
+)
 from quant_engine.bridge.history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
@@ -89,7 +96,8 @@ async def run_bridge(replay: pd.DataFrame, *, faults: FaultPlan | None = None, t
 
     engine, settings = get_settings(), BridgeSettings(port=0, tokens=("tok",), feed_url=feed.url, log_batch=10_000)
     handler = StateHandler(get_feature_set("default"), build_model(settings, engine),
-                           history=BarHistory.from_settings(engine), prediction_log=prediction_log(make_model_registry()),
+                           history=BarHistory.from_settings(engine),
+                           prediction_log=prediction_log(make_model_registry()),
                            log_batch=settings.log_batch)
     service = BridgeService(settings, handler, tuple(TICKERS),
                             feed_options={"backoff_initial_s": 0.02, "backoff_max_s": 0.1, "seed": 7,

@@ -95,7 +95,8 @@ class BridgeService:
     def __init__(self, settings: BridgeSettings, handler: StateHandler, tickers: tuple[str, ...],
                  *, feed_options: dict[str, Any] | None = None) -> None:
         if not tickers:
-            raise ValueError("the bridge needs at least one ticker (QE_BRIDGE_TICKERS, or stored bars to take them from)")
+            raise ValueError("the bridge needs at least one ticker "
+                             "(QE_BRIDGE_TICKERS, or stored bars to take them from)")
         self.settings = settings
         self.handler = handler
         self.tickers = tuple(tickers)

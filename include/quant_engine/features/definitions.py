@@ -454,8 +454,9 @@ class StreamingFeatureState:
     Each ticker keeps the last ``lookback`` values of every input column in a doubled ring buffer
     (each value is written twice, ``capacity`` apart), so the trailing window is always one
     contiguous slice: O(1) to append, no copying. The rings of all tickers are rows of one array,
-    so :meth:`update_many` gathers many tickers' windows in one indexing call. The window function gets it as a ``(1, window)``
-    view whose row is laid out in memory as each row of the batch path's sliding-window view.
+    so :meth:`update_many` gathers many tickers' windows in one indexing call. The window
+    function gets a ``(1, window)`` view (or, from :meth:`update_many`, a ``(n, window)`` copy)
+    whose rows are laid out in memory as each row of the batch path's sliding-window view.
 
     Examples
     --------

@@ -29,7 +29,8 @@ def market() -> pd.DataFrame:
 
 def handler_for(market: pd.DataFrame, **options: object) -> StateHandler:
     registry = make_model_registry()
-    return StateHandler(FEATURE_SET, LocalChampionModel(registry), history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+    return StateHandler(FEATURE_SET, LocalChampionModel(registry),
+                        history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
                         prediction_log=prediction_log(registry), **options)
 
 
