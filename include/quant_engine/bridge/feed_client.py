@@ -237,10 +237,16 @@ class FeedClient:
         return self.ticks()
 
     async def ticks(self) -> AsyncIterator[Tick]:
-        """Every valid tick, across reconnects, until :meth:`close`. One consumer at a time."""
+        """Every valid tick, across reconnects, until :meth:`close`. One consumer at a time.
+
+        A consumer that may stop early should close the iterator, so the connection closes at
+        once: ``async with contextlib.aclosing(client.ticks()) as ticks: async for tick in ticks``.
+        """
         if self._iterating:
             raise RuntimeError("FeedClient.ticks() is already being consumed; use one consumer per client")
         self._iterating = True
+        loop = asyncio.get_running_loop()
+        stats = self.stats
         try:
             first = True
             while not self.closed:
@@ -250,12 +256,30 @@ class FeedClient:
                 ws = await self._connect()
                 if ws is None:
                     continue
-                stream = self._stream(ws)
+                opened = loop.time()
+                watchdog = self._opened(ws)
+                delivered = False
                 try:
-                    async for tick in stream:
-                        yield tick
+                    await ws.send(subscribe_message(self.tickers))
+                    subscribed_at = opened
+                    while True:
+                        self._waiting_since = loop.time()
+                        frame = await ws.recv()
+                        now = loop.time()
+                        self._waiting_since = None
+                        tick = self._accept(frame)
+                        if self.heartbeat_s is not None and now - subscribed_at >= self.heartbeat_s:
+                            await ws.send(subscribe_message(self.tickers))
+                            subscribed_at = now
+                        if tick is not None:
+                            if not delivered:
+                                delivered = True
+                                self.backoff.reset()
+                            yield tick
+                except ConnectionClosed as exc:
+                    stats.last_error = "stale feed" if self._stale else f"connection closed: {exc}"
                 finally:
-                    await stream.aclose()  # closes the connection now when the consumer stops early
+                    await self._lost(ws, watchdog, stable=loop.time() - opened >= self.stable_after_s)
         finally:
             self._iterating = False
 
@@ -286,51 +310,30 @@ class FeedClient:
             return None
         return ws
 
-    async def _stream(self, ws: ClientConnection) -> AsyncIterator[Tick]:
-        """Ticks of one connection until it ends; counts and reports the end."""
-        loop = asyncio.get_running_loop()
-        stats = self.stats
+    def _opened(self, ws: ClientConnection) -> asyncio.Task[None]:
+        """Count and report a new connection; start and return its stale-feed watchdog."""
         self._ws, self._stale, self._waiting_since = ws, False, None
-        stats.connects += 1
-        stats.reconnects += stats.connects > 1
-        stats.connected = True
-        opened = loop.time()
-        delivered = False
+        self.stats.connects += 1
+        self.stats.reconnects += self.stats.connects > 1
+        self.stats.connected = True
         self._emit("connected", detail=self.url)
-        watchdog = asyncio.create_task(self._watch(ws), name="feed-stale-watchdog")
-        try:
-            await ws.send(subscribe_message(self.tickers))
-            subscribed_at = opened
-            while True:
-                self._waiting_since = loop.time()
-                frame = await ws.recv()
-                now = loop.time()
-                self._waiting_since = None
-                tick = self._accept(frame)
-                if self.heartbeat_s is not None and now - subscribed_at >= self.heartbeat_s:
-                    await ws.send(subscribe_message(self.tickers))
-                    subscribed_at = now
-                if tick is not None:
-                    if not delivered:
-                        delivered = True
-                        self.backoff.reset()
-                    yield tick
-        except ConnectionClosed as exc:
-            stats.last_error = "stale feed" if self._stale else f"connection closed: {exc}"
-        finally:
-            watchdog.cancel()
-            self._ws = None
-            stats.connected = False
-            stats.disconnects += 1
-            if loop.time() - opened >= self.stable_after_s:
-                self.backoff.reset()
-            if not self.closed:
-                log.info("feed %s: disconnected (%s)", self.url, stats.last_error)
-            self._emit("disconnected", detail=stats.last_error)
-            if self._stale:
-                ws.transport.abort()  # a silent peer would not answer a closing handshake either
-            else:
-                await ws.close()
+        return asyncio.create_task(self._watch(ws), name="feed-stale-watchdog")
+
+    async def _lost(self, ws: ClientConnection, watchdog: asyncio.Task[None], *, stable: bool) -> None:
+        """Count and report the end of a connection, and close it."""
+        watchdog.cancel()
+        self._ws = None
+        self.stats.connected = False
+        self.stats.disconnects += 1
+        if stable:
+            self.backoff.reset()
+        if not self.closed:
+            log.info("feed %s: disconnected (%s)", self.url, self.stats.last_error)
+        self._emit("disconnected", detail=self.stats.last_error)
+        if self._stale:
+            ws.transport.abort()  # a silent peer would not answer a closing handshake either
+        else:
+            await ws.close()
 
     async def _watch(self, ws: ClientConnection) -> None:
         """Abort ``ws`` once the client has waited ``stale_after_s`` for a frame that never came."""

@@ -127,7 +127,7 @@ class ReplaySchedule:
     >>> bars = SyntheticMarket(n_tickers=2, seed=1).fetch(None, "2024-03-04", "2024-03-05")
     >>> schedule = ReplaySchedule(bars, ticks_per_bar=4)
     >>> ticks = [tick for _, tick in schedule.ticks()]
-    >>> len(ticks), ticks[-1].market_hours.name, ticks[-1].price == bars["close"].iloc[-1]
+    >>> len(ticks), ticks[-1].market_hours.name, ticks[-1].price == float(bars["close"].iloc[-1])
     (20, 'POST_MARKET', True)
     """
 
@@ -463,6 +463,8 @@ class FeedServer:
         Client messages buffered before the server stops reading from that client.
     write_limit : int
         Bytes waiting in a connection's write buffer beyond which its ticks are dropped (``lagged``).
+    now : callable
+        Wall clock (Unix seconds) the replay runs against; ``time.time`` outside tests.
 
     Examples
     --------

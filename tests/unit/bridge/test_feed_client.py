@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import random
@@ -46,8 +47,8 @@ def fast_client(url: str, **options) -> FeedClient:
 async def collect(client: FeedClient, done: Callable[[list[Tick]], bool], timeout: float = 30.0) -> list[Tick]:
     """Ticks from ``client`` until ``done(ticks)``; the consumer stopping closes the connection."""
     ticks: list[Tick] = []
-    async with asyncio.timeout(timeout):
-        async for tick in client.ticks():
+    async with asyncio.timeout(timeout), contextlib.aclosing(client.ticks()) as stream:
+        async for tick in stream:
             ticks.append(tick)
             if done(ticks):
                 break

@@ -229,3 +229,22 @@ def test_a_restart_with_the_same_anchor_resumes_at_the_live_position(tmp_path) -
     assert all(schedule.position_of(t.time_ms) <= stopped_at for t in before)
     assert all(schedule.position_of(t.time_ms) >= resumed_at for t in after)
     assert resumed_at > stopped_at
+
+
+def test_feed_serve_command_reads_its_bars_from_either_source() -> None:
+    from quant_engine.bridge.cli import _load_bars
+    from quant_engine.cli import build_parser
+    from quant_engine.features.ingest import IngestionRequest, ingest
+
+    parser = build_parser()
+    args = parser.parse_args(["feed", "serve", "--source", "store", "--tickers", "SYN01", "--start", "2024-03-04",
+                              "--end", "2024-03-08", "--port", "0", "--malformed-rate", "0.1"])
+    assert args.port == 0 and args.malformed_rate == 0.1 and args.speed == 60.0
+    with pytest.raises(ValueError, match="run `quant-engine ingest` first"):
+        _load_bars(args)
+    ingest(IngestionRequest.build("synthetic", "2024-03-04", "2024-03-08", tickers="SYN01"))
+    stored = _load_bars(args)
+    synthetic = _load_bars(parser.parse_args(["feed", "serve", "--tickers", "SYN01", "--start", "2024-03-04",
+                                              "--end", "2024-03-08"]))
+    pd.testing.assert_frame_equal(stored, synthetic)
+    assert len(stored) == 5
