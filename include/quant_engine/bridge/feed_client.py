@@ -16,7 +16,9 @@ objects for as long as it lives. Unlike yfinance's ``AsyncWebSocket`` it never g
   ticker's last tick again).
 
 Ticks lost while disconnected stay lost, as on any live feed; the bridge backfills whole bars
-from the offline store (:class:`~quant_engine.bridge.history.BarHistory`).
+from the offline store (:class:`~quant_engine.bridge.history.BarHistory`). The per-ticker order
+check outlives reconnects, so nothing already handed on comes back after one; a feed restarted
+*earlier* in time is dropped as ``time_backwards`` until it passes the last tick handed on.
 """
 
 from __future__ import annotations
@@ -314,7 +316,8 @@ class FeedClient:
         """Count and report a new connection; start and return its stale-feed watchdog."""
         self._ws, self._stale, self._waiting_since = ws, False, None
         self.stats.connects += 1
-        self.stats.reconnects += self.stats.connects > 1
+        if self.stats.connects > 1:
+            self.stats.reconnects += 1
         self.stats.connected = True
         self._emit("connected", detail=self.url)
         return asyncio.create_task(self._watch(ws), name="feed-stale-watchdog")
