@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 
 AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.migrated-$(DEPS_HASH)
 
-.PHONY: run test up down browser-deps venv airflow-db bench clean help
+.PHONY: run test up down browser-deps stack-deps venv airflow-db bench clean help
 
 help:
 	@echo "make run   - install what is missing, then run the main job on the embedded default"
@@ -62,7 +62,7 @@ run: venv airflow-db
 	$(call dag_test,wfo_pipeline)
 	@$(BIN)/quant-engine wfo show --latest
 
-test: venv airflow-db browser-deps
+test: venv airflow-db browser-deps stack-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The browser test drives Debian's Chromium through its chromedriver; CI starts on a clean machine.
@@ -71,8 +71,14 @@ browser-deps:
 		echo "== installing chromium and chromium-driver (browser test)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# Postgres for the stack's Airflow metadata database (Debian's package; CI starts on a clean machine).
+stack-deps:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "== installing postgresql (make up's metadata database)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
 # The compose stack's processes on this machine, for real end-to-end runs (see ops/stack.py).
-up: venv
+up: venv stack-deps
 	@$(BIN)/python ops/stack.py up
 
 down:
