@@ -1,0 +1,62 @@
+"""ops/stack.py (make up / make down): the same services and settings as the compose file, checked input."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("qe_stack", REPO_ROOT / "ops" / "stack.py")
+stack = importlib.util.module_from_spec(_spec)
+sys.modules["qe_stack"] = stack  # dataclasses look their module up there
+_spec.loader.exec_module(stack)
+#: make up's process name -> the compose service that runs the same command.
+COMPOSE_NAME = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler",
+                "dag-processor": "airflow-dag-processor", "triggerer": "airflow-triggerer",
+                "feed": "feed", "bridge": "bridge"}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> object:
+    return stack.StackConfig.from_env({"QE_STACK_DIR": str(tmp_path / "stack"), "QE_HOME": str(tmp_path / "home")})
+
+
+def test_make_up_runs_the_compose_stacks_long_lived_services(config: object) -> None:
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["services"]
+    default = {name for name, service in compose.items() if "profiles" not in service}
+    assert set(COMPOSE_NAME) == set(stack.services(config))
+    assert {COMPOSE_NAME[name] for name in stack.services(config)} | {"postgres", "airflow-init"} == default
+    for name, command in stack.services(config).items():
+        compose_command = compose[COMPOSE_NAME[name]]["command"]
+        words = compose_command.split() if isinstance(compose_command, str) else compose_command
+        assert words[0] in command, f"{name} runs {command}, compose runs {words}"
+
+
+def test_services_share_the_settings_compose_gives_airflow(config: object) -> None:
+    env = stack.service_env(config)
+    compose_env = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["x-airflow-env"]
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == compose_env["AIRFLOW__CORE__AUTH_MANAGER"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow@127.0.0.1:55432/")
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:28080/execution/"
+    assert env["QE_BRIDGE_PORT"] == "8766" and env["QE_FEED_URL"] == "ws://127.0.0.1:8765"
+    # the JWT secret is generated once, kept private, and the same on every start
+    secret_file = Path(config.folder) / "jwt_secret"
+    assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 64 and secret_file.stat().st_mode & 0o077 == 0
+    assert stack.service_env(config)["AIRFLOW__API_AUTH__JWT_SECRET"] == env["AIRFLOW__API_AUTH__JWT_SECRET"]
+
+
+@pytest.mark.parametrize("value", ["0", "70000", "http", ""])
+def test_a_bad_port_is_refused_with_its_name(value: str) -> None:
+    with pytest.raises(SystemExit, match=f"QE_STACK_API_PORT={value!r}"):
+        stack.StackConfig.from_env({"QE_STACK_API_PORT": value})
+
+
+def test_down_with_nothing_running_is_a_no_op(config: object, capsys: pytest.CaptureFixture) -> None:
+    stack.down(config)
+    stack.down(config)
+    assert capsys.readouterr().out.count("The quant-engine stack is down.") == 2
