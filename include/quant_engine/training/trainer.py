@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.atomic import write_bytes_atomic
+from quant_engine.progress import Progress
 from quant_engine.training.checkpoints import CheckpointManager, open_checkpoint_store, sha256_hex
 
 __all__ = [
@@ -525,6 +526,7 @@ def train(
     emit({"event": "resume", "round": start})
 
     writer = _CheckpointWriter(manager, emit, start) if manager is not None else None
+    progress = Progress(params.num_round - start, f"training rounds {start + 1}..{params.num_round}", every_s=10.0)
     try:
         for i in range(start, params.num_round):
             if stop():
@@ -539,11 +541,13 @@ def train(
                 dtrain.set_info(feature_weights=cols)
             booster.update(dtrain, i)
             emit({"event": "round", "round": i + 1})
+            progress.advance()
             if writer is not None and params.checkpoint_every and (i + 1) % params.checkpoint_every == 0:
                 writer.submit(i + 1, booster)
         if writer is not None:
             writer.wait()
     finally:
+        progress.close()
         if writer is not None:
             writer.close()
     train_seconds = time.perf_counter() - started

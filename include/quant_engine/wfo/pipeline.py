@@ -839,8 +839,12 @@ def run_pipeline(params: Mapping[str, Any], run_id: str | None = None, settings:
 
         run_tasks_on_sagemaker(folder, None, settings)
     else:
-        for task in tasks:
-            run_split(folder, task["trial_id"], task["split_id"])
+        from quant_engine.progress import Progress
+
+        with Progress(len(tasks), "WFO (trial, split) fits") as progress:
+            for task in tasks:
+                run_split(folder, task["trial_id"], task["split_id"])
+                progress.advance()
     assemble(folder)
     statistics(folder)
     return write_report(folder, settings=settings)
