@@ -73,13 +73,16 @@ def wfo_pipeline():
 
         with fail_fast_on_bad_input():
             tasks = pipeline.plan(staged["run_dir"])
-        return [{"run_dir": staged["run_dir"], **t} for t in tasks]
+        print(f"planned {len(tasks)} (trial, split) fits, one mapped run_split task each")
+        return [{"run_dir": staged["run_dir"], **t, "position": i + 1, "of": len(tasks)} for i, t in enumerate(tasks)]
 
     @task(map_index_template="trial {{ task.op_kwargs['trial_id'] }} split {{ task.op_kwargs['split_id'] }}")
-    def run_split(run_dir: str, trial_id: int, split_id: int) -> dict:
+    def run_split(run_dir: str, trial_id: int, split_id: int, position: int, of: int) -> dict:
         from quant_engine.wfo import pipeline
 
-        return pipeline.execute_split(run_dir, trial_id, split_id)
+        result = pipeline.execute_split(run_dir, trial_id, split_id)
+        print(f"WFO fit {position}/{of} done (trial {trial_id}, split {split_id})")  # progress in the task log
+        return result
 
     @task
     def assemble_paths(staged: dict) -> dict:

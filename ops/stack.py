@@ -18,6 +18,7 @@ champion model: before one exists, ``up`` says so and leaves the bridge stopped 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -84,7 +85,17 @@ class StackConfig:
 
     @property
     def pg_data(self) -> Path:
-        return self.folder / "postgres"
+        """Postgres's data folder: in the stack folder, unless the ``postgres`` OS user could not reach it.
+
+        As root, Postgres runs as ``postgres``, which needs to traverse every folder above its data
+        (a checkout under ``/root`` is closed to it); then the data goes under ``/var/tmp``, named
+        after the stack folder so ``down`` finds it again.
+        """
+        inside = self.folder / "postgres"
+        if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in self.folder.parents if p.exists()):
+            return inside
+        digest = hashlib.sha1(str(self.folder).encode()).hexdigest()[:12]
+        return Path("/var/tmp") / f"quant-engine-stack-{digest}" / "postgres"
 
     @property
     def airflow_home(self) -> Path:
@@ -194,7 +205,7 @@ def start_postgres(config: StackConfig) -> None:
 
     log = config.log_file("postgres")
     if not (config.pg_data / "PG_VERSION").exists():
-        config.pg_data.mkdir(parents=True, exist_ok=True)
+        config.pg_data.mkdir(parents=True, exist_ok=True, mode=0o755)
         if os.geteuid() == 0:
             shutil.chown(config.pg_data, POSTGRES_OS_USER, POSTGRES_OS_USER)
         subprocess.run(_as_postgres_user([_pg_tool("initdb"), "-D", str(config.pg_data), "-U", "airflow",

@@ -111,12 +111,13 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
 
     _ingest(stack)
     _log_in(browser, stack)
+    token = stack.api_token()
+    runs = "/api/v2/dags/wfo_pipeline/dagRuns"
+    before = {r["dag_run_id"] for r in stack.api_get(runs, token)["dag_runs"]}  # a reused database's runs
     _trigger_with_params(browser, stack)
 
-    token = stack.api_token()
-    runs = _wait_for(lambda: stack.api_get("/api/v2/dags/wfo_pipeline/dagRuns", token)["dag_runs"], 60,
-                     "the triggered run to appear")
-    (run,) = runs
+    (run,) = _wait_for(lambda: [r for r in stack.api_get(runs, token)["dag_runs"] if r["dag_run_id"] not in before],
+                       60, "the triggered run to appear")
     assert run["conf"]["tickers"] == TICKERS and run["conf"]["start"] == START and run["conf"]["end"] == END
     assert run["conf"]["n_groups"] == 4 and run["conf"]["trials"] == TRIALS
     run_path = f"/api/v2/dags/wfo_pipeline/dagRuns/{run['dag_run_id']}"
