@@ -33,15 +33,15 @@ VOLATILITY_FEATURE = "realized_vol_20"
 
 
 class NoModelError(RuntimeError):
-    """There is no model to serve (the registry has no champion yet)."""
+    """A prediction was asked of a model that serves nothing yet (the registry has no champion)."""
 
 
 class SignalModel(Protocol):
     """What the state handler needs from a model."""
 
     @property
-    def version(self) -> str:
-        """The version (or endpoint) that made the last prediction; logged with every prediction."""
+    def version(self) -> str | None:
+        """The version (or endpoint) that made the last prediction, logged with it; None: nothing served yet."""
         ...
 
     @property
@@ -86,6 +86,9 @@ class _Served:
 class LocalChampionModel:
     """The registry's champion, reloaded when another version is promoted.
 
+    A bridge may start before any model is promoted (a fresh stack): it then serves nothing
+    (``version`` is None, no features needed), and :meth:`refresh` picks the first champion up.
+
     Parameters
     ----------
     registry : ModelRegistry
@@ -97,10 +100,6 @@ class LocalChampionModel:
     clock : callable
         Monotonic seconds (tests pass their own).
 
-    Raises
-    ------
-    NoModelError
-        The registry has no champion.
     """
 
     def __init__(self, registry: ModelRegistry, *, baseline_loader: Callable[[str, str], Any] | None = None,
@@ -113,9 +112,10 @@ class LocalChampionModel:
         self._baseline_loader = baseline_loader
         self.reloads = 0
         promotion = registry.champion()
+        self._served: _Served | None = None if promotion is None else self._load(promotion.version)
         if promotion is None:
-            raise NoModelError(f"model {registry.name!r} has no champion; train and promote one first")
-        self._served = self._load(promotion.version)
+            log.warning("model %r has no champion yet: features are computed, signals wait for one "
+                        "(looked for every %g s)", registry.name, self.check_every_s)
         self._checked_at = clock()
 
     def _load(self, version: str) -> _Served:
@@ -138,21 +138,21 @@ class LocalChampionModel:
         return _Served(version, tuple(record.metadata.features), booster, volatility)
 
     @property
-    def version(self) -> str:
-        return self._served.version
+    def version(self) -> str | None:
+        return None if self._served is None else self._served.version
 
     @property
     def features(self) -> tuple[str, ...]:
-        return self._served.features
+        return () if self._served is None else self._served.features
 
     @property
     def volatility_range(self) -> tuple[float, float] | None:
-        volatility = self._served.volatility
+        volatility = None if self._served is None else self._served.volatility
         return None if volatility is None else (volatility.min, volatility.max)
 
     def volatility_percentile(self, value: float) -> float | None:
         """The training CDF of :data:`VOLATILITY_FEATURE` at ``value``, read from the baseline's sketch."""
-        volatility = self._served.volatility
+        volatility = None if self._served is None else self._served.volatility
         return None if volatility is None else float(volatility.cdf(np.array([value]))[0])
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
@@ -163,6 +163,8 @@ class LocalChampionModel:
         the time for a batch of 100.
         """
         served = self._served
+        if served is None:
+            raise NoModelError(f"model {self.registry.name!r} has no champion yet; nothing to predict with")
         rows = _check_rows(rows, served.features)
         return served.booster.inplace_predict(rows.astype(np.float32)).astype(np.float64)
 
@@ -173,12 +175,12 @@ class LocalChampionModel:
             return False
         self._checked_at = now
         promotion = self.registry.champion()
-        if promotion is None or promotion.version == self._served.version:
+        previous = self.version
+        if promotion is None or promotion.version == previous:
             return False
-        previous = self._served.version
         self._served = self._load(promotion.version)
         self.reloads += 1
-        log.info("champion of %s changed: %s -> %s", self.registry.name, previous, promotion.version)
+        log.info("champion of %s changed: %s -> %s", self.registry.name, previous or "none", promotion.version)
         return True
 
 

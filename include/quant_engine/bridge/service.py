@@ -33,7 +33,7 @@ from quant_engine.bridge.feed_client import FeedClient
 from quant_engine.bridge.inference import LocalChampionModel, SageMakerEndpointModel, SignalModel
 from quant_engine.bridge.publisher import Metric, SignalPublisher
 from quant_engine.bridge.settings import BridgeSettings
-from quant_engine.bridge.state import Signal, StateHandler
+from quant_engine.bridge.state import SIGNAL_STATUSES, Signal, StateHandler
 from quant_engine.bridge.ticks import Tick
 from quant_engine.config import Settings, get_settings, make_model_registry
 
@@ -74,6 +74,9 @@ def build_model(settings: BridgeSettings, engine: Settings) -> SignalModel:
         return LocalChampionModel(registry, check_every_s=settings.reload_s,
                                   baseline_loader=lambda name, version: load_baseline(name, version, engine)[0])
     champion = LocalChampionModel(registry)  # what the endpoint was deployed from: its columns and vol range
+    if champion.version is None:
+        raise ValueError(f"QE_BRIDGE_MODEL=sagemaker takes the endpoint's input columns from model "
+                         f"{registry.name!r}'s champion, and it has none yet; promote one first")
     return SageMakerEndpointModel(engine.boto3_client("sagemaker-runtime"), settings.sagemaker_endpoint,
                                   champion.features, champion.volatility_range)
 
@@ -178,7 +181,12 @@ class BridgeService:
         now = time.time()
         stats = self.feed.stats
         lag = None if stats.last_tick_wall_time is None else round(now - stats.last_tick_wall_time, 3)
-        status = "stopping" if self._stopping else ("ok" if stats.connected else "degraded")
+        if self._stopping:
+            status = "stopping"
+        elif not stats.connected:
+            status = "degraded"
+        else:
+            status = "ok" if self.handler.model.version is not None else "waiting_for_model"
         return {
             "status": status,
             "feed_url": self.settings.feed_url,
@@ -226,7 +234,7 @@ class BridgeService:
             Metric("qe_bridge_bars_total", "counter", "Closed bars, by where their values came from.",
                    [({"origin": o}, bars[f"bars_{o}"]) for o in ("feed", "stored", "partial", "backfill")]),
             Metric("qe_bridge_signals_total", "counter", "Signals, by volatility-check status.",
-                   [({"status": s}, counters[f"signals_{s}"]) for s in ("ok", "scaled", "suppressed", "warming_up")]),
+                   [({"status": s}, counters[f"signals_{s}"]) for s in SIGNAL_STATUSES]),
             Metric.single("qe_bridge_predictions_total", "counter", "Model predictions made.", counters["predictions"]),
             Metric.single("qe_bridge_predictions_logged_total", "counter", "Predictions written to the prediction log.",
                           counters["predictions_logged"]),
@@ -304,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_json_logging()
     try:
         service = build_service()
-    except (ValueError, RuntimeError) as exc:  # settings errors, no champion, no tickers
+    except (ValueError, RuntimeError) as exc:  # settings errors, no tickers
         log.error("bridge cannot start: %s", exc)
         return 2
     asyncio.run(serve_until_signalled(service))

@@ -36,12 +36,13 @@ from quant_engine.data.schema import BarValidationError
 from quant_engine.features.definitions import FeatureSet
 from quant_engine.monitoring.concept_drift import PredictionLog, VolRegimeTracker
 
-__all__ = ["BRIDGE_SOURCE", "VOL_POLICIES", "Signal", "StateHandler"]
+__all__ = ["BRIDGE_SOURCE", "SIGNAL_STATUSES", "VOL_POLICIES", "Signal", "StateHandler"]
 
 log = logging.getLogger(__name__)
 
 BRIDGE_SOURCE = "bridge"
 VOL_POLICIES: tuple[str, ...] = ("suppress", "scale")
+SIGNAL_STATUSES: tuple[str, ...] = ("ok", "scaled", "suppressed", "warming_up", "no_model")
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class Signal:
     """A model's view of one ticker at one closed bar.
 
     ``prob`` is the model's probability of an up move; ``weight`` the signed position it supports,
-    ``2 * prob - 1`` times the volatility check's ``scale`` (0 when suppressed or warming up).
-    ``status`` is ``ok``, ``scaled``, ``suppressed`` or ``warming_up`` (features not yet defined).
+    ``2 * prob - 1`` times the volatility check's ``scale`` (0 when suppressed, warming up or
+    without a model). ``status`` is ``ok``, ``scaled``, ``suppressed``, ``warming_up`` (features not
+    yet defined) or ``no_model`` (no champion promoted yet: ``prob`` is NaN, ``model_version`` None).
     """
 
     ticker: str
@@ -60,7 +62,7 @@ class Signal:
     status: str
     regime: str
     realized_vol: float
-    model_version: str
+    model_version: str | None
     bar_origin: str
     features: dict[str, float] = field(repr=False)
     received_at: float | None = None
@@ -123,7 +125,7 @@ class StateHandler:
         self.latest: dict[str, Signal] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("warmups", "bar_errors", "predictions", "predictions_logged", "model_reloads",
-             "signals_ok", "signals_scaled", "signals_suppressed", "signals_warming_up"), 0)
+             *(f"signals_{status}" for status in SIGNAL_STATUSES)), 0)
 
     # --- ticks in ----------------------------------------------------------------------------
 
@@ -173,13 +175,14 @@ class StateHandler:
         for group in _rounds(bars):
             accepted += self._update(group)
         names = self.model.features
-        ready = [i for i, (_, values) in enumerate(accepted) if all(math.isfinite(values[n]) for n in names)]
+        version = self.model.version
+        ready = [] if version is None else [
+            i for i, (_, values) in enumerate(accepted) if all(math.isfinite(values[n]) for n in names)]
         probs = np.full(len(accepted), np.nan)
         if ready:
             matrix = np.array([[accepted[i][1][n] for n in names] for i in ready], dtype=np.float64)
             probs[ready] = self.model.predict(matrix)
             self.counters["predictions"] += len(ready)
-        version = self.model.version
         received_at = received_at or {}
         signals = [self._signal(bar, values, float(p), version, received_at.get(bar.ticker))
                    for (bar, values), p in zip(accepted, probs, strict=True)]
@@ -206,12 +209,14 @@ class StateHandler:
                 log.warning("bar refused: %s", exc)
         return out
 
-    def _signal(self, bar: Bar, values: dict[str, float], prob: float, version: str,
+    def _signal(self, bar: Bar, values: dict[str, float], prob: float, version: str | None,
                 received_at: float | None) -> Signal:
         vol = values.get(VOLATILITY_FEATURE, math.nan)
         percentile = self.model.volatility_percentile(vol) if math.isfinite(vol) else None
         regime = "unknown" if percentile is None else self.regimes.classify(percentile)
-        if not math.isfinite(prob):
+        if version is None:
+            status, scale = "no_model", 0.0
+        elif not math.isfinite(prob):
             status, scale = "warming_up", 0.0
         else:
             status, scale = self._volatility_check(vol)

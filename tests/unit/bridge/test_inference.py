@@ -47,10 +47,19 @@ def test_champion_is_hot_reloaded_between_batches(qe_home: Path) -> None:
     assert not model.refresh()  # unchanged champion: nothing reloaded
 
 
-def test_no_champion_is_a_clear_error(qe_home: Path) -> None:
-    register_model(qe_home, seed=1, promote=False)
-    with pytest.raises(NoModelError, match="has no champion"):
-        LocalChampionModel(make_model_registry())
+def test_without_a_champion_it_serves_nothing_until_one_is_promoted(qe_home: Path) -> None:
+    version = register_model(qe_home, seed=1, promote=False)
+    now = [0.0]
+    model = LocalChampionModel(make_model_registry(), check_every_s=10, clock=lambda: now[0])
+    assert model.version is None and model.features == () and model.volatility_range is None
+    assert model.volatility_percentile(0.2) is None
+    with pytest.raises(NoModelError, match="has no champion yet"):
+        model.predict(np.zeros((1, len(FEATURES))))
+    now[0] = 11.0
+    assert not model.refresh()  # still none
+    make_model_registry().promote(version, "first model")
+    now[0] = 22.0
+    assert model.refresh() and model.version == version and model.features == tuple(FEATURES)
 
 
 @pytest.fixture

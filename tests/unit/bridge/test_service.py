@@ -118,7 +118,7 @@ def test_json_lines_formatter_keeps_extra_fields() -> None:
 
 
 def test_module_entry_point_serves_and_stops_cleanly_on_sigterm(qe_home: Path) -> None:
-    register_model(qe_home, seed=1)
+    register_model(qe_home, seed=1, promote=False)  # a fresh stack: the bridge starts and waits for a champion
     env = {**os.environ, "QE_HOME": str(qe_home), "QE_BRIDGE_PORT": "0", "QE_BRIDGE_TICKERS": "SYN00",
            "QE_BRIDGE_TOKENS": "t", "QE_FEED_URL": "ws://127.0.0.1:9"}  # nothing listens there: feed down
     process = subprocess.Popen([sys.executable, "-m", "quant_engine.bridge"], env=env, stderr=subprocess.PIPE,
@@ -133,6 +133,8 @@ def test_module_entry_point_serves_and_stops_cleanly_on_sigterm(qe_home: Path) -
         assert listening is not None, lines
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{listening['port']}/health", timeout=5).read())
         assert health["status"] == "degraded" and health["feed_connected"] is False
+        assert health["model_version"] is None
+        assert any("has no champion yet" in e["message"] for e in lines)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         rest = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]

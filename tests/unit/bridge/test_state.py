@@ -112,3 +112,21 @@ def test_a_promoted_champion_takes_over_between_batches_without_losing_bars(qe_h
     assert handler.counters["model_reloads"] == 1 and len({(s.ticker, s.ts) for s in signals}) == 12
     handler.flush()
     assert prediction_log(registry).read().groupby("model_version").size().to_dict() == {first: 6, second: 6}
+
+
+def test_signals_wait_for_the_first_champion_without_losing_bars(qe_home: Path, market: pd.DataFrame) -> None:
+    version = register_model(qe_home, seed=1, vol_range=(0.0, 5.0), promote=False)
+    registry = make_model_registry()
+    model = LocalChampionModel(registry, check_every_s=0)
+    handler = StateHandler(FEATURE_SET, model, history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+                           prediction_log=prediction_log(registry), log_batch=1)
+    days = [day for _, day in market.loc[market["ts"] >= LIVE_FROM].groupby("ts")]
+    waiting = handler.on_ticks(session_ticks(days[0]))
+    assert {(s.status, s.model_version, s.weight) for s in waiting} == {("no_model", None, 0.0)}
+    assert all(np.isnan(s.prob) for s in waiting) and handler.counters["signals_no_model"] == 3
+    assert all(np.isfinite(s.features["realized_vol_20"]) for s in waiting)  # features are computed meanwhile
+    registry.promote(version, "first model")
+    served = handler.on_ticks(session_ticks(days[1]))
+    assert {(s.status, s.model_version) for s in served} == {("ok", version)}
+    assert handler.counters["model_reloads"] == 1
+    assert len(prediction_log(registry).read()) == 3  # only real predictions are logged
