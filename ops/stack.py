@@ -121,6 +121,8 @@ def _secret(path: Path) -> str:
 def service_env(config: StackConfig) -> dict[str, str]:
     """The environment every service gets: one metadata DB, one JWT secret, the same folders as make."""
     env = dict(os.environ)
+    tokens = [t for t in env.get("QE_BRIDGE_TOKENS", "").split(",") if t.strip()]
+    ui_token = env.get("QE_BRIDGE_UI_TOKEN") or (tokens[0] if tokens else _secret(config.folder / "bridge_ui_token"))
     env.update({
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
@@ -128,6 +130,9 @@ def service_env(config: StackConfig) -> dict[str, str]:
         "QE_BRIDGE_URL": f"http://127.0.0.1:{config.bridge_port}",
         "QE_FEED_URL": f"ws://127.0.0.1:{config.feed_port}",
         "QE_BRIDGE_HOST": "127.0.0.1",
+        # the UI plugin's subscriber token for the bridge's GET /signals/latest
+        "QE_BRIDGE_UI_TOKEN": ui_token,
+        "QE_BRIDGE_TOKENS": env.get("QE_BRIDGE_TOKENS") or ui_token,
         "QE_BRIDGE_PORT": str(config.bridge_port),
         "AIRFLOW_HOME": str(config.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),

@@ -23,7 +23,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 #: Where Airflow mounts this app on the api-server (see ``qe_ui.py``).
 URL_PREFIX = "/quant-engine"
-#: The bridge's HTTP side; ``GET /health`` and ``GET /signals/latest`` are read from it.
+#: The bridge's HTTP side (``QE_BRIDGE_URL``); ``GET /health`` and ``GET /signals/latest`` are read from
+#: it, the latter with the subscriber token ``QE_BRIDGE_UI_TOKEN``.
 DEFAULT_BRIDGE_URL = "http://127.0.0.1:8766"
 #: How long a page waits for the bridge before saying it is not reachable.
 BRIDGE_TIMEOUT_S = 1.5
@@ -164,13 +165,19 @@ def drift_section() -> str:
             + _table(["feature alarm", "state"], alarm_rows, "No alarms defined."))
 
 
-def fetch_bridge(base_url: str, timeout_s: float = BRIDGE_TIMEOUT_S) -> tuple[dict | None, Any, str | None]:
-    """``(health, latest signals, error)`` from the bridge's HTTP side; ``error`` says why when it is down."""
+def fetch_bridge(base_url: str, token: str | None,
+                 timeout_s: float = BRIDGE_TIMEOUT_S) -> tuple[dict | None, Any, str | None]:
+    """``(health, latest signals, error)`` from the bridge's HTTP side.
+
+    ``error`` says why the bridge is not reachable; the signals are None when the bridge refuses
+    ``token`` (``/signals/latest`` needs a subscriber token, ``/health`` does not).
+    """
     try:
         with httpx.Client(base_url=base_url, timeout=timeout_s) as client:
             health = client.get("/health")
             health.raise_for_status()
-            signals = client.get("/signals/latest")
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            signals = client.get("/signals/latest", headers=headers)
             return health.json(), signals.json() if signals.status_code == 200 else None, None
     except (httpx.HTTPError, ValueError) as exc:
         return None, None, f"{type(exc).__name__}: {exc}"
@@ -188,14 +195,17 @@ def _signal_rows(signals: Any) -> tuple[list[str], list[list[str]]]:
 
 def bridge_section() -> str:
     base_url = os.environ.get("QE_BRIDGE_URL", DEFAULT_BRIDGE_URL)
-    health, signals, error = fetch_bridge(base_url)
+    health, signals, error = fetch_bridge(base_url, os.environ.get("QE_BRIDGE_UI_TOKEN"))
     if error is not None:
         return (f"<h2>Bridge</h2><p class='bad'>bridge not reachable at {html.escape(base_url)}</p>"
                 f"<p class='muted'>{html.escape(error)}</p>")
     facts = [[html.escape(str(k)), _cell(v)] for k, v in health.items()]
     columns, rows = _signal_rows(signals)
     return (f"<h2>Bridge</h2><p>{html.escape(base_url)}</p>" + _table(["health", "value"], facts, "empty health")
-            + "<h3>Latest signals</h3>" + _table(columns, rows, "No signal yet."))
+            + "<h3>Latest signals</h3>"
+            + (_table(columns, rows, "No signal yet.") if signals is not None else
+               "<p class='muted'>The bridge refused the signals: set QE_BRIDGE_UI_TOKEN to one of its "
+               "QE_BRIDGE_TOKENS.</p>"))
 
 
 def create_app() -> FastAPI:

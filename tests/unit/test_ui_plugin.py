@@ -93,6 +93,10 @@ def bridge(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
             payloads = {"/health": {"connected": True, "lag_ms": 12.5, "tick_rate": 2000.0},
                         "/signals/latest": [{"ticker": "SYN03", "signal": 1, "probability": 0.61}]}
+            if self.path == "/signals/latest" and self.headers.get("Authorization") != "Bearer ui-token":
+                self.send_response(401)
+                self.end_headers()
+                return
             body = json.dumps(payloads.get(self.path, {})).encode()
             self.send_response(200 if self.path in payloads else 404)
             self.send_header("Content-Type", "application/json")
@@ -107,6 +111,7 @@ def bridge(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("QE_BRIDGE_URL", url)
+    monkeypatch.setenv("QE_BRIDGE_UI_TOKEN", "ui-token")
     yield url
     server.shutdown()
     server.server_close()
@@ -155,3 +160,11 @@ def test_empty_home_and_bridge_down_are_said_plainly(client: TestClient, token: 
     assert "No version registered" in text
     assert "No drift report yet" in text
     assert "bridge not reachable" in text
+
+
+def test_signals_refused_for_a_wrong_token_are_said_plainly(client: TestClient, token: str, bridge: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QE_BRIDGE_UI_TOKEN", "wrong")
+    client.cookies.set("_token", token)
+    text = client.get("/").text
+    assert "lag_ms" in text and "SYN03" not in text and "set QE_BRIDGE_UI_TOKEN" in text
