@@ -35,7 +35,7 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{margin-top:0}h2{margin-top:1.5em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
-th{background:#f2f2f2}.num{text-align:right}.bad{color:#b00020;font-weight:bold}.ok{color:#1b7f3b}
+th{background:#f2f2f2}.bad{color:#b00020;font-weight:bold}.ok{color:#1b7f3b}
 .muted{color:#777}
 """
 
