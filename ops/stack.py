@@ -11,9 +11,9 @@ group, so stopping it also stops the task processes it started.
 Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STACK_API_PORT`` (28080),
 ``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD``
 (admin / admin), ``QE_STACK_TIMEOUT_S`` (240, per service), ``QE_STACK_FEED_START`` (2024-01-02, first
-day the feed replays). ``QE_HOME`` is handed to every service. The bridge serves the registry's
-champion model: before one exists, ``up`` says so and leaves the bridge stopped (the UI shows
-"bridge not reachable"); ``make up`` again after ``spot_training`` starts it.
+day the feed replays), ``QE_STACK_TICKERS`` (SYN00..SYN04, replayed by the feed and followed by the
+bridge). ``QE_HOME`` is handed to every service. The bridge runs before the registry has a champion
+(its health says ``waiting_for_model``) and picks the first promoted one up by itself.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class StackConfig:
     timeout_s: float
     qe_home: Path
     feed_start: str
+    tickers: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StackConfig:
@@ -73,6 +74,7 @@ class StackConfig:
             timeout_s=float(env.get("QE_STACK_TIMEOUT_S", "240")),
             qe_home=Path(env.get("QE_HOME", REPO_ROOT / "var")).resolve(),
             feed_start=env.get("QE_STACK_FEED_START", "2024-01-02"),
+            tickers=env.get("QE_STACK_TICKERS", "SYN00,SYN01,SYN02,SYN03,SYN04"),
         )
 
     @property
@@ -130,6 +132,7 @@ def service_env(config: StackConfig) -> dict[str, str]:
         "QE_BRIDGE_URL": f"http://127.0.0.1:{config.bridge_port}",
         "QE_FEED_URL": f"ws://127.0.0.1:{config.feed_port}",
         "QE_BRIDGE_HOST": "127.0.0.1",
+        "QE_BRIDGE_TICKERS": env.get("QE_BRIDGE_TICKERS") or config.tickers,
         # the UI plugin's subscriber token for the bridge's GET /signals/latest
         "QE_BRIDGE_UI_TOKEN": ui_token,
         "QE_BRIDGE_TOKENS": env.get("QE_BRIDGE_TOKENS") or ui_token,
@@ -255,9 +258,9 @@ def _quant_engine_command(*args: str) -> list[str]:
 def services(config: StackConfig) -> dict[str, list[str]]:
     """Each long-lived service and its command line, in start order.
 
-    The feed replays the synthetic market from ``QE_STACK_FEED_START`` (default 2024-01-02) at the
-    feed's default speed; the bridge reads its settings (``QE_FEED_URL``, ``QE_BRIDGE_*``) from
-    :func:`service_env`.
+    The feed replays the synthetic market's ``QE_STACK_TICKERS`` from ``QE_STACK_FEED_START`` at the
+    feed's default speed; the bridge subscribes to the same tickers and reads its settings
+    (``QE_FEED_URL``, ``QE_BRIDGE_*``) from :func:`service_env`.
     """
     airflow = str(BIN / "airflow")
     return {
@@ -267,24 +270,10 @@ def services(config: StackConfig) -> dict[str, list[str]]:
         "dag-processor": [airflow, "dag-processor"],
         "triggerer": [airflow, "triggerer"],
         "feed": _quant_engine_command("feed", "serve", "--host", "127.0.0.1", "--port", str(config.feed_port),
-                                      "--source", "synthetic", "--start", config.feed_start),
+                                      "--source", "synthetic", "--tickers", config.tickers,
+                                      "--start", config.feed_start),
         "bridge": _quant_engine_command("bridge", "run"),
     }
-
-
-def bridge_blocker(env: dict[str, str]) -> str | None:
-    """Why the bridge cannot start yet, or None: with a local model it serves the registry's champion."""
-    from quant_engine.bridge.settings import BridgeSettings
-    from quant_engine.config import Settings, make_model_registry
-
-    bridge = BridgeSettings.from_env(env)
-    if bridge.model_source != "local":
-        return None
-    registry = make_model_registry(Settings.from_env(env), name=bridge.model_name)
-    if registry.champion() is None:
-        return (f"model {registry.name!r} has no champion yet: trigger spot_training (after ingestion), "
-                "then run `make up` again to start the bridge")
-    return None
 
 
 def start_service(config: StackConfig, name: str, command: list[str],
@@ -309,7 +298,7 @@ def _airflow_components_healthy(config: StackConfig) -> tuple[bool, str]:
     return not unhealthy, f"not healthy yet: {', '.join(unhealthy)}" if unhealthy else "healthy"
 
 
-def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen], skip: tuple[str, ...] = ()) -> None:
+def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen]) -> None:
     """Poll each service's health endpoint until it answers, or stop with that service's log.
 
     A service in ``started`` that exits meanwhile fails at once instead of at the timeout.
@@ -320,8 +309,6 @@ def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen], skip
         "bridge": lambda: _http_ok(f"http://127.0.0.1:{config.bridge_port}/health"),
     }
     for name, check in checks.items():
-        if name in skip:
-            continue
         begun = time.monotonic()
         deadline = begun + config.timeout_s
         why = "no answer"
@@ -358,19 +345,13 @@ def up(config: StackConfig) -> None:
     env = service_env(config)
     write_passwords(config)
     migrate(config, env)
-    to_start = services(config)
-    blocker = bridge_blocker(env)
-    if blocker is not None:
-        del to_start["bridge"]
-    started = {name: process for name, command in to_start.items()
+    started = {name: process for name, command in services(config).items()
                if (process := start_service(config, name, command, env)) is not None}
-    wait_healthy(config, started, skip=() if blocker is None else ("bridge",))
+    wait_healthy(config, started)
     print(f"  api-server    {config.api_url}  (Airflow UI; login {config.user} / {config.password})")
     print(f"  Quant Engine  {config.api_url}/quant-engine/  (also in the UI's navigation)")
-    if blocker is None:
-        print(f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}")
-    else:
-        print(f"  bridge        NOT STARTED: {blocker}")
+    print(f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}"
+          "  (signals once the registry has a champion: run spot_training)")
     print(f"  feed          http://127.0.0.1:{config.feed_port}/health  ws://127.0.0.1:{config.feed_port}")
     print(f"  logs          {config.folder / 'logs'}   QE_HOME {config.qe_home}")
     print("Stop with `make down`.")

@@ -2,7 +2,7 @@
 
 Log in on Airflow's login page, trigger ``wfo_pipeline`` through its params form with a small
 configuration, wait for the run to succeed, open the Quant Engine page and find that run's report
-(PBO, deflated Sharpe, the equity curves page). Screenshots land in ``tests/e2e/artifacts/``.
+(PBO, deflated Sharpe, the equity curves page) and the bridge's health. Screenshots land in ``tests/e2e/artifacts/``.
 """
 
 from __future__ import annotations
@@ -140,6 +140,7 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
     browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
     page = browser.find_element(By.TAG_NAME, "body").text
     assert f"{report['pbo']:.3f}" in page and f"{report['deflated_sharpe']:.3f}" in page
+    assert "bridge not reachable" not in page and "waiting_for_model" in page  # the bridge's health, no champion yet
     browser.find_element(By.LINK_TEXT, report["run_id"]).click()
     _wait_for(lambda: "Probability of backtest overfitting" in browser.find_element(By.TAG_NAME, "body").text, 60,
               "the run's report page")

@@ -85,6 +85,8 @@ def test_every_airflow_process_shares_one_jwt_secret_and_one_database(services: 
         == "http://airflow-apiserver:8080/execution/"
     assert services["bridge"]["environment"]["QE_FEED_URL"] == "ws://feed:8765"
     assert services["bridge"]["environment"]["QE_BRIDGE_PORT"] == "8766"
+    feed_tickers = services["feed"]["command"][services["feed"]["command"].index("--tickers") + 1]
+    assert services["bridge"]["environment"]["QE_BRIDGE_TICKERS"] == feed_tickers
 
 
 def test_no_secret_has_a_value_in_the_file(services: dict) -> None:
