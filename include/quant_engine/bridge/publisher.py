@@ -7,11 +7,13 @@ as one JSON message. Each client has a bounded queue drained by its own sender t
 reads slower than signals come, its oldest waiting signal is dropped (and counted), so one slow
 client never holds up the others or the bridge.
 
-Plain HTTP on the same port (``process_request``), unauthenticated and read-only:
+Plain HTTP on the same port (``process_request``), read-only:
 
 * ``GET /health``: JSON from the service (feed connected, lag, tick rate, counters, model version);
 * ``GET /metrics``: the Prometheus text exposition format (``# HELP`` / ``# TYPE`` lines);
-* ``GET /signals/latest``: JSON list of the latest signal per ticker (the Airflow UI reads it).
+* ``GET /signals/latest``: JSON list of the latest signal per ticker; needs a subscriber's token
+  like the WebSocket (the Airflow UI plugin sends one). Health and metrics need none, for probes
+  and scrapers.
 """
 
 from __future__ import annotations
@@ -215,8 +217,6 @@ class SignalPublisher:
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
             return response
-        if url.path == "/signals/latest":
-            return _json_response(connection, [self.latest[t] for t in sorted(self.latest)])
         token = None
         authorization = request.headers.get("Authorization", "")
         if authorization.startswith("Bearer "):
@@ -228,6 +228,8 @@ class SignalPublisher:
             response = connection.respond(401, "a valid token is required (Authorization: Bearer or ?token=)\n")
             response.headers["WWW-Authenticate"] = 'Bearer realm="quant-engine bridge"'
             return response
+        if url.path == "/signals/latest":  # the signals themselves: subscribers' token, like the WebSocket
+            return _json_response(connection, [self.latest[t] for t in sorted(self.latest)])
         return None
 
     # --- WebSocket clients --------------------------------------------------------------------

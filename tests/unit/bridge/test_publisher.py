@@ -119,18 +119,19 @@ def test_messages_over_max_size_close_the_connection() -> None:
 
 
 def test_http_health_metrics_and_latest_signals() -> None:
-    async def main() -> tuple[tuple, tuple, tuple, tuple]:
+    async def main() -> tuple[tuple, ...]:
         publisher = await started(health=lambda: {"status": "ok", "feed_connected": True},
                                   metrics=lambda: [Metric.single("qe_bridge_ticks_total", "counter", "Ticks.", 7)])
         publisher.publish({"ticker": "B", "prob": 0.4, "features": {"x": 1.0}})
         publisher.publish({"ticker": "A", "prob": 0.7})
         port = publisher.port
         results = await asyncio.gather(*(asyncio.to_thread(http_get, port, p)
-                                         for p in ("/health", "/metrics", "/signals/latest", "/")))
+                                         for p in ("/health", "/metrics", f"/signals/latest?token={TOKEN}", "/",
+                                                   "/signals/latest")))
         await publisher.stop()
         return tuple(results)
 
-    health, metrics, latest, plain = run(main())
+    health, metrics, latest, plain, latest_without_token = run(main())
     assert health[0] == 200 and health[1] == "application/json" and json.loads(health[2])["feed_connected"] is True
     assert latest[0] == 200 and json.loads(latest[2]) == [{"ticker": "A", "prob": 0.7}, {"ticker": "B", "prob": 0.4}]
     assert metrics[0] == 200 and metrics[1].startswith("text/plain; version=0.0.4")
@@ -140,6 +141,7 @@ def test_http_health_metrics_and_latest_signals() -> None:
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or re.fullmatch(
             r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+", line), line
     assert plain[0] == 401  # the WebSocket path without a token
+    assert latest_without_token[0] == 401  # the signals are for subscribers only
 
 
 def test_prometheus_text_escapes_and_formats() -> None:
