@@ -26,7 +26,7 @@ FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
     tags=["quant-engine", "feature-store"],
     params={
-        "source": Param("synthetic", enum=SOURCES,
+        "source": Param("synthetic", type="string", enum=SOURCES,
                         description="Where bars come from. synthetic is the embedded default market."),
         "path": Param(None, type=["null", "string"],
                       description="File or folder of bars, for the csv and parquet sources."),
@@ -37,7 +37,7 @@ FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
                                    "the run's logical date, or the whole file for csv / parquet."),
         "end": Param(None, type=["null", "string"], format="date",
                      description="Last day to ingest, inclusive; empty means the same day as start."),
-        "feature_set": Param("default", enum=["default", "extended"],
+        "feature_set": Param("default", type="string", enum=["default", "extended"],
                              description="Feature definitions to compute."),
     },
     doc_md=__doc__,

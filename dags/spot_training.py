@@ -61,7 +61,7 @@ DATASET_KEYS = tuple(D)
         "embargo_bars": Param(D["embargo_bars"], type="integer", minimum=0,
                               description="Timestamps before the holdout no training row may start in, beyond "
                                           "the purge of labels that end inside it."),
-        "runner": Param("local_spot", enum=["local_spot", "sagemaker"],
+        "runner": Param("local_spot", type="string", enum=["local_spot", "sagemaker"],
                         description="local_spot: trainer subprocess under the spot simulator; sagemaker: managed "
                                     "spot training job (QE_S3_BUCKET, QE_SAGEMAKER_ROLE_ARN)."),
         "interruptions": Param(2, type="integer", minimum=0,

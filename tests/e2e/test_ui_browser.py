@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.airflow
+pytestmark = [pytest.mark.airflow, pytest.mark.e2e]
 
 TICKERS = "SYN00,SYN01,SYN02"
 START, END = "2020-01-01", "2021-12-31"
