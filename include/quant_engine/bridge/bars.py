@@ -21,6 +21,7 @@ bar for is a holiday, not an error. A session is closed once: any later tick of 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,8 +73,9 @@ def session_day(time_ms: int) -> int:
     return time_ms // DAY_MS
 
 
+@functools.lru_cache(maxsize=4096)
 def bar_ts(day: int) -> pd.Timestamp:
-    """A session day's bar timestamp: its close, 21:00 UTC."""
+    """A session day's bar timestamp: its close, 21:00 UTC (cached: every ticker's bar of a day asks)."""
     return pd.Timestamp(day * DAY_MS + _CLOSE_MS, unit="ms", tz="UTC").as_unit("ns")
 
 

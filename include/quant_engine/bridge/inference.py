@@ -13,6 +13,7 @@ suppresses or scales signals outside it. An endpoint carries no such baseline, s
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import time
@@ -77,10 +78,12 @@ def _check_rows(rows: np.ndarray, features: Sequence[str]) -> np.ndarray:
 class _Served:
     """One loaded champion: swapped as a whole, so a batch never mixes two versions."""
 
-    __slots__ = ("version", "features", "booster", "volatility")
+    __slots__ = ("version", "features", "booster", "volatility", "sketch_values", "cumulative_weights")
 
     def __init__(self, version: str, features: tuple[str, ...], booster: Any, volatility: Any) -> None:
         self.version, self.features, self.booster, self.volatility = version, features, booster, volatility
+        self.sketch_values = [] if volatility is None else volatility.sketch_values.tolist()
+        self.cumulative_weights = [] if volatility is None else volatility.cumulative_weights.tolist()
 
 
 class LocalChampionModel:
@@ -152,8 +155,12 @@ class LocalChampionModel:
 
     def volatility_percentile(self, value: float) -> float | None:
         """The training CDF of :data:`VOLATILITY_FEATURE` at ``value``, read from the baseline's sketch."""
-        volatility = None if self._served is None else self._served.volatility
-        return None if volatility is None else float(volatility.cdf(np.array([value]))[0])
+        served = self._served
+        if served is None or served.volatility is None:
+            return None
+        # FeatureBaseline.cdf for one value, without building arrays: it is asked once per signal.
+        index = bisect.bisect_right(served.sketch_values, value)
+        return served.cumulative_weights[index] / served.volatility.num_present
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """As :func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, class-1 probabilities.
