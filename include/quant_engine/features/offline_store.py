@@ -138,6 +138,16 @@ class FileSystem(Protocol):
     def local_path(self, key: str) -> Path | None: ...
 
 
+def overwrite_atomic(fs: FileSystem, key: str, data: bytes) -> None:
+    """Replace whatever ``key`` holds with ``data`` all at once (a local rename, a single S3 put).
+
+    For files one writer owns (checkpoints, baselines): the version read first only guards
+    against a second writer slipping in between.
+    """
+    current = fs.read_versioned(key)
+    fs.replace_atomic(key, data, expected_version=None if current is None else current[1])
+
+
 def _check_key(key: str) -> str:
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") for p in parts):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.config import Settings, get_settings, make_alarms, make_model_registry, make_offline_store
-from quant_engine.features.offline_store import check_name
+from quant_engine.features.offline_store import check_name, overwrite_atomic
 from quant_engine.monitoring.baseline import (
     CONSTRAINTS_FILE,
     STATISTICS_FILE,
@@ -79,9 +79,7 @@ def baseline_key(model_name: str, version: object, file: str = "") -> str:
 
 def _put_json(fs: FileSystem, key: str, obj: object) -> None:
     """Replace ``key`` with ``obj`` as JSON all at once (a local rename or a single S3 put)."""
-    current = fs.read_versioned(key)
-    fs.replace_atomic(key, json.dumps(obj, indent=2, allow_nan=False).encode(),
-                      expected_version=None if current is None else current[1])
+    overwrite_atomic(fs, key, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
 def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_engine.features.offline_store import FileSystem, LocalFileSystem, S3FileSystem
+from quant_engine.features.offline_store import FileSystem, LocalFileSystem, S3FileSystem, overwrite_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -167,8 +167,7 @@ class CheckpointManager:
         return f"{self.prefix}/{name}"
 
     def _put(self, key: str, data: bytes) -> None:
-        existing = self.fs.read_versioned(key)  # only a rerun of a round finds one
-        self.fs.replace_atomic(key, data, expected_version=None if existing is None else existing[1])
+        overwrite_atomic(self.fs, key, data)  # only a rerun of a round finds one there
 
     def save(self, round: int, model: bytes) -> str:
         """Store the model after ``round`` rounds, then drop this run's checkpoints beyond ``keep``.
