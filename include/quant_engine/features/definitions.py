@@ -106,13 +106,28 @@ class FeatureDefinition:
 
 # --- window functions --------------------------------------------------------------------------
 # Each takes (n_rows, window) arrays, last column = current bar, and returns (n_rows,).
+# They spell out numpy's mean and sample std as the same ufunc sequence numpy runs (so the bits
+# equal ``x.mean(axis=1)`` and ``x.std(axis=1, ddof=1)``), without the Python layers around those
+# methods: the bridge calls every function once per bar close, where that overhead dominated.
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, *, when_zero: float) -> np.ndarray:
     """``numerator / denominator`` with a documented value where the denominator is zero."""
-    out = np.full(numerator.shape, when_zero, dtype=np.float64)
-    np.divide(numerator, denominator, out=out, where=denominator != 0)
-    return out
+    nonzero = denominator != 0
+    return np.where(nonzero, numerator / np.where(nonzero, denominator, 1.0), when_zero)
+
+
+def _row_mean(values: np.ndarray) -> np.ndarray:
+    """``values.mean(axis=1)``, bit for bit."""
+    return np.add.reduce(values, axis=1) / values.shape[1]
+
+
+def _row_std(values: np.ndarray) -> np.ndarray:
+    """``values.std(axis=1, ddof=1)``, bit for bit."""
+    width = values.shape[1]
+    deviations = values - np.add.reduce(values, axis=1, keepdims=True) / width
+    np.multiply(deviations, deviations, out=deviations)
+    return np.sqrt(np.add.reduce(deviations, axis=1) / (width - 1))
 
 
 def _log_returns(close: np.ndarray) -> np.ndarray:
@@ -124,7 +139,7 @@ def _log_return(close: np.ndarray) -> np.ndarray:
 
 
 def _realized_vol(close: np.ndarray) -> np.ndarray:
-    return _log_returns(close).std(axis=1, ddof=1) * _ANNUALISE
+    return _row_std(_log_returns(close)) * _ANNUALISE
 
 
 def _skip_5_momentum(close: np.ndarray) -> np.ndarray:
@@ -133,33 +148,32 @@ def _skip_5_momentum(close: np.ndarray) -> np.ndarray:
 
 
 def _cutler_rsi(close: np.ndarray) -> np.ndarray:
-    changes = np.diff(close, axis=1)
-    gains = np.where(changes > 0, changes, 0.0).mean(axis=1)
-    losses = np.where(changes < 0, -changes, 0.0).mean(axis=1)
+    changes = close[:, 1:] - close[:, :-1]
+    gains = _row_mean(np.maximum(changes, 0.0))
+    losses = _row_mean(np.maximum(-changes, 0.0))
     return 100.0 * _ratio(gains, gains + losses, when_zero=0.5)
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
     # A flat window puts the current value exactly at its mean: z = 0.
-    centred = values[:, -1] - values.mean(axis=1)
-    return _ratio(centred, values.std(axis=1, ddof=1), when_zero=0.0)
+    return _ratio(values[:, -1] - _row_mean(values), _row_std(values), when_zero=0.0)
 
 
 def _vol_regime(close: np.ndarray) -> np.ndarray:
     # A flat year has no regime change to report: ratio 1.
     returns = _log_returns(close)
-    return _ratio(returns[:, -20:].std(axis=1, ddof=1), returns.std(axis=1, ddof=1), when_zero=1.0)
+    return _ratio(_row_std(returns[:, -20:]), _row_std(returns), when_zero=1.0)
 
 
 def _parkinson_vol(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     squared_range = np.log(high / low) ** 2
-    return np.sqrt(squared_range.mean(axis=1) / (4.0 * _LN2)) * _ANNUALISE
+    return np.sqrt(_row_mean(squared_range) / (4.0 * _LN2)) * _ANNUALISE
 
 
 def _garman_klass_vol(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
     # Non-negative per bar on valid bars: |ln(C/O)| <= ln(H/L) and 0.5 > 2 ln 2 - 1.
     per_bar = 0.5 * np.log(high / low) ** 2 - (2.0 * _LN2 - 1.0) * np.log(close / open_) ** 2
-    return np.sqrt(per_bar.mean(axis=1)) * _ANNUALISE
+    return np.sqrt(_row_mean(per_bar)) * _ANNUALISE
 
 
 def _intrabar_range(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -473,6 +487,13 @@ class StreamingFeatureState:
         self._columns = feature_set.input_columns
         self._buffer_rows = [tuple(self._columns.index(c) for c in f.inputs) for f in self._features]
         self._capacity = feature_set.lookback
+        self._names = feature_set.names
+        # Column offsets of each feature's window relative to the end of a ticker's ring slice.
+        self._window_offsets = [np.arange(-f.window, 0) for f in self._features]
+        # Per input column, the smallest valid value: prices > 0 (the smallest subnormal), volume >= 0.
+        self._minimums = np.array([0.0 if c == "volume" else np.nextafter(0.0, 1.0) for c in self._columns])
+        self._ohlc_columns = [self._columns.index(c) if c in self._columns else None
+                              for c in ("open", "high", "low", "close")]
         # One (tickers, columns, 2 * capacity) array holds every ticker's ring, so update_many
         # gathers all tickers' windows of a feature in one indexing call.
         self._rows: dict[str, int] = {}
@@ -545,25 +566,29 @@ class StreamingFeatureState:
             values = np.array([[bar[c] for c in self._columns] for bar in bars], dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise BarValidationError(f"bars for {tickers} hold a value that is not a number: {exc}") from exc
-        columns = dict(zip(self._columns, values.T, strict=True))
-        problems = [(f"{column} {rule}", mask) for column, col in columns.items()
-                    for rule, mask in _value_problems(column, col)]
-        found = [f"{rule}: {[tickers[i] for i in np.flatnonzero(mask)]}"
-                 for rule, mask in problems + _ohlc_problems(columns) if mask.any()]
-        if found:
+        if not self._plausible(values):
+            columns = dict(zip(self._columns, values.T, strict=True))
+            problems = [(f"{column} {rule}", mask) for column, col in columns.items()
+                        for rule, mask in _value_problems(column, col)]
+            found = [f"{rule}: {[tickers[i] for i in np.flatnonzero(mask)]}"
+                     for rule, mask in problems + _ohlc_problems(columns) if mask.any()]
             raise BarValidationError("bars refused: " + "; ".join(found))
-        ends = np.array([self._push(t, ts_ns, row) for (t, ts_ns), row in zip(identities, values, strict=True)])
-        rows_of = np.array([self._rows[t] for t in tickers])
+        ends = [self._push(t, ts_ns, row) for (t, ts_ns), row in zip(identities, values, strict=True)]
+        # Flat positions in the ring array of each ticker's newest value + 1 in input column 0.
+        ring, row_length = self._ring.reshape(-1), self._ring.shape[1] * self._ring.shape[2]
+        window_ends = np.array([self._rows[t] * row_length + end for t, end in zip(tickers, ends, strict=True)])
         counts = np.array([self._counts[t] for t in tickers])
+        all_warm = counts.min() >= self._capacity
+        column_length = self._ring.shape[2]
         out = np.full((len(bars), len(self._features)), np.nan)
-        for j, (feature, inputs) in enumerate(zip(self._features, self._buffer_rows, strict=True)):
-            ready = np.flatnonzero(counts >= feature.window)
-            if ready.size == 0:
+        for j, (feature, inputs, offsets) in enumerate(zip(self._features, self._buffer_rows, self._window_offsets,
+                                                           strict=True)):
+            ready = slice(None) if all_warm else np.flatnonzero(counts >= feature.window)
+            if not all_warm and ready.size == 0:
                 continue
-            positions = ends[ready, np.newaxis] - feature.window + np.arange(feature.window)
-            out[ready, j] = feature.apply(*(self._ring[rows_of[ready, np.newaxis], r, positions] for r in inputs))
-        names = [f.name for f in self._features]
-        return [dict(zip(names, row.tolist(), strict=True)) for row in out]
+            positions = window_ends[ready, np.newaxis] + offsets
+            out[ready, j] = feature.apply(*(ring.take(positions + r * column_length) for r in inputs))
+        return [dict(zip(self._names, row, strict=True)) for row in out.tolist()]
 
     def warm_up(self, bars: pd.DataFrame) -> None:
         """Load one ticker's past bars into its state without computing features for them.
@@ -638,6 +663,20 @@ class StreamingFeatureState:
         if problems:
             raise BarValidationError(f"bar for {ticker!r} at {bar['ts']}: " + "; ".join(problems))
         return ticker, ts_ns, values
+
+    def _plausible(self, values: np.ndarray) -> bool:
+        """Whether every bar (a row of input values) passes every rule; the cheap test before the detailed one."""
+        with np.errstate(invalid="ignore"):
+            if not (values >= self._minimums).all() or not np.isfinite(values).all():
+                return False
+        open_, high, low, close = self._ohlc_columns
+        if high is None or low is None:
+            return True
+        inside = values[:, high] >= values[:, low]
+        for column in (open_, close):
+            if column is not None:
+                inside &= (values[:, column] >= values[:, low]) & (values[:, column] <= values[:, high])
+        return bool(inside.all())
 
     def _identity(self, bar: Mapping[str, object]) -> tuple[str, int]:
         """``(ticker, ts in UTC ns)`` of a bar with every key, a ticker and a time after the ticker's last."""
