@@ -76,7 +76,7 @@ class Signal:
                 "weight": clean(self.weight), "status": self.status, "regime": self.regime,
                 "realized_vol": clean(self.realized_vol), "model_version": self.model_version,
                 "bar_origin": self.bar_origin, "received_at": self.received_at,
-                "features": {k: clean(v) for k, v in self.features.items()}}
+                "features": {k: v if math.isfinite(v) else None for k, v in self.features.items()}}
 
 
 class StateHandler:
@@ -176,13 +176,15 @@ class StateHandler:
             accepted += self._update(group)
         names = self.model.features
         version = self.model.version
-        ready = [] if version is None else [
-            i for i, (_, values) in enumerate(accepted) if all(math.isfinite(values[n]) for n in names)]
         probs = np.full(len(accepted), np.nan)
-        if ready:
-            matrix = np.array([[accepted[i][1][n] for n in names] for i in ready], dtype=np.float64)
-            probs[ready] = self.model.predict(matrix)
-            self.counters["predictions"] += len(ready)
+        if version is not None and accepted:
+            matrix = np.array([[values[n] for n in names] for _, values in accepted], dtype=np.float64)
+            ready = np.isfinite(matrix).all(axis=1)
+            if ready.all():
+                probs = self.model.predict(matrix)
+            elif ready.any():
+                probs[ready] = self.model.predict(matrix[ready])
+            self.counters["predictions"] += int(ready.sum())
         received_at = received_at or {}
         signals = [self._signal(bar, values, float(p), version, received_at.get(bar.ticker))
                    for (bar, values), p in zip(accepted, probs, strict=True)]
