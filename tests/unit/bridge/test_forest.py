@@ -1,8 +1,10 @@
-"""The compiled forest: bit for bit xgboost's probabilities, and refused when it cannot be."""
+"""The compiled forest: bit for bit xgboost's probabilities, refused when it cannot be, and served by the champion."""
 
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +13,10 @@ import xgboost as xgb
 
 import quant_engine.bridge.forest as forest_module
 from quant_engine.bridge.forest import CompiledForest, NotCompilableError
+from quant_engine.bridge.inference import LocalChampionModel
+from quant_engine.config import make_model_registry
+from quant_engine.monitoring.run import predict_proba
+from quant_engine.training.registry import ModelMetadata
 
 from .conftest import FEATURES
 
@@ -35,6 +41,21 @@ def query_rows(count: int, seed: int = 1) -> np.ndarray:
     rows[rng.random(rows.shape) < 0.05] = np.nan
     extremes = np.repeat(np.array([[1e30], [-1e30], [np.inf], [-np.inf]], dtype=np.float32), N_FEATURES, axis=1)
     return np.concatenate([rows, extremes])
+
+
+def register(booster: xgb.Booster, home: Path, name: str) -> str:
+    """Register and promote ``booster`` (no monitoring baseline: the bridge then skips the volatility check)."""
+    path = home / f"{name}.json"
+    booster.save_model(str(path))
+    registry = make_model_registry()
+    version = registry.register(path, ModelMetadata(features=FEATURES, data_start="2021-01-01T00:00Z",
+                                                    data_end="2021-03-31T21:00Z", data_fingerprint=name))
+    registry.promote(version, name)
+    return version
+
+
+def batch_scorer(version: str, rows: np.ndarray) -> np.ndarray:
+    return predict_proba(make_model_registry().load_booster(version), pd.DataFrame(rows, columns=FEATURES), FEATURES)
 
 
 @pytest.mark.parametrize("params", [
@@ -165,3 +186,44 @@ def test_forest_checks_its_input() -> None:
     assert forest.predict(np.zeros((0, N_FEATURES))).shape == (0,)
     rows = np.random.default_rng(0).normal(size=(3, N_FEATURES))  # float64 in: rounded to float32 as xgboost does
     assert np.array_equal(forest.predict(rows), booster.inplace_predict(rows.astype(np.float32)))
+
+
+@pytest.mark.parametrize("params", [
+    {"max_depth": 4, "rounds": 50, "base_score": 0.4},
+    {"max_depth": 6, "rounds": 300, "eta": 0.05, "scale_pos_weight": 2.0},
+], ids=["depth4x50", "depth6x300"])
+def test_champion_predicts_through_its_forest_as_the_batch_scorer(params: dict[str, object], qe_home: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    booster = train(**params)
+    version = register(booster, qe_home, "gbtree")
+    with caplog.at_level(logging.INFO, logger="quant_engine.bridge.inference"):
+        model = LocalChampionModel(make_model_registry())
+    max_rows = CompiledForest.compile(booster).max_rows  # 128 and 17 rows
+    assert f"batches up to {max_rows} rows by its compiled forest ({params['rounds']} trees" in caplog.text
+    calls = []
+    inplace_predict = xgb.Booster.inplace_predict
+    monkeypatch.setattr(xgb.Booster, "inplace_predict",
+                        lambda self, rows, **kwargs: calls.append(len(rows)) or inplace_predict(self, rows, **kwargs))
+    rows = query_rows(500).astype(np.float64)
+    batches = (rows[:1], rows[:20], rows[:500])
+    for batch in batches:
+        assert np.array_equal(model.predict(batch), batch_scorer(version, batch))
+    # Infinities, which the batch scorer's DMatrix refuses, are served as inplace_predict serves them.
+    assert np.array_equal(model.predict(rows[-4:]), inplace_predict(booster, rows[-4:].astype(np.float32)))
+    assert calls == [len(batch) for batch in batches if len(batch) > max_rows]
+
+
+def test_champion_falls_back_to_xgboost_for_a_forest_that_does_not_compile(qe_home: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    register(train(max_depth=3, rounds=10), qe_home, "gbtree")
+    now = [0.0]
+    model = LocalChampionModel(make_model_registry(), check_every_s=10, clock=lambda: now[0])
+    dart = register(train(max_depth=3, rounds=10, booster="dart", rate_drop=0.3, seed=1), qe_home, "dart")
+    now[0] = 11.0
+    with caplog.at_level(logging.INFO, logger="quant_engine.bridge.inference"):
+        assert model.refresh() and model.version == dart
+    assert "with xgboost only: its forest does not compile: booster 'dart' is not supported" in caplog.text
+    rows = query_rows(30)[:30].astype(np.float64)
+    for batch in (rows[:1], rows):
+        assert np.array_equal(model.predict(batch), batch_scorer(dart, batch))
