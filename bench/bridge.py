@@ -30,8 +30,14 @@ divided by the time from its first to its last tick. Then the bridge runs paced 
 rate (20,000 ticks/s) for 3 s, and so does the relay: a system *sustains* the rate when every tick
 arrived, none was dropped by the buffer, and it had taken the last tick within 0.5 s of its sending.
 
+**Core placement**: on a machine with two cores or more, the system under test runs on core 0 and
+the feed and subscriber processes share the others, for both systems (``--no-pin`` leaves placement
+to the kernel). On two cores the kernel otherwise often wakes the subscriber on the core the bridge
+is computing on, where it waits for the bridge's next batch to finish: the load generator and the
+measuring client would be measured, not the system (printed unpinned figures show the difference).
+
 Targets: p99 <= 5 ms at 2,000 ticks/s, >= 20,000 ticks/s sustained. Run:
-``python bench/bridge.py [--sessions 10] [--flood 102000]``.
+``python bench/bridge.py [--sessions 20] [--flood 102000] [--no-pin]``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,19 @@ PACED_SECONDS = 3.0
 MAX_TAIL_S = 0.5
 DAY_MS = 86_400_000
 CLOSE_MS = 21 * 3_600_000
+
+
+def core_placement(pin: bool) -> tuple[set[int], set[int]] | None:
+    """``(system cores, harness cores)``: core 0 for the system under test, the rest for feed and subscriber."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[0]}, set(cores[1:])) if len(cores) >= 2 else None
+
+
+def _pin(cores: set[int] | None) -> None:
+    if cores:
+        os.sched_setaffinity(0, cores)
 
 
 # --- the feed (its own process) -----------------------------------------------------------------
@@ -94,9 +113,11 @@ def session_frames(first_day: int, sessions: int, ticks_per_ticker: int, seed: i
 
 
 def feed_process(frames: list[tuple[str, bool]], rate: float | None, port_queue: mp.Queue, go: mp.Event,
-                 result_queue: mp.Queue) -> None:
+                 result_queue: mp.Queue, cores: set[int] | None) -> None:
     """Serve ``frames`` to the first subscriber once ``go`` is set: paced at ``rate``/s, or flat out."""
     from websockets.asyncio.server import broadcast, serve
+
+    _pin(cores)
 
     async def main() -> None:
         subscribed = asyncio.Event()
@@ -131,28 +152,29 @@ def feed_process(frames: list[tuple[str, bool]], rate: float | None, port_queue:
 # --- the subscriber (its own process) -----------------------------------------------------------
 
 
-def subscriber_process(port: int, expected: int, skip: int, ready: mp.Event, result_queue: mp.Queue) -> None:
+def subscriber_process(port: int, expected: int, skip: int, ready: mp.Event, result_queue: mp.Queue,
+                       cores: set[int] | None) -> None:
     """Subscribe to everything; latency of each message after the first ``skip`` = now - the system's receipt stamp."""
     from websockets.asyncio.client import connect
 
+    _pin(cores)
+
     async def main() -> None:
-        latencies = []
-        skipped = 0
+        arrivals: list[tuple[float, str]] = []
         async with connect(f"ws://127.0.0.1:{port}/?token={TOKEN}", max_size=2**20) as ws:
             await ws.send(json.dumps({"subscribe": ["*"]}))
             await ws.recv()
             ready.set()
-            while len(latencies) < expected:
+            while len(arrivals) < skip + expected:
                 try:
-                    message = await asyncio.wait_for(ws.recv(), 15)
+                    async with asyncio.timeout(15):
+                        message = await ws.recv()
                 except TimeoutError:
                     break
-                now = time.time()
-                if skipped < skip:
-                    skipped += 1
-                    continue
-                stamp = json.loads(message)["received_at"] if message.startswith("{") else float(message.split("|")[0])
-                latencies.append(now - stamp)
+                arrivals.append((time.time(), message))
+        # Parsed after the run, so parsing one message never delays the arrival stamp of the next.
+        latencies = [now - (json.loads(m)["received_at"] if m.startswith("{") else float(m.split("|")[0]))
+                     for now, m in arrivals[skip:]]
         result_queue.put({"latencies_ms": [1_000 * x for x in latencies], "last_at": time.time()})
 
     asyncio.run(main())
@@ -258,19 +280,21 @@ class Relay:
 
 
 async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, expected_signals: int,
-               history_end: pd.Timestamp, skip: int = 0) -> dict[str, float]:
+               history_end: pd.Timestamp, skip: int = 0,
+               placement: tuple[set[int], set[int]] | None = None) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     port_q, feed_q, sub_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
     go, ready = ctx.Event(), ctx.Event()
-    feed = ctx.Process(target=feed_process, args=(frames, rate, port_q, go, feed_q), daemon=True)
+    harness_cores = placement[1] if placement else None
+    feed = ctx.Process(target=feed_process, args=(frames, rate, port_q, go, feed_q, harness_cores), daemon=True)
     feed.start()
     feed_url = f"ws://127.0.0.1:{await asyncio.to_thread(port_q.get, True, 60)}"
     target = build_bridge(feed_url, history_end) if system == "bridge" else Relay(feed_url, forward=rate is not None)
     stop, started = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(target.run(stop, started))
     await started.wait()
-    subscriber = ctx.Process(target=subscriber_process, args=(target.port, expected_signals, skip, ready, sub_q),
-                             daemon=True)
+    subscriber = ctx.Process(target=subscriber_process,
+                             args=(target.port, expected_signals, skip, ready, sub_q, harness_cores), daemon=True)
     subscriber.start()
     await asyncio.to_thread(ready.wait, 60)
     if system == "bridge":
@@ -308,7 +332,16 @@ async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, 
     return out
 
 
-def run(sessions: int, flood: int) -> dict[str, dict[str, float]]:
+def _latency_runs(frames: list[tuple[str, bool]], sessions: int, history_end: pd.Timestamp,
+                  placement: tuple[set[int], set[int]] | None, all_cores: set[int] | None) -> dict[str, dict]:
+    """Both systems' latency runs, this process on the system cores (or all of them when unpinned)."""
+    _pin(placement[0] if placement else all_cores)
+    return {system: asyncio.run(_run(system, frames, LATENCY_RATE, sessions * len(TICKERS), history_end,
+                                     skip=len(TICKERS), placement=placement))
+            for system in ("bridge", "relay")}
+
+
+def run(sessions: int, flood: int, placement: tuple[set[int], set[int]] | None) -> dict[str, dict[str, float]]:
     history_end = pd.Timestamp("2024-01-05 21:00", tz="UTC")
     first_day = int(history_end.value // 1_000_000 // DAY_MS) + 1
     latency_frames = session_frames(first_day, sessions + 1, 10, seed=1)  # + the warm-up session
@@ -316,38 +349,47 @@ def run(sessions: int, flood: int) -> dict[str, dict[str, float]]:
     flood_frames = session_frames(first_day, flood_sessions, 50, seed=2)
     paced_frames = session_frames(first_day, max(1, int(TARGET_RATE * PACED_SECONDS) // (51 * len(TICKERS))), 50,
                                   seed=3)
-    results = {}
+    all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as home:
         os.environ["QE_HOME"] = home
-        signals = sessions * len(TICKERS)
-        per_session = len(TICKERS)
-        results["bridge_latency"] = asyncio.run(_run("bridge", latency_frames, LATENCY_RATE, signals, history_end,
-                                                     skip=per_session))
-        results["relay_latency"] = asyncio.run(_run("relay", latency_frames, LATENCY_RATE, signals, history_end,
-                                                    skip=per_session))
-        results["bridge_flood"] = asyncio.run(_run("bridge", flood_frames, None, 0, history_end))
-        results["relay_flood"] = asyncio.run(_run("relay", flood_frames, None, 0, history_end))
-        results["bridge_paced"] = asyncio.run(_run("bridge", paced_frames, TARGET_RATE, 0, history_end))
-        results["relay_paced"] = asyncio.run(_run("relay", paced_frames, TARGET_RATE, 0, history_end))
+        if placement:
+            results["latency_unpinned"] = _latency_runs(latency_frames, sessions, history_end, None, all_cores)
+        results["latency"] = _latency_runs(latency_frames, sessions, history_end, placement, all_cores)
+        for system in ("bridge", "relay"):
+            results[f"{system}_flood"] = asyncio.run(_run(system, flood_frames, None, 0, history_end,
+                                                          placement=placement))
+        for system in ("bridge", "relay"):
+            results[f"{system}_paced"] = asyncio.run(_run(system, paced_frames, TARGET_RATE, 0, history_end,
+                                                          placement=placement))
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=10, help="sessions (100 closes each) in the latency run")
+    parser.add_argument("--sessions", type=int, default=20, help="sessions (100 closes each) in the latency run")
     parser.add_argument("--flood", type=int, default=102_000, help="ticks in the flat-out run")
+    parser.add_argument("--no-pin", action="store_true", help="leave process placement to the kernel")
     args = parser.parse_args(argv)
+    placement = core_placement(not args.no_pin)
     load_before = os.getloadavg()[0]
-    r = run(args.sessions, args.flood)
+    r = run(args.sessions, args.flood, placement)
     print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before and "
           f"{os.getloadavg()[0]:.1f} after the run (other work on the machine slows every figure, floor included)")
-    lat, floor = r["bridge_latency"], r["relay_latency"]
+    where = ("kernel placement" if placement is None else
+             f"system on core {min(placement[0])}, feed and subscriber on cores {sorted(placement[1])}")
+    lat, floor = r["latency"]["bridge"], r["latency"]["relay"]
     print(f"tick-to-signal at {LATENCY_RATE:,} ticks/s, {len(TICKERS)} tickers, {lat['signals']} signals "
-          f"(relay floor: {floor['signals']} messages)")
+          f"(relay floor: {floor['signals']} messages); {where}")
     print(f"  bridge      p50 {lat['p50_ms']:7.3f} ms   p99 {lat['p99_ms']:7.3f} ms")
     print(f"  relay floor p50 {floor['p50_ms']:7.3f} ms   p99 {floor['p99_ms']:7.3f} ms")
     print(f"  ratio       p50 {lat['p50_ms'] / floor['p50_ms']:7.2f}x     p99 {lat['p99_ms'] / floor['p99_ms']:7.2f}x")
     print(f"  target p99 <= {TARGET_P99_MS} ms: {'met' if lat['p99_ms'] <= TARGET_P99_MS else 'NOT met'}")
+    if "latency_unpinned" in r:
+        lat, floor = r["latency_unpinned"]["bridge"], r["latency_unpinned"]["relay"]
+        print("  the same with kernel placement (feed, system and subscriber competing for the cores):")
+        print(f"  bridge      p50 {lat['p50_ms']:7.3f} ms   p99 {lat['p99_ms']:7.3f} ms")
+        print(f"  relay floor p50 {floor['p50_ms']:7.3f} ms   p99 {floor['p99_ms']:7.3f} ms")
     flood, relay = r["bridge_flood"], r["relay_flood"]
     print(f"flat-out feed, {flood['sent']:,} ticks")
     print(f"  bridge      {flood['rate']:10,.0f} ticks/s  (received {flood['received']:,}, buffer coalesced "
