@@ -398,6 +398,33 @@ def test_update_many_refuses_the_whole_call_on_one_bad_bar() -> None:
     assert state.update_many([]) == []
 
 
+_EDGE_VALUES = st.sampled_from([100.0, 99.0, 101.0, 5e-324, 0.0, -0.0, -1.0, math.nan, math.inf, -math.inf])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({c: _EDGE_VALUES for c in ("open", "high", "low", "close", "volume")}),
+                min_size=1, max_size=4))
+def test_update_many_refuses_exactly_the_bars_update_refuses(values: list[dict[str, float]]) -> None:
+    """update_many's quick test lets through exactly what the per-bar rules accept, and names the same rules."""
+    bars = [bar(f"T{i}", 0, **v) for i, v in enumerate(values)]
+    refusals = []
+    for one in bars:
+        try:
+            get_feature_set("extended").streaming_state().update(one)
+        except BarValidationError as exc:
+            refusals.append(str(exc))
+    state = get_feature_set("extended").streaming_state()
+    if not refusals:
+        assert len(state.update_many(bars)) == len(bars)
+        return
+    with pytest.raises(BarValidationError) as raised:
+        state.update_many(bars)
+    message = str(raised.value)
+    rules = {rule for refusal in refusals for rule in refusal.split(": ", 1)[1].split("; ")}
+    assert all(rule in message for rule in rules), (rules, message)
+    assert state.tickers == []
+
+
 @pytest.mark.parametrize("n_warm", [3, 253, 400])
 def test_warm_up_leaves_the_state_update_would(history: pd.DataFrame, n_warm: int) -> None:
     feature_set = get_feature_set("extended")
