@@ -1,26 +1,28 @@
 """Daily market data ingestion: fetch bars -> features -> offline + online feature store.
 
-The bars of the ingested days are stored too (offline group ``<feature group>_bars``), in the same
-all-or-nothing write as the features, for the live bridge's warm-up and backfill.
+The bars of the ingested sessions are stored too (offline group ``<feature group>_bars``), in the
+same all-or-nothing write as the features, for the live bridge's warm-up and backfill.
 
-Runs on weekdays after the US close for the day of its logical date; with ``start``/``end`` params
-it backfills a range in one run. Reruns are idempotent (the stores skip records they already hold).
-Emits the feature-store asset that ``drift_monitor`` and other downstream DAGs schedule on.
+Each scheduled run (weekdays at 16:30 New York) ingests the sessions of the group's exchange
+calendar that closed in its data interval: Monday's run takes Monday's session, a run on a holiday
+has none and skips cleanly. With ``start``/``end`` params it backfills those sessions in one run;
+``airflow backfill create`` fills a range run by run. Reruns are idempotent (the stores skip
+records they already hold). Emits the feature-store asset ``drift_monitor`` schedules on.
 """
 
 from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
-from airflow.timetables.trigger import CronTriggerTimetable
-from qe_airflow import SOURCES
+from airflow.timetables.interval import CronDataIntervalTimetable
+from qe_airflow import FEATURE_SETS, SOURCES, reading_params
 
 FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
 
 
 @dag(
-    schedule=CronTriggerTimetable("30 16 * * 1-5", timezone="America/New_York"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="America/New_York"),
+    schedule=CronDataIntervalTimetable("30 16 * * 1-5", timezone="America/New_York"),
+    start_date=pendulum.datetime(2000, 1, 3, tz="America/New_York"),  # backfills may reach far back
     catchup=False,
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
@@ -30,45 +32,48 @@ FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
                         description="Where bars come from. synthetic is the embedded default market."),
         "path": Param(None, type=["null", "string"],
                       description="File or folder of bars, for the csv and parquet sources."),
-        "tickers": Param(None, type=["null", "string"],
-                         description="Comma-separated tickers; empty means every ticker of the source."),
+        "tickers": Param(None, type=["null", "string", "array"],
+                         description="Tickers, comma-separated or a list; empty means every ticker of the source."),
         "start": Param(None, type=["null", "string"], format="date",
-                       description="First day to ingest (YYYY-MM-DD). Empty: the last session on or before "
-                                   "the run's logical date, or the whole file for csv / parquet."),
+                       description="First session to ingest (YYYY-MM-DD). Empty: the sessions that closed in the "
+                                   "run's data interval, or the whole file for csv / parquet."),
         "end": Param(None, type=["null", "string"], format="date",
-                     description="Last day to ingest, inclusive; empty means the same day as start."),
-        "feature_set": Param("default", type="string", enum=["default", "extended"],
+                     description="Last session to ingest, inclusive; empty means the same as start."),
+        "feature_set": Param("default", type="string", enum=FEATURE_SETS,
                              description="Feature definitions to compute."),
+        **reading_params(),
     },
     doc_md=__doc__,
 )
 def market_data_ingestion():
     @task
-    def fetch_bars(params=None, run_id=None, logical_date=None) -> dict:
+    def fetch_bars(params=None, run_id=None, data_interval_start=None, data_interval_end=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from qe_airflow import fail_fast_on_bad_input
-        from quant_engine.features.ingest import IngestionRequest, fetch_bars, stage_frame
+        from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, fetch_bars, stage_frame
         from quant_engine.runs import run_dir
 
+        window = (data_interval_start, data_interval_end) if data_interval_end is not None else None
         with fail_fast_on_bad_input():
-            request = IngestionRequest.for_run(
-                (logical_date or pendulum.now("UTC")).isoformat(), source=params["source"],
-                start=params["start"], end=params["end"], tickers=params["tickers"], path=params["path"],
-                feature_set=params["feature_set"],
-            )
+            try:
+                request = IngestionRequest.from_params(dict(params), window=window)
+            except NoSessionToIngest as nothing:
+                raise AirflowSkipException(f"no session: {nothing}") from None
+            print(f"ingesting {request.describe()} from {request.source}")
             bars = fetch_bars(request)
         return {"bars": stage_frame(bars, run_dir("ingestion", run_id) / "bars.parquet"),
-                "start": str(request.start.date()), "end": str(request.end.date())}
+                "request": request.to_dict()}
 
     @task
-    def compute_features(staged: dict, params=None, run_id=None) -> dict:
+    def compute_features(staged: dict, run_id=None) -> dict:
         import pandas as pd
 
         from qe_airflow import fail_fast_on_bad_input
         from quant_engine.features.ingest import IngestionRequest, bars_in_range, compute_features, stage_frame
         from quant_engine.runs import run_dir
 
-        request = IngestionRequest.build(source=params["source"], path=params["path"], start=staged["start"],
-                                         end=staged["end"], feature_set=params["feature_set"])
+        request = IngestionRequest.from_dict(staged["request"])
         bars = pd.read_parquet(staged["bars"])
         with fail_fast_on_bad_input():
             features = compute_features(bars, request)
@@ -84,9 +89,11 @@ def market_data_ingestion():
 
         import pandas as pd
 
-        from quant_engine.features.ingest import write_features
+        from quant_engine.features.ingest import IngestionRequest, write_features
 
-        result = write_features(pd.read_parquet(staged["features"]), bars=pd.read_parquet(staged["bars_in_range"]))
+        request = IngestionRequest.from_dict(staged["request"])
+        result = write_features(pd.read_parquet(staged["features"]), bars=pd.read_parquet(staged["bars_in_range"]),
+                                market_time=request.market_time)
         shutil.rmtree(Path(staged["features"]).parent, ignore_errors=True)  # staged files served their purpose
         print(f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
               f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "

@@ -14,6 +14,8 @@ from airflow.sdk.exceptions import AirflowFailException
 #: Data sources a dataset's labels can be priced from (``quant_engine.data.sources.SOURCE_NAMES``;
 #: spelled out so parsing a DAG never imports the library's data stack).
 SOURCES = ["synthetic", "csv", "parquet", "yfinance"]
+#: Feature sets (``quant_engine.features.definitions.feature_set_names()``), spelled out likewise.
+FEATURE_SETS = ["default", "extended", "close_only", "ohlc"]
 
 
 @contextlib.contextmanager
@@ -29,6 +31,32 @@ def fail_fast_on_bad_input() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def reading_params() -> dict[str, Param]:
+    """How ingestion reads and judges bars: the group's market time and the validator's options."""
+    return {
+        "calendar": Param(None, type=["null", "string"],
+                          description="Exchange calendar of a new feature group: XNYS (default), 24/5 (FX), 24/7 "
+                                      "(crypto), XLON, ...; a group keeps the one it was created with."),
+        "bar_size": Param(None, type=["null", "string"],
+                          description="Bar size of a new feature group: 1d (default), 1h, 5m, ..."),
+        "assume_tz": Param(None, type=["null", "string"],
+                           description="csv / parquet: time zone of naive timestamps (UTC, America/New_York, ...)."),
+        "date_close": Param(None, type=["null", "string"],
+                            description="csv / parquet: HH:MM to stamp plain dates at in assume_tz instead of each "
+                                        "session's close."),
+        "on_error": Param("raise", type="string", enum=["raise", "drop", "keep"],
+                          description="Broken or implausible bars: refuse the run, drop them, or keep the merely "
+                                      "implausible ones."),
+        "stamped_at": Param("close", type="string", enum=["close", "open"],
+                            description="csv / parquet intraday bars: stamped at their close (the rule) or open."),
+        "max_return_multiple": Param(100.0, type=["null", "number"],
+                                     description="A return beyond this multiple of its ticker's recent median is "
+                                                 "implausible; empty turns the check off."),
+        "max_volume_multiple": Param(1000.0, type=["null", "number"],
+                                     description="Likewise for volume."),
+    }
+
+
 def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
     """The params of a labelled dataset built from the offline store, shared by every DAG that builds one.
 
@@ -41,7 +69,7 @@ def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
                         description="Where the labels' prices come from: the source the store was ingested from."),
         "source_path": Param(defaults["source_path"], type=["null", "string"],
                              description="File or folder for csv / parquet."),
-        "feature_set": Param(defaults["feature_set"], type="string", enum=["default", "extended"],
+        "feature_set": Param(defaults["feature_set"], type="string", enum=FEATURE_SETS,
                              description="Features joined from the store."),
         "label_kind": Param(defaults["label_kind"], type="string", enum=["fixed", "triple_barrier"],
                             description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),

@@ -30,8 +30,8 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dag(airflow_home: Path, qe_home: Path) -> Callable[..., subprocess.CompletedProcess]:
     """``run_dag(dag_id, conf)`` runs ``airflow dags test`` and fails the test with its log if it fails."""
 
-    def run(dag_id: str, conf: dict | None = None, *, expect_success: bool = True,
-            timeout: int = 600) -> subprocess.CompletedProcess:
+    def run(dag_id: str, conf: dict | None = None, *, expect_success: bool = True, timeout: int = 600,
+            logical_date: str | None = None) -> subprocess.CompletedProcess:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(airflow_home),
@@ -40,7 +40,7 @@ def run_dag(airflow_home: Path, qe_home: Path) -> Callable[..., subprocess.Compl
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "QE_HOME": str(qe_home),
         }
-        command = [AIRFLOW_BIN, "dags", "test", dag_id]
+        command = [AIRFLOW_BIN, "dags", "test", dag_id, *([logical_date] if logical_date else [])]
         if conf is not None:
             command += ["--conf", json.dumps(conf)]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)

@@ -38,3 +38,38 @@ def test_bad_params_fail_fast_without_touching_the_stores(run_dag) -> None:
     assert "state=failed" in output
     assert "no ticker(s) NOPE" in output
     assert make_offline_store().commits() == []
+
+
+def test_a_run_on_a_holiday_skips_cleanly_and_the_next_ingests_its_session(run_dag) -> None:
+    # The run triggered at 16:30 New York on July 4, 2019: its data interval holds no session close.
+    holiday = run_dag("market_data_ingestion", {"tickers": "SYN00,SYN01"}, logical_date="2019-07-04T20:30:00+00:00")
+    output = holiday.stdout + holiday.stderr
+    assert "state=success" in output and "no session: no XNYS session closed between" in output
+    assert make_offline_store().schema is None  # nothing written, not even a group
+    friday = run_dag("market_data_ingestion", {"tickers": "SYN00,SYN01"}, logical_date="2019-07-05T20:30:00+00:00")
+    assert "ingested 2 feature rows for 2 tickers" in friday.stdout + friday.stderr
+    assert set(make_offline_store().read()["event_time"]) == {pd.Timestamp("2019-07-05 20:00", tz="UTC")}
+
+
+def test_an_unknown_conf_key_fails_fast_instead_of_being_ignored(run_dag) -> None:
+    result = run_dag("market_data_ingestion", {"tikers": "SYN00", "start": "2024-03-04"}, expect_success=False)
+    output = result.stdout + result.stderr
+    assert "state=failed" in output and "unknown ingestion parameter(s) ['tikers']" in output
+    assert make_offline_store().commits() == []
+
+
+def test_an_hourly_fx_file_with_naive_times_ingests_with_its_calendar_and_zone(run_dag, tmp_path) -> None:
+    bars = SyntheticMarket(n_tickers=2, seed=4, freq="1h", calendar="24/5", start="2021-01-01",
+                           end="2021-03-31").fetch(None, "2021-01-01", "2021-03-31")
+    naive = bars.assign(ts=bars["ts"].dt.tz_localize(None)).rename(columns={"ts": "datetime"})
+    path = tmp_path / "fx_hourly.csv"
+    naive.to_csv(path, index=False)
+    conf = {"source": "csv", "path": str(path), "start": "2021-03-01", "end": "2021-03-05", "calendar": "24/5",
+            "bar_size": "1h"}
+    refused = run_dag("market_data_ingestion", conf, expect_success=False)
+    assert "naive timestamps; say which time zone" in refused.stdout + refused.stderr
+    result = run_dag("market_data_ingestion", {**conf, "assume_tz": "UTC"})
+    assert "ingested 240 feature rows for 2 tickers" in result.stdout + result.stderr  # 5 sessions x 24 bars x 2
+    stored = make_offline_store().read()
+    assert stored["event_time"].min() == pd.Timestamp("2021-03-01 01:00", tz="UTC")
+    assert stored["event_time"].max() == pd.Timestamp("2021-03-06 00:00", tz="UTC")  # Friday's session ends at midnight

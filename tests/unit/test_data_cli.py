@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from quant_engine.calendars import get_calendar
 from quant_engine.cli import main
 from quant_engine.data.files import read_bars
 
@@ -27,8 +28,8 @@ def test_synth_writes_bars_and_says_where(tmp_path: Path, capsys: pytest.Capture
     code, stdout, _ = run(capsys, "data", "synth", *SMALL, "--out", str(out))
     bars, report = read_bars(out)
     assert code == 0 and report.ok
-    assert stdout.strip() == f"wrote {len(bars)} rows (3 tickers, 1D bars) to {out}"
-    assert len(bars) == 3 * len(pd.bdate_range("2024-01-01", "2024-03-31"))
+    assert stdout.strip() == f"wrote {len(bars)} rows (3 tickers, 1d bars on XNYS) to {out}"
+    assert len(bars) == 3 * len(get_calendar("XNYS").sessions("2024-01-01", "2024-03-31"))  # no New Year, no MLK day
 
 
 def test_synth_shift_changes_bars_from_its_day(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,7 +47,7 @@ def test_synth_intraday_to_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str
     out = tmp_path / "hourly.csv"
     code, stdout, _ = run(capsys, "data", "synth", "--tickers", "2", "--start", "2024-01-02", "--end", "2024-01-02",
                           "--freq", "1h", "--out", str(out))
-    assert code == 0 and stdout.startswith("wrote 14 rows (2 tickers, 1h bars)")
+    assert code == 0 and stdout.startswith("wrote 14 rows (2 tickers, 1h bars on XNYS)")
 
 
 def test_synth_bad_shift_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +61,21 @@ def test_validate_clean_file_exits_zero_with_a_summary(tmp_path: Path, capsys: p
     run(capsys, "data", "synth", *SMALL, "--out", str(tmp_path / "bars.csv"))
     code, stdout, _ = run(capsys, "data", "validate", str(tmp_path / "bars.csv"))
     assert code == 0
-    assert stdout.startswith(f"{tmp_path / 'bars.csv'}: 195 rows, no problems; 3 ticker(s), 2024-01-01 21:00:00+00:00 ..")
+    assert stdout.startswith(f"{tmp_path / 'bars.csv'}: 183 rows, no problems; 3 ticker(s), 2024-01-02 21:00:00+00:00 ..")
+    assert stdout.strip().endswith("2024-03-28 20:00:00+00:00")  # summer time from March 10; Good Friday closed
+
+
+def test_validate_names_bars_off_the_calendar_and_restamps_daily_ones(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.csv"
+    path.write_text("ticker,ts,close\nA,2019-07-02T21:00:00Z,10\nA,2019-07-03T21:00:00Z,10.1\n"
+                    "A,2019-07-04T21:00:00Z,10.2\nA,2099-01-02T21:00:00Z,10.3\n")
+    code, _, err = run(capsys, "data", "validate", str(path))
+    assert code == 1
+    assert "  not a session of XNYS (a holiday or a weekend): A@2019-07-04 21:00:00+00:00 (row 2)" in err
+    assert "after now" in err and "A@2099-01-02 21:00:00+00:00 (row 3)" in err
+    code, stdout, err = run(capsys, "data", "validate", str(path), "--on-error", "drop")
+    assert code == 0 and "kept 2 of 4 rows" in stdout and "2019-07-03 17:00:00+00:00" in stdout
 
 
 BAD = "ticker,date,close,high,low\nA,2024-01-02,10,11,9\nA,2024-01-02,10,11,9\nA,2024-01-03,-1,11,9\nB,2024-01-03,5,6,5\n"
@@ -107,14 +122,14 @@ def test_fetch_from_a_file_source_to_another_format(tmp_path: Path, capsys: pyte
     code, stdout, _ = run(capsys, "data", "fetch", "--source", "csv", "--path", str(tmp_path / "all.csv"),
                           "--tickers", "SYN02", "--start", "2024-02-01", "--end", "2024-02-29", "--out", str(out))
     bars = read_bars(out)[0]
-    assert code == 0 and set(bars["ticker"]) == {"SYN02"} and len(bars) == 21
-    assert stdout.startswith("wrote 21 rows (1 ticker(s), 2024-02-01 21:00:00+00:00 .. 2024-02-29")
+    assert code == 0 and set(bars["ticker"]) == {"SYN02"} and len(bars) == 20  # Presidents' Day
+    assert stdout.startswith("wrote 20 rows (1 ticker(s), 2024-02-01 21:00:00+00:00 .. 2024-02-29")
 
 
 def test_fetch_rejects_options_the_source_does_not_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "data", "fetch", "--source", "synthetic", "--path", "x.csv", "--start", "2024-01-02",
                        "--end", "2024-01-03", "--out", str(tmp_path / "x.csv"))
-    assert code == 2 and "data source 'synthetic' cannot take options ['path']" in err
+    assert code == 2 and "data source 'synthetic' cannot take options ['calendar', 'path']: got an unexpected keyword argument 'path'" in err
 
 
 def test_fetch_unknown_ticker_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

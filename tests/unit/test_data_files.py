@@ -94,16 +94,24 @@ def test_parquet_long_file_and_folder(tmp_path: Path, synthetic_bars: pd.DataFra
 # -- the time-zone rule -------------------------------------------------------------------------
 
 
-def test_plain_dates_are_stamped_at_the_close_in_the_given_zone(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"ticker": "A", "date": [dt.date(2024, 1, 2), dt.date(2024, 7, 2)], "close": [1.0, 2.0]})
+def test_plain_dates_are_stamped_at_their_sessions_close_or_at_a_given_time(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"ticker": "A", "date": [dt.date(2024, 1, 2), dt.date(2024, 7, 2), dt.date(2024, 7, 3)],
+                          "close": [1.0, 2.0, 2.5]})
     frame.to_parquet(tmp_path / "dates.parquet", index=False)  # a date32 column
     default = ParquetSource(tmp_path / "dates.parquet").fetch(None, "2024-01-01", "2024-12-31")
-    assert default["ts"].tolist() == [utc("2024-01-02 21:00"), utc("2024-07-02 21:00")]
+    assert default["ts"].tolist() == [utc("2024-01-02 21:00"), utc("2024-07-02 20:00"), utc("2024-07-03 17:00")]
+    london = ParquetSource(tmp_path / "dates.parquet", calendar="XLON").fetch(None, "2024-01-01", "2024-12-31")
+    assert london["ts"].tolist() == [utc("2024-01-02 16:30"), utc("2024-07-02 15:30"), utc("2024-07-03 15:30")]
+    frame = frame.drop(columns="date").assign(date=[dt.date(2024, 1, 2), dt.date(2024, 7, 3), dt.date(2024, 7, 4)])
     new_york = ParquetSource(tmp_path / "dates.parquet", assume_tz="America/New_York", date_close="16:00")
     assert new_york.fetch(None, "2024-01-01", "2024-12-31")["ts"].tolist() == [
         utc("2024-01-02 21:00"),  # EST
         utc("2024-07-02 20:00"),  # EDT
+        utc("2024-07-03 20:00"),  # as told, though the session closed at 17:00: conform_bars restamps it
     ]
+    frame.to_parquet(tmp_path / "holiday.parquet", index=False)
+    holiday = ParquetSource(tmp_path / "holiday.parquet").fetch(None, "2024-01-01", "2024-12-31")
+    assert holiday["ts"].iloc[-1] == utc("2024-07-04 04:00")  # midnight in New York: named, not a close
 
 
 def test_timestamps_with_offsets_are_exact_instants(tmp_path: Path) -> None:

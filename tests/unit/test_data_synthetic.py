@@ -8,6 +8,7 @@ import pytest
 
 from quant_engine.data.schema import validate_bars
 from quant_engine.data.sources import EmptyRangeError, MarketDataSource, UnknownTickerError, make_source
+from quant_engine.calendars import get_calendar
 from quant_engine.data.synthetic import EDGE, REGIMES, TRANSITION, Shift, SyntheticMarket
 
 DECADE = {"start": "2015-01-01", "end": "2024-12-31"}
@@ -50,14 +51,22 @@ def edge_ic(bars: pd.DataFrame, regimes: pd.Series, regime: str, since: str | No
 # -- shape and schema --------------------------------------------------------------------------
 
 
-def test_default_market_has_twenty_tickers_of_weekday_closes(market: SyntheticMarket, full: pd.DataFrame) -> None:
+def test_default_market_has_twenty_tickers_of_nyse_session_closes(market: SyntheticMarket, full: pd.DataFrame) -> None:
     assert isinstance(market, MarketDataSource) and market.name == "synthetic"
     assert market.tickers == tuple(f"SYN{i:02d}" for i in range(20))
     assert full["ticker"].nunique() == 20
-    assert len(full) == 20 * len(pd.bdate_range("2010-01-01", "2030-12-31"))
-    assert (full["ts"].dt.hour == 21).all() and (full["ts"].dt.minute == 0).all()
-    assert (full["ts"].dt.day_of_week < 5).all()
+    nyse = get_calendar("XNYS")
+    assert len(full) == 20 * len(nyse.sessions("2010-01-01", "2030-12-31"))
+    assert set(full["ts"]) == set(nyse.bar_closes("2010-01-01", "2030-12-31"))  # DST, half days, no holiday
+    local = full["ts"].dt.tz_convert("America/New_York")
+    assert set(zip(local.dt.hour, local.dt.minute)) == {(16, 0), (13, 0)}  # the close, or a half day's
     assert validate_bars(full)[1].ok
+
+
+def test_a_half_day_carries_less_variance_than_a_full_one() -> None:
+    market = SyntheticMarket(n_tickers=1, start="2019-11-25", end="2019-11-29")
+    calendar = market._calendar
+    assert calendar.fraction.tolist() == pytest.approx([1.0, 1.0, 1.0, 210 / 390])  # Thanksgiving is closed
 
 
 def test_ohlc_follow_the_close_path(full: pd.DataFrame) -> None:
@@ -299,7 +308,8 @@ def test_unknown_tickers_are_named(market: SyntheticMarket) -> None:
     assert caught.value.tickers == ("SYN20", "AAPL")
 
 
-@pytest.mark.parametrize(("start", "end"), [("2031-01-01", "2031-12-31"), ("2024-01-06", "2024-01-07")])
+@pytest.mark.parametrize(("start", "end"), [("2031-01-01", "2031-12-31"), ("2024-01-06", "2024-01-07"),
+                                            ("2019-07-04", "2019-07-04")])
 def test_ranges_without_bars_are_empty(market: SyntheticMarket, start: str, end: str) -> None:
     with pytest.raises(EmptyRangeError, match="synthetic market has no bars between"):
         market.fetch(None, start, end)
@@ -310,7 +320,9 @@ def test_ranges_without_bars_are_empty(market: SyntheticMarket, start: str, end:
     [
         ({"n_tickers": 0}, "n_tickers=0 must be a whole number >= 1"),
         ({"seed": -1}, "seed=-1 must be a whole number >= 0"),
-        ({"freq": "3D"}, "freq='3D' must be '1D' or a whole number of minutes"),
+        ({"freq": "3D"}, "freq='3D' is not a bar length"),
+        ({"freq": "7h"}, "freq='7h' must be '1d' or shorter than a regular XNYS session"),
+        ({"calendar": "MOON"}, "unknown calendar 'MOON'"),
         ({"freq": "often"}, "freq='often' is not a bar length"),
         ({"freq": "1min"}, "exceeds 5000000; narrow start/end"),
         ({"start": "2024-02-01", "end": "2024-01-01"}, "end '2024-01-01' is before start '2024-02-01'"),

@@ -177,7 +177,7 @@ def test_yfinance_keeps_its_own_error_switch_as_it_was(yahoo: FakeYahoo) -> None
     ("options", "message"),
     [
         ({"interval": "1wk"}, "interval='1wk'"),
-        ({"session_close": "4pm"}, "session_close='4pm'"),
+        ({"calendar": "NOWHERE"}, "unknown calendar 'NOWHERE'"),
         ({"timeout": 0}, "timeout=0"),
         ({"tickers": "AAPL"}, "not one string"),
     ],

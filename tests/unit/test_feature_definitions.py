@@ -314,8 +314,11 @@ def test_get_feature_set() -> None:
     assert extended.names[: len(default.names)] == default.names
     assert default.lookback == 253 and default.input_columns == ("close", "volume")
     assert extended.input_columns == ("open", "high", "low", "close", "volume")
-    assert tuple(feature_set_names()) == ("default", "extended")
-    with pytest.raises(ValueError, match="no feature set 'fancy'; known: default, extended"):
+    assert tuple(feature_set_names()) == ("default", "extended", "close_only", "ohlc")
+    close_only, ohlc = get_feature_set("close_only"), get_feature_set("ohlc")
+    assert close_only.input_columns == ("close",) and close_only.names == default.names[:-1]
+    assert ohlc.input_columns == ("open", "high", "low", "close") and "volume_zscore_20" not in ohlc.names
+    with pytest.raises(ValueError, match="no feature set 'fancy'; known: default, extended, close_only, ohlc"):
         get_feature_set("fancy")
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from quant_engine.calendars import get_calendar
 from quant_engine.config import Settings, make_offline_store, make_online_store
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features import online_store as online_store_module
 from quant_engine.features.ingest import (
     IngestionError,
     IngestionRequest,
+    NoSessionToIngest,
     compute_features,
     fetch_bars,
     ingest,
-    last_session_day,
     write_features,
 )
 
@@ -29,14 +30,12 @@ def stored_rows() -> pd.DataFrame:
     return make_offline_store().read(include_history=True)
 
 
-def test_backfill_writes_every_weekday_with_full_windows() -> None:
+def test_backfill_writes_every_session_with_full_windows() -> None:
     result = ingest(request("2024-03-04", "2024-03-15"))
-    assert result.rows_written_offline == 2 * 10  # two tickers, ten weekdays
+    assert result.rows_written_offline == 2 * 10  # two tickers, ten sessions
     rows = stored_rows()
     assert not rows.isna().any().any()
-    assert sorted(rows["event_time"].dt.strftime("%Y-%m-%d").unique()) == [
-        d.strftime("%Y-%m-%d") for d in pd.bdate_range("2024-03-04", "2024-03-15")
-    ]
+    assert sorted(rows["event_time"].unique()) == list(get_calendar("XNYS").bar_closes("2024-03-04", "2024-03-15"))
 
 
 def test_a_backfill_leaves_a_compacted_snapshot_and_daily_runs_do_not() -> None:
@@ -101,16 +100,35 @@ def test_a_run_naming_only_a_users_file_ingests_the_whole_file(tmp_path) -> None
     bars = SyntheticMarket(n_tickers=2, seed=3).fetch(None, "2023-01-02", "2024-03-08")
     path = tmp_path / "my_bars.parquet"
     bars.to_parquet(path)
-    req = IngestionRequest.for_run("2026-11-29T08:00:00Z", source="parquet", path=str(path))
-    assert (req.start, req.end) == (pd.Timestamp("2023-01-02", tz="UTC"), pd.Timestamp("2024-03-08", tz="UTC"))
+    req = IngestionRequest.from_params({"source": "parquet", "path": str(path)})
+    assert (req.first_session, req.last_session) == (pd.Timestamp("2023-01-03"), pd.Timestamp("2024-03-08"))
     result = ingest(req)
-    # the first year only fills the feature windows; every later weekday of both tickers is written
+    # the first year only fills the feature windows; every later session of both tickers is written
     assert result.end == "2024-03-08 21:00:00+00:00" and result.rows_written_offline > 2 * 40
 
 
-def test_a_bare_run_ingests_the_last_session() -> None:
-    req = IngestionRequest.for_run("2026-11-29T08:00:00Z", source="synthetic")
-    assert req.start == req.end == pd.Timestamp("2026-11-27", tz="UTC")
+def test_a_bare_run_ingests_the_last_closed_session() -> None:
+    req = IngestionRequest.from_params({}, now="2026-11-29T08:00:00Z")
+    assert req.first_session == req.last_session == pd.Timestamp("2026-11-27")  # the half day after Thanksgiving
+    before_the_close = IngestionRequest.from_params({}, now="2026-11-30T20:59:00Z")
+    assert before_the_close.last_session == pd.Timestamp("2026-11-27")
+
+
+@pytest.mark.parametrize(("after", "until", "sessions"), [
+    ("2019-07-02T20:30Z", "2019-07-03T20:30Z", ["2019-07-03"]),   # the half day closed at 17:00 UTC
+    ("2019-07-05T20:30Z", "2019-07-08T20:30Z", ["2019-07-08"]),   # a Monday run: Friday's session was Friday's run
+    ("2019-12-06T21:30Z", "2019-12-09T21:30Z", ["2019-12-09"]),   # the same in winter time
+])
+def test_a_scheduled_run_ingests_the_sessions_that_closed_in_its_data_interval(after, until, sessions) -> None:
+    req = IngestionRequest.from_params({}, window=(pd.Timestamp(after), pd.Timestamp(until)))
+    assert [str(d.date()) for d in req.sessions] == sessions
+
+
+def test_a_scheduled_run_on_a_holiday_is_a_clean_skip() -> None:
+    with pytest.raises(NoSessionToIngest, match="no XNYS session closed between"):
+        IngestionRequest.from_params({}, window=(pd.Timestamp("2019-07-03T20:30Z"), pd.Timestamp("2019-07-04T20:30Z")))
+    with pytest.raises(NoSessionToIngest, match="no XNYS session between 2019-07-04 and 2019-07-04"):
+        request("2019-07-04")
 
 
 @pytest.mark.parametrize(
@@ -120,16 +138,23 @@ def test_a_bare_run_ingests_the_last_session() -> None:
         ({"source": "synthetic", "start": "2024-03-08", "end": "2024-03-04"}, "before start"),
         ({"source": "synthetic", "start": "not a date"}, "is not a date"),
         ({"source": "synthetic", "start": "2024-03-04", "feature_set": "nope"}, "nope"),
+        ({"source": "synthetic", "start": "2024-03-04", "tickers": ",,,"}, "names no ticker"),
+        ({"source": "synthetic", "start": "2024-03-04", "tikers": "SYN00"}, r"unknown ingestion parameter\(s\) \['tikers'\]"),
+        ({"source": "synthetic", "start": "2024-03-04", "assume_tz": "UTC"}, "only apply to the csv and parquet"),
+        ({"source": "synthetic", "start": "2024-03-04", "calendar": "XMARS"}, "unknown calendar 'XMARS'"),
+        ({"source": "synthetic", "start": "2024-03-04", "bar_size": "2d"}, "a daily bar is one session"),
+        ({"source": "synthetic", "start": "2024-03-04", "on_error": "ignore"}, "on_error='ignore'"),
+        ({"source": "synthetic", "start": "2024-03-04", "max_return_multiple": 0.5}, "must be a number > 1"),
     ],
 )
 def test_bad_requests_name_the_problem(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        IngestionRequest.build(**kwargs)
+        IngestionRequest.from_params(kwargs)
 
 
-def test_weekend_range_has_no_rows_and_says_so() -> None:
-    req = request("2024-03-09", "2024-03-10")
-    with pytest.raises(IngestionError, match="no complete feature rows between 2024-03-09 and 2024-03-10"):
+def test_a_range_without_history_has_no_complete_rows_and_says_so() -> None:
+    req = request("2010-01-04", "2010-01-08")  # the synthetic market starts in 2010: no feature window is full
+    with pytest.raises(IngestionError, match="no complete feature rows in sessions 2010-01-04 .. 2010-01-08"):
         compute_features(fetch_bars(req), req)
 
 
@@ -143,10 +168,3 @@ def test_nan_features_are_refused_before_anything_is_written() -> None:
     assert make_online_store().get_many(TICKERS) == {}
 
 
-@pytest.mark.parametrize(
-    ("moment", "day"),
-    [("2026-11-27T22:00:00+00:00", "2026-11-27"), ("2026-11-29T08:00:00+00:00", "2026-11-27"),
-     ("2026-11-30T03:00:00+00:00", "2026-11-27"), ("2026-11-30T21:30:00+00:00", "2026-11-30")],
-)
-def test_last_session_day_rolls_weekends_back_in_new_york_time(moment, day) -> None:
-    assert last_session_day(moment) == day

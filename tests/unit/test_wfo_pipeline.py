@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quant_engine.calendars import MarketTime
 from quant_engine.config import Settings, make_offline_store
 from quant_engine.data.sources import make_source
 from quant_engine.features.ingest import IngestionRequest, ingest
@@ -177,8 +178,9 @@ def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
                                     "sl_mult": None})
     build_dataset(config, tmp_path, settings)
     data = load_dataset(tmp_path)
-    span = (data["t1"] - data["ts"]).dt.days
-    assert span.min() >= 1 and span.max() <= 14  # settled within 10 bars
+    nyse = MarketTime("XNYS", "1d")
+    span = nyse.session_indices(data["t1"]) - nyse.session_indices(data["ts"])
+    assert span.min() >= 1 and span.max() <= 10  # settled within 10 sessions, whatever weekends and holidays lie between
     assert data["ts"].min() < pd.Timestamp("2020-01-10", tz="UTC")  # volatility history fetched before start
 
 
@@ -335,10 +337,15 @@ def test_statistics_select_by_mean_path_sharpe_and_deflate_for_the_search(tmp_pa
     pd.concat(rows).to_parquet(tmp_path / "paths.parquet")
     write_json(tmp_path / "paths.json", summaries)
     write_json(tmp_path / "config.json", {**SMALL, "trials": [{"max_depth": d} for d in (2, 3, 4)]})
+    annualisation = MarketTime("XNYS", "1d").annualisation(2021)
+    write_json(tmp_path / "dataset.json", {"annualisation": annualisation})
 
     result = statistics(tmp_path)
 
     assert result["selected_trial"] == 1
+    assert result["trials"][1]["sharpe_of_mean"] == pytest.approx(
+        sharpe_moments(np.mean([rows[2]["return"], rows[3]["return"]], axis=0)).observed_sr
+        * np.sqrt(annualisation["periods_per_year"]))
     assert result["trials"][2]["mean_path_sharpe"] is None  # a flat trial has no Sharpe ratio
     wide = pd.concat(rows).pivot(index="ts", columns=["trial", "path"], values="return")
     mean_series = wide.T.groupby(level="trial").mean().T.to_numpy()

@@ -60,7 +60,9 @@ def test_report_json_has_the_headline_and_every_path(report_folder: Path) -> Non
         DEFAULT_PARAMS["portfolio"], DEFAULT_PARAMS["label_kind"], DEFAULT_PARAMS["horizon"],
         DEFAULT_PARAMS["label_target"])
     assert report["setup"] == setup(config) and config["portfolio"] in report["setup"]
-    assert report["data"]["first_ts"].startswith("2020-01-01") and report["data"]["rows"] > 900
+    assert report["data"]["first_ts"].startswith("2020-01-02") and report["data"]["rows"] > 900  # New Year closed
+    assert report["data"]["annualisation"]["bar_size"] == "1d"
+    assert 251 < report["data"]["annualisation"]["periods_per_year"] < 253
     assert [len(t["paths"]) for t in report["trials"]] == [3, 3]
     selected = report["trials"][report["selected_trial"]]
     assert selected["mean_path_sharpe"] == max(t["mean_path_sharpe"] for t in report["trials"])

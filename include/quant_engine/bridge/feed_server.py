@@ -13,11 +13,16 @@ and sends every connection the ticks of the tickers it subscribed to, in yfinanc
 * a seeded :class:`FaultPlan` drops connections (also right after accept), stalls them, and sends
   malformed frames of every kind the feed client must survive.
 
-One session per bar: the 6.5 hours before the bar's ``ts`` (14:30-21:00 UTC for the engine's
-daily bars). Per bar and ticker, ``ticks_per_bar`` regular-market ticks walk from the open to the
-close through the bar's high and low, their running ``open_price``, ``day_high``, ``day_low`` and
-``day_volume`` ending at the bar's exact values, then one ``POST_MARKET`` tick at ``ts`` repeats
-the final values: it tells a consumer that the bar is complete.
+Sessions come from the bars' exchange calendar (:mod:`quant_engine.calendars`): a daily bar's
+session runs from the calendar's open to its close (20:00 UTC on a summer NYSE day, 18:00 on a
+winter half day), an intraday bar's interval from its start to its close. Per bar and ticker,
+``ticks_per_bar`` regular-market ticks walk from the open to the close through the bar's high and
+low, the last one at the bar's close, their running ``open_price``, ``day_high``, ``day_low`` and
+``day_volume`` being the *session's* (as Yahoo sends them), so the last tick of a daily bar and
+the ticks of an intraday bar give back the bar's exact values; one ``POST_MARKET`` tick at the
+session's close repeats the final values: it tells a consumer that the session is complete. Each
+ticker's ticks move strictly forward in time.
+Prices are quoted with the decimals the bars need (``price_hint``, derived from them unless given).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from websockets.http11 import Request, Response
 
 from quant_engine.atomic import write_bytes_atomic
 from quant_engine.bridge.ticks import MarketHours, Tick
+from quant_engine.calendars import MarketTime
 from quant_engine.bridge.wire import FrameError, MAX_PRICE_HINT, encode_tick, parse_control
 from quant_engine.data.schema import validate_bars
 
@@ -53,7 +59,6 @@ __all__ = [
     "DROP_REASON_OF_KIND",
     "MALFORMED_KINDS",
     "MIN_TICKS_PER_BAR",
-    "SESSION_MS",
     "TIMELINES",
     "FaultPlan",
     "FeedServer",
@@ -65,8 +70,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765
-#: Length of the trading session that ends at a daily bar's ``ts`` (09:30-16:00 New York).
-SESSION_MS = 23_400_000
 #: Open, high, low and close each need a tick of their own.
 MIN_TICKS_PER_BAR = 4
 #: ``sessions``: the replay clock runs through trading sessions only, nights and weekends take no
@@ -96,28 +99,51 @@ _YIELD_EVERY = 256
 
 
 @dataclass(frozen=True)
-class _Day:
-    """One bar ``ts`` and the bars of every ticker that closed then."""
+class _Session:
+    """One replayed session: its trading hours and its bars, each ``(close, start, tickers, values)``."""
 
+    open_ms: int
     close_ms: int
-    tickers: tuple[str, ...]
-    bars: np.ndarray  # (tickers, 5): open, high, low, close, volume
+    bars: tuple[tuple[int, int, tuple[str, ...], np.ndarray], ...]  # values: (tickers, 5) OHLCV
+
+    @property
+    def length_ms(self) -> int:
+        return self.close_ms - self.open_ms
+
+
+def price_decimals(prices: np.ndarray) -> int:
+    """The fewest decimals every price is written with (0 to :data:`MAX_PRICE_HINT`), for ``price_hint``.
+
+    Examples
+    --------
+    >>> price_decimals(np.array([10.0, 10.5, 10.25])), price_decimals(np.array([3.1416]))
+    (2, 4)
+    """
+    for decimals in range(MAX_PRICE_HINT + 1):
+        if (np.round(prices, decimals) == prices).all():
+            return decimals
+    row = int(np.flatnonzero(np.round(prices, MAX_PRICE_HINT) != prices)[0])
+    raise ValueError(f"price {prices.ravel()[row]!r} has more than {MAX_PRICE_HINT} decimals; the float32 wire "
+                     "cannot carry it")
 
 
 class ReplaySchedule:
-    """The ticks a live feed would have sent for a set of daily bars, in send order.
+    """The ticks a live feed would have sent for a set of bars, in send order.
 
     Parameters
     ----------
     bars : DataFrame
-        Validated bars (``ticker, ts, open, high, low, close, volume``), one per ticker and day.
+        Validated bars (``ticker, ts, open, high, low, close, volume``) stamped by ``market_time``.
+    market_time : MarketTime, optional
+        The bars' calendar and bar size (default: NYSE daily).
     ticks_per_bar : int
-        Regular-market ticks per bar and ticker (>= 4); one post-market tick follows each bar.
+        Regular-market ticks per bar and ticker (>= 4); one post-market tick follows each session.
     seed : int
         Seed of the intraday paths. A bar's ticks depend only on the seed, the ticker and the
         bar, never on the range replayed, so a restart replays the same ticks.
-    price_hint : int
-        Decimals the prices are quoted in; every bar price must have at most that many.
+    price_hint : int, optional
+        Decimals the prices are quoted in; every bar price must have at most that many. Default:
+        the fewest the bars need (:func:`price_decimals`).
     timeline : {"sessions", "calendar"}
         How the replay position advances, see :data:`TIMELINES`.
 
@@ -131,29 +157,34 @@ class ReplaySchedule:
     (20, 'POST_MARKET', True)
     """
 
-    def __init__(self, bars: pd.DataFrame, *, ticks_per_bar: int = 8, seed: int = 0, price_hint: int = 2,
-                 timeline: str = "sessions") -> None:
+    def __init__(self, bars: pd.DataFrame, *, market_time: MarketTime | None = None, ticks_per_bar: int = 8,
+                 seed: int = 0, price_hint: int | None = None, timeline: str = "sessions") -> None:
         if isinstance(ticks_per_bar, bool) or not isinstance(ticks_per_bar, int) or not (
-                MIN_TICKS_PER_BAR <= ticks_per_bar <= SESSION_MS):
+                MIN_TICKS_PER_BAR <= ticks_per_bar <= 60_000):
             raise ValueError(f"ticks_per_bar={ticks_per_bar!r} must be a whole number from {MIN_TICKS_PER_BAR} "
-                             f"(open, high, low, close) to {SESSION_MS} (one per millisecond)")
+                             "(open, high, low, close) to 60000")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed={seed!r} must be a whole number >= 0")
-        if isinstance(price_hint, bool) or not isinstance(price_hint, int) or not 0 <= price_hint <= MAX_PRICE_HINT:
+        if price_hint is not None and (isinstance(price_hint, bool) or not isinstance(price_hint, int)
+                                       or not 0 <= price_hint <= MAX_PRICE_HINT):
             raise ValueError(f"price_hint={price_hint!r} must be a whole number from 0 to {MAX_PRICE_HINT}")
         if timeline not in TIMELINES:
             raise ValueError(f"timeline={timeline!r} must be one of {', '.join(TIMELINES)}")
         bars, _ = validate_bars(bars)
         if bars.empty:
             raise ValueError("no bars to replay; check the tickers and the date range")
+        self.market_time = market_time or MarketTime()
         self.ticks_per_bar = ticks_per_bar
         self.seed = seed
-        self.price_hint = price_hint
+        prices = bars[["open", "high", "low", "close"]].to_numpy()
+        self.price_hint = price_decimals(prices) if price_hint is None else price_hint
         self.timeline = timeline
         self._check_quoted(bars)
         self.tickers: tuple[str, ...] = tuple(sorted(bars["ticker"].astype(str).unique()))
-        self._days = self._group_days(bars)
-        self._close_ms = [day.close_ms for day in self._days]
+        self._sessions = self._group_sessions(bars)
+        self._close_ms = [session.close_ms for session in self._sessions]
+        lengths = [session.length_ms for session in self._sessions]
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tolist()
 
     def _check_quoted(self, bars: pd.DataFrame) -> None:
         prices = bars[["open", "high", "low", "close"]].to_numpy()
@@ -168,102 +199,128 @@ class ReplaySchedule:
             raise ValueError(f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} has a fractional volume "
                              f"{volume[row]}; the wire's day_volume is a whole number of shares")
 
-    @staticmethod
-    def _group_days(bars: pd.DataFrame) -> list[_Day]:
-        close_ms = pd.DatetimeIndex(bars["ts"]).asi8 // 1_000_000
+    def _group_sessions(self, bars: pd.DataFrame) -> list[_Session]:
+        calendar, size = self.market_time.exchange, self.market_time.size
+        sessions = self.market_time.session_indices(bars["ts"])
+        close_ms = pd.DatetimeIndex(bars["ts"]).as_unit("ns").asi8 // 1_000_000
+        if size.is_daily:  # a daily stamp may name its session without being its close
+            sessions = np.where(calendar.close_ns[np.maximum(sessions, 0)] // 1_000_000 == close_ms, sessions, -1)
+        if (sessions < 0).any():
+            row = int(np.flatnonzero(sessions < 0)[0])
+            raise ValueError(f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} is not a bar close of "
+                             f"{self.market_time.describe()}; replay bars stamped by that calendar")
         values = bars[["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64")
         tickers = bars["ticker"].astype(str).to_numpy()
-        days = []
-        for close in np.unique(close_ms):
-            rows = np.flatnonzero(close_ms == close)
-            order = rows[np.argsort(tickers[rows], kind="stable")]
-            days.append(_Day(int(close), tuple(tickers[order]), values[order]))
-        return days
+        out = []
+        for session in np.unique(sessions):
+            grid = calendar.bar_grid(size, int(session), int(session) + 1)
+            starts = dict(zip((grid.close_ns // 1_000_000).tolist(), (grid.start_ns // 1_000_000).tolist()))
+            in_session = sessions == session
+            session_bars = []
+            for close in np.unique(close_ms[in_session]):
+                rows = np.flatnonzero(close_ms == close)
+                order = rows[np.argsort(tickers[rows], kind="stable")]
+                session_bars.append((int(close), starts[int(close)], tuple(tickers[order]), values[order]))
+            out.append(_Session(int(calendar.open_ns[session]) // 1_000_000,
+                                int(calendar.close_ns[session]) // 1_000_000, tuple(session_bars)))
+        return out
 
     @property
-    def n_days(self) -> int:
-        return len(self._days)
+    def n_sessions(self) -> int:
+        return len(self._sessions)
 
     @property
     def first_session_ms(self) -> int:
         """Exchange time (ms) at which the first replayed session opens."""
-        return self._days[0].close_ms - SESSION_MS
+        return self._sessions[0].open_ms
 
     @property
     def length_ms(self) -> int:
-        """Replay position of the last tick (the last bar's post-market tick)."""
-        return self._position(len(self._days) - 1, self._days[-1].close_ms)
+        """Replay position of the last tick (the last session's post-market tick)."""
+        return self._position(len(self._sessions) - 1, self._sessions[-1].close_ms)
 
-    def _position(self, day_index: int, time_ms: int) -> int:
+    def _position(self, index: int, time_ms: int) -> int:
         if self.timeline == "calendar":
             return time_ms - self.first_session_ms
-        return day_index * SESSION_MS + time_ms - (self._days[day_index].close_ms - SESSION_MS)
+        return self._offsets[index] + time_ms - self._sessions[index].open_ms
 
     def position_of(self, time_ms: int) -> int:
         """Replay position (ms from the first session's open) of a tick sent at exchange time ``time_ms``."""
-        day_index = min(bisect.bisect_left(self._close_ms, time_ms), len(self._days) - 1)
-        return self._position(day_index, time_ms)
+        index = min(bisect.bisect_left(self._close_ms, time_ms), len(self._sessions) - 1)
+        return self._position(index, time_ms)
 
-    def day_ticks(self, day_index: int) -> list[tuple[int, Tick]]:
-        """``(position, tick)`` of one day's ticks, all tickers interleaved in time order."""
-        day = self._days[day_index]
-        rows = [self.bar_ticks(ticker, day.close_ms, *day.bars[i]) for i, ticker in enumerate(day.tickers)]
-        interleaved = [tick for step in zip(*rows, strict=True) for tick in step]  # same time grid per ticker
-        return [(self._position(day_index, tick.time_ms), tick) for tick in interleaved]
+    def session_ticks(self, index: int) -> list[tuple[int, Tick]]:
+        """``(position, tick)`` of one session's ticks, every ticker interleaved in time order."""
+        session = self._sessions[index]
+        running: dict[str, list[float]] = {}  # ticker -> [session open, high, low, day volume]
+        ticks: list[Tick] = []
+        for close_ms, start_ms, tickers, values in session.bars:
+            rows = []
+            for i, ticker in enumerate(tickers):
+                state = running.setdefault(ticker, [values[i][0], -math.inf, math.inf, 0.0])
+                rows.append(self.bar_ticks(ticker, start_ms, close_ms, *values[i], session=state))
+            ticks += [tick for step in zip(*rows, strict=True) for tick in step]  # same time grid per ticker
+        for ticker, (open_, high, low, volume) in sorted(running.items()):
+            last = next(t for t in reversed(ticks) if t.ticker == ticker)
+            ticks.append(Tick(ticker, last.price, session.close_ms, int(volume), float(open_), float(high),
+                              float(low), MarketHours.POST_MARKET))
+        return [(self._position(index, tick.time_ms), tick) for tick in ticks]
 
     def ticks(self, from_position: float = -math.inf) -> Iterator[tuple[int, Tick]]:
         """Every ``(position, tick)`` at or after ``from_position``, in send order."""
-        first_day = self._day_at(from_position) if from_position > 0 else 0
-        for day_index in range(first_day, len(self._days)):
-            for position, tick in self.day_ticks(day_index):
+        first = self._session_at(from_position) if from_position > 0 else 0
+        for index in range(first, len(self._sessions)):
+            for position, tick in self.session_ticks(index):
                 if position >= from_position:
                     yield position, tick
 
-    def _day_at(self, position: float) -> int:
-        """Index of the day whose session holds replay position ``position`` (or the next one)."""
+    def _session_at(self, position: float) -> int:
+        """Index of the session whose trading hours hold replay position ``position`` (or the next one)."""
         if self.timeline == "calendar":
-            day_index = bisect.bisect_left(self._close_ms, self.first_session_ms + position)
+            index = bisect.bisect_left(self._close_ms, self.first_session_ms + position)
         else:
-            day_index = int(position // SESSION_MS)
-        return max(0, min(day_index, len(self._days) - 1))
+            index = bisect.bisect_right(self._offsets, position) - 1
+        return max(0, min(index, len(self._sessions) - 1))
 
     def time_at(self, position: float) -> int:
         """The exchange time (ms) at replay position ``position``, within the replayed range."""
         position = min(max(position, 0.0), self.length_ms)
         if self.timeline == "calendar":
             return int(self.first_session_ms + position)
-        day_index = self._day_at(position)
-        return int(self._days[day_index].close_ms - SESSION_MS + position - day_index * SESSION_MS)
+        index = self._session_at(position)
+        return int(self._sessions[index].open_ms + position - self._offsets[index])
 
-    def bar_ticks(self, ticker: str, close_ms: int, open_: float, high: float, low: float, close: float,
-                  volume: float) -> list[Tick]:
-        """The session of one bar: ``ticks_per_bar`` regular ticks, then the post-market tick at ``close_ms``.
+    def bar_ticks(self, ticker: str, start_ms: int, close_ms: int, open_: float, high: float, low: float,
+                  close: float, volume: float, *, session: list[float] | None = None) -> list[Tick]:
+        """The ticks of one bar: ``ticks_per_bar`` regular ticks evenly inside ``(start, close)``.
 
         The path visits the open (first tick), the high and the low (two random inner ticks, in a
-        random order) and the close (last regular tick), moving in straight lines between them, so
-        the running high and low reach the bar's exactly when the path touches them.
+        random order) and the close (last tick), moving in straight lines between them, so the
+        running high and low reach the bar's exactly when the path touches them. ``session`` holds
+        the session's running ``[open, high, low, volume]`` before this bar (updated in place);
+        without it the bar is a whole session.
         """
         n = self.ticks_per_bar
+        session = [open_, -math.inf, math.inf, 0.0] if session is None else session
         rng = np.random.default_rng([self.seed, zlib.crc32(ticker.encode()), close_ms])
         inner = np.sort(rng.choice(np.arange(1, n - 1), size=2, replace=False))
         first, second = (high, low) if rng.random() < 0.5 else (low, high)
         path = np.interp(np.arange(n), [0, inner[0], inner[1], n - 1], [open_, first, second, close])
         path = np.clip(np.round(path, self.price_hint), low, high)
         path[[0, inner[0], inner[1], n - 1]] = [open_, first, second, close]  # exact, whatever rounding did
-        running_high = np.maximum.accumulate(path)
-        running_low = np.minimum.accumulate(path)
+        running_high = np.maximum(np.maximum.accumulate(path), session[1])
+        running_low = np.minimum(np.minimum.accumulate(path), session[2])
         weights = np.cumsum(rng.random(n) + 0.25)
-        day_volume = np.floor(volume * weights / weights[-1]).astype("int64")
-        day_volume[-1] = int(volume)
-        session_open = close_ms - SESSION_MS
-        step = SESSION_MS // n
+        bar_volume = np.floor(volume * weights / weights[-1]).astype("int64")
+        bar_volume[-1] = int(volume)
+        day_volume = int(session[3]) + bar_volume
+        times = start_ms + ((close_ms - start_ms) * np.arange(1, n + 1)) // (n + 1)
         ticks = [
-            Tick(ticker, float(path[k]), session_open + k * step, int(day_volume[k]), float(open_),
+            Tick(ticker, float(path[k]), int(times[k]), int(day_volume[k]), float(session[0]),
                  float(running_high[k]), float(running_low[k]), MarketHours.REGULAR_MARKET)
             for k in range(n)
         ]
-        ticks.append(Tick(ticker, float(close), close_ms, int(volume), float(open_), float(high), float(low),
-                          MarketHours.POST_MARKET))
+        session[1], session[2], session[3] = float(running_high[-1]), float(running_low[-1]), float(day_volume[-1])
         return ticks
 
 
@@ -517,8 +574,9 @@ class FeedServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._replay = asyncio.create_task(self._play(), name="feed-replay")
-        log.info("feed serving %d tickers, %d days on %s (speed %s, %s timeline)", len(self.schedule.tickers),
-                 self.schedule.n_days, self.url, self.clock.speed, self.schedule.timeline)
+        log.info("feed serving %d tickers, %d sessions of %s on %s (speed %s, %s timeline)",
+                 len(self.schedule.tickers), self.schedule.n_sessions, self.schedule.market_time.describe(),
+                 self.url, self.clock.speed, self.schedule.timeline)
         return self
 
     async def stop(self) -> None:

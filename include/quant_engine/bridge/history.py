@@ -1,4 +1,4 @@
-"""Daily bars from the offline store: the bridge's warm-up and backfill, the replay feed's history.
+"""Stored bars from the offline store: the bridge's warm-up and backfill, the replay feed's history.
 
 Ingestion stores the bars it computed features from in the offline group ``<feature group>_bars``
 (:func:`quant_engine.features.ingest.bars_group_name`), one record per ``(ticker, bar ts)``. This
@@ -17,30 +17,39 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from quant_engine.calendars import MarketTime
 from quant_engine.config import Settings, get_settings, make_offline_store
 from quant_engine.data.schema import BAR_COLUMNS, empty_bars, validate_bars
-from quant_engine.features.ingest import bars_group_name
+from quant_engine.features.ingest import bars_group_name, group_market_time
 from quant_engine.features.offline_store import OfflineStore, utc_timestamp
 
 __all__ = ["BarHistory"]
 
-#: Calendar days fetched per wanted bar on the first try (weekends and holidays included).
-_CALENDAR_DAYS_PER_BAR = 1.6
+#: Sessions added to what ``count`` bars need on the first read (a gap in the data).
+_SPARE_SESSIONS = 5
 
 
 class BarHistory:
-    """Stored daily bars of one feature group, read as validated bar frames.
+    """Stored bars of one feature group, read as validated bar frames.
 
     Parameters
     ----------
     store : OfflineStore
         The bars group (``<feature group>_bars``); see :meth:`from_settings`.
+    market_time : MarketTime, optional
+        The group's calendar and bar size (default: what the group declares, else NYSE daily).
+
+    Raises
+    ------
+    StaleStoreError
+        The group was written before the calendar time rule.
     """
 
-    def __init__(self, store: OfflineStore) -> None:
+    def __init__(self, store: OfflineStore, market_time: MarketTime | None = None) -> None:
         if not isinstance(store, OfflineStore):
             raise TypeError(f"store must be an OfflineStore, not {type(store).__name__}")
         self.store = store
+        self.market_time = market_time or group_market_time(store) or MarketTime()
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, feature_group: str | None = None) -> BarHistory:
@@ -79,11 +88,18 @@ class BarHistory:
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise ValueError(f"count={count!r} must be a whole number of bars >= 1")
         until_ts = utc_timestamp(until, "until")
-        span = pd.Timedelta(days=math.ceil(count * _CALENDAR_DAYS_PER_BAR) + 7)
-        bars = self.read([ticker], until_ts - span, until_ts)
+        bars = self.read([ticker], self._start_for(count, until_ts), until_ts)
         if len(bars) < count:  # a long holiday or a gap in the data: look at everything before
             bars = self.read([ticker], None, until_ts)
         return bars.tail(int(count)).reset_index(drop=True)
+
+    def _start_for(self, count: int, until: pd.Timestamp) -> pd.Timestamp:
+        """An instant early enough that ``count`` bars of the calendar lie between it and ``until``."""
+        calendar, size = self.market_time.exchange, self.market_time.size
+        per_session = 1 if size.is_daily else max(1, calendar.regular_minutes // size.minutes)
+        last = calendar.last_closed_session(until)
+        first = max(0, (last if last is not None else 0) - math.ceil(count / per_session) - _SPARE_SESSIONS)
+        return pd.Timestamp(int(calendar.open_ns[first]), tz="UTC")
 
     def between(self, ticker: str, start: object, end: object) -> pd.DataFrame:
         """Bars of ``ticker`` with ``start <= ts <= end`` (both tz-aware), e.g. those a feed outage lost."""

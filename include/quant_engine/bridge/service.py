@@ -28,6 +28,7 @@ import time
 from collections import deque
 from typing import Any
 
+from quant_engine.bridge.bars import ORIGINS, BarClock
 from quant_engine.bridge.buffer import TickBuffer
 from quant_engine.bridge.feed_client import FeedClient
 from quant_engine.bridge.inference import LocalChampionModel, SageMakerEndpointModel, SignalModel
@@ -103,7 +104,8 @@ class BridgeService:
         self.settings = settings
         self.handler = handler
         self.tickers = tuple(tickers)
-        self.buffer = TickBuffer(settings.buffer_size, settings.buffer_policy)
+        clock = handler.bars.clock
+        self.buffer = TickBuffer(settings.buffer_size, settings.check_market_time(clock.market_time), clock=clock)
         self.feed = FeedClient(settings.feed_url, self.tickers, stale_after_s=settings.stale_after_s,
                                **(feed_options or {}))
         self.publisher = SignalPublisher(settings.tokens, host=settings.host, port=settings.port,
@@ -194,7 +196,9 @@ class BridgeService:
             "lag_seconds": lag,
             "tick_rate": self._ticks.rate(now),
             "tickers": len(self.tickers),
+            "market_time": self.handler.bars.clock.market_time.describe(),
             "bars": dict(self.handler.bars.counters),
+            "gaps": self._gaps(),
             "signals": {k: v for k, v in self.handler.counters.items() if k.startswith("signals_")},
             "model_version": self.handler.model.version,
             "uptime_seconds": round(now - self.started_at, 1),
@@ -207,6 +211,14 @@ class BridgeService:
                 "publisher": {**self.publisher.counters, "clients": self.publisher.clients},
             },
         }
+
+    def _gaps(self) -> dict[str, Any]:
+        """Bars missed and not in the store: per degraded ticker, the first few missing bar times."""
+        unfilled = self.handler.bars.unfilled
+        return {"unfilled_bars_total": self.handler.bars.counters["bars_unfilled"],
+                "degraded_tickers": len(unfilled),
+                "missing": {t: [BarClock.ts(ms).isoformat() for ms in sorted(closes)[:5]]
+                            for t, closes in sorted(unfilled.items())[:20]}}
 
     def metrics(self) -> list[Metric]:
         """The bridge's metrics beyond the publisher's own, for ``GET /metrics``."""
@@ -232,7 +244,14 @@ class BridgeService:
             Metric.single("qe_bridge_late_ticks_total", "counter", "Ticks of sessions already closed.",
                           bars["late_ticks"]),
             Metric("qe_bridge_bars_total", "counter", "Closed bars, by where their values came from.",
-                   [({"origin": o}, bars[f"bars_{o}"]) for o in ("feed", "stored", "partial", "backfill")]),
+                   [({"origin": o}, bars[f"bars_{o}"]) for o in ORIGINS]),
+            Metric.single("qe_bridge_bars_unfilled_total", "counter",
+                          "Bars missed that the stored history could not fill (the ticker's signals degrade).",
+                          bars["bars_unfilled"]),
+            Metric.single("qe_bridge_degraded_tickers", "gauge",
+                          "Tickers whose feature window lacks a missed bar.", len(self.handler.bars.unfilled)),
+            Metric.single("qe_bridge_ticks_outside_session_total", "counter",
+                          "Ticks between sessions (no bar takes them).", bars["ticks_outside_session"]),
             Metric("qe_bridge_signals_total", "counter", "Signals, by volatility-check status.",
                    [({"status": s}, counters[f"signals_{s}"]) for s in SIGNAL_STATUSES]),
             Metric.single("qe_bridge_predictions_total", "counter", "Model predictions made.", counters["predictions"]),
@@ -282,11 +301,13 @@ def build_service(settings: BridgeSettings | None = None, engine: Settings | Non
     settings = settings or BridgeSettings.from_env()
     engine = engine or get_settings()
     history = BarHistory.from_settings(engine)
+    settings.check_market_time(history.market_time)
     tickers = settings.tickers or tuple(history.tickers())
     model = build_model(settings, engine)
     handler = StateHandler(get_feature_set(settings.feature_set), model, history=history,
                            prediction_log=prediction_log(make_model_registry(engine, settings.model_name)),
-                           vol_policy=settings.vol_policy, log_batch=settings.log_batch)
+                           vol_policy=settings.vol_policy, log_batch=settings.log_batch,
+                           clock=BarClock(history.market_time))
     if not settings.tokens:
         log.warning("QE_BRIDGE_TOKENS is empty: every subscriber will be refused")
     return BridgeService(settings, handler, tickers)

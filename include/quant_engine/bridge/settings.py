@@ -17,7 +17,10 @@ variable                       default                   meaning
 ``QE_BRIDGE_MODEL_NAME``       the registry's default    registry model name
 ``QE_BRIDGE_FEATURE_SET``      ``default``               the feature set ingestion computed
 ``QE_BRIDGE_BUFFER_SIZE``      ``10000``                 ticks the ingest buffer holds
-``QE_BRIDGE_BUFFER_POLICY``    ``coalesce``              ``coalesce`` or ``drop_oldest``
+``QE_BRIDGE_BUFFER_POLICY``    by bar size               ``coalesce`` (daily default) or ``drop_oldest``
+                                                         (intraday: the only exact one)
+``QE_BRIDGE_BAR_SIZE``         the group's               refused at start unless the group's (a check)
+``QE_BRIDGE_CALENDAR``         the group's               refused at start unless the group's (a check)
 ``QE_BRIDGE_STALE_S``          ``30``                    feed silence (s) before reconnecting
 ``QE_BRIDGE_VOL_POLICY``       ``suppress``              ``suppress`` or ``scale`` out-of-range signals
 ``QE_BRIDGE_LOG_BATCH``        ``256``                   predictions per prediction-log file
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 
 from quant_engine.bridge.buffer import OVERLOAD_POLICIES
 from quant_engine.bridge.state import VOL_POLICIES
+from quant_engine.calendars import CalendarError, MarketTime
 from quant_engine.config import SettingsError, env_overrides
 
 __all__ = ["MODEL_SOURCES", "BridgeSettings"]
@@ -46,7 +50,7 @@ _TEXT = {
     "feed_url": "QE_FEED_URL", "host": "QE_BRIDGE_HOST", "model_source": "QE_BRIDGE_MODEL",
     "sagemaker_endpoint": "QE_SAGEMAKER_ENDPOINT", "model_name": "QE_BRIDGE_MODEL_NAME",
     "feature_set": "QE_BRIDGE_FEATURE_SET", "buffer_policy": "QE_BRIDGE_BUFFER_POLICY",
-    "vol_policy": "QE_BRIDGE_VOL_POLICY",
+    "vol_policy": "QE_BRIDGE_VOL_POLICY", "bar_size": "QE_BRIDGE_BAR_SIZE", "calendar": "QE_BRIDGE_CALENDAR",
 }
 _WHOLE = {
     "port": "QE_BRIDGE_PORT", "buffer_size": "QE_BRIDGE_BUFFER_SIZE", "log_batch": "QE_BRIDGE_LOG_BATCH",
@@ -74,7 +78,9 @@ class BridgeSettings:
     model_name: str | None = None
     feature_set: str = "default"
     buffer_size: int = 10_000
-    buffer_policy: str = "coalesce"
+    buffer_policy: str | None = None
+    bar_size: str | None = None
+    calendar: str | None = None
     stale_after_s: float = 30.0
     vol_policy: str = "suppress"
     log_batch: int = 256
@@ -92,7 +98,7 @@ class BridgeSettings:
             raise SettingsError(f"QE_BRIDGE_MODEL={self.model_source!r} must be one of {', '.join(MODEL_SOURCES)}")
         if self.model_source == "sagemaker" and not self.sagemaker_endpoint:
             raise SettingsError("QE_BRIDGE_MODEL=sagemaker needs QE_SAGEMAKER_ENDPOINT, the endpoint to invoke")
-        if self.buffer_policy not in OVERLOAD_POLICIES:
+        if self.buffer_policy is not None and self.buffer_policy not in OVERLOAD_POLICIES:
             raise SettingsError(f"QE_BRIDGE_BUFFER_POLICY={self.buffer_policy!r} must be one of "
                                 f"{', '.join(OVERLOAD_POLICIES)}")
         if self.vol_policy not in VOL_POLICIES:
@@ -100,6 +106,22 @@ class BridgeSettings:
         for name, variable in {**_WHOLE, **_SECONDS}.items():
             if name != "port" and not getattr(self, name) > 0:
                 raise SettingsError(f"{variable}={getattr(self, name)!r} must be > 0")
+
+    def check_market_time(self, group: MarketTime) -> str:
+        """The buffer policy for the group's bars; a bar size or calendar named here must be the group's."""
+        try:
+            named = MarketTime(self.calendar or group.calendar, self.bar_size or group.bar_size)
+        except CalendarError as exc:
+            raise SettingsError(f"QE_BRIDGE_BAR_SIZE / QE_BRIDGE_CALENDAR: {exc}") from None
+        if named != group:
+            raise SettingsError(f"the bridge is set for {named.describe()} but its feature group holds "
+                                f"{group.describe()}; unset QE_BRIDGE_BAR_SIZE / QE_BRIDGE_CALENDAR or serve "
+                                "another group (QE_FEATURE_GROUP)")
+        policy = self.buffer_policy or ("coalesce" if group.size.is_daily else "drop_oldest")
+        if policy == "coalesce" and not group.size.is_daily:
+            raise SettingsError(f"QE_BRIDGE_BUFFER_POLICY=coalesce is exact for daily bars only, not "
+                                f"{group.describe()}: use drop_oldest")
+        return policy
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BridgeSettings:

@@ -14,7 +14,12 @@ regime is the monitoring module's volatility regime (calm / normal / stressed,
 :meth:`quant_engine.monitoring.concept_drift.VolRegimeTracker.classify`) of the live volatility's
 percentile in the training distribution.
 
-Every prediction is appended, in batches, to the concept-drift prediction log with
+A bar the bridge missed and the stored history could not fill (:attr:`BarAggregator.unfilled`)
+makes the ticker's features differ from the store's: its signals are ``degraded`` (weight 0, not
+logged) while a missed bar lies within the longest feature window, until the store has the bar and
+the ticker's state is rebuilt from it.
+
+Every other prediction is appended, in batches, to the concept-drift prediction log with
 ``source="bridge"``, so the drift monitor judges the live model on what it actually said.
 """
 
@@ -29,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant_engine.bridge.bars import Bar, BarAggregator, bar_ts, session_day
+from quant_engine.bridge.bars import Bar, BarAggregator, BarClock
 from quant_engine.bridge.inference import VOLATILITY_FEATURE, SignalModel
 from quant_engine.bridge.ticks import Tick
 from quant_engine.data.schema import BarValidationError
@@ -42,7 +47,7 @@ log = logging.getLogger(__name__)
 
 BRIDGE_SOURCE = "bridge"
 VOL_POLICIES: tuple[str, ...] = ("suppress", "scale")
-SIGNAL_STATUSES: tuple[str, ...] = ("ok", "scaled", "suppressed", "warming_up", "no_model")
+SIGNAL_STATUSES: tuple[str, ...] = ("ok", "scaled", "suppressed", "degraded", "warming_up", "no_model")
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,11 @@ class Signal:
     """A model's view of one ticker at one closed bar.
 
     ``prob`` is the model's probability of an up move; ``weight`` the signed position it supports,
-    ``2 * prob - 1`` times the volatility check's ``scale`` (0 when suppressed, warming up or
-    without a model). ``status`` is ``ok``, ``scaled``, ``suppressed``, ``warming_up`` (features not
-    yet defined) or ``no_model`` (no champion promoted yet: ``prob`` is NaN, ``model_version`` None).
+    ``2 * prob - 1`` times the volatility check's ``scale`` (0 when suppressed, degraded, warming up
+    or without a model). ``status`` is ``ok``, ``scaled``, ``suppressed``, ``degraded`` (a bar of the
+    ticker's feature window is missing: its features differ from the store's), ``warming_up``
+    (features not yet defined) or ``no_model`` (no champion promoted yet: ``prob`` is NaN,
+    ``model_version`` None).
     """
 
     ticker: str
@@ -99,11 +106,14 @@ class StateHandler:
         Whose ``classify`` names the regime (its state file is not used).
     close_grace_ms : int
         Passed to the :class:`BarAggregator`.
+    clock : BarClock, optional
+        The feature group's calendar and bar size (default: NYSE daily).
     """
 
     def __init__(self, feature_set: FeatureSet, model: SignalModel, *, history: Any | None = None,
                  prediction_log: PredictionLog | None = None, vol_policy: str = "suppress", log_batch: int = 256,
-                 regimes: VolRegimeTracker | None = None, close_grace_ms: int = 3_600_000) -> None:
+                 regimes: VolRegimeTracker | None = None, close_grace_ms: int = 3_600_000,
+                 clock: BarClock | None = None) -> None:
         if vol_policy not in VOL_POLICIES:
             raise ValueError(f"vol_policy={vol_policy!r} is not one of {', '.join(VOL_POLICIES)}")
         if isinstance(log_batch, bool) or not isinstance(log_batch, int) or log_batch < 1:
@@ -120,11 +130,11 @@ class StateHandler:
         self.log_batch = log_batch
         self.regimes = regimes or VolRegimeTracker("unused-regime-state.json")
         self.features = feature_set.streaming_state()
-        self.bars = BarAggregator(history, close_grace_ms=close_grace_ms)
+        self.bars = BarAggregator(history, clock=clock, close_grace_ms=close_grace_ms)
         self._pending_log: list[tuple[str, pd.Timestamp, float, str]] = []
         self.latest: dict[str, Signal] = {}
         self.counters: dict[str, int] = dict.fromkeys(
-            ("warmups", "bar_errors", "predictions", "predictions_logged", "model_reloads",
+            ("warmups", "bar_errors", "predictions", "predictions_logged", "model_reloads", "rebuilds",
              *(f"signals_{status}" for status in SIGNAL_STATUSES)), 0)
 
     # --- ticks in ----------------------------------------------------------------------------
@@ -152,8 +162,7 @@ class StateHandler:
         """Load the ticker's stored bars before the tick's session into its feature state."""
         if self.history is None or not hasattr(self.history, "last_bars"):
             return
-        before = bar_ts(session_day(tick.time_ms)) - pd.Timedelta(hours=12)  # the previous session's close
-        stored = self.history.last_bars(tick.ticker, before, self.feature_set.lookback)
+        stored = self.history.last_bars(tick.ticker, self.bars.bar_start(tick.time_ms), self.feature_set.lookback)
         if stored.empty:
             return
         try:
@@ -171,6 +180,8 @@ class StateHandler:
         """Features, regime, one model call and the volatility check for closed bars (any order per batch)."""
         if not bars:
             return []
+        degraded = {ticker for ticker in {b.ticker for b in bars} if ticker in self.bars.unfilled
+                    and not self._mend(ticker)}
         accepted: list[tuple[Bar, dict[str, float]]] = []
         for group in _rounds(bars):
             accepted += self._update(group)
@@ -186,15 +197,41 @@ class StateHandler:
                 probs[ready] = self.model.predict(matrix[ready])
             self.counters["predictions"] += int(ready.sum())
         received_at = received_at or {}
-        signals = [self._signal(bar, values, float(p), version, received_at.get(bar.ticker))
+        signals = [self._signal(bar, values, float(p), version, received_at.get(bar.ticker),
+                                degraded=bar.ticker in degraded)
                    for (bar, values), p in zip(accepted, probs, strict=True)]
         for signal in signals:
             self.latest[signal.ticker] = signal
-            if math.isfinite(signal.prob):
+            if math.isfinite(signal.prob) and signal.status != "degraded":
                 self._pending_log.append((signal.ticker, signal.ts, signal.prob, version))
         if len(self._pending_log) >= self.log_batch:
             self.flush()
         return signals
+
+    def _mend(self, ticker: str) -> bool:
+        """Whether ``ticker``'s missed bars no longer matter: all older than the longest feature window,
+        or stored now (its state is then rebuilt from the store, so its features equal the store's again)."""
+        missed = self.bars.unfilled[ticker]
+        last = self.features.last_time(ticker)
+        if last is None:
+            return False
+        last_ms = int(last.value // 1_000_000)
+        window = self.feature_set.lookback
+        recent = {ms for ms in missed if len(self.bars.clock.closes_between(ms, last_ms)) + 1 < window}
+        if recent and self.history is not None and hasattr(self.history, "last_bars"):
+            stored = self.history.last_bars(ticker, last, window)
+            stored_ms = set((pd.DatetimeIndex(stored["ts"]).as_unit("ns").asi8 // 1_000_000).tolist())
+            if len(stored) and int(pd.Timestamp(stored["ts"].iloc[-1]).value // 1_000_000) == last_ms \
+                    and recent <= stored_ms:
+                self.features.reset(ticker)
+                self.features.warm_up(stored)
+                self.counters["rebuilds"] += 1
+                recent = set()
+        if recent:
+            self.bars.unfilled[ticker] = recent
+            return False
+        self.bars.forget_unfilled(ticker)
+        return True
 
     def _update(self, group: list[Bar]) -> list[tuple[Bar, dict[str, float]]]:
         """update_many over bars of distinct tickers; a refused batch is retried bar by bar."""
@@ -212,7 +249,7 @@ class StateHandler:
         return out
 
     def _signal(self, bar: Bar, values: dict[str, float], prob: float, version: str | None,
-                received_at: float | None) -> Signal:
+                received_at: float | None, *, degraded: bool = False) -> Signal:
         vol = values.get(VOLATILITY_FEATURE, math.nan)
         percentile = self.model.volatility_percentile(vol) if math.isfinite(vol) else None
         regime = "unknown" if percentile is None else self.regimes.classify(percentile)
@@ -220,6 +257,8 @@ class StateHandler:
             status, scale = "no_model", 0.0
         elif not math.isfinite(prob):
             status, scale = "warming_up", 0.0
+        elif degraded:
+            status, scale = "degraded", 0.0
         else:
             status, scale = self._volatility_check(vol)
         self.counters[f"signals_{status}"] += 1

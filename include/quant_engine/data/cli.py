@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from quant_engine.calendars import DEFAULT_BAR_SIZE, DEFAULT_CALENDAR, MarketTime
 from quant_engine.data.files import read_bars, write_bars
+from quant_engine.data.plausibility import STAMPED_AT_CHOICES, conform_bars
 from quant_engine.data.schema import ON_ERROR_CHOICES, BarValidationError, ValidationReport
 from quant_engine.data.sources import SOURCE_NAMES, make_source
 from quant_engine.data.synthetic import Shift, SyntheticMarket
@@ -33,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--tickers", type=int, default=20, metavar="N", help="number of tickers SYN00.. (default 20)")
     synth.add_argument("--start", default="2010-01-01", help="first UTC day (default 2010-01-01)")
     synth.add_argument("--end", default="2030-12-31", help="last UTC day, inclusive (default 2030-12-31)")
-    synth.add_argument("--freq", default="1D", help="bar length: 1D, or intraday such as 1h, 5min (default 1D)")
+    synth.add_argument("--freq", default="1d", help="bar length: 1d, or intraday such as 1h, 5min (default 1d)")
+    synth.add_argument("--calendar", default=DEFAULT_CALENDAR,
+                       help="exchange calendar of the sessions: XNYS (default), 24/5, 24/7, XLON, ...")
     synth.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     synth.add_argument(
         "--shift",
@@ -58,6 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="raise: any invalid row fails the check (default); drop: report the rows that would be dropped",
     )
     _add_time_options(validate)
+    validate.add_argument("--bar-size", default=DEFAULT_BAR_SIZE,
+                          help="bar size the stamps must follow: 1d (default), 1h, 5m, ...")
+    validate.add_argument("--stamped-at", choices=STAMPED_AT_CHOICES, default="close",
+                          help="intraday stamps mark each bar's close (the rule) or its open")
     validate.add_argument("--out", type=Path, help="also write the valid bars here (.csv or .parquet)")
     validate.set_defaults(handler=validate_command)
 
@@ -71,30 +79,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--start", required=True, help="first day (UTC) or tz-aware timestamp")
     fetch.add_argument("--end", required=True, help="last day (UTC, inclusive) or tz-aware timestamp")
     fetch.add_argument("--path", help="csv/parquet: the file or folder to read")
-    _add_time_options(fetch, defaults=False)
+    _add_time_options(fetch)
     fetch.add_argument("--interval", help="yfinance: 1d (default) or an intraday interval such as 1h")
     fetch.add_argument("--out", required=True, type=Path, help="output file, .csv or .parquet")
     fetch.set_defaults(handler=fetch_command)
 
 
-def _add_time_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
-    parser.add_argument("--assume-tz", help="time zone of naive timestamps and plain dates (e.g. UTC, America/New_York)")
+def _add_time_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calendar", default=DEFAULT_CALENDAR,
+                        help="exchange calendar whose sessions plain dates name and stamps follow (default XNYS)")
+    parser.add_argument("--assume-tz", help="time zone of naive timestamps (e.g. UTC, America/New_York)")
     parser.add_argument(
         "--date-close",
-        default="21:00" if defaults else None,
         metavar="HH:MM",
-        help="time of day plain dates are stamped at, in --assume-tz or UTC (default 21:00)",
+        help="stamp plain dates at this time of day in --assume-tz (default: each session's close)",
     )
 
 
 def synth_command(args: argparse.Namespace) -> int:
     shifts = [Shift.parse(text) for text in args.shift]
-    market = SyntheticMarket(
-        n_tickers=args.tickers, seed=args.seed, start=args.start, end=args.end, freq=args.freq, shifts=shifts
-    )
+    market = SyntheticMarket(n_tickers=args.tickers, seed=args.seed, start=args.start, end=args.end, freq=args.freq,
+                             shifts=shifts, calendar=args.calendar)
     bars = market.fetch(None, args.start, args.end)
     path = write_bars(bars, args.out)
-    print(f"wrote {len(bars)} rows ({market.n_tickers} tickers, {args.freq} bars) to {path}")
+    print(f"wrote {len(bars)} rows ({market.n_tickers} tickers, {market.freq} bars on {market.calendar.name}) to {path}")
     return 0
 
 
@@ -111,17 +119,21 @@ def _describe(bars: pd.DataFrame) -> str:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    """Each row against the schema, then every bar against its calendar and its recent scale."""
     try:
-        bars, report = read_bars(
-            args.file, on_error=args.on_error, assume_tz=args.assume_tz, date_close=args.date_close
-        )
+        bars, report = read_bars(args.file, on_error=args.on_error, assume_tz=args.assume_tz,
+                                 date_close=args.date_close, calendar=args.calendar)
+        bars, timing = conform_bars(bars, MarketTime(args.calendar, args.bar_size), on_error=args.on_error,
+                                    stamped_at=args.stamped_at)
+        report = report.merge(timing)
     except BarValidationError as exc:
         if exc.report is None:
             raise
         _print_problems(args.file, exc.report)
         return 1
     if report.ok:
-        print(f"{args.file}: {report.n_rows_in} rows, no problems; {_describe(bars)}")
+        notes = "".join(f" ({note})" for note in report.notes)
+        print(f"{args.file}: {report.n_rows_in} rows, no problems{notes}; {_describe(bars)}")
     else:
         _print_problems(args.file, report)
         print(f"{args.file}: kept {report.n_rows_out} of {report.n_rows_in} rows; {_describe(bars)}")
@@ -136,6 +148,7 @@ def fetch_command(args: argparse.Namespace) -> int:
         "assume_tz": args.assume_tz,
         "date_close": args.date_close,
         "interval": args.interval,
+        "calendar": args.calendar,
     }
     source = make_source(args.source, **{k: v for k, v in given.items() if v is not None})
     tickers = [t.strip() for t in args.tickers.split(",") if t.strip()] if args.tickers else None

@@ -6,16 +6,19 @@ are required; column names are matched case-insensitively.
 
 Time-zone rule
 --------------
-A bar's ``ts`` is the moment its close was known, in UTC. Reading a file:
+A bar's ``ts`` is the moment its close was known, in UTC (:mod:`quant_engine.calendars`' one rule).
+Reading a file:
 
 * a value carrying its offset (``2024-01-02T21:00:00Z``, ``...+00:00``, a tz-aware Parquet column)
   is that instant;
 * a naive value with a time of day (``2024-01-02 16:00``) is ambiguous: it needs ``assume_tz``
   and is an error without it;
-* a plain date (``2024-01-02``, a Parquet ``date32`` column) is a daily bar, stamped at
-  ``date_close`` (default ``"21:00"``, the US close in UTC) in ``assume_tz`` (default UTC). Pass
-  ``assume_tz="America/New_York", date_close="16:00"`` for a close that follows daylight saving.
-  Dates are never stamped at midnight: that would claim the close was known before the session.
+* a plain date (``2024-01-02``, a Parquet ``date32`` column) is a daily bar of that session of
+  ``calendar`` (default ``XNYS``), stamped at the session's close: 21:00 UTC on a winter day, 20:00
+  in summer, 18:00 on a winter half day. A date the exchange did not trade is stamped at its
+  midnight, for :func:`quant_engine.data.plausibility.conform_bars` to refuse by name. With
+  ``date_close`` (``HH:MM``) dates are stamped at that time in ``assume_tz`` (default UTC) instead.
+  Dates are never stamped at midnight UTC: that would claim the close was known before the session.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from quant_engine.calendars import DEFAULT_CALENDAR, get_calendar
 from quant_engine.data.schema import (
     BAR_COLUMNS,
     NUMERIC_COLUMNS,
@@ -87,12 +92,22 @@ def _is_date_only(values: pd.Series) -> bool:
     return bool(present.str.strip().str.fullmatch(_DATE_ONLY).all())
 
 
-def _stamp_dates(values: pd.Series, *, date_close: str, tz: str, path: Path, column: str) -> pd.Series:
+def _stamp_dates(values: pd.Series, *, date_close: str | None, tz: str, calendar: str, path: Path,
+                 column: str) -> pd.Series:
     days = pd.to_datetime(values.astype(str).str.strip(), format="%Y-%m-%d", errors="coerce")
     unreadable = days.isna() & values.notna()
     if unreadable.any():
         rows = unreadable[unreadable].index[:5].tolist()
         raise BarValidationError(f"{path}: column {column!r} holds values that are not dates at rows {rows}")
+    if date_close is None:
+        exchange = get_calendar(calendar)
+        labels = days.to_numpy(dtype="datetime64[D]")
+        at = np.minimum(np.searchsorted(exchange.labels, labels), len(exchange.labels) - 1)
+        is_session = exchange.labels[at] == labels
+        midnight = days.dt.tz_localize(exchange.tz).dt.tz_convert("UTC").dt.as_unit("ns")
+        closes = pd.Series(pd.DatetimeIndex(exchange.close_ns[at].astype("datetime64[ns]"), tz="UTC"),
+                           index=values.index)
+        return closes.where(is_session, midnight)
     local = days + parse_time_of_day(date_close, "date_close")
     try:
         return local.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise").dt.tz_convert("UTC")
@@ -101,7 +116,8 @@ def _stamp_dates(values: pd.Series, *, date_close: str, tz: str, path: Path, col
 
 
 def _normalise_table(
-    frame: pd.DataFrame, *, path: Path, per_ticker: bool, assume_tz: str | None, date_close: str
+    frame: pd.DataFrame, *, path: Path, per_ticker: bool, assume_tz: str | None, date_close: str | None,
+    calendar: str,
 ) -> pd.DataFrame:
     """The file's rows in the bar schema: column names, a ticker for every row, ``ts`` in UTC."""
     frame = frame.rename(columns=lambda c: str(c).strip().lower())
@@ -123,7 +139,8 @@ def _normalise_table(
             raise BarValidationError(f"{path}: the file of ticker {path.stem!r} holds rows of {others[:5]}")
     times = frame[time_column]
     if _is_date_only(times):
-        out["ts"] = _stamp_dates(times, date_close=date_close, tz=assume_tz or "UTC", path=path, column=time_column)
+        out["ts"] = _stamp_dates(times, date_close=date_close, tz=assume_tz or "UTC", calendar=calendar, path=path,
+                                 column=time_column)
     else:
         out["ts"] = times
     for column in NUMERIC_COLUMNS:
@@ -146,15 +163,18 @@ class _FileSource:
         path: str | os.PathLike[str],
         *,
         assume_tz: str | None = None,
-        date_close: str = "21:00",
+        date_close: str | None = None,
         on_error: OnError = "raise",
+        calendar: str = DEFAULT_CALENDAR,
     ) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.name} source: {self.path} does not exist")
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"on_error={on_error!r}; use one of {', '.join(ON_ERROR_CHOICES)}")
-        parse_time_of_day(date_close, "date_close")
+        if date_close is not None:
+            parse_time_of_day(date_close, "date_close")
+        self.calendar = get_calendar(calendar).name
         if self.path.is_file() and _format_of(self.path) != self._format:
             raise ValueError(f"{self.name} source: {self.path} is not a {self._format} file")
         self.assume_tz = assume_tz
@@ -162,7 +182,8 @@ class _FileSource:
         self.on_error = on_error
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.path)!r}, assume_tz={self.assume_tz!r}, date_close={self.date_close!r})"
+        return (f"{type(self).__name__}({str(self.path)!r}, assume_tz={self.assume_tz!r}, "
+                f"date_close={self.date_close!r}, calendar={self.calendar!r})")
 
     def _ticker_files(self) -> dict[str, Path]:
         """Ticker -> file of the per-ticker layout, from the file names."""
@@ -189,6 +210,7 @@ class _FileSource:
             per_ticker=per_ticker,
             assume_tz=self.assume_tz,
             date_close=self.date_close,
+            calendar=self.calendar,
         )
         try:
             return validate_bars(table, on_error=self.on_error)
@@ -242,11 +264,15 @@ class CsvSource(_FileSource):
         belongs to the ticker the file is named after), or a folder whose CSV files are each named
         after their ticker (a ticker column there is optional and must agree).
     assume_tz : str, optional
-        Time zone of naive timestamps and of plain dates; see the module's time-zone rule.
-    date_close : str
-        ``HH:MM`` at which plain dates are stamped, in ``assume_tz`` (default UTC).
-    on_error : {"raise", "drop"}
+        Time zone of naive timestamps (and of plain dates with ``date_close``); see the module's
+        time-zone rule.
+    date_close : str, optional
+        ``HH:MM`` at which plain dates are stamped, in ``assume_tz`` (default UTC). Default: the
+        session's close from ``calendar``.
+    on_error : {"raise", "drop", "keep"}
         What :func:`~quant_engine.data.schema.validate_bars` does with invalid rows.
+    calendar : str
+        Exchange calendar whose sessions plain dates name (default ``XNYS``).
 
     Examples
     --------
@@ -279,7 +305,8 @@ def read_bars(
     *,
     on_error: OnError = "raise",
     assume_tz: str | None = None,
-    date_close: str = "21:00",
+    date_close: str | None = None,
+    calendar: str = DEFAULT_CALENDAR,
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Every bar in a CSV/Parquet file or per-ticker folder, validated, with the report.
 
@@ -295,7 +322,7 @@ def read_bars(
     else:
         fmt = _format_of(path)
     source_class: Callable[..., _FileSource] = CsvSource if fmt == "csv" else ParquetSource
-    return source_class(path, assume_tz=assume_tz, date_close=date_close, on_error=on_error).read()
+    return source_class(path, assume_tz=assume_tz, date_close=date_close, on_error=on_error, calendar=calendar).read()
 
 
 def write_bars(bars: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -20,8 +20,10 @@ BAR_COLUMNS: tuple[str, ...] = ("ticker", "ts", "open", "high", "low", "close", 
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 NUMERIC_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 
-OnError = Literal["raise", "drop"]
-ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "drop")
+OnError = Literal["raise", "drop", "keep"]
+#: ``raise``: refuse a batch with any broken row; ``drop``: remove broken rows and report them;
+#: ``keep``: keep rows that are only implausible (:mod:`quant_engine.data.plausibility`), refuse broken ones.
+ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "drop", "keep")
 
 #: How many offending rows an error message quotes before summarising the rest.
 _MAX_QUOTED_ROWS = 5
@@ -46,19 +48,28 @@ class ValidationReport:
     n_rows_in: int = 0
     n_rows_out: int = 0
     problems: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def summary(self) -> str:
+        notes = "".join(f"; {note}" for note in self.notes)
         if self.ok:
-            return f"{self.n_rows_in} rows, no problems"
+            return f"{self.n_rows_in} rows, no problems{notes}"
         parts = [f"{rule}: {', '.join(rows)}" for rule, rows in self.problems.items()]
-        return f"{self.n_rows_in} rows in, {self.n_rows_out} kept; " + "; ".join(parts)
+        return f"{self.n_rows_in} rows in, {self.n_rows_out} kept; " + "; ".join(parts) + notes
+
+    def merge(self, other: ValidationReport) -> ValidationReport:
+        """This report followed by ``other``, a later check of the rows this one kept."""
+        problems = {rule: list(rows) for rule, rows in self.problems.items()}
+        for rule, rows in other.problems.items():
+            problems.setdefault(rule, []).extend(rows)
+        return ValidationReport(self.n_rows_in, other.n_rows_out, problems, [*self.notes, *other.notes])
 
 
-def _describe_rows(bars: pd.DataFrame, mask: np.ndarray) -> list[str]:
+def describe_rows(bars: pd.DataFrame, mask: np.ndarray) -> list[str]:
     """Human-readable ``TICKER@timestamp (row i)`` for the first offending rows."""
     idx = np.flatnonzero(mask)
     quoted = [
@@ -159,10 +170,12 @@ def validate_bars(
     ----------
     frame : DataFrame
         Bars with at least ``ticker``, ``ts`` and ``close``.
-    on_error : {"raise", "drop"}
+    on_error : {"raise", "drop", "keep"}
         ``raise`` (default) raises :class:`BarValidationError` listing every broken rule with the
         offending tickers and rows. ``drop`` removes the offending rows instead (for duplicates it
         keeps the last occurrence, for backwards time it sorts) and returns what it did in the report.
+        ``keep`` is ``raise`` here: every rule of this function marks a row as broken, not merely
+        implausible.
     assume_tz : str, optional
         Time zone of naive timestamps. Naive timestamps without it are an error.
 
@@ -184,7 +197,7 @@ def validate_bars(
     def check(rule: str, mask: np.ndarray) -> None:
         nonlocal bad
         if mask.any():
-            report.problems[rule] = _describe_rows(bars, mask)
+            report.problems[rule] = describe_rows(bars, mask)
             bad |= mask
 
     has_ts = bars["ts"].notna().to_numpy()
@@ -210,9 +223,9 @@ def validate_bars(
     backwards[np.flatnonzero(has_ts)] = (timed["ts"] < previous).to_numpy()
     if backwards.any():
         # Only a report for the "raise" policy: sorting below repairs order without losing rows.
-        report.problems["time going backwards"] = _describe_rows(bars, backwards)
+        report.problems["time going backwards"] = describe_rows(bars, backwards)
 
-    if report.problems and on_error == "raise":
+    if report.problems and on_error != "drop":
         raise BarValidationError(
             "invalid bars: " + "; ".join(f"{rule}: {', '.join(rows)}" for rule, rows in report.problems.items()),
             report,

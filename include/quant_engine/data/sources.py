@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
+from quant_engine.calendars import MarketTime
+
 #: The names :func:`make_source` understands.
 SOURCE_NAMES: tuple[str, ...] = ("synthetic", "yfinance", "csv", "parquet")
 
@@ -126,6 +128,17 @@ def check_tickers(requested: Sequence[str] | None, available: Iterable[str], sou
         shown = ", ".join(available[:5]) + (f", ... ({len(available)} in all)" if len(available) > 5 else "")
         raise UnknownTickerError(f"{source} has no ticker(s) {', '.join(unknown)}; it has {shown}", unknown)
     return requested
+
+
+def source_on(name: str, market_time: MarketTime, **options: Any) -> MarketDataSource:
+    """The source ``name`` serving bars of ``market_time``'s calendar and bar size (``options`` as for
+    :func:`make_source`: a file's ``path`` and reading options)."""
+    options["calendar"] = market_time.calendar
+    if name == "synthetic":
+        options["freq"] = market_time.bar_size
+    elif name == "yfinance":
+        options["interval"] = market_time.bar_size
+    return make_source(name, **options)
 
 
 def make_source(name: str, **options: Any) -> MarketDataSource:

@@ -13,12 +13,16 @@ The model, per bar ``t`` and ticker ``i`` (log returns)::
     e[t,i] = sigma_e[reg] * s_i * sqrt(g_i[t]) * z_i[t]  (idiosyncratic, GARCH(1,1) on z_i)
     m[t,i] = r[t,i] + ... + r[t-4,i]                     (the 5-bar return: the predictive feature)
 
-``reg`` is a Markov chain over calm / trending / crisis that switches once per trading day; ``z``
-are unit-variance Student-t draws; volatilities and drifts scale with the bar's share of the
-390-minute session, volatilities and ``k`` with the :class:`Shift` multipliers in force.
+``reg`` is a Markov chain over calm / trending / crisis that switches once per session; ``z``
+are unit-variance Student-t draws; volatilities and drifts scale with the bar's share of a regular
+session (a half day's bar carries less variance), volatilities and ``k`` with the :class:`Shift`
+multipliers in force.
 
-The whole calendar is simulated once per instance and sliced, so the bars of a (ticker, bar) never
-depend on the range or tickers a caller asks for. Every random stream belongs to one ticker (or to
+Sessions and bars come from a real exchange calendar (:mod:`quant_engine.calendars`, NYSE by
+default): no bar on a holiday, a half day that closes at 13:00 New York, closes that follow
+daylight saving, each bar stamped at the instant it closed. The whole calendar is simulated once
+per instance and sliced, so the bars of a (ticker, bar) never depend on the range or tickers a
+caller asks for. Every random stream belongs to one ticker (or to
 the market) and is read in time order, so ``SYN00`` is the same whether 5 or 50 tickers are
 simulated, and a market with a later ``end`` only adds bars after the earlier one's last.
 """
@@ -34,6 +38,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from quant_engine.calendars import DEFAULT_CALENDAR, BarSize, CalendarError, MarketCalendar, get_calendar
 from quant_engine.data.schema import validate_bars
 from quant_engine.data.sources import EmptyRangeError, TimeLike, check_tickers, resolve_range
 
@@ -70,11 +75,10 @@ GAP_SHARE = 0.3
 #: log volume = log(daily volume * bar share) + SURPRISE * (|r|/sd - E|z|) + LEVEL * log(sd / calm sd)
 #: + NOISE * normal, centred so ``daily_volume`` is about a calm day's mean.
 VOLUME_SURPRISE, VOLUME_LEVEL, VOLUME_NOISE = 0.4, 0.6, 0.3
+#: The surprise saturates: a 20-sigma bar draws no more volume than a 6-sigma one.
+MAX_VOLUME_SURPRISE = 6.0
 _MEAN_ABS_T = 0.735  # E|z| of a unit-variance Student-t with STUDENT_DOF degrees of freedom
 
-SESSION_OPEN = pd.Timedelta(hours=14, minutes=30)  # 09:30 New York in winter, kept fixed in UTC
-SESSION_CLOSE = pd.Timedelta(hours=21)
-SESSION_MINUTES = 390
 #: Bars x tickers above which simulating the whole calendar would need gigabytes.
 MAX_CELLS = 5_000_000
 #: Roles of the random streams (the first element of each SeedSequence spawn key). One stream per
@@ -188,11 +192,11 @@ class MarketParams:
 
 @dataclass(frozen=True)
 class _Calendar:
-    ts: pd.DatetimeIndex  # bar end times (UTC)
-    day: np.ndarray  # index of each bar's trading day
-    fraction: np.ndarray  # each bar's share of the session
+    ts: pd.DatetimeIndex  # bar close times (UTC)
+    day: np.ndarray  # index of each bar's session
+    fraction: np.ndarray  # each bar's share of a regular session
     opens_session: np.ndarray  # the bar that carries the overnight gap
-    days: pd.DatetimeIndex
+    days: pd.DatetimeIndex  # session labels (dates at the exchange)
 
 
 @dataclass(frozen=True)
@@ -209,20 +213,17 @@ def _student_t(rng: np.random.Generator, size: int | tuple[int, ...]) -> np.ndar
     return rng.standard_t(STUDENT_DOF, size) * math.sqrt((STUDENT_DOF - 2.0) / STUDENT_DOF)
 
 
-def _parse_freq(freq: str) -> pd.Timedelta:
+def _parse_freq(freq: str, calendar: MarketCalendar) -> BarSize:
     try:
-        step = pd.Timedelta(freq)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"freq={freq!r} is not a bar length; use '1D', '1h', '30min', '5min', ...") from exc
-    if step == pd.Timedelta(days=1):
-        return step
-    minutes = step / pd.Timedelta(minutes=1)
-    if not (1 <= minutes < SESSION_MINUTES and minutes == int(minutes)):
+        size = BarSize.parse(freq)
+    except CalendarError as exc:
+        raise ValueError(f"freq={freq!r} is not a bar length; use '1d', '1h', '30min', '5min', ...") from exc
+    if size.minutes is not None and size.minutes >= calendar.regular_minutes:
         raise ValueError(
-            f"freq={freq!r} must be '1D' or a whole number of minutes from 1min to "
-            f"{SESSION_MINUTES - 1}min (the 14:30-21:00 UTC session)"
+            f"freq={freq!r} must be '1d' or shorter than a regular {calendar.name} session "
+            f"({calendar.regular_minutes} minutes)"
         )
-    return step
+    return size
 
 
 class SyntheticMarket:
@@ -235,11 +236,15 @@ class SyntheticMarket:
     seed : int
         Seed of every random stream; the market is a pure function of all the parameters.
     start, end : str or date or Timestamp
-        Inclusive UTC calendar days to simulate. Weekdays only, no holidays.
+        Inclusive dates of the sessions to simulate.
     freq : str
-        ``"1D"``: one bar per weekday stamped 21:00 UTC (the US close). An intraday length such
-        as ``"1h"`` or ``"5min"``: bars over the 14:30-21:00 UTC session, each stamped at its end
-        (the last bar of the day may be shorter, ending at 21:00).
+        ``"1d"``: one bar per session, stamped at the session's close (20:00 UTC on a summer NYSE
+        day, 21:00 in winter, 17:00 or 18:00 on a half day). An intraday length such as ``"1h"`` or
+        ``"5min"``: bars over each session from its open, each stamped at its end (the last bar of
+        a session may be shorter, ending at the close).
+    calendar : str
+        Exchange calendar of the sessions (:func:`quant_engine.calendars.get_calendar`): ``XNYS``
+        (default), ``24/5`` for an FX-like market that trades around the clock on weekdays, ...
     shifts : sequence of Shift
         Regime-independent changes of the rules from a date on (see :class:`Shift`).
 
@@ -255,6 +260,9 @@ class SyntheticMarket:
     >>> bars = market.fetch(None, "2024-01-02", "2024-01-05")
     >>> len(bars), sorted(bars["ticker"].unique())
     (12, ['SYN00', 'SYN01', 'SYN02'])
+    >>> july = SyntheticMarket(n_tickers=1, start="2019-07-01", end="2019-07-31").fetch(None, "2019-07-02", "2019-07-05")
+    >>> [str(t) for t in july["ts"]]  # July 3 is a half day, July 4 a holiday
+    ['2019-07-02 20:00:00+00:00', '2019-07-03 17:00:00+00:00', '2019-07-05 20:00:00+00:00']
     """
 
     name = "synthetic"
@@ -267,6 +275,7 @@ class SyntheticMarket:
         end: TimeLike = "2030-12-31",
         freq: str = "1D",
         shifts: Sequence[Shift] = (),
+        calendar: str = DEFAULT_CALENDAR,
     ) -> None:
         if isinstance(n_tickers, bool) or not isinstance(n_tickers, (int, np.integer)) or n_tickers < 1:
             raise ValueError(f"n_tickers={n_tickers!r} must be a whole number >= 1")
@@ -274,8 +283,9 @@ class SyntheticMarket:
             raise ValueError(f"seed={seed!r} must be a whole number >= 0")
         self.n_tickers = int(n_tickers)
         self.seed = int(seed)
-        self.freq = freq
-        self._step = _parse_freq(freq)
+        self.calendar = get_calendar(calendar)
+        self.bar_size = _parse_freq(freq, self.calendar)
+        self.freq = self.bar_size.name
         self.start, self.end = resolve_range(start, end)
         for shift in shifts:
             if not isinstance(shift, Shift):
@@ -295,34 +305,27 @@ class SyntheticMarket:
                 "narrow start/end or use a longer freq"
             )
         if len(self._calendar.ts) == 0:
-            raise EmptyRangeError(f"no weekday between {self.start.date()} and {self.end.date()}")
+            raise EmptyRangeError(f"no {self.calendar.name} session between {self.start.date()} and {self.end.date()}")
 
     def __repr__(self) -> str:
         return (
             f"SyntheticMarket(n_tickers={self.n_tickers}, seed={self.seed}, start='{self.start.date()}', "
-            f"end='{self.end.date()}', freq={self.freq!r}, shifts={list(self.shifts)!r})"
+            f"end='{self.end.date()}', freq={self.freq!r}, calendar={self.calendar.name!r}, shifts={list(self.shifts)!r})"
         )
 
     # -- the calendar and the true parameters -------------------------------------------------
 
     @cached_property
     def _calendar(self) -> _Calendar:
-        days = pd.bdate_range(self.start.tz_localize(None), self.end.tz_localize(None)).tz_localize("UTC")
-        if self._step == pd.Timedelta(days=1):
-            n_days = len(days)
-            return _Calendar(days + SESSION_CLOSE, np.arange(n_days), np.ones(n_days), np.ones(n_days, bool), days)
-        session = SESSION_CLOSE - SESSION_OPEN
-        ends = [min(self._step * k, session) for k in range(1, math.ceil(session / self._step) + 1)]
-        offsets = pd.TimedeltaIndex(ends)
-        lengths = np.diff(np.concatenate([[0.0], offsets / pd.Timedelta(minutes=1)]))
-        per_day = len(offsets)
-        ts = pd.DatetimeIndex((days + SESSION_OPEN).repeat(per_day)) + np.tile(offsets, len(days))
+        lo, hi = self.calendar.session_range(self.start, self.end)
+        grid = self.calendar.bar_grid(self.bar_size, lo, hi)
+        regular_ns = self.calendar.regular_minutes * 60 * 10**9
         return _Calendar(
-            ts=ts,
-            day=np.repeat(np.arange(len(days)), per_day),
-            fraction=np.tile(lengths / SESSION_MINUTES, len(days)),
-            opens_session=np.tile(np.arange(per_day) == 0, len(days)),
-            days=days,
+            ts=grid.closes,
+            day=grid.session - lo,
+            fraction=(grid.close_ns - grid.start_ns) / regular_ns,
+            opens_session=grid.start_ns == self.calendar.open_ns[grid.session],
+            days=pd.DatetimeIndex(self.calendar.labels[lo:hi].astype("datetime64[ns]")),
         )
 
     def _ticker_rng(self, role: int, ticker: int) -> np.random.Generator:
@@ -369,7 +372,7 @@ class SyntheticMarket:
         vol = np.ones(len(days))
         edge = np.ones(len(days))
         for shift in self.shifts:
-            after = np.asarray(days >= shift.at)
+            after = np.asarray(days >= shift.at.tz_localize(None))
             vol[after] *= shift.volatility_multiplier
             edge[after] *= shift.edge_multiplier
         return vol, edge
@@ -439,7 +442,7 @@ class SyntheticMarket:
         low = np.minimum(open_, close) * np.exp(-down)
         # Volume: rises with the bar's surprise |r|/sd and with the volatility level.
         calm_sd = np.sqrt((p.betas * MARKET_VOL[CALM]) ** 2 + (p.idio_scale * IDIO_VOL[CALM]) ** 2)
-        surprise = np.abs(returns) / total_sd
+        surprise = np.minimum(np.abs(returns) / total_sd, MAX_VOLUME_SURPRISE)
         level = np.log(total_sd / (calm_sd * root_fraction[:, None]))
         volume = p.daily_volume * cal.fraction[:, None] * np.exp(
             VOLUME_SURPRISE * (surprise - _MEAN_ABS_T)
@@ -477,7 +480,7 @@ class SyntheticMarket:
         if lo >= hi:
             raise EmptyRangeError(
                 f"synthetic market has no bars between {first} and {last}; it covers "
-                f"{ts[0]} .. {ts[-1]} (freq {self.freq}, weekdays only)"
+                f"{ts[0]} .. {ts[-1]} ({self.freq} bars, {self.calendar.name} sessions)"
             )
         columns = [self.tickers.index(t) for t in names]
         paths = self._paths

@@ -15,33 +15,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yfinance as yf
 from yfinance.exceptions import YFException, YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
+from quant_engine.calendars import DEFAULT_CALENDAR, BarSize, get_calendar
 from quant_engine.data.schema import NUMERIC_COLUMNS, OnError, empty_bars, validate_bars
-from quant_engine.data.sources import (
-    EmptyRangeError,
-    TimeLike,
-    UnknownTickerError,
-    parse_time_of_day,
-    resolve_range,
-)
+from quant_engine.data.sources import EmptyRangeError, TimeLike, UnknownTickerError, resolve_range
 
 log = logging.getLogger(__name__)
 
-#: Yahoo intervals this adapter serves, and the length of one bar (``None``: one session).
-INTERVALS: dict[str, pd.Timedelta | None] = {
-    "1d": None,
-    "1m": pd.Timedelta(minutes=1),
-    "2m": pd.Timedelta(minutes=2),
-    "5m": pd.Timedelta(minutes=5),
-    "15m": pd.Timedelta(minutes=15),
-    "30m": pd.Timedelta(minutes=30),
-    "60m": pd.Timedelta(minutes=60),
-    "1h": pd.Timedelta(minutes=60),
-    "90m": pd.Timedelta(minutes=90),
-}
+#: Yahoo intervals this adapter serves: one session, or intraday lengths (Yahoo keeps those for recent weeks).
+INTERVALS: tuple[str, ...] = ("1d", "1m", "2m", "5m", "15m", "30m", "60m", "1h", "90m")
 
 # yfinance reports failures through one process-wide switch; flipping it is serialised here.
 _CONFIG_LOCK = threading.Lock()
@@ -100,11 +86,12 @@ class YFinanceSource:
         ``True`` (default): open/high/low/close are adjusted for splits and dividends (scaled by
         Yahoo's ``adjclose / close``), so returns across corporate actions are real returns. The
         volume is left as Yahoo reports it. ``False``: raw traded prices.
-    session_close : str
-        ``HH:MM`` close of the regular session in the exchange's own time zone (16:00 for US
-        equities). Daily bars are stamped at that time of their day, which follows daylight saving
-        (21:00 UTC in winter, 20:00 UTC in summer); intraday bars are stamped at their end, the
-        last one of a day at most at the close. Yahoo itself stamps bars at their start.
+    calendar : str
+        Exchange calendar of the tickers (:func:`quant_engine.calendars.get_calendar`, default
+        ``XNYS``). Yahoo stamps a bar at its start (a daily bar at the exchange's midnight); the
+        adapter stamps it by the engine's rule, at its close from the calendar: a daily bar at its
+        session's close (21:00 UTC in winter, 20:00 in summer, 17:00 or 18:00 on a half day), an
+        intraday bar at its interval's end, the last one of a session at the close.
     timeout : float
         Seconds per HTTP request.
     on_error : {"raise", "drop"}
@@ -133,14 +120,14 @@ class YFinanceSource:
         *,
         interval: str = "1d",
         auto_adjust: bool = True,
-        session_close: str = "16:00",
+        calendar: str = DEFAULT_CALENDAR,
         timeout: float = 10.0,
         on_error: OnError = "raise",
         session: Any = None,
     ) -> None:
         if interval not in INTERVALS:
             raise ValueError(f"interval={interval!r} is not served; use one of {', '.join(INTERVALS)}")
-        close = parse_time_of_day(session_close, "session_close")
+        self.calendar = get_calendar(calendar)
         if not timeout > 0:
             raise ValueError(f"timeout={timeout!r} must be a number of seconds > 0")
         if isinstance(tickers, str):
@@ -148,14 +135,13 @@ class YFinanceSource:
         self.tickers = tuple(self._clean(tickers)) if tickers is not None else None
         self.interval = interval
         self.auto_adjust = auto_adjust
-        self.session_close = session_close
-        self._close_offset = close
         self.timeout = timeout
         self.on_error = on_error
         self._session = session
 
     def __repr__(self) -> str:
-        return f"YFinanceSource(tickers={self.tickers!r}, interval={self.interval!r}, auto_adjust={self.auto_adjust})"
+        return (f"YFinanceSource(tickers={self.tickers!r}, interval={self.interval!r}, "
+                f"auto_adjust={self.auto_adjust}, calendar={self.calendar.name!r})")
 
     @staticmethod
     def _clean(tickers: Sequence[str]) -> list[str]:
@@ -233,16 +219,28 @@ class YFinanceSource:
             raise YFinanceUnavailableError(ticker, exc) from exc
 
     def _normalise(self, ticker: str, history: pd.DataFrame) -> pd.DataFrame:
-        """yfinance's frame (exchange-time index, capitalised columns) as bars stamped at their end."""
+        """yfinance's frame (exchange-time index, capitalised columns) as bars stamped at their close."""
         if history.empty:
             return empty_bars()
         frame = history.rename(columns=str.lower)
         index = pd.DatetimeIndex(history.index)
-        local_days = index.tz_localize(None).normalize()
-        close = (local_days + self._close_offset).tz_localize(index.tz, ambiguous="raise", nonexistent="raise")
-        length = INTERVALS[self.interval]
-        stamps = close if length is None else (index + length).where(index + length < close, close)
-        out = pd.DataFrame({"ticker": ticker, "ts": stamps.tz_convert("UTC")})
+        size = BarSize.parse(self.interval)
+        if size.is_daily:
+            stamps = self._daily_closes(index)
+        else:
+            starts = index.tz_convert("UTC").as_unit("ns").asi8
+            located = [self.calendar.locate(int(t) + 1, size) for t in starts]
+            # A bar Yahoo serves outside every session keeps its start; conform_bars names it.
+            stamps = pd.DatetimeIndex(np.array([t if at is None else at[0] for t, at in zip(starts, located)],
+                                               dtype="datetime64[ns]"), tz="UTC")
+        out = pd.DataFrame({"ticker": ticker, "ts": stamps})
         for column in NUMERIC_COLUMNS:
             out[column] = frame[column].to_numpy(dtype="float64")
         return out
+
+    def _daily_closes(self, index: pd.DatetimeIndex) -> pd.DatetimeIndex:
+        """Each daily bar's session close: Yahoo's stamp is the session's date at the exchange."""
+        sessions = self.calendar.daily_sessions_of(index)
+        closes = np.where(sessions >= 0, self.calendar.close_ns[np.maximum(sessions, 0)],
+                          index.tz_convert("UTC").as_unit("ns").asi8)
+        return pd.DatetimeIndex(closes.astype("datetime64[ns]"), tz="UTC")

@@ -225,8 +225,10 @@ DEFAULT_FEATURES: tuple[FeatureDefinition, ...] = (
     ),
 )
 
-EXTENDED_FEATURES: tuple[FeatureDefinition, ...] = (
-    *DEFAULT_FEATURES,
+#: The default features that read the close only: for close-only data (a file of closes).
+CLOSE_ONLY_FEATURES: tuple[FeatureDefinition, ...] = tuple(f for f in DEFAULT_FEATURES if f.inputs == ("close",))
+
+RANGE_FEATURES: tuple[FeatureDefinition, ...] = (
     FeatureDefinition(
         "parkinson_vol_20", ("high", "low"), 20, _parkinson_vol,
         "Parkinson volatility: sqrt(mean(ln(H/L)^2) / (4 ln 2)) over 20 bars, times sqrt(252)",
@@ -238,6 +240,10 @@ EXTENDED_FEATURES: tuple[FeatureDefinition, ...] = (
     ),
     FeatureDefinition("intrabar_range", ("high", "low"), 1, _intrabar_range, "ln(high_t / low_t)"),
 )
+
+EXTENDED_FEATURES: tuple[FeatureDefinition, ...] = (*DEFAULT_FEATURES, *RANGE_FEATURES)
+#: Close and range features without volume: for OHLC data that has no volume (FX quotes).
+OHLC_FEATURES: tuple[FeatureDefinition, ...] = (*CLOSE_ONLY_FEATURES, *RANGE_FEATURES)
 
 
 # --- input checks, shared by both paths --------------------------------------------------------
@@ -514,6 +520,19 @@ class StreamingFeatureState:
         """Whether ``ticker`` has enough history for every feature to have a value."""
         return self.bars_seen(ticker) >= self._capacity
 
+    def last_time(self, ticker: str) -> pd.Timestamp | None:
+        """The ``ts`` of ``ticker``'s newest bar (None for a ticker never seen)."""
+        ts_ns = self._last_ts.get(ticker)
+        return None if ts_ns is None else pd.Timestamp(ts_ns, tz="UTC")
+
+    def reset(self, ticker: str) -> None:
+        """Forget ``ticker``'s bars, so a :meth:`warm_up` can rebuild its state from scratch."""
+        row = self._rows.get(ticker)
+        if row is not None:
+            self._ring[row] = np.nan
+        self._counts.pop(ticker, None)
+        self._last_ts.pop(ticker, None)
+
     def update(self, bar: Mapping[str, object]) -> dict[str, float]:
         """Add one bar and return every feature's value at it; NaN for features not yet warm.
 
@@ -724,11 +743,14 @@ class StreamingFeatureState:
 _FEATURE_SETS: dict[str, FeatureSet] = {
     "default": FeatureSet("default", 1, DEFAULT_FEATURES),
     "extended": FeatureSet("extended", 1, EXTENDED_FEATURES),
+    "close_only": FeatureSet("close_only", 1, CLOSE_ONLY_FEATURES),
+    "ohlc": FeatureSet("ohlc", 1, OHLC_FEATURES),
 }
 
 
 def get_feature_set(name: str) -> FeatureSet:
-    """The named feature set: ``"default"`` (close and volume) or ``"extended"`` (adds OHLC range features).
+    """The named feature set: ``"default"`` (close and volume), ``"extended"`` (adds OHLC range
+    features), ``"close_only"`` (the close alone) or ``"ohlc"`` (close and range, no volume).
 
     Examples
     --------

@@ -1,7 +1,14 @@
-"""Daily ingestion: bars from a source -> features -> offline and online store, all or nothing.
+"""Ingestion: bars from a source -> features -> offline and online store, all or nothing.
 
 The same three steps back the ``market_data_ingestion`` DAG (one task each, handing Parquet files
 over between them) and ``quant-engine ingest`` (all in one process).
+
+Time follows the group's calendar (:mod:`quant_engine.calendars`). A feature group declares its
+market time, the exchange calendar and bar size its bars are stamped by, when it is first written;
+every later ingestion must match it, and a group written before calendars existed (every daily bar
+at 21:00 UTC) is refused with the way out (:class:`StaleStoreError`). A request ingests *sessions*:
+those labelled ``start..end``, or, in a scheduled run, those that closed in the run's data
+interval; a range without a session (a holiday) is :class:`NoSessionToIngest`, a clean skip.
 
 Beside the features, the bars they were computed from go to a second offline group,
 ``<feature group>_bars`` (one row per bar, ``event_time`` = the bar's ``ts``), in the same
@@ -13,12 +20,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from quant_engine.calendars import DEFAULT_BAR_SIZE, DEFAULT_CALENDAR, CalendarError, MarketTime
 from quant_engine.config import (
     Settings,
     get_settings,
@@ -26,8 +36,11 @@ from quant_engine.config import (
     make_online_store,
     make_sagemaker_feature_group,
 )
-from quant_engine.data.sources import make_source
-from quant_engine.features.definitions import FeatureSet, get_feature_set
+from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conform_bars
+from quant_engine.data.schema import ON_ERROR_CHOICES
+from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
+from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
+from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
 from quant_engine.timeutil import utc_day
 
 log = logging.getLogger(__name__)
@@ -38,137 +51,337 @@ SOURCES_NEEDING_PATH = ("csv", "parquet")
 #: later point-in-time joins read one sorted snapshot instead of thousands of small files.
 COMPACT_AFTER_FILES = 20
 
-#: Calendar days per trading bar, generous: weekends plus a margin for holidays.
-_CALENDAR_DAYS_PER_BAR = 1.5
+#: Sessions fetched before the first ingested one beyond what the longest feature window needs:
+#: the plausibility check's recent scale needs its own history too.
+_EXTRA_HISTORY_SESSIONS = 5
 
 #: The bars group of feature group ``g`` is named ``g + BARS_GROUP_SUFFIX``.
 BARS_GROUP_SUFFIX = "_bars"
 #: The bar columns stored in the bars group, as float64 "features".
 STORED_BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
+#: Every parameter an ingestion takes (DAG params, ``--conf``, CLI flags), with its default.
+INGEST_PARAMS: dict[str, Any] = {
+    "source": "synthetic",
+    "path": None,
+    "tickers": None,
+    "start": None,
+    "end": None,
+    "feature_set": "default",
+    "calendar": None,
+    "bar_size": None,
+    "assume_tz": None,
+    "date_close": None,
+    "on_error": "raise",
+    "stamped_at": "close",
+    "max_return_multiple": ScaleLimits().max_return_multiple,
+    "max_volume_multiple": ScaleLimits().max_volume_multiple,
+}
+#: Reading options only files take.
+_FILE_OPTIONS = ("assume_tz", "date_close")
+_NULL_TURNS_OFF = ("max_return_multiple", "max_volume_multiple")
+
 
 class IngestionError(ValueError):
     """An ingestion request that cannot run; the message says which parameter is wrong."""
 
 
+class StaleStoreError(IngestionError):
+    """A feature group written before the calendar time rule: its stamps cannot be mixed with new ones."""
+
+
+class NoSessionToIngest(Exception):  # noqa: N818 - not an error: the caller skips cleanly
+    """The requested range or run holds no session of the calendar (a holiday, a weekend): nothing to do."""
+
+
 @dataclass(frozen=True)
 class IngestionRequest:
-    """What to ingest: a source, its tickers and an inclusive range of days.
+    """What to ingest, resolved against the target group: sessions of a calendar, a source, its options.
+
+    Build it with :meth:`from_params` (or :meth:`build`); :meth:`to_dict` / :meth:`from_dict` hand
+    it between DAG tasks unchanged.
 
     Parameters
     ----------
     source : {"synthetic", "yfinance", "csv", "parquet"}
-    start, end : Timestamp
-        Inclusive UTC days whose feature rows are written. History before ``start`` is fetched as
-        needed to fill every feature window, but never written.
+    first_session, last_session : Timestamp
+        Labels (dates at the exchange) of the first and last session whose feature rows are
+        written. History before them is fetched to fill every feature window, never written.
+    market_time : MarketTime
+        The group's calendar and bar size.
     tickers : tuple of str, optional
         ``None`` means every ticker the source has.
     path : str, optional
         The file or folder for ``csv`` / ``parquet`` sources.
     feature_set : str
-        Name of the feature set to compute (``default`` or ``extended``).
+        Name of the feature set to compute.
+    assume_tz, date_close, on_error, stamped_at, limits
+        How bars are read and judged (:mod:`quant_engine.data.files`,
+        :func:`quant_engine.data.plausibility.conform_bars`).
     """
 
     source: str
-    start: pd.Timestamp
-    end: pd.Timestamp
+    first_session: pd.Timestamp
+    last_session: pd.Timestamp
+    market_time: MarketTime = field(default_factory=MarketTime)
     tickers: tuple[str, ...] | None = None
     path: str | None = None
     feature_set: str = "default"
+    assume_tz: str | None = None
+    date_close: str | None = None
+    on_error: str = "raise"
+    stamped_at: str = "close"
+    limits: ScaleLimits = field(default_factory=ScaleLimits)
 
     @classmethod
-    def build(
+    def from_params(
         cls,
-        source: str,
-        start: str | pd.Timestamp,
-        end: str | pd.Timestamp | None = None,
-        tickers: Sequence[str] | str | None = None,
-        path: str | None = None,
-        feature_set: str = "default",
+        params: Mapping[str, Any],
+        settings: Settings | None = None,
+        *,
+        window: tuple[object, object] | None = None,
+        now: object = None,
     ) -> IngestionRequest:
-        """Validate loosely typed parameters (DAG params, CLI flags) into a request."""
-        if source in SOURCES_NEEDING_PATH and not path:
-            raise IngestionError(f"source={source!r} needs a path to the file or folder of bars")
-        start_day = utc_day(start, "start", error=IngestionError)
-        end_day = utc_day(end if end is not None else start, "end", error=IngestionError)
-        if end_day < start_day:
-            raise IngestionError(f"end {end_day.date()} is before start {start_day.date()}")
-        if isinstance(tickers, str):
-            tickers = [t.strip() for t in tickers.split(",")]
-        ticker_tuple = tuple(t for t in tickers if t) if tickers else None
-        get_feature_set(feature_set)  # unknown names fail here, before any data moves
-        return cls(source, start_day, end_day, ticker_tuple, path, feature_set)
+        """Validate loosely typed parameters (DAG params, CLI flags) into a request.
 
-    @classmethod
-    def for_run(
-        cls,
-        logical_date: str | pd.Timestamp,
-        source: str,
-        start: str | None = None,
-        end: str | None = None,
-        tickers: Sequence[str] | str | None = None,
-        path: str | None = None,
-        feature_set: str = "default",
-    ) -> IngestionRequest:
-        """A request from a DAG run's params, filling the range a user would expect when it is empty.
+        Missing keys take :data:`INGEST_PARAMS`; an unknown key is an error, never ignored. The
+        sessions are ``start..end`` when given; else the whole file for a csv / parquet source;
+        else those that closed in ``window`` (a scheduled run's data interval, ``(after, until]``);
+        else the last session closed by ``now``.
 
-        A scheduled or bare manual run ingests the last session on or before its logical date; a run
-        that names a user's file and no dates ingests the whole file.
+        Raises
+        ------
+        IngestionError
+            A parameter that cannot be used, named with the rule it breaks.
+        StaleStoreError
+            The group was written before the calendar time rule.
+        NoSessionToIngest
+            The range holds no session.
         """
-        if start is None and end is None and source in SOURCES_NEEDING_PATH and path:
-            start, end = file_day_range(source, path, tickers)
-        day = last_session_day(logical_date)
-        return cls.build(source, start or day, end or start or day, tickers, path, feature_set)
+        if not isinstance(params, Mapping):
+            raise IngestionError(f"ingestion parameters must be a mapping, got {type(params).__name__}")
+        unknown = sorted(set(params) - set(INGEST_PARAMS))
+        if unknown:
+            raise IngestionError(f"unknown ingestion parameter(s) {unknown}; known: {', '.join(INGEST_PARAMS)}")
+        # null means "the default", except for a plausibility limit, where it turns the check off.
+        p = {**INGEST_PARAMS, **{k: v for k, v in params.items() if v is not None or k in _NULL_TURNS_OFF}}
+        if p["source"] not in SOURCE_NAMES:
+            raise IngestionError(f"source={p['source']!r} is not a data source; use one of {', '.join(SOURCE_NAMES)}")
+        if p["source"] in SOURCES_NEEDING_PATH and not p["path"]:
+            raise IngestionError(f"source={p['source']!r} needs a path to the file or folder of bars")
+        if p["source"] not in SOURCES_NEEDING_PATH:
+            given = [k for k in ("path", *_FILE_OPTIONS) if params.get(k) is not None]
+            if given:
+                raise IngestionError(f"{', '.join(given)} only apply to the csv and parquet sources, "
+                                     f"not source={p['source']!r}")
+        for name, choices in (("on_error", ON_ERROR_CHOICES), ("stamped_at", STAMPED_AT_CHOICES)):
+            if p[name] not in choices:
+                raise IngestionError(f"{name}={p[name]!r} is not one of {', '.join(choices)}")
+        if p["feature_set"] not in feature_set_names():
+            raise IngestionError(f"feature_set={p['feature_set']!r} is not a feature set; use one of "
+                                 f"{', '.join(feature_set_names())}")
+        try:
+            limits = ScaleLimits(p["max_return_multiple"], p["max_volume_multiple"])
+        except ValueError as exc:
+            raise IngestionError(str(exc)) from None
+        settings = settings or get_settings()
+        market_time = _market_time(p["calendar"], p["bar_size"], group_market_time(make_offline_store(settings)))
+        tickers = parse_tickers(p["tickers"])
+        first, last = _session_range(p, market_time, tickers, window, now)
+        return cls(p["source"], first, last, market_time, tickers, p["path"], p["feature_set"], p["assume_tz"],
+                   p["date_close"], p["on_error"], p["stamped_at"], limits)
+
+    @classmethod
+    def build(cls, source: str, start: object, end: object = None, tickers: Sequence[str] | str | None = None,
+              path: str | None = None, feature_set: str = "default", *, settings: Settings | None = None,
+              now: object = None, **options: Any) -> IngestionRequest:
+        """``from_params`` with the common parameters spelled out (``end`` defaults to ``start``)."""
+        params = {"source": source, "start": start, "end": end, "tickers": tickers, "path": path,
+                  "feature_set": feature_set, **options}
+        return cls.from_params(params, settings, now=now)
+
+    @property
+    def sessions(self) -> pd.DatetimeIndex:
+        """Labels of the sessions whose rows this request writes."""
+        return self.market_time.exchange.sessions(self.first_session, self.last_session)
+
+    def describe(self) -> str:
+        first, last = self.first_session.date(), self.last_session.date()
+        span = f"session {first}" if first == last else f"sessions {first} .. {last}"
+        return f"{span} ({len(self.sessions)} of {self.market_time.calendar}, {self.market_time.bar_size} bars)"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form that :meth:`from_dict` reads back into an equal request."""
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in ("market_time", "limits")},
+            "first_session": str(self.first_session.date()),
+            "last_session": str(self.last_session.date()),
+            "tickers": list(self.tickers) if self.tickers else None,
+            "calendar": self.market_time.calendar,
+            "bar_size": self.market_time.bar_size,
+            **asdict(self.limits),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IngestionRequest:
+        values = dict(data)
+        market_time = MarketTime(values.pop("calendar"), values.pop("bar_size"))
+        limits = ScaleLimits(values.pop("max_return_multiple"), values.pop("max_volume_multiple"))
+        tickers = values.pop("tickers")
+        return cls(**{**values, "first_session": pd.Timestamp(values["first_session"]),
+                      "last_session": pd.Timestamp(values["last_session"]), "market_time": market_time,
+                      "limits": limits, "tickers": tuple(tickers) if tickers else None})
 
 
-def last_session_day(moment: pd.Timestamp | str, exchange_tz: str = "America/New_York") -> str:
-    """The most recent weekday on or before ``moment`` in the exchange's time zone, as ``YYYY-MM-DD``.
+def parse_tickers(value: object) -> tuple[str, ...] | None:
+    """Tickers as a comma-separated string or a list; ``None`` (or nothing given) means every ticker.
 
-    A run triggered by hand on a weekend ingests Friday's session instead of finding no bars.
+    A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an error, not "all".
     """
-    stamp = pd.Timestamp(moment)
-    day = (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).tz_convert(exchange_tz).normalize()
-    while day.weekday() >= 5:
-        day -= pd.Timedelta(days=1)
-    return day.strftime("%Y-%m-%d")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
+        raise IngestionError(f"tickers={value!r} must be a comma-separated string or a list of names")
+    names = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
+    if not names:
+        raise IngestionError(f"tickers={value!r} names no ticker; leave it empty (null) for every ticker")
+    return names
 
 
-def file_day_range(source: str, path: str, tickers: Sequence[str] | str | None = None) -> tuple[str, str]:
-    """First and last UTC day of the bars in a user's CSV or Parquet file (or folder)."""
-    if isinstance(tickers, str):
-        tickers = [t.strip() for t in tickers.split(",") if t.strip()]
-    bars, _ = make_source(source, path=path).read(list(tickers) if tickers else None)
-    if bars.empty:
-        raise IngestionError(f"{path} holds no bars")
-    return bars["ts"].min().strftime("%Y-%m-%d"), bars["ts"].max().strftime("%Y-%m-%d")
+def _market_time(calendar: str | None, bar_size: str | None, stored: MarketTime | None) -> MarketTime:
+    """The request's market time: what it names, else the group's, else XNYS daily; a clash is an error."""
+    try:
+        wanted = MarketTime(calendar or (stored.calendar if stored else DEFAULT_CALENDAR),
+                            bar_size or (stored.bar_size if stored else DEFAULT_BAR_SIZE))
+    except CalendarError as exc:
+        raise IngestionError(str(exc)) from None
+    if stored is not None and wanted != stored:
+        raise IngestionError(
+            f"the feature group holds {stored.describe()}; this run asks for {wanted.describe()}. "
+            "A group has one calendar and bar size: ingest into another group (QE_FEATURE_GROUP) instead"
+        )
+    return wanted
 
 
-def history_start(request: IngestionRequest, feature_set: FeatureSet) -> pd.Timestamp:
-    """First day to fetch so every feature window is full on ``request.start``."""
-    return request.start - pd.Timedelta(days=math.ceil(feature_set.lookback * _CALENDAR_DAYS_PER_BAR) + 7)
+def _session_range(p: Mapping[str, Any], market_time: MarketTime, tickers: tuple[str, ...] | None,
+                   window: tuple[object, object] | None, now: object) -> tuple[pd.Timestamp, pd.Timestamp]:
+    calendar = market_time.exchange
+    if p["start"] is None and p["end"] is None and p["source"] in SOURCES_NEEDING_PATH:
+        first, last = file_session_range(p["source"], p["path"], tickers, market_time, p["assume_tz"],
+                                         p["date_close"])
+    elif p["start"] is not None or p["end"] is not None:
+        first = utc_day(p["start"] if p["start"] is not None else p["end"], "start", error=IngestionError)
+        last = utc_day(p["end"] if p["end"] is not None else p["start"], "end", error=IngestionError)
+        if last < first:
+            raise IngestionError(f"end {last.date()} is before start {first.date()}")
+        first, last = first.tz_localize(None), last.tz_localize(None)
+    else:
+        if window is not None:
+            lo, hi = calendar.sessions_closing_in(*window)
+            span = f"no {calendar.name} session closed between {window[0]} and {window[1]}"
+        else:
+            moment = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+            last_closed = calendar.last_closed_session(moment)
+            lo, hi = (0, 0) if last_closed is None else (last_closed, last_closed + 1)
+            span = f"no {calendar.name} session closed by {moment}"
+        if hi <= lo:
+            raise NoSessionToIngest(f"{span}: nothing to ingest")
+        return calendar.session_label(lo), calendar.session_label(hi - 1)
+    if len(calendar.sessions(first, last)) == 0:
+        raise NoSessionToIngest(f"no {calendar.name} session between {first.date()} and {last.date()} "
+                                "(a holiday or a weekend): nothing to ingest")
+    return first, last
 
 
-def fetch_bars(request: IngestionRequest) -> pd.DataFrame:
-    """Validated bars from the source, with enough history before ``start`` for every window."""
+def file_session_range(source: str, path: str, tickers: Sequence[str] | None, market_time: MarketTime,
+                       assume_tz: str | None = None, date_close: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Labels of the first and last session the bars of a user's CSV or Parquet file (or folder) fall in."""
+    bars, _ = make_source(source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop",
+                          calendar=market_time.calendar).read(list(tickers) if tickers else None)
+    sessions = market_time.session_indices(bars["ts"])
+    sessions = sessions[sessions >= 0]
+    if len(sessions) == 0:
+        raise IngestionError(f"{path} holds no bar of a {market_time.calendar} session")
+    calendar = market_time.exchange
+    return calendar.session_label(int(sessions.min())), calendar.session_label(int(sessions.max()))
+
+
+def group_market_time(store: OfflineStore) -> MarketTime | None:
+    """The market time a feature group declared when it was created (None: the group is new).
+
+    Raises
+    ------
+    StaleStoreError
+        The group was written before the calendar time rule.
+    """
+    schema = store.schema
+    if schema is None:
+        return None
+    try:
+        return MarketTime.from_json(schema.parameters)
+    except (CalendarError, KeyError):
+        base = store.feature_group.removesuffix(BARS_GROUP_SUFFIX)
+        raise StaleStoreError(
+            f"feature group {store.feature_group!r} was written before exchange calendars: its daily bars "
+            "are stamped 21:00 UTC all year (a summer close is 20:00 UTC) and holidays are in it, so its rows "
+            "cannot be mixed with bars stamped by the calendar. Re-ingest it: `quant-engine features drop "
+            f"{base}`, then ingest again (`quant-engine ingest --start ... --end ...` or the "
+            "market_data_ingestion DAG)"
+        ) from None
+
+
+# --- the three steps -------------------------------------------------------------------------------
+
+
+def fetch_bars(request: IngestionRequest, *, now: object = None) -> pd.DataFrame:
+    """Bars from the source, stamped by the calendar and checked, with history for every feature window.
+
+    Raises
+    ------
+    BarValidationError
+        Bars outside the calendar's sessions, off its bar grid, after ``now``, or implausible, as
+        ``request.on_error`` says (the message names each ``(ticker, ts)``).
+    """
     feature_set = get_feature_set(request.feature_set)
-    options = {"path": request.path} if request.source in SOURCES_NEEDING_PATH else {}
-    source = make_source(request.source, **options)
-    end_inclusive = request.end + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
-    bars = source.fetch(list(request.tickers) if request.tickers else None, history_start(request, feature_set),
-                        end_inclusive)
-    log.info("fetched %d bars for %d tickers from %s", len(bars), bars["ticker"].nunique(), request.source)
+    calendar, size = request.market_time.exchange, request.market_time.size
+    lo, hi = calendar.session_range(request.first_session, request.last_session)
+    bars_per_session = 1 if size.is_daily else max(1, math.floor(calendar.regular_minutes / size.minutes))
+    first = max(0, lo - math.ceil(feature_set.lookback / bars_per_session) - _EXTRA_HISTORY_SESSIONS)
+    fetch_from = pd.Timestamp(int(calendar.open_ns[first]), tz="UTC")
+    fetch_until = pd.Timestamp(int(calendar.close_ns[hi - 1]), tz="UTC")
+    bars = _source(request).fetch(list(request.tickers) if request.tickers else None, fetch_from, fetch_until)
+    bars, report = conform_bars(bars, request.market_time, now=now, on_error=request.on_error,
+                                stamped_at=request.stamped_at, limits=request.limits)
+    log.info("fetched %d bars for %d tickers from %s: %s", len(bars), bars["ticker"].nunique(), request.source,
+             report.summary())
     return bars
 
 
+def _source(request: IngestionRequest) -> Any:
+    options: dict[str, Any] = {}
+    if request.source in SOURCES_NEEDING_PATH:
+        options.update(path=request.path, assume_tz=request.assume_tz, date_close=request.date_close,
+                       on_error=request.on_error)
+    return source_on(request.source, request.market_time, **options)
+
+
 def compute_features(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame:
-    """Feature rows for the requested days whose every window is full.
+    """Feature rows of the requested sessions whose every window is full.
 
     Rows inside the range that still lack history (a ticker that started trading recently) are left
     out and counted in the log rather than written with gaps.
+
+    Raises
+    ------
+    IngestionError
+        The feature set needs columns the bars do not have (close-only data), or no complete row.
     """
-    features = get_feature_set(request.feature_set).compute_batch(bars)
-    days = features["event_time"].dt.normalize()
-    in_range = features.loc[(days >= request.start) & (days <= request.end)]
+    feature_set = get_feature_set(request.feature_set)
+    check_columns(bars, feature_set)
+    features = feature_set.compute_batch(bars)
+    in_range = features.loc[_in_sessions(features["event_time"], request)]
     complete = in_range.dropna()
     if len(complete) < len(in_range):
         short = sorted(set(in_range["ticker"]) - set(complete["ticker"])) or sorted(set(in_range["ticker"]))
@@ -176,20 +389,52 @@ def compute_features(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFr
                     len(in_range) - len(complete), ", ".join(short[:10]))
     if complete.empty:
         raise IngestionError(
-            f"no complete feature rows between {request.start.date()} and {request.end.date()} "
-            f"(source {request.source!r}); is the range a trading period the source covers?"
+            f"no complete feature rows in {request.describe()} (source {request.source!r}); does the source "
+            "cover that period with enough history before it?"
         )
     return complete.reset_index(drop=True)
 
 
-def bars_in_range(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame:
-    """The bars of the requested days, the ones stored beside the features.
+def check_columns(bars: pd.DataFrame, feature_set: FeatureSet) -> None:
+    """Refuse a feature set whose inputs some ticker's bars do not really have.
 
-    History fetched before ``start`` only fills feature windows; it is stored by the run that
-    asks for its own days.
+    A close-only source fills open/high/low from the close and volume with 0 (valid bars), so a
+    ticker whose every bar is flat has no range, and one whose every volume is 0 has no volume.
     """
-    days = bars["ts"].dt.normalize()
-    return bars.loc[(days >= request.start) & (days <= request.end)].reset_index(drop=True)
+    flat = bars["high"].eq(bars["low"]) & bars["open"].eq(bars["close"]) & bars["high"].eq(bars["close"])
+    by_ticker = pd.DataFrame({"ticker": bars["ticker"], "no_range": flat, "no_volume": bars["volume"].eq(0)})
+    absent = by_ticker.groupby("ticker").all()
+    needs_range = bool({"open", "high", "low"} & set(feature_set.input_columns))
+    needs_volume = "volume" in feature_set.input_columns
+    problems = []
+    if needs_range and absent["no_range"].any():
+        problems.append(("open, high and low", sorted(absent.index[absent["no_range"]])))
+    if needs_volume and absent["no_volume"].any():
+        problems.append(("volume", sorted(absent.index[absent["no_volume"]])))
+    if problems:
+        have = {"close"} | ({"open", "high", "low"} if not absent["no_range"].any() else set()) | (
+            {"volume"} if not absent["no_volume"].any() else set())
+        fits = [name for name in feature_set_names() if set(get_feature_set(name).input_columns) <= have]
+        missing = "; ".join(f"{what} (ticker(s) {', '.join(tickers[:5])}{' ...' if len(tickers) > 5 else ''})"
+                            for what, tickers in problems)
+        raise IngestionError(f"feature set {feature_set.name!r} needs columns these bars do not have: {missing}; "
+                             f"use feature_set={' or '.join(repr(f) for f in fits)}")
+
+
+def _in_sessions(stamps: pd.Series, request: IngestionRequest) -> np.ndarray:
+    calendar = request.market_time.exchange
+    lo, hi = calendar.session_range(request.first_session, request.last_session)
+    sessions = request.market_time.session_indices(stamps)
+    return (sessions >= lo) & (sessions < hi)
+
+
+def bars_in_range(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame:
+    """The bars of the requested sessions, the ones stored beside the features.
+
+    History fetched before the first session only fills feature windows; it is stored by the run
+    that asks for its own sessions.
+    """
+    return bars.loc[_in_sessions(bars["ts"], request)].reset_index(drop=True)
 
 
 def bars_group_name(feature_group: str) -> str:
@@ -217,8 +462,29 @@ class IngestionResult:
     bars_written_offline: int = 0
 
 
+def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time: MarketTime,
+                        version: int = 1) -> None:
+    """Create ``store``'s group declaring ``market_time``, or check that it declared the same.
+
+    Raises
+    ------
+    StaleStoreError
+        The group was written before the calendar time rule.
+    IngestionError
+        The group declares another calendar or bar size.
+    """
+    stored = group_market_time(store)
+    if stored is None:
+        store.create_group(FeatureGroupSchema.for_features(list(columns), version=version,
+                                                           parameters=market_time.to_json()))
+    elif stored != market_time:
+        raise IngestionError(f"feature group {store.feature_group!r} holds {stored.describe()}, not "
+                             f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead")
+
+
 def write_features(features: pd.DataFrame, settings: Settings | None = None,
-                   feature_group: str | None = None, *, bars: pd.DataFrame | None = None) -> IngestionResult:
+                   feature_group: str | None = None, *, bars: pd.DataFrame | None = None,
+                   market_time: MarketTime | None = None) -> IngestionResult:
     """Write to the offline store, then the online store, as one unit.
 
     The offline writes (features, then ``bars`` into the bars group) are one atomic commit each. If
@@ -238,11 +504,18 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
         Default: ``settings.feature_group``.
     bars : DataFrame, optional
         Validated bars to store in ``<feature group>_bars`` (see :func:`bars_in_range`).
+    market_time : MarketTime, optional
+        The calendar and bar size the rows are stamped by (default: XNYS daily); declared by a new
+        group, checked against an existing one.
     """
     settings = settings or get_settings()
+    market_time = market_time or MarketTime()
     group = feature_group or settings.feature_group
     offline = make_offline_store(settings, group)
     bar_store = make_offline_store(settings, bars_group_name(group)) if bars is not None else None
+    declare_market_time(offline, [c for c in features.columns if c not in ("ticker", "event_time")], market_time)
+    if bar_store is not None:
+        declare_market_time(bar_store, STORED_BAR_COLUMNS, market_time)
     online = make_online_store(settings, group)
     sagemaker_group = make_sagemaker_feature_group(settings, group)
     commit = offline.write(features)
@@ -275,10 +548,25 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
     )
 
 
-def ingest(request: IngestionRequest, settings: Settings | None = None) -> IngestionResult:
+def drop_feature_group(group: str, settings: Settings | None = None, *, dry_run: bool = False) -> list[str]:
+    """Delete a feature group, its bars group and its online records; what went (or would go), one line each."""
+    settings = settings or get_settings()
+    gone = []
+    for name in (group, bars_group_name(group)):
+        keys = make_offline_store(settings, name).drop(dry_run=dry_run)
+        gone.append(f"offline group {name!r}: {len(keys)} file(s)")
+    if dry_run:
+        gone.append(f"online records of {group!r}")
+    else:
+        gone.append(f"online records of {group!r}: {make_online_store(settings, group).delete_group()}")
+    return gone
+
+
+def ingest(request: IngestionRequest, settings: Settings | None = None, *, now: object = None) -> IngestionResult:
     """Fetch, compute and write in one process (the CLI's path; the DAG runs the steps as tasks)."""
-    bars = fetch_bars(request)
-    return write_features(compute_features(bars, request), settings, bars=bars_in_range(bars, request))
+    bars = fetch_bars(request, now=now)
+    return write_features(compute_features(bars, request), settings, bars=bars_in_range(bars, request),
+                          market_time=request.market_time)
 
 
 def stage_frame(frame: pd.DataFrame, path: Path) -> str:
@@ -288,3 +576,4 @@ def stage_frame(frame: pd.DataFrame, path: Path) -> str:
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return str(path)
+

@@ -363,6 +363,9 @@ class FeatureGroupSchema:
         Schema version, e.g. the feature set's version.
     created_time : Timestamp, optional
         When the group was created; set by the store.
+    parameters : dict of str to str, optional
+        What a writer declares about the group as a whole, kept in its manifest (ingestion
+        records the market time its stamps follow: calendar, bar size, time rule).
 
     Examples
     --------
@@ -374,6 +377,7 @@ class FeatureGroupSchema:
     features: dict[str, str]
     version: int = 1
     created_time: pd.Timestamp | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
     record_identifier: str = field(default=RECORD_IDENTIFIER, init=False)
     event_time_name: str = field(default=EVENT_TIME, init=False)
 
@@ -393,9 +397,13 @@ class FeatureGroupSchema:
             raise ValueError(f"version={self.version!r} must be an integer >= 1")
         if self.created_time is not None:
             object.__setattr__(self, "created_time", utc_timestamp(self.created_time, "created_time"))
+        if not isinstance(self.parameters, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.parameters.items()):
+            raise ValueError(f"parameters={self.parameters!r} must be a dict of str to str")
 
     @classmethod
-    def for_features(cls, names: Sequence[str], *, version: int = 1) -> FeatureGroupSchema:
+    def for_features(cls, names: Sequence[str], *, version: int = 1,
+                     parameters: dict[str, str] | None = None) -> FeatureGroupSchema:
         """A schema of ``float64`` features named ``names``, in that order."""
         if isinstance(names, str):
             raise TypeError(f"names={names!r} must be a sequence of feature names, not one string")
@@ -403,7 +411,7 @@ class FeatureGroupSchema:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"feature names {repeated} appear more than once")
-        return cls({name: "float64" for name in names}, version=version)
+        return cls({name: "float64" for name in names}, version=version, parameters=dict(parameters or {}))
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -419,6 +427,7 @@ class FeatureGroupSchema:
             "features": [{"name": n, "dtype": d} for n, d in self.features.items()],
             "schema_version": self.version,
             "created_time": None if self.created_time is None else _iso(self.created_time),
+            "parameters": dict(self.parameters),
         }
 
     @classmethod
@@ -427,6 +436,7 @@ class FeatureGroupSchema:
             {f["name"]: f["dtype"] for f in data["features"]},
             version=data["schema_version"],
             created_time=data["created_time"],
+            parameters=dict(data.get("parameters") or {}),
         )
 
 
@@ -727,6 +737,21 @@ class OfflineStore:
             created = replace(schema, created_time=pd.Timestamp.now(tz="UTC"))
             self._commit(replace(manifest, schema=created))
             return created
+
+    def drop(self, *, dry_run: bool = False) -> list[str]:
+        """Delete the whole group; returns the keys it deleted (or would, with ``dry_run``).
+
+        The manifest goes first, in one step, so readers see an empty group at once; the data
+        files follow (a crash between leaves unreferenced files that a later write vacuums).
+        """
+        with self.fs.lock(self._key(".lock")):
+            keys = [k for k in self.fs.list(self.feature_group) if not k.endswith("/.lock")]
+            if dry_run:
+                return keys
+            manifest = [k for k in keys if k == self._manifest_key]
+            for key in [*manifest, *(k for k in keys if k != self._manifest_key)]:
+                self.fs.delete(key)
+        return keys
 
     def _check_same_schema(self, stored: FeatureGroupSchema, wanted: FeatureGroupSchema) -> None:
         if not stored.same_features(wanted):

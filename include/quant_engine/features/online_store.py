@@ -84,6 +84,10 @@ class OnlineStore(Protocol):
         """Context manager: every ``put`` inside takes effect together or not at all."""
         ...
 
+    def delete_group(self) -> int:
+        """Delete every record of this feature group; return how many went."""
+        ...
+
 
 # --- validation shared by both backends --------------------------------------------------------
 
@@ -333,6 +337,12 @@ class SQLiteOnlineStore:
             self._conn.rollback()
             raise
 
+    def delete_group(self) -> int:
+        """Delete every row of this feature group; returns how many went."""
+        with self.transaction():
+            return self._conn.execute("DELETE FROM online_features WHERE feature_group = ?",
+                                      (self.feature_group,)).rowcount
+
     def put(self, frame: pd.DataFrame) -> int:
         """Upsert each ticker's latest row where it is newer than (or corrects) the stored one, atomically.
 
@@ -556,6 +566,19 @@ class DynamoDBOnlineStore:
                 log.info("not undoing %s: a newer write replaced it meanwhile", record_id)
             except Exception:  # keep undoing the rest; the caller re-raises the original error
                 log.exception("could not undo the online write of %s", record_id)
+
+    def delete_group(self) -> int:
+        """Delete every item of this feature group (a scan of the table: a rare, administrative act)."""
+        deleted = 0
+        with self._table_errors():
+            pages = self._client.get_paginator("scan").paginate(
+                TableName=self.table_name, FilterExpression="feature_group = :g",
+                ExpressionAttributeValues={":g": {"S": self.feature_group}}, ProjectionExpression="record_id")
+            for page in pages:
+                for item in page.get("Items", []):
+                    self._client.delete_item(TableName=self.table_name, Key={"record_id": item["record_id"]})
+                    deleted += 1
+        return deleted
 
     def put(self, frame: pd.DataFrame) -> int:
         """Conditionally put each ticker's latest row; all undone if any put fails.

@@ -298,7 +298,9 @@ def run_drift_check(
     DriftCheckResult
         ``retrain`` is True when the verdict is anything but ``"none"``.
     """
-    from quant_engine.data.sources import make_source
+    from quant_engine.calendars import MarketTime
+    from quant_engine.data.sources import source_on
+    from quant_engine.features.ingest import group_market_time
     from quant_engine.monitoring.alarms import drift_alarm, drift_metrics
     from quant_engine.monitoring.concept_drift import (
         VolRegimeTracker,
@@ -334,7 +336,8 @@ def run_drift_check(
                          "run the batch scorer on the window first")
     tickers = sorted(predictions["ticker"].unique())
     options = {"path": source_path} if source in ("csv", "parquet") else {}
-    bars = make_source(source, **options).fetch(tickers, start - pd.Timedelta(days=_VOL_HISTORY_DAYS), end)
+    market_time = group_market_time(make_offline_store(settings)) or MarketTime()
+    bars = source_on(source, market_time, **options).fetch(tickers, start - pd.Timedelta(days=_VOL_HISTORY_DAYS), end)
     joined = join_labels(predictions, label.labels(bars), now=end)
     concept = evaluate_quality(joined, quality, confidence=confidence)
 

@@ -166,7 +166,7 @@ class BacktestResult:
         """Fraction of bets whose direction was right; NaN when the strategy never bet."""
         return self.hits / self.bets if self.bets else math.nan
 
-    def summary(self, periods_per_year: int = PERIODS_PER_YEAR) -> dict[str, float]:
+    def summary(self, periods_per_year: float = PERIODS_PER_YEAR) -> dict[str, float]:
         """Headline metrics, annualised with ``periods_per_year``; see :func:`performance_summary`."""
         return performance_summary(self, periods_per_year)
 
@@ -253,7 +253,7 @@ def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: flo
     )
 
 
-def performance_summary(result: BacktestResult, periods_per_year: int = PERIODS_PER_YEAR) -> dict[str, float]:
+def performance_summary(result: BacktestResult, periods_per_year: float = PERIODS_PER_YEAR) -> dict[str, float]:
     """Annualised Sharpe and Sortino, max drawdown, hit rate, turnover and returns of a backtest.
 
     ``turnover`` is the mean one-way turnover per bar; ``annual_turnover`` scales it by

@@ -19,7 +19,9 @@ Run folder
 ``predictions/trial=<t>/split=<s>.parquet``
     Test predictions of one model. See :func:`run_split`.
 ``dataset.json``
-    The dataset's summary (rows, tickers, first and last ``ts``, rows per group).
+    The dataset's summary (rows, tickers, first and last ``ts``, rows per group) and its
+    ``annualisation``: the group's calendar and bar size, sessions a year x bars a session, the
+    factor every annualised figure of the run uses.
 ``paths.parquet``, ``paths.json``, ``statistics.json``
     Per-path daily portfolio series of every trial, each path's metrics, and the statistics over
     them. See :func:`assemble` and :func:`statistics`.
@@ -494,14 +496,16 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
     import pandas as pd
 
     from quant_engine.config import make_offline_store
-    from quant_engine.data.sources import make_source
+    from quant_engine.data.sources import source_on
     from quant_engine.features.definitions import get_feature_set
+    from quant_engine.features.ingest import group_market_time
 
     settings = settings or get_settings()
     run_dir = Path(run_dir)
     first, last = config.start, config.end + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
     store = make_offline_store(settings)
-    if store.schema is None:
+    market_time = group_market_time(store)
+    if market_time is None:
         raise WfoConfigError(
             f"the offline store (feature group {store.feature_group!r} under {settings.offline_store_dir}) is "
             "empty; run the market_data_ingestion DAG or `quant-engine ingest` first"
@@ -522,7 +526,7 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
     options = {"path": config.source_path} if config.source in ("csv", "parquet") else {}
     history = pd.Timedelta(days=math.ceil(config.label.history_bars * 1.5) + 7 if config.label.history_bars else 0)
     try:
-        bars = make_source(config.source, **options).fetch(tickers, first - history, last)
+        bars = source_on(config.source, market_time, **options).fetch(tickers, first - history, last)
     except ValueError as exc:
         raise WfoConfigError(f"source {config.source!r} cannot serve the labels' prices: {exc}") from None
     labels = config.label.labels(bars)
@@ -570,6 +574,7 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
         "features": names,
         "group_rows": sizes.tolist(),
         "positive_label_share": float(dataset["label"].mean()),
+        "annualisation": market_time.annualisation(pd.Timestamp(dataset["ts"].iloc[-1]).year),
     }
     write_json(run_dir / "dataset.json", summary)
     log.info("dataset: %d rows, %d tickers, %s .. %s", summary["rows"], len(summary["tickers"]),
@@ -790,6 +795,7 @@ def assemble(run_dir: Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     config, plan_ = load_config(run_dir), load_plan(run_dir)
+    periods_per_year = periods_per_year_of(run_dir)
     path_map = np.asarray(plan_["paths"])
     group_sizes = np.array([g["rows"] for g in plan_["groups"]])
     series, summaries = [], []
@@ -809,10 +815,16 @@ def assemble(run_dir: Path) -> dict[str, Any]:
                 "cost": result.costs.to_numpy(), "turnover": result.turnover.to_numpy(),
                 "exposure": result.exposure.to_numpy(),
             }))
-            summaries.append({"trial": trial_id, "path": p, **result.summary()})
+            summaries.append({"trial": trial_id, "path": p, **result.summary(periods_per_year)})
     write_parquet(pd.concat(series, ignore_index=True), run_dir / "paths.parquet")
     write_json(run_dir / "paths.json", summaries)
     return {"paths": len(summaries), "trials": len(config.trials)}
+
+
+def periods_per_year_of(run_dir: Path) -> float:
+    """Bars a year of the run's data (its calendar's sessions a year x bars a session), from ``dataset.json``."""
+    summary = json.loads((Path(run_dir) / "dataset.json").read_text())
+    return float(summary["annualisation"]["periods_per_year"])
 
 
 # --- the whole pipeline in one process -----------------------------------------------------------
@@ -859,8 +871,9 @@ PBO_BLOCKS = 16
 def statistics(run_dir: Path) -> dict[str, Any]:
     """Per-trial path Sharpes, the selected trial, PBO, PSR and deflated Sharpe; write ``statistics.json``.
 
-    * A trial's score is the mean over paths of the paths' annualised Sharpe ratios; the best
-      score is the *selected* trial.
+    * A trial's score is the mean over paths of the paths' annualised Sharpe ratios (annualised
+      with the calendar's bars a year, ``dataset.json``'s ``annualisation``); the best score is the
+      *selected* trial.
     * Each trial's daily return series is the **mean over its paths** (every path is an
       out-of-sample history of the same days, so their mean is the trial's expected daily return
       across the CPCV resamplings). Those series, one column per trial, are the ``T x n_trials``
@@ -882,6 +895,7 @@ def statistics(run_dir: Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     config = load_config(run_dir)
+    periods_per_year = periods_per_year_of(run_dir)
     path_rows = json.loads((run_dir / "paths.json").read_text())
     paths = pd.read_parquet(run_dir / "paths.parquet", columns=["trial", "path", "ts", "return"])
     wide = paths.pivot(index="ts", columns=["trial", "path"], values="return").sort_index()
@@ -900,7 +914,7 @@ def statistics(run_dir: Path) -> dict[str, Any]:
             "path_sharpes": sharpes.tolist(),
             "mean_path_sharpe": float(finite.mean()) if len(finite) else math.nan,
             "std_path_sharpe": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
-            "sharpe_of_mean": float(per_period[t] * math.sqrt(252)),
+            "sharpe_of_mean": float(per_period[t] * math.sqrt(periods_per_year)),
         })
     scores = np.array([t["mean_path_sharpe"] for t in trials])
     if not np.isfinite(scores).any():

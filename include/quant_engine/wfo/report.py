@@ -229,6 +229,7 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
         ("Splits / paths / trials", f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
         ("Data", f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
                  f"{len(report['data']['tickers'])} tickers"),
+        ("Bars and annualisation", annualisation_text(report["data"]["annualisation"])),
     ]
     trial_rows = [{"trial": t["trial"], **t["params"], "mean path Sharpe": t["mean_path_sharpe"],
                    "std path Sharpe": t["std_path_sharpe"], "Sharpe of mean path": t["sharpe_of_mean"]}
@@ -306,6 +307,14 @@ def latest_report(settings: Settings | None = None) -> Path:
     return found[-1].parent
 
 
+def annualisation_text(annualisation: Mapping[str, Any]) -> str:
+    """``1h bars on XNYS: 251.6 sessions a year x 6.98 bars a session = 1755.2 periods a year``."""
+    a = annualisation
+    return (f"{a['bar_size']} bars on {a['calendar']}: {a['sessions_per_year']:g} sessions a year x "
+            f"{a['bars_per_session']:g} bars a session = {a['periods_per_year']:g} periods a year "
+            f"(averaged over {a['years_averaged']} years)")
+
+
 def headline(report: Mapping[str, Any]) -> str:
     """The report's key numbers in a few lines, for logs and ``quant-engine wfo show``."""
     selected = report["trials"][report["selected_trial"]]
@@ -313,6 +322,7 @@ def headline(report: Mapping[str, Any]) -> str:
         f"WFO report {report['run_id']}: {report['n_splits']} splits, {report['n_paths']} paths, "
         f"{report['n_trials']} trials, data {report['data']['first_ts'][:10]} .. {report['data']['last_ts'][:10]}",
         f"  {report['setup']}",
+        f"  {annualisation_text(report['data']['annualisation'])}",
         f"  selected trial {report['selected_trial']} {json.dumps(report['selected_params'])}",
         f"  mean path Sharpe {_fmt(selected['mean_path_sharpe'], 2)} "
         f"(min {_fmt(min((p for p in selected['path_sharpes'] if p is not None), default=None), 2)}, "

@@ -21,7 +21,6 @@ from quant_engine.bridge.feed_client import DROP_REASONS, Backoff, FeedClient, F
 from quant_engine.bridge.feed_server import (
     DROP_REASON_OF_KIND,
     MALFORMED_KINDS,
-    SESSION_MS,
     FaultPlan,
     FeedServer,
     ReplayClock,
@@ -35,7 +34,7 @@ BARS = SyntheticMarket(n_tickers=3, seed=2, start="2024-01-01", end="2024-12-31"
 SCHEDULE = ReplaySchedule(BARS, ticks_per_bar=8, seed=1)
 ORDER = [t for _, t in SCHEDULE.ticks()]
 #: A session every quarter of a second: a tick per ticker about every 31 ms.
-FAST = SESSION_MS / 250
+FAST = 23_400_000 / 250  # a regular session (6.5 market hours) every quarter of a second
 TICKERS = ["SYN00", "SYN02"]
 
 

@@ -15,31 +15,33 @@ from websockets.asyncio.client import connect
 from quant_engine.bridge.feed_server import (
     DROP_REASON_OF_KIND,
     MALFORMED_KINDS,
-    SESSION_MS,
     FaultPlan,
     FeedServer,
     ReplayClock,
     ReplaySchedule,
     malformed_frame,
 )
+from quant_engine.bridge.bars import BarAggregator, BarClock
 from quant_engine.bridge.ticks import MarketHours, Tick
 from quant_engine.bridge.wire import FrameError, decode_frame, subscribe_message, unsubscribe_message
+from quant_engine.calendars import MarketTime
 from quant_engine.data.synthetic import SyntheticMarket
 
 MARKET = SyntheticMarket(n_tickers=4, seed=5, start="2024-01-01", end="2024-06-28")
-BARS = MARKET.fetch(None, "2024-03-04", "2024-03-29")
+BARS = MARKET.fetch(None, "2024-03-04", "2024-03-29")  # daylight saving starts on March 10 in New York
 #: Long enough that a replay at FAST speed outlasts any network test (about 20 s).
 LONG_BARS = MARKET.fetch(None, "2024-03-04", "2024-06-28")
-#: A session (6.5 market hours) every quarter of a second.
+#: A regular session (6.5 market hours) every quarter of a second.
+SESSION_MS = 23_400_000
 FAST = SESSION_MS / 250
+CLOCK = BarClock()
 
 
 def grouped(ticks: list[Tick]) -> dict[tuple[str, int], list[Tick]]:
-    """Ticks per (ticker, bar close), the close being the bar's post-market tick time."""
+    """Ticks per (ticker, bar close), the close found on the calendar."""
     sessions: dict[tuple[str, int], list[Tick]] = defaultdict(list)
     for tick in ticks:
-        close = tick.time_ms - tick.time_ms % 86_400_000 + 21 * 3_600_000
-        sessions[(tick.ticker, close)].append(tick)
+        sessions[(tick.ticker, CLOCK.locate(tick.time_ms).close_ms)].append(tick)
     return sessions
 
 
@@ -85,15 +87,47 @@ def test_tickers_interleave_in_time_and_each_ticker_moves_strictly_forward() -> 
         assert tick.time_ms > last.get(tick.ticker, 0)
         last[tick.ticker] = tick.time_ms
         assert schedule.position_of(tick.time_ms) == position
-    assert positions[-1] == schedule.length_ms == len(BARS["ts"].unique()) * SESSION_MS
+    assert positions[-1] == schedule.length_ms == len(BARS["ts"].unique()) * SESSION_MS  # no half day in March
 
 
 def test_a_days_ticks_do_not_depend_on_the_range_replayed() -> None:
     short = ReplaySchedule(MARKET.fetch(None, "2024-03-14", "2024-03-15"), ticks_per_bar=6, seed=9)
     long = ReplaySchedule(BARS, ticks_per_bar=6, seed=9)
-    day = pd.Timestamp("2024-03-15 21:00", tz="UTC").value // 1_000_000
+    day = pd.Timestamp("2024-03-15 20:00", tz="UTC").value // 1_000_000  # a summer-time close
     assert [t for _, t in short.ticks() if t.time_ms <= day and t.time_ms > day - SESSION_MS] == \
            [t for _, t in long.ticks() if t.time_ms <= day and t.time_ms > day - SESSION_MS]
+
+
+def test_sessions_follow_the_calendar_across_daylight_saving_and_a_half_day() -> None:
+    bars = SyntheticMarket(n_tickers=2, seed=5, start="2024-11-01", end="2024-12-31").fetch(
+        None, "2024-11-01", "2024-11-29")  # DST ends on November 3; November 28 is a holiday, 29 a half day
+    played = [t for _, t in ReplaySchedule(bars, ticks_per_bar=4).ticks()]
+    post = sorted({pd.Timestamp(t.time_ms, unit="ms", tz="UTC") for t in played
+                   if t.market_hours == MarketHours.POST_MARKET})
+    assert post[:2] == [pd.Timestamp("2024-11-01 20:00Z"), pd.Timestamp("2024-11-04 21:00Z")]
+    assert post[-1] == pd.Timestamp("2024-11-29 18:00Z") and len(post) == bars["ts"].nunique()
+    first_tick = min(t.time_ms for t in played if pd.Timestamp(t.time_ms, unit="ms").day == 29)
+    assert pd.Timestamp("2024-11-29 14:30Z").value // 10**6 < first_tick <= post[-1].value // 10**6
+
+
+@pytest.mark.parametrize(("calendar", "bar_size", "start", "end"),
+                         [("XNYS", "1h", "2019-07-01", "2019-07-05"), ("24/5", "1h", "2020-01-02", "2020-01-07"),
+                          ("XNYS", "5m", "2019-11-27", "2019-11-29")])
+def test_intraday_replay_gives_back_each_stored_bar_through_the_bridges_aggregator(calendar, bar_size, start,
+                                                                                  end) -> None:
+    market_time = MarketTime(calendar, bar_size)
+    sessions = market_time.exchange.session_range(start, end)
+    first_open, last_close = (pd.Timestamp(int(t), tz="UTC") for t in (
+        market_time.exchange.open_ns[sessions[0]], market_time.exchange.close_ns[sessions[1] - 1]))
+    bars = SyntheticMarket(n_tickers=3, seed=2, freq=bar_size, calendar=calendar, start=start, end=end).fetch(
+        None, first_open, last_close)
+    schedule = ReplaySchedule(bars, market_time=market_time, ticks_per_bar=5, seed=1)
+    aggregator = BarAggregator(clock=BarClock(market_time))
+    closed = [bar for _, tick in schedule.ticks() for bar in aggregator.on_tick(decode_frame(_encode(tick)))]
+    rebuilt = pd.DataFrame([{**b.as_record(), "origin": b.origin} for b in closed])
+    assert set(rebuilt["origin"]) == {"feed"} and len(rebuilt) == len(bars)
+    pd.testing.assert_frame_equal(rebuilt.drop(columns="origin").sort_values(["ticker", "ts"]).reset_index(drop=True),
+                                  bars.reset_index(drop=True), check_dtype=False)
 
 
 @pytest.mark.parametrize("timeline", ["sessions", "calendar"])
@@ -108,9 +142,14 @@ def test_schedule_refuses_what_it_cannot_replay_exactly() -> None:
     with pytest.raises(ValueError, match="ticks_per_bar=3"):
         ReplaySchedule(BARS, ticks_per_bar=3)
     fine = BARS.copy()
-    fine.loc[0, ["open", "high"]] = [fine.loc[0, "open"] + 0.001, fine.loc[0, "high"] + 0.001]
+    fine.loc[0, ["open", "high"]] = [round(fine.loc[0, "open"] + 0.001, 3), round(fine.loc[0, "high"] + 0.001, 3)]
     with pytest.raises(ValueError, match="more than 2 decimals"):
-        ReplaySchedule(fine)
+        ReplaySchedule(fine, price_hint=2)
+    assert ReplaySchedule(BARS).price_hint == 2 and ReplaySchedule(fine).price_hint == 3  # the data says
+    off_calendar = BARS.copy()
+    off_calendar.loc[0, "ts"] = pd.Timestamp("2024-03-04 21:30Z")
+    with pytest.raises(ValueError, match="is not a bar close of 1d bars on the XNYS calendar"):
+        ReplaySchedule(off_calendar)
     fractional = BARS.copy()
     fractional.loc[1, "volume"] = 10.5
     with pytest.raises(ValueError, match="fractional volume"):
@@ -245,8 +284,8 @@ def test_feed_serve_command_reads_its_bars_from_either_source() -> None:
     with pytest.raises(ValueError, match="run `quant-engine ingest` first"):
         _load_bars(args)
     ingest(IngestionRequest.build("synthetic", "2024-03-04", "2024-03-08", tickers="SYN01"))
-    stored = _load_bars(args)
-    synthetic = _load_bars(parser.parse_args(["feed", "serve", "--tickers", "SYN01", "--start", "2024-03-04",
-                                              "--end", "2024-03-08"]))
+    stored, stored_time = _load_bars(args)
+    synthetic, synthetic_time = _load_bars(parser.parse_args(["feed", "serve", "--tickers", "SYN01", "--start",
+                                                              "2024-03-04", "--end", "2024-03-08"]))
     pd.testing.assert_frame_equal(stored, synthetic)
-    assert len(stored) == 5
+    assert len(stored) == 5 and stored_time == synthetic_time == MarketTime("XNYS", "1d")
