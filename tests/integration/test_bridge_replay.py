@@ -15,9 +15,7 @@ over three tickers, so each test takes seconds.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,32 +23,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from websockets.asyncio.client import connect
 
-from quant_engine.bridge.feed_server import (
-    DROP_REASON_OF_KIND,
-    MALFORMED_KINDS,
-    FaultPlan,
-    FeedServer,
-    ReplayClock,
-    ReplaySchedule,
-)
+from quant_engine.bridge.feed_server import DROP_REASON_OF_KIND, MALFORMED_KINDS, FaultPlan
 from quant_engine.bridge.history import BarHistory
-from quant_engine.bridge.service import BridgeService, build_model
-from quant_engine.bridge.settings import BridgeSettings
-from quant_engine.bridge.state import StateHandler
-from quant_engine.config import get_settings, make_model_registry, make_offline_store
+from quant_engine.config import make_model_registry, make_offline_store
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.scoring import BATCH_SOURCE, prediction_log, score_batch
 from quant_engine.training.registry import ModelMetadata
 
+from bridge_harness import SESSION_WALL_S, run_bridge
+
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 REPLAY_START, REPLAY_END = "2021-04-01", "2021-04-16"  # 11 sessions: Good Friday, April 2, is closed
 #: The reliability replay is longer, so its ten outages (about 5.5 s) end well before it does.
 LONG_REPLAY_END = "2021-05-07"  # 26 sessions
-SESSION_WALL_S = 0.3
-SPEED = 23_400 / SESSION_WALL_S  # market ms per wall ms: a 6.5 h session in SESSION_WALL_S
 
 
 @pytest.fixture
@@ -76,56 +63,6 @@ def replay_bars(end: str) -> pd.DataFrame:
     """The stored bars from REPLAY_START to ``end``: what the feed replays."""
     return BarHistory.from_settings().read(TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"),
                                            pd.Timestamp(end, tz="UTC") + pd.Timedelta(days=1))
-
-
-async def run_bridge(replay: pd.DataFrame, *, faults: FaultPlan | None = None, ticks_per_bar: int = 6,
-                     disrupt: Callable[[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]], Awaitable[None]]
-                     | None = None) -> tuple[list[dict], BridgeService]:
-    """Replay ``replay`` through a feed server into a bridge; return what a subscriber received."""
-    schedule = ReplaySchedule(replay, ticks_per_bar=ticks_per_bar, seed=1)
-    clock = ReplayClock(time.time() + 0.6, SPEED)  # the first tick comes once everyone is connected
-    feed = await FeedServer(schedule, clock, port=0, faults=faults).start()
-    port = feed.port
-    servers = [feed]
-
-    async def kill() -> None:
-        await servers[-1].stop()
-
-    async def restart() -> None:
-        servers.append(await FeedServer(schedule, clock, port=port, faults=faults).start())
-
-    engine, settings = get_settings(), BridgeSettings(port=0, tokens=("tok",), feed_url=feed.url, log_batch=10_000)
-    handler = StateHandler(get_feature_set("default"), build_model(settings, engine),
-                           history=BarHistory.from_settings(engine),
-                           prediction_log=prediction_log(make_model_registry()),
-                           log_batch=settings.log_batch)
-    service = BridgeService(settings, handler, tuple(TICKERS),
-                            feed_options={"backoff_initial_s": 0.02, "backoff_max_s": 0.1, "seed": 7,
-                                          "stable_after_s": 0.05})
-    stop, started = asyncio.Event(), asyncio.Event()
-    running = asyncio.create_task(service.run(stop, started))
-    await started.wait()
-    received: list[dict] = []
-    async with connect(f"ws://127.0.0.1:{service.port}/?token=tok") as ws:
-        await ws.send(json.dumps({"subscribe": ["*"]}))
-        await ws.recv()
-        disruption = asyncio.create_task(disrupt(kill, restart)) if disrupt else None
-        deadline = time.monotonic() + 30
-        while len(received) < len(replay) and time.monotonic() < deadline:
-            try:
-                received.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
-            except TimeoutError:
-                continue
-        if disruption is not None:
-            await disruption
-        try:  # anything beyond the expected bars would be a duplicate: give it a moment to show up
-            received.append(json.loads(await asyncio.wait_for(ws.recv(), 3 * SESSION_WALL_S)))
-        except TimeoutError:
-            pass
-    stop.set()
-    await running
-    await servers[-1].stop()
-    return received, service
 
 
 def assert_parity(received: list[dict], stored: dict[str, object], replay: pd.DataFrame) -> None:
