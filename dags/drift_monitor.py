@@ -57,10 +57,6 @@ RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
                                                   "drifted (one alone is noise a stationary market shows)."),
         "confidence": Param(0.99, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
                             description="Level of the quality metrics' bounds against the holdout."),
-        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "csv", "parquet", "yfinance"],
-                        description="Where the labels' prices come from; empty: the source the model was trained on."),
-        "source_path": Param(None, type=["null", "string"],
-                             description="File or folder for csv / parquet; empty: the training run's."),
     },
     doc_md=__doc__,
 )
@@ -101,7 +97,6 @@ def drift_monitor():
                 comparison_threshold=params["comparison_threshold"], psi_threshold=params["psi_threshold"],
                 wasserstein_threshold=params["wasserstein_threshold"],
                 min_drifted_features=params["min_drifted_features"], confidence=params["confidence"],
-                source=params["source"], source_path=params["source_path"],
             )
         print(f"verdict {result.verdict} for {result.model_name} {result.model_version}; report in {result.report_dir}")
         return result.to_dict()

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
 
-#: Data sources a dataset's labels can be priced from (``quant_engine.data.sources.SOURCE_NAMES``;
-#: spelled out so parsing a DAG never imports the library's data stack).
+#: Data sources ingestion reads (``quant_engine.data.sources.SOURCE_NAMES``; spelled out so parsing a
+#: DAG never imports the library's data stack).
 SOURCES = ["synthetic", "csv", "parquet", "yfinance"]
 #: Feature sets (``quant_engine.features.definitions.feature_set_names()``), spelled out likewise.
 FEATURE_SETS = ["default", "extended", "close_only", "ohlc"]
@@ -65,10 +65,6 @@ def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
     return {
         "tickers": Param(defaults["tickers"], type=["null", "string"],
                          description="Comma-separated tickers; empty means every ticker in the offline store."),
-        "source": Param(defaults["source"], type="string", enum=SOURCES,
-                        description="Where the labels' prices come from: the source the store was ingested from."),
-        "source_path": Param(defaults["source_path"], type=["null", "string"],
-                             description="File or folder for csv / parquet."),
         "feature_set": Param(defaults["feature_set"], type="string", enum=FEATURE_SETS,
                              description="Features joined from the store."),
         "label_kind": Param(defaults["label_kind"], type="string", enum=["fixed", "triple_barrier"],

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import FaultPlan, FeedServer, ReplayClock, ReplaySchedule
-from quant_engine.bridge.history import BarHistory
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler

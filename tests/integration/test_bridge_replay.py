@@ -25,7 +25,7 @@ import pytest
 import xgboost as xgb
 
 from quant_engine.bridge.feed_server import DROP_REASON_OF_KIND, MALFORMED_KINDS, FaultPlan
-from quant_engine.bridge.history import BarHistory
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.config import make_model_registry, make_offline_store
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest

@@ -39,7 +39,7 @@ def champion_on(home: Path, *, shifted: bool) -> str:
     ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path)))
     folder = home / "training"
     summary = build_training_set(TrainingSetConfig.from_params(
-        {"start": "2020-06-01", "end": "2021-12-31", "source": "parquet", "source_path": str(path)}), folder)
+        {"start": "2020-06-01", "end": "2021-12-31"}), folder)
     features = summary["features"]
     train, holdout = pd.read_parquet(folder / "train" / "train.parquet"), pd.read_parquet(folder / "holdout.parquet")
     xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},

@@ -17,7 +17,7 @@ import xgboost as xgb
 
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import ReplaySchedule
-from quant_engine.bridge.history import BarHistory
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler

@@ -45,8 +45,7 @@ def build_champion(home: Path, *, shifted: bool, seed: int = 3) -> str:
     path = home / "bars.parquet"
     market.fetch(None, "2019-01-01", "2022-06-30").to_parquet(path)
     ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path)))
-    config = TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31", "source": "parquet",
-                                            "source_path": str(path)})
+    config = TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31"})
     folder = home / "training"
     summary = build_training_set(config, folder)
     features = summary["features"]

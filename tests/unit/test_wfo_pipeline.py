@@ -106,8 +106,7 @@ def test_null_parameters_take_defaults() -> None:
     ({"label_target": "relative"}, "label_target='relative' is not a label target; use one of absolute, excess"),
     ({"label_kind": "triple_barrier", "label_target": "excess"},
      "label_target='excess' needs label_kind='fixed', not 'triple_barrier'"),
-    ({"source": "bloomberg"}, "source='bloomberg' is not a data source"),
-    ({"source": "csv"}, "source='csv' needs source_path"),
+    ({"source": "csv"}, r"unknown parameter\(s\) \['source'\]"),  # labels come from the stored bars
     ({"feature_set": "fancy"}, "no feature set 'fancy'"),
     ({"tickers": [1, 2]}, "tickers=.* must be a comma-separated string or a list"),
     ({"trials": []}, "trials must be a non-empty list"),
@@ -174,14 +173,15 @@ def test_excess_labels_compare_each_ticker_with_the_mean_of_all(settings: Settin
 
 
 def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
-    config = WfoConfig.from_params({**SMALL, "label_kind": "triple_barrier", "label_target": "absolute", "horizon": 10,
-                                    "sl_mult": None})
+    config = WfoConfig.from_params({**SMALL, "start": "2020-03-02", "label_kind": "triple_barrier",
+                                    "label_target": "absolute", "horizon": 10, "sl_mult": None})
     build_dataset(config, tmp_path, settings)
     data = load_dataset(tmp_path)
     nyse = MarketTime("XNYS", "1d")
     span = nyse.session_indices(data["t1"]) - nyse.session_indices(data["ts"])
     assert span.min() >= 1 and span.max() <= 10  # settled within 10 sessions, whatever weekends and holidays lie between
-    assert data["ts"].min() < pd.Timestamp("2020-01-10", tz="UTC")  # volatility history fetched before start
+    # the 20-bar volatility window of the first rows reads stored bars from before start
+    assert data["ts"].min() == pd.Timestamp("2020-03-02 21:00", tz="UTC")
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -52,7 +52,7 @@ ORIGINS: tuple[str, ...] = ("feed", "stored", "partial", "backfill")
 
 
 class BarSource(Protocol):
-    """Stored bars: :class:`quant_engine.bridge.history.BarHistory` or anything with its ``between``."""
+    """Stored bars: :class:`quant_engine.features.bar_history.BarHistory` or anything with its ``between``."""
 
     def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Bars of ``ticker`` with ``start <= ts <= end``: ``ticker, ts, open, high, low, close, volume``."""

@@ -81,7 +81,7 @@ def _load_bars(args: argparse.Namespace):  # noqa: ANN202 - pandas is imported l
     if end < start:
         raise ValueError(f"--end {end.date()} is before --start {start.date()}")
     if args.source == "store":
-        from quant_engine.bridge.history import BarHistory
+        from quant_engine.features.bar_history import BarHistory
 
         history = BarHistory.from_settings()
         if args.calendar or args.bar_size:

@@ -16,7 +16,7 @@ objects for as long as it lives. Unlike yfinance's ``AsyncWebSocket`` it never g
   ticker's last tick again).
 
 Ticks lost while disconnected stay lost, as on any live feed; the bridge backfills whole bars
-from the offline store (:class:`~quant_engine.bridge.history.BarHistory`). The per-ticker order
+from the offline store (:class:`~quant_engine.features.bar_history.BarHistory`). The per-ticker order
 check outlives reconnects, so nothing already handed on comes back after one; a feed restarted
 *earlier* in time is dropped as ``time_backwards`` until it passes the last tick handed on.
 """

@@ -294,7 +294,7 @@ def configure_json_logging(level: int = logging.INFO) -> None:
 
 def build_service(settings: BridgeSettings | None = None, engine: Settings | None = None) -> BridgeService:
     """A service wired from the environment: model, stored history, prediction log, tickers."""
-    from quant_engine.bridge.history import BarHistory
+    from quant_engine.features.bar_history import BarHistory
     from quant_engine.features.definitions import get_feature_set
     from quant_engine.monitoring.scoring import prediction_log
 

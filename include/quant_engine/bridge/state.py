@@ -2,7 +2,7 @@
 
 Per ticker it keeps a :class:`~quant_engine.features.definitions.StreamingFeatureState` (the same
 feature definitions the offline store was computed with), warmed up from the stored bars
-(:class:`~quant_engine.bridge.history.BarHistory`) on the ticker's first tick, so the first live bar
+(:class:`~quant_engine.features.bar_history.BarHistory`) on the ticker's first tick, so the first live bar
 already has every feature. Bars come from :class:`~quant_engine.bridge.bars.BarAggregator`
 (exactly once, gaps backfilled). All bars that close on one batch of ticks go through
 :meth:`StreamingFeatureState.update_many` and one model call.

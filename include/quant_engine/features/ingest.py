@@ -13,7 +13,7 @@ interval; a range without a session (a holiday) is :class:`NoSessionToIngest`, a
 Beside the features, the bars they were computed from go to a second offline group,
 ``<feature group>_bars`` (one row per bar, ``event_time`` = the bar's ``ts``), in the same
 all-or-nothing unit: the live bridge warms up and backfills from them
-(:class:`quant_engine.bridge.history.BarHistory`) and the replay feed can replay them.
+(:class:`quant_engine.features.bar_history.BarHistory`) and the replay feed can replay them.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -155,9 +154,9 @@ class NoChampionError(ValueError):
     """The registry has no champion to score with or to monitor."""
 
 
-#: Calendar days of bars the volatility regime needs before the window: (20 + 252) bars, weekends,
-#: holidays (see :class:`~quant_engine.monitoring.concept_drift.VolRegimeTracker`'s defaults).
-_VOL_HISTORY_DAYS = math.ceil((20 + 252) * 1.5) + 7
+#: Bars of history the volatility regime needs before the window (see
+#: :class:`~quant_engine.monitoring.concept_drift.VolRegimeTracker`'s defaults).
+_VOL_HISTORY_BARS = 20 + 252
 #: Features plotted in the HTML report besides the drifted ones: the largest distances.
 TOP_FEATURES = 4
 
@@ -170,8 +169,8 @@ def champion(registry: ModelRegistry) -> ModelVersion:
     return registry.get(promotion.version)
 
 
-def label_config(record: ModelVersion) -> tuple[LabelConfig, str, str | None]:
-    """The fixed-horizon labels, source and source path the version was trained with.
+def label_config(record: ModelVersion) -> LabelConfig:
+    """The fixed-horizon labels the version was trained with.
 
     The drift check settles predictions exactly as training labelled rows, so quality is measured
     on the question the model was asked. Triple-barrier models are checked on fixed labels of the
@@ -181,7 +180,7 @@ def label_config(record: ModelVersion) -> tuple[LabelConfig, str, str | None]:
     dataset = dict(record.metadata.training.get("dataset", {}))
     label = LabelConfig(kind="fixed", horizon=int(dataset.get("horizon", 1)),
                         target=str(dataset.get("label_target", "excess")))
-    return label, str(dataset.get("source", "synthetic")), dataset.get("source_path")
+    return label
 
 
 def _new_rows(store: OfflineStore, record: ModelVersion) -> pd.DataFrame:
@@ -209,7 +208,7 @@ def readiness(model_name: str | None = None, *, min_new_rows: int = 100,
     settings = settings or get_settings()
     record = champion(make_model_registry(settings, model_name))
     rows = _new_rows(make_offline_store(settings), record)
-    label, _, _ = label_config(record)
+    label = label_config(record)
     stamps = np.sort(rows["event_time"].unique())
     matured = int((rows["event_time"] <= stamps[-1 - label.horizon]).sum()) if len(stamps) > label.horizon else 0
     return {
@@ -263,8 +262,6 @@ def run_drift_check(
     wasserstein_threshold: float | None = None,
     min_drifted_features: int = DEFAULT_MIN_DRIFTED_FEATURES,
     confidence: float = 0.99,
-    source: str | None = None,
-    source_path: str | None = None,
     settings: Settings | None = None,
 ) -> DriftCheckResult:
     """Judge the champion on the last ``window_days`` of stored data and write the report.
@@ -290,17 +287,13 @@ def run_drift_check(
         Features that must drift before the inputs count as drifted.
     confidence : float
         Level of the quality bounds.
-    source, source_path : str, optional
-        Where the labels' prices come from; default the source the version was trained on.
 
     Returns
     -------
     DriftCheckResult
         ``retrain`` is True when the verdict is anything but ``"none"``.
     """
-    from quant_engine.calendars import MarketTime
-    from quant_engine.data.sources import source_on
-    from quant_engine.features.ingest import group_market_time
+    from quant_engine.features.bar_history import BarHistory
     from quant_engine.monitoring.alarms import drift_alarm, drift_metrics
     from quant_engine.monitoring.concept_drift import (
         VolRegimeTracker,
@@ -325,9 +318,7 @@ def run_drift_check(
                         comparison_threshold=comparison_threshold, psi_threshold=psi_threshold,
                         wasserstein_threshold=wasserstein_threshold)
 
-    label, trained_source, trained_path = label_config(record)
-    source = source or trained_source
-    source_path = source_path if source_path is not None else (trained_path if source == trained_source else None)
+    label = label_config(record)
     predictions = prediction_log(registry).read()
     predictions = predictions[(predictions["model_version"] == record.version)
                               & predictions["ts"].between(start, end)]
@@ -335,9 +326,7 @@ def run_drift_check(
         raise ValueError(f"no logged prediction of {registry.name} {record.version} between {start} and {end}; "
                          "run the batch scorer on the window first")
     tickers = sorted(predictions["ticker"].unique())
-    options = {"path": source_path} if source in ("csv", "parquet") else {}
-    market_time = group_market_time(make_offline_store(settings)) or MarketTime()
-    bars = source_on(source, market_time, **options).fetch(tickers, start - pd.Timedelta(days=_VOL_HISTORY_DAYS), end)
+    bars = BarHistory.from_settings(settings).read(tickers, start, end, history_bars=_VOL_HISTORY_BARS)
     joined = join_labels(predictions, label.labels(bars), now=end)
     concept = evaluate_quality(joined, quality, confidence=confidence)
 
@@ -349,7 +338,7 @@ def run_drift_check(
         regime = tracker.update(returns)
     else:
         regime = None
-        notes.append(f"volatility regime unknown: the source gave {len(returns)} returns, "
+        notes.append(f"volatility regime unknown: the stored bars give {len(returns)} returns, "
                      f"{tracker.window + tracker.history - 1} needed")
     verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
 

@@ -2,7 +2,7 @@
 
 Rows, labels and features come from the walk-forward pipeline's own dataset step
 (:func:`quant_engine.wfo.pipeline.build_dataset`): offline-store rows in the range, labels from
-the source's bars with their end ``t1``, features attached by point-in-time join. The last
+the stored bars with their end ``t1``, features attached by point-in-time join. The last
 ``holdout_fraction`` of timestamps becomes the holdout. Between them lies the gap: a training row
 must have its label known strictly before the holdout starts (``t1 < holdout start``, the purge)
 and must start at least ``embargo_bars`` timestamps before it (the embargo, against serially
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Walk-forward parameters that shape the data and the labels; the training set takes them as they are.
-DATA_KEYS: tuple[str, ...] = ("start", "end", "tickers", "source", "source_path", "feature_set", "label_kind",
-                              "horizon", "label_target", "pt_mult", "sl_mult", "vol_window")
+DATA_KEYS: tuple[str, ...] = ("start", "end", "tickers", "feature_set", "label_kind", "horizon", "label_target",
+                              "pt_mult", "sl_mult", "vol_window")
 #: Every parameter :meth:`TrainingSetConfig.from_params` accepts, with its default. A null ``end``
 #: is the last day the offline store holds and a null ``start`` is ``window_days`` before ``end``,
 #: so a run the drift monitor triggers (which passes no parameters) trains on the latest data.

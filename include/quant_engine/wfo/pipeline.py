@@ -185,8 +185,6 @@ class WfoConfig:
         Inclusive UTC days of the sample.
     tickers : tuple of str, optional
         ``None``: every ticker the offline store holds in the range.
-    source, source_path : str
-        Market data source the labels' prices come from; the one the features were ingested from.
     feature_set : str
         Features to join from the offline store.
     label : LabelConfig
@@ -209,8 +207,6 @@ class WfoConfig:
     start: pd.Timestamp
     end: pd.Timestamp
     tickers: tuple[str, ...] | None = None
-    source: str = "synthetic"
-    source_path: str | None = None
     feature_set: str = "default"
     label: LabelConfig = field(default_factory=LabelConfig)
     n_groups: int = 6
@@ -231,7 +227,6 @@ class WfoConfig:
         purging) before any model trains. Unknown keys are an error, so a misspelt parameter never
         falls back to its default.
         """
-        from quant_engine.data.sources import SOURCE_NAMES
         from quant_engine.features.definitions import get_feature_set
         from quant_engine.wfo.backtest import PORTFOLIOS
         from quant_engine.timeutil import utc_day
@@ -248,10 +243,6 @@ class WfoConfig:
         start, end = utc_day(p["start"], "start", error=WfoConfigError), utc_day(p["end"], "end", error=WfoConfigError)
         if end < start:
             raise WfoConfigError(f"end {end.date()} is before start {start.date()}: the date range is empty")
-        if p["source"] not in SOURCE_NAMES:
-            raise WfoConfigError(f"source={p['source']!r} is not a data source; use one of {', '.join(SOURCE_NAMES)}")
-        if p["source"] in ("csv", "parquet") and not p["source_path"]:
-            raise WfoConfigError(f"source={p['source']!r} needs source_path, the file or folder of bars")
         try:
             get_feature_set(p["feature_set"])
         except ValueError as exc:
@@ -280,8 +271,6 @@ class WfoConfig:
             start=start,
             end=end,
             tickers=_parse_tickers(p["tickers"]),
-            source=p["source"],
-            source_path=p["source_path"],
             feature_set=p["feature_set"],
             label=label,
             n_groups=n_groups,
@@ -300,8 +289,6 @@ class WfoConfig:
             "start": str(self.start.date()),
             "end": str(self.end.date()),
             "tickers": list(self.tickers) if self.tickers else None,
-            "source": self.source,
-            "source_path": self.source_path,
             "feature_set": self.feature_set,
             "label_kind": self.label.kind,
             "horizon": self.label.horizon,
@@ -334,8 +321,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "start": "2015-01-01",
     "end": "2024-12-31",
     "tickers": None,
-    "source": "synthetic",
-    "source_path": None,
     "feature_set": "default",
     "label_kind": "fixed",
     "horizon": 1,
@@ -476,11 +461,12 @@ def prediction_path(root: Path, trial_id: int, split_id: int) -> Path:
 
 
 def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = None) -> dict[str, Any]:
-    """Labels from the source's bars, features from the offline store by point-in-time join.
+    """Labels from the stored bars, features from the offline store by point-in-time join.
 
     Entities are the offline store's ``(ticker, event_time)`` rows inside ``[start, end]``. Labels
-    need future prices, which the store does not hold, so bars come from the configured source
-    (the one ingestion used) over the same range, and each label carries its end ``t1``; labels
+    need later prices: they come from the bars ingestion stored beside the features
+    (:class:`~quant_engine.features.bar_history.BarHistory`), the very prices the features were
+    computed from, so no run needs the source again; each label carries its end ``t1``, and labels
     whose horizon runs past ``end`` are dropped rather than peeking beyond the sample.
     ``fwd_ret_1`` is the next bar's return, which the backtest earns. Features are attached with
     :meth:`~quant_engine.features.offline_store.OfflineStore.point_in_time_join`, so no value
@@ -496,9 +482,9 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
     import pandas as pd
 
     from quant_engine.config import make_offline_store
-    from quant_engine.data.sources import source_on
+    from quant_engine.features.bar_history import BarHistory
     from quant_engine.features.definitions import get_feature_set
-    from quant_engine.features.ingest import group_market_time
+    from quant_engine.features.ingest import bars_group_name, group_market_time
 
     settings = settings or get_settings()
     run_dir = Path(run_dir)
@@ -523,12 +509,8 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
     tickers = list(config.tickers) if config.tickers else held
     _check_cross_section(config, tickers)
 
-    options = {"path": config.source_path} if config.source in ("csv", "parquet") else {}
-    history = pd.Timedelta(days=math.ceil(config.label.history_bars * 1.5) + 7 if config.label.history_bars else 0)
-    try:
-        bars = source_on(config.source, market_time, **options).fetch(tickers, first - history, last)
-    except ValueError as exc:
-        raise WfoConfigError(f"source {config.source!r} cannot serve the labels' prices: {exc}") from None
+    bars = BarHistory(make_offline_store(settings, bars_group_name(store.feature_group)), market_time).read(
+        tickers, first, last, history_bars=config.label.history_bars)
     labels = config.label.labels(bars)
     close = bars[["ticker", "ts", "close"]]
     next_close = close.groupby("ticker", sort=False)["close"].shift(-1)
@@ -538,8 +520,8 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
     if entities.empty:
         raise WfoConfigError(
             f"no row between {config.start.date()} and {config.end.date()} has both stored features and a "
-            f"label with its full {config.label.horizon}-bar horizon from source {config.source!r}; widen the "
-            "range, or check that the store was ingested from the same source"
+            f"label with its full {config.label.horizon}-bar horizon in the stored bars; widen the range, or "
+            "ingest the sessions after it"
         )
     entities = entities.sort_values(["ts", "ticker"], kind="stable").reset_index(drop=True)
     dataset = store.point_in_time_join(entities, names, entity_time_col="ts")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quant_engine.bridge.history import BarHistory
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.calendars import get_calendar
 from quant_engine.config import make_offline_store, make_online_store
 from quant_engine.data.synthetic import SyntheticMarket

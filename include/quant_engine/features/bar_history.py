@@ -1,13 +1,16 @@
-"""Stored bars from the offline store: the bridge's warm-up and backfill, the replay feed's history.
+"""Stored bars from the offline store: the one price history after ingestion.
 
 Ingestion stores the bars it computed features from in the offline group ``<feature group>_bars``
-(:func:`quant_engine.features.ingest.bars_group_name`), one record per ``(ticker, bar ts)``. This
-module reads them back in the bar schema every source returns (``ticker, ts, open, high, low,
-close, volume``), so the bridge can fill its rolling windows before the first live tick
-(:meth:`BarHistory.last_bars`), fill the bars a feed outage cost it (:meth:`BarHistory.between`),
-and the replay server can stream stored history instead of the synthetic market
-(:meth:`BarHistory.read`).
-"""
+(:func:`quant_engine.features.ingest.bars_group_name`), one record per ``(ticker, bar ts)``,
+versioned and point-in-time like the features. This module reads them back in the bar schema every
+source returns (``ticker, ts, open, high, low, close, volume``), so
+
+* labels (walk-forward, training, the drift check) are priced from the very bars the features
+  were computed from, and the source is read by ingestion alone (:meth:`BarHistory.read`, with
+  ``history_bars`` before the range where a label needs them);
+* the bridge fills its rolling windows before the first live tick (:meth:`BarHistory.last_bars`)
+  and the bars a feed outage cost it (:meth:`BarHistory.between`);
+* the replay server streams stored history instead of the synthetic market."""
 
 from __future__ import annotations
 
@@ -65,8 +68,12 @@ class BarHistory:
         """Whether any ingestion has stored bars in this group yet."""
         return self.store.schema is not None
 
-    def read(self, tickers: Sequence[str] | None = None, start: object = None, end: object = None) -> pd.DataFrame:
+    def read(self, tickers: Sequence[str] | None = None, start: object = None, end: object = None, *,
+             history_bars: int = 0) -> pd.DataFrame:
         """Bars of ``tickers`` (default: all) with ``start <= ts <= end`` (tz-aware, inclusive; None: open).
+
+        ``history_bars`` widens the range back by that many of the calendar's bars before ``start``
+        (a label's volatility window), as far as the store has them.
 
         Returns
         -------
@@ -76,6 +83,8 @@ class BarHistory:
         """
         if not self.exists:
             return empty_bars()
+        if history_bars and start is not None:
+            start = self._start_for(history_bars, utc_timestamp(start, "start"))
         rows = self.store.read(tickers, start, end)
         return _rows_to_bars(rows)
 
