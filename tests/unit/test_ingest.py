@@ -168,3 +168,22 @@ def test_nan_features_are_refused_before_anything_is_written() -> None:
     assert make_online_store().get_many(TICKERS) == {}
 
 
+
+
+def test_the_ingest_command_takes_every_reading_option(tmp_path, capsys) -> None:
+    from quant_engine.cli import main
+
+    bars = SyntheticMarket(n_tickers=1, seed=3, freq="1h", calendar="24/5", start="2021-01-04",
+                           end="2021-02-26").fetch(None, "2021-01-04", "2021-02-27")
+    path = tmp_path / "fx.csv"
+    bars.assign(ts=(bars["ts"] - pd.Timedelta(hours=1)).dt.tz_localize(None)).drop(columns="volume").to_csv(
+        path, index=False)
+    assert main(["ingest", "--start", "2019-07-04"]) == 0  # a holiday: nothing to do, said in one line
+    assert "no XNYS session between 2019-07-04 and 2019-07-04" in capsys.readouterr().out
+    argv = ["ingest", "--source", "csv", "--path", str(path), "--start", "2021-02-22", "--end", "2021-02-26",
+            "--calendar", "24/5", "--bar-size", "1h", "--assume-tz", "UTC", "--stamped-at", "open",
+            "--feature-set", "ohlc", "--on-error", "raise", "--max-return-multiple", "200"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ingesting sessions 2021-02-22 .. 2021-02-26 (5 of 24/5, 1h bars) from csv" in out
+    assert '"rows_written_offline": 120' in out

@@ -59,6 +59,21 @@ def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> No
         BridgeSettings.from_env(env)
 
 
+def test_a_bridge_set_for_another_market_time_than_its_group_refuses_to_start(qe_home: Path) -> None:
+    from quant_engine.bridge.service import build_service
+    from quant_engine.calendars import MarketTime
+    from quant_engine.features.ingest import IngestionRequest, ingest
+
+    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00"))  # an XNYS 1d group
+    with pytest.raises(SettingsError, match="set for 1h bars on the XNYS calendar but its feature group holds 1d"):
+        build_service(BridgeSettings(bar_size="1h", tokens=("t",)))
+    with pytest.raises(SettingsError, match="coalesce is exact for daily bars only"):
+        BridgeSettings(buffer_policy="coalesce").check_market_time(MarketTime("24/5", "1h"))
+    assert BridgeSettings().check_market_time(MarketTime("24/5", "1h")) == "drop_oldest"
+    assert BridgeSettings().check_market_time(MarketTime("XNYS", "1d")) == "coalesce"
+    assert build_service(BridgeSettings(bar_size="1d", calendar="NYSE", tokens=("t",))).tickers == ("SYN00",)
+
+
 def test_feed_to_subscriber_end_to_end_and_shutdown_flushes(qe_home: Path) -> None:
     version = register_model(qe_home, seed=1, vol_range=(0.0, 5.0))
     market = SyntheticMarket(n_tickers=3, seed=5).fetch(None, "2021-01-01", "2022-03-08")

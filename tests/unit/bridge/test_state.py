@@ -130,3 +130,26 @@ def test_signals_wait_for_the_first_champion_without_losing_bars(qe_home: Path, 
     assert {(s.status, s.model_version) for s in served} == {("ok", version)}
     assert handler.counters["model_reloads"] == 1
     assert len(prediction_log(registry).read()) == 3  # only real predictions are logged
+
+
+def test_five_minute_bars_stream_to_the_batch_paths_features(qe_home: Path) -> None:
+    """Intraday at 5m: ticks of the replay feed build each bar exactly; features equal the batch path's."""
+    from quant_engine.bridge.bars import BarClock
+    from quant_engine.bridge.feed_server import ReplaySchedule
+    from quant_engine.calendars import MarketTime
+
+    market_time = MarketTime("XNYS", "5m")
+    bars = SyntheticMarket(n_tickers=2, seed=7, freq="5m", start="2019-11-18", end="2019-11-29").fetch(
+        None, "2019-11-18", "2019-11-30")  # ends with Thanksgiving (closed) and its half day
+    live_from = pd.Timestamp("2019-11-27", tz="UTC")
+    registry = make_model_registry()
+    handler = StateHandler(FEATURE_SET, LocalChampionModel(registry), history=FrameHistory(bars[bars["ts"] < live_from]),
+                           clock=BarClock(market_time))
+    live = bars[bars["ts"] >= live_from]
+    ticks = [tick for _, tick in ReplaySchedule(live, market_time=market_time, ticks_per_bar=4).ticks()]
+    signals = [s for start in range(0, len(ticks), 50) for s in handler.on_ticks(ticks[start:start + 50])]
+    assert len(signals) == len(live) and {s.bar_origin for s in signals} == {"feed"}
+    assert max(s.ts for s in signals) == pd.Timestamp("2019-11-29 18:00", tz="UTC")  # the half day's last bar
+    batch = FEATURE_SET.compute_batch(bars).set_index(["ticker", "event_time"])
+    streamed = np.array([[s.features[n] for n in FEATURE_SET.names] for s in signals])
+    assert np.array_equal(streamed, batch.loc[[(s.ticker, s.ts) for s in signals], FEATURE_SET.names].to_numpy())
