@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from quant_engine.timeutil import read_stamp
+
 __all__ = [
     "DEFAULT_BAR_SIZE",
     "DEFAULT_CALENDAR",
@@ -360,12 +362,7 @@ def _ns(column: pd.Series) -> np.ndarray:
 
 def _day(value: object, name: str) -> np.datetime64:
     """A date (string, date, or timestamp read in its own zone) as numpy's day."""
-    try:
-        stamp = pd.Timestamp(value)
-    except (TypeError, ValueError):
-        raise CalendarError(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
-    if stamp is pd.NaT:
-        raise CalendarError(f"{name} is empty; give a date (YYYY-MM-DD)")
+    stamp = read_stamp(value, name, error=CalendarError)
     wall = stamp.tz_localize(None) if stamp.tzinfo is not None else stamp
     return np.datetime64(wall.normalize().date(), "D")
 

@@ -17,11 +17,17 @@ def utc_day(value: object, name: str, *, error: type[ValueError] = ValueError) -
     >>> utc_day("2024-03-04T23:30:00-05:00", "end")
     Timestamp('2024-03-05 00:00:00+0000', tz='UTC')
     """
+    stamp = read_stamp(value, name, error=error)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.normalize()
+
+
+def read_stamp(value: object, name: str, *, error: type[ValueError] = ValueError) -> pd.Timestamp:
+    """``value`` as a timestamp, naive or aware as written; unreadable or empty input raises ``error``."""
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError):
         raise error(f"{name}={value!r} is not a date (YYYY-MM-DD)") from None
     if stamp is pd.NaT:
         raise error(f"{name} is empty; give a date (YYYY-MM-DD)")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.normalize()
+    return stamp

@@ -104,7 +104,6 @@ class BarClock:
         self.market_time = market_time or MarketTime()
         self.calendar = self.market_time.exchange
         self.size = self.market_time.size
-        self._cache: dict[int, Slot] = {}
         self._last: Slot | None = None
 
     def __repr__(self) -> str:
@@ -126,19 +125,6 @@ class BarClock:
                           bool(start_ns == self.calendar.open_ns[session]),
                           bool(close_ns == self.calendar.close_ns[session]))
         return self._last
-
-    def slot_of_close(self, close_ms: int) -> Slot:
-        """The bar that closes at ``close_ms`` (a close the calendar has), cached: every ticker's bar asks."""
-        slot = self._cache.get(close_ms)
-        if slot is None:
-            slot = self.locate(close_ms)
-            if slot is None or slot.close_ms != close_ms:
-                raise ValueError(f"{pd.Timestamp(close_ms, unit='ms', tz='UTC')} is not a "
-                                 f"{self.market_time.describe()} close")
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[close_ms] = slot
-        return slot
 
     def last_close_before(self, t_ms: int) -> int | None:
         """The newest bar close at or before ``t_ms`` (the bar a tick after it, outside sessions, follows)."""
