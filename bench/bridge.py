@@ -63,8 +63,6 @@ TARGET_RATE = 20_000
 PACED_SECONDS = 3.0
 #: A paced run is sustained when the system has taken every tick this soon after the feed sent the last.
 MAX_TAIL_S = 0.5
-DAY_MS = 86_400_000
-CLOSE_MS = 21 * 3_600_000
 
 
 def core_placement(pin: bool) -> tuple[set[int], set[int]] | None:
@@ -83,21 +81,23 @@ def _pin(cores: set[int] | None) -> None:
 # --- the feed (its own process) -----------------------------------------------------------------
 
 
-def session_frames(first_day: int, sessions: int, ticks_per_ticker: int, seed: int) -> list[tuple[str, bool]]:
-    """``(frame, closes_a_bar)`` in send order: regular ticks round-robin over tickers, then the closes."""
+def session_frames(after: pd.Timestamp, sessions: int, ticks_per_ticker: int, seed: int) -> list[tuple[str, bool]]:
+    """``(frame, closes_a_bar)`` in send order for the NYSE sessions after ``after``: regular ticks
+    round-robin over tickers, then the closes."""
     from quant_engine.bridge.ticks import MarketHours, Tick
     from quant_engine.bridge.wire import encode_tick
+    from quant_engine.calendars import get_calendar
 
+    nyse = get_calendar("XNYS")
+    first = nyse.last_closed_session(after) + 1
     rng = np.random.default_rng(seed)
     frames = []
-    day = first_day
-    for _ in range(sessions):
-        while pd.Timestamp(day * DAY_MS, unit="ms").day_of_week >= 5:
-            day += 1
+    for session in range(first, first + sessions):
+        open_ms, close_ms = int(nyse.open_ns[session]) // 1_000_000, int(nyse.close_ns[session]) // 1_000_000
         paths = np.round(50.0 * np.exp(np.cumsum(0.002 * rng.standard_normal((len(TICKERS), ticks_per_ticker)),
                                                  axis=1)), 2)
         for k in range(ticks_per_ticker):
-            time_ms = day * DAY_MS + CLOSE_MS - 23_400_000 + (k + 1) * (23_400_000 // (ticks_per_ticker + 1))
+            time_ms = open_ms + (k + 1) * ((close_ms - open_ms) // (ticks_per_ticker + 1))
             for i, ticker in enumerate(TICKERS):
                 seen = paths[i, : k + 1]
                 tick = Tick(ticker, float(seen[-1]), time_ms, 1_000 * (k + 1), float(seen[0]), float(seen.max()),
@@ -105,10 +105,9 @@ def session_frames(first_day: int, sessions: int, ticks_per_ticker: int, seed: i
                 frames.append((encode_tick(tick), False))
         for i, ticker in enumerate(TICKERS):
             seen = paths[i]
-            tick = Tick(ticker, float(seen[-1]), day * DAY_MS + CLOSE_MS, 1_000 * ticks_per_ticker, float(seen[0]),
+            tick = Tick(ticker, float(seen[-1]), close_ms, 1_000 * ticks_per_ticker, float(seen[0]),
                         float(seen.max()), float(seen.min()), MarketHours.POST_MARKET)
             frames.append((encode_tick(tick), True))
-        day += 1
     return frames
 
 
@@ -343,11 +342,10 @@ def _latency_runs(frames: list[tuple[str, bool]], sessions: int, history_end: pd
 
 def run(sessions: int, flood: int, placement: tuple[set[int], set[int]] | None) -> dict[str, dict[str, float]]:
     history_end = pd.Timestamp("2024-01-05 21:00", tz="UTC")
-    first_day = int(history_end.value // 1_000_000 // DAY_MS) + 1
-    latency_frames = session_frames(first_day, sessions + 1, 10, seed=1)  # + the warm-up session
+    latency_frames = session_frames(history_end, sessions + 1, 10, seed=1)  # + the warm-up session
     flood_sessions = max(1, flood // (51 * len(TICKERS)))
-    flood_frames = session_frames(first_day, flood_sessions, 50, seed=2)
-    paced_frames = session_frames(first_day, max(1, int(TARGET_RATE * PACED_SECONDS) // (51 * len(TICKERS))), 50,
+    flood_frames = session_frames(history_end, flood_sessions, 50, seed=2)
+    paced_frames = session_frames(history_end, max(1, int(TARGET_RATE * PACED_SECONDS) // (51 * len(TICKERS))), 50,
                                   seed=3)
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     results: dict[str, dict] = {}
