@@ -263,6 +263,29 @@ def test_walk_forward_oracle(panel, train_window, test_window, anchored, step_si
             assert unique.index(t0[train].max()) < unique.index(start) - gap_bars
 
 
+@ORACLE
+@given(start=st.datetimes(min_value=pd.Timestamp("1900-01-01").to_pydatetime(),
+                          max_value=pd.Timestamp("2090-01-01").to_pydatetime()),
+       train_days=st.integers(1, 400), test_days=st.integers(1, 120), folds=st.integers(1, 6),
+       extra=st.integers(0, 3))
+def test_walk_forward_tests_every_day_after_the_first_window_on_real_epochs(start, train_days, test_days, folds,
+                                                                            extra):
+    """Daily stamps as real epoch nanoseconds (before 1970 too), the data ending on the step grid or past it:
+    every stamp after the first training window is tested exactly once, the last one included."""
+    t0 = pd.date_range(pd.Timestamp(start).normalize(), periods=train_days + (folds - 1) * test_days + 1 + extra,
+                       freq="D", tz="UTC")
+    cv = WalkForward(f"{train_days}D", f"{test_days}D", t1=pd.Series(t0, index=t0))
+    tested = np.concatenate([test for _, test in cv.split(pd.DataFrame(index=t0))])
+    assert tested.tolist() == list(range(train_days, len(t0)))
+
+
+def test_walk_forward_keeps_the_window_that_ends_exactly_with_the_data() -> None:
+    t0 = pd.date_range("2020-01-01", "2021-12-26", freq="D", tz="UTC")
+    folds = list(WalkForward(train_window="365D", test_window="90D", t1=pd.Series(t0, index=t0)).split(
+        pd.DataFrame(index=t0)))
+    assert len(folds) == 5 and t0[folds[-1][1][-1]] == t0[-1]
+
+
 # ---------------------------------------------------------------- worked cases and paths
 
 def test_docstring_examples_run():

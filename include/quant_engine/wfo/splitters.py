@@ -647,7 +647,11 @@ class WalkForward:
             firsts = np.arange(first_test, n_times, int(step))
             stops = np.minimum(firsts + int(self.test_window), n_times)
         else:
-            grid = np.arange(test_start, unique[-1] + 1, _duration_ns(step))
+            # Counted in integers: np.arange sizes an int64 range through float64, which loses the
+            # last grid point when the data ends exactly on it.
+            step_ns = _duration_ns(step)
+            n_steps = max(0, (int(unique[-1]) - test_start) // step_ns + 1)
+            grid = test_start + step_ns * np.arange(n_steps, dtype=np.int64)
             firsts = np.searchsorted(unique, grid)
             stops = np.searchsorted(unique, grid + _duration_ns(self.test_window))
         windows = []
