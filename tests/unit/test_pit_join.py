@@ -83,10 +83,18 @@ entity_rows = st.lists(st.tuples(st.sampled_from([*TICKERS, "D"]), st.integers(-
     as_of_nudge_ns=st.sampled_from([0, 1, -1]),
     ttl_minutes=st.one_of(st.none(), st.integers(1, 6)),
     compact_after=st.one_of(st.none(), st.integers(1, 3)),
+    base=st.datetimes(min_value=pd.Timestamp("1900-01-01").to_pydatetime(),
+                      max_value=pd.Timestamp("2100-01-01").to_pydatetime()),
     data=st.data(),
 )
 def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_nudge_ns, ttl_minutes, compact_after,
-                                        data):
+                                        base, data):
+    """Event times from 1900 to 2100 (before 1970 their epoch nanoseconds are negative), with corrections."""
+    origin = pd.Timestamp(base, tz="UTC")
+
+    def minute(k: int) -> pd.Timestamp:
+        return origin + pd.Timedelta(minutes=k)
+
     versions = []
     # Every snapshot is worth reading here, so compacted runs exercise the snapshot path.
     with tempfile.TemporaryDirectory() as root, mock.patch.object(offline_store, "SNAPSHOT_MIN_FILES", 1):

@@ -138,7 +138,9 @@ def latest_versions_sql(source: str, features: Sequence[str], *, dedupe: bool, w
     )
 
 
-#: Two's-complement offsets that turn (event_ns, write_ns) into one ordered 128-bit key.
+#: Two's-complement offsets that turn (event_ns, write_ns) into one ordered 128-bit key. The event
+#: part is multiplied, not shifted: DuckDB refuses to shift a negative number (a time before 1970).
+_SHIFT = "18446744073709551616::HUGEINT"  # 2**64
 _WRITE_OFFSET = "9223372036854775808::HUGEINT"  # 2**63: write_ns + 2**63 lies in [0, 2**64)
 _LAST_WRITE = "18446744073709551615::HUGEINT"  # 2**64 - 1: after every write of the same instant
 
@@ -174,10 +176,10 @@ def asof_join(
     columns = ", ".join(quote(n) for n in features)
     selected = ", ".join(f"f.{quote(n)}" for n in features)
     if versioned:
-        entity_side = f"SELECT _row, ticker, (epoch_ns(ts)::HUGEINT << 64) + {_LAST_WRITE} AS _key FROM entity_keys"
+        entity_side = f"SELECT _row, ticker, epoch_ns(ts)::HUGEINT * {_SHIFT} + {_LAST_WRITE} AS _key FROM entity_keys"
         feature_side = (
             f"SELECT ticker, event_time, {columns}, "
-            f"(epoch_ns(event_time)::HUGEINT << 64) + (epoch_ns(write_time)::HUGEINT + {_WRITE_OFFSET}) AS _key "
+            f"epoch_ns(event_time)::HUGEINT * {_SHIFT} + (epoch_ns(write_time)::HUGEINT + {_WRITE_OFFSET}) AS _key "
             f"FROM {source}"
         )
     else:

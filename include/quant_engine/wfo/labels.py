@@ -18,6 +18,7 @@ import numbers
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 LABEL_COLUMNS: tuple[str, ...] = ("ticker", "ts", "t1", "ret", "label")
 
@@ -124,13 +125,20 @@ def fixed_horizon_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
 def _rolling_volatility(panel: _Panel, window: int) -> np.ndarray:
     """Sample std (ddof=1) of the last ``window`` one-bar returns of each ticker, known at each bar.
 
-    The first return of each ticker is NaN, so a window that reaches back past a ticker's first
-    bar is NaN too: the rolling statistic never mixes tickers.
+    Each ticker's windows are computed from its own returns alone (two-pass, per window), so no
+    value depends on any other ticker, not even through a running sum's rounding; a window that
+    reaches back past a ticker's first return is NaN.
     """
-    returns = np.full(len(panel), np.nan)
+    vol = np.full(len(panel), np.nan)
     rows, later = panel.ahead(1)
+    returns = np.full(len(panel), np.nan)
     returns[later] = panel.close[later] / panel.close[rows] - 1.0
-    return pd.Series(returns).rolling(window, min_periods=window).std(ddof=1).to_numpy()
+    starts = np.flatnonzero(np.r_[True, panel.codes[1:] != panel.codes[:-1]])
+    for start, stop in zip(starts, [*starts[1:], len(panel)], strict=True):
+        own = returns[start + 1:stop]  # the ticker's first bar has no return
+        if len(own) >= window:
+            vol[start + window:stop] = sliding_window_view(own, window).std(axis=1, ddof=1)
+    return vol
 
 
 def triple_barrier_labels(
