@@ -69,12 +69,14 @@ def test_log_round_trip_and_rerun_keeps_one_row(tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "preds").iterdir()) == [k.rsplit("/", 1)[1] for k in log.files()]
 
 
-def test_log_keeps_model_versions_and_sources_apart(tmp_path) -> None:
+def test_log_keeps_model_versions_apart_and_one_prediction_per_bar_whoever_wrote_it(tmp_path) -> None:
     log = PredictionLog.local(tmp_path / "preds")
     log.append(_predictions(2, 0.6))
     log.append(_predictions(2, 0.6, version="v2"))
-    log.append(_predictions(2, 0.6).assign(source="bridge"))
-    assert len(log.read()) == 6
+    log.append(_predictions(2, 0.6).assign(source="bridge"))  # the bridge said the same of the same bars
+    frame = log.read()
+    assert len(frame) == 4
+    assert frame.groupby("model_version")["source"].agg(set).to_dict() == {"v1": {"bridge"}, "v2": {"batch"}}
 
 
 def test_empty_log_and_empty_append(tmp_path) -> None:

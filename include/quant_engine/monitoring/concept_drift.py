@@ -72,6 +72,8 @@ __all__ = [
 ]
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("ticker", "ts", "prob", "model_version", "source")
+#: One prediction per model version, ticker and bar, whoever logged it (``source``: batch or bridge).
+PREDICTION_KEY: tuple[str, ...] = ("ticker", "ts", "model_version")
 #: Probabilities are clipped this far from 0 and 1 before log-loss, as scikit-learn does, so one
 #: confident miss costs a large but finite loss.
 PROB_EPSILON = 1e-15
@@ -147,8 +149,9 @@ class PredictionLog:
     Files are named ``part-<UTC nanoseconds>-<random>.parquet`` and written with
     ``replace_atomic`` (temp file and rename locally, a single PUT on S3), so readers see whole
     batches only and file names sort in write order. A rerun of the batch scorer logs the same
-    rows again; :meth:`read` keeps the latest row per ``(ticker, ts, model_version, source)``,
-    so reruns never double-count.
+    rows again, and the bridge and the batch scorer may both log the live model's view of one bar;
+    :meth:`read` keeps one row per ``(ticker, ts, model_version)`` (the latest written; ``source``
+    says which writer it came from), so nothing is counted twice.
 
     Examples
     --------
@@ -214,12 +217,12 @@ class PredictionLog:
         return sorted(k for k in self.fs.list(self.prefix) if k.rsplit("/", 1)[-1].startswith("part-"))
 
     def read(self) -> pd.DataFrame:
-        """Every logged prediction, the latest per ``(ticker, ts, model_version, source)``, sorted by ``(ts, ticker)``."""
+        """Every logged prediction, the latest per ``(ticker, ts, model_version)``, sorted by ``(ts, ticker)``."""
         parts = [pd.read_parquet(io.BytesIO(self.fs.read(key))) for key in self.files()]
         if not parts:
             return self.validate(_empty_predictions())
         frame = self.validate(pd.concat(parts, ignore_index=True))
-        frame = frame.drop_duplicates(["ticker", "ts", "model_version", "source"], keep="last")
+        frame = frame.drop_duplicates(list(PREDICTION_KEY), keep="last")
         return frame.sort_values(["ts", "ticker"], kind="stable").reset_index(drop=True)
 
 

@@ -6,9 +6,9 @@ settles. The log lives beside the model in the registry's storage (``<model_name
 under ``$QE_HOME/models`` locally, under ``<prefix>/models`` on S3), so the backend is the one
 :func:`quant_engine.config.make_model_registry` picked.
 
-A rerun for the same range appends nothing: rows already logged with the same probability by the
-same version are skipped, so the log's files (not only what :meth:`PredictionLog.read` returns)
-stay as they were.
+A rerun for the same range appends nothing: rows the same version already has in the log with the
+same probability (logged by an earlier run, or by the bridge, which says the same bit for bit) are
+skipped, so the log's files (not only what :meth:`PredictionLog.read` returns) stay as they were.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from quant_engine.config import Settings, get_settings, make_model_registry, make_offline_store
-from quant_engine.monitoring.concept_drift import PredictionLog
+from quant_engine.monitoring.concept_drift import PREDICTION_KEY, PredictionLog
 from quant_engine.monitoring.run import NoChampionError, champion, predict_proba
 from quant_engine.timeutil import utc_day
 from quant_engine.training.registry import ModelRegistry
@@ -26,7 +26,6 @@ from quant_engine.training.registry import ModelRegistry
 __all__ = ["BATCH_SOURCE", "NoChampionError", "ScoreResult", "prediction_log", "score_batch"]
 
 BATCH_SOURCE = "batch"
-_KEY = ["ticker", "ts", "model_version", "source"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,8 @@ def score_batch(start: object, end: object, *, model_name: str | None = None, ti
     })
     logged = log.read()
     if not logged.empty:
-        merged = scored.merge(logged, on=_KEY, how="left", suffixes=("", "_logged"))
+        merged = scored.merge(logged.drop(columns="source"), on=list(PREDICTION_KEY), how="left",
+                              suffixes=("", "_logged"))
         scored = scored.loc[~merged["prob"].eq(merged["prob_logged"]).to_numpy()]
     key = log.append(scored)
     return ScoreResult(registry.name, record.version, str(first.date()), str(last.date()), len(rows),
