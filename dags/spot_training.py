@@ -11,8 +11,9 @@ Runs when someone triggers it and whenever the drift monitor asks for retraining
   simulator interrupts (``interruptions`` seeded ones, then ``interruption_rate_per_hour``) and
   restarts from its checkpoints; ``runner=sagemaker`` runs it as a SageMaker managed spot job
   (needs ``QE_S3_BUCKET`` and ``QE_SAGEMAKER_ROLE_ARN``).
-* ``evaluate``: the new model and the current champion on the same holdout; the registry's
-  promotion rule (log-loss lower by >= 0.5 %, AUC not lower by more than 0.005, or no champion yet).
+* ``evaluate``: the new model against the floor (log-loss below the holdout's base rate, AUC above
+  0.505) and the current champion on the holdout rows neither trained on (log-loss lower by >= 0.5 %,
+  AUC not lower by more than 0.005); too few such rows and the comparison is refused, said so.
 * ``register``: every trained model becomes an immutable registry version (a rerun of the same
   run returns the same version) and updates the asset ``qe://models/registry``; the version's
   feature baseline (Model Monitor ``statistics.json`` / ``constraints.json`` of the training
@@ -167,7 +168,7 @@ def spot_training():
             data_fingerprint=summary["fingerprint"], params=params["hyperparameters"],
             metrics=evaluated["candidate"], wfo_report=params["wfo_report"],
             training={**{k: v for k, v in trained.items() if k != "model_path"}, "dataset": summary["params"],
-                      "holdout_start": summary["holdout_start"], "rows": summary["rows"]},
+                      "holdout_start": summary["holdout_start"], "rows": summary["rows"], "evaluation": evaluated},
         )
         registry = make_model_registry(name=params["model_name"])
         version = registry.register(trained["model_path"], metadata)

@@ -8,21 +8,29 @@ from pathlib import Path
 
 import pytest
 
-from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.config import make_model_registry
+from quant_engine.data.synthetic import Shift, SyntheticMarket
+from quant_engine.features.ingest import IngestionRequest, ingest
 
 pytestmark = pytest.mark.airflow
 
-TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
-CONF = {"start": "2020-01-01", "end": "2021-12-31", "tickers": ",".join(TICKERS), "interruptions": 2,
+CONF = {"start": "2018-01-01", "end": "2021-12-31", "interruptions": 2,
         "hyperparameters": {"num_round": 30, "max_depth": 2, "learning_rate": 0.1, "checkpoint_every": 5,
                             "subsample": 0.8, "seed": 7}}
 
 
 @pytest.fixture
 def market(qe_home: Path) -> Path:
-    """The qe_home of this test with 4 tickers x 2 years of synthetic features ingested."""
-    ingest(IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS))
+    """The qe_home of this test with 10 tickers x 4 years ingested from a user's Parquet file.
+
+    The file's market has three times the synthetic edge: a model must beat a coin flip on its
+    holdout before it may become champion, and the default edge is too weak to show in 2,000 rows.
+    """
+    path = qe_home / "bars.parquet"
+    SyntheticMarket(n_tickers=10, seed=7, start="2017-01-01", end="2021-12-31",
+                    shifts=[Shift("2018-01-02", "concept", edge_scale=3)]).fetch(
+        None, "2017-01-01", "2021-12-31").to_parquet(path)
+    ingest(IngestionRequest.build("parquet", CONF["start"], CONF["end"], path=str(path)))
     return qe_home
 
 
@@ -32,7 +40,7 @@ def test_trains_registers_and_promotes_once(market: Path, run_dag: Callable) -> 
     (record,) = registry.list()
     champion = registry.champion()
     assert (champion.version, champion.previous) == (record.version, None)
-    assert champion.reason == "first model: no champion to beat"
+    assert champion.reason.startswith("first model: log-loss ") and "below the base rate" in champion.reason
     (run,) = (market / "runs" / "training").iterdir()
     summary = json.loads((run / "training_set.json").read_text())
     meta = record.metadata

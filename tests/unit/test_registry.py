@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from sklearn.metrics import log_loss
 from moto import mock_aws
 
 from quant_engine.config import Settings, make_model_registry
@@ -219,16 +220,23 @@ def test_holdout_metrics_and_promotion_rule(tmp_path: Path) -> None:
     weak = xgb.Booster(model_file=str(_model(tmp_path / "weak.json", rounds=1)))
     good, bad = holdout_metrics(strong, holdout, FEATURES), holdout_metrics(weak, holdout, FEATURES)
     assert good["rows"] == 600 and good["logloss"] < bad["logloss"] and good["auc"] > 0.8
+    assert good["base_logloss"] == pytest.approx(log_loss(holdout["label"], np.full(600, holdout["label"].mean())))
     rule = PromotionRule()
     assert rule.decide(good, None).promote
     assert rule.decide(good, bad).promote and "beats the champion" in rule.decide(good, bad).reason
     assert not rule.decide(bad, good).promote
     champion = {"logloss": 0.600, "auc": 0.700}
-    assert rule.decide({"logloss": 0.597, "auc": 0.700}, champion).promote  # exactly 0.5% lower
-    assert not rule.decide({"logloss": 0.598, "auc": 0.750}, champion).promote  # 0.33%: noise
-    decision = rule.decide({"logloss": 0.550, "auc": 0.694}, champion)  # calibrated but ranks worse
+    base = {"base_logloss": 0.693}
+    assert rule.decide({"logloss": 0.597, "auc": 0.700, **base}, champion).promote  # exactly 0.5% lower
+    assert not rule.decide({"logloss": 0.598, "auc": 0.750, **base}, champion).promote  # 0.33%: noise
+    decision = rule.decide({"logloss": 0.550, "auc": 0.694, **base}, champion)  # calibrated but ranks worse
     assert not decision.promote and "AUC drop beyond 0.0050" in decision.reason
-    assert rule.decide({"logloss": 0.550, "auc": 0.696}, champion).promote
+    assert rule.decide({"logloss": 0.550, "auc": 0.696, **base}, champion).promote
+    # the floor, for the first model too: below the base rate's log-loss and AUC above 0.505
+    coin = rule.decide({"logloss": 0.6935, "auc": 0.53, **base}, None)
+    assert not coin.promote and "not below the base rate 0.69300" in coin.reason
+    flat = rule.decide({"logloss": 0.69, "auc": 0.504, **base}, champion)
+    assert not flat.promote and "AUC 0.5040 is not above 0.5 + 0.005" in flat.reason
     with pytest.raises(RegistryError, match="must be a number in \\[0, 1\\)"):
         PromotionRule(min_logloss_gain=1.5)
     with pytest.raises(RegistryError, match="one class only"):
@@ -271,7 +279,8 @@ def test_models_cli_lists_shows_and_promotes(qe_home: Path, tmp_path: Path, caps
 def test_evaluate_candidate_scores_both_on_the_same_holdout(registry: ModelRegistry, tmp_path: Path) -> None:
     from quant_engine.training.registry import evaluate_candidate
 
-    holdout = _frame(n=600, seed=9)
+    # every holdout row lies after the champion's data (it ends 2021-12-31): unseen by both
+    holdout = _frame(n=600, seed=9).assign(ts=pd.date_range("2022-01-03", periods=600, freq="h", tz="UTC"))
     weak, strong = _model(tmp_path / "weak.json", rounds=1), _model(tmp_path / "strong.json", rounds=30)
     first = evaluate_candidate(registry, weak, holdout, FEATURES)
     assert (first["promote"], first["champion"], first["champion_metrics"]) == (True, None, None)
@@ -280,6 +289,7 @@ def test_evaluate_candidate_scores_both_on_the_same_holdout(registry: ModelRegis
     better = evaluate_candidate(registry, strong, holdout, FEATURES)
     assert better["promote"] and better["champion"] == v1
     assert better["champion_metrics"] == holdout_metrics(registry.load_booster(v1), holdout, FEATURES)
+    assert better["compared_on"] == {"rows": 600, "from": "2021-12-31 00:00:00+00:00"}
     worse = evaluate_candidate(registry, weak, holdout, FEATURES)
     assert not worse["promote"] and "log-loss gain below 0.50%" in worse["reason"]
     # a champion whose features this holdout lacks cannot be judged on it: no automatic promotion
@@ -289,6 +299,26 @@ def test_evaluate_candidate_scores_both_on_the_same_holdout(registry: ModelRegis
               5).save_model(tmp_path / "other.json")
     other = evaluate_candidate(registry, tmp_path / "other.json", renamed, names)
     assert not other["promote"] and "needs feature(s) ['vol_20']" in other["reason"]
+
+
+def test_a_champion_is_compared_only_on_rows_it_did_not_train_on(registry: ModelRegistry, tmp_path: Path) -> None:
+    from quant_engine.training.registry import evaluate_candidate
+
+    weak, strong = _model(tmp_path / "weak.json", rounds=1), _model(tmp_path / "strong.json", rounds=30)
+    # the champion's holdout began 2022-03-01: it trained on everything before
+    v1 = registry.register(weak, _metadata(data_end="2022-06-30T00:00Z", training={"holdout_start": "2022-03-01"}))
+    registry.promote(v1, "first")
+    inside = _frame(n=600, seed=9).assign(ts=pd.date_range("2022-01-03", periods=600, freq="h", tz="UTC"))
+    refused = evaluate_candidate(registry, strong, inside, FEATURES)  # the whole holdout precedes 2022-03-01
+    assert not refused["promote"] and refused["champion_metrics"] is None
+    assert "trained on data until 2022-03-01 00:00:00+00:00; the candidate's holdout leaves 0 row(s)" in refused["reason"]
+    straddling = inside.assign(ts=pd.date_range("2022-02-20", periods=600, freq="h", tz="UTC"))
+    judged = evaluate_candidate(registry, strong, straddling, FEATURES)
+    assert judged["compared_on"]["rows"] == 600 - 9 * 24  # from March 1 on
+    unseen = straddling[straddling["ts"] >= "2022-03-01"]
+    assert judged["champion_metrics"] == holdout_metrics(registry.load_booster(v1), unseen, FEATURES)
+    assert judged["candidate_on_unseen"] == holdout_metrics(xgb.Booster(model_file=str(strong)), unseen, FEATURES)
+    assert judged["promote"]
 
 
 def test_promote_refuses_when_the_judged_champion_was_replaced(registry: ModelRegistry, tmp_path: Path) -> None:

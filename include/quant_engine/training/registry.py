@@ -424,7 +424,8 @@ def _check_booster(booster: xgb.Booster, features: Sequence[str], what: str) -> 
 
 def holdout_metrics(booster: xgb.Booster, holdout: pd.DataFrame, features: Sequence[str],
                     label: str = "label") -> dict[str, float]:
-    """Log-loss, AUC and accuracy of ``booster`` on ``holdout`` (features in the booster's order)."""
+    """Log-loss, AUC and accuracy of ``booster`` on ``holdout`` (features in the booster's order), and
+    the base-rate log-loss: what always predicting the holdout's share of ups would score."""
     import numpy as np
     import xgboost as xgb
     from sklearn.metrics import log_loss, roc_auc_score
@@ -438,8 +439,10 @@ def holdout_metrics(booster: xgb.Booster, holdout: pd.DataFrame, features: Seque
     matrix = xgb.DMatrix(holdout[list(features)].to_numpy(dtype=np.float32),
                          feature_names=None if booster.feature_names is None else list(features))
     prob = booster.predict(matrix).astype(np.float64)
+    share = float(y.mean())
     return {"logloss": float(log_loss(y, prob, labels=[0, 1])), "auc": float(roc_auc_score(y, prob)),
-            "accuracy": float(((prob > 0.5) == (y == 1)).mean()), "rows": int(len(y))}
+            "accuracy": float(((prob > 0.5) == (y == 1)).mean()), "rows": int(len(y)),
+            "base_logloss": float(log_loss(y, np.full(len(y), share), labels=[0, 1]))}
 
 
 @dataclass(frozen=True)
@@ -450,45 +453,75 @@ class PromotionDecision:
 
 @dataclass(frozen=True)
 class PromotionRule:
-    """When a candidate replaces the champion; both are scored on the candidate's holdout.
+    """When a candidate becomes champion: it must beat a coin flip, and the champion on unseen data.
 
     Parameters
     ----------
     min_logloss_gain : float
-        Relative log-loss reduction required: ``candidate <= champion * (1 - min_logloss_gain)``.
-        The default 0.5% keeps noise-level differences from churning the champion.
+        Relative log-loss reduction required over the champion: ``candidate <= champion * (1 -
+        min_logloss_gain)``. The default 0.5% keeps noise-level differences from churning the champion.
     max_auc_drop : float
-        Largest AUC loss tolerated: ``candidate >= champion - max_auc_drop``, so better calibration
-        cannot buy a worse ranking.
+        Largest AUC loss tolerated against the champion: ``candidate >= champion - max_auc_drop``, so
+        better calibration cannot buy a worse ranking.
+    min_auc_margin : float
+        The floor every model, the first included, must clear: AUC above ``0.5 + min_auc_margin``
+        and a log-loss below the holdout's base rate (what always predicting the share of ups scores).
+    min_unseen_rows : int
+        Fewest rows neither model trained on that a comparison with the champion needs.
 
     Examples
     --------
     >>> rule = PromotionRule()
-    >>> rule.decide({"logloss": 0.69, "auc": 0.52}, None).promote
+    >>> rule.decide({"logloss": 0.689, "auc": 0.52, "base_logloss": 0.6931}, None).promote
     True
-    >>> rule.decide({"logloss": 0.689, "auc": 0.55}, {"logloss": 0.690, "auc": 0.55}).promote
+    >>> rule.decide({"logloss": 0.700, "auc": 0.52, "base_logloss": 0.6931}, None).reason
+    'log-loss 0.70000 is not below the base rate 0.69310 (always predicting the share of ups): no better than a coin'
+    >>> rule.decide({"logloss": 0.689, "auc": 0.55, "base_logloss": 0.6931},
+    ...             {"logloss": 0.690, "auc": 0.55}).promote
     False
     """
 
     min_logloss_gain: float = 0.005
     max_auc_drop: float = 0.005
+    min_auc_margin: float = 0.005
+    min_unseen_rows: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("min_logloss_gain", "max_auc_drop"):
+        for name in ("min_logloss_gain", "max_auc_drop", "min_auc_margin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise RegistryError(f"{name}={value!r} must be a number in [0, 1)")
+        if isinstance(self.min_unseen_rows, bool) or not isinstance(self.min_unseen_rows, int) or \
+                self.min_unseen_rows < 1:
+            raise RegistryError(f"min_unseen_rows={self.min_unseen_rows!r} must be a whole number >= 1")
+
+    def floor(self, candidate: Mapping[str, float]) -> PromotionDecision | None:
+        """The refusal of a candidate no better than a coin flip, or None when it clears the floor."""
+        if not candidate["logloss"] < candidate["base_logloss"]:
+            return PromotionDecision(False, f"log-loss {candidate['logloss']:.5f} is not below the base rate "
+                                            f"{candidate['base_logloss']:.5f} (always predicting the share of ups): "
+                                            "no better than a coin")
+        if not candidate["auc"] > 0.5 + self.min_auc_margin:
+            return PromotionDecision(False, f"AUC {candidate['auc']:.4f} is not above 0.5 + {self.min_auc_margin}: "
+                                            "it does not rank ups above downs")
+        return None
 
     def decide(self, candidate: Mapping[str, float], champion: Mapping[str, float] | None) -> PromotionDecision:
-        for what, metrics in (("candidate", candidate), ("champion", champion)):
-            if metrics is not None and not all(k in metrics for k in ("logloss", "auc")):
-                raise RegistryError(f"{what} metrics {dict(metrics)!r} need 'logloss' and 'auc'")
+        """The decision on ``candidate``'s metrics, and the champion's on the same rows (None: no champion)."""
+        for what, metrics, keys in (("candidate", candidate, ("logloss", "auc", "base_logloss")),
+                                    ("champion", champion, ("logloss", "auc"))):
+            if metrics is not None and not all(k in metrics for k in keys):
+                raise RegistryError(f"{what} metrics {dict(metrics)!r} need {', '.join(repr(k) for k in keys)}")
+        refused = self.floor(candidate)
+        if refused is not None:
+            return refused
         if champion is None:
-            return PromotionDecision(True, "first model: no champion to beat")
+            return PromotionDecision(True, f"first model: log-loss {candidate['logloss']:.5f} below the base rate "
+                                           f"{candidate['base_logloss']:.5f}, AUC {candidate['auc']:.4f}")
         gain = 1.0 - candidate["logloss"] / champion["logloss"]
         auc_change = candidate["auc"] - champion["auc"]
         summary = (f"log-loss {candidate['logloss']:.5f} vs {champion['logloss']:.5f} ({gain:+.2%}), "
-                   f"AUC {candidate['auc']:.4f} vs {champion['auc']:.4f} ({auc_change:+.4f}) on the same holdout")
+                   f"AUC {candidate['auc']:.4f} vs {champion['auc']:.4f} ({auc_change:+.4f}) on the same rows")
         if gain < self.min_logloss_gain:
             return PromotionDecision(False, f"{summary}: log-loss gain below {self.min_logloss_gain:.2%}")
         if auc_change < -self.max_auc_drop:
@@ -496,38 +529,64 @@ class PromotionRule:
         return PromotionDecision(True, f"{summary}: beats the champion")
 
 
+def trained_until(version: ModelVersion) -> pd.Timestamp:
+    """Where a version's training data ended: its holdout's first ``ts`` (no training row's label
+    reaches it), else the end of its data."""
+    import pandas as pd
+
+    stamp = pd.Timestamp(version.metadata.training.get("holdout_start") or version.metadata.data_end)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
 def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout: pd.DataFrame,
                        features: Sequence[str], rule: PromotionRule | None = None) -> dict[str, Any]:
-    """Score a candidate and the current champion on the candidate's holdout, and apply ``rule``.
+    """Score a candidate, and the champion on rows neither trained on, and apply ``rule``.
 
-    The champion is scored with its own features; when the holdout lacks any of them the two
-    cannot be compared on the same rows, so the candidate is not promoted automatically.
+    The candidate is scored on its whole holdout, against the floor. The champion is compared on
+    the part of that holdout after its own training data ended (:func:`trained_until`): rows it
+    trained on would flatter it. When fewer than ``rule.min_unseen_rows`` such rows are left (or
+    one label class only, or the holdout lacks a feature the champion needs), the comparison is
+    refused and said so: the candidate is not promoted automatically.
 
     Returns
     -------
     dict
-        ``candidate`` and ``champion_metrics`` (metrics or None), ``champion`` (its version or
-        None), ``promote`` (bool) and ``reason``.
+        ``candidate`` metrics on its holdout, ``compared_on`` (the rows and first ``ts`` of the
+        comparison), ``candidate_on_unseen`` and ``champion_metrics`` on those rows (or None),
+        ``champion`` (its version or None), ``promote`` (bool) and ``reason``.
     """
+    import pandas as pd
+
     rule = rule or PromotionRule()
     path = Path(model_path)
     candidate_booster = _booster_from_bytes(path.read_bytes(), str(path))
     _check_booster(candidate_booster, features, str(path))
     candidate = holdout_metrics(candidate_booster, holdout, features)
     promotion = registry.champion()
-    champion_metrics = None
-    if promotion is None:
-        decision = rule.decide(candidate, None)
+    result: dict[str, Any] = {"candidate": candidate, "champion": None if promotion is None else promotion.version,
+                              "champion_metrics": None, "candidate_on_unseen": None, "compared_on": None}
+    refused = rule.floor(candidate)
+    if refused is not None or promotion is None:
+        decision = refused or rule.decide(candidate, None)
+        return {**result, "promote": decision.promote, "reason": decision.reason}
+    champion = registry.get(promotion.version)
+    since = trained_until(champion)
+    unseen = holdout.iloc[:0] if "ts" not in holdout.columns else holdout.loc[
+        pd.to_datetime(holdout["ts"], utc=True) >= since]
+    missing = [f for f in champion.metadata.features if f not in holdout.columns]
+    result["compared_on"] = {"rows": int(len(unseen)), "from": str(since)}
+    if missing:
+        decision = PromotionDecision(False, f"champion {champion.version} needs feature(s) {missing} this holdout "
+                                            "lacks, so they cannot be compared on the same rows; compare by hand "
+                                            "and use `quant-engine models promote`")
+    elif len(unseen) < rule.min_unseen_rows or unseen["label"].nunique() < 2:
+        decision = PromotionDecision(False, f"champion {champion.version} trained on data until {since}; the "
+                                            f"candidate's holdout leaves {len(unseen)} row(s) after that (fewer than "
+                                            f"{rule.min_unseen_rows}, or one label class): no fair comparison, so no "
+                                            "automatic promotion; retrain on later data or promote by hand")
     else:
-        champion = registry.get(promotion.version)
-        missing = [f for f in champion.metadata.features if f not in holdout.columns]
-        if missing:
-            decision = PromotionDecision(False, f"champion {champion.version} needs feature(s) {missing} this holdout "
-                                                "lacks, so they cannot be compared on the same rows; compare by hand "
-                                                "and use `quant-engine models promote`")
-        else:
-            champion_metrics = holdout_metrics(registry.load_booster(champion.version), holdout,
-                                               champion.metadata.features)
-            decision = rule.decide(candidate, champion_metrics)
-    return {"candidate": candidate, "champion": None if promotion is None else promotion.version,
-            "champion_metrics": champion_metrics, "promote": decision.promote, "reason": decision.reason}
+        result["candidate_on_unseen"] = holdout_metrics(candidate_booster, unseen, features)
+        result["champion_metrics"] = holdout_metrics(registry.load_booster(champion.version), unseen,
+                                                     champion.metadata.features)
+        decision = rule.decide(result["candidate_on_unseen"], result["champion_metrics"])
+    return {**result, "promote": decision.promote, "reason": decision.reason}
