@@ -62,12 +62,13 @@ RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
 )
 def drift_monitor():
     @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
-    def enough_new_data(params=None):
+    def enough_new_data(params=None, dag=None):
         from airflow.sdk import PokeReturnValue
 
-        from qe_airflow import fail_fast_on_bad_input
+        from qe_airflow import fail_fast_on_bad_input, refuse_unknown_params
         from quant_engine.monitoring.run import readiness
 
+        refuse_unknown_params(params, dag)
         with fail_fast_on_bad_input():
             state = readiness(params["model_name"], min_new_rows=params["min_new_rows"])
         print(f"{state['new_rows']} new rows since {state['data_end']}, {state['matured_rows']} with settled labels")

@@ -89,11 +89,13 @@ def market_data_ingestion():
 
         import pandas as pd
 
+        from qe_airflow import fail_fast_on_bad_input
         from quant_engine.features.ingest import IngestionRequest, write_features
 
         request = IngestionRequest.from_dict(staged["request"])
-        result = write_features(pd.read_parquet(staged["features"]), bars=pd.read_parquet(staged["bars_in_range"]),
-                                market_time=request.market_time)
+        with fail_fast_on_bad_input():  # a group of another feature set or market time: retrying cannot help
+            result = write_features(pd.read_parquet(staged["features"]),
+                                    bars=pd.read_parquet(staged["bars_in_range"]), market_time=request.market_time)
         shutil.rmtree(Path(staged["features"]).parent, ignore_errors=True)  # staged files served their purpose
         print(f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
               f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "

@@ -80,14 +80,15 @@ DATASET_KEYS = tuple(D)
 )
 def spot_training():
     @task
-    def build_dataset(params=None, run_id=None) -> dict:
-        from qe_airflow import fail_fast_on_bad_input
+    def build_dataset(params=None, run_id=None, dag=None) -> dict:
+        from qe_airflow import fail_fast_on_bad_input, refuse_unknown_params
         from quant_engine.config import get_settings
         from quant_engine.runs import run_dir
         from quant_engine.training.dataset import TrainingSetConfig, build_training_set
         from quant_engine.config import make_model_registry
         from quant_engine.training.trainer import TrainingParams
 
+        refuse_unknown_params(params, dag)
         folder = run_dir("training", run_id)
         with fail_fast_on_bad_input():  # every parameter is checked before anything trains
             TrainingParams.from_hyperparameters(params["hyperparameters"])

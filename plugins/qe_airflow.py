@@ -31,6 +31,18 @@ def fail_fast_on_bad_input() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+def refuse_unknown_params(params: Mapping[str, object], dag: object) -> None:
+    """Fail (without retries) a run whose conf holds a key the DAG does not declare.
+
+    Airflow adds every conf key to the params, declared or not; a misspelt key (``tikers``) would
+    otherwise be ignored and the run go ahead with the default.
+    """
+    declared = set(dag.params)  # type: ignore[attr-defined]
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise AirflowFailException(f"unknown parameter(s) {unknown} in the run's conf; known: {', '.join(sorted(declared))}")
+
+
 def reading_params() -> dict[str, Param]:
     """How ingestion reads and judges bars: the group's market time and the validator's options."""
     return {

@@ -73,3 +73,13 @@ def test_an_hourly_fx_file_with_naive_times_ingests_with_its_calendar_and_zone(r
     stored = make_offline_store().read()
     assert stored["event_time"].min() == pd.Timestamp("2021-03-01 01:00", tz="UTC")
     assert stored["event_time"].max() == pd.Timestamp("2021-03-06 00:00", tz="UTC")  # Friday's session ends at midnight
+
+
+def test_a_feature_set_the_group_does_not_hold_fails_at_once_naming_the_setting(run_dag) -> None:
+    run_dag("market_data_ingestion", {"tickers": "SYN00", "start": "2024-03-04"})
+    result = run_dag("market_data_ingestion", {"tickers": "SYN00", "start": "2024-03-05", "feature_set": "extended"},
+                     expect_success=False)
+    output = result.stdout + result.stderr
+    assert "holds other features than this run computes" in output and "QE_FEATURE_GROUP" in output
+    assert "up_for_retry" not in output and "state=failed" in output
+    assert len(make_offline_store().commits()) == 1

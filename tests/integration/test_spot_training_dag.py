@@ -68,3 +68,20 @@ def test_bad_hyperparameters_fail_before_training(market: Path, run_dag: Callabl
     assert "hyperparameter num_round=0 must be a whole number >= 1" in output
     assert "starting task_id=train " not in output
     assert make_model_registry().versions() == []
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"hyperparameters": {"max_depth": -3}}, "value -3 for Parameter max_depth should be greater equal to 0"),
+    ({"hyperparameters": {"learning_rate": "nan"}}, "learning_rate='nan' must be finite numbers"),
+    ({"tikers": "SYN00"}, "unknown parameter(s) ['tikers'] in the run's conf"),
+    ({"tickers": ",,,"}, "names no ticker"),
+])
+def test_deterministic_errors_fail_at_once_without_retries(market: Path, run_dag: Callable, change, message) -> None:
+    conf = {**CONF, **change}
+    if "hyperparameters" not in change:
+        conf["hyperparameters"] = CONF["hyperparameters"]
+    result = run_dag("spot_training", conf, expect_success=False)
+    output = result.stdout + result.stderr
+    assert message in output and "state=failed" in output
+    assert "up_for_retry" not in output and "starting task_id=train " not in output
+    assert make_model_registry().versions() == []

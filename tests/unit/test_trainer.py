@@ -230,6 +230,13 @@ def test_validation_without_the_training_features_is_refused(tmp_path: Path) -> 
         ({"tree_method": "approx"}, "tree_method='approx' is not supported"),
         ({"objective": "reg:squarederror"}, "objective='reg:squarederror' is not supported"),
         ({"seed": 1, "random_state": 2}, "give both 'random_state' and 'seed'"),
+        # XGBoost's own parameters, judged by XGBoost before any data moves
+        ({"max_depth": -3}, "value -3 for Parameter max_depth should be greater equal to 0"),
+        ({"max_bin": 0}, "value 0 for Parameter max_bin should be greater equal to 2"),
+        ({"eval_metric": "sharpe"}, "Unknown metric function sharpe"),
+        ({"learning_rate": float("nan")}, "learning_rate=nan must be finite numbers"),
+        ({"learning_rate": "inf"}, "learning_rate='inf' must be finite numbers"),  # as SageMaker passes text
+        ({"lerning_rate": 0.1}, "unknown hyperparameter(s) ['lerning_rate']: XGBoost does not use them"),
     ],
 )
 def test_bad_hyperparameters_are_refused(hyperparameters: dict, message: str) -> None:

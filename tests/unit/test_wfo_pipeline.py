@@ -109,6 +109,7 @@ def test_null_parameters_take_defaults() -> None:
     ({"source": "csv"}, r"unknown parameter\(s\) \['source'\]"),  # labels come from the stored bars
     ({"feature_set": "fancy"}, "no feature set 'fancy'"),
     ({"tickers": [1, 2]}, "tickers=.* must be a comma-separated string or a list"),
+    ({"tickers": ",,,"}, "tickers=.* names no ticker; leave it empty"),
     ({"trials": []}, "trials must be a non-empty list"),
     ({"trials": [{"max_depth": 2}]}, "1 trial; give at least 2: PBO and the deflated Sharpe"),
     ({"trials": {"max_depth": []}}, r"trial grid entries \['max_depth'\] are empty"),

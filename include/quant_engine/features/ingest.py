@@ -41,6 +41,7 @@ from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
 from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
+from quant_engine.params import parse_tickers
 from quant_engine.timeutil import utc_day
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class IngestionRequest:
             raise IngestionError(str(exc)) from None
         settings = settings or get_settings()
         market_time = _market_time(p["calendar"], p["bar_size"], group_market_time(make_offline_store(settings)))
-        tickers = parse_tickers(p["tickers"])
+        tickers = parse_tickers(p["tickers"], error=IngestionError)
         first, last = _session_range(p, market_time, tickers, window, now)
         return cls(p["source"], first, last, market_time, tickers, p["path"], p["feature_set"], p["assume_tz"],
                    p["date_close"], p["on_error"], p["stamped_at"], limits)
@@ -231,23 +232,6 @@ class IngestionRequest:
         return cls(**{**values, "first_session": pd.Timestamp(values["first_session"]),
                       "last_session": pd.Timestamp(values["last_session"]), "market_time": market_time,
                       "limits": limits, "tickers": tuple(tickers) if tickers else None})
-
-
-def parse_tickers(value: object) -> tuple[str, ...] | None:
-    """Tickers as a comma-separated string or a list; ``None`` (or nothing given) means every ticker.
-
-    A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an error, not "all".
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
-        raise IngestionError(f"tickers={value!r} must be a comma-separated string or a list of names")
-    names = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
-    if not names:
-        raise IngestionError(f"tickers={value!r} names no ticker; leave it empty (null) for every ticker")
-    return names
 
 
 def _market_time(calendar: str | None, bar_size: str | None, stored: MarketTime | None) -> MarketTime:
@@ -464,22 +448,31 @@ class IngestionResult:
 
 def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time: MarketTime,
                         version: int = 1) -> None:
-    """Create ``store``'s group declaring ``market_time``, or check that it declared the same.
+    """Create ``store``'s group with ``columns`` declaring ``market_time``, or check that it holds the same.
 
     Raises
     ------
     StaleStoreError
         The group was written before the calendar time rule.
     IngestionError
-        The group declares another calendar or bar size.
+        The group declares another calendar or bar size, or holds other features.
     """
     stored = group_market_time(store)
     if stored is None:
         store.create_group(FeatureGroupSchema.for_features(list(columns), version=version,
                                                            parameters=market_time.to_json()))
-    elif stored != market_time:
+        return
+    if stored != market_time:
         raise IngestionError(f"feature group {store.feature_group!r} holds {stored.describe()}, not "
                              f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead")
+    held = list(store.schema.feature_names)
+    if held != list(columns):
+        missing, extra = [c for c in columns if c not in held], [c for c in held if c not in columns]
+        raise IngestionError(
+            f"feature group {store.feature_group!r} holds other features than this run computes (it lacks "
+            f"{missing or 'none'}, this run lacks {extra or 'none'}): one group, one feature set. Ingest into "
+            f"another group (set QE_FEATURE_GROUP, e.g. {store.feature_group}_2), or drop this one "
+            f"(quant-engine features drop {store.feature_group.removesuffix(BARS_GROUP_SUFFIX)})")
 
 
 def write_features(features: pd.DataFrame, settings: Settings | None = None,

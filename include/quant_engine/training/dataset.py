@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quant_engine.config import Settings
+from quant_engine.params import parse_tickers
 from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
 from quant_engine.wfo.pipeline import (
     WfoConfig,
     WfoConfigError,
-    _parse_tickers,
     build_dataset,
     write_json,
     write_parquet,
@@ -136,7 +136,7 @@ def _last_stored_day(tickers: object, settings: Settings | None):  # noqa: ANN20
         raise TrainingSetError(
             f"the offline store (feature group {store.feature_group!r}) is empty; ingest data first, or give end"
         )
-    names = _parse_tickers(tickers)
+    names = parse_tickers(tickers, error=TrainingSetError)
     rows = store.read(list(names) if names else None)
     if rows.empty:
         raise TrainingSetError(f"the offline store holds no rows for tickers {names}; give end or other tickers")

@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -153,6 +154,47 @@ def _fraction(params: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+def _finite_or_text(value: object) -> bool:
+    """False for a number that is not finite, also when written as text ("nan", "inf": XGBoost reads them)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return True
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+_UNUSED_PARAMETERS = re.compile(r"Parameters: \{(?P<names>[^}]*)\} are not used")
+
+
+def _check_xgboost_params(params: Mapping[str, Any]) -> None:
+    """Refuse what XGBoost would refuse, or silently ignore, before any data moves.
+
+    Numbers must be finite (XGBoost trains on a NaN learning rate and returns NaN metrics). A one
+    round dry run on two rows then lets XGBoost itself judge every value (``max_depth=-3``,
+    ``max_bin=0``, an unknown ``eval_metric``), and the names it reports as unused are unknown here.
+    """
+    import warnings
+
+    import xgboost as xgb
+
+    bad = [f"{k}={v!r}" for k, v in params.items() if not _finite_or_text(v)]
+    if bad:
+        raise TrainingInputError(f"hyperparameter(s) {', '.join(bad)} must be finite numbers")
+    rows = xgb.DMatrix(np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32), label=[0.0, 1.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            xgb.train(dict(params), rows, 1, evals=[(rows, "dry_run")], verbose_eval=False)
+        except xgb.core.XGBoostError as exc:
+            reason = next((line for line in str(exc).splitlines() if line.strip()), str(exc))
+            raise TrainingInputError(f"XGBoost refuses the hyperparameters: {reason.split(': ', 1)[-1]}") from None
+    unused = [m.group("names") for w in caught if (m := _UNUSED_PARAMETERS.search(str(w.message)))]
+    if unused:
+        names = sorted({n.strip().strip('"') for group in unused for n in group.split(",") if n.strip()})
+        raise TrainingInputError(f"unknown hyperparameter(s) {names}: XGBoost does not use them (a typo?)")
+
+
 @dataclass(frozen=True)
 class TrainingParams:
     """Hyperparameters split into what this trainer does itself and what XGBoost gets.
@@ -213,6 +255,7 @@ class TrainingParams:
                 f"hyperparameter objective={params.get('objective')!r} is not supported; use one of {_OBJECTIVES}"
             )
         params["seed"] = seed
+        _check_xgboost_params(params)
         return cls(num_round, checkpoint_every, keep, seed, subsample, colsample, params)
 
     @property

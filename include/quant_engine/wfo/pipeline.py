@@ -228,6 +228,7 @@ class WfoConfig:
         falls back to its default.
         """
         from quant_engine.features.definitions import get_feature_set
+        from quant_engine.params import parse_tickers
         from quant_engine.wfo.backtest import PORTFOLIOS
         from quant_engine.timeutil import utc_day
         from quant_engine.wfo.splitters import CombinatorialPurgedCV
@@ -270,7 +271,7 @@ class WfoConfig:
         return cls(
             start=start,
             end=end,
-            tickers=_parse_tickers(p["tickers"]),
+            tickers=parse_tickers(p["tickers"], error=WfoConfigError),
             feature_set=p["feature_set"],
             label=label,
             n_groups=n_groups,
@@ -349,17 +350,6 @@ def _check_int(what: str, value: object, low: int, high: int) -> int:
     if not low <= value <= high:
         raise WfoConfigError(f"{what} must be between {low} and {high}")
     return int(value)
-
-
-def _parse_tickers(value: object) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
-        raise WfoConfigError(f"tickers={value!r} must be a comma-separated string or a list of names")
-    tickers = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
-    return tickers or None
 
 
 def _parse_embargo(value: object) -> int | str:
