@@ -6,7 +6,7 @@ Lives in the plugins folder, which Airflow puts on ``sys.path`` for DAG files an
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from airflow.sdk import Param
 from airflow.sdk.exceptions import AirflowFailException
@@ -41,6 +41,12 @@ def refuse_unknown_params(params: Mapping[str, object], dag: object) -> None:
     unknown = sorted(set(params) - declared)
     if unknown:
         raise AirflowFailException(f"unknown parameter(s) {unknown} in the run's conf; known: {', '.join(sorted(declared))}")
+
+
+def asset_event_extras(triggering_asset_events: Mapping[object, Iterable[object]] | None) -> list[dict]:
+    """The ``extra`` of every asset event that triggered the run (none for a manual run)."""
+    events = (event for asset_events in (triggering_asset_events or {}).values() for event in asset_events)
+    return [dict(getattr(event, "extra", None) or {}) for event in events]
 
 
 def reading_params() -> dict[str, Param]:

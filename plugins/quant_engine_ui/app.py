@@ -89,10 +89,14 @@ def _report_file(kind: str, name: str, filename: str) -> Path:
 def wfo_section() -> str:
     from quant_engine.wfo.report import load_report
 
-    rows = []
+    rows, skipped = [], []
     for name, folder in list(_report_folders("wfo").items())[:MAX_WFO_RUNS]:
-        report = load_report(folder)
-        selected = report["trials"][report["selected_trial"]]
+        try:
+            report = load_report(folder)
+            selected = report["trials"][report["selected_trial"]]
+        except Exception as exc:  # noqa: BLE001 - one bad file must not take the page down
+            skipped.append(_unreadable(f"walk-forward report {name}", exc))
+            continue
         link = f"wfo/{urllib.parse.quote(name, safe='')}"
         rows.append([
             f'<a href="{link}">{html.escape(report["run_id"])}</a>',
@@ -106,7 +110,13 @@ def wfo_section() -> str:
                     "splits / paths / trials", "setup"], rows,
                    "No walk-forward report yet: trigger the wfo_pipeline DAG.")
     return ("<h2>Walk-forward reports</h2><p>Each run's page has every backtest path's equity curve, the PBO "
-            "logits and the split diagram.</p>" + table)
+            "logits and the split diagram.</p>" + table + "".join(skipped))
+
+
+def _unreadable(what: str, exc: Exception) -> str:
+    """The line a section shows instead of an item it cannot read (the rest of the page still renders)."""
+    return f'<p class="bad">Skipped {html.escape(what)}: cannot read it ({html.escape(type(exc).__name__)}: ' \
+           f"{html.escape(str(exc)[:200])}).</p>"
 
 
 def _model_names() -> list[str]:
@@ -125,9 +135,13 @@ def registry_section() -> str:
     parts = ["<h2>Model registry</h2>"]
     for name in _model_names():
         registry = make_model_registry(name=name)
-        champion = registry.champion()
+        try:
+            champion, versions = registry.champion(), registry.list()
+        except Exception as exc:  # noqa: BLE001 - a stray or corrupt folder must not take the page down
+            parts.append(f"<h3>{html.escape(name)}</h3>" + _unreadable(f"registry {name}", exc))
+            continue
         rows = []
-        for version in reversed(registry.list()):
+        for version in reversed(versions):
             is_champion = champion is not None and champion.version == version.version
             metrics = version.metadata.metrics or {}
             rows.append([
@@ -149,7 +163,10 @@ def drift_section() -> str:
     if not folders:
         return "<h2>Drift</h2><p class='muted'>No drift report yet: the drift_monitor DAG writes one.</p>"
     name, folder = next(iter(folders.items()))
-    document = json.loads((folder / "report.json").read_text())
+    try:
+        document = json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError) as exc:
+        return "<h2>Drift</h2>" + _unreadable(f"drift report {name}", exc)
     verdict = document.get("verdict", "?")
     css = "ok" if verdict == "none" else "bad"
     window = document.get("window", {})

@@ -153,6 +153,15 @@ def test_stationary_market_finds_nothing(qe_home: Path, threshold: float | None)
     assert (Path(result.report_dir) / "report.html").exists()
     figures = json.loads((Path(result.report_dir) / "feature_drift.json").read_text())
     assert figures["calibrated_window_days"] == (None if threshold else 60)  # a 90-day window: the 60-day thresholds
+    # A silence explains itself: the closest features against their thresholds, the quality held, the regime.
+    why = report["explanation"]
+    assert why[0].startswith("The inputs did not drift: 0 of 10 feature(s) beyond their ")
+    assert ("thresholds calibrated on 60-day training windows" if threshold is None else "one threshold") in why[0]
+    assert why[1].startswith("Quality held: on ") and why[2].startswith("The market's volatility regime is ")
+    page = (Path(result.report_dir) / "report.html").read_text()
+    for shown in ("<h2>Why</h2>", why[0].split(" (closest")[0], "<th>threshold</th>", "<h2>Volatility regime</h2>",
+                  "<th>lower</th><th>upper</th><th>baseline</th><th>tolerance</th>"):
+        assert shown in page
     if threshold is None:
         # With Model Monitor's fixed 0.1 the same window would have flagged features: the calibration matters.
         assert any(f["robust_distance"] > 0.1 for f in figures["features"])
@@ -166,6 +175,8 @@ def test_shifted_market_is_found_with_calibrated_thresholds(qe_home: Path) -> No
     assert result.retrain and result.verdict in ("feature_drift", "both")
     report = json.loads((Path(result.report_dir) / "report.json").read_text())
     assert len(report["evidence"]["drifted_features"]) >= 2  # the default min_drifted_features
+    assert report["explanation"][0].startswith(f"The inputs drifted: {len(report['evidence']['drifted_features'])} "
+                                               "of 10 feature(s) beyond their thresholds calibrated on")
     alarms = LocalAlarms(qe_home / "monitoring" / "xgb_direction-drift")
     drifted = next(iter(report["evidence"]["drifted_features"]))
     assert alarms.state(f"feature_baseline_drift_{drifted}-alarm").state == "ALARM"

@@ -168,3 +168,26 @@ def test_signals_refused_for_a_wrong_token_are_said_plainly(client: TestClient, 
     client.cookies.set("_token", token)
     text = client.get("/").text
     assert "lag_ms" in text and "SYN03" not in text and "set QE_BRIDGE_UI_TOKEN" in text
+
+
+def test_an_unreadable_report_or_registry_is_skipped_and_said_not_a_500(client: TestClient, token: str, qe_home: Path,
+                                                                         tmp_path: Path) -> None:
+    _write_wfo_report(qe_home)
+    broken = qe_home / "reports" / "wfo" / "broken-run"
+    broken.mkdir(parents=True)
+    (broken / "report.json").write_text("{not json")
+    _register_model(tmp_path)
+    stray = qe_home / "models" / "stray_model" / "versions" / "v0001"
+    stray.mkdir(parents=True)
+    (stray / "metadata.json").write_text("[]")
+    drift = qe_home / "reports" / "drift" / "drift-run-2"
+    drift.mkdir(parents=True)
+    (drift / "report.json").write_text("{truncated")
+    client.cookies.set("_token", token)
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    assert RUN_FOLDER in text and "v0001" in text  # the readable items are all there
+    assert "Skipped walk-forward report broken-run: cannot read it" in text
+    assert "Skipped registry stray_model: cannot read it" in text
+    assert "Skipped drift report drift-run-2: cannot read it" in text

@@ -88,7 +88,7 @@ def test_report_html_is_self_contained_with_four_plots(report_folder: Path) -> N
 
 
 def test_report_files_are_written_atomically(report_folder: Path) -> None:
-    assert sorted(p.name for p in report_folder.iterdir()) == ["report.html", "report.json"]
+    assert sorted(p.name for p in report_folder.iterdir()) == [".run_id", "report.html", "report.json"]  # no temp file
 
 
 def test_split_diagram_roles_follow_the_plan(home: Path, report_folder: Path) -> None:
@@ -162,3 +162,14 @@ def test_paths_cover_the_whole_sample(home: Path, report_folder: Path) -> None:
     days = load_dataset(run, ["ts"])["ts"].drop_duplicates().reset_index(drop=True)
     for _, frame in paths.groupby(["trial", "path"]):
         pd.testing.assert_series_equal(frame["ts"].reset_index(drop=True), days, check_names=False)
+
+
+def test_run_ids_that_map_to_one_folder_are_refused_not_overwritten(tmp_path: Path) -> None:
+    from quant_engine.runs import RunIdError, claimed_folder, run_dir
+
+    first = claimed_folder(tmp_path, "col/1")
+    assert claimed_folder(tmp_path, "col/1") == first  # a rerun of the same id gets its folder back
+    with pytest.raises(RunIdError, match="run id 'col_1' maps to folder .*col_1, which run 'col/1' already uses"):
+        claimed_folder(tmp_path, "col_1")
+    with pytest.raises(RunIdError, match="no characters usable"):
+        run_dir("wfo", "///")

@@ -40,7 +40,7 @@ from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conf
 from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
-from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
+from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore, overwrite_atomic
 from quant_engine.params import parse_tickers
 from quant_engine.timeutil import utc_day
 
@@ -478,14 +478,16 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
 def write_features(features: pd.DataFrame, settings: Settings | None = None,
                    feature_group: str | None = None, *, bars: pd.DataFrame | None = None,
                    market_time: MarketTime | None = None) -> IngestionResult:
-    """Write to the offline store, then the online store, as one unit.
+    """Write to the offline store, then the online store, as one unit that survives a crash.
 
-    The offline writes (features, then ``bars`` into the bars group) are one atomic commit each. If
-    a later write fails, the commits already made are reverted, so a failed ingestion leaves every
-    store exactly as it was. Where a SageMaker Feature Store group is configured it is written
-    inside the online store's transaction: if it refuses the records, the online and offline
-    writes are undone too (its own records are upserts keyed by ticker and event time, so the
-    retry that follows rewrites them harmlessly).
+    The writes of one ingestion (features, ``bars`` into the bars group, the online store, and a
+    SageMaker Feature Store group where one is configured) go through a journal
+    (:class:`IngestionJournal`): the frames are staged first, then the journal is committed, then
+    each store is written. A write that *fails* reverts the offline commits already made and drops
+    the journal, so the stores are exactly as they were; a process *killed* half-way leaves the
+    journal, and the next ingestion of the group finishes it before anything else (every write is
+    idempotent), so no store is left holding what another lacks. A compaction a crash skipped is
+    made up by the next write that finds enough files outside the snapshot.
 
     Parameters
     ----------
@@ -502,13 +504,29 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
         group, checked against an existing one.
     """
     settings = settings or get_settings()
-    market_time = market_time or MarketTime()
     group = feature_group or settings.feature_group
     offline = make_offline_store(settings, group)
-    bar_store = make_offline_store(settings, bars_group_name(group)) if bars is not None else None
+    journal = IngestionJournal(offline)
+    journal.finish_pending(settings, group)
+    market_time = market_time or MarketTime()
     declare_market_time(offline, [c for c in features.columns if c not in ("ticker", "event_time")], market_time)
-    if bar_store is not None:
-        declare_market_time(bar_store, STORED_BAR_COLUMNS, market_time)
+    if bars is not None:
+        declare_market_time(make_offline_store(settings, bars_group_name(group)), STORED_BAR_COLUMNS, market_time)
+    journal.begin(features, bars)
+    try:
+        result = _write_stores(features, bars, settings, group)
+    except BaseException:
+        journal.end()  # the failed write reverted itself: nothing is left to finish
+        raise
+    journal.end()
+    return result
+
+
+def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, settings: Settings,
+                  group: str) -> IngestionResult:
+    """Each store in turn; a failure reverts the offline commits made before it."""
+    offline = make_offline_store(settings, group)
+    bar_store = make_offline_store(settings, bars_group_name(group)) if bars is not None else None
     online = make_online_store(settings, group)
     sagemaker_group = make_sagemaker_feature_group(settings, group)
     commit = offline.write(features)
@@ -526,10 +544,9 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
                 log.error("ingestion failed; reverting commit %s of %s", made.commit_id, store.feature_group)
                 store.revert(made.commit_id)
         raise
-    if len(commit.files) >= COMPACT_AFTER_FILES:
-        offline.compact()
-    if bar_commit is not None and len(bar_commit.files) >= COMPACT_AFTER_FILES:
-        bar_store.compact()
+    for store in (offline, bar_store):
+        if store is not None and store.uncompacted_files() >= COMPACT_AFTER_FILES:
+            store.compact()
     return IngestionResult(
         rows_received=len(features),
         rows_written_offline=commit.rows_written,
@@ -539,6 +556,64 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
         end=str(features["event_time"].max()),
         bars_written_offline=0 if bar_commit is None else bar_commit.rows_written,
     )
+
+
+class IngestionJournal:
+    """The write-ahead record of one ingestion in flight, kept in the feature group's own storage.
+
+    ``pending-ingestion/`` beside the group's data holds the staged frames and ``journal.json``,
+    committed last (one atomic replace): while it exists, an ingestion began writing the stores and
+    did not end. :meth:`finish_pending` writes those frames again (every store write is
+    idempotent), then removes the journal.
+    """
+
+    FOLDER = "pending-ingestion"
+
+    def __init__(self, store: OfflineStore) -> None:
+        self.fs = store.fs
+        self.key = f"{store.feature_group}/{self.FOLDER}"
+
+    def _staged(self, name: str) -> str:
+        return f"{self.key}/{name}.parquet"
+
+    def begin(self, features: pd.DataFrame, bars: pd.DataFrame | None) -> None:
+        import io
+        import json
+
+        staged = {"features": features, **({"bars": bars} if bars is not None else {})}
+        for name, frame in staged.items():
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            self.fs.write(self._staged(name), buffer.getvalue())
+        journal = {"frames": sorted(staged), "began": pd.Timestamp.now(tz="UTC").isoformat()}
+        overwrite_atomic(self.fs, f"{self.key}/journal.json", json.dumps(journal).encode())
+
+    def pending(self) -> dict[str, pd.DataFrame] | None:
+        """The staged frames of an ingestion that did not end, or None."""
+        import io
+        import json
+
+        found = self.fs.read_versioned(f"{self.key}/journal.json")
+        if found is None:
+            return None
+        names = json.loads(found[0])["frames"]
+        return {name: pd.read_parquet(io.BytesIO(self.fs.read(self._staged(name)))) for name in names}
+
+    def finish_pending(self, settings: Settings, group: str) -> IngestionResult | None:
+        """Finish an ingestion a crash interrupted (its stores written again, idempotently), or do nothing."""
+        frames = self.pending()
+        if frames is None:
+            return None
+        log.warning("finishing an ingestion of %s that did not end (%d feature rows): a crash interrupted it",
+                    group, len(frames["features"]))
+        result = _write_stores(frames["features"], frames.get("bars"), settings, group)
+        self.end()
+        return result
+
+    def end(self) -> None:
+        """Remove the journal first (the ingestion is complete), then its staged frames."""
+        for key in [f"{self.key}/journal.json", *(k for k in self.fs.list(self.key) if not k.endswith("journal.json"))]:
+            self.fs.delete(key)
 
 
 def drop_feature_group(group: str, settings: Settings | None = None, *, dry_run: bool = False) -> list[str]:

@@ -787,9 +787,12 @@ class OfflineStore:
         """
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"a feature batch must be a pandas DataFrame, not {type(frame).__name__}")
-        api_invocation_time = pd.Timestamp.now(tz="UTC")
-        write_time = api_invocation_time if write_time is None else utc_timestamp(write_time, "write_time")
+        given_write_time = None if write_time is None else utc_timestamp(write_time, "write_time")
         with self.fs.lock(self._key(".lock")):
+            # Stamped under the lock: a writer that waited for it must not commit a time before the
+            # commit it waited for, or an as_of read at that time would change after the fact.
+            api_invocation_time = pd.Timestamp.now(tz="UTC")
+            write_time = api_invocation_time if given_write_time is None else given_write_time
             manifest = self._load()
             schema = manifest.schema
             if schema is None:
@@ -926,6 +929,12 @@ class OfflineStore:
         log.warning("feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id,
                     reverted.rows_written)
         return reverted
+
+    def uncompacted_files(self) -> int:
+        """Day files a full read opens beside the snapshot: those of the commits it does not cover."""
+        manifest = self._load()
+        covered = set(manifest.snapshot.commit_ids) if manifest.snapshot is not None else set()
+        return sum(len(c.files) for c in manifest.commits if c.commit_id not in covered)
 
     def compact(self) -> str | None:
         """Write every live row into one snapshot file that reads use instead of the day files.

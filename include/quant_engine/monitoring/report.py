@@ -25,7 +25,7 @@ from quant_engine.atomic import write_bytes_atomic
 from quant_engine.monitoring.baseline import Baseline, write_json_atomic
 from quant_engine.monitoring.concept_drift import ConceptDriftReport
 
-__all__ = ["HTML_FILE", "JSON_FILE", "json_safe", "write_report"]
+__all__ = ["HTML_FILE", "JSON_FILE", "explain", "json_safe", "write_report"]
 
 JSON_FILE = "report.json"
 HTML_FILE = "report.html"
@@ -109,10 +109,63 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _thresholds_note(evidence: Mapping[str, Any]) -> str:
+    days = evidence.get("calibrated_window_days")
+    need = evidence.get("min_drifted_features", 1)
+    where = (f"each feature's own, calibrated on {days}-day windows of its training data" if days
+             else "one given threshold for every feature")
+    return f"{where}; at least {need} feature(s) must drift together for the inputs to count as drifted."
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def explain(document: Mapping[str, Any]) -> list[str]:
+    """Why the verdict is what it is, in sentences: the inputs, the quality, the market's regime.
+
+    Each feature is judged against its own threshold (calibrated on training windows of the
+    window's length, unless one threshold was given); the inputs count as drifted when at least
+    ``min_drifted_features`` did. Quality falls when a metric's bound lies wholly beyond the
+    holdout's value by more than its tolerance.
+    """
+    evidence = document["evidence"]
+    judged = evidence.get("feature_distances", {})  # the distance each threshold is compared with
+    features = [{**f, "distance": judged.get(f["name"], f["distance"])}
+                for f in evidence.get("feature_drift", {}).values() if f.get("threshold") is not None]
+    need = evidence.get("min_drifted_features", 1)
+    days = evidence.get("calibrated_window_days")
+    against = (f"thresholds calibrated on {days}-day training windows" if days else "one threshold for every feature")
+    drifted = [f for f in features if f.get("drifted")]
+    listed = ", ".join(f"{f['name']} {f['distance']:.3f} > {f['threshold']:.3f}" for f in drifted[:6])
+    if len(drifted) >= need:
+        lines = [f"The inputs drifted: {len(drifted)} of {len(features)} feature(s) beyond their {against} "
+                 f"({listed}); {need} needed."]
+    else:
+        closest = sorted((f for f in features if f.get("distance") is not None),
+                         key=lambda f: f["threshold"] - f["distance"])[:3]
+        near = ", ".join(f"{f['name']} {f['distance']:.3f} vs {f['threshold']:.3f}" for f in closest)
+        lines = [f"The inputs did not drift: {len(drifted)} of {len(features)} feature(s) beyond their {against}, "
+                 f"{need} needed (closest: {near or 'none'})."]
+    quality = evidence.get("quality", {})
+    checks = quality.get("checks", {})
+    breached = [c for c in checks.values() if c.get("breached")]
+    if breached:
+        lines.append("Quality fell: " + "; ".join(
+            f"{c['name']} {c['value']:.4f} (bounds {c['lower']:.4f}..{c['upper']:.4f}) against the holdout's "
+            f"{c['baseline']:.4f}, beyond the tolerance {c['tolerance']:.4f}" for c in breached) + ".")
+    else:
+        lines.append(f"Quality held: on {quality.get('n_settled', 0)} settled predictions no metric's "
+                     f"{quality.get('confidence', 0):.0%} bound left the holdout's value by more than its tolerance.")
+    regime = evidence.get("vol_regime")
+    if regime:
+        lines.append(f"The market's volatility regime is {regime['regime']} ({regime['percentile']:.1%} of the "
+                     f"training history's realised volatility, since {str(regime['since'])[:10]}): thresholds "
+                     "calibrated on the training years already include its spells, so a stressed market alone is "
+                     "no drift.")
+    return lines
 
 
 def write_report(folder: Path | str, document: Mapping[str, Any], *, baseline: Baseline, window: pd.DataFrame,
@@ -164,14 +217,22 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px}}figure{{display:inl
 <p>Model {html.escape(str(document.get("model_name", "")))} {html.escape(str(document.get("model_version", "")))},
 window {html.escape(str(document.get("window", {})))}; retraining requested:
 {html.escape(str(document.get("retraining_requested", "")))}</p>
-<h2>Feature distributions, baseline vs current</h2>{plots}
-<h2>Model quality against the holdout</h2>
+<h2>Why</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in document.get("explanation", []))}</ul>
+<h2>Features: the judged distance against each one's threshold</h2>
+{_table([{**f, "judged_distance": distances.get(f["name"])} for f in drift.values()],
+        ("name", "judged_distance", "threshold", "drifted", "distance", "robust_distance", "psi", "wasserstein_sigma",
+         "num_present"))}
+<p>Thresholds: {html.escape(_thresholds_note(document["evidence"]))}</p>
+<h2>Volatility regime</h2>
+{_table([document["evidence"]["vol_regime"]] if document["evidence"].get("vol_regime") else [],
+        ("regime", "percentile", "realized_vol", "since", "as_of"))}
+<h2>Model quality against the holdout, with bounds</h2>
+{_table(list(document["evidence"].get("quality", {}).get("checks", {}).values()),
+        ("name", "value", "lower", "upper", "baseline", "tolerance", "breached"))}
 <figure><img alt="quality" src="data:image/png;base64,{_quality_plot(quality)}"></figure>
+<h2>Feature distributions, baseline vs current</h2>{plots}
 <h2>Constraint violations</h2>
 {_table(document["constraint_violations"], ("feature_name", "constraint_check_type", "description"))}
-<h2>Feature drift</h2>
-{_table(list(drift.values()), ("name", "num_present", "completeness", "distance", "robust_distance", "psi",
-                                "wasserstein_sigma", "drifted"))}
 <h2>Notes</h2><ul>{"".join(f"<li>{html.escape(str(n))}</li>" for n in document["evidence"].get("notes", []))}</ul>
 </body></html>
 """

@@ -302,10 +302,10 @@ def run_drift_check(
         market_proxy_returns,
     )
     from quant_engine.monitoring.feature_drift import check_drift
-    from quant_engine.monitoring.report import write_report
+    from quant_engine.monitoring.report import explain, json_safe, write_report
     from quant_engine.monitoring.scoring import prediction_log
     from quant_engine.monitoring.verdict import drift_verdict
-    from quant_engine.runs import safe_name
+    from quant_engine.runs import claimed_folder
 
     settings = settings or get_settings()
     registry = make_model_registry(settings, model_name)
@@ -352,7 +352,7 @@ def run_drift_check(
         alarms.put_metrics(metrics)
     alarm_states = {name: alarms.state(definition.name).state for name, definition in definitions.items()}
 
-    folder = settings.reports_dir / "drift" / safe_name(run_id)
+    folder = claimed_folder(settings.reports_dir / "drift", run_id)
     drift.write(folder)
     retrain = verdict.kind != "none"
     document = {
@@ -365,12 +365,15 @@ def run_drift_check(
         "evidence": {
             **verdict.to_dict(),
             "feature_drift": {name: asdict(f) for name, f in drift.features.items()},
+            "calibrated_window_days": drift.calibrated_window_days,
+            "min_drifted_features": min_drifted_features,
             "quality": concept.to_dict(),
             "alarms": alarm_states,
             "notes": [*verdict.notes, *notes],
         },
         "constraint_violations": drift.violations_document()["violations"],
     }
+    document["explanation"] = explain(json_safe(document))
     plotted = list(dict.fromkeys([
         *drift.drifted_features,
         *sorted(drift.comparison_distances, key=lambda n: -drift.comparison_distances[n])[:TOP_FEATURES],

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from quant_engine.features.offline_store import ConcurrentCommitError, FileSystem
+from quant_engine.training.spec import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -57,7 +58,6 @@ __all__ = [
     "holdout_metrics",
 ]
 
-DEFAULT_MODEL_NAME = "xgb_direction"
 #: File suffixes the registry stores; both are XGBoost's own formats, which hold no code.
 MODEL_FORMATS: tuple[str, ...] = ("json", "ubj")
 FORMAT_VERSION = 1
@@ -565,9 +565,8 @@ def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout:
     promotion = registry.champion()
     result: dict[str, Any] = {"candidate": candidate, "champion": None if promotion is None else promotion.version,
                               "champion_metrics": None, "candidate_on_unseen": None, "compared_on": None}
-    refused = rule.floor(candidate)
-    if refused is not None or promotion is None:
-        decision = refused or rule.decide(candidate, None)
+    if promotion is None:
+        decision = rule.decide(candidate, None)
         return {**result, "promote": decision.promote, "reason": decision.reason}
     champion = registry.get(promotion.version)
     since = trained_until(champion)
@@ -589,4 +588,6 @@ def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout:
         result["champion_metrics"] = holdout_metrics(registry.load_booster(champion.version), unseen,
                                                      champion.metadata.features)
         decision = rule.decide(result["candidate_on_unseen"], result["champion_metrics"])
+    # The floor judges the candidate on its whole holdout, whatever the comparison said.
+    decision = rule.floor(candidate) or decision
     return {**result, "promote": decision.promote, "reason": decision.reason}

@@ -60,7 +60,7 @@ def setup(config: Mapping[str, Any]) -> str:
 
 
 def report_dir(run_id: str, settings: Settings | None = None) -> Path:
-    """``$QE_HOME/reports/wfo/<run_id>``."""
+    """``$QE_HOME/reports/wfo/<run_id>``, where the run's report is (or will be) written."""
     from quant_engine.runs import safe_name
 
     settings = settings or get_settings()
@@ -271,7 +271,11 @@ def write_report(run_dir: Path, destination: Path | None = None, settings: Setti
     """
     run_dir = Path(run_dir)
     report = build_report(run_dir)
-    destination = Path(destination) if destination else report_dir(report["run_id"], settings)
+    if destination is None:  # claimed by the run, so another run id mapping to the same name is refused
+        from quant_engine.runs import claimed_folder
+
+        destination = claimed_folder(report_dir(report["run_id"], settings).parent, report["run_id"])
+    destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     paths = pd.read_parquet(run_dir / "paths.parquet", columns=["trial", "path", "ts", "return"])
     logits = json.loads((run_dir / "statistics.json").read_text())["pbo_logits"]

@@ -1,0 +1,118 @@
+"""The steps of a training run, as the ``spot_training`` DAG wires them: prepare, train, evaluate, register.
+
+Each step takes plain values (the run's resolved parameters, paths) and returns a JSON-ready dict,
+so a task hands it to the next through XCom. :func:`prepare` checks every parameter before any data
+moves (a deterministic error fails at once) and builds the training set; :func:`train` runs the
+script-mode trainer under the chosen runner; :func:`evaluate` applies the promotion rule;
+:func:`register` stores the version with its full spec and its drift baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from quant_engine.config import Settings, get_settings, make_model_registry
+from quant_engine.training.dataset import DEFAULT_PARAMS as DATASET_DEFAULTS
+from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set
+from quant_engine.training.spec import resolve_training_params
+from quant_engine.training.trainer import TrainingParams
+
+RUNNERS: tuple[str, ...] = ("local_spot", "sagemaker")
+#: The dataset's own parameters among a run's (the rest pick the runner, the model and its name).
+DATASET_KEYS: tuple[str, ...] = tuple(DATASET_DEFAULTS)
+
+
+def prepare(conf: Mapping[str, Any], run_dir: Path, *, requested_by: Sequence[Mapping[str, Any]] = (),
+            settings: Settings | None = None) -> dict[str, Any]:
+    """Resolve the run's parameters (the champion's spec, rolled forward, overridden by ``conf``),
+    check them all, and build the training set in ``run_dir``.
+
+    Raises
+    ------
+    ValueError
+        Any parameter that cannot be used (the subclass names the family); nothing was built.
+    """
+    settings = settings or get_settings()
+    params, basis = resolve_training_params(conf, lambda name: make_model_registry(settings, name),
+                                            requested_by=requested_by)
+    if params["runner"] not in RUNNERS:
+        raise TrainingSetError(f"runner={params['runner']!r} is not a runner; use one of {', '.join(RUNNERS)}")
+    TrainingParams.from_hyperparameters(params["hyperparameters"])
+    if params["runner"] == "sagemaker":
+        from quant_engine.training.sagemaker_spot import SpotTrainingSpec, check_settings, encode_hyperparameters
+
+        check_settings(settings)
+        SpotTrainingSpec.from_env()
+        encode_hyperparameters(params["hyperparameters"])
+    config = TrainingSetConfig.from_params({k: params[k] for k in DATASET_KEYS}, settings)
+    summary = build_training_set(config, run_dir, settings)
+    return {"run_dir": str(run_dir), "params": params, "basis": basis, "feature_group": settings.feature_group,
+            "rows": summary["rows"], "channels": summary["channels"], "holdout": summary["holdout"]}
+
+
+def train(prepared: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """Train with the run's runner: the trainer under the local spot simulator, or a SageMaker managed spot job."""
+    import json
+
+    folder, channels, params = Path(prepared["run_dir"]), prepared["channels"], prepared["params"]
+    hyperparameters = params["hyperparameters"]
+    if params["runner"] == "sagemaker":
+        from quant_engine.training.sagemaker_spot import run_spot_training
+
+        result = run_spot_training(channels, folder / "model", hyperparameters, run_id=run_id)
+        return {"runner": "sagemaker", "model_path": result["model_path"], "job_name": result["job_name"],
+                "savings": result["savings"], "billing": result["billing"]}
+    from quant_engine.training.spot import random_schedule, simulate
+
+    trainer = TrainingParams.from_hyperparameters(hyperparameters)
+    report = simulate(
+        ["--train", channels["train"], "--validation", channels["validation"],
+         "--model-dir", str(folder / "model"), "--checkpoint-dir", str(folder / "checkpoints"),
+         "--hyperparameters", json.dumps(hyperparameters)],
+        schedule=random_schedule(params["interruptions"], trainer.num_round, seed=trainer.seed, kind="mixed"),
+        # The trainer leaves within a round of SIGTERM, so a short notice suffices (SageMaker gives 120 s).
+        rate_per_hour=params["interruption_rate_per_hour"], seed=trainer.seed, grace_s=10.0,
+    ).as_dict()
+    return {"runner": "local_spot", "model_path": str(folder / "model" / "model.json"), "spot": report}
+
+
+def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+    """The candidate against the floor, and the champion on rows neither trained on."""
+    import pandas as pd
+
+    from quant_engine.training.dataset import load_summary
+    from quant_engine.training.registry import evaluate_candidate
+
+    summary = load_summary(prepared["run_dir"])
+    return evaluate_candidate(make_model_registry(name=prepared["params"]["model_name"]), trained["model_path"],
+                              pd.read_parquet(prepared["holdout"]), summary["features"])
+
+
+def register(prepared: Mapping[str, Any], trained: Mapping[str, Any], evaluated: Mapping[str, Any]) -> dict[str, str]:
+    """Register the model with its full spec (dataset, feature group, hyperparameters, evaluation) and
+    store its drift baselines beside it; returns the version and where the baselines went."""
+    import pandas as pd
+
+    from quant_engine.monitoring.run import record_baseline
+    from quant_engine.training.dataset import load_summary, load_train_frame
+    from quant_engine.training.registry import ModelMetadata
+
+    params = prepared["params"]
+    summary = load_summary(prepared["run_dir"])
+    metadata = ModelMetadata(
+        features=summary["features"], data_start=summary["train_start"], data_end=summary["holdout_end"],
+        data_fingerprint=summary["fingerprint"], params=params["hyperparameters"], metrics=evaluated["candidate"],
+        wfo_report=params["wfo_report"],
+        training={**{k: v for k, v in trained.items() if k != "model_path"}, "dataset": summary["params"],
+                  "feature_group": prepared["feature_group"], "holdout_start": summary["holdout_start"],
+                  "rows": summary["rows"], "evaluation": dict(evaluated), "basis": prepared["basis"]},
+    )
+    registry = make_model_registry(name=params["model_name"])
+    version = registry.register(trained["model_path"], metadata)
+    # The drift monitor judges this version against these baselines, never the training data.
+    where = record_baseline(registry.name, version, registry.load_booster(version),
+                            load_train_frame(prepared["run_dir"]), pd.read_parquet(prepared["holdout"]),
+                            summary["features"])
+    return {"version": version, "baselines": str(where)}
