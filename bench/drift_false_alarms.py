@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import pandas as pd
 
 from quant_engine.data.synthetic import Shift, SyntheticMarket

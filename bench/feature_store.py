@@ -309,7 +309,8 @@ def main() -> None:
         feast_worker(args.feast_worker)
         return
 
-    from quant_engine.features.offline_store import LocalFileSystem, OfflineStore
+    from quant_engine.features.offline_store import OfflineStore
+    from quant_engine.storage.filesystem import LocalFileSystem
 
     workdir = Path(tempfile.mkdtemp(prefix="qe-bench-feature-store-"))
     feast = None

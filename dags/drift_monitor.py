@@ -64,8 +64,8 @@ def drift_monitor():
     @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
     def enough_new_data(params=None, dag=None):
         from airflow.sdk import PokeReturnValue
-
         from qe_airflow import fail_fast_on_bad_input, refuse_unknown_params
+
         from quant_engine.monitoring.run import readiness
 
         refuse_unknown_params(params, dag)
@@ -77,6 +77,7 @@ def drift_monitor():
     @task
     def score(ready: dict, params=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.monitoring.run import monitoring_window
         from quant_engine.monitoring.scoring import score_batch
 
@@ -90,6 +91,7 @@ def drift_monitor():
     @task
     def check(scored: dict, params=None, run_id=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.monitoring.run import run_drift_check
 
         with fail_fast_on_bad_input():

@@ -49,8 +49,8 @@ def market_data_ingestion():
     @task
     def fetch_bars(params=None, run_id=None, data_interval_start=None, data_interval_end=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
-
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, fetch_bars, stage_frame
         from quant_engine.runs import run_dir
 
@@ -68,8 +68,8 @@ def market_data_ingestion():
     @task
     def compute_features(staged: dict, run_id=None) -> dict:
         import pandas as pd
-
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.features.ingest import IngestionRequest, bars_in_range, compute_features, stage_frame
         from quant_engine.runs import run_dir
 
@@ -88,8 +88,8 @@ def market_data_ingestion():
         from pathlib import Path
 
         import pandas as pd
-
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.features.ingest import IngestionRequest, write_features
 
         request = IngestionRequest.from_dict(staged["request"])

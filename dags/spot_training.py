@@ -64,6 +64,7 @@ def spot_training():
     @task
     def build_dataset(params=None, run_id=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
         from qe_airflow import asset_event_extras, fail_fast_on_bad_input, refuse_unknown_params
+
         from quant_engine.runs import run_dir
         from quant_engine.training.pipeline import prepare
 

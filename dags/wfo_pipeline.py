@@ -58,6 +58,7 @@ def wfo_pipeline():
     @task
     def build_dataset(params=None, run_id=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.runs import run_dir
         from quant_engine.wfo import pipeline
 
@@ -69,6 +70,7 @@ def wfo_pipeline():
     @task
     def plan(staged: dict) -> list[dict]:
         from qe_airflow import fail_fast_on_bad_input
+
         from quant_engine.wfo import pipeline
 
         with fail_fast_on_bad_input():

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # imported lazily at call time so `import quant_engine` stays light
     from quant_engine.aws.feature_store import SageMakerFeatureGroup
-    from quant_engine.monitoring.alarms import Alarms
-    from quant_engine.training.registry import ModelRegistry
     from quant_engine.features.offline_store import OfflineStore
     from quant_engine.features.online_store import OnlineStore
+    from quant_engine.monitoring.alarms import Alarms
+    from quant_engine.training.registry import ModelRegistry
 
 Backend = Literal["local", "aws"]
 BACKENDS: tuple[str, ...] = ("local", "aws")
@@ -184,7 +184,8 @@ def get_settings() -> Settings:
 
 def make_offline_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
     """The offline feature store for the configured backend (local Parquet or S3)."""
-    from quant_engine.features.offline_store import LocalFileSystem, OfflineStore, S3FileSystem
+    from quant_engine.features.offline_store import OfflineStore
+    from quant_engine.storage.filesystem import LocalFileSystem, S3FileSystem
 
     settings = settings or get_settings()
     group = feature_group or settings.feature_group
@@ -216,8 +217,6 @@ def make_sagemaker_feature_group(
     if not settings.sagemaker_feature_store:
         return None
     from quant_engine.aws.feature_store import SageMakerFeatureGroup
-    from quant_engine.monitoring.alarms import Alarms
-    from quant_engine.training.registry import ModelRegistry
 
     return SageMakerFeatureGroup.from_settings(settings, feature_group)
 
@@ -236,7 +235,7 @@ def make_alarms(settings: Settings | None = None, *, monitoring_schedule: str, e
 
 def make_model_registry(settings: Settings | None = None, name: str | None = None) -> ModelRegistry:
     """The model registry for the configured backend: ``models_dir`` locally, ``<prefix>/models`` on S3."""
-    from quant_engine.features.offline_store import LocalFileSystem, S3FileSystem
+    from quant_engine.storage.filesystem import LocalFileSystem, S3FileSystem
     from quant_engine.training.registry import DEFAULT_MODEL_NAME, ModelRegistry
 
     settings = settings or get_settings()

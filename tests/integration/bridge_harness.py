@@ -15,11 +15,11 @@ from websockets.asyncio.client import connect
 
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import FaultPlan, FeedServer, ReplayClock, ReplaySchedule
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
 from quant_engine.config import get_settings, make_model_registry
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.monitoring.scoring import prediction_log
 

@@ -23,16 +23,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from bridge_harness import SESSION_WALL_S, run_bridge
 
 from quant_engine.bridge.feed_server import DROP_REASON_OF_KIND, MALFORMED_KINDS, FaultPlan
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.config import make_model_registry, make_offline_store
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.scoring import prediction_log, score_batch
 from quant_engine.training.registry import ModelMetadata
-
-from bridge_harness import SESSION_WALL_S, run_bridge
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 REPLAY_START, REPLAY_END = "2021-04-01", "2021-04-16"  # 11 sessions: Good Friday, April 2, is closed

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from bridge_harness import run_bridge
 
 from quant_engine.calendars import get_calendar
 from quant_engine.config import make_offline_store
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
-
-from bridge_harness import run_bridge
 
 pytestmark = pytest.mark.airflow
 

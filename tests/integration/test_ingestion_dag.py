@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.config import make_offline_store, make_online_store
 from quant_engine.data.files import write_bars
 from quant_engine.data.synthetic import SyntheticMarket
+from quant_engine.features.bar_history import BarHistory
 
 pytestmark = pytest.mark.airflow
 

@@ -12,26 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import xgboost as xgb
+from bridge_harness import run_bridge
 
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import ReplaySchedule
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
 from quant_engine.calendars import get_calendar
 from quant_engine.config import get_settings, make_model_registry, make_offline_store
 from quant_engine.data.synthetic import SyntheticMarket
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.concept_drift import join_labels
 from quant_engine.monitoring.scoring import prediction_log
 from quant_engine.training.registry import ModelMetadata
 from quant_engine.wfo.labels import fixed_horizon_labels
-
-from bridge_harness import run_bridge
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 NYSE = get_calendar("XNYS")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.calendars import get_calendar
 from quant_engine.config import make_offline_store, make_online_store
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features import online_store as online_store_module
+from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.ingest import IngestionRequest, bars_group_name, ingest
 
 TICKERS = ("SYN00", "SYN03")

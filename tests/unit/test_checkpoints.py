@@ -10,8 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from quant_engine.features.offline_store import LocalFileSystem, S3FileSystem
-from quant_engine.atomic import write_bytes_atomic
+from quant_engine.storage.atomic import write_bytes_atomic
+from quant_engine.storage.filesystem import LocalFileSystem, S3FileSystem
 from quant_engine.training.checkpoints import FORMAT_VERSION, CheckpointManager, open_checkpoint_store, sha256_hex
 
 DATA, PARAMS = "d" * 64, "p" * 64

@@ -98,7 +98,7 @@ def test_validate_drop_reports_and_writes_what_is_left(tmp_path: Path, capsys: p
     code, stdout, err = run(capsys, "data", "validate", str(path), "--on-error", "drop", "--out", str(clean))
     assert code == 0
     assert "non-positive price" in err
-    assert f"kept 2 of 4 rows" in stdout and f"wrote 2 rows to {clean}" in stdout
+    assert "kept 2 of 4 rows" in stdout and f"wrote 2 rows to {clean}" in stdout
     assert read_bars(clean)[0]["ticker"].tolist() == ["A", "B"]
 
 

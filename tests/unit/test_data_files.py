@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from quant_engine.data.base import EmptyRangeError, MarketDataSource, UnknownTickerError
 from quant_engine.data.files import CsvSource, ParquetSource, read_bars, write_bars
 from quant_engine.data.schema import BarValidationError
-from quant_engine.data.sources import EmptyRangeError, MarketDataSource, UnknownTickerError, make_source
+from quant_engine.data.sources import make_source
 from quant_engine.data.synthetic import SyntheticMarket
 
 AAPL_CSV = "Date,Open,High,Low,Close,Volume\n2024-01-02,187.15,188.44,183.89,185.64,82488700\n" \
@@ -235,11 +236,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(
     path = write_bars(synthetic_bars.iloc[:5], tmp_path / "bars.csv")
     before = path.read_bytes()
 
-    def half_write(self: pd.DataFrame, target: str, **_: object) -> None:
-        Path(target).write_text("ticker,ts\nSYN00,")
+    def disk_full(fd: int) -> None:  # the temporary file holds part of the bytes when the disk fills up
         raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", half_write)
+    monkeypatch.setattr("quant_engine.storage.atomic.os.fsync", disk_full)
     with pytest.raises(OSError, match="disk full"):
         write_bars(synthetic_bars, path)
     assert path.read_bytes() == before

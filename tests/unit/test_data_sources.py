@@ -7,15 +7,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from quant_engine.data.sources import (
-    SOURCE_NAMES,
-    UnknownSourceError,
-    UnknownTickerError,
-    check_tickers,
-    make_source,
-    parse_time_of_day,
-    resolve_range,
-)
+from quant_engine.data.base import UnknownTickerError, check_tickers, parse_time_of_day, resolve_range
+from quant_engine.data.sources import SOURCE_NAMES, UnknownSourceError, make_source
 
 
 def utc(text: str) -> pd.Timestamp:

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quant_engine.data.schema import validate_bars
-from quant_engine.data.sources import EmptyRangeError, MarketDataSource, UnknownTickerError, make_source
 from quant_engine.calendars import get_calendar
+from quant_engine.data.base import EmptyRangeError, MarketDataSource, UnknownTickerError
+from quant_engine.data.schema import validate_bars
+from quant_engine.data.sources import make_source
 from quant_engine.data.synthetic import EDGE, REGIMES, TRANSITION, Shift, SyntheticMarket
 
 DECADE = {"start": "2015-01-01", "end": "2024-12-31"}

@@ -24,7 +24,8 @@ import responses
 import yfinance as yf
 from yfinance.data import YfData
 
-from quant_engine.data.sources import EmptyRangeError, UnknownTickerError, make_source
+from quant_engine.data.base import EmptyRangeError, UnknownTickerError
+from quant_engine.data.sources import make_source
 from quant_engine.data.yfinance_source import YFinanceSource, YFinanceUnavailableError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "yfinance"

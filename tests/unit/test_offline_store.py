@@ -15,16 +15,14 @@ from moto import mock_aws
 
 from quant_engine.config import Settings, make_offline_store
 from quant_engine.features.offline_store import (
-    ConcurrentCommitError,
     FeatureFrameError,
     FeatureGroupSchema,
-    LocalFileSystem,
     OfflineStore,
     OfflineStoreError,
-    S3FileSystem,
     SchemaMismatchError,
     UnknownCommitError,
 )
+from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem, S3FileSystem
 
 GROUP = "market_features"
 BUCKET = "qe-offline"

@@ -16,14 +16,8 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from quant_engine.features import offline_store
-from quant_engine.features.offline_store import (
-    FeatureFrameError,
-    LocalFileSystem,
-    OfflineStore,
-    OfflineStoreError,
-    S3FileSystem,
-    UnknownFeatureError,
-)
+from quant_engine.features.offline_store import FeatureFrameError, OfflineStore, OfflineStoreError, UnknownFeatureError
+from quant_engine.storage.filesystem import LocalFileSystem, S3FileSystem
 
 GROUP = "pit_features"
 BASE = pd.Timestamp("2024-01-01", tz="UTC")

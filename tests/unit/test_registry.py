@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from sklearn.metrics import log_loss
 from moto import mock_aws
+from sklearn.metrics import log_loss
 
 from quant_engine.config import Settings, make_model_registry
-from quant_engine.features import offline_store
-from quant_engine.features.offline_store import ConcurrentCommitError, LocalFileSystem, S3FileSystem
+from quant_engine.storage import atomic
+from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem, S3FileSystem
 from quant_engine.training.registry import (
     ModelMetadata,
     ModelRegistry,
@@ -118,7 +118,7 @@ def test_champion_pointer_moves_atomically(registry: ModelRegistry, tmp_path: Pa
     def crash(src: object, dst: object) -> None:
         raise OSError("killed between the temp file and the rename")
 
-    monkeypatch.setattr(offline_store.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError, match="killed"):
         registry.promote(v2, "better")
     monkeypatch.undo()

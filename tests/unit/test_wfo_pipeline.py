@@ -322,7 +322,7 @@ def test_run_pipeline_end_to_end(settings: Settings) -> None:
 
 
 def test_statistics_select_by_mean_path_sharpe_and_deflate_for_the_search(tmp_path: Path) -> None:
-    from quant_engine.wfo.pipeline import write_json
+    from quant_engine.storage.atomic import write_json_atomic
     from quant_engine.wfo.stats import deflated_sharpe_ratio, probabilistic_sharpe_ratio, sharpe_moments
 
     rng = np.random.default_rng(5)
@@ -336,10 +336,10 @@ def test_statistics_select_by_mean_path_sharpe_and_deflate_for_the_search(tmp_pa
             sharpe = returns.mean() / returns.std(ddof=1) * np.sqrt(252) if returns.std() else float("nan")
             summaries.append({"trial": trial, "path": path, "sharpe": sharpe})
     pd.concat(rows).to_parquet(tmp_path / "paths.parquet")
-    write_json(tmp_path / "paths.json", summaries)
-    write_json(tmp_path / "config.json", {**SMALL, "trials": [{"max_depth": d} for d in (2, 3, 4)]})
+    write_json_atomic(tmp_path / "paths.json", summaries, non_finite="null")
+    write_json_atomic(tmp_path / "config.json", {**SMALL, "trials": [{"max_depth": d} for d in (2, 3, 4)]}, non_finite="null")
     annualisation = MarketTime("XNYS", "1d").annualisation(2021)
-    write_json(tmp_path / "dataset.json", {"annualisation": annualisation})
+    write_json_atomic(tmp_path / "dataset.json", {"annualisation": annualisation}, non_finite="null")
 
     result = statistics(tmp_path)
 

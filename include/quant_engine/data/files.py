@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_CALENDAR, get_calendar
+from quant_engine.data.base import EmptyRangeError, TimeLike, check_tickers, parse_time_of_day, resolve_range
 from quant_engine.data.schema import (
     BAR_COLUMNS,
     NUMERIC_COLUMNS,
@@ -44,7 +44,7 @@ from quant_engine.data.schema import (
     coerce_bars,
     validate_bars,
 )
-from quant_engine.data.sources import EmptyRangeError, TimeLike, check_tickers, parse_time_of_day, resolve_range
+from quant_engine.storage.atomic import write_parquet_atomic, write_text_atomic
 
 #: Accepted names (lower-case) for the time column and the ticker column.
 TIME_COLUMNS: tuple[str, ...] = ("ts", "timestamp", "datetime", "date")
@@ -344,17 +344,7 @@ def write_bars(bars: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     fmt = _format_of(path)
     clean, _ = validate_bars(bars)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        frame = clean[list(BAR_COLUMNS)]
-        if fmt == "csv":
-            frame.to_csv(temp_name, index=False)
-        else:
-            frame.to_parquet(temp_name, index=False, engine="pyarrow")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    frame = clean[list(BAR_COLUMNS)]
+    if fmt == "csv":
+        return write_text_atomic(path, frame.to_csv(index=False))
+    return write_parquet_atomic(frame, path)

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_CALENDAR, BarSize, CalendarError, MarketCalendar, get_calendar
+from quant_engine.data.base import EmptyRangeError, TimeLike, check_tickers, resolve_range
 from quant_engine.data.schema import validate_bars
-from quant_engine.data.sources import EmptyRangeError, TimeLike, check_tickers, resolve_range
 
 REGIMES: tuple[str, ...] = ("calm", "trending", "crisis")
 CALM, TRENDING, CRISIS = range(3)

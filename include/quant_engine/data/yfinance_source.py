@@ -21,8 +21,8 @@ import yfinance as yf
 from yfinance.exceptions import YFException, YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
 from quant_engine.calendars import DEFAULT_CALENDAR, BarSize, get_calendar
+from quant_engine.data.base import EmptyRangeError, TimeLike, UnknownTickerError, resolve_range
 from quant_engine.data.schema import NUMERIC_COLUMNS, OnError, empty_bars, validate_bars
-from quant_engine.data.sources import EmptyRangeError, TimeLike, UnknownTickerError, resolve_range
 
 log = logging.getLogger(__name__)
 

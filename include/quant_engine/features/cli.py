@@ -11,7 +11,11 @@ from quant_engine.data.sources import SOURCE_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from quant_engine.data.plausibility import DEFAULT_MAX_RETURN_MULTIPLE, DEFAULT_MAX_VOLUME_MULTIPLE, STAMPED_AT_CHOICES
+    from quant_engine.data.plausibility import (
+        DEFAULT_MAX_RETURN_MULTIPLE,
+        DEFAULT_MAX_VOLUME_MULTIPLE,
+        STAMPED_AT_CHOICES,
+    )
     from quant_engine.data.schema import ON_ERROR_CHOICES
     from quant_engine.features.definitions import feature_set_names
 

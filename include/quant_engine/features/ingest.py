@@ -40,8 +40,10 @@ from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conf
 from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
-from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore, overwrite_atomic
+from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
 from quant_engine.params import parse_tickers
+from quant_engine.storage.atomic import write_parquet_atomic
+from quant_engine.storage.filesystem import overwrite_atomic
 from quant_engine.timeutil import utc_day
 
 log = logging.getLogger(__name__)
@@ -639,9 +641,5 @@ def ingest(request: IngestionRequest, settings: Settings | None = None, *, now: 
 
 def stage_frame(frame: pd.DataFrame, path: Path) -> str:
     """Write ``frame`` to Parquet atomically, for handing over between DAG tasks."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return str(path)
+    return str(write_parquet_atomic(frame, path))
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from quant_engine.atomic import write_bytes_atomic
+from quant_engine.storage.atomic import write_json_atomic
 
 __all__ = [
     "Baseline",
@@ -57,11 +57,6 @@ COMPARISON_METHODS: tuple[str, ...] = ("Simple", "Robust")
 
 class BaselineError(ValueError):
     """A training set cannot be baselined, or stored baseline files are unreadable or inconsistent."""
-
-
-def write_json_atomic(path: Path | str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` all at once (see :func:`quant_engine.atomic.write_bytes_atomic`)."""
-    write_bytes_atomic(path, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
 def _kll_levels(sorted_values: np.ndarray, k: int) -> list[list[float]]:

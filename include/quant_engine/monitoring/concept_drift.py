@@ -49,9 +49,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from quant_engine.features.offline_store import FileSystem, LocalFileSystem
-from quant_engine.monitoring.baseline import write_json_atomic
 from quant_engine.monitoring.detectors import ADWIN, PageHinkley
+from quant_engine.storage.atomic import write_json_atomic
+from quant_engine.storage.filesystem import FileSystem, LocalFileSystem
 
 __all__ = [
     "PREDICTION_COLUMNS",

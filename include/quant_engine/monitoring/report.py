@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant_engine.atomic import write_bytes_atomic
-from quant_engine.monitoring.baseline import Baseline, write_json_atomic
+from quant_engine.monitoring.baseline import Baseline
 from quant_engine.monitoring.concept_drift import ConceptDriftReport
+from quant_engine.storage.atomic import write_bytes_atomic, write_json_atomic
 
 __all__ = ["HTML_FILE", "JSON_FILE", "explain", "json_safe", "write_report"]
 

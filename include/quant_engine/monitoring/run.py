@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.config import Settings, get_settings, make_alarms, make_model_registry, make_offline_store
-from quant_engine.features.offline_store import check_name, overwrite_atomic
+from quant_engine.features.offline_store import check_name
 from quant_engine.monitoring.baseline import (
     CONSTRAINTS_FILE,
     STATISTICS_FILE,
@@ -38,13 +38,15 @@ from quant_engine.monitoring.baseline import (
     build_baseline,
 )
 from quant_engine.monitoring.concept_drift import QualityBaseline
+from quant_engine.storage.filesystem import overwrite_atomic
 from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
 from quant_engine.wfo.pipeline import LabelConfig
 
 if TYPE_CHECKING:
     import xgboost as xgb
 
-    from quant_engine.features.offline_store import FileSystem, OfflineStore
+    from quant_engine.features.offline_store import OfflineStore
+    from quant_engine.storage.filesystem import FileSystem
 
 log = logging.getLogger(__name__)
 

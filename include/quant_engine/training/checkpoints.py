@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_engine.features.offline_store import FileSystem, LocalFileSystem, S3FileSystem, overwrite_atomic
+from quant_engine.storage.filesystem import FileSystem, LocalFileSystem, S3FileSystem, overwrite_atomic
 
 __all__ = [
     "FORMAT_VERSION",

@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from quant_engine.config import Settings
 from quant_engine.params import parse_tickers
+from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
 from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
 from quant_engine.wfo.pipeline import (
     WfoConfig,
     WfoConfigError,
     build_dataset,
-    write_json,
-    write_parquet,
 )
 
 if TYPE_CHECKING:
@@ -191,9 +190,9 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Setti
             )
     columns = [*features, "label"]
     for channel, frame in (("train", train), ("validation", holdout)):
-        write_parquet(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
-    write_parquet(holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE)
-    write_parquet(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
+        write_parquet_atomic(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
+    write_parquet_atomic(holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE)
+    write_parquet_atomic(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
     summary = {
         "features": features,
         "rows": {"train": int(in_train.sum()), "gap": int((~in_train & ~in_holdout).sum()),
@@ -210,7 +209,7 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Setti
         "channels": {c: str(out_dir / f) for c, f in CHANNEL_FILES.items()},
         "holdout": str(out_dir / HOLDOUT_FILE),
     }
-    write_json(out_dir / SUMMARY_FILE, summary)
+    write_json_atomic(out_dir / SUMMARY_FILE, summary, non_finite="null")
     log.info("training set: %d train, %d in the gap, %d holdout rows (holdout from %s)", summary["rows"]["train"],
              summary["rows"]["gap"], summary["rows"]["holdout"], summary["holdout_start"])
     return summary

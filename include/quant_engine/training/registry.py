@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from quant_engine.features.offline_store import ConcurrentCommitError, FileSystem
+from quant_engine.storage.filesystem import ConcurrentCommitError, FileSystem
 from quant_engine.training.spec import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:

@@ -61,8 +61,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant_engine.atomic import write_bytes_atomic
 from quant_engine.progress import Progress
+from quant_engine.storage.atomic import write_bytes_atomic
 from quant_engine.training.checkpoints import CheckpointManager, open_checkpoint_store, sha256_hex
 
 __all__ = [

@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import numbers
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quant_engine.config import Settings, get_settings
+from quant_engine.storage.atomic import write_json_atomic, write_npz_atomic, write_parquet_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -229,8 +229,8 @@ class WfoConfig:
         """
         from quant_engine.features.definitions import get_feature_set
         from quant_engine.params import parse_tickers
-        from quant_engine.wfo.backtest import PORTFOLIOS
         from quant_engine.timeutil import utc_day
+        from quant_engine.wfo.backtest import PORTFOLIOS
         from quant_engine.wfo.splitters import CombinatorialPurgedCV
 
         if not isinstance(params, Mapping):
@@ -397,36 +397,6 @@ def _parse_trials(value: object) -> tuple[Trial, ...]:
 # --- run folder helpers --------------------------------------------------------------------------
 
 
-def write_json(path: Path, payload: object) -> Path:
-    """Write ``payload`` as JSON atomically (temp file + rename); NaN becomes null."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_json_safe(payload), indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
-
-
-def _json_safe(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_safe(value.item())
-    return value
-
-
-def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to Parquet atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
-
-
 def load_config(run_dir: Path) -> WfoConfig:
     """The config a run was built with."""
     return WfoConfig.from_params(json.loads((Path(run_dir) / "config.json").read_text()))
@@ -536,8 +506,8 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
         )
     dataset["label"] = dataset["label"].astype(np.int8)
     dataset = dataset.loc[:, [*KEY_COLUMNS, *names]]
-    write_parquet(dataset, run_dir / "dataset.parquet")
-    write_json(run_dir / "config.json", config.to_params())
+    write_parquet_atomic(dataset, run_dir / "dataset.parquet")
+    write_json_atomic(run_dir / "config.json", config.to_params(), non_finite="null")
     summary = {
         "rows": len(dataset),
         "tickers": sorted(dataset["ticker"].unique()),
@@ -548,7 +518,7 @@ def build_dataset(config: WfoConfig, run_dir: Path, settings: Settings | None = 
         "positive_label_share": float(dataset["label"].mean()),
         "annualisation": market_time.annualisation(pd.Timestamp(dataset["ts"].iloc[-1]).year),
     }
-    write_json(run_dir / "dataset.json", summary)
+    write_json_atomic(run_dir / "dataset.json", summary, non_finite="null")
     log.info("dataset: %d rows, %d tickers, %s .. %s", summary["rows"], len(summary["tickers"]),
              summary["first_ts"], summary["last_ts"])
     return summary
@@ -657,11 +627,7 @@ def plan(run_dir: Path, settings: Settings | None = None) -> list[dict[str, int]
             raise WfoConfigError(f"split {s} trains on labels of one class only ({classes.tolist()}); "
                                  "use a longer range or a different label")
         roles = split_roles(ts_ns, t1_ns, groups, train, test_groups)
-        path = split_path(run_dir, s)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, roles=roles, test_groups=np.asarray(test_groups))
-        tmp.replace(path)
+        write_npz_atomic(split_path(run_dir, s), roles=roles, test_groups=np.asarray(test_groups))
         counts = np.bincount(roles, minlength=len(ROLE_NAMES))
         split_rows.append({"split_id": s, "test_groups": [int(g) for g in test_groups],
                            **{f"n_{name}": int(c) for name, c in zip(ROLE_NAMES, counts, strict=True)}})
@@ -679,7 +645,7 @@ def plan(run_dir: Path, settings: Settings | None = None) -> list[dict[str, int]
         "trials": [asdict(t) for t in config.trials],
         "tasks": tasks,
     }
-    write_json(run_dir / "plan.json", payload)
+    write_json_atomic(run_dir / "plan.json", payload, non_finite="null")
     # Predictions of an earlier plan of this run folder belong to other splits; a rerun starts clean.
     shutil.rmtree(run_dir / "predictions", ignore_errors=True)
     if settings.backend == "aws":
@@ -730,7 +696,7 @@ def run_split(run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path |
     model.fit(features[train], labels[train])
     prob = model.predict_proba(features[test])[:, 1].astype(np.float64)
     out = data.iloc[test][["ticker", "ts", "fwd_ret_1", "t1", "label", "group"]].assign(prob=prob)
-    path = write_parquet(out.loc[:, ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]],
+    path = write_parquet_atomic(out.loc[:, ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]],
                          prediction_path(output_dir or run_dir, trial_id, split_id))
     accuracy = float(((prob > 0.5) == (labels[test] == 1)).mean())
     return {"trial_id": trial_id, "split_id": split_id, "n_train": int(len(train)), "n_test": int(len(test)),
@@ -788,8 +754,8 @@ def assemble(run_dir: Path) -> dict[str, Any]:
                 "exposure": result.exposure.to_numpy(),
             }))
             summaries.append({"trial": trial_id, "path": p, **result.summary(periods_per_year)})
-    write_parquet(pd.concat(series, ignore_index=True), run_dir / "paths.parquet")
-    write_json(run_dir / "paths.json", summaries)
+    write_parquet_atomic(pd.concat(series, ignore_index=True), run_dir / "paths.parquet")
+    write_json_atomic(run_dir / "paths.json", summaries, non_finite="null")
     return {"paths": len(summaries), "trials": len(config.trials)}
 
 
@@ -924,7 +890,7 @@ def statistics(run_dir: Path) -> dict[str, Any]:
         "var_trial_sharpes_per_period": var_trial_sharpes,
         "trials": trials,
     }
-    write_json(run_dir / "statistics.json", result)
+    write_json_atomic(run_dir / "statistics.json", result, non_finite="null")
     log.info("statistics: selected trial %d, PBO %.3f, PSR %.3f, DSR %.3f", selected, result["pbo"],
              result["psr"], result["deflated_sharpe"])
     return json.loads((run_dir / "statistics.json").read_text())

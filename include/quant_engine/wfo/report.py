@@ -15,7 +15,6 @@ import base64
 import html
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from quant_engine.config import Settings, get_settings
+from quant_engine.storage.atomic import write_json_atomic, write_text_atomic
 from quant_engine.wfo.pipeline import (
     EMBARGOED,
     PURGED,
@@ -36,7 +36,6 @@ from quant_engine.wfo.pipeline import (
     load_dataset,
     load_plan,
     split_path,
-    write_json,
 )
 
 #: Colours of the split diagram, indexed by role code (train, test, purged, embargo).
@@ -257,12 +256,6 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
     return "\n".join(parts)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_report(run_dir: Path, destination: Path | None = None, settings: Settings | None = None) -> Path:
     """Write ``report.json`` and ``report.html`` for the run in ``run_dir``; return the folder.
 
@@ -287,8 +280,8 @@ def write_report(run_dir: Path, destination: Path | None = None, settings: Setti
         "Split diagram": plot_split_diagram(times, grid),
     }
     report["files"] = {"json": str(destination / "report.json"), "html": str(destination / "report.html")}
-    write_json(destination / "report.json", report)
-    _write_text(destination / "report.html", render_html(report, images))
+    write_json_atomic(destination / "report.json", report, non_finite="null")
+    write_text_atomic(destination / "report.html", render_html(report, images))
     return destination
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from websockets.asyncio.client import connect
 
+from quant_engine.bridge.bars import BarAggregator, BarClock
 from quant_engine.bridge.feed_server import (
     DROP_REASON_OF_KIND,
     MALFORMED_KINDS,
@@ -21,7 +22,6 @@ from quant_engine.bridge.feed_server import (
     ReplaySchedule,
     malformed_frame,
 )
-from quant_engine.bridge.bars import BarAggregator, BarClock
 from quant_engine.bridge.ticks import MarketHours, Tick
 from quant_engine.bridge.wire import FrameError, decode_frame, subscribe_message, unsubscribe_message
 from quant_engine.calendars import MarketTime
