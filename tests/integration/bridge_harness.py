@@ -21,7 +21,7 @@ from quant_engine.bridge.state import StateHandler
 from quant_engine.config import get_settings, make_model_registry
 from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
-from quant_engine.monitoring.scoring import prediction_log
+from quant_engine.monitoring.predictions import prediction_log
 
 SESSION_WALL_S = 0.3
 SPEED = 23_400 / SESSION_WALL_S  # market ms per wall ms: a 6.5 h session in SESSION_WALL_S

@@ -30,7 +30,8 @@ from quant_engine.config import make_model_registry, make_offline_store
 from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.monitoring.scoring import prediction_log, score_batch
+from quant_engine.monitoring.predictions import prediction_log
+from quant_engine.monitoring.scoring import score_batch
 from quant_engine.training.registry import ModelMetadata
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]

@@ -27,7 +27,7 @@ from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.concept_drift import join_labels
-from quant_engine.monitoring.scoring import prediction_log
+from quant_engine.monitoring.predictions import prediction_log
 from quant_engine.training.registry import ModelMetadata
 from quant_engine.wfo.labels import fixed_horizon_labels
 

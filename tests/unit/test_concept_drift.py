@@ -12,17 +12,15 @@ import pytest
 from quant_engine.monitoring.concept_drift import (
     DEFAULT_TOLERANCES,
     LabelJoin,
-    PredictionLog,
     QualityBaseline,
-    VolRegimeState,
-    VolRegimeTracker,
     evaluate_quality,
     join_labels,
-    market_proxy_returns,
     quality_metrics,
     rolling_quality,
 )
 from quant_engine.monitoring.detectors import ADWIN
+from quant_engine.monitoring.predictions import PredictionLog
+from quant_engine.monitoring.regimes import VolRegimeState, VolRegimeTracker, market_proxy_returns
 
 T0 = pd.Timestamp("2024-01-02 15:00", tz="UTC")
 
@@ -315,7 +313,7 @@ def test_vol_regime_classify_and_validation(tmp_path) -> None:
         tracker.update(_returns([(100, 0.01)]))
     with pytest.raises(ValueError, match="calm_below=0.9 and stressed_above=0.8 must satisfy"):
         VolRegimeTracker(tmp_path / "s.json", calm_below=0.9)
-    with pytest.raises(ValueError, match="window=1 must be an integer >= 2"):
+    with pytest.raises(ValueError, match="window=1 must be a whole number >= 2"):
         VolRegimeTracker(tmp_path / "s.json", window=1)
     tracker = VolRegimeTracker(tmp_path / "t.json", window=5, history=20)
     returns = _returns([(60, 0.01)])

@@ -18,9 +18,9 @@ from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.alarms import LocalAlarms
 from quant_engine.monitoring.baseline import CONSTRAINTS_FILE, STATISTICS_FILE, BaselineError
+from quant_engine.monitoring.predictions import NoChampionError
 from quant_engine.monitoring.run import (
     QUALITY_FILE,
-    NoChampionError,
     baseline_key,
     load_baseline,
     monitoring_window,

@@ -11,8 +11,8 @@ import xgboost as xgb
 
 from quant_engine.config import make_model_registry, make_offline_store
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.monitoring.run import NoChampionError
-from quant_engine.monitoring.scoring import BATCH_SOURCE, prediction_log, score_batch
+from quant_engine.monitoring.predictions import NoChampionError, prediction_log
+from quant_engine.monitoring.scoring import BATCH_SOURCE, score_batch
 from quant_engine.training.registry import ModelMetadata
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]

@@ -33,15 +33,10 @@ import xgboost as xgb
 from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.monitoring.baseline import build_baseline
-from quant_engine.monitoring.concept_drift import (
-    PredictionLog,
-    QualityBaseline,
-    VolRegimeTracker,
-    evaluate_quality,
-    join_labels,
-    market_proxy_returns,
-)
+from quant_engine.monitoring.concept_drift import QualityBaseline, evaluate_quality, join_labels
 from quant_engine.monitoring.feature_drift import check_drift
+from quant_engine.monitoring.predictions import PredictionLog
+from quant_engine.monitoring.regimes import VolRegimeTracker, market_proxy_returns
 from quant_engine.monitoring.verdict import VERDICTS, FeatureEvidence, drift_verdict
 from quant_engine.wfo.labels import fixed_horizon_labels
 

@@ -29,9 +29,9 @@ from quant_engine.features.offline_store import (
     RECORD_IDENTIFIER,
     FeatureGroupSchema,
     check_name,
-    utc_timestamp,
 )
 from quant_engine.features.pit import FeatureFrameError, ticker_column, utc_ns_column
+from quant_engine.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
 

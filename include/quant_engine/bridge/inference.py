@@ -3,7 +3,7 @@
 Both take a ``(n_rows, n_features)`` float matrix, the columns in the order of ``features``, and
 return one probability per row; the state handler predicts every bar that closes at one moment
 in a single call. :class:`LocalChampionModel` is bit-compatible with the batch scorer
-(:func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, the same booster), so the
+(:func:`quant_engine.monitoring.predictions.predict_proba`: float32 inputs, the same booster), so the
 bridge's predictions equal the offline ones; small batches go through the champion's
 :class:`~quant_engine.bridge.forest.CompiledForest`, which reproduces xgboost bit for bit at a
 fraction of its fixed cost per call, when the forest compiles.
@@ -177,7 +177,7 @@ class LocalChampionModel:
         return served.cumulative_weights[index] / served.volatility.num_present
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        """As :func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, class-1 probabilities.
+        """As :func:`quant_engine.monitoring.predictions.predict_proba`: float32 inputs, class-1 probabilities.
 
         ``inplace_predict`` on one thread gives the same numbers as the batch scorer's DMatrix
         path without building a DMatrix, and no thread pool to wake for a few rows: a tenth of

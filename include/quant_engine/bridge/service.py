@@ -296,7 +296,7 @@ def build_service(settings: BridgeSettings | None = None, engine: Settings | Non
     """A service wired from the environment: model, stored history, prediction log, tickers."""
     from quant_engine.features.bar_history import BarHistory
     from quant_engine.features.definitions import get_feature_set
-    from quant_engine.monitoring.scoring import prediction_log
+    from quant_engine.monitoring.predictions import prediction_log
 
     settings = settings or BridgeSettings.from_env()
     engine = engine or get_settings()

@@ -24,7 +24,8 @@ from quant_engine.calendars import MarketTime
 from quant_engine.config import Settings, get_settings, make_offline_store
 from quant_engine.data.schema import BAR_COLUMNS, empty_bars, validate_bars
 from quant_engine.features.ingest import bars_group_name, group_market_time
-from quant_engine.features.offline_store import OfflineStore, utc_timestamp
+from quant_engine.features.offline_store import OfflineStore
+from quant_engine.timeutil import utc_timestamp
 
 __all__ = ["BarHistory"]
 

@@ -41,10 +41,10 @@ from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
 from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
-from quant_engine.params import parse_tickers
 from quant_engine.storage.atomic import write_parquet_atomic
 from quant_engine.storage.filesystem import overwrite_atomic
 from quant_engine.timeutil import utc_day
+from quant_engine.validation import parse_tickers
 
 log = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from quant_engine.features import pit
 from quant_engine.features.pit import FeatureFrameError, UnknownFeatureError, ticker_column, utc_ns_column
 from quant_engine.storage.filesystem import FileSystem
+from quant_engine.timeutil import utc_timestamp
 
 __all__ = [
     "CommitInfo",
@@ -113,19 +114,6 @@ def check_name(name: object, what: str) -> str:
             "'-' and '_' (at most 64 characters; SageMaker's rule)"
         )
     return name
-
-
-def utc_timestamp(value: object, what: str) -> pd.Timestamp:
-    """``value`` as a tz-aware UTC timestamp; naive or unparsable values are an error naming ``what``."""
-    try:
-        stamp = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}={value!r} is not a timestamp") from exc
-    if stamp is pd.NaT:
-        raise ValueError(f"{what} is NaT; give a timestamp")
-    if stamp.tzinfo is None:
-        raise ValueError(f"{what}={value!r} is a naive timestamp; give a time zone (e.g. UTC)")
-    return stamp.tz_convert("UTC")
 
 
 def _iso(stamp: pd.Timestamp) -> str:

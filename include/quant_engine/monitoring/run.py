@@ -38,8 +38,9 @@ from quant_engine.monitoring.baseline import (
     build_baseline,
 )
 from quant_engine.monitoring.concept_drift import QualityBaseline
+from quant_engine.monitoring.predictions import champion, predict_proba
 from quant_engine.storage.filesystem import overwrite_atomic
-from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
+from quant_engine.training.registry import ModelVersion, parse_version
 from quant_engine.wfo.pipeline import LabelConfig
 
 if TYPE_CHECKING:
@@ -53,14 +54,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "QUALITY_FILE",
     "DriftCheckResult",
-    "NoChampionError",
     "DEFAULT_MIN_DRIFTED_FEATURES",
     "baseline_key",
-    "champion",
     "label_config",
     "load_baseline",
     "monitoring_window",
-    "predict_proba",
     "readiness",
     "record_baseline",
     "run_drift_check",
@@ -81,18 +79,6 @@ def baseline_key(model_name: str, version: object, file: str = "") -> str:
 def _put_json(fs: FileSystem, key: str, obj: object) -> None:
     """Replace ``key`` with ``obj`` as JSON all at once (a local rename or a single S3 put)."""
     overwrite_atomic(fs, key, json.dumps(obj, indent=2, allow_nan=False).encode())
-
-
-def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
-    """Probabilities of class 1 for ``frame``'s rows, the features in the order the booster expects."""
-    import xgboost as xgb
-
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise ValueError(f"the rows lack feature column(s) {missing} the model needs")
-    matrix = xgb.DMatrix(frame[list(features)].to_numpy(dtype=np.float32),
-                         feature_names=None if booster.feature_names is None else list(features))
-    return booster.predict(matrix).astype(np.float64)
 
 
 def record_baseline(model_name: str, version: object, booster: xgb.Booster, train: pd.DataFrame,
@@ -152,23 +138,11 @@ def load_baseline(model_name: str, version: object,
 # --- the drift check -------------------------------------------------------------------------------
 
 
-class NoChampionError(ValueError):
-    """The registry has no champion to score with or to monitor."""
-
-
 #: Bars of history the volatility regime needs before the window (see
-#: :class:`~quant_engine.monitoring.concept_drift.VolRegimeTracker`'s defaults).
+#: :class:`~quant_engine.monitoring.regimes.VolRegimeTracker`'s defaults).
 _VOL_HISTORY_BARS = 20 + 252
 #: Features plotted in the HTML report besides the drifted ones: the largest distances.
 TOP_FEATURES = 4
-
-
-def champion(registry: ModelRegistry) -> ModelVersion:
-    """The registry's champion version, or :class:`NoChampionError`."""
-    promotion = registry.champion()
-    if promotion is None:
-        raise NoChampionError(f"model {registry.name!r} has no champion; train and promote one first")
-    return registry.get(promotion.version)
 
 
 def label_config(record: ModelVersion) -> LabelConfig:
@@ -297,15 +271,11 @@ def run_drift_check(
     """
     from quant_engine.features.bar_history import BarHistory
     from quant_engine.monitoring.alarms import drift_alarm, drift_metrics
-    from quant_engine.monitoring.concept_drift import (
-        VolRegimeTracker,
-        evaluate_quality,
-        join_labels,
-        market_proxy_returns,
-    )
+    from quant_engine.monitoring.concept_drift import evaluate_quality, join_labels
     from quant_engine.monitoring.feature_drift import check_drift
+    from quant_engine.monitoring.predictions import prediction_log
+    from quant_engine.monitoring.regimes import VolRegimeTracker, market_proxy_returns
     from quant_engine.monitoring.report import explain, json_safe, write_report
-    from quant_engine.monitoring.scoring import prediction_log
     from quant_engine.monitoring.verdict import drift_verdict
     from quant_engine.runs import claimed_folder
 

@@ -1,7 +1,7 @@
 """Batch scoring: the champion's predictions on stored feature rows, appended to the prediction log.
 
 Concept drift is judged on what the model actually said, so every scored row is kept in a
-:class:`~quant_engine.monitoring.concept_drift.PredictionLog` (``source="batch"``) until its label
+:class:`~quant_engine.monitoring.predictions.PredictionLog` (``source="batch"``) until its label
 settles. The log lives beside the model in the registry's storage (``<model_name>/predictions``
 under ``$QE_HOME/models`` locally, under ``<prefix>/models`` on S3), so the backend is the one
 :func:`quant_engine.config.make_model_registry` picked.
@@ -18,12 +18,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from quant_engine.config import Settings, get_settings, make_model_registry, make_offline_store
-from quant_engine.monitoring.concept_drift import PREDICTION_KEY, PredictionLog
-from quant_engine.monitoring.run import NoChampionError, champion, predict_proba
+from quant_engine.monitoring.predictions import PREDICTION_KEY, champion, predict_proba, prediction_log
 from quant_engine.timeutil import utc_day
-from quant_engine.training.registry import ModelRegistry
 
-__all__ = ["BATCH_SOURCE", "NoChampionError", "ScoreResult", "prediction_log", "score_batch"]
+__all__ = ["BATCH_SOURCE", "ScoreResult", "score_batch"]
 
 BATCH_SOURCE = "batch"
 
@@ -42,11 +40,6 @@ class ScoreResult:
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
-
-
-def prediction_log(registry: ModelRegistry) -> PredictionLog:
-    """The prediction log of the registry's model, in the registry's own storage."""
-    return PredictionLog(registry.fs, f"{registry.name}/predictions")
 
 
 def score_batch(start: object, end: object, *, model_name: str | None = None, tickers: list[str] | None = None,

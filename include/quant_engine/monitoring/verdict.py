@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quant_engine.monitoring.concept_drift import ConceptDriftReport, VolRegimeState
+from quant_engine.monitoring.concept_drift import ConceptDriftReport
+from quant_engine.monitoring.regimes import VolRegimeState
 
 __all__ = ["VERDICTS", "FeatureEvidence", "Verdict", "drift_verdict"]
 

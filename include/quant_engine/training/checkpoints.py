@@ -13,9 +13,9 @@ manifest parses, whose fingerprints match this run and whose model bytes hash to
 value wins; every one skipped on the way gets a log line that says why. A checkpoint of other data
 or other parameters is never resumed from: resuming would silently train a model of neither.
 
-The store is the offline store's :class:`~quant_engine.features.offline_store.FileSystem`
-(:class:`~quant_engine.features.offline_store.LocalFileSystem` or
-:class:`~quant_engine.features.offline_store.S3FileSystem`), so checkpoints live on local disk or
+The store is the offline store's :class:`~quant_engine.storage.filesystem.FileSystem`
+(:class:`~quant_engine.storage.filesystem.LocalFileSystem` or
+:class:`~quant_engine.storage.filesystem.S3FileSystem`), so checkpoints live on local disk or
 S3 with the same code.
 """
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quant_engine.config import Settings
-from quant_engine.params import parse_tickers
 from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
+from quant_engine.validation import parse_tickers
 from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
 from quant_engine.wfo.pipeline import (
     WfoConfig,

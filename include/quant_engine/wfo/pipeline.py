@@ -228,8 +228,8 @@ class WfoConfig:
         falls back to its default.
         """
         from quant_engine.features.definitions import get_feature_set
-        from quant_engine.params import parse_tickers
         from quant_engine.timeutil import utc_day
+        from quant_engine.validation import parse_tickers
         from quant_engine.wfo.backtest import PORTFOLIOS
         from quant_engine.wfo.splitters import CombinatorialPurgedCV
 
