@@ -8,8 +8,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 
-from airflow.sdk import Param
+from airflow.sdk import Asset, Param
 from airflow.sdk.exceptions import AirflowFailException
+
+#: The assets the DAGs hand on to each other: ingestion updates the feature store, the drift monitor
+#: asks for retraining, training registers models and moves the champion.
+FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
+RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
+REGISTRY_ASSET = Asset("qe://models/registry")
+CHAMPION_ASSET = Asset("qe://models/champion")
 
 #: Data sources ingestion reads (``quant_engine.data.sources.SOURCE_NAMES``; spelled out so parsing a
 #: DAG never imports the library's data stack).

@@ -120,7 +120,7 @@ def _unreadable(what: str, exc: Exception) -> str:
 
 
 def _model_names() -> list[str]:
-    from quant_engine.training.registry import DEFAULT_MODEL_NAME
+    from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 
     settings = _settings()
     names = {DEFAULT_MODEL_NAME}
@@ -130,7 +130,7 @@ def _model_names() -> list[str]:
 
 
 def registry_section() -> str:
-    from quant_engine.config import make_model_registry
+    from quant_engine.backends import make_model_registry
 
     parts = ["<h2>Model registry</h2>"]
     for name in _model_names():

@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 from bridge_harness import run_bridge
 
+from quant_engine.backends import make_bar_history, make_offline_store
 from quant_engine.calendars import get_calendar
-from quant_engine.config import make_offline_store
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 
 pytestmark = pytest.mark.airflow
@@ -50,7 +49,7 @@ def test_hourly_fx_goes_through_ingestion_walk_forward_and_the_bridge(run_dag: C
     assert 6200 < annualisation["periods_per_year"] < 6300  # 24 bars x ~261 sessions, not 252
     assert "1h bars on 24/5" in (folder / "report.html").read_text()
 
-    replay = BarHistory.from_settings().read(None, pd.Timestamp("2021-04-26", tz="UTC"),
+    replay = make_bar_history().read(None, pd.Timestamp("2021-04-26", tz="UTC"),
                                              pd.Timestamp("2021-05-01", tz="UTC"))
     received, service = asyncio.run(run_bridge(replay, feature_set="ohlc"))
     offline = stored.set_index(["ticker", "event_time"])

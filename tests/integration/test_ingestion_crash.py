@@ -15,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quant_engine.config import Settings, make_offline_store, make_online_store
-from quant_engine.features.ingest import BARS_GROUP_SUFFIX, COMPACT_AFTER_FILES, IngestionJournal
+from quant_engine.backends import make_group_stores, make_offline_store, make_online_store
+from quant_engine.config import Settings
+from quant_engine.features.ingest import COMPACT_AFTER_FILES, IngestionJournal
+from quant_engine.features.stores import BARS_GROUP_SUFFIX
 
 QUANT_ENGINE = str(Path(sys.executable).with_name("quant-engine"))
 TICKERS = "SYN00,SYN01,SYN02"
@@ -106,7 +108,7 @@ def test_a_failed_write_reverts_every_store_and_leaves_no_journal(tmp_path: Path
     monkeypatch.setenv("QE_HOME", str(tmp_path))
     from quant_engine.features.ingest import ingest as ingest_in_process
 
-    ingest_in_process(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers=TICKERS), settings)
+    ingest_in_process(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers=TICKERS, group=make_offline_store()), make_group_stores(settings))
     before = make_offline_store(settings).read(include_history=True)
     original = offline_store.OfflineStore.write
 
@@ -120,6 +122,6 @@ def test_a_failed_write_reverts_every_store_and_leaves_no_journal(tmp_path: Path
         monkeypatch.setattr(online_store.SQLiteOnlineStore, "put",
                             lambda self, frame: (_ for _ in ()).throw(OSError("disk full online")))
     with pytest.raises(OSError, match="disk full"):
-        ingest_in_process(IngestionRequest.build("synthetic", "2023-06-05", "2023-06-06", tickers=TICKERS), settings)
+        ingest_in_process(IngestionRequest.build("synthetic", "2023-06-05", "2023-06-06", tickers=TICKERS, group=make_offline_store()), make_group_stores(settings))
     pd.testing.assert_frame_equal(make_offline_store(settings).read(include_history=True), before)
     assert IngestionJournal(make_offline_store(settings)).pending() is None

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quant_engine.config import make_offline_store, make_online_store
+from quant_engine.backends import make_bar_history, make_offline_store, make_online_store
 from quant_engine.data.files import write_bars
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.bar_history import BarHistory
 
 pytestmark = pytest.mark.airflow
 
@@ -24,7 +23,7 @@ def test_ingests_a_users_csv_idempotently(run_dag, tmp_path) -> None:
     assert len(stored) == 15
     assert make_online_store().get("SYN02")["event_time"] == pd.Timestamp("2024-03-08 21:00", tz="UTC")
     assert ", 15 new bars" in first.stdout + first.stderr
-    assert BarHistory.from_settings().read()["ts"].min() == pd.Timestamp("2024-03-04 21:00", tz="UTC")
+    assert make_bar_history().read()["ts"].min() == pd.Timestamp("2024-03-04 21:00", tz="UTC")
 
     rerun = run_dag("market_data_ingestion", conf)
     assert "0 new offline, 0 online updates" in rerun.stdout + rerun.stderr

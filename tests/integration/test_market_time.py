@@ -15,15 +15,15 @@ import pandas as pd
 import xgboost as xgb
 from bridge_harness import run_bridge
 
+from quant_engine.backends import make_bar_history, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import ReplaySchedule
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
 from quant_engine.calendars import get_calendar
-from quant_engine.config import get_settings, make_model_registry, make_offline_store
+from quant_engine.config import get_settings
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.concept_drift import join_labels
@@ -60,9 +60,9 @@ def register_champion(qe_home: Path, until: str) -> str:
 
 def test_store_bridge_labels_and_prediction_log_share_every_stamp(qe_home: Path) -> None:
     for start, end in (("2018-01-02", "2019-12-31"), ("2020-03-02", "2021-04-16")):  # a year of warm-up each
-        ingest(IngestionRequest.build("synthetic", start, end, tickers=TICKERS))
+        ingest(IngestionRequest.build("synthetic", start, end, tickers=TICKERS, group=make_offline_store()), make_group_stores())
     version = register_champion(qe_home, "2019-02-28")
-    history = BarHistory.from_settings()
+    history = make_bar_history()
     store = make_offline_store()
     for name, (start, end) in WINDOWS.items():
         first = pd.Timestamp(int(NYSE.open_ns[NYSE.session_range(start, end)[0]]), tz="UTC")
@@ -92,10 +92,10 @@ def test_store_bridge_labels_and_prediction_log_share_every_stamp(qe_home: Path)
 
 
 def test_sessions_missed_without_history_are_counted_shown_and_degrade_until_the_store_has_them(qe_home: Path) -> None:
-    ingest(IngestionRequest.build("synthetic", "2018-06-01", "2019-11-22", tickers=TICKERS))
+    ingest(IngestionRequest.build("synthetic", "2018-06-01", "2019-11-22", tickers=TICKERS, group=make_offline_store()), make_group_stores())
     register_champion(qe_home, "2019-06-28")
     engine = get_settings()
-    history = BarHistory.from_settings(engine)
+    history = make_bar_history(engine)
     settings = BridgeSettings(port=0, tokens=("tok",), log_batch=10_000)
     handler = StateHandler(get_feature_set("default"), build_model(settings, engine), history=history,
                            prediction_log=prediction_log(make_model_registry()), clock=BarClock(history.market_time))
@@ -123,11 +123,11 @@ def test_sessions_missed_without_history_are_counted_shown_and_degrade_until_the
         assert list(metrics["qe_bridge_bars_unfilled_total"].samples) == [({}, 6)]
         assert list(metrics["qe_bridge_degraded_tickers"].samples) == [({}, 3)]
         # the nightly ingestion catches up: the store now has the missed sessions and the bridge's own
-        ingest(IngestionRequest.build("synthetic", "2019-11-25", "2019-11-29", tickers=TICKERS))
+        ingest(IngestionRequest.build("synthetic", "2019-11-25", "2019-11-29", tickers=TICKERS, group=make_offline_store()), make_group_stores())
 
     assert handler.counters["rebuilds"] == 3 and service.health()["gaps"]["degraded_tickers"] == 0
     assert {s.status for day in ("2019-12-02", "2019-12-06") for s in signals[day]}.isdisjoint({"degraded"})
-    ingest(IngestionRequest.build("synthetic", "2019-12-02", "2019-12-06", tickers=TICKERS))
+    ingest(IngestionRequest.build("synthetic", "2019-12-02", "2019-12-06", tickers=TICKERS, group=make_offline_store()), make_group_stores())
     stored = make_offline_store().read(TICKERS, "2019-12-02T00:00Z", "2019-12-06T23:59Z").set_index(
         ["ticker", "event_time"])
     names = get_feature_set("default").names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quant_engine.config import make_model_registry
+from quant_engine.backends import make_group_stores, make_model_registry, make_offline_store
 from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.ingest import IngestionRequest, ingest
 
@@ -30,7 +30,7 @@ def market(qe_home: Path) -> Path:
     SyntheticMarket(n_tickers=10, seed=7, start="2017-01-01", end="2021-12-31",
                     shifts=[Shift("2018-01-02", "concept", edge_scale=3)]).fetch(
         None, "2017-01-01", "2021-12-31").to_parquet(path)
-    ingest(IngestionRequest.build("parquet", CONF["start"], CONF["end"], path=str(path)))
+    ingest(IngestionRequest.build("parquet", CONF["start"], CONF["end"], path=str(path), group=make_offline_store()), make_group_stores())
     return qe_home
 
 

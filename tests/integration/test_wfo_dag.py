@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from quant_engine.backends import make_group_stores, make_offline_store
 from quant_engine.features.ingest import IngestionRequest, ingest
 
 pytestmark = pytest.mark.airflow
@@ -21,7 +22,7 @@ CONF = {"start": "2019-01-01", "end": "2021-12-31", "tickers": ",".join(TICKERS)
 @pytest.fixture
 def market(qe_home: Path) -> Path:
     """The qe_home of this test with 4 tickers x 3 years of synthetic features ingested."""
-    ingest(IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS))
+    ingest(IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS, group=make_offline_store()), make_group_stores())
     return qe_home
 
 

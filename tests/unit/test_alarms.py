@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from quant_engine.config import Settings, make_alarms
+from quant_engine.backends import make_alarms
+from quant_engine.config import Settings
 from quant_engine.monitoring.alarms import (
     AlarmDefinition,
     CloudWatchAlarms,

@@ -24,6 +24,7 @@ import responses
 import yfinance as yf
 from yfinance.data import YfData
 
+from quant_engine.backends import make_group_stores, make_offline_store
 from quant_engine.data.base import EmptyRangeError, UnknownTickerError
 from quant_engine.data.sources import make_source
 from quant_engine.data.yfinance_source import YFinanceSource, YFinanceUnavailableError
@@ -226,11 +227,10 @@ def test_hourly_bars_of_a_summer_day_and_a_half_day_close_by_the_calendar(yahoo:
                          ids=["summer", "winter"])
 def test_ingesting_from_yahoo_stores_the_calendars_stamps(yahoo: FakeYahoo, start: str, end: str) -> None:
     from quant_engine.calendars import get_calendar
-    from quant_engine.config import make_offline_store
     from quant_engine.features.ingest import IngestionRequest, ingest
 
     source()  # yfinance keeps the session of the last source built: the one `responses` answers
-    result = ingest(IngestionRequest.build("yfinance", start, end, tickers="QQQ"))
+    result = ingest(IngestionRequest.build("yfinance", start, end, tickers="QQQ", group=make_offline_store()), make_group_stores())
     stored = make_offline_store().read()
     expected = list(get_calendar("XNYS").bar_closes(start, end))
     assert stored["event_time"].tolist() == expected and result.rows_written_offline == len(expected)

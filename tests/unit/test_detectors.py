@@ -146,8 +146,8 @@ def test_drift_flag_lasts_one_update_and_reset_forgets() -> None:
     [
         ({"delta": 0.0}, r"delta=0.0 must be a number in \(0, 1\)"),
         ({"delta": 1.5}, r"delta=1.5"),
-        ({"clock": 0}, r"clock=0 must be an integer >= 1"),
-        ({"max_buckets": 1}, r"max_buckets=1 must be an integer >= 2"),
+        ({"clock": 0}, r"clock=0 must be a whole number >= 1"),
+        ({"max_buckets": 1}, r"max_buckets=1 must be a whole number >= 2"),
         ({"min_window_length": 0}, r"min_window_length=0"),
     ],
 )
@@ -163,7 +163,7 @@ def test_adwin_arguments_are_validated(kwargs, message) -> None:
         ({"threshold": 0.0}, r"threshold=0.0 must be a finite number > 0"),
         ({"alpha": 0.0}, r"alpha=0.0 must be a number in \(0, 1\]"),
         ({"alpha": 1.01}, r"alpha=1.01"),
-        ({"min_instances": 0}, r"min_instances=0 must be an integer >= 1"),
+        ({"min_instances": 0}, r"min_instances=0 must be a whole number >= 1"),
     ],
 )
 def test_page_hinkley_arguments_are_validated(kwargs, message) -> None:

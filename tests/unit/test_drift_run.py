@@ -13,7 +13,14 @@ import pytest
 import xgboost as xgb
 from moto import mock_aws
 
-from quant_engine.config import Settings, make_model_registry
+from quant_engine.backends import (
+    make_bar_store,
+    make_drift_monitor,
+    make_group_stores,
+    make_model_registry,
+    make_offline_store,
+)
+from quant_engine.config import Settings
 from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.alarms import LocalAlarms
@@ -23,10 +30,7 @@ from quant_engine.monitoring.run import (
     QUALITY_FILE,
     baseline_key,
     load_baseline,
-    monitoring_window,
-    readiness,
     record_baseline,
-    run_drift_check,
 )
 from quant_engine.monitoring.scoring import score_batch
 from quant_engine.training.dataset import TrainingSetConfig, build_training_set, load_train_frame
@@ -44,10 +48,10 @@ def build_champion(home: Path, *, shifted: bool, seed: int = 3) -> str:
     market = SyntheticMarket(n_tickers=5, seed=seed, start="2019-01-01", end="2022-06-30", shifts=shifts)
     path = home / "bars.parquet"
     market.fetch(None, "2019-01-01", "2022-06-30").to_parquet(path)
-    ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path)))
-    config = TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31"})
+    ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path), group=make_offline_store()), make_group_stores())
+    config = TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31"}, make_offline_store())
     folder = home / "training"
-    summary = build_training_set(config, folder)
+    summary = build_training_set(config, folder, make_offline_store(), make_bar_store())
     features = summary["features"]
     train, holdout = pd.read_parquet(folder / "train" / "train.parquet"), pd.read_parquet(folder / "holdout.parquet")
     booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
@@ -59,14 +63,13 @@ def build_champion(home: Path, *, shifted: bool, seed: int = 3) -> str:
         features=features, data_start=summary["train_start"], data_end=summary["holdout_end"],
         data_fingerprint=summary["fingerprint"], training={"dataset": summary["params"]}))
     registry.promote(version, "first model")
-    record_baseline(registry.name, version, registry.load_booster(version), load_train_frame(folder), holdout,
-                    features)
+    record_baseline(registry, version, registry.load_booster(version), load_train_frame(folder), holdout, features)
     return version
 
 
 def score_window() -> None:
-    start, end = monitoring_window(window_days=WINDOW_DAYS)
-    score_batch(start, end)
+    start, end = make_drift_monitor().window(window_days=WINDOW_DAYS)
+    score_batch(make_model_registry(), make_offline_store(), start, end)
 
 
 def test_baseline_is_stored_with_the_version_calibrated_and_rewritten_identically(qe_home: Path) -> None:
@@ -76,7 +79,7 @@ def test_baseline_is_stored_with_the_version_calibrated_and_rewritten_identicall
     folder = qe_home / "models" / registry.name / "baselines" / version
     assert baseline_key(registry.name, version) == f"{registry.name}/baselines/{version}"
     assert {p.name for p in folder.iterdir()} == {STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE}
-    baseline, quality = load_baseline(registry.name, version)
+    baseline, quality = load_baseline(registry, version)
     assert baseline.names == list(record.metadata.features)
     train = load_train_frame(qe_home / "training")
     holdout = pd.read_parquet(qe_home / "training" / "holdout.parquet")
@@ -92,8 +95,7 @@ def test_baseline_is_stored_with_the_version_calibrated_and_rewritten_identicall
         assert t[20] >= t[250]
     assert baseline.feature("realized_vol_60").window_thresholds[60] > 0.1  # regimes show between windows
     before = [(folder / name).read_bytes() for name in (STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE)]
-    record_baseline(registry.name, version, registry.load_booster(version), train, holdout,
-                    record.metadata.features)
+    record_baseline(registry, version, registry.load_booster(version), train, holdout, record.metadata.features)
     assert [(folder / name).read_bytes() for name in (STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE)] == before
 
 
@@ -107,23 +109,22 @@ def test_baseline_is_stored_with_the_model_on_s3(qe_home: Path) -> None:
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="qe-models")
         aws = Settings(home=qe_home, backend="aws", s3_bucket="qe-models")
         with pytest.raises(BaselineError, match="has no baseline"):
-            load_baseline(local.name, version, aws)
-        where = record_baseline(local.name, version, local.load_booster(version), train, holdout, features,
-                                settings=aws)
+            load_baseline(make_model_registry(aws, local.name), version)
+        where = record_baseline(make_model_registry(aws, local.name), version, local.load_booster(version), train, holdout, features)
         keys = sorted(o["Key"] for o in boto3.client("s3", region_name="us-east-1")
                       .list_objects_v2(Bucket="qe-models")["Contents"])
         prefix = f"quant-engine/models/{local.name}/baselines/{version}/"
         assert keys == [prefix + name for name in sorted((CONSTRAINTS_FILE, QUALITY_FILE, STATISTICS_FILE))]
         assert "qe-models" in where
-        from_s3, quality = load_baseline(local.name, version, aws)
-    from_disk, _ = load_baseline(local.name, version)
+        from_s3, quality = load_baseline(make_model_registry(aws, local.name), version)
+    from_disk, _ = load_baseline(local, version)
     assert from_s3.constraints == from_disk.constraints and quality.n == len(holdout)
 
 
 def test_shifted_market_is_found_and_asks_for_retraining(qe_home: Path) -> None:
     version = build_champion(qe_home, shifted=True)
     score_window()
-    result = run_drift_check("shifted", window_days=WINDOW_DAYS, comparison_threshold=THRESHOLD)
+    result = make_drift_monitor().check("shifted", window_days=WINDOW_DAYS, comparison_threshold=THRESHOLD)
     assert result.retrain and result.verdict in ("feature_drift", "both") and result.model_version == version
     report = json.loads((Path(result.report_dir) / "report.json").read_text())
     assert report["verdict"] == result.verdict and report["retraining_requested"] is True
@@ -145,7 +146,7 @@ def test_shifted_market_is_found_and_asks_for_retraining(qe_home: Path) -> None:
 def test_stationary_market_finds_nothing(qe_home: Path, threshold: float | None) -> None:
     build_champion(qe_home, shifted=False)
     score_window()
-    result = run_drift_check("stationary", window_days=WINDOW_DAYS, comparison_threshold=threshold)
+    result = make_drift_monitor().check("stationary", window_days=WINDOW_DAYS, comparison_threshold=threshold)
     assert (result.verdict, result.retrain) == ("none", False)
     report = json.loads((Path(result.report_dir) / "report.json").read_text())
     assert report["evidence"]["drifted_features"] == {} and report["evidence"]["breached_metrics"] == {}
@@ -171,7 +172,7 @@ def test_stationary_market_finds_nothing(qe_home: Path, threshold: float | None)
 def test_shifted_market_is_found_with_calibrated_thresholds(qe_home: Path) -> None:
     build_champion(qe_home, shifted=True)
     score_window()
-    result = run_drift_check("shifted-calibrated", window_days=WINDOW_DAYS)
+    result = make_drift_monitor().check("shifted-calibrated", window_days=WINDOW_DAYS)
     assert result.retrain and result.verdict in ("feature_drift", "both")
     report = json.loads((Path(result.report_dir) / "report.json").read_text())
     assert len(report["evidence"]["drifted_features"]) >= 2  # the default min_drifted_features
@@ -184,19 +185,19 @@ def test_shifted_market_is_found_with_calibrated_thresholds(qe_home: Path) -> No
 
 def test_readiness_counts_new_and_matured_rows(qe_home: Path) -> None:
     build_champion(qe_home, shifted=False)
-    state = readiness(min_new_rows=10)
+    state = make_drift_monitor().readiness(min_new_rows=10)
     assert state["ready"] and 0 < state["matured_rows"] < state["new_rows"]
     assert pd.Timestamp(state["latest"]) > pd.Timestamp(state["data_end"])
-    assert not readiness(min_new_rows=state["new_rows"] + 1)["ready"]
+    assert not make_drift_monitor().readiness(min_new_rows=state["new_rows"] + 1)["ready"]
     with pytest.raises(ValueError, match="min_new_rows=0"):
-        readiness(min_new_rows=0)
+        make_drift_monitor().readiness(min_new_rows=0)
 
 
 def test_check_needs_a_champion_predictions_and_a_sane_window(qe_home: Path) -> None:
     with pytest.raises(NoChampionError, match="no champion"):
-        readiness()
+        make_drift_monitor().readiness()
     build_champion(qe_home, shifted=False)
     with pytest.raises(ValueError, match="no logged prediction"):
-        run_drift_check("early", window_days=WINDOW_DAYS)
+        make_drift_monitor().check("early", window_days=WINDOW_DAYS)
     with pytest.raises(ValueError, match="window_days=0"):
-        run_drift_check("bad", window_days=0)
+        make_drift_monitor().check("bad", window_days=0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from quant_engine.backends import make_group_stores, make_offline_store, make_online_store
 from quant_engine.calendars import get_calendar
-from quant_engine.config import Settings, make_offline_store, make_online_store
+from quant_engine.config import Settings
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features import online_store as online_store_module
 from quant_engine.features.ingest import (
@@ -23,7 +24,7 @@ TICKERS = ("SYN00", "SYN03")
 
 
 def request(start: str, end: str | None = None, **kwargs) -> IngestionRequest:
-    return IngestionRequest.build("synthetic", start, end, tickers=kwargs.pop("tickers", TICKERS), **kwargs)
+    return IngestionRequest.build("synthetic", start, end, tickers=kwargs.pop("tickers", TICKERS), **kwargs, group=make_offline_store())
 
 
 def stored_rows() -> pd.DataFrame:
@@ -31,7 +32,7 @@ def stored_rows() -> pd.DataFrame:
 
 
 def test_backfill_writes_every_session_with_full_windows() -> None:
-    result = ingest(request("2024-03-04", "2024-03-15"))
+    result = ingest(request("2024-03-04", "2024-03-15"), make_group_stores())
     assert result.rows_written_offline == 2 * 10  # two tickers, ten sessions
     rows = stored_rows()
     assert not rows.isna().any().any()
@@ -40,32 +41,32 @@ def test_backfill_writes_every_session_with_full_windows() -> None:
 
 def test_a_backfill_leaves_a_compacted_snapshot_and_daily_runs_do_not() -> None:
     snapshots = Settings.from_env().offline_store_dir / "market_features" / "snapshots"
-    ingest(request("2024-03-04", "2024-03-08"))
+    ingest(request("2024-03-04", "2024-03-08"), make_group_stores())
     assert not list(snapshots.glob("*.parquet"))
-    ingest(request("2024-03-11", "2024-04-30"))
+    ingest(request("2024-03-11", "2024-04-30"), make_group_stores())
     assert len(list(snapshots.glob("*.parquet"))) == 1
 
 
 def test_rerun_is_idempotent() -> None:
-    ingest(request("2024-03-04", "2024-03-08"))
+    ingest(request("2024-03-04", "2024-03-08"), make_group_stores())
     before = stored_rows()
-    again = ingest(request("2024-03-04", "2024-03-08"))
+    again = ingest(request("2024-03-04", "2024-03-08"), make_group_stores())
     assert again.rows_written_offline == 0 and again.rows_updated_online == 0
     pd.testing.assert_frame_equal(stored_rows(), before)
 
 
 def test_daily_runs_equal_one_backfill(tmp_path) -> None:
     for day in pd.bdate_range("2024-03-04", "2024-03-08"):
-        ingest(request(day.strftime("%Y-%m-%d")))
+        ingest(request(day.strftime("%Y-%m-%d")), make_group_stores())
     daily = stored_rows().drop(columns=["write_time", "api_invocation_time"])
     backfill_settings = Settings(home=tmp_path / "backfill")
-    ingest(request("2024-03-04", "2024-03-08"), backfill_settings)
+    ingest(request("2024-03-04", "2024-03-08"), make_group_stores(backfill_settings))
     backfill = make_offline_store(backfill_settings).read(include_history=True)
     pd.testing.assert_frame_equal(daily, backfill.drop(columns=["write_time", "api_invocation_time"]))
 
 
 def test_online_store_holds_the_last_day() -> None:
-    ingest(request("2024-03-04", "2024-03-08"))
+    ingest(request("2024-03-04", "2024-03-08"), make_group_stores())
     record = make_online_store().get("SYN03")
     assert record["event_time"] == pd.Timestamp("2024-03-08 21:00", tz="UTC")
     offline = make_offline_store().read(["SYN03"])
@@ -74,7 +75,7 @@ def test_online_store_holds_the_last_day() -> None:
 
 
 def test_failed_online_write_leaves_both_stores_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
-    ingest(request("2024-03-04", "2024-03-05"))
+    ingest(request("2024-03-04", "2024-03-05"), make_group_stores())
     offline_before = stored_rows()
     online_before = make_online_store().get_many(TICKERS)
 
@@ -83,7 +84,7 @@ def test_failed_online_write_leaves_both_stores_as_before(monkeypatch: pytest.Mo
 
     with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
         patched.setattr(online_store_module.SQLiteOnlineStore, "put", broken_put)
-        ingest(request("2024-03-06", "2024-03-08"))
+        ingest(request("2024-03-06", "2024-03-08"), make_group_stores())
     pd.testing.assert_frame_equal(stored_rows(), offline_before)
     assert make_online_store().get_many(TICKERS) == online_before
 
@@ -92,7 +93,7 @@ def test_csv_source_from_a_users_file(tmp_path) -> None:
     bars = SyntheticMarket(n_tickers=2, seed=3).fetch(None, "2023-01-01", "2024-03-08")
     path = tmp_path / "my_bars.csv"
     bars.rename(columns={"ts": "date"})[["ticker", "date", "close", "volume"]].to_csv(path, index=False)
-    result = ingest(IngestionRequest.build("csv", "2024-03-04", "2024-03-08", path=str(path)))
+    result = ingest(IngestionRequest.build("csv", "2024-03-04", "2024-03-08", path=str(path), group=make_offline_store()), make_group_stores())
     assert result.tickers == 2 and result.rows_written_offline == 10
 
 
@@ -100,17 +101,17 @@ def test_a_run_naming_only_a_users_file_ingests_the_whole_file(tmp_path) -> None
     bars = SyntheticMarket(n_tickers=2, seed=3).fetch(None, "2023-01-02", "2024-03-08")
     path = tmp_path / "my_bars.parquet"
     bars.to_parquet(path)
-    req = IngestionRequest.from_params({"source": "parquet", "path": str(path)})
+    req = IngestionRequest.from_params({"source": "parquet", "path": str(path)}, make_offline_store())
     assert (req.first_session, req.last_session) == (pd.Timestamp("2023-01-03"), pd.Timestamp("2024-03-08"))
-    result = ingest(req)
+    result = ingest(req, make_group_stores())
     # the first year only fills the feature windows; every later session of both tickers is written
     assert result.end == "2024-03-08 21:00:00+00:00" and result.rows_written_offline > 2 * 40
 
 
 def test_a_bare_run_ingests_the_last_closed_session() -> None:
-    req = IngestionRequest.from_params({}, now="2026-11-29T08:00:00Z")
+    req = IngestionRequest.from_params({}, make_offline_store(), now="2026-11-29T08:00:00Z")
     assert req.first_session == req.last_session == pd.Timestamp("2026-11-27")  # the half day after Thanksgiving
-    before_the_close = IngestionRequest.from_params({}, now="2026-11-30T20:59:00Z")
+    before_the_close = IngestionRequest.from_params({}, make_offline_store(), now="2026-11-30T20:59:00Z")
     assert before_the_close.last_session == pd.Timestamp("2026-11-27")
 
 
@@ -120,13 +121,13 @@ def test_a_bare_run_ingests_the_last_closed_session() -> None:
     ("2019-12-06T21:30Z", "2019-12-09T21:30Z", ["2019-12-09"]),   # the same in winter time
 ])
 def test_a_scheduled_run_ingests_the_sessions_that_closed_in_its_data_interval(after, until, sessions) -> None:
-    req = IngestionRequest.from_params({}, window=(pd.Timestamp(after), pd.Timestamp(until)))
+    req = IngestionRequest.from_params({}, make_offline_store(), window=(pd.Timestamp(after), pd.Timestamp(until)))
     assert [str(d.date()) for d in req.sessions] == sessions
 
 
 def test_a_scheduled_run_on_a_holiday_is_a_clean_skip() -> None:
     with pytest.raises(NoSessionToIngest, match="no XNYS session closed between"):
-        IngestionRequest.from_params({}, window=(pd.Timestamp("2019-07-03T20:30Z"), pd.Timestamp("2019-07-04T20:30Z")))
+        IngestionRequest.from_params({}, make_offline_store(), window=(pd.Timestamp("2019-07-03T20:30Z"), pd.Timestamp("2019-07-04T20:30Z")))
     with pytest.raises(NoSessionToIngest, match="no XNYS session between 2019-07-04 and 2019-07-04"):
         request("2019-07-04")
 
@@ -149,7 +150,7 @@ def test_a_scheduled_run_on_a_holiday_is_a_clean_skip() -> None:
 )
 def test_bad_requests_name_the_problem(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        IngestionRequest.from_params(kwargs)
+        IngestionRequest.from_params(kwargs, make_offline_store())
 
 
 def test_a_range_without_history_has_no_complete_rows_and_says_so() -> None:
@@ -163,7 +164,7 @@ def test_nan_features_are_refused_before_anything_is_written() -> None:
     features = compute_features(fetch_bars(req), req)
     features.loc[1, "rsi_14"] = float("nan")
     with pytest.raises(ValueError, match="rsi_14"):
-        write_features(features)
+        write_features(features, make_group_stores())
     assert make_offline_store().commits() == []
     assert make_online_store().get_many(TICKERS) == {}
 

@@ -147,11 +147,11 @@ def test_labels_need_validated_bars():
 
 def test_bad_parameters_are_named():
     bars = _bars({"A": 30})
-    with pytest.raises(ValueError, match="horizon=0 must be at least 1"):
+    with pytest.raises(ValueError, match="horizon=0 must be a whole number >= 1"):
         fixed_horizon_labels(bars, 0)
-    with pytest.raises(TypeError, match="horizon=2.5 must be an int"):
+    with pytest.raises(ValueError, match="horizon=2.5 must be a whole number"):
         fixed_horizon_labels(bars, 2.5)
-    with pytest.raises(ValueError, match="vol_window=1 must be at least 2"):
+    with pytest.raises(ValueError, match="vol_window=1 must be a whole number >= 2"):
         triple_barrier_labels(bars, vol_window=1, pt_mult=1, sl_mult=1, max_holding=3)
     with pytest.raises(ValueError, match="max_holding=0"):
         triple_barrier_labels(bars, vol_window=5, pt_mult=1, sl_mult=1, max_holding=0)

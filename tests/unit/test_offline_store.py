@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from quant_engine.config import Settings, make_offline_store
+from quant_engine.backends import make_offline_store
+from quant_engine.config import Settings
 from quant_engine.features.offline_store import (
     FeatureFrameError,
     FeatureGroupSchema,

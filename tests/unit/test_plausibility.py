@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quant_engine.backends import make_group_stores, make_offline_store, make_online_store
 from quant_engine.calendars import MarketTime, get_calendar
-from quant_engine.config import make_offline_store, make_online_store
 from quant_engine.data.plausibility import ScaleLimits, conform_bars
 from quant_engine.data.schema import BarValidationError, validate_bars
 from quant_engine.data.synthetic import SyntheticMarket
@@ -133,9 +133,9 @@ def test_a_close_only_file_is_refused_for_features_it_lacks_and_served_by_the_se
     for feature_set, missing in (("default", "volume"), ("extended", "open, high and low")):
         with pytest.raises(IngestionError, match=f"feature set '{feature_set}' needs columns these bars do not have: "
                                                  f"{missing} .*use feature_set='close_only'"):
-            ingest(IngestionRequest.build("csv", "2023-06-01", "2023-06-30", path=str(path), feature_set=feature_set))
+            ingest(IngestionRequest.build("csv", "2023-06-01", "2023-06-30", path=str(path), feature_set=feature_set, group=make_offline_store()), make_group_stores())
     assert make_offline_store().schema is None
-    result = ingest(IngestionRequest.build("csv", "2023-06-01", "2023-06-30", path=str(path), feature_set="close_only"))
+    result = ingest(IngestionRequest.build("csv", "2023-06-01", "2023-06-30", path=str(path), feature_set="close_only", group=make_offline_store()), make_group_stores())
     assert result.rows_written_offline == 2 * 21  # June 19 (Juneteenth) is closed
     assert "volume_zscore_20" not in make_offline_store().schema.feature_names
 
@@ -147,11 +147,11 @@ def test_a_far_future_row_in_a_users_file_is_refused_and_pins_nothing(tmp_path: 
     path = tmp_path / "bars.parquet"
     pd.concat([bars, future]).to_parquet(path)
     with pytest.raises(ValueError, match=r"after now .*SYN00@2099-06-30 20:00:00\+00:00"):
-        ingest(IngestionRequest.from_params({"source": "parquet", "path": str(path)}))
+        ingest(IngestionRequest.from_params({"source": "parquet", "path": str(path)}, make_offline_store()), make_group_stores())
     assert make_offline_store().schema is None and make_online_store().get("SYN00") is None
-    req = IngestionRequest.from_params({"source": "parquet", "path": str(path), "on_error": "drop"})
+    req = IngestionRequest.from_params({"source": "parquet", "path": str(path), "on_error": "drop"}, make_offline_store())
     assert req.last_session == pd.Timestamp("2099-06-30")  # the range still names it; the check drops it
-    result = ingest(req)
+    result = ingest(req, make_group_stores())
     assert result.end == "2023-06-30 20:00:00+00:00"
     assert make_online_store().get("SYN00")["event_time"] == pd.Timestamp("2023-06-30 20:00", tz="UTC")
 
@@ -165,25 +165,25 @@ def test_a_naive_hourly_fx_file_stamped_at_each_bars_open_ingests_on_the_24_5_ca
     params = {"source": "csv", "path": str(path), "start": "2021-02-22", "end": "2021-02-26", "calendar": "24/5",
               "bar_size": "1h", "assume_tz": "UTC"}
     with pytest.raises(ValueError, match=r"outside every 24/5 session: SYN00@2021-02-01 00:00:00\+00:00"):
-        ingest(IngestionRequest.from_params(params))  # Monday's 00:00 open is no bar close
-    result = ingest(IngestionRequest.from_params({**params, "stamped_at": "open"}))
+        ingest(IngestionRequest.from_params(params, make_offline_store()), make_group_stores())  # Monday's 00:00 open is no bar close
+    result = ingest(IngestionRequest.from_params({**params, "stamped_at": "open"}, make_offline_store()), make_group_stores())
     assert result.rows_written_offline == 2 * 5 * 24
     assert result.start == "2021-02-22 01:00:00+00:00" and result.end == "2021-02-27 00:00:00+00:00"
 
 
 def test_hourly_data_into_a_daily_group_is_refused(tmp_path: Path) -> None:
-    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00"))
+    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00", group=make_offline_store()), make_group_stores())
     with pytest.raises(IngestionError, match="holds 1d bars on the XNYS calendar; this run asks for 1h bars"):
-        IngestionRequest.build("synthetic", "2023-06-05", tickers="SYN00", bar_size="1h")
+        IngestionRequest.build("synthetic", "2023-06-05", tickers="SYN00", bar_size="1h", group=make_offline_store())
     hourly = SyntheticMarket(n_tickers=1, freq="1h", start="2023-01-01", end="2023-06-30").fetch(
         None, "2023-01-01", "2023-06-30")
     hourly.to_csv(tmp_path / "hourly.csv", index=False)
     with pytest.raises(ValueError, match="several bars in one XNYS session"):
-        ingest(IngestionRequest.build("csv", "2023-06-05", path=str(tmp_path / "hourly.csv")))
+        ingest(IngestionRequest.build("csv", "2023-06-05", path=str(tmp_path / "hourly.csv"), group=make_offline_store()), make_group_stores())
 
 
 def test_a_group_written_before_calendars_is_refused_with_the_way_out(qe_home: Path) -> None:
-    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00"))
+    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00", group=make_offline_store()), make_group_stores())
     for group in ("market_features", "market_features_bars"):  # as the engine wrote them before the rule
         manifest = qe_home / "offline-store" / group / "feature_group.json"
         payload = json.loads(manifest.read_text())
@@ -191,11 +191,11 @@ def test_a_group_written_before_calendars_is_refused_with_the_way_out(qe_home: P
         manifest.write_text(json.dumps(payload))
     with pytest.raises(StaleStoreError, match="written before exchange calendars.*quant-engine features drop "
                                               "market_features"):
-        IngestionRequest.build("synthetic", "2023-06-05", tickers="SYN00")
-    assert [line.split(":")[0] for line in drop_feature_group("market_features")] == [
+        IngestionRequest.build("synthetic", "2023-06-05", tickers="SYN00", group=make_offline_store())
+    assert [line.split(":")[0] for line in drop_feature_group(make_group_stores(None, "market_features"))] == [
         "offline group 'market_features'", "offline group 'market_features_bars'", "online records of 'market_features'"]
     assert make_offline_store().schema is None and make_online_store().get("SYN00") is None
-    ingest(IngestionRequest.build("synthetic", "2023-06-05", tickers="SYN00"))
+    ingest(IngestionRequest.build("synthetic", "2023-06-05", tickers="SYN00", group=make_offline_store()), make_group_stores())
     assert make_offline_store().read()["event_time"].tolist() == [pd.Timestamp("2023-06-05 20:00", tz="UTC")]
 
 
@@ -205,7 +205,7 @@ def test_bars_before_1970_ingest_and_read_back_at_their_closes(tmp_path: Path) -
     path = tmp_path / "sixties.csv"
     bars.assign(date=bars["ts"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d")).drop(
         columns="ts").to_csv(path, index=False)
-    result = ingest(IngestionRequest.build("csv", "1965-03-01", "1965-03-31", path=str(path)))
+    result = ingest(IngestionRequest.build("csv", "1965-03-01", "1965-03-31", path=str(path), group=make_offline_store()), make_group_stores())
     stored = make_offline_store().read(None, "1965-03-01T00:00Z", "1965-03-31T23:59Z")
     assert result.rows_written_offline == len(stored) == 2 * len(get_calendar("XNYS").sessions("1965-03-01", "1965-03-31"))
     assert stored["event_time"].min() == pd.Timestamp("1965-03-01 21:00", tz="UTC")

@@ -14,7 +14,8 @@ import xgboost as xgb
 from moto import mock_aws
 from sklearn.metrics import log_loss
 
-from quant_engine.config import Settings, make_model_registry
+from quant_engine.backends import make_model_registry
+from quant_engine.config import Settings
 from quant_engine.storage import atomic
 from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem, S3FileSystem
 from quant_engine.training.registry import (
@@ -247,7 +248,7 @@ def _models_cli(*argv: str) -> int:
     """``quant-engine models ...`` through the group's own ``register``."""
     import argparse
 
-    from quant_engine.training import cli
+    from quant_engine.cli import training as cli
 
     parser = argparse.ArgumentParser(prog="quant-engine")
     cli.register(parser.add_subparsers(dest="command", required=True))

@@ -21,6 +21,7 @@ from quant_engine.aws.feature_store import (
     format_event_time,
     make_record,
 )
+from quant_engine.backends import make_sagemaker_feature_group
 from quant_engine.config import Settings
 from quant_engine.features.offline_store import FeatureGroupSchema
 from quant_engine.features.pit import FeatureFrameError
@@ -96,9 +97,10 @@ def test_create_and_describe_the_feature_group_with_moto():
     assert round_trip.same_features(SCHEMA)
 
 
-def test_from_settings_uses_the_configured_region_and_group():
+def test_the_backend_builds_the_group_in_the_configured_region():
     with mock_aws():
-        group = SageMakerFeatureGroup.from_settings(Settings(aws_region="eu-west-1", feature_group="fg-eu"))
+        group = make_sagemaker_feature_group(Settings(aws_region="eu-west-1", feature_group="fg-eu", backend="aws",
+                                                      s3_bucket="b", sagemaker_feature_store=True))
         arn = group.create(SCHEMA, offline_s3_uri=S3_URI, role_arn=ROLE)
     assert arn.startswith("arn:aws:sagemaker:eu-west-1:") and arn.endswith(":feature-group/fg-eu")
 

@@ -22,6 +22,7 @@ from quant_engine.aws.processing import (
     PROCESSING_CODE,
     ProcessingJobError,
     ProcessingSpec,
+    SageMakerFits,
     StagedRun,
     collect_outputs,
     framework_image_uri,
@@ -32,10 +33,16 @@ from quant_engine.aws.processing import (
     stage_run,
     wait_for_job,
 )
+from quant_engine.aws.session import AwsClients
+from quant_engine.backends import make_bar_store, make_group_stores, make_offline_store, make_wfo_fits
 from quant_engine.config import Settings, SettingsError
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.wfo import processing_entry
-from quant_engine.wfo.pipeline import WfoConfig, build_dataset, execute_split, plan, prediction_path, run_split
+from quant_engine.wfo.config import WfoConfig
+from quant_engine.wfo.dataset import build_dataset
+from quant_engine.wfo.plan import plan
+from quant_engine.wfo.run_folder import prediction_path
+from quant_engine.wfo.runner import run_split
 
 BUCKET = "qe-processing"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
@@ -48,10 +55,10 @@ def planned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A planned run folder (2 tickers, 2021, 3 splits x 2 trials), built with the local backend."""
     home = tmp_path_factory.mktemp("processing_home")
     settings = Settings(home=home)
-    ingest(IngestionRequest.build("synthetic", "2021-01-01", "2021-12-31", tickers=["SYN03", "SYN04"]), settings)
+    ingest(IngestionRequest.build("synthetic", "2021-01-01", "2021-12-31", tickers=["SYN03", "SYN04"], group=make_offline_store()), make_group_stores(settings))
     run = home / "runs" / "wfo" / "manual__2026-01-01"
-    build_dataset(WfoConfig.from_params(PARAMS), run, settings)
-    plan(run, settings)
+    build_dataset(WfoConfig.from_params(PARAMS), run, make_offline_store(settings), make_bar_store(settings))
+    plan(run)
     return run
 
 
@@ -195,7 +202,7 @@ def test_stage_run_uploads_run_files_and_package(planned_run: Path, aws_settings
     assert {f"{base}/input/{name}" for name in ("config.json", "plan.json", "dataset.parquet")} <= keys
     assert {f"{base}/input/splits/split={s}.npz" for s in range(3)} <= keys
     assert f"{base}/code/quant_engine/wfo/pipeline.py" in keys
-    assert not any("predictions" in k or "__pycache__" in k for k in keys)
+    assert not any(k.startswith(f"{base}/input/predictions") or "__pycache__" in k for k in keys)
     assert staged.output_uri == f"s3://{BUCKET}/{base}/output"
 
 
@@ -247,16 +254,19 @@ def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
 
 def test_the_aws_backend_stages_in_plan_and_runs_each_dag_task_as_a_job(
         planned_run: Path, aws_settings: Settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The library calls the DAG's tasks make, with QE_BACKEND=aws: plan stages, execute_split runs a job."""
+    """The calls the DAG's tasks make, with QE_BACKEND=aws: the plan task stages, a fit task runs a job."""
     run = copy_run(planned_run, tmp_path)
     seen: list[dict] = []
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", boto3.session.Session())  # the library's clients come from it
-    boto3.DEFAULT_SESSION.events.register("before-parameter-build.sagemaker.CreateProcessingJob",
-                                          fake_container(s3, tmp_path / "container", seen))
+    assert isinstance(make_wfo_fits(aws_settings), SageMakerFits)
+    session = boto3.session.Session(region_name=aws_settings.aws_region)
+    session.events.register("before-parameter-build.sagemaker.CreateProcessingJob",
+                            fake_container(s3, tmp_path / "container", seen))
+    fits = SageMakerFits(aws_settings, AwsClients(session))
     monkeypatch.setenv("QE_PROCESSING_INSTANCE_TYPE", "ml.c5.large")
 
-    assert plan(run, aws_settings) == [{"trial_id": t, "split_id": s} for t in range(2) for s in range(3)]
-    result = execute_split(run, 0, 2, aws_settings)
+    assert plan(run) == [{"trial_id": t, "split_id": s} for t in range(2) for s in range(3)]
+    fits.prepare(run)
+    [result] = fits.run(run, [(0, 2)])
 
     assert result == {"trial_id": 0, "split_id": 2, "path": str(prediction_path(run, 0, 2))}
     assert [r["ProcessingResources"]["ClusterConfig"]["InstanceType"] for r in seen] == ["ml.c5.large"]

@@ -74,10 +74,11 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path: Path, reference: bytes) -> N
         client.create_bucket(Bucket="jobs")
         uri = "s3://jobs/spot/run-1/checkpoints"
         with pytest.raises(TrainingInterrupted):
-            train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, should_stop=stop_after(11))
+            train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, s3_client=client,
+                      should_stop=stop_after(11))
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="jobs")["Contents"]]
         assert "spot/run-1/checkpoints/round-000000010.json" in keys
-        result = train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri)
+        result = train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, s3_client=client)
     assert result.resumed_from == 10 and model_bytes(result) == reference
 
 
@@ -223,8 +224,8 @@ def test_validation_without_the_training_features_is_refused(tmp_path: Path) -> 
         ({"num_round": 0}, "num_round=0 must be a whole number >= 1"),
         ({"num_round": "2.5"}, "num_round=2.5 must be a whole number >= 1"),
         ({"checkpoint_every": -1}, "checkpoint_every=-1 must be a whole number >= 0"),
-        ({"subsample": 0}, "subsample=0 must be a number in (0, 1]"),
-        ({"colsample_bytree": "1.5"}, "colsample_bytree=1.5 must be a number in (0, 1]"),
+        ({"subsample": 0}, "subsample=0 must be a finite number > 0 and <= 1"),
+        ({"colsample_bytree": "1.5"}, "colsample_bytree=1.5 must be a finite number > 0 and <= 1"),
         ({"colsample_bynode": 0.5}, "colsample_bynode=0.5 is not supported: only 1"),
         ({"booster": "dart"}, "booster='dart' is not supported: only 'gbtree'"),
         ({"tree_method": "approx"}, "tree_method='approx' is not supported"),

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quant_engine.backends import make_bar_store, make_group_stores, make_offline_store
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set
-from quant_engine.wfo.pipeline import WfoConfigError
+from quant_engine.wfo.config import WfoConfigError
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 PARAMS = {"start": "2020-01-01", "end": "2021-06-30", "tickers": ",".join(TICKERS), "horizon": 5}
@@ -20,13 +21,13 @@ PARAMS = {"start": "2020-01-01", "end": "2021-06-30", "tickers": ",".join(TICKER
 
 @pytest.fixture
 def market(qe_home: Path) -> Path:
-    ingest(IngestionRequest.build("synthetic", PARAMS["start"], PARAMS["end"], tickers=TICKERS))
+    ingest(IngestionRequest.build("synthetic", PARAMS["start"], PARAMS["end"], tickers=TICKERS, group=make_offline_store()), make_group_stores())
     return qe_home
 
 
 @pytest.mark.parametrize("embargo_bars", [0, 5])
 def test_no_training_label_reaches_into_the_holdout(market: Path, tmp_path: Path, embargo_bars: int) -> None:
-    summary = build_training_set(TrainingSetConfig.from_params({**PARAMS, "embargo_bars": embargo_bars}), tmp_path)
+    summary = build_training_set(TrainingSetConfig.from_params({**PARAMS, "embargo_bars": embargo_bars}, make_offline_store()), tmp_path, make_offline_store(), make_bar_store())
     joined = pd.read_parquet(tmp_path / "joined" / "dataset.parquet")
     holdout = pd.read_parquet(tmp_path / "holdout.parquet")
     stamps = np.sort(joined["ts"].unique())
@@ -50,11 +51,11 @@ def test_no_training_label_reaches_into_the_holdout(market: Path, tmp_path: Path
 
 
 def test_fingerprint_is_stable_and_tells_data_apart(market: Path, tmp_path: Path) -> None:
-    first = build_training_set(TrainingSetConfig.from_params(PARAMS), tmp_path / "a")
-    again = build_training_set(TrainingSetConfig.from_params(PARAMS), tmp_path / "b")
-    other = build_training_set(TrainingSetConfig.from_params({**PARAMS, "holdout_fraction": 0.3}), tmp_path / "c")
+    first = build_training_set(TrainingSetConfig.from_params(PARAMS, make_offline_store()), tmp_path / "a", make_offline_store(), make_bar_store())
+    again = build_training_set(TrainingSetConfig.from_params(PARAMS, make_offline_store()), tmp_path / "b", make_offline_store(), make_bar_store())
+    other = build_training_set(TrainingSetConfig.from_params({**PARAMS, "holdout_fraction": 0.3}, make_offline_store()), tmp_path / "c", make_offline_store(), make_bar_store())
     assert first["fingerprint"] == again["fingerprint"] != other["fingerprint"]
-    assert first["params"] == {**TrainingSetConfig.from_params(PARAMS).to_params()}
+    assert first["params"] == {**TrainingSetConfig.from_params(PARAMS, make_offline_store()).to_params()}
     assert first["params"]["tickers"] == TICKERS and first["params"]["holdout_fraction"] == 0.2
 
 
@@ -62,29 +63,29 @@ def test_fingerprint_is_stable_and_tells_data_apart(market: Path, tmp_path: Path
     ({"holdout_fraction": 0.7}, "holdout_fraction=0.7 must be a number in \\(0, 0.5\\]"),
     ({"embargo_bars": -1}, "embargo_bars=-1 must be a whole number between 0 and 252"),
     ({"holdout": 0.2}, "unknown parameter\\(s\\) \\['holdout'\\]"),
-    ({"horizon": 0}, "horizon=0 must be between 1 and 252"),
+    ({"horizon": 0}, "horizon=0 must be a whole number >= 1 and <= 252"),
     ({"end": "2019-01-01"}, "is before start"),
 ])
 def test_bad_parameters_name_the_rule(params: dict, message: str) -> None:
     with pytest.raises(WfoConfigError, match=message):  # TrainingSetError is one
-        TrainingSetConfig.from_params({**PARAMS, **params})
+        TrainingSetConfig.from_params({**PARAMS, **params}, make_offline_store())
 
 
 def test_a_range_too_short_for_the_gap_fails_before_writing_channels(market: Path, tmp_path: Path) -> None:
-    config = TrainingSetConfig.from_params({**PARAMS, "start": "2021-06-01", "embargo_bars": 20})
+    config = TrainingSetConfig.from_params({**PARAMS, "start": "2021-06-01", "embargo_bars": 20}, make_offline_store())
     with pytest.raises(TrainingSetError, match="leave nothing to train on"):
-        build_training_set(config, tmp_path)
+        build_training_set(config, tmp_path, make_offline_store(), make_bar_store())
     assert not (tmp_path / "train").exists()
 
 
 def test_empty_dates_train_on_the_latest_stored_window(market: Path) -> None:
-    config = TrainingSetConfig.from_params({"tickers": PARAMS["tickers"], "window_days": 90})
+    config = TrainingSetConfig.from_params({"tickers": PARAMS["tickers"], "window_days": 90}, make_offline_store())
     assert (str(config.data.start.date()), str(config.data.end.date())) == ("2021-04-01", "2021-06-30")
-    assert TrainingSetConfig.from_params(config.to_params()) == config
+    assert TrainingSetConfig.from_params(config.to_params(), make_offline_store()) == config
     with pytest.raises(TrainingSetError, match="window_days=7 must be a whole number of days between 30 and 36500"):
-        TrainingSetConfig.from_params({"window_days": 7})
+        TrainingSetConfig.from_params({"window_days": 7}, make_offline_store())
 
 
 def test_empty_end_needs_stored_data(qe_home: Path) -> None:
     with pytest.raises(TrainingSetError, match="the offline store .* is empty; ingest data first, or give end"):
-        TrainingSetConfig.from_params({"tickers": "SYN00"})
+        TrainingSetConfig.from_params({"tickers": "SYN00"}, make_offline_store())

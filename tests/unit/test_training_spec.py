@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from quant_engine.config import make_model_registry
+from quant_engine.backends import make_model_registry
 from quant_engine.training.dataset import TrainingSetError
+from quant_engine.training.defaults import DEFAULT_HYPERPARAMETERS, TRAINING_DEFAULTS
 from quant_engine.training.registry import ModelMetadata
-from quant_engine.training.spec import DEFAULT_HYPERPARAMETERS, TRAINING_DEFAULTS, resolve_training_params
+from quant_engine.training.spec import resolve_training_params
 
 SPEC = {"start": "2021-01-04", "end": "2022-12-30", "tickers": ["AAA", "BBB"], "feature_set": "ohlc",
         "label_kind": "triple_barrier", "horizon": 5, "label_target": "absolute", "pt_mult": 1.5, "sl_mult": None,

@@ -60,7 +60,7 @@ def _write_wfo_report(home: Path) -> None:
 
 
 def _register_model(tmp_path: Path) -> None:
-    from quant_engine.config import make_model_registry
+    from quant_engine.backends import make_model_registry
     from quant_engine.training.registry import ModelMetadata
 
     rng = np.random.default_rng(0)

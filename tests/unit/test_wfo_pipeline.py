@@ -9,29 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quant_engine.backends import make_bar_store, make_group_stores, make_offline_store, make_wfo_fits
 from quant_engine.calendars import MarketTime
-from quant_engine.config import Settings, make_offline_store
+from quant_engine.config import Settings
 from quant_engine.data.sources import make_source
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.wfo.pipeline import (
-    DEFAULT_PARAMS,
-    EMBARGOED,
-    PURGED,
-    TEST,
-    TRAIN,
-    WfoConfig,
-    WfoConfigError,
-    assemble,
-    build_dataset,
-    load_dataset,
-    plan,
-    prediction_path,
-    run_pipeline,
-    run_split,
-    split_path,
-    split_roles,
-    statistics,
-)
+from quant_engine.runs import run_dir
+from quant_engine.wfo.config import WfoConfig, WfoConfigError
+from quant_engine.wfo.dataset import build_dataset
+from quant_engine.wfo.defaults import DEFAULT_PARAMS
+from quant_engine.wfo.pipeline import assemble, run_pipeline, statistics
+from quant_engine.wfo.plan import plan, split_roles
+from quant_engine.wfo.run_folder import EMBARGOED, PURGED, TEST, TRAIN, load_dataset, prediction_path, split_path
+from quant_engine.wfo.runner import run_split
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 START, END = "2020-01-01", "2021-12-31"
@@ -45,7 +35,7 @@ SMALL = {
 def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A QE_HOME whose offline store holds the synthetic market's features for 3 tickers, 2020-2021."""
     home = tmp_path_factory.mktemp("wfo_store")
-    ingest(IngestionRequest.build("synthetic", START, END, tickers=TICKERS), Settings(home=home))
+    ingest(IngestionRequest.build("synthetic", START, END, tickers=TICKERS, group=make_offline_store()), make_group_stores(Settings(home=home)))
     return home
 
 
@@ -90,7 +80,7 @@ def test_null_parameters_take_defaults() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"n_test_groups": 4}, "n_test_groups=4 must be smaller than n_groups=4"),
     ({"n_test_groups": 6, "n_groups": 5}, "n_test_groups=6 must be smaller than n_groups=5"),
-    ({"n_groups": 1}, r"n_groups=1 must be between 2 and 30"),
+    ({"n_groups": 1}, r"n_groups=1 must be a whole number >= 2 and <= 30"),
     ({"n_groups": 4.0}, r"n_groups=4.0 must be a whole number"),
     ({"start": "2022-01-01"}, "end 2021-12-31 is before start 2022-01-01: the date range is empty"),
     ({"start": "not a day"}, "start='not a day' is not a date"),
@@ -98,7 +88,7 @@ def test_null_parameters_take_defaults() -> None:
     ({"embargo": -3}, "embargo=-3 bars is negative"),
     ({"embargo": 1.5}, "must be a number of bars"),
     ({"label_kind": "sign"}, "label_kind='sign' is not a label kind"),
-    ({"horizon": 0}, "horizon=0 must be between 1 and 252"),
+    ({"horizon": 0}, "horizon=0 must be a whole number >= 1 and <= 252"),
     ({"pt_mult": -1.0}, "pt_mult=-1.0 must be a positive number"),
     ({"cost_bps": -5}, "cost_bps=-5 must be a number of basis points"),
     ({"portfolio": "long_only"}, "portfolio='long_only' is not a portfolio construction; use one of market_neutral, "
@@ -135,7 +125,7 @@ def test_trial_grid_expands_to_its_product() -> None:
 
 def test_dataset_joins_stored_features_to_labels_without_look_ahead(settings: Settings, tmp_path: Path) -> None:
     config = WfoConfig.from_params({**SMALL, "horizon": 5, "label_target": "absolute"})
-    summary = build_dataset(config, tmp_path, settings)
+    summary = build_dataset(config, tmp_path, make_offline_store(settings), make_bar_store(settings))
     data = load_dataset(tmp_path)
     assert summary["rows"] == len(data) and summary["tickers"] == TICKERS
     assert data["ts"].is_monotonic_increasing and (data["t1"] > data["ts"]).all()
@@ -159,7 +149,7 @@ def test_dataset_joins_stored_features_to_labels_without_look_ahead(settings: Se
 
 
 def test_excess_labels_compare_each_ticker_with_the_mean_of_all(settings: Settings, tmp_path: Path) -> None:
-    build_dataset(WfoConfig.from_params({**SMALL, "horizon": 3, "label_target": "excess"}), tmp_path, settings)
+    build_dataset(WfoConfig.from_params({**SMALL, "horizon": 3, "label_target": "excess"}), tmp_path, make_offline_store(settings), make_bar_store(settings))
     data = load_dataset(tmp_path)
     bars = make_source("synthetic").fetch(TICKERS, START, END)
     close = bars.pivot(index="ts", columns="ticker", values="close")
@@ -176,7 +166,7 @@ def test_excess_labels_compare_each_ticker_with_the_mean_of_all(settings: Settin
 def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
     config = WfoConfig.from_params({**SMALL, "start": "2020-03-02", "label_kind": "triple_barrier",
                                     "label_target": "absolute", "horizon": 10, "sl_mult": None})
-    build_dataset(config, tmp_path, settings)
+    build_dataset(config, tmp_path, make_offline_store(settings), make_bar_store(settings))
     data = load_dataset(tmp_path)
     nyse = MarketTime("XNYS", "1d")
     span = nyse.session_indices(data["t1"]) - nyse.session_indices(data["ts"])
@@ -201,25 +191,25 @@ def test_triple_barrier_dataset(settings: Settings, tmp_path: Path) -> None:
 def test_data_checks_fail_before_anything_is_written(settings: Settings, tmp_path: Path, change: dict,
                                                      message: str) -> None:
     with pytest.raises(WfoConfigError, match=message):
-        build_dataset(WfoConfig.from_params({**SMALL, **change}), tmp_path, settings)
+        build_dataset(WfoConfig.from_params({**SMALL, **change}), tmp_path, make_offline_store(settings), make_bar_store(settings))
     assert not (tmp_path / "dataset.parquet").exists()
 
 
 def test_empty_store_says_to_ingest_first(tmp_path: Path) -> None:
     with pytest.raises(WfoConfigError, match="offline store .* is empty; run the market_data_ingestion DAG"):
-        build_dataset(WfoConfig.from_params(SMALL), tmp_path / "run", Settings(home=tmp_path))
+        build_dataset(WfoConfig.from_params(SMALL), tmp_path / "run", make_offline_store(Settings(home=tmp_path)), make_bar_store(Settings(home=tmp_path)))
 
 
 def test_an_embargo_leaving_no_training_data_fails_in_the_plan(settings: Settings, tmp_path: Path) -> None:
-    build_dataset(WfoConfig.from_params({**SMALL, "n_groups": 3, "embargo": "400D"}), tmp_path, settings)
+    build_dataset(WfoConfig.from_params({**SMALL, "n_groups": 3, "embargo": "400D"}), tmp_path, make_offline_store(settings), make_bar_store(settings))
     with pytest.raises(WfoConfigError, match="leave a split without training data: split 0 .* no training rows"):
-        plan(tmp_path, settings)
+        plan(tmp_path)
     assert not (tmp_path / "plan.json").exists()
 
 
 def test_plan_writes_roles_and_tasks(settings: Settings, tmp_path: Path) -> None:
-    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
-    tasks = plan(tmp_path, settings)
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, make_offline_store(settings), make_bar_store(settings))
+    tasks = plan(tmp_path)
     written = json.loads((tmp_path / "plan.json").read_text())
     assert tasks == [{"trial_id": t, "split_id": s} for t in range(2) for s in range(6)]
     assert written["n_splits"] == 6 and written["n_paths"] == 3 and len(written["paths"]) == 3
@@ -258,8 +248,8 @@ def test_split_roles_tell_purge_from_embargo() -> None:
 
 
 def test_run_split_is_deterministic_and_predicts_its_test_rows(settings: Settings, tmp_path: Path) -> None:
-    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
-    plan(tmp_path, settings)
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, make_offline_store(settings), make_bar_store(settings))
+    plan(tmp_path)
     result = run_split(tmp_path, 1, 2)
     first = pd.read_parquet(result["path"])
     assert list(first.columns) == ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]
@@ -274,8 +264,8 @@ def test_run_split_is_deterministic_and_predicts_its_test_rows(settings: Setting
 
 
 def test_assemble_needs_every_prediction(settings: Settings, tmp_path: Path) -> None:
-    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
-    plan(tmp_path, settings)
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, make_offline_store(settings), make_bar_store(settings))
+    plan(tmp_path)
     run_split(tmp_path, 0, 0)
     with pytest.raises(FileNotFoundError, match=r"task \(trial 0, split 1\) has not run"):
         assemble(tmp_path)
@@ -287,8 +277,8 @@ def test_assemble_backtests_every_path_with_the_configured_portfolio(settings: S
     from quant_engine.wfo.backtest import assemble_paths, backtest
 
     config = WfoConfig.from_params({**SMALL, "portfolio": portfolio})
-    build_dataset(config, tmp_path, settings)
-    tasks = plan(tmp_path, settings)
+    build_dataset(config, tmp_path, make_offline_store(settings), make_bar_store(settings))
+    tasks = plan(tmp_path)
     for task in tasks:
         run_split(tmp_path, task["trial_id"], task["split_id"])
     assemble(tmp_path)
@@ -306,7 +296,7 @@ def test_assemble_backtests_every_path_with_the_configured_portfolio(settings: S
 
 
 def test_run_pipeline_end_to_end(settings: Settings) -> None:
-    folder = run_pipeline(SMALL, run_id="unit-run", settings=settings)
+    folder = run_pipeline(WfoConfig.from_params(SMALL), run_dir("wfo", "unit-run", settings), make_offline_store(settings), make_bar_store(settings), make_wfo_fits(settings), settings.reports_dir)
     run = settings.home / "runs" / "wfo" / "unit-run"
     assert folder == settings.home / "reports" / "wfo" / "unit-run"
     assert (folder / "report.json").exists() and (folder / "report.html").exists()
@@ -362,9 +352,9 @@ def test_statistics_select_by_mean_path_sharpe_and_deflate_for_the_search(tmp_pa
 
 
 def test_replanning_a_run_folder_drops_its_old_predictions(settings: Settings, tmp_path: Path) -> None:
-    build_dataset(WfoConfig.from_params(SMALL), tmp_path, settings)
-    plan(tmp_path, settings)
+    build_dataset(WfoConfig.from_params(SMALL), tmp_path, make_offline_store(settings), make_bar_store(settings))
+    plan(tmp_path)
     run_split(tmp_path, 0, 0)
-    build_dataset(WfoConfig.from_params({**SMALL, "n_groups": 3}), tmp_path, settings)
-    plan(tmp_path, settings)
+    build_dataset(WfoConfig.from_params({**SMALL, "n_groups": 3}), tmp_path, make_offline_store(settings), make_bar_store(settings))
+    plan(tmp_path)
     assert not prediction_path(tmp_path, 0, 0).exists()

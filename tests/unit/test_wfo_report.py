@@ -12,11 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quant_engine.config import Settings
+from quant_engine.backends import make_bar_store, make_group_stores, make_offline_store, make_wfo_fits
+from quant_engine.cli import wfo as cli
+from quant_engine.config import Settings, get_settings
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.wfo import cli
-from quant_engine.wfo.pipeline import DEFAULT_PARAMS, PURGED, TEST, load_dataset, run_pipeline
+from quant_engine.runs import run_dir
+from quant_engine.wfo.config import WfoConfig
+from quant_engine.wfo.defaults import DEFAULT_PARAMS
+from quant_engine.wfo.pipeline import run_pipeline
 from quant_engine.wfo.report import headline, latest_report, load_report, report_dir, setup, timestamp_roles
+from quant_engine.wfo.run_folder import PURGED, TEST, load_dataset
 
 CONF = {"start": "2020-01-01", "end": "2021-12-31", "tickers": "SYN05,SYN06", "n_groups": 4, "n_test_groups": 2,
         "embargo": 3, "trials": {"max_depth": [2, 3], "n_estimators": [6]}}
@@ -25,14 +30,14 @@ CONF = {"start": "2020-01-01", "end": "2021-12-31", "tickers": "SYN05,SYN06", "n
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("report_home")
-    ingest(IngestionRequest.build("synthetic", "2020-01-01", "2021-12-31", tickers=["SYN05", "SYN06"]),
-           Settings(home=home))
+    ingest(IngestionRequest.build("synthetic", "2020-01-01", "2021-12-31", tickers=["SYN05", "SYN06"], group=make_offline_store()),
+           make_group_stores(Settings(home=home)))
     return home
 
 
 @pytest.fixture(scope="module")
 def report_folder(home: Path) -> Path:
-    return run_pipeline(CONF, run_id="report-run", settings=Settings(home=home))
+    return run_pipeline(WfoConfig.from_params(CONF), run_dir("wfo", "report-run", Settings(home=home)), make_offline_store(Settings(home=home)), make_bar_store(Settings(home=home)), make_wfo_fits(Settings(home=home)), Settings(home=home).reports_dir)
 
 
 @pytest.fixture
@@ -108,7 +113,7 @@ def test_headline_latest_and_lookup(report_folder: Path, use_home: Path) -> None
     text = headline(report)
     assert "6 splits, 3 paths, 2 trials" in text and f"PBO {report['pbo']:.3f}" in text
     assert report["setup"] in text
-    assert latest_report() == report_folder == report_dir("report-run")
+    assert latest_report(get_settings().reports_dir) == report_folder == report_dir("report-run", get_settings().reports_dir)
     assert load_report(report_folder / "report.json") == report
     with pytest.raises(FileNotFoundError, match="no report at"):
         load_report(report_folder.parent / "missing")
@@ -116,7 +121,7 @@ def test_headline_latest_and_lookup(report_folder: Path, use_home: Path) -> None
 
 def test_latest_report_without_any() -> None:
     with pytest.raises(FileNotFoundError, match="no WFO report under"):
-        latest_report()
+        latest_report(get_settings().reports_dir)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -172,4 +177,4 @@ def test_run_ids_that_map_to_one_folder_are_refused_not_overwritten(tmp_path: Pa
     with pytest.raises(RunIdError, match="run id 'col_1' maps to folder .*col_1, which run 'col/1' already uses"):
         claimed_folder(tmp_path, "col_1")
     with pytest.raises(RunIdError, match="no characters usable"):
-        run_dir("wfo", "///")
+        run_dir("wfo", "///", get_settings())

@@ -144,15 +144,6 @@ class SageMakerFeatureGroup:
     def __repr__(self) -> str:
         return f"SageMakerFeatureGroup({self.name!r}, event_time_type={self.event_time_type!r})"
 
-    @classmethod
-    def from_settings(cls, settings: Any, feature_group_name: str | None = None) -> SageMakerFeatureGroup:
-        """Clients from :class:`~quant_engine.config.Settings` (region, endpoint) and its feature group."""
-        return cls(
-            settings.boto3_client("sagemaker"),
-            settings.boto3_client("sagemaker-featurestore-runtime"),
-            feature_group_name or settings.feature_group,
-        )
-
     # -- the group ----------------------------------------------------------------------------
     def create_request(
         self,

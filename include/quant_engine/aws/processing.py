@@ -1,8 +1,8 @@
 """SageMaker Processing for walk-forward splits: stage a run on S3, run jobs, collect the predictions.
 
 A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker framework image, so
-the model code in the container is the same :func:`~quant_engine.wfo.pipeline.run_split` a local
-task runs. S3 layout, under ``settings.s3_uri("wfo", <run>)``::
+the model code in the container is the same :func:`~quant_engine.wfo.runner.run_split` a local
+task runs; :class:`SageMakerFits` is the walk-forward's fit runner on the aws backend. S3 layout, under ``settings.s3_uri("wfo", <run>)``::
 
     input/    config.json, plan.json, dataset.parquet, splits/   -> /opt/ml/processing/input
     code/     the quant_engine package sources                   -> /opt/ml/processing/code (PYTHONPATH)
@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
+from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, SettingsError, env_overrides
 from quant_engine.wfo.processing_entry import PROCESSING_INPUT, PROCESSING_OUTPUT, format_tasks
+from quant_engine.wfo.run_folder import prediction_path
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +148,9 @@ def _upload_tree(s3: Any, files: Sequence[tuple[Path, str]], uri: str) -> int:
     return len(files)
 
 
-def stage_run(run_dir: Path, settings: Settings | None = None, s3: Any = None) -> StagedRun:
-    """Upload the planned run folder and the package sources a job needs."""
-    settings = settings or get_settings()
+def stage_run(run_dir: Path, settings: Settings, s3: Any) -> StagedRun:
+    """Upload the planned run folder and the package sources a job needs (``s3``: a boto3 S3 client)."""
     run_dir = Path(run_dir)
-    s3 = s3 or settings.boto3_client("s3")
     staged = StagedRun.for_run(run_dir, settings)
     missing = [name for name in STAGED_FILES if not (run_dir / name).exists()]
     if missing:
@@ -311,11 +311,11 @@ def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:
 def run_tasks_on_sagemaker(
     run_dir: Path,
     tasks: Sequence[tuple[int, int]] | None,
-    settings: Settings | None = None,
+    settings: Settings,
     *,
+    sagemaker: Any,
+    s3: Any,
     spec: ProcessingSpec | None = None,
-    sagemaker: Any = None,
-    s3: Any = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Path]:
     """Run ``tasks`` of a staged run (``None``: all) as one Processing job and fetch its predictions.
@@ -327,10 +327,7 @@ def run_tasks_on_sagemaker(
     list of Path
         The files downloaded.
     """
-    settings = settings or get_settings()
     spec = spec or ProcessingSpec.from_env()
-    sagemaker = sagemaker or settings.boto3_client("sagemaker")
-    s3 = s3 or settings.boto3_client("s3")
     staged = StagedRun.for_run(run_dir, settings)
     image = spec.image_uri or framework_image_uri(settings.aws_region, spec.framework, spec.framework_version,
                                                   spec.instance_type)
@@ -345,3 +342,28 @@ def run_tasks_on_sagemaker(
     log.info("Processing job %s completed; collected %d files", name, len(files))
     return files
 
+
+class SageMakerFits:
+    """The walk-forward's fit runner on the aws backend: the run folder staged on S3, fits as Processing jobs.
+
+    Satisfies :class:`quant_engine.wfo.runner.FitRunner`; the predictions land in the run folder
+    where a local fit would have written them.
+    """
+
+    def __init__(self, settings: Settings, clients: AwsClients, *, spec: ProcessingSpec | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings, self.clients, self.spec, self.sleep = settings, clients, spec, sleep
+
+    def prepare(self, run_dir: Path) -> None:
+        stage_run(run_dir, self.settings, self.clients.client("s3"))
+
+    def run(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        run_tasks_on_sagemaker(run_dir, tasks, self.settings, sagemaker=self.clients.client("sagemaker"),
+                               s3=self.clients.client("s3"), spec=self.spec, sleep=self.sleep)
+        results = []
+        for trial_id, split_id in tasks:
+            path = prediction_path(run_dir, trial_id, split_id)
+            if not path.exists():
+                raise ProcessingJobError(f"the Processing job finished without writing {path.relative_to(run_dir)}")
+            results.append({"trial_id": trial_id, "split_id": split_id, "path": str(path)})
+        return results

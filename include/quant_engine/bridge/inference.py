@@ -100,7 +100,7 @@ class LocalChampionModel:
     Parameters
     ----------
     registry : ModelRegistry
-        From :func:`quant_engine.config.make_model_registry`.
+        From :func:`quant_engine.backends.make_model_registry`.
     baseline_loader : callable, optional
         ``(model_name, version) -> Baseline``; default :func:`quant_engine.monitoring.run.load_baseline`.
     check_every_s : float
@@ -134,7 +134,7 @@ class LocalChampionModel:
             from quant_engine.monitoring.run import load_baseline
 
             def loader(name: str, v: str) -> Any:
-                return load_baseline(name, v)[0]
+                return load_baseline(self.registry, v)[0]
         volatility = None
         try:
             volatility = loader(self.registry.name, version).feature(VOLATILITY_FEATURE)
@@ -215,7 +215,7 @@ class SageMakerEndpointModel:
     Parameters
     ----------
     client
-        ``boto3.client("sagemaker-runtime")`` (``Settings.boto3_client("sagemaker-runtime")``).
+        A ``sagemaker-runtime`` client (``quant_engine.backends.make_aws_clients(settings).client(...)``).
     endpoint_name : str
     features : sequence of str
         The endpoint's input columns, in order.

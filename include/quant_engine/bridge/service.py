@@ -28,6 +28,7 @@ import time
 from collections import deque
 from typing import Any
 
+from quant_engine.backends import make_aws_clients, make_bar_history, make_model_registry
 from quant_engine.bridge.bars import ORIGINS, BarClock
 from quant_engine.bridge.buffer import TickBuffer
 from quant_engine.bridge.feed_client import FeedClient
@@ -36,7 +37,7 @@ from quant_engine.bridge.publisher import Metric, SignalPublisher
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import SIGNAL_STATUSES, Signal, StateHandler
 from quant_engine.bridge.ticks import Tick
-from quant_engine.config import Settings, get_settings, make_model_registry
+from quant_engine.config import Settings, get_settings
 
 __all__ = ["BridgeService", "JsonLinesFormatter", "add_bridge_commands", "build_model", "main"]
 
@@ -73,12 +74,12 @@ def build_model(settings: BridgeSettings, engine: Settings) -> SignalModel:
         from quant_engine.monitoring.run import load_baseline
 
         return LocalChampionModel(registry, check_every_s=settings.reload_s,
-                                  baseline_loader=lambda name, version: load_baseline(name, version, engine)[0])
+                                  baseline_loader=lambda name, version: load_baseline(registry, version)[0])
     champion = LocalChampionModel(registry)  # what the endpoint was deployed from: its columns and vol range
     if champion.version is None:
         raise ValueError(f"QE_BRIDGE_MODEL=sagemaker takes the endpoint's input columns from model "
                          f"{registry.name!r}'s champion, and it has none yet; promote one first")
-    return SageMakerEndpointModel(engine.boto3_client("sagemaker-runtime"), settings.sagemaker_endpoint,
+    return SageMakerEndpointModel(make_aws_clients(engine).client("sagemaker-runtime"), settings.sagemaker_endpoint,
                                   champion.features, champion.volatility_range)
 
 
@@ -294,13 +295,12 @@ def configure_json_logging(level: int = logging.INFO) -> None:
 
 def build_service(settings: BridgeSettings | None = None, engine: Settings | None = None) -> BridgeService:
     """A service wired from the environment: model, stored history, prediction log, tickers."""
-    from quant_engine.features.bar_history import BarHistory
     from quant_engine.features.definitions import get_feature_set
     from quant_engine.monitoring.predictions import prediction_log
 
     settings = settings or BridgeSettings.from_env()
     engine = engine or get_settings()
-    history = BarHistory.from_settings(engine)
+    history = make_bar_history(engine)
     settings.check_market_time(history.market_time)
     tickers = settings.tickers or tuple(history.tickers())
     model = build_model(settings, engine)

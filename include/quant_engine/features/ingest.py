@@ -18,6 +18,8 @@ all-or-nothing unit: the live bridge warms up and backfills from them
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,18 +31,12 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_BAR_SIZE, DEFAULT_CALENDAR, CalendarError, MarketTime
-from quant_engine.config import (
-    Settings,
-    get_settings,
-    make_offline_store,
-    make_online_store,
-    make_sagemaker_feature_group,
-)
 from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conform_bars
 from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
 from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
+from quant_engine.features.stores import BARS_GROUP_SUFFIX, GroupStores
 from quant_engine.storage.atomic import write_parquet_atomic
 from quant_engine.storage.filesystem import overwrite_atomic
 from quant_engine.timeutil import utc_day
@@ -58,8 +54,6 @@ COMPACT_AFTER_FILES = 20
 #: the plausibility check's recent scale needs its own history too.
 _EXTRA_HISTORY_SESSIONS = 5
 
-#: The bars group of feature group ``g`` is named ``g + BARS_GROUP_SUFFIX``.
-BARS_GROUP_SUFFIX = "_bars"
 #: The bar columns stored in the bars group, as float64 "features".
 STORED_BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
@@ -140,7 +134,7 @@ class IngestionRequest:
     def from_params(
         cls,
         params: Mapping[str, Any],
-        settings: Settings | None = None,
+        group: OfflineStore | None = None,
         *,
         window: tuple[object, object] | None = None,
         now: object = None,
@@ -150,7 +144,8 @@ class IngestionRequest:
         Missing keys take :data:`INGEST_PARAMS`; an unknown key is an error, never ignored. The
         sessions are ``start..end`` when given; else the whole file for a csv / parquet source;
         else those that closed in ``window`` (a scheduled run's data interval, ``(after, until]``);
-        else the last session closed by ``now``.
+        else the last session closed by ``now``. ``group`` is the target feature group's offline
+        store: the calendar and bar size it declared are the defaults, and must match.
 
         Raises
         ------
@@ -187,8 +182,8 @@ class IngestionRequest:
             limits = ScaleLimits(p["max_return_multiple"], p["max_volume_multiple"])
         except ValueError as exc:
             raise IngestionError(str(exc)) from None
-        settings = settings or get_settings()
-        market_time = _market_time(p["calendar"], p["bar_size"], group_market_time(make_offline_store(settings)))
+        stored = None if group is None else group_market_time(group)
+        market_time = _market_time(p["calendar"], p["bar_size"], stored)
         tickers = parse_tickers(p["tickers"], error=IngestionError)
         first, last = _session_range(p, market_time, tickers, window, now)
         return cls(p["source"], first, last, market_time, tickers, p["path"], p["feature_set"], p["assume_tz"],
@@ -196,12 +191,12 @@ class IngestionRequest:
 
     @classmethod
     def build(cls, source: str, start: object, end: object = None, tickers: Sequence[str] | str | None = None,
-              path: str | None = None, feature_set: str = "default", *, settings: Settings | None = None,
+              path: str | None = None, feature_set: str = "default", *, group: OfflineStore | None = None,
               now: object = None, **options: Any) -> IngestionRequest:
         """``from_params`` with the common parameters spelled out (``end`` defaults to ``start``)."""
         params = {"source": source, "start": start, "end": end, "tickers": tickers, "path": path,
                   "feature_set": feature_set, **options}
-        return cls.from_params(params, settings, now=now)
+        return cls.from_params(params, group, now=now)
 
     @property
     def sessions(self) -> pd.DatetimeIndex:
@@ -423,11 +418,6 @@ def bars_in_range(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame
     return bars.loc[_in_sessions(bars["ts"], request)].reset_index(drop=True)
 
 
-def bars_group_name(feature_group: str) -> str:
-    """The offline group that holds the bars feature group ``feature_group`` was computed from."""
-    return f"{feature_group}{BARS_GROUP_SUFFIX}"
-
-
 def bars_to_rows(bars: pd.DataFrame) -> pd.DataFrame:
     """Validated bars as rows of the bars group: ``ticker``, ``event_time`` (= ``ts``), float64 OHLCV."""
     bars = bars.reset_index(drop=True)
@@ -477,8 +467,7 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
             f"(quant-engine features drop {store.feature_group.removesuffix(BARS_GROUP_SUFFIX)})")
 
 
-def write_features(features: pd.DataFrame, settings: Settings | None = None,
-                   feature_group: str | None = None, *, bars: pd.DataFrame | None = None,
+def write_features(features: pd.DataFrame, stores: GroupStores, *, bars: pd.DataFrame | None = None,
                    market_time: MarketTime | None = None) -> IngestionResult:
     """Write to the offline store, then the online store, as one unit that survives a crash.
 
@@ -495,28 +484,24 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
     ----------
     features : DataFrame
         Complete feature rows (see :func:`compute_features`).
-    settings : Settings, optional
-        Default: from the environment.
-    feature_group : str, optional
-        Default: ``settings.feature_group``.
+    stores : GroupStores
+        The feature group's stores (``quant_engine.backends.make_group_stores``).
     bars : DataFrame, optional
         Validated bars to store in ``<feature group>_bars`` (see :func:`bars_in_range`).
     market_time : MarketTime, optional
         The calendar and bar size the rows are stamped by (default: XNYS daily); declared by a new
         group, checked against an existing one.
     """
-    settings = settings or get_settings()
-    group = feature_group or settings.feature_group
-    offline = make_offline_store(settings, group)
-    journal = IngestionJournal(offline)
-    journal.finish_pending(settings, group)
+    journal = IngestionJournal(stores.offline)
+    journal.finish_pending(stores)
     market_time = market_time or MarketTime()
-    declare_market_time(offline, [c for c in features.columns if c not in ("ticker", "event_time")], market_time)
+    declare_market_time(stores.offline, [c for c in features.columns if c not in ("ticker", "event_time")],
+                        market_time)
     if bars is not None:
-        declare_market_time(make_offline_store(settings, bars_group_name(group)), STORED_BAR_COLUMNS, market_time)
+        declare_market_time(stores.bars, STORED_BAR_COLUMNS, market_time)
     journal.begin(features, bars)
     try:
-        result = _write_stores(features, bars, settings, group)
+        result = _write_stores(features, bars, stores)
     except BaseException:
         journal.end()  # the failed write reverted itself: nothing is left to finish
         raise
@@ -524,13 +509,10 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
     return result
 
 
-def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, settings: Settings,
-                  group: str) -> IngestionResult:
+def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, stores: GroupStores) -> IngestionResult:
     """Each store in turn; a failure reverts the offline commits made before it."""
-    offline = make_offline_store(settings, group)
-    bar_store = make_offline_store(settings, bars_group_name(group)) if bars is not None else None
-    online = make_online_store(settings, group)
-    sagemaker_group = make_sagemaker_feature_group(settings, group)
+    offline, online, mirror = stores.offline, stores.online, stores.mirror
+    bar_store = stores.bars if bars is not None else None
     commit = offline.write(features)
     bar_commit = None
     try:
@@ -538,8 +520,8 @@ def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, settings: S
             bar_commit = bar_store.write(bars_to_rows(bars))
         with online.transaction():
             updated = online.put(features)
-            if sagemaker_group is not None:
-                sagemaker_group.write(features)
+            if mirror is not None:
+                mirror.write(features)
     except BaseException:
         for store, made in ((bar_store, bar_commit), (offline, commit)):
             if made is not None and made.commit_id is not None:
@@ -579,8 +561,6 @@ class IngestionJournal:
         return f"{self.key}/{name}.parquet"
 
     def begin(self, features: pd.DataFrame, bars: pd.DataFrame | None) -> None:
-        import io
-        import json
 
         staged = {"features": features, **({"bars": bars} if bars is not None else {})}
         for name, frame in staged.items():
@@ -592,8 +572,6 @@ class IngestionJournal:
 
     def pending(self) -> dict[str, pd.DataFrame] | None:
         """The staged frames of an ingestion that did not end, or None."""
-        import io
-        import json
 
         found = self.fs.read_versioned(f"{self.key}/journal.json")
         if found is None:
@@ -601,14 +579,14 @@ class IngestionJournal:
         names = json.loads(found[0])["frames"]
         return {name: pd.read_parquet(io.BytesIO(self.fs.read(self._staged(name)))) for name in names}
 
-    def finish_pending(self, settings: Settings, group: str) -> IngestionResult | None:
+    def finish_pending(self, stores: GroupStores) -> IngestionResult | None:
         """Finish an ingestion a crash interrupted (its stores written again, idempotently), or do nothing."""
         frames = self.pending()
         if frames is None:
             return None
         log.warning("finishing an ingestion of %s that did not end (%d feature rows): a crash interrupted it",
-                    group, len(frames["features"]))
-        result = _write_stores(frames["features"], frames.get("bars"), settings, group)
+                    stores.name, len(frames["features"]))
+        result = _write_stores(frames["features"], frames.get("bars"), stores)
         self.end()
         return result
 
@@ -618,24 +596,23 @@ class IngestionJournal:
             self.fs.delete(key)
 
 
-def drop_feature_group(group: str, settings: Settings | None = None, *, dry_run: bool = False) -> list[str]:
+def drop_feature_group(stores: GroupStores, *, dry_run: bool = False) -> list[str]:
     """Delete a feature group, its bars group and its online records; what went (or would go), one line each."""
-    settings = settings or get_settings()
     gone = []
-    for name in (group, bars_group_name(group)):
-        keys = make_offline_store(settings, name).drop(dry_run=dry_run)
-        gone.append(f"offline group {name!r}: {len(keys)} file(s)")
+    for store in (stores.offline, stores.bars):
+        keys = store.drop(dry_run=dry_run)
+        gone.append(f"offline group {store.feature_group!r}: {len(keys)} file(s)")
     if dry_run:
-        gone.append(f"online records of {group!r}")
+        gone.append(f"online records of {stores.name!r}")
     else:
-        gone.append(f"online records of {group!r}: {make_online_store(settings, group).delete_group()}")
+        gone.append(f"online records of {stores.name!r}: {stores.online.delete_group()}")
     return gone
 
 
-def ingest(request: IngestionRequest, settings: Settings | None = None, *, now: object = None) -> IngestionResult:
+def ingest(request: IngestionRequest, stores: GroupStores, *, now: object = None) -> IngestionResult:
     """Fetch, compute and write in one process (the CLI's path; the DAG runs the steps as tasks)."""
     bars = fetch_bars(request, now=now)
-    return write_features(compute_features(bars, request), settings, bars=bars_in_range(bars, request),
+    return write_features(compute_features(bars, request), stores, bars=bars_in_range(bars, request),
                           market_time=request.market_time)
 
 

@@ -15,17 +15,14 @@ import io
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 
 from quant_engine.storage.filesystem import FileSystem, LocalFileSystem
 from quant_engine.training.registry import ModelRegistry, ModelVersion
 from quant_engine.validation import require_columns, utc_column
-
-if TYPE_CHECKING:
-    import xgboost as xgb
 
 __all__ = ["PREDICTION_COLUMNS", "PREDICTION_KEY", "NoChampionError", "PredictionLog", "champion",
            "predict_proba", "prediction_log"]
@@ -49,8 +46,6 @@ def champion(registry: ModelRegistry) -> ModelVersion:
 
 def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     """Probabilities of class 1 for ``frame``'s rows, the features in the order the booster expects."""
-    import xgboost as xgb
-
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise ValueError(f"the rows lack feature column(s) {missing} the model needs")

@@ -59,8 +59,7 @@ def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[
     location : str or Path
         Local directory (e.g. ``/opt/ml/checkpoints``) or an ``s3://bucket/prefix`` URI.
     s3_client : botocore client, optional
-        Client for an S3 location; default: the one :class:`quant_engine.config.Settings` makes
-        (region and endpoint from ``QE_*`` variables).
+        Client for an S3 location (required for one).
 
     Returns
     -------
@@ -77,9 +76,7 @@ def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[
         if not bucket:
             raise ValueError(f"checkpoint location {text!r} names no bucket; use s3://bucket/prefix")
         if s3_client is None:
-            from quant_engine.config import get_settings
-
-            s3_client = get_settings().boto3_client("s3")
+            raise ValueError(f"checkpoint location {text!r} is on S3: pass the s3_client to reach it with")
         parent, _, name = key.strip("/").rpartition("/")
         return S3FileSystem(s3_client, bucket, parent), name or "checkpoints"
     path = Path(text).expanduser().absolute()

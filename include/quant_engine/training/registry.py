@@ -33,15 +33,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import xgboost as xgb
+from sklearn.metrics import log_loss, roc_auc_score
 
 from quant_engine.storage.filesystem import ConcurrentCommitError, FileSystem
-from quant_engine.training.spec import DEFAULT_MODEL_NAME
-
-if TYPE_CHECKING:
-    import xgboost as xgb
+from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -397,8 +397,6 @@ def _dumps(payload: Mapping[str, Any]) -> bytes:
 
 
 def _booster_from_bytes(data: bytes, what: str) -> xgb.Booster:
-    import xgboost as xgb
-
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(data))
@@ -426,10 +424,6 @@ def holdout_metrics(booster: xgb.Booster, holdout: pd.DataFrame, features: Seque
                     label: str = "label") -> dict[str, float]:
     """Log-loss, AUC and accuracy of ``booster`` on ``holdout`` (features in the booster's order), and
     the base-rate log-loss: what always predicting the holdout's share of ups would score."""
-    import numpy as np
-    import xgboost as xgb
-    from sklearn.metrics import log_loss, roc_auc_score
-
     missing = [c for c in (*features, label) if c not in holdout.columns]
     if missing:
         raise RegistryError(f"holdout lacks column(s) {missing}")
@@ -532,8 +526,6 @@ class PromotionRule:
 def trained_until(version: ModelVersion) -> pd.Timestamp:
     """Where a version's training data ended: its holdout's first ``ts`` (no training row's label
     reaches it), else the end of its data."""
-    import pandas as pd
-
     stamp = pd.Timestamp(version.metadata.training.get("holdout_start") or version.metadata.data_end)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
@@ -555,8 +547,6 @@ def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout:
         comparison), ``candidate_on_unseen`` and ``champion_metrics`` on those rows (or None),
         ``champion`` (its version or None), ``promote`` (bool) and ``reason``.
     """
-    import pandas as pd
-
     rule = rule or PromotionRule()
     path = Path(model_path)
     candidate_booster = _booster_from_bytes(path.read_bytes(), str(path))

@@ -36,7 +36,7 @@ from typing import Any
 
 import quant_engine
 from quant_engine.aws.processing import framework_image_uri, poll_job, split_s3_uri
-from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
+from quant_engine.config import Settings, SettingsError, env_overrides
 
 log = logging.getLogger(__name__)
 
@@ -335,13 +335,13 @@ def run_spot_training(
     channels: Mapping[str, Path],
     destination: Path,
     hyperparameters: Mapping[str, Any],
-    settings: Settings | None = None,
+    settings: Settings,
     *,
+    sagemaker: Any,
+    s3: Any,
     run_id: str = "manual",
     spec: SpotTrainingSpec | None = None,
     job_name: str | None = None,
-    sagemaker: Any = None,
-    s3: Any = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Stage, start, wait for and collect one managed spot job; the model lands in ``destination``.
@@ -352,10 +352,8 @@ def run_spot_training(
         ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`) and
         ``billing`` (the summary line).
     """
-    settings = check_settings(settings or get_settings())
+    settings = check_settings(settings)
     spec = spec or SpotTrainingSpec.from_env()
-    sagemaker = sagemaker or settings.boto3_client("sagemaker")
-    s3 = s3 or settings.boto3_client("s3")
     name = job_name or training_job_name(run_id)
     image = spec.image_uri or framework_image_uri(settings.aws_region, "xgboost", spec.framework_version,
                                                   spec.instance_type)

@@ -25,9 +25,9 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from quant_engine.config import Settings, get_settings
+from quant_engine.runs import claimed_folder, safe_name
 from quant_engine.storage.atomic import write_json_atomic, write_text_atomic
-from quant_engine.wfo.pipeline import (
+from quant_engine.wfo.run_folder import (
     EMBARGOED,
     PURGED,
     ROLE_NAMES,
@@ -58,12 +58,9 @@ def setup(config: Mapping[str, Any]) -> str:
             f"horizon {config['horizon']} bar(s), {config['label_target']} target")
 
 
-def report_dir(run_id: str, settings: Settings | None = None) -> Path:
-    """``$QE_HOME/reports/wfo/<run_id>``, where the run's report is (or will be) written."""
-    from quant_engine.runs import safe_name
-
-    settings = settings or get_settings()
-    return settings.reports_dir / "wfo" / safe_name(run_id)
+def report_dir(run_id: str, reports_dir: Path) -> Path:
+    """``<reports_dir>/wfo/<run_id>`` (``$QE_HOME/reports``: ``Settings.reports_dir``), where the run's report goes."""
+    return Path(reports_dir) / "wfo" / safe_name(run_id)
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
@@ -256,18 +253,16 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(run_dir: Path, destination: Path | None = None, settings: Settings | None = None) -> Path:
+def write_report(run_dir: Path, reports_dir: Path, destination: Path | None = None) -> Path:
     """Write ``report.json`` and ``report.html`` for the run in ``run_dir``; return the folder.
 
-    ``destination`` defaults to :func:`report_dir` of the run's id. Each file is written to a
+    ``destination`` defaults to :func:`report_dir` of the run's id under ``reports_dir``. Each file is written to a
     temporary name and renamed, so a reader sees the old report or the new one, never half.
     """
     run_dir = Path(run_dir)
     report = build_report(run_dir)
     if destination is None:  # claimed by the run, so another run id mapping to the same name is refused
-        from quant_engine.runs import claimed_folder
-
-        destination = claimed_folder(report_dir(report["run_id"], settings).parent, report["run_id"])
+        destination = claimed_folder(report_dir(report["run_id"], reports_dir).parent, report["run_id"])
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     paths = pd.read_parquet(run_dir / "paths.parquet", columns=["trial", "path", "ts", "return"])
@@ -294,10 +289,9 @@ def load_report(location: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def latest_report(settings: Settings | None = None) -> Path:
-    """The folder of the most recently written WFO report."""
-    settings = settings or get_settings()
-    root = settings.reports_dir / "wfo"
+def latest_report(reports_dir: Path) -> Path:
+    """The folder of the most recently written WFO report under ``reports_dir``."""
+    root = Path(reports_dir) / "wfo"
     found = sorted(root.glob("*/report.json"), key=lambda p: p.stat().st_mtime) if root.exists() else []
     if not found:
         raise FileNotFoundError(f"no WFO report under {root}; run `quant-engine wfo run` or the wfo_pipeline DAG")

@@ -56,6 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from quant_engine.validation import whole_number
+
 #: Names of the ``MultiIndex`` level that holds the event time of a panel row.
 TIME_LEVELS: tuple[str, ...] = ("ts", "event_time")
 
@@ -285,14 +287,6 @@ def _contiguous_runs(groups: tuple[int, ...]) -> list[tuple[int, int]]:
     return runs
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}")
-    return int(value)
-
-
 def _repr(cv: object, params: dict[str, object]) -> str:
     shown = []
     for name, value in params.items():
@@ -423,7 +417,7 @@ class PurgedKFold(_GroupPurgedCV):
     """
 
     def __init__(self, n_splits: int = 5, *, embargo: Embargo = 0, t1: object | None = None) -> None:
-        self.n_splits = _check_count("n_splits", n_splits, 2)
+        self.n_splits = whole_number(n_splits, "n_splits", minimum=2)
         self.embargo = _check_embargo(embargo)
         self.t1 = t1
 
@@ -490,8 +484,8 @@ class CombinatorialPurgedCV(_GroupPurgedCV):
         embargo: Embargo = 0,
         t1: object | None = None,
     ) -> None:
-        self.n_groups = _check_count("n_groups", n_groups, 2)
-        self.n_test_groups = _check_count("n_test_groups", n_test_groups, 1)
+        self.n_groups = whole_number(n_groups, "n_groups", minimum=2)
+        self.n_test_groups = whole_number(n_test_groups, "n_test_groups", minimum=1)
         if self.n_test_groups >= self.n_groups:
             raise ValueError(
                 f"n_test_groups={n_test_groups} must be smaller than n_groups={n_groups}: at least one "

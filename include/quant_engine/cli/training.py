@@ -12,7 +12,7 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``models`` command group."""
-    from quant_engine.training.registry import DEFAULT_MODEL_NAME
+    from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 
     group = subparsers.add_parser("models", help="the model registry: versions and the champion")
     group.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})")
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace):  # noqa: ANN202 - the registry module is imported lazily
-    from quant_engine.config import make_model_registry
+    from quant_engine.backends import make_model_registry
 
     return make_model_registry(name=args.name)
 

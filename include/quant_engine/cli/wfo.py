@@ -26,7 +26,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from quant_engine.wfo.pipeline import DEFAULT_PARAMS, run_pipeline
+    from datetime import UTC, datetime
+
+    from quant_engine.backends import make_bar_store, make_offline_store, make_wfo_fits
+    from quant_engine.config import get_settings
+    from quant_engine.runs import run_dir
+    from quant_engine.wfo.config import WfoConfig
+    from quant_engine.wfo.defaults import DEFAULT_PARAMS
+    from quant_engine.wfo.pipeline import run_pipeline
     from quant_engine.wfo.report import headline, load_report
 
     try:
@@ -35,19 +42,25 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
-    folder = run_pipeline({**DEFAULT_PARAMS, **conf}, run_id=args.run_id)
+    config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf})
+    settings = get_settings()
+    folder = run_dir("wfo", args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)
+    folder = run_pipeline(config, folder, make_offline_store(settings), make_bar_store(settings),
+                          make_wfo_fits(settings), settings.reports_dir)
     print(headline(load_report(folder)))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
+    from quant_engine.config import get_settings
     from quant_engine.wfo.report import headline, latest_report, load_report, report_dir
 
+    reports = get_settings().reports_dir
     if args.latest:
-        location = latest_report()
+        location = latest_report(reports)
     elif args.location.exists():
         location = args.location
     else:
-        location = report_dir(str(args.location))
+        location = report_dir(str(args.location), reports)
     print(headline(load_report(location)))
     return 0

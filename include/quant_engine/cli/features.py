@@ -81,22 +81,24 @@ INGEST_FLAGS = ("source", "path", "tickers", "start", "end", "feature_set", "cal
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    from quant_engine.backends import make_group_stores
     from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, ingest
 
+    stores = make_group_stores()
     try:
-        request = IngestionRequest.from_params({name: getattr(args, name) for name in INGEST_FLAGS})
+        request = IngestionRequest.from_params({name: getattr(args, name) for name in INGEST_FLAGS}, stores.offline)
     except NoSessionToIngest as skipped:
         print(f"{skipped}")
         return 0
     print(f"ingesting {request.describe()} from {request.source}")
-    print(json.dumps(dataclasses.asdict(ingest(request)), indent=2))
+    print(json.dumps(dataclasses.asdict(ingest(request, stores)), indent=2))
     return 0
 
 
 def _features_get(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from quant_engine.config import make_online_store
+    from quant_engine.backends import make_online_store
 
     names = [n.strip() for n in args.features.split(",")] if args.features else None
     ttl = pd.Timedelta(days=args.ttl_days) if args.ttl_days is not None else None
@@ -109,7 +111,7 @@ def _features_get(args: argparse.Namespace) -> int:
 
 
 def _features_history(args: argparse.Namespace) -> int:
-    from quant_engine.config import make_offline_store
+    from quant_engine.backends import make_offline_store
 
     frame = make_offline_store().read([args.ticker], _utc(args.start), _utc(args.end, end_of_day=True),
                                       as_of=_utc(args.as_of))
@@ -121,7 +123,7 @@ def _features_history(args: argparse.Namespace) -> int:
 
 
 def _features_compact(args: argparse.Namespace) -> int:
-    from quant_engine.config import make_offline_store
+    from quant_engine.backends import make_offline_store
 
     snapshot = make_offline_store().compact()
     print(f"snapshot: {snapshot}" if snapshot else "the feature group holds no rows yet")
@@ -129,9 +131,10 @@ def _features_compact(args: argparse.Namespace) -> int:
 
 
 def _features_drop(args: argparse.Namespace) -> int:
+    from quant_engine.backends import make_group_stores
     from quant_engine.features.ingest import drop_feature_group
 
-    removed = drop_feature_group(args.group, dry_run=not args.yes)
+    removed = drop_feature_group(make_group_stores(feature_group=args.group), dry_run=not args.yes)
     for line in removed:
         print(("deleted " if args.yes else "would delete ") + line)
     if not args.yes:

@@ -1,7 +1,8 @@
 """The ``quant-engine`` command: one entry point, one sub-command group per chapter.
 
-Each chapter registers its own group through a ``register(subparsers)`` function in its package's
-``cli`` module, so this file only lists the groups and never grows business logic.
+Each chapter's group is a module of this package with a ``register(subparsers)`` function; the
+command line is an edge of the engine like a DAG task, so its handlers build what they need from
+the composition root (:mod:`quant_engine.backends`) and hand it to the library.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from collections.abc import Sequence
 
 #: Module of each chapter's command group, in --help order.
 COMMAND_GROUPS: tuple[str, ...] = (
-    "quant_engine.data.cli",
-    "quant_engine.features.cli",
-    "quant_engine.wfo.cli",
-    "quant_engine.training.cli",
-    "quant_engine.bridge.cli",
+    "quant_engine.cli.data",
+    "quant_engine.cli.features",
+    "quant_engine.cli.wfo",
+    "quant_engine.cli.training",
+    "quant_engine.cli.bridge",
 )
 
 

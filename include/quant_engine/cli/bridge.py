@@ -81,9 +81,9 @@ def _load_bars(args: argparse.Namespace):  # noqa: ANN202 - pandas is imported l
     if end < start:
         raise ValueError(f"--end {end.date()} is before --start {start.date()}")
     if args.source == "store":
-        from quant_engine.features.bar_history import BarHistory
+        from quant_engine.backends import make_bar_history
 
-        history = BarHistory.from_settings()
+        history = make_bar_history()
         if args.calendar or args.bar_size:
             raise ValueError("--calendar and --bar-size are for the synthetic source; the store replays its group's")
         market_time = history.market_time
