@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("qe_stack", REPO_ROOT / "ops" / "stack.py")
 stack = importlib.util.module_from_spec(_spec)
 sys.modules["qe_stack"] = stack  # dataclasses look their module up there

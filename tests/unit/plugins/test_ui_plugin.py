@@ -15,7 +15,7 @@ import pytest
 import xgboost as xgb
 from fastapi.testclient import TestClient
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 RUN_ID = "manual__2026-11-29T10:00:00+00:00"

@@ -29,7 +29,7 @@ from quant_engine.data.base import EmptyRangeError, UnknownTickerError
 from quant_engine.data.sources import make_source
 from quant_engine.data.yfinance_source import YFinanceSource, YFinanceUnavailableError
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "yfinance"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "yfinance"
 pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:DeprecationWarning")  # inside yfinance
 
 CHART_URL = re.compile(r"https://query2\.finance\.yahoo\.com/v8/finance/chart/(?P<symbol>[^?/]+)")

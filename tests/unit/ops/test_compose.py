@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 LONG_LIVED = (*AIRFLOW_SERVICES, "postgres", "feed", "bridge")
 #: Names of variables that hold a secret (not PASSWORDS_FILE, which names where one is kept).
