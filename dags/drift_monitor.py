@@ -63,8 +63,10 @@ def drift_monitor():
             monitor = make_drift_monitor(model_name=params["model_name"])
             start, end = monitor.window(window_days=params["window_days"])
             result = score_batch(monitor.registry, monitor.store, start, end)
-        print(f"scored {result.rows_scored} rows with {result.model_name} {result.model_version} "
-              f"({result.start} .. {result.end}), {result.rows_appended} new in the prediction log")
+        print(
+            f"scored {result.rows_scored} rows with {result.model_name} {result.model_version} "
+            f"({result.start} .. {result.end}), {result.rows_appended} new in the prediction log"
+        )
         return result.to_dict()
 
     @task
@@ -75,10 +77,13 @@ def drift_monitor():
 
         with fail_fast_on_bad_input():
             result = make_drift_monitor(model_name=params["model_name"]).check(
-                run_id, window_days=params["window_days"],
-                comparison_threshold=params["comparison_threshold"], psi_threshold=params["psi_threshold"],
+                run_id,
+                window_days=params["window_days"],
+                comparison_threshold=params["comparison_threshold"],
+                psi_threshold=params["psi_threshold"],
                 wasserstein_threshold=params["wasserstein_threshold"],
-                min_drifted_features=params["min_drifted_features"], confidence=params["confidence"],
+                min_drifted_features=params["min_drifted_features"],
+                confidence=params["confidence"],
             )
         print(f"verdict {result.verdict} for {result.model_name} {result.model_version}; report in {result.report_dir}")
         return result.to_dict()
@@ -89,8 +94,12 @@ def drift_monitor():
 
     @task(outlets=[RETRAINING_REQUESTED])
     def request_retraining(checked: dict, outlet_events=None) -> dict:
-        extra = {"verdict": checked["verdict"], "run_id": checked["run_id"],
-                 "model_name": checked["model_name"], "model_version": checked["model_version"]}
+        extra = {
+            "verdict": checked["verdict"],
+            "run_id": checked["run_id"],
+            "model_name": checked["model_name"],
+            "model_version": checked["model_version"],
+        }
         outlet_events[RETRAINING_REQUESTED].extra = extra
         print(f"retraining requested: {extra}")
         return extra

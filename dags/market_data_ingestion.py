@@ -48,8 +48,10 @@ def market_data_ingestion():
                 raise AirflowSkipException(f"no session: {nothing}") from None
             print(f"ingesting {request.describe()} from {request.source}")
             bars = fetch_bars(request)
-        return {"bars": stage_frame(bars, run_dir("ingestion", run_id, get_settings()) / "bars.parquet"),
-                "request": request.to_dict()}
+        return {
+            "bars": stage_frame(bars, run_dir("ingestion", run_id, get_settings()) / "bars.parquet"),
+            "request": request.to_dict(),
+        }
 
     @task
     def compute_features(staged: dict, run_id=None) -> dict:
@@ -65,8 +67,11 @@ def market_data_ingestion():
         with fail_fast_on_bad_input():
             features = compute_features(bars, request)
         folder = run_dir("ingestion", run_id, get_settings())
-        return {**staged, "features": stage_frame(features, folder / "features.parquet"),
-                "bars_in_range": stage_frame(bars_in_range(bars, request), folder / "bars_in_range.parquet")}
+        return {
+            **staged,
+            "features": stage_frame(features, folder / "features.parquet"),
+            "bars_in_range": stage_frame(bars_in_range(bars, request), folder / "bars_in_range.parquet"),
+        }
 
     @task(outlets=[FEATURE_STORE_ASSET])
     def write_stores(staged: dict) -> dict:
@@ -82,12 +87,18 @@ def market_data_ingestion():
 
         request = IngestionRequest.from_dict(staged["request"])
         with fail_fast_on_bad_input():  # a group of another feature set or market time: retrying cannot help
-            result = write_features(pd.read_parquet(staged["features"]), make_group_stores(),
-                                    bars=pd.read_parquet(staged["bars_in_range"]), market_time=request.market_time)
+            result = write_features(
+                pd.read_parquet(staged["features"]),
+                make_group_stores(),
+                bars=pd.read_parquet(staged["bars_in_range"]),
+                market_time=request.market_time,
+            )
         shutil.rmtree(Path(staged["features"]).parent, ignore_errors=True)  # staged files served their purpose
-        print(f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
-              f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "
-              f"{result.rows_updated_online} online updates, {result.bars_written_offline} new bars")
+        print(
+            f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
+            f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "
+            f"{result.rows_updated_online} online updates, {result.bars_written_offline} new bars"
+        )
         return dataclasses.asdict(result)
 
     write_stores(compute_features(fetch_bars()))

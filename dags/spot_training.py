@@ -44,10 +44,15 @@ def spot_training():
         refuse_unknown_params(params, dag)
         settings = get_settings()
         with fail_fast_on_bad_input():  # every parameter is checked before anything trains
-            prepared = prepare(dict(dag_run.conf or {}), run_dir("training", run_id, settings),
-                               registry_of=lambda name: make_model_registry(settings, name),
-                               store=make_offline_store(settings), bar_store=make_bar_store(settings),
-                               settings=settings, requested_by=asset_event_extras(triggering_asset_events))
+            prepared = prepare(
+                dict(dag_run.conf or {}),
+                run_dir("training", run_id, settings),
+                registry_of=lambda name: make_model_registry(settings, name),
+                store=make_offline_store(settings),
+                bar_store=make_bar_store(settings),
+                settings=settings,
+                requested_by=asset_event_extras(triggering_asset_events),
+            )
         print(f"training {prepared['params']['model_name']} on {prepared['basis']}: {prepared['rows']} rows")
         return prepared
 
@@ -59,9 +64,12 @@ def spot_training():
 
         trained = train(prepared, run_id, settings=get_settings(), aws=make_aws_clients)
         spot = trained.get("spot")
-        print(trained["billing"] if spot is None else
-              f"local spot: {spot['attempts']} attempts, {spot['interruptions']} interruptions, "
-              f"{spot['lost_rounds']} rounds lost, checkpoint overhead {spot['checkpoint_overhead']:.1%}")
+        print(
+            trained["billing"]
+            if spot is None
+            else f"local spot: {spot['attempts']} attempts, {spot['interruptions']} interruptions, "
+            f"{spot['lost_rounds']} rounds lost, checkpoint overhead {spot['checkpoint_overhead']:.1%}"
+        )
         return trained
 
     @task
@@ -94,7 +102,8 @@ def spot_training():
         from quant_engine.backends import make_model_registry
 
         promotion = make_model_registry(name=prepared["params"]["model_name"]).promote(
-            version, evaluated["reason"], expected_champion=evaluated["champion"])
+            version, evaluated["reason"], expected_champion=evaluated["champion"]
+        )
         print(f"champion: {promotion.version} (was {promotion.previous or 'none'})")
         return promotion.to_json()
 

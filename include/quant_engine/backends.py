@@ -50,16 +50,18 @@ def make_aws_clients(settings: Settings | None = None) -> AwsClients:
 
 def _file_system(settings: Settings, local_root: Path, s3_folder: str) -> FileSystem:
     if settings.backend == "aws":
-        return S3FileSystem(make_aws_clients(settings).client("s3"), str(settings.s3_bucket),
-                            f"{settings.s3_prefix}/{s3_folder}")
+        return S3FileSystem(
+            make_aws_clients(settings).client("s3"), str(settings.s3_bucket), f"{settings.s3_prefix}/{s3_folder}"
+        )
     return LocalFileSystem(local_root)
 
 
 def make_offline_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
     """The offline feature store of ``feature_group`` (default: the configured one): local Parquet or S3."""
     settings = settings or get_settings()
-    return OfflineStore(_file_system(settings, settings.offline_store_dir, "offline-store"),
-                        feature_group or settings.feature_group)
+    return OfflineStore(
+        _file_system(settings, settings.offline_store_dir, "offline-store"), feature_group or settings.feature_group
+    )
 
 
 def make_bar_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
@@ -79,23 +81,31 @@ def make_online_store(settings: Settings | None = None, feature_group: str | Non
     return SQLiteOnlineStore(settings.online_store_path, group)
 
 
-def make_sagemaker_feature_group(settings: Settings | None = None,
-                                 feature_group: str | None = None) -> SageMakerFeatureGroup | None:
+def make_sagemaker_feature_group(
+    settings: Settings | None = None, feature_group: str | None = None
+) -> SageMakerFeatureGroup | None:
     """The SageMaker Feature Store group ingestion mirrors into, or None when not configured."""
     settings = settings or get_settings()
     if not settings.sagemaker_feature_store:
         return None
     clients = make_aws_clients(settings)
-    return SageMakerFeatureGroup(clients.client("sagemaker"), clients.client("sagemaker-featurestore-runtime"),
-                                 feature_group or settings.feature_group)
+    return SageMakerFeatureGroup(
+        clients.client("sagemaker"),
+        clients.client("sagemaker-featurestore-runtime"),
+        feature_group or settings.feature_group,
+    )
 
 
 def make_group_stores(settings: Settings | None = None, feature_group: str | None = None) -> GroupStores:
     """Every store of one feature group, as ingestion writes them together."""
     settings = settings or get_settings()
     group = feature_group or settings.feature_group
-    return GroupStores(make_offline_store(settings, group), make_bar_store(settings, group),
-                       make_online_store(settings, group), make_sagemaker_feature_group(settings, group))
+    return GroupStores(
+        make_offline_store(settings, group),
+        make_bar_store(settings, group),
+        make_online_store(settings, group),
+        make_sagemaker_feature_group(settings, group),
+    )
 
 
 def make_bar_history(settings: Settings | None = None, feature_group: str | None = None) -> BarHistory:
@@ -137,6 +147,11 @@ def make_drift_monitor(settings: Settings | None = None, model_name: str | None 
     settings = settings or get_settings()
     registry = make_model_registry(settings, model_name)
     schedule = drift_schedule(registry.name)
-    return DriftMonitor(registry, make_offline_store(settings), make_bar_history(settings),
-                        make_alarms(settings, monitoring_schedule=schedule), settings.reports_dir / "drift",
-                        settings.home / "monitoring" / schedule)
+    return DriftMonitor(
+        registry,
+        make_offline_store(settings),
+        make_bar_history(settings),
+        make_alarms(settings, monitoring_schedule=schedule),
+        settings.reports_dir / "drift",
+        settings.home / "monitoring" / schedule,
+    )

@@ -101,9 +101,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise SettingsError(
-                f"QE_BACKEND={self.backend!r} is not a backend; use one of {', '.join(BACKENDS)}"
-            )
+            raise SettingsError(f"QE_BACKEND={self.backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
         if self.backend == "aws" and not self.s3_bucket:
             raise SettingsError("QE_BACKEND=aws needs QE_S3_BUCKET, the bucket for the offline store")
         if self.sagemaker_feature_store and self.backend != "aws":

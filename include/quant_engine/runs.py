@@ -45,8 +45,9 @@ def claimed_folder(parent: Path, run_id: str) -> Path:
     except FileExistsError:
         owner = claim.read_text(encoding="utf-8")
         if owner != run_id:
-            raise RunIdError(f"run id {run_id!r} maps to folder {path}, which run {owner!r} already uses; "
-                             "give the run another id") from None
+            raise RunIdError(
+                f"run id {run_id!r} maps to folder {path}, which run {owner!r} already uses; give the run another id"
+            ) from None
     return path
 
 

@@ -25,8 +25,14 @@ def _bounds(minimum: float | None, maximum: float | None, *, above: bool = False
     return low or high or ""
 
 
-def whole_number(value: object, name: str, *, minimum: int | None = None, maximum: int | None = None,
-                 error: type[ValueError] = ValueError) -> int:
+def whole_number(
+    value: object,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[ValueError] = ValueError,
+) -> int:
     """``value`` as an ``int`` within ``[minimum, maximum]``; a bool, a float or text is refused.
 
     Examples
@@ -38,15 +44,27 @@ def whole_number(value: object, name: str, *, minimum: int | None = None, maximu
     ...
     ValueError: keep=0 must be a whole number >= 1
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-            or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
         bounds = _bounds(minimum, maximum)
         raise error(f"{name}={value!r} must be a whole number" + (f" {bounds}" if bounds else ""))
     return int(value)
 
 
-def real_number(value: object, name: str, *, minimum: float | None = None, maximum: float | None = None,
-                above: bool = False, below: bool = False, error: type[ValueError] = ValueError) -> float:
+def real_number(
+    value: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: bool = False,
+    below: bool = False,
+    error: type[ValueError] = ValueError,
+) -> float:
     """``value`` as a finite ``float`` within its bounds (``above``/``below``: the bound itself is excluded).
 
     Examples

@@ -36,8 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--start", default="2010-01-01", help="first UTC day (default 2010-01-01)")
     synth.add_argument("--end", default="2030-12-31", help="last UTC day, inclusive (default 2030-12-31)")
     synth.add_argument("--freq", default="1d", help="bar length: 1d, or intraday such as 1h, 5min (default 1d)")
-    synth.add_argument("--calendar", default=DEFAULT_CALENDAR,
-                       help="exchange calendar of the sessions: XNYS (default), 24/5, 24/7, XLON, ...")
+    synth.add_argument(
+        "--calendar",
+        default=DEFAULT_CALENDAR,
+        help="exchange calendar of the sessions: XNYS (default), 24/5, 24/7, XLON, ...",
+    )
     synth.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     synth.add_argument(
         "--shift",
@@ -62,10 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="raise: any invalid row fails the check (default); drop: report the rows that would be dropped",
     )
     _add_time_options(validate)
-    validate.add_argument("--bar-size", default=DEFAULT_BAR_SIZE,
-                          help="bar size the stamps must follow: 1d (default), 1h, 5m, ...")
-    validate.add_argument("--stamped-at", choices=STAMPED_AT_CHOICES, default="close",
-                          help="intraday stamps mark each bar's close (the rule) or its open")
+    validate.add_argument(
+        "--bar-size", default=DEFAULT_BAR_SIZE, help="bar size the stamps must follow: 1d (default), 1h, 5m, ..."
+    )
+    validate.add_argument(
+        "--stamped-at",
+        choices=STAMPED_AT_CHOICES,
+        default="close",
+        help="intraday stamps mark each bar's close (the rule) or its open",
+    )
     validate.add_argument("--out", type=Path, help="also write the valid bars here (.csv or .parquet)")
     validate.set_defaults(handler=validate_command)
 
@@ -86,8 +94,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_time_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--calendar", default=DEFAULT_CALENDAR,
-                        help="exchange calendar whose sessions plain dates name and stamps follow (default XNYS)")
+    parser.add_argument(
+        "--calendar",
+        default=DEFAULT_CALENDAR,
+        help="exchange calendar whose sessions plain dates name and stamps follow (default XNYS)",
+    )
     parser.add_argument("--assume-tz", help="time zone of naive timestamps (e.g. UTC, America/New_York)")
     parser.add_argument(
         "--date-close",
@@ -98,11 +109,20 @@ def _add_time_options(parser: argparse.ArgumentParser) -> None:
 
 def synth_command(args: argparse.Namespace) -> int:
     shifts = [Shift.parse(text) for text in args.shift]
-    market = SyntheticMarket(n_tickers=args.tickers, seed=args.seed, start=args.start, end=args.end, freq=args.freq,
-                             shifts=shifts, calendar=args.calendar)
+    market = SyntheticMarket(
+        n_tickers=args.tickers,
+        seed=args.seed,
+        start=args.start,
+        end=args.end,
+        freq=args.freq,
+        shifts=shifts,
+        calendar=args.calendar,
+    )
     bars = market.fetch(None, args.start, args.end)
     path = write_bars(bars, args.out)
-    print(f"wrote {len(bars)} rows ({market.n_tickers} tickers, {market.freq} bars on {market.calendar.name}) to {path}")
+    print(
+        f"wrote {len(bars)} rows ({market.n_tickers} tickers, {market.freq} bars on {market.calendar.name}) to {path}"
+    )
     return 0
 
 
@@ -121,10 +141,16 @@ def _describe(bars: pd.DataFrame) -> str:
 def validate_command(args: argparse.Namespace) -> int:
     """Each row against the schema, then every bar against its calendar and its recent scale."""
     try:
-        bars, report = read_bars(args.file, on_error=args.on_error, assume_tz=args.assume_tz,
-                                 date_close=args.date_close, calendar=args.calendar)
-        bars, timing = conform_bars(bars, MarketTime(args.calendar, args.bar_size), on_error=args.on_error,
-                                    stamped_at=args.stamped_at)
+        bars, report = read_bars(
+            args.file,
+            on_error=args.on_error,
+            assume_tz=args.assume_tz,
+            date_close=args.date_close,
+            calendar=args.calendar,
+        )
+        bars, timing = conform_bars(
+            bars, MarketTime(args.calendar, args.bar_size), on_error=args.on_error, stamped_at=args.stamped_at
+        )
         report = report.merge(timing)
     except BarValidationError as exc:
         if exc.report is None:

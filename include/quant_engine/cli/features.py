@@ -20,33 +20,59 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from quant_engine.features.definitions import feature_set_names
 
     ingest = subparsers.add_parser(
-        "ingest", help="fetch bars, compute features, write the offline and online stores",
+        "ingest",
+        help="fetch bars, compute features, write the offline and online stores",
         description="Ingest the sessions of a range into the feature store (idempotent: reruns write nothing new). "
-                    "Bars are stamped at their close from the group's exchange calendar.",
+        "Bars are stamped at their close from the group's exchange calendar.",
     )
     ingest.add_argument("--source", choices=SOURCE_NAMES, default="synthetic")
     ingest.add_argument("--path", help="file or folder of bars, for the csv and parquet sources")
     ingest.add_argument("--tickers", help="comma-separated tickers (default: all the source has)")
-    ingest.add_argument("--start", help="first session, YYYY-MM-DD (default: the last closed session; for csv / "
-                                        "parquet without dates, the whole file)")
+    ingest.add_argument(
+        "--start",
+        help="first session, YYYY-MM-DD (default: the last closed session; for csv / "
+        "parquet without dates, the whole file)",
+    )
     ingest.add_argument("--end", help="last session, inclusive (default: start)")
     ingest.add_argument("--feature-set", default="default", choices=feature_set_names())
-    ingest.add_argument("--calendar", help="exchange calendar of a new feature group: XNYS (default), 24/5 (FX), "
-                                           "24/7 (crypto), XLON, ...; an existing group keeps its own")
+    ingest.add_argument(
+        "--calendar",
+        help="exchange calendar of a new feature group: XNYS (default), 24/5 (FX), "
+        "24/7 (crypto), XLON, ...; an existing group keeps its own",
+    )
     ingest.add_argument("--bar-size", help="bar size of a new feature group: 1d (default), 1h, 5m, ...")
     ingest.add_argument("--assume-tz", help="csv/parquet: time zone of naive timestamps (e.g. UTC, America/New_York)")
-    ingest.add_argument("--date-close", metavar="HH:MM",
-                        help="csv/parquet: stamp plain dates at this time in --assume-tz instead of the session close")
-    ingest.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="raise",
-                        help="broken or implausible bars: refuse the run (raise), drop them, or keep the merely "
-                             "implausible ones (keep)")
-    ingest.add_argument("--stamped-at", choices=STAMPED_AT_CHOICES, default="close",
-                        help="csv/parquet intraday bars: stamped at their close (the rule) or at their open")
-    ingest.add_argument("--max-return-multiple", type=float, default=DEFAULT_MAX_RETURN_MULTIPLE,
-                        help="a return beyond this multiple of its ticker's recent median is implausible "
-                             f"(default {DEFAULT_MAX_RETURN_MULTIPLE:g})")
-    ingest.add_argument("--max-volume-multiple", type=float, default=DEFAULT_MAX_VOLUME_MULTIPLE,
-                        help=f"likewise for volume (default {DEFAULT_MAX_VOLUME_MULTIPLE:g})")
+    ingest.add_argument(
+        "--date-close",
+        metavar="HH:MM",
+        help="csv/parquet: stamp plain dates at this time in --assume-tz instead of the session close",
+    )
+    ingest.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="raise",
+        help="broken or implausible bars: refuse the run (raise), drop them, or keep the merely "
+        "implausible ones (keep)",
+    )
+    ingest.add_argument(
+        "--stamped-at",
+        choices=STAMPED_AT_CHOICES,
+        default="close",
+        help="csv/parquet intraday bars: stamped at their close (the rule) or at their open",
+    )
+    ingest.add_argument(
+        "--max-return-multiple",
+        type=float,
+        default=DEFAULT_MAX_RETURN_MULTIPLE,
+        help="a return beyond this multiple of its ticker's recent median is implausible "
+        f"(default {DEFAULT_MAX_RETURN_MULTIPLE:g})",
+    )
+    ingest.add_argument(
+        "--max-volume-multiple",
+        type=float,
+        default=DEFAULT_MAX_VOLUME_MULTIPLE,
+        help=f"likewise for volume (default {DEFAULT_MAX_VOLUME_MULTIPLE:g})",
+    )
     ingest.set_defaults(handler=_ingest)
 
     features = subparsers.add_parser("features", help="read the feature store")
@@ -64,20 +90,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     history.add_argument("--as-of", help="only what had been written by this time (bitemporal)")
     history.set_defaults(handler=_features_history)
 
-    compact = commands.add_parser("compact", help="rewrite the offline store's day files into one sorted snapshot "
-                                                  "that point-in-time joins read (the day files stay)")
+    compact = commands.add_parser(
+        "compact",
+        help="rewrite the offline store's day files into one sorted snapshot "
+        "that point-in-time joins read (the day files stay)",
+    )
     compact.set_defaults(handler=_features_compact)
 
-    drop = commands.add_parser("drop", help="delete a feature group, its bars group and its online rows",
-                               description="Delete everything stored for a feature group (to re-ingest it, "
-                                           "e.g. after the time rule changed). Cannot be undone.")
+    drop = commands.add_parser(
+        "drop",
+        help="delete a feature group, its bars group and its online rows",
+        description="Delete everything stored for a feature group (to re-ingest it, "
+        "e.g. after the time rule changed). Cannot be undone.",
+    )
     drop.add_argument("group", help="the feature group (QE_FEATURE_GROUP), e.g. market_features")
     drop.add_argument("--yes", action="store_true", help="really delete (without it, only say what would go)")
     drop.set_defaults(handler=_features_drop)
 
 
-INGEST_FLAGS = ("source", "path", "tickers", "start", "end", "feature_set", "calendar", "bar_size", "assume_tz",
-                "date_close", "on_error", "stamped_at", "max_return_multiple", "max_volume_multiple")
+INGEST_FLAGS = (
+    "source",
+    "path",
+    "tickers",
+    "start",
+    "end",
+    "feature_set",
+    "calendar",
+    "bar_size",
+    "assume_tz",
+    "date_close",
+    "on_error",
+    "stamped_at",
+    "max_return_multiple",
+    "max_volume_multiple",
+)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -113,8 +159,9 @@ def _features_get(args: argparse.Namespace) -> int:
 def _features_history(args: argparse.Namespace) -> int:
     from quant_engine.backends import make_offline_store
 
-    frame = make_offline_store().read([args.ticker], _utc(args.start), _utc(args.end, end_of_day=True),
-                                      as_of=_utc(args.as_of))
+    frame = make_offline_store().read(
+        [args.ticker], _utc(args.start), _utc(args.end, end_of_day=True), as_of=_utc(args.as_of)
+    )
     if frame.empty:
         print(f"no rows for {args.ticker!r} in the offline store")
         return 1

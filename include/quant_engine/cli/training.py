@@ -27,8 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     promote = commands.add_parser("promote", help="make a version the champion (skips the promotion rule)")
     promote.add_argument("version", help="version: 3, v3 or v0003")
-    promote.add_argument("--reason", default="promoted by hand from the command line",
-                         help="why; stored in the champion pointer")
+    promote.add_argument(
+        "--reason", default="promoted by hand from the command line", help="why; stored in the champion pointer"
+    )
     promote.set_defaults(handler=_promote)
 
 
@@ -54,9 +55,11 @@ def _list(args: argparse.Namespace) -> int:
     for record in versions:
         meta = record.metadata
         mark = "*" if champion is not None and champion.version == record.version else " "
-        print(f"{mark} {record.version:<8} {record.created_at:<26} {meta.data_start[:10]}..{meta.data_end[:10]} "
-              f"{_metric(meta.metrics, 'logloss'):>8} {_metric(meta.metrics, 'auc'):>7}  "
-              f"{meta.training.get('runner', '-')}")
+        print(
+            f"{mark} {record.version:<8} {record.created_at:<26} {meta.data_start[:10]}..{meta.data_end[:10]} "
+            f"{_metric(meta.metrics, 'logloss'):>8} {_metric(meta.metrics, 'auc'):>7}  "
+            f"{meta.training.get('runner', '-')}"
+        )
     return 0
 
 

@@ -13,8 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = group.add_subparsers(dest="wfo_command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="run the whole pipeline here, without Airflow")
-    run.add_argument("--conf", default="{}",
-                     help="JSON object of parameters, as for the wfo_pipeline DAG (missing keys take its defaults)")
+    run.add_argument(
+        "--conf",
+        default="{}",
+        help="JSON object of parameters, as for the wfo_pipeline DAG (missing keys take its defaults)",
+    )
     run.add_argument("--run-id", help="name of the run folder and report (default: cli__<UTC time>)")
     run.set_defaults(handler=_run)
 
@@ -45,8 +48,14 @@ def _run(args: argparse.Namespace) -> int:
     config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf})
     settings = get_settings()
     folder = run_dir("wfo", args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)
-    folder = run_pipeline(config, folder, make_offline_store(settings), make_bar_store(settings),
-                          make_wfo_fits(settings), settings.reports_dir)
+    folder = run_pipeline(
+        config,
+        folder,
+        make_offline_store(settings),
+        make_bar_store(settings),
+        make_wfo_fits(settings),
+        settings.reports_dir,
+    )
     print(headline(load_report(folder)))
     return 0
 

@@ -13,8 +13,15 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-__all__ = ["EmptyRangeError", "MarketDataSource", "TimeLike", "UnknownTickerError", "check_tickers",
-           "parse_time_of_day", "resolve_range"]
+__all__ = [
+    "EmptyRangeError",
+    "MarketDataSource",
+    "TimeLike",
+    "UnknownTickerError",
+    "check_tickers",
+    "parse_time_of_day",
+    "resolve_range",
+]
 
 TimeLike = str | dt.date | dt.datetime | pd.Timestamp
 

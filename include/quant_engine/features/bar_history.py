@@ -62,8 +62,9 @@ class BarHistory:
         """Whether any ingestion has stored bars in this group yet."""
         return self.store.schema is not None
 
-    def read(self, tickers: Sequence[str] | None = None, start: object = None, end: object = None, *,
-             history_bars: int = 0) -> pd.DataFrame:
+    def read(
+        self, tickers: Sequence[str] | None = None, start: object = None, end: object = None, *, history_bars: int = 0
+    ) -> pd.DataFrame:
         """Bars of ``tickers`` (default: all) with ``start <= ts <= end`` (tz-aware, inclusive; None: open).
 
         ``history_bars`` widens the range back by that many of the calendar's bars before ``start``

@@ -170,14 +170,16 @@ class IngestionRequest:
         if p["source"] not in SOURCES_NEEDING_PATH:
             given = [k for k in ("path", *_FILE_OPTIONS) if params.get(k) is not None]
             if given:
-                raise IngestionError(f"{', '.join(given)} only apply to the csv and parquet sources, "
-                                     f"not source={p['source']!r}")
+                raise IngestionError(
+                    f"{', '.join(given)} only apply to the csv and parquet sources, not source={p['source']!r}"
+                )
         for name, choices in (("on_error", ON_ERROR_CHOICES), ("stamped_at", STAMPED_AT_CHOICES)):
             if p[name] not in choices:
                 raise IngestionError(f"{name}={p[name]!r} is not one of {', '.join(choices)}")
         if p["feature_set"] not in feature_set_names():
-            raise IngestionError(f"feature_set={p['feature_set']!r} is not a feature set; use one of "
-                                 f"{', '.join(feature_set_names())}")
+            raise IngestionError(
+                f"feature_set={p['feature_set']!r} is not a feature set; use one of {', '.join(feature_set_names())}"
+            )
         try:
             limits = ScaleLimits(p["max_return_multiple"], p["max_volume_multiple"])
         except ValueError as exc:
@@ -186,16 +188,45 @@ class IngestionRequest:
         market_time = _market_time(p["calendar"], p["bar_size"], stored)
         tickers = parse_tickers(p["tickers"], error=IngestionError)
         first, last = _session_range(p, market_time, tickers, window, now)
-        return cls(p["source"], first, last, market_time, tickers, p["path"], p["feature_set"], p["assume_tz"],
-                   p["date_close"], p["on_error"], p["stamped_at"], limits)
+        return cls(
+            p["source"],
+            first,
+            last,
+            market_time,
+            tickers,
+            p["path"],
+            p["feature_set"],
+            p["assume_tz"],
+            p["date_close"],
+            p["on_error"],
+            p["stamped_at"],
+            limits,
+        )
 
     @classmethod
-    def build(cls, source: str, start: object, end: object = None, tickers: Sequence[str] | str | None = None,
-              path: str | None = None, feature_set: str = "default", *, group: OfflineStore | None = None,
-              now: object = None, **options: Any) -> IngestionRequest:
+    def build(
+        cls,
+        source: str,
+        start: object,
+        end: object = None,
+        tickers: Sequence[str] | str | None = None,
+        path: str | None = None,
+        feature_set: str = "default",
+        *,
+        group: OfflineStore | None = None,
+        now: object = None,
+        **options: Any,
+    ) -> IngestionRequest:
         """``from_params`` with the common parameters spelled out (``end`` defaults to ``start``)."""
-        params = {"source": source, "start": start, "end": end, "tickers": tickers, "path": path,
-                  "feature_set": feature_set, **options}
+        params = {
+            "source": source,
+            "start": start,
+            "end": end,
+            "tickers": tickers,
+            "path": path,
+            "feature_set": feature_set,
+            **options,
+        }
         return cls.from_params(params, group, now=now)
 
     @property
@@ -226,16 +257,25 @@ class IngestionRequest:
         market_time = MarketTime(values.pop("calendar"), values.pop("bar_size"))
         limits = ScaleLimits(values.pop("max_return_multiple"), values.pop("max_volume_multiple"))
         tickers = values.pop("tickers")
-        return cls(**{**values, "first_session": pd.Timestamp(values["first_session"]),
-                      "last_session": pd.Timestamp(values["last_session"]), "market_time": market_time,
-                      "limits": limits, "tickers": tuple(tickers) if tickers else None})
+        return cls(
+            **{
+                **values,
+                "first_session": pd.Timestamp(values["first_session"]),
+                "last_session": pd.Timestamp(values["last_session"]),
+                "market_time": market_time,
+                "limits": limits,
+                "tickers": tuple(tickers) if tickers else None,
+            }
+        )
 
 
 def _market_time(calendar: str | None, bar_size: str | None, stored: MarketTime | None) -> MarketTime:
     """The request's market time: what it names, else the group's, else XNYS daily; a clash is an error."""
     try:
-        wanted = MarketTime(calendar or (stored.calendar if stored else DEFAULT_CALENDAR),
-                            bar_size or (stored.bar_size if stored else DEFAULT_BAR_SIZE))
+        wanted = MarketTime(
+            calendar or (stored.calendar if stored else DEFAULT_CALENDAR),
+            bar_size or (stored.bar_size if stored else DEFAULT_BAR_SIZE),
+        )
     except CalendarError as exc:
         raise IngestionError(str(exc)) from None
     if stored is not None and wanted != stored:
@@ -246,12 +286,16 @@ def _market_time(calendar: str | None, bar_size: str | None, stored: MarketTime 
     return wanted
 
 
-def _session_range(p: Mapping[str, Any], market_time: MarketTime, tickers: tuple[str, ...] | None,
-                   window: tuple[object, object] | None, now: object) -> tuple[pd.Timestamp, pd.Timestamp]:
+def _session_range(
+    p: Mapping[str, Any],
+    market_time: MarketTime,
+    tickers: tuple[str, ...] | None,
+    window: tuple[object, object] | None,
+    now: object,
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     calendar = market_time.exchange
     if p["start"] is None and p["end"] is None and p["source"] in SOURCES_NEEDING_PATH:
-        first, last = file_session_range(p["source"], p["path"], tickers, market_time, p["assume_tz"],
-                                         p["date_close"])
+        first, last = file_session_range(p["source"], p["path"], tickers, market_time, p["assume_tz"], p["date_close"])
     elif p["start"] is not None or p["end"] is not None:
         first = utc_day(p["start"] if p["start"] is not None else p["end"], "start", error=IngestionError)
         last = utc_day(p["end"] if p["end"] is not None else p["start"], "end", error=IngestionError)
@@ -271,16 +315,25 @@ def _session_range(p: Mapping[str, Any], market_time: MarketTime, tickers: tuple
             raise NoSessionToIngest(f"{span}: nothing to ingest")
         return calendar.session_label(lo), calendar.session_label(hi - 1)
     if len(calendar.sessions(first, last)) == 0:
-        raise NoSessionToIngest(f"no {calendar.name} session between {first.date()} and {last.date()} "
-                                "(a holiday or a weekend): nothing to ingest")
+        raise NoSessionToIngest(
+            f"no {calendar.name} session between {first.date()} and {last.date()} "
+            "(a holiday or a weekend): nothing to ingest"
+        )
     return first, last
 
 
-def file_session_range(source: str, path: str, tickers: Sequence[str] | None, market_time: MarketTime,
-                       assume_tz: str | None = None, date_close: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:
+def file_session_range(
+    source: str,
+    path: str,
+    tickers: Sequence[str] | None,
+    market_time: MarketTime,
+    assume_tz: str | None = None,
+    date_close: str | None = None,
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Labels of the first and last session the bars of a user's CSV or Parquet file (or folder) fall in."""
-    bars, _ = make_source(source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop",
-                          calendar=market_time.calendar).read(list(tickers) if tickers else None)
+    bars, _ = make_source(
+        source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop", calendar=market_time.calendar
+    ).read(list(tickers) if tickers else None)
     sessions = market_time.session_indices(bars["ts"])
     sessions = sessions[sessions >= 0]
     if len(sessions) == 0:
@@ -333,18 +386,30 @@ def fetch_bars(request: IngestionRequest, *, now: object = None) -> pd.DataFrame
     fetch_from = pd.Timestamp(int(calendar.open_ns[first]), tz="UTC")
     fetch_until = pd.Timestamp(int(calendar.close_ns[hi - 1]), tz="UTC")
     bars = _source(request).fetch(list(request.tickers) if request.tickers else None, fetch_from, fetch_until)
-    bars, report = conform_bars(bars, request.market_time, now=now, on_error=request.on_error,
-                                stamped_at=request.stamped_at, limits=request.limits)
-    log.info("fetched %d bars for %d tickers from %s: %s", len(bars), bars["ticker"].nunique(), request.source,
-             report.summary())
+    bars, report = conform_bars(
+        bars,
+        request.market_time,
+        now=now,
+        on_error=request.on_error,
+        stamped_at=request.stamped_at,
+        limits=request.limits,
+    )
+    log.info(
+        "fetched %d bars for %d tickers from %s: %s",
+        len(bars),
+        bars["ticker"].nunique(),
+        request.source,
+        report.summary(),
+    )
     return bars
 
 
 def _source(request: IngestionRequest) -> Any:
     options: dict[str, Any] = {}
     if request.source in SOURCES_NEEDING_PATH:
-        options.update(path=request.path, assume_tz=request.assume_tz, date_close=request.date_close,
-                       on_error=request.on_error)
+        options.update(
+            path=request.path, assume_tz=request.assume_tz, date_close=request.date_close, on_error=request.on_error
+        )
     return source_on(request.source, request.market_time, **options)
 
 
@@ -366,8 +431,11 @@ def compute_features(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFr
     complete = in_range.dropna()
     if len(complete) < len(in_range):
         short = sorted(set(in_range["ticker"]) - set(complete["ticker"])) or sorted(set(in_range["ticker"]))
-        log.warning("left out %d rows without full feature history (tickers: %s)",
-                    len(in_range) - len(complete), ", ".join(short[:10]))
+        log.warning(
+            "left out %d rows without full feature history (tickers: %s)",
+            len(in_range) - len(complete),
+            ", ".join(short[:10]),
+        )
     if complete.empty:
         raise IngestionError(
             f"no complete feature rows in {request.describe()} (source {request.source!r}); does the source "
@@ -393,13 +461,20 @@ def check_columns(bars: pd.DataFrame, feature_set: FeatureSet) -> None:
     if needs_volume and absent["no_volume"].any():
         problems.append(("volume", sorted(absent.index[absent["no_volume"]])))
     if problems:
-        have = {"close"} | ({"open", "high", "low"} if not absent["no_range"].any() else set()) | (
-            {"volume"} if not absent["no_volume"].any() else set())
+        have = (
+            {"close"}
+            | ({"open", "high", "low"} if not absent["no_range"].any() else set())
+            | ({"volume"} if not absent["no_volume"].any() else set())
+        )
         fits = [name for name in feature_set_names() if set(get_feature_set(name).input_columns) <= have]
-        missing = "; ".join(f"{what} (ticker(s) {', '.join(tickers[:5])}{' ...' if len(tickers) > 5 else ''})"
-                            for what, tickers in problems)
-        raise IngestionError(f"feature set {feature_set.name!r} needs columns these bars do not have: {missing}; "
-                             f"use feature_set={' or '.join(repr(f) for f in fits)}")
+        missing = "; ".join(
+            f"{what} (ticker(s) {', '.join(tickers[:5])}{' ...' if len(tickers) > 5 else ''})"
+            for what, tickers in problems
+        )
+        raise IngestionError(
+            f"feature set {feature_set.name!r} needs columns these bars do not have: {missing}; "
+            f"use feature_set={' or '.join(repr(f) for f in fits)}"
+        )
 
 
 def _in_sessions(stamps: pd.Series, request: IngestionRequest) -> np.ndarray:
@@ -438,8 +513,7 @@ class IngestionResult:
     bars_written_offline: int = 0
 
 
-def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time: MarketTime,
-                        version: int = 1) -> None:
+def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time: MarketTime, version: int = 1) -> None:
     """Create ``store``'s group with ``columns`` declaring ``market_time``, or check that it holds the same.
 
     Raises
@@ -451,12 +525,15 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
     """
     stored = group_market_time(store)
     if stored is None:
-        store.create_group(FeatureGroupSchema.for_features(list(columns), version=version,
-                                                           parameters=market_time.to_json()))
+        store.create_group(
+            FeatureGroupSchema.for_features(list(columns), version=version, parameters=market_time.to_json())
+        )
         return
     if stored != market_time:
-        raise IngestionError(f"feature group {store.feature_group!r} holds {stored.describe()}, not "
-                             f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead")
+        raise IngestionError(
+            f"feature group {store.feature_group!r} holds {stored.describe()}, not "
+            f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead"
+        )
     held = list(store.schema.feature_names)
     if held != list(columns):
         missing, extra = [c for c in columns if c not in held], [c for c in held if c not in columns]
@@ -464,11 +541,17 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
             f"feature group {store.feature_group!r} holds other features than this run computes (it lacks "
             f"{missing or 'none'}, this run lacks {extra or 'none'}): one group, one feature set. Ingest into "
             f"another group (set QE_FEATURE_GROUP, e.g. {store.feature_group}_2), or drop this one "
-            f"(quant-engine features drop {store.feature_group.removesuffix(BARS_GROUP_SUFFIX)})")
+            f"(quant-engine features drop {store.feature_group.removesuffix(BARS_GROUP_SUFFIX)})"
+        )
 
 
-def write_features(features: pd.DataFrame, stores: GroupStores, *, bars: pd.DataFrame | None = None,
-                   market_time: MarketTime | None = None) -> IngestionResult:
+def write_features(
+    features: pd.DataFrame,
+    stores: GroupStores,
+    *,
+    bars: pd.DataFrame | None = None,
+    market_time: MarketTime | None = None,
+) -> IngestionResult:
     """Write to the offline store, then the online store, as one unit that survives a crash.
 
     The writes of one ingestion (features, ``bars`` into the bars group, the online store, and a
@@ -495,8 +578,7 @@ def write_features(features: pd.DataFrame, stores: GroupStores, *, bars: pd.Data
     journal = IngestionJournal(stores.offline)
     journal.finish_pending(stores)
     market_time = market_time or MarketTime()
-    declare_market_time(stores.offline, [c for c in features.columns if c not in ("ticker", "event_time")],
-                        market_time)
+    declare_market_time(stores.offline, [c for c in features.columns if c not in ("ticker", "event_time")], market_time)
     if bars is not None:
         declare_market_time(stores.bars, STORED_BAR_COLUMNS, market_time)
     journal.begin(features, bars)
@@ -584,8 +666,11 @@ class IngestionJournal:
         frames = self.pending()
         if frames is None:
             return None
-        log.warning("finishing an ingestion of %s that did not end (%d feature rows): a crash interrupted it",
-                    stores.name, len(frames["features"]))
+        log.warning(
+            "finishing an ingestion of %s that did not end (%d feature rows): a crash interrupted it",
+            stores.name,
+            len(frames["features"]),
+        )
         result = _write_stores(frames["features"], frames.get("bars"), stores)
         self.end()
         return result
@@ -612,11 +697,11 @@ def drop_feature_group(stores: GroupStores, *, dry_run: bool = False) -> list[st
 def ingest(request: IngestionRequest, stores: GroupStores, *, now: object = None) -> IngestionResult:
     """Fetch, compute and write in one process (the CLI's path; the DAG runs the steps as tasks)."""
     bars = fetch_bars(request, now=now)
-    return write_features(compute_features(bars, request), stores, bars=bars_in_range(bars, request),
-                          market_time=request.market_time)
+    return write_features(
+        compute_features(bars, request), stores, bars=bars_in_range(bars, request), market_time=request.market_time
+    )
 
 
 def stage_frame(frame: pd.DataFrame, path: Path) -> str:
     """Write ``frame`` to Parquet atomically, for handing over between DAG tasks."""
     return str(write_parquet_atomic(frame, path))
-

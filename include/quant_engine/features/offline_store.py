@@ -168,12 +168,14 @@ class FeatureGroupSchema:
         if self.created_time is not None:
             object.__setattr__(self, "created_time", utc_timestamp(self.created_time, "created_time"))
         if not isinstance(self.parameters, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.parameters.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in self.parameters.items()
+        ):
             raise ValueError(f"parameters={self.parameters!r} must be a dict of str to str")
 
     @classmethod
-    def for_features(cls, names: Sequence[str], *, version: int = 1,
-                     parameters: dict[str, str] | None = None) -> FeatureGroupSchema:
+    def for_features(
+        cls, names: Sequence[str], *, version: int = 1, parameters: dict[str, str] | None = None
+    ) -> FeatureGroupSchema:
         """A schema of ``float64`` features named ``names``, in that order."""
         if isinstance(names, str):
             raise TypeError(f"names={names!r} must be a sequence of feature names, not one string")
@@ -289,11 +291,13 @@ class _Manifest:
             "format_version": FORMAT_VERSION,
             "feature_group": self.feature_group,
             **self.schema.to_json(),
-            "commits": [
-                {**c.to_json(), "file_days": [list(self.file_days[k]) for k in c.files]} for c in self.commits
-            ],
-            "snapshot": None if self.snapshot is None else {
-                "key": self.snapshot.key, "commits": list(self.snapshot.commit_ids), "rows": self.snapshot.rows,
+            "commits": [{**c.to_json(), "file_days": [list(self.file_days[k]) for k in c.files]} for c in self.commits],
+            "snapshot": None
+            if self.snapshot is None
+            else {
+                "key": self.snapshot.key,
+                "commits": list(self.snapshot.commit_ids),
+                "rows": self.snapshot.rows,
             },
         }
         return json.dumps(payload, indent=1).encode()
@@ -314,13 +318,15 @@ class _Manifest:
             file_days.update({k: (d, r) for k, (d, r) in zip(commit.files, entry["file_days"], strict=True)})
         snapshot = payload.get("snapshot")
         return cls(
-            feature_group, FeatureGroupSchema.from_json(payload), tuple(commits), file_days, token,
+            feature_group,
+            FeatureGroupSchema.from_json(payload),
+            tuple(commits),
+            file_days,
+            token,
             None if snapshot is None else _Snapshot(snapshot["key"], tuple(snapshot["commits"]), snapshot["rows"]),
         )
 
-    def plan(
-        self, *, as_of: pd.Timestamp | None = None, days: Callable[[int], bool] = lambda day: True
-    ) -> _ReadPlan:
+    def plan(self, *, as_of: pd.Timestamp | None = None, days: Callable[[int], bool] = lambda day: True) -> _ReadPlan:
         """The files holding every row written at or before ``as_of`` whose event day passes ``days``.
 
         Each day file belongs to one commit, so ``as_of`` and ``days`` prune whole files. The
@@ -332,8 +338,13 @@ class _Manifest:
         covered = set(self.snapshot.commit_ids) if self.snapshot is not None else set()
         replaced = sum(1 for c in qualifying if c.commit_id in covered for k in c.files if days(self.file_days[k][0]))
         use_snapshot = replaced >= SNAPSHOT_MIN_FILES
-        keys = [k for c in qualifying if not (use_snapshot and c.commit_id in covered)
-                for k in c.files if days(self.file_days[k][0])]
+        keys = [
+            k
+            for c in qualifying
+            if not (use_snapshot and c.commit_id in covered)
+            for k in c.files
+            if days(self.file_days[k][0])
+        ]
         cut_at = None
         if use_snapshot:
             keys.insert(0, self.snapshot.key)
@@ -394,8 +405,11 @@ def _validate_batch(frame: pd.DataFrame, schema: FeatureGroupSchema, feature_gro
     given = [c for c in frame.columns if c not in (RECORD_IDENTIFIER, EVENT_TIME)]
     missing = [n for n in names if n not in given]
     extra = [c for c in given if c not in schema.features]
-    mistyped = [f"{n!r} is {frame[n].dtype}, not {schema.features[n]}"
-                for n in names if n in given and str(frame[n].dtype) != schema.features[n]]
+    mistyped = [
+        f"{n!r} is {frame[n].dtype}, not {schema.features[n]}"
+        for n in names
+        if n in given and str(frame[n].dtype) != schema.features[n]
+    ]
     if missing or extra or mistyped:
         problems = []
         if missing:
@@ -445,7 +459,8 @@ class OfflineStore:
     >>> import tempfile, pandas as pd
     >>> from quant_engine.storage.filesystem import LocalFileSystem
     >>> store = OfflineStore(LocalFileSystem(tempfile.mkdtemp()), "prices")
-    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True),
+    >>> times = pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True)
+    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": times,
     ...                       "ret": [0.01, -0.02]})
     >>> first = store.write(frame, write_time=pd.Timestamp("2024-01-04", tz="UTC"))
     >>> first.rows_written, store.write(frame).rows_written  # a rerun writes nothing
@@ -578,12 +593,26 @@ class OfflineStore:
             self._vacuum(manifest)
             commit_id = f"{write_time.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
             file_days = self._stage(fresh, schema, commit_id, write_time, api_invocation_time)
-            commit = CommitInfo(commit_id, write_time, api_invocation_time, len(fresh), **counts,
-                                files=tuple(file_days))
-            self._commit(replace(manifest, schema=schema, commits=(*manifest.commits, commit),
-                                 file_days={**manifest.file_days, **file_days}))
-        log.info("feature group %s: commit %s wrote %d rows (%d new, %d corrected) in %d files",
-                 self.feature_group, commit_id, len(fresh), rows_new, rows_corrected, len(file_days))
+            commit = CommitInfo(
+                commit_id, write_time, api_invocation_time, len(fresh), **counts, files=tuple(file_days)
+            )
+            self._commit(
+                replace(
+                    manifest,
+                    schema=schema,
+                    commits=(*manifest.commits, commit),
+                    file_days={**manifest.file_days, **file_days},
+                )
+            )
+        log.info(
+            "feature group %s: commit %s wrote %d rows (%d new, %d corrected) in %d files",
+            self.feature_group,
+            commit_id,
+            len(fresh),
+            rows_new,
+            rows_corrected,
+            len(file_days),
+        )
         return commit
 
     def _changed_rows(
@@ -596,21 +625,35 @@ class OfflineStore:
         days = set(np.unique(batch.event_ns // _NS_PER_DAY).tolist())
         with duckdb.connect() as con:
             self._register_rows(con, manifest.plan(days=days.__contains__), schema)
-            con.register("batch_keys", pa.table({RECORD_IDENTIFIER: pa.array(batch.tickers.astype(str)),
-                                                 EVENT_TIME: pa.array(batch.event_ns, _UTC_NS)}))
-            stored = con.sql(pit.latest_versions_sql(
-                "(SELECT s.* FROM feature_rows s SEMI JOIN batch_keys b "
-                "ON s.ticker = b.ticker AND s.event_time = b.event_time)",
-                names, dedupe=True,
-            )).to_arrow_table()
+            con.register(
+                "batch_keys",
+                pa.table(
+                    {
+                        RECORD_IDENTIFIER: pa.array(batch.tickers.astype(str)),
+                        EVENT_TIME: pa.array(batch.event_ns, _UTC_NS),
+                    }
+                ),
+            )
+            stored = con.sql(
+                pit.latest_versions_sql(
+                    "(SELECT s.* FROM feature_rows s SEMI JOIN batch_keys b "
+                    "ON s.ticker = b.ticker AND s.event_time = b.event_time)",
+                    names,
+                    dedupe=True,
+                )
+            ).to_arrow_table()
         keys = pd.MultiIndex.from_arrays([batch.tickers.astype(str), batch.event_ns])
         stored_keys = pd.MultiIndex.from_arrays(
-            [stored["ticker"].to_numpy(zero_copy_only=False).astype(str),
-             stored["event_time"].cast(pa.int64()).to_numpy()]
+            [
+                stored["ticker"].to_numpy(zero_copy_only=False).astype(str),
+                stored["event_time"].cast(pa.int64()).to_numpy(),
+            ]
         )
         position = stored_keys.get_indexer(keys)
         exists = position >= 0
-        stored_values = np.column_stack([stored[n].to_numpy() for n in names]) if len(stored) else np.empty((0, len(names)))
+        stored_values = (
+            np.column_stack([stored[n].to_numpy() for n in names]) if len(stored) else np.empty((0, len(names)))
+        )
         changed = np.zeros(len(batch), dtype=bool)
         changed[exists] = (stored_values[position[exists]] != batch.values[exists]).any(axis=1)
         if changed.any():
@@ -697,8 +740,9 @@ class OfflineStore:
             dropped = [*reverted.files, *([manifest.snapshot.key] if manifest.snapshot and snapshot is None else [])]
             for key in dropped:  # unreferenced now; a crash here leaves orphans for vacuum()
                 self.fs.delete(self._key(key))
-        log.warning("feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id,
-                    reverted.rows_written)
+        log.warning(
+            "feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id, reverted.rows_written
+        )
         return reverted
 
     def uncompacted_files(self) -> int:
@@ -743,8 +787,13 @@ class OfflineStore:
             self._commit(replace(manifest, snapshot=snapshot))
             if manifest.snapshot is not None:
                 self.fs.delete(self._key(manifest.snapshot.key))
-        log.info("feature group %s: compacted %d commits (%d rows) into %s", self.feature_group,
-                 len(live_ids), snapshot.rows, snapshot.key)
+        log.info(
+            "feature group %s: compacted %d commits (%d rows) into %s",
+            self.feature_group,
+            len(live_ids),
+            snapshot.rows,
+            snapshot.key,
+        )
         return self._key(snapshot.key)
 
     def vacuum(self) -> list[str]:
@@ -855,8 +904,10 @@ class OfflineStore:
             if include_history:
                 history = [WRITE_TIME, API_INVOCATION_TIME, IS_DELETED]
                 columns = ", ".join(pit.quote(c) for c in [RECORD_IDENTIFIER, EVENT_TIME, *names, *history])
-                sql = (f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
-                       "ORDER BY ticker, event_time, write_time")
+                sql = (
+                    f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
+                    "ORDER BY ticker, event_time, write_time"
+                )
             else:
                 latest = pit.latest_versions_sql("feature_rows", names, dedupe=plan.versioned, where=where)
                 sql = f"SELECT * EXCLUDE (write_time) FROM ({latest}) ORDER BY ticker, event_time"

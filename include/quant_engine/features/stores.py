@@ -46,8 +46,10 @@ class GroupStores:
 
     def __post_init__(self) -> None:
         if self.bars.feature_group != bars_group_name(self.offline.feature_group):
-            raise ValueError(f"the bars of feature group {self.offline.feature_group!r} belong in "
-                             f"{bars_group_name(self.offline.feature_group)!r}, not {self.bars.feature_group!r}")
+            raise ValueError(
+                f"the bars of feature group {self.offline.feature_group!r} belong in "
+                f"{bars_group_name(self.offline.feature_group)!r}, not {self.bars.feature_group!r}"
+            )
 
     @property
     def name(self) -> str:

@@ -105,8 +105,10 @@ def _feature_statistics(name: str, column: pd.Series, k: int) -> dict[str, Any]:
     if not np.isfinite(present).all():
         raise BaselineError(f"feature {name!r} holds infinite values; a baseline needs finite numbers")
     present.sort()
-    integral = pd.api.types.is_integer_dtype(column) or pd.api.types.is_bool_dtype(column) or bool(
-        np.all(present == np.round(present))
+    integral = (
+        pd.api.types.is_integer_dtype(column)
+        or pd.api.types.is_bool_dtype(column)
+        or bool(np.all(present == np.round(present)))
     )
     vmin, vmax = float(present[0]), float(present[-1])
     return {
@@ -296,8 +298,11 @@ class Baseline:
                         sketch_weights=weights[order],
                         window_thresholds={
                             int(days): float(value)
-                            for days, value in cons[name].get("monitoringConfigOverrides", {})
-                            .get("distribution_constraints", {}).get("window_thresholds", {}).items()
+                            for days, value in cons[name]
+                            .get("monitoringConfigOverrides", {})
+                            .get("distribution_constraints", {})
+                            .get("window_thresholds", {})
+                            .items()
                         },
                     )
                 )

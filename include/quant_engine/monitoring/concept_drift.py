@@ -135,12 +135,14 @@ def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, *, now: object)
     cutoff = utc_timestamp(now, "now")
     preds = PredictionLog.validate(predictions)
     labels = require_columns(labels, ("ticker", "ts", "t1", "label"), "labels")
-    known = pd.DataFrame({
-        "ticker": labels["ticker"].astype(str),
-        "ts": utc_column(labels, "ts", "labels"),
-        "t1": utc_column(labels, "t1", "labels"),
-        "label": labels["label"],
-    })
+    known = pd.DataFrame(
+        {
+            "ticker": labels["ticker"].astype(str),
+            "ts": utc_column(labels, "ts", "labels"),
+            "t1": utc_column(labels, "t1", "labels"),
+            "label": labels["label"],
+        }
+    )
     if not known["label"].isin((0, 1)).all():
         raise ValueError("labels' label must hold only 0 and 1")
     if known.duplicated(["ticker", "ts"]).any():

@@ -126,8 +126,9 @@ class DriftReport:
     @property
     def thresholds(self) -> dict[str, float]:
         """The threshold each feature's comparison distance was judged against."""
-        return {n: f.threshold if f.threshold is not None else self.comparison_threshold
-                for n, f in self.features.items()}
+        return {
+            n: f.threshold if f.threshold is not None else self.comparison_threshold for n, f in self.features.items()
+        }
 
     def violations_document(self) -> dict[str, Any]:
         """``constraint_violations.json`` in Model Monitor's shape."""
@@ -298,7 +299,9 @@ def check_drift(
         if base.name not in window.columns:
             violations.append(
                 Violation(
-                    base.name, "missing_column_check", f"Column {base.name} is in the baseline but missing from the data"
+                    base.name,
+                    "missing_column_check",
+                    f"Column {base.name} is in the baseline but missing from the data",
                 )
             )
             continue

@@ -24,8 +24,15 @@ from quant_engine.storage.filesystem import FileSystem, LocalFileSystem
 from quant_engine.training.registry import ModelRegistry, ModelVersion
 from quant_engine.validation import require_columns, utc_column
 
-__all__ = ["PREDICTION_COLUMNS", "PREDICTION_KEY", "NoChampionError", "PredictionLog", "champion",
-           "predict_proba", "prediction_log"]
+__all__ = [
+    "PREDICTION_COLUMNS",
+    "PREDICTION_KEY",
+    "NoChampionError",
+    "PredictionLog",
+    "champion",
+    "predict_proba",
+    "prediction_log",
+]
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("ticker", "ts", "prob", "model_version", "source")
 #: One prediction per model version, ticker and bar, whoever logged it (``source``: batch or bridge).
@@ -49,8 +56,10 @@ def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise ValueError(f"the rows lack feature column(s) {missing} the model needs")
-    matrix = xgb.DMatrix(frame[list(features)].to_numpy(dtype=np.float32),
-                         feature_names=None if booster.feature_names is None else list(features))
+    matrix = xgb.DMatrix(
+        frame[list(features)].to_numpy(dtype=np.float32),
+        feature_names=None if booster.feature_names is None else list(features),
+    )
     return booster.predict(matrix).astype(np.float64)
 
 
@@ -104,13 +113,15 @@ class PredictionLog:
     def validate(frame: pd.DataFrame) -> pd.DataFrame:
         """The rows in the log's schema, or a ``ValueError`` naming the rule they break."""
         frame = require_columns(frame, PREDICTION_COLUMNS, "predictions")
-        out = pd.DataFrame({
-            "ticker": frame["ticker"].astype(str),
-            "ts": utc_column(frame, "ts", "predictions"),
-            "prob": pd.to_numeric(frame["prob"], errors="raise").astype("float64"),
-            "model_version": frame["model_version"].astype(str),
-            "source": frame["source"].astype(str),
-        })
+        out = pd.DataFrame(
+            {
+                "ticker": frame["ticker"].astype(str),
+                "ts": utc_column(frame, "ts", "predictions"),
+                "prob": pd.to_numeric(frame["prob"], errors="raise").astype("float64"),
+                "model_version": frame["model_version"].astype(str),
+                "source": frame["source"].astype(str),
+            }
+        )
         if out["ts"].isna().any():
             raise ValueError("predictions column 'ts' holds NaT; every prediction needs its time")
         bad = ~(np.isfinite(out["prob"]) & out["prob"].between(0.0, 1.0))
@@ -148,13 +159,15 @@ class PredictionLog:
 
 
 def _empty_predictions() -> pd.DataFrame:
-    return pd.DataFrame({
-        "ticker": pd.Series(dtype=str),
-        "ts": pd.Series(dtype="datetime64[ns, UTC]"),
-        "prob": pd.Series(dtype="float64"),
-        "model_version": pd.Series(dtype=str),
-        "source": pd.Series(dtype=str),
-    })
+    return pd.DataFrame(
+        {
+            "ticker": pd.Series(dtype=str),
+            "ts": pd.Series(dtype="datetime64[ns, UTC]"),
+            "prob": pd.Series(dtype="float64"),
+            "model_version": pd.Series(dtype=str),
+            "source": pd.Series(dtype=str),
+        }
+    )
 
 
 def prediction_log(registry: ModelRegistry) -> PredictionLog:

@@ -122,7 +122,11 @@ class VolRegimeTracker:
 
     def regimes(self, returns: pd.Series) -> pd.DataFrame:
         """``realized_vol, percentile, regime`` at every bar of ``returns`` with enough history."""
-        if not isinstance(returns, pd.Series) or not isinstance(returns.index, pd.DatetimeIndex) or returns.index.tz is None:
+        if (
+            not isinstance(returns, pd.Series)
+            or not isinstance(returns.index, pd.DatetimeIndex)
+            or returns.index.tz is None
+        ):
             raise ValueError("returns must be a pandas Series indexed by tz-aware timestamps (market_proxy_returns)")
         vol = returns.sort_index().rolling(self.window).std(ddof=1)
         pct = vol.rolling(self.history).rank(pct=True)
@@ -147,7 +151,9 @@ class VolRegimeTracker:
         as_of = table.index[-1]
         previous = self.read()
         if previous is not None and as_of < previous.as_of:
-            raise ValueError(f"returns end at {as_of}, before the stored state's {previous.as_of}; time must move forward")
+            raise ValueError(
+                f"returns end at {as_of}, before the stored state's {previous.as_of}; time must move forward"
+            )
         regime = table["regime"].iloc[-1]
         runs = table["regime"].ne(table["regime"].shift()).cumsum()
         since = table.index[runs == runs.iloc[-1]][0]

@@ -88,8 +88,16 @@ def _put_json(fs: FileSystem, key: str, obj: object) -> None:
     overwrite_atomic(fs, key, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
-def record_baseline(registry: ModelRegistry, version: object, booster: xgb.Booster, train: pd.DataFrame,
-                    holdout: pd.DataFrame, features: Sequence[str], *, label: str = "label") -> str:
+def record_baseline(
+    registry: ModelRegistry,
+    version: object,
+    booster: xgb.Booster,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    features: Sequence[str],
+    *,
+    label: str = "label",
+) -> str:
     """Build and store a version's baselines: feature statistics of ``train``, quality on ``holdout``.
 
     When ``train`` has ``event_time`` (``quant_engine.training.dataset.load_train_frame``), the drift
@@ -106,8 +114,7 @@ def record_baseline(registry: ModelRegistry, version: object, booster: xgb.Boost
         baseline = calibrate_baseline(baseline, train)
     else:
         log.warning("the training rows carry no event_time: drift thresholds are not calibrated")
-    quality = QualityBaseline.from_predictions(predict_proba(booster, holdout, features),
-                                               holdout[label].to_numpy())
+    quality = QualityBaseline.from_predictions(predict_proba(booster, holdout, features), holdout[label].to_numpy())
     _put_json(fs, baseline_key(model_name, version, STATISTICS_FILE), baseline.statistics)
     _put_json(fs, baseline_key(model_name, version, CONSTRAINTS_FILE), baseline.constraints)
     _put_json(fs, baseline_key(model_name, version, QUALITY_FILE), quality.to_dict())
@@ -128,8 +135,10 @@ def load_baseline(registry: ModelRegistry, version: object) -> tuple[Baseline, Q
         key = baseline_key(model_name, version, file)
         stored = fs.read_versioned(key)
         if stored is None:
-            raise BaselineError(f"{key} does not exist in {fs!r}; {model_name} {parse_version(version)} "
-                                "has no baseline (record_baseline writes it when the version is registered)")
+            raise BaselineError(
+                f"{key} does not exist in {fs!r}; {model_name} {parse_version(version)} "
+                "has no baseline (record_baseline writes it when the version is registered)"
+            )
         try:
             documents.append(json.loads(stored[0]))
         except json.JSONDecodeError as exc:
@@ -156,8 +165,9 @@ def label_config(record: ModelVersion) -> LabelConfig:
     sign is what the model's probability is read as.
     """
     dataset = dict(record.metadata.training.get("dataset", {}))
-    label = LabelConfig(kind="fixed", horizon=int(dataset.get("horizon", 1)),
-                        target=str(dataset.get("label_target", "excess")))
+    label = LabelConfig(
+        kind="fixed", horizon=int(dataset.get("horizon", 1)), target=str(dataset.get("label_target", "excess"))
+    )
     return label
 
 
@@ -242,15 +252,16 @@ class DriftMonitor:
             "matured_rows": matured,
         }
 
-
     def window(self, *, window_days: int = 60) -> tuple[pd.Timestamp, pd.Timestamp]:
         """``(start, end)``: the last ``window_days`` of stored rows, never reaching back into training data."""
         whole_number(window_days, "window_days", minimum=1, maximum=3650)
         record = champion(self.registry)
         rows = _new_rows(self.store, record)
         if rows.empty:
-            raise ValueError(f"the offline store holds no rows after {record.metadata.data_end}, the end of "
-                             f"{record.name} {record.version}'s training data; ingest newer data first")
+            raise ValueError(
+                f"the offline store holds no rows after {record.metadata.data_end}, the end of "
+                f"{record.name} {record.version}'s training data; ingest newer data first"
+            )
         end = rows["event_time"].max()
         start = max(end - pd.Timedelta(days=window_days), rows["event_time"].min())
         return start, end
@@ -299,17 +310,24 @@ class DriftMonitor:
         baseline, quality = load_baseline(registry, record.version)
         start, end = self.window(window_days=window_days)
         window = self.store.read(None, start, end).dropna(subset=features)
-        drift = check_drift(window.loc[:, ["ticker", "event_time", *features]], baseline,
-                            comparison_threshold=comparison_threshold, psi_threshold=psi_threshold,
-                            wasserstein_threshold=wasserstein_threshold)
+        drift = check_drift(
+            window.loc[:, ["ticker", "event_time", *features]],
+            baseline,
+            comparison_threshold=comparison_threshold,
+            psi_threshold=psi_threshold,
+            wasserstein_threshold=wasserstein_threshold,
+        )
 
         label = label_config(record)
         predictions = prediction_log(registry).read()
-        predictions = predictions[(predictions["model_version"] == record.version)
-                                  & predictions["ts"].between(start, end)]
+        predictions = predictions[
+            (predictions["model_version"] == record.version) & predictions["ts"].between(start, end)
+        ]
         if predictions.empty:
-            raise ValueError(f"no logged prediction of {registry.name} {record.version} between {start} and {end}; "
-                             "run the batch scorer on the window first")
+            raise ValueError(
+                f"no logged prediction of {registry.name} {record.version} between {start} and {end}; "
+                "run the batch scorer on the window first"
+            )
         tickers = sorted(predictions["ticker"].unique())
         bars = self.bars.read(tickers, start, end, history_bars=_VOL_HISTORY_BARS)
         joined = join_labels(predictions, label.labels(bars), now=end)
@@ -322,8 +340,10 @@ class DriftMonitor:
             regime = tracker.update(returns)
         else:
             regime = None
-            notes.append(f"volatility regime unknown: the stored bars give {len(returns)} returns, "
-                         f"{tracker.window + tracker.history - 1} needed")
+            notes.append(
+                f"volatility regime unknown: the stored bars give {len(returns)} returns, "
+                f"{tracker.window + tracker.history - 1} needed"
+            )
         verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
 
         alarms = self.alarms
@@ -358,10 +378,14 @@ class DriftMonitor:
             "constraint_violations": drift.violations_document()["violations"],
         }
         document["explanation"] = explain(json_safe(document))
-        plotted = list(dict.fromkeys([
-            *drift.drifted_features,
-            *sorted(drift.comparison_distances, key=lambda n: -drift.comparison_distances[n])[:TOP_FEATURES],
-        ]))
+        plotted = list(
+            dict.fromkeys(
+                [
+                    *drift.drifted_features,
+                    *sorted(drift.comparison_distances, key=lambda n: -drift.comparison_distances[n])[:TOP_FEATURES],
+                ]
+            )
+        )
         write_report(folder, document, baseline=baseline, window=window, features=plotted, quality=concept)
         log.info("drift check %s of %s %s: %s", run_id, registry.name, record.version, verdict.kind)
         return DriftCheckResult(run_id, registry.name, record.version, verdict.kind, retrain, str(folder))
@@ -375,5 +399,11 @@ def record_training_baselines(registry: ModelRegistry, version: object, training
     against these, never against the training data again.
     """
     summary = load_summary(training_dir)
-    return record_baseline(registry, version, registry.load_booster(version), load_train_frame(training_dir),
-                           pd.read_parquet(summary["holdout"]), summary["features"])
+    return record_baseline(
+        registry,
+        version,
+        registry.load_booster(version),
+        load_train_frame(training_dir),
+        pd.read_parquet(summary["holdout"]),
+        summary["features"],
+    )

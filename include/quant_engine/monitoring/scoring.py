@@ -43,8 +43,9 @@ class ScoreResult:
         return dict(self.__dict__)
 
 
-def score_batch(registry: ModelRegistry, store: OfflineStore, start: object, end: object, *,
-                tickers: list[str] | None = None) -> ScoreResult:
+def score_batch(
+    registry: ModelRegistry, store: OfflineStore, start: object, end: object, *, tickers: list[str] | None = None
+) -> ScoreResult:
     """Score the champion on the offline store's rows with ``event_time`` in the days ``[start, end]``.
 
     Parameters
@@ -79,26 +80,30 @@ def score_batch(registry: ModelRegistry, store: OfflineStore, start: object, end
     rows = store.read(tickers, first, last + pd.Timedelta(days=1) - pd.Timedelta(1, "ns"))
     missing = [f for f in features if f not in rows.columns]
     if missing:
-        raise ValueError(f"feature group {store.feature_group!r} lacks feature(s) {missing} that "
-                         f"{registry.name} {record.version} needs")
+        raise ValueError(
+            f"feature group {store.feature_group!r} lacks feature(s) {missing} that "
+            f"{registry.name} {record.version} needs"
+        )
     rows = rows.dropna(subset=features)  # a row without full history was never a valid model input
     log = prediction_log(registry)
     result = ScoreResult(registry.name, record.version, str(first.date()), str(last.date()), len(rows), 0, None)
     if rows.empty:
         return result
     rows = rows.reset_index(drop=True)
-    scored = pd.DataFrame({
-        "ticker": rows["ticker"].astype(str),
-        "ts": rows["event_time"],
-        "prob": predict_proba(registry.load_booster(record.version), rows, features),
-        "model_version": record.version,
-        "source": BATCH_SOURCE,
-    })
+    scored = pd.DataFrame(
+        {
+            "ticker": rows["ticker"].astype(str),
+            "ts": rows["event_time"],
+            "prob": predict_proba(registry.load_booster(record.version), rows, features),
+            "model_version": record.version,
+            "source": BATCH_SOURCE,
+        }
+    )
     logged = log.read()
     if not logged.empty:
-        merged = scored.merge(logged.drop(columns="source"), on=list(PREDICTION_KEY), how="left",
-                              suffixes=("", "_logged"))
+        merged = scored.merge(
+            logged.drop(columns="source"), on=list(PREDICTION_KEY), how="left", suffixes=("", "_logged")
+        )
         scored = scored.loc[~merged["prob"].eq(merged["prob_logged"]).to_numpy()]
     key = log.append(scored)
-    return ScoreResult(registry.name, record.version, str(first.date()), str(last.date()), len(rows),
-                       len(scored), key)
+    return ScoreResult(registry.name, record.version, str(first.date()), str(last.date()), len(rows), len(scored), key)

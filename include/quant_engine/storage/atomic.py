@@ -19,8 +19,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-__all__ = ["fsync_dir", "json_safe", "write_bytes_atomic", "write_json_atomic", "write_npz_atomic",
-           "write_parquet_atomic", "write_text_atomic"]
+__all__ = [
+    "fsync_dir",
+    "json_safe",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_npz_atomic",
+    "write_parquet_atomic",
+    "write_text_atomic",
+]
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -67,8 +74,9 @@ def json_safe(value: object) -> object:
     return value
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *,
-                      non_finite: Literal["error", "null"] = "error") -> Path:
+def write_json_atomic(
+    path: str | os.PathLike[str], obj: Any, *, non_finite: Literal["error", "null"] = "error"
+) -> Path:
     """``obj`` as indented JSON, atomically.
 
     ``non_finite="error"`` refuses NaN and infinities (a baseline or a state file must not hold

@@ -18,8 +18,7 @@ from typing import Any, Protocol
 
 from quant_engine.storage.atomic import fsync_dir, write_bytes_atomic
 
-__all__ = ["ConcurrentCommitError", "FileSystem", "LocalFileSystem", "S3FileSystem", "StorageError",
-           "overwrite_atomic"]
+__all__ = ["ConcurrentCommitError", "FileSystem", "LocalFileSystem", "S3FileSystem", "StorageError", "overwrite_atomic"]
 
 
 class StorageError(Exception):

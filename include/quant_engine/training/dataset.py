@@ -103,15 +103,26 @@ class TrainingSetConfig:
             p["start"] = str((utc_day(p["end"], "end", error=TrainingSetError) - pd.Timedelta(days=window)).date())
         # The CPCV settings only size the walk-forward step's group column, which the cut ignores;
         # a directional book lets an absolute-label run use one ticker.
-        data = WfoConfig.from_params({**{k: p[k] for k in DATA_KEYS}, "n_groups": 2, "n_test_groups": 1,
-                                      "embargo": 0, "min_group_rows": 1, "portfolio": "directional"})
+        data = WfoConfig.from_params(
+            {
+                **{k: p[k] for k in DATA_KEYS},
+                "n_groups": 2,
+                "n_test_groups": 1,
+                "embargo": 0,
+                "min_group_rows": 1,
+                "portfolio": "directional",
+            }
+        )
         return cls(data, p["holdout_fraction"], p["embargo_bars"])
 
     def to_params(self) -> dict[str, Any]:
         """The resolved parameters (dates filled in), which :meth:`from_params` reads back unchanged."""
         data = self.data.to_params()
-        return {**{k: data[k] for k in DATA_KEYS}, "holdout_fraction": self.holdout_fraction,
-                "embargo_bars": self.embargo_bars}
+        return {
+            **{k: data[k] for k in DATA_KEYS},
+            "holdout_fraction": self.holdout_fraction,
+            "embargo_bars": self.embargo_bars,
+        }
 
 
 def _last_stored_day(tickers: object, store: OfflineStore) -> pd.Timestamp:
@@ -136,8 +147,9 @@ def data_fingerprint(*frames: Any) -> str:
     return digest.hexdigest()
 
 
-def build_training_set(config: TrainingSetConfig, out_dir: Path, store: OfflineStore,
-                       bar_store: OfflineStore) -> dict[str, Any]:
+def build_training_set(
+    config: TrainingSetConfig, out_dir: Path, store: OfflineStore, bar_store: OfflineStore
+) -> dict[str, Any]:
     """Join, label and cut; write the channels, the holdout and the summary into ``out_dir``.
 
     Raises
@@ -170,27 +182,38 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, store: OfflineS
     columns = [*features, "label"]
     for channel, frame in (("train", train), ("validation", holdout)):
         write_parquet_atomic(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
-    write_parquet_atomic(holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE)
+    write_parquet_atomic(
+        holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE
+    )
     write_parquet_atomic(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
     summary = {
         "features": features,
-        "rows": {"train": int(in_train.sum()), "gap": int((~in_train & ~in_holdout).sum()),
-                 "holdout": int(in_holdout.sum())},
+        "rows": {
+            "train": int(in_train.sum()),
+            "gap": int((~in_train & ~in_holdout).sum()),
+            "holdout": int(in_holdout.sum()),
+        },
         "tickers": sorted(dataset["ticker"].unique()),
         "train_start": str(train["ts"].min()),
         "train_end": str(train["ts"].max()),
         "train_last_t1": str(train["t1"].max()),
         "holdout_start": str(holdout["ts"].min()),
         "holdout_end": str(holdout["ts"].max()),
-        "fingerprint": data_fingerprint(train.loc[:, ["ticker", "ts", "t1", *columns]],
-                                        holdout.loc[:, ["ticker", "ts", "t1", *columns]]),
+        "fingerprint": data_fingerprint(
+            train.loc[:, ["ticker", "ts", "t1", *columns]], holdout.loc[:, ["ticker", "ts", "t1", *columns]]
+        ),
         "params": config.to_params(),
         "channels": {c: str(out_dir / f) for c, f in CHANNEL_FILES.items()},
         "holdout": str(out_dir / HOLDOUT_FILE),
     }
     write_json_atomic(out_dir / SUMMARY_FILE, summary, non_finite="null")
-    log.info("training set: %d train, %d in the gap, %d holdout rows (holdout from %s)", summary["rows"]["train"],
-             summary["rows"]["gap"], summary["rows"]["holdout"], summary["holdout_start"])
+    log.info(
+        "training set: %d train, %d in the gap, %d holdout rows (holdout from %s)",
+        summary["rows"]["train"],
+        summary["rows"]["gap"],
+        summary["rows"]["holdout"],
+        summary["holdout_start"],
+    )
     return summary
 
 
@@ -204,8 +227,10 @@ def load_train_frame(out_dir: Path) -> pd.DataFrame:
     train = pd.read_parquet(out_dir / CHANNEL_FILES["train"])
     times = pd.read_parquet(out_dir / TRAIN_TIMES_FILE)
     if len(times) != len(train):
-        raise TrainingSetError(f"{out_dir / TRAIN_TIMES_FILE} has {len(times)} rows, the train channel {len(train)}; "
-                               "rebuild the training set")
+        raise TrainingSetError(
+            f"{out_dir / TRAIN_TIMES_FILE} has {len(times)} rows, the train channel {len(train)}; "
+            "rebuild the training set"
+        )
     return pd.concat([times.rename(columns={"ts": "event_time"}), train], axis=1)
 
 

@@ -16,17 +16,39 @@ __all__ = ["DATASET_DEFAULTS", "DATA_KEYS", "DEFAULT_HYPERPARAMETERS", "DEFAULT_
 #: The registry name of the model the engine trains, monitors and serves unless told otherwise.
 DEFAULT_MODEL_NAME = "xgb_direction"
 #: Walk-forward parameters that shape the data and the labels; the training set takes them as they are.
-DATA_KEYS: tuple[str, ...] = ("start", "end", "tickers", "feature_set", "label_kind", "horizon", "label_target",
-                              "pt_mult", "sl_mult", "vol_window")
+DATA_KEYS: tuple[str, ...] = (
+    "start",
+    "end",
+    "tickers",
+    "feature_set",
+    "label_kind",
+    "horizon",
+    "label_target",
+    "pt_mult",
+    "sl_mult",
+    "vol_window",
+)
 #: Every parameter :meth:`TrainingSetConfig.from_params` accepts, with its default. A null ``end``
 #: is the last day the offline store holds and a null ``start`` is ``window_days`` before ``end``,
 #: so a run the drift monitor triggers (which passes no parameters) trains on the latest data.
-DATASET_DEFAULTS: dict[str, Any] = {**{k: WFO_DEFAULTS[k] for k in DATA_KEYS}, "start": None, "end": None,
-                                    "window_days": 3 * 365, "holdout_fraction": 0.2, "embargo_bars": 5}
+DATASET_DEFAULTS: dict[str, Any] = {
+    **{k: WFO_DEFAULTS[k] for k in DATA_KEYS},
+    "start": None,
+    "end": None,
+    "window_days": 3 * 365,
+    "holdout_fraction": 0.2,
+    "embargo_bars": 5,
+}
 #: Shallow, slow, heavily regularised trees: the synthetic market's edge is weak (see the wfo defaults).
 DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
-    "num_round": 100, "max_depth": 2, "learning_rate": 0.05, "min_child_weight": 100,
-    "subsample": 0.8, "colsample_bytree": 0.8, "checkpoint_every": 10, "seed": 42,
+    "num_round": 100,
+    "max_depth": 2,
+    "learning_rate": 0.05,
+    "min_child_weight": 100,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "checkpoint_every": 10,
+    "seed": 42,
 }
 #: Every parameter a training run takes, with its default (the ``spot_training`` DAG's params).
 TRAINING_DEFAULTS: dict[str, Any] = {

@@ -37,9 +37,16 @@ RUNNERS: tuple[str, ...] = ("local_spot", "sagemaker")
 DATASET_KEYS: tuple[str, ...] = tuple(DATASET_DEFAULTS)
 
 
-def prepare(conf: Mapping[str, Any], run_dir: Path, *, registry_of: Callable[[str], ModelRegistry],
-            store: OfflineStore, bar_store: OfflineStore, settings: Settings,
-            requested_by: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def prepare(
+    conf: Mapping[str, Any],
+    run_dir: Path,
+    *,
+    registry_of: Callable[[str], ModelRegistry],
+    store: OfflineStore,
+    bar_store: OfflineStore,
+    settings: Settings,
+    requested_by: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Resolve the run's parameters (the champion's spec, rolled forward, overridden by ``conf``),
     check them all, and build the training set in ``run_dir``.
 
@@ -61,12 +68,20 @@ def prepare(conf: Mapping[str, Any], run_dir: Path, *, registry_of: Callable[[st
         encode_hyperparameters(params["hyperparameters"])
     config = TrainingSetConfig.from_params({k: params[k] for k in DATASET_KEYS}, store)
     summary = build_training_set(config, run_dir, store, bar_store)
-    return {"run_dir": str(run_dir), "params": params, "basis": basis, "feature_group": store.feature_group,
-            "rows": summary["rows"], "channels": summary["channels"], "holdout": summary["holdout"]}
+    return {
+        "run_dir": str(run_dir),
+        "params": params,
+        "basis": basis,
+        "feature_group": store.feature_group,
+        "rows": summary["rows"],
+        "channels": summary["channels"],
+        "holdout": summary["holdout"],
+    }
 
 
-def train(prepared: Mapping[str, Any], run_id: str, *, settings: Settings,
-          aws: Callable[[], AwsClients]) -> dict[str, Any]:
+def train(
+    prepared: Mapping[str, Any], run_id: str, *, settings: Settings, aws: Callable[[], AwsClients]
+) -> dict[str, Any]:
     """Train with the run's runner: the trainer under the local spot simulator, or a SageMaker managed spot job.
 
     ``aws`` makes the AWS clients, asked for only when the runner is ``sagemaker``.
@@ -75,18 +90,41 @@ def train(prepared: Mapping[str, Any], run_id: str, *, settings: Settings,
     hyperparameters = params["hyperparameters"]
     if params["runner"] == "sagemaker":
         clients = aws()
-        result = run_spot_training(channels, folder / "model", hyperparameters, settings, run_id=run_id,
-                                   sagemaker=clients.client("sagemaker"), s3=clients.client("s3"))
-        return {"runner": "sagemaker", "model_path": result["model_path"], "job_name": result["job_name"],
-                "savings": result["savings"], "billing": result["billing"]}
+        result = run_spot_training(
+            channels,
+            folder / "model",
+            hyperparameters,
+            settings,
+            run_id=run_id,
+            sagemaker=clients.client("sagemaker"),
+            s3=clients.client("s3"),
+        )
+        return {
+            "runner": "sagemaker",
+            "model_path": result["model_path"],
+            "job_name": result["job_name"],
+            "savings": result["savings"],
+            "billing": result["billing"],
+        }
     trainer = TrainingParams.from_hyperparameters(hyperparameters)
     report = simulate(
-        ["--train", channels["train"], "--validation", channels["validation"],
-         "--model-dir", str(folder / "model"), "--checkpoint-dir", str(folder / "checkpoints"),
-         "--hyperparameters", json.dumps(hyperparameters)],
+        [
+            "--train",
+            channels["train"],
+            "--validation",
+            channels["validation"],
+            "--model-dir",
+            str(folder / "model"),
+            "--checkpoint-dir",
+            str(folder / "checkpoints"),
+            "--hyperparameters",
+            json.dumps(hyperparameters),
+        ],
         schedule=random_schedule(params["interruptions"], trainer.num_round, seed=trainer.seed, kind="mixed"),
         # The trainer leaves within a round of SIGTERM, so a short notice suffices (SageMaker gives 120 s).
-        rate_per_hour=params["interruption_rate_per_hour"], seed=trainer.seed, grace_s=10.0,
+        rate_per_hour=params["interruption_rate_per_hour"],
+        seed=trainer.seed,
+        grace_s=10.0,
     ).as_dict()
     return {"runner": "local_spot", "model_path": str(folder / "model" / "model.json"), "spot": report}
 
@@ -94,23 +132,35 @@ def train(prepared: Mapping[str, Any], run_id: str, *, settings: Settings,
 def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any], registry: ModelRegistry) -> dict[str, Any]:
     """The candidate against the floor, and the champion of ``registry`` on rows neither trained on."""
     summary = load_summary(prepared["run_dir"])
-    return evaluate_candidate(registry, trained["model_path"],
-                              pd.read_parquet(prepared["holdout"]), summary["features"])
+    return evaluate_candidate(
+        registry, trained["model_path"], pd.read_parquet(prepared["holdout"]), summary["features"]
+    )
 
 
-def register(prepared: Mapping[str, Any], trained: Mapping[str, Any], evaluated: Mapping[str, Any],
-             registry: ModelRegistry) -> str:
+def register(
+    prepared: Mapping[str, Any], trained: Mapping[str, Any], evaluated: Mapping[str, Any], registry: ModelRegistry
+) -> str:
     """Register the model in ``registry`` with its full spec (dataset, feature group, hyperparameters,
     evaluation); returns the version. Its drift baselines are recorded next
     (:func:`quant_engine.monitoring.run.record_training_baselines`)."""
     params = prepared["params"]
     summary = load_summary(prepared["run_dir"])
     metadata = ModelMetadata(
-        features=summary["features"], data_start=summary["train_start"], data_end=summary["holdout_end"],
-        data_fingerprint=summary["fingerprint"], params=params["hyperparameters"], metrics=evaluated["candidate"],
+        features=summary["features"],
+        data_start=summary["train_start"],
+        data_end=summary["holdout_end"],
+        data_fingerprint=summary["fingerprint"],
+        params=params["hyperparameters"],
+        metrics=evaluated["candidate"],
         wfo_report=params["wfo_report"],
-        training={**{k: v for k, v in trained.items() if k != "model_path"}, "dataset": summary["params"],
-                  "feature_group": prepared["feature_group"], "holdout_start": summary["holdout_start"],
-                  "rows": summary["rows"], "evaluation": dict(evaluated), "basis": prepared["basis"]},
+        training={
+            **{k: v for k, v in trained.items() if k != "model_path"},
+            "dataset": summary["params"],
+            "feature_group": prepared["feature_group"],
+            "holdout_start": summary["holdout_start"],
+            "rows": summary["rows"],
+            "evaluation": dict(evaluated),
+            "basis": prepared["basis"],
+        },
     )
     return registry.register(trained["model_path"], metadata)

@@ -21,8 +21,18 @@ from quant_engine.training.defaults import TRAINING_DEFAULTS
 from quant_engine.training.registry import ModelRegistry
 
 #: Parts of a champion's spec a retrain keeps (dates are rolled forward instead).
-_KEPT = ("tickers", "feature_set", "label_kind", "horizon", "label_target", "pt_mult", "sl_mult", "vol_window",
-         "holdout_fraction", "embargo_bars")
+_KEPT = (
+    "tickers",
+    "feature_set",
+    "label_kind",
+    "horizon",
+    "label_target",
+    "pt_mult",
+    "sl_mult",
+    "vol_window",
+    "holdout_fraction",
+    "embargo_bars",
+)
 
 
 def champion_spec(registry: ModelRegistry) -> dict[str, Any]:
@@ -46,8 +56,9 @@ def champion_spec(registry: ModelRegistry) -> dict[str, Any]:
     return spec
 
 
-def resolve_training_params(conf: Mapping[str, Any], registry_of: Any, *,
-                            requested_by: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], str]:
+def resolve_training_params(
+    conf: Mapping[str, Any], registry_of: Any, *, requested_by: Sequence[Mapping[str, Any]] = ()
+) -> tuple[dict[str, Any], str]:
     """The parameters a run trains with, and where they came from (for its log).
 
     Parameters
@@ -70,8 +81,11 @@ def resolve_training_params(conf: Mapping[str, Any], registry_of: Any, *,
     requested = [e["model_name"] for e in requested_by if isinstance(e, Mapping) and e.get("model_name")]
     model_name = conf.get("model_name") or (requested[-1] if requested else TRAINING_DEFAULTS["model_name"])
     spec = champion_spec(registry_of(model_name))
-    basis = (f"the champion's spec of {model_name}, rolled forward" if spec else
-             f"the defaults ({model_name} has no champion yet)")
+    basis = (
+        f"the champion's spec of {model_name}, rolled forward"
+        if spec
+        else f"the defaults ({model_name} has no champion yet)"
+    )
     if conf:
         basis += f", overridden by the conf's {', '.join(sorted(conf))}"
     return {**TRAINING_DEFAULTS, **spec, "model_name": model_name, **conf}, basis

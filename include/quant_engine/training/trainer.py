@@ -371,9 +371,9 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _round_sample(seed: int, round: int, n_rows: int, n_cols: int, params: TrainingParams) -> tuple[
-    np.ndarray | None, np.ndarray | None
-]:
+def _round_sample(
+    seed: int, round: int, n_rows: int, n_cols: int, params: TrainingParams
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Row weights and feature weights of one round: a pure function of ``(seed, round)``."""
     rng = np.random.default_rng([seed, round])
     rows = (rng.random(n_rows) < params.subsample).astype(np.float32) if params.subsample < 1 else None
@@ -531,7 +531,8 @@ def train(
     data = _matrix(_as_frame(train_data, "train"), "train")
     if len(np.unique(data.y)) < 2:
         raise TrainingInputError(
-            f"train {LABEL!r} has only the class {int(data.y[0])} in {len(data.y)} rows; a classifier needs both 0 and 1"
+            f"train {LABEL!r} has only the class {int(data.y[0])} in {len(data.y)} rows; "
+            "a classifier needs both 0 and 1"
         )
     valid = None
     if validation_data is not None:
@@ -542,8 +543,14 @@ def train(
     manager = None
     if checkpoint_dir is not None:
         fs, prefix = open_checkpoint_store(checkpoint_dir, s3_client=s3_client)
-        manager = CheckpointManager(fs, data.fingerprint, params.fingerprint, prefix=prefix,
-                                    keep=params.keep_checkpoints, xgboost_version=xgb.__version__)
+        manager = CheckpointManager(
+            fs,
+            data.fingerprint,
+            params.fingerprint,
+            prefix=prefix,
+            keep=params.keep_checkpoints,
+            xgboost_version=xgb.__version__,
+        )
 
     started = time.perf_counter()
     dtrain = xgb.QuantileDMatrix(data.x, label=data.y, feature_names=data.features)
@@ -651,12 +658,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", help="training Parquet file or dir (default: $SM_CHANNEL_TRAIN)")
     parser.add_argument("--validation", help="validation Parquet file or dir (default: $SM_CHANNEL_VALIDATION)")
     parser.add_argument("--model-dir", help="output dir for model.json and metrics.json (default: $SM_MODEL_DIR)")
-    parser.add_argument("--checkpoint-dir",
-                        help=f"checkpoint dir or s3://bucket/prefix (default: $QE_CHECKPOINT_DIR, else {CHECKPOINT_DIR})")
+    parser.add_argument(
+        "--checkpoint-dir",
+        help=f"checkpoint dir or s3://bucket/prefix (default: $QE_CHECKPOINT_DIR, else {CHECKPOINT_DIR})",
+    )
     parser.add_argument("--no-checkpoints", action="store_true", help="train without checkpoints")
     parser.add_argument("--hyperparameters", help="JSON object (default: $SM_HPS, else " + HPS_FILE + ")")
-    parser.add_argument("--progress", action="store_true",
-                        help=f"print one '{PROGRESS_PREFIX}{{json}}' line per round, checkpoint and resume")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help=f"print one '{PROGRESS_PREFIX}{{json}}' line per round, checkpoint and resume",
+    )
     return parser
 
 
@@ -689,8 +701,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         model_dir = args.model_dir or env.get("SM_MODEL_DIR")
         if not model_dir:
             raise TrainingInputError("no model dir: set SM_MODEL_DIR or pass --model-dir")
-        checkpoint_dir = None if args.no_checkpoints else (
-            args.checkpoint_dir or env.get("QE_CHECKPOINT_DIR") or CHECKPOINT_DIR
+        checkpoint_dir = (
+            None if args.no_checkpoints else (args.checkpoint_dir or env.get("QE_CHECKPOINT_DIR") or CHECKPOINT_DIR)
         )
         result = train(
             train_path,

@@ -26,9 +26,9 @@ from quant_engine.wfo.splitters import CombinatorialPurgedCV
 
 __all__ = ["LabelConfig", "Trial", "WfoConfig", "WfoConfigError"]
 
+
 class WfoConfigError(ValueError):
     """A walk-forward request that cannot run; the message names the parameter and the rule."""
-
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ class Trial:
     def __post_init__(self) -> None:
         whole_number(self.max_depth, "max_depth", minimum=1, maximum=12, error=WfoConfigError)
         whole_number(self.n_estimators, "n_estimators", minimum=1, maximum=5000, error=WfoConfigError)
-        for name, low, high in (("learning_rate", 0.0, 1.0), ("subsample", 0.0, 1.0),
-                                ("colsample_bytree", 0.0, 1.0)):
+        for name, low, high in (("learning_rate", 0.0, 1.0), ("subsample", 0.0, 1.0), ("colsample_bytree", 0.0, 1.0)):
             value = getattr(self, name)
             if not _is_real(value) or not low < value <= high:
                 raise WfoConfigError(f"{name}={value!r} must be a number in ({low:g}, {high:g}]")
@@ -117,8 +116,9 @@ class LabelConfig:
                 ret = labels["ret"] - labels.groupby("ts")["ret"].transform("mean")
                 labels = labels.assign(ret=ret, label=(ret > 0).astype("int8"))
             return labels
-        labels = triple_barrier_labels(bars, vol_window=self.vol_window, pt_mult=self.pt_mult,
-                                       sl_mult=self.sl_mult, max_holding=self.horizon)
+        labels = triple_barrier_labels(
+            bars, vol_window=self.vol_window, pt_mult=self.pt_mult, sl_mult=self.sl_mult, max_holding=self.horizon
+        )
         return labels.loc[:, list(LABEL_COLUMNS)]
 
 
@@ -189,8 +189,14 @@ class WfoConfig:
             get_feature_set(p["feature_set"])
         except ValueError as exc:
             raise WfoConfigError(str(exc)) from None
-        label = LabelConfig(kind=p["label_kind"], horizon=p["horizon"], target=p["label_target"],
-                            pt_mult=p["pt_mult"], sl_mult=p["sl_mult"], vol_window=p["vol_window"])
+        label = LabelConfig(
+            kind=p["label_kind"],
+            horizon=p["horizon"],
+            target=p["label_target"],
+            pt_mult=p["pt_mult"],
+            sl_mult=p["sl_mult"],
+            vol_window=p["vol_window"],
+        )
         n_groups = whole_number(p["n_groups"], "n_groups", minimum=2, maximum=30, error=WfoConfigError)
         n_test_groups = whole_number(p["n_test_groups"], "n_test_groups", minimum=1, maximum=29, error=WfoConfigError)
         if n_test_groups >= n_groups:
@@ -222,7 +228,9 @@ class WfoConfig:
             portfolio=p["portfolio"],
             cost_bps=float(p["cost_bps"]),
             seed=whole_number(p["seed"], "seed", minimum=0, maximum=2**31 - 1, error=WfoConfigError),
-            min_group_rows=whole_number(p["min_group_rows"], "min_group_rows", minimum=1, maximum=10**9, error=WfoConfigError),
+            min_group_rows=whole_number(
+                p["min_group_rows"], "min_group_rows", minimum=1, maximum=10**9, error=WfoConfigError
+            ),
         )
 
     def to_params(self) -> dict[str, Any]:

@@ -77,8 +77,7 @@ def build_dataset(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_sto
     tickers = list(config.tickers) if config.tickers else held
     _check_cross_section(config, tickers)
 
-    bars = BarHistory(bar_store, market_time).read(
-        tickers, first, last, history_bars=config.label.history_bars)
+    bars = BarHistory(bar_store, market_time).read(tickers, first, last, history_bars=config.label.history_bars)
     labels = config.label.labels(bars)
     close = bars[["ticker", "ts", "close"]]
     next_close = close.groupby("ticker", sort=False)["close"].shift(-1)
@@ -127,8 +126,13 @@ def build_dataset(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_sto
         "annualisation": market_time.annualisation(pd.Timestamp(dataset["ts"].iloc[-1]).year),
     }
     write_json_atomic(run_dir / "dataset.json", summary, non_finite="null")
-    log.info("dataset: %d rows, %d tickers, %s .. %s", summary["rows"], len(summary["tickers"]),
-             summary["first_ts"], summary["last_ts"])
+    log.info(
+        "dataset: %d rows, %d tickers, %s .. %s",
+        summary["rows"],
+        len(summary["tickers"]),
+        summary["first_ts"],
+        summary["last_ts"],
+    )
     return summary
 
 

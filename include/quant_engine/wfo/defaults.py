@@ -16,7 +16,12 @@ LABEL_KINDS: tuple[str, ...] = ("fixed", "triple_barrier")
 LABEL_TARGETS: tuple[str, ...] = ("absolute", "excess")
 #: XGBoost settings a trial may set; anything else in a trial is a typo, not a silent default.
 TRIAL_MODEL_KEYS: tuple[str, ...] = (
-    "max_depth", "learning_rate", "n_estimators", "subsample", "colsample_bytree", "min_child_weight",
+    "max_depth",
+    "learning_rate",
+    "n_estimators",
+    "subsample",
+    "colsample_bytree",
+    "min_child_weight",
 )
 TRIAL_KEYS: tuple[str, ...] = (*TRIAL_MODEL_KEYS, "threshold")
 #: Default trial grid: 2 depths x 2 learning rates, 4 trials from little to moderate capacity, sized
@@ -31,10 +36,11 @@ DEFAULT_TRIAL_GRID: dict[str, list[Any]] = {
     "min_child_weight": [100],
     "threshold": [0.0],
 }
-#: Every parameter :meth:`quant_engine.wfo.config.WfoConfig.from_params` accepts, with its default: the embedded synthetic
-#: market as ``make run`` ingests it (2015-2024), 6 groups choose 2 (15 splits, 5 paths), 4 trials,
-#: a market-neutral book and labels that ask whether a ticker beats the others over the next bar,
-#: the horizon of the market's edge (on seeds 1 and 2 this beat 5-bar and absolute labels).
+#: Every parameter :meth:`quant_engine.wfo.config.WfoConfig.from_params` accepts, with its default:
+#: the embedded synthetic market as ``make run`` ingests it (2015-2024), 6 groups choose 2 (15 splits,
+#: 5 paths), 4 trials, a market-neutral book and labels that ask whether a ticker beats the others
+#: over the next bar, the horizon of the market's edge (on seeds 1 and 2 this beat 5-bar and absolute
+#: labels).
 DEFAULT_PARAMS: dict[str, Any] = {
     "start": "2015-01-01",
     "end": "2024-12-31",

@@ -74,14 +74,16 @@ class _Panel:
 
     def frame(self, rows: np.ndarray, ends: np.ndarray, **columns: np.ndarray) -> pd.DataFrame:
         ret = self.close[ends] / self.close[rows] - 1.0
-        return pd.DataFrame({
-            "ticker": self.tickers[rows],
-            "ts": self.ts[rows],
-            "t1": self.ts[ends],
-            "ret": ret,
-            "label": (ret > 0).astype(np.int8),
-            **columns,
-        })
+        return pd.DataFrame(
+            {
+                "ticker": self.tickers[rows],
+                "ts": self.ts[rows],
+                "t1": self.ts[ends],
+                "ret": ret,
+                "label": (ret > 0).astype(np.int8),
+                **columns,
+            }
+        )
 
 
 def fixed_horizon_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
@@ -129,9 +131,9 @@ def _rolling_volatility(panel: _Panel, window: int) -> np.ndarray:
     returns[later] = panel.close[later] / panel.close[rows] - 1.0
     starts = np.flatnonzero(np.r_[True, panel.codes[1:] != panel.codes[:-1]])
     for start, stop in zip(starts, [*starts[1:], len(panel)], strict=True):
-        own = returns[start + 1:stop]  # the ticker's first bar has no return
+        own = returns[start + 1 : stop]  # the ticker's first bar has no return
         if len(own) >= window:
-            vol[start + window:stop] = sliding_window_view(own, window).std(axis=1, ddof=1)
+            vol[start + window : stop] = sliding_window_view(own, window).std(axis=1, ddof=1)
     return vol
 
 

@@ -62,22 +62,30 @@ def assemble(run_dir: Path) -> dict[str, Any]:
                 raise FileNotFoundError(f"{path} is missing; task (trial {trial_id}, split {s}) has not run")
             predictions[s] = pd.read_parquet(path, columns=["ticker", "ts", "prob", "fwd_ret_1", "group"])
         for p, frame in enumerate(assemble_paths(predictions, path_map, group_sizes)):
-            result = backtest(frame, threshold=trial.threshold, cost_bps=config.cost_bps,
-                              portfolio=config.portfolio)
-            series.append(pd.DataFrame({
-                "trial": trial_id, "path": p, "ts": result.returns.index,
-                "return": result.returns.to_numpy(), "gross": result.gross.to_numpy(),
-                "cost": result.costs.to_numpy(), "turnover": result.turnover.to_numpy(),
-                "exposure": result.exposure.to_numpy(),
-            }))
+            result = backtest(frame, threshold=trial.threshold, cost_bps=config.cost_bps, portfolio=config.portfolio)
+            series.append(
+                pd.DataFrame(
+                    {
+                        "trial": trial_id,
+                        "path": p,
+                        "ts": result.returns.index,
+                        "return": result.returns.to_numpy(),
+                        "gross": result.gross.to_numpy(),
+                        "cost": result.costs.to_numpy(),
+                        "turnover": result.turnover.to_numpy(),
+                        "exposure": result.exposure.to_numpy(),
+                    }
+                )
+            )
             summaries.append({"trial": trial_id, "path": p, **result.summary(periods_per_year)})
     write_parquet_atomic(pd.concat(series, ignore_index=True), run_dir / "paths.parquet")
     write_json_atomic(run_dir / "paths.json", summaries, non_finite="null")
     return {"paths": len(summaries), "trials": len(config.trials)}
 
 
-def run_pipeline(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_store: OfflineStore, fits: FitRunner,
-                 reports_dir: Path) -> Path:
+def run_pipeline(
+    config: WfoConfig, run_dir: Path, store: OfflineStore, bar_store: OfflineStore, fits: FitRunner, reports_dir: Path
+) -> Path:
     """Every step in order into ``run_dir``, the fits by ``fits``; returns the report folder under ``reports_dir``."""
     build_dataset(config, run_dir, store, bar_store)
     tasks = plan(run_dir)
@@ -121,14 +129,16 @@ def statistics(run_dir: Path) -> dict[str, Any]:
     for t, trial in enumerate(config.trials):
         sharpes = np.array([r["sharpe"] for r in path_rows if r["trial"] == t], dtype=float)
         finite = sharpes[np.isfinite(sharpes)]
-        trials.append({
-            "trial": t,
-            "params": asdict(trial),
-            "path_sharpes": sharpes.tolist(),
-            "mean_path_sharpe": float(finite.mean()) if len(finite) else math.nan,
-            "std_path_sharpe": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
-            "sharpe_of_mean": float(per_period[t] * math.sqrt(periods_per_year)),
-        })
+        trials.append(
+            {
+                "trial": t,
+                "params": asdict(trial),
+                "path_sharpes": sharpes.tolist(),
+                "mean_path_sharpe": float(finite.mean()) if len(finite) else math.nan,
+                "std_path_sharpe": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+                "sharpe_of_mean": float(per_period[t] * math.sqrt(periods_per_year)),
+            }
+        )
     scores = np.array([t["mean_path_sharpe"] for t in trials])
     if not np.isfinite(scores).any():
         raise ValueError("no trial has a Sharpe ratio (every path is flat); lower the trials' thresholds")
@@ -140,7 +150,8 @@ def statistics(run_dir: Path) -> dict[str, Any]:
     n_blocks = min(PBO_BLOCKS, len(trial_returns) // 2 * 2)
     # A trial that stays flat in a block has no Sharpe ratio there; it ranks as 0 (no return, no risk).
     pbo = probability_of_backtest_overfitting(
-        trial_returns, n_blocks=n_blocks,
+        trial_returns,
+        n_blocks=n_blocks,
         metric=lambda r: np.nan_to_num(np.asarray(sharpe_ratio(r, periods_per_year=1), dtype=float), nan=0.0),
     )
     result = {
@@ -152,11 +163,17 @@ def statistics(run_dir: Path) -> dict[str, Any]:
         "pbo_probability_of_loss": pbo.probability_of_loss,
         "pbo_degradation_slope": pbo.degradation_slope,
         "pbo_logits": pbo.logits.tolist(),
-        "psr": float(probabilistic_sharpe_ratio(moments.observed_sr, 0.0, moments.n_obs, moments.skew,
-                                                moments.kurtosis)),
-        "deflated_sharpe": deflated_sharpe_ratio(moments.observed_sr, moments.n_obs, skew=moments.skew,
-                                                 kurtosis=moments.kurtosis, n_trials=len(trials),
-                                                 var_trial_sharpes=var_trial_sharpes),
+        "psr": float(
+            probabilistic_sharpe_ratio(moments.observed_sr, 0.0, moments.n_obs, moments.skew, moments.kurtosis)
+        ),
+        "deflated_sharpe": deflated_sharpe_ratio(
+            moments.observed_sr,
+            moments.n_obs,
+            skew=moments.skew,
+            kurtosis=moments.kurtosis,
+            n_trials=len(trials),
+            var_trial_sharpes=var_trial_sharpes,
+        ),
         "selected_sharpe_per_period": moments.observed_sr,
         "selected_skew": moments.skew,
         "selected_kurtosis": moments.kurtosis,
@@ -166,6 +183,11 @@ def statistics(run_dir: Path) -> dict[str, Any]:
         "trials": trials,
     }
     write_json_atomic(run_dir / "statistics.json", result, non_finite="null")
-    log.info("statistics: selected trial %d, PBO %.3f, PSR %.3f, DSR %.3f", selected, result["pbo"],
-             result["psr"], result["deflated_sharpe"])
+    log.info(
+        "statistics: selected trial %d, PBO %.3f, PSR %.3f, DSR %.3f",
+        selected,
+        result["pbo"],
+        result["psr"],
+        result["deflated_sharpe"],
+    )
     return json.loads((run_dir / "statistics.json").read_text())

@@ -34,8 +34,9 @@ __all__ = ["plan", "split_roles"]
 log = logging.getLogger(__name__)
 
 
-def split_roles(ts_ns: np.ndarray, t1_ns: np.ndarray, groups: np.ndarray,
-                train: np.ndarray, test_groups: Sequence[int]) -> np.ndarray:
+def split_roles(
+    ts_ns: np.ndarray, t1_ns: np.ndarray, groups: np.ndarray, train: np.ndarray, test_groups: Sequence[int]
+) -> np.ndarray:
     """Role of every row in one split: train, test, purged or embargoed (int8 codes).
 
     A row outside train and test is *purged* when its label span ``[ts, t1]`` overlaps a test
@@ -84,16 +85,23 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
     ts_ns, t1_ns = ts.asi8, pd.DatetimeIndex(data["t1"]).asi8
     groups, labels = data["group"].to_numpy(), data["label"].to_numpy()
     split_rows = []
-    for s, ((train, test), test_groups) in enumerate(zip(splits, cv.test_groups, strict=True)):
+    for s, ((train, _test), test_groups) in enumerate(zip(splits, cv.test_groups, strict=True)):
         classes = np.unique(labels[train])
         if len(classes) < 2:
-            raise WfoConfigError(f"split {s} trains on labels of one class only ({classes.tolist()}); "
-                                 "use a longer range or a different label")
+            raise WfoConfigError(
+                f"split {s} trains on labels of one class only ({classes.tolist()}); "
+                "use a longer range or a different label"
+            )
         roles = split_roles(ts_ns, t1_ns, groups, train, test_groups)
         write_npz_atomic(split_path(run_dir, s), roles=roles, test_groups=np.asarray(test_groups))
         counts = np.bincount(roles, minlength=len(ROLE_NAMES))
-        split_rows.append({"split_id": s, "test_groups": [int(g) for g in test_groups],
-                           **{f"n_{name}": int(c) for name, c in zip(ROLE_NAMES, counts, strict=True)}})
+        split_rows.append(
+            {
+                "split_id": s,
+                "test_groups": [int(g) for g in test_groups],
+                **{f"n_{name}": int(c) for name, c in zip(ROLE_NAMES, counts, strict=True)},
+            }
+        )
     tasks = [{"trial_id": t, "split_id": s} for t in range(len(config.trials)) for s in range(cv.n_splits)]
     bounds = data.groupby("group")["ts"].agg(["min", "max"])
     payload = {
@@ -103,14 +111,17 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
         "n_paths": cv.n_paths,
         "paths": cv.paths.tolist(),
         "splits": split_rows,
-        "groups": [{"group": int(g), "first_ts": str(r["min"]), "last_ts": str(r["max"]),
-                    "rows": int((groups == g).sum())} for g, r in bounds.iterrows()],
+        "groups": [
+            {"group": int(g), "first_ts": str(r["min"]), "last_ts": str(r["max"]), "rows": int((groups == g).sum())}
+            for g, r in bounds.iterrows()
+        ],
         "trials": [asdict(t) for t in config.trials],
         "tasks": tasks,
     }
     write_json_atomic(run_dir / "plan.json", payload, non_finite="null")
     # Predictions of an earlier plan of this run folder belong to other splits; a rerun starts clean.
     shutil.rmtree(run_dir / "predictions", ignore_errors=True)
-    log.info("plan: %d splits x %d trials = %d tasks, %d paths", cv.n_splits, len(config.trials),
-             len(tasks), cv.n_paths)
+    log.info(
+        "plan: %d splits x %d trials = %d tasks, %d paths", cv.n_splits, len(config.trials), len(tasks), cv.n_paths
+    )
     return tasks

@@ -54,8 +54,10 @@ def setup(config: Mapping[str, Any]) -> str:
     ...        "cost_bps": 5.0})
     'market_neutral portfolio, 5 bps costs; labels: fixed, horizon 1 bar(s), excess target'
     """
-    return (f"{config['portfolio']} portfolio, {config['cost_bps']:g} bps costs; labels: {config['label_kind']}, "
-            f"horizon {config['horizon']} bar(s), {config['label_target']} target")
+    return (
+        f"{config['portfolio']} portfolio, {config['cost_bps']:g} bps costs; labels: {config['label_kind']}, "
+        f"horizon {config['horizon']} bar(s), {config['label_target']} target"
+    )
 
 
 def report_dir(run_id: str, reports_dir: Path) -> Path:
@@ -179,8 +181,15 @@ def plot_split_diagram(times: pd.DatetimeIndex, grid: np.ndarray) -> str:
     fig = Figure(figsize=(10, 0.28 * len(grid) + 1.6))
     ax = fig.add_subplot()
     x = np.append(times.tz_convert(None).to_numpy(), times[-1].tz_convert(None).to_datetime64())
-    ax.pcolormesh(x, np.arange(len(grid) + 1), grid, cmap=ListedColormap(ROLE_COLOURS), vmin=-0.5,
-                  vmax=len(ROLE_COLOURS) - 0.5, shading="flat")
+    ax.pcolormesh(
+        x,
+        np.arange(len(grid) + 1),
+        grid,
+        cmap=ListedColormap(ROLE_COLOURS),
+        vmin=-0.5,
+        vmax=len(ROLE_COLOURS) - 0.5,
+        shading="flat",
+    )
     ax.set_yticks(np.arange(len(grid)) + 0.5, [f"split {s}" for s in range(len(grid))], fontsize=7)
     ax.invert_yaxis()
     handles = [ax.fill_between([], [], color=c, label=n) for c, n in zip(ROLE_COLOURS, ROLE_NAMES, strict=True)]
@@ -223,31 +232,54 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
         ("Selected trial", report["selected_trial"]),
         ("Portfolio and labels", report["setup"]),
         ("Splits / paths / trials", f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
-        ("Data", f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
-                 f"{len(report['data']['tickers'])} tickers"),
+        (
+            "Data",
+            f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
+            f"{len(report['data']['tickers'])} tickers",
+        ),
         ("Bars and annualisation", annualisation_text(report["data"]["annualisation"])),
     ]
-    trial_rows = [{"trial": t["trial"], **t["params"], "mean path Sharpe": t["mean_path_sharpe"],
-                   "std path Sharpe": t["std_path_sharpe"], "Sharpe of mean path": t["sharpe_of_mean"]}
-                  for t in report["trials"]]
+    trial_rows = [
+        {
+            "trial": t["trial"],
+            **t["params"],
+            "mean path Sharpe": t["mean_path_sharpe"],
+            "std path Sharpe": t["std_path_sharpe"],
+            "Sharpe of mean path": t["sharpe_of_mean"],
+        }
+        for t in report["trials"]
+    ]
     trial_columns = list(trial_rows[0]) if trial_rows else []
-    path_columns = ["path", "sharpe", "sortino", "max_drawdown", "hit_rate", "turnover", "annual_return",
-                    "total_return"]
+    path_columns = [
+        "path",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "hit_rate",
+        "turnover",
+        "annual_return",
+        "total_return",
+    ]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>WFO report {html.escape(report['run_id'])}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Walk-forward report <code>{html.escape(report['run_id'])}</code></h1>",
         f"<p>Generated {html.escape(report['generated_at'])}.</p>",
-        "<table class='headline'>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>"
-                                              for k, v in headline) + "</table>",
-        "<h2>Trials</h2>", _table(trial_rows, trial_columns),
-        f"<h2>Paths of trial {report['selected_trial']}</h2>", _table(report["paths"], path_columns),
+        "<table class='headline'>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in headline)
+        + "</table>",
+        "<h2>Trials</h2>",
+        _table(trial_rows, trial_columns),
+        f"<h2>Paths of trial {report['selected_trial']}</h2>",
+        _table(report["paths"], path_columns),
     ]
     for title, png in images.items():
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     parts += [
-        "<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(report['config'], indent=2))}</pre>",
-        "<h2>Statistics</h2>", f"<pre>{html.escape(json.dumps(report['statistics'], indent=2))}</pre>",
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(json.dumps(report['config'], indent=2))}</pre>",
+        "<h2>Statistics</h2>",
+        f"<pre>{html.escape(json.dumps(report['statistics'], indent=2))}</pre>",
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -301,9 +333,11 @@ def latest_report(reports_dir: Path) -> Path:
 def annualisation_text(annualisation: Mapping[str, Any]) -> str:
     """``1h bars on XNYS: 251.6 sessions a year x 6.98 bars a session = 1755.2 periods a year``."""
     a = annualisation
-    return (f"{a['bar_size']} bars on {a['calendar']}: {a['sessions_per_year']:g} sessions a year x "
-            f"{a['bars_per_session']:g} bars a session = {a['periods_per_year']:g} periods a year "
-            f"(averaged over {a['years_averaged']} years)")
+    return (
+        f"{a['bar_size']} bars on {a['calendar']}: {a['sessions_per_year']:g} sessions a year x "
+        f"{a['bars_per_session']:g} bars a session = {a['periods_per_year']:g} periods a year "
+        f"(averaged over {a['years_averaged']} years)"
+    )
 
 
 def headline(report: Mapping[str, Any]) -> str:

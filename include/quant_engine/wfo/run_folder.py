@@ -38,14 +38,25 @@ import pandas as pd
 
 from quant_engine.wfo.config import WfoConfig
 
-__all__ = ["EMBARGOED", "KEY_COLUMNS", "PURGED", "ROLE_NAMES", "TEST", "TRAIN", "load_config", "load_dataset",
-           "load_plan", "periods_per_year_of", "prediction_path", "split_path"]
+__all__ = [
+    "EMBARGOED",
+    "KEY_COLUMNS",
+    "PURGED",
+    "ROLE_NAMES",
+    "TEST",
+    "TRAIN",
+    "load_config",
+    "load_dataset",
+    "load_plan",
+    "periods_per_year_of",
+    "prediction_path",
+    "split_path",
+]
 
 #: Row roles stored per split: train, test, purged (label overlaps a test block), embargoed.
 TRAIN, TEST, PURGED, EMBARGOED = 0, 1, 2, 3
 ROLE_NAMES: tuple[str, ...] = ("train", "test", "purged", "embargo")
 KEY_COLUMNS: tuple[str, ...] = ("ticker", "ts", "t1", "ret", "label", "fwd_ret_1", "group")
-
 
 
 def load_config(run_dir: Path) -> WfoConfig:

@@ -61,17 +61,29 @@ def run_split(run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path |
     features = data[names].to_numpy(dtype=np.float32)
     labels = data["label"].to_numpy()
     model = xgb.XGBClassifier(
-        **trial.model_params, objective="binary:logistic", tree_method="hist",
-        random_state=config.seed, n_jobs=1, eval_metric="logloss",
+        **trial.model_params,
+        objective="binary:logistic",
+        tree_method="hist",
+        random_state=config.seed,
+        n_jobs=1,
+        eval_metric="logloss",
     )
     model.fit(features[train], labels[train])
     prob = model.predict_proba(features[test])[:, 1].astype(np.float64)
     out = data.iloc[test][["ticker", "ts", "fwd_ret_1", "t1", "label", "group"]].assign(prob=prob)
-    path = write_parquet_atomic(out.loc[:, ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]],
-                         prediction_path(output_dir or run_dir, trial_id, split_id))
+    path = write_parquet_atomic(
+        out.loc[:, ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]],
+        prediction_path(output_dir or run_dir, trial_id, split_id),
+    )
     accuracy = float(((prob > 0.5) == (labels[test] == 1)).mean())
-    return {"trial_id": trial_id, "split_id": split_id, "n_train": int(len(train)), "n_test": int(len(test)),
-            "accuracy": accuracy, "path": str(path)}
+    return {
+        "trial_id": trial_id,
+        "split_id": split_id,
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "accuracy": accuracy,
+        "path": str(path),
+    }
 
 
 class LocalFits:

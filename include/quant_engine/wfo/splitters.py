@@ -345,7 +345,7 @@ class _GroupPurgedCV(ABC):
             first, stop = int(bounds[first_group]), int(bounds[stop_group])
             _purge_before(keep, times, first)
             span_end = int(times.span_end[first:stop].max())
-            keep[times.starts[first]:times.starts[_embargo_stop(times, span_end, self.embargo)]] = False
+            keep[times.starts[first] : times.starts[_embargo_stop(times, span_end, self.embargo)]] = False
         return keep
 
     def split(self, X: object, y: object = None, groups: object = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -379,9 +379,9 @@ class _GroupPurgedCV(ABC):
                     "fewer test groups, a shorter embargo or shorter labels"
                 )
         for test_groups in all_test_groups:
-            test = np.concatenate([
-                np.arange(times.starts[bounds[g]], times.starts[bounds[g + 1]]) for g in test_groups
-            ])
+            test = np.concatenate(
+                [np.arange(times.starts[bounds[g]], times.starts[bounds[g + 1]]) for g in test_groups]
+            )
             yield np.flatnonzero(self._train_mask(times, bounds, test_groups)), test
 
 
@@ -533,10 +533,15 @@ class CombinatorialPurgedCV(_GroupPurgedCV):
         return split_of[by_group].reshape(self.n_groups, self.n_paths).T
 
     def __repr__(self) -> str:
-        return _repr(self, {
-            "n_groups": self.n_groups, "n_test_groups": self.n_test_groups,
-            "embargo": self.embargo, "t1": self.t1,
-        })
+        return _repr(
+            self,
+            {
+                "n_groups": self.n_groups,
+                "n_test_groups": self.n_test_groups,
+                "embargo": self.embargo,
+                "t1": self.t1,
+            },
+        )
 
 
 def _check_window(name: str, value: Window) -> Window:
@@ -649,7 +654,7 @@ class WalkForward:
             firsts = np.searchsorted(unique, grid)
             stops = np.searchsorted(unique, grid + _duration_ns(self.test_window))
         windows = []
-        for first, stop in zip(firsts.tolist(), stops.tolist()):
+        for first, stop in zip(firsts.tolist(), stops.tolist(), strict=True):
             if first == stop:
                 continue
             if self.anchored:
@@ -721,7 +726,14 @@ class WalkForward:
             yield self._train(times, train_first, first), test
 
     def __repr__(self) -> str:
-        return _repr(self, {
-            "train_window": self.train_window, "test_window": self.test_window,
-            "anchored": self.anchored, "step": self.step, "embargo": self.embargo, "t1": self.t1,
-        })
+        return _repr(
+            self,
+            {
+                "train_window": self.train_window,
+                "test_window": self.test_window,
+                "anchored": self.anchored,
+                "step": self.step,
+                "embargo": self.embargo,
+                "t1": self.t1,
+            },
+        )

@@ -37,14 +37,19 @@ def test_aws_ingestion_writes_s3_dynamodb_and_sagemaker(aws_settings) -> None:
     settings, stub, stores = aws_settings
     written: list[dict] = []
     stub.add_response("batch_write_record", {"Errors": [], "UnprocessedEntries": []}, expected_params={"Entries": ANY})
-    stub.client.meta.events.register("before-parameter-build.sagemaker-featurestore-runtime.BatchWriteRecord",
-                                     lambda params, **_: written.extend(params["Entries"]))
+    stub.client.meta.events.register(
+        "before-parameter-build.sagemaker-featurestore-runtime.BatchWriteRecord",
+        lambda params, **_: written.extend(params["Entries"]),
+    )
     result = ingest(REQUEST, stores)
     stub.assert_no_pending_responses()
     assert result.rows_written_offline == 6
     assert len(written) == 6 and {e["FeatureGroupName"] for e in written} == {"market_features"}
     first = {f["FeatureName"]: f["ValueAsString"] for f in written[0]["Record"]}
-    assert first["ticker"] == "SYN00" and float(first["event_time"]) == pd.Timestamp("2024-03-04 21:00", tz="UTC").timestamp()
+    assert (
+        first["ticker"] == "SYN00"
+        and float(first["event_time"]) == pd.Timestamp("2024-03-04 21:00", tz="UTC").timestamp()
+    )
     objects = boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket=BUCKET)["Contents"]
     assert any("/offline-store/market_features/data/year=2024/month=03/day=04/" in o["Key"] for o in objects)
     assert make_offline_store(settings).read()["ticker"].value_counts().to_dict() == {"SYN00": 3, "SYN01": 3}

@@ -51,12 +51,14 @@ def stubbed():
 
 
 def frame_of(n: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "ticker": [f"T{i:02d}" for i in range(n)],
-        "event_time": DAY + pd.to_timedelta(np.arange(n), "min"),
-        "log_return_1": np.linspace(-0.01, 0.01, n),
-        "rsi_14": np.linspace(10.0, 90.0, n),
-    })
+    return pd.DataFrame(
+        {
+            "ticker": [f"T{i:02d}" for i in range(n)],
+            "event_time": DAY + pd.to_timedelta(np.arange(n), "min"),
+            "log_return_1": np.linspace(-0.01, 0.01, n),
+            "rsi_14": np.linspace(10.0, 90.0, n),
+        }
+    )
 
 
 def expected_record(ticker: str, event_time: pd.Timestamp, **values: float) -> list[dict[str, str]]:
@@ -72,9 +74,11 @@ def expected_record(ticker: str, event_time: pd.Timestamp, **values: float) -> l
 
 def test_create_and_describe_the_feature_group_with_moto():
     with mock_aws():
-        group = SageMakerFeatureGroup(boto3.client("sagemaker", region_name=REGION),
-                                      boto3.client("sagemaker-featurestore-runtime", region_name=REGION),
-                                      "market_features")
+        group = SageMakerFeatureGroup(
+            boto3.client("sagemaker", region_name=REGION),
+            boto3.client("sagemaker-featurestore-runtime", region_name=REGION),
+            "market_features",
+        )
         arn = group.create(SCHEMA, offline_s3_uri=S3_URI, role_arn=ROLE)
         described = group.describe()
         assert group.create(SCHEMA, offline_s3_uri=S3_URI, role_arn=ROLE) == arn  # idempotent
@@ -99,8 +103,15 @@ def test_create_and_describe_the_feature_group_with_moto():
 
 def test_the_backend_builds_the_group_in_the_configured_region():
     with mock_aws():
-        group = make_sagemaker_feature_group(Settings(aws_region="eu-west-1", feature_group="fg-eu", backend="aws",
-                                                      s3_bucket="b", sagemaker_feature_store=True))
+        group = make_sagemaker_feature_group(
+            Settings(
+                aws_region="eu-west-1",
+                feature_group="fg-eu",
+                backend="aws",
+                s3_bucket="b",
+                sagemaker_feature_store=True,
+            )
+        )
         arn = group.create(SCHEMA, offline_s3_uri=S3_URI, role_arn=ROLE)
     assert arn.startswith("arn:aws:sagemaker:eu-west-1:") and arn.endswith(":feature-group/fg-eu")
 
@@ -130,10 +141,13 @@ def test_the_create_request_is_exactly_what_sagemaker_expects(stubbed):
     group_string.create(SCHEMA, offline_s3_uri=S3_URI, role_arn=ROLE, description="daily bar features")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"offline_s3_uri": "qe-bucket/prefix"}, "s3://bucket/prefix"),
-    ({"role_arn": "sagemaker-role"}, "IAM role ARN"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"offline_s3_uri": "qe-bucket/prefix"}, "s3://bucket/prefix"),
+        ({"role_arn": "sagemaker-role"}, "IAM role ARN"),
+    ],
+)
 def test_create_rejects_bad_locations_before_calling_aws(stubbed, kwargs, message):
     group, _, _ = stubbed
     with pytest.raises(ValueError, match=message):
@@ -153,25 +167,32 @@ def test_bad_group_arguments():
 def test_put_record_sends_feature_name_value_as_string_pairs(stubbed):
     group, _, runtime_stub = stubbed
     when = DAY + pd.Timedelta(hours=14, minutes=30, microseconds=250)
-    runtime_stub.add_response("put_record", {}, expected_params={
-        "FeatureGroupName": "market_features",
-        "Record": [
-            {"FeatureName": "ticker", "ValueAsString": "AAPL"},
-            {"FeatureName": "event_time", "ValueAsString": "1704205800.000250000"},
-            {"FeatureName": "log_return_1", "ValueAsString": "0.0125"},
-        ],
-    })
+    runtime_stub.add_response(
+        "put_record",
+        {},
+        expected_params={
+            "FeatureGroupName": "market_features",
+            "Record": [
+                {"FeatureName": "ticker", "ValueAsString": "AAPL"},
+                {"FeatureName": "event_time", "ValueAsString": "1704205800.000250000"},
+                {"FeatureName": "log_return_1", "ValueAsString": "0.0125"},
+            ],
+        },
+    )
     group.put_record("AAPL", when, {"log_return_1": 0.0125, "rsi_14": float("nan")})  # NaN: left out
 
 
 def test_write_batches_25_records_per_call_in_order(stubbed):
     group, _, runtime_stub = stubbed
     frame = frame_of(MAX_BATCH_ENTRIES + 5)
-    records = [expected_record(r.ticker, r.event_time, log_return_1=r.log_return_1, rsi_14=r.rsi_14)
-               for r in frame.itertuples()]
+    records = [
+        expected_record(r.ticker, r.event_time, log_return_1=r.log_return_1, rsi_14=r.rsi_14)
+        for r in frame.itertuples()
+    ]
     for chunk in (records[:MAX_BATCH_ENTRIES], records[MAX_BATCH_ENTRIES:]):
         runtime_stub.add_response(
-            "batch_write_record", {"Errors": [], "UnprocessedEntries": []},
+            "batch_write_record",
+            {"Errors": [], "UnprocessedEntries": []},
             expected_params={"Entries": [{"FeatureGroupName": "market_features", "Record": r} for r in chunk]},
         )
     assert group.write(frame) == len(frame)
@@ -181,16 +202,22 @@ def test_unprocessed_entries_are_retried_and_rejections_raise(stubbed):
     group, _, runtime_stub = stubbed
     frame = frame_of(3)
     entries = [{"FeatureGroupName": "market_features", "Record": r} for r in group.records(frame)]
-    runtime_stub.add_response("batch_write_record", {"Errors": [], "UnprocessedEntries": entries[1:]},
-                              expected_params={"Entries": entries})
-    runtime_stub.add_response("batch_write_record", {"Errors": [], "UnprocessedEntries": []},
-                              expected_params={"Entries": entries[1:]})
+    runtime_stub.add_response(
+        "batch_write_record", {"Errors": [], "UnprocessedEntries": entries[1:]}, expected_params={"Entries": entries}
+    )
+    runtime_stub.add_response(
+        "batch_write_record", {"Errors": [], "UnprocessedEntries": []}, expected_params={"Entries": entries[1:]}
+    )
     assert group.write(frame) == 3
 
-    runtime_stub.add_response("batch_write_record", {
-        "Errors": [{"Entry": entries[2], "ErrorCode": "ValidationError", "ErrorMessage": "bad value"}],
-        "UnprocessedEntries": [],
-    }, expected_params={"Entries": entries})
+    runtime_stub.add_response(
+        "batch_write_record",
+        {
+            "Errors": [{"Entry": entries[2], "ErrorCode": "ValidationError", "ErrorMessage": "bad value"}],
+            "UnprocessedEntries": [],
+        },
+        expected_params={"Entries": entries},
+    )
     with pytest.raises(FeatureStoreError, match=r"rejected 1 of 3 records.*T02@.*ValidationError bad value"):
         group.write(frame)
 
@@ -205,14 +232,17 @@ def test_entries_still_unprocessed_after_max_attempts_raise(stubbed):
         group.write(frame, max_attempts=2)
 
 
-@pytest.mark.parametrize(("frame", "kwargs", "error", "message"), [
-    (frame_of(2).assign(event_time=lambda f: f["event_time"].dt.tz_localize(None)), {}, FeatureFrameError, "naive"),
-    (frame_of(2).assign(rsi_14=1), {}, FeatureFrameError, "'rsi_14' is int64"),
-    (frame_of(2).assign(rsi_14=np.inf), {}, FeatureFrameError, "is inf"),
-    (frame_of(2).drop(columns="ticker"), {}, FeatureFrameError, "lacks column"),
-    (frame_of(2), {"batch_size": 26}, ValueError, r"batch_size=26 must be an integer in \[1, 25\]"),
-    (frame_of(2), {"max_attempts": 0}, ValueError, "max_attempts=0"),
-])
+@pytest.mark.parametrize(
+    ("frame", "kwargs", "error", "message"),
+    [
+        (frame_of(2).assign(event_time=lambda f: f["event_time"].dt.tz_localize(None)), {}, FeatureFrameError, "naive"),
+        (frame_of(2).assign(rsi_14=1), {}, FeatureFrameError, "'rsi_14' is int64"),
+        (frame_of(2).assign(rsi_14=np.inf), {}, FeatureFrameError, "is inf"),
+        (frame_of(2).drop(columns="ticker"), {}, FeatureFrameError, "lacks column"),
+        (frame_of(2), {"batch_size": 26}, ValueError, r"batch_size=26 must be an integer in \[1, 25\]"),
+        (frame_of(2), {"max_attempts": 0}, ValueError, "max_attempts=0"),
+    ],
+)
 def test_bad_frames_are_rejected_before_any_call(stubbed, frame, kwargs, error, message):
     group, _, _ = stubbed
     with pytest.raises(error, match=message):

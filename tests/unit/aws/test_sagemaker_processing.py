@@ -46,8 +46,15 @@ from quant_engine.wfo.runner import run_split
 
 BUCKET = "qe-processing"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
-PARAMS = {"start": "2021-01-01", "end": "2021-12-31", "n_groups": 3, "n_test_groups": 1, "embargo": 2,
-          "min_group_rows": 50, "trials": [{"max_depth": 2, "n_estimators": 5}, {"max_depth": 3, "n_estimators": 5}]}
+PARAMS = {
+    "start": "2021-01-01",
+    "end": "2021-12-31",
+    "n_groups": 3,
+    "n_test_groups": 1,
+    "embargo": 2,
+    "min_group_rows": 50,
+    "trials": [{"max_depth": 2, "n_estimators": 5}, {"max_depth": 3, "n_estimators": 5}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,12 @@ def planned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A planned run folder (2 tickers, 2021, 3 splits x 2 trials), built with the local backend."""
     home = tmp_path_factory.mktemp("processing_home")
     settings = Settings(home=home)
-    ingest(IngestionRequest.build("synthetic", "2021-01-01", "2021-12-31", tickers=["SYN03", "SYN04"], group=make_offline_store()), make_group_stores(settings))
+    ingest(
+        IngestionRequest.build(
+            "synthetic", "2021-01-01", "2021-12-31", tickers=["SYN03", "SYN04"], group=make_offline_store()
+        ),
+        make_group_stores(settings),
+    )
     run = home / "runs" / "wfo" / "manual__2026-01-01"
     build_dataset(WfoConfig.from_params(PARAMS), run, make_offline_store(settings), make_bar_store(settings))
     plan(run)
@@ -64,8 +76,9 @@ def planned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def aws_settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path, backend="aws", aws_region="us-east-1", s3_bucket=BUCKET,
-                    s3_prefix="qe", sagemaker_role_arn=ROLE)
+    return Settings(
+        home=tmp_path, backend="aws", aws_region="us-east-1", s3_bucket=BUCKET, s3_prefix="qe", sagemaker_role_arn=ROLE
+    )
 
 
 @pytest.fixture
@@ -79,7 +92,7 @@ def s3():
 def _download_prefix(s3, uri: str, target: Path) -> None:
     bucket, prefix = split_s3_uri(uri)
     for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", []):
-        path = target / item["Key"][len(prefix) + 1:]
+        path = target / item["Key"][len(prefix) + 1 :]
         path.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(bucket, item["Key"], str(path))
 
@@ -95,8 +108,11 @@ def fake_container(s3, workdir: Path, seen: list[dict]):
         _download_prefix(s3, inputs["code"]["S3Uri"], job / "code")
         assert (job / "code" / "quant_engine" / "wfo" / "processing_entry.py").exists()
         output = params["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]
-        env = {**params["Environment"], "QE_PROCESSING_INPUT": str(job / "input"),
-               "QE_PROCESSING_OUTPUT": str(job / "output")}
+        env = {
+            **params["Environment"],
+            "QE_PROCESSING_INPUT": str(job / "input"),
+            "QE_PROCESSING_OUTPUT": str(job / "output"),
+        }
         assert processing_entry.main(env) == 0
         bucket, prefix = split_s3_uri(output["S3Uri"])
         for path in sorted((job / "output").rglob("*.parquet")):
@@ -107,7 +123,9 @@ def fake_container(s3, workdir: Path, seen: list[dict]):
 
 def test_framework_image_is_sagemakers_xgboost_image_for_the_region() -> None:
     assert framework_image_uri("us-east-1") == "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-xgboost:3.2-0"
-    assert framework_image_uri("eu-west-1").startswith("141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:")
+    assert framework_image_uri("eu-west-1").startswith(
+        "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:"
+    )
 
 
 def test_job_request_has_image_cluster_io_and_role(aws_settings: Settings) -> None:
@@ -115,7 +133,10 @@ def test_job_request_has_image_cluster_io_and_role(aws_settings: Settings) -> No
     spec = ProcessingSpec(instance_type="ml.c5.2xlarge", instance_count=2, volume_size_gb=50, max_runtime_s=1800)
     request = processing_job_request("job-1", staged, [(0, 1), (1, 2)], spec, aws_settings, "img:1")
     assert request["ProcessingResources"]["ClusterConfig"] == {
-        "InstanceCount": 2, "InstanceType": "ml.c5.2xlarge", "VolumeSizeInGB": 50}
+        "InstanceCount": 2,
+        "InstanceType": "ml.c5.2xlarge",
+        "VolumeSizeInGB": 50,
+    }
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 1800}
     assert request["AppSpecification"] == {"ImageUri": "img:1", "ContainerEntrypoint": list(ENTRY_POINT)}
     assert request["Environment"]["QE_WFO_TASKS"] == "0:1,1:2"
@@ -136,10 +157,13 @@ def test_job_request_needs_a_role_and_short_task_lists(aws_settings: Settings) -
     with pytest.raises(SettingsError, match="QE_SAGEMAKER_ROLE_ARN is not set"):
         processing_job_request("j", staged, None, ProcessingSpec(), no_role, "img")
     with pytest.raises(ValueError, match="do not fit SageMaker's 256-character environment value"):
-        processing_job_request("j", staged, [(t, s) for t in range(10) for s in range(15)], ProcessingSpec(),
-                               aws_settings, "img")
-    assert "QE_WFO_TASKS" not in processing_job_request("j", staged, None, ProcessingSpec(), aws_settings,
-                                                        "img")["Environment"]
+        processing_job_request(
+            "j", staged, [(t, s) for t in range(10) for s in range(15)], ProcessingSpec(), aws_settings, "img"
+        )
+    assert (
+        "QE_WFO_TASKS"
+        not in processing_job_request("j", staged, None, ProcessingSpec(), aws_settings, "img")["Environment"]
+    )
 
 
 def test_job_names_are_valid_and_unique_per_attempt() -> None:
@@ -151,8 +175,13 @@ def test_job_names_are_valid_and_unique_per_attempt() -> None:
 
 
 def test_spec_from_env_and_its_checks() -> None:
-    spec = ProcessingSpec.from_env({"QE_PROCESSING_INSTANCE_TYPE": "ml.c5.xlarge",
-                                    "QE_PROCESSING_INSTANCE_COUNT": "3", "QE_PROCESSING_IMAGE_URI": "my/image:1"})
+    spec = ProcessingSpec.from_env(
+        {
+            "QE_PROCESSING_INSTANCE_TYPE": "ml.c5.xlarge",
+            "QE_PROCESSING_INSTANCE_COUNT": "3",
+            "QE_PROCESSING_IMAGE_URI": "my/image:1",
+        }
+    )
     assert (spec.instance_type, spec.instance_count, spec.image_uri) == ("ml.c5.xlarge", 3, "my/image:1")
     with pytest.raises(SettingsError, match="QE_PROCESSING_VOLUME_GB='big' is not a whole number"):
         ProcessingSpec.from_env({"QE_PROCESSING_VOLUME_GB": "big"})
@@ -212,7 +241,9 @@ def test_collect_outputs_downloads_what_the_job_wrote(s3, tmp_path: Path) -> Non
     s3.put_object(Bucket=BUCKET, Key="qe/out/jobber/other.parquet", Body=b"not mine")
     files = collect_outputs(s3, f"s3://{BUCKET}/qe/out/job", tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in files) == [
-        "predictions/trial=0/split=1.parquet", "predictions/trial=1/split=0.parquet"]
+        "predictions/trial=0/split=1.parquet",
+        "predictions/trial=1/split=0.parquet",
+    ]
     assert (tmp_path / "predictions/trial=1/split=0.parquet").read_bytes() == b"two"
     assert not list(tmp_path.rglob(".*.tmp"))
 
@@ -229,16 +260,25 @@ def copy_run(planned_run: Path, parent: Path) -> Path:
 
 
 def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
-        planned_run: Path, aws_settings: Settings, s3, tmp_path: Path) -> None:
+    planned_run: Path, aws_settings: Settings, s3, tmp_path: Path
+) -> None:
     run = copy_run(planned_run, tmp_path)
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     seen: list[dict] = []
-    sagemaker.meta.events.register("before-parameter-build.sagemaker.CreateProcessingJob",
-                                   fake_container(s3, tmp_path / "container", seen))
+    sagemaker.meta.events.register(
+        "before-parameter-build.sagemaker.CreateProcessingJob", fake_container(s3, tmp_path / "container", seen)
+    )
     stage_run(run, aws_settings, s3=s3)
 
-    files = run_tasks_on_sagemaker(run, [(1, 2)], aws_settings, sagemaker=sagemaker, s3=s3,
-                                   spec=ProcessingSpec(poll_interval_s=0.01), sleep=lambda _: None)
+    files = run_tasks_on_sagemaker(
+        run,
+        [(1, 2)],
+        aws_settings,
+        sagemaker=sagemaker,
+        s3=s3,
+        spec=ProcessingSpec(poll_interval_s=0.01),
+        sleep=lambda _: None,
+    )
 
     (request,) = seen
     assert request["AppSpecification"]["ImageUri"].endswith("/sagemaker-xgboost:3.2-0")
@@ -253,14 +293,16 @@ def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
 
 
 def test_the_aws_backend_stages_in_plan_and_runs_each_dag_task_as_a_job(
-        planned_run: Path, aws_settings: Settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planned_run: Path, aws_settings: Settings, s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The calls the DAG's tasks make, with QE_BACKEND=aws: the plan task stages, a fit task runs a job."""
     run = copy_run(planned_run, tmp_path)
     seen: list[dict] = []
     assert isinstance(make_wfo_fits(aws_settings), SageMakerFits)
     session = boto3.session.Session(region_name=aws_settings.aws_region)
-    session.events.register("before-parameter-build.sagemaker.CreateProcessingJob",
-                            fake_container(s3, tmp_path / "container", seen))
+    session.events.register(
+        "before-parameter-build.sagemaker.CreateProcessingJob", fake_container(s3, tmp_path / "container", seen)
+    )
     fits = SageMakerFits(aws_settings, AwsClients(session))
     monkeypatch.setenv("QE_PROCESSING_INSTANCE_TYPE", "ml.c5.large")
 
@@ -274,12 +316,16 @@ def test_the_aws_backend_stages_in_plan_and_runs_each_dag_task_as_a_job(
     pd.testing.assert_frame_equal(pd.read_parquet(result["path"]), pd.read_parquet(local["path"]))
 
 
-def test_entry_point_runs_every_task_locally_and_shards_across_hosts(planned_run: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_entry_point_runs_every_task_locally_and_shards_across_hosts(
+    planned_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     resource = tmp_path / "resourceconfig.json"
     resource.write_text(json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
-    env = {"QE_PROCESSING_INPUT": str(planned_run), "QE_PROCESSING_OUTPUT": str(tmp_path / "out"),
-           "QE_RESOURCE_CONFIG": str(resource)}
+    env = {
+        "QE_PROCESSING_INPUT": str(planned_run),
+        "QE_PROCESSING_OUTPUT": str(tmp_path / "out"),
+        "QE_RESOURCE_CONFIG": str(resource),
+    }
     assert processing_entry.main(env) == 0
     done = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # six tasks (2 trials x 3 splits); the second of two hosts takes every second one
@@ -295,10 +341,20 @@ def test_entry_point_as_a_subprocess_with_the_container_paths(planned_run: Path,
     import subprocess
     import sys
 
-    env = {**os.environ, "QE_PROCESSING_INPUT": str(planned_run), "QE_PROCESSING_OUTPUT": str(tmp_path),
-           "QE_WFO_TASKS": "0:0"}
-    result = subprocess.run([sys.executable, "-m", "quant_engine.wfo.processing_entry"], env=env,
-                            capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **os.environ,
+        "QE_PROCESSING_INPUT": str(planned_run),
+        "QE_PROCESSING_OUTPUT": str(tmp_path),
+        "QE_WFO_TASKS": "0:0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "quant_engine.wfo.processing_entry"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip())["path"] == "predictions/trial=0/split=0.parquet"
     assert (tmp_path / "predictions" / "trial=0" / "split=0.parquet").exists()

@@ -14,8 +14,10 @@ from quant_engine.data.schema import BarValidationError
 from quant_engine.data.sources import make_source
 from quant_engine.data.synthetic import SyntheticMarket
 
-AAPL_CSV = "Date,Open,High,Low,Close,Volume\n2024-01-02,187.15,188.44,183.89,185.64,82488700\n" \
-           "2024-01-03,184.22,185.88,183.43,184.25,58414500\n2024-01-04,182.15,183.09,180.88,181.91,71983600\n"
+AAPL_CSV = (
+    "Date,Open,High,Low,Close,Volume\n2024-01-02,187.15,188.44,183.89,185.64,82488700\n"
+    "2024-01-03,184.22,185.88,183.43,184.25,58414500\n2024-01-04,182.15,183.09,180.88,181.91,71983600\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +40,14 @@ def utc(text: str) -> pd.Timestamp:
 
 
 def test_long_csv_with_any_column_case(tmp_path: Path) -> None:
-    path = write(tmp_path / "bars.csv", "SYMBOL,DATE,close,Volume\nMSFT,2024-01-03,370.6,1\nAAPL,2024-01-02,185.64,2\n"
-                                         "AAPL,2024-01-03,184.25,3\n")
+    path = write(
+        tmp_path / "bars.csv",
+        "SYMBOL,DATE,close,Volume\nMSFT,2024-01-03,370.6,1\nAAPL,2024-01-02,185.64,2\nAAPL,2024-01-03,184.25,3\n",
+    )
     source = CsvSource(path)
     assert isinstance(source, MarketDataSource) and source.tickers() == ["AAPL", "MSFT"]
     bars = source.fetch(None, "2024-01-01", "2024-01-31")
-    assert list(zip(bars["ticker"], bars["ts"], bars["close"])) == [
+    assert list(zip(bars["ticker"], bars["ts"], bars["close"], strict=True)) == [
         ("AAPL", utc("2024-01-02 21:00"), 185.64),
         ("AAPL", utc("2024-01-03 21:00"), 184.25),
         ("MSFT", utc("2024-01-03 21:00"), 370.6),
@@ -96,8 +100,13 @@ def test_parquet_long_file_and_folder(tmp_path: Path, synthetic_bars: pd.DataFra
 
 
 def test_plain_dates_are_stamped_at_their_sessions_close_or_at_a_given_time(tmp_path: Path) -> None:
-    frame = pd.DataFrame({"ticker": "A", "date": [dt.date(2024, 1, 2), dt.date(2024, 7, 2), dt.date(2024, 7, 3)],
-                          "close": [1.0, 2.0, 2.5]})
+    frame = pd.DataFrame(
+        {
+            "ticker": "A",
+            "date": [dt.date(2024, 1, 2), dt.date(2024, 7, 2), dt.date(2024, 7, 3)],
+            "close": [1.0, 2.0, 2.5],
+        }
+    )
     frame.to_parquet(tmp_path / "dates.parquet", index=False)  # a date32 column
     default = ParquetSource(tmp_path / "dates.parquet").fetch(None, "2024-01-01", "2024-12-31")
     assert default["ts"].tolist() == [utc("2024-01-02 21:00"), utc("2024-07-02 20:00"), utc("2024-07-03 17:00")]
@@ -116,7 +125,9 @@ def test_plain_dates_are_stamped_at_their_sessions_close_or_at_a_given_time(tmp_
 
 
 def test_timestamps_with_offsets_are_exact_instants(tmp_path: Path) -> None:
-    path = write(tmp_path / "bars.csv", "ticker,timestamp,close\nA,2024-01-02T16:00:00-05:00,1\nA,2024-01-03 21:00:00+00:00,2\n")
+    path = write(
+        tmp_path / "bars.csv", "ticker,timestamp,close\nA,2024-01-02T16:00:00-05:00,1\nA,2024-01-03 21:00:00+00:00,2\n"
+    )
     bars = CsvSource(path).fetch(None, "2024-01-01", "2024-01-31")
     assert bars["ts"].tolist() == [utc("2024-01-02 21:00"), utc("2024-01-03 21:00")]
 
@@ -140,7 +151,9 @@ def test_naive_parquet_timestamps_need_assume_tz_too(tmp_path: Path) -> None:
 
 def test_impossible_dates_are_named_by_row(tmp_path: Path) -> None:
     path = write(tmp_path / "bars.csv", "ticker,date,close\nA,2024-01-02,1\nA,2024-02-30,2\n")
-    with pytest.raises(BarValidationError, match=r"bars.csv: column 'date' holds values that are not dates at rows \[1\]"):
+    with pytest.raises(
+        BarValidationError, match=r"bars.csv: column 'date' holds values that are not dates at rows \[1\]"
+    ):
         CsvSource(path).fetch(None, "2024-01-01", "2024-12-31")
 
 
@@ -163,8 +176,11 @@ def test_column_problems_name_the_file(tmp_path: Path, text: str, message: str) 
 
 def test_invalid_rows_name_file_rule_and_row(tmp_path: Path) -> None:
     path = write(tmp_path / "bars.csv", "ticker,date,close\nA,2024-01-02,1\nA,2024-01-03,-2\nA,2024-01-04,\n")
-    with pytest.raises(BarValidationError, match=r"bars.csv: invalid bars: NaN or infinite value: A@2024-01-04 .*\(row 2\); "
-                                                 r"non-positive price: A@2024-01-03 .*\(row 1\)"):
+    with pytest.raises(
+        BarValidationError,
+        match=r"bars.csv: invalid bars: NaN or infinite value: A@2024-01-04 .*\(row 2\); "
+        r"non-positive price: A@2024-01-03 .*\(row 1\)",
+    ):
         CsvSource(path).fetch(None, "2024-01-01", "2024-12-31")
     kept = CsvSource(path, on_error="drop").fetch(None, "2024-01-01", "2024-12-31")
     assert kept["close"].tolist() == [1.0]
@@ -181,7 +197,9 @@ def test_folder_reports_name_the_file_of_each_dropped_row(tmp_path: Path) -> Non
 def test_range_is_inclusive_and_empty_ranges_say_what_is_covered(tmp_path: Path) -> None:
     source = CsvSource(write(tmp_path / "AAPL.csv", AAPL_CSV))
     assert len(source.fetch(None, "2024-01-03", "2024-01-04")) == 2
-    with pytest.raises(EmptyRangeError, match=r"no bars between 2024-02-01.*covers 2024-01-02 21:00:00\+00:00 \.\. 2024-01-04"):
+    with pytest.raises(
+        EmptyRangeError, match=r"no bars between 2024-02-01.*covers 2024-01-02 21:00:00\+00:00 \.\. 2024-01-04"
+    ):
         source.fetch(None, "2024-02-01", "2024-02-28")
 
 

@@ -74,7 +74,9 @@ def test_time_of_day() -> None:
 
 
 def test_unknown_source_names_the_choices() -> None:
-    with pytest.raises(UnknownSourceError, match="unknown data source 'bloomberg'; use one of synthetic, yfinance, csv, parquet"):
+    with pytest.raises(
+        UnknownSourceError, match="unknown data source 'bloomberg'; use one of synthetic, yfinance, csv, parquet"
+    ):
         make_source("bloomberg")
     assert SOURCE_NAMES == ("synthetic", "yfinance", "csv", "parquet")
 

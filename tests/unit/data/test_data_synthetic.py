@@ -60,7 +60,7 @@ def test_default_market_has_twenty_tickers_of_nyse_session_closes(market: Synthe
     assert len(full) == 20 * len(nyse.sessions("2010-01-01", "2030-12-31"))
     assert set(full["ts"]) == set(nyse.bar_closes("2010-01-01", "2030-12-31"))  # DST, half days, no holiday
     local = full["ts"].dt.tz_convert("America/New_York")
-    assert set(zip(local.dt.hour, local.dt.minute)) == {(16, 0), (13, 0)}  # the close, or a half day's
+    assert set(zip(local.dt.hour, local.dt.minute, strict=True)) == {(16, 0), (13, 0)}  # the close, or a half day's
     assert validate_bars(full)[1].ok
 
 
@@ -309,8 +309,9 @@ def test_unknown_tickers_are_named(market: SyntheticMarket) -> None:
     assert caught.value.tickers == ("SYN20", "AAPL")
 
 
-@pytest.mark.parametrize(("start", "end"), [("2031-01-01", "2031-12-31"), ("2024-01-06", "2024-01-07"),
-                                            ("2019-07-04", "2019-07-04")])
+@pytest.mark.parametrize(
+    ("start", "end"), [("2031-01-01", "2031-12-31"), ("2024-01-06", "2024-01-07"), ("2019-07-04", "2019-07-04")]
+)
 def test_ranges_without_bars_are_empty(market: SyntheticMarket, start: str, end: str) -> None:
     with pytest.raises(EmptyRangeError, match="synthetic market has no bars between"):
         market.fetch(None, start, end)

@@ -86,8 +86,14 @@ def fresh_yfinance_memory() -> None:
 
 @pytest.fixture
 def yahoo() -> FakeYahoo:
-    fake = FakeYahoo({"AAPL": recording("AAPL_1d.json"), "MSFT": recording("MSFT_1h.json"),
-                      "QQQ": recording("QQQ_1d_2018_2019.json"), "NVDA": recording("NVDA_1h_2024_07.json")})
+    fake = FakeYahoo(
+        {
+            "AAPL": recording("AAPL_1d.json"),
+            "MSFT": recording("MSFT_1h.json"),
+            "QQQ": recording("QQQ_1d_2018_2019.json"),
+            "NVDA": recording("NVDA_1h_2024_07.json"),
+        }
+    )
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add(responses.GET, "https://fc.yahoo.com/", status=404)
         mock.add(responses.GET, "https://query1.finance.yahoo.com/v1/test/getcrumb", body="hYR1Ue3Q7Vq")
@@ -163,7 +169,9 @@ def test_unreachable_yahoo_names_ticker_and_cause() -> None:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         refused = requests.exceptions.ConnectionError("Failed to resolve 'query2.finance.yahoo.com'")
         mock.add(responses.GET, re.compile(r"https://.*"), body=refused)
-        with pytest.raises(YFinanceUnavailableError, match=r"'AAPL'.*ConnectionError.*query2\.finance\.yahoo\.com") as caught:
+        with pytest.raises(
+            YFinanceUnavailableError, match=r"'AAPL'.*ConnectionError.*query2\.finance\.yahoo\.com"
+        ) as caught:
             source().fetch(["AAPL"], "2024-01-02", "2024-01-12")
     assert caught.value.ticker == "AAPL"
     assert isinstance(caught.value, RuntimeError)
@@ -209,28 +217,52 @@ def utc(text: str) -> pd.Timestamp:
 
 def test_daily_bars_close_at_20h_utc_in_summer_21h_in_winter_and_early_on_half_days(yahoo: FakeYahoo) -> None:
     summer = source().fetch(["QQQ"], "2019-07-01", "2019-07-09")
-    assert summer["ts"].tolist() == [utc("2019-07-01 20:00"), utc("2019-07-02 20:00"), utc("2019-07-03 17:00"),
-                                     utc("2019-07-05 20:00"), utc("2019-07-08 20:00"), utc("2019-07-09 20:00")]
+    assert summer["ts"].tolist() == [
+        utc("2019-07-01 20:00"),
+        utc("2019-07-02 20:00"),
+        utc("2019-07-03 17:00"),
+        utc("2019-07-05 20:00"),
+        utc("2019-07-08 20:00"),
+        utc("2019-07-09 20:00"),
+    ]
     winter = source().fetch(["QQQ"], "2019-12-20", "2019-12-27")
-    assert winter["ts"].tolist() == [utc("2019-12-20 21:00"), utc("2019-12-23 21:00"), utc("2019-12-24 18:00"),
-                                     utc("2019-12-26 21:00"), utc("2019-12-27 21:00")]
+    assert winter["ts"].tolist() == [
+        utc("2019-12-20 21:00"),
+        utc("2019-12-23 21:00"),
+        utc("2019-12-24 18:00"),
+        utc("2019-12-26 21:00"),
+        utc("2019-12-27 21:00"),
+    ]
 
 
 def test_hourly_bars_of_a_summer_day_and_a_half_day_close_by_the_calendar(yahoo: FakeYahoo) -> None:
     bars = source(interval="1h").fetch(["NVDA"], "2024-07-02", "2024-07-03")
     assert [t.strftime("%m-%d %H:%M") for t in bars["ts"]] == [
-        "07-02 14:30", "07-02 15:30", "07-02 16:30", "07-02 17:30", "07-02 18:30", "07-02 19:30", "07-02 20:00",
-        "07-03 14:30", "07-03 15:30", "07-03 16:30", "07-03 17:00"]
+        "07-02 14:30",
+        "07-02 15:30",
+        "07-02 16:30",
+        "07-02 17:30",
+        "07-02 18:30",
+        "07-02 19:30",
+        "07-02 20:00",
+        "07-03 14:30",
+        "07-03 15:30",
+        "07-03 16:30",
+        "07-03 17:00",
+    ]
 
 
-@pytest.mark.parametrize(("start", "end"), [("2019-07-01", "2019-07-12"), ("2019-12-16", "2019-12-31")],
-                         ids=["summer", "winter"])
+@pytest.mark.parametrize(
+    ("start", "end"), [("2019-07-01", "2019-07-12"), ("2019-12-16", "2019-12-31")], ids=["summer", "winter"]
+)
 def test_ingesting_from_yahoo_stores_the_calendars_stamps(yahoo: FakeYahoo, start: str, end: str) -> None:
     from quant_engine.calendars import get_calendar
     from quant_engine.features.ingest import IngestionRequest, ingest
 
     source()  # yfinance keeps the session of the last source built: the one `responses` answers
-    result = ingest(IngestionRequest.build("yfinance", start, end, tickers="QQQ", group=make_offline_store()), make_group_stores())
+    result = ingest(
+        IngestionRequest.build("yfinance", start, end, tickers="QQQ", group=make_offline_store()), make_group_stores()
+    )
     stored = make_offline_store().read()
     expected = list(get_calendar("XNYS").bar_closes(start, end))
     assert stored["event_time"].tolist() == expected and result.rows_written_offline == len(expected)

@@ -36,7 +36,9 @@ def test_clean_bars_pass_sorted_with_schema_dtypes() -> None:
     assert report.ok and report.summary() == "5 rows, no problems"
     assert list(clean.columns) == list(BAR_COLUMNS)
     assert str(clean["ts"].dtype) == "datetime64[ns, UTC]"
-    assert list(zip(clean["ticker"], clean["ts"])) == list(zip(bars()["ticker"], bars()["ts"]))
+    assert list(zip(clean["ticker"], clean["ts"], strict=True)) == list(
+        zip(bars()["ticker"], bars()["ts"], strict=True)
+    )
     assert (clean.dtypes[["open", "high", "low", "close", "volume"]] == "float64").all()
 
 
@@ -44,12 +46,20 @@ def test_clean_bars_pass_sorted_with_schema_dtypes() -> None:
     ("overrides", "rule", "where"),
     [
         ({"close": [10.5, np.nan, 10.4, 51.0, 51.8]}, "NaN or infinite value", "A@2024-01-03 21:00:00+00:00 (row 1)"),
-        ({"volume": [1000.0, 1200.0, 900.0, np.inf, 350.0]}, "NaN or infinite value", "B@2024-01-02 21:00:00+00:00 (row 3)"),
+        (
+            {"volume": [1000.0, 1200.0, 900.0, np.inf, 350.0]},
+            "NaN or infinite value",
+            "B@2024-01-02 21:00:00+00:00 (row 3)",
+        ),
         ({"low": [9.9, 10.1, 0.0, 49.5, 50.5]}, "non-positive price", "A@2024-01-04 21:00:00+00:00 (row 2)"),
         ({"open": [10.0, 10.5, 10.2, 50.0, -51.0]}, "non-positive price", "B@2024-01-03 21:00:00+00:00 (row 4)"),
         ({"volume": [1000.0, -1.0, 900.0, 300.0, 350.0]}, "negative volume", "A@2024-01-03 21:00:00+00:00 (row 1)"),
         ({"high": [10.8, 10.9, 10.6, 49.0, 52.0]}, "high < low", "B@2024-01-02 21:00:00+00:00 (row 3)"),
-        ({"close": [10.5, 11.5, 10.4, 51.0, 51.8]}, "open/close outside [low, high]", "A@2024-01-03 21:00:00+00:00 (row 1)"),
+        (
+            {"close": [10.5, 11.5, 10.4, 51.0, 51.8]},
+            "open/close outside [low, high]",
+            "A@2024-01-03 21:00:00+00:00 (row 1)",
+        ),
         ({"ticker": ["A", None, "A", "B", "B"]}, "missing ticker", "@2024-01-03 21:00:00+00:00 (row 1)"),
     ],
 )
@@ -81,15 +91,27 @@ def test_naive_timestamps_need_a_time_zone() -> None:
 
 
 def test_text_timestamps_with_offsets_become_utc() -> None:
-    text = bars(ts=["2024-01-02T16:00:00-05:00", "2024-01-03T21:00:00Z", "2024-01-04 21:00+00:00",
-                    "2024-01-02T21:00Z", "2024-01-03T22:00+01:00"])
+    text = bars(
+        ts=[
+            "2024-01-02T16:00:00-05:00",
+            "2024-01-03T21:00:00Z",
+            "2024-01-04 21:00+00:00",
+            "2024-01-02T21:00Z",
+            "2024-01-03T22:00+01:00",
+        ]
+    )
     clean, _ = validate_bars(text)
     assert clean["ts"].tolist() == bars().sort_values(["ticker", "ts"])["ts"].tolist()
 
 
 def test_mixing_offset_and_naive_text_is_refused_with_rows() -> None:
-    mixed = bars(ts=["2024-01-02T21:00Z", "2024-01-03 21:00", "2024-01-04T21:00Z", "2024-01-02T21:00Z", "2024-01-03T21:00Z"])
-    with pytest.raises(BarValidationError, match=r"mixes timestamps with a UTC offset \(rows \[0, 2, 3, 4\]\) and without one \(rows \[1\]\)"):
+    mixed = bars(
+        ts=["2024-01-02T21:00Z", "2024-01-03 21:00", "2024-01-04T21:00Z", "2024-01-02T21:00Z", "2024-01-03T21:00Z"]
+    )
+    with pytest.raises(
+        BarValidationError,
+        match=r"mixes timestamps with a UTC offset \(rows \[0, 2, 3, 4\]\) and without one \(rows \[1\]\)",
+    ):
         validate_bars(mixed)
 
 
@@ -102,7 +124,9 @@ def test_unreadable_and_missing_timestamps_are_row_problems() -> None:
 
 
 def test_a_time_column_without_any_timestamp_is_named() -> None:
-    with pytest.raises(BarValidationError, match=r"holds no readable timestamp \(first values \['soon', 'later', 'never'\]\)"):
+    with pytest.raises(
+        BarValidationError, match=r"holds no readable timestamp \(first values \['soon', 'later', 'never'\]\)"
+    ):
         validate_bars(bars(ts=["soon", "later", "never", "again", "then"]))
 
 
@@ -131,9 +155,13 @@ def test_drop_removes_exactly_the_bad_rows_and_reports_them() -> None:
     )  # NaN in row 1, high < low in row 3, row 2 duplicated by row 5
     clean, report = validate_bars(frame, on_error="drop")
     assert report.n_rows_in == 6 and report.n_rows_out == 3
-    assert set(report.problems) == {"NaN or infinite value", "high < low", "open/close outside [low, high]",
-                                    "duplicate (ticker, ts)"}
-    assert list(zip(clean["ticker"], clean["ts"].dt.day)) == [("A", 2), ("A", 4), ("B", 3)]
+    assert set(report.problems) == {
+        "NaN or infinite value",
+        "high < low",
+        "open/close outside [low, high]",
+        "duplicate (ticker, ts)",
+    }
+    assert list(zip(clean["ticker"], clean["ts"].dt.day, strict=True)) == [("A", 2), ("A", 4), ("B", 3)]
     assert "6 rows in, 3 kept" in report.summary()
 
 

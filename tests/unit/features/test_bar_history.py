@@ -16,7 +16,10 @@ TICKERS = ("SYN00", "SYN03")
 
 
 def run(start: str, end: str):
-    return ingest(IngestionRequest.build("synthetic", start, end, tickers=TICKERS, group=make_offline_store()), make_group_stores())
+    return ingest(
+        IngestionRequest.build("synthetic", start, end, tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(),
+    )
 
 
 def test_ingestion_stores_exactly_the_bars_of_the_requested_days() -> None:
@@ -33,8 +36,9 @@ def test_reruns_store_nothing_new_and_daily_runs_equal_a_backfill(tmp_path) -> N
     again = run("2024-03-04", "2024-03-06")
     assert again.bars_written_offline == 0
     assert len(make_offline_store(feature_group=bars_group_name("market_features")).commits()) == 3
-    pd.testing.assert_frame_equal(make_bar_history().read(),
-                                  SyntheticMarket().fetch(list(TICKERS), "2024-03-04", "2024-03-06"))
+    pd.testing.assert_frame_equal(
+        make_bar_history().read(), SyntheticMarket().fetch(list(TICKERS), "2024-03-04", "2024-03-06")
+    )
 
 
 def test_a_failed_online_write_reverts_the_bars_too(monkeypatch: pytest.MonkeyPatch) -> None:

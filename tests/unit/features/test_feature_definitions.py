@@ -33,9 +33,19 @@ def random_bars(tickers: list[str], n_bars: int, seed: int) -> pd.DataFrame:
         high = np.maximum(open_, close) * np.exp(np.abs(0.004 * rng.standard_normal(n_bars)))
         low = np.minimum(open_, close) * np.exp(-np.abs(0.004 * rng.standard_normal(n_bars)))
         volume = np.round(rng.lognormal(13.0, 0.5, n_bars))
-        frames.append(pd.DataFrame({
-            "ticker": ticker, "ts": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume,
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "ticker": ticker,
+                    "ts": ts,
+                    "open": open_,
+                    "high": high,
+                    "low": low,
+                    "close": close,
+                    "volume": volume,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -94,23 +104,24 @@ def pandas_reference(bars: pd.DataFrame) -> pd.DataFrame:
     losses = (-changes).clip(lower=0).rolling(14).mean()
     hl = np.log(bars["high"] / bars["low"])
     co = np.log(bars["close"] / bars["open"])
-    return pd.DataFrame({
-        "log_return_1": np.log(close / close.shift(1)),
-        "log_return_5": np.log(close / close.shift(5)),
-        "log_return_20": np.log(close / close.shift(20)),
-        "realized_vol_20": returns.rolling(20).std() * ANNUALISE,
-        "realized_vol_60": returns.rolling(60).std() * ANNUALISE,
-        "momentum_60_5": np.log(close.shift(5) / close.shift(60)),
-        "rsi_14": 100 * gains / (gains + losses),
-        "close_zscore_20": (close - close.rolling(20).mean()) / close.rolling(20).std(),
-        "vol_regime_20_252": returns.rolling(20).std() / returns.rolling(252).std(),
-        "volume_zscore_20": (volume - volume.rolling(20).mean()) / volume.rolling(20).std(),
-        "parkinson_vol_20": np.sqrt((hl**2).rolling(20).mean() / (4 * math.log(2))) * ANNUALISE,
-        "garman_klass_vol_20": np.sqrt(
-            (0.5 * hl**2 - (2 * math.log(2) - 1) * co**2).rolling(20).mean()
-        ) * ANNUALISE,
-        "intrabar_range": hl,
-    })
+    return pd.DataFrame(
+        {
+            "log_return_1": np.log(close / close.shift(1)),
+            "log_return_5": np.log(close / close.shift(5)),
+            "log_return_20": np.log(close / close.shift(20)),
+            "realized_vol_20": returns.rolling(20).std() * ANNUALISE,
+            "realized_vol_60": returns.rolling(60).std() * ANNUALISE,
+            "momentum_60_5": np.log(close.shift(5) / close.shift(60)),
+            "rsi_14": 100 * gains / (gains + losses),
+            "close_zscore_20": (close - close.rolling(20).mean()) / close.rolling(20).std(),
+            "vol_regime_20_252": returns.rolling(20).std() / returns.rolling(252).std(),
+            "volume_zscore_20": (volume - volume.rolling(20).mean()) / volume.rolling(20).std(),
+            "parkinson_vol_20": np.sqrt((hl**2).rolling(20).mean() / (4 * math.log(2))) * ANNUALISE,
+            "garman_klass_vol_20": np.sqrt((0.5 * hl**2 - (2 * math.log(2) - 1) * co**2).rolling(20).mean())
+            * ANNUALISE,
+            "intrabar_range": hl,
+        }
+    )
 
 
 def test_values_match_independent_pandas_computations(history: pd.DataFrame) -> None:
@@ -135,10 +146,14 @@ def test_rsi_by_hand() -> None:
 
 def test_flat_windows_get_their_documented_values() -> None:
     feature_set = get_feature_set("default")
-    bars = pd.DataFrame({
-        "ticker": "FLAT", "ts": pd.date_range("2020-01-01", periods=300, tz="UTC"),
-        "close": 100.0, "volume": 0.0,  # a source without volume reports 0
-    })
+    bars = pd.DataFrame(
+        {
+            "ticker": "FLAT",
+            "ts": pd.date_range("2020-01-01", periods=300, tz="UTC"),
+            "close": 100.0,
+            "volume": 0.0,  # a source without volume reports 0
+        }
+    )
     last = feature_set.compute_batch(bars).iloc[-1]
     assert last["rsi_14"] == 50.0
     assert last["close_zscore_20"] == 0.0
@@ -235,8 +250,16 @@ def test_non_frames_and_non_numeric_columns_are_rejected(history: pd.DataFrame) 
 
 
 def bar(ticker: str, day: int, close: float = 100.0, **extra: object) -> dict[str, object]:
-    return {"ticker": ticker, "ts": pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(days=day),
-            "open": close, "high": close, "low": close, "close": close, "volume": 1000.0, **extra}
+    return {
+        "ticker": ticker,
+        "ts": pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(days=day),
+        "open": close,
+        "high": close,
+        "low": close,
+        "close": close,
+        "volume": 1000.0,
+        **extra,
+    }
 
 
 def test_streaming_warm_up() -> None:
@@ -308,8 +331,16 @@ def test_streaming_accepts_aware_datetimes_and_iso_strings() -> None:
 def test_get_feature_set() -> None:
     default, extended = get_feature_set("default"), get_feature_set("extended")
     assert default.names == [
-        "log_return_1", "log_return_5", "log_return_20", "realized_vol_20", "realized_vol_60",
-        "momentum_60_5", "rsi_14", "close_zscore_20", "vol_regime_20_252", "volume_zscore_20",
+        "log_return_1",
+        "log_return_5",
+        "log_return_20",
+        "realized_vol_20",
+        "realized_vol_60",
+        "momentum_60_5",
+        "rsi_14",
+        "close_zscore_20",
+        "vol_regime_20_252",
+        "volume_zscore_20",
     ]
     assert extended.names[: len(default.names)] == default.names
     assert default.lookback == 253 and default.input_columns == ("close", "volume")
@@ -374,8 +405,10 @@ def stream_many(feature_set: FeatureSet, bars: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, group in bars.sort_values(["ts", "ticker"], kind="stable").groupby("ts", sort=True):
         records = group.to_dict("records")
-        rows += [{"ticker": r["ticker"], "event_time": r["ts"], **values}
-                 for r, values in zip(records, state.update_many(records), strict=True)]
+        rows += [
+            {"ticker": r["ticker"], "event_time": r["ts"], **values}
+            for r, values in zip(records, state.update_many(records), strict=True)
+        ]
     return pd.DataFrame(rows).sort_values(["ticker", "event_time"], kind="stable").reset_index(drop=True)
 
 
@@ -406,8 +439,13 @@ _EDGE_VALUES = st.sampled_from([100.0, 99.0, 101.0, 5e-324, 0.0, -0.0, -1.0, mat
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # 100 / 5e-324: a valid, absurd price
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.fixed_dictionaries({c: _EDGE_VALUES for c in ("open", "high", "low", "close", "volume")}),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.fixed_dictionaries({c: _EDGE_VALUES for c in ("open", "high", "low", "close", "volume")}),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_update_many_refuses_exactly_the_bars_update_refuses(values: list[dict[str, float]]) -> None:
     """update_many's quick test lets through exactly what the per-bar rules accept, and names the same rules."""
     bars = [bar(f"T{i}", 0, **v) for i, v in enumerate(values)]
@@ -438,7 +476,7 @@ def test_warm_up_leaves_the_state_update_would(history: pd.DataFrame, n_warm: in
         updated.update(record)
     warmed.warm_up(one.iloc[:n_warm])
     assert warmed.bars_seen("AAA") == n_warm
-    for record in one.iloc[n_warm:n_warm + 30].to_dict("records"):
+    for record in one.iloc[n_warm : n_warm + 30].to_dict("records"):
         a, b = updated.update(record), warmed.update(record)
         assert np.array_equal(np.array(list(a.values())), np.array(list(b.values())), equal_nan=True)
 

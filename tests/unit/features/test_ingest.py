@@ -24,7 +24,9 @@ TICKERS = ("SYN00", "SYN03")
 
 
 def request(start: str, end: str | None = None, **kwargs) -> IngestionRequest:
-    return IngestionRequest.build("synthetic", start, end, tickers=kwargs.pop("tickers", TICKERS), **kwargs, group=make_offline_store())
+    return IngestionRequest.build(
+        "synthetic", start, end, tickers=kwargs.pop("tickers", TICKERS), **kwargs, group=make_offline_store()
+    )
 
 
 def stored_rows() -> pd.DataFrame:
@@ -93,7 +95,10 @@ def test_csv_source_from_a_users_file(tmp_path) -> None:
     bars = SyntheticMarket(n_tickers=2, seed=3).fetch(None, "2023-01-01", "2024-03-08")
     path = tmp_path / "my_bars.csv"
     bars.rename(columns={"ts": "date"})[["ticker", "date", "close", "volume"]].to_csv(path, index=False)
-    result = ingest(IngestionRequest.build("csv", "2024-03-04", "2024-03-08", path=str(path), group=make_offline_store()), make_group_stores())
+    result = ingest(
+        IngestionRequest.build("csv", "2024-03-04", "2024-03-08", path=str(path), group=make_offline_store()),
+        make_group_stores(),
+    )
     assert result.tickers == 2 and result.rows_written_offline == 10
 
 
@@ -115,11 +120,14 @@ def test_a_bare_run_ingests_the_last_closed_session() -> None:
     assert before_the_close.last_session == pd.Timestamp("2026-11-27")
 
 
-@pytest.mark.parametrize(("after", "until", "sessions"), [
-    ("2019-07-02T20:30Z", "2019-07-03T20:30Z", ["2019-07-03"]),   # the half day closed at 17:00 UTC
-    ("2019-07-05T20:30Z", "2019-07-08T20:30Z", ["2019-07-08"]),   # a Monday run: Friday's session was Friday's run
-    ("2019-12-06T21:30Z", "2019-12-09T21:30Z", ["2019-12-09"]),   # the same in winter time
-])
+@pytest.mark.parametrize(
+    ("after", "until", "sessions"),
+    [
+        ("2019-07-02T20:30Z", "2019-07-03T20:30Z", ["2019-07-03"]),  # the half day closed at 17:00 UTC
+        ("2019-07-05T20:30Z", "2019-07-08T20:30Z", ["2019-07-08"]),  # a Monday run: Friday's session was Friday's run
+        ("2019-12-06T21:30Z", "2019-12-09T21:30Z", ["2019-12-09"]),  # the same in winter time
+    ],
+)
 def test_a_scheduled_run_ingests_the_sessions_that_closed_in_its_data_interval(after, until, sessions) -> None:
     req = IngestionRequest.from_params({}, make_offline_store(), window=(pd.Timestamp(after), pd.Timestamp(until)))
     assert [str(d.date()) for d in req.sessions] == sessions
@@ -127,7 +135,9 @@ def test_a_scheduled_run_ingests_the_sessions_that_closed_in_its_data_interval(a
 
 def test_a_scheduled_run_on_a_holiday_is_a_clean_skip() -> None:
     with pytest.raises(NoSessionToIngest, match="no XNYS session closed between"):
-        IngestionRequest.from_params({}, make_offline_store(), window=(pd.Timestamp("2019-07-03T20:30Z"), pd.Timestamp("2019-07-04T20:30Z")))
+        IngestionRequest.from_params(
+            {}, make_offline_store(), window=(pd.Timestamp("2019-07-03T20:30Z"), pd.Timestamp("2019-07-04T20:30Z"))
+        )
     with pytest.raises(NoSessionToIngest, match="no XNYS session between 2019-07-04 and 2019-07-04"):
         request("2019-07-04")
 
@@ -140,7 +150,10 @@ def test_a_scheduled_run_on_a_holiday_is_a_clean_skip() -> None:
         ({"source": "synthetic", "start": "not a date"}, "is not a date"),
         ({"source": "synthetic", "start": "2024-03-04", "feature_set": "nope"}, "nope"),
         ({"source": "synthetic", "start": "2024-03-04", "tickers": ",,,"}, "names no ticker"),
-        ({"source": "synthetic", "start": "2024-03-04", "tikers": "SYN00"}, r"unknown ingestion parameter\(s\) \['tikers'\]"),
+        (
+            {"source": "synthetic", "start": "2024-03-04", "tikers": "SYN00"},
+            r"unknown ingestion parameter\(s\) \['tikers'\]",
+        ),
         ({"source": "synthetic", "start": "2024-03-04", "assume_tz": "UTC"}, "only apply to the csv and parquet"),
         ({"source": "synthetic", "start": "2024-03-04", "calendar": "XMARS"}, "unknown calendar 'XMARS'"),
         ({"source": "synthetic", "start": "2024-03-04", "bar_size": "2d"}, "a daily bar is one session"),
@@ -169,21 +182,43 @@ def test_nan_features_are_refused_before_anything_is_written() -> None:
     assert make_online_store().get_many(TICKERS) == {}
 
 
-
-
 def test_the_ingest_command_takes_every_reading_option(tmp_path, capsys) -> None:
     from quant_engine.cli import main
 
-    bars = SyntheticMarket(n_tickers=1, seed=3, freq="1h", calendar="24/5", start="2021-01-04",
-                           end="2021-02-26").fetch(None, "2021-01-04", "2021-02-27")
+    bars = SyntheticMarket(n_tickers=1, seed=3, freq="1h", calendar="24/5", start="2021-01-04", end="2021-02-26").fetch(
+        None, "2021-01-04", "2021-02-27"
+    )
     path = tmp_path / "fx.csv"
     bars.assign(ts=(bars["ts"] - pd.Timedelta(hours=1)).dt.tz_localize(None)).drop(columns="volume").to_csv(
-        path, index=False)
+        path, index=False
+    )
     assert main(["ingest", "--start", "2019-07-04"]) == 0  # a holiday: nothing to do, said in one line
     assert "no XNYS session between 2019-07-04 and 2019-07-04" in capsys.readouterr().out
-    argv = ["ingest", "--source", "csv", "--path", str(path), "--start", "2021-02-22", "--end", "2021-02-26",
-            "--calendar", "24/5", "--bar-size", "1h", "--assume-tz", "UTC", "--stamped-at", "open",
-            "--feature-set", "ohlc", "--on-error", "raise", "--max-return-multiple", "200"]
+    argv = [
+        "ingest",
+        "--source",
+        "csv",
+        "--path",
+        str(path),
+        "--start",
+        "2021-02-22",
+        "--end",
+        "2021-02-26",
+        "--calendar",
+        "24/5",
+        "--bar-size",
+        "1h",
+        "--assume-tz",
+        "UTC",
+        "--stamped-at",
+        "open",
+        "--feature-set",
+        "ohlc",
+        "--on-error",
+        "raise",
+        "--max-return-multiple",
+        "200",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ingesting sessions 2021-02-22 .. 2021-02-26 (5 of 24/5, 1h bars) from csv" in out

@@ -37,9 +37,7 @@ def utc(text: str) -> pd.Timestamp:
 def make_frame(tickers=("AAA", "BBB"), days=3, start="2024-01-02", seed=0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     times = pd.date_range(start, periods=days, freq="D", tz="UTC")
-    frame = pd.DataFrame(
-        {"ticker": np.repeat(list(tickers), days), "event_time": np.tile(times, len(tickers))}
-    )
+    frame = pd.DataFrame({"ticker": np.repeat(list(tickers), days), "event_time": np.tile(times, len(tickers))})
     frame["ret_1"] = rng.normal(size=len(frame))
     frame["vol_5"] = rng.uniform(size=len(frame))
     return frame
@@ -107,8 +105,15 @@ def test_first_write_creates_sagemaker_layout_and_metadata(store):
     assert pd.Timestamp(metadata["created_time"]).tzinfo is not None
 
     table = pq.read_table(io.BytesIO(store.fs.read(f"{GROUP}/{commit.files[0]}")))
-    assert table.column_names == ["ticker", "event_time", "ret_1", "vol_5", "write_time",
-                                  "api_invocation_time", "is_deleted"]
+    assert table.column_names == [
+        "ticker",
+        "event_time",
+        "ret_1",
+        "vol_5",
+        "write_time",
+        "api_invocation_time",
+        "is_deleted",
+    ]
     rows = table.to_pandas()
     assert (rows["event_time"].dt.normalize() == utc("2024-01-02")).all()
     assert (rows["write_time"] == T0).all() and not rows["is_deleted"].any()
@@ -118,9 +123,12 @@ def test_read_returns_exactly_what_was_written(store):
     frame = make_frame(days=4, seed=3)
     store.write(frame.sample(frac=1.0, random_state=1), write_time=T0)  # order of the batch does not matter
     pd.testing.assert_frame_equal(store.read(), frame, check_dtype=False)
-    assert store.read().dtypes.to_dict() == {"ticker": store.read()["ticker"].dtype,
-                                            "event_time": "datetime64[ns, UTC]",
-                                            "ret_1": "float64", "vol_5": "float64"}
+    assert store.read().dtypes.to_dict() == {
+        "ticker": store.read()["ticker"].dtype,
+        "event_time": "datetime64[ns, UTC]",
+        "ret_1": "float64",
+        "vol_5": "float64",
+    }
 
 
 def test_create_group_explicitly_then_write_and_reject_other_schema(tmp_path):
@@ -173,8 +181,9 @@ def test_overlapping_batch_appends_only_new_and_changed_records(store):
 
     assert (commit.rows_new, commit.rows_corrected, commit.rows_unchanged, commit.rows_written) == (2, 1, 5, 3)
     assert len(store.read(include_history=True)) == 6 + 3
-    pd.testing.assert_frame_equal(store.read(), batch.sort_values(["ticker", "event_time"]).reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        store.read(), batch.sort_values(["ticker", "event_time"]).reset_index(drop=True), check_dtype=False
+    )
 
 
 def test_a_correction_appends_a_version_and_keeps_the_old_one(store):
@@ -221,8 +230,12 @@ def _bad_batches():
     return [
         ("missing feature", frame.drop(columns="vol_5"), SchemaMismatchError, r"missing feature\(s\) \['vol_5'\]"),
         ("extra feature", frame.assign(mom=1.0), SchemaMismatchError, r"unknown feature\(s\) \['mom'\]"),
-        ("mistyped feature", frame.assign(vol_5=frame["vol_5"].astype("float32")), SchemaMismatchError,
-         r"'vol_5' is float32, not float64"),
+        (
+            "mistyped feature",
+            frame.assign(vol_5=frame["vol_5"].astype("float32")),
+            SchemaMismatchError,
+            r"'vol_5' is float32, not float64",
+        ),
         ("naive event_time", naive, FeatureFrameError, "naive timestamps"),
         ("NaN value", with_nan, FeatureFrameError, r"NaN or infinite values in feature\(s\) \['vol_5'\] at BBB@"),
         ("duplicate key", duplicated, FeatureFrameError, r"duplicate \(ticker, event_time\).*AAA@2024-01-04"),
@@ -292,8 +305,9 @@ def test_a_failure_midway_through_a_multi_partition_write_leaves_the_store_as_be
     monkeypatch.undo()
     commit = store.write(batch, write_time=T0 + pd.Timedelta(days=1))
     assert set(data_keys(store)) == live | {f"{GROUP}/{k}" for k in commit.files}  # orphans cleaned
-    pd.testing.assert_frame_equal(store.read(), batch.sort_values(["ticker", "event_time"]).reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        store.read(), batch.sort_values(["ticker", "event_time"]).reset_index(drop=True), check_dtype=False
+    )
 
 
 def test_a_failure_in_the_commit_step_itself_leaves_the_store_as_before(store, monkeypatch):
@@ -386,12 +400,15 @@ def test_read_filters_by_ticker_and_inclusive_time_range(store):
     assert store.read(["ZZZ"]).empty
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"start": pd.Timestamp("2024-01-01")}, "start=.*naive"),
-    ({"as_of": "2024-01-01"}, "as_of=.*naive"),
-    ({"start": utc("2024-01-05"), "end": utc("2024-01-01")}, "is before start"),
-    ({"tickers": "AAA"}, "not one string"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start": pd.Timestamp("2024-01-01")}, "start=.*naive"),
+        ({"as_of": "2024-01-01"}, "as_of=.*naive"),
+        ({"start": utc("2024-01-05"), "end": utc("2024-01-01")}, "is before start"),
+        ({"tickers": "AAA"}, "not one string"),
+    ],
+)
 def test_read_rejects_bad_arguments(store, kwargs, message):
     store.write(make_frame(), write_time=T0)
     with pytest.raises((ValueError, TypeError), match=message):
@@ -417,12 +434,19 @@ def test_bad_constructor_arguments(tmp_path):
 
 def bitemporal_answers(store: OfflineStore) -> list[pd.DataFrame]:
     """Reads and joins at every interesting as_of, to compare a store before and after a change."""
-    entities = pd.DataFrame({"ticker": ["AAA", "BBB", "AAA", "ZZZ"],
-                             "ts": [utc("2024-01-05 12:00"), utc("2024-01-21"), utc("2024-01-01"), utc("2024-01-09")]})
+    entities = pd.DataFrame(
+        {
+            "ticker": ["AAA", "BBB", "AAA", "ZZZ"],
+            "ts": [utc("2024-01-05 12:00"), utc("2024-01-21"), utc("2024-01-01"), utc("2024-01-09")],
+        }
+    )
     answers = [store.read(include_history=True)]
     for as_of in (None, T0, T0 - pd.Timedelta(hours=1)):  # all versions, the first commit only, nothing
-        answers += [store.read(as_of=as_of), store.point_in_time_join(entities, as_of=as_of),
-                    store.read(["BBB"], start=utc("2024-01-04"), end=utc("2024-01-06"), as_of=as_of)]
+        answers += [
+            store.read(as_of=as_of),
+            store.point_in_time_join(entities, as_of=as_of),
+            store.read(["BBB"], start=utc("2024-01-04"), end=utc("2024-01-06"), as_of=as_of),
+        ]
     return answers
 
 
@@ -467,9 +491,11 @@ def test_writes_after_compaction_are_read_beside_the_snapshot(store):
 
     assert len(old_snapshot) == 1  # the second compaction replaced the first
     assert len(store.read()) == 2 * (20 + 3 + 1)
-    pd.testing.assert_frame_equal(store.read(start=utc("2024-01-22"), end=utc("2024-01-24")),
-                                  later.sort_values(["ticker", "event_time"]).reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        store.read(start=utc("2024-01-22"), end=utc("2024-01-24")),
+        later.sort_values(["ticker", "event_time"]).reset_index(drop=True),
+        check_dtype=False,
+    )
 
 
 def test_reverting_a_compacted_commit_drops_the_snapshot(store):

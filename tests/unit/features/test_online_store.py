@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ def test_put_keeps_each_tickers_latest_row(store: Any) -> None:
     assert written == 2
     assert store.get("A") == {"event_time": T0 + pd.Timedelta(days=1), "a": 2.0, "b": 4.0}
     assert store.get("B") == {"event_time": T0, "a": 3.0, "b": 6.0}
-    assert store.get("A")["event_time"].tz == timezone.utc
+    assert store.get("A")["event_time"].tz == UTC
 
 
 def test_values_round_trip_bit_for_bit_including_nan_and_infinities(store: Any) -> None:
@@ -143,7 +143,8 @@ def test_features_selects_in_the_order_given_and_names_missing_ones(store: Any) 
     store.put(frame([("A", T0, 1.0), ("B", T0, 2.0)]))
     assert list(store.get("A", ["b", "a"])) == ["event_time", "b", "a"]
     assert store.get_many(["A", "B"], features=["b"]) == {
-        "A": {"event_time": T0, "b": 2.0}, "B": {"event_time": T0, "b": 4.0},
+        "A": {"event_time": T0, "b": 2.0},
+        "B": {"event_time": T0, "b": 4.0},
     }
     with pytest.raises(ValueError, match=r"feature\(s\) \['rsi', 'x'\] are not stored for 'A' .* stored: a, b"):
         store.get("A", ["a", "rsi", "x"])
@@ -200,12 +201,14 @@ def test_transaction_commits_a_successful_block_and_nested_blocks_join(store: An
 
 def test_features_computed_in_batch_round_trip(store: Any) -> None:
     rng = np.random.default_rng(0)
-    bars = pd.DataFrame({
-        "ticker": np.repeat(["X", "Y"], 300),
-        "ts": np.tile(pd.date_range("2023-01-02", periods=300, freq="B", tz="UTC"), 2),
-        "close": 100 * np.exp(np.cumsum(0.01 * rng.standard_normal(600))),
-        "volume": rng.integers(1_000, 5_000, 600).astype(float),
-    })
+    bars = pd.DataFrame(
+        {
+            "ticker": np.repeat(["X", "Y"], 300),
+            "ts": np.tile(pd.date_range("2023-01-02", periods=300, freq="B", tz="UTC"), 2),
+            "close": 100 * np.exp(np.cumsum(0.01 * rng.standard_normal(600))),
+            "volume": rng.integers(1_000, 5_000, 600).astype(float),
+        }
+    )
     features = get_feature_set("default").compute_batch(bars)
     assert store.put(features) == 2
     last = features.groupby("ticker").tail(1).set_index("ticker")
@@ -218,8 +221,11 @@ def test_features_computed_in_batch_round_trip(store: Any) -> None:
     [
         (pd.DataFrame({"ticker": ["A"], "a": [1.0]}), ValueError, r"missing column\(s\) \['event_time'\]"),
         (pd.DataFrame({"ticker": ["A"], "event_time": [T0]}), ValueError, "no feature columns"),
-        (frame([("A", T0, 1.0)]).assign(event_time=lambda f: f["event_time"].dt.tz_localize(None)),
-         ValueError, "'event_time' has dtype datetime64.*must be tz-aware"),
+        (
+            frame([("A", T0, 1.0)]).assign(event_time=lambda f: f["event_time"].dt.tz_localize(None)),
+            ValueError,
+            "'event_time' has dtype datetime64.*must be tz-aware",
+        ),
         (frame([("A", T0, 1.0)]).assign(note=["x"]), ValueError, r"\['note'\] are not numeric"),
         (frame([("A", T0, 1.0), ("A", T0, 2.0)]), ValueError, r"more than one row .*A@2024-03-01"),
         (frame([("", T0, 1.0)]), ValueError, "non-empty strings; got \\[''\\]"),

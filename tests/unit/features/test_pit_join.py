@@ -41,8 +41,11 @@ def oracle(versions, entities, *, as_of=None, ttl=None) -> list[tuple[float, flo
     """For each entity row, by brute force: the latest qualifying write of the latest event_time <= ts."""
     answers = []
     for ticker, ts in zip(entities["ticker"], entities["ts"], strict=True):
-        known = [v for v in versions
-                 if v["ticker"] == ticker and v["event_time"] <= ts and (as_of is None or v["write_time"] <= as_of)]
+        known = [
+            v
+            for v in versions
+            if v["ticker"] == ticker and v["event_time"] <= ts and (as_of is None or v["write_time"] <= as_of)
+        ]
         if not known:
             answers.append((math.nan, math.nan))
             continue
@@ -77,12 +80,14 @@ entity_rows = st.lists(st.tuples(st.sampled_from([*TICKERS, "D"]), st.integers(-
     as_of_nudge_ns=st.sampled_from([0, 1, -1]),
     ttl_minutes=st.one_of(st.none(), st.integers(1, 6)),
     compact_after=st.one_of(st.none(), st.integers(1, 3)),
-    base=st.datetimes(min_value=pd.Timestamp("1900-01-01").to_pydatetime(),
-                      max_value=pd.Timestamp("2100-01-01").to_pydatetime()),
+    base=st.datetimes(
+        min_value=pd.Timestamp("1900-01-01").to_pydatetime(), max_value=pd.Timestamp("2100-01-01").to_pydatetime()
+    ),
     data=st.data(),
 )
-def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_nudge_ns, ttl_minutes, compact_after,
-                                        base, data):
+def test_join_equals_brute_force_oracle(
+    batches, entity_keys, as_of_slot, as_of_nudge_ns, ttl_minutes, compact_after, base, data
+):
     """Event times from 1900 to 2100 (before 1970 their epoch nanoseconds are negative), with corrections."""
     origin = pd.Timestamp(base, tz="UTC")
 
@@ -106,8 +111,10 @@ def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_
                 columns=["ticker", "event_time", *FEATURES],
             )
             store.write(frame, write_time=write_slot(slot))
-            versions += [dict(ticker=t, event_time=minute(m), write_time=write_slot(slot), f1=f1, f2=f2)
-                         for (t, m), (f1, f2) in batch.items()]
+            versions += [
+                dict(ticker=t, event_time=minute(m), write_time=write_slot(slot), f1=f1, f2=f2)
+                for (t, m), (f1, f2) in batch.items()
+            ]
         if not versions:
             return
         if compact_after is not None and compact_after >= len(batches):
@@ -132,14 +139,21 @@ def test_join_equals_brute_force_oracle(batches, entity_keys, as_of_slot, as_of_
 def store(tmp_path) -> OfflineStore:
     """A: f1 = 1, 2, 3 at minutes 0, 5, 10; minute 5 corrected to 20 later. B: one row at minute 3."""
     store = OfflineStore(LocalFileSystem(tmp_path), GROUP)
-    store.write(pd.DataFrame({
-        "ticker": ["A", "A", "A", "B"],
-        "event_time": [minute(0), minute(5), minute(10), minute(3)],
-        "f1": [1.0, 2.0, 3.0, 7.0],
-        "f2": [-1.0, -2.0, -3.0, -7.0],
-    }), write_time=write_slot(1))
-    store.write(pd.DataFrame({"ticker": ["A"], "event_time": [minute(5)], "f1": [20.0], "f2": [-20.0]}),
-                write_time=write_slot(2))
+    store.write(
+        pd.DataFrame(
+            {
+                "ticker": ["A", "A", "A", "B"],
+                "event_time": [minute(0), minute(5), minute(10), minute(3)],
+                "f1": [1.0, 2.0, 3.0, 7.0],
+                "f2": [-1.0, -2.0, -3.0, -7.0],
+            }
+        ),
+        write_time=write_slot(1),
+    )
+    store.write(
+        pd.DataFrame({"ticker": ["A"], "event_time": [minute(5)], "f1": [20.0], "f2": [-20.0]}),
+        write_time=write_slot(2),
+    )
     return store
 
 
@@ -196,26 +210,48 @@ def test_entity_times_in_other_time_zones_are_compared_as_instants(store):
     assert store.point_in_time_join(entities)["f1"].item() == 20.0
 
 
-@pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)), ["f1", "nope"]), UnknownFeatureError,
-     r"no feature\(s\) \['nope'\]; known: f1, f2"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)), "f1"), TypeError, "not one string"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)).drop(columns="ticker")), FeatureFrameError,
-     r"lacks column\(s\) \['ticker'\]"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)), entity_time_col="when"), FeatureFrameError,
-     r"lacks column\(s\) \['when'\]"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(ts=pd.Timestamp("2024-01-01"))), FeatureFrameError,
-     "naive timestamps"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(ts=pd.Series([pd.NaT], dtype="datetime64[ns, UTC]"))),
-     FeatureFrameError, "NaT"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(f1=0.0)), FeatureFrameError,
-     "already has column"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)), as_of="2024-06-01"), ValueError, "as_of=.*naive"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)), ttl=pd.Timedelta(0)), ValueError, "must be positive"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)), ttl=5), TypeError, "must be a timedelta"),
-    (lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(ticker=None)), FeatureFrameError,
-     "non-empty strings"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda s: s.point_in_time_join(entities_at(("A", 1)), ["f1", "nope"]),
+            UnknownFeatureError,
+            r"no feature\(s\) \['nope'\]; known: f1, f2",
+        ),
+        (lambda s: s.point_in_time_join(entities_at(("A", 1)), "f1"), TypeError, "not one string"),
+        (
+            lambda s: s.point_in_time_join(entities_at(("A", 1)).drop(columns="ticker")),
+            FeatureFrameError,
+            r"lacks column\(s\) \['ticker'\]",
+        ),
+        (
+            lambda s: s.point_in_time_join(entities_at(("A", 1)), entity_time_col="when"),
+            FeatureFrameError,
+            r"lacks column\(s\) \['when'\]",
+        ),
+        (
+            lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(ts=pd.Timestamp("2024-01-01"))),
+            FeatureFrameError,
+            "naive timestamps",
+        ),
+        (
+            lambda s: s.point_in_time_join(
+                entities_at(("A", 1)).assign(ts=pd.Series([pd.NaT], dtype="datetime64[ns, UTC]"))
+            ),
+            FeatureFrameError,
+            "NaT",
+        ),
+        (lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(f1=0.0)), FeatureFrameError, "already has column"),
+        (lambda s: s.point_in_time_join(entities_at(("A", 1)), as_of="2024-06-01"), ValueError, "as_of=.*naive"),
+        (lambda s: s.point_in_time_join(entities_at(("A", 1)), ttl=pd.Timedelta(0)), ValueError, "must be positive"),
+        (lambda s: s.point_in_time_join(entities_at(("A", 1)), ttl=5), TypeError, "must be a timedelta"),
+        (
+            lambda s: s.point_in_time_join(entities_at(("A", 1)).assign(ticker=None)),
+            FeatureFrameError,
+            "non-empty strings",
+        ),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(store, call, error, message):
     with pytest.raises(error, match=message):
         call(store)
@@ -231,10 +267,16 @@ def test_the_join_reads_committed_files_from_s3():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="qe-pit")
         store = OfflineStore(S3FileSystem(client, "qe-pit", "offline"), GROUP)
-        store.write(pd.DataFrame({"ticker": ["A", "A"], "event_time": [minute(0), minute(1440)],
-                                  "f1": [1.0, 2.0], "f2": [3.0, 4.0]}), write_time=write_slot(1))
-        store.write(pd.DataFrame({"ticker": ["A"], "event_time": [minute(0)], "f1": [9.0], "f2": [9.0]}),
-                    write_time=write_slot(2))
+        store.write(
+            pd.DataFrame(
+                {"ticker": ["A", "A"], "event_time": [minute(0), minute(1440)], "f1": [1.0, 2.0], "f2": [3.0, 4.0]}
+            ),
+            write_time=write_slot(1),
+        )
+        store.write(
+            pd.DataFrame({"ticker": ["A"], "event_time": [minute(0)], "f1": [9.0], "f2": [9.0]}),
+            write_time=write_slot(2),
+        )
         entities = entities_at(("A", 10), ("A", 1500), ("A", -1))
         latest = store.point_in_time_join(entities)
         before_fix = store.point_in_time_join(entities, as_of=write_slot(1))

@@ -38,8 +38,10 @@ def _live_windows(rows: pd.DataFrame, step_days: int = 20):
 
 def _flags(baseline: Baseline, rows: pd.DataFrame, *, with_times: bool = True) -> list[int]:
     """Per live window, how many features drifted (without times: the one global threshold)."""
-    return [len(check_drift(w if with_times else w.drop(columns="event_time"), baseline).drifted_features)
-            for w in _live_windows(rows)]
+    return [
+        len(check_drift(w if with_times else w.drop(columns="event_time"), baseline).drifted_features)
+        for w in _live_windows(rows)
+    ]
 
 
 def test_stationary_false_alarm_rate_is_bounded_and_far_below_the_fixed_threshold() -> None:
@@ -116,9 +118,17 @@ def test_a_short_training_period_leaves_long_windows_uncalibrated() -> None:
         (pd.DataFrame({"x": [1.0, 2.0]}), {}, "no event_time column"),
         (pd.DataFrame({"event_time": ["2020-01-01", "yesterday"], "x": [1.0, 2.0]}), {}, "not readable as timestamps"),
         (pd.DataFrame({"event_time": ["2020-01-01", None], "x": [1.0, 2.0]}), {}, "missing values"),
-        (pd.DataFrame({"event_time": ["2020-01-01", "2020-01-02"], "y": [1.0, 2.0]}), {}, r"lacks the baselined feature\(s\) \['x'\]"),
+        (
+            pd.DataFrame({"event_time": ["2020-01-01", "2020-01-02"], "y": [1.0, 2.0]}),
+            {},
+            r"lacks the baselined feature\(s\) \['x'\]",
+        ),
         (pd.DataFrame({"event_time": ["2020-01-01", "2020-01-02"], "x": [1.0, 2.0]}), {"step_days": 0}, "step_days=0"),
-        (pd.DataFrame({"event_time": ["2020-01-01", "2020-01-02"], "x": [1.0, 2.0]}), {"window_days": [0]}, "window_days"),
+        (
+            pd.DataFrame({"event_time": ["2020-01-01", "2020-01-02"], "x": [1.0, 2.0]}),
+            {"window_days": [0]},
+            "window_days",
+        ),
     ],
 )
 def test_bad_frames_and_arguments_are_named(frame: pd.DataFrame, kwargs: dict, message: str) -> None:

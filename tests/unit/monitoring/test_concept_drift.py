@@ -31,12 +31,14 @@ def _predictions(n: int, prob, *, ticker: str = "A", start: pd.Timestamp = T0, v
 
 
 def _labels(predictions: pd.DataFrame, label, horizon: str = "1h") -> pd.DataFrame:
-    return pd.DataFrame({
-        "ticker": predictions["ticker"],
-        "ts": predictions["ts"],
-        "t1": predictions["ts"] + pd.Timedelta(horizon),
-        "label": label,
-    })
+    return pd.DataFrame(
+        {
+            "ticker": predictions["ticker"],
+            "ts": predictions["ts"],
+            "t1": predictions["ts"] + pd.Timedelta(horizon),
+            "label": label,
+        }
+    )
 
 
 def _model(rng: np.random.Generator, n: int, accuracy: float) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +214,10 @@ def test_tolerance_absorbs_a_small_significant_drop() -> None:
     baseline = QualityBaseline.from_predictions(*_model(rng, 50_000, 0.56))
     joined = _joined(*_model(rng, 50_000, 0.545))
     assert "hit_rate" in evaluate_quality(joined, baseline, tolerances={"hit_rate": 0.0}, detectors={}).breached_metrics
-    assert "hit_rate" not in evaluate_quality(joined, baseline, tolerances={"hit_rate": 0.01}, detectors={}).breached_metrics
+    assert (
+        "hit_rate"
+        not in evaluate_quality(joined, baseline, tolerances={"hit_rate": 0.01}, detectors={}).breached_metrics
+    )
 
 
 def test_detectors_run_over_the_error_stream_in_settle_order() -> None:
@@ -257,7 +262,9 @@ def test_rolling_quality_is_a_trailing_window_per_settle_time() -> None:
     assert rolled["n"].tolist() == [1, 2, 2, 2]
     assert rolled["brier"].iloc[-1] == pytest.approx(0.81)
     assert list(rolled.columns) == ["t1", "n", "hit_rate", "hit_rate_lower", "hit_rate_upper", "log_loss", "brier"]
-    assert (rolled["hit_rate_lower"] <= rolled["hit_rate"]).all() and (rolled["hit_rate"] <= rolled["hit_rate_upper"]).all()
+    assert (rolled["hit_rate_lower"] <= rolled["hit_rate"]).all() and (
+        rolled["hit_rate"] <= rolled["hit_rate_upper"]
+    ).all()
     # The last window's bounds are evaluate_quality's Wilson interval for the same 2 predictions.
     last = _joined(prob[-2:], label[-2:])
     baseline = QualityBaseline(n=100, hit_rate=0.5, log_loss=0.7, brier=0.25, log_loss_std=0.1, brier_std=0.1)
@@ -308,7 +315,13 @@ def test_vol_regime_since_survives_reruns_on_a_shorter_history(tmp_path) -> None
 
 def test_vol_regime_classify_and_validation(tmp_path) -> None:
     tracker = VolRegimeTracker(tmp_path / "s.json")
-    assert [tracker.classify(p) for p in (0.1, 0.3, 0.79, 0.8, 1.0)] == ["calm", "normal", "normal", "stressed", "stressed"]
+    assert [tracker.classify(p) for p in (0.1, 0.3, 0.79, 0.8, 1.0)] == [
+        "calm",
+        "normal",
+        "normal",
+        "stressed",
+        "stressed",
+    ]
     with pytest.raises(ValueError, match="needs 271 returns"):
         tracker.update(_returns([(100, 0.01)]))
     with pytest.raises(ValueError, match="calm_below=0.9 and stressed_above=0.8 must satisfy"):
@@ -324,11 +337,13 @@ def test_vol_regime_classify_and_validation(tmp_path) -> None:
 
 def test_market_proxy_is_the_equal_weighted_log_return() -> None:
     ts = pd.date_range("2024-01-01 21:00", periods=3, freq="D", tz="UTC")
-    bars = pd.DataFrame({
-        "ticker": ["A"] * 3 + ["B"] * 3,
-        "ts": list(ts) * 2,
-        "close": [100.0, 110.0, 99.0, 50.0, 50.0, 55.0],
-    })
+    bars = pd.DataFrame(
+        {
+            "ticker": ["A"] * 3 + ["B"] * 3,
+            "ts": list(ts) * 2,
+            "close": [100.0, 110.0, 99.0, 50.0, 50.0, 55.0],
+        }
+    )
     proxy = market_proxy_returns(bars)
     assert proxy.index.tolist() == list(ts[1:])
     assert proxy.iloc[0] == pytest.approx((math.log(1.1) + 0.0) / 2)

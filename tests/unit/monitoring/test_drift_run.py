@@ -43,25 +43,37 @@ WINDOW_DAYS = 90
 
 
 def build_champion(home: Path, *, shifted: bool, seed: int = 3) -> str:
-    """5 synthetic tickers, trained on 2020-06..2021-12, new data to 2022-04 (volatility x2.5 from 2022 when shifted)."""
+    """5 synthetic tickers trained on 2020-06..2021-12, new data to 2022-04 (volatility x2.5 from 2022 if shifted)."""
     shifts = [Shift("2022-01-03", "covariate", vol_scale=2.5)] if shifted else []
     market = SyntheticMarket(n_tickers=5, seed=seed, start="2019-01-01", end="2022-06-30", shifts=shifts)
     path = home / "bars.parquet"
     market.fetch(None, "2019-01-01", "2022-06-30").to_parquet(path)
-    ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path), group=make_offline_store()), make_group_stores())
+    ingest(
+        IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path), group=make_offline_store()),
+        make_group_stores(),
+    )
     config = TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31"}, make_offline_store())
     folder = home / "training"
     summary = build_training_set(config, folder, make_offline_store(), make_bar_store())
     features = summary["features"]
     train, holdout = pd.read_parquet(folder / "train" / "train.parquet"), pd.read_parquet(folder / "holdout.parquet")
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
-                        xgb.DMatrix(train[features].to_numpy(np.float32), label=train["label"],
-                                    feature_names=features), 20)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
+        xgb.DMatrix(train[features].to_numpy(np.float32), label=train["label"], feature_names=features),
+        20,
+    )
     booster.save_model(str(folder / "model.json"))
     registry = make_model_registry()
-    version = registry.register(folder / "model.json", ModelMetadata(
-        features=features, data_start=summary["train_start"], data_end=summary["holdout_end"],
-        data_fingerprint=summary["fingerprint"], training={"dataset": summary["params"]}))
+    version = registry.register(
+        folder / "model.json",
+        ModelMetadata(
+            features=features,
+            data_start=summary["train_start"],
+            data_end=summary["holdout_end"],
+            data_fingerprint=summary["fingerprint"],
+            training={"dataset": summary["params"]},
+        ),
+    )
     registry.promote(version, "first model")
     record_baseline(registry, version, registry.load_booster(version), load_train_frame(folder), holdout, features)
     return version
@@ -110,9 +122,13 @@ def test_baseline_is_stored_with_the_model_on_s3(qe_home: Path) -> None:
         aws = Settings(home=qe_home, backend="aws", s3_bucket="qe-models")
         with pytest.raises(BaselineError, match="has no baseline"):
             load_baseline(make_model_registry(aws, local.name), version)
-        where = record_baseline(make_model_registry(aws, local.name), version, local.load_booster(version), train, holdout, features)
-        keys = sorted(o["Key"] for o in boto3.client("s3", region_name="us-east-1")
-                      .list_objects_v2(Bucket="qe-models")["Contents"])
+        where = record_baseline(
+            make_model_registry(aws, local.name), version, local.load_booster(version), train, holdout, features
+        )
+        keys = sorted(
+            o["Key"]
+            for o in boto3.client("s3", region_name="us-east-1").list_objects_v2(Bucket="qe-models")["Contents"]
+        )
         prefix = f"quant-engine/models/{local.name}/baselines/{version}/"
         assert keys == [prefix + name for name in sorted((CONSTRAINTS_FILE, QUALITY_FILE, STATISTICS_FILE))]
         assert "qe-models" in where
@@ -130,11 +146,17 @@ def test_shifted_market_is_found_and_asks_for_retraining(qe_home: Path) -> None:
     assert report["verdict"] == result.verdict and report["retraining_requested"] is True
     drifted = set(report["evidence"]["drifted_features"])
     assert {"realized_vol_20", "realized_vol_60"} <= drifted
-    violations = {v["feature_name"] for v in report["constraint_violations"]
-                  if v["constraint_check_type"] == "baseline_drift_check"}
+    violations = {
+        v["feature_name"]
+        for v in report["constraint_violations"]
+        if v["constraint_check_type"] == "baseline_drift_check"
+    }
     assert violations == drifted
     assert report["evidence"]["n_settled"] > 0 and report["evidence"]["vol_regime"]["regime"] in (
-        "calm", "normal", "stressed")
+        "calm",
+        "normal",
+        "stressed",
+    )
     page = (Path(result.report_dir) / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') >= len(drifted) + 1  # one per drifted feature + quality
     alarms = LocalAlarms(qe_home / "monitoring" / "xgb_direction-drift")
@@ -160,8 +182,13 @@ def test_stationary_market_finds_nothing(qe_home: Path, threshold: float | None)
     assert ("thresholds calibrated on 60-day training windows" if threshold is None else "one threshold") in why[0]
     assert why[1].startswith("Quality held: on ") and why[2].startswith("The market's volatility regime is ")
     page = (Path(result.report_dir) / "report.html").read_text()
-    for shown in ("<h2>Why</h2>", why[0].split(" (closest")[0], "<th>threshold</th>", "<h2>Volatility regime</h2>",
-                  "<th>lower</th><th>upper</th><th>baseline</th><th>tolerance</th>"):
+    for shown in (
+        "<h2>Why</h2>",
+        why[0].split(" (closest")[0],
+        "<th>threshold</th>",
+        "<h2>Volatility regime</h2>",
+        "<th>lower</th><th>upper</th><th>baseline</th><th>tolerance</th>",
+    ):
         assert shown in page
     if threshold is None:
         # With Model Monitor's fixed 0.1 the same window would have flagged features: the calibration matters.
@@ -176,8 +203,10 @@ def test_shifted_market_is_found_with_calibrated_thresholds(qe_home: Path) -> No
     assert result.retrain and result.verdict in ("feature_drift", "both")
     report = json.loads((Path(result.report_dir) / "report.json").read_text())
     assert len(report["evidence"]["drifted_features"]) >= 2  # the default min_drifted_features
-    assert report["explanation"][0].startswith(f"The inputs drifted: {len(report['evidence']['drifted_features'])} "
-                                               "of 10 feature(s) beyond their thresholds calibrated on")
+    assert report["explanation"][0].startswith(
+        f"The inputs drifted: {len(report['evidence']['drifted_features'])} "
+        "of 10 feature(s) beyond their thresholds calibrated on"
+    )
     alarms = LocalAlarms(qe_home / "monitoring" / "xgb_direction-drift")
     drifted = next(iter(report["evidence"]["drifted_features"]))
     assert alarms.state(f"feature_baseline_drift_{drifted}-alarm").state == "ALARM"

@@ -21,16 +21,26 @@ TICKERS = ["SYN00", "SYN01", "SYN02"]
 @pytest.fixture
 def champion(qe_home: Path) -> str:
     """A small market (3 tickers, 2021 H1) and a champion trained on its first quarter."""
-    ingest(IngestionRequest.build("synthetic", "2021-01-01", "2021-06-30", tickers=TICKERS, group=make_offline_store()), make_group_stores())
+    ingest(
+        IngestionRequest.build("synthetic", "2021-01-01", "2021-06-30", tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(),
+    )
     rows = make_offline_store().read(None, "2021-01-01T00:00Z", "2021-03-31T23:59Z")
     features = [c for c in rows.columns if c not in ("ticker", "event_time")]
     label = (rows["log_return_5"] > rows["log_return_5"].median()).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2},
-                        xgb.DMatrix(rows[features].to_numpy(np.float32), label=label, feature_names=features), 5)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2},
+        xgb.DMatrix(rows[features].to_numpy(np.float32), label=label, feature_names=features),
+        5,
+    )
     booster.save_model(str(qe_home / "model.json"))
     registry = make_model_registry()
-    version = registry.register(qe_home / "model.json", ModelMetadata(
-        features=features, data_start="2021-01-01T00:00Z", data_end="2021-03-31T21:00Z", data_fingerprint="f"))
+    version = registry.register(
+        qe_home / "model.json",
+        ModelMetadata(
+            features=features, data_start="2021-01-01T00:00Z", data_end="2021-03-31T21:00Z", data_fingerprint="f"
+        ),
+    )
     registry.promote(version, "first model")
     return version
 
@@ -47,16 +57,23 @@ def test_scores_the_range_and_reruns_append_nothing(champion: str) -> None:
     assert logged["ts"].max() <= pd.Timestamp("2021-04-30 23:59", tz="UTC")
     features = list(registry.get(champion).metadata.features)
     expected = registry.load_booster(champion).predict(
-        xgb.DMatrix(rows[features].to_numpy(np.float32), feature_names=features))
-    merged = rows[["ticker", "event_time"]].rename(columns={"event_time": "ts"}).assign(expected=expected).merge(
-        logged, on=["ticker", "ts"])
+        xgb.DMatrix(rows[features].to_numpy(np.float32), feature_names=features)
+    )
+    merged = (
+        rows[["ticker", "event_time"]]
+        .rename(columns={"event_time": "ts"})
+        .assign(expected=expected)
+        .merge(logged, on=["ticker", "ts"])
+    )
     np.testing.assert_allclose(merged["prob"], merged["expected"], rtol=1e-6)
 
     files = prediction_log(registry).files()
     again = score_batch(make_model_registry(), make_offline_store(), "2021-04-01", "2021-04-30")
     assert (again.rows_scored, again.rows_appended, again.log_key) == (len(rows), 0, None)
     assert prediction_log(registry).files() == files
-    wider = score_batch(make_model_registry(), make_offline_store(), "2021-04-01", "2021-05-14")  # only the new days are appended
+    wider = score_batch(
+        make_model_registry(), make_offline_store(), "2021-04-01", "2021-05-14"
+    )  # only the new days are appended
     assert wider.rows_appended == wider.rows_scored - len(rows) > 0
     assert len(prediction_log(registry).read()) == wider.rows_scored
 

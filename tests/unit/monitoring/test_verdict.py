@@ -23,7 +23,7 @@ both 7, feature_drift 4, none 1; stationary -> none on 24 of 24. The scenario te
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pandas as pd
@@ -54,11 +54,15 @@ def _excess_labels(bars: pd.DataFrame) -> pd.DataFrame:
     return labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scenario(seed: int, shift: str | None, log_dir: str | None = None):
     """Train before 2021, baseline on 2021, score 2022; return (feature report, concept report, vol state)."""
     market = SyntheticMarket(
-        n_tickers=10, seed=seed, start=START, end=END, freq="1h",
+        n_tickers=10,
+        seed=seed,
+        start=START,
+        end=END,
+        freq="1h",
         shifts=[Shift.parse(f"{SHIFT_AT}:{shift}")] if shift else [],
     )
     bars = market.fetch(None, START, END)
@@ -75,19 +79,22 @@ def _scenario(seed: int, shift: str | None, log_dir: str | None = None):
     )
     model.fit(train[FEATURES], train["label"])
     quality_baseline = QualityBaseline.from_predictions(model.predict_proba(holdout[FEATURES])[:, 1], holdout["label"])
-    predictions = pd.DataFrame({
-        "ticker": live["ticker"], "ts": live["event_time"], "prob": model.predict_proba(live[FEATURES])[:, 1],
-        "model_version": "v1", "source": "batch",
-    })
+    predictions = pd.DataFrame(
+        {
+            "ticker": live["ticker"],
+            "ts": live["event_time"],
+            "prob": model.predict_proba(live[FEATURES])[:, 1],
+            "model_version": "v1",
+            "source": "batch",
+        }
+    )
     if log_dir is not None:  # the full path: through the prediction log on disk
         log = PredictionLog.local(log_dir)
         log.append(predictions)
         predictions = log.read()
     concept = evaluate_quality(join_labels(predictions, labels, now=NOW), quality_baseline)
 
-    feature_report = check_drift(
-        live[FEATURES], build_baseline(train[FEATURES]), comparison_threshold=DRIFT_THRESHOLD
-    )
+    feature_report = check_drift(live[FEATURES], build_baseline(train[FEATURES]), comparison_threshold=DRIFT_THRESHOLD)
     return feature_report, concept, market_proxy_returns(bars[bars["ts"] <= NOW])
 
 

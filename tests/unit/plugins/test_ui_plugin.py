@@ -28,8 +28,9 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     from airflow.api_fastapi.app import get_auth_manager, init_auth_manager, purge_cached_app
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
-    monkeypatch.setenv("AIRFLOW__CORE__AUTH_MANAGER",
-                       "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager")
+    monkeypatch.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+    )
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
     passwords = tmp_path / "passwords.json"
     passwords.write_text(json.dumps({"admin": "secret"}))
@@ -51,10 +52,19 @@ def client() -> TestClient:
 def _write_wfo_report(home: Path) -> None:
     folder = home / "reports" / "wfo" / RUN_FOLDER
     folder.mkdir(parents=True)
-    report = {"run_id": RUN_FOLDER, "generated_at": "2026-11-29T10:05:00+00:00", "pbo": 0.1875,
-              "deflated_sharpe": 0.4321, "psr": 0.9, "selected_trial": 1, "n_splits": 15, "n_paths": 5,
-              "n_trials": 2, "setup": "market_neutral portfolio, 5 bps costs",
-              "trials": [{"trial": 0, "mean_path_sharpe": 0.1}, {"trial": 1, "mean_path_sharpe": 1.23}]}
+    report = {
+        "run_id": RUN_FOLDER,
+        "generated_at": "2026-11-29T10:05:00+00:00",
+        "pbo": 0.1875,
+        "deflated_sharpe": 0.4321,
+        "psr": 0.9,
+        "selected_trial": 1,
+        "n_splits": 15,
+        "n_paths": 5,
+        "n_trials": 2,
+        "setup": "market_neutral portfolio, 5 bps costs",
+        "trials": [{"trial": 0, "mean_path_sharpe": 0.1}, {"trial": 1, "mean_path_sharpe": 1.23}],
+    }
     (folder / "report.json").write_text(json.dumps(report))
     (folder / "report.html").write_text("<html><body><h1>WFO report</h1><img alt='equity curves'></body></html>")
 
@@ -65,22 +75,38 @@ def _register_model(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(200, 2)), columns=["ret_1", "vol_20"])
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "seed": 0},
-                        xgb.DMatrix(frame, (frame["ret_1"] > 0).astype(int)), 3)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": 0},
+        xgb.DMatrix(frame, (frame["ret_1"] > 0).astype(int)),
+        3,
+    )
     booster.save_model(tmp_path / "model.json")
     registry = make_model_registry()
-    version = registry.register(tmp_path / "model.json", ModelMetadata(
-        features=("ret_1", "vol_20"), data_start="2020-01-01T00:00Z", data_end="2021-01-01T00:00Z",
-        data_fingerprint="f00d", metrics={"logloss": 0.61}))
+    version = registry.register(
+        tmp_path / "model.json",
+        ModelMetadata(
+            features=("ret_1", "vol_20"),
+            data_start="2020-01-01T00:00Z",
+            data_end="2021-01-01T00:00Z",
+            data_fingerprint="f00d",
+            metrics={"logloss": 0.61},
+        ),
+    )
     registry.promote(version, reason="first model")
 
 
 def _write_drift_report(home: Path) -> None:
     folder = home / "reports" / "drift" / "drift-run-1"
     folder.mkdir(parents=True)
-    document = {"run_id": "drift-run-1", "model_name": "xgb_direction", "model_version": "v0001",
-                "window": {"start": "2024-01-01", "end": "2024-03-01", "rows": 420}, "verdict": "feature_drift",
-                "retraining_requested": True, "evidence": {"alarms": {"vol_20": "ALARM", "ret_1": "OK"}}}
+    document = {
+        "run_id": "drift-run-1",
+        "model_name": "xgb_direction",
+        "model_version": "v0001",
+        "window": {"start": "2024-01-01", "end": "2024-03-01", "rows": 420},
+        "verdict": "feature_drift",
+        "retraining_requested": True,
+        "evidence": {"alarms": {"vol_20": "ALARM", "ret_1": "OK"}},
+    }
     (folder / "report.json").write_text(json.dumps(document))
     (folder / "report.html").write_text("<html><body>drift report</body></html>")
 
@@ -91,8 +117,10 @@ def bridge(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
-            payloads = {"/health": {"connected": True, "lag_ms": 12.5, "tick_rate": 2000.0},
-                        "/signals/latest": [{"ticker": "SYN03", "signal": 1, "probability": 0.61}]}
+            payloads = {
+                "/health": {"connected": True, "lag_ms": 12.5, "tick_rate": 2000.0},
+                "/signals/latest": [{"ticker": "SYN03", "signal": 1, "probability": 0.61}],
+            }
             if self.path == "/signals/latest" and self.headers.get("Authorization") != "Bearer ui-token":
                 self.send_response(401)
                 self.end_headers()
@@ -125,8 +153,9 @@ def test_every_page_refuses_a_request_without_a_login(client: TestClient, token:
     assert forged.status_code == 403
 
 
-def test_overview_shows_wfo_registry_drift_and_bridge(client: TestClient, token: str, qe_home: Path,
-                                                      tmp_path: Path, bridge: str) -> None:
+def test_overview_shows_wfo_registry_drift_and_bridge(
+    client: TestClient, token: str, qe_home: Path, tmp_path: Path, bridge: str
+) -> None:
     _write_wfo_report(qe_home)
     _register_model(tmp_path)
     _write_drift_report(qe_home)
@@ -140,8 +169,9 @@ def test_overview_shows_wfo_registry_drift_and_bridge(client: TestClient, token:
     assert bridge in text and "lag_ms" in text and "SYN03" in text and "0.61" in text
 
 
-def test_run_pages_serve_the_stored_report_and_refuse_unknown_names(client: TestClient, token: str,
-                                                                   qe_home: Path) -> None:
+def test_run_pages_serve_the_stored_report_and_refuse_unknown_names(
+    client: TestClient, token: str, qe_home: Path
+) -> None:
     _write_wfo_report(qe_home)
     headers = {"Authorization": f"Bearer {token}"}
     page = client.get(f"/wfo/{RUN_FOLDER}", headers=headers)
@@ -151,8 +181,9 @@ def test_run_pages_serve_the_stored_report_and_refuse_unknown_names(client: Test
     assert client.get("/wfo/no-such-run", headers=headers).status_code == 404
 
 
-def test_empty_home_and_bridge_down_are_said_plainly(client: TestClient, token: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_home_and_bridge_down_are_said_plainly(
+    client: TestClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("QE_BRIDGE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     client.cookies.set("_token", token)
     text = client.get("/").text
@@ -162,16 +193,18 @@ def test_empty_home_and_bridge_down_are_said_plainly(client: TestClient, token: 
     assert "bridge not reachable" in text
 
 
-def test_signals_refused_for_a_wrong_token_are_said_plainly(client: TestClient, token: str, bridge: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signals_refused_for_a_wrong_token_are_said_plainly(
+    client: TestClient, token: str, bridge: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("QE_BRIDGE_UI_TOKEN", "wrong")
     client.cookies.set("_token", token)
     text = client.get("/").text
     assert "lag_ms" in text and "SYN03" not in text and "set QE_BRIDGE_UI_TOKEN" in text
 
 
-def test_an_unreadable_report_or_registry_is_skipped_and_said_not_a_500(client: TestClient, token: str, qe_home: Path,
-                                                                         tmp_path: Path) -> None:
+def test_an_unreadable_report_or_registry_is_skipped_and_said_not_a_500(
+    client: TestClient, token: str, qe_home: Path, tmp_path: Path
+) -> None:
     _write_wfo_report(qe_home)
     broken = qe_home / "reports" / "wfo" / "broken-run"
     broken.mkdir(parents=True)

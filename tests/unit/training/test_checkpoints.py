@@ -30,8 +30,13 @@ def test_save_then_latest_returns_the_newest_with_its_manifest(tmp_path: Path) -
     assert (found.round, found.model, found.key) == (20, b"twenty", key)
     manifest = json.loads((tmp_path / "ckpt" / "round-000000020.json").read_text())
     assert manifest == {
-        "format_version": FORMAT_VERSION, "round": 20, "data_fingerprint": DATA, "params_fingerprint": PARAMS,
-        "model_key": "round-000000020.ubj", "model_sha256": sha256_hex(b"twenty"), "xgboost_version": "test",
+        "format_version": FORMAT_VERSION,
+        "round": 20,
+        "data_fingerprint": DATA,
+        "params_fingerprint": PARAMS,
+        "model_key": "round-000000020.ubj",
+        "model_sha256": sha256_hex(b"twenty"),
+        "xgboost_version": "test",
     }
 
 
@@ -41,7 +46,10 @@ def test_keeps_only_the_last_k_and_no_temp_files(tmp_path: Path) -> None:
         m.save(r, b"m%d" % r)
     assert m.rounds() == [15, 20]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "round-000000015.json", "round-000000015.ubj", "round-000000020.json", "round-000000020.ubj",
+        "round-000000015.json",
+        "round-000000015.ubj",
+        "round-000000020.json",
+        "round-000000020.ubj",
     ]
 
 

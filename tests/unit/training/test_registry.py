@@ -40,16 +40,26 @@ def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 def _model(path: Path, rounds: int = 5, seed: int = 0) -> Path:
     frame = _frame(seed=seed)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "seed": seed},
-                        xgb.DMatrix(frame[FEATURES], frame["label"], feature_names=FEATURES), rounds)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": seed},
+        xgb.DMatrix(frame[FEATURES], frame["label"], feature_names=FEATURES),
+        rounds,
+    )
     booster.save_model(path)
     return path
 
 
 def _metadata(**changes: object) -> ModelMetadata:
-    fields = {"features": FEATURES, "data_start": "2020-01-01T00:00Z", "data_end": "2021-12-31T00:00Z",
-              "data_fingerprint": "abc123", "params": {"max_depth": 2}, "metrics": {"logloss": np.float64(0.6)},
-              "wfo_report": "reports/wfo/run-1/report.json", "training": {"runner": "local_spot"}}
+    fields = {
+        "features": FEATURES,
+        "data_start": "2020-01-01T00:00Z",
+        "data_end": "2021-12-31T00:00Z",
+        "data_fingerprint": "abc123",
+        "params": {"max_depth": 2},
+        "metrics": {"logloss": np.float64(0.6)},
+        "wfo_report": "reports/wfo/run-1/report.json",
+        "training": {"runner": "local_spot"},
+    }
     return ModelMetadata(**{**fields, **changes})
 
 
@@ -94,8 +104,9 @@ def test_versions_are_immutable(registry: ModelRegistry, tmp_path: Path) -> None
         registry.load_booster(version)
 
 
-def test_a_crashed_register_leaves_no_visible_version(registry: ModelRegistry, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crashed_register_leaves_no_visible_version(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
@@ -108,8 +119,9 @@ def test_a_crashed_register_leaves_no_visible_version(registry: ModelRegistry, t
     assert registry.register(_model(tmp_path / "a.json"), _metadata()) == "v0002"
 
 
-def test_champion_pointer_moves_atomically(registry: ModelRegistry, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_champion_pointer_moves_atomically(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     v1 = registry.register(_model(tmp_path / "a.json"), _metadata())
     v2 = registry.register(_model(tmp_path / "b.json", rounds=8), _metadata())
     assert registry.champion() is None
@@ -132,8 +144,9 @@ def test_champion_pointer_moves_atomically(registry: ModelRegistry, tmp_path: Pa
     assert registry.promote(v2, "rerun") == second  # already champion: nothing written
 
 
-def test_a_stale_promoter_cannot_overwrite_a_newer_champion(registry: ModelRegistry, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stale_promoter_cannot_overwrite_a_newer_champion(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     v1 = registry.register(_model(tmp_path / "a.json"), _metadata())
     v2 = registry.register(_model(tmp_path / "b.json", rounds=8), _metadata())
     v3 = registry.register(_model(tmp_path / "c.json", rounds=9), _metadata())
@@ -162,15 +175,18 @@ def test_no_pickle_ever(registry: ModelRegistry, tmp_path: Path) -> None:
     assert all(not p.read_bytes().startswith(b"\x80") for p in stored)  # pickle's protocol marker
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"features": ["ret_1", "ret_5"]}, "expects 3 features but the metadata names 2"),
-    ({"features": ["ret_1", "vol_20", "ret_5"]}, "was trained on features"),
-    ({"features": []}, "must be a non-empty list"),
-    ({"data_start": "2020-01-01"}, "must be a time zone-aware time"),
-    ({"data_end": "2019-01-01T00:00Z"}, "is before data_start"),
-    ({"data_fingerprint": ""}, "must be a non-empty digest"),
-    ({"metrics": {"auc": float("nan")}}, "must hold finite numbers"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"features": ["ret_1", "ret_5"]}, "expects 3 features but the metadata names 2"),
+        ({"features": ["ret_1", "vol_20", "ret_5"]}, "was trained on features"),
+        ({"features": []}, "must be a non-empty list"),
+        ({"data_start": "2020-01-01"}, "must be a time zone-aware time"),
+        ({"data_end": "2019-01-01T00:00Z"}, "is before data_start"),
+        ({"data_fingerprint": ""}, "must be a non-empty digest"),
+        ({"metrics": {"auc": float("nan")}}, "must hold finite numbers"),
+    ],
+)
 def test_register_refuses_bad_metadata(registry: ModelRegistry, tmp_path: Path, change: dict, message: str) -> None:
     model = _model(tmp_path / "a.json")
     with pytest.raises(RegistryError, match=message):
@@ -296,8 +312,9 @@ def test_evaluate_candidate_scores_both_on_the_same_holdout(registry: ModelRegis
     # a champion whose features this holdout lacks cannot be judged on it: no automatic promotion
     renamed = holdout.rename(columns={"vol_20": "vol_60"})
     names = ["ret_1", "ret_5", "vol_60"]
-    xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(renamed[names], renamed["label"], feature_names=names),
-              5).save_model(tmp_path / "other.json")
+    xgb.train(
+        {"objective": "binary:logistic"}, xgb.DMatrix(renamed[names], renamed["label"], feature_names=names), 5
+    ).save_model(tmp_path / "other.json")
     other = evaluate_candidate(registry, tmp_path / "other.json", renamed, names)
     assert not other["promote"] and "needs feature(s) ['vol_20']" in other["reason"]
 
@@ -312,7 +329,9 @@ def test_a_champion_is_compared_only_on_rows_it_did_not_train_on(registry: Model
     inside = _frame(n=600, seed=9).assign(ts=pd.date_range("2022-01-03", periods=600, freq="h", tz="UTC"))
     refused = evaluate_candidate(registry, strong, inside, FEATURES)  # the whole holdout precedes 2022-03-01
     assert not refused["promote"] and refused["champion_metrics"] is None
-    assert "trained on data until 2022-03-01 00:00:00+00:00; the candidate's holdout leaves 0 row(s)" in refused["reason"]
+    assert (
+        "trained on data until 2022-03-01 00:00:00+00:00; the candidate's holdout leaves 0 row(s)" in refused["reason"]
+    )
     straddling = inside.assign(ts=pd.date_range("2022-02-20", periods=600, freq="h", tz="UTC"))
     judged = evaluate_candidate(registry, strong, straddling, FEATURES)
     assert judged["compared_on"]["rows"] == 600 - 9 * 24  # from March 1 on

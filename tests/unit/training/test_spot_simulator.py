@@ -13,8 +13,15 @@ import pytest
 from quant_engine.training.spot import Interruption, SpotRunError, random_schedule, simulate
 from quant_engine.training.trainer import EXIT_INTERRUPTED, train
 
-HP = {"num_round": 60, "max_depth": 4, "subsample": 0.7, "colsample_bytree": 0.5, "checkpoint_every": 3,
-      "seed": 5, "nthread": 1}
+HP = {
+    "num_round": 60,
+    "max_depth": 4,
+    "subsample": 0.7,
+    "colsample_bytree": 0.5,
+    "checkpoint_every": 3,
+    "seed": 5,
+    "nthread": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +37,16 @@ def job(tmp_path_factory) -> tuple[Path, bytes]:
 
 
 def args(train_path: Path, out: Path, **hp: object) -> list[str]:
-    return ["--train", str(train_path), "--model-dir", str(out / "model"), "--checkpoint-dir", str(out / "ckpt"),
-            "--hyperparameters", json.dumps({**HP, **hp})]
+    return [
+        "--train",
+        str(train_path),
+        "--model-dir",
+        str(out / "model"),
+        "--checkpoint-dir",
+        str(out / "ckpt"),
+        "--hyperparameters",
+        json.dumps({**HP, **hp}),
+    ]
 
 
 def test_sigkill_at_random_moments_leaves_the_model_bytes_unchanged(job, tmp_path: Path) -> None:
@@ -58,8 +73,9 @@ def test_sigterm_checkpoints_the_finished_round_and_exits_with_its_code(job, tmp
 
 def test_kill_without_notice_loses_the_rounds_since_the_last_checkpoint(job, tmp_path: Path) -> None:
     train_path, reference = job
-    report = simulate(args(train_path, tmp_path, checkpoint_every=25),
-                      schedule=[Interruption(0.0, at_round=40, kind="kill")])
+    report = simulate(
+        args(train_path, tmp_path, checkpoint_every=25), schedule=[Interruption(0.0, at_round=40, kind="kill")]
+    )
     first, second = report.attempts
     # Checkpoints are written beside training, so the kill (sent once round 40 is seen) can land
     # before the checkpoint of round 25 (or, on a slow machine, after rounds past 50) is reported;
@@ -75,8 +91,7 @@ def test_kill_without_notice_loses_the_rounds_since_the_last_checkpoint(job, tmp
 
 def test_rate_driven_notices_restart_until_done(job, tmp_path: Path) -> None:
     train_path, reference = job
-    report = simulate(args(train_path, tmp_path), rate_per_hour=3600 / 1.5, rate_kind="term", seed=3,
-                      grace_s=60)
+    report = simulate(args(train_path, tmp_path), rate_per_hour=3600 / 1.5, rate_kind="term", seed=3, grace_s=60)
     assert report.attempts[-1].exit_code == 0
     # A notice during start-up, before the trainer installs its handler, ends it like a kill.
     assert {a.exit_code for a in report.attempts[:-1]} <= {EXIT_INTERRUPTED, -signal.SIGTERM}

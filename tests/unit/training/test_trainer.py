@@ -22,8 +22,15 @@ from quant_engine.training.trainer import (
     train,
 )
 
-HP = {"num_round": 30, "max_depth": 3, "subsample": 0.7, "colsample_bytree": 0.5, "checkpoint_every": 4,
-      "seed": 11, "nthread": 1}
+HP = {
+    "num_round": 30,
+    "max_depth": 3,
+    "subsample": 0.7,
+    "colsample_bytree": 0.5,
+    "checkpoint_every": 4,
+    "seed": 11,
+    "nthread": 1,
+}
 
 
 def frame(n: int = 600, seed: int = 0, features: int = 6) -> pd.DataFrame:
@@ -74,8 +81,14 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path: Path, reference: bytes) -> N
         client.create_bucket(Bucket="jobs")
         uri = "s3://jobs/spot/run-1/checkpoints"
         with pytest.raises(TrainingInterrupted):
-            train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, s3_client=client,
-                      should_stop=stop_after(11))
+            train(
+                frame(),
+                tmp_path / "m",
+                hyperparameters=HP,
+                checkpoint_dir=uri,
+                s3_client=client,
+                should_stop=stop_after(11),
+            )
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="jobs")["Contents"]]
         assert "spot/run-1/checkpoints/round-000000010.json" in keys
         result = train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, s3_client=client)
@@ -175,16 +188,28 @@ def test_sagemaker_contract_from_environment(tmp_path: Path) -> None:
         ({}, [], "no training channel: set SM_CHANNEL_TRAIN or pass --train"),
         ({"SM_CHANNEL_TRAIN": "{missing}", "SM_MODEL_DIR": "{model}"}, [], "channel 'train': {missing} does not exist"),
         ({"SM_CHANNEL_TRAIN": "{train}"}, [], "no model dir: set SM_MODEL_DIR"),
-        ({"SM_CHANNEL_TRAIN": "{train}", "SM_MODEL_DIR": "{model}", "SM_HPS": "[1]"}, [], "SM_HPS='[1]' must be a JSON object"),
-        ({"SM_CHANNEL_TRAIN": "{train}", "SM_MODEL_DIR": "{model}"}, ["--hyperparameters", "{{"], "--hyperparameters is not valid JSON"),
+        (
+            {"SM_CHANNEL_TRAIN": "{train}", "SM_MODEL_DIR": "{model}", "SM_HPS": "[1]"},
+            [],
+            "SM_HPS='[1]' must be a JSON object",
+        ),
+        (
+            {"SM_CHANNEL_TRAIN": "{train}", "SM_MODEL_DIR": "{model}"},
+            ["--hyperparameters", "{{"],
+            "--hyperparameters is not valid JSON",
+        ),
         ({"SM_CHANNEL_TRAIN": "{empty_dir}", "SM_MODEL_DIR": "{model}"}, [], "holds no *.parquet file"),
     ],
 )
 def test_entry_point_reports_bad_inputs(tmp_path: Path, caplog, env, argv, message) -> None:
     (tmp_path / "empty").mkdir()
     frame().to_parquet(tmp_path / "train.parquet")
-    paths = {"missing": tmp_path / "nope", "train": tmp_path / "train.parquet", "model": tmp_path / "m",
-             "empty_dir": tmp_path / "empty"}
+    paths = {
+        "missing": tmp_path / "nope",
+        "train": tmp_path / "train.parquet",
+        "model": tmp_path / "m",
+        "empty_dir": tmp_path / "empty",
+    }
     env = {k: v.format(**paths) for k, v in env.items()}
     env["QE_HYPERPARAMETERS_FILE"] = str(tmp_path / "absent.json")
     with caplog.at_level(logging.ERROR):
@@ -248,8 +273,15 @@ def test_bad_hyperparameters_are_refused(hyperparameters: dict, message: str) ->
 
 def test_hyperparameters_parse_sagemaker_strings() -> None:
     params = TrainingParams.from_hyperparameters(
-        {"num_round": "50", "eta": "0.3", "subsample": "0.8", "objective": "binary:logistic", "random_state": "7",
-         "sagemaker_program": "train.py", "sagemaker_submit_directory": "s3://b/code.tar.gz"}
+        {
+            "num_round": "50",
+            "eta": "0.3",
+            "subsample": "0.8",
+            "objective": "binary:logistic",
+            "random_state": "7",
+            "sagemaker_program": "train.py",
+            "sagemaker_submit_directory": "s3://b/code.tar.gz",
+        }
     )
     assert (params.num_round, params.subsample, params.seed) == (50, 0.8, 7)
     assert params.xgb_params == {"objective": "binary:logistic", "tree_method": "hist", "seed": 7, "eta": 0.3}

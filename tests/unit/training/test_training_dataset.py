@@ -21,13 +21,23 @@ PARAMS = {"start": "2020-01-01", "end": "2021-06-30", "tickers": ",".join(TICKER
 
 @pytest.fixture
 def market(qe_home: Path) -> Path:
-    ingest(IngestionRequest.build("synthetic", PARAMS["start"], PARAMS["end"], tickers=TICKERS, group=make_offline_store()), make_group_stores())
+    ingest(
+        IngestionRequest.build(
+            "synthetic", PARAMS["start"], PARAMS["end"], tickers=TICKERS, group=make_offline_store()
+        ),
+        make_group_stores(),
+    )
     return qe_home
 
 
 @pytest.mark.parametrize("embargo_bars", [0, 5])
 def test_no_training_label_reaches_into_the_holdout(market: Path, tmp_path: Path, embargo_bars: int) -> None:
-    summary = build_training_set(TrainingSetConfig.from_params({**PARAMS, "embargo_bars": embargo_bars}, make_offline_store()), tmp_path, make_offline_store(), make_bar_store())
+    summary = build_training_set(
+        TrainingSetConfig.from_params({**PARAMS, "embargo_bars": embargo_bars}, make_offline_store()),
+        tmp_path,
+        make_offline_store(),
+        make_bar_store(),
+    )
     joined = pd.read_parquet(tmp_path / "joined" / "dataset.parquet")
     holdout = pd.read_parquet(tmp_path / "holdout.parquet")
     stamps = np.sort(joined["ts"].unique())
@@ -36,8 +46,11 @@ def test_no_training_label_reaches_into_the_holdout(market: Path, tmp_path: Path
     assert holdout["ts"].min() == stamps[first_holdout]
     assert len(holdout) == (joined["ts"] >= stamps[first_holdout]).sum()
     train = joined.loc[(joined["ts"] < stamps[first_holdout - embargo_bars]) & (joined["t1"] < stamps[first_holdout])]
-    assert summary["rows"] == {"train": len(train), "holdout": len(holdout),
-                               "gap": len(joined) - len(train) - len(holdout)}
+    assert summary["rows"] == {
+        "train": len(train),
+        "holdout": len(holdout),
+        "gap": len(joined) - len(train) - len(holdout),
+    }
     assert pd.Timestamp(summary["train_last_t1"]) < pd.Timestamp(summary["holdout_start"])
     # 5-bar labels of the last bars before the holdout end inside it: purged even without an embargo
     assert summary["rows"]["gap"] >= len(TICKERS) * max(4, embargo_bars)
@@ -51,21 +64,39 @@ def test_no_training_label_reaches_into_the_holdout(market: Path, tmp_path: Path
 
 
 def test_fingerprint_is_stable_and_tells_data_apart(market: Path, tmp_path: Path) -> None:
-    first = build_training_set(TrainingSetConfig.from_params(PARAMS, make_offline_store()), tmp_path / "a", make_offline_store(), make_bar_store())
-    again = build_training_set(TrainingSetConfig.from_params(PARAMS, make_offline_store()), tmp_path / "b", make_offline_store(), make_bar_store())
-    other = build_training_set(TrainingSetConfig.from_params({**PARAMS, "holdout_fraction": 0.3}, make_offline_store()), tmp_path / "c", make_offline_store(), make_bar_store())
+    first = build_training_set(
+        TrainingSetConfig.from_params(PARAMS, make_offline_store()),
+        tmp_path / "a",
+        make_offline_store(),
+        make_bar_store(),
+    )
+    again = build_training_set(
+        TrainingSetConfig.from_params(PARAMS, make_offline_store()),
+        tmp_path / "b",
+        make_offline_store(),
+        make_bar_store(),
+    )
+    other = build_training_set(
+        TrainingSetConfig.from_params({**PARAMS, "holdout_fraction": 0.3}, make_offline_store()),
+        tmp_path / "c",
+        make_offline_store(),
+        make_bar_store(),
+    )
     assert first["fingerprint"] == again["fingerprint"] != other["fingerprint"]
     assert first["params"] == {**TrainingSetConfig.from_params(PARAMS, make_offline_store()).to_params()}
     assert first["params"]["tickers"] == TICKERS and first["params"]["holdout_fraction"] == 0.2
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"holdout_fraction": 0.7}, "holdout_fraction=0.7 must be a number in \\(0, 0.5\\]"),
-    ({"embargo_bars": -1}, "embargo_bars=-1 must be a whole number between 0 and 252"),
-    ({"holdout": 0.2}, "unknown parameter\\(s\\) \\['holdout'\\]"),
-    ({"horizon": 0}, "horizon=0 must be a whole number >= 1 and <= 252"),
-    ({"end": "2019-01-01"}, "is before start"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"holdout_fraction": 0.7}, "holdout_fraction=0.7 must be a number in \\(0, 0.5\\]"),
+        ({"embargo_bars": -1}, "embargo_bars=-1 must be a whole number between 0 and 252"),
+        ({"holdout": 0.2}, "unknown parameter\\(s\\) \\['holdout'\\]"),
+        ({"horizon": 0}, "horizon=0 must be a whole number >= 1 and <= 252"),
+        ({"end": "2019-01-01"}, "is before start"),
+    ],
+)
 def test_bad_parameters_name_the_rule(params: dict, message: str) -> None:
     with pytest.raises(WfoConfigError, match=message):  # TrainingSetError is one
         TrainingSetConfig.from_params({**PARAMS, **params}, make_offline_store())

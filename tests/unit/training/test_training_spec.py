@@ -15,9 +15,20 @@ from quant_engine.training.defaults import DEFAULT_HYPERPARAMETERS, TRAINING_DEF
 from quant_engine.training.registry import ModelMetadata
 from quant_engine.training.spec import resolve_training_params
 
-SPEC = {"start": "2021-01-04", "end": "2022-12-30", "tickers": ["AAA", "BBB"], "feature_set": "ohlc",
-        "label_kind": "triple_barrier", "horizon": 5, "label_target": "absolute", "pt_mult": 1.5, "sl_mult": None,
-        "vol_window": 30, "holdout_fraction": 0.25, "embargo_bars": 3}
+SPEC = {
+    "start": "2021-01-04",
+    "end": "2022-12-30",
+    "tickers": ["AAA", "BBB"],
+    "feature_set": "ohlc",
+    "label_kind": "triple_barrier",
+    "horizon": 5,
+    "label_target": "absolute",
+    "pt_mult": 1.5,
+    "sl_mult": None,
+    "vol_window": 30,
+    "holdout_fraction": 0.25,
+    "embargo_bars": 3,
+}
 HYPERPARAMETERS = {"num_round": 40, "max_depth": 3, "learning_rate": 0.07, "seed": 5}
 
 
@@ -26,9 +37,18 @@ def promote_a_champion(home: Path, name: str = "xgb_direction") -> str:
     booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(rows, label=(rows["a"] > 0).astype(int)), 2)
     booster.save_model(str(home / "m.json"))
     registry = make_model_registry(name=name)
-    version = registry.register(home / "m.json", ModelMetadata(
-        features=["a", "b"], data_start="2021-01-04T21:00Z", data_end="2022-12-30T21:00Z", data_fingerprint="x",
-        params=HYPERPARAMETERS, wfo_report="reports/wfo/run-7", training={"dataset": SPEC}))
+    version = registry.register(
+        home / "m.json",
+        ModelMetadata(
+            features=["a", "b"],
+            data_start="2021-01-04T21:00Z",
+            data_end="2022-12-30T21:00Z",
+            data_fingerprint="x",
+            params=HYPERPARAMETERS,
+            wfo_report="reports/wfo/run-7",
+            training={"dataset": SPEC},
+        ),
+    )
     registry.promote(version, "first")
     return version
 
@@ -47,16 +67,18 @@ def test_a_retrain_rolls_the_champions_spec_forward_and_the_conf_overrides_any_p
     assert (params["start"], params["end"], params["window_days"]) == (None, None, 725)  # the same length, to now
     assert params["hyperparameters"] == HYPERPARAMETERS and params["wfo_report"] == "reports/wfo/run-7"
     assert basis == "the champion's spec of xgb_direction, rolled forward"
-    overridden, _ = resolve_training_params({"horizon": 1, "hyperparameters": DEFAULT_HYPERPARAMETERS},
-                                            make_model_registry_of)
+    overridden, _ = resolve_training_params(
+        {"horizon": 1, "hyperparameters": DEFAULT_HYPERPARAMETERS}, make_model_registry_of
+    )
     assert overridden["horizon"] == 1 and overridden["hyperparameters"] == DEFAULT_HYPERPARAMETERS
     assert overridden["feature_set"] == "ohlc"
 
 
 def test_the_drift_monitors_request_names_the_model_to_retrain(qe_home: Path) -> None:
     promote_a_champion(qe_home, name="other_model")
-    params, basis = resolve_training_params({}, make_model_registry_of,
-                                            requested_by=[{"verdict": "both", "model_name": "other_model"}])
+    params, basis = resolve_training_params(
+        {}, make_model_registry_of, requested_by=[{"verdict": "both", "model_name": "other_model"}]
+    )
     assert params["model_name"] == "other_model" and params["tickers"] == ["AAA", "BBB"]
     assert basis.startswith("the champion's spec of other_model")
 

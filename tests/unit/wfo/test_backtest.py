@@ -22,12 +22,14 @@ DAYS = pd.date_range("2024-01-01 21:00", periods=3, freq="D", tz="UTC")
 
 def two_tickers() -> pd.DataFrame:
     """A: long, long, short. B: flat (inside the threshold), short, short."""
-    return pd.DataFrame({
-        "ticker": ["A", "A", "A", "B", "B", "B"],
-        "ts": list(DAYS) * 2,
-        "prob": [0.8, 0.8, 0.3, 0.55, 0.2, 0.2],
-        "fwd_ret_1": [0.01, 0.02, -0.01, 0.03, -0.01, 0.02],
-    })
+    return pd.DataFrame(
+        {
+            "ticker": ["A", "A", "A", "B", "B", "B"],
+            "ts": list(DAYS) * 2,
+            "prob": [0.8, 0.8, 0.3, 0.55, 0.2, 0.2],
+            "fwd_ret_1": [0.01, 0.02, -0.01, 0.03, -0.01, 0.02],
+        }
+    )
 
 
 def test_positions_threshold_is_strict_on_both_sides() -> None:
@@ -100,15 +102,18 @@ def test_backtest_rejects_bad_frames() -> None:
         backtest(two_tickers().assign(fwd_ret_1=[0.01, np.nan, 0, 0, 0, 0]))
     with pytest.raises(ValueError, match="cost_bps"):
         backtest(two_tickers(), cost_bps=-1)
-    with pytest.raises(ValueError, match="portfolio='long_only' is not a portfolio construction; use one of "
-                                         "market_neutral, directional"):
+    with pytest.raises(
+        ValueError,
+        match="portfolio='long_only' is not a portfolio construction; use one of market_neutral, directional",
+    ):
         backtest(two_tickers(), portfolio="long_only")
 
 
 def test_summary_metrics_by_hand() -> None:
     returns = np.array([0.01, -0.02, 0.015, 0.005, -0.01, 0.02])
-    frame = pd.DataFrame({"ticker": "A", "ts": pd.date_range("2024-01-01", periods=6, tz="UTC"),
-                          "prob": 0.9, "fwd_ret_1": returns})
+    frame = pd.DataFrame(
+        {"ticker": "A", "ts": pd.date_range("2024-01-01", periods=6, tz="UTC"), "prob": 0.9, "fwd_ret_1": returns}
+    )
     result = backtest(frame, cost_bps=0, portfolio="directional")
     summary = performance_summary(result)
     assert summary["sharpe"] == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(252))
@@ -137,12 +142,14 @@ def test_flat_strategy_has_no_hit_rate(portfolio: str) -> None:
 
 def three_tickers() -> pd.DataFrame:
     """Day 1: probabilities .7 / .5 / .3 around a mean of .5; day 2: .4 / .6 / .5."""
-    return pd.DataFrame({
-        "ticker": ["A", "A", "B", "B", "C", "C"],
-        "ts": list(DAYS[:2]) * 3,
-        "prob": [0.7, 0.4, 0.5, 0.6, 0.3, 0.5],
-        "fwd_ret_1": [0.02, 0.0, 0.01, -0.02, -0.01, 0.05],
-    })
+    return pd.DataFrame(
+        {
+            "ticker": ["A", "A", "B", "B", "C", "C"],
+            "ts": list(DAYS[:2]) * 3,
+            "prob": [0.7, 0.4, 0.5, 0.6, 0.3, 0.5],
+            "fwd_ret_1": [0.02, 0.0, 0.01, -0.02, -0.01, 0.05],
+        }
+    )
 
 
 def test_market_neutral_returns_costs_turnover_and_hits_by_hand() -> None:
@@ -167,8 +174,12 @@ def test_market_neutral_book_ignores_a_common_move() -> None:
     pd.testing.assert_series_equal(shifted.returns, base.returns)
     # the directional book carries the market: net exposure (1 + 0) / 2, (1 - 1) / 2, (-1 - 1) / 2
     directional = backtest(two_tickers(), threshold=0.1, cost_bps=5, portfolio="directional")
-    moved = backtest(two_tickers().assign(fwd_ret_1=lambda f: f["fwd_ret_1"] + 0.05), threshold=0.1, cost_bps=5,
-                     portfolio="directional")
+    moved = backtest(
+        two_tickers().assign(fwd_ret_1=lambda f: f["fwd_ret_1"] + 0.05),
+        threshold=0.1,
+        cost_bps=5,
+        portfolio="directional",
+    )
     np.testing.assert_allclose(moved.returns - directional.returns, [0.025, 0.0, -0.05], atol=1e-15)
 
 
@@ -215,10 +226,13 @@ def split_predictions(cv: CombinatorialPurgedCV, rows_per_group: int) -> dict[in
     """Test predictions of every split, each row tagged with its split in ``prob`` for tracing."""
     out = {}
     for s, groups in enumerate(cv.test_groups):
-        out[s] = pd.concat([
-            pd.DataFrame({"group": g, "row": np.arange(rows_per_group) + g * rows_per_group, "prob": float(s)})
-            for g in groups
-        ], ignore_index=True)
+        out[s] = pd.concat(
+            [
+                pd.DataFrame({"group": g, "row": np.arange(rows_per_group) + g * rows_per_group, "prob": float(s)})
+                for g in groups
+            ],
+            ignore_index=True,
+        )
     return out
 
 
@@ -228,7 +242,7 @@ def test_every_path_covers_each_group_exactly_once(n_groups: int, k: int) -> Non
     paths = assemble_paths(split_predictions(cv, 3), cv.paths, np.full(n_groups, 3))
     assert len(paths) == cv.n_paths
     used = set()
-    for p, frame in enumerate(paths):
+    for frame in paths:
         assert frame["group"].tolist() == [g for g in range(n_groups) for _ in range(3)]
         assert frame["row"].tolist() == list(range(3 * n_groups))  # every row once, in order
         for g, split in frame.groupby("group")["split"].first().items():

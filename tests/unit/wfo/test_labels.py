@@ -39,7 +39,7 @@ def _reference_triple_barrier(bars, vol_window, pt_mult, sl_mult, max_holding):
         for i in range(len(close)):
             if i < vol_window or i + max_holding >= len(close):
                 continue
-            vol = statistics.stdev(returns[i - vol_window:i])
+            vol = statistics.stdev(returns[i - vol_window : i])
             if vol == 0:
                 continue
             end, barrier = i + max_holding, VERTICAL
@@ -61,15 +61,23 @@ def test_docstring_examples_run():
 
 
 def test_fixed_horizon_by_hand_keeps_tickers_apart():
-    bars = pd.DataFrame({
-        "ticker": ["A"] * 4 + ["B"] * 3,
-        "ts": [*pd.date_range("2024-01-01", periods=4, tz="UTC"), *pd.date_range("2024-01-02", periods=3, tz="UTC")],
-        "close": [10.0, 11.0, 9.0, 12.0, 50.0, 40.0, 60.0],
-    })
+    bars = pd.DataFrame(
+        {
+            "ticker": ["A"] * 4 + ["B"] * 3,
+            "ts": [
+                *pd.date_range("2024-01-01", periods=4, tz="UTC"),
+                *pd.date_range("2024-01-02", periods=3, tz="UTC"),
+            ],
+            "close": [10.0, 11.0, 9.0, 12.0, 50.0, 40.0, 60.0],
+        }
+    )
     got = fixed_horizon_labels(bars, 2)
     assert got["ticker"].tolist() == ["A", "A", "B"]
-    assert got["t1"].tolist() == [pd.Timestamp("2024-01-03", tz="UTC"), pd.Timestamp("2024-01-04", tz="UTC"),
-                                  pd.Timestamp("2024-01-04", tz="UTC")]
+    assert got["t1"].tolist() == [
+        pd.Timestamp("2024-01-03", tz="UTC"),
+        pd.Timestamp("2024-01-04", tz="UTC"),
+        pd.Timestamp("2024-01-04", tz="UTC"),
+    ]
     np.testing.assert_allclose(got["ret"], [9 / 10 - 1, 12 / 11 - 1, 60 / 50 - 1])
     assert got["label"].tolist() == [0, 1, 1]
     assert list(got.columns) == list(labels.LABEL_COLUMNS)
@@ -92,18 +100,21 @@ def test_triple_barrier_matches_row_by_row_reference():
         pd.testing.assert_frame_equal(
             got.astype({"label": "int64", "barrier": "int64"}).reset_index(drop=True),
             want.astype({"ts": got["ts"].dtype, "t1": got["t1"].dtype}),
-            check_exact=False, rtol=1e-12,
+            check_exact=False,
+            rtol=1e-12,
         )
 
 
 def test_triple_barrier_hits_each_barrier_by_hand():
     # Returns alternate +-1% for the volatility window, then three scripted paths.
     base = [100.0, 101.0, 100.0, 101.0, 100.0]
-    bars = pd.DataFrame({
-        "ticker": ["UP"] * 8 + ["DN"] * 8 + ["FLAT"] * 8,
-        "ts": list(pd.date_range("2024-01-01", periods=8, tz="UTC")) * 3,
-        "close": base + [100.5, 104.0, 90.0] + base + [99.5, 95.0, 110.0] + base + [100.2, 99.8, 100.1],
-    })
+    bars = pd.DataFrame(
+        {
+            "ticker": ["UP"] * 8 + ["DN"] * 8 + ["FLAT"] * 8,
+            "ts": list(pd.date_range("2024-01-01", periods=8, tz="UTC")) * 3,
+            "close": base + [100.5, 104.0, 90.0] + base + [99.5, 95.0, 110.0] + base + [100.2, 99.8, 100.1],
+        }
+    )
     got = triple_barrier_labels(bars, vol_window=4, pt_mult=2.0, sl_mult=2.0, max_holding=3)
     first = got.groupby("ticker", sort=False).first()
     assert first.loc["UP", "barrier"] == PROFIT_TAKE and first.loc["UP", "t1"] == pd.Timestamp("2024-01-07", tz="UTC")
@@ -112,10 +123,13 @@ def test_triple_barrier_hits_each_barrier_by_hand():
     assert first["label"].to_dict() == {"UP": 1, "DN": 0, "FLAT": 1}
 
 
-@pytest.mark.parametrize("make", [
-    lambda b: fixed_horizon_labels(b, 5),
-    lambda b: triple_barrier_labels(b, vol_window=8, pt_mult=1.0, sl_mult=1.0, max_holding=6),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda b: fixed_horizon_labels(b, 5),
+        lambda b: triple_barrier_labels(b, vol_window=8, pt_mult=1.0, sl_mult=1.0, max_holding=6),
+    ],
+)
 def test_no_look_ahead_beyond_t1(make):
     bars = _bars({"A": 60, "B": 60}, seed=7)
     before = make(bars)

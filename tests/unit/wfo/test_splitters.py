@@ -31,6 +31,7 @@ ORACLE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthC
 
 # ---------------------------------------------------------------- random panels, in whole hours
 
+
 @st.composite
 def panels(draw):
     """Sorted event hours (several rows may share one) and label end hours ``t1 >= t0``."""
@@ -108,16 +109,18 @@ def _assert_no_leak(train, test, t0, t1, embargo, *, embargo_after):
 
 # ---------------------------------------------------------------- oracles, straight from the rules
 
+
 def _expected_group_splits(t0, t1, n_groups, test_groups, embargo):
     unique = sorted(set(t0.tolist()))
     bounds = [g * len(unique) // n_groups for g in range(n_groups + 1)]
-    group_of = {u: g for g in range(n_groups) for u in unique[bounds[g]:bounds[g + 1]]}
+    group_of = {u: g for g in range(n_groups) for u in unique[bounds[g] : bounds[g + 1]]}
     out = []
     for groups in test_groups:
         test = [i for i in range(len(t0)) if group_of[t0[i]] in groups]
         spans = _blocks(test, t0, t1, unique)
         train = [
-            i for i in range(len(t0))
+            i
+            for i in range(len(t0))
             if i not in test
             and not any(t0[i] <= e and t1[i] >= s for s, e in spans)
             and not any(_in_embargo_after(t0[i], e, embargo, unique) for _, e in spans)
@@ -160,11 +163,13 @@ def _expected_walk_forward(t0, t1, train_window, test_window, anchored, step, em
             lo = sum(u < unique[a] - hours(train_window) for u in unique)
         gap_bars = _embargo_bars(embargo, m)
         in_gap = (
-            (lambda j: j >= a - gap_bars) if gap_bars is not None
+            (lambda j: j >= a - gap_bars)
+            if gap_bars is not None
             else (lambda j: unique[j] >= unique[a] - hours(embargo))
         )
         train = [
-            i for i in range(len(t0))
+            i
+            for i in range(len(t0))
             if lo <= unique.index(t0[i]) < a and t1[i] < unique[a] and not in_gap(unique.index(t0[i]))
         ]
         test = [i for i in range(len(t0)) if a <= unique.index(t0[i]) < b]
@@ -182,7 +187,7 @@ def _check_against(cv, X, expected, empty_message):
         return None
     got = list(cv.split(X))
     assert cv.get_n_splits(X) == len(got) == len(expected)
-    for (train, test), (want_train, want_test) in zip(got, expected):
+    for (train, test), (want_train, want_test) in zip(got, expected, strict=True):
         assert train.tolist() == want_train
         assert test.tolist() == want_test
     return got
@@ -207,9 +212,9 @@ def test_combinatorial_purged_cv_oracle(panel, n_groups, n_test_groups, embargo)
         _assert_no_leak(train, test, t0, t1, embargo, embargo_after=True)
     row_groups = cv.row_groups(X)
     for path in cv.paths:
-        covered = np.concatenate([
-            np.intersect1d(got[split][1], np.flatnonzero(row_groups == g)) for g, split in enumerate(path)
-        ])
+        covered = np.concatenate(
+            [np.intersect1d(got[split][1], np.flatnonzero(row_groups == g)) for g, split in enumerate(path)]
+        )
         assert sorted(covered.tolist()) == list(range(len(t0))), "a path must cover every row exactly once"
 
 
@@ -240,8 +245,7 @@ windows = st.one_of(st.integers(1, 8), st.integers(1, 30).map(lambda h: pd.Timed
 def test_walk_forward_oracle(panel, train_window, test_window, anchored, step_size, default_step, embargo):
     t0, t1 = panel
     step = None if default_step else (step_size if isinstance(test_window, int) else step_size * 3 * HOUR)
-    cv = WalkForward(train_window, test_window, anchored=anchored, step=step, embargo=embargo,
-                     t1=_t1_series(t0, t1))
+    cv = WalkForward(train_window, test_window, anchored=anchored, step=step, embargo=embargo, t1=_t1_series(t0, t1))
     X = np.zeros((len(t0), 1))
     expected = _expected_walk_forward(t0, t1, train_window, test_window, anchored, step, embargo)
     if expected is None:
@@ -264,16 +268,21 @@ def test_walk_forward_oracle(panel, train_window, test_window, anchored, step_si
 
 
 @ORACLE
-@given(start=st.datetimes(min_value=pd.Timestamp("1900-01-01").to_pydatetime(),
-                          max_value=pd.Timestamp("2090-01-01").to_pydatetime()),
-       train_days=st.integers(1, 400), test_days=st.integers(1, 120), folds=st.integers(1, 6),
-       extra=st.integers(0, 3))
-def test_walk_forward_tests_every_day_after_the_first_window_on_real_epochs(start, train_days, test_days, folds,
-                                                                            extra):
+@given(
+    start=st.datetimes(
+        min_value=pd.Timestamp("1900-01-01").to_pydatetime(), max_value=pd.Timestamp("2090-01-01").to_pydatetime()
+    ),
+    train_days=st.integers(1, 400),
+    test_days=st.integers(1, 120),
+    folds=st.integers(1, 6),
+    extra=st.integers(0, 3),
+)
+def test_walk_forward_tests_every_day_after_the_first_window_on_real_epochs(start, train_days, test_days, folds, extra):
     """Daily stamps as real epoch nanoseconds (before 1970 too), the data ending on the step grid or past it:
     every stamp after the first training window is tested exactly once, the last one included."""
-    t0 = pd.date_range(pd.Timestamp(start).normalize(), periods=train_days + (folds - 1) * test_days + 1 + extra,
-                       freq="D", tz="UTC")
+    t0 = pd.date_range(
+        pd.Timestamp(start).normalize(), periods=train_days + (folds - 1) * test_days + 1 + extra, freq="D", tz="UTC"
+    )
     cv = WalkForward(f"{train_days}D", f"{test_days}D", t1=pd.Series(t0, index=t0))
     tested = np.concatenate([test for _, test in cv.split(pd.DataFrame(index=t0))])
     assert tested.tolist() == list(range(train_days, len(t0)))
@@ -281,12 +290,14 @@ def test_walk_forward_tests_every_day_after_the_first_window_on_real_epochs(star
 
 def test_walk_forward_keeps_the_window_that_ends_exactly_with_the_data() -> None:
     t0 = pd.date_range("2020-01-01", "2021-12-26", freq="D", tz="UTC")
-    folds = list(WalkForward(train_window="365D", test_window="90D", t1=pd.Series(t0, index=t0)).split(
-        pd.DataFrame(index=t0)))
+    folds = list(
+        WalkForward(train_window="365D", test_window="90D", t1=pd.Series(t0, index=t0)).split(pd.DataFrame(index=t0))
+    )
     assert len(folds) == 5 and t0[folds[-1][1][-1]] == t0[-1]
 
 
 # ---------------------------------------------------------------- worked cases and paths
+
 
 def test_docstring_examples_run():
     assert doctest.testmod(splitters).failed == 0
@@ -349,13 +360,17 @@ def test_memory_does_not_grow_with_the_number_of_splits():
         tracemalloc.stop()
         return top
 
-    few, many = peak(CombinatorialPurgedCV(4, 2, embargo=3, t1=t1)), peak(CombinatorialPurgedCV(16, 3, embargo=3, t1=t1))
+    few, many = (
+        peak(CombinatorialPurgedCV(4, 2, embargo=3, t1=t1)),
+        peak(CombinatorialPurgedCV(16, 3, embargo=3, t1=t1)),
+    )
     assert many < 1.5 * few, f"6 splits peaked at {few:,} B, 560 at {many:,} B: memory grows with splits"
     # About eight int64 arrays of n rows; a dense rows x splits mask alone would be 560 bytes a row.
     assert many < 100 * n, f"peak {many:,} B for {n:,} rows"
 
 
 # ---------------------------------------------------------------- times from X, and scikit-learn
+
 
 def _panel_frame(n_times=60, tickers=("A", "B", "C"), seed=0):
     rng = np.random.default_rng(seed)
@@ -420,13 +435,16 @@ def test_walk_forward_windows_by_hand():
     X = np.zeros((12, 1))
     anchored = [(tr.tolist(), te.tolist()) for tr, te in WalkForward(4, 3, t1=t1).split(X)]
     assert anchored == [([0, 1, 2, 3], [4, 5, 6]), (list(range(7)), [7, 8, 9]), (list(range(10)), [10, 11])]
-    rolling = [(tr.tolist(), te.tolist()) for tr, te in WalkForward("4D", "3D", anchored=False, step="2D", t1=t1).split(X)]
+    rolling = [
+        (tr.tolist(), te.tolist()) for tr, te in WalkForward("4D", "3D", anchored=False, step="2D", t1=t1).split(X)
+    ]
     assert rolling[:2] == [([0, 1, 2, 3], [4, 5, 6]), ([2, 3, 4, 5], [6, 7, 8])]
     assert rolling[-1] == ([6, 7, 8, 9], [10, 11])
     assert WalkForward(4, 3, t1=t1).get_n_splits() == 3
 
 
 # ---------------------------------------------------------------- bad inputs, each message checked
+
 
 def test_bad_constructor_arguments_are_named():
     cases = [

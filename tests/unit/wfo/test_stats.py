@@ -81,9 +81,14 @@ def test_sharpe_moments_conventions():
     assert moments.skew == pytest.approx(scipy_skew(RETURNS))
 
 
-@pytest.mark.parametrize("sr,sr_star,n,g3,g4", [
-    (0.1, 0.0, 250, 0.0, 3.0), (0.15, 0.05, 60, -1.2, 7.5), (-0.05, 0.0, 1000, 0.4, 4.0),
-])
+@pytest.mark.parametrize(
+    "sr,sr_star,n,g3,g4",
+    [
+        (0.1, 0.0, 250, 0.0, 3.0),
+        (0.15, 0.05, 60, -1.2, 7.5),
+        (-0.05, 0.0, 1000, 0.4, 4.0),
+    ],
+)
 def test_probabilistic_sharpe_ratio_formula(sr, sr_star, n, g3, g4):
     want = norm.cdf((sr - sr_star) * math.sqrt(n - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr**2))
     assert probabilistic_sharpe_ratio(sr, sr_star, n, g3, g4) == pytest.approx(want, rel=1e-12)
@@ -107,7 +112,9 @@ def test_deflated_sharpe_ratio_reproduces_the_published_example():
     # skewness -3, kurtosis 10; the paper reports SR0 ≈ 0.1132 (non-annualised) and DSR ≈ 0.9004.
     sr0 = expected_max_sharpe(100, 0.5 / 250)
     assert sr0 == pytest.approx(0.1132, abs=5e-5)
-    dsr = deflated_sharpe_ratio(2.5 / math.sqrt(250), 1250, skew=-3, kurtosis=10, n_trials=100, var_trial_sharpes=0.5 / 250)
+    dsr = deflated_sharpe_ratio(
+        2.5 / math.sqrt(250), 1250, skew=-3, kurtosis=10, n_trials=100, var_trial_sharpes=0.5 / 250
+    )
     assert dsr == pytest.approx(0.9004, abs=5e-5)
 
 
@@ -137,8 +144,8 @@ def _brute_force_cscv(matrix, n_blocks):
     """CSCV written out in plain Python, straight from Bailey et al. (2017)."""
     n_rows, n_trials = len(matrix), len(matrix[0])
     size = n_rows // n_blocks
-    rows = matrix[n_rows - size * n_blocks:]
-    blocks = [rows[b * size:(b + 1) * size] for b in range(n_blocks)]
+    rows = matrix[n_rows - size * n_blocks :]
+    blocks = [rows[b * size : (b + 1) * size] for b in range(n_blocks)]
 
     def sharpe(sample, j):
         column = [row[j] for row in sample]
@@ -225,8 +232,10 @@ def test_bad_inputs_are_named():
         (lambda: probability_of_backtest_overfitting([0.1, 0.2, 0.3, 0.4]), "must be 2-d"),
         (lambda: probability_of_backtest_overfitting(PERFORMANCE, n_blocks=3), "n_blocks=3 must be an even int"),
         (lambda: probability_of_backtest_overfitting(PERFORMANCE, n_blocks=10), "8 periods cannot fill n_blocks=10"),
-        (lambda: probability_of_backtest_overfitting(np.zeros((8, 3)), n_blocks=2),
-         r"NaN for trial\(s\) \[0, 1, 2\] in combination 0"),
+        (
+            lambda: probability_of_backtest_overfitting(np.zeros((8, 3)), n_blocks=2),
+            r"NaN for trial\(s\) \[0, 1, 2\] in combination 0",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -23,21 +23,39 @@ from quant_engine.wfo.pipeline import run_pipeline
 from quant_engine.wfo.report import headline, latest_report, load_report, report_dir, setup, timestamp_roles
 from quant_engine.wfo.run_folder import PURGED, TEST, load_dataset
 
-CONF = {"start": "2020-01-01", "end": "2021-12-31", "tickers": "SYN05,SYN06", "n_groups": 4, "n_test_groups": 2,
-        "embargo": 3, "trials": {"max_depth": [2, 3], "n_estimators": [6]}}
+CONF = {
+    "start": "2020-01-01",
+    "end": "2021-12-31",
+    "tickers": "SYN05,SYN06",
+    "n_groups": 4,
+    "n_test_groups": 2,
+    "embargo": 3,
+    "trials": {"max_depth": [2, 3], "n_estimators": [6]},
+}
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("report_home")
-    ingest(IngestionRequest.build("synthetic", "2020-01-01", "2021-12-31", tickers=["SYN05", "SYN06"], group=make_offline_store()),
-           make_group_stores(Settings(home=home)))
+    ingest(
+        IngestionRequest.build(
+            "synthetic", "2020-01-01", "2021-12-31", tickers=["SYN05", "SYN06"], group=make_offline_store()
+        ),
+        make_group_stores(Settings(home=home)),
+    )
     return home
 
 
 @pytest.fixture(scope="module")
 def report_folder(home: Path) -> Path:
-    return run_pipeline(WfoConfig.from_params(CONF), run_dir("wfo", "report-run", Settings(home=home)), make_offline_store(Settings(home=home)), make_bar_store(Settings(home=home)), make_wfo_fits(Settings(home=home)), Settings(home=home).reports_dir)
+    return run_pipeline(
+        WfoConfig.from_params(CONF),
+        run_dir("wfo", "report-run", Settings(home=home)),
+        make_offline_store(Settings(home=home)),
+        make_bar_store(Settings(home=home)),
+        make_wfo_fits(Settings(home=home)),
+        Settings(home=home).reports_dir,
+    )
 
 
 @pytest.fixture
@@ -48,8 +66,21 @@ def use_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_report_json_has_the_headline_and_every_path(report_folder: Path) -> None:
     report = json.loads((report_folder / "report.json").read_text())
-    for key in ("pbo", "deflated_sharpe", "psr", "paths", "n_splits", "n_paths", "config", "data", "trials",
-                "selected_trial", "statistics", "groups", "splits"):
+    for key in (
+        "pbo",
+        "deflated_sharpe",
+        "psr",
+        "paths",
+        "n_splits",
+        "n_paths",
+        "config",
+        "data",
+        "trials",
+        "selected_trial",
+        "statistics",
+        "groups",
+        "splits",
+    ):
         assert key in report, key
     assert (report["n_splits"], report["n_paths"], report["n_trials"]) == (6, 3, 2)
     assert 0 <= report["pbo"] <= 1 and 0 <= report["psr"] <= 1 and 0 <= report["deflated_sharpe"] <= 1
@@ -62,8 +93,11 @@ def test_report_json_has_the_headline_and_every_path(report_folder: Path) -> Non
     assert report["config"]["tickers"] == ["SYN05", "SYN06"] and report["config"]["n_groups"] == 4
     config = report["config"]
     assert (config["portfolio"], config["label_kind"], config["horizon"], config["label_target"]) == (
-        DEFAULT_PARAMS["portfolio"], DEFAULT_PARAMS["label_kind"], DEFAULT_PARAMS["horizon"],
-        DEFAULT_PARAMS["label_target"])
+        DEFAULT_PARAMS["portfolio"],
+        DEFAULT_PARAMS["label_kind"],
+        DEFAULT_PARAMS["horizon"],
+        DEFAULT_PARAMS["label_target"],
+    )
     assert report["setup"] == setup(config) and config["portfolio"] in report["setup"]
     assert report["data"]["first_ts"].startswith("2020-01-02") and report["data"]["rows"] > 900  # New Year closed
     assert report["data"]["annualisation"]["bar_size"] == "1d"
@@ -79,8 +113,12 @@ def test_report_json_has_the_headline_and_every_path(report_folder: Path) -> Non
 def test_report_html_is_self_contained_with_four_plots(report_folder: Path) -> None:
     page = (report_folder / "report.html").read_text()
     images = re.findall(r"<h2>([^<]+)</h2><img alt='[^']+' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", page)
-    assert [title for title, _ in images] == ["Equity curves", "PBO logit histogram", "Sharpe distribution",
-                                              "Split diagram"]
+    assert [title for title, _ in images] == [
+        "Equity curves",
+        "PBO logit histogram",
+        "Sharpe distribution",
+        "Split diagram",
+    ]
     for _, data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
     assert not re.search(r"(src|href)=['\"]https?:", page)  # nothing fetched from elsewhere
@@ -88,8 +126,8 @@ def test_report_html_is_self_contained_with_four_plots(report_folder: Path) -> N
     report = json.loads((report_folder / "report.json").read_text())
     assert f"<td>Portfolio and labels</td><td>{report['setup']}</td>" in page
     configuration = page.split("<h2>Configuration</h2>")[1]
-    assert '&quot;portfolio&quot;: &quot;market_neutral&quot;' in configuration
-    assert '&quot;label_target&quot;: &quot;excess&quot;' in configuration
+    assert "&quot;portfolio&quot;: &quot;market_neutral&quot;" in configuration
+    assert "&quot;label_target&quot;: &quot;excess&quot;" in configuration
 
 
 def test_report_files_are_written_atomically(report_folder: Path) -> None:
@@ -113,7 +151,11 @@ def test_headline_latest_and_lookup(report_folder: Path, use_home: Path) -> None
     text = headline(report)
     assert "6 splits, 3 paths, 2 trials" in text and f"PBO {report['pbo']:.3f}" in text
     assert report["setup"] in text
-    assert latest_report(get_settings().reports_dir) == report_folder == report_dir("report-run", get_settings().reports_dir)
+    assert (
+        latest_report(get_settings().reports_dir)
+        == report_folder
+        == report_dir("report-run", get_settings().reports_dir)
+    )
     assert load_report(report_folder / "report.json") == report
     with pytest.raises(FileNotFoundError, match="no report at"):
         load_report(report_folder.parent / "missing")
@@ -140,8 +182,14 @@ def test_cli_show(report_folder: Path, use_home: Path, capsys: pytest.CaptureFix
 
 
 def test_cli_run(use_home: Path, capsys: pytest.CaptureFixture) -> None:
-    conf = {**CONF, "n_groups": 3, "n_test_groups": 1, "portfolio": "directional", "label_target": "absolute",
-            "horizon": 2}
+    conf = {
+        **CONF,
+        "n_groups": 3,
+        "n_test_groups": 1,
+        "portfolio": "directional",
+        "label_target": "absolute",
+        "horizon": 2,
+    }
     args = _parse(["wfo", "run", "--conf", json.dumps(conf), "--run-id", "cli-run"])
     assert args.handler(args) == 0
     out = capsys.readouterr().out
@@ -150,11 +198,14 @@ def test_cli_run(use_home: Path, capsys: pytest.CaptureFixture) -> None:
     assert (use_home / "reports" / "wfo" / "cli-run" / "report.html").exists()
 
 
-@pytest.mark.parametrize(("conf", "message"), [
-    ("{not json", "--conf is not valid JSON"),
-    ("[1, 2]", "--conf must be a JSON object"),
-    ('{"n_test_groups": 9}', "n_test_groups=9 must be smaller than n_groups=6"),
-])
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ("{not json", "--conf is not valid JSON"),
+        ("[1, 2]", "--conf must be a JSON object"),
+        ('{"n_test_groups": 9}', "n_test_groups=9 must be smaller than n_groups=6"),
+    ],
+)
 def test_cli_run_rejects_bad_conf(conf: str, message: str) -> None:
     args = _parse(["wfo", "run", "--conf", conf])
     with pytest.raises(ValueError, match=message):
