@@ -9,7 +9,7 @@ import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from quant_engine.calendars import BarSize, CalendarError, MarketTime, get_calendar
@@ -130,3 +130,74 @@ def test_bar_sizes_and_market_times_are_read_in_every_spelling_and_refused_by_na
         MarketTime("MOON")
     with pytest.raises(CalendarError, match="time rule"):
         MarketTime.from_json({"calendar": "XNYS", "bar_size": "1d"})
+
+
+def oracle_advance(name: str, t_ns: int, amount_ns: int) -> int:
+    """Walk exchange_calendars' own schedule stretch by stretch (sessions split at their breaks)."""
+    if amount_ns == 0:
+        return t_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calendar = xcals.get_calendar(name, start=str(get_calendar(name).first_session.date()),
+                                      end=str(get_calendar(name).last_session.date()))
+    day = pd.Timestamp(t_ns, tz="UTC").tz_localize(None).normalize()
+    schedule = calendar.schedule.loc[day - pd.Timedelta(days=120): day + pd.Timedelta(days=120)]
+    stretches = []
+    for row in schedule.itertuples():
+        if "break_start" in schedule.columns and pd.notna(row.break_start) and pd.notna(row.break_end):
+            stretches += [(row.open.value, row.break_start.value), (row.break_end.value, row.close.value)]
+        else:
+            stretches.append((row.open.value, row.close.value))
+    left = abs(amount_ns)
+    if amount_ns > 0:
+        for start, end in stretches:
+            if end < t_ns:
+                continue
+            begin = max(start, t_ns)
+            if left <= end - begin:
+                return begin + left
+            left -= end - begin
+    else:
+        for start, end in reversed(stretches):
+            if start > t_ns:
+                continue
+            finish = min(end, t_ns)
+            if left < finish - start or (left == 0):
+                return finish - left
+            left -= finish - start
+    raise AssertionError("the oracle's window is too short for this amount")
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.sampled_from(("XNYS", "24/5", "24/7", "XHKG", "XLON")),
+       t=st.datetimes(min_value=pd.Timestamp("1980-01-01").to_pydatetime(),
+                      max_value=pd.Timestamp("2090-12-31").to_pydatetime()),
+       amount_minutes=st.integers(min_value=-5 * 24 * 60, max_value=5 * 24 * 60),
+       seconds=st.integers(min_value=0, max_value=59))
+def test_advance_trading_time_equals_a_walk_over_exchange_calendars_sessions(name, t, amount_minutes,
+                                                                              seconds) -> None:
+    calendar = get_calendar(name)
+    t_ns = int(pd.Timestamp(t, tz="UTC").value)
+    margin = pd.Timedelta(days=60)  # the oracle walks sessions within 120 days of t
+    assume(calendar.first_session + margin < pd.Timestamp(t) < calendar.last_session - margin)
+    amount_ns = (amount_minutes * 60 + (seconds if amount_minutes >= 0 else -seconds)) * 10**9
+    moved = calendar.advance_trading_time(t_ns, amount_ns)
+    assert moved == oracle_advance(name, t_ns, amount_ns)
+    # trading time is a part of wall time: moving by it never covers less wall time than the amount
+    assert (moved >= t_ns + amount_ns) if amount_ns >= 0 else (moved <= t_ns + amount_ns)
+
+
+def test_advance_trading_time_skips_nights_weekends_and_holidays() -> None:
+    nyse = get_calendar("XNYS")
+
+    def at(text: str) -> int:
+        return int(pd.Timestamp(text, tz="UTC").value)
+
+    hour = 3600 * 10**9
+    assert nyse.advance_trading_time(at("2024-07-03 16:00"), 2 * hour) == at("2024-07-05 14:30")  # half day, July 4
+    assert nyse.advance_trading_time(at("2024-07-05 14:30"), -2 * hour) == at("2024-07-03 16:00")
+    assert nyse.advance_trading_time(at("2024-07-06 12:00"), 0) == at("2024-07-06 12:00")
+    # a whole session ahead from a close lands on the next close, not on a weekday count
+    assert nyse.advance_trading_time(at("2024-03-28 20:00"), int(6.5 * hour)) == at("2024-04-01 20:00")  # Good Friday
+    fx = get_calendar("24/7")
+    assert fx.advance_trading_time(at("2024-01-06 10:00"), 48 * hour) == at("2024-01-08 10:00")
