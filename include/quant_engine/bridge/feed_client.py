@@ -12,7 +12,9 @@ objects for as long as it lives. Unlike yfinance's ``AsyncWebSocket`` it never g
   dead: the connection is aborted and re-made (``stats.stale_reconnects``);
 * every frame that is not a usable tick is dropped and counted by reason in ``stats.dropped``:
   the wire's :data:`~quant_engine.bridge.wire.FRAME_ERROR_REASONS`, ``unknown_ticker`` (not
-  subscribed), ``time_backwards`` (older than the ticker's last tick) and ``duplicate`` (the
+  subscribed), ``future_time`` (stamped later than the reference clock allows: checked before the
+  tick touches any per-ticker state, so one frame from 2099 cannot silence its ticker or move the
+  market clock), ``time_backwards`` (older than the ticker's last tick) and ``duplicate`` (the
   ticker's last tick again).
 
 Ticks lost while disconnected stay lost, as on any live feed; the bridge backfills whole bars
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from quant_engine.bridge.clock import DEFAULT_MAX_SKEW_S
 from quant_engine.bridge.ticks import Tick
 from quant_engine.bridge.wire import FRAME_ERROR_REASONS, FrameError, decode_frame, subscribe_message
 
@@ -42,7 +45,8 @@ log = logging.getLogger(__name__)
 
 YAHOO_STREAMER_URL = "wss://streamer.finance.yahoo.com/?version=2"
 #: Every reason a frame is dropped for, the keys of ``FeedStats.dropped``.
-DROP_REASONS: tuple[str, ...] = (*FRAME_ERROR_REASONS, "unknown_ticker", "time_backwards", "duplicate")
+DROP_REASONS: tuple[str, ...] = (*FRAME_ERROR_REASONS, "unknown_ticker", "future_time", "time_backwards",
+                                  "duplicate")
 
 
 class Backoff:
@@ -155,6 +159,10 @@ class FeedClient:
         Seed of the backoff jitter.
     clock : callable
         Wall clock for ``stats.last_tick_wall_time`` and events (default ``time.time``).
+    latest_time_ms : callable, optional
+        ``() -> ms``: the newest tick time accepted now (the service passes its
+        :meth:`~quant_engine.bridge.clock.ReferenceClock.latest_ms`); default ``clock()`` plus
+        :data:`~quant_engine.bridge.clock.DEFAULT_MAX_SKEW_S`.
     open_timeout : float
         Longest wait for a connection's handshake, seconds.
     heartbeat_s : float, optional
@@ -182,6 +190,7 @@ class FeedClient:
         stable_after_s: float = 10.0,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        latest_time_ms: Callable[[], float] | None = None,
         open_timeout: float = 10.0,
         heartbeat_s: float | None = 15.0,
         max_size: int = 2**16,
@@ -212,6 +221,7 @@ class FeedClient:
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, backoff_factor, seed)
         self.stats = FeedStats()
         self._clock = clock
+        self._latest_time_ms = latest_time_ms or (lambda: (clock() + DEFAULT_MAX_SKEW_S) * 1000.0)
         self._on_event = on_event
         self._subscribed = frozenset(names)
         self._last: dict[str, Tick] = {}
@@ -365,6 +375,9 @@ class FeedClient:
         ticker = tick.ticker
         if ticker not in self._subscribed:
             stats.dropped["unknown_ticker"] += 1
+            return None
+        if tick.time_ms > self._latest_time_ms():
+            stats.dropped["future_time"] += 1
             return None
         last = self._last.get(ticker)
         if last is not None and tick.time_ms <= last.time_ms:

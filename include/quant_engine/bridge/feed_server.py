@@ -76,10 +76,11 @@ MIN_TICKS_PER_BAR = 4
 #: time; ``calendar``: it runs through every hour, as a live feed does.
 TIMELINES: tuple[str, ...] = ("sessions", "calendar")
 #: Malformed frames the fault plan can inject; the first seven are the wire's ``FrameError``
-#: reasons, the rest decode but break the feed client's per-ticker checks.
+#: reasons, the rest decode but break the feed client's checks (``future_time``: a tick stamped
+#: in 2099, which the wire's 1971..2100 range lets through and only a reference clock catches).
 MALFORMED_KINDS: tuple[str, ...] = (
     "bad_json", "bad_base64", "bad_protobuf", "missing_field", "bad_price", "bad_volume", "bad_time",
-    "nan_price", "negative_price", "unknown_ticker", "time_backwards", "duplicate",
+    "nan_price", "negative_price", "unknown_ticker", "future_time", "time_backwards", "duplicate",
 )
 #: The reason a feed client drops each kind of malformed frame for.
 DROP_REASON_OF_KIND: dict[str, str] = {
@@ -89,6 +90,8 @@ DROP_REASON_OF_KIND: dict[str, str] = {
 _KINDS_AFTER_A_TICK = ("time_backwards", "duplicate")
 #: Ticker of the injected ``unknown_ticker`` frames; no source has it.
 UNKNOWN_TICKER = "ZZZZ-UNKNOWN"
+#: Time of the injected ``future_time`` frames: 2099-06-01 UTC, inside the wire's range.
+FUTURE_TIME_MS = 4_083_955_200_000
 #: Ticks sent in a row before the replay lets other tasks run (when it is behind the clock).
 _YIELD_EVERY = 256
 
@@ -473,6 +476,7 @@ def malformed_frame(kind: str, tick: Tick, last_sent: Tick | None, *, price_hint
         "bad_volume": {"day_volume": -1},
         "bad_time": {"time_ms": tick.time_ms // 1000},  # seconds instead of milliseconds
         "unknown_ticker": {"ticker": UNKNOWN_TICKER},
+        "future_time": {"time_ms": FUTURE_TIME_MS},
     }
     if kind in replacements:
         return encode_tick(dataclasses.replace(tick, **replacements[kind]), price_hint=price_hint)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -20,6 +21,7 @@ from yfinance.pricing_pb2 import PricingData
 from quant_engine.bridge.feed_client import DROP_REASONS, Backoff, FeedClient, FeedEvent
 from quant_engine.bridge.feed_server import (
     DROP_REASON_OF_KIND,
+    FUTURE_TIME_MS,
     MALFORMED_KINDS,
     FaultPlan,
     FeedServer,
@@ -191,6 +193,7 @@ def _fuzz_frames(rng: random.Random, anchor: Tick, count: int) -> list[str | byt
         {"time": -rng.randint(1, 10**6)}, {"id": ""}, {"market_hours": rng.randint(4, 100)},
         {"price_hint": rng.randint(13, 10**6)}, {"id": "NOT" + str(rng.randint(0, 10**6))},
         {"time": anchor.time_ms - rng.randint(1, 10**6)},  # backwards
+        {"time": rng.randint(4_000_000_000_000, 4_102_444_800_000)},  # 2096..2100: within the wire's range
     ]
     frames: list[str | bytes] = []
     for _ in range(count):
@@ -271,3 +274,33 @@ def test_bad_arguments_are_named() -> None:
         FeedClient("ws://x", ["A"], stale_after_s=0)
     with pytest.raises(ValueError, match="heartbeat_s"):
         FeedClient("ws://x", ["A"], heartbeat_s=-1)
+
+
+def test_a_far_future_tick_is_dropped_before_it_can_silence_its_ticker() -> None:
+    """One frame stamped 2099 (inside the wire's range) would be the ticker's newest time for good; it is
+    dropped as future_time against the reference clock, and the ticker's real ticks keep coming."""
+    real = [t for t in ORDER if t.ticker in TICKERS][:6]
+    frames = [encode_tick(real[0]), encode_tick(dataclasses.replace(real[0], time_ms=FUTURE_TIME_MS)),
+              *(encode_tick(t) for t in real[1:])]
+
+    async def feed(ws) -> None:
+        await ws.recv()
+        for frame in frames:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    async def main(expect: int = 6, **options) -> tuple[list[Tick], FeedClient]:
+        async with serve(feed, "127.0.0.1", 0) as server:
+            client = fast_client(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", **options)
+            return await collect(client, lambda got: len(got) == expect, timeout=10), client
+
+    ticks, client = asyncio.run(main())  # the default reference: the wall clock plus a minute
+    assert ticks == real and client.stats.dropped["future_time"] == 1
+    assert client.stats.dropped["time_backwards"] == 0
+    # a replay's reference: a tick later than it allows is future_time too, whatever its year
+    bound = [real[1].time_ms]
+    judged = FeedClient("ws://127.0.0.1:1", TICKERS, latest_time_ms=lambda: bound[0])
+    assert [judged._accept(encode_tick(t)) for t in real[:2]] == real[:2]
+    assert judged._accept(encode_tick(real[4])) is None and judged.stats.dropped["future_time"] == 1
+    bound[0] = real[4].time_ms  # the replay moved on: the same tick is on time now
+    assert judged._accept(encode_tick(real[4])) == real[4]
