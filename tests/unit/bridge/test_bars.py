@@ -3,10 +3,12 @@ are the calendar's bars in between, backfilled or counted; intraday bars rebuilt
 
 from __future__ import annotations
 
+import errno
+
 import pandas as pd
 import pytest
 
-from quant_engine.bridge.bars import BarAggregator, BarClock
+from quant_engine.bridge.bars import BarAggregator, BarClock, GuardedHistory
 from quant_engine.bridge.ticks import MarketHours, Tick
 from quant_engine.calendars import MarketTime, get_calendar
 
@@ -104,6 +106,47 @@ def test_watermark_closes_sessions_of_tickers_that_went_quiet() -> None:
     closed = agg.advance(at(0, 22))
     assert [(b.ticker, b.origin) for b in closed] == [("Q", "partial")]
     assert agg.on_tick(tick("Q", 0, 21, 101.0, post=True)) == []  # too late: closed already
+
+
+def test_the_reference_clock_closes_a_session_whose_closing_tick_never_came() -> None:
+    history = FakeHistory({"A": [0]})
+    agg = BarAggregator(GuardedHistory(history), close_grace_ms=HOUR_MS)
+    agg.on_tick(tick("A", 0, 15, 101.0))
+    agg.on_tick(tick("B", 0, 16, 50.0))  # and then the whole feed goes quiet: no watermark moves
+    assert agg.close_due(at(0, 20.9)) == [] and agg.open_bars == 2  # before the close: nothing
+    closed = agg.close_due(at(0, 21))
+    assert [(b.ticker, b.origin, b.close) for b in closed] == [("A", "stored", 11.0), ("B", "partial", 50.0)]
+    assert agg.open_bars == 0 and agg.watermark_ms == at(0, 16)  # the market clock is the ticks' alone
+    assert agg.on_tick(tick("A", 0, 21, 101.5, post=True)) == [] and agg.counters["late_ticks"] == 1
+
+
+class FailingHistory(FakeHistory):
+    """Stored bars whose files cannot be opened for the first ``failures`` reads."""
+
+    def __init__(self, days: dict[str, list[int]], failures: int) -> None:
+        super().__init__(days)
+        self.failures = failures
+
+    def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().between(ticker, start, end)
+
+
+def test_unreadable_history_leaves_an_unfilled_gap_and_is_retried_before_giving_up() -> None:
+    flaky = GuardedHistory(FailingHistory({"A": [1, 2]}, failures=1), attempts=2)
+    agg = BarAggregator(flaky)
+    agg.seed("A", close_of(0))
+    closed = agg.on_tick(tick("A", 3, 21, 120.0, post=True))  # one failed open, retried at once: filled
+    assert [b.origin for b in closed] == ["backfill", "backfill", "feed"] and flaky.error is None
+    broken = GuardedHistory(FailingHistory({"A": [1, 2]}, failures=2), attempts=2)
+    agg = BarAggregator(broken)
+    agg.seed("A", close_of(0))
+    closed = agg.on_tick(tick("A", 3, 21, 120.0, post=True))  # never readable: the bar goes on, the gap stays
+    assert [b.origin for b in closed] == ["feed"] and agg.counters["bars_unfilled"] == 2
+    assert broken.failures == 1 and "Too many open files" in broken.error
+    assert broken.between("A", close_of(1), close_of(2)).shape[0] == 2 and broken.error is None  # readable again
 
 
 def test_gap_is_backfilled_in_time_order_from_the_calendars_sessions() -> None:
