@@ -193,19 +193,38 @@ class LocalChampionModel:
             return forest.predict(rows).astype(np.float64)
         return served.booster.inplace_predict(rows).astype(np.float64)
 
+    def check(self) -> _Served | None:
+        """The registry's champion, loaded, compiled and checked, when it is not the one served; else None.
+
+        Changes nothing, so a service runs it in a background thread (a load takes tens to hundreds
+        of milliseconds) and hands the result to :meth:`install` between batches. Raises what the
+        registry raises (an :class:`OSError` when a file cannot be opened).
+        """
+        promotion = self.registry.champion()
+        if promotion is None or promotion.version == self.version:
+            return None
+        return self._load(promotion.version)
+
+    def install(self, served: _Served) -> None:
+        """Serve what :meth:`check` loaded; the swap is one assignment, so a batch never mixes versions."""
+        previous = self.version
+        self._served = served
+        self.reloads += 1
+        log.info("champion of %s changed: %s -> %s", self.registry.name, previous or "none", served.version)
+
     def refresh(self) -> bool:
-        """Load the champion if it changed since the last check; the swap is one assignment."""
+        """Check and install in one call, at most every ``check_every_s``: True when the served model changed.
+
+        A failed check (an :class:`OSError`) raises, and is tried again after ``check_every_s``.
+        """
         now = self._clock()
         if now - self._checked_at < self.check_every_s:
             return False
         self._checked_at = now
-        promotion = self.registry.champion()
-        previous = self.version
-        if promotion is None or promotion.version == previous:
+        served = self.check()
+        if served is None:
             return False
-        self._served = self._load(promotion.version)
-        self.reloads += 1
-        log.info("champion of %s changed: %s -> %s", self.registry.name, previous or "none", promotion.version)
+        self.install(served)
         return True
 
 
