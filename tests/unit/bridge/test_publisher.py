@@ -28,6 +28,14 @@ async def started(**options: object) -> SignalPublisher:
     return publisher
 
 
+def delta(*, subscribed: list[str] = (), unsubscribed: list[str] = (), refused: dict[str, str] | None = None,
+          total: int) -> dict:
+    """The reply to a subscriber message: what it changed."""
+    refused = refused or {}
+    return {"subscribed": list(subscribed), "unsubscribed": list(unsubscribed), "refused": refused,
+            "refused_count": len(refused), "total": total}
+
+
 def http_get(port: int, path: str) -> tuple[int, str, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
@@ -47,10 +55,10 @@ def test_clients_need_a_token_by_header_or_query() -> None:
             assert refused.value.response.status_code == 401
         async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             await ws.send(json.dumps({"subscribe": ["A"]}))
-            assert json.loads(await ws.recv()) == {"subscribed": ["A"]}
+            assert json.loads(await ws.recv()) == delta(subscribed=["A"], total=1)
         async with connect(f"{url}?token={TOKEN}") as ws:
             await ws.send(json.dumps({"subscribe": ["*"]}))
-            assert json.loads(await ws.recv()) == {"subscribed": ["*"]}
+            assert json.loads(await ws.recv()) == delta(subscribed=["*"], total=1)
         assert publisher.counters["auth_failures"] == 2
         await publisher.stop()
 
@@ -68,7 +76,7 @@ def test_subscribers_get_their_tickers_only_and_bad_messages_are_answered() -> N
             await ws.send(json.dumps({"subscribe": ["A", "B"]}))
             await ws.recv()
             await ws.send(json.dumps({"unsubscribe": ["B"]}))
-            assert json.loads(await ws.recv()) == {"subscribed": ["A"]}
+            assert json.loads(await ws.recv()) == delta(unsubscribed=["B"], total=1)  # the change, not the list
             for ticker in ("B", "A", "C", "A"):
                 publisher.publish({"ticker": ticker, "prob": 0.6})
             got = [json.loads(await ws.recv()) for _ in range(2)]
