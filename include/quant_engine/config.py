@@ -170,11 +170,11 @@ class Settings:
         key = "/".join(p.strip("/") for p in (self.s3_prefix, *parts) if p)
         return f"s3://{self.s3_bucket}/{key}"
 
-    def boto3_client(self, service: str):  # noqa: ANN201 - boto3 clients are untyped
-        """A boto3 client for ``service`` in the configured region and endpoint."""
+    def boto3_client(self, service: str, config: object | None = None):  # noqa: ANN201 - boto3 clients are untyped
+        """A boto3 client for ``service`` in the configured region and endpoint (``config``: a botocore Config)."""
         import boto3
 
-        return boto3.client(service, region_name=self.aws_region, endpoint_url=self.aws_endpoint_url)
+        return boto3.client(service, region_name=self.aws_region, endpoint_url=self.aws_endpoint_url, config=config)
 
 
 def get_settings() -> Settings:
