@@ -201,15 +201,15 @@ def build_bridge(feed_url: str, history_end: pd.Timestamp):  # noqa: ANN201
     """A bridge over 100 tickers with a small registered champion and 300 stored bars per ticker."""
     import xgboost as xgb
 
+    from quant_engine.backends import make_model_registry
     from quant_engine.bridge.inference import LocalChampionModel
     from quant_engine.bridge.service import BridgeService
     from quant_engine.bridge.settings import BridgeSettings
     from quant_engine.bridge.state import StateHandler
-    from quant_engine.config import make_model_registry
     from quant_engine.data.synthetic import SyntheticMarket
     from quant_engine.features.definitions import get_feature_set
+    from quant_engine.monitoring.predictions import prediction_log
     from quant_engine.monitoring.run import record_baseline
-    from quant_engine.monitoring.scoring import prediction_log
     from quant_engine.training.registry import ModelMetadata
 
     feature_set = get_feature_set("default")
@@ -225,7 +225,7 @@ def build_bridge(feed_url: str, history_end: pd.Timestamp):  # noqa: ANN201
     version = registry.register(home / "model.json", ModelMetadata(
         features=names, data_start=str(batch["event_time"].min()), data_end=str(batch["event_time"].max()),
         data_fingerprint="bench"))
-    record_baseline(registry.name, version, booster, batch.assign(label=label), batch.assign(label=label), names)
+    record_baseline(registry, version, booster, batch.assign(label=label), batch.assign(label=label), names)
     registry.promote(version, "bench")
     settings = BridgeSettings(port=0, tokens=(TOKEN,), feed_url=feed_url, log_batch=10_000, buffer_size=100_000)
     handler = StateHandler(feature_set, LocalChampionModel(registry), history=_MemoryHistory(bars),

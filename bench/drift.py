@@ -46,7 +46,7 @@ import json, sys, time
 import numpy as np, pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
-names = [f"f{i}" for i in range(%d)]
+names = [f"f{i}" for i in range(N_FEATURES)]
 ref = pd.DataFrame(np.load(sys.argv[1]), columns=names)
 cur = pd.DataFrame(np.load(sys.argv[2]), columns=names)
 start = time.perf_counter()
@@ -56,7 +56,7 @@ flagged = [m["config"]["column"] for m in result["metrics"]
            if m["config"].get("type") == "evidently:metric_v2:ValueDrift" and m["value"] >= m["config"]["threshold"]]
 method = next(m["config"]["method"] for m in result["metrics"] if "method" in m["config"])
 print(json.dumps({"seconds": seconds, "flagged": flagged, "method": method}))
-""" % N_FEATURES
+""".replace("N_FEATURES", str(N_FEATURES))
 
 
 def _data(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import pandas as pd
 
 from quant_engine.data.synthetic import Shift, SyntheticMarket
@@ -50,8 +49,12 @@ def drifted_counts(seed: int, scale: float) -> list[dict[str, int]]:
     start = pd.Timestamp("2019-01-01", tz="UTC")
     while start + WINDOW <= pd.Timestamp("2021-12-31", tz="UTC"):
         window = rows[(rows["event_time"] >= start) & (rows["event_time"] < start + WINDOW)]
-        out.append({rule: len(check_drift(window, baseline, comparison_threshold=t).drifted_features)
-                    for rule, t in RULES.items()})
+        out.append(
+            {
+                rule: len(check_drift(window, baseline, comparison_threshold=t).drifted_features)
+                for rule, t in RULES.items()
+            }
+        )
         start += STEP
     return out
 
@@ -67,8 +70,7 @@ def main() -> None:
         print(f"seed {seed} done", flush=True)
     frame = pd.DataFrame(records)
     windows = frame.groupby("scale").size()
-    print(f"\n{args.seeds} seeds, 60-day windows every 20 days over 2019-2021; windows per scale: "
-          f"{windows.iloc[0]}")
+    print(f"\n{args.seeds} seeds, 60-day windows every 20 days over 2019-2021; windows per scale: {windows.iloc[0]}")
     print(f"{'rule':<20}{'needs':>6}" + "".join(f"{'vol x' + format(s, 'g'):>10}" for s in SCALES))
     rates = {}
     for rule in RULES:
@@ -80,8 +82,10 @@ def main() -> None:
     for needed in (1, 2):
         base, ours = rates["model_monitor_0.1", needed][1.0], rates["calibrated", needed][1.0]
         ratio = "inf" if ours == 0 else f"{base / ours:.1f}x"
-        print(f"false alarms, {needed} feature(s) needed: Model Monitor default {base:.1%} vs calibrated "
-              f"{ours:.1%} -> {ratio} fewer")
+        print(
+            f"false alarms, {needed} feature(s) needed: Model Monitor default {base:.1%} vs calibrated "
+            f"{ours:.1%} -> {ratio} fewer"
+        )
 
 
 if __name__ == "__main__":

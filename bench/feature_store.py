@@ -70,10 +70,12 @@ CLOSE = pd.Timedelta(hours=21)  # event times are the daily close, 21:00 UTC
 def make_history(n_tickers: int, n_days: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     days = pd.bdate_range("2015-01-01", periods=n_days, tz="UTC") + CLOSE
-    frame = pd.DataFrame({
-        "ticker": np.repeat([f"T{i:04d}" for i in range(n_tickers)], n_days),
-        "event_time": np.tile(days, n_tickers),
-    })
+    frame = pd.DataFrame(
+        {
+            "ticker": np.repeat([f"T{i:04d}" for i in range(n_tickers)], n_days),
+            "event_time": np.tile(days, n_tickers),
+        }
+    )
     for name in FEATURES:
         frame[name] = rng.normal(size=len(frame))
     return frame
@@ -107,10 +109,12 @@ def make_entities(history: pd.DataFrame, n_rows: int, seed: int) -> pd.DataFrame
         chosen.update(zip(ticker.tolist(), np.where(exact, at_close, anywhere).tolist(), strict=True))
     pairs = sorted(chosen)
     order = rng.permutation(len(pairs))
-    return pd.DataFrame({
-        "ticker": [pairs[i][0] for i in order],
-        "ts": pd.to_datetime([pairs[i][1] for i in order], utc=True).as_unit("ns"),
-    })
+    return pd.DataFrame(
+        {
+            "ticker": [pairs[i][0] for i in order],
+            "ts": pd.to_datetime([pairs[i][1] for i in order], utc=True).as_unit("ns"),
+        }
+    )
 
 
 # -- contenders ----------------------------------------------------------------------------------
@@ -130,20 +134,26 @@ def join_raw_duckdb(paths: list[str], entities: pd.DataFrame, as_of, ttl, *, ver
 
     if versioned:
         entity_key = "(epoch_ns(ts)::HUGEINT << 64) + 18446744073709551615::HUGEINT"
-        feature_key = ("(epoch_ns(event_time)::HUGEINT << 64) "
-                       "+ (epoch_ns(write_time)::HUGEINT + 9223372036854775808::HUGEINT)")
+        feature_key = (
+            "(epoch_ns(event_time)::HUGEINT << 64) + (epoch_ns(write_time)::HUGEINT + 9223372036854775808::HUGEINT)"
+        )
     else:
         entity_key, feature_key = "ts", "event_time"
     stale = f"f.event_time < e.ts - to_microseconds({ttl.value // 1000})" if ttl is not None else "false"
     features = ", ".join(FEATURES)
     with duckdb.connect() as con:
-        con.register("entities", pa.table({
-            "row_id": np.arange(len(entities)),
-            "ticker": entities["ticker"].to_numpy(dtype=str),
-            "ts": pa.array(entities["ts"].array.asi8, pa.timestamp("ns", tz="UTC")),
-        }))
+        con.register(
+            "entities",
+            pa.table(
+                {
+                    "row_id": np.arange(len(entities)),
+                    "ticker": entities["ticker"].to_numpy(dtype=str),
+                    "ts": pa.array(entities["ts"].array.asi8, pa.timestamp("ns", tz="UTC")),
+                }
+            ),
+        )
         result = con.sql(f"""
-            SELECT e.row_id, {', '.join(f'CASE WHEN {stale} THEN NULL ELSE f.{c} END AS {c}' for c in FEATURES)}
+            SELECT e.row_id, {", ".join(f"CASE WHEN {stale} THEN NULL ELSE f.{c} END AS {c}" for c in FEATURES)}
             FROM (SELECT row_id, ticker, ts, {entity_key} AS k FROM entities) e
             ASOF LEFT JOIN (
                 SELECT ticker, event_time, {features}, {feature_key} AS k FROM read_parquet({paths!r})
@@ -158,11 +168,19 @@ def join_pandas(paths: list[str], entities: pd.DataFrame, as_of, ttl) -> np.ndar
     rows = pq.read_table(paths, columns=["ticker", "event_time", *FEATURES, "write_time"]).to_pandas()
     rows = rows[rows["write_time"] <= as_of]
     rows = rows.sort_values(["event_time", "ticker", "write_time"]).drop_duplicates(
-        ["ticker", "event_time"], keep="last")
+        ["ticker", "event_time"], keep="last"
+    )
     left = entities.assign(row_id=np.arange(len(entities))).sort_values("ts")
-    merged = pd.merge_asof(left, rows.drop(columns="write_time"), left_on="ts", right_on="event_time",
-                           by="ticker", direction="backward", allow_exact_matches=True,
-                           tolerance=ttl)
+    merged = pd.merge_asof(
+        left,
+        rows.drop(columns="write_time"),
+        left_on="ts",
+        right_on="event_time",
+        by="ticker",
+        direction="backward",
+        allow_exact_matches=True,
+        tolerance=ttl,
+    )
     return merged.sort_values("row_id")[FEATURES].to_numpy()
 
 
@@ -187,19 +205,33 @@ def feast_worker(spec_path: str) -> None:
     workdir = Path(spec["workdir"])
     entities = pd.read_parquet(spec["entities"]).rename(columns={"ts": "event_timestamp"})
     entities["row_id"] = np.arange(len(entities))
-    store = FeatureStore(config=RepoConfig(
-        project="bench", provider="local", registry=str(workdir / "registry.db"),
-        offline_store={"type": "duckdb"}, online_store={"type": "sqlite", "path": str(workdir / "online.db")},
-        entity_key_serialization_version=3, repo_path=str(workdir),
-    ))
+    store = FeatureStore(
+        config=RepoConfig(
+            project="bench",
+            provider="local",
+            registry=str(workdir / "registry.db"),
+            offline_store={"type": "duckdb"},
+            online_store={"type": "sqlite", "path": str(workdir / "online.db")},
+            entity_key_serialization_version=3,
+            repo_path=str(workdir),
+        )
+    )
     ticker = Entity(name="ticker", join_keys=["ticker"], value_type=ValueType.STRING)
     refs = {}
     for case in spec["cases"]:
-        source = FileSource(name=f"src_{case['name']}", path=case["glob"], timestamp_field="event_time",
-                            created_timestamp_column="write_time")
-        view = FeatureView(name=f"fv_{case['name']}", entities=[ticker], source=source,
-                           ttl=timedelta(seconds=case["ttl_s"]),
-                           schema=[Field(name=f, dtype=Float64) for f in FEATURES])
+        source = FileSource(
+            name=f"src_{case['name']}",
+            path=case["glob"],
+            timestamp_field="event_time",
+            created_timestamp_column="write_time",
+        )
+        view = FeatureView(
+            name=f"fv_{case['name']}",
+            entities=[ticker],
+            source=source,
+            ttl=timedelta(seconds=case["ttl_s"]),
+            schema=[Field(name=f, dtype=Float64) for f in FEATURES],
+        )
         store.apply([ticker, view])
         refs[case["name"]] = [f"fv_{case['name']}:{f}" for f in FEATURES]
     print(json.dumps({"version": feast.__version__}), flush=True)
@@ -223,16 +255,19 @@ def feast_python() -> tuple[Path | None, str]:
     python = FEAST_VENV / "bin" / "python"
     if not python.exists():
         print(f"creating {FEAST_VENV.name}/ from {FEAST_REQUIREMENTS.relative_to(ROOT)} ...", flush=True)
-        for step in (["python3.11", "-m", "venv", str(FEAST_VENV)],
-                     [str(python), "-m", "pip", "install", "--quiet", "-r", str(FEAST_REQUIREMENTS)]):
+        for step in (
+            ["python3.11", "-m", "venv", str(FEAST_VENV)],
+            [str(python), "-m", "pip", "install", "--quiet", "-r", str(FEAST_REQUIREMENTS)],
+        ):
             try:
                 done = subprocess.run(step, capture_output=True, text=True, timeout=1200)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return None, f"{' '.join(step[:3])} failed: {exc}"
             if done.returncode:
                 return None, f"{' '.join(step[:3])} failed: {(done.stderr or done.stdout).strip()[-500:]}"
-    check = subprocess.run([str(python), "-c", "import feast; print(feast.__version__)"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [str(python), "-c", "import feast; print(feast.__version__)"], capture_output=True, text=True
+    )
     if check.returncode:
         return None, f"feast does not import in {FEAST_VENV.name}/: {check.stderr.strip()[-300:]}"
     return python, check.stdout.strip()
@@ -247,7 +282,11 @@ class FeastClient:
         self.log = open(workdir / "feast_stderr.log", "w+")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
             [str(python), str(Path(__file__).resolve()), "--feast-worker", str(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=workdir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=workdir,
         )
         self.version = self._reply()["version"]
 
@@ -301,15 +340,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-feast", action="store_true", help="skip the Feast baseline")
     parser.add_argument("--no-online", action="store_true", help="skip bench/online_store.py")
-    parser.add_argument("--no-feast-unbounded", dest="feast_unbounded", action="store_false",
-                        help="skip Feast without a TTL (about 90 s and 12 GiB at full size)")
+    parser.add_argument(
+        "--no-feast-unbounded",
+        dest="feast_unbounded",
+        action="store_false",
+        help="skip Feast without a TTL (about 90 s and 12 GiB at full size)",
+    )
     parser.add_argument("--feast-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.feast_worker:
         feast_worker(args.feast_worker)
         return
 
-    from quant_engine.features.offline_store import LocalFileSystem, OfflineStore
+    from quant_engine.features.offline_store import OfflineStore
+    from quant_engine.storage.filesystem import LocalFileSystem
 
     workdir = Path(tempfile.mkdtemp(prefix="qe-bench-feature-store-"))
     feast = None
@@ -325,10 +369,12 @@ def main() -> None:
         compacted_store = OfflineStore(LocalFileSystem(workdir / "compacted"), GROUP)
         snapshot = compacted_store.compact()  # the nightly job's compaction, before the restatement arrives
         second_compacted = compacted_store.write(corrections, write_time=WRITE_TIME_CORRECTIONS)
-        print(f"point-in-time join: {len(history):,} feature rows ({args.tickers} tickers x {args.days} days x "
-              f"{len(FEATURES)} features) in {len(first.files):,} Parquet files, then {second.rows_corrected:,} "
-              f"corrections in {len(second.files)} more; {len(entities):,} entity rows; stores ready in "
-              f"{time.perf_counter() - start:.1f} s; median of {args.repeats} interleaved runs after a warm-up")
+        print(
+            f"point-in-time join: {len(history):,} feature rows ({args.tickers} tickers x {args.days} days x "
+            f"{len(FEATURES)} features) in {len(first.files):,} Parquet files, then {second.rows_corrected:,} "
+            f"corrections in {len(second.files)} more; {len(entities):,} entity rows; stores ready in "
+            f"{time.perf_counter() - start:.1f} s; median of {args.repeats} interleaved runs after a warm-up"
+        )
 
         def local(store, *keys: str) -> list[str]:
             return [str(store.fs.local_path(key)) for key in keys]
@@ -340,20 +386,38 @@ def main() -> None:
         restated.mkdir()
         for number, path in enumerate(compacted_files):
             (restated / f"{number:05d}.parquet").symlink_to(path)
-        before = {"title": "before the corrections", "as_of": WRITE_TIME_HISTORY + pd.Timedelta(days=1),
-                  "versioned": False, "files": "before"}
-        after = {"title": "after the corrections", "as_of": WRITE_TIME_CORRECTIONS, "versioned": True,
-                 "files": "after"}
+        before = {
+            "title": "before the corrections",
+            "as_of": WRITE_TIME_HISTORY + pd.Timedelta(days=1),
+            "versioned": False,
+            "files": "before",
+        }
+        after = {"title": "after the corrections", "as_of": WRITE_TIME_CORRECTIONS, "versioned": True, "files": "after"}
         unbounded = "once" if args.feast_unbounded else None
         layouts = [
-            ("day files: SageMaker's layout as written", days_store, day_files,
-             {"before": str(pattern / f"{first.commit_id}.parquet"), "after": str(pattern / "*.parquet")},
-             [{**before, "ttl": TTL_SHORT, "feast": "repeat"}, {**after, "ttl": TTL_SHORT, "feast": "repeat"},
-              {**after, "ttl": None, "feast": None}]),
-            ("compacted: one snapshot of the history, the restatement's day files beside it", compacted_store,
-             compacted_files, {"before": compacted_files[0], "after": str(restated / "*.parquet")},
-             [{**before, "ttl": TTL_SHORT, "feast": "repeat"}, {**after, "ttl": TTL_SHORT, "feast": "repeat"},
-              {**after, "ttl": TTL_LONG, "feast": "repeat"}, {**after, "ttl": None, "feast": unbounded}]),
+            (
+                "day files: SageMaker's layout as written",
+                days_store,
+                day_files,
+                {"before": str(pattern / f"{first.commit_id}.parquet"), "after": str(pattern / "*.parquet")},
+                [
+                    {**before, "ttl": TTL_SHORT, "feast": "repeat"},
+                    {**after, "ttl": TTL_SHORT, "feast": "repeat"},
+                    {**after, "ttl": None, "feast": None},
+                ],
+            ),
+            (
+                "compacted: one snapshot of the history, the restatement's day files beside it",
+                compacted_store,
+                compacted_files,
+                {"before": compacted_files[0], "after": str(restated / "*.parquet")},
+                [
+                    {**before, "ttl": TTL_SHORT, "feast": "repeat"},
+                    {**after, "ttl": TTL_SHORT, "feast": "repeat"},
+                    {**after, "ttl": TTL_LONG, "feast": "repeat"},
+                    {**after, "ttl": None, "feast": unbounded},
+                ],
+            ),
         ]
 
         def feast_case(layout: int, case: dict) -> str:
@@ -363,11 +427,21 @@ def main() -> None:
         if python is not None:
             entities_path = workdir / "entities.parquet"
             entities.to_parquet(entities_path)
-            feast = FeastClient(python, workdir, entities_path, [
-                {"name": feast_case(i, c), "glob": globs[c["files"]],
-                 "ttl_s": 0 if c["ttl"] is None else int(c["ttl"].total_seconds())}
-                for i, (_, _, _, globs, cases) in enumerate(layouts) for c in cases if c["feast"]
-            ])
+            feast = FeastClient(
+                python,
+                workdir,
+                entities_path,
+                [
+                    {
+                        "name": feast_case(i, c),
+                        "glob": globs[c["files"]],
+                        "ttl_s": 0 if c["ttl"] is None else int(c["ttl"].total_seconds()),
+                    }
+                    for i, (_, _, _, globs, cases) in enumerate(layouts)
+                    for c in cases
+                    if c["feast"]
+                ],
+            )
             feast_note = f"Feast {feast.version} duckdb"
 
         for i, (layout, store, paths, _, cases) in enumerate(layouts):
@@ -376,8 +450,9 @@ def main() -> None:
                 as_of, ttl = case["as_of"], case["ttl"]
                 contenders = {
                     "OfflineStore.point_in_time_join": lambda: join_store(store, entities, as_of, ttl),
-                    "raw DuckDB ASOF JOIN" + (" (version key)" if case["versioned"] else ""):
-                        lambda: join_raw_duckdb(paths, entities, as_of, ttl, versioned=case["versioned"]),
+                    "raw DuckDB ASOF JOIN" + (" (version key)" if case["versioned"] else ""): lambda: join_raw_duckdb(
+                        paths, entities, as_of, ttl, versioned=case["versioned"]
+                    ),
                     "pandas merge_asof": lambda: join_pandas(paths, entities, as_of, ttl),
                 }
                 times: dict[str, list[float]] = {name: [] for name in contenders}
@@ -405,8 +480,11 @@ def main() -> None:
                     print(f"  {name:>36}: {medians[name]:.3f} s  ({', '.join(f'{t:.3f}' for t in ts)}){once}")
                 ours_s = medians["OfflineStore.point_in_time_join"]
                 raw_name = list(contenders)[1]
-                print(f"  store / raw DuckDB: {ours_s / medians[raw_name]:.2f}x (target <= 1.3x); "
-                      f"pandas / store: {medians['pandas merge_asof'] / ours_s:.1f}x", end="")
+                print(
+                    f"  store / raw DuckDB: {ours_s / medians[raw_name]:.2f}x (target <= 1.3x); "
+                    f"pandas / store: {medians['pandas merge_asof'] / ours_s:.1f}x",
+                    end="",
+                )
                 if run_feast:
                     print(f"; Feast / store: {medians[feast_note] / ours_s:.1f}x (target >= 4x)")
                 elif feast is None:

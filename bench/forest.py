@@ -33,8 +33,11 @@ def train(max_depth: int, rounds: int) -> xgb.Booster:
     rows = rng.normal(size=(5_000, N_FEATURES)).astype(np.float32)
     label = (rows[:, 0] + 0.5 * rows[:, 1] * rows[:, 2] + rng.normal(size=len(rows)) > 0).astype(int)
     rows[rng.random(rows.shape) < 0.05] = np.nan
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": max_depth, "eta": 0.1, "seed": 0},
-                        xgb.DMatrix(rows, label=label), rounds)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": max_depth, "eta": 0.1, "seed": 0},
+        xgb.DMatrix(rows, label=label),
+        rounds,
+    )
     booster.set_param({"nthread": 1})
     return booster
 

@@ -65,11 +65,14 @@ def _populate(
     baseline = sqlite3.connect(directory / "baseline.sqlite", isolation_level=None)
     baseline.execute("PRAGMA journal_mode=WAL")
     columns = ", ".join(f"{n} REAL NOT NULL" for n in names)
-    baseline.execute(f"CREATE TABLE baseline (ticker TEXT PRIMARY KEY, event_time_ns INTEGER NOT NULL, {columns}) "
-                     "WITHOUT ROWID")
+    baseline.execute(
+        f"CREATE TABLE baseline (ticker TEXT PRIMARY KEY, event_time_ns INTEGER NOT NULL, {columns}) WITHOUT ROWID"
+    )
     placeholders = ", ".join("?" * (n_features + 2))
-    baseline.executemany(f"INSERT INTO baseline VALUES ({placeholders})",
-                         [(t, 0, *row) for t, row in zip(tickers, values.tolist(), strict=True)])
+    baseline.executemany(
+        f"INSERT INTO baseline VALUES ({placeholders})",
+        [(t, 0, *row) for t, row in zip(tickers, values.tolist(), strict=True)],
+    )
     return store, baseline
 
 
@@ -134,10 +137,14 @@ def run_online_bench(
     results["meets_target"] = float(results["store_p99_us"] <= TARGET_P99_MS * 1_000.0)
     if verbose:
         print(f"online store read, {n_tickers} tickers x {n_features} features, {n_reads} random single-ticker reads")
-        print(f"  SQLiteOnlineStore.get      p50 {results['store_p50_us']:7.2f} us   "
-              f"p99 {results['store_p99_us']:7.2f} us")
-        print(f"  raw sqlite3 PK lookup      p50 {results['baseline_p50_us']:7.2f} us   "
-              f"p99 {results['baseline_p99_us']:7.2f} us   (baseline)")
+        print(
+            f"  SQLiteOnlineStore.get      p50 {results['store_p50_us']:7.2f} us   "
+            f"p99 {results['store_p99_us']:7.2f} us"
+        )
+        print(
+            f"  raw sqlite3 PK lookup      p50 {results['baseline_p50_us']:7.2f} us   "
+            f"p99 {results['baseline_p99_us']:7.2f} us   (baseline)"
+        )
         print(f"  ratio store / baseline     p50 {results['ratio_p50']:7.2f}x      p99 {results['ratio_p99']:7.2f}x")
         verdict = "meets" if results["meets_target"] else "MISSES"
         print(f"  target p99 <= {TARGET_P99_MS} ms: {verdict}")

@@ -74,15 +74,19 @@ def worker(side: str, n_rows: int, repeats: int) -> None:
         pass
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(json.dumps({
-        "side": side,
-        "median_s": statistics.median(times),
-        "times_s": times,
-        "tracemalloc_peak_mb": peak / 2**20,
-        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "n_splits": len(digests),
-        "digests": digests,
-    }))
+    print(
+        json.dumps(
+            {
+                "side": side,
+                "median_s": statistics.median(times),
+                "times_s": times,
+                "tracemalloc_peak_mb": peak / 2**20,
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "n_splits": len(digests),
+                "digests": digests,
+            }
+        )
+    )
 
 
 def _skfolio_python() -> tuple[Path | None, str]:
@@ -101,8 +105,9 @@ def _skfolio_python() -> tuple[Path | None, str]:
                 return None, f"{' '.join(step[:3])} failed: {exc}"
             if done.returncode:
                 return None, f"{' '.join(step[:3])} failed: {(done.stderr or done.stdout).strip()[-500:]}"
-    check = subprocess.run([str(python), "-c", "import skfolio; print(skfolio.__version__)"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [str(python), "-c", "import skfolio; print(skfolio.__version__)"], capture_output=True, text=True
+    )
     if check.returncode:
         return None, f"skfolio does not import in {SKFOLIO_VENV.name}/: {check.stderr.strip()[-300:]}"
     return python, check.stdout.strip()
@@ -110,8 +115,19 @@ def _skfolio_python() -> tuple[Path | None, str]:
 
 def _run_worker(python: Path, side: str, n_rows: int, repeats: int) -> dict:
     done = subprocess.run(
-        [str(python), str(Path(__file__).resolve()), "--worker", side, "--rows", str(n_rows), "--repeats", str(repeats)],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            str(python),
+            str(Path(__file__).resolve()),
+            "--worker",
+            side,
+            "--rows",
+            str(n_rows),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     if done.returncode:
         raise RuntimeError(f"{side} worker failed:\n{done.stderr[-2000:]}")
@@ -128,8 +144,10 @@ def main() -> None:
         worker(args.worker, args.rows, args.repeats)
         return
 
-    print(f"CPCV split generation: {args.rows:,} rows, N={N_GROUPS}, k={N_TEST_GROUPS}, "
-          f"purge {PURGE_BARS} bars, embargo {EMBARGO_BARS} bars, median of {args.repeats} runs")
+    print(
+        f"CPCV split generation: {args.rows:,} rows, N={N_GROUPS}, k={N_TEST_GROUPS}, "
+        f"purge {PURGE_BARS} bars, embargo {EMBARGO_BARS} bars, median of {args.repeats} runs"
+    )
     ours = _run_worker(Path(sys.executable), "ours", args.rows, args.repeats)
     _report("quant-engine", ours)
     python, version = _skfolio_python()
@@ -139,18 +157,22 @@ def main() -> None:
     theirs = _run_worker(python, "skfolio", args.rows, args.repeats)
     _report(f"skfolio {version}", theirs)
     if theirs["digests"] != ours["digests"]:
-        differ = [i for i, (a, b) in enumerate(zip(ours["digests"], theirs["digests"])) if a != b]
+        differ = [i for i, (a, b) in enumerate(zip(ours["digests"], theirs["digests"], strict=True)) if a != b]
         raise SystemExit(f"the two splitters disagree on split(s) {differ}: the comparison is not like for like")
     print(f"same train/test rows in all {ours['n_splits']} splits")
     print(f"speed ratio (skfolio / quant-engine): {theirs['median_s'] / ours['median_s']:.1f}x")
-    print(f"tracemalloc peak ratio (skfolio / quant-engine): "
-          f"{theirs['tracemalloc_peak_mb'] / ours['tracemalloc_peak_mb']:.1f}x")
+    print(
+        f"tracemalloc peak ratio (skfolio / quant-engine): "
+        f"{theirs['tracemalloc_peak_mb'] / ours['tracemalloc_peak_mb']:.1f}x"
+    )
 
 
 def _report(name: str, figures: dict) -> None:
     runs = ", ".join(f"{t:.3f}" for t in figures["times_s"])
-    print(f"{name:>16}: median {figures['median_s']:.3f} s ({runs}); tracemalloc peak "
-          f"{figures['tracemalloc_peak_mb']:.0f} MiB; max RSS {figures['max_rss_mb']:.0f} MiB")
+    print(
+        f"{name:>16}: median {figures['median_s']:.3f} s ({runs}); tracemalloc peak "
+        f"{figures['tracemalloc_peak_mb']:.0f} MiB; max RSS {figures['max_rss_mb']:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,12 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--nthread", type=int, default=1,
-                        help="XGBoost threads (default 1: OpenMP spinning on shared cores makes timings erratic)")
+    parser.add_argument(
+        "--nthread",
+        type=int,
+        default=1,
+        help="XGBoost threads (default 1: OpenMP spinning on shared cores makes timings erratic)",
+    )
     args = parser.parse_args()
 
     import xgboost as xgb
@@ -56,16 +60,34 @@ def main() -> None:
     from quant_engine.training.spot import Interruption, simulate
     from quant_engine.training.trainer import train
 
-    hp = {"num_round": args.rounds, "max_depth": 6, "eta": 0.05, "subsample": 0.8, "colsample_bytree": 0.8,
-          "seed": 1, "checkpoint_every": 10, "nthread": args.nthread}
+    hp = {
+        "num_round": args.rounds,
+        "max_depth": 6,
+        "eta": 0.05,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "seed": 1,
+        "checkpoint_every": 10,
+        "nthread": args.nthread,
+    }
     frame = _data(args.rows, args.features)
     work = Path(tempfile.mkdtemp(prefix="qe-bench-training-"))
-    print(f"data: {args.rows} rows x {args.features} features, {args.rounds} rounds, depth 6, "
-          f"subsample 0.8, colsample_bytree 0.8, nthread {args.nthread}; xgboost {xgb.__version__}; work dir {work}")
+    print(
+        f"data: {args.rows} rows x {args.features} features, {args.rounds} rounds, depth 6, "
+        f"subsample 0.8, colsample_bytree 0.8, nthread {args.nthread}; xgboost {xgb.__version__}; work dir {work}"
+    )
 
     dmatrix = xgb.DMatrix(frame.drop(columns="label"), label=frame["label"])
-    stock_params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.05,
-                    "subsample": 0.8, "colsample_bytree": 0.8, "seed": 1, "nthread": args.nthread}
+    stock_params = {
+        "objective": "binary:logistic",
+        "tree_method": "hist",
+        "max_depth": 6,
+        "eta": 0.05,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "seed": 1,
+        "nthread": args.nthread,
+    }
     names = ("xgb.train", "no checkpoints", "checkpoints every 10")
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -81,8 +103,10 @@ def main() -> None:
     for r in range(args.repeats):
         timed("xgb.train", lambda: xgb.train(stock_params, dmatrix, args.rounds))
         plain = timed("no checkpoints", lambda: train(frame, work / f"plain-{r}", hyperparameters=hp))
-        ckpt = timed("checkpoints every 10", lambda: train(
-            frame, work / f"ckpt-{r}", hyperparameters=hp, checkpoint_dir=work / f"checkpoints-{r}"))
+        ckpt = timed(
+            "checkpoints every 10",
+            lambda: train(frame, work / f"ckpt-{r}", hyperparameters=hp, checkpoint_dir=work / f"checkpoints-{r}"),
+        )
         in_run_share.append(ckpt.metrics["checkpoint_seconds"] / ckpt.metrics["train_seconds"])
         assert plain.model_path.read_bytes() == ckpt.model_path.read_bytes()
 
@@ -90,31 +114,50 @@ def main() -> None:
     med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
     print("\nmedian of", args.repeats, "runs each")
     for name in names:
-        print(f"  {name:22s} wall {med[name]:7.2f} s  cpu {med_cpu[name]:7.2f} s   "
-              f"(wall runs: {', '.join(f'{t:.2f}' for t in times[name])})")
-    print(f"  resumable procedure vs xgb.train:            wall x{med['no checkpoints'] / med['xgb.train']:.2f}, "
-          f"cpu x{med_cpu['no checkpoints'] / med_cpu['xgb.train']:.2f}")
+        print(
+            f"  {name:22s} wall {med[name]:7.2f} s  cpu {med_cpu[name]:7.2f} s   "
+            f"(wall runs: {', '.join(f'{t:.2f}' for t in times[name])})"
+        )
+    print(
+        f"  resumable procedure vs xgb.train:            wall x{med['no checkpoints'] / med['xgb.train']:.2f}, "
+        f"cpu x{med_cpu['no checkpoints'] / med_cpu['xgb.train']:.2f}"
+    )
     overhead = med["checkpoints every 10"] / med["no checkpoints"] - 1
     overhead_cpu = med_cpu["checkpoints every 10"] / med_cpu["no checkpoints"] - 1
-    print(f"  checkpoint overhead (every 10 rounds):       wall {overhead:+.1%}, cpu {overhead_cpu:+.1%}   "
-          "target <= 5%")
+    print(
+        f"  checkpoint overhead (every 10 rounds):       wall {overhead:+.1%}, cpu {overhead_cpu:+.1%}   target <= 5%"
+    )
     written = ckpt.metrics["checkpoints_written"]
-    print(f"  training blocked on checkpoints (in-run):    {statistics.median(in_run_share):.2%}   "
-          f"({written} checkpoints per run, {1000 * ckpt.metrics['checkpoint_seconds'] / written:.1f} ms blocked and "
-          f"{1000 * ckpt.metrics['checkpoint_write_seconds'] / written:.1f} ms of background write each; "
-          f"a round takes {1000 * med['no checkpoints'] / args.rounds:.1f} ms)")
+    print(
+        f"  training blocked on checkpoints (in-run):    {statistics.median(in_run_share):.2%}   "
+        f"({written} checkpoints per run, {1000 * ckpt.metrics['checkpoint_seconds'] / written:.1f} ms blocked and "
+        f"{1000 * ckpt.metrics['checkpoint_write_seconds'] / written:.1f} ms of background write each; "
+        f"a round takes {1000 * med['no checkpoints'] / args.rounds:.1f} ms)"
+    )
 
     data_path = work / "train.parquet"
     frame.to_parquet(data_path)
     run_dir = work / "spot"
-    trainer_args = ["--train", str(data_path), "--model-dir", str(run_dir / "model"),
-                    "--checkpoint-dir", str(run_dir / "checkpoints"), "--hyperparameters", json.dumps(hp)]
+    trainer_args = [
+        "--train",
+        str(data_path),
+        "--model-dir",
+        str(run_dir / "model"),
+        "--checkpoint-dir",
+        str(run_dir / "checkpoints"),
+        "--hyperparameters",
+        json.dumps(hp),
+    ]
     report = simulate(trainer_args, schedule=[Interruption(0.0, at_round=args.rounds // 2 + 5, kind="kill")])
     first, second = report.attempts
     print("\nspot run, SIGKILL halfway (subprocess, spot simulator):", json.dumps(report.as_dict()))
-    print(f"  clean start:  ready {first.ready_seconds:.2f} s, first round {first.first_round_seconds:.2f} s after spawn")
-    print(f"  restart:      ready {second.ready_seconds:.2f} s, first new round {second.first_round_seconds:.2f} s "
-          f"after spawn (resumed at round {second.resumed_from}, {first.lost_rounds} rounds lost)")
+    print(
+        f"  clean start:  ready {first.ready_seconds:.2f} s, first round {first.first_round_seconds:.2f} s after spawn"
+    )
+    print(
+        f"  restart:      ready {second.ready_seconds:.2f} s, first new round {second.first_round_seconds:.2f} s "
+        f"after spawn (resumed at round {second.resumed_from}, {first.lost_rounds} rounds lost)"
+    )
     same = (run_dir / "model" / "model.json").read_bytes() == plain.model_path.read_bytes()
     print(f"  resumed model.json identical to the uninterrupted one: {same}")
 

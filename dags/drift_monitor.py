@@ -23,10 +23,9 @@ Graph::
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
-
-FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
-RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
+from airflow.sdk import dag, task
+from qe_airflow import FEATURE_STORE_ASSET, RETRAINING_REQUESTED
+from qe_forms import drift_form
 
 
 @dag(
@@ -36,68 +35,55 @@ RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
     tags=["quant-engine", "monitoring"],
-    params={
-        "model_name": Param("xgb_direction", type="string", description="Registry name of the monitored model."),
-        "window_days": Param(60, type="integer", minimum=1, maximum=3650,
-                             description="Days of the latest stored data judged; never reaches back into the "
-                                         "champion's training data."),
-        "min_new_rows": Param(100, type="integer", minimum=1,
-                              description="Feature rows after the training data's end needed before a check runs."),
-        "comparison_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                                      description="Largest KS distance (after the Robust sample-size allowance) a "
-                                                  "feature may show; empty: each feature's threshold calibrated "
-                                                  "on training windows of the same length."),
-        "psi_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0,
-                               description="PSI above which a feature also counts as drifted; empty: reported only."),
-        "wasserstein_threshold": Param(None, type=["null", "number"], exclusiveMinimum=0,
-                                       description="W1/sigma above which a feature also counts as drifted; "
-                                                   "empty: reported only."),
-        "min_drifted_features": Param(2, type="integer", minimum=1,
-                                      description="Features that must drift together before the inputs count as "
-                                                  "drifted (one alone is noise a stationary market shows)."),
-        "confidence": Param(0.99, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
-                            description="Level of the quality metrics' bounds against the holdout."),
-    },
+    params=drift_form(),
     doc_md=__doc__,
 )
 def drift_monitor():
     @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
     def enough_new_data(params=None, dag=None):
         from airflow.sdk import PokeReturnValue
-
         from qe_airflow import fail_fast_on_bad_input, refuse_unknown_params
-        from quant_engine.monitoring.run import readiness
+
+        from quant_engine.backends import make_drift_monitor
 
         refuse_unknown_params(params, dag)
         with fail_fast_on_bad_input():
-            state = readiness(params["model_name"], min_new_rows=params["min_new_rows"])
+            state = make_drift_monitor(model_name=params["model_name"]).readiness(min_new_rows=params["min_new_rows"])
         print(f"{state['new_rows']} new rows since {state['data_end']}, {state['matured_rows']} with settled labels")
         return PokeReturnValue(is_done=state["ready"], xcom_value=state)
 
     @task
     def score(ready: dict, params=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
-        from quant_engine.monitoring.run import monitoring_window
+
+        from quant_engine.backends import make_drift_monitor
         from quant_engine.monitoring.scoring import score_batch
 
         with fail_fast_on_bad_input():
-            start, end = monitoring_window(params["model_name"], window_days=params["window_days"])
-            result = score_batch(start, end, model_name=params["model_name"])
-        print(f"scored {result.rows_scored} rows with {result.model_name} {result.model_version} "
-              f"({result.start} .. {result.end}), {result.rows_appended} new in the prediction log")
+            monitor = make_drift_monitor(model_name=params["model_name"])
+            start, end = monitor.window(window_days=params["window_days"])
+            result = score_batch(monitor.registry, monitor.store, start, end)
+        print(
+            f"scored {result.rows_scored} rows with {result.model_name} {result.model_version} "
+            f"({result.start} .. {result.end}), {result.rows_appended} new in the prediction log"
+        )
         return result.to_dict()
 
     @task
     def check(scored: dict, params=None, run_id=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
-        from quant_engine.monitoring.run import run_drift_check
+
+        from quant_engine.backends import make_drift_monitor
 
         with fail_fast_on_bad_input():
-            result = run_drift_check(
-                run_id, model_name=params["model_name"], window_days=params["window_days"],
-                comparison_threshold=params["comparison_threshold"], psi_threshold=params["psi_threshold"],
+            result = make_drift_monitor(model_name=params["model_name"]).check(
+                run_id,
+                window_days=params["window_days"],
+                comparison_threshold=params["comparison_threshold"],
+                psi_threshold=params["psi_threshold"],
                 wasserstein_threshold=params["wasserstein_threshold"],
-                min_drifted_features=params["min_drifted_features"], confidence=params["confidence"],
+                min_drifted_features=params["min_drifted_features"],
+                confidence=params["confidence"],
             )
         print(f"verdict {result.verdict} for {result.model_name} {result.model_version}; report in {result.report_dir}")
         return result.to_dict()
@@ -108,8 +94,12 @@ def drift_monitor():
 
     @task(outlets=[RETRAINING_REQUESTED])
     def request_retraining(checked: dict, outlet_events=None) -> dict:
-        extra = {"verdict": checked["verdict"], "run_id": checked["run_id"],
-                 "model_name": checked["model_name"], "model_version": checked["model_version"]}
+        extra = {
+            "verdict": checked["verdict"],
+            "run_id": checked["run_id"],
+            "model_name": checked["model_name"],
+            "model_version": checked["model_version"],
+        }
         outlet_events[RETRAINING_REQUESTED].extra = extra
         print(f"retraining requested: {extra}")
         return extra

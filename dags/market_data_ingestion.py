@@ -13,11 +13,10 @@ records they already hold). Emits the feature-store asset ``drift_monitor`` sche
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
-from qe_airflow import FEATURE_SETS, SOURCES, reading_params
-
-FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
+from qe_airflow import FEATURE_STORE_ASSET
+from qe_forms import ingestion_form
 
 
 @dag(
@@ -27,49 +26,39 @@ FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
     tags=["quant-engine", "feature-store"],
-    params={
-        "source": Param("synthetic", type="string", enum=SOURCES,
-                        description="Where bars come from. synthetic is the embedded default market."),
-        "path": Param(None, type=["null", "string"],
-                      description="File or folder of bars, for the csv and parquet sources."),
-        "tickers": Param(None, type=["null", "string", "array"],
-                         description="Tickers, comma-separated or a list; empty means every ticker of the source."),
-        "start": Param(None, type=["null", "string"], format="date",
-                       description="First session to ingest (YYYY-MM-DD). Empty: the sessions that closed in the "
-                                   "run's data interval, or the whole file for csv / parquet."),
-        "end": Param(None, type=["null", "string"], format="date",
-                     description="Last session to ingest, inclusive; empty means the same as start."),
-        "feature_set": Param("default", type="string", enum=FEATURE_SETS,
-                             description="Feature definitions to compute."),
-        **reading_params(),
-    },
+    params=ingestion_form(),
     doc_md=__doc__,
 )
 def market_data_ingestion():
     @task
     def fetch_bars(params=None, run_id=None, data_interval_start=None, data_interval_end=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
-
         from qe_airflow import fail_fast_on_bad_input
+
+        from quant_engine.backends import make_offline_store
+        from quant_engine.config import get_settings
         from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, fetch_bars, stage_frame
         from quant_engine.runs import run_dir
 
         window = (data_interval_start, data_interval_end) if data_interval_end is not None else None
         with fail_fast_on_bad_input():
             try:
-                request = IngestionRequest.from_params(dict(params), window=window)
+                request = IngestionRequest.from_params(dict(params), make_offline_store(), window=window)
             except NoSessionToIngest as nothing:
                 raise AirflowSkipException(f"no session: {nothing}") from None
             print(f"ingesting {request.describe()} from {request.source}")
             bars = fetch_bars(request)
-        return {"bars": stage_frame(bars, run_dir("ingestion", run_id) / "bars.parquet"),
-                "request": request.to_dict()}
+        return {
+            "bars": stage_frame(bars, run_dir("ingestion", run_id, get_settings()) / "bars.parquet"),
+            "request": request.to_dict(),
+        }
 
     @task
     def compute_features(staged: dict, run_id=None) -> dict:
         import pandas as pd
-
         from qe_airflow import fail_fast_on_bad_input
+
+        from quant_engine.config import get_settings
         from quant_engine.features.ingest import IngestionRequest, bars_in_range, compute_features, stage_frame
         from quant_engine.runs import run_dir
 
@@ -77,9 +66,12 @@ def market_data_ingestion():
         bars = pd.read_parquet(staged["bars"])
         with fail_fast_on_bad_input():
             features = compute_features(bars, request)
-        folder = run_dir("ingestion", run_id)
-        return {**staged, "features": stage_frame(features, folder / "features.parquet"),
-                "bars_in_range": stage_frame(bars_in_range(bars, request), folder / "bars_in_range.parquet")}
+        folder = run_dir("ingestion", run_id, get_settings())
+        return {
+            **staged,
+            "features": stage_frame(features, folder / "features.parquet"),
+            "bars_in_range": stage_frame(bars_in_range(bars, request), folder / "bars_in_range.parquet"),
+        }
 
     @task(outlets=[FEATURE_STORE_ASSET])
     def write_stores(staged: dict) -> dict:
@@ -88,18 +80,25 @@ def market_data_ingestion():
         from pathlib import Path
 
         import pandas as pd
-
         from qe_airflow import fail_fast_on_bad_input
+
+        from quant_engine.backends import make_group_stores
         from quant_engine.features.ingest import IngestionRequest, write_features
 
         request = IngestionRequest.from_dict(staged["request"])
         with fail_fast_on_bad_input():  # a group of another feature set or market time: retrying cannot help
-            result = write_features(pd.read_parquet(staged["features"]),
-                                    bars=pd.read_parquet(staged["bars_in_range"]), market_time=request.market_time)
+            result = write_features(
+                pd.read_parquet(staged["features"]),
+                make_group_stores(),
+                bars=pd.read_parquet(staged["bars_in_range"]),
+                market_time=request.market_time,
+            )
         shutil.rmtree(Path(staged["features"]).parent, ignore_errors=True)  # staged files served their purpose
-        print(f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
-              f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "
-              f"{result.rows_updated_online} online updates, {result.bars_written_offline} new bars")
+        print(
+            f"ingested {result.rows_received} feature rows for {result.tickers} tickers "
+            f"({result.start} .. {result.end}): {result.rows_written_offline} new offline, "
+            f"{result.rows_updated_online} online updates, {result.bars_written_offline} new bars"
+        )
         return dataclasses.asdict(result)
 
     write_stores(compute_features(fetch_bars()))

@@ -39,7 +39,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant_engine.atomic import write_bytes_atomic
+from quant_engine.storage.atomic import write_bytes_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

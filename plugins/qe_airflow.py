@@ -8,8 +8,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 
-from airflow.sdk import Param
+from airflow.sdk import Asset, Param
 from airflow.sdk.exceptions import AirflowFailException
+
+#: The assets the DAGs hand on to each other: ingestion updates the feature store, the drift monitor
+#: asks for retraining, training registers models and moves the champion.
+FEATURE_STORE_ASSET = Asset("qe://feature-store/market_features")
+RETRAINING_REQUESTED = Asset("qe://drift/retraining-requested")
+REGISTRY_ASSET = Asset("qe://models/registry")
+CHAMPION_ASSET = Asset("qe://models/champion")
 
 #: Data sources ingestion reads (``quant_engine.data.sources.SOURCE_NAMES``; spelled out so parsing a
 #: DAG never imports the library's data stack).
@@ -40,7 +47,9 @@ def refuse_unknown_params(params: Mapping[str, object], dag: object) -> None:
     declared = set(dag.params)  # type: ignore[attr-defined]
     unknown = sorted(set(params) - declared)
     if unknown:
-        raise AirflowFailException(f"unknown parameter(s) {unknown} in the run's conf; known: {', '.join(sorted(declared))}")
+        raise AirflowFailException(
+            f"unknown parameter(s) {unknown} in the run's conf; known: {', '.join(sorted(declared))}"
+        )
 
 
 def asset_event_extras(triggering_asset_events: Mapping[object, Iterable[object]] | None) -> list[dict]:
@@ -52,26 +61,44 @@ def asset_event_extras(triggering_asset_events: Mapping[object, Iterable[object]
 def reading_params() -> dict[str, Param]:
     """How ingestion reads and judges bars: the group's market time and the validator's options."""
     return {
-        "calendar": Param(None, type=["null", "string"],
-                          description="Exchange calendar of a new feature group: XNYS (default), 24/5 (FX), 24/7 "
-                                      "(crypto), XLON, ...; a group keeps the one it was created with."),
-        "bar_size": Param(None, type=["null", "string"],
-                          description="Bar size of a new feature group: 1d (default), 1h, 5m, ..."),
-        "assume_tz": Param(None, type=["null", "string"],
-                           description="csv / parquet: time zone of naive timestamps (UTC, America/New_York, ...)."),
-        "date_close": Param(None, type=["null", "string"],
-                            description="csv / parquet: HH:MM to stamp plain dates at in assume_tz instead of each "
-                                        "session's close."),
-        "on_error": Param("raise", type="string", enum=["raise", "drop", "keep"],
-                          description="Broken or implausible bars: refuse the run, drop them, or keep the merely "
-                                      "implausible ones."),
-        "stamped_at": Param("close", type="string", enum=["close", "open"],
-                            description="csv / parquet intraday bars: stamped at their close (the rule) or open."),
-        "max_return_multiple": Param(100.0, type=["null", "number"],
-                                     description="A return beyond this multiple of its ticker's recent median is "
-                                                 "implausible; empty turns the check off."),
-        "max_volume_multiple": Param(1000.0, type=["null", "number"],
-                                     description="Likewise for volume."),
+        "calendar": Param(
+            None,
+            type=["null", "string"],
+            description="Exchange calendar of a new feature group: XNYS (default), 24/5 (FX), 24/7 "
+            "(crypto), XLON, ...; a group keeps the one it was created with.",
+        ),
+        "bar_size": Param(
+            None, type=["null", "string"], description="Bar size of a new feature group: 1d (default), 1h, 5m, ..."
+        ),
+        "assume_tz": Param(
+            None,
+            type=["null", "string"],
+            description="csv / parquet: time zone of naive timestamps (UTC, America/New_York, ...).",
+        ),
+        "date_close": Param(
+            None,
+            type=["null", "string"],
+            description="csv / parquet: HH:MM to stamp plain dates at in assume_tz instead of each session's close.",
+        ),
+        "on_error": Param(
+            "raise",
+            type="string",
+            enum=["raise", "drop", "keep"],
+            description="Broken or implausible bars: refuse the run, drop them, or keep the merely implausible ones.",
+        ),
+        "stamped_at": Param(
+            "close",
+            type="string",
+            enum=["close", "open"],
+            description="csv / parquet intraday bars: stamped at their close (the rule) or open.",
+        ),
+        "max_return_multiple": Param(
+            100.0,
+            type=["null", "number"],
+            description="A return beyond this multiple of its ticker's recent median is "
+            "implausible; empty turns the check off.",
+        ),
+        "max_volume_multiple": Param(1000.0, type=["null", "number"], description="Likewise for volume."),
     }
 
 
@@ -81,15 +108,28 @@ def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
     ``defaults`` are the library's defaults for the same keys, so a form and the code never disagree.
     """
     return {
-        "tickers": Param(defaults["tickers"], type=["null", "string"],
-                         description="Comma-separated tickers; empty means every ticker in the offline store."),
-        "feature_set": Param(defaults["feature_set"], type="string", enum=FEATURE_SETS,
-                             description="Features joined from the store."),
-        "label_kind": Param(defaults["label_kind"], type="string", enum=["fixed", "triple_barrier"],
-                            description="fixed: sign of the horizon return; triple_barrier: first barrier hit."),
-        "horizon": Param(defaults["horizon"], type="integer", minimum=1,
-                         description="Label horizon (vertical barrier) in bars."),
-        "label_target": Param(defaults["label_target"], type="string", enum=["absolute", "excess"],
-                              description="absolute: the ticker's own return; excess: its return minus the mean "
-                                          "of all tickers at the same bar (fixed labels only)."),
+        "tickers": Param(
+            defaults["tickers"],
+            type=["null", "string"],
+            description="Comma-separated tickers; empty means every ticker in the offline store.",
+        ),
+        "feature_set": Param(
+            defaults["feature_set"], type="string", enum=FEATURE_SETS, description="Features joined from the store."
+        ),
+        "label_kind": Param(
+            defaults["label_kind"],
+            type="string",
+            enum=["fixed", "triple_barrier"],
+            description="fixed: sign of the horizon return; triple_barrier: first barrier hit.",
+        ),
+        "horizon": Param(
+            defaults["horizon"], type="integer", minimum=1, description="Label horizon (vertical barrier) in bars."
+        ),
+        "label_target": Param(
+            defaults["label_target"],
+            type="string",
+            enum=["absolute", "excess"],
+            description="absolute: the ticker's own return; excess: its return minus the mean "
+            "of all tickers at the same bar (fixed labels only).",
+        ),
     }

@@ -15,9 +15,11 @@ class QuantEngineUIPlugin(AirflowPlugin):
 
     name = "quant_engine_ui"
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "Quant Engine"}]
-    external_views = [{
-        "name": "Quant Engine",
-        "href": f"{URL_PREFIX}/",
-        "destination": "nav",
-        "url_route": "quant-engine",
-    }]
+    external_views = [
+        {
+            "name": "Quant Engine",
+            "href": f"{URL_PREFIX}/",
+            "destination": "nav",
+            "url_route": "quant-engine",
+        }
+    ]

@@ -1,8 +1,8 @@
-"""Settings from ``QE_*`` environment variables, and the one place that picks a backend.
+"""Settings from ``QE_*`` environment variables: where data lives and which backend serves it.
 
-Every part of the engine that touches storage or compute asks this module for its implementation,
-so switching the whole system between the embedded local default and AWS is one variable
-(``QE_BACKEND``) and nothing else.
+Only values live here; :mod:`quant_engine.backends` turns them into stores, the registry and
+clients, so switching the whole system between the embedded local default and AWS is one
+variable (``QE_BACKEND``) and nothing else.
 """
 
 from __future__ import annotations
@@ -11,14 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:  # imported lazily at call time so `import quant_engine` stays light
-    from quant_engine.aws.feature_store import SageMakerFeatureGroup
-    from quant_engine.monitoring.alarms import Alarms
-    from quant_engine.training.registry import ModelRegistry
-    from quant_engine.features.offline_store import OfflineStore
-    from quant_engine.features.online_store import OnlineStore
+from typing import Literal
 
 Backend = Literal["local", "aws"]
 BACKENDS: tuple[str, ...] = ("local", "aws")
@@ -108,9 +101,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise SettingsError(
-                f"QE_BACKEND={self.backend!r} is not a backend; use one of {', '.join(BACKENDS)}"
-            )
+            raise SettingsError(f"QE_BACKEND={self.backend!r} is not a backend; use one of {', '.join(BACKENDS)}")
         if self.backend == "aws" and not self.s3_bucket:
             raise SettingsError("QE_BACKEND=aws needs QE_S3_BUCKET, the bucket for the offline store")
         if self.sagemaker_feature_store and self.backend != "aws":
@@ -170,78 +161,7 @@ class Settings:
         key = "/".join(p.strip("/") for p in (self.s3_prefix, *parts) if p)
         return f"s3://{self.s3_bucket}/{key}"
 
-    def boto3_client(self, service: str, config: object | None = None):  # noqa: ANN201 - boto3 clients are untyped
-        """A boto3 client for ``service`` in the configured region and endpoint (``config``: a botocore Config)."""
-        import boto3
-
-        return boto3.client(service, region_name=self.aws_region, endpoint_url=self.aws_endpoint_url, config=config)
-
 
 def get_settings() -> Settings:
     """The settings of this process, read from the environment."""
     return Settings.from_env()
-
-
-def make_offline_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
-    """The offline feature store for the configured backend (local Parquet or S3)."""
-    from quant_engine.features.offline_store import LocalFileSystem, OfflineStore, S3FileSystem
-
-    settings = settings or get_settings()
-    group = feature_group or settings.feature_group
-    if settings.backend == "aws":
-        fs = S3FileSystem(settings.boto3_client("s3"), settings.s3_bucket, f"{settings.s3_prefix}/offline-store")
-    else:
-        fs = LocalFileSystem(settings.offline_store_dir)
-    return OfflineStore(fs, group)
-
-
-def make_online_store(settings: Settings | None = None, feature_group: str | None = None) -> OnlineStore:
-    """The online feature store for the configured backend (SQLite or DynamoDB)."""
-    from quant_engine.features.online_store import DynamoDBOnlineStore, SQLiteOnlineStore
-
-    settings = settings or get_settings()
-    group = feature_group or settings.feature_group
-    if settings.backend == "aws":
-        store = DynamoDBOnlineStore(settings.boto3_client("dynamodb"), settings.dynamodb_table, group)
-        store.create_table_if_missing()  # one describe_table when it exists; first use creates it
-        return store
-    return SQLiteOnlineStore(settings.online_store_path, group)
-
-
-def make_sagemaker_feature_group(
-    settings: Settings | None = None, feature_group: str | None = None
-) -> SageMakerFeatureGroup | None:
-    """The SageMaker Feature Store group ingestion mirrors into, or None when not configured."""
-    settings = settings or get_settings()
-    if not settings.sagemaker_feature_store:
-        return None
-    from quant_engine.aws.feature_store import SageMakerFeatureGroup
-    from quant_engine.monitoring.alarms import Alarms
-    from quant_engine.training.registry import ModelRegistry
-
-    return SageMakerFeatureGroup.from_settings(settings, feature_group)
-
-
-def make_alarms(settings: Settings | None = None, *, monitoring_schedule: str, endpoint: str | None = None) -> Alarms:
-    """Drift metrics and alarm state: CloudWatch on aws, a local file under
-    ``$QE_HOME/monitoring/<monitoring_schedule>`` otherwise."""
-    from quant_engine.monitoring.alarms import CloudWatchAlarms, LocalAlarms, check_schedule_name
-
-    settings = settings or get_settings()
-    check_schedule_name(monitoring_schedule)
-    if settings.backend == "aws":
-        return CloudWatchAlarms(settings.boto3_client("cloudwatch"), monitoring_schedule, endpoint)
-    return LocalAlarms(settings.home / "monitoring" / monitoring_schedule)
-
-
-def make_model_registry(settings: Settings | None = None, name: str | None = None) -> ModelRegistry:
-    """The model registry for the configured backend: ``models_dir`` locally, ``<prefix>/models`` on S3."""
-    from quant_engine.features.offline_store import LocalFileSystem, S3FileSystem
-    from quant_engine.training.registry import DEFAULT_MODEL_NAME, ModelRegistry
-
-    settings = settings or get_settings()
-    if settings.backend == "aws":
-        fs = S3FileSystem(settings.boto3_client("s3"), settings.s3_bucket, f"{settings.s3_prefix}/models")
-    else:
-        fs = LocalFileSystem(settings.models_dir)
-    return ModelRegistry(fs, name or DEFAULT_MODEL_NAME)

@@ -53,8 +53,16 @@ class Progress:
     splits: 2/2 (100%)
     """
 
-    def __init__(self, total: int, label: str, *, stream: TextIO | None = None, every_s: float = 5.0,
-                 tty: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        every_s: float = 5.0,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise ValueError(f"total={total!r} must be a whole number of steps >= 0")
         if not every_s >= 0:
@@ -73,8 +81,9 @@ class Progress:
         self._show(force=True)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def advance(self, steps: int = 1) -> None:

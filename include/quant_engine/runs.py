@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from quant_engine.config import Settings, get_settings
+from quant_engine.config import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 CLAIM_FILE = ".run_id"
@@ -45,12 +45,12 @@ def claimed_folder(parent: Path, run_id: str) -> Path:
     except FileExistsError:
         owner = claim.read_text(encoding="utf-8")
         if owner != run_id:
-            raise RunIdError(f"run id {run_id!r} maps to folder {path}, which run {owner!r} already uses; "
-                             "give the run another id") from None
+            raise RunIdError(
+                f"run id {run_id!r} maps to folder {path}, which run {owner!r} already uses; give the run another id"
+            ) from None
     return path
 
 
-def run_dir(kind: str, run_id: str, settings: Settings | None = None) -> Path:
+def run_dir(kind: str, run_id: str, settings: Settings) -> Path:
     """``$QE_HOME/runs/<kind>/<run_id>``, created and claimed by ``run_id``."""
-    settings = settings or get_settings()
     return claimed_folder(settings.home / "runs" / safe_name(kind), run_id)

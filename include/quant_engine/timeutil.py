@@ -1,4 +1,4 @@
-"""Day arithmetic at the public edges (DAG params, CLI flags), where dates arrive as loose text."""
+"""Time at the public edges (DAG params, CLI flags, state files), where instants arrive as loose text."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def read_stamp(value: object, name: str, *, error: type[ValueError] = ValueError
     if stamp is pd.NaT:
         raise error(f"{name} is empty; give a date (YYYY-MM-DD)")
     return stamp
+
+
+def utc_timestamp(value: object, what: str) -> pd.Timestamp:
+    """``value`` as a tz-aware UTC timestamp; naive or unparsable values are an error naming ``what``."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what}={value!r} is not a timestamp") from exc
+    if stamp is pd.NaT:
+        raise ValueError(f"{what} is NaT; give a timestamp")
+    if stamp.tzinfo is None:
+        raise ValueError(f"{what}={value!r} is naive; give a time zone, e.g. UTC (a naive timestamp is ambiguous)")
+    return stamp.tz_convert("UTC")

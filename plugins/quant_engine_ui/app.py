@@ -67,8 +67,10 @@ def _table(columns: Sequence[str], rows: Iterable[Sequence[str]], empty: str) ->
 
 
 def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                        f"<style>{_STYLE}</style></head><body>{body}</body></html>")
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
 
 
 def _report_folders(kind: str) -> dict[str, Path]:
@@ -98,29 +100,39 @@ def wfo_section() -> str:
             skipped.append(_unreadable(f"walk-forward report {name}", exc))
             continue
         link = f"wfo/{urllib.parse.quote(name, safe='')}"
-        rows.append([
-            f'<a href="{link}">{html.escape(report["run_id"])}</a>',
-            _cell(report.get("generated_at")),
-            _cell(report["pbo"]), _cell(report["deflated_sharpe"]), _cell(report["psr"]),
-            _cell(selected.get("mean_path_sharpe"), 2),
-            _cell(f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
-            html.escape(report.get("setup", "")),
-        ])
-    table = _table(["run", "generated", "PBO", "deflated Sharpe", "PSR", "mean path Sharpe",
-                    "splits / paths / trials", "setup"], rows,
-                   "No walk-forward report yet: trigger the wfo_pipeline DAG.")
-    return ("<h2>Walk-forward reports</h2><p>Each run's page has every backtest path's equity curve, the PBO "
-            "logits and the split diagram.</p>" + table + "".join(skipped))
+        rows.append(
+            [
+                f'<a href="{link}">{html.escape(report["run_id"])}</a>',
+                _cell(report.get("generated_at")),
+                _cell(report["pbo"]),
+                _cell(report["deflated_sharpe"]),
+                _cell(report["psr"]),
+                _cell(selected.get("mean_path_sharpe"), 2),
+                _cell(f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
+                html.escape(report.get("setup", "")),
+            ]
+        )
+    table = _table(
+        ["run", "generated", "PBO", "deflated Sharpe", "PSR", "mean path Sharpe", "splits / paths / trials", "setup"],
+        rows,
+        "No walk-forward report yet: trigger the wfo_pipeline DAG.",
+    )
+    return (
+        "<h2>Walk-forward reports</h2><p>Each run's page has every backtest path's equity curve, the PBO "
+        "logits and the split diagram.</p>" + table + "".join(skipped)
+    )
 
 
 def _unreadable(what: str, exc: Exception) -> str:
     """The line a section shows instead of an item it cannot read (the rest of the page still renders)."""
-    return f'<p class="bad">Skipped {html.escape(what)}: cannot read it ({html.escape(type(exc).__name__)}: ' \
-           f"{html.escape(str(exc)[:200])}).</p>"
+    return (
+        f'<p class="bad">Skipped {html.escape(what)}: cannot read it ({html.escape(type(exc).__name__)}: '
+        f"{html.escape(str(exc)[:200])}).</p>"
+    )
 
 
 def _model_names() -> list[str]:
-    from quant_engine.training.registry import DEFAULT_MODEL_NAME
+    from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 
     settings = _settings()
     names = {DEFAULT_MODEL_NAME}
@@ -130,7 +142,7 @@ def _model_names() -> list[str]:
 
 
 def registry_section() -> str:
-    from quant_engine.config import make_model_registry
+    from quant_engine.backends import make_model_registry
 
     parts = ["<h2>Model registry</h2>"]
     for name in _model_names():
@@ -144,17 +156,31 @@ def registry_section() -> str:
         for version in reversed(versions):
             is_champion = champion is not None and champion.version == version.version
             metrics = version.metadata.metrics or {}
-            rows.append([
-                f"<b>{html.escape(version.version)}</b>" + (' <span class="ok">champion</span>' if is_champion else ""),
-                _cell(version.created_at),
-                _cell({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}),
-                _cell(version.metadata.wfo_report),
-            ])
-        why = (f"champion {html.escape(champion.version)} since {html.escape(champion.promoted_at)}: "
-               f"{html.escape(champion.reason)}") if champion else "no champion yet"
+            rows.append(
+                [
+                    f"<b>{html.escape(version.version)}</b>"
+                    + (' <span class="ok">champion</span>' if is_champion else ""),
+                    _cell(version.created_at),
+                    _cell({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}),
+                    _cell(version.metadata.wfo_report),
+                ]
+            )
+        why = (
+            (
+                f"champion {html.escape(champion.version)} since {html.escape(champion.promoted_at)}: "
+                f"{html.escape(champion.reason)}"
+            )
+            if champion
+            else "no champion yet"
+        )
         parts.append(f"<h3>{html.escape(name)}</h3><p>{why}</p>")
-        parts.append(_table(["version", "created", "holdout metrics", "WFO report"], rows,
-                            "No version registered: run the spot_training DAG."))
+        parts.append(
+            _table(
+                ["version", "created", "holdout metrics", "WFO report"],
+                rows,
+                "No version registered: run the spot_training DAG.",
+            )
+        )
     return "".join(parts)
 
 
@@ -171,19 +197,24 @@ def drift_section() -> str:
     css = "ok" if verdict == "none" else "bad"
     window = document.get("window", {})
     alarms = (document.get("evidence") or {}).get("alarms") or {}
-    alarm_rows = [[html.escape(feature), f'<span class="{"bad" if state == "ALARM" else "ok"}">{html.escape(state)}</span>']
-                  for feature, state in sorted(alarms.items())]
+    alarm_rows = [
+        [html.escape(feature), f'<span class="{"bad" if state == "ALARM" else "ok"}">{html.escape(state)}</span>']
+        for feature, state in sorted(alarms.items())
+    ]
     link = f"drift/{urllib.parse.quote(name, safe='')}"
-    return (f"<h2>Drift</h2><p>Latest check <a href=\"{link}\">{html.escape(document.get('run_id', name))}</a> of "
-            f"{_cell(document.get('model_name'))} {_cell(document.get('model_version'))}, window "
-            f"{_cell(window.get('start'))} .. {_cell(window.get('end'))} ({_cell(window.get('rows'))} rows): "
-            f"verdict <span class=\"{css}\">{html.escape(str(verdict))}</span>, retraining requested: "
-            f"{_cell(document.get('retraining_requested'))}.</p>"
-            + _table(["feature alarm", "state"], alarm_rows, "No alarms defined."))
+    return (
+        f'<h2>Drift</h2><p>Latest check <a href="{link}">{html.escape(document.get("run_id", name))}</a> of '
+        f"{_cell(document.get('model_name'))} {_cell(document.get('model_version'))}, window "
+        f"{_cell(window.get('start'))} .. {_cell(window.get('end'))} ({_cell(window.get('rows'))} rows): "
+        f'verdict <span class="{css}">{html.escape(str(verdict))}</span>, retraining requested: '
+        f"{_cell(document.get('retraining_requested'))}.</p>"
+        + _table(["feature alarm", "state"], alarm_rows, "No alarms defined.")
+    )
 
 
-def fetch_bridge(base_url: str, token: str | None,
-                 timeout_s: float = BRIDGE_TIMEOUT_S) -> tuple[dict | None, Any, str | None]:
+def fetch_bridge(
+    base_url: str, token: str | None, timeout_s: float = BRIDGE_TIMEOUT_S
+) -> tuple[dict | None, Any, str | None]:
     """``(health, latest signals, error)`` from the bridge's HTTP side.
 
     ``error`` says why the bridge is not reachable; the signals are None when the bridge refuses
@@ -203,8 +234,10 @@ def fetch_bridge(base_url: str, token: str | None,
 def _signal_rows(signals: Any) -> tuple[list[str], list[list[str]]]:
     """Latest signals as a table, whether the bridge sends a list of records or a mapping by ticker."""
     if isinstance(signals, Mapping):
-        signals = signals.get("signals", [{"ticker": k, **v} if isinstance(v, Mapping) else {"ticker": k, "value": v}
-                                           for k, v in signals.items()])
+        signals = signals.get(
+            "signals",
+            [{"ticker": k, **v} if isinstance(v, Mapping) else {"ticker": k, "value": v} for k, v in signals.items()],
+        )
     records = [s for s in signals or [] if isinstance(s, Mapping)]
     columns = list(dict.fromkeys(k for s in records for k in s))
     return columns, [[_cell(s.get(c)) for c in columns] for s in records]
@@ -214,21 +247,30 @@ def bridge_section() -> str:
     base_url = os.environ.get("QE_BRIDGE_URL", DEFAULT_BRIDGE_URL)
     health, signals, error = fetch_bridge(base_url, os.environ.get("QE_BRIDGE_UI_TOKEN"))
     if error is not None:
-        return (f"<h2>Bridge</h2><p class='bad'>bridge not reachable at {html.escape(base_url)}</p>"
-                f"<p class='muted'>{html.escape(error)}</p>")
+        return (
+            f"<h2>Bridge</h2><p class='bad'>bridge not reachable at {html.escape(base_url)}</p>"
+            f"<p class='muted'>{html.escape(error)}</p>"
+        )
     facts = [[html.escape(str(k)), _cell(v)] for k, v in health.items()]
     columns, rows = _signal_rows(signals)
-    return (f"<h2>Bridge</h2><p>{html.escape(base_url)}</p>" + _table(["health", "value"], facts, "empty health")
-            + "<h3>Latest signals</h3>"
-            + (_table(columns, rows, "No signal yet.") if signals is not None else
-               "<p class='muted'>The bridge refused the signals: set QE_BRIDGE_UI_TOKEN to one of its "
-               "QE_BRIDGE_TOKENS.</p>"))
+    return (
+        f"<h2>Bridge</h2><p>{html.escape(base_url)}</p>"
+        + _table(["health", "value"], facts, "empty health")
+        + "<h3>Latest signals</h3>"
+        + (
+            _table(columns, rows, "No signal yet.")
+            if signals is not None
+            else "<p class='muted'>The bridge refused the signals: set QE_BRIDGE_UI_TOKEN to one of its "
+            "QE_BRIDGE_TOKENS.</p>"
+        )
+    )
 
 
 def create_app() -> FastAPI:
     """The FastAPI app Airflow mounts at :data:`URL_PREFIX`; every route needs an Airflow login."""
-    app = FastAPI(title="Quant Engine", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="Quant Engine", dependencies=[Depends(get_user)], docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> HTMLResponse:

@@ -25,9 +25,17 @@ STACK_DIR = REPO_ROOT / ".stack-e2e"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 #: Flags for a headless Chromium on a machine without network or display (see the README).
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                  "--window-size=1400,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,12 @@ class Stack:
 
     def api_token(self) -> str:
         """A JWT from the api-server's own login endpoint, for reading run states over the REST API."""
-        request = urllib.request.Request(f"{self.url}/auth/token", method="POST",
-                                         data=json.dumps({"username": self.user, "password": self.password}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/auth/token",
+            method="POST",
+            data=json.dumps({"username": self.user, "password": self.password}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)["access_token"]
 
@@ -55,8 +66,15 @@ class Stack:
 
 
 def _make(target: str, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "--no-print-directory", target], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _keep_logs(name: str) -> None:
@@ -88,8 +106,9 @@ def stack() -> Iterator[Stack]:
         if started.returncode != 0:
             _keep_logs("stack-logs")
             pytest.fail(f"make up failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-        yield Stack(url="http://127.0.0.1:28380", user="admin", password="e2e-password",
-                    qe_home=STACK_DIR / "qe_home", env=env)
+        yield Stack(
+            url="http://127.0.0.1:28380", user="admin", password="e2e-password", qe_home=STACK_DIR / "qe_home", env=env
+        )
     finally:
         stopped = _make("down", env, timeout=120)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -102,7 +121,9 @@ def browser(request: pytest.FixtureRequest) -> Iterator[object]:
     from selenium.webdriver.chrome.service import Service
 
     for program in (CHROMIUM, CHROMEDRIVER):
-        assert os.access(program, os.X_OK), f"{program} missing: `make browser-deps` installs chromium and chromium-driver"
+        assert os.access(program, os.X_OK), (
+            f"{program} missing: `make browser-deps` installs chromium and chromium-driver"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:

@@ -59,8 +59,14 @@ def _wait_for(condition, timeout_s: float, what: str, interval_s: float = 1.0):
 
 
 def _ingest(stack) -> None:
-    result = subprocess.run([QUANT_ENGINE, "ingest", "--start", START, "--end", END, "--tickers", TICKERS],
-                            env=stack.env, capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [QUANT_ENGINE, "ingest", "--start", START, "--end", END, "--tickers", TICKERS],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
@@ -81,8 +87,11 @@ def _trigger_with_params(driver, stack) -> None:
     from selenium.webdriver.common.keys import Keys
 
     driver.get(f"{stack.url}/dags/wfo_pipeline")
-    trigger = _wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"), 60,
-                        "the DAG page's Trigger button")
+    trigger = _wait_for(
+        lambda: driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"),
+        60,
+        "the DAG page's Trigger button",
+    )
     trigger[0].click()
     _wait_for(lambda: driver.find_elements(By.ID, "element_tickers"), 30, "the trigger form")
     for name, value in DATES.items():
@@ -97,8 +106,11 @@ def _trigger_with_params(driver, stack) -> None:
         field.send_keys(Keys.TAB)
     _shot(driver, "02-trigger-form")
     dialog = driver.find_element(By.CSS_SELECTOR, "[role=dialog][id^='dialog:']")  # not the date popover
-    submit = [b for b in dialog.find_elements(By.TAG_NAME, "button")
-              if (b.get_attribute("textContent") or "").strip() == "Trigger"]
+    submit = [
+        b
+        for b in dialog.find_elements(By.TAG_NAME, "button")
+        if (b.get_attribute("textContent") or "").strip() == "Trigger"
+    ]
     assert submit, "no Trigger button in the form"
     driver.execute_script("arguments[0].scrollIntoView();", submit[-1])
     submit[-1].click()
@@ -116,13 +128,20 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
     before = {r["dag_run_id"] for r in stack.api_get(runs, token)["dag_runs"]}  # a reused database's runs
     _trigger_with_params(browser, stack)
 
-    (run,) = _wait_for(lambda: [r for r in stack.api_get(runs, token)["dag_runs"] if r["dag_run_id"] not in before],
-                       60, "the triggered run to appear")
+    (run,) = _wait_for(
+        lambda: [r for r in stack.api_get(runs, token)["dag_runs"] if r["dag_run_id"] not in before],
+        60,
+        "the triggered run to appear",
+    )
     assert run["conf"]["tickers"] == TICKERS and run["conf"]["start"] == START and run["conf"]["end"] == END
     assert run["conf"]["n_groups"] == 4 and run["conf"]["trials"] == TRIALS
     run_path = f"/api/v2/dags/wfo_pipeline/dagRuns/{run['dag_run_id']}"
-    state = _wait_for(lambda: (s := stack.api_get(run_path, token)["state"]) in ("success", "failed") and s,
-                      RUN_TIMEOUT_S, "the wfo_pipeline run to finish", interval_s=3.0)
+    state = _wait_for(
+        lambda: (s := stack.api_get(run_path, token)["state"]) in ("success", "failed") and s,
+        RUN_TIMEOUT_S,
+        "the wfo_pipeline run to finish",
+        interval_s=3.0,
+    )
     browser.get(f"{stack.url}/dags/wfo_pipeline/runs/{run['dag_run_id']}")
     time.sleep(2)
     _shot(browser, "03-run-finished")
@@ -133,8 +152,11 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
     browser.get(f"{stack.url}/plugin/quant-engine")  # the UI's navigation entry: the plugin in an iframe
     frame = _wait_for(lambda: browser.find_elements(By.TAG_NAME, "iframe"), 60, "the Quant Engine view")
     browser.switch_to.frame(frame[0])
-    _wait_for(lambda: report["run_id"] in browser.find_element(By.TAG_NAME, "body").text, 60,
-              "the run's row on the Quant Engine page")
+    _wait_for(
+        lambda: report["run_id"] in browser.find_element(By.TAG_NAME, "body").text,
+        60,
+        "the run's row on the Quant Engine page",
+    )
     browser.switch_to.default_content()
     _shot(browser, "04-quant-engine")
     browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
@@ -142,8 +164,11 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
     assert f"{report['pbo']:.3f}" in page and f"{report['deflated_sharpe']:.3f}" in page
     assert "bridge not reachable" not in page and "waiting_for_model" in page  # the bridge's health, no champion yet
     browser.find_element(By.LINK_TEXT, report["run_id"]).click()
-    _wait_for(lambda: "Probability of backtest overfitting" in browser.find_element(By.TAG_NAME, "body").text, 60,
-              "the run's report page")
+    _wait_for(
+        lambda: "Probability of backtest overfitting" in browser.find_element(By.TAG_NAME, "body").text,
+        60,
+        "the run's report page",
+    )
     assert browser.find_elements(By.TAG_NAME, "img"), "the report page shows no plots (equity curves)"
     browser.switch_to.default_content()
     _shot(browser, "05-wfo-report")

@@ -13,15 +13,15 @@ from collections.abc import Awaitable, Callable
 import pandas as pd
 from websockets.asyncio.client import connect
 
+from quant_engine.backends import make_bar_history, make_model_registry
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import FaultPlan, FeedServer, ReplayClock, ReplaySchedule
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
-from quant_engine.config import get_settings, make_model_registry
+from quant_engine.config import get_settings
 from quant_engine.features.definitions import get_feature_set
-from quant_engine.monitoring.scoring import prediction_log
+from quant_engine.monitoring.predictions import prediction_log
 
 SESSION_WALL_S = 0.3
 SPEED = 23_400 / SESSION_WALL_S  # market ms per wall ms: a 6.5 h session in SESSION_WALL_S
@@ -32,7 +32,7 @@ async def run_bridge(replay: pd.DataFrame, *, faults: FaultPlan | None = None, t
                      disrupt: Callable[[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]], Awaitable[None]]
                      | None = None) -> tuple[list[dict], BridgeService]:
     """Replay ``replay`` through a feed server into a bridge; return what a subscriber received."""
-    history = BarHistory.from_settings(get_settings())
+    history = make_bar_history(get_settings())
     schedule = ReplaySchedule(replay, market_time=history.market_time, ticks_per_bar=ticks_per_bar, seed=1)
     clock = ReplayClock(time.time() + 0.6, SPEED)  # the first tick comes once everyone is connected
     feed = await FeedServer(schedule, clock, port=0, faults=faults).start()

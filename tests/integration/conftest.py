@@ -20,8 +20,9 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An Airflow home with a migrated SQLite metadata database, shared by the session's DAG tests."""
     home = tmp_path_factory.mktemp("airflow_home")
     env = {**os.environ, "AIRFLOW_HOME": str(home)}
-    result = subprocess.run([AIRFLOW_BIN, "db", "migrate"], env=env, capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = subprocess.run(
+        [AIRFLOW_BIN, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return home
 
@@ -30,8 +31,14 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dag(airflow_home: Path, qe_home: Path) -> Callable[..., subprocess.CompletedProcess]:
     """``run_dag(dag_id, conf)`` runs ``airflow dags test`` and fails the test with its log if it fails."""
 
-    def run(dag_id: str, conf: dict | None = None, *, expect_success: bool = True, timeout: int = 600,
-            logical_date: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        dag_id: str,
+        conf: dict | None = None,
+        *,
+        expect_success: bool = True,
+        timeout: int = 600,
+        logical_date: str | None = None,
+    ) -> subprocess.CompletedProcess:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(airflow_home),

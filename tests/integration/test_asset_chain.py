@@ -28,18 +28,24 @@ def scheduled_on(bag: DagBag, dag_id: str) -> set[str]:
     return {asset.uri for asset in condition.objects}
 
 
-@pytest.mark.parametrize(("producer", "consumer", "uri"), [
-    ("market_data_ingestion", "drift_monitor", "qe://feature-store/market_features"),
-    ("drift_monitor", "spot_training", "qe://drift/retraining-requested"),
-])
+@pytest.mark.parametrize(
+    ("producer", "consumer", "uri"),
+    [
+        ("market_data_ingestion", "drift_monitor", "qe://feature-store/market_features"),
+        ("drift_monitor", "spot_training", "qe://drift/retraining-requested"),
+    ],
+)
 def test_each_dag_is_scheduled_on_the_asset_the_previous_one_emits(bag, producer, consumer, uri) -> None:
     assert uri in emitted(bag, producer)
     assert scheduled_on(bag, consumer) == {uri}
 
 
 def test_only_the_request_task_emits_the_retraining_asset(bag) -> None:
-    emitters = [t.task_id for t in bag.get_dag("drift_monitor").tasks
-                if "qe://drift/retraining-requested" in {o.uri for o in t.outlets}]
+    emitters = [
+        t.task_id
+        for t in bag.get_dag("drift_monitor").tasks
+        if "qe://drift/retraining-requested" in {o.uri for o in t.outlets}
+    ]
     assert emitters == ["request_retraining"]
     upstream = bag.get_dag("drift_monitor").get_task("request_retraining").upstream_task_ids
     assert "retraining_needed" in upstream  # the short-circuit that skips it when nothing drifted

@@ -10,15 +10,14 @@ import boto3
 import numpy as np
 import pandas as pd
 import pytest
+from bridge_process import FEATURES, register_champion
+from fake_endpoint import FakeEndpoint
 
+from quant_engine.backends import make_model_registry
 from quant_engine.bridge.bars import Bar
 from quant_engine.bridge.inference import LocalChampionModel, SageMakerEndpointModel
 from quant_engine.bridge.remote import CircuitBreaker, EndpointPredictor, endpoint_client_config
 from quant_engine.bridge.state import PreparedBatch
-from quant_engine.config import make_model_registry
-
-from bridge_process import FEATURES, register_champion
-from fake_endpoint import FakeEndpoint
 
 
 def batch_of(n: int) -> PreparedBatch:

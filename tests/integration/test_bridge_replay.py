@@ -23,16 +23,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from bridge_harness import SESSION_WALL_S, run_bridge
 
+from quant_engine.backends import make_bar_history, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.bridge.feed_server import DROP_REASON_OF_KIND, MALFORMED_KINDS, FaultPlan
-from quant_engine.features.bar_history import BarHistory
-from quant_engine.config import make_model_registry, make_offline_store
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.monitoring.scoring import prediction_log, score_batch
+from quant_engine.monitoring.predictions import prediction_log
+from quant_engine.monitoring.scoring import score_batch
 from quant_engine.training.registry import ModelMetadata
-
-from bridge_harness import SESSION_WALL_S, run_bridge
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 REPLAY_START, REPLAY_END = "2021-04-01", "2021-04-16"  # 11 sessions: Good Friday, April 2, is closed
@@ -43,7 +42,7 @@ LONG_REPLAY_END = "2021-05-07"  # 26 sessions
 @pytest.fixture
 def stored(qe_home: Path) -> dict[str, object]:
     """Ingested history (features + bars) and a registered champion trained before the replay."""
-    ingest(IngestionRequest.build("synthetic", "2020-01-01", LONG_REPLAY_END, tickers=TICKERS))
+    ingest(IngestionRequest.build("synthetic", "2020-01-01", LONG_REPLAY_END, tickers=TICKERS, group=make_offline_store()), make_group_stores())
     rows = make_offline_store().read(None, "2020-01-01T00:00Z", "2021-03-31T23:59Z")
     features = get_feature_set("default").names
     label = (rows["log_return_5"] > rows["log_return_5"].median()).astype(int)
@@ -61,7 +60,7 @@ def stored(qe_home: Path) -> dict[str, object]:
 
 def replay_bars(end: str) -> pd.DataFrame:
     """The stored bars from REPLAY_START to ``end``: what the feed replays."""
-    return BarHistory.from_settings().read(TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"),
+    return make_bar_history().read(TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"),
                                            pd.Timestamp(end, tz="UTC") + pd.Timedelta(days=1))
 
 
@@ -86,7 +85,7 @@ def test_replayed_features_and_predictions_equal_the_offline_pipeline(stored: di
     bridge = prediction_log(make_model_registry()).read().set_index(["ticker", "ts"])["prob"]
     # The batch scorer finds each of its predictions already logged by the bridge with the same
     # probability, bit for bit, so it appends none: one prediction per (version, ticker, bar).
-    scored = score_batch(REPLAY_START, REPLAY_END)
+    scored = score_batch(make_model_registry(), make_offline_store(), REPLAY_START, REPLAY_END)
     assert scored.rows_scored == len(received) and scored.rows_appended == 0
     log = prediction_log(make_model_registry()).read()
     assert len(log) == len(bridge) == len(received) and set(log["source"]) == {"bridge"}

@@ -39,7 +39,11 @@ def test_dag_file_imports_light_and_defines_its_dag(dag_file: Path, tmp_path: Pa
     env = {**os.environ, "QE_HOME": str(tmp_path / "qe_home")}
     result = subprocess.run(
         [sys.executable, "-c", _PROBE.format(heavy=HEAVY_MODULES), str(dag_file)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])

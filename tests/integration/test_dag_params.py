@@ -31,4 +31,3 @@ def test_every_param_has_a_type_a_valid_default_and_a_description(dag_file: Path
         assert "type" in param.schema, f"{where} has no type"
         assert param.description and len(param.description) > 10, f"{where} has no description"
         param.resolve()  # raises ParamValidationError when the default breaks its own schema
-

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from quant_engine.config import make_model_registry
+from quant_engine.backends import make_bar_store, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.run import record_baseline
@@ -35,22 +35,39 @@ def champion_on(home: Path, *, shifted: bool) -> str:
     shifts = [Shift("2022-01-03", "covariate", vol_scale=2.5)] if shifted else []
     path = home / "bars.parquet"
     SyntheticMarket(n_tickers=5, seed=3, start="2019-01-01", end="2022-06-30", shifts=shifts).fetch(
-        None, "2019-01-01", "2022-06-30").to_parquet(path)
-    ingest(IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path)))
+        None, "2019-01-01", "2022-06-30"
+    ).to_parquet(path)
+    ingest(
+        IngestionRequest.build("parquet", "2020-06-01", "2022-04-29", path=str(path), group=make_offline_store()),
+        make_group_stores(),
+    )
     folder = home / "training"
-    summary = build_training_set(TrainingSetConfig.from_params(
-        {"start": "2020-06-01", "end": "2021-12-31"}), folder)
+    summary = build_training_set(
+        TrainingSetConfig.from_params({"start": "2020-06-01", "end": "2021-12-31"}, make_offline_store()),
+        folder,
+        make_offline_store(),
+        make_bar_store(),
+    )
     features = summary["features"]
     train, holdout = pd.read_parquet(folder / "train" / "train.parquet"), pd.read_parquet(folder / "holdout.parquet")
-    xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
-              xgb.DMatrix(train[features].to_numpy(np.float32), label=train["label"], feature_names=features),
-              20).save_model(str(folder / "model.json"))
+    xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "min_child_weight": 50},
+        xgb.DMatrix(train[features].to_numpy(np.float32), label=train["label"], feature_names=features),
+        20,
+    ).save_model(str(folder / "model.json"))
     registry = make_model_registry()
-    version = registry.register(folder / "model.json", ModelMetadata(
-        features=features, data_start=summary["train_start"], data_end=summary["holdout_end"],
-        data_fingerprint=summary["fingerprint"], training={"dataset": summary["params"]}))
+    version = registry.register(
+        folder / "model.json",
+        ModelMetadata(
+            features=features,
+            data_start=summary["train_start"],
+            data_end=summary["holdout_end"],
+            data_fingerprint=summary["fingerprint"],
+            training={"dataset": summary["params"]},
+        ),
+    )
     registry.promote(version, "first model")
-    record_baseline(registry.name, version, registry.load_booster(version), train, holdout, features)
+    record_baseline(registry, version, registry.load_booster(version), train, holdout, features)
     return version
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quant_engine.config import Settings, make_offline_store, make_online_store
-from quant_engine.features.ingest import BARS_GROUP_SUFFIX, COMPACT_AFTER_FILES, IngestionJournal
+from quant_engine.backends import make_group_stores, make_offline_store, make_online_store
+from quant_engine.config import Settings
+from quant_engine.features.ingest import COMPACT_AFTER_FILES, IngestionJournal
+from quant_engine.features.stores import BARS_GROUP_SUFFIX
 
 QUANT_ENGINE = str(Path(sys.executable).with_name("quant-engine"))
 TICKERS = "SYN00,SYN01,SYN02"
@@ -25,9 +27,13 @@ NEXT = ("2023-07-03", "2023-07-31")
 
 
 def ingest(home: Path, start: str, end: str, *, stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
-    return subprocess.Popen([QUANT_ENGINE, "ingest", "--start", start, "--end", end, "--tickers", TICKERS],
-                            env={**os.environ, "QE_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=stderr,
-                            text=True)
+    return subprocess.Popen(
+        [QUANT_ENGINE, "ingest", "--start", start, "--end", end, "--tickers", TICKERS],
+        env={**os.environ, "QE_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+    )
 
 
 def committed(home: Path, group: str) -> bool:
@@ -41,8 +47,9 @@ def committed(home: Path, group: str) -> bool:
 
 #: The moments a crash is most dangerous at, in write order; a kill lands just after one of them.
 MOMENTS = {
-    "journal committed": lambda home: (home / "offline-store" / "market_features" / "pending-ingestion" /
-                                       "journal.json").exists(),
+    "journal committed": lambda home: (
+        home / "offline-store" / "market_features" / "pending-ingestion" / "journal.json"
+    ).exists(),
     "features committed": lambda home: committed(home, "market_features"),
     "bars committed": lambda home: committed(home, f"market_features{BARS_GROUP_SUFFIX}"),
 }
@@ -89,7 +96,10 @@ def test_a_sigkill_anywhere_in_an_ingestion_is_finished_or_undone_by_the_next_ru
         victim = ingest(home, *INTERRUPTED)
         kill_after(victim, home, list(MOMENTS)[seed % 3], random.Random(seed).uniform(0.0, 0.04))
         settings = Settings(home=home)
-        features, bars = make_offline_store(settings), make_offline_store(settings, f"market_features{BARS_GROUP_SUFFIX}")
+        features, bars = (
+            make_offline_store(settings),
+            make_offline_store(settings, f"market_features{BARS_GROUP_SUFFIX}"),
+        )
         held = [len(store.read()) if store.schema is not None and store.commits() else 0 for store in (features, bars)]
         inconsistent_before += held[0] != held[1]
         assert ingest(home, *NEXT).wait(timeout=300) == 0
@@ -106,7 +116,10 @@ def test_a_failed_write_reverts_every_store_and_leaves_no_journal(tmp_path: Path
     monkeypatch.setenv("QE_HOME", str(tmp_path))
     from quant_engine.features.ingest import ingest as ingest_in_process
 
-    ingest_in_process(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers=TICKERS), settings)
+    ingest_in_process(
+        IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(settings),
+    )
     before = make_offline_store(settings).read(include_history=True)
     original = offline_store.OfflineStore.write
 
@@ -117,9 +130,17 @@ def test_a_failed_write_reverts_every_store_and_leaves_no_journal(tmp_path: Path
 
     monkeypatch.setattr(offline_store.OfflineStore, "write", failing)
     if when == "online":
-        monkeypatch.setattr(online_store.SQLiteOnlineStore, "put",
-                            lambda self, frame: (_ for _ in ()).throw(OSError("disk full online")))
+        monkeypatch.setattr(
+            online_store.SQLiteOnlineStore,
+            "put",
+            lambda self, frame: (_ for _ in ()).throw(OSError("disk full online")),
+        )
     with pytest.raises(OSError, match="disk full"):
-        ingest_in_process(IngestionRequest.build("synthetic", "2023-06-05", "2023-06-06", tickers=TICKERS), settings)
+        ingest_in_process(
+            IngestionRequest.build(
+                "synthetic", "2023-06-05", "2023-06-06", tickers=TICKERS, group=make_offline_store()
+            ),
+            make_group_stores(settings),
+        )
     pd.testing.assert_frame_equal(make_offline_store(settings).read(include_history=True), before)
     assert IngestionJournal(make_offline_store(settings)).pending() is None

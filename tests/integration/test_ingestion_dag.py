@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from quant_engine.features.bar_history import BarHistory
-from quant_engine.config import make_offline_store, make_online_store
+from quant_engine.backends import make_bar_history, make_offline_store, make_online_store
 from quant_engine.data.files import write_bars
 from quant_engine.data.synthetic import SyntheticMarket
 
@@ -24,7 +23,7 @@ def test_ingests_a_users_csv_idempotently(run_dag, tmp_path) -> None:
     assert len(stored) == 15
     assert make_online_store().get("SYN02")["event_time"] == pd.Timestamp("2024-03-08 21:00", tz="UTC")
     assert ", 15 new bars" in first.stdout + first.stderr
-    assert BarHistory.from_settings().read()["ts"].min() == pd.Timestamp("2024-03-04 21:00", tz="UTC")
+    assert make_bar_history().read()["ts"].min() == pd.Timestamp("2024-03-04 21:00", tz="UTC")
 
     rerun = run_dag("market_data_ingestion", conf)
     assert "0 new offline, 0 online updates" in rerun.stdout + rerun.stderr
@@ -32,8 +31,7 @@ def test_ingests_a_users_csv_idempotently(run_dag, tmp_path) -> None:
 
 
 def test_bad_params_fail_fast_without_touching_the_stores(run_dag) -> None:
-    result = run_dag("market_data_ingestion", {"tickers": "SYN00,NOPE", "start": "2024-03-04"},
-                     expect_success=False)
+    result = run_dag("market_data_ingestion", {"tickers": "SYN00,NOPE", "start": "2024-03-04"}, expect_success=False)
     output = result.stdout + result.stderr
     assert "state=failed" in output
     assert "no ticker(s) NOPE" in output
@@ -59,13 +57,20 @@ def test_an_unknown_conf_key_fails_fast_instead_of_being_ignored(run_dag) -> Non
 
 
 def test_an_hourly_fx_file_with_naive_times_ingests_with_its_calendar_and_zone(run_dag, tmp_path) -> None:
-    bars = SyntheticMarket(n_tickers=2, seed=4, freq="1h", calendar="24/5", start="2021-01-01",
-                           end="2021-03-31").fetch(None, "2021-01-01", "2021-03-31")
+    bars = SyntheticMarket(n_tickers=2, seed=4, freq="1h", calendar="24/5", start="2021-01-01", end="2021-03-31").fetch(
+        None, "2021-01-01", "2021-03-31"
+    )
     naive = bars.assign(ts=bars["ts"].dt.tz_localize(None)).rename(columns={"ts": "datetime"})
     path = tmp_path / "fx_hourly.csv"
     naive.to_csv(path, index=False)
-    conf = {"source": "csv", "path": str(path), "start": "2021-03-01", "end": "2021-03-05", "calendar": "24/5",
-            "bar_size": "1h"}
+    conf = {
+        "source": "csv",
+        "path": str(path),
+        "start": "2021-03-01",
+        "end": "2021-03-05",
+        "calendar": "24/5",
+        "bar_size": "1h",
+    }
     refused = run_dag("market_data_ingestion", conf, expect_success=False)
     assert "naive timestamps; say which time zone" in refused.stdout + refused.stderr
     result = run_dag("market_data_ingestion", {**conf, "assume_tz": "UTC"})
@@ -77,8 +82,11 @@ def test_an_hourly_fx_file_with_naive_times_ingests_with_its_calendar_and_zone(r
 
 def test_a_feature_set_the_group_does_not_hold_fails_at_once_naming_the_setting(run_dag) -> None:
     run_dag("market_data_ingestion", {"tickers": "SYN00", "start": "2024-03-04"})
-    result = run_dag("market_data_ingestion", {"tickers": "SYN00", "start": "2024-03-05", "feature_set": "extended"},
-                     expect_success=False)
+    result = run_dag(
+        "market_data_ingestion",
+        {"tickers": "SYN00", "start": "2024-03-05", "feature_set": "extended"},
+        expect_success=False,
+    )
     output = result.stdout + result.stderr
     assert "holds other features than this run computes" in output and "QE_FEATURE_GROUP" in output
     assert "up_for_retry" not in output and "state=failed" in output

@@ -12,26 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import xgboost as xgb
+from bridge_harness import run_bridge
 
+from quant_engine.backends import make_bar_history, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.bridge.bars import BarClock
 from quant_engine.bridge.feed_server import ReplaySchedule
-from quant_engine.features.bar_history import BarHistory
 from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
 from quant_engine.calendars import get_calendar
-from quant_engine.config import get_settings, make_model_registry, make_offline_store
+from quant_engine.config import get_settings
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.monitoring.concept_drift import join_labels
-from quant_engine.monitoring.scoring import prediction_log
+from quant_engine.monitoring.predictions import prediction_log
 from quant_engine.training.registry import ModelMetadata
 from quant_engine.wfo.labels import fixed_horizon_labels
-
-from bridge_harness import run_bridge
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
 NYSE = get_calendar("XNYS")
@@ -49,22 +47,34 @@ def register_champion(qe_home: Path, until: str) -> str:
     rows = make_offline_store().read(None, None, pd.Timestamp(until, tz="UTC"))
     features = get_feature_set("default").names
     label = (rows["log_return_5"] > rows["log_return_5"].median()).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "seed": 0},
-                        xgb.DMatrix(rows[features].to_numpy(np.float32), label=label, feature_names=features), 5)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": 0},
+        xgb.DMatrix(rows[features].to_numpy(np.float32), label=label, feature_names=features),
+        5,
+    )
     booster.save_model(str(qe_home / "model.json"))
     registry = make_model_registry()
-    version = registry.register(qe_home / "model.json", ModelMetadata(
-        features=features, data_start=str(rows["event_time"].min()), data_end=str(rows["event_time"].max()),
-        data_fingerprint="market-time"))
+    version = registry.register(
+        qe_home / "model.json",
+        ModelMetadata(
+            features=features,
+            data_start=str(rows["event_time"].min()),
+            data_end=str(rows["event_time"].max()),
+            data_fingerprint="market-time",
+        ),
+    )
     registry.promote(version, "first model")
     return version
 
 
 def test_store_bridge_labels_and_prediction_log_share_every_stamp(qe_home: Path) -> None:
     for start, end in (("2018-01-02", "2019-12-31"), ("2020-03-02", "2021-04-16")):  # a year of warm-up each
-        ingest(IngestionRequest.build("synthetic", start, end, tickers=TICKERS))
+        ingest(
+            IngestionRequest.build("synthetic", start, end, tickers=TICKERS, group=make_offline_store()),
+            make_group_stores(),
+        )
     version = register_champion(qe_home, "2019-02-28")
-    history = BarHistory.from_settings()
+    history = make_bar_history()
     store = make_offline_store()
     for name, (start, end) in WINDOWS.items():
         first = pd.Timestamp(int(NYSE.open_ns[NYSE.session_range(start, end)[0]]), tz="UTC")
@@ -94,13 +104,21 @@ def test_store_bridge_labels_and_prediction_log_share_every_stamp(qe_home: Path)
 
 
 def test_sessions_missed_without_history_are_counted_shown_and_degrade_until_the_store_has_them(qe_home: Path) -> None:
-    ingest(IngestionRequest.build("synthetic", "2018-06-01", "2019-11-22", tickers=TICKERS))
+    ingest(
+        IngestionRequest.build("synthetic", "2018-06-01", "2019-11-22", tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(),
+    )
     register_champion(qe_home, "2019-06-28")
     engine = get_settings()
-    history = BarHistory.from_settings(engine)
+    history = make_bar_history(engine)
     settings = BridgeSettings(port=0, tokens=("tok",), log_batch=10_000)
-    handler = StateHandler(get_feature_set("default"), build_model(settings, engine), history=history,
-                           prediction_log=prediction_log(make_model_registry()), clock=BarClock(history.market_time))
+    handler = StateHandler(
+        get_feature_set("default"),
+        build_model(settings, engine),
+        history=history,
+        prediction_log=prediction_log(make_model_registry()),
+        clock=BarClock(history.market_time),
+    )
     service = BridgeService(settings, handler, tuple(TICKERS))
     live = SyntheticMarket().fetch(TICKERS, "2019-11-25", "2019-12-06")
     by_session: dict[str, list] = {}
@@ -125,13 +143,22 @@ def test_sessions_missed_without_history_are_counted_shown_and_degrade_until_the
         assert list(metrics["qe_bridge_bars_unfilled_total"].samples) == [({}, 6)]
         assert list(metrics["qe_bridge_degraded_tickers"].samples) == [({}, 3)]
         # the nightly ingestion catches up: the store now has the missed sessions and the bridge's own
-        ingest(IngestionRequest.build("synthetic", "2019-11-25", "2019-11-29", tickers=TICKERS))
+        ingest(
+            IngestionRequest.build(
+                "synthetic", "2019-11-25", "2019-11-29", tickers=TICKERS, group=make_offline_store()
+            ),
+            make_group_stores(),
+        )
 
     assert handler.counters["rebuilds"] == 3 and service.health()["gaps"]["degraded_tickers"] == 0
     assert {s.status for day in ("2019-12-02", "2019-12-06") for s in signals[day]}.isdisjoint({"degraded"})
-    ingest(IngestionRequest.build("synthetic", "2019-12-02", "2019-12-06", tickers=TICKERS))
-    stored = make_offline_store().read(TICKERS, "2019-12-02T00:00Z", "2019-12-06T23:59Z").set_index(
-        ["ticker", "event_time"])
+    ingest(
+        IngestionRequest.build("synthetic", "2019-12-02", "2019-12-06", tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(),
+    )
+    stored = (
+        make_offline_store().read(TICKERS, "2019-12-02T00:00Z", "2019-12-06T23:59Z").set_index(["ticker", "event_time"])
+    )
     names = get_feature_set("default").names
     for day in ("2019-12-02", "2019-12-06"):  # rebuilt from the store: the same features as the store's again
         for signal in signals[day]:

@@ -8,15 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from quant_engine.config import make_model_registry
+from quant_engine.backends import make_group_stores, make_model_registry, make_offline_store
 from quant_engine.data.synthetic import Shift, SyntheticMarket
 from quant_engine.features.ingest import IngestionRequest, ingest
 
 pytestmark = pytest.mark.airflow
 
-CONF = {"start": "2018-01-01", "end": "2021-12-31", "interruptions": 2,
-        "hyperparameters": {"num_round": 30, "max_depth": 2, "learning_rate": 0.1, "checkpoint_every": 5,
-                            "subsample": 0.8, "seed": 7}}
+CONF = {
+    "start": "2018-01-01",
+    "end": "2021-12-31",
+    "interruptions": 2,
+    "hyperparameters": {
+        "num_round": 30,
+        "max_depth": 2,
+        "learning_rate": 0.1,
+        "checkpoint_every": 5,
+        "subsample": 0.8,
+        "seed": 7,
+    },
+}
 
 
 @pytest.fixture
@@ -27,10 +37,17 @@ def market(qe_home: Path) -> Path:
     holdout before it may become champion, and the default edge is too weak to show in 2,000 rows.
     """
     path = qe_home / "bars.parquet"
-    SyntheticMarket(n_tickers=10, seed=7, start="2017-01-01", end="2021-12-31",
-                    shifts=[Shift("2018-01-02", "concept", edge_scale=3)]).fetch(
-        None, "2017-01-01", "2021-12-31").to_parquet(path)
-    ingest(IngestionRequest.build("parquet", CONF["start"], CONF["end"], path=str(path)))
+    SyntheticMarket(
+        n_tickers=10,
+        seed=7,
+        start="2017-01-01",
+        end="2021-12-31",
+        shifts=[Shift("2018-01-02", "concept", edge_scale=3)],
+    ).fetch(None, "2017-01-01", "2021-12-31").to_parquet(path)
+    ingest(
+        IngestionRequest.build("parquet", CONF["start"], CONF["end"], path=str(path), group=make_offline_store()),
+        make_group_stores(),
+    )
     return qe_home
 
 
@@ -70,12 +87,15 @@ def test_bad_hyperparameters_fail_before_training(market: Path, run_dag: Callabl
     assert make_model_registry().versions() == []
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"hyperparameters": {"max_depth": -3}}, "value -3 for Parameter max_depth should be greater equal to 0"),
-    ({"hyperparameters": {"learning_rate": "nan"}}, "learning_rate='nan' must be finite numbers"),
-    ({"tikers": "SYN00"}, "unknown parameter(s) ['tikers'] in the run's conf"),
-    ({"tickers": ",,,"}, "names no ticker"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hyperparameters": {"max_depth": -3}}, "value -3 for Parameter max_depth should be greater equal to 0"),
+        ({"hyperparameters": {"learning_rate": "nan"}}, "learning_rate='nan' must be finite numbers"),
+        ({"tikers": "SYN00"}, "unknown parameter(s) ['tikers'] in the run's conf"),
+        ({"tickers": ",,,"}, "names no ticker"),
+    ],
+)
 def test_deterministic_errors_fail_at_once_without_retries(market: Path, run_dag: Callable, change, message) -> None:
     conf = {**CONF, **change}
     if "hyperparameters" not in change:

@@ -8,20 +8,30 @@ from pathlib import Path
 
 import pytest
 
+from quant_engine.backends import make_group_stores, make_offline_store
 from quant_engine.features.ingest import IngestionRequest, ingest
 
 pytestmark = pytest.mark.airflow
 
 TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
-CONF = {"start": "2019-01-01", "end": "2021-12-31", "tickers": ",".join(TICKERS), "n_groups": 4,
-        "n_test_groups": 2, "embargo": "5D", "trials": [{"max_depth": 2, "n_estimators": 10},
-                                                      {"max_depth": 3, "n_estimators": 10, "threshold": 0.02}]}
+CONF = {
+    "start": "2019-01-01",
+    "end": "2021-12-31",
+    "tickers": ",".join(TICKERS),
+    "n_groups": 4,
+    "n_test_groups": 2,
+    "embargo": "5D",
+    "trials": [{"max_depth": 2, "n_estimators": 10}, {"max_depth": 3, "n_estimators": 10, "threshold": 0.02}],
+}
 
 
 @pytest.fixture
 def market(qe_home: Path) -> Path:
     """The qe_home of this test with 4 tickers x 3 years of synthetic features ingested."""
-    ingest(IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS))
+    ingest(
+        IngestionRequest.build("synthetic", CONF["start"], CONF["end"], tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(),
+    )
     return qe_home
 
 
@@ -35,7 +45,10 @@ def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> N
     assert report["data"]["tickers"] == TICKERS and report["config"]["n_groups"] == 4
     # the DAG's defaults for the book and the labels reach the run, and the report says which they were
     assert (report["config"]["portfolio"], report["config"]["horizon"], report["config"]["label_target"]) == (
-        "market_neutral", 1, "excess")
+        "market_neutral",
+        1,
+        "excess",
+    )
     assert (folder / "report.html").stat().st_size > 10_000
     # one mapped task per (trial, split), and the last task logged where the report is
     output = result.stdout + result.stderr
@@ -45,16 +58,22 @@ def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> N
 
 
 def _mapped_indexes(output: str) -> list[str]:
-    return [line.split("rendered_map_index='")[1].split("'")[0]
-            for line in output.splitlines() if "task_id='run_split'" in line and "rendered_map_index='" in line]
+    return [
+        line.split("rendered_map_index='")[1].split("'")[0]
+        for line in output.splitlines()
+        if "task_id='run_split'" in line and "rendered_map_index='" in line
+    ]
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"tickers": "SYN00,SYN99"}, "unknown ticker(s) SYN99: not in the offline store"),
-    ({"n_groups": 3, "embargo": "400D"}, "the purge and embargo leave a split without training data"),
-    ({"portfolio": "long_only"}, "'long_only' is not one of ['market_neutral', 'directional']"),
-    ({"label_kind": "triple_barrier"}, "label_target='excess' needs label_kind='fixed'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tickers": "SYN00,SYN99"}, "unknown ticker(s) SYN99: not in the offline store"),
+        ({"n_groups": 3, "embargo": "400D"}, "the purge and embargo leave a split without training data"),
+        ({"portfolio": "long_only"}, "'long_only' is not one of ['market_neutral', 'directional']"),
+        ({"label_kind": "triple_barrier"}, "label_target='excess' needs label_kind='fixed'"),
+    ],
+)
 def test_bad_input_fails_before_any_split_task(market: Path, run_dag: Callable, change: dict, message: str) -> None:
     result = run_dag("wfo_pipeline", {**CONF, **change}, expect_success=False)
     output = result.stdout + result.stderr

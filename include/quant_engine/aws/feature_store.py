@@ -29,9 +29,9 @@ from quant_engine.features.offline_store import (
     RECORD_IDENTIFIER,
     FeatureGroupSchema,
     check_name,
-    utc_timestamp,
 )
 from quant_engine.features.pit import FeatureFrameError, ticker_column, utc_ns_column
+from quant_engine.timeutil import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def format_event_time(event_ns: int, event_time_type: str) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def make_record(ticker: str, event_ns: int, values: Mapping[str, float], *, event_time_type: str) -> list[dict[str, str]]:
+def make_record(
+    ticker: str, event_ns: int, values: Mapping[str, float], *, event_time_type: str
+) -> list[dict[str, str]]:
     """One record in the runtime's ``FeatureName``/``ValueAsString`` shape; NaN features are left out.
 
     SageMaker treats an absent feature as missing, which is what NaN means in a feature frame
@@ -144,15 +146,6 @@ class SageMakerFeatureGroup:
     def __repr__(self) -> str:
         return f"SageMakerFeatureGroup({self.name!r}, event_time_type={self.event_time_type!r})"
 
-    @classmethod
-    def from_settings(cls, settings: Any, feature_group_name: str | None = None) -> SageMakerFeatureGroup:
-        """Clients from :class:`~quant_engine.config.Settings` (region, endpoint) and its feature group."""
-        return cls(
-            settings.boto3_client("sagemaker"),
-            settings.boto3_client("sagemaker-featurestore-runtime"),
-            feature_group_name or settings.feature_group,
-        )
-
     # -- the group ----------------------------------------------------------------------------
     def create_request(
         self,
@@ -199,16 +192,27 @@ class SageMakerFeatureGroup:
         FeatureStoreError
             The group exists with other feature definitions or keys.
         """
-        request = self.create_request(schema, offline_s3_uri=offline_s3_uri, role_arn=role_arn,
-                                      enable_online_store=enable_online_store, description=description)
+        request = self.create_request(
+            schema,
+            offline_s3_uri=offline_s3_uri,
+            role_arn=role_arn,
+            enable_online_store=enable_online_store,
+            description=description,
+        )
         try:
             arn = self.sagemaker.create_feature_group(**request)["FeatureGroupArn"]
         except self.sagemaker.exceptions.ResourceInUse:
             existing = self.describe()
-            wanted = (request["RecordIdentifierFeatureName"], request["EventTimeFeatureName"],
-                      _definitions_key(request["FeatureDefinitions"]))
-            found = (existing["RecordIdentifierFeatureName"], existing["EventTimeFeatureName"],
-                     _definitions_key(existing["FeatureDefinitions"]))
+            wanted = (
+                request["RecordIdentifierFeatureName"],
+                request["EventTimeFeatureName"],
+                _definitions_key(request["FeatureDefinitions"]),
+            )
+            found = (
+                existing["RecordIdentifierFeatureName"],
+                existing["EventTimeFeatureName"],
+                _definitions_key(existing["FeatureDefinitions"]),
+            )
             if wanted != found:
                 raise FeatureStoreError(
                     f"feature group {self.name!r} exists with keys/definitions {found}, not {wanted}"
@@ -227,14 +231,18 @@ class SageMakerFeatureGroup:
         described = self.describe()
         keys = (described["RecordIdentifierFeatureName"], described["EventTimeFeatureName"])
         if keys != (RECORD_IDENTIFIER, EVENT_TIME):
-            raise FeatureStoreError(f"feature group {self.name!r} is keyed by {keys}, not {(RECORD_IDENTIFIER, EVENT_TIME)}")
+            raise FeatureStoreError(
+                f"feature group {self.name!r} is keyed by {keys}, not {(RECORD_IDENTIFIER, EVENT_TIME)}"
+            )
         features = {}
         for definition in described["FeatureDefinitions"]:
             name, kind = definition["FeatureName"], definition["FeatureType"]
             if name in keys:
                 continue
             if kind != "Fractional":
-                raise FeatureStoreError(f"feature {name!r} of group {self.name!r} is {kind}; only Fractional maps to float64")
+                raise FeatureStoreError(
+                    f"feature {name!r} of group {self.name!r} is {kind}; only Fractional maps to float64"
+                )
             features[name] = "float64"
         return FeatureGroupSchema(features)
 
@@ -266,8 +274,12 @@ class SageMakerFeatureGroup:
         event_ns = utc_ns_column(frame[EVENT_TIME], EVENT_TIME)
         values = frame[names].to_numpy(dtype="float64")
         return [
-            make_record(tickers[i], int(event_ns[i]), dict(zip(names, values[i], strict=True)),
-                        event_time_type=self.event_time_type)
+            make_record(
+                tickers[i],
+                int(event_ns[i]),
+                dict(zip(names, values[i], strict=True)),
+                event_time_type=self.event_time_type,
+            )
             for i in range(len(frame))
         ]
 
@@ -288,7 +300,7 @@ class SageMakerFeatureGroup:
             raise ValueError(f"max_attempts={max_attempts!r} must be an integer >= 1")
         records = self.records(frame)
         for start in range(0, len(records), batch_size):
-            self._write_batch(records[start:start + batch_size], max_attempts)
+            self._write_batch(records[start : start + batch_size], max_attempts)
         return len(records)
 
     def _write_batch(self, records: Sequence[list[dict[str, str]]], max_attempts: int) -> None:

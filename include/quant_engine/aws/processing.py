@@ -1,8 +1,9 @@
 """SageMaker Processing for walk-forward splits: stage a run on S3, run jobs, collect the predictions.
 
 A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker framework image, so
-the model code in the container is the same :func:`~quant_engine.wfo.pipeline.run_split` a local
-task runs. S3 layout, under ``settings.s3_uri("wfo", <run>)``::
+the model code in the container is the same :func:`~quant_engine.wfo.runner.run_split` a local
+task runs; :class:`SageMakerFits` is the walk-forward's fit runner on the aws backend. S3 layout,
+under ``settings.s3_uri("wfo", <run>)``::
 
     input/    config.json, plan.json, dataset.parquet, splits/   -> /opt/ml/processing/input
     code/     the quant_engine package sources                   -> /opt/ml/processing/code (PYTHONPATH)
@@ -28,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
+from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, SettingsError, env_overrides
 from quant_engine.wfo.processing_entry import PROCESSING_INPUT, PROCESSING_OUTPUT, format_tasks
+from quant_engine.wfo.run_folder import prediction_path
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +84,7 @@ class ProcessingSpec:
     def __post_init__(self) -> None:
         if not self.instance_type.startswith("ml."):
             raise ValueError(f"instance_type={self.instance_type!r} is not a SageMaker instance type (ml.*)")
-        for name, low, high in (("instance_count", 1, 100), ("volume_size_gb", 1, 16384),
-                                ("max_runtime_s", 1, 432000)):
+        for name, low, high in (("instance_count", 1, 100), ("volume_size_gb", 1, 16384), ("max_runtime_s", 1, 432000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name}={value!r} must be a whole number in [{low}, {high}]")
@@ -99,12 +101,12 @@ class ProcessingSpec:
             "max_runtime_s": "QE_PROCESSING_MAX_RUNTIME_S",
             "image_uri": "QE_PROCESSING_IMAGE_URI",
         }
-        return cls(**env_overrides(env, variables, whole_numbers=(
-            "instance_count", "volume_size_gb", "max_runtime_s")))
+        return cls(**env_overrides(env, variables, whole_numbers=("instance_count", "volume_size_gb", "max_runtime_s")))
 
 
-def framework_image_uri(region: str, framework: str = "xgboost", version: str = "3.2-0",
-                        instance_type: str = "ml.m5.xlarge") -> str:
+def framework_image_uri(
+    region: str, framework: str = "xgboost", version: str = "3.2-0", instance_type: str = "ml.m5.xlarge"
+) -> str:
     """SageMaker's framework image for ``region``, from the SDK's offline table of ECR accounts."""
     from sagemaker.core import image_uris
 
@@ -121,7 +123,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     """
     if not uri.startswith("s3://"):
         raise ValueError(f"{uri!r} is not an s3:// URI")
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     return bucket, key.strip("/")
 
 
@@ -146,11 +148,9 @@ def _upload_tree(s3: Any, files: Sequence[tuple[Path, str]], uri: str) -> int:
     return len(files)
 
 
-def stage_run(run_dir: Path, settings: Settings | None = None, s3: Any = None) -> StagedRun:
-    """Upload the planned run folder and the package sources a job needs."""
-    settings = settings or get_settings()
+def stage_run(run_dir: Path, settings: Settings, s3: Any) -> StagedRun:
+    """Upload the planned run folder and the package sources a job needs (``s3``: a boto3 S3 client)."""
     run_dir = Path(run_dir)
-    s3 = s3 or settings.boto3_client("s3")
     staged = StagedRun.for_run(run_dir, settings)
     missing = [name for name in STAGED_FILES if not (run_dir / name).exists()]
     if missing:
@@ -159,12 +159,14 @@ def stage_run(run_dir: Path, settings: Settings | None = None, s3: Any = None) -
     for folder in STAGED_DIRS:
         inputs += [(p, p.relative_to(run_dir).as_posix()) for p in sorted((run_dir / folder).rglob("*")) if p.is_file()]
     package = Path(quant_engine.__file__).parent
-    code = [(p, p.relative_to(package.parent).as_posix()) for p in sorted(package.rglob("*"))
-            if p.is_file() and p.suffix in (".py", ".typed") and "__pycache__" not in p.parts]
+    code = [
+        (p, p.relative_to(package.parent).as_posix())
+        for p in sorted(package.rglob("*"))
+        if p.is_file() and p.suffix in (".py", ".typed") and "__pycache__" not in p.parts
+    ]
     n_inputs = _upload_tree(s3, inputs, staged.input_uri)
     n_code = _upload_tree(s3, code, staged.code_uri)
-    log.info("staged %d run files at %s and %d source files at %s", n_inputs, staged.input_uri, n_code,
-             staged.code_uri)
+    log.info("staged %d run files at %s and %d source files at %s", n_inputs, staged.input_uri, n_code, staged.code_uri)
     return staged
 
 
@@ -204,17 +206,26 @@ def processing_job_request(
         environment["QE_WFO_TASKS"] = listed
 
     def s3_input(input_name: str, uri: str, local_path: str) -> dict[str, Any]:
-        return {"InputName": input_name, "S3Input": {
-            "S3Uri": uri, "LocalPath": local_path, "S3DataType": "S3Prefix", "S3InputMode": "File",
-            "S3DataDistributionType": "FullyReplicated"}}
+        return {
+            "InputName": input_name,
+            "S3Input": {
+                "S3Uri": uri,
+                "LocalPath": local_path,
+                "S3DataType": "S3Prefix",
+                "S3InputMode": "File",
+                "S3DataDistributionType": "FullyReplicated",
+            },
+        }
 
     return {
         "ProcessingJobName": name,
-        "ProcessingResources": {"ClusterConfig": {
-            "InstanceCount": spec.instance_count,
-            "InstanceType": spec.instance_type,
-            "VolumeSizeInGB": spec.volume_size_gb,
-        }},
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": spec.instance_count,
+                "InstanceType": spec.instance_type,
+                "VolumeSizeInGB": spec.volume_size_gb,
+            }
+        },
         "StoppingCondition": {"MaxRuntimeInSeconds": spec.max_runtime_s},
         "AppSpecification": {"ImageUri": image_uri, "ContainerEntrypoint": list(ENTRY_POINT)},
         "Environment": environment,
@@ -222,11 +233,18 @@ def processing_job_request(
             s3_input("run", staged.input_uri, PROCESSING_INPUT),
             s3_input("code", staged.code_uri, PROCESSING_CODE),
         ],
-        "ProcessingOutputConfig": {"Outputs": [{
-            "OutputName": "predictions",
-            "S3Output": {"S3Uri": f"{staged.output_uri}/{name}", "LocalPath": PROCESSING_OUTPUT,
-                         "S3UploadMode": "EndOfJob"},
-        }]},
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "predictions",
+                    "S3Output": {
+                        "S3Uri": f"{staged.output_uri}/{name}",
+                        "LocalPath": PROCESSING_OUTPUT,
+                        "S3UploadMode": "EndOfJob",
+                    },
+                }
+            ]
+        },
         "RoleArn": settings.sagemaker_role_arn,
         "Tags": [{"Key": "quant-engine", "Value": "wfo"}],
     }
@@ -282,8 +300,13 @@ def wait_for_job(
     return poll_job(
         lambda: client.describe_processing_job(ProcessingJobName=name),
         lambda: client.stop_processing_job(ProcessingJobName=name),
-        status_key="ProcessingJobStatus", what=f"Processing job {name}", error=ProcessingJobError,
-        timeout_s=timeout_s, poll_interval_s=poll_interval_s, sleep=sleep, clock=clock,
+        status_key="ProcessingJobStatus",
+        what=f"Processing job {name}",
+        error=ProcessingJobError,
+        timeout_s=timeout_s,
+        poll_interval_s=poll_interval_s,
+        sleep=sleep,
+        clock=clock,
     )
 
 
@@ -296,7 +319,7 @@ def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:
     written = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
         for item in page.get("Contents", []):
-            relative = item["Key"][len(prefix) + 1:]
+            relative = item["Key"][len(prefix) + 1 :]
             target = Path(destination) / relative
             if ".." in Path(relative).parts:
                 raise ProcessingJobError(f"refusing output key {item['Key']!r} that leaves {destination}")
@@ -311,11 +334,11 @@ def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:
 def run_tasks_on_sagemaker(
     run_dir: Path,
     tasks: Sequence[tuple[int, int]] | None,
-    settings: Settings | None = None,
+    settings: Settings,
     *,
+    sagemaker: Any,
+    s3: Any,
     spec: ProcessingSpec | None = None,
-    sagemaker: Any = None,
-    s3: Any = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Path]:
     """Run ``tasks`` of a staged run (``None``: all) as one Processing job and fetch its predictions.
@@ -327,21 +350,56 @@ def run_tasks_on_sagemaker(
     list of Path
         The files downloaded.
     """
-    settings = settings or get_settings()
     spec = spec or ProcessingSpec.from_env()
-    sagemaker = sagemaker or settings.boto3_client("sagemaker")
-    s3 = s3 or settings.boto3_client("s3")
     staged = StagedRun.for_run(run_dir, settings)
-    image = spec.image_uri or framework_image_uri(settings.aws_region, spec.framework, spec.framework_version,
-                                                  spec.instance_type)
+    image = spec.image_uri or framework_image_uri(
+        settings.aws_region, spec.framework, spec.framework_version, spec.instance_type
+    )
     name = job_name(run_dir, tasks)
     request = processing_job_request(name, staged, tasks, spec, settings, image)
     sagemaker.create_processing_job(**request)
     log.info("started Processing job %s (%s x%d, %s)", name, spec.instance_type, spec.instance_count, image)
     # The stopping condition bounds the run; the extra quarter hour covers provisioning and upload.
-    wait_for_job(sagemaker, name, timeout_s=spec.max_runtime_s + 900, poll_interval_s=spec.poll_interval_s,
-                 sleep=sleep)
+    wait_for_job(sagemaker, name, timeout_s=spec.max_runtime_s + 900, poll_interval_s=spec.poll_interval_s, sleep=sleep)
     files = collect_outputs(s3, request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"], Path(run_dir))
     log.info("Processing job %s completed; collected %d files", name, len(files))
     return files
 
+
+class SageMakerFits:
+    """The walk-forward's fit runner on the aws backend: the run folder staged on S3, fits as Processing jobs.
+
+    Satisfies :class:`quant_engine.wfo.runner.FitRunner`; the predictions land in the run folder
+    where a local fit would have written them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clients: AwsClients,
+        *,
+        spec: ProcessingSpec | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings, self.clients, self.spec, self.sleep = settings, clients, spec, sleep
+
+    def prepare(self, run_dir: Path) -> None:
+        stage_run(run_dir, self.settings, self.clients.client("s3"))
+
+    def run(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        run_tasks_on_sagemaker(
+            run_dir,
+            tasks,
+            self.settings,
+            sagemaker=self.clients.client("sagemaker"),
+            s3=self.clients.client("s3"),
+            spec=self.spec,
+            sleep=self.sleep,
+        )
+        results = []
+        for trial_id, split_id in tasks:
+            path = prediction_path(run_dir, trial_id, split_id)
+            if not path.exists():
+                raise ProcessingJobError(f"the Processing job finished without writing {path.relative_to(run_dir)}")
+            results.append({"trial_id": trial_id, "split_id": split_id, "path": str(path)})
+        return results

@@ -48,11 +48,11 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from quant_engine.atomic import write_bytes_atomic
 from quant_engine.bridge.ticks import MarketHours, Tick
+from quant_engine.bridge.wire import MAX_PRICE_HINT, FrameError, encode_tick, parse_control
 from quant_engine.calendars import MarketTime
-from quant_engine.bridge.wire import FrameError, MAX_PRICE_HINT, encode_tick, parse_control
 from quant_engine.data.schema import validate_bars
+from quant_engine.storage.atomic import write_bytes_atomic
 
 __all__ = [
     "DEFAULT_PORT",

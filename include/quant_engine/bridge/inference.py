@@ -3,7 +3,7 @@
 Both take a ``(n_rows, n_features)`` float matrix, the columns in the order of ``features``, and
 return one probability per row; the state handler predicts every bar that closes at one moment
 in a single call. :class:`LocalChampionModel` is bit-compatible with the batch scorer
-(:func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, the same booster), so the
+(:func:`quant_engine.monitoring.predictions.predict_proba`: float32 inputs, the same booster), so the
 bridge's predictions equal the offline ones; small batches go through the champion's
 :class:`~quant_engine.bridge.forest.CompiledForest`, which reproduces xgboost bit for bit at a
 fraction of its fixed cost per call, when the forest compiles.
@@ -100,7 +100,7 @@ class LocalChampionModel:
     Parameters
     ----------
     registry : ModelRegistry
-        From :func:`quant_engine.config.make_model_registry`.
+        From :func:`quant_engine.backends.make_model_registry`.
     baseline_loader : callable, optional
         ``(model_name, version) -> Baseline``; default :func:`quant_engine.monitoring.run.load_baseline`.
     check_every_s : float
@@ -134,7 +134,7 @@ class LocalChampionModel:
             from quant_engine.monitoring.run import load_baseline
 
             def loader(name: str, v: str) -> Any:
-                return load_baseline(name, v)[0]
+                return load_baseline(self.registry, v)[0]
         volatility = None
         try:
             volatility = loader(self.registry.name, version).feature(VOLATILITY_FEATURE)
@@ -177,7 +177,7 @@ class LocalChampionModel:
         return served.cumulative_weights[index] / served.volatility.num_present
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        """As :func:`quant_engine.monitoring.run.predict_proba`: float32 inputs, class-1 probabilities.
+        """As :func:`quant_engine.monitoring.predictions.predict_proba`: float32 inputs, class-1 probabilities.
 
         ``inplace_predict`` on one thread gives the same numbers as the batch scorer's DMatrix
         path without building a DMatrix, and no thread pool to wake for a few rows: a tenth of
@@ -234,7 +234,7 @@ class SageMakerEndpointModel:
     Parameters
     ----------
     client
-        ``boto3.client("sagemaker-runtime")`` (``Settings.boto3_client("sagemaker-runtime")``).
+        A ``sagemaker-runtime`` client (``quant_engine.backends.make_aws_clients(settings).client(...)``).
     endpoint_name : str
     features : sequence of str
         The endpoint's input columns, in order.

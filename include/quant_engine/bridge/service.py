@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from quant_engine.backends import make_aws_clients, make_bar_history, make_model_registry
 from quant_engine.bridge.bars import ORIGINS, Bar, BarClock
 from quant_engine.bridge.buffer import TickBuffer
 from quant_engine.bridge.clock import ReferenceClock, health_url
@@ -52,7 +53,7 @@ from quant_engine.bridge.resources import LoopErrors, fit_file_limit
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import SIGNAL_STATUSES, Signal, StateHandler
 from quant_engine.bridge.ticks import Tick
-from quant_engine.config import Settings, get_settings, make_model_registry
+from quant_engine.config import Settings, get_settings
 
 __all__ = ["BridgeService", "JsonLinesFormatter", "add_bridge_commands", "build_model", "build_predictor", "main"]
 
@@ -94,16 +95,14 @@ def build_model(settings: BridgeSettings, engine: Settings) -> SignalModel:
     """
     registry = make_model_registry(engine, settings.model_name)
     if settings.model_source == "local":
-        from quant_engine.monitoring.run import load_baseline
-
-        return LocalChampionModel(registry, check_every_s=settings.reload_s,
-                                  baseline_loader=lambda name, version: load_baseline(name, version, engine)[0])
+        return LocalChampionModel(registry, check_every_s=settings.reload_s)
     champion = LocalChampionModel(registry)  # what the endpoint was deployed from: its columns and vol range
     if champion.version is None:
         raise ValueError(f"QE_BRIDGE_MODEL=sagemaker takes the endpoint's input columns from model "
                          f"{registry.name!r}'s champion, and it has none yet; promote one first")
-    client = engine.boto3_client("sagemaker-runtime",
-                                 config=endpoint_client_config(settings.endpoint_timeout_s, settings.endpoint_workers))
+    client = make_aws_clients(engine).client(
+        "sagemaker-runtime", config=endpoint_client_config(settings.endpoint_timeout_s, settings.endpoint_workers)
+    )
     return SageMakerEndpointModel(client, settings.sagemaker_endpoint, champion.features, champion.volatility_range)
 
 
@@ -111,10 +110,7 @@ def build_predictor(settings: BridgeSettings, endpoint: SageMakerEndpointModel, 
     """The endpoint behind its timeout, retries and circuit breaker, with the local champion as fallback if asked."""
     fallback = None
     if settings.fallback == "local":
-        from quant_engine.monitoring.run import load_baseline
-
-        fallback = LocalChampionModel(make_model_registry(engine, settings.model_name), check_every_s=settings.reload_s,
-                                      baseline_loader=lambda name, version: load_baseline(name, version, engine)[0])
+        fallback = LocalChampionModel(make_model_registry(engine, settings.model_name), check_every_s=settings.reload_s)
     return EndpointPredictor(endpoint, CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
                              fallback=fallback, workers=settings.endpoint_workers, timeout_s=settings.endpoint_timeout_s,
                              retries=settings.endpoint_retries)
@@ -521,13 +517,12 @@ def configure_json_logging(level: int = logging.INFO) -> None:
 
 def build_service(settings: BridgeSettings | None = None, engine: Settings | None = None) -> BridgeService:
     """A service wired from the environment: model, stored history, prediction log, tickers."""
-    from quant_engine.features.bar_history import BarHistory
     from quant_engine.features.definitions import get_feature_set
-    from quant_engine.monitoring.scoring import prediction_log
+    from quant_engine.monitoring.predictions import prediction_log
 
     settings = settings or BridgeSettings.from_env()
     engine = engine or get_settings()
-    history = BarHistory.from_settings(engine)
+    history = make_bar_history(engine)
     settings.check_market_time(history.market_time)
     tickers = settings.tickers or tuple(history.tickers())
     model = build_model(settings, engine)

@@ -11,7 +11,7 @@ Each signal is checked against live realised volatility (``realized_vol_20``, a 
 bar): outside the range the model was trained on (its stored monitoring baseline), the signal is
 suppressed (``vol_policy="suppress"``) or scaled down by how far outside it is (``"scale"``). The
 regime is the monitoring module's volatility regime (calm / normal / stressed,
-:meth:`quant_engine.monitoring.concept_drift.VolRegimeTracker.classify`) of the live volatility's
+:meth:`quant_engine.monitoring.regimes.VolRegimeTracker.classify`) of the live volatility's
 percentile in the training distribution.
 
 A bar the bridge missed and the stored history could not fill (:attr:`BarAggregator.unfilled`)
@@ -48,7 +48,8 @@ from quant_engine.bridge.inference import VOLATILITY_FEATURE, SignalModel
 from quant_engine.bridge.ticks import Tick
 from quant_engine.data.schema import BarValidationError
 from quant_engine.features.definitions import FeatureSet
-from quant_engine.monitoring.concept_drift import PredictionLog, VolRegimeTracker
+from quant_engine.monitoring.predictions import PredictionLog
+from quant_engine.monitoring.regimes import VolRegimeTracker
 
 __all__ = ["BRIDGE_SOURCE", "DEGRADED_DETAILS", "SIGNAL_STATUSES", "VOL_POLICIES", "Prediction", "PreparedBatch",
            "Signal", "StateHandler"]
@@ -153,7 +154,7 @@ class StateHandler:
         Stored bars (``last_bars`` for warm-up, ``between`` for backfill and replacing partial bars),
         read through a :class:`~quant_engine.bridge.bars.GuardedHistory`.
     prediction_log : PredictionLog, optional
-        Where predictions go (``quant_engine.monitoring.scoring.prediction_log(registry)``).
+        Where predictions go (``quant_engine.monitoring.predictions.prediction_log(registry)``).
     vol_policy : {"suppress", "scale"}
     log_batch : int
         Predictions held before they are appended as one file; :meth:`flush` writes the rest.

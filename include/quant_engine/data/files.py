@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_CALENDAR, get_calendar
+from quant_engine.data.base import EmptyRangeError, TimeLike, check_tickers, parse_time_of_day, resolve_range
 from quant_engine.data.schema import (
     BAR_COLUMNS,
     NUMERIC_COLUMNS,
@@ -44,7 +44,7 @@ from quant_engine.data.schema import (
     coerce_bars,
     validate_bars,
 )
-from quant_engine.data.sources import EmptyRangeError, TimeLike, check_tickers, parse_time_of_day, resolve_range
+from quant_engine.storage.atomic import write_parquet_atomic, write_text_atomic
 
 #: Accepted names (lower-case) for the time column and the ticker column.
 TIME_COLUMNS: tuple[str, ...] = ("ts", "timestamp", "datetime", "date")
@@ -92,8 +92,9 @@ def _is_date_only(values: pd.Series) -> bool:
     return bool(present.str.strip().str.fullmatch(_DATE_ONLY).all())
 
 
-def _stamp_dates(values: pd.Series, *, date_close: str | None, tz: str, calendar: str, path: Path,
-                 column: str) -> pd.Series:
+def _stamp_dates(
+    values: pd.Series, *, date_close: str | None, tz: str, calendar: str, path: Path, column: str
+) -> pd.Series:
     days = pd.to_datetime(values.astype(str).str.strip(), format="%Y-%m-%d", errors="coerce")
     unreadable = days.isna() & values.notna()
     if unreadable.any():
@@ -105,8 +106,9 @@ def _stamp_dates(values: pd.Series, *, date_close: str | None, tz: str, calendar
         at = np.minimum(np.searchsorted(exchange.labels, labels), len(exchange.labels) - 1)
         is_session = exchange.labels[at] == labels
         midnight = days.dt.tz_localize(exchange.tz).dt.tz_convert("UTC").dt.as_unit("ns")
-        closes = pd.Series(pd.DatetimeIndex(exchange.close_ns[at].astype("datetime64[ns]"), tz="UTC"),
-                           index=values.index)
+        closes = pd.Series(
+            pd.DatetimeIndex(exchange.close_ns[at].astype("datetime64[ns]"), tz="UTC"), index=values.index
+        )
         return closes.where(is_session, midnight)
     local = days + parse_time_of_day(date_close, "date_close")
     try:
@@ -116,7 +118,12 @@ def _stamp_dates(values: pd.Series, *, date_close: str | None, tz: str, calendar
 
 
 def _normalise_table(
-    frame: pd.DataFrame, *, path: Path, per_ticker: bool, assume_tz: str | None, date_close: str | None,
+    frame: pd.DataFrame,
+    *,
+    path: Path,
+    per_ticker: bool,
+    assume_tz: str | None,
+    date_close: str | None,
     calendar: str,
 ) -> pd.DataFrame:
     """The file's rows in the bar schema: column names, a ticker for every row, ``ts`` in UTC."""
@@ -139,8 +146,9 @@ def _normalise_table(
             raise BarValidationError(f"{path}: the file of ticker {path.stem!r} holds rows of {others[:5]}")
     times = frame[time_column]
     if _is_date_only(times):
-        out["ts"] = _stamp_dates(times, date_close=date_close, tz=assume_tz or "UTC", calendar=calendar, path=path,
-                                 column=time_column)
+        out["ts"] = _stamp_dates(
+            times, date_close=date_close, tz=assume_tz or "UTC", calendar=calendar, path=path, column=time_column
+        )
     else:
         out["ts"] = times
     for column in NUMERIC_COLUMNS:
@@ -182,8 +190,10 @@ class _FileSource:
         self.on_error = on_error
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({str(self.path)!r}, assume_tz={self.assume_tz!r}, "
-                f"date_close={self.date_close!r}, calendar={self.calendar!r})")
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, assume_tz={self.assume_tz!r}, "
+            f"date_close={self.date_close!r}, calendar={self.calendar!r})"
+        )
 
     def _ticker_files(self) -> dict[str, Path]:
         """Ticker -> file of the per-ticker layout, from the file names."""
@@ -235,7 +245,7 @@ class _FileSource:
         report = ValidationReport(
             n_rows_in=sum(r.n_rows_in for _, r in results), n_rows_out=sum(r.n_rows_out for _, r in results)
         )
-        for path, (_, file_report) in zip(paths, results):
+        for path, (_, file_report) in zip(paths, results, strict=True):
             for rule, rows in file_report.problems.items():
                 report.problems.setdefault(rule, []).extend(f"{path.name} {row}" if per_ticker else row for row in rows)
         if not per_ticker and tickers is not None:
@@ -317,7 +327,9 @@ def read_bars(
     if path.is_dir():
         formats = {FORMATS[p.suffix.lower()] for p in path.iterdir() if p.suffix.lower() in FORMATS}
         if len(formats) != 1:
-            raise ValueError(f"{path}: a bar folder must hold only .csv or only .parquet files, found {formats or 'none'}")
+            raise ValueError(
+                f"{path}: a bar folder must hold only .csv or only .parquet files, found {formats or 'none'}"
+            )
         fmt = formats.pop()
     else:
         fmt = _format_of(path)
@@ -336,7 +348,8 @@ def write_bars(bars: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     --------
     >>> import pathlib, tempfile
     >>> from quant_engine.data.synthetic import SyntheticMarket
-    >>> bars = SyntheticMarket(n_tickers=2, start="2024-01-01", end="2024-01-31").fetch(None, "2024-01-02", "2024-01-05")
+    >>> market = SyntheticMarket(n_tickers=2, start="2024-01-01", end="2024-01-31")
+    >>> bars = market.fetch(None, "2024-01-02", "2024-01-05")
     >>> out = write_bars(bars, pathlib.Path(tempfile.mkdtemp()) / "bars.parquet")
     >>> len(read_bars(out)[0])
     8
@@ -344,17 +357,7 @@ def write_bars(bars: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     fmt = _format_of(path)
     clean, _ = validate_bars(bars)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        frame = clean[list(BAR_COLUMNS)]
-        if fmt == "csv":
-            frame.to_csv(temp_name, index=False)
-        else:
-            frame.to_parquet(temp_name, index=False, engine="pyarrow")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    frame = clean[list(BAR_COLUMNS)]
+    if fmt == "csv":
+        return write_text_atomic(path, frame.to_csv(index=False))
+    return write_parquet_atomic(frame, path)

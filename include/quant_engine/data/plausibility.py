@@ -54,8 +54,9 @@ class ScaleLimits:
     def __post_init__(self) -> None:
         for name in ("max_return_multiple", "max_volume_multiple"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value) or value <= 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 1
+            ):
                 raise ValueError(f"{name}={value!r} must be a number > 1, or None to turn the check off")
 
 
@@ -133,8 +134,10 @@ def conform_bars(
             bars["ts"] = _closes_of_opens(bars["ts"], market_time)
         session = calendar.intraday_sessions_of(bars["ts"], size)
         problem(f"outside every {calendar.name} session", session == -1)
-        problem(f"not a {size.name} bar close of {calendar.name} (stamped at the bar's open? pass stamped_at='open')",
-                session == -2)
+        problem(
+            f"not a {size.name} bar close of {calendar.name} (stamped at the bar's open? pass stamped_at='open')",
+            session == -2,
+        )
     problem(f"after now ({now.floor('s')})", (bars["ts"] > now).to_numpy())
     implausible = _scale_problems(bars, limits, report)
     return _apply(bars, report, broken, implausible, on_error)
@@ -168,8 +171,9 @@ def _scale_problems(bars: pd.DataFrame, limits: ScaleLimits, report: ValidationR
     if limits.max_volume_multiple is not None:
         checks.append(("volume", bars["volume"], limits.max_volume_multiple))
     for what, values, multiple in checks:
-        recent = (values.groupby(bars["ticker"], sort=False)
-                  .transform(lambda v: v.shift(1).rolling(SCALE_WINDOW, min_periods=SCALE_MIN_BARS).median()))
+        recent = values.groupby(bars["ticker"], sort=False).transform(
+            lambda v: v.shift(1).rolling(SCALE_WINDOW, min_periods=SCALE_MIN_BARS).median()
+        )
         with np.errstate(invalid="ignore"):
             mask = ((values > multiple * recent) & (recent > 0)).to_numpy()
         if mask.any():
@@ -178,12 +182,12 @@ def _scale_problems(bars: pd.DataFrame, limits: ScaleLimits, report: ValidationR
     return implausible
 
 
-def _apply(bars: pd.DataFrame, report: ValidationReport, broken: np.ndarray, implausible: np.ndarray,
-           on_error: OnError) -> tuple[pd.DataFrame, ValidationReport]:
+def _apply(
+    bars: pd.DataFrame, report: ValidationReport, broken: np.ndarray, implausible: np.ndarray, on_error: OnError
+) -> tuple[pd.DataFrame, ValidationReport]:
     refuse = broken if on_error == "keep" else broken | implausible
     if refuse.any() and on_error in ("raise", "keep"):
-        raise BarValidationError(f"bars that break their market time or look implausible: {report.summary()}",
-                                 report)
+        raise BarValidationError(f"bars that break their market time or look implausible: {report.summary()}", report)
     clean = bars.loc[~refuse].sort_values(["ticker", "ts"], kind="stable").reset_index(drop=True)
     report.n_rows_out = len(clean)
     if report.problems:

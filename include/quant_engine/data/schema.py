@@ -72,9 +72,7 @@ class ValidationReport:
 def describe_rows(bars: pd.DataFrame, mask: np.ndarray) -> list[str]:
     """Human-readable ``TICKER@timestamp (row i)`` for the first offending rows."""
     idx = np.flatnonzero(mask)
-    quoted = [
-        f"{bars['ticker'].iat[i]}@{bars['ts'].iat[i]} (row {i})" for i in idx[:_MAX_QUOTED_ROWS]
-    ]
+    quoted = [f"{bars['ticker'].iat[i]}@{bars['ts'].iat[i]} (row {i})" for i in idx[:_MAX_QUOTED_ROWS]]
     if len(idx) > _MAX_QUOTED_ROWS:
         tickers = sorted(set(bars["ticker"].iloc[idx].astype(str)))
         quoted.append(f"... {len(idx)} rows in all, tickers {', '.join(tickers)}")
@@ -133,9 +131,7 @@ def coerce_bars(frame: pd.DataFrame, *, assume_tz: str | None = None) -> pd.Data
     """
     missing = [c for c in ("ticker", "ts", "close") if c not in frame.columns]
     if missing:
-        raise BarValidationError(
-            f"bars are missing required column(s) {missing}; have {list(frame.columns)}"
-        )
+        raise BarValidationError(f"bars are missing required column(s) {missing}; have {list(frame.columns)}")
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     out["ticker"] = frame["ticker"].astype("string").str.strip().fillna("").astype(str).to_numpy()
     out["ts"] = _to_utc(frame["ts"].reset_index(drop=True), assume_tz=assume_tz).to_numpy()
@@ -209,9 +205,8 @@ def validate_bars(
         check("non-positive price", (bars[list(PRICE_COLUMNS)].to_numpy() <= 0).any(axis=1))
         check("negative volume", bars["volume"].to_numpy() < 0)
         check("high < low", bars["high"].to_numpy() < bars["low"].to_numpy())
-        outside = (
-            (bars[["open", "close"]].max(axis=1).to_numpy() > bars["high"].to_numpy())
-            | (bars[["open", "close"]].min(axis=1).to_numpy() < bars["low"].to_numpy())
+        outside = (bars[["open", "close"]].max(axis=1).to_numpy() > bars["high"].to_numpy()) | (
+            bars[["open", "close"]].min(axis=1).to_numpy() < bars["low"].to_numpy()
         )
         check("open/close outside [low, high]", outside)
 

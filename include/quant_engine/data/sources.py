@@ -1,133 +1,42 @@
-"""The one interface every market data source implements, and the factory that picks one by name.
+"""The factory that picks a market data source by name.
 
-Callers (ingestion, the CLI, tests) only ever see :class:`MarketDataSource`: a name and a ``fetch``
-that returns validated bars. Which source backs it is a string chosen at the edge, so the embedded
-synthetic market, Yahoo and a folder of CSV files are interchangeable.
+Callers (ingestion, the CLI, tests) only ever see :class:`~quant_engine.data.base.MarketDataSource`:
+a name and a ``fetch`` that returns validated bars. Which source backs it is a string chosen at the
+edge, so the embedded synthetic market, Yahoo and a folder of CSV files are interchangeable.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
-
-import pandas as pd
+from collections.abc import Callable
+from typing import Any
 
 from quant_engine.calendars import MarketTime
+from quant_engine.data.base import MarketDataSource
+from quant_engine.data.files import CsvSource, ParquetSource
+from quant_engine.data.synthetic import SyntheticMarket
 
+__all__ = ["SOURCE_NAMES", "UnknownSourceError", "make_source", "source_on"]
+
+
+def _yfinance_source() -> type:
+    from quant_engine.data.yfinance_source import YFinanceSource  # yfinance takes 0.3 s to import: only its users pay
+
+    return YFinanceSource
+
+
+_FACTORIES: dict[str, Callable[[], Callable[..., MarketDataSource]]] = {
+    "synthetic": lambda: SyntheticMarket,
+    "yfinance": _yfinance_source,
+    "csv": lambda: CsvSource,
+    "parquet": lambda: ParquetSource,
+}
 #: The names :func:`make_source` understands.
-SOURCE_NAMES: tuple[str, ...] = ("synthetic", "yfinance", "csv", "parquet")
-
-TimeLike = str | dt.date | dt.datetime | pd.Timestamp
+SOURCE_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
 class UnknownSourceError(ValueError):
     """A source name that :func:`make_source` does not know, or options it does not take."""
-
-
-class UnknownTickerError(ValueError):
-    """Tickers a source does not have; ``tickers`` lists them."""
-
-    def __init__(self, message: str, tickers: Sequence[str]) -> None:
-        super().__init__(message)
-        self.tickers = tuple(tickers)
-
-
-class EmptyRangeError(ValueError):
-    """A request that matched no bars at all: the range falls outside what the source covers."""
-
-
-@runtime_checkable
-class MarketDataSource(Protocol):
-    """Anything that returns bars for tickers over an inclusive time range.
-
-    ``fetch`` returns a frame that went through :func:`quant_engine.data.schema.validate_bars`:
-    columns ``ticker, ts, open, high, low, close, volume``, ``ts`` in UTC, sorted by
-    ``(ticker, ts)``. ``tickers=None`` means every ticker the source has. ``start`` and ``end``
-    are inclusive; see :func:`resolve_range` for how dates and timestamps are read.
-    Unknown tickers raise :class:`UnknownTickerError`; a request without any bars raises
-    :class:`EmptyRangeError`.
-    """
-
-    name: str
-
-    def fetch(self, tickers: Sequence[str] | None, start: TimeLike, end: TimeLike) -> pd.DataFrame: ...
-
-
-def _is_calendar_date(value: TimeLike) -> bool:
-    if isinstance(value, dt.datetime):
-        return False
-    if isinstance(value, dt.date):
-        return True
-    return isinstance(value, str) and len(value.strip()) == 10
-
-
-def _bound(value: TimeLike, name: str, *, end: bool) -> pd.Timestamp:
-    if value is None:
-        raise ValueError(f"{name} is missing; pass a date like '2024-01-31' or a tz-aware timestamp")
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name}={value!r} is not a date or timestamp") from exc
-    if stamp is pd.NaT:
-        raise ValueError(f"{name}={value!r} is not a date or timestamp")
-    if stamp.tzinfo is not None:
-        return stamp.tz_convert("UTC")
-    if not _is_calendar_date(value) and stamp != stamp.normalize():
-        raise ValueError(
-            f"{name}={value!r} is a naive timestamp with a time of day; give it a time zone "
-            "(e.g. '2024-01-31T21:00Z') or pass a plain date"
-        )
-    day = stamp.normalize().tz_localize("UTC")
-    return day + pd.Timedelta(days=1) - pd.Timedelta(1, "ns") if end else day
-
-
-def resolve_range(start: TimeLike, end: TimeLike) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The inclusive UTC instants ``[first, last]`` a ``fetch(start, end)`` covers.
-
-    A plain date (``"2024-01-31"``, :class:`datetime.date`, or a naive timestamp at midnight) is a
-    UTC calendar day: as ``start`` it means that day's first instant, as ``end`` its last. A
-    tz-aware timestamp is an exact instant. A naive timestamp with a time of day is ambiguous and
-    rejected, as everywhere in the engine.
-
-    Examples
-    --------
-    >>> first, last = resolve_range("2024-01-02", "2024-01-03")
-    >>> str(first), str(last)
-    ('2024-01-02 00:00:00+00:00', '2024-01-03 23:59:59.999999999+00:00')
-    """
-    first = _bound(start, "start", end=False)
-    last = _bound(end, "end", end=True)
-    if last < first:
-        raise ValueError(f"end {end!r} is before start {start!r}")
-    return first, last
-
-
-def parse_time_of_day(value: str, name: str) -> pd.Timedelta:
-    """``"HH:MM"`` as the offset from midnight; the error names the parameter."""
-    hours, _, minutes = str(value).partition(":")
-    if not (len(value) == 5 and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
-        raise ValueError(f"{name}={value!r} must be a time of day HH:MM, e.g. '16:00'")
-    return pd.Timedelta(hours=int(hours), minutes=int(minutes))
-
-
-def check_tickers(requested: Sequence[str] | None, available: Iterable[str], source: str) -> list[str]:
-    """The tickers to serve: all of ``available`` for ``None``, else ``requested`` if all exist."""
-    available = list(available)
-    if requested is None:
-        return available
-    if isinstance(requested, str):
-        raise TypeError(f"tickers={requested!r} must be a sequence of names, not one string")
-    requested = list(dict.fromkeys(requested))
-    if not requested:
-        raise ValueError("tickers is an empty list; pass None for every ticker the source has")
-    known = set(available)
-    unknown = [t for t in requested if t not in known]
-    if unknown:
-        shown = ", ".join(available[:5]) + (f", ... ({len(available)} in all)" if len(available) > 5 else "")
-        raise UnknownTickerError(f"{source} has no ticker(s) {', '.join(unknown)}; it has {shown}", unknown)
-    return requested
 
 
 def source_on(name: str, market_time: MarketTime, **options: Any) -> MarketDataSource:
@@ -160,17 +69,9 @@ def make_source(name: str, **options: Any) -> MarketDataSource:
     >>> source.fetch(["SYN01"], "2024-01-02", "2024-01-03")["ts"].dt.strftime("%Y-%m-%d %H:%M").tolist()
     ['2024-01-02 21:00', '2024-01-03 21:00']
     """
-    # Imported here: each source module imports this one for the protocol and the errors.
-    if name == "synthetic":
-        from quant_engine.data.synthetic import SyntheticMarket as factory
-    elif name == "yfinance":
-        from quant_engine.data.yfinance_source import YFinanceSource as factory
-    elif name == "csv":
-        from quant_engine.data.files import CsvSource as factory
-    elif name == "parquet":
-        from quant_engine.data.files import ParquetSource as factory
-    else:
+    if name not in _FACTORIES:
         raise UnknownSourceError(f"unknown data source {name!r}; use one of {', '.join(SOURCE_NAMES)}")
+    factory = _FACTORIES[name]()
     try:
         inspect.signature(factory).bind(**options)
     except TypeError as exc:

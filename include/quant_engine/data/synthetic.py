@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_CALENDAR, BarSize, CalendarError, MarketCalendar, get_calendar
+from quant_engine.data.base import EmptyRangeError, TimeLike, check_tickers, resolve_range
 from quant_engine.data.schema import validate_bars
-from quant_engine.data.sources import EmptyRangeError, TimeLike, check_tickers, resolve_range
 
 REGIMES: tuple[str, ...] = ("calm", "trending", "crisis")
 CALM, TRENDING, CRISIS = range(3)
@@ -260,7 +260,8 @@ class SyntheticMarket:
     >>> bars = market.fetch(None, "2024-01-02", "2024-01-05")
     >>> len(bars), sorted(bars["ticker"].unique())
     (12, ['SYN00', 'SYN01', 'SYN02'])
-    >>> july = SyntheticMarket(n_tickers=1, start="2019-07-01", end="2019-07-31").fetch(None, "2019-07-02", "2019-07-05")
+    >>> market = SyntheticMarket(n_tickers=1, start="2019-07-01", end="2019-07-31")
+    >>> july = market.fetch(None, "2019-07-02", "2019-07-05")
     >>> [str(t) for t in july["ts"]]  # July 3 is a half day, July 4 a holiday
     ['2019-07-02 20:00:00+00:00', '2019-07-03 17:00:00+00:00', '2019-07-05 20:00:00+00:00']
     """
@@ -292,8 +293,7 @@ class SyntheticMarket:
                 raise TypeError(f"shifts must hold Shift objects, got {shift!r}")
             if not self.start <= shift.at <= self.end:
                 raise ValueError(
-                    f"Shift at {shift.at.date()} is outside the simulated days "
-                    f"{self.start.date()}..{self.end.date()}"
+                    f"Shift at {shift.at.date()} is outside the simulated days {self.start.date()}..{self.end.date()}"
                 )
         self.shifts = tuple(sorted(shifts, key=lambda s: s.at))
         width = max(2, len(str(self.n_tickers - 1)))
@@ -310,7 +310,8 @@ class SyntheticMarket:
     def __repr__(self) -> str:
         return (
             f"SyntheticMarket(n_tickers={self.n_tickers}, seed={self.seed}, start='{self.start.date()}', "
-            f"end='{self.end.date()}', freq={self.freq!r}, calendar={self.calendar.name!r}, shifts={list(self.shifts)!r})"
+            f"end='{self.end.date()}', freq={self.freq!r}, calendar={self.calendar.name!r}, "
+            f"shifts={list(self.shifts)!r})"
         )
 
     # -- the calendar and the true parameters -------------------------------------------------
@@ -399,7 +400,10 @@ class SyntheticMarket:
         def per_ticker(role: int, draw: str) -> np.ndarray:
             return np.column_stack([getattr(self._ticker_rng(role, i), draw)(size=n_bars) for i in range(n)])
 
-        gap_noise, volume_noise = per_ticker(_GAP_NOISE, "standard_normal"), per_ticker(_VOLUME_NOISE, "standard_normal")
+        gap_noise, volume_noise = (
+            per_ticker(_GAP_NOISE, "standard_normal"),
+            per_ticker(_VOLUME_NOISE, "standard_normal"),
+        )
         # 1 - U lies in (0, 1], so its log is finite.
         high_draws, low_draws = 1.0 - per_ticker(_HIGHS, "uniform"), 1.0 - per_ticker(_LOWS, "uniform")
 
@@ -444,11 +448,15 @@ class SyntheticMarket:
         calm_sd = np.sqrt((p.betas * MARKET_VOL[CALM]) ** 2 + (p.idio_scale * IDIO_VOL[CALM]) ** 2)
         surprise = np.minimum(np.abs(returns) / total_sd, MAX_VOLUME_SURPRISE)
         level = np.log(total_sd / (calm_sd * root_fraction[:, None]))
-        volume = p.daily_volume * cal.fraction[:, None] * np.exp(
-            VOLUME_SURPRISE * (surprise - _MEAN_ABS_T)
-            + VOLUME_LEVEL * level
-            + VOLUME_NOISE * volume_noise
-            - 0.5 * VOLUME_NOISE**2
+        volume = (
+            p.daily_volume
+            * cal.fraction[:, None]
+            * np.exp(
+                VOLUME_SURPRISE * (surprise - _MEAN_ABS_T)
+                + VOLUME_LEVEL * level
+                + VOLUME_NOISE * volume_noise
+                - 0.5 * VOLUME_NOISE**2
+            )
         )
 
         def cents(x: np.ndarray) -> np.ndarray:

@@ -21,8 +21,8 @@ import yfinance as yf
 from yfinance.exceptions import YFException, YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
 from quant_engine.calendars import DEFAULT_CALENDAR, BarSize, get_calendar
+from quant_engine.data.base import EmptyRangeError, TimeLike, UnknownTickerError, resolve_range
 from quant_engine.data.schema import NUMERIC_COLUMNS, OnError, empty_bars, validate_bars
-from quant_engine.data.sources import EmptyRangeError, TimeLike, UnknownTickerError, resolve_range
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,10 @@ class YFinanceSource:
         self._session = session
 
     def __repr__(self) -> str:
-        return (f"YFinanceSource(tickers={self.tickers!r}, interval={self.interval!r}, "
-                f"auto_adjust={self.auto_adjust}, calendar={self.calendar.name!r})")
+        return (
+            f"YFinanceSource(tickers={self.tickers!r}, interval={self.interval!r}, "
+            f"auto_adjust={self.auto_adjust}, calendar={self.calendar.name!r})"
+        )
 
     @staticmethod
     def _clean(tickers: Sequence[str]) -> list[str]:
@@ -183,10 +185,14 @@ class YFinanceSource:
             raise UnknownTickerError(f"Yahoo Finance has no ticker(s) {reasons}", list(unknown))
         bars = pd.concat(frames, ignore_index=True) if frames else empty_bars()
         if bars.empty:
-            raise EmptyRangeError(f"Yahoo Finance has no {self.interval} bars of {', '.join(names)} between {first} and {last}")
+            raise EmptyRangeError(
+                f"Yahoo Finance has no {self.interval} bars of {', '.join(names)} between {first} and {last}"
+            )
         missing = sorted(set(names) - set(bars["ticker"]))
         if missing:
-            log.warning("Yahoo Finance has no %s bars of %s between %s and %s", self.interval, ", ".join(missing), first, last)
+            log.warning(
+                "Yahoo Finance has no %s bars of %s between %s and %s", self.interval, ", ".join(missing), first, last
+            )
         clean, _ = validate_bars(bars, on_error=self.on_error)
         return clean
 
@@ -231,8 +237,12 @@ class YFinanceSource:
             starts = index.tz_convert("UTC").as_unit("ns").asi8
             located = [self.calendar.locate(int(t) + 1, size) for t in starts]
             # A bar Yahoo serves outside every session keeps its start; conform_bars names it.
-            stamps = pd.DatetimeIndex(np.array([t if at is None else at[0] for t, at in zip(starts, located)],
-                                               dtype="datetime64[ns]"), tz="UTC")
+            stamps = pd.DatetimeIndex(
+                np.array(
+                    [t if at is None else at[0] for t, at in zip(starts, located, strict=True)], dtype="datetime64[ns]"
+                ),
+                tz="UTC",
+            )
         out = pd.DataFrame({"ticker": ticker, "ts": stamps})
         for column in NUMERIC_COLUMNS:
             out[column] = frame[column].to_numpy(dtype="float64")
@@ -241,6 +251,7 @@ class YFinanceSource:
     def _daily_closes(self, index: pd.DatetimeIndex) -> pd.DatetimeIndex:
         """Each daily bar's session close: Yahoo's stamp is the session's date at the exchange."""
         sessions = self.calendar.daily_sessions_of(index)
-        closes = np.where(sessions >= 0, self.calendar.close_ns[np.maximum(sessions, 0)],
-                          index.tz_convert("UTC").as_unit("ns").asi8)
+        closes = np.where(
+            sessions >= 0, self.calendar.close_ns[np.maximum(sessions, 0)], index.tz_convert("UTC").as_unit("ns").asi8
+        )
         return pd.DatetimeIndex(closes.astype("datetime64[ns]"), tz="UTC")

@@ -1,7 +1,7 @@
 """Stored bars from the offline store: the one price history after ingestion.
 
 Ingestion stores the bars it computed features from in the offline group ``<feature group>_bars``
-(:func:`quant_engine.features.ingest.bars_group_name`), one record per ``(ticker, bar ts)``,
+(:func:`quant_engine.features.stores.bars_group_name`), one record per ``(ticker, bar ts)``,
 versioned and point-in-time like the features. This module reads them back in the bar schema every
 source returns (``ticker, ts, open, high, low, close, volume``), so
 
@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import MarketTime
-from quant_engine.config import Settings, get_settings, make_offline_store
 from quant_engine.data.schema import BAR_COLUMNS, empty_bars, validate_bars
-from quant_engine.features.ingest import bars_group_name, group_market_time
-from quant_engine.features.offline_store import OfflineStore, utc_timestamp
+from quant_engine.features.ingest import group_market_time
+from quant_engine.features.offline_store import OfflineStore
+from quant_engine.timeutil import utc_timestamp
 
 __all__ = ["BarHistory"]
 
@@ -38,7 +38,7 @@ class BarHistory:
     Parameters
     ----------
     store : OfflineStore
-        The bars group (``<feature group>_bars``); see :meth:`from_settings`.
+        The bars group (``<feature group>_bars``; ``quant_engine.backends.make_bar_history`` builds it).
     market_time : MarketTime, optional
         The group's calendar and bar size (default: what the group declares, else NYSE daily).
 
@@ -54,12 +54,6 @@ class BarHistory:
         self.store = store
         self.market_time = market_time or group_market_time(store) or MarketTime()
 
-    @classmethod
-    def from_settings(cls, settings: Settings | None = None, feature_group: str | None = None) -> BarHistory:
-        """The bars stored beside ``feature_group`` (default: the configured one) on the configured backend."""
-        settings = settings or get_settings()
-        return cls(make_offline_store(settings, bars_group_name(feature_group or settings.feature_group)))
-
     def __repr__(self) -> str:
         return f"BarHistory({self.store!r})"
 
@@ -68,8 +62,9 @@ class BarHistory:
         """Whether any ingestion has stored bars in this group yet."""
         return self.store.schema is not None
 
-    def read(self, tickers: Sequence[str] | None = None, start: object = None, end: object = None, *,
-             history_bars: int = 0) -> pd.DataFrame:
+    def read(
+        self, tickers: Sequence[str] | None = None, start: object = None, end: object = None, *, history_bars: int = 0
+    ) -> pd.DataFrame:
         """Bars of ``tickers`` (default: all) with ``start <= ts <= end`` (tz-aware, inclusive; None: open).
 
         ``history_bars`` widens the range back by that many of the calendar's bars before ``start``

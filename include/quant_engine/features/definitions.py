@@ -182,14 +182,20 @@ def _intrabar_range(high: np.ndarray, low: np.ndarray) -> np.ndarray:
 
 def _log_return_feature(bars: int) -> FeatureDefinition:
     return FeatureDefinition(
-        f"log_return_{bars}", ("close",), bars + 1, _log_return,
+        f"log_return_{bars}",
+        ("close",),
+        bars + 1,
+        _log_return,
         f"log(close_t / close_t-{bars}): the {bars}-bar log return",
     )
 
 
 def _realized_vol_feature(bars: int) -> FeatureDefinition:
     return FeatureDefinition(
-        f"realized_vol_{bars}", ("close",), bars + 1, _realized_vol,
+        f"realized_vol_{bars}",
+        ("close",),
+        bars + 1,
+        _realized_vol,
         f"sample standard deviation (ddof=1) of the last {bars} 1-bar log returns, times sqrt(252)",
     )
 
@@ -201,25 +207,39 @@ DEFAULT_FEATURES: tuple[FeatureDefinition, ...] = (
     _realized_vol_feature(20),
     _realized_vol_feature(60),
     FeatureDefinition(
-        "momentum_60_5", ("close",), 61, _skip_5_momentum,
+        "momentum_60_5",
+        ("close",),
+        61,
+        _skip_5_momentum,
         "log(close_t-5 / close_t-60): 60-bar momentum skipping the last 5 bars (short-term reversal)",
     ),
     FeatureDefinition(
-        "rsi_14", ("close",), 15, _cutler_rsi,
+        "rsi_14",
+        ("close",),
+        15,
+        _cutler_rsi,
         "Cutler's RSI: 100 * mean gain / (mean gain + mean loss) over the last 14 close changes; "
         "50 when the window is flat",
     ),
     FeatureDefinition(
-        "close_zscore_20", ("close",), 20, _zscore,
+        "close_zscore_20",
+        ("close",),
+        20,
+        _zscore,
         "(close_t - 20-bar mean of close) / 20-bar std of close (ddof=1); 0 on a flat window",
     ),
     FeatureDefinition(
-        "vol_regime_20_252", ("close",), 253, _vol_regime,
-        "std of the last 20 log returns / std of the last 252 (ddof=1); above 1 = a volatile spell; "
-        "1 on a flat year",
+        "vol_regime_20_252",
+        ("close",),
+        253,
+        _vol_regime,
+        "std of the last 20 log returns / std of the last 252 (ddof=1); above 1 = a volatile spell; 1 on a flat year",
     ),
     FeatureDefinition(
-        "volume_zscore_20", ("volume",), 20, _zscore,
+        "volume_zscore_20",
+        ("volume",),
+        20,
+        _zscore,
         "(volume_t - 20-bar mean volume) / 20-bar std of volume (ddof=1); 0 on a flat window, "
         "so also 0 for sources without volume (reported as 0)",
     ),
@@ -230,13 +250,18 @@ CLOSE_ONLY_FEATURES: tuple[FeatureDefinition, ...] = tuple(f for f in DEFAULT_FE
 
 RANGE_FEATURES: tuple[FeatureDefinition, ...] = (
     FeatureDefinition(
-        "parkinson_vol_20", ("high", "low"), 20, _parkinson_vol,
+        "parkinson_vol_20",
+        ("high", "low"),
+        20,
+        _parkinson_vol,
         "Parkinson volatility: sqrt(mean(ln(H/L)^2) / (4 ln 2)) over 20 bars, times sqrt(252)",
     ),
     FeatureDefinition(
-        "garman_klass_vol_20", ("open", "high", "low", "close"), 20, _garman_klass_vol,
-        "Garman-Klass volatility: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)) over 20 bars, "
-        "times sqrt(252)",
+        "garman_klass_vol_20",
+        ("open", "high", "low", "close"),
+        20,
+        _garman_klass_vol,
+        "Garman-Klass volatility: sqrt(mean(0.5 ln(H/L)^2 - (2 ln 2 - 1) ln(C/O)^2)) over 20 bars, times sqrt(252)",
     ),
     FeatureDefinition("intrabar_range", ("high", "low"), 1, _intrabar_range, "ln(high_t / low_t)"),
 )
@@ -292,9 +317,7 @@ def _timestamp_ns(value: object, ticker: str) -> int:
     except (ValueError, TypeError) as exc:
         raise BarValidationError(f"bar for {ticker!r}: ts={value!r} is not a timestamp: {exc}") from exc
     if ts.tzinfo is None:
-        raise BarValidationError(
-            f"bar for {ticker!r}: ts={value!r} is naive; timestamps must carry a time zone (UTC)"
-        )
+        raise BarValidationError(f"bar for {ticker!r}: ts={value!r} is naive; timestamps must carry a time zone (UTC)")
     return ts.tz_convert("UTC").as_unit("ns").value
 
 
@@ -381,9 +404,7 @@ class FeatureSet:
         by_name = {f.name: f for f in self.features}
         unknown = [n for n in names if n not in by_name]
         if unknown:
-            raise ValueError(
-                f"feature set {self.name!r} has no feature(s) {unknown}; known: {', '.join(self.names)}"
-            )
+            raise ValueError(f"feature set {self.name!r} has no feature(s) {unknown}; known: {', '.join(self.names)}")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"select() got {repeated} more than once")
@@ -420,8 +441,7 @@ class FeatureSet:
         missing = [c for c in required if c not in bars.columns]
         if missing:
             raise BarValidationError(
-                f"bars are missing column(s) {missing} needed by feature set {self.name!r}; "
-                f"have {list(bars.columns)}"
+                f"bars are missing column(s) {missing} needed by feature set {self.name!r}; have {list(bars.columns)}"
             )
         ts = bars["ts"]
         if not isinstance(ts.dtype, pd.DatetimeTZDtype):
@@ -498,8 +518,9 @@ class StreamingFeatureState:
         self._window_offsets = [np.arange(-f.window, 0) for f in self._features]
         # Per input column, the smallest valid value: prices > 0 (the smallest subnormal), volume >= 0.
         self._minimums = np.array([0.0 if c == "volume" else np.nextafter(0.0, 1.0) for c in self._columns])
-        self._ohlc_columns = [self._columns.index(c) if c in self._columns else None
-                              for c in ("open", "high", "low", "close")]
+        self._ohlc_columns = [
+            self._columns.index(c) if c in self._columns else None for c in ("open", "high", "low", "close")
+        ]
         # One (tickers, columns, 2 * capacity) array holds every ticker's ring, so update_many
         # gathers all tickers' windows of a feature in one indexing call.
         self._rows: dict[str, int] = {}
@@ -587,10 +608,16 @@ class StreamingFeatureState:
             raise BarValidationError(f"bars for {tickers} hold a value that is not a number: {exc}") from exc
         if not self._plausible(values):
             columns = dict(zip(self._columns, values.T, strict=True))
-            problems = [(f"{column} {rule}", mask) for column, col in columns.items()
-                        for rule, mask in _value_problems(column, col)]
-            found = [f"{rule}: {[tickers[i] for i in np.flatnonzero(mask)]}"
-                     for rule, mask in problems + _ohlc_problems(columns) if mask.any()]
+            problems = [
+                (f"{column} {rule}", mask)
+                for column, col in columns.items()
+                for rule, mask in _value_problems(column, col)
+            ]
+            found = [
+                f"{rule}: {[tickers[i] for i in np.flatnonzero(mask)]}"
+                for rule, mask in problems + _ohlc_problems(columns)
+                if mask.any()
+            ]
             raise BarValidationError("bars refused: " + "; ".join(found))
         ends = [self._push(t, ts_ns, row) for (t, ts_ns), row in zip(identities, values, strict=True)]
         # Flat positions in the ring array of each ticker's newest value + 1 in input column 0.
@@ -600,8 +627,9 @@ class StreamingFeatureState:
         all_warm = counts.min() >= self._capacity
         column_length = self._ring.shape[2]
         out = np.full((len(bars), len(self._features)), np.nan)
-        for j, (feature, inputs, offsets) in enumerate(zip(self._features, self._buffer_rows, self._window_offsets,
-                                                           strict=True)):
+        for j, (feature, inputs, offsets) in enumerate(
+            zip(self._features, self._buffer_rows, self._window_offsets, strict=True)
+        ):
             ready = slice(None) if all_warm else np.flatnonzero(counts >= feature.window)
             if not all_warm and ready.size == 0:
                 continue
@@ -649,8 +677,12 @@ class StreamingFeatureState:
         except (TypeError, ValueError) as exc:
             raise BarValidationError(f"warm-up bars for {ticker!r} hold a value that is not a number: {exc}") from exc
         columns = dict(zip(self._columns, values, strict=True))
-        problems = [f"{column} {rule}" for column, col in columns.items()
-                    for rule, mask in _value_problems(column, col) if mask.any()]
+        problems = [
+            f"{column} {rule}"
+            for column, col in columns.items()
+            for rule, mask in _value_problems(column, col)
+            if mask.any()
+        ]
         problems += [rule for rule, mask in _ohlc_problems(columns) if mask.any()]
         if problems:
             raise BarValidationError(f"warm-up bars for {ticker!r}: " + "; ".join(problems))

@@ -18,6 +18,8 @@ all-or-nothing unit: the live bridge warms up and backfills from them
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,20 +31,16 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_BAR_SIZE, DEFAULT_CALENDAR, CalendarError, MarketTime
-from quant_engine.config import (
-    Settings,
-    get_settings,
-    make_offline_store,
-    make_online_store,
-    make_sagemaker_feature_group,
-)
 from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conform_bars
 from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
-from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore, overwrite_atomic
-from quant_engine.params import parse_tickers
+from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
+from quant_engine.features.stores import BARS_GROUP_SUFFIX, GroupStores
+from quant_engine.storage.atomic import write_parquet_atomic
+from quant_engine.storage.filesystem import overwrite_atomic
 from quant_engine.timeutil import utc_day
+from quant_engine.validation import parse_tickers
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +54,6 @@ COMPACT_AFTER_FILES = 20
 #: the plausibility check's recent scale needs its own history too.
 _EXTRA_HISTORY_SESSIONS = 5
 
-#: The bars group of feature group ``g`` is named ``g + BARS_GROUP_SUFFIX``.
-BARS_GROUP_SUFFIX = "_bars"
 #: The bar columns stored in the bars group, as float64 "features".
 STORED_BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
@@ -138,7 +134,7 @@ class IngestionRequest:
     def from_params(
         cls,
         params: Mapping[str, Any],
-        settings: Settings | None = None,
+        group: OfflineStore | None = None,
         *,
         window: tuple[object, object] | None = None,
         now: object = None,
@@ -148,7 +144,8 @@ class IngestionRequest:
         Missing keys take :data:`INGEST_PARAMS`; an unknown key is an error, never ignored. The
         sessions are ``start..end`` when given; else the whole file for a csv / parquet source;
         else those that closed in ``window`` (a scheduled run's data interval, ``(after, until]``);
-        else the last session closed by ``now``.
+        else the last session closed by ``now``. ``group`` is the target feature group's offline
+        store: the calendar and bar size it declared are the defaults, and must match.
 
         Raises
         ------
@@ -173,33 +170,64 @@ class IngestionRequest:
         if p["source"] not in SOURCES_NEEDING_PATH:
             given = [k for k in ("path", *_FILE_OPTIONS) if params.get(k) is not None]
             if given:
-                raise IngestionError(f"{', '.join(given)} only apply to the csv and parquet sources, "
-                                     f"not source={p['source']!r}")
+                raise IngestionError(
+                    f"{', '.join(given)} only apply to the csv and parquet sources, not source={p['source']!r}"
+                )
         for name, choices in (("on_error", ON_ERROR_CHOICES), ("stamped_at", STAMPED_AT_CHOICES)):
             if p[name] not in choices:
                 raise IngestionError(f"{name}={p[name]!r} is not one of {', '.join(choices)}")
         if p["feature_set"] not in feature_set_names():
-            raise IngestionError(f"feature_set={p['feature_set']!r} is not a feature set; use one of "
-                                 f"{', '.join(feature_set_names())}")
+            raise IngestionError(
+                f"feature_set={p['feature_set']!r} is not a feature set; use one of {', '.join(feature_set_names())}"
+            )
         try:
             limits = ScaleLimits(p["max_return_multiple"], p["max_volume_multiple"])
         except ValueError as exc:
             raise IngestionError(str(exc)) from None
-        settings = settings or get_settings()
-        market_time = _market_time(p["calendar"], p["bar_size"], group_market_time(make_offline_store(settings)))
+        stored = None if group is None else group_market_time(group)
+        market_time = _market_time(p["calendar"], p["bar_size"], stored)
         tickers = parse_tickers(p["tickers"], error=IngestionError)
         first, last = _session_range(p, market_time, tickers, window, now)
-        return cls(p["source"], first, last, market_time, tickers, p["path"], p["feature_set"], p["assume_tz"],
-                   p["date_close"], p["on_error"], p["stamped_at"], limits)
+        return cls(
+            p["source"],
+            first,
+            last,
+            market_time,
+            tickers,
+            p["path"],
+            p["feature_set"],
+            p["assume_tz"],
+            p["date_close"],
+            p["on_error"],
+            p["stamped_at"],
+            limits,
+        )
 
     @classmethod
-    def build(cls, source: str, start: object, end: object = None, tickers: Sequence[str] | str | None = None,
-              path: str | None = None, feature_set: str = "default", *, settings: Settings | None = None,
-              now: object = None, **options: Any) -> IngestionRequest:
+    def build(
+        cls,
+        source: str,
+        start: object,
+        end: object = None,
+        tickers: Sequence[str] | str | None = None,
+        path: str | None = None,
+        feature_set: str = "default",
+        *,
+        group: OfflineStore | None = None,
+        now: object = None,
+        **options: Any,
+    ) -> IngestionRequest:
         """``from_params`` with the common parameters spelled out (``end`` defaults to ``start``)."""
-        params = {"source": source, "start": start, "end": end, "tickers": tickers, "path": path,
-                  "feature_set": feature_set, **options}
-        return cls.from_params(params, settings, now=now)
+        params = {
+            "source": source,
+            "start": start,
+            "end": end,
+            "tickers": tickers,
+            "path": path,
+            "feature_set": feature_set,
+            **options,
+        }
+        return cls.from_params(params, group, now=now)
 
     @property
     def sessions(self) -> pd.DatetimeIndex:
@@ -229,16 +257,25 @@ class IngestionRequest:
         market_time = MarketTime(values.pop("calendar"), values.pop("bar_size"))
         limits = ScaleLimits(values.pop("max_return_multiple"), values.pop("max_volume_multiple"))
         tickers = values.pop("tickers")
-        return cls(**{**values, "first_session": pd.Timestamp(values["first_session"]),
-                      "last_session": pd.Timestamp(values["last_session"]), "market_time": market_time,
-                      "limits": limits, "tickers": tuple(tickers) if tickers else None})
+        return cls(
+            **{
+                **values,
+                "first_session": pd.Timestamp(values["first_session"]),
+                "last_session": pd.Timestamp(values["last_session"]),
+                "market_time": market_time,
+                "limits": limits,
+                "tickers": tuple(tickers) if tickers else None,
+            }
+        )
 
 
 def _market_time(calendar: str | None, bar_size: str | None, stored: MarketTime | None) -> MarketTime:
     """The request's market time: what it names, else the group's, else XNYS daily; a clash is an error."""
     try:
-        wanted = MarketTime(calendar or (stored.calendar if stored else DEFAULT_CALENDAR),
-                            bar_size or (stored.bar_size if stored else DEFAULT_BAR_SIZE))
+        wanted = MarketTime(
+            calendar or (stored.calendar if stored else DEFAULT_CALENDAR),
+            bar_size or (stored.bar_size if stored else DEFAULT_BAR_SIZE),
+        )
     except CalendarError as exc:
         raise IngestionError(str(exc)) from None
     if stored is not None and wanted != stored:
@@ -249,12 +286,16 @@ def _market_time(calendar: str | None, bar_size: str | None, stored: MarketTime 
     return wanted
 
 
-def _session_range(p: Mapping[str, Any], market_time: MarketTime, tickers: tuple[str, ...] | None,
-                   window: tuple[object, object] | None, now: object) -> tuple[pd.Timestamp, pd.Timestamp]:
+def _session_range(
+    p: Mapping[str, Any],
+    market_time: MarketTime,
+    tickers: tuple[str, ...] | None,
+    window: tuple[object, object] | None,
+    now: object,
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     calendar = market_time.exchange
     if p["start"] is None and p["end"] is None and p["source"] in SOURCES_NEEDING_PATH:
-        first, last = file_session_range(p["source"], p["path"], tickers, market_time, p["assume_tz"],
-                                         p["date_close"])
+        first, last = file_session_range(p["source"], p["path"], tickers, market_time, p["assume_tz"], p["date_close"])
     elif p["start"] is not None or p["end"] is not None:
         first = utc_day(p["start"] if p["start"] is not None else p["end"], "start", error=IngestionError)
         last = utc_day(p["end"] if p["end"] is not None else p["start"], "end", error=IngestionError)
@@ -274,16 +315,25 @@ def _session_range(p: Mapping[str, Any], market_time: MarketTime, tickers: tuple
             raise NoSessionToIngest(f"{span}: nothing to ingest")
         return calendar.session_label(lo), calendar.session_label(hi - 1)
     if len(calendar.sessions(first, last)) == 0:
-        raise NoSessionToIngest(f"no {calendar.name} session between {first.date()} and {last.date()} "
-                                "(a holiday or a weekend): nothing to ingest")
+        raise NoSessionToIngest(
+            f"no {calendar.name} session between {first.date()} and {last.date()} "
+            "(a holiday or a weekend): nothing to ingest"
+        )
     return first, last
 
 
-def file_session_range(source: str, path: str, tickers: Sequence[str] | None, market_time: MarketTime,
-                       assume_tz: str | None = None, date_close: str | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:
+def file_session_range(
+    source: str,
+    path: str,
+    tickers: Sequence[str] | None,
+    market_time: MarketTime,
+    assume_tz: str | None = None,
+    date_close: str | None = None,
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Labels of the first and last session the bars of a user's CSV or Parquet file (or folder) fall in."""
-    bars, _ = make_source(source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop",
-                          calendar=market_time.calendar).read(list(tickers) if tickers else None)
+    bars, _ = make_source(
+        source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop", calendar=market_time.calendar
+    ).read(list(tickers) if tickers else None)
     sessions = market_time.session_indices(bars["ts"])
     sessions = sessions[sessions >= 0]
     if len(sessions) == 0:
@@ -336,18 +386,30 @@ def fetch_bars(request: IngestionRequest, *, now: object = None) -> pd.DataFrame
     fetch_from = pd.Timestamp(int(calendar.open_ns[first]), tz="UTC")
     fetch_until = pd.Timestamp(int(calendar.close_ns[hi - 1]), tz="UTC")
     bars = _source(request).fetch(list(request.tickers) if request.tickers else None, fetch_from, fetch_until)
-    bars, report = conform_bars(bars, request.market_time, now=now, on_error=request.on_error,
-                                stamped_at=request.stamped_at, limits=request.limits)
-    log.info("fetched %d bars for %d tickers from %s: %s", len(bars), bars["ticker"].nunique(), request.source,
-             report.summary())
+    bars, report = conform_bars(
+        bars,
+        request.market_time,
+        now=now,
+        on_error=request.on_error,
+        stamped_at=request.stamped_at,
+        limits=request.limits,
+    )
+    log.info(
+        "fetched %d bars for %d tickers from %s: %s",
+        len(bars),
+        bars["ticker"].nunique(),
+        request.source,
+        report.summary(),
+    )
     return bars
 
 
 def _source(request: IngestionRequest) -> Any:
     options: dict[str, Any] = {}
     if request.source in SOURCES_NEEDING_PATH:
-        options.update(path=request.path, assume_tz=request.assume_tz, date_close=request.date_close,
-                       on_error=request.on_error)
+        options.update(
+            path=request.path, assume_tz=request.assume_tz, date_close=request.date_close, on_error=request.on_error
+        )
     return source_on(request.source, request.market_time, **options)
 
 
@@ -369,8 +431,11 @@ def compute_features(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFr
     complete = in_range.dropna()
     if len(complete) < len(in_range):
         short = sorted(set(in_range["ticker"]) - set(complete["ticker"])) or sorted(set(in_range["ticker"]))
-        log.warning("left out %d rows without full feature history (tickers: %s)",
-                    len(in_range) - len(complete), ", ".join(short[:10]))
+        log.warning(
+            "left out %d rows without full feature history (tickers: %s)",
+            len(in_range) - len(complete),
+            ", ".join(short[:10]),
+        )
     if complete.empty:
         raise IngestionError(
             f"no complete feature rows in {request.describe()} (source {request.source!r}); does the source "
@@ -396,13 +461,20 @@ def check_columns(bars: pd.DataFrame, feature_set: FeatureSet) -> None:
     if needs_volume and absent["no_volume"].any():
         problems.append(("volume", sorted(absent.index[absent["no_volume"]])))
     if problems:
-        have = {"close"} | ({"open", "high", "low"} if not absent["no_range"].any() else set()) | (
-            {"volume"} if not absent["no_volume"].any() else set())
+        have = (
+            {"close"}
+            | ({"open", "high", "low"} if not absent["no_range"].any() else set())
+            | ({"volume"} if not absent["no_volume"].any() else set())
+        )
         fits = [name for name in feature_set_names() if set(get_feature_set(name).input_columns) <= have]
-        missing = "; ".join(f"{what} (ticker(s) {', '.join(tickers[:5])}{' ...' if len(tickers) > 5 else ''})"
-                            for what, tickers in problems)
-        raise IngestionError(f"feature set {feature_set.name!r} needs columns these bars do not have: {missing}; "
-                             f"use feature_set={' or '.join(repr(f) for f in fits)}")
+        missing = "; ".join(
+            f"{what} (ticker(s) {', '.join(tickers[:5])}{' ...' if len(tickers) > 5 else ''})"
+            for what, tickers in problems
+        )
+        raise IngestionError(
+            f"feature set {feature_set.name!r} needs columns these bars do not have: {missing}; "
+            f"use feature_set={' or '.join(repr(f) for f in fits)}"
+        )
 
 
 def _in_sessions(stamps: pd.Series, request: IngestionRequest) -> np.ndarray:
@@ -419,11 +491,6 @@ def bars_in_range(bars: pd.DataFrame, request: IngestionRequest) -> pd.DataFrame
     that asks for its own sessions.
     """
     return bars.loc[_in_sessions(bars["ts"], request)].reset_index(drop=True)
-
-
-def bars_group_name(feature_group: str) -> str:
-    """The offline group that holds the bars feature group ``feature_group`` was computed from."""
-    return f"{feature_group}{BARS_GROUP_SUFFIX}"
 
 
 def bars_to_rows(bars: pd.DataFrame) -> pd.DataFrame:
@@ -446,8 +513,7 @@ class IngestionResult:
     bars_written_offline: int = 0
 
 
-def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time: MarketTime,
-                        version: int = 1) -> None:
+def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time: MarketTime, version: int = 1) -> None:
     """Create ``store``'s group with ``columns`` declaring ``market_time``, or check that it holds the same.
 
     Raises
@@ -459,12 +525,15 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
     """
     stored = group_market_time(store)
     if stored is None:
-        store.create_group(FeatureGroupSchema.for_features(list(columns), version=version,
-                                                           parameters=market_time.to_json()))
+        store.create_group(
+            FeatureGroupSchema.for_features(list(columns), version=version, parameters=market_time.to_json())
+        )
         return
     if stored != market_time:
-        raise IngestionError(f"feature group {store.feature_group!r} holds {stored.describe()}, not "
-                             f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead")
+        raise IngestionError(
+            f"feature group {store.feature_group!r} holds {stored.describe()}, not "
+            f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead"
+        )
     held = list(store.schema.feature_names)
     if held != list(columns):
         missing, extra = [c for c in columns if c not in held], [c for c in held if c not in columns]
@@ -472,12 +541,17 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
             f"feature group {store.feature_group!r} holds other features than this run computes (it lacks "
             f"{missing or 'none'}, this run lacks {extra or 'none'}): one group, one feature set. Ingest into "
             f"another group (set QE_FEATURE_GROUP, e.g. {store.feature_group}_2), or drop this one "
-            f"(quant-engine features drop {store.feature_group.removesuffix(BARS_GROUP_SUFFIX)})")
+            f"(quant-engine features drop {store.feature_group.removesuffix(BARS_GROUP_SUFFIX)})"
+        )
 
 
-def write_features(features: pd.DataFrame, settings: Settings | None = None,
-                   feature_group: str | None = None, *, bars: pd.DataFrame | None = None,
-                   market_time: MarketTime | None = None) -> IngestionResult:
+def write_features(
+    features: pd.DataFrame,
+    stores: GroupStores,
+    *,
+    bars: pd.DataFrame | None = None,
+    market_time: MarketTime | None = None,
+) -> IngestionResult:
     """Write to the offline store, then the online store, as one unit that survives a crash.
 
     The writes of one ingestion (features, ``bars`` into the bars group, the online store, and a
@@ -493,28 +567,23 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
     ----------
     features : DataFrame
         Complete feature rows (see :func:`compute_features`).
-    settings : Settings, optional
-        Default: from the environment.
-    feature_group : str, optional
-        Default: ``settings.feature_group``.
+    stores : GroupStores
+        The feature group's stores (``quant_engine.backends.make_group_stores``).
     bars : DataFrame, optional
         Validated bars to store in ``<feature group>_bars`` (see :func:`bars_in_range`).
     market_time : MarketTime, optional
         The calendar and bar size the rows are stamped by (default: XNYS daily); declared by a new
         group, checked against an existing one.
     """
-    settings = settings or get_settings()
-    group = feature_group or settings.feature_group
-    offline = make_offline_store(settings, group)
-    journal = IngestionJournal(offline)
-    journal.finish_pending(settings, group)
+    journal = IngestionJournal(stores.offline)
+    journal.finish_pending(stores)
     market_time = market_time or MarketTime()
-    declare_market_time(offline, [c for c in features.columns if c not in ("ticker", "event_time")], market_time)
+    declare_market_time(stores.offline, [c for c in features.columns if c not in ("ticker", "event_time")], market_time)
     if bars is not None:
-        declare_market_time(make_offline_store(settings, bars_group_name(group)), STORED_BAR_COLUMNS, market_time)
+        declare_market_time(stores.bars, STORED_BAR_COLUMNS, market_time)
     journal.begin(features, bars)
     try:
-        result = _write_stores(features, bars, settings, group)
+        result = _write_stores(features, bars, stores)
     except BaseException:
         journal.end()  # the failed write reverted itself: nothing is left to finish
         raise
@@ -522,13 +591,10 @@ def write_features(features: pd.DataFrame, settings: Settings | None = None,
     return result
 
 
-def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, settings: Settings,
-                  group: str) -> IngestionResult:
+def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, stores: GroupStores) -> IngestionResult:
     """Each store in turn; a failure reverts the offline commits made before it."""
-    offline = make_offline_store(settings, group)
-    bar_store = make_offline_store(settings, bars_group_name(group)) if bars is not None else None
-    online = make_online_store(settings, group)
-    sagemaker_group = make_sagemaker_feature_group(settings, group)
+    offline, online, mirror = stores.offline, stores.online, stores.mirror
+    bar_store = stores.bars if bars is not None else None
     commit = offline.write(features)
     bar_commit = None
     try:
@@ -536,8 +602,8 @@ def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, settings: S
             bar_commit = bar_store.write(bars_to_rows(bars))
         with online.transaction():
             updated = online.put(features)
-            if sagemaker_group is not None:
-                sagemaker_group.write(features)
+            if mirror is not None:
+                mirror.write(features)
     except BaseException:
         for store, made in ((bar_store, bar_commit), (offline, commit)):
             if made is not None and made.commit_id is not None:
@@ -577,8 +643,6 @@ class IngestionJournal:
         return f"{self.key}/{name}.parquet"
 
     def begin(self, features: pd.DataFrame, bars: pd.DataFrame | None) -> None:
-        import io
-        import json
 
         staged = {"features": features, **({"bars": bars} if bars is not None else {})}
         for name, frame in staged.items():
@@ -590,8 +654,6 @@ class IngestionJournal:
 
     def pending(self) -> dict[str, pd.DataFrame] | None:
         """The staged frames of an ingestion that did not end, or None."""
-        import io
-        import json
 
         found = self.fs.read_versioned(f"{self.key}/journal.json")
         if found is None:
@@ -599,14 +661,17 @@ class IngestionJournal:
         names = json.loads(found[0])["frames"]
         return {name: pd.read_parquet(io.BytesIO(self.fs.read(self._staged(name)))) for name in names}
 
-    def finish_pending(self, settings: Settings, group: str) -> IngestionResult | None:
+    def finish_pending(self, stores: GroupStores) -> IngestionResult | None:
         """Finish an ingestion a crash interrupted (its stores written again, idempotently), or do nothing."""
         frames = self.pending()
         if frames is None:
             return None
-        log.warning("finishing an ingestion of %s that did not end (%d feature rows): a crash interrupted it",
-                    group, len(frames["features"]))
-        result = _write_stores(frames["features"], frames.get("bars"), settings, group)
+        log.warning(
+            "finishing an ingestion of %s that did not end (%d feature rows): a crash interrupted it",
+            stores.name,
+            len(frames["features"]),
+        )
+        result = _write_stores(frames["features"], frames.get("bars"), stores)
         self.end()
         return result
 
@@ -616,32 +681,27 @@ class IngestionJournal:
             self.fs.delete(key)
 
 
-def drop_feature_group(group: str, settings: Settings | None = None, *, dry_run: bool = False) -> list[str]:
+def drop_feature_group(stores: GroupStores, *, dry_run: bool = False) -> list[str]:
     """Delete a feature group, its bars group and its online records; what went (or would go), one line each."""
-    settings = settings or get_settings()
     gone = []
-    for name in (group, bars_group_name(group)):
-        keys = make_offline_store(settings, name).drop(dry_run=dry_run)
-        gone.append(f"offline group {name!r}: {len(keys)} file(s)")
+    for store in (stores.offline, stores.bars):
+        keys = store.drop(dry_run=dry_run)
+        gone.append(f"offline group {store.feature_group!r}: {len(keys)} file(s)")
     if dry_run:
-        gone.append(f"online records of {group!r}")
+        gone.append(f"online records of {stores.name!r}")
     else:
-        gone.append(f"online records of {group!r}: {make_online_store(settings, group).delete_group()}")
+        gone.append(f"online records of {stores.name!r}: {stores.online.delete_group()}")
     return gone
 
 
-def ingest(request: IngestionRequest, settings: Settings | None = None, *, now: object = None) -> IngestionResult:
+def ingest(request: IngestionRequest, stores: GroupStores, *, now: object = None) -> IngestionResult:
     """Fetch, compute and write in one process (the CLI's path; the DAG runs the steps as tasks)."""
     bars = fetch_bars(request, now=now)
-    return write_features(compute_features(bars, request), settings, bars=bars_in_range(bars, request),
-                          market_time=request.market_time)
+    return write_features(
+        compute_features(bars, request), stores, bars=bars_in_range(bars, request), market_time=request.market_time
+    )
 
 
 def stage_frame(frame: pd.DataFrame, path: Path) -> str:
     """Write ``frame`` to Parquet atomically, for handing over between DAG tasks."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return str(path)
-
+    return str(write_parquet_atomic(frame, path))

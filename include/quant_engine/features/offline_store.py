@@ -26,21 +26,16 @@ assumption (the ingestion DAG runs one active run at a time); the commit is a co
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import io
 import json
 import logging
-import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -48,20 +43,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from quant_engine.atomic import fsync_dir, write_bytes_atomic
 from quant_engine.features import pit
 from quant_engine.features.pit import FeatureFrameError, UnknownFeatureError, ticker_column, utc_ns_column
+from quant_engine.storage.filesystem import FileSystem
+from quant_engine.timeutil import utc_timestamp
 
 __all__ = [
     "CommitInfo",
-    "ConcurrentCommitError",
     "FeatureFrameError",
     "FeatureGroupSchema",
-    "FileSystem",
-    "LocalFileSystem",
     "OfflineStore",
     "OfflineStoreError",
-    "S3FileSystem",
     "SchemaMismatchError",
     "UnknownCommitError",
     "UnknownFeatureError",
@@ -109,215 +101,6 @@ class UnknownCommitError(OfflineStoreError, LookupError):
     """:meth:`OfflineStore.revert` was given a commit id the group does not hold."""
 
 
-class ConcurrentCommitError(OfflineStoreError, RuntimeError):
-    """Another writer committed between this writer's read of the manifest and its commit."""
-
-
-# --------------------------------------------------------------------------------------------
-# The filesystem seam
-# --------------------------------------------------------------------------------------------
-
-
-class FileSystem(Protocol):
-    """The few storage operations the store needs; keys are ``/``-separated paths under a root."""
-
-    def read(self, key: str) -> bytes: ...
-
-    def read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
-
-    def write(self, key: str, data: bytes) -> None: ...
-
-    def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None: ...
-
-    def list(self, prefix: str) -> list[str]: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def lock(self, key: str) -> contextlib.AbstractContextManager[None]: ...
-
-    def local_path(self, key: str) -> Path | None: ...
-
-
-def overwrite_atomic(fs: FileSystem, key: str, data: bytes) -> None:
-    """Replace whatever ``key`` holds with ``data`` all at once (a local rename, a single S3 put).
-
-    For files one writer owns (checkpoints, baselines): the version read first only guards
-    against a second writer slipping in between.
-    """
-    current = fs.read_versioned(key)
-    fs.replace_atomic(key, data, expected_version=None if current is None else current[1])
-
-
-def _check_key(key: str) -> str:
-    parts = key.split("/")
-    if not key or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"storage key {key!r} must be a relative path without empty, '.' or '..' parts")
-    return key
-
-
-class LocalFileSystem:
-    """Files under ``root``; durable writes (fsync) and atomic replace (temp file + rename).
-
-    Parameters
-    ----------
-    root : Path
-        Directory that holds every feature group; created on first write.
-    """
-
-    def __init__(self, root: Path | str) -> None:
-        if not isinstance(root, (str, os.PathLike)) or not str(root):
-            raise TypeError(f"root={root!r} must be a directory path")
-        self.root = Path(root)
-
-    def __repr__(self) -> str:
-        return f"LocalFileSystem({str(self.root)!r})"
-
-    def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
-
-    def read(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        """The bytes at ``key`` and a content hash that :meth:`replace_atomic` checks, or None."""
-        try:
-            data = self._path(key).read_bytes()
-        except FileNotFoundError:
-            return None
-        return data, hashlib.sha256(data).hexdigest()
-
-    def write(self, key: str, data: bytes) -> None:
-        """Write and fsync ``data`` (file and directory entry) so a later commit never points at lost bytes."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_dir(path.parent)
-
-    def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None:
-        """Replace ``key`` with ``data`` all at once, if it still holds ``expected_version``.
-
-        ``expected_version=None`` means the key must not exist yet. Readers see either the old or
-        the new bytes, never a mix, even if the process dies halfway.
-        """
-        current = self.read_versioned(key)
-        current_version = None if current is None else current[1]
-        if current_version != expected_version:
-            raise ConcurrentCommitError(
-                f"{self._path(key)} changed since it was read; another writer committed in between"
-            )
-        write_bytes_atomic(self._path(key), data)
-
-    def list(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        if not base.is_dir():
-            return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Hold an exclusive ``flock`` on ``key``; released even if the process dies."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-    def local_path(self, key: str) -> Path | None:
-        return self._path(key)
-
-
-class S3FileSystem:
-    """Objects under ``s3://bucket/prefix/`` through a boto3 S3 client.
-
-    A single ``PutObject`` is atomic on S3, and the manifest's put is conditional on the ETag read
-    before (``If-Match``, or ``If-None-Match: *`` for a new group). There is no lock: one writer
-    per feature group is assumed (see the module docstring).
-
-    Parameters
-    ----------
-    s3_client : botocore client
-        ``boto3.client("s3")``.
-    bucket : str
-        Bucket name.
-    prefix : str
-        Key prefix under which feature groups live (may be empty).
-    """
-
-    def __init__(self, s3_client: Any, bucket: str, prefix: str = "") -> None:
-        if not isinstance(bucket, str) or not bucket:
-            raise ValueError(f"bucket={bucket!r} must be a non-empty bucket name")
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix={prefix!r} must be a string")
-        self.client = s3_client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-
-    def __repr__(self) -> str:
-        return f"S3FileSystem(bucket={self.bucket!r}, prefix={self.prefix!r})"
-
-    def _key(self, key: str) -> str:
-        _check_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def read(self, key: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except self.client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(f"s3://{self.bucket}/{self._key(key)}") from exc
-
-    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        """The bytes at ``key`` and their ETag, or None when the object does not exist."""
-        try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except self.client.exceptions.NoSuchKey:
-            return None
-        return response["Body"].read(), response["ETag"]
-
-    def write(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-
-    def replace_atomic(self, key: str, data: bytes, *, expected_version: str | None) -> None:
-        """One conditional put: succeeds only if the object still has ETag ``expected_version``."""
-        condition = {"IfNoneMatch": "*"} if expected_version is None else {"IfMatch": expected_version}
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
-        except self.client.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
-                raise ConcurrentCommitError(
-                    f"s3://{self.bucket}/{self._key(key)} changed since it was read; "
-                    "another writer committed in between"
-                ) from exc
-            raise
-
-    def list(self, prefix: str) -> list[str]:
-        full = self._key(prefix).rstrip("/") + "/"
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        keys: list[str] = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
-        return sorted(keys)
-
-    def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-    def lock(self, key: str) -> contextlib.AbstractContextManager[None]:
-        """No lock on S3: single writer per feature group is assumed; the commit's ETag check backs it up."""
-        return contextlib.nullcontext()
-
-    def local_path(self, key: str) -> Path | None:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # Schema, commits and the manifest
 # --------------------------------------------------------------------------------------------
@@ -331,19 +114,6 @@ def check_name(name: object, what: str) -> str:
             "'-' and '_' (at most 64 characters; SageMaker's rule)"
         )
     return name
-
-
-def utc_timestamp(value: object, what: str) -> pd.Timestamp:
-    """``value`` as a tz-aware UTC timestamp; naive or unparsable values are an error naming ``what``."""
-    try:
-        stamp = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}={value!r} is not a timestamp") from exc
-    if stamp is pd.NaT:
-        raise ValueError(f"{what} is NaT; give a timestamp")
-    if stamp.tzinfo is None:
-        raise ValueError(f"{what}={value!r} is a naive timestamp; give a time zone (e.g. UTC)")
-    return stamp.tz_convert("UTC")
 
 
 def _iso(stamp: pd.Timestamp) -> str:
@@ -398,12 +168,14 @@ class FeatureGroupSchema:
         if self.created_time is not None:
             object.__setattr__(self, "created_time", utc_timestamp(self.created_time, "created_time"))
         if not isinstance(self.parameters, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.parameters.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in self.parameters.items()
+        ):
             raise ValueError(f"parameters={self.parameters!r} must be a dict of str to str")
 
     @classmethod
-    def for_features(cls, names: Sequence[str], *, version: int = 1,
-                     parameters: dict[str, str] | None = None) -> FeatureGroupSchema:
+    def for_features(
+        cls, names: Sequence[str], *, version: int = 1, parameters: dict[str, str] | None = None
+    ) -> FeatureGroupSchema:
         """A schema of ``float64`` features named ``names``, in that order."""
         if isinstance(names, str):
             raise TypeError(f"names={names!r} must be a sequence of feature names, not one string")
@@ -519,11 +291,13 @@ class _Manifest:
             "format_version": FORMAT_VERSION,
             "feature_group": self.feature_group,
             **self.schema.to_json(),
-            "commits": [
-                {**c.to_json(), "file_days": [list(self.file_days[k]) for k in c.files]} for c in self.commits
-            ],
-            "snapshot": None if self.snapshot is None else {
-                "key": self.snapshot.key, "commits": list(self.snapshot.commit_ids), "rows": self.snapshot.rows,
+            "commits": [{**c.to_json(), "file_days": [list(self.file_days[k]) for k in c.files]} for c in self.commits],
+            "snapshot": None
+            if self.snapshot is None
+            else {
+                "key": self.snapshot.key,
+                "commits": list(self.snapshot.commit_ids),
+                "rows": self.snapshot.rows,
             },
         }
         return json.dumps(payload, indent=1).encode()
@@ -544,13 +318,15 @@ class _Manifest:
             file_days.update({k: (d, r) for k, (d, r) in zip(commit.files, entry["file_days"], strict=True)})
         snapshot = payload.get("snapshot")
         return cls(
-            feature_group, FeatureGroupSchema.from_json(payload), tuple(commits), file_days, token,
+            feature_group,
+            FeatureGroupSchema.from_json(payload),
+            tuple(commits),
+            file_days,
+            token,
             None if snapshot is None else _Snapshot(snapshot["key"], tuple(snapshot["commits"]), snapshot["rows"]),
         )
 
-    def plan(
-        self, *, as_of: pd.Timestamp | None = None, days: Callable[[int], bool] = lambda day: True
-    ) -> _ReadPlan:
+    def plan(self, *, as_of: pd.Timestamp | None = None, days: Callable[[int], bool] = lambda day: True) -> _ReadPlan:
         """The files holding every row written at or before ``as_of`` whose event day passes ``days``.
 
         Each day file belongs to one commit, so ``as_of`` and ``days`` prune whole files. The
@@ -562,8 +338,13 @@ class _Manifest:
         covered = set(self.snapshot.commit_ids) if self.snapshot is not None else set()
         replaced = sum(1 for c in qualifying if c.commit_id in covered for k in c.files if days(self.file_days[k][0]))
         use_snapshot = replaced >= SNAPSHOT_MIN_FILES
-        keys = [k for c in qualifying if not (use_snapshot and c.commit_id in covered)
-                for k in c.files if days(self.file_days[k][0])]
+        keys = [
+            k
+            for c in qualifying
+            if not (use_snapshot and c.commit_id in covered)
+            for k in c.files
+            if days(self.file_days[k][0])
+        ]
         cut_at = None
         if use_snapshot:
             keys.insert(0, self.snapshot.key)
@@ -624,8 +405,11 @@ def _validate_batch(frame: pd.DataFrame, schema: FeatureGroupSchema, feature_gro
     given = [c for c in frame.columns if c not in (RECORD_IDENTIFIER, EVENT_TIME)]
     missing = [n for n in names if n not in given]
     extra = [c for c in given if c not in schema.features]
-    mistyped = [f"{n!r} is {frame[n].dtype}, not {schema.features[n]}"
-                for n in names if n in given and str(frame[n].dtype) != schema.features[n]]
+    mistyped = [
+        f"{n!r} is {frame[n].dtype}, not {schema.features[n]}"
+        for n in names
+        if n in given and str(frame[n].dtype) != schema.features[n]
+    ]
     if missing or extra or mistyped:
         problems = []
         if missing:
@@ -673,8 +457,10 @@ class OfflineStore:
     Examples
     --------
     >>> import tempfile, pandas as pd
+    >>> from quant_engine.storage.filesystem import LocalFileSystem
     >>> store = OfflineStore(LocalFileSystem(tempfile.mkdtemp()), "prices")
-    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True),
+    >>> times = pd.to_datetime(["2024-01-02", "2024-01-03"], utc=True)
+    >>> frame = pd.DataFrame({"ticker": ["A", "A"], "event_time": times,
     ...                       "ret": [0.01, -0.02]})
     >>> first = store.write(frame, write_time=pd.Timestamp("2024-01-04", tz="UTC"))
     >>> first.rows_written, store.write(frame).rows_written  # a rerun writes nothing
@@ -807,12 +593,26 @@ class OfflineStore:
             self._vacuum(manifest)
             commit_id = f"{write_time.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
             file_days = self._stage(fresh, schema, commit_id, write_time, api_invocation_time)
-            commit = CommitInfo(commit_id, write_time, api_invocation_time, len(fresh), **counts,
-                                files=tuple(file_days))
-            self._commit(replace(manifest, schema=schema, commits=(*manifest.commits, commit),
-                                 file_days={**manifest.file_days, **file_days}))
-        log.info("feature group %s: commit %s wrote %d rows (%d new, %d corrected) in %d files",
-                 self.feature_group, commit_id, len(fresh), rows_new, rows_corrected, len(file_days))
+            commit = CommitInfo(
+                commit_id, write_time, api_invocation_time, len(fresh), **counts, files=tuple(file_days)
+            )
+            self._commit(
+                replace(
+                    manifest,
+                    schema=schema,
+                    commits=(*manifest.commits, commit),
+                    file_days={**manifest.file_days, **file_days},
+                )
+            )
+        log.info(
+            "feature group %s: commit %s wrote %d rows (%d new, %d corrected) in %d files",
+            self.feature_group,
+            commit_id,
+            len(fresh),
+            rows_new,
+            rows_corrected,
+            len(file_days),
+        )
         return commit
 
     def _changed_rows(
@@ -825,21 +625,35 @@ class OfflineStore:
         days = set(np.unique(batch.event_ns // _NS_PER_DAY).tolist())
         with duckdb.connect() as con:
             self._register_rows(con, manifest.plan(days=days.__contains__), schema)
-            con.register("batch_keys", pa.table({RECORD_IDENTIFIER: pa.array(batch.tickers.astype(str)),
-                                                 EVENT_TIME: pa.array(batch.event_ns, _UTC_NS)}))
-            stored = con.sql(pit.latest_versions_sql(
-                "(SELECT s.* FROM feature_rows s SEMI JOIN batch_keys b "
-                "ON s.ticker = b.ticker AND s.event_time = b.event_time)",
-                names, dedupe=True,
-            )).to_arrow_table()
+            con.register(
+                "batch_keys",
+                pa.table(
+                    {
+                        RECORD_IDENTIFIER: pa.array(batch.tickers.astype(str)),
+                        EVENT_TIME: pa.array(batch.event_ns, _UTC_NS),
+                    }
+                ),
+            )
+            stored = con.sql(
+                pit.latest_versions_sql(
+                    "(SELECT s.* FROM feature_rows s SEMI JOIN batch_keys b "
+                    "ON s.ticker = b.ticker AND s.event_time = b.event_time)",
+                    names,
+                    dedupe=True,
+                )
+            ).to_arrow_table()
         keys = pd.MultiIndex.from_arrays([batch.tickers.astype(str), batch.event_ns])
         stored_keys = pd.MultiIndex.from_arrays(
-            [stored["ticker"].to_numpy(zero_copy_only=False).astype(str),
-             stored["event_time"].cast(pa.int64()).to_numpy()]
+            [
+                stored["ticker"].to_numpy(zero_copy_only=False).astype(str),
+                stored["event_time"].cast(pa.int64()).to_numpy(),
+            ]
         )
         position = stored_keys.get_indexer(keys)
         exists = position >= 0
-        stored_values = np.column_stack([stored[n].to_numpy() for n in names]) if len(stored) else np.empty((0, len(names)))
+        stored_values = (
+            np.column_stack([stored[n].to_numpy() for n in names]) if len(stored) else np.empty((0, len(names)))
+        )
         changed = np.zeros(len(batch), dtype=bool)
         changed[exists] = (stored_values[position[exists]] != batch.values[exists]).any(axis=1)
         if changed.any():
@@ -926,8 +740,9 @@ class OfflineStore:
             dropped = [*reverted.files, *([manifest.snapshot.key] if manifest.snapshot and snapshot is None else [])]
             for key in dropped:  # unreferenced now; a crash here leaves orphans for vacuum()
                 self.fs.delete(self._key(key))
-        log.warning("feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id,
-                    reverted.rows_written)
+        log.warning(
+            "feature group %s: reverted commit %s (%d rows)", self.feature_group, commit_id, reverted.rows_written
+        )
         return reverted
 
     def uncompacted_files(self) -> int:
@@ -972,8 +787,13 @@ class OfflineStore:
             self._commit(replace(manifest, snapshot=snapshot))
             if manifest.snapshot is not None:
                 self.fs.delete(self._key(manifest.snapshot.key))
-        log.info("feature group %s: compacted %d commits (%d rows) into %s", self.feature_group,
-                 len(live_ids), snapshot.rows, snapshot.key)
+        log.info(
+            "feature group %s: compacted %d commits (%d rows) into %s",
+            self.feature_group,
+            len(live_ids),
+            snapshot.rows,
+            snapshot.key,
+        )
         return self._key(snapshot.key)
 
     def vacuum(self) -> list[str]:
@@ -1084,8 +904,10 @@ class OfflineStore:
             if include_history:
                 history = [WRITE_TIME, API_INVOCATION_TIME, IS_DELETED]
                 columns = ", ".join(pit.quote(c) for c in [RECORD_IDENTIFIER, EVENT_TIME, *names, *history])
-                sql = (f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
-                       "ORDER BY ticker, event_time, write_time")
+                sql = (
+                    f"SELECT {columns} FROM feature_rows {'WHERE ' + where if where else ''} "
+                    "ORDER BY ticker, event_time, write_time"
+                )
             else:
                 latest = pit.latest_versions_sql("feature_rows", names, dedupe=plan.versioned, where=where)
                 sql = f"SELECT * EXCLUDE (write_time) FROM ({latest}) ORDER BY ticker, event_time"

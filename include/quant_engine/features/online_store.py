@@ -101,8 +101,9 @@ class _Row:
 
 def _values_digest(names: Sequence[str], values: Sequence[float]) -> str:
     """A short fingerprint of a feature vector, so a same-time correction can be told from a rerun."""
-    return hashlib.blake2b(json.dumps([list(names), [repr(float(v)) for v in values]]).encode(),
-                           digest_size=16).hexdigest()
+    return hashlib.blake2b(
+        json.dumps([list(names), [repr(float(v)) for v in values]]).encode(), digest_size=16
+    ).hexdigest()
 
 
 def _latest_rows(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[_Row]]:
@@ -120,9 +121,7 @@ def _latest_rows(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[_Row]]:
         raise ValueError(f"feature column names must be non-empty strings, got {not_text!r}")
     event_time = frame["event_time"]
     if not isinstance(event_time.dtype, pd.DatetimeTZDtype):
-        raise ValueError(
-            f"column 'event_time' has dtype {event_time.dtype}; it must be tz-aware datetime64 (UTC)"
-        )
+        raise ValueError(f"column 'event_time' has dtype {event_time.dtype}; it must be tz-aware datetime64 (UTC)")
     if event_time.isna().any():
         raise ValueError(f"column 'event_time' has {int(event_time.isna().sum())} missing (NaT) value(s)")
     tickers = frame["ticker"]
@@ -134,10 +133,12 @@ def _latest_rows(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[_Row]]:
         raise ValueError(
             f"feature column(s) {not_numeric} are not numeric (dtypes {[str(frame[c].dtype) for c in not_numeric]})"
         )
-    keyed = pd.DataFrame({
-        "ticker": tickers.to_numpy(dtype=object),
-        "ns": event_time.dt.tz_convert("UTC").to_numpy(dtype="datetime64[ns]").view("int64"),
-    })
+    keyed = pd.DataFrame(
+        {
+            "ticker": tickers.to_numpy(dtype=object),
+            "ns": event_time.dt.tz_convert("UTC").to_numpy(dtype="datetime64[ns]").view("int64"),
+        }
+    )
     duplicated = keyed.duplicated(keep=False)
     if duplicated.any():
         quoted = [f"{t}@{pd.Timestamp(ns, tz='UTC')}" for t, ns in keyed[duplicated].head(5).itertuples(index=False)]
@@ -146,8 +147,9 @@ def _latest_rows(frame: pd.DataFrame) -> tuple[tuple[str, ...], list[_Row]]:
     values = frame[list(names)].to_numpy(dtype="float64")[latest]
     rows = [
         _Row(ticker, int(ns), tuple(vector.tolist()))
-        for ticker, ns, vector in zip(keyed["ticker"].to_numpy()[latest], keyed["ns"].to_numpy()[latest], values,
-                                      strict=True)
+        for ticker, ns, vector in zip(
+            keyed["ticker"].to_numpy()[latest], keyed["ns"].to_numpy()[latest], values, strict=True
+        )
     ]
     return names, rows
 
@@ -191,8 +193,12 @@ def _utc_timestamp(event_time_ns: int) -> pd.Timestamp:
 
 
 def _record(
-    ticker: str, event_time_ns: int, names: Sequence[str], values: Sequence[float],
-    features: tuple[str, ...] | None, feature_group: str,
+    ticker: str,
+    event_time_ns: int,
+    names: Sequence[str],
+    values: Sequence[float],
+    features: tuple[str, ...] | None,
+    feature_group: str,
 ) -> FeatureRecord:
     """The record a reader gets: event time plus the requested features (all by default)."""
     record: FeatureRecord = {"event_time": _utc_timestamp(event_time_ns)}
@@ -235,8 +241,7 @@ WHERE excluded.event_time_ns > online_features.event_time_ns
             OR excluded.feature_names != online_features.feature_names))
 """
 _SQLITE_SELECT_ONE = (
-    "SELECT event_time_ns, feature_names, feature_values FROM online_features "
-    "WHERE feature_group = ? AND ticker = ?"
+    "SELECT event_time_ns, feature_names, feature_values FROM online_features WHERE feature_group = ? AND ticker = ?"
 )
 _SQLITE_SELECT_MANY = (
     "SELECT ticker, event_time_ns, feature_names, feature_values FROM online_features "
@@ -340,8 +345,9 @@ class SQLiteOnlineStore:
     def delete_group(self) -> int:
         """Delete every row of this feature group; returns how many went."""
         with self.transaction():
-            return self._conn.execute("DELETE FROM online_features WHERE feature_group = ?",
-                                      (self.feature_group,)).rowcount
+            return self._conn.execute(
+                "DELETE FROM online_features WHERE feature_group = ?", (self.feature_group,)
+            ).rowcount
 
     def put(self, frame: pd.DataFrame) -> int:
         """Upsert each ticker's latest row where it is newer than (or corrects) the stored one, atomically.
@@ -361,8 +367,7 @@ class SQLiteOnlineStore:
         encoded_names = json.dumps(list(names))
         packer = self._struct(len(names))
         params = [
-            (self.feature_group, row.ticker, row.event_time_ns, encoded_names, packer.pack(*row.values))
-            for row in rows
+            (self.feature_group, row.ticker, row.event_time_ns, encoded_names, packer.pack(*row.values)) for row in rows
         ]
         with self.transaction():
             before = self._conn.total_changes
@@ -396,8 +401,7 @@ class SQLiteOnlineStore:
             return None
         event_time_ns, encoded_names, blob = row
         names = self._decode_names(encoded_names)
-        return _record(ticker, event_time_ns, names, self._struct(len(names)).unpack(blob), wanted,
-                       self.feature_group)
+        return _record(ticker, event_time_ns, names, self._struct(len(names)).unpack(blob), wanted, self.feature_group)
 
     def get_many(
         self,
@@ -421,8 +425,9 @@ class SQLiteOnlineStore:
             for ticker, event_time_ns, encoded_names, blob in self._conn.execute(sql, (self.feature_group, *chunk)):
                 if cutoff is None or event_time_ns >= cutoff:
                     names = self._decode_names(encoded_names)
-                    found[ticker] = _record(ticker, event_time_ns, names, self._struct(len(names)).unpack(blob),
-                                            wanted, self.feature_group)
+                    found[ticker] = _record(
+                        ticker, event_time_ns, names, self._struct(len(names)).unpack(blob), wanted, self.feature_group
+                    )
         return {t: found[t] for t in unique if t in found}
 
 
@@ -558,8 +563,9 @@ class DynamoDBOnlineStore:
             }
             try:
                 if previous is None:
-                    self._client.delete_item(TableName=self.table_name, Key={"record_id": {"S": record_id}},
-                                             **condition)
+                    self._client.delete_item(
+                        TableName=self.table_name, Key={"record_id": {"S": record_id}}, **condition
+                    )
                 else:
                     self._client.put_item(TableName=self.table_name, Item=previous, **condition)
             except self._client.exceptions.ConditionalCheckFailedException:
@@ -572,8 +578,11 @@ class DynamoDBOnlineStore:
         deleted = 0
         with self._table_errors():
             pages = self._client.get_paginator("scan").paginate(
-                TableName=self.table_name, FilterExpression="feature_group = :g",
-                ExpressionAttributeValues={":g": {"S": self.feature_group}}, ProjectionExpression="record_id")
+                TableName=self.table_name,
+                FilterExpression="feature_group = :g",
+                ExpressionAttributeValues={":g": {"S": self.feature_group}},
+                ProjectionExpression="record_id",
+            )
             for page in pages:
                 for item in page.get("Items", []):
                     self._client.delete_item(TableName=self.table_name, Key={"record_id": item["record_id"]})
@@ -619,8 +628,14 @@ class DynamoDBOnlineStore:
 
     def _decode(self, item: Mapping[str, Any], features: tuple[str, ...] | None) -> FeatureRecord:
         stored = item["features"]["M"]
-        return _record(item["ticker"]["S"], int(item["event_time"]["N"]), list(stored),
-                       [_decode_number(v) for v in stored.values()], features, self.feature_group)
+        return _record(
+            item["ticker"]["S"],
+            int(item["event_time"]["N"]),
+            list(stored),
+            [_decode_number(v) for v in stored.values()],
+            features,
+            self.feature_group,
+        )
 
     def get(
         self,

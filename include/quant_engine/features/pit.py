@@ -84,9 +84,7 @@ def resolve_features(features: Sequence[str] | None, available: Sequence[str], g
         raise ValueError("features is empty; pass None for all of the group's features")
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise UnknownFeatureError(
-            f"feature group {group!r} has no feature(s) {unknown}; known: {', '.join(available)}"
-        )
+        raise UnknownFeatureError(f"feature group {group!r} has no feature(s) {unknown}; known: {', '.join(available)}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"feature(s) {repeated} requested more than once")

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from quant_engine.monitoring.baseline import write_json_atomic
+from quant_engine.storage.atomic import write_json_atomic
 
 if TYPE_CHECKING:
     from quant_engine.monitoring.feature_drift import DriftReport

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from quant_engine.atomic import write_bytes_atomic
+from quant_engine.storage.atomic import write_json_atomic
 
 __all__ = [
     "Baseline",
@@ -57,11 +57,6 @@ COMPARISON_METHODS: tuple[str, ...] = ("Simple", "Robust")
 
 class BaselineError(ValueError):
     """A training set cannot be baselined, or stored baseline files are unreadable or inconsistent."""
-
-
-def write_json_atomic(path: Path | str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` all at once (see :func:`quant_engine.atomic.write_bytes_atomic`)."""
-    write_bytes_atomic(path, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
 def _kll_levels(sorted_values: np.ndarray, k: int) -> list[list[float]]:
@@ -110,8 +105,10 @@ def _feature_statistics(name: str, column: pd.Series, k: int) -> dict[str, Any]:
     if not np.isfinite(present).all():
         raise BaselineError(f"feature {name!r} holds infinite values; a baseline needs finite numbers")
     present.sort()
-    integral = pd.api.types.is_integer_dtype(column) or pd.api.types.is_bool_dtype(column) or bool(
-        np.all(present == np.round(present))
+    integral = (
+        pd.api.types.is_integer_dtype(column)
+        or pd.api.types.is_bool_dtype(column)
+        or bool(np.all(present == np.round(present)))
     )
     vmin, vmax = float(present[0]), float(present[-1])
     return {
@@ -301,8 +298,11 @@ class Baseline:
                         sketch_weights=weights[order],
                         window_thresholds={
                             int(days): float(value)
-                            for days, value in cons[name].get("monitoringConfigOverrides", {})
-                            .get("distribution_constraints", {}).get("window_thresholds", {}).items()
+                            for days, value in cons[name]
+                            .get("monitoringConfigOverrides", {})
+                            .get("distribution_constraints", {})
+                            .get("window_thresholds", {})
+                            .items()
                         },
                     )
                 )

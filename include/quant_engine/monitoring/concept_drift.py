@@ -2,21 +2,15 @@
 
 Feature drift says the inputs moved; it cannot say whether the model still works. Concept drift
 is judged on outcomes, so it needs the model's predictions and the labels that settle them, and
-a label is only known once its ``t1`` has passed. This module keeps the three pieces that takes:
+a label is only known once its ``t1`` has passed. The predictions come from the prediction log
+(:class:`~quant_engine.monitoring.predictions.PredictionLog`); this module judges them:
 
-* :class:`PredictionLog`: every prediction the batch scorer (and later the live bridge) made,
-  rows ``ticker, ts, prob, model_version, source``, appended as one Parquet file per batch through
-  the offline store's :class:`~quant_engine.features.offline_store.FileSystem` (local folder or
-  S3), each written atomically so a reader never sees half a batch.
 * :func:`join_labels`: predictions merged with the labels settled by ``now`` (as SageMaker
   ModelQualityMonitor merges ground truth); predictions still waiting for their label are left
   out and counted, never scored against a guess.
 * :func:`evaluate_quality`: hit rate, log-loss and Brier score of the settled predictions against
   the model's holdout values (:class:`QualityBaseline`) with confidence bounds, plus streaming
   detectors run over the per-prediction error stream.
-
-:class:`VolRegimeTracker` keeps the market's volatility regime (calm / normal / stressed) in a
-small JSON state file, so a verdict can say what the market was doing when quality moved.
 
 Bounds (all at ``confidence``, two-sided, compared one-sidedly: only *worse* quality is drift):
 
@@ -35,45 +29,33 @@ different mix of market regimes moves the metrics too, and that alone is not dri
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import numbers
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from quant_engine.features.offline_store import FileSystem, LocalFileSystem
-from quant_engine.monitoring.baseline import write_json_atomic
 from quant_engine.monitoring.detectors import ADWIN, PageHinkley
+from quant_engine.monitoring.predictions import PredictionLog
+from quant_engine.timeutil import utc_timestamp
+from quant_engine.validation import require_columns, utc_column
 
 __all__ = [
-    "PREDICTION_COLUMNS",
-    "VOL_REGIMES",
     "ConceptDriftReport",
     "LabelJoin",
     "MetricCheck",
-    "PredictionLog",
     "QualityBaseline",
-    "VolRegimeState",
-    "VolRegimeTracker",
     "default_detectors",
     "evaluate_quality",
     "join_labels",
-    "market_proxy_returns",
     "quality_metrics",
     "rolling_quality",
 ]
 
-PREDICTION_COLUMNS: tuple[str, ...] = ("ticker", "ts", "prob", "model_version", "source")
-#: One prediction per model version, ticker and bar, whoever logged it (``source``: batch or bridge).
-PREDICTION_KEY: tuple[str, ...] = ("ticker", "ts", "model_version")
 #: Probabilities are clipped this far from 0 and 1 before log-loss, as scikit-learn does, so one
 #: confident miss costs a large but finite loss.
 PROB_EPSILON = 1e-15
@@ -83,36 +65,6 @@ _HIGHER_IS_BETTER = {"hit_rate": True, "log_loss": False, "brier": False}
 #: Default ``tolerance`` per metric: how much worse than the baseline a metric must be, beyond its
 #: bound, before it counts. 1 point of hit rate; log-loss and Brier 0.5% of a coin flip's loss.
 DEFAULT_TOLERANCES: dict[str, float] = {"hit_rate": 0.01, "log_loss": 0.005 * math.log(2), "brier": 0.005 * 0.25}
-VOL_REGIMES: tuple[str, ...] = ("calm", "normal", "stressed")
-
-
-# --- validation helpers -------------------------------------------------------------------------
-
-
-def _utc(value: object, name: str) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{name}={value!r} is not a timestamp") from exc
-    if ts.tzinfo is None:
-        raise ValueError(f"{name}={value!r} is naive; timestamps must carry a time zone (UTC)")
-    return ts.tz_convert("UTC")
-
-
-def _check_columns(frame: object, required: Sequence[str], what: str) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{what} are missing column(s) {missing}; have {list(frame.columns)}")
-    return frame
-
-
-def _utc_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
-    values = frame[column]
-    if not isinstance(values.dtype, pd.DatetimeTZDtype):
-        raise ValueError(f"{what} column {column!r} has dtype {values.dtype}; it must be tz-aware datetime64 (UTC)")
-    return values.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
 
 
 def _check_confidence(confidence: object) -> float:
@@ -128,112 +80,6 @@ def _check_probabilities(prob: np.ndarray, label: np.ndarray) -> None:
         raise ValueError("prob must hold finite probabilities in [0, 1]")
     if not np.isin(label, (0, 1)).all():
         raise ValueError("label must hold only 0 and 1")
-
-
-# --- the prediction log -------------------------------------------------------------------------
-
-
-class PredictionLog:
-    """An append-only log of predictions: one Parquet file per appended batch.
-
-    Parameters
-    ----------
-    fs : FileSystem
-        Where the files live: :class:`~quant_engine.features.offline_store.LocalFileSystem` or
-        ``S3FileSystem``; :meth:`local` builds the former from a folder.
-    prefix : str
-        Key prefix (folder) of the log inside ``fs``.
-
-    Notes
-    -----
-    Files are named ``part-<UTC nanoseconds>-<random>.parquet`` and written with
-    ``replace_atomic`` (temp file and rename locally, a single PUT on S3), so readers see whole
-    batches only and file names sort in write order. A rerun of the batch scorer logs the same
-    rows again, and the bridge and the batch scorer may both log the live model's view of one bar;
-    :meth:`read` keeps one row per ``(ticker, ts, model_version)`` (the latest written; ``source``
-    says which writer it came from), so nothing is counted twice.
-
-    Examples
-    --------
-    >>> import tempfile, pandas as pd
-    >>> log = PredictionLog.local(tempfile.mkdtemp())
-    >>> rows = pd.DataFrame({"ticker": ["A", "B"], "ts": pd.Timestamp("2024-01-02 21:00", tz="UTC"),
-    ...                      "prob": [0.6, 0.4], "model_version": "v1", "source": "batch"})
-    >>> _ = log.append(rows); _ = log.append(rows)
-    >>> len(log.read())
-    2
-    """
-
-    def __init__(self, fs: FileSystem, prefix: str = "predictions") -> None:
-        if not isinstance(prefix, str) or not prefix.strip("/"):
-            raise ValueError(f"prefix={prefix!r} must be a non-empty key prefix")
-        self.fs = fs
-        self.prefix = prefix.strip("/")
-
-    @classmethod
-    def local(cls, folder: Path | str) -> PredictionLog:
-        """A log in ``folder`` on the local disk (files directly inside it)."""
-        folder = Path(folder)
-        return cls(LocalFileSystem(folder.parent), folder.name)
-
-    def __repr__(self) -> str:
-        return f"PredictionLog({self.fs!r}, prefix={self.prefix!r})"
-
-    @staticmethod
-    def validate(frame: pd.DataFrame) -> pd.DataFrame:
-        """The rows in the log's schema, or a ``ValueError`` naming the rule they break."""
-        frame = _check_columns(frame, PREDICTION_COLUMNS, "predictions")
-        out = pd.DataFrame({
-            "ticker": frame["ticker"].astype(str),
-            "ts": _utc_column(frame, "ts", "predictions"),
-            "prob": pd.to_numeric(frame["prob"], errors="raise").astype("float64"),
-            "model_version": frame["model_version"].astype(str),
-            "source": frame["source"].astype(str),
-        })
-        if out["ts"].isna().any():
-            raise ValueError("predictions column 'ts' holds NaT; every prediction needs its time")
-        bad = ~(np.isfinite(out["prob"]) & out["prob"].between(0.0, 1.0))
-        if bad.any():
-            first = out[bad].iloc[0]
-            raise ValueError(
-                f"predictions' prob must be a probability in [0, 1]; {int(bad.sum())} rows are not, "
-                f"first {first['ticker']}@{first['ts']}: {first['prob']!r}"
-            )
-        return out.reset_index(drop=True)
-
-    def append(self, frame: pd.DataFrame) -> str | None:
-        """Write ``frame`` as one new file; returns its key, or None when ``frame`` has no rows."""
-        rows = self.validate(frame)
-        if rows.empty:
-            return None
-        buffer = io.BytesIO()
-        rows.to_parquet(buffer, index=False)
-        key = f"{self.prefix}/part-{pd.Timestamp.now(tz='UTC').value:020d}-{uuid.uuid4().hex[:12]}.parquet"
-        self.fs.replace_atomic(key, buffer.getvalue(), expected_version=None)
-        return key
-
-    def files(self) -> list[str]:
-        """Keys of the log's files, oldest first."""
-        return sorted(k for k in self.fs.list(self.prefix) if k.rsplit("/", 1)[-1].startswith("part-"))
-
-    def read(self) -> pd.DataFrame:
-        """Every logged prediction, the latest per ``(ticker, ts, model_version)``, sorted by ``(ts, ticker)``."""
-        parts = [pd.read_parquet(io.BytesIO(self.fs.read(key))) for key in self.files()]
-        if not parts:
-            return self.validate(_empty_predictions())
-        frame = self.validate(pd.concat(parts, ignore_index=True))
-        frame = frame.drop_duplicates(list(PREDICTION_KEY), keep="last")
-        return frame.sort_values(["ts", "ticker"], kind="stable").reset_index(drop=True)
-
-
-def _empty_predictions() -> pd.DataFrame:
-    return pd.DataFrame({
-        "ticker": pd.Series(dtype=str),
-        "ts": pd.Series(dtype="datetime64[ns, UTC]"),
-        "prob": pd.Series(dtype="float64"),
-        "model_version": pd.Series(dtype=str),
-        "source": pd.Series(dtype=str),
-    })
 
 
 # --- joining settled labels ----------------------------------------------------------------------
@@ -286,15 +132,17 @@ def join_labels(predictions: pd.DataFrame, labels: pd.DataFrame, *, now: object)
     >>> len(joined.frame), joined.n_pending
     (2, 1)
     """
-    cutoff = _utc(now, "now")
+    cutoff = utc_timestamp(now, "now")
     preds = PredictionLog.validate(predictions)
-    labels = _check_columns(labels, ("ticker", "ts", "t1", "label"), "labels")
-    known = pd.DataFrame({
-        "ticker": labels["ticker"].astype(str),
-        "ts": _utc_column(labels, "ts", "labels"),
-        "t1": _utc_column(labels, "t1", "labels"),
-        "label": labels["label"],
-    })
+    labels = require_columns(labels, ("ticker", "ts", "t1", "label"), "labels")
+    known = pd.DataFrame(
+        {
+            "ticker": labels["ticker"].astype(str),
+            "ts": utc_column(labels, "ts", "labels"),
+            "t1": utc_column(labels, "t1", "labels"),
+            "label": labels["label"],
+        }
+    )
     if not known["label"].isin((0, 1)).all():
         raise ValueError("labels' label must hold only 0 and 1")
     if known.duplicated(["ticker", "ts"]).any():
@@ -597,147 +445,3 @@ def rolling_quality(joined: LabelJoin, window: int, *, confidence: float = 0.99)
     rolled.insert(0, "n", n)
     rolled.insert(0, "t1", frame["t1"].to_numpy())
     return rolled.groupby("t1", sort=True).last().reset_index()
-
-
-# --- the volatility regime ----------------------------------------------------------------------
-
-
-def market_proxy_returns(bars: pd.DataFrame) -> pd.Series:
-    """The equal-weighted mean 1-bar log return of the tickers in ``bars``, indexed by ``ts``."""
-    bars = _check_columns(bars, ("ticker", "ts", "close"), "bars")
-    ts = _utc_column(bars, "ts", "bars")
-    close = bars.assign(ts=ts).pivot_table(index="ts", columns="ticker", values="close", aggfunc="last")
-    returns = np.log(close).diff().iloc[1:]
-    return returns.mean(axis=1, skipna=True).dropna().rename("market_return")
-
-
-@dataclass(frozen=True)
-class VolRegimeState:
-    """The market's volatility regime as of a bar, as stored in the state file."""
-
-    as_of: pd.Timestamp
-    realized_vol: float
-    percentile: float
-    regime: str
-    since: pd.Timestamp
-
-    def to_dict(self) -> dict[str, Any]:
-        """The state file's JSON content."""
-        return {
-            "as_of": self.as_of.isoformat(),
-            "realized_vol": self.realized_vol,
-            "percentile": self.percentile,
-            "regime": self.regime,
-            "since": self.since.isoformat(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VolRegimeState:
-        """The state stored by :meth:`to_dict`."""
-        return cls(
-            as_of=_utc(data["as_of"], "as_of"),
-            realized_vol=float(data["realized_vol"]),
-            percentile=float(data["percentile"]),
-            regime=str(data["regime"]),
-            since=_utc(data["since"], "since"),
-        )
-
-
-class VolRegimeTracker:
-    """Realised-volatility percentile of the market proxy -> calm / normal / stressed, kept in a JSON file.
-
-    Parameters
-    ----------
-    path : Path or str
-        The state file (written atomically).
-    window : int
-        Bars in the realised volatility (std of the proxy's log returns), >= 2.
-    history : int
-        Past realised-vol values the current one is ranked among, >= 2.
-    calm_below, stressed_above : float
-        Percentile cut-offs in (0, 1), ``calm_below < stressed_above``: below the first is calm, at or
-        above the second stressed, between them normal.
-
-    Notes
-    -----
-    ``percentile`` is the share of the last ``history`` realised-vol values (the current one
-    included) that are at or below the current one. ``since`` is the first bar of the current run
-    of the same regime, carried over from the stored state when the regime has not changed, so it
-    survives restarts and reruns.
-    """
-
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        window: int = 20,
-        history: int = 252,
-        calm_below: float = 0.3,
-        stressed_above: float = 0.8,
-    ) -> None:
-        for name, value in (("window", window), ("history", history)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 2:
-                raise ValueError(f"{name}={value!r} must be an integer >= 2")
-        if not (0 < calm_below < stressed_above < 1):
-            raise ValueError(
-                f"calm_below={calm_below!r} and stressed_above={stressed_above!r} must satisfy "
-                "0 < calm_below < stressed_above < 1"
-            )
-        self.path = Path(path)
-        self.window, self.history = int(window), int(history)
-        self.calm_below, self.stressed_above = float(calm_below), float(stressed_above)
-
-    def read(self) -> VolRegimeState | None:
-        """The stored state, or None before the first update."""
-        if not self.path.exists():
-            return None
-        return VolRegimeState.from_dict(json.loads(self.path.read_text()))
-
-    def classify(self, percentile: float) -> str:
-        """The regime of a realised-vol percentile."""
-        if percentile < self.calm_below:
-            return VOL_REGIMES[0]
-        return VOL_REGIMES[2] if percentile >= self.stressed_above else VOL_REGIMES[1]
-
-    def regimes(self, returns: pd.Series) -> pd.DataFrame:
-        """``realized_vol, percentile, regime`` at every bar of ``returns`` with enough history."""
-        if not isinstance(returns, pd.Series) or not isinstance(returns.index, pd.DatetimeIndex) or returns.index.tz is None:
-            raise ValueError("returns must be a pandas Series indexed by tz-aware timestamps (market_proxy_returns)")
-        vol = returns.sort_index().rolling(self.window).std(ddof=1)
-        pct = vol.rolling(self.history).rank(pct=True)
-        out = pd.DataFrame({"realized_vol": vol, "percentile": pct}).dropna()
-        out["regime"] = [self.classify(p) for p in out["percentile"]]
-        return out
-
-    def update(self, returns: pd.Series) -> VolRegimeState:
-        """Classify the last bar of ``returns``, store it, and return it.
-
-        Raises
-        ------
-        ValueError
-            Fewer than ``window + history - 1`` returns, or a last bar older than the stored one.
-        """
-        table = self.regimes(returns)
-        if table.empty:
-            raise ValueError(
-                f"the volatility regime needs {self.window + self.history - 1} returns "
-                f"(window={self.window} + history={self.history} - 1), got {len(returns)}"
-            )
-        as_of = table.index[-1]
-        previous = self.read()
-        if previous is not None and as_of < previous.as_of:
-            raise ValueError(f"returns end at {as_of}, before the stored state's {previous.as_of}; time must move forward")
-        regime = table["regime"].iloc[-1]
-        runs = table["regime"].ne(table["regime"].shift()).cumsum()
-        since = table.index[runs == runs.iloc[-1]][0]
-        if previous is not None and previous.regime == regime and previous.since < since and runs.nunique() == 1:
-            since = previous.since
-        state = VolRegimeState(
-            as_of=as_of,
-            realized_vol=float(table["realized_vol"].iloc[-1]),
-            percentile=float(table["percentile"].iloc[-1]),
-            regime=regime,
-            since=since,
-        )
-        write_json_atomic(self.path, state.to_dict())
-        return state

@@ -24,6 +24,8 @@ import math
 import numbers
 from collections import deque
 
+from quant_engine.validation import real_number, whole_number
+
 __all__ = ["ADWIN", "PageHinkley"]
 
 
@@ -34,18 +36,6 @@ def _check_value(x: object, detector: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{detector}.update(x={value!r}): x must be finite; NaN or inf means a broken input upstream")
     return value
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite number > 0")
-    return float(value)
 
 
 class ADWIN:
@@ -98,10 +88,10 @@ class ADWIN:
         if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta < 1:
             raise ValueError(f"delta={delta!r} must be a number in (0, 1)")
         self.delta = float(delta)
-        self.clock = _check_int("clock", clock, 1)
-        self.max_buckets = _check_int("max_buckets", max_buckets, 2)
-        self.min_window_length = _check_int("min_window_length", min_window_length, 1)
-        self.grace_period = _check_int("grace_period", grace_period, 1)
+        self.clock = whole_number(clock, "clock", minimum=1)
+        self.max_buckets = whole_number(max_buckets, "max_buckets", minimum=2)
+        self.min_window_length = whole_number(min_window_length, "min_window_length", minimum=1)
+        self.grace_period = whole_number(grace_period, "grace_period", minimum=1)
         self.reset()
 
     def reset(self) -> None:
@@ -263,11 +253,11 @@ class PageHinkley:
         if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta) or delta < 0:
             raise ValueError(f"delta={delta!r} must be a finite number >= 0")
         self.delta = float(delta)
-        self.threshold = _check_positive("threshold", threshold)
+        self.threshold = real_number(threshold, "threshold", minimum=0, above=True)
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= 1:
             raise ValueError(f"alpha={alpha!r} must be a number in (0, 1]")
         self.alpha = float(alpha)
-        self.min_instances = _check_int("min_instances", min_instances, 1)
+        self.min_instances = whole_number(min_instances, "min_instances", minimum=1)
         self.reset()
 
     def reset(self) -> None:

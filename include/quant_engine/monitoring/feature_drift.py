@@ -38,13 +38,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from quant_engine.monitoring.baseline import (
-    COMPARISON_METHODS,
-    IDENTIFIER_COLUMNS,
-    Baseline,
-    FeatureBaseline,
-    write_json_atomic,
-)
+from quant_engine.monitoring.baseline import COMPARISON_METHODS, IDENTIFIER_COLUMNS, Baseline, FeatureBaseline
+from quant_engine.storage.atomic import write_json_atomic
+from quant_engine.validation import real_number
 
 __all__ = [
     "CHECK_TYPES",
@@ -130,8 +126,9 @@ class DriftReport:
     @property
     def thresholds(self) -> dict[str, float]:
         """The threshold each feature's comparison distance was judged against."""
-        return {n: f.threshold if f.threshold is not None else self.comparison_threshold
-                for n, f in self.features.items()}
+        return {
+            n: f.threshold if f.threshold is not None else self.comparison_threshold for n, f in self.features.items()
+        }
 
     def violations_document(self) -> dict[str, Any]:
         """``constraint_violations.json`` in Model Monitor's shape."""
@@ -209,11 +206,6 @@ def _distances(base: FeatureBaseline, current_sorted: np.ndarray) -> tuple[float
     return distance, psi(np.diff(cdf_b), np.diff(cdf_c)), w_sigma
 
 
-def _check_positive(name: str, value: float | None) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
-        raise ValueError(f"{name}={value!r} must be a positive number or None")
-
-
 def check_drift(
     window: pd.DataFrame,
     baseline: Baseline,
@@ -285,8 +277,9 @@ def check_drift(
         raise ValueError(f"comparison_method={method!r} must be one of {', '.join(COMPARISON_METHODS)}")
     if not (0.0 < alpha < 1.0):
         raise ValueError(f"alpha={alpha!r} must be in (0, 1)")
-    _check_positive("psi_threshold", psi_threshold)
-    _check_positive("wasserstein_threshold", wasserstein_threshold)
+    for name, value in (("psi_threshold", psi_threshold), ("wasserstein_threshold", wasserstein_threshold)):
+        if value is not None:
+            real_number(value, name, minimum=0, above=True)
     if not (0.0 <= completeness_tolerance <= 1.0):
         raise ValueError(f"completeness_tolerance={completeness_tolerance!r} must be in [0, 1]")
 
@@ -306,7 +299,9 @@ def check_drift(
         if base.name not in window.columns:
             violations.append(
                 Violation(
-                    base.name, "missing_column_check", f"Column {base.name} is in the baseline but missing from the data"
+                    base.name,
+                    "missing_column_check",
+                    f"Column {base.name} is in the baseline but missing from the data",
                 )
             )
             continue

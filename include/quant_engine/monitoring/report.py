@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant_engine.atomic import write_bytes_atomic
-from quant_engine.monitoring.baseline import Baseline, write_json_atomic
+from quant_engine.monitoring.baseline import Baseline
 from quant_engine.monitoring.concept_drift import ConceptDriftReport
+from quant_engine.storage.atomic import write_bytes_atomic, write_json_atomic
 
 __all__ = ["HTML_FILE", "JSON_FILE", "explain", "json_safe", "write_report"]
 
@@ -90,8 +90,15 @@ def _quality_plot(quality: ConceptDriftReport) -> str:
     for index, (axis, check) in enumerate(zip(np.atleast_1d(axes), checks, strict=True)):
         lower = check.value - check.lower if math.isfinite(check.lower) else 0.0
         upper = check.upper - check.value if math.isfinite(check.upper) else 0.0
-        axis.errorbar([0], [check.value], yerr=[[lower], [upper]], fmt="o", capsize=6,
-                      color="tab:red" if check.breached else "tab:blue", label="window")
+        axis.errorbar(
+            [0],
+            [check.value],
+            yerr=[[lower], [upper]],
+            fmt="o",
+            capsize=6,
+            color="tab:red" if check.breached else "tab:blue",
+            label="window",
+        )
         axis.axhline(check.baseline, color="grey", linestyle="--", label="holdout baseline")
         axis.set_xticks([])
         axis.set_title(f"{check.name}{'  BREACHED' if check.breached else ''}", fontsize=10)
@@ -112,8 +119,11 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 def _thresholds_note(evidence: Mapping[str, Any]) -> str:
     days = evidence.get("calibrated_window_days")
     need = evidence.get("min_drifted_features", 1)
-    where = (f"each feature's own, calibrated on {days}-day windows of its training data" if days
-             else "one given threshold for every feature")
+    where = (
+        f"each feature's own, calibrated on {days}-day windows of its training data"
+        if days
+        else "one given threshold for every feature"
+    )
     return f"{where}; at least {need} feature(s) must drift together for the inputs to count as drifted."
 
 
@@ -133,43 +143,68 @@ def explain(document: Mapping[str, Any]) -> list[str]:
     """
     evidence = document["evidence"]
     judged = evidence.get("feature_distances", {})  # the distance each threshold is compared with
-    features = [{**f, "distance": judged.get(f["name"], f["distance"])}
-                for f in evidence.get("feature_drift", {}).values() if f.get("threshold") is not None]
+    features = [
+        {**f, "distance": judged.get(f["name"], f["distance"])}
+        for f in evidence.get("feature_drift", {}).values()
+        if f.get("threshold") is not None
+    ]
     need = evidence.get("min_drifted_features", 1)
     days = evidence.get("calibrated_window_days")
-    against = (f"thresholds calibrated on {days}-day training windows" if days else "one threshold for every feature")
+    against = f"thresholds calibrated on {days}-day training windows" if days else "one threshold for every feature"
     drifted = [f for f in features if f.get("drifted")]
     listed = ", ".join(f"{f['name']} {f['distance']:.3f} > {f['threshold']:.3f}" for f in drifted[:6])
     if len(drifted) >= need:
-        lines = [f"The inputs drifted: {len(drifted)} of {len(features)} feature(s) beyond their {against} "
-                 f"({listed}); {need} needed."]
+        lines = [
+            f"The inputs drifted: {len(drifted)} of {len(features)} feature(s) beyond their {against} "
+            f"({listed}); {need} needed."
+        ]
     else:
-        closest = sorted((f for f in features if f.get("distance") is not None),
-                         key=lambda f: f["threshold"] - f["distance"])[:3]
+        closest = sorted(
+            (f for f in features if f.get("distance") is not None), key=lambda f: f["threshold"] - f["distance"]
+        )[:3]
         near = ", ".join(f"{f['name']} {f['distance']:.3f} vs {f['threshold']:.3f}" for f in closest)
-        lines = [f"The inputs did not drift: {len(drifted)} of {len(features)} feature(s) beyond their {against}, "
-                 f"{need} needed (closest: {near or 'none'})."]
+        lines = [
+            f"The inputs did not drift: {len(drifted)} of {len(features)} feature(s) beyond their {against}, "
+            f"{need} needed (closest: {near or 'none'})."
+        ]
     quality = evidence.get("quality", {})
     checks = quality.get("checks", {})
     breached = [c for c in checks.values() if c.get("breached")]
     if breached:
-        lines.append("Quality fell: " + "; ".join(
-            f"{c['name']} {c['value']:.4f} (bounds {c['lower']:.4f}..{c['upper']:.4f}) against the holdout's "
-            f"{c['baseline']:.4f}, beyond the tolerance {c['tolerance']:.4f}" for c in breached) + ".")
+        lines.append(
+            "Quality fell: "
+            + "; ".join(
+                f"{c['name']} {c['value']:.4f} (bounds {c['lower']:.4f}..{c['upper']:.4f}) against the holdout's "
+                f"{c['baseline']:.4f}, beyond the tolerance {c['tolerance']:.4f}"
+                for c in breached
+            )
+            + "."
+        )
     else:
-        lines.append(f"Quality held: on {quality.get('n_settled', 0)} settled predictions no metric's "
-                     f"{quality.get('confidence', 0):.0%} bound left the holdout's value by more than its tolerance.")
+        lines.append(
+            f"Quality held: on {quality.get('n_settled', 0)} settled predictions no metric's "
+            f"{quality.get('confidence', 0):.0%} bound left the holdout's value by more than its tolerance."
+        )
     regime = evidence.get("vol_regime")
     if regime:
-        lines.append(f"The market's volatility regime is {regime['regime']} ({regime['percentile']:.1%} of the "
-                     f"training history's realised volatility, since {str(regime['since'])[:10]}): thresholds "
-                     "calibrated on the training years already include its spells, so a stressed market alone is "
-                     "no drift.")
+        lines.append(
+            f"The market's volatility regime is {regime['regime']} ({regime['percentile']:.1%} of the "
+            f"training history's realised volatility, since {str(regime['since'])[:10]}): thresholds "
+            "calibrated on the training years already include its spells, so a stressed market alone is "
+            "no drift."
+        )
     return lines
 
 
-def write_report(folder: Path | str, document: Mapping[str, Any], *, baseline: Baseline, window: pd.DataFrame,
-                 features: Sequence[str], quality: ConceptDriftReport) -> tuple[Path, Path]:
+def write_report(
+    folder: Path | str,
+    document: Mapping[str, Any],
+    *,
+    baseline: Baseline,
+    window: pd.DataFrame,
+    features: Sequence[str],
+    quality: ConceptDriftReport,
+) -> tuple[Path, Path]:
     """Write ``report.html`` and then ``report.json`` into ``folder``.
 
     Parameters
@@ -219,16 +254,37 @@ window {html.escape(str(document.get("window", {})))}; retraining requested:
 {html.escape(str(document.get("retraining_requested", "")))}</p>
 <h2>Why</h2><ul>{"".join(f"<li>{html.escape(line)}</li>" for line in document.get("explanation", []))}</ul>
 <h2>Features: the judged distance against each one's threshold</h2>
-{_table([{**f, "judged_distance": distances.get(f["name"])} for f in drift.values()],
-        ("name", "judged_distance", "threshold", "drifted", "distance", "robust_distance", "psi", "wasserstein_sigma",
-         "num_present"))}
+{
+        _table(
+            [{**f, "judged_distance": distances.get(f["name"])} for f in drift.values()],
+            (
+                "name",
+                "judged_distance",
+                "threshold",
+                "drifted",
+                "distance",
+                "robust_distance",
+                "psi",
+                "wasserstein_sigma",
+                "num_present",
+            ),
+        )
+    }
 <p>Thresholds: {html.escape(_thresholds_note(document["evidence"]))}</p>
 <h2>Volatility regime</h2>
-{_table([document["evidence"]["vol_regime"]] if document["evidence"].get("vol_regime") else [],
-        ("regime", "percentile", "realized_vol", "since", "as_of"))}
+{
+        _table(
+            [document["evidence"]["vol_regime"]] if document["evidence"].get("vol_regime") else [],
+            ("regime", "percentile", "realized_vol", "since", "as_of"),
+        )
+    }
 <h2>Model quality against the holdout, with bounds</h2>
-{_table(list(document["evidence"].get("quality", {}).get("checks", {}).values()),
-        ("name", "value", "lower", "upper", "baseline", "tolerance", "breached"))}
+{
+        _table(
+            list(document["evidence"].get("quality", {}).get("checks", {}).values()),
+            ("name", "value", "lower", "upper", "baseline", "tolerance", "breached"),
+        )
+    }
 <figure><img alt="quality" src="data:image/png;base64,{_quality_plot(quality)}"></figure>
 <h2>Feature distributions, baseline vs current</h2>{plots}
 <h2>Constraint violations</h2>

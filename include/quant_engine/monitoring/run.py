@@ -11,7 +11,7 @@ The baselines are stored with the model, in the registry's own storage (``$QE_HO
 written when the version is registered (``spot_training``'s register task) and read by every later
 drift check of that version, which therefore never reloads the training data.
 
-:func:`run_drift_check` is the check the ``drift_monitor`` DAG runs after the batch scorer
+:meth:`DriftMonitor.check` is the check the ``drift_monitor`` DAG runs after the batch scorer
 (:mod:`quant_engine.monitoring.scoring`): feature drift of a recent window against the baseline,
 the logged predictions' quality on their settled labels against the holdout, the volatility
 regime, one verdict, drift metrics to the alarms, and a JSON + HTML report.
@@ -23,13 +23,15 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from quant_engine.config import Settings, get_settings, make_alarms, make_model_registry, make_offline_store
-from quant_engine.features.offline_store import check_name, overwrite_atomic
+from quant_engine.features.bar_history import BarHistory
+from quant_engine.features.offline_store import OfflineStore, check_name
+from quant_engine.monitoring.alarms import Alarms, drift_alarm, drift_metrics
 from quant_engine.monitoring.baseline import (
     CONSTRAINTS_FILE,
     STATISTICS_FILE,
@@ -37,31 +39,36 @@ from quant_engine.monitoring.baseline import (
     BaselineError,
     build_baseline,
 )
-from quant_engine.monitoring.concept_drift import QualityBaseline
+from quant_engine.monitoring.calibration import calibrate_baseline
+from quant_engine.monitoring.concept_drift import QualityBaseline, evaluate_quality, join_labels
+from quant_engine.monitoring.feature_drift import check_drift
+from quant_engine.monitoring.predictions import champion, predict_proba, prediction_log
+from quant_engine.monitoring.regimes import VolRegimeTracker, market_proxy_returns
+from quant_engine.monitoring.report import explain, json_safe, write_report
+from quant_engine.monitoring.verdict import drift_verdict
+from quant_engine.runs import claimed_folder
+from quant_engine.storage.filesystem import FileSystem, overwrite_atomic
+from quant_engine.training.dataset import load_summary, load_train_frame
 from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
-from quant_engine.wfo.pipeline import LabelConfig
+from quant_engine.validation import whole_number
+from quant_engine.wfo.config import LabelConfig
 
 if TYPE_CHECKING:
     import xgboost as xgb
-
-    from quant_engine.features.offline_store import FileSystem, OfflineStore
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "QUALITY_FILE",
     "DriftCheckResult",
-    "NoChampionError",
     "DEFAULT_MIN_DRIFTED_FEATURES",
     "baseline_key",
-    "champion",
     "label_config",
     "load_baseline",
-    "monitoring_window",
-    "predict_proba",
-    "readiness",
     "record_baseline",
-    "run_drift_check",
+    "record_training_baselines",
+    "DriftMonitor",
+    "drift_schedule",
 ]
 
 QUALITY_FILE = "quality_baseline.json"
@@ -81,21 +88,16 @@ def _put_json(fs: FileSystem, key: str, obj: object) -> None:
     overwrite_atomic(fs, key, json.dumps(obj, indent=2, allow_nan=False).encode())
 
 
-def predict_proba(booster: xgb.Booster, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
-    """Probabilities of class 1 for ``frame``'s rows, the features in the order the booster expects."""
-    import xgboost as xgb
-
-    missing = [f for f in features if f not in frame.columns]
-    if missing:
-        raise ValueError(f"the rows lack feature column(s) {missing} the model needs")
-    matrix = xgb.DMatrix(frame[list(features)].to_numpy(dtype=np.float32),
-                         feature_names=None if booster.feature_names is None else list(features))
-    return booster.predict(matrix).astype(np.float64)
-
-
-def record_baseline(model_name: str, version: object, booster: xgb.Booster, train: pd.DataFrame,
-                    holdout: pd.DataFrame, features: Sequence[str], *, label: str = "label",
-                    settings: Settings | None = None) -> str:
+def record_baseline(
+    registry: ModelRegistry,
+    version: object,
+    booster: xgb.Booster,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    features: Sequence[str],
+    *,
+    label: str = "label",
+) -> str:
     """Build and store a version's baselines: feature statistics of ``train``, quality on ``holdout``.
 
     When ``train`` has ``event_time`` (``quant_engine.training.dataset.load_train_frame``), the drift
@@ -103,10 +105,7 @@ def record_baseline(model_name: str, version: object, booster: xgb.Booster, trai
     Deterministic in its inputs, so a rerun of the registering task rewrites the same bytes.
     Returns where the baselines were stored.
     """
-    from quant_engine.monitoring.calibration import calibrate_baseline
-
-    fs = make_model_registry(settings, model_name).fs
-
+    fs, model_name = registry.fs, registry.name
     features = list(features)
     if label not in holdout.columns:
         raise ValueError(f"the holdout lacks its label column {label!r}")
@@ -115,16 +114,14 @@ def record_baseline(model_name: str, version: object, booster: xgb.Booster, trai
         baseline = calibrate_baseline(baseline, train)
     else:
         log.warning("the training rows carry no event_time: drift thresholds are not calibrated")
-    quality = QualityBaseline.from_predictions(predict_proba(booster, holdout, features),
-                                               holdout[label].to_numpy())
+    quality = QualityBaseline.from_predictions(predict_proba(booster, holdout, features), holdout[label].to_numpy())
     _put_json(fs, baseline_key(model_name, version, STATISTICS_FILE), baseline.statistics)
     _put_json(fs, baseline_key(model_name, version, CONSTRAINTS_FILE), baseline.constraints)
     _put_json(fs, baseline_key(model_name, version, QUALITY_FILE), quality.to_dict())
     return f"{fs!r}/{baseline_key(model_name, version)}"
 
 
-def load_baseline(model_name: str, version: object,
-                  settings: Settings | None = None) -> tuple[Baseline, QualityBaseline]:
+def load_baseline(registry: ModelRegistry, version: object) -> tuple[Baseline, QualityBaseline]:
     """The stored feature baseline and quality baseline of a version.
 
     Raises
@@ -132,14 +129,16 @@ def load_baseline(model_name: str, version: object,
     BaselineError
         No baseline was recorded for the version, or its files are unreadable.
     """
-    fs = make_model_registry(settings, model_name).fs
+    fs, model_name = registry.fs, registry.name
     documents = []
     for file in (STATISTICS_FILE, CONSTRAINTS_FILE, QUALITY_FILE):
         key = baseline_key(model_name, version, file)
         stored = fs.read_versioned(key)
         if stored is None:
-            raise BaselineError(f"{key} does not exist in {fs!r}; {model_name} {parse_version(version)} "
-                                "has no baseline (record_baseline writes it when the version is registered)")
+            raise BaselineError(
+                f"{key} does not exist in {fs!r}; {model_name} {parse_version(version)} "
+                "has no baseline (record_baseline writes it when the version is registered)"
+            )
         try:
             documents.append(json.loads(stored[0]))
         except json.JSONDecodeError as exc:
@@ -150,23 +149,11 @@ def load_baseline(model_name: str, version: object,
 # --- the drift check -------------------------------------------------------------------------------
 
 
-class NoChampionError(ValueError):
-    """The registry has no champion to score with or to monitor."""
-
-
 #: Bars of history the volatility regime needs before the window (see
-#: :class:`~quant_engine.monitoring.concept_drift.VolRegimeTracker`'s defaults).
+#: :class:`~quant_engine.monitoring.regimes.VolRegimeTracker`'s defaults).
 _VOL_HISTORY_BARS = 20 + 252
 #: Features plotted in the HTML report besides the drifted ones: the largest distances.
 TOP_FEATURES = 4
-
-
-def champion(registry: ModelRegistry) -> ModelVersion:
-    """The registry's champion version, or :class:`NoChampionError`."""
-    promotion = registry.champion()
-    if promotion is None:
-        raise NoChampionError(f"model {registry.name!r} has no champion; train and promote one first")
-    return registry.get(promotion.version)
 
 
 def label_config(record: ModelVersion) -> LabelConfig:
@@ -178,8 +165,9 @@ def label_config(record: ModelVersion) -> LabelConfig:
     sign is what the model's probability is read as.
     """
     dataset = dict(record.metadata.training.get("dataset", {}))
-    label = LabelConfig(kind="fixed", horizon=int(dataset.get("horizon", 1)),
-                        target=str(dataset.get("label_target", "excess")))
+    label = LabelConfig(
+        kind="fixed", horizon=int(dataset.get("horizon", 1)), target=str(dataset.get("label_target", "excess"))
+    )
     return label
 
 
@@ -191,55 +179,9 @@ def _new_rows(store: OfflineStore, record: ModelVersion) -> pd.DataFrame:
     return store.read(None, after).dropna(subset=list(record.metadata.features))
 
 
-def readiness(model_name: str | None = None, *, min_new_rows: int = 100,
-              settings: Settings | None = None) -> dict[str, object]:
-    """Whether a drift check has something to judge: new rows since the baseline, and settled labels.
-
-    A row's label is settled once ``horizon`` later bars are stored, so the rows counted as matured
-    are those with at least ``horizon`` later timestamps among the new rows.
-
-    Returns
-    -------
-    dict
-        ``ready``, ``model_version``, ``data_end``, ``latest``, ``new_rows``, ``matured_rows``.
-    """
-    if isinstance(min_new_rows, bool) or not isinstance(min_new_rows, int) or min_new_rows < 1:
-        raise ValueError(f"min_new_rows={min_new_rows!r} must be an integer >= 1")
-    settings = settings or get_settings()
-    record = champion(make_model_registry(settings, model_name))
-    rows = _new_rows(make_offline_store(settings), record)
-    label = label_config(record)
-    stamps = np.sort(rows["event_time"].unique())
-    matured = int((rows["event_time"] <= stamps[-1 - label.horizon]).sum()) if len(stamps) > label.horizon else 0
-    return {
-        "ready": len(rows) >= min_new_rows and matured > 0,
-        "model_version": record.version,
-        "data_end": record.metadata.data_end,
-        "latest": None if rows.empty else pd.Timestamp(stamps[-1]).isoformat(),
-        "new_rows": len(rows),
-        "matured_rows": matured,
-    }
-
-
-def monitoring_window(model_name: str | None = None, *, window_days: int = 60,
-                      settings: Settings | None = None) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """``(start, end)``: the last ``window_days`` of stored rows, never reaching back into training data."""
-    if isinstance(window_days, bool) or not isinstance(window_days, int) or not 1 <= window_days <= 3650:
-        raise ValueError(f"window_days={window_days!r} must be a whole number of days between 1 and 3650")
-    settings = settings or get_settings()
-    record = champion(make_model_registry(settings, model_name))
-    rows = _new_rows(make_offline_store(settings), record)
-    if rows.empty:
-        raise ValueError(f"the offline store holds no rows after {record.metadata.data_end}, the end of "
-                         f"{record.name} {record.version}'s training data; ingest newer data first")
-    end = rows["event_time"].max()
-    start = max(end - pd.Timedelta(days=window_days), rows["event_time"].min())
-    return start, end
-
-
 @dataclass(frozen=True)
 class DriftCheckResult:
-    """The outcome of :func:`run_drift_check`: what the verdict was and where the report lies."""
+    """The outcome of :meth:`DriftMonitor.check`: what the verdict was and where the report lies."""
 
     run_id: str
     model_name: str
@@ -252,132 +194,216 @@ class DriftCheckResult:
         return dict(self.__dict__)
 
 
-def run_drift_check(
-    run_id: str,
-    *,
-    model_name: str | None = None,
-    window_days: int = 60,
-    comparison_threshold: float | None = None,
-    psi_threshold: float | None = None,
-    wasserstein_threshold: float | None = None,
-    min_drifted_features: int = DEFAULT_MIN_DRIFTED_FEATURES,
-    confidence: float = 0.99,
-    settings: Settings | None = None,
-) -> DriftCheckResult:
-    """Judge the champion on the last ``window_days`` of stored data and write the report.
+def drift_schedule(model_name: str) -> str:
+    """The monitoring schedule of a model's drift checks: its alarms and state are kept under this name."""
+    return f"{model_name}-drift"
 
-    Feature drift: the window's feature rows against the version's stored baseline. Concept drift:
-    the window's logged predictions joined with the labels settled by the latest stored row,
-    against the stored holdout quality. Both, with the market's volatility regime, make the
-    verdict; drift metrics go to the alarms of schedule ``<model_name>-drift``. The report goes to
-    ``$QE_HOME/reports/drift/<run_id>/`` (``report.html`` first, ``report.json`` last, each atomic).
+
+@dataclass(frozen=True)
+class DriftMonitor:
+    """What a model's drift checks read and write, handed in by the composition root.
 
     Parameters
     ----------
-    run_id : str
-        Names the report folder; a rerun with the same id replaces the report.
-    model_name : str, optional
-        Registry name; default the registry's default model.
-    window_days : int
-        Days of recent data judged (clipped at the end of the training data).
-    comparison_threshold, psi_threshold, wasserstein_threshold : float, optional
-        Feature-drift thresholds (see :func:`~quant_engine.monitoring.feature_drift.check_drift`);
-        without ``comparison_threshold``, each feature's threshold calibrated for the window's length.
-    min_drifted_features : int
-        Features that must drift before the inputs count as drifted.
-    confidence : float
-        Level of the quality bounds.
-
-    Returns
-    -------
-    DriftCheckResult
-        ``retrain`` is True when the verdict is anything but ``"none"``.
+    registry : ModelRegistry
+        The monitored model's registry: its champion, baselines and prediction log.
+    store : OfflineStore
+        The feature group the model reads.
+    bars : BarHistory
+        The group's stored bars, which settle the logged predictions' labels.
+    alarms : Alarms
+        Drift metrics and alarm state of :func:`drift_schedule` of the model.
+    reports_dir : Path
+        Where each check's report folder goes (``$QE_HOME/reports/drift``).
+    state_dir : Path
+        The schedule's own state (the volatility regime), ``$QE_HOME/monitoring/<schedule>``.
     """
-    from quant_engine.features.bar_history import BarHistory
-    from quant_engine.monitoring.alarms import drift_alarm, drift_metrics
-    from quant_engine.monitoring.concept_drift import (
-        VolRegimeTracker,
-        evaluate_quality,
-        join_labels,
-        market_proxy_returns,
+
+    registry: ModelRegistry
+    store: OfflineStore
+    bars: BarHistory
+    alarms: Alarms
+    reports_dir: Path
+    state_dir: Path
+
+    def readiness(self, *, min_new_rows: int = 100) -> dict[str, object]:
+        """Whether a drift check has something to judge: new rows since the baseline, and settled labels.
+
+        A row's label is settled once ``horizon`` later bars are stored, so the rows counted as matured
+        are those with at least ``horizon`` later timestamps among the new rows.
+
+        Returns
+        -------
+        dict
+            ``ready``, ``model_version``, ``data_end``, ``latest``, ``new_rows``, ``matured_rows``.
+        """
+        whole_number(min_new_rows, "min_new_rows", minimum=1)
+        record = champion(self.registry)
+        rows = _new_rows(self.store, record)
+        label = label_config(record)
+        stamps = np.sort(rows["event_time"].unique())
+        matured = int((rows["event_time"] <= stamps[-1 - label.horizon]).sum()) if len(stamps) > label.horizon else 0
+        return {
+            "ready": len(rows) >= min_new_rows and matured > 0,
+            "model_version": record.version,
+            "data_end": record.metadata.data_end,
+            "latest": None if rows.empty else pd.Timestamp(stamps[-1]).isoformat(),
+            "new_rows": len(rows),
+            "matured_rows": matured,
+        }
+
+    def window(self, *, window_days: int = 60) -> tuple[pd.Timestamp, pd.Timestamp]:
+        """``(start, end)``: the last ``window_days`` of stored rows, never reaching back into training data."""
+        whole_number(window_days, "window_days", minimum=1, maximum=3650)
+        record = champion(self.registry)
+        rows = _new_rows(self.store, record)
+        if rows.empty:
+            raise ValueError(
+                f"the offline store holds no rows after {record.metadata.data_end}, the end of "
+                f"{record.name} {record.version}'s training data; ingest newer data first"
+            )
+        end = rows["event_time"].max()
+        start = max(end - pd.Timedelta(days=window_days), rows["event_time"].min())
+        return start, end
+
+    def check(
+        self,
+        run_id: str,
+        *,
+        window_days: int = 60,
+        comparison_threshold: float | None = None,
+        psi_threshold: float | None = None,
+        wasserstein_threshold: float | None = None,
+        min_drifted_features: int = DEFAULT_MIN_DRIFTED_FEATURES,
+        confidence: float = 0.99,
+    ) -> DriftCheckResult:
+        """Judge the champion on the last ``window_days`` of stored data and write the report.
+
+        Feature drift: the window's feature rows against the version's stored baseline. Concept drift:
+        the window's logged predictions joined with the labels settled by the latest stored row,
+        against the stored holdout quality. Both, with the market's volatility regime, make the
+        verdict; drift metrics go to the alarms of schedule ``<model_name>-drift``. The report goes to
+        ``<reports_dir>/<run_id>/`` (``report.html`` first, ``report.json`` last, each atomic).
+
+        Parameters
+        ----------
+        run_id : str
+            Names the report folder; a rerun with the same id replaces the report.
+        window_days : int
+            Days of recent data judged (clipped at the end of the training data).
+        comparison_threshold, psi_threshold, wasserstein_threshold : float, optional
+            Feature-drift thresholds (see :func:`~quant_engine.monitoring.feature_drift.check_drift`);
+            without ``comparison_threshold``, each feature's threshold calibrated for the window's length.
+        min_drifted_features : int
+            Features that must drift before the inputs count as drifted.
+        confidence : float
+            Level of the quality bounds.
+
+        Returns
+        -------
+        DriftCheckResult
+            ``retrain`` is True when the verdict is anything but ``"none"``.
+        """
+        registry = self.registry
+        record = champion(registry)
+        features = list(record.metadata.features)
+        baseline, quality = load_baseline(registry, record.version)
+        start, end = self.window(window_days=window_days)
+        window = self.store.read(None, start, end).dropna(subset=features)
+        drift = check_drift(
+            window.loc[:, ["ticker", "event_time", *features]],
+            baseline,
+            comparison_threshold=comparison_threshold,
+            psi_threshold=psi_threshold,
+            wasserstein_threshold=wasserstein_threshold,
+        )
+
+        label = label_config(record)
+        predictions = prediction_log(registry).read()
+        predictions = predictions[
+            (predictions["model_version"] == record.version) & predictions["ts"].between(start, end)
+        ]
+        if predictions.empty:
+            raise ValueError(
+                f"no logged prediction of {registry.name} {record.version} between {start} and {end}; "
+                "run the batch scorer on the window first"
+            )
+        tickers = sorted(predictions["ticker"].unique())
+        bars = self.bars.read(tickers, start, end, history_bars=_VOL_HISTORY_BARS)
+        joined = join_labels(predictions, label.labels(bars), now=end)
+        concept = evaluate_quality(joined, quality, confidence=confidence)
+
+        notes: list[str] = []
+        tracker = VolRegimeTracker(self.state_dir / "vol_regime.json")
+        returns = market_proxy_returns(bars)
+        if len(returns) >= tracker.window + tracker.history - 1:
+            regime = tracker.update(returns)
+        else:
+            regime = None
+            notes.append(
+                f"volatility regime unknown: the stored bars give {len(returns)} returns, "
+                f"{tracker.window + tracker.history - 1} needed"
+            )
+        verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
+
+        alarms = self.alarms
+        thresholds = drift.thresholds
+        definitions = {name: drift_alarm(name, thresholds[name]) for name in drift.comparison_distances}
+        for definition in definitions.values():
+            alarms.put_alarm(definition)  # replacing an alarm keeps its state and history
+        metrics = drift_metrics(drift)
+        if metrics:
+            alarms.put_metrics(metrics)
+        alarm_states = {name: alarms.state(definition.name).state for name, definition in definitions.items()}
+
+        folder = claimed_folder(self.reports_dir, run_id)
+        drift.write(folder)
+        retrain = verdict.kind != "none"
+        document = {
+            "run_id": run_id,
+            "model_name": registry.name,
+            "model_version": record.version,
+            "window": {"start": start.isoformat(), "end": end.isoformat(), "rows": len(window)},
+            "verdict": verdict.kind,
+            "retraining_requested": retrain,
+            "evidence": {
+                **verdict.to_dict(),
+                "feature_drift": {name: asdict(f) for name, f in drift.features.items()},
+                "calibrated_window_days": drift.calibrated_window_days,
+                "min_drifted_features": min_drifted_features,
+                "quality": concept.to_dict(),
+                "alarms": alarm_states,
+                "notes": [*verdict.notes, *notes],
+            },
+            "constraint_violations": drift.violations_document()["violations"],
+        }
+        document["explanation"] = explain(json_safe(document))
+        plotted = list(
+            dict.fromkeys(
+                [
+                    *drift.drifted_features,
+                    *sorted(drift.comparison_distances, key=lambda n: -drift.comparison_distances[n])[:TOP_FEATURES],
+                ]
+            )
+        )
+        write_report(folder, document, baseline=baseline, window=window, features=plotted, quality=concept)
+        log.info("drift check %s of %s %s: %s", run_id, registry.name, record.version, verdict.kind)
+        return DriftCheckResult(run_id, registry.name, record.version, verdict.kind, retrain, str(folder))
+
+
+def record_training_baselines(registry: ModelRegistry, version: object, training_dir: Path) -> str:
+    """Record the baselines of a version just registered from a ``spot_training`` run folder.
+
+    The feature baseline comes from the run's ``train`` channel (with its times, so thresholds are
+    calibrated), the quality baseline from its holdout; the drift monitor judges the version
+    against these, never against the training data again.
+    """
+    summary = load_summary(training_dir)
+    return record_baseline(
+        registry,
+        version,
+        registry.load_booster(version),
+        load_train_frame(training_dir),
+        pd.read_parquet(summary["holdout"]),
+        summary["features"],
     )
-    from quant_engine.monitoring.feature_drift import check_drift
-    from quant_engine.monitoring.report import explain, json_safe, write_report
-    from quant_engine.monitoring.scoring import prediction_log
-    from quant_engine.monitoring.verdict import drift_verdict
-    from quant_engine.runs import claimed_folder
-
-    settings = settings or get_settings()
-    registry = make_model_registry(settings, model_name)
-    record = champion(registry)
-    features = list(record.metadata.features)
-    baseline, quality = load_baseline(registry.name, record.version, settings)
-    start, end = monitoring_window(registry.name, window_days=window_days, settings=settings)
-    window = make_offline_store(settings).read(None, start, end).dropna(subset=features)
-    drift = check_drift(window.loc[:, ["ticker", "event_time", *features]], baseline,
-                        comparison_threshold=comparison_threshold, psi_threshold=psi_threshold,
-                        wasserstein_threshold=wasserstein_threshold)
-
-    label = label_config(record)
-    predictions = prediction_log(registry).read()
-    predictions = predictions[(predictions["model_version"] == record.version)
-                              & predictions["ts"].between(start, end)]
-    if predictions.empty:
-        raise ValueError(f"no logged prediction of {registry.name} {record.version} between {start} and {end}; "
-                         "run the batch scorer on the window first")
-    tickers = sorted(predictions["ticker"].unique())
-    bars = BarHistory.from_settings(settings).read(tickers, start, end, history_bars=_VOL_HISTORY_BARS)
-    joined = join_labels(predictions, label.labels(bars), now=end)
-    concept = evaluate_quality(joined, quality, confidence=confidence)
-
-    schedule = f"{registry.name}-drift"
-    notes: list[str] = []
-    tracker = VolRegimeTracker(settings.home / "monitoring" / schedule / "vol_regime.json")
-    returns = market_proxy_returns(bars)
-    if len(returns) >= tracker.window + tracker.history - 1:
-        regime = tracker.update(returns)
-    else:
-        regime = None
-        notes.append(f"volatility regime unknown: the stored bars give {len(returns)} returns, "
-                     f"{tracker.window + tracker.history - 1} needed")
-    verdict = drift_verdict(drift.features, concept, vol_regime=regime, min_drifted_features=min_drifted_features)
-
-    alarms = make_alarms(settings, monitoring_schedule=schedule)
-    thresholds = drift.thresholds
-    definitions = {name: drift_alarm(name, thresholds[name]) for name in drift.comparison_distances}
-    for definition in definitions.values():
-        alarms.put_alarm(definition)  # replacing an alarm keeps its state and history
-    metrics = drift_metrics(drift)
-    if metrics:
-        alarms.put_metrics(metrics)
-    alarm_states = {name: alarms.state(definition.name).state for name, definition in definitions.items()}
-
-    folder = claimed_folder(settings.reports_dir / "drift", run_id)
-    drift.write(folder)
-    retrain = verdict.kind != "none"
-    document = {
-        "run_id": run_id,
-        "model_name": registry.name,
-        "model_version": record.version,
-        "window": {"start": start.isoformat(), "end": end.isoformat(), "rows": len(window)},
-        "verdict": verdict.kind,
-        "retraining_requested": retrain,
-        "evidence": {
-            **verdict.to_dict(),
-            "feature_drift": {name: asdict(f) for name, f in drift.features.items()},
-            "calibrated_window_days": drift.calibrated_window_days,
-            "min_drifted_features": min_drifted_features,
-            "quality": concept.to_dict(),
-            "alarms": alarm_states,
-            "notes": [*verdict.notes, *notes],
-        },
-        "constraint_violations": drift.violations_document()["violations"],
-    }
-    document["explanation"] = explain(json_safe(document))
-    plotted = list(dict.fromkeys([
-        *drift.drifted_features,
-        *sorted(drift.comparison_distances, key=lambda n: -drift.comparison_distances[n])[:TOP_FEATURES],
-    ]))
-    write_report(folder, document, baseline=baseline, window=window, features=plotted, quality=concept)
-    log.info("drift check %s of %s %s: %s", run_id, registry.name, record.version, verdict.kind)
-    return DriftCheckResult(run_id, registry.name, record.version, verdict.kind, retrain, str(folder))

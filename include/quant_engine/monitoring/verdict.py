@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quant_engine.monitoring.concept_drift import ConceptDriftReport, VolRegimeState
+from quant_engine.monitoring.concept_drift import ConceptDriftReport
+from quant_engine.monitoring.regimes import VolRegimeState
 
 __all__ = ["VERDICTS", "FeatureEvidence", "Verdict", "drift_verdict"]
 
@@ -172,7 +173,11 @@ def drift_verdict(
         raise TypeError(f"concept must be a ConceptDriftReport, got {type(concept).__name__}")
     if vol_regime is not None and not isinstance(vol_regime, VolRegimeState):
         raise TypeError(f"vol_regime must be a VolRegimeState or None, got {type(vol_regime).__name__}")
-    if isinstance(min_drifted_features, bool) or not isinstance(min_drifted_features, numbers.Integral) or min_drifted_features < 1:
+    if (
+        isinstance(min_drifted_features, bool)
+        or not isinstance(min_drifted_features, numbers.Integral)
+        or min_drifted_features < 1
+    ):
         raise ValueError(f"min_drifted_features={min_drifted_features!r} must be an integer >= 1")
 
     evidence = {str(name): _feature_evidence(str(name), value) for name, value in feature_drift.items()}

@@ -13,9 +13,9 @@ manifest parses, whose fingerprints match this run and whose model bytes hash to
 value wins; every one skipped on the way gets a log line that says why. A checkpoint of other data
 or other parameters is never resumed from: resuming would silently train a model of neither.
 
-The store is the offline store's :class:`~quant_engine.features.offline_store.FileSystem`
-(:class:`~quant_engine.features.offline_store.LocalFileSystem` or
-:class:`~quant_engine.features.offline_store.S3FileSystem`), so checkpoints live on local disk or
+The store is the offline store's :class:`~quant_engine.storage.filesystem.FileSystem`
+(:class:`~quant_engine.storage.filesystem.LocalFileSystem` or
+:class:`~quant_engine.storage.filesystem.S3FileSystem`), so checkpoints live on local disk or
 S3 with the same code.
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant_engine.features.offline_store import FileSystem, LocalFileSystem, S3FileSystem, overwrite_atomic
+from quant_engine.storage.filesystem import FileSystem, LocalFileSystem, S3FileSystem, overwrite_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -59,8 +59,7 @@ def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[
     location : str or Path
         Local directory (e.g. ``/opt/ml/checkpoints``) or an ``s3://bucket/prefix`` URI.
     s3_client : botocore client, optional
-        Client for an S3 location; default: the one :class:`quant_engine.config.Settings` makes
-        (region and endpoint from ``QE_*`` variables).
+        Client for an S3 location (required for one).
 
     Returns
     -------
@@ -73,13 +72,11 @@ def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[
     if not text:
         raise ValueError("checkpoint location is empty; give a directory or s3://bucket/prefix")
     if text.startswith("s3://"):
-        bucket, _, key = text[len("s3://"):].partition("/")
+        bucket, _, key = text[len("s3://") :].partition("/")
         if not bucket:
             raise ValueError(f"checkpoint location {text!r} names no bucket; use s3://bucket/prefix")
         if s3_client is None:
-            from quant_engine.config import get_settings
-
-            s3_client = get_settings().boto3_client("s3")
+            raise ValueError(f"checkpoint location {text!r} is on S3: pass the s3_client to reach it with")
         parent, _, name = key.strip("/").rpartition("/")
         return S3FileSystem(s3_client, bucket, parent), name or "checkpoints"
     path = Path(text).expanduser().absolute()
@@ -206,7 +203,8 @@ class CheckpointManager:
             if not isinstance(manifest, dict):
                 self._owners[round] = "corrupt"
             elif (manifest.get("data_fingerprint"), manifest.get("params_fingerprint")) == (
-                self.data_fingerprint, self.params_fingerprint
+                self.data_fingerprint,
+                self.params_fingerprint,
             ):
                 self._owners[round] = "ours"
             else:
@@ -221,7 +219,7 @@ class CheckpointManager:
         """
         older = [r for r in reversed(self._manifest_rounds()) if r <= newest]
         ours = [r for r in older if self._owner(r) == "ours"]
-        doomed = ours[self.keep:] + [r for r in older if self._owner(r) == "corrupt"]
+        doomed = ours[self.keep :] + [r for r in older if self._owner(r) == "corrupt"]
         for old in doomed:
             stem = f"round-{old:09d}"
             self.fs.delete(self._key(f"{stem}.json"))  # manifest first: a crash leaves an ignored model
@@ -266,11 +264,15 @@ class CheckpointManager:
             elif manifest.get("round") != round:
                 reason = f"manifest says round {manifest.get('round')!r} but its name says {round}"
             elif manifest.get("data_fingerprint") != self.data_fingerprint:
-                reason = (f"it was trained on other data (data fingerprint {manifest.get('data_fingerprint')!r}, "
-                          f"this run's is {self.data_fingerprint!r})")
+                reason = (
+                    f"it was trained on other data (data fingerprint {manifest.get('data_fingerprint')!r}, "
+                    f"this run's is {self.data_fingerprint!r})"
+                )
             elif manifest.get("params_fingerprint") != self.params_fingerprint:
-                reason = (f"it was trained with other parameters (params fingerprint "
-                          f"{manifest.get('params_fingerprint')!r}, this run's is {self.params_fingerprint!r})")
+                reason = (
+                    f"it was trained with other parameters (params fingerprint "
+                    f"{manifest.get('params_fingerprint')!r}, this run's is {self.params_fingerprint!r})"
+                )
             elif max_round is not None and round > max_round:
                 reason = f"it holds {round} rounds, more than the {max_round} asked for"
             if reason is not None:
@@ -283,8 +285,13 @@ class CheckpointManager:
                 log.warning("checkpoint %s is corrupt (model %s unreadable: %s); skipping it", key, model_key, exc)
                 continue
             if sha256_hex(model) != manifest.get("model_sha256"):
-                log.warning("checkpoint %s is corrupt (model %s hash %s, manifest says %s); skipping it",
-                            key, model_key, sha256_hex(model), manifest.get("model_sha256"))
+                log.warning(
+                    "checkpoint %s is corrupt (model %s hash %s, manifest says %s); skipping it",
+                    key,
+                    model_key,
+                    sha256_hex(model),
+                    manifest.get("model_sha256"),
+                )
                 continue
             found = Checkpoint(round, model, key)
             break

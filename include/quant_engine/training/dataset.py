@@ -1,7 +1,7 @@
 """The training set: a point-in-time join with labels, and a holdout at the end behind a purge gap.
 
 Rows, labels and features come from the walk-forward pipeline's own dataset step
-(:func:`quant_engine.wfo.pipeline.build_dataset`): offline-store rows in the range, labels from
+(:func:`quant_engine.wfo.dataset.build_dataset`): offline-store rows in the range, labels from
 the stored bars with their end ``t1``, features attached by point-in-time join. The last
 ``holdout_fraction`` of timestamps becomes the holdout. Between them lies the gap: a training row
 must have its label known strictly before the holdout starts (``t1 < holdout start``, the purge)
@@ -28,32 +28,22 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from quant_engine.config import Settings
-from quant_engine.params import parse_tickers
-from quant_engine.wfo.pipeline import DEFAULT_PARAMS as WFO_DEFAULTS
-from quant_engine.wfo.pipeline import (
-    WfoConfig,
-    WfoConfigError,
-    build_dataset,
-    write_json,
-    write_parquet,
-)
+import numpy as np
+import pandas as pd
 
-if TYPE_CHECKING:
-    import pandas as pd
+from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.offline_store import OfflineStore
+from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
+from quant_engine.timeutil import utc_day
+from quant_engine.training.defaults import DATA_KEYS, DATASET_DEFAULTS
+from quant_engine.validation import parse_tickers
+from quant_engine.wfo.config import WfoConfig, WfoConfigError
+from quant_engine.wfo.dataset import build_dataset
 
 log = logging.getLogger(__name__)
 
-#: Walk-forward parameters that shape the data and the labels; the training set takes them as they are.
-DATA_KEYS: tuple[str, ...] = ("start", "end", "tickers", "feature_set", "label_kind", "horizon", "label_target",
-                              "pt_mult", "sl_mult", "vol_window")
-#: Every parameter :meth:`TrainingSetConfig.from_params` accepts, with its default. A null ``end``
-#: is the last day the offline store holds and a null ``start`` is ``window_days`` before ``end``,
-#: so a run the drift monitor triggers (which passes no parameters) trains on the latest data.
-DEFAULT_PARAMS: dict[str, Any] = {**{k: WFO_DEFAULTS[k] for k in DATA_KEYS}, "start": None, "end": None,
-                                  "window_days": 3 * 365, "holdout_fraction": 0.2, "embargo_bars": 5}
 CHANNEL_FILES: dict[str, str] = {"train": "train/train.parquet", "validation": "validation/validation.parquet"}
 HOLDOUT_FILE = "holdout.parquet"
 TRAIN_TIMES_FILE = "train_times.parquet"
@@ -91,47 +81,52 @@ class TrainingSetConfig:
             raise TrainingSetError(f"embargo_bars={value!r} must be a whole number between 0 and 252")
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], settings: Settings | None = None) -> TrainingSetConfig:
-        """Validate loosely typed parameters; missing or null keys take :data:`DEFAULT_PARAMS`.
+    def from_params(cls, params: Mapping[str, Any], store: OfflineStore | None = None) -> TrainingSetConfig:
+        """Validate loosely typed parameters; missing or null keys take :data:`DATASET_DEFAULTS`.
 
-        A null ``end`` reads the offline store for its last day (of ``tickers``, or of any ticker).
+        A null ``end`` reads ``store`` (the feature group) for its last day (of ``tickers``, or of any ticker).
         """
         if not isinstance(params, Mapping):
             raise TrainingSetError(f"parameters must be a JSON object, got {type(params).__name__}")
-        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+        unknown = sorted(set(params) - set(DATASET_DEFAULTS))
         if unknown:
-            raise TrainingSetError(f"unknown parameter(s) {unknown}; known: {', '.join(DEFAULT_PARAMS)}")
-        p = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if v is not None or k in ("pt_mult", "sl_mult")}}
+            raise TrainingSetError(f"unknown parameter(s) {unknown}; known: {', '.join(DATASET_DEFAULTS)}")
+        p = {**DATASET_DEFAULTS, **{k: v for k, v in params.items() if v is not None or k in ("pt_mult", "sl_mult")}}
         window = p.pop("window_days")
         if isinstance(window, bool) or not isinstance(window, int) or not 30 <= window <= 36500:
             raise TrainingSetError(f"window_days={window!r} must be a whole number of days between 30 and 36500")
         if p["end"] is None:
-            p["end"] = str(_last_stored_day(p["tickers"], settings).date())
+            if store is None:
+                raise TrainingSetError("end is null and no offline store was given to read the last stored day from")
+            p["end"] = str(_last_stored_day(p["tickers"], store).date())
         if p["start"] is None:
-            import pandas as pd
-
-            from quant_engine.timeutil import utc_day
-
             p["start"] = str((utc_day(p["end"], "end", error=TrainingSetError) - pd.Timedelta(days=window)).date())
         # The CPCV settings only size the walk-forward step's group column, which the cut ignores;
         # a directional book lets an absolute-label run use one ticker.
-        data = WfoConfig.from_params({**{k: p[k] for k in DATA_KEYS}, "n_groups": 2, "n_test_groups": 1,
-                                      "embargo": 0, "min_group_rows": 1, "portfolio": "directional"})
+        data = WfoConfig.from_params(
+            {
+                **{k: p[k] for k in DATA_KEYS},
+                "n_groups": 2,
+                "n_test_groups": 1,
+                "embargo": 0,
+                "min_group_rows": 1,
+                "portfolio": "directional",
+            }
+        )
         return cls(data, p["holdout_fraction"], p["embargo_bars"])
 
     def to_params(self) -> dict[str, Any]:
         """The resolved parameters (dates filled in), which :meth:`from_params` reads back unchanged."""
         data = self.data.to_params()
-        return {**{k: data[k] for k in DATA_KEYS}, "holdout_fraction": self.holdout_fraction,
-                "embargo_bars": self.embargo_bars}
+        return {
+            **{k: data[k] for k in DATA_KEYS},
+            "holdout_fraction": self.holdout_fraction,
+            "embargo_bars": self.embargo_bars,
+        }
 
 
-def _last_stored_day(tickers: object, settings: Settings | None):  # noqa: ANN202 - a pandas Timestamp
+def _last_stored_day(tickers: object, store: OfflineStore) -> pd.Timestamp:
     """The UTC day of the latest ``event_time`` the offline store holds for ``tickers`` (None: any)."""
-    from quant_engine.config import make_offline_store
-    from quant_engine.timeutil import utc_day
-
-    store = make_offline_store(settings)
     if store.schema is None:
         raise TrainingSetError(
             f"the offline store (feature group {store.feature_group!r}) is empty; ingest data first, or give end"
@@ -145,8 +140,6 @@ def _last_stored_day(tickers: object, settings: Settings | None):  # noqa: ANN20
 
 def data_fingerprint(*frames: Any) -> str:
     """SHA-256 over the rows' values (column names included), stable across processes and file layouts."""
-    import pandas as pd
-
     digest = hashlib.sha256()
     for frame in frames:
         digest.update(json.dumps(list(map(str, frame.columns))).encode())
@@ -154,7 +147,9 @@ def data_fingerprint(*frames: Any) -> str:
     return digest.hexdigest()
 
 
-def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Settings | None = None) -> dict[str, Any]:
+def build_training_set(
+    config: TrainingSetConfig, out_dir: Path, store: OfflineStore, bar_store: OfflineStore
+) -> dict[str, Any]:
     """Join, label and cut; write the channels, the holdout and the summary into ``out_dir``.
 
     Raises
@@ -162,13 +157,8 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Setti
     TrainingSetError
         The range leaves no training rows after the gap, or a side holds one label class only.
     """
-    import numpy as np
-    import pandas as pd
-
-    from quant_engine.features.definitions import get_feature_set
-
     out_dir = Path(out_dir)
-    build_dataset(config.data, out_dir / "joined", settings)
+    build_dataset(config.data, out_dir / "joined", store, bar_store)
     dataset = pd.read_parquet(out_dir / "joined" / "dataset.parquet")
     features = list(get_feature_set(config.data.feature_set).names)
     stamps = np.sort(dataset["ts"].unique())
@@ -191,28 +181,39 @@ def build_training_set(config: TrainingSetConfig, out_dir: Path, settings: Setti
             )
     columns = [*features, "label"]
     for channel, frame in (("train", train), ("validation", holdout)):
-        write_parquet(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
-    write_parquet(holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE)
-    write_parquet(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
+        write_parquet_atomic(frame.loc[:, columns].reset_index(drop=True), out_dir / CHANNEL_FILES[channel])
+    write_parquet_atomic(
+        holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE
+    )
+    write_parquet_atomic(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
     summary = {
         "features": features,
-        "rows": {"train": int(in_train.sum()), "gap": int((~in_train & ~in_holdout).sum()),
-                 "holdout": int(in_holdout.sum())},
+        "rows": {
+            "train": int(in_train.sum()),
+            "gap": int((~in_train & ~in_holdout).sum()),
+            "holdout": int(in_holdout.sum()),
+        },
         "tickers": sorted(dataset["ticker"].unique()),
         "train_start": str(train["ts"].min()),
         "train_end": str(train["ts"].max()),
         "train_last_t1": str(train["t1"].max()),
         "holdout_start": str(holdout["ts"].min()),
         "holdout_end": str(holdout["ts"].max()),
-        "fingerprint": data_fingerprint(train.loc[:, ["ticker", "ts", "t1", *columns]],
-                                        holdout.loc[:, ["ticker", "ts", "t1", *columns]]),
+        "fingerprint": data_fingerprint(
+            train.loc[:, ["ticker", "ts", "t1", *columns]], holdout.loc[:, ["ticker", "ts", "t1", *columns]]
+        ),
         "params": config.to_params(),
         "channels": {c: str(out_dir / f) for c, f in CHANNEL_FILES.items()},
         "holdout": str(out_dir / HOLDOUT_FILE),
     }
-    write_json(out_dir / SUMMARY_FILE, summary)
-    log.info("training set: %d train, %d in the gap, %d holdout rows (holdout from %s)", summary["rows"]["train"],
-             summary["rows"]["gap"], summary["rows"]["holdout"], summary["holdout_start"])
+    write_json_atomic(out_dir / SUMMARY_FILE, summary, non_finite="null")
+    log.info(
+        "training set: %d train, %d in the gap, %d holdout rows (holdout from %s)",
+        summary["rows"]["train"],
+        summary["rows"]["gap"],
+        summary["rows"]["holdout"],
+        summary["holdout_start"],
+    )
     return summary
 
 
@@ -222,14 +223,14 @@ def load_train_frame(out_dir: Path) -> pd.DataFrame:
     The channel itself holds features and label only (the trainer's contract); the times come from
     the file written beside it.
     """
-    import pandas as pd
-
     out_dir = Path(out_dir)
     train = pd.read_parquet(out_dir / CHANNEL_FILES["train"])
     times = pd.read_parquet(out_dir / TRAIN_TIMES_FILE)
     if len(times) != len(train):
-        raise TrainingSetError(f"{out_dir / TRAIN_TIMES_FILE} has {len(times)} rows, the train channel {len(train)}; "
-                               "rebuild the training set")
+        raise TrainingSetError(
+            f"{out_dir / TRAIN_TIMES_FILE} has {len(times)} rows, the train channel {len(train)}; "
+            "rebuild the training set"
+        )
     return pd.concat([times.rename(columns={"ts": "event_time"}), train], axis=1)
 
 

@@ -4,19 +4,32 @@ Each step takes plain values (the run's resolved parameters, paths) and returns 
 so a task hands it to the next through XCom. :func:`prepare` checks every parameter before any data
 moves (a deterministic error fails at once) and builds the training set; :func:`train` runs the
 script-mode trainer under the chosen runner; :func:`evaluate` applies the promotion rule;
-:func:`register` stores the version with its full spec and its drift baselines.
+:func:`register` stores the version with its full spec (the DAG records its drift baselines next).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from quant_engine.config import Settings, get_settings, make_model_registry
-from quant_engine.training.dataset import DEFAULT_PARAMS as DATASET_DEFAULTS
-from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set
+import pandas as pd
+
+from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings
+from quant_engine.features.offline_store import OfflineStore
+from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set, load_summary
+from quant_engine.training.defaults import DATASET_DEFAULTS
+from quant_engine.training.registry import ModelMetadata, ModelRegistry, evaluate_candidate
+from quant_engine.training.sagemaker_spot import (
+    SpotTrainingSpec,
+    check_settings,
+    encode_hyperparameters,
+    run_spot_training,
+)
 from quant_engine.training.spec import resolve_training_params
+from quant_engine.training.spot import random_schedule, simulate
 from quant_engine.training.trainer import TrainingParams
 
 RUNNERS: tuple[str, ...] = ("local_spot", "sagemaker")
@@ -24,95 +37,130 @@ RUNNERS: tuple[str, ...] = ("local_spot", "sagemaker")
 DATASET_KEYS: tuple[str, ...] = tuple(DATASET_DEFAULTS)
 
 
-def prepare(conf: Mapping[str, Any], run_dir: Path, *, requested_by: Sequence[Mapping[str, Any]] = (),
-            settings: Settings | None = None) -> dict[str, Any]:
+def prepare(
+    conf: Mapping[str, Any],
+    run_dir: Path,
+    *,
+    registry_of: Callable[[str], ModelRegistry],
+    store: OfflineStore,
+    bar_store: OfflineStore,
+    settings: Settings,
+    requested_by: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Resolve the run's parameters (the champion's spec, rolled forward, overridden by ``conf``),
     check them all, and build the training set in ``run_dir``.
+
+    ``registry_of`` gives a model's registry by name; ``store`` and ``bar_store`` are the feature
+    group and its bars; ``settings`` are checked for what a SageMaker job needs.
 
     Raises
     ------
     ValueError
         Any parameter that cannot be used (the subclass names the family); nothing was built.
     """
-    settings = settings or get_settings()
-    params, basis = resolve_training_params(conf, lambda name: make_model_registry(settings, name),
-                                            requested_by=requested_by)
+    params, basis = resolve_training_params(conf, registry_of, requested_by=requested_by)
     if params["runner"] not in RUNNERS:
         raise TrainingSetError(f"runner={params['runner']!r} is not a runner; use one of {', '.join(RUNNERS)}")
     TrainingParams.from_hyperparameters(params["hyperparameters"])
     if params["runner"] == "sagemaker":
-        from quant_engine.training.sagemaker_spot import SpotTrainingSpec, check_settings, encode_hyperparameters
-
         check_settings(settings)
         SpotTrainingSpec.from_env()
         encode_hyperparameters(params["hyperparameters"])
-    config = TrainingSetConfig.from_params({k: params[k] for k in DATASET_KEYS}, settings)
-    summary = build_training_set(config, run_dir, settings)
-    return {"run_dir": str(run_dir), "params": params, "basis": basis, "feature_group": settings.feature_group,
-            "rows": summary["rows"], "channels": summary["channels"], "holdout": summary["holdout"]}
+    config = TrainingSetConfig.from_params({k: params[k] for k in DATASET_KEYS}, store)
+    summary = build_training_set(config, run_dir, store, bar_store)
+    return {
+        "run_dir": str(run_dir),
+        "params": params,
+        "basis": basis,
+        "feature_group": store.feature_group,
+        "rows": summary["rows"],
+        "channels": summary["channels"],
+        "holdout": summary["holdout"],
+    }
 
 
-def train(prepared: Mapping[str, Any], run_id: str) -> dict[str, Any]:
-    """Train with the run's runner: the trainer under the local spot simulator, or a SageMaker managed spot job."""
-    import json
+def train(
+    prepared: Mapping[str, Any], run_id: str, *, settings: Settings, aws: Callable[[], AwsClients]
+) -> dict[str, Any]:
+    """Train with the run's runner: the trainer under the local spot simulator, or a SageMaker managed spot job.
 
+    ``aws`` makes the AWS clients, asked for only when the runner is ``sagemaker``.
+    """
     folder, channels, params = Path(prepared["run_dir"]), prepared["channels"], prepared["params"]
     hyperparameters = params["hyperparameters"]
     if params["runner"] == "sagemaker":
-        from quant_engine.training.sagemaker_spot import run_spot_training
-
-        result = run_spot_training(channels, folder / "model", hyperparameters, run_id=run_id)
-        return {"runner": "sagemaker", "model_path": result["model_path"], "job_name": result["job_name"],
-                "savings": result["savings"], "billing": result["billing"]}
-    from quant_engine.training.spot import random_schedule, simulate
-
+        clients = aws()
+        result = run_spot_training(
+            channels,
+            folder / "model",
+            hyperparameters,
+            settings,
+            run_id=run_id,
+            sagemaker=clients.client("sagemaker"),
+            s3=clients.client("s3"),
+        )
+        return {
+            "runner": "sagemaker",
+            "model_path": result["model_path"],
+            "job_name": result["job_name"],
+            "savings": result["savings"],
+            "billing": result["billing"],
+        }
     trainer = TrainingParams.from_hyperparameters(hyperparameters)
     report = simulate(
-        ["--train", channels["train"], "--validation", channels["validation"],
-         "--model-dir", str(folder / "model"), "--checkpoint-dir", str(folder / "checkpoints"),
-         "--hyperparameters", json.dumps(hyperparameters)],
+        [
+            "--train",
+            channels["train"],
+            "--validation",
+            channels["validation"],
+            "--model-dir",
+            str(folder / "model"),
+            "--checkpoint-dir",
+            str(folder / "checkpoints"),
+            "--hyperparameters",
+            json.dumps(hyperparameters),
+        ],
         schedule=random_schedule(params["interruptions"], trainer.num_round, seed=trainer.seed, kind="mixed"),
         # The trainer leaves within a round of SIGTERM, so a short notice suffices (SageMaker gives 120 s).
-        rate_per_hour=params["interruption_rate_per_hour"], seed=trainer.seed, grace_s=10.0,
+        rate_per_hour=params["interruption_rate_per_hour"],
+        seed=trainer.seed,
+        grace_s=10.0,
     ).as_dict()
     return {"runner": "local_spot", "model_path": str(folder / "model" / "model.json"), "spot": report}
 
 
-def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
-    """The candidate against the floor, and the champion on rows neither trained on."""
-    import pandas as pd
-
-    from quant_engine.training.dataset import load_summary
-    from quant_engine.training.registry import evaluate_candidate
-
+def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any], registry: ModelRegistry) -> dict[str, Any]:
+    """The candidate against the floor, and the champion of ``registry`` on rows neither trained on."""
     summary = load_summary(prepared["run_dir"])
-    return evaluate_candidate(make_model_registry(name=prepared["params"]["model_name"]), trained["model_path"],
-                              pd.read_parquet(prepared["holdout"]), summary["features"])
+    return evaluate_candidate(
+        registry, trained["model_path"], pd.read_parquet(prepared["holdout"]), summary["features"]
+    )
 
 
-def register(prepared: Mapping[str, Any], trained: Mapping[str, Any], evaluated: Mapping[str, Any]) -> dict[str, str]:
-    """Register the model with its full spec (dataset, feature group, hyperparameters, evaluation) and
-    store its drift baselines beside it; returns the version and where the baselines went."""
-    import pandas as pd
-
-    from quant_engine.monitoring.run import record_baseline
-    from quant_engine.training.dataset import load_summary, load_train_frame
-    from quant_engine.training.registry import ModelMetadata
-
+def register(
+    prepared: Mapping[str, Any], trained: Mapping[str, Any], evaluated: Mapping[str, Any], registry: ModelRegistry
+) -> str:
+    """Register the model in ``registry`` with its full spec (dataset, feature group, hyperparameters,
+    evaluation); returns the version. Its drift baselines are recorded next
+    (:func:`quant_engine.monitoring.run.record_training_baselines`)."""
     params = prepared["params"]
     summary = load_summary(prepared["run_dir"])
     metadata = ModelMetadata(
-        features=summary["features"], data_start=summary["train_start"], data_end=summary["holdout_end"],
-        data_fingerprint=summary["fingerprint"], params=params["hyperparameters"], metrics=evaluated["candidate"],
+        features=summary["features"],
+        data_start=summary["train_start"],
+        data_end=summary["holdout_end"],
+        data_fingerprint=summary["fingerprint"],
+        params=params["hyperparameters"],
+        metrics=evaluated["candidate"],
         wfo_report=params["wfo_report"],
-        training={**{k: v for k, v in trained.items() if k != "model_path"}, "dataset": summary["params"],
-                  "feature_group": prepared["feature_group"], "holdout_start": summary["holdout_start"],
-                  "rows": summary["rows"], "evaluation": dict(evaluated), "basis": prepared["basis"]},
+        training={
+            **{k: v for k, v in trained.items() if k != "model_path"},
+            "dataset": summary["params"],
+            "feature_group": prepared["feature_group"],
+            "holdout_start": summary["holdout_start"],
+            "rows": summary["rows"],
+            "evaluation": dict(evaluated),
+            "basis": prepared["basis"],
+        },
     )
-    registry = make_model_registry(name=params["model_name"])
-    version = registry.register(trained["model_path"], metadata)
-    # The drift monitor judges this version against these baselines, never the training data.
-    where = record_baseline(registry.name, version, registry.load_booster(version),
-                            load_train_frame(prepared["run_dir"]), pd.read_parquet(prepared["holdout"]),
-                            summary["features"])
-    return {"version": version, "baselines": str(where)}
+    return registry.register(trained["model_path"], metadata)

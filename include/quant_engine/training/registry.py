@@ -33,15 +33,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import xgboost as xgb
+from sklearn.metrics import log_loss, roc_auc_score
 
-from quant_engine.features.offline_store import ConcurrentCommitError, FileSystem
-from quant_engine.training.spec import DEFAULT_MODEL_NAME
-
-if TYPE_CHECKING:
-    import xgboost as xgb
+from quant_engine.storage.filesystem import ConcurrentCommitError, FileSystem
+from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -154,8 +154,12 @@ class ModelMetadata:
 
     def __post_init__(self) -> None:
         features = self.features
-        if isinstance(features, str) or not isinstance(features, Sequence) or not features \
-                or not all(isinstance(f, str) and f for f in features):
+        if (
+            isinstance(features, str)
+            or not isinstance(features, Sequence)
+            or not features
+            or not all(isinstance(f, str) and f for f in features)
+        ):
             raise RegistryError(f"features={features!r} must be a non-empty list of feature names")
         if len(set(features)) != len(features):
             raise RegistryError(f"features={list(features)!r} repeat a name; each feature appears once")
@@ -176,14 +180,34 @@ class ModelMetadata:
             object.__setattr__(self, name, _json_ready(value, name))
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": list(self.features), "data_start": self.data_start, "data_end": self.data_end,
-                "data_fingerprint": self.data_fingerprint, "params": dict(self.params),
-                "metrics": dict(self.metrics), "wfo_report": self.wfo_report, "training": dict(self.training)}
+        return {
+            "features": list(self.features),
+            "data_start": self.data_start,
+            "data_end": self.data_end,
+            "data_fingerprint": self.data_fingerprint,
+            "params": dict(self.params),
+            "metrics": dict(self.metrics),
+            "wfo_report": self.wfo_report,
+            "training": dict(self.training),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelMetadata:
-        return cls(**{k: data[k] for k in ("features", "data_start", "data_end", "data_fingerprint", "params",
-                                           "metrics", "wfo_report", "training")})
+        return cls(
+            **{
+                k: data[k]
+                for k in (
+                    "features",
+                    "data_start",
+                    "data_end",
+                    "data_fingerprint",
+                    "params",
+                    "metrics",
+                    "wfo_report",
+                    "training",
+                )
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -199,17 +223,27 @@ class ModelVersion:
     metadata: ModelMetadata
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "name": self.name, "version": self.version,
-                "created_at": self.created_at,
-                "model": {"key": self.model_key, "format": self.model_format, "sha256": self.model_sha256},
-                **self.metadata.to_json()}
+        return {
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at,
+            "model": {"key": self.model_key, "format": self.model_format, "sha256": self.model_sha256},
+            **self.metadata.to_json(),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelVersion:
         model = data["model"]
-        return cls(name=data["name"], version=data["version"], created_at=data["created_at"],
-                   model_key=model["key"], model_format=model["format"], model_sha256=model["sha256"],
-                   metadata=ModelMetadata.from_json(data))
+        return cls(
+            name=data["name"],
+            version=data["version"],
+            created_at=data["created_at"],
+            model_key=model["key"],
+            model_format=model["format"],
+            model_sha256=model["sha256"],
+            metadata=ModelMetadata.from_json(data),
+        )
 
 
 @dataclass(frozen=True)
@@ -222,8 +256,12 @@ class Promotion:
     previous: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "reason": self.reason, "promoted_at": self.promoted_at,
-                "previous": self.previous}
+        return {
+            "version": self.version,
+            "reason": self.reason,
+            "promoted_at": self.promoted_at,
+            "previous": self.previous,
+        }
 
 
 class ModelRegistry:
@@ -295,8 +333,9 @@ class ModelRegistry:
         versions = self.versions()
         return self.get(versions[-1]) if versions else None
 
-    def register(self, model_path: Path | str, metadata: ModelMetadata | Mapping[str, Any],
-                 *, now: object = None) -> str:
+    def register(
+        self, model_path: Path | str, metadata: ModelMetadata | Mapping[str, Any], *, now: object = None
+    ) -> str:
         """Store the booster at ``model_path`` as a new immutable version and return its name.
 
         The file must be XGBoost JSON (``.json``) or UBJ (``.ubj``) and load as a booster whose
@@ -307,8 +346,9 @@ class ModelRegistry:
         if not isinstance(metadata, ModelMetadata):
             if not isinstance(metadata, Mapping):
                 raise RegistryError(f"metadata={metadata!r} must be a ModelMetadata or a mapping of its fields")
-            metadata = ModelMetadata.from_json({"params": {}, "metrics": {}, "wfo_report": None, "training": {},
-                                                **metadata})
+            metadata = ModelMetadata.from_json(
+                {"params": {}, "metrics": {}, "wfo_report": None, "training": {}, **metadata}
+            )
         path = Path(model_path)
         model_format = path.suffix.lstrip(".").lower()
         if model_format not in MODEL_FORMATS:
@@ -329,14 +369,20 @@ class ModelRegistry:
             with self.fs.lock(self._key(".lock")):
                 seen = self._version_numbers()[1]
                 version = format_version((seen[-1] if seen else 0) + 1)
-                record = ModelVersion(name=self.name, version=version,
-                                      created_at=_utc_iso(created, "now"),
-                                      model_key=f"model-{digest[:16]}.{model_format}", model_format=model_format,
-                                      model_sha256=digest, metadata=metadata)
+                record = ModelVersion(
+                    name=self.name,
+                    version=version,
+                    created_at=_utc_iso(created, "now"),
+                    model_key=f"model-{digest[:16]}.{model_format}",
+                    model_format=model_format,
+                    model_sha256=digest,
+                    metadata=metadata,
+                )
                 self.fs.write(self._key("versions", version, record.model_key), data)
                 try:
-                    self.fs.replace_atomic(self._key("versions", version, "metadata.json"),
-                                           _dumps(record.to_json()), expected_version=None)
+                    self.fs.replace_atomic(
+                        self._key("versions", version, "metadata.json"), _dumps(record.to_json()), expected_version=None
+                    )
                 except ConcurrentCommitError:
                     continue  # another writer took this number first: take the next one
                 return version
@@ -359,8 +405,9 @@ class ModelRegistry:
         current = self.fs.read_versioned(self._key("champion.json"))
         return None if current is None else Promotion(**json.loads(current[0]))
 
-    def promote(self, version: object, reason: str, *, expected_champion: object = _ANY,
-                now: object = None) -> Promotion:
+    def promote(
+        self, version: object, reason: str, *, expected_champion: object = _ANY, now: object = None
+    ) -> Promotion:
         """Make ``version`` the champion in one atomic replace of the pointer.
 
         Promoting the version that is already champion changes nothing (a rerun is harmless).
@@ -384,11 +431,15 @@ class ModelRegistry:
                     f"the champion of {self.name!r} is {previous.version if previous else 'none'}, not "
                     f"{expected or 'none'} as when {record.version} was judged; evaluate again"
                 )
-        promotion = Promotion(version=record.version, reason=reason.strip(),
-                              promoted_at=_utc_iso(pd.Timestamp.now(tz="UTC") if now is None else now, "now"),
-                              previous=None if previous is None else previous.version)
-        self.fs.replace_atomic(key, _dumps(promotion.to_json()),
-                               expected_version=None if current is None else current[1])
+        promotion = Promotion(
+            version=record.version,
+            reason=reason.strip(),
+            promoted_at=_utc_iso(pd.Timestamp.now(tz="UTC") if now is None else now, "now"),
+            previous=None if previous is None else previous.version,
+        )
+        self.fs.replace_atomic(
+            key, _dumps(promotion.to_json()), expected_version=None if current is None else current[1]
+        )
         return promotion
 
 
@@ -397,8 +448,6 @@ def _dumps(payload: Mapping[str, Any]) -> bytes:
 
 
 def _booster_from_bytes(data: bytes, what: str) -> xgb.Booster:
-    import xgboost as xgb
-
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(data))
@@ -422,27 +471,30 @@ def _check_booster(booster: xgb.Booster, features: Sequence[str], what: str) -> 
 # --- evaluation and the promotion rule -----------------------------------------------------------
 
 
-def holdout_metrics(booster: xgb.Booster, holdout: pd.DataFrame, features: Sequence[str],
-                    label: str = "label") -> dict[str, float]:
+def holdout_metrics(
+    booster: xgb.Booster, holdout: pd.DataFrame, features: Sequence[str], label: str = "label"
+) -> dict[str, float]:
     """Log-loss, AUC and accuracy of ``booster`` on ``holdout`` (features in the booster's order), and
     the base-rate log-loss: what always predicting the holdout's share of ups would score."""
-    import numpy as np
-    import xgboost as xgb
-    from sklearn.metrics import log_loss, roc_auc_score
-
     missing = [c for c in (*features, label) if c not in holdout.columns]
     if missing:
         raise RegistryError(f"holdout lacks column(s) {missing}")
     y = holdout[label].to_numpy()
     if len(np.unique(y)) < 2:
         raise RegistryError(f"holdout of {len(y)} rows holds one class only; AUC and log-loss need both")
-    matrix = xgb.DMatrix(holdout[list(features)].to_numpy(dtype=np.float32),
-                         feature_names=None if booster.feature_names is None else list(features))
+    matrix = xgb.DMatrix(
+        holdout[list(features)].to_numpy(dtype=np.float32),
+        feature_names=None if booster.feature_names is None else list(features),
+    )
     prob = booster.predict(matrix).astype(np.float64)
     share = float(y.mean())
-    return {"logloss": float(log_loss(y, prob, labels=[0, 1])), "auc": float(roc_auc_score(y, prob)),
-            "accuracy": float(((prob > 0.5) == (y == 1)).mean()), "rows": int(len(y)),
-            "base_logloss": float(log_loss(y, np.full(len(y), share), labels=[0, 1]))}
+    return {
+        "logloss": float(log_loss(y, prob, labels=[0, 1])),
+        "auc": float(roc_auc_score(y, prob)),
+        "accuracy": float(((prob > 0.5) == (y == 1)).mean()),
+        "rows": int(len(y)),
+        "base_logloss": float(log_loss(y, np.full(len(y), share), labels=[0, 1])),
+    }
 
 
 @dataclass(frozen=True)
@@ -491,37 +543,53 @@ class PromotionRule:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise RegistryError(f"{name}={value!r} must be a number in [0, 1)")
-        if isinstance(self.min_unseen_rows, bool) or not isinstance(self.min_unseen_rows, int) or \
-                self.min_unseen_rows < 1:
+        if (
+            isinstance(self.min_unseen_rows, bool)
+            or not isinstance(self.min_unseen_rows, int)
+            or self.min_unseen_rows < 1
+        ):
             raise RegistryError(f"min_unseen_rows={self.min_unseen_rows!r} must be a whole number >= 1")
 
     def floor(self, candidate: Mapping[str, float]) -> PromotionDecision | None:
         """The refusal of a candidate no better than a coin flip, or None when it clears the floor."""
         if not candidate["logloss"] < candidate["base_logloss"]:
-            return PromotionDecision(False, f"log-loss {candidate['logloss']:.5f} is not below the base rate "
-                                            f"{candidate['base_logloss']:.5f} (always predicting the share of ups): "
-                                            "no better than a coin")
+            return PromotionDecision(
+                False,
+                f"log-loss {candidate['logloss']:.5f} is not below the base rate "
+                f"{candidate['base_logloss']:.5f} (always predicting the share of ups): "
+                "no better than a coin",
+            )
         if not candidate["auc"] > 0.5 + self.min_auc_margin:
-            return PromotionDecision(False, f"AUC {candidate['auc']:.4f} is not above 0.5 + {self.min_auc_margin}: "
-                                            "it does not rank ups above downs")
+            return PromotionDecision(
+                False,
+                f"AUC {candidate['auc']:.4f} is not above 0.5 + {self.min_auc_margin}: "
+                "it does not rank ups above downs",
+            )
         return None
 
     def decide(self, candidate: Mapping[str, float], champion: Mapping[str, float] | None) -> PromotionDecision:
         """The decision on ``candidate``'s metrics, and the champion's on the same rows (None: no champion)."""
-        for what, metrics, keys in (("candidate", candidate, ("logloss", "auc", "base_logloss")),
-                                    ("champion", champion, ("logloss", "auc"))):
+        for what, metrics, keys in (
+            ("candidate", candidate, ("logloss", "auc", "base_logloss")),
+            ("champion", champion, ("logloss", "auc")),
+        ):
             if metrics is not None and not all(k in metrics for k in keys):
                 raise RegistryError(f"{what} metrics {dict(metrics)!r} need {', '.join(repr(k) for k in keys)}")
         refused = self.floor(candidate)
         if refused is not None:
             return refused
         if champion is None:
-            return PromotionDecision(True, f"first model: log-loss {candidate['logloss']:.5f} below the base rate "
-                                           f"{candidate['base_logloss']:.5f}, AUC {candidate['auc']:.4f}")
+            return PromotionDecision(
+                True,
+                f"first model: log-loss {candidate['logloss']:.5f} below the base rate "
+                f"{candidate['base_logloss']:.5f}, AUC {candidate['auc']:.4f}",
+            )
         gain = 1.0 - candidate["logloss"] / champion["logloss"]
         auc_change = candidate["auc"] - champion["auc"]
-        summary = (f"log-loss {candidate['logloss']:.5f} vs {champion['logloss']:.5f} ({gain:+.2%}), "
-                   f"AUC {candidate['auc']:.4f} vs {champion['auc']:.4f} ({auc_change:+.4f}) on the same rows")
+        summary = (
+            f"log-loss {candidate['logloss']:.5f} vs {champion['logloss']:.5f} ({gain:+.2%}), "
+            f"AUC {candidate['auc']:.4f} vs {champion['auc']:.4f} ({auc_change:+.4f}) on the same rows"
+        )
         if gain < self.min_logloss_gain:
             return PromotionDecision(False, f"{summary}: log-loss gain below {self.min_logloss_gain:.2%}")
         if auc_change < -self.max_auc_drop:
@@ -532,14 +600,17 @@ class PromotionRule:
 def trained_until(version: ModelVersion) -> pd.Timestamp:
     """Where a version's training data ended: its holdout's first ``ts`` (no training row's label
     reaches it), else the end of its data."""
-    import pandas as pd
-
     stamp = pd.Timestamp(version.metadata.training.get("holdout_start") or version.metadata.data_end)
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout: pd.DataFrame,
-                       features: Sequence[str], rule: PromotionRule | None = None) -> dict[str, Any]:
+def evaluate_candidate(
+    registry: ModelRegistry,
+    model_path: Path | str,
+    holdout: pd.DataFrame,
+    features: Sequence[str],
+    rule: PromotionRule | None = None,
+) -> dict[str, Any]:
     """Score a candidate, and the champion on rows neither trained on, and apply ``rule``.
 
     The candidate is scored on its whole holdout, against the floor. The champion is compared on
@@ -555,38 +626,51 @@ def evaluate_candidate(registry: ModelRegistry, model_path: Path | str, holdout:
         comparison), ``candidate_on_unseen`` and ``champion_metrics`` on those rows (or None),
         ``champion`` (its version or None), ``promote`` (bool) and ``reason``.
     """
-    import pandas as pd
-
     rule = rule or PromotionRule()
     path = Path(model_path)
     candidate_booster = _booster_from_bytes(path.read_bytes(), str(path))
     _check_booster(candidate_booster, features, str(path))
     candidate = holdout_metrics(candidate_booster, holdout, features)
     promotion = registry.champion()
-    result: dict[str, Any] = {"candidate": candidate, "champion": None if promotion is None else promotion.version,
-                              "champion_metrics": None, "candidate_on_unseen": None, "compared_on": None}
+    result: dict[str, Any] = {
+        "candidate": candidate,
+        "champion": None if promotion is None else promotion.version,
+        "champion_metrics": None,
+        "candidate_on_unseen": None,
+        "compared_on": None,
+    }
     if promotion is None:
         decision = rule.decide(candidate, None)
         return {**result, "promote": decision.promote, "reason": decision.reason}
     champion = registry.get(promotion.version)
     since = trained_until(champion)
-    unseen = holdout.iloc[:0] if "ts" not in holdout.columns else holdout.loc[
-        pd.to_datetime(holdout["ts"], utc=True) >= since]
+    unseen = (
+        holdout.iloc[:0]
+        if "ts" not in holdout.columns
+        else holdout.loc[pd.to_datetime(holdout["ts"], utc=True) >= since]
+    )
     missing = [f for f in champion.metadata.features if f not in holdout.columns]
     result["compared_on"] = {"rows": int(len(unseen)), "from": str(since)}
     if missing:
-        decision = PromotionDecision(False, f"champion {champion.version} needs feature(s) {missing} this holdout "
-                                            "lacks, so they cannot be compared on the same rows; compare by hand "
-                                            "and use `quant-engine models promote`")
+        decision = PromotionDecision(
+            False,
+            f"champion {champion.version} needs feature(s) {missing} this holdout "
+            "lacks, so they cannot be compared on the same rows; compare by hand "
+            "and use `quant-engine models promote`",
+        )
     elif len(unseen) < rule.min_unseen_rows or unseen["label"].nunique() < 2:
-        decision = PromotionDecision(False, f"champion {champion.version} trained on data until {since}; the "
-                                            f"candidate's holdout leaves {len(unseen)} row(s) after that (fewer than "
-                                            f"{rule.min_unseen_rows}, or one label class): no fair comparison, so no "
-                                            "automatic promotion; retrain on later data or promote by hand")
+        decision = PromotionDecision(
+            False,
+            f"champion {champion.version} trained on data until {since}; the "
+            f"candidate's holdout leaves {len(unseen)} row(s) after that (fewer than "
+            f"{rule.min_unseen_rows}, or one label class): no fair comparison, so no "
+            "automatic promotion; retrain on later data or promote by hand",
+        )
     else:
         result["candidate_on_unseen"] = holdout_metrics(candidate_booster, unseen, features)
-        result["champion_metrics"] = holdout_metrics(registry.load_booster(champion.version), unseen,
-                                                     champion.metadata.features)
+        result["champion_metrics"] = holdout_metrics(
+            registry.load_booster(champion.version), unseen, champion.metadata.features
+        )
         decision = rule.decide(result["candidate_on_unseen"], result["champion_metrics"])
     # The floor judges the candidate on its whole holdout, whatever the comparison said.
     decision = rule.floor(candidate) or decision

@@ -36,7 +36,7 @@ from typing import Any
 
 import quant_engine
 from quant_engine.aws.processing import framework_image_uri, poll_job, split_s3_uri
-from quant_engine.config import Settings, SettingsError, env_overrides, get_settings
+from quant_engine.config import Settings, SettingsError, env_overrides
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,12 @@ class SpotTrainingSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.instance_type, str) or not self.instance_type.startswith("ml."):
             raise ValueError(f"instance_type={self.instance_type!r} is not a SageMaker instance type (ml.*)")
-        for name, low, high in (("instance_count", 1, 100), ("volume_size_gb", 1, 16384),
-                                ("max_runtime_s", 1, MAX_RUNTIME_LIMIT_S), ("max_wait_s", 1, MAX_RUNTIME_LIMIT_S)):
+        for name, low, high in (
+            ("instance_count", 1, 100),
+            ("volume_size_gb", 1, 16384),
+            ("max_runtime_s", 1, MAX_RUNTIME_LIMIT_S),
+            ("max_wait_s", 1, MAX_RUNTIME_LIMIT_S),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name}={value!r} must be a whole number in [{low}, {high}]")
@@ -122,8 +126,11 @@ class SpotTrainingSpec:
             "max_wait_s": "QE_TRAINING_MAX_WAIT_S",
             "image_uri": "QE_TRAINING_IMAGE_URI",
         }
-        return cls(**env_overrides(env, variables, whole_numbers=(
-            "instance_count", "volume_size_gb", "max_runtime_s", "max_wait_s")))
+        return cls(
+            **env_overrides(
+                env, variables, whole_numbers=("instance_count", "volume_size_gb", "max_runtime_s", "max_wait_s")
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -220,26 +227,45 @@ def training_job_request(
 ) -> dict[str, Any]:
     """The ``CreateTrainingJob`` arguments of one managed spot job."""
     check_settings(settings)
-    script_mode = {"sagemaker_program": ENTRY_SCRIPT, "sagemaker_submit_directory": staged.code_uri,
-                   "sagemaker_region": settings.aws_region, "sagemaker_container_log_level": logging.INFO}
+    script_mode = {
+        "sagemaker_program": ENTRY_SCRIPT,
+        "sagemaker_submit_directory": staged.code_uri,
+        "sagemaker_region": settings.aws_region,
+        "sagemaker_container_log_level": logging.INFO,
+    }
     return {
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": image_uri, "TrainingInputMode": "File"},
         "RoleArn": settings.sagemaker_role_arn,
-        "HyperParameters": {**encode_hyperparameters(hyperparameters),
-                            **{k: json.dumps(v) for k, v in script_mode.items()}},
-        "InputDataConfig": [{
-            "ChannelName": channel,
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": staged.channel_uri(channel),
-                                            "S3DataDistributionType": "FullyReplicated"}},
-            "ContentType": "application/x-parquet",
-            "InputMode": "File",
-        } for channel in CHANNELS],
+        "HyperParameters": {
+            **encode_hyperparameters(hyperparameters),
+            **{k: json.dumps(v) for k, v in script_mode.items()},
+        },
+        "InputDataConfig": [
+            {
+                "ChannelName": channel,
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": staged.channel_uri(channel),
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+                "ContentType": "application/x-parquet",
+                "InputMode": "File",
+            }
+            for channel in CHANNELS
+        ],
         "OutputDataConfig": {"S3OutputPath": staged.output_uri},
-        "ResourceConfig": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count,
-                           "VolumeSizeInGB": spec.volume_size_gb},
-        "StoppingCondition": {"MaxRuntimeInSeconds": int(spec.max_runtime_s),
-                              "MaxWaitTimeInSeconds": int(spec.max_wait_s)},
+        "ResourceConfig": {
+            "InstanceType": spec.instance_type,
+            "InstanceCount": spec.instance_count,
+            "VolumeSizeInGB": spec.volume_size_gb,
+        },
+        "StoppingCondition": {
+            "MaxRuntimeInSeconds": int(spec.max_runtime_s),
+            "MaxWaitTimeInSeconds": int(spec.max_wait_s),
+        },
         "EnableManagedSpotTraining": True,
         "CheckpointConfig": {"S3Uri": staged.checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH},
         "Tags": [{"Key": "quant-engine", "Value": "training"}],
@@ -259,8 +285,13 @@ def wait_for_training_job(
     return poll_job(
         lambda: client.describe_training_job(TrainingJobName=name),
         lambda: client.stop_training_job(TrainingJobName=name),
-        status_key="TrainingJobStatus", what=f"training job {name}", error=TrainingJobError,
-        timeout_s=timeout_s, poll_interval_s=poll_interval_s, sleep=sleep, clock=clock,
+        status_key="TrainingJobStatus",
+        what=f"training job {name}",
+        error=TrainingJobError,
+        timeout_s=timeout_s,
+        poll_interval_s=poll_interval_s,
+        sleep=sleep,
+        clock=clock,
     )
 
 
@@ -284,15 +315,18 @@ class SpotSavings:
 
     def describe(self) -> str:
         if self.fraction is None:
-            return ("managed spot savings unknown: the job description has no "
-                    "TrainingTimeInSeconds/BillableTimeInSeconds")
-        return (f"managed spot saved {self.fraction:.1%}: billed {self.billable_s} s "
-                f"of {self.training_s} s of training")
+            return (
+                "managed spot savings unknown: the job description has no TrainingTimeInSeconds/BillableTimeInSeconds"
+            )
+        return f"managed spot saved {self.fraction:.1%}: billed {self.billable_s} s of {self.training_s} s of training"
 
     def to_json(self) -> dict[str, Any]:
-        return {"training_s": self.training_s, "billable_s": self.billable_s,
-                "savings": "unknown" if self.fraction is None else round(self.fraction, 6),
-                "summary": self.describe()}
+        return {
+            "training_s": self.training_s,
+            "billable_s": self.billable_s,
+            "savings": "unknown" if self.fraction is None else round(self.fraction, 6),
+            "summary": self.describe(),
+        }
 
 
 def download_model(s3: Any, artifact_uri: str, destination: Path) -> Path:
@@ -335,13 +369,13 @@ def run_spot_training(
     channels: Mapping[str, Path],
     destination: Path,
     hyperparameters: Mapping[str, Any],
-    settings: Settings | None = None,
+    settings: Settings,
     *,
+    sagemaker: Any,
+    s3: Any,
     run_id: str = "manual",
     spec: SpotTrainingSpec | None = None,
     job_name: str | None = None,
-    sagemaker: Any = None,
-    s3: Any = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Stage, start, wait for and collect one managed spot job; the model lands in ``destination``.
@@ -352,24 +386,34 @@ def run_spot_training(
         ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`) and
         ``billing`` (the summary line).
     """
-    settings = check_settings(settings or get_settings())
+    settings = check_settings(settings)
     spec = spec or SpotTrainingSpec.from_env()
-    sagemaker = sagemaker or settings.boto3_client("sagemaker")
-    s3 = s3 or settings.boto3_client("s3")
     name = job_name or training_job_name(run_id)
-    image = spec.image_uri or framework_image_uri(settings.aws_region, "xgboost", spec.framework_version,
-                                                  spec.instance_type)
+    image = spec.image_uri or framework_image_uri(
+        settings.aws_region, "xgboost", spec.framework_version, spec.instance_type
+    )
     staged = stage_training(channels, name, settings, s3)
     request = training_job_request(name, staged, hyperparameters, spec, settings, image)
     sagemaker.create_training_job(**request)
-    log.info("started managed spot training job %s (%s, max run %d s, max wait %d s)", name, spec.instance_type,
-             spec.max_runtime_s, spec.max_wait_s)
+    log.info(
+        "started managed spot training job %s (%s, max run %d s, max wait %d s)",
+        name,
+        spec.instance_type,
+        spec.max_runtime_s,
+        spec.max_wait_s,
+    )
     # The stopping condition bounds the job; the extra quarter hour covers provisioning and upload.
-    job = wait_for_training_job(sagemaker, name, timeout_s=spec.max_wait_s + 900,
-                                poll_interval_s=spec.poll_interval_s, sleep=sleep)
+    job = wait_for_training_job(
+        sagemaker, name, timeout_s=spec.max_wait_s + 900, poll_interval_s=spec.poll_interval_s, sleep=sleep
+    )
     artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
     model_path = download_model(s3, artifact, Path(destination))
     savings = SpotSavings.from_job(job)
     log.info("training job %s completed; %s", name, savings.describe())
-    return {"job_name": name, "model_path": str(model_path), "artifact": artifact, "savings": savings.to_json(),
-            "billing": savings.describe()}
+    return {
+        "job_name": name,
+        "model_path": str(model_path),
+        "artifact": artifact,
+        "savings": savings.to_json(),
+        "billing": savings.describe(),
+    }

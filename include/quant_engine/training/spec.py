@@ -12,35 +12,27 @@ Labels come from the stored bars, so no source is needed: the loop closes on any
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from quant_engine.training.dataset import DEFAULT_PARAMS as DATASET_DEFAULTS
+import pandas as pd
+
 from quant_engine.training.dataset import TrainingSetError
+from quant_engine.training.defaults import TRAINING_DEFAULTS
+from quant_engine.training.registry import ModelRegistry
 
-if TYPE_CHECKING:  # the DAG reads this module's defaults at parse time: it stays light
-    from quant_engine.training.registry import ModelRegistry
-
-#: The registry name of the model the engine trains, monitors and serves unless told otherwise.
-DEFAULT_MODEL_NAME = "xgb_direction"
-
-#: Shallow, slow, heavily regularised trees: the synthetic market's edge is weak (see the wfo defaults).
-DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
-    "num_round": 100, "max_depth": 2, "learning_rate": 0.05, "min_child_weight": 100,
-    "subsample": 0.8, "colsample_bytree": 0.8, "checkpoint_every": 10, "seed": 42,
-}
-#: Every parameter a training run takes, with its default (the ``spot_training`` DAG's params).
-TRAINING_DEFAULTS: dict[str, Any] = {
-    **DATASET_DEFAULTS,
-    "runner": "local_spot",
-    "interruptions": 2,
-    "interruption_rate_per_hour": 0.0,
-    "hyperparameters": DEFAULT_HYPERPARAMETERS,
-    "model_name": DEFAULT_MODEL_NAME,
-    "wfo_report": None,
-}
 #: Parts of a champion's spec a retrain keeps (dates are rolled forward instead).
-_KEPT = ("tickers", "feature_set", "label_kind", "horizon", "label_target", "pt_mult", "sl_mult", "vol_window",
-         "holdout_fraction", "embargo_bars")
+_KEPT = (
+    "tickers",
+    "feature_set",
+    "label_kind",
+    "horizon",
+    "label_target",
+    "pt_mult",
+    "sl_mult",
+    "vol_window",
+    "holdout_fraction",
+    "embargo_bars",
+)
 
 
 def champion_spec(registry: ModelRegistry) -> dict[str, Any]:
@@ -50,8 +42,6 @@ def champion_spec(registry: ModelRegistry) -> dict[str, Any]:
     the last stored day (``end`` null); the hyperparameters and the walk-forward report are the
     champion's.
     """
-    import pandas as pd
-
     promotion = registry.champion()
     if promotion is None:
         return {}
@@ -66,8 +56,9 @@ def champion_spec(registry: ModelRegistry) -> dict[str, Any]:
     return spec
 
 
-def resolve_training_params(conf: Mapping[str, Any], registry_of: Any, *,
-                            requested_by: Sequence[Mapping[str, Any]] = ()) -> tuple[dict[str, Any], str]:
+def resolve_training_params(
+    conf: Mapping[str, Any], registry_of: Any, *, requested_by: Sequence[Mapping[str, Any]] = ()
+) -> tuple[dict[str, Any], str]:
     """The parameters a run trains with, and where they came from (for its log).
 
     Parameters
@@ -90,8 +81,11 @@ def resolve_training_params(conf: Mapping[str, Any], registry_of: Any, *,
     requested = [e["model_name"] for e in requested_by if isinstance(e, Mapping) and e.get("model_name")]
     model_name = conf.get("model_name") or (requested[-1] if requested else TRAINING_DEFAULTS["model_name"])
     spec = champion_spec(registry_of(model_name))
-    basis = (f"the champion's spec of {model_name}, rolled forward" if spec else
-             f"the defaults ({model_name} has no champion yet)")
+    basis = (
+        f"the champion's spec of {model_name}, rolled forward"
+        if spec
+        else f"the defaults ({model_name} has no champion yet)"
+    )
     if conf:
         basis += f", overridden by the conf's {', '.join(sorted(conf))}"
     return {**TRAINING_DEFAULTS, **spec, "model_name": model_name, **conf}, basis

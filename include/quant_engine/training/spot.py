@@ -170,7 +170,7 @@ class _Progress:
         for line in stream:
             if not line.startswith(PROGRESS_PREFIX):
                 continue
-            event = json.loads(line[len(PROGRESS_PREFIX):])
+            event = json.loads(line[len(PROGRESS_PREFIX) :])
             with self.cond:
                 if event["event"] == "resume":
                     self.resumed_from = self.last_round = self.last_checkpoint = event["round"]
@@ -281,8 +281,9 @@ def simulate(
         start = time.perf_counter()
         progress = _Progress(start)
         with tempfile.TemporaryFile() as stderr:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                    env=dict(os.environ if env is None else env))
+            proc = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=dict(os.environ if env is None else env)
+            )
             reader = threading.Thread(target=progress.follow, args=(proc.stdout,), daemon=True)
             reader.start()
             delivered = event is not None and _interrupt(proc, progress, event, grace_s)
@@ -294,17 +295,19 @@ def simulate(
         expected = {0} | ({EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL} if delivered else set())
         if code not in expected:
             raise SpotRunError(f"trainer attempt {j + 1} exited with code {code}; its log ends:\n{log_tail}")
-        attempts.append(AttemptReport(
-            exit_code=code,
-            interruption=event if delivered else None,
-            resumed_from=progress.resumed_from or 0,
-            last_round=progress.last_round,
-            last_checkpoint=progress.last_checkpoint,
-            checkpoint_seconds=progress.checkpoint_seconds,
-            wall_seconds=time.perf_counter() - start,
-            ready_seconds=progress.ready_seconds,
-            first_round_seconds=progress.first_round_seconds,
-        ))
+        attempts.append(
+            AttemptReport(
+                exit_code=code,
+                interruption=event if delivered else None,
+                resumed_from=progress.resumed_from or 0,
+                last_round=progress.last_round,
+                last_checkpoint=progress.last_checkpoint,
+                checkpoint_seconds=progress.checkpoint_seconds,
+                wall_seconds=time.perf_counter() - start,
+                ready_seconds=progress.ready_seconds,
+                first_round_seconds=progress.first_round_seconds,
+            )
+        )
         if code == 0:
             return SpotReport(attempts, time.perf_counter() - began)
     raise SpotRunError(f"the trainer did not finish in max_attempts={max_attempts} attempts")

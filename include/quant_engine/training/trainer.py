@@ -53,17 +53,23 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 
-from quant_engine.atomic import write_bytes_atomic
+from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings
 from quant_engine.progress import Progress
+from quant_engine.storage.atomic import write_bytes_atomic
 from quant_engine.training.checkpoints import CheckpointManager, open_checkpoint_store, sha256_hex
+from quant_engine.validation import real_number, whole_number
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -142,16 +148,12 @@ def _whole(params: dict[str, Any], name: str, default: int, minimum: int) -> int
     value = params.pop(name, default)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise TrainingInputError(f"hyperparameter {name}={value!r} must be a whole number >= {minimum}")
-    return value
+    return whole_number(value, f"hyperparameter {name}", minimum=minimum, error=TrainingInputError)
 
 
 def _fraction(params: dict[str, Any], name: str) -> float:
     value = params.pop(name, 1.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise TrainingInputError(f"hyperparameter {name}={value!r} must be a number in (0, 1]")
-    return float(value)
+    return real_number(value, f"hyperparameter {name}", minimum=0, maximum=1, above=True, error=TrainingInputError)
 
 
 def _finite_or_text(value: object) -> bool:
@@ -174,10 +176,6 @@ def _check_xgboost_params(params: Mapping[str, Any]) -> None:
     round dry run on two rows then lets XGBoost itself judge every value (``max_depth=-3``,
     ``max_bin=0``, an unknown ``eval_metric``), and the names it reports as unused are unknown here.
     """
-    import warnings
-
-    import xgboost as xgb
-
     bad = [f"{k}={v!r}" for k, v in params.items() if not _finite_or_text(v)]
     if bad:
         raise TrainingInputError(f"hyperparameter(s) {', '.join(bad)} must be finite numbers")
@@ -266,15 +264,13 @@ class TrainingParams:
         many rounds follow it. The XGBoost version is included because another build may grow
         other trees from the same inputs.
         """
-        import xgboost
-
         shape = {
             "xgb_params": {k: v for k, v in self.xgb_params.items() if k not in _NOT_MODEL_SHAPING},
             "seed": self.seed,
             "subsample": self.subsample,
             "colsample_bytree": self.colsample_bytree,
             "sampling_scheme": _SAMPLING_SCHEME,
-            "xgboost": xgboost.__version__,
+            "xgboost": xgb.__version__,
         }
         return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -375,9 +371,9 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _round_sample(seed: int, round: int, n_rows: int, n_cols: int, params: TrainingParams) -> tuple[
-    np.ndarray | None, np.ndarray | None
-]:
+def _round_sample(
+    seed: int, round: int, n_rows: int, n_cols: int, params: TrainingParams
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Row weights and feature weights of one round: a pure function of ``(seed, round)``."""
     rng = np.random.default_rng([seed, round])
     rows = (rng.random(n_rows) < params.subsample).astype(np.float32) if params.subsample < 1 else None
@@ -427,8 +423,6 @@ class _CheckpointWriter:
     """
 
     def __init__(self, manager: CheckpointManager, emit: Callable[[dict[str, Any]], None], start: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.manager = manager
         self.emit = emit
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
@@ -482,6 +476,7 @@ def train(
     validation_data: pd.DataFrame | str | Path | None = None,
     hyperparameters: Mapping[str, object] | None = None,
     checkpoint_dir: str | Path | None = None,
+    s3_client: Any = None,
     should_stop: Callable[[], bool] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
@@ -499,6 +494,8 @@ def train(
         See :class:`TrainingParams`; strings are parsed as SageMaker passes them.
     checkpoint_dir : path or ``s3://`` URI, optional
         Where checkpoints live; None trains without any.
+    s3_client : botocore client, optional
+        Reaches an ``s3://`` checkpoint location.
     should_stop : callable, optional
         Polled after every round; when it returns True the trainer checkpoints and raises
         :class:`TrainingInterrupted` (the entry point wires it to SIGTERM).
@@ -528,15 +525,14 @@ def train(
     >>> result.num_round, result.metrics["train"]["accuracy"] > 0.9
     (5, True)
     """
-    import xgboost as xgb
-
     emit = on_event or (lambda event: None)
     stop = should_stop or (lambda: False)
     params = TrainingParams.from_hyperparameters(hyperparameters)
     data = _matrix(_as_frame(train_data, "train"), "train")
     if len(np.unique(data.y)) < 2:
         raise TrainingInputError(
-            f"train {LABEL!r} has only the class {int(data.y[0])} in {len(data.y)} rows; a classifier needs both 0 and 1"
+            f"train {LABEL!r} has only the class {int(data.y[0])} in {len(data.y)} rows; "
+            "a classifier needs both 0 and 1"
         )
     valid = None
     if validation_data is not None:
@@ -546,9 +542,15 @@ def train(
 
     manager = None
     if checkpoint_dir is not None:
-        fs, prefix = open_checkpoint_store(checkpoint_dir)
-        manager = CheckpointManager(fs, data.fingerprint, params.fingerprint, prefix=prefix,
-                                    keep=params.keep_checkpoints, xgboost_version=xgb.__version__)
+        fs, prefix = open_checkpoint_store(checkpoint_dir, s3_client=s3_client)
+        manager = CheckpointManager(
+            fs,
+            data.fingerprint,
+            params.fingerprint,
+            prefix=prefix,
+            keep=params.keep_checkpoints,
+            xgboost_version=xgb.__version__,
+        )
 
     started = time.perf_counter()
     dtrain = xgb.QuantileDMatrix(data.x, label=data.y, feature_names=data.features)
@@ -656,13 +658,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", help="training Parquet file or dir (default: $SM_CHANNEL_TRAIN)")
     parser.add_argument("--validation", help="validation Parquet file or dir (default: $SM_CHANNEL_VALIDATION)")
     parser.add_argument("--model-dir", help="output dir for model.json and metrics.json (default: $SM_MODEL_DIR)")
-    parser.add_argument("--checkpoint-dir",
-                        help=f"checkpoint dir or s3://bucket/prefix (default: $QE_CHECKPOINT_DIR, else {CHECKPOINT_DIR})")
+    parser.add_argument(
+        "--checkpoint-dir",
+        help=f"checkpoint dir or s3://bucket/prefix (default: $QE_CHECKPOINT_DIR, else {CHECKPOINT_DIR})",
+    )
     parser.add_argument("--no-checkpoints", action="store_true", help="train without checkpoints")
     parser.add_argument("--hyperparameters", help="JSON object (default: $SM_HPS, else " + HPS_FILE + ")")
-    parser.add_argument("--progress", action="store_true",
-                        help=f"print one '{PROGRESS_PREFIX}{{json}}' line per round, checkpoint and resume")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help=f"print one '{PROGRESS_PREFIX}{{json}}' line per round, checkpoint and resume",
+    )
     return parser
+
+
+def _s3_client() -> Any:
+    """An S3 client from the job's environment (region, endpoint, credentials), for S3 checkpoints."""
+    return AwsClients.from_settings(Settings.from_env()).client("s3")
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -689,8 +701,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         model_dir = args.model_dir or env.get("SM_MODEL_DIR")
         if not model_dir:
             raise TrainingInputError("no model dir: set SM_MODEL_DIR or pass --model-dir")
-        checkpoint_dir = None if args.no_checkpoints else (
-            args.checkpoint_dir or env.get("QE_CHECKPOINT_DIR") or CHECKPOINT_DIR
+        checkpoint_dir = (
+            None if args.no_checkpoints else (args.checkpoint_dir or env.get("QE_CHECKPOINT_DIR") or CHECKPOINT_DIR)
         )
         result = train(
             train_path,
@@ -698,6 +710,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             validation_data=args.validation or env.get("SM_CHANNEL_VALIDATION") or None,
             hyperparameters=_hyperparameters(args.hyperparameters, env),
             checkpoint_dir=checkpoint_dir,
+            s3_client=_s3_client() if str(checkpoint_dir).startswith("s3://") else None,
             should_stop=stop.is_set,
             on_event=progress if args.progress else None,
         )

@@ -74,9 +74,7 @@ _TIE = 1e-12
 
 def _check_threshold(threshold: float) -> None:
     if not 0.0 <= threshold < 0.5:
-        raise ValueError(
-            f"threshold={threshold!r} must be in [0, 0.5): it is a distance from the neutral probability"
-        )
+        raise ValueError(f"threshold={threshold!r} must be in [0, 0.5): it is a distance from the neutral probability")
 
 
 def _check_probabilities(p: np.ndarray) -> None:
@@ -98,8 +96,9 @@ def positions_from_probability(prob: np.ndarray | pd.Series, threshold: float = 
     return np.where(p > 0.5 + threshold, 1.0, np.where(p < 0.5 - threshold, -1.0, 0.0))
 
 
-def market_neutral_positions(prob: np.ndarray | pd.Series, ts: np.ndarray | pd.Series,
-                             threshold: float = 0.0) -> np.ndarray:
+def market_neutral_positions(
+    prob: np.ndarray | pd.Series, ts: np.ndarray | pd.Series, threshold: float = 0.0
+) -> np.ndarray:
     """Dollar-neutral weights with gross exposure 1 per timestamp, from the demeaned probabilities.
 
     ``d = prob - mean(prob at the same ts)``; tickers with ``|d| <= threshold`` are not held; the
@@ -171,8 +170,9 @@ class BacktestResult:
         return performance_summary(self, periods_per_year)
 
 
-def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: float = 5.0,
-             portfolio: str = "market_neutral") -> BacktestResult:
+def backtest(
+    predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: float = 5.0, portfolio: str = "market_neutral"
+) -> BacktestResult:
     """Trade ``predictions`` and return the portfolio's series.
 
     Parameters
@@ -238,8 +238,11 @@ def backtest(predictions: pd.DataFrame, *, threshold: float = 0.0, cost_bps: flo
     cost = traded * cost_bps / 10_000.0
 
     def per_ts(values: np.ndarray, name: str) -> pd.Series:
-        return pd.Series(np.bincount(codes, weight * values, minlength=len(times)),
-                         index=pd.DatetimeIndex(times, name="ts"), name=name)
+        return pd.Series(
+            np.bincount(codes, weight * values, minlength=len(times)),
+            index=pd.DatetimeIndex(times, name="ts"),
+            name=name,
+        )
 
     bets = position != 0
     return BacktestResult(

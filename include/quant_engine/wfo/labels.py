@@ -20,18 +20,12 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from quant_engine.validation import whole_number
+
 LABEL_COLUMNS: tuple[str, ...] = ("ticker", "ts", "t1", "ret", "label")
 
 #: Which barrier settled a triple-barrier label.
 PROFIT_TAKE, STOP_LOSS, VERTICAL = 1, -1, 0
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int (a number of bars)")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}")
-    return int(value)
 
 
 def _check_multiplier(name: str, value: object) -> float | None:
@@ -80,14 +74,16 @@ class _Panel:
 
     def frame(self, rows: np.ndarray, ends: np.ndarray, **columns: np.ndarray) -> pd.DataFrame:
         ret = self.close[ends] / self.close[rows] - 1.0
-        return pd.DataFrame({
-            "ticker": self.tickers[rows],
-            "ts": self.ts[rows],
-            "t1": self.ts[ends],
-            "ret": ret,
-            "label": (ret > 0).astype(np.int8),
-            **columns,
-        })
+        return pd.DataFrame(
+            {
+                "ticker": self.tickers[rows],
+                "ts": self.ts[rows],
+                "t1": self.ts[ends],
+                "ret": ret,
+                "label": (ret > 0).astype(np.int8),
+                **columns,
+            }
+        )
 
 
 def fixed_horizon_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
@@ -116,7 +112,7 @@ def fixed_horizon_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
     0 2024-01-01 00:00:00+00:00 2024-01-03 00:00:00+00:00      0
     1 2024-01-02 00:00:00+00:00 2024-01-04 00:00:00+00:00      1
     """
-    horizon = _check_int("horizon", horizon, 1)
+    horizon = whole_number(horizon, "horizon", minimum=1)
     panel = _Panel(bars)
     rows, ends = panel.ahead(horizon)
     return panel.frame(rows, ends)
@@ -135,9 +131,9 @@ def _rolling_volatility(panel: _Panel, window: int) -> np.ndarray:
     returns[later] = panel.close[later] / panel.close[rows] - 1.0
     starts = np.flatnonzero(np.r_[True, panel.codes[1:] != panel.codes[:-1]])
     for start, stop in zip(starts, [*starts[1:], len(panel)], strict=True):
-        own = returns[start + 1:stop]  # the ticker's first bar has no return
+        own = returns[start + 1 : stop]  # the ticker's first bar has no return
         if len(own) >= window:
-            vol[start + window:stop] = sliding_window_view(own, window).std(axis=1, ddof=1)
+            vol[start + window : stop] = sliding_window_view(own, window).std(axis=1, ddof=1)
     return vol
 
 
@@ -189,8 +185,8 @@ def triple_barrier_labels(
     0 2024-01-04 00:00:00+00:00 2024-01-05 00:00:00+00:00      1        1
     1 2024-01-05 00:00:00+00:00 2024-01-07 00:00:00+00:00      0        0
     """
-    vol_window = _check_int("vol_window", vol_window, 2)
-    max_holding = _check_int("max_holding", max_holding, 1)
+    vol_window = whole_number(vol_window, "vol_window", minimum=2)
+    max_holding = whole_number(max_holding, "max_holding", minimum=1)
     upper_mult = _check_multiplier("pt_mult", pt_mult)
     lower_mult = _check_multiplier("sl_mult", sl_mult)
     panel = _Panel(bars)

@@ -11,7 +11,7 @@ The container contract, the same on SageMaker and in a local subprocess:
 * ``QE_RESOURCE_CONFIG`` (default ``/opt/ml/config/resourceconfig.json``): on a cluster of several
   instances each one runs every ``n_hosts``-th task, by its position in ``hosts``.
 
-Each task is :func:`quant_engine.wfo.pipeline.run_split`, exactly what a local DAG task runs.
+Each task is :func:`quant_engine.wfo.runner.run_split`, exactly what a local DAG task runs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from quant_engine.wfo.run_folder import load_plan
+from quant_engine.wfo.runner import run_split
 
 PROCESSING_INPUT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT = "/opt/ml/processing/output"
@@ -61,8 +64,6 @@ def host_share(tasks: Sequence[tuple[int, int]], resource_config: Path) -> list[
 
 def main(env: Mapping[str, str] | None = None) -> int:
     """Run this instance's share of the tasks; print one JSON line per finished task."""
-    from quant_engine.wfo.pipeline import load_plan, run_split
-
     env = os.environ if env is None else env
     input_dir = Path(env.get("QE_PROCESSING_INPUT") or PROCESSING_INPUT)
     output_dir = Path(env.get("QE_PROCESSING_OUTPUT") or PROCESSING_OUTPUT)

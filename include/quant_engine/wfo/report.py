@@ -15,7 +15,6 @@ import base64
 import html
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +25,9 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from quant_engine.config import Settings, get_settings
-from quant_engine.wfo.pipeline import (
+from quant_engine.runs import claimed_folder, safe_name
+from quant_engine.storage.atomic import write_json_atomic, write_text_atomic
+from quant_engine.wfo.run_folder import (
     EMBARGOED,
     PURGED,
     ROLE_NAMES,
@@ -36,7 +36,6 @@ from quant_engine.wfo.pipeline import (
     load_dataset,
     load_plan,
     split_path,
-    write_json,
 )
 
 #: Colours of the split diagram, indexed by role code (train, test, purged, embargo).
@@ -55,16 +54,15 @@ def setup(config: Mapping[str, Any]) -> str:
     ...        "cost_bps": 5.0})
     'market_neutral portfolio, 5 bps costs; labels: fixed, horizon 1 bar(s), excess target'
     """
-    return (f"{config['portfolio']} portfolio, {config['cost_bps']:g} bps costs; labels: {config['label_kind']}, "
-            f"horizon {config['horizon']} bar(s), {config['label_target']} target")
+    return (
+        f"{config['portfolio']} portfolio, {config['cost_bps']:g} bps costs; labels: {config['label_kind']}, "
+        f"horizon {config['horizon']} bar(s), {config['label_target']} target"
+    )
 
 
-def report_dir(run_id: str, settings: Settings | None = None) -> Path:
-    """``$QE_HOME/reports/wfo/<run_id>``, where the run's report is (or will be) written."""
-    from quant_engine.runs import safe_name
-
-    settings = settings or get_settings()
-    return settings.reports_dir / "wfo" / safe_name(run_id)
+def report_dir(run_id: str, reports_dir: Path) -> Path:
+    """``<reports_dir>/wfo/<run_id>`` (``$QE_HOME/reports``: ``Settings.reports_dir``), where the run's report goes."""
+    return Path(reports_dir) / "wfo" / safe_name(run_id)
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
@@ -183,8 +181,15 @@ def plot_split_diagram(times: pd.DatetimeIndex, grid: np.ndarray) -> str:
     fig = Figure(figsize=(10, 0.28 * len(grid) + 1.6))
     ax = fig.add_subplot()
     x = np.append(times.tz_convert(None).to_numpy(), times[-1].tz_convert(None).to_datetime64())
-    ax.pcolormesh(x, np.arange(len(grid) + 1), grid, cmap=ListedColormap(ROLE_COLOURS), vmin=-0.5,
-                  vmax=len(ROLE_COLOURS) - 0.5, shading="flat")
+    ax.pcolormesh(
+        x,
+        np.arange(len(grid) + 1),
+        grid,
+        cmap=ListedColormap(ROLE_COLOURS),
+        vmin=-0.5,
+        vmax=len(ROLE_COLOURS) - 0.5,
+        shading="flat",
+    )
     ax.set_yticks(np.arange(len(grid)) + 0.5, [f"split {s}" for s in range(len(grid))], fontsize=7)
     ax.invert_yaxis()
     handles = [ax.fill_between([], [], color=c, label=n) for c, n in zip(ROLE_COLOURS, ROLE_NAMES, strict=True)]
@@ -227,54 +232,69 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
         ("Selected trial", report["selected_trial"]),
         ("Portfolio and labels", report["setup"]),
         ("Splits / paths / trials", f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
-        ("Data", f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
-                 f"{len(report['data']['tickers'])} tickers"),
+        (
+            "Data",
+            f"{report['data']['first_ts']} .. {report['data']['last_ts']}, {report['data']['rows']} rows, "
+            f"{len(report['data']['tickers'])} tickers",
+        ),
         ("Bars and annualisation", annualisation_text(report["data"]["annualisation"])),
     ]
-    trial_rows = [{"trial": t["trial"], **t["params"], "mean path Sharpe": t["mean_path_sharpe"],
-                   "std path Sharpe": t["std_path_sharpe"], "Sharpe of mean path": t["sharpe_of_mean"]}
-                  for t in report["trials"]]
+    trial_rows = [
+        {
+            "trial": t["trial"],
+            **t["params"],
+            "mean path Sharpe": t["mean_path_sharpe"],
+            "std path Sharpe": t["std_path_sharpe"],
+            "Sharpe of mean path": t["sharpe_of_mean"],
+        }
+        for t in report["trials"]
+    ]
     trial_columns = list(trial_rows[0]) if trial_rows else []
-    path_columns = ["path", "sharpe", "sortino", "max_drawdown", "hit_rate", "turnover", "annual_return",
-                    "total_return"]
+    path_columns = [
+        "path",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "hit_rate",
+        "turnover",
+        "annual_return",
+        "total_return",
+    ]
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>WFO report {html.escape(report['run_id'])}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Walk-forward report <code>{html.escape(report['run_id'])}</code></h1>",
         f"<p>Generated {html.escape(report['generated_at'])}.</p>",
-        "<table class='headline'>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>"
-                                              for k, v in headline) + "</table>",
-        "<h2>Trials</h2>", _table(trial_rows, trial_columns),
-        f"<h2>Paths of trial {report['selected_trial']}</h2>", _table(report["paths"], path_columns),
+        "<table class='headline'>"
+        + "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in headline)
+        + "</table>",
+        "<h2>Trials</h2>",
+        _table(trial_rows, trial_columns),
+        f"<h2>Paths of trial {report['selected_trial']}</h2>",
+        _table(report["paths"], path_columns),
     ]
     for title, png in images.items():
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
     parts += [
-        "<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(report['config'], indent=2))}</pre>",
-        "<h2>Statistics</h2>", f"<pre>{html.escape(json.dumps(report['statistics'], indent=2))}</pre>",
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(json.dumps(report['config'], indent=2))}</pre>",
+        "<h2>Statistics</h2>",
+        f"<pre>{html.escape(json.dumps(report['statistics'], indent=2))}</pre>",
         "</body></html>",
     ]
     return "\n".join(parts)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_report(run_dir: Path, destination: Path | None = None, settings: Settings | None = None) -> Path:
+def write_report(run_dir: Path, reports_dir: Path, destination: Path | None = None) -> Path:
     """Write ``report.json`` and ``report.html`` for the run in ``run_dir``; return the folder.
 
-    ``destination`` defaults to :func:`report_dir` of the run's id. Each file is written to a
+    ``destination`` defaults to :func:`report_dir` of the run's id under ``reports_dir``. Each file is written to a
     temporary name and renamed, so a reader sees the old report or the new one, never half.
     """
     run_dir = Path(run_dir)
     report = build_report(run_dir)
     if destination is None:  # claimed by the run, so another run id mapping to the same name is refused
-        from quant_engine.runs import claimed_folder
-
-        destination = claimed_folder(report_dir(report["run_id"], settings).parent, report["run_id"])
+        destination = claimed_folder(report_dir(report["run_id"], reports_dir).parent, report["run_id"])
     destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     paths = pd.read_parquet(run_dir / "paths.parquet", columns=["trial", "path", "ts", "return"])
@@ -287,8 +307,8 @@ def write_report(run_dir: Path, destination: Path | None = None, settings: Setti
         "Split diagram": plot_split_diagram(times, grid),
     }
     report["files"] = {"json": str(destination / "report.json"), "html": str(destination / "report.html")}
-    write_json(destination / "report.json", report)
-    _write_text(destination / "report.html", render_html(report, images))
+    write_json_atomic(destination / "report.json", report, non_finite="null")
+    write_text_atomic(destination / "report.html", render_html(report, images))
     return destination
 
 
@@ -301,10 +321,9 @@ def load_report(location: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def latest_report(settings: Settings | None = None) -> Path:
-    """The folder of the most recently written WFO report."""
-    settings = settings or get_settings()
-    root = settings.reports_dir / "wfo"
+def latest_report(reports_dir: Path) -> Path:
+    """The folder of the most recently written WFO report under ``reports_dir``."""
+    root = Path(reports_dir) / "wfo"
     found = sorted(root.glob("*/report.json"), key=lambda p: p.stat().st_mtime) if root.exists() else []
     if not found:
         raise FileNotFoundError(f"no WFO report under {root}; run `quant-engine wfo run` or the wfo_pipeline DAG")
@@ -314,9 +333,11 @@ def latest_report(settings: Settings | None = None) -> Path:
 def annualisation_text(annualisation: Mapping[str, Any]) -> str:
     """``1h bars on XNYS: 251.6 sessions a year x 6.98 bars a session = 1755.2 periods a year``."""
     a = annualisation
-    return (f"{a['bar_size']} bars on {a['calendar']}: {a['sessions_per_year']:g} sessions a year x "
-            f"{a['bars_per_session']:g} bars a session = {a['periods_per_year']:g} periods a year "
-            f"(averaged over {a['years_averaged']} years)")
+    return (
+        f"{a['bar_size']} bars on {a['calendar']}: {a['sessions_per_year']:g} sessions a year x "
+        f"{a['bars_per_session']:g} bars a session = {a['periods_per_year']:g} periods a year "
+        f"(averaged over {a['years_averaged']} years)"
+    )
 
 
 def headline(report: Mapping[str, Any]) -> str:

@@ -56,6 +56,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from quant_engine.validation import whole_number
+
 #: Names of the ``MultiIndex`` level that holds the event time of a panel row.
 TIME_LEVELS: tuple[str, ...] = ("ts", "event_time")
 
@@ -285,14 +287,6 @@ def _contiguous_runs(groups: tuple[int, ...]) -> list[tuple[int, int]]:
     return runs
 
 
-def _check_count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}={value!r} must be an int")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}")
-    return int(value)
-
-
 def _repr(cv: object, params: dict[str, object]) -> str:
     shown = []
     for name, value in params.items():
@@ -351,7 +345,7 @@ class _GroupPurgedCV(ABC):
             first, stop = int(bounds[first_group]), int(bounds[stop_group])
             _purge_before(keep, times, first)
             span_end = int(times.span_end[first:stop].max())
-            keep[times.starts[first]:times.starts[_embargo_stop(times, span_end, self.embargo)]] = False
+            keep[times.starts[first] : times.starts[_embargo_stop(times, span_end, self.embargo)]] = False
         return keep
 
     def split(self, X: object, y: object = None, groups: object = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -385,9 +379,9 @@ class _GroupPurgedCV(ABC):
                     "fewer test groups, a shorter embargo or shorter labels"
                 )
         for test_groups in all_test_groups:
-            test = np.concatenate([
-                np.arange(times.starts[bounds[g]], times.starts[bounds[g + 1]]) for g in test_groups
-            ])
+            test = np.concatenate(
+                [np.arange(times.starts[bounds[g]], times.starts[bounds[g + 1]]) for g in test_groups]
+            )
             yield np.flatnonzero(self._train_mask(times, bounds, test_groups)), test
 
 
@@ -423,7 +417,7 @@ class PurgedKFold(_GroupPurgedCV):
     """
 
     def __init__(self, n_splits: int = 5, *, embargo: Embargo = 0, t1: object | None = None) -> None:
-        self.n_splits = _check_count("n_splits", n_splits, 2)
+        self.n_splits = whole_number(n_splits, "n_splits", minimum=2)
         self.embargo = _check_embargo(embargo)
         self.t1 = t1
 
@@ -490,8 +484,8 @@ class CombinatorialPurgedCV(_GroupPurgedCV):
         embargo: Embargo = 0,
         t1: object | None = None,
     ) -> None:
-        self.n_groups = _check_count("n_groups", n_groups, 2)
-        self.n_test_groups = _check_count("n_test_groups", n_test_groups, 1)
+        self.n_groups = whole_number(n_groups, "n_groups", minimum=2)
+        self.n_test_groups = whole_number(n_test_groups, "n_test_groups", minimum=1)
         if self.n_test_groups >= self.n_groups:
             raise ValueError(
                 f"n_test_groups={n_test_groups} must be smaller than n_groups={n_groups}: at least one "
@@ -539,10 +533,15 @@ class CombinatorialPurgedCV(_GroupPurgedCV):
         return split_of[by_group].reshape(self.n_groups, self.n_paths).T
 
     def __repr__(self) -> str:
-        return _repr(self, {
-            "n_groups": self.n_groups, "n_test_groups": self.n_test_groups,
-            "embargo": self.embargo, "t1": self.t1,
-        })
+        return _repr(
+            self,
+            {
+                "n_groups": self.n_groups,
+                "n_test_groups": self.n_test_groups,
+                "embargo": self.embargo,
+                "t1": self.t1,
+            },
+        )
 
 
 def _check_window(name: str, value: Window) -> Window:
@@ -655,7 +654,7 @@ class WalkForward:
             firsts = np.searchsorted(unique, grid)
             stops = np.searchsorted(unique, grid + _duration_ns(self.test_window))
         windows = []
-        for first, stop in zip(firsts.tolist(), stops.tolist()):
+        for first, stop in zip(firsts.tolist(), stops.tolist(), strict=True):
             if first == stop:
                 continue
             if self.anchored:
@@ -727,7 +726,14 @@ class WalkForward:
             yield self._train(times, train_first, first), test
 
     def __repr__(self) -> str:
-        return _repr(self, {
-            "train_window": self.train_window, "test_window": self.test_window,
-            "anchored": self.anchored, "step": self.step, "embargo": self.embargo, "t1": self.t1,
-        })
+        return _repr(
+            self,
+            {
+                "train_window": self.train_window,
+                "test_window": self.test_window,
+                "anchored": self.anchored,
+                "step": self.step,
+                "embargo": self.embargo,
+                "t1": self.t1,
+            },
+        )

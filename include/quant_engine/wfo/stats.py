@@ -319,9 +319,7 @@ def probability_of_backtest_overfitting(
     """
     values = np.asarray(performance, dtype="float64")
     if values.ndim != 2 or values.shape[1] < 2:
-        raise ValueError(
-            f"performance must be 2-d (periods, trials) with at least 2 trials, got shape {values.shape}"
-        )
+        raise ValueError(f"performance must be 2-d (periods, trials) with at least 2 trials, got shape {values.shape}")
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, numbers.Integral) or n_blocks < 2 or n_blocks % 2:
         raise ValueError(
             f"n_blocks={n_blocks!r} must be an even int of at least 2, so in- and out-of-sample halves match"
@@ -330,7 +328,7 @@ def probability_of_backtest_overfitting(
     if n_periods < n_blocks:
         raise ValueError(f"{n_periods} periods cannot fill n_blocks={n_blocks} blocks; use fewer blocks")
     block_rows = n_periods // n_blocks
-    blocks = values[n_periods - block_rows * n_blocks:].reshape(n_blocks, block_rows, n_trials)
+    blocks = values[n_periods - block_rows * n_blocks :].reshape(n_blocks, block_rows, n_trials)
 
     combos = list(itertools.combinations(range(n_blocks), n_blocks // 2))
     selected = np.empty(len(combos), dtype=np.intp)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from quant_engine.config import make_model_registry
+from quant_engine.backends import make_model_registry
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.monitoring.run import record_baseline
 from quant_engine.training.registry import ModelMetadata
@@ -30,7 +30,7 @@ def register_model(home: Path, seed: int, *, promote: bool = True, vol_range: tu
     registry = make_model_registry()
     version = registry.register(path, ModelMetadata(features=FEATURES, data_start="2021-01-01T00:00Z",
                                                     data_end="2021-03-31T21:00Z", data_fingerprint=f"seed{seed}"))
-    record_baseline(registry.name, version, booster, rows.iloc[:200], rows.iloc[200:], FEATURES)
+    record_baseline(registry, version, booster, rows.iloc[:200], rows.iloc[200:], FEATURES)
     if promote:
         registry.promote(version, f"seed {seed}")
     return version

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from websockets.asyncio.client import connect
 
+from quant_engine.backends import make_group_stores, make_offline_store
+from quant_engine.bridge.bars import BarAggregator, BarClock
 from quant_engine.bridge.feed_server import (
     DROP_REASON_OF_KIND,
     MALFORMED_KINDS,
@@ -21,7 +23,6 @@ from quant_engine.bridge.feed_server import (
     ReplaySchedule,
     malformed_frame,
 )
-from quant_engine.bridge.bars import BarAggregator, BarClock
 from quant_engine.bridge.ticks import MarketHours, Tick
 from quant_engine.bridge.wire import FrameError, decode_frame, subscribe_message, unsubscribe_message
 from quant_engine.calendars import MarketTime
@@ -275,8 +276,8 @@ def test_a_restart_with_the_same_anchor_resumes_at_the_live_position(tmp_path) -
 
 
 def test_feed_serve_command_reads_its_bars_from_either_source() -> None:
-    from quant_engine.bridge.cli import _load_bars
     from quant_engine.cli import build_parser
+    from quant_engine.cli.bridge import _load_bars
     from quant_engine.features.ingest import IngestionRequest, ingest
 
     parser = build_parser()
@@ -285,7 +286,7 @@ def test_feed_serve_command_reads_its_bars_from_either_source() -> None:
     assert args.port == 0 and args.malformed_rate == 0.1 and args.speed == 60.0
     with pytest.raises(ValueError, match="run `quant-engine ingest` first"):
         _load_bars(args)
-    ingest(IngestionRequest.build("synthetic", "2024-03-04", "2024-03-08", tickers="SYN01"))
+    ingest(IngestionRequest.build("synthetic", "2024-03-04", "2024-03-08", tickers="SYN01", group=make_offline_store()), make_group_stores())
     stored, stored_time = _load_bars(args)
     synthetic, synthetic_time = _load_bars(parser.parse_args(["feed", "serve", "--tickers", "SYN01", "--start",
                                                               "2024-03-04", "--end", "2024-03-08"]))

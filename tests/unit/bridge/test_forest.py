@@ -12,10 +12,10 @@ import pytest
 import xgboost as xgb
 
 import quant_engine.bridge.forest as forest_module
+from quant_engine.backends import make_model_registry
 from quant_engine.bridge.forest import CompiledForest, NotCompilableError
 from quant_engine.bridge.inference import LocalChampionModel
-from quant_engine.config import make_model_registry
-from quant_engine.monitoring.run import predict_proba
+from quant_engine.monitoring.predictions import predict_proba
 from quant_engine.training.registry import ModelMetadata
 
 from .conftest import FEATURES

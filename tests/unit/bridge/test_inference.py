@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from moto.server import ThreadedMotoServer
 
+from quant_engine.backends import make_model_registry
 from quant_engine.bridge.inference import LocalChampionModel, NoModelError, SageMakerEndpointModel
-from quant_engine.config import make_model_registry
-from quant_engine.monitoring.run import predict_proba
+from quant_engine.monitoring.predictions import predict_proba
 
 from .conftest import FEATURES, register_model
 

@@ -20,15 +20,16 @@ import pandas as pd
 import pytest
 from websockets.asyncio.client import connect
 
+from quant_engine.backends import make_group_stores, make_model_registry, make_offline_store
 from quant_engine.bridge.feed_server import FeedServer, ReplayClock, ReplaySchedule
 from quant_engine.bridge.inference import LocalChampionModel
 from quant_engine.bridge.service import BridgeService, JsonLinesFormatter
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import BRIDGE_SOURCE, StateHandler
-from quant_engine.config import SettingsError, make_model_registry
+from quant_engine.config import SettingsError
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features.definitions import get_feature_set
-from quant_engine.monitoring.scoring import prediction_log
+from quant_engine.monitoring.predictions import prediction_log
 
 from .conftest import FrameHistory, register_model
 
@@ -66,7 +67,7 @@ def test_a_bridge_set_for_another_market_time_than_its_group_refuses_to_start(qe
     from quant_engine.calendars import MarketTime
     from quant_engine.features.ingest import IngestionRequest, ingest
 
-    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00"))  # an XNYS 1d group
+    ingest(IngestionRequest.build("synthetic", "2023-06-01", "2023-06-02", tickers="SYN00", group=make_offline_store()), make_group_stores())  # an XNYS 1d group
     with pytest.raises(SettingsError, match="set for 1h bars on the XNYS calendar but its feature group holds 1d"):
         build_service(BridgeSettings(bar_size="1h", tokens=("t",)))
     with pytest.raises(SettingsError, match="coalesce is exact for daily bars only"):

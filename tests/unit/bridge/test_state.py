@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quant_engine.backends import make_model_registry
 from quant_engine.bridge.inference import LocalChampionModel
 from quant_engine.bridge.state import BRIDGE_SOURCE, StateHandler
-from quant_engine.config import make_model_registry
 from quant_engine.data.synthetic import SyntheticMarket
 from quant_engine.features.definitions import get_feature_set
-from quant_engine.monitoring.run import predict_proba
-from quant_engine.monitoring.scoring import prediction_log
+from quant_engine.monitoring.predictions import predict_proba, prediction_log
 
 from .conftest import FrameHistory, register_model, session_ticks
 

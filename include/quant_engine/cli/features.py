@@ -1,0 +1,208 @@
+"""``quant-engine ingest`` and ``quant-engine features ...``: the feature store from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+
+from quant_engine.data.sources import SOURCE_NAMES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from quant_engine.data.plausibility import (
+        DEFAULT_MAX_RETURN_MULTIPLE,
+        DEFAULT_MAX_VOLUME_MULTIPLE,
+        STAMPED_AT_CHOICES,
+    )
+    from quant_engine.data.schema import ON_ERROR_CHOICES
+    from quant_engine.features.definitions import feature_set_names
+
+    ingest = subparsers.add_parser(
+        "ingest",
+        help="fetch bars, compute features, write the offline and online stores",
+        description="Ingest the sessions of a range into the feature store (idempotent: reruns write nothing new). "
+        "Bars are stamped at their close from the group's exchange calendar.",
+    )
+    ingest.add_argument("--source", choices=SOURCE_NAMES, default="synthetic")
+    ingest.add_argument("--path", help="file or folder of bars, for the csv and parquet sources")
+    ingest.add_argument("--tickers", help="comma-separated tickers (default: all the source has)")
+    ingest.add_argument(
+        "--start",
+        help="first session, YYYY-MM-DD (default: the last closed session; for csv / "
+        "parquet without dates, the whole file)",
+    )
+    ingest.add_argument("--end", help="last session, inclusive (default: start)")
+    ingest.add_argument("--feature-set", default="default", choices=feature_set_names())
+    ingest.add_argument(
+        "--calendar",
+        help="exchange calendar of a new feature group: XNYS (default), 24/5 (FX), "
+        "24/7 (crypto), XLON, ...; an existing group keeps its own",
+    )
+    ingest.add_argument("--bar-size", help="bar size of a new feature group: 1d (default), 1h, 5m, ...")
+    ingest.add_argument("--assume-tz", help="csv/parquet: time zone of naive timestamps (e.g. UTC, America/New_York)")
+    ingest.add_argument(
+        "--date-close",
+        metavar="HH:MM",
+        help="csv/parquet: stamp plain dates at this time in --assume-tz instead of the session close",
+    )
+    ingest.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="raise",
+        help="broken or implausible bars: refuse the run (raise), drop them, or keep the merely "
+        "implausible ones (keep)",
+    )
+    ingest.add_argument(
+        "--stamped-at",
+        choices=STAMPED_AT_CHOICES,
+        default="close",
+        help="csv/parquet intraday bars: stamped at their close (the rule) or at their open",
+    )
+    ingest.add_argument(
+        "--max-return-multiple",
+        type=float,
+        default=DEFAULT_MAX_RETURN_MULTIPLE,
+        help="a return beyond this multiple of its ticker's recent median is implausible "
+        f"(default {DEFAULT_MAX_RETURN_MULTIPLE:g})",
+    )
+    ingest.add_argument(
+        "--max-volume-multiple",
+        type=float,
+        default=DEFAULT_MAX_VOLUME_MULTIPLE,
+        help=f"likewise for volume (default {DEFAULT_MAX_VOLUME_MULTIPLE:g})",
+    )
+    ingest.set_defaults(handler=_ingest)
+
+    features = subparsers.add_parser("features", help="read the feature store")
+    commands = features.add_subparsers(dest="features_command", metavar="COMMAND", required=True)
+    get = commands.add_parser("get", help="latest feature vector of a ticker from the online store")
+    get.add_argument("ticker")
+    get.add_argument("--features", help="comma-separated feature names (default: all)")
+    get.add_argument("--ttl-days", type=float, help="treat values older than this many days as missing")
+    get.set_defaults(handler=_features_get)
+
+    history = commands.add_parser("history", help="feature rows of a ticker from the offline store")
+    history.add_argument("ticker")
+    history.add_argument("--start")
+    history.add_argument("--end")
+    history.add_argument("--as-of", help="only what had been written by this time (bitemporal)")
+    history.set_defaults(handler=_features_history)
+
+    compact = commands.add_parser(
+        "compact",
+        help="rewrite the offline store's day files into one sorted snapshot "
+        "that point-in-time joins read (the day files stay)",
+    )
+    compact.set_defaults(handler=_features_compact)
+
+    drop = commands.add_parser(
+        "drop",
+        help="delete a feature group, its bars group and its online rows",
+        description="Delete everything stored for a feature group (to re-ingest it, "
+        "e.g. after the time rule changed). Cannot be undone.",
+    )
+    drop.add_argument("group", help="the feature group (QE_FEATURE_GROUP), e.g. market_features")
+    drop.add_argument("--yes", action="store_true", help="really delete (without it, only say what would go)")
+    drop.set_defaults(handler=_features_drop)
+
+
+INGEST_FLAGS = (
+    "source",
+    "path",
+    "tickers",
+    "start",
+    "end",
+    "feature_set",
+    "calendar",
+    "bar_size",
+    "assume_tz",
+    "date_close",
+    "on_error",
+    "stamped_at",
+    "max_return_multiple",
+    "max_volume_multiple",
+)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from quant_engine.backends import make_group_stores
+    from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, ingest
+
+    stores = make_group_stores()
+    try:
+        request = IngestionRequest.from_params({name: getattr(args, name) for name in INGEST_FLAGS}, stores.offline)
+    except NoSessionToIngest as skipped:
+        print(f"{skipped}")
+        return 0
+    print(f"ingesting {request.describe()} from {request.source}")
+    print(json.dumps(dataclasses.asdict(ingest(request, stores)), indent=2))
+    return 0
+
+
+def _features_get(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from quant_engine.backends import make_online_store
+
+    names = [n.strip() for n in args.features.split(",")] if args.features else None
+    ttl = pd.Timedelta(days=args.ttl_days) if args.ttl_days is not None else None
+    record = make_online_store().get(args.ticker, names, ttl=ttl)
+    if record is None:
+        print(f"no fresh features for {args.ticker!r} in the online store")
+        return 1
+    print(json.dumps({k: (str(v) if k == "event_time" else _json_number(v)) for k, v in record.items()}, indent=2))
+    return 0
+
+
+def _features_history(args: argparse.Namespace) -> int:
+    from quant_engine.backends import make_offline_store
+
+    frame = make_offline_store().read(
+        [args.ticker], _utc(args.start), _utc(args.end, end_of_day=True), as_of=_utc(args.as_of)
+    )
+    if frame.empty:
+        print(f"no rows for {args.ticker!r} in the offline store")
+        return 1
+    print(frame.to_string(index=False))
+    return 0
+
+
+def _features_compact(args: argparse.Namespace) -> int:
+    from quant_engine.backends import make_offline_store
+
+    snapshot = make_offline_store().compact()
+    print(f"snapshot: {snapshot}" if snapshot else "the feature group holds no rows yet")
+    return 0
+
+
+def _features_drop(args: argparse.Namespace) -> int:
+    from quant_engine.backends import make_group_stores
+    from quant_engine.features.ingest import drop_feature_group
+
+    removed = drop_feature_group(make_group_stores(feature_group=args.group), dry_run=not args.yes)
+    for line in removed:
+        print(("deleted " if args.yes else "would delete ") + line)
+    if not args.yes:
+        print("nothing deleted; pass --yes to delete")
+    return 0
+
+
+def _utc(value: str | None, *, end_of_day: bool = False):
+    """A CLI date or time as a UTC instant; a bare date means that whole UTC day."""
+    import pandas as pd
+
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is None:
+        is_bare_date = stamp == stamp.normalize() and len(value) <= 10
+        stamp = stamp.tz_localize("UTC")
+        if end_of_day and is_bare_date:
+            stamp += pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    return stamp
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else value

@@ -1,0 +1,75 @@
+"""``quant-engine wfo``: run the walk-forward pipeline in one process, or show a report's headline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``wfo`` command group."""
+    group = subparsers.add_parser("wfo", help="walk-forward validation with combinatorial purged CV")
+    commands = group.add_subparsers(dest="wfo_command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run the whole pipeline here, without Airflow")
+    run.add_argument(
+        "--conf",
+        default="{}",
+        help="JSON object of parameters, as for the wfo_pipeline DAG (missing keys take its defaults)",
+    )
+    run.add_argument("--run-id", help="name of the run folder and report (default: cli__<UTC time>)")
+    run.set_defaults(handler=_run)
+
+    show = commands.add_parser("show", help="print a report's headline numbers")
+    where = show.add_mutually_exclusive_group(required=True)
+    where.add_argument("location", nargs="?", type=Path, help="a report folder, its report.json, or a run id")
+    where.add_argument("--latest", action="store_true", help="the most recently written report")
+    show.set_defaults(handler=_show)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from quant_engine.backends import make_bar_store, make_offline_store, make_wfo_fits
+    from quant_engine.config import get_settings
+    from quant_engine.runs import run_dir
+    from quant_engine.wfo.config import WfoConfig
+    from quant_engine.wfo.defaults import DEFAULT_PARAMS
+    from quant_engine.wfo.pipeline import run_pipeline
+    from quant_engine.wfo.report import headline, load_report
+
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--conf is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
+    config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf})
+    settings = get_settings()
+    folder = run_dir("wfo", args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)
+    folder = run_pipeline(
+        config,
+        folder,
+        make_offline_store(settings),
+        make_bar_store(settings),
+        make_wfo_fits(settings),
+        settings.reports_dir,
+    )
+    print(headline(load_report(folder)))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from quant_engine.config import get_settings
+    from quant_engine.wfo.report import headline, latest_report, load_report, report_dir
+
+    reports = get_settings().reports_dir
+    if args.latest:
+        location = latest_report(reports)
+    elif args.location.exists():
+        location = args.location
+    else:
+        location = report_dir(str(args.location), reports)
+    print(headline(load_report(location)))
+    return 0

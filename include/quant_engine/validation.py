@@ -1,0 +1,141 @@
+"""Checks of loosely typed input, written once: counts, ranges, choices, ticker lists and frame columns.
+
+Every public entry point (DAG params, CLI flags, constructors) reads its arguments through these,
+so the same mistake gets the same message everywhere: the parameter's name, the value given and
+what would be accepted. ``error`` picks the exception class, a ``ValueError`` subclass of the
+caller's family (``WfoConfigError``, ``TrainingInputError``...), so callers keep their own type.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection, Sequence
+
+import pandas as pd
+
+__all__ = ["one_of", "parse_tickers", "real_number", "require_columns", "utc_column", "whole_number"]
+
+
+def _bounds(minimum: float | None, maximum: float | None, *, above: bool = False, below: bool = False) -> str:
+    low = None if minimum is None else f"{'>' if above else '>='} {minimum:g}"
+    high = None if maximum is None else f"{'<' if below else '<='} {maximum:g}"
+    if low and high:
+        return f"{low} and {high}"
+    return low or high or ""
+
+
+def whole_number(
+    value: object,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[ValueError] = ValueError,
+) -> int:
+    """``value`` as an ``int`` within ``[minimum, maximum]``; a bool, a float or text is refused.
+
+    Examples
+    --------
+    >>> whole_number(3, "keep", minimum=1)
+    3
+    >>> whole_number(0, "keep", minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: keep=0 must be a whole number >= 1
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = _bounds(minimum, maximum)
+        raise error(f"{name}={value!r} must be a whole number" + (f" {bounds}" if bounds else ""))
+    return int(value)
+
+
+def real_number(
+    value: object,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: bool = False,
+    below: bool = False,
+    error: type[ValueError] = ValueError,
+) -> float:
+    """``value`` as a finite ``float`` within its bounds (``above``/``below``: the bound itself is excluded).
+
+    Examples
+    --------
+    >>> real_number(0.5, "confidence", minimum=0, maximum=1, above=True, below=True)
+    0.5
+    >>> real_number(float("nan"), "alpha", minimum=0, above=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha=nan must be a finite number > 0
+    """
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if above else value >= minimum
+    if ok and maximum is not None:
+        ok = value < maximum if below else value <= maximum
+    if not ok:
+        bounds = _bounds(minimum, maximum, above=above, below=below)
+        raise error(f"{name}={value!r} must be a finite number" + (f" {bounds}" if bounds else ""))
+    return float(value)  # type: ignore[arg-type]
+
+
+def one_of(value: object, name: str, choices: Collection[str], *, error: type[ValueError] = ValueError) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Examples
+    --------
+    >>> one_of("scale", "vol_policy", ("suppress", "scale"))
+    'scale'
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise error(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+def parse_tickers(value: object, *, error: type[ValueError] = ValueError) -> tuple[str, ...] | None:
+    """Tickers as a comma-separated string or a list; ``None`` means every ticker.
+
+    A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an error, never "all":
+    a form left with stray commas must not quietly widen a run to the whole universe.
+
+    Examples
+    --------
+    >>> parse_tickers("SYN00, SYN01,,SYN00"), parse_tickers(["A"]), parse_tickers(None)
+    (('SYN00', 'SYN01'), ('A',), None)
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
+        raise error(f"tickers={value!r} must be a comma-separated string or a list of names")
+    names = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
+    if not names:
+        raise error(f"tickers={value!r} names no ticker; leave it empty (null) for every ticker")
+    return names
+
+
+def require_columns(frame: object, required: Sequence[str], what: str) -> pd.DataFrame:
+    """``frame`` if it is a DataFrame holding every column of ``required``; ``what`` names it in the error."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} are missing column(s) {missing}; have {list(frame.columns)}")
+    return frame
+
+
+def utc_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
+    """``frame[column]`` as ``datetime64[ns, UTC]``; a naive or non-time column is an error."""
+    values = frame[column]
+    if not isinstance(values.dtype, pd.DatetimeTZDtype):
+        raise ValueError(f"{what} column {column!r} has dtype {values.dtype}; it must be tz-aware datetime64 (UTC)")
+    return values.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")

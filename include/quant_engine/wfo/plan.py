@@ -1,0 +1,127 @@
+"""The plan of a walk-forward run: every split fixed and checked, and the ``(trial, split)`` fits it asks for.
+
+The splitter checks every split before anything trains: one left without training rows by the
+purge and embargo fails here, as does one whose training labels hold one class only. Each split's
+row roles go to ``splits/split=<s>.npz``, the path map and the task list to ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quant_engine.storage.atomic import write_json_atomic, write_npz_atomic
+from quant_engine.wfo.config import WfoConfigError
+from quant_engine.wfo.run_folder import (
+    EMBARGOED,
+    PURGED,
+    ROLE_NAMES,
+    TEST,
+    TRAIN,
+    load_config,
+    load_dataset,
+    split_path,
+)
+
+__all__ = ["plan", "split_roles"]
+
+log = logging.getLogger(__name__)
+
+
+def split_roles(
+    ts_ns: np.ndarray, t1_ns: np.ndarray, groups: np.ndarray, train: np.ndarray, test_groups: Sequence[int]
+) -> np.ndarray:
+    """Role of every row in one split: train, test, purged or embargoed (int8 codes).
+
+    A row outside train and test is *purged* when its label span ``[ts, t1]`` overlaps a test
+    block (a run of adjacent test groups, from its first ``ts`` to its latest ``t1``); the other
+    left-out rows are the embargo that follows a block.
+    """
+    roles = np.full(len(ts_ns), EMBARGOED, dtype=np.int8)
+    roles[train] = TRAIN
+    in_test = np.isin(groups, np.asarray(test_groups))
+    roles[in_test] = TEST
+    left_out = roles == EMBARGOED
+    blocks: list[list[int]] = []
+    for g in sorted(int(g) for g in test_groups):
+        if blocks and blocks[-1][-1] == g - 1:
+            blocks[-1].append(g)
+        else:
+            blocks.append([g])
+    for block in blocks:
+        rows = np.isin(groups, block)
+        start, end = ts_ns[rows].min(), t1_ns[rows].max()
+        roles[left_out & (ts_ns <= end) & (t1_ns >= start)] = PURGED
+    return roles
+
+
+def plan(run_dir: Path) -> list[dict[str, int]]:
+    """Fix the CPCV splits and the ``(trial, split)`` tasks; write ``plan.json`` and one ``.npz`` per split.
+
+    The splitter checks every split before anything trains: one left without training rows by the
+    purge and embargo raises here, as does a split whose training labels hold one class only.
+    Predictions left by an earlier plan of the same run folder are removed.
+
+    Returns
+    -------
+    list of dict
+        ``{"trial_id": t, "split_id": s}`` for every task, the mapped tasks' arguments.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    data = load_dataset(run_dir, ["ts", "t1", "label", "group"])
+    ts = pd.DatetimeIndex(data["ts"])
+    cv = config.splitter(data["t1"].to_numpy())
+    try:
+        splits = list(cv.split(pd.DataFrame(index=ts)))
+    except ValueError as exc:
+        raise WfoConfigError(f"the purge and embargo leave a split without training data: {exc}") from None
+    ts_ns, t1_ns = ts.asi8, pd.DatetimeIndex(data["t1"]).asi8
+    groups, labels = data["group"].to_numpy(), data["label"].to_numpy()
+    split_rows = []
+    for s, ((train, _test), test_groups) in enumerate(zip(splits, cv.test_groups, strict=True)):
+        classes = np.unique(labels[train])
+        if len(classes) < 2:
+            raise WfoConfigError(
+                f"split {s} trains on labels of one class only ({classes.tolist()}); "
+                "use a longer range or a different label"
+            )
+        roles = split_roles(ts_ns, t1_ns, groups, train, test_groups)
+        write_npz_atomic(split_path(run_dir, s), roles=roles, test_groups=np.asarray(test_groups))
+        counts = np.bincount(roles, minlength=len(ROLE_NAMES))
+        split_rows.append(
+            {
+                "split_id": s,
+                "test_groups": [int(g) for g in test_groups],
+                **{f"n_{name}": int(c) for name, c in zip(ROLE_NAMES, counts, strict=True)},
+            }
+        )
+    tasks = [{"trial_id": t, "split_id": s} for t in range(len(config.trials)) for s in range(cv.n_splits)]
+    bounds = data.groupby("group")["ts"].agg(["min", "max"])
+    payload = {
+        "n_groups": config.n_groups,
+        "n_test_groups": config.n_test_groups,
+        "n_splits": cv.n_splits,
+        "n_paths": cv.n_paths,
+        "paths": cv.paths.tolist(),
+        "splits": split_rows,
+        "groups": [
+            {"group": int(g), "first_ts": str(r["min"]), "last_ts": str(r["max"]), "rows": int((groups == g).sum())}
+            for g, r in bounds.iterrows()
+        ],
+        "trials": [asdict(t) for t in config.trials],
+        "tasks": tasks,
+    }
+    write_json_atomic(run_dir / "plan.json", payload, non_finite="null")
+    # Predictions of an earlier plan of this run folder belong to other splits; a rerun starts clean.
+    shutil.rmtree(run_dir / "predictions", ignore_errors=True)
+    log.info(
+        "plan: %d splits x %d trials = %d tasks, %d paths", cv.n_splits, len(config.trials), len(tasks), cv.n_paths
+    )
+    return tasks

@@ -1,0 +1,92 @@
+"""The run folder of a walk-forward run: where each step finds what the steps before it wrote.
+
+Each step is a function of a run folder (``quant_engine.runs.run_dir("wfo", run_id)``), reading
+what earlier steps wrote there and writing its own files atomically, so the ``wfo_pipeline`` DAG
+runs the steps as separate tasks, ``quant-engine wfo run`` runs them in one process and a
+SageMaker Processing job runs the fits on a copy.
+
+Run folder
+----------
+``config.json``
+    The validated :class:`WfoConfig` (``to_params`` form).
+``dataset.parquet``
+    One row per ``(ticker, ts)``, sorted by ``(ts, ticker)``: ``ticker, ts, t1, ret, label,
+    fwd_ret_1, group`` and the feature columns; ``ret`` is the label's return, relative to the
+    cross-sectional mean with ``label_target="excess"``. See :func:`build_dataset`.
+``plan.json``, ``splits/split=<s>.npz``
+    The CPCV splits (a role per dataset row: train, test, purged, embargoed), the path map and the
+    list of ``(trial, split)`` tasks. See :func:`plan`.
+``predictions/trial=<t>/split=<s>.parquet``
+    Test predictions of one model. See :func:`run_split`.
+``dataset.json``
+    The dataset's summary (rows, tickers, first and last ``ts``, rows per group) and its
+    ``annualisation``: the group's calendar and bar size, sessions a year x bars a session, the
+    factor every annualised figure of the run uses.
+``paths.parquet``, ``paths.json``, ``statistics.json``
+    Per-path daily portfolio series of every trial, each path's metrics, and the statistics over
+    them. See :func:`assemble` and :func:`statistics`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from quant_engine.wfo.config import WfoConfig
+
+__all__ = [
+    "EMBARGOED",
+    "KEY_COLUMNS",
+    "PURGED",
+    "ROLE_NAMES",
+    "TEST",
+    "TRAIN",
+    "load_config",
+    "load_dataset",
+    "load_plan",
+    "periods_per_year_of",
+    "prediction_path",
+    "split_path",
+]
+
+#: Row roles stored per split: train, test, purged (label overlaps a test block), embargoed.
+TRAIN, TEST, PURGED, EMBARGOED = 0, 1, 2, 3
+ROLE_NAMES: tuple[str, ...] = ("train", "test", "purged", "embargo")
+KEY_COLUMNS: tuple[str, ...] = ("ticker", "ts", "t1", "ret", "label", "fwd_ret_1", "group")
+
+
+def load_config(run_dir: Path) -> WfoConfig:
+    """The config a run was built with."""
+    return WfoConfig.from_params(json.loads((Path(run_dir) / "config.json").read_text()))
+
+
+def load_plan(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "plan.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the plan step first")
+    return json.loads(path.read_text())
+
+
+def split_path(run_dir: Path, split_id: int) -> Path:
+    return Path(run_dir) / "splits" / f"split={split_id}.npz"
+
+
+def prediction_path(root: Path, trial_id: int, split_id: int) -> Path:
+    return Path(root) / "predictions" / f"trial={trial_id}" / f"split={split_id}.parquet"
+
+
+def load_dataset(run_dir: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    path = Path(run_dir) / "dataset.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; build the dataset first")
+    return pd.read_parquet(path, columns=list(columns) if columns else None)
+
+
+def periods_per_year_of(run_dir: Path) -> float:
+    """Bars a year of the run's data (its calendar's sessions a year x bars a session), from ``dataset.json``."""
+    summary = json.loads((Path(run_dir) / "dataset.json").read_text())
+    return float(summary["annualisation"]["periods_per_year"])

@@ -1,0 +1,234 @@
+"""The run forms of the DAGs: every param with its type, bounds and description, defaults from the library.
+
+A DAG file only wires its tasks; what a person fills in when triggering it lives here, so a form
+and the code behind it never disagree (the defaults are read from the library when the DAG is
+parsed) and the four forms read alike.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Param
+from qe_airflow import FEATURE_SETS, SOURCES, dataset_params, reading_params
+
+__all__ = ["drift_form", "ingestion_form", "training_form", "wfo_form"]
+
+
+def ingestion_form() -> dict[str, Param]:
+    """The run form of ``market_data_ingestion``."""
+    return {
+        "source": Param(
+            "synthetic",
+            type="string",
+            enum=SOURCES,
+            description="Where bars come from. synthetic is the embedded default market.",
+        ),
+        "path": Param(
+            None, type=["null", "string"], description="File or folder of bars, for the csv and parquet sources."
+        ),
+        "tickers": Param(
+            None,
+            type=["null", "string", "array"],
+            description="Tickers, comma-separated or a list; empty means every ticker of the source.",
+        ),
+        "start": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="First session to ingest (YYYY-MM-DD). Empty: the sessions that closed in the "
+            "run's data interval, or the whole file for csv / parquet.",
+        ),
+        "end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Last session to ingest, inclusive; empty means the same as start.",
+        ),
+        "feature_set": Param(
+            "default", type="string", enum=FEATURE_SETS, description="Feature definitions to compute."
+        ),
+        **reading_params(),
+    }
+
+
+def wfo_form() -> dict[str, Param]:
+    """The run form of ``wfo_pipeline``, its defaults the library's."""
+    from quant_engine.wfo.defaults import DEFAULT_PARAMS as D
+
+    return {
+        **dataset_params(D),
+        "start": Param(D["start"], type="string", format="date", description="First day of the sample."),
+        "end": Param(D["end"], type="string", format="date", description="Last day of the sample, inclusive."),
+        "pt_mult": Param(
+            D["pt_mult"],
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="Triple barrier: profit-take distance in volatilities; null disables it.",
+        ),
+        "sl_mult": Param(
+            D["sl_mult"],
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="Triple barrier: stop-loss distance in volatilities; null disables it.",
+        ),
+        "vol_window": Param(
+            D["vol_window"], type="integer", minimum=2, description="Triple barrier: bars in the volatility estimate."
+        ),
+        "n_groups": Param(
+            D["n_groups"], type="integer", minimum=2, description="CPCV: contiguous groups of timestamps."
+        ),
+        "n_test_groups": Param(
+            D["n_test_groups"],
+            type="integer",
+            minimum=1,
+            description="CPCV: test groups per split (smaller than n_groups).",
+        ),
+        "embargo": Param(
+            D["embargo"],
+            type=["string", "integer"],
+            description="Kept out of training after each test block: bars (5) or a duration ('5D').",
+        ),
+        "trials": Param(
+            D["trials"],
+            type=["object", "array"],
+            description="XGBoost trials: a grid (object of lists, Cartesian product) or a list of "
+            "objects; keys max_depth, learning_rate, n_estimators, subsample, "
+            "colsample_bytree, min_child_weight, threshold.",
+        ),
+        "portfolio": Param(
+            D["portfolio"],
+            type="string",
+            enum=["market_neutral", "directional"],
+            description="market_neutral: demeaned probabilities, dollar-neutral, gross exposure 1 "
+            "per bar; directional: +1/-1 per ticker from the threshold, equal weight.",
+        ),
+        "cost_bps": Param(
+            D["cost_bps"], type="number", minimum=0, description="Cost per unit of position traded, in basis points."
+        ),
+        "seed": Param(D["seed"], type="integer", minimum=0, description="Seed of every model."),
+        "min_group_rows": Param(
+            D["min_group_rows"], type="integer", minimum=1, description="Fewest rows a CPCV group may hold."
+        ),
+    }
+
+
+def training_form() -> dict[str, Param]:
+    """The run form of ``spot_training``, its defaults the library's."""
+    from quant_engine.training.defaults import TRAINING_DEFAULTS as D
+
+    return {
+        **dataset_params(D),
+        "start": Param(
+            D["start"],
+            type=["null", "string"],
+            format="date",
+            description="First day of the data; empty: window_days before end.",
+        ),
+        "end": Param(
+            D["end"],
+            type=["null", "string"],
+            format="date",
+            description="Last day of the data, inclusive; empty: the last day the offline store holds.",
+        ),
+        "window_days": Param(
+            D["window_days"], type="integer", minimum=30, description="Days of data when start is empty."
+        ),
+        "holdout_fraction": Param(
+            D["holdout_fraction"],
+            type="number",
+            exclusiveMinimum=0,
+            maximum=0.5,
+            description="Share of the last timestamps held out to judge the model.",
+        ),
+        "embargo_bars": Param(
+            D["embargo_bars"],
+            type="integer",
+            minimum=0,
+            description="Timestamps before the holdout no training row may start in.",
+        ),
+        "runner": Param(
+            D["runner"],
+            type="string",
+            enum=["local_spot", "sagemaker"],
+            description="local_spot: trainer subprocess under the spot simulator; sagemaker: managed "
+            "spot training job (QE_S3_BUCKET, QE_SAGEMAKER_ROLE_ARN).",
+        ),
+        "interruptions": Param(
+            D["interruptions"],
+            type="integer",
+            minimum=0,
+            description="local_spot: interruptions at seeded random rounds (kill or SIGTERM).",
+        ),
+        "interruption_rate_per_hour": Param(
+            D["interruption_rate_per_hour"],
+            type="number",
+            minimum=0,
+            description="local_spot: random interruptions per hour after those.",
+        ),
+        "hyperparameters": Param(
+            D["hyperparameters"],
+            type="object",
+            description="num_round, checkpoint_every, seed, subsample, colsample_bytree and "
+            "XGBoost's own (max_depth, learning_rate, ...).",
+        ),
+        "model_name": Param(D["model_name"], type="string", description="Registry name of the model."),
+        "wfo_report": Param(
+            D["wfo_report"],
+            type=["null", "string"],
+            description="The walk-forward report that justified these settings, kept in the metadata.",
+        ),
+    }
+
+
+def drift_form() -> dict[str, Param]:
+    """The run form of ``drift_monitor``."""
+    return {
+        "model_name": Param("xgb_direction", type="string", description="Registry name of the monitored model."),
+        "window_days": Param(
+            60,
+            type="integer",
+            minimum=1,
+            maximum=3650,
+            description="Days of the latest stored data judged; never reaches back into the champion's training data.",
+        ),
+        "min_new_rows": Param(
+            100,
+            type="integer",
+            minimum=1,
+            description="Feature rows after the training data's end needed before a check runs.",
+        ),
+        "comparison_threshold": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Largest KS distance (after the Robust sample-size allowance) a "
+            "feature may show; empty: each feature's threshold calibrated "
+            "on training windows of the same length.",
+        ),
+        "psi_threshold": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="PSI above which a feature also counts as drifted; empty: reported only.",
+        ),
+        "wasserstein_threshold": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="W1/sigma above which a feature also counts as drifted; empty: reported only.",
+        ),
+        "min_drifted_features": Param(
+            2,
+            type="integer",
+            minimum=1,
+            description="Features that must drift together before the inputs count as "
+            "drifted (one alone is noise a stationary market shows).",
+        ),
+        "confidence": Param(
+            0.99,
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            description="Level of the quality metrics' bounds against the holdout.",
+        ),
+    }

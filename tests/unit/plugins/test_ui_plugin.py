@@ -1,0 +1,226 @@
+"""The Quant Engine UI plugin: Airflow's login is required, and the pages render what QE_HOME holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from fastapi.testclient import TestClient
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO_ROOT / "plugins"))
+
+RUN_ID = "manual__2026-11-29T10:00:00+00:00"
+RUN_FOLDER = "manual__2026-11-29T10_00_00_00_00"
+
+
+@pytest.fixture
+def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Airflow's SimpleAuthManager as the api-server sets it up, and a JWT it issued for ``admin``."""
+    from airflow.api_fastapi.app import get_auth_manager, init_auth_manager, purge_cached_app
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    monkeypatch.setenv(
+        "AIRFLOW__CORE__AUTH_MANAGER", "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+    )
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin")
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps({"admin": "secret"}))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "unit-test-jwt-secret-" + "0123456789abcdef" * 4)
+    purge_cached_app()
+    init_auth_manager()
+    yield get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+    purge_cached_app()
+
+
+@pytest.fixture
+def client() -> TestClient:
+    from quant_engine_ui.app import create_app
+
+    return TestClient(create_app())
+
+
+def _write_wfo_report(home: Path) -> None:
+    folder = home / "reports" / "wfo" / RUN_FOLDER
+    folder.mkdir(parents=True)
+    report = {
+        "run_id": RUN_FOLDER,
+        "generated_at": "2026-11-29T10:05:00+00:00",
+        "pbo": 0.1875,
+        "deflated_sharpe": 0.4321,
+        "psr": 0.9,
+        "selected_trial": 1,
+        "n_splits": 15,
+        "n_paths": 5,
+        "n_trials": 2,
+        "setup": "market_neutral portfolio, 5 bps costs",
+        "trials": [{"trial": 0, "mean_path_sharpe": 0.1}, {"trial": 1, "mean_path_sharpe": 1.23}],
+    }
+    (folder / "report.json").write_text(json.dumps(report))
+    (folder / "report.html").write_text("<html><body><h1>WFO report</h1><img alt='equity curves'></body></html>")
+
+
+def _register_model(tmp_path: Path) -> None:
+    from quant_engine.backends import make_model_registry
+    from quant_engine.training.registry import ModelMetadata
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 2)), columns=["ret_1", "vol_20"])
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": 0},
+        xgb.DMatrix(frame, (frame["ret_1"] > 0).astype(int)),
+        3,
+    )
+    booster.save_model(tmp_path / "model.json")
+    registry = make_model_registry()
+    version = registry.register(
+        tmp_path / "model.json",
+        ModelMetadata(
+            features=("ret_1", "vol_20"),
+            data_start="2020-01-01T00:00Z",
+            data_end="2021-01-01T00:00Z",
+            data_fingerprint="f00d",
+            metrics={"logloss": 0.61},
+        ),
+    )
+    registry.promote(version, reason="first model")
+
+
+def _write_drift_report(home: Path) -> None:
+    folder = home / "reports" / "drift" / "drift-run-1"
+    folder.mkdir(parents=True)
+    document = {
+        "run_id": "drift-run-1",
+        "model_name": "xgb_direction",
+        "model_version": "v0001",
+        "window": {"start": "2024-01-01", "end": "2024-03-01", "rows": 420},
+        "verdict": "feature_drift",
+        "retraining_requested": True,
+        "evidence": {"alarms": {"vol_20": "ALARM", "ret_1": "OK"}},
+    }
+    (folder / "report.json").write_text(json.dumps(document))
+    (folder / "report.html").write_text("<html><body>drift report</body></html>")
+
+
+@pytest.fixture
+def bridge(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A stand-in for the bridge's HTTP side on loopback, answering /health and /signals/latest."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+            payloads = {
+                "/health": {"connected": True, "lag_ms": 12.5, "tick_rate": 2000.0},
+                "/signals/latest": [{"ticker": "SYN03", "signal": 1, "probability": 0.61}],
+            }
+            if self.path == "/signals/latest" and self.headers.get("Authorization") != "Bearer ui-token":
+                self.send_response(401)
+                self.end_headers()
+                return
+            body = json.dumps(payloads.get(self.path, {})).encode()
+            self.send_response(200 if self.path in payloads else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("QE_BRIDGE_URL", url)
+    monkeypatch.setenv("QE_BRIDGE_UI_TOKEN", "ui-token")
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def test_every_page_refuses_a_request_without_a_login(client: TestClient, token: str, qe_home: Path) -> None:
+    _write_wfo_report(qe_home)
+    for path in ("/", f"/wfo/{RUN_FOLDER}", f"/wfo/{RUN_FOLDER}/report.json", "/drift/drift-run-1"):
+        assert client.get(path).status_code == 401, path
+    forged = client.get("/", headers={"Authorization": "Bearer not-a-jwt"})
+    assert forged.status_code == 403
+
+
+def test_overview_shows_wfo_registry_drift_and_bridge(
+    client: TestClient, token: str, qe_home: Path, tmp_path: Path, bridge: str
+) -> None:
+    _write_wfo_report(qe_home)
+    _register_model(tmp_path)
+    _write_drift_report(qe_home)
+    client.cookies.set("_token", token)  # the cookie the Airflow UI's login sets
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    assert RUN_FOLDER in text and "0.188" in text and "0.432" in text and "1.23" in text
+    assert "v0001" in text and "champion" in text and "first model" in text
+    assert "feature_drift" in text and "vol_20" in text and "ALARM" in text
+    assert bridge in text and "lag_ms" in text and "SYN03" in text and "0.61" in text
+
+
+def test_run_pages_serve_the_stored_report_and_refuse_unknown_names(
+    client: TestClient, token: str, qe_home: Path
+) -> None:
+    _write_wfo_report(qe_home)
+    headers = {"Authorization": f"Bearer {token}"}
+    page = client.get(f"/wfo/{RUN_FOLDER}", headers=headers)
+    assert page.status_code == 200 and "equity curves" in page.text
+    assert client.get(f"/wfo/{RUN_FOLDER}/report.json", headers=headers).json()["pbo"] == 0.1875
+    assert client.get("/wfo/..%2F..%2Fetc", headers=headers).status_code == 404
+    assert client.get("/wfo/no-such-run", headers=headers).status_code == 404
+
+
+def test_empty_home_and_bridge_down_are_said_plainly(
+    client: TestClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QE_BRIDGE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    client.cookies.set("_token", token)
+    text = client.get("/").text
+    assert "No walk-forward report yet" in text
+    assert "No version registered" in text
+    assert "No drift report yet" in text
+    assert "bridge not reachable" in text
+
+
+def test_signals_refused_for_a_wrong_token_are_said_plainly(
+    client: TestClient, token: str, bridge: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QE_BRIDGE_UI_TOKEN", "wrong")
+    client.cookies.set("_token", token)
+    text = client.get("/").text
+    assert "lag_ms" in text and "SYN03" not in text and "set QE_BRIDGE_UI_TOKEN" in text
+
+
+def test_an_unreadable_report_or_registry_is_skipped_and_said_not_a_500(
+    client: TestClient, token: str, qe_home: Path, tmp_path: Path
+) -> None:
+    _write_wfo_report(qe_home)
+    broken = qe_home / "reports" / "wfo" / "broken-run"
+    broken.mkdir(parents=True)
+    (broken / "report.json").write_text("{not json")
+    _register_model(tmp_path)
+    stray = qe_home / "models" / "stray_model" / "versions" / "v0001"
+    stray.mkdir(parents=True)
+    (stray / "metadata.json").write_text("[]")
+    drift = qe_home / "reports" / "drift" / "drift-run-2"
+    drift.mkdir(parents=True)
+    (drift / "report.json").write_text("{truncated")
+    client.cookies.set("_token", token)
+    page = client.get("/")
+    assert page.status_code == 200
+    text = page.text
+    assert RUN_FOLDER in text and "v0001" in text  # the readable items are all there
+    assert "Skipped walk-forward report broken-run: cannot read it" in text
+    assert "Skipped registry stray_model: cannot read it" in text
+    assert "Skipped drift report drift-run-2: cannot read it" in text
