@@ -86,8 +86,9 @@ class BarSize:
     minutes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.minutes is not None and (isinstance(self.minutes, bool) or not isinstance(self.minutes, int)
-                                         or not 1 <= self.minutes < 24 * 60):
+        if self.minutes is not None and (
+            isinstance(self.minutes, bool) or not isinstance(self.minutes, int) or not 1 <= self.minutes < 24 * 60
+        ):
             raise CalendarError(f"a bar of {self.minutes!r} minutes is not a bar size; use 1 to 1439 minutes, or 1d")
 
     @classmethod
@@ -440,8 +441,10 @@ def get_calendar(name: str = DEFAULT_CALENDAR) -> MarketCalendar:
         canonical = str(name)
     known = xcals.get_calendar_names(include_aliases=True)
     if canonical not in known:
-        raise CalendarError(f"unknown calendar {name!r}; use XNYS (US equities), 24/5 (FX), 24/7 (crypto) or "
-                            "another exchange_calendars name such as XLON or XTKS")
+        raise CalendarError(
+            f"unknown calendar {name!r}; use XNYS (US equities), 24/5 (FX), 24/7 (crypto) or "
+            "another exchange_calendars name such as XLON or XTKS"
+        )
     with warnings.catch_warnings():
         # exchange_calendars still uses pandas APIs that pandas 3.1 deprecates (DatetimeIndex.weekday,
         # Series.values of tz-aware columns, which pandas attributes to itself): not ours to fix.
@@ -519,9 +522,14 @@ class MarketTime:
     def annualisation(self, last_year: int) -> dict[str, float | str]:
         """Periods a year for per-bar returns, and what they are made of (for reports)."""
         sessions, bars = self.exchange.bars_per_year(self.bar_size, last_year)
-        return {"calendar": self.calendar, "bar_size": self.bar_size, "sessions_per_year": round(sessions, 2),
-                "bars_per_session": round(bars, 4), "periods_per_year": round(sessions * bars, 2),
-                "years_averaged": ANNUALISATION_YEARS}
+        return {
+            "calendar": self.calendar,
+            "bar_size": self.bar_size,
+            "sessions_per_year": round(sessions, 2),
+            "bars_per_session": round(bars, 4),
+            "periods_per_year": round(sessions * bars, 2),
+            "years_averaged": ANNUALISATION_YEARS,
+        }
 
     def describe(self) -> str:
         return f"{self.bar_size} bars on the {self.calendar} calendar"

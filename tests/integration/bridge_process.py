@@ -41,14 +41,23 @@ def register_champion(home: Path, seed: int = 1) -> str:
     rows = pd.DataFrame(rng.normal(size=(300, len(FEATURES))), columns=FEATURES)
     rows["realized_vol_20"] = rng.uniform(0.0, 5.0, size=len(rows))
     rows["label"] = (rows["log_return_5"] + 0.5 * rng.normal(size=len(rows)) > 0).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "seed": seed},
-                        xgb.DMatrix(rows[FEATURES].to_numpy(np.float32), label=rows["label"], feature_names=FEATURES),
-                        5)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": seed},
+        xgb.DMatrix(rows[FEATURES].to_numpy(np.float32), label=rows["label"], feature_names=FEATURES),
+        5,
+    )
     path = home / f"champion-{seed}.json"
     booster.save_model(str(path))
     registry = make_model_registry()
-    version = registry.register(path, ModelMetadata(features=FEATURES, data_start="2021-01-01T00:00Z",
-                                                    data_end="2021-03-31T21:00Z", data_fingerprint=f"seed{seed}"))
+    version = registry.register(
+        path,
+        ModelMetadata(
+            features=FEATURES,
+            data_start="2021-01-01T00:00Z",
+            data_end="2021-03-31T21:00Z",
+            data_fingerprint=f"seed{seed}",
+        ),
+    )
     record_baseline(registry, version, booster, rows.iloc[:200], rows.iloc[200:], FEATURES)
     registry.promote(version, f"seed {seed}")
     return version
@@ -63,10 +72,12 @@ def free_port() -> int:
 class _Process:
     """A subprocess whose output lines are read as they come (a full pipe would block it), by a thread."""
 
-    def __init__(self, command: Sequence[str], env: dict[str, str], *,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, preexec_fn=preexec_fn)
+    def __init__(
+        self, command: Sequence[str], env: dict[str, str], *, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -93,8 +104,9 @@ class _Process:
             if not self.alive():
                 break
             time.sleep(0.05)
-        raise AssertionError(f"{self.process.args[:4]} never said it (exit {self.process.poll()}):\n"
-                             + "\n".join(self.lines[-40:]))
+        raise AssertionError(
+            f"{self.process.args[:4]} never said it (exit {self.process.poll()}):\n" + "\n".join(self.lines[-40:])
+        )
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, and the exit status; SIGKILL if it does not go."""
@@ -116,13 +128,34 @@ class _Process:
 class FeedProcess(_Process):
     """``quant-engine feed serve --source store``: the stored bars replayed from ``anchor`` (Unix seconds)."""
 
-    def __init__(self, home: Path, start: str, end: str, *, speed: float, anchor: float, port: int = 0,
-                 extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self, home: Path, start: str, end: str, *, speed: float, anchor: float, port: int = 0, extra: Sequence[str] = ()
+    ) -> None:
         anchor_file = home / f"anchor-{time.time_ns()}.json"
         anchor_file.write_text(json.dumps({"anchor": anchor, "speed": speed}))
-        super().__init__([QUANT_ENGINE, "feed", "serve", "--source", "store", "--start", start, "--end", end,
-                          "--speed", str(speed), "--port", str(port), "--anchor-file", str(anchor_file),
-                          "--ticks-per-bar", "6", *extra], {**os.environ, "QE_HOME": str(home)})
+        super().__init__(
+            [
+                QUANT_ENGINE,
+                "feed",
+                "serve",
+                "--source",
+                "store",
+                "--start",
+                start,
+                "--end",
+                end,
+                "--speed",
+                str(speed),
+                "--port",
+                str(port),
+                "--anchor-file",
+                str(anchor_file),
+                "--ticks-per-bar",
+                "6",
+                *extra,
+            ],
+            {**os.environ, "QE_HOME": str(home)},
+        )
         line = self.wait_for_line(lambda text: text.startswith("feed serving on "))
         self.url = line.split()[3]
         self.port = int(self.url.rsplit(":", 1)[1])
@@ -134,11 +167,25 @@ class FeedProcess(_Process):
 class BridgeProcess(_Process):
     """``quant-engine bridge run`` configured by environment variables, logging JSON lines."""
 
-    def __init__(self, home: Path, feed_url: str, tickers: Sequence[str], settings: dict[str, str] | None = None,
-                 *, preexec_fn: Callable[[], None] | None = None) -> None:
-        env = {**os.environ, "QE_HOME": str(home), "QE_BACKEND": "local", "QE_FEED_URL": feed_url,
-               "QE_BRIDGE_PORT": "0", "QE_BRIDGE_TOKENS": TOKEN, "QE_BRIDGE_TICKERS": ",".join(tickers),
-               **(settings or {})}
+    def __init__(
+        self,
+        home: Path,
+        feed_url: str,
+        tickers: Sequence[str],
+        settings: dict[str, str] | None = None,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        env = {
+            **os.environ,
+            "QE_HOME": str(home),
+            "QE_BACKEND": "local",
+            "QE_FEED_URL": feed_url,
+            "QE_BRIDGE_PORT": "0",
+            "QE_BRIDGE_TOKENS": TOKEN,
+            "QE_BRIDGE_TICKERS": ",".join(tickers),
+            **(settings or {}),
+        }
         super().__init__([QUANT_ENGINE, "bridge", "run"], env, preexec_fn=preexec_fn)
         listening = self.wait_for_line(lambda text: '"bridge listening"' in text)
         self.port = json.loads(listening)["port"]

@@ -34,8 +34,12 @@ class FakeEndpoint:
                     fake._changed.wait(60)
                     mode = fake.mode if fake.mode != "hang" else "error"
                 if mode == "error" or not self.path.endswith("/invocations"):
-                    self._reply(500, json.dumps({"message": "the model crashed"}).encode(), "application/json",
-                                {"x-amzn-ErrorType": "ModelError"})
+                    self._reply(
+                        500,
+                        json.dumps({"message": "the model crashed"}).encode(),
+                        "application/json",
+                        {"x-amzn-ErrorType": "ModelError"},
+                    )
                     return
                 rows = [line for line in body.splitlines() if line.strip()]
                 self._reply(200, "\n".join([repr(fake.prob)] * len(rows)).encode(), "text/csv")

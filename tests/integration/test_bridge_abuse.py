@@ -57,24 +57,29 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QE_HOME", str(home))
         patch.setenv("QE_BACKEND", "local")
-        ingest(IngestionRequest.build("synthetic", "2019-06-01", REPLAY_END, tickers=TICKERS, group=make_offline_store()),
-               make_group_stores())
+        ingest(
+            IngestionRequest.build("synthetic", "2019-06-01", REPLAY_END, tickers=TICKERS, group=make_offline_store()),
+            make_group_stores(),
+        )
         version = register_champion(home)
-        bars = make_bar_history().read(TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"),
-                                               pd.Timestamp(REPLAY_END, tz="UTC") + pd.Timedelta(days=1))
+        bars = make_bar_history().read(
+            TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"), pd.Timestamp(REPLAY_END, tz="UTC") + pd.Timedelta(days=1)
+        )
     return {"home": home, "version": version, "bars": bars}
 
 
-def start(store: dict, settings: dict[str, str] | None = None, *, speed: float = SPEED, feed_extra=(),
-          preexec_fn=None) -> tuple[FeedProcess, BridgeProcess]:  # noqa: ANN001
+def start(
+    store: dict, settings: dict[str, str] | None = None, *, speed: float = SPEED, feed_extra=(), preexec_fn=None
+) -> tuple[FeedProcess, BridgeProcess]:  # noqa: ANN001
     """The feed (its replay starting in a few seconds) and the bridge following it."""
     feed = FeedProcess(store["home"], REPLAY_START, REPLAY_END, speed=speed, anchor=time.time() + 5, extra=feed_extra)
     bridge = BridgeProcess(store["home"], feed.url, TICKERS, settings, preexec_fn=preexec_fn)
     return feed, bridge
 
 
-async def subscribed(bridge: BridgeProcess, feed: FeedProcess, **options: object) -> tuple[Subscriber, asyncio.Task,
-                                                                                              pd.Timestamp]:
+async def subscribed(
+    bridge: BridgeProcess, feed: FeedProcess, **options: object
+) -> tuple[Subscriber, asyncio.Task, pd.Timestamp]:
     """An honest subscriber, and the replay time once both it and the bridge's feed are connected."""
     subscriber = Subscriber(bridge.port, **options)
     task = asyncio.create_task(subscriber.run())
@@ -95,8 +100,11 @@ async def silent_connections(port: int, count: int, sources: int) -> list[asynci
     opened = []
     for i in range(count):
         try:
-            opened.append(await asyncio.wait_for(asyncio.open_connection(
-                "127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % sources}", 0)), 2.0))
+            opened.append(
+                await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.0.{2 + i % sources}", 0)), 2.0
+                )
+            )
         except (OSError, TimeoutError):
             continue
     await asyncio.sleep(0.5)  # the refused ones have their answer by now
@@ -149,7 +157,9 @@ async def bad_frames(port: int) -> list[str]:
             answers.append(f"closed {closed.rcvd.code}")
     for token in ("wrong", "Honest-token-7f3a", ""):
         try:
-            async with await admitted(f"ws://127.0.0.1:{port}/", additional_headers={"Authorization": f"Bearer {token}"}):
+            async with await admitted(
+                f"ws://127.0.0.1:{port}/", additional_headers={"Authorization": f"Bearer {token}"}
+            ):
                 pass
         except InvalidStatus as refused:
             answers.append(str(refused.response.status_code))
@@ -157,10 +167,17 @@ async def bad_frames(port: int) -> list[str]:
 
 
 def test_abuse_leaves_the_bridge_up_serving_an_honest_subscriber_with_every_limit_counted(store: dict) -> None:
-    feed, bridge = start(store, {"QE_BRIDGE_MAX_CONNECTIONS": "64", "QE_BRIDGE_HANDSHAKE_TIMEOUT_S": "1",
-                                 "QE_BRIDGE_MAX_SUBSCRIPTIONS": "10", "QE_BRIDGE_CONTROL_RATE": "5",
-                                 "QE_BRIDGE_LOG_FLUSH_S": "1"},
-                         feed_extra=["--malformed-rate", "0.02", "--malformed-kinds", "future_time", "--fault-seed", "5"])
+    feed, bridge = start(
+        store,
+        {
+            "QE_BRIDGE_MAX_CONNECTIONS": "64",
+            "QE_BRIDGE_HANDSHAKE_TIMEOUT_S": "1",
+            "QE_BRIDGE_MAX_SUBSCRIPTIONS": "10",
+            "QE_BRIDGE_CONTROL_RATE": "5",
+            "QE_BRIDGE_LOG_FLUSH_S": "1",
+        },
+        feed_extra=["--malformed-rate", "0.02", "--malformed-kinds", "future_time", "--fault-seed", "5"],
+    )
     bars = store["bars"]
 
     async def main() -> dict:
@@ -184,8 +201,17 @@ def test_abuse_leaves_the_bridge_up_serving_an_honest_subscriber_with_every_limi
         after = bridge.rss_kib()
         metrics, health = bridge.metrics(), bridge.health()
         task.cancel()
-        return {"subscriber": subscriber, "ready": ready, "baseline": baseline, "during": during, "after": after,
-                "floods": floods, "answers": answers, "metrics": metrics, "health": health}
+        return {
+            "subscriber": subscriber,
+            "ready": ready,
+            "baseline": baseline,
+            "during": during,
+            "after": after,
+            "floods": floods,
+            "answers": answers,
+            "metrics": metrics,
+            "health": health,
+        }
 
     try:
         run = asyncio.run(main())
@@ -223,9 +249,17 @@ def test_out_of_file_descriptors_the_bridge_keeps_publishing_and_says_why(store:
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
 
-    feed, bridge = start(store, {"QE_BRIDGE_MAX_CONNECTIONS": "1000", "QE_BRIDGE_HANDSHAKE_TIMEOUT_S": "60",
-                                 "QE_BRIDGE_RELOAD_S": "0.2", "QE_BRIDGE_LOG_FLUSH_S": "0.2",
-                                 "QE_BRIDGE_MAX_CONNECTIONS_PER_ADDRESS": "100"}, preexec_fn=low_limit)
+    feed, bridge = start(
+        store,
+        {
+            "QE_BRIDGE_MAX_CONNECTIONS": "1000",
+            "QE_BRIDGE_HANDSHAKE_TIMEOUT_S": "60",
+            "QE_BRIDGE_RELOAD_S": "0.2",
+            "QE_BRIDGE_LOG_FLUSH_S": "0.2",
+            "QE_BRIDGE_MAX_CONNECTIONS_PER_ADDRESS": "100",
+        },
+        preexec_fn=low_limit,
+    )
     bars = store["bars"]
 
     async def main() -> dict:
@@ -238,8 +272,14 @@ def test_out_of_file_descriptors_the_bridge_keeps_publishing_and_says_why(store:
         writers = []
         for i in range(300):  # more than the descriptors left: accept() itself fails with EMFILE
             try:  # until the kernel's backlog is full too: then a connection waits for ever
-                writers.append((await asyncio.wait_for(asyncio.open_connection(
-                    "127.0.0.1", bridge.port, local_addr=(f"127.0.0.{2 + i % 5}", 0)), 1.0))[1])
+                writers.append(
+                    (
+                        await asyncio.wait_for(
+                            asyncio.open_connection("127.0.0.1", bridge.port, local_addr=(f"127.0.0.{2 + i % 5}", 0)),
+                            1.0,
+                        )
+                    )[1]
+                )
             except (OSError, TimeoutError):
                 break
         starved = len(subscriber.signals)
@@ -275,7 +315,9 @@ def test_out_of_file_descriptors_the_bridge_keeps_publishing_and_says_why(store:
     with pytest.MonkeyPatch.context() as patch:  # every prediction made it to the log in the end
         patch.setenv("QE_HOME", str(store["home"]))
         logged = prediction_log(make_model_registry()).read()
-    assert set(zip(logged["ticker"], logged["ts"])) >= {(s["ticker"], pd.Timestamp(s["ts"])) for s in signals}
+    assert set(zip(logged["ticker"], logged["ts"], strict=True)) >= {
+        (s["ticker"], pd.Timestamp(s["ts"])) for s in signals
+    }
 
 
 def test_a_session_whose_closing_ticks_never_come_is_closed_by_the_replay_clock(store: dict) -> None:
@@ -315,10 +357,19 @@ def test_a_session_whose_closing_ticks_never_come_is_closed_by_the_replay_clock(
 @pytest.mark.parametrize("fallback", ["none", "local"])
 def test_an_endpoint_that_hangs_fails_and_recovers_never_stops_processing(store: dict, fallback: str) -> None:
     with FakeEndpoint() as endpoint:
-        feed, bridge = start(store, {
-            "QE_BRIDGE_MODEL": "sagemaker", "QE_SAGEMAKER_ENDPOINT": "direction", "QE_AWS_ENDPOINT_URL": endpoint.url,
-            "QE_BRIDGE_ENDPOINT_TIMEOUT_S": "0.3", "QE_BRIDGE_ENDPOINT_RETRIES": "1", "QE_BRIDGE_BREAKER_FAILURES": "2",
-            "QE_BRIDGE_BREAKER_RESET_S": "1", "QE_BRIDGE_FALLBACK": fallback})
+        feed, bridge = start(
+            store,
+            {
+                "QE_BRIDGE_MODEL": "sagemaker",
+                "QE_SAGEMAKER_ENDPOINT": "direction",
+                "QE_AWS_ENDPOINT_URL": endpoint.url,
+                "QE_BRIDGE_ENDPOINT_TIMEOUT_S": "0.3",
+                "QE_BRIDGE_ENDPOINT_RETRIES": "1",
+                "QE_BRIDGE_BREAKER_FAILURES": "2",
+                "QE_BRIDGE_BREAKER_RESET_S": "1",
+                "QE_BRIDGE_FALLBACK": fallback,
+            },
+        )
         bars = store["bars"]
 
         async def main() -> dict:
@@ -334,8 +385,10 @@ def test_an_endpoint_that_hangs_fails_and_recovers_never_stops_processing(store:
                             await asyncio.sleep(0.1)
                 phases[mode] = bridge.metrics()
             async with asyncio.timeout(60):  # and recovers: the circuit closes, the endpoint answers again
-                while not (subscriber.signals[-1]["detail"] is None and subscriber.signals[-1]["model_version"]
-                           == "endpoint:direction"):
+                while not (
+                    subscriber.signals[-1]["detail"] is None
+                    and subscriber.signals[-1]["model_version"] == "endpoint:direction"
+                ):
                     await asyncio.sleep(0.05)
             final = bridge.metrics()
             last = pd.Timestamp(subscriber.signals[-1]["ts"])
@@ -353,11 +406,12 @@ def test_an_endpoint_that_hangs_fails_and_recovers_never_stops_processing(store:
     marked = "endpoint_unavailable" if fallback == "none" else "local_fallback"
     details = [s["detail"] for s in signals]
     first, last = details.index(marked), len(details) - 1 - details[::-1].index(marked)
-    assert set(details[:first]) == {None} and set(details[last + 1:]) == {None}  # answered, then marked, then again
+    assert set(details[:first]) == {None} and set(details[last + 1 :]) == {None}  # answered, then marked, then again
     unavailable = [s for s in signals if s["detail"] == marked]
     if fallback == "none":
         assert {(s["status"], s["prob"], s["model_version"]) for s in unavailable} == {
-            ("degraded", None, "endpoint:direction")}
+            ("degraded", None, "endpoint:direction")
+        }
     else:
         assert {(s["status"], s["model_version"]) for s in unavailable} == {("ok", store["version"])}
     answered = [s for s in signals if s["detail"] is None]

@@ -22,17 +22,32 @@ from quant_engine.bridge.state import PreparedBatch
 
 def batch_of(n: int) -> PreparedBatch:
     rng = np.random.default_rng(n)
-    rows = [(Bar(f"SYN{i:02d}", pd.Timestamp("2024-03-04 21:00", tz="UTC"), 1.0, 1.0, 1.0, 1.0, 1.0, "feed"),
-             dict(zip(FEATURES, rng.normal(size=len(FEATURES)).tolist(), strict=True))) for i in range(n)]
+    rows = [
+        (
+            Bar(f"SYN{i:02d}", pd.Timestamp("2024-03-04 21:00", tz="UTC"), 1.0, 1.0, 1.0, 1.0, 1.0, "feed"),
+            dict(zip(FEATURES, rng.normal(size=len(FEATURES)).tolist(), strict=True)),
+        )
+        for i in range(n)
+    ]
     return PreparedBatch(rows, frozenset(), tuple(FEATURES), np.ones(n, dtype=bool))
 
 
-def predictor_for(fake: FakeEndpoint, now: list[float], fallback: LocalChampionModel | None = None) -> EndpointPredictor:
-    client = boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=fake.url,
-                          config=endpoint_client_config(0.5, 2))
-    return EndpointPredictor(SageMakerEndpointModel(client, "direction", FEATURES),
-                             CircuitBreaker(failures=2, reset_s=10, clock=lambda: now[0]), fallback=fallback,
-                             workers=2, timeout_s=0.5, retries=1, backoff_s=0.01, seed=0)
+def predictor_for(
+    fake: FakeEndpoint, now: list[float], fallback: LocalChampionModel | None = None
+) -> EndpointPredictor:
+    client = boto3.client(
+        "sagemaker-runtime", region_name="us-east-1", endpoint_url=fake.url, config=endpoint_client_config(0.5, 2)
+    )
+    return EndpointPredictor(
+        SageMakerEndpointModel(client, "direction", FEATURES),
+        CircuitBreaker(failures=2, reset_s=10, clock=lambda: now[0]),
+        fallback=fallback,
+        workers=2,
+        timeout_s=0.5,
+        retries=1,
+        backoff_s=0.01,
+        seed=0,
+    )
 
 
 async def predict_while_the_loop_runs(predictor: EndpointPredictor, batch: PreparedBatch):  # noqa: ANN201

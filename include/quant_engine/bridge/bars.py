@@ -136,8 +136,15 @@ class Bar:
 
     def as_record(self) -> dict[str, object]:
         """The bar as the mapping :meth:`StreamingFeatureState.update` takes."""
-        return {"ticker": self.ticker, "ts": self.ts, "open": self.open, "high": self.high, "low": self.low,
-                "close": self.close, "volume": self.volume}
+        return {
+            "ticker": self.ticker,
+            "ts": self.ts,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +190,13 @@ class BarClock:
         if found is None:
             return None
         close_ns, start_ns, session = found
-        self._last = Slot(close_ns // _NS_PER_MS, start_ns // _NS_PER_MS, session,
-                          bool(start_ns == self.calendar.open_ns[session]),
-                          bool(close_ns == self.calendar.close_ns[session]))
+        self._last = Slot(
+            close_ns // _NS_PER_MS,
+            start_ns // _NS_PER_MS,
+            session,
+            bool(start_ns == self.calendar.open_ns[session]),
+            bool(close_ns == self.calendar.close_ns[session]),
+        )
         return self._last
 
     def last_close_before(self, t_ms: int) -> int | None:
@@ -266,8 +277,9 @@ class BarAggregator:
     [('2024-01-02 21:00:00+00:00', 101.5, 'feed')]
     """
 
-    def __init__(self, history: BarSource | None = None, *, clock: BarClock | None = None,
-                 close_grace_ms: int = 3_600_000) -> None:
+    def __init__(
+        self, history: BarSource | None = None, *, clock: BarClock | None = None, close_grace_ms: int = 3_600_000
+    ) -> None:
         if isinstance(close_grace_ms, bool) or not isinstance(close_grace_ms, int) or close_grace_ms < 0:
             raise ValueError(f"close_grace_ms={close_grace_ms!r} must be an integer >= 0")
         self.history = history
@@ -282,8 +294,19 @@ class BarAggregator:
         #: Per ticker, the closes (ms) of bars it missed that the history did not have.
         self.unfilled: dict[str, set[int]] = {}
         self.counters: dict[str, int] = dict.fromkeys(
-            ("ticks", "late_ticks", "ticks_outside_session", "bars_closed", "bars_feed", "bars_stored",
-             "bars_partial", "bars_backfill", "bars_unfilled"), 0)
+            (
+                "ticks",
+                "late_ticks",
+                "ticks_outside_session",
+                "bars_closed",
+                "bars_feed",
+                "bars_stored",
+                "bars_partial",
+                "bars_backfill",
+                "bars_unfilled",
+            ),
+            0,
+        )
 
     def seed(self, ticker: str, last_bar: pd.Timestamp | None) -> None:
         """Say which bar ``ticker``'s state already holds (its warm-up's last), so gaps after it get filled."""
@@ -337,8 +360,12 @@ class BarAggregator:
         Its own price is a post-market trade, not the session's, so the bar keeps the regular ticks' values.
         """
         current = self._open.get(tick.ticker)
-        if tick.market_hours == MarketHours.POST_MARKET and current is not None and current.slot.closes_session \
-                and self.clock.last_close_before(tick.time_ms) == current.slot.close_ms:
+        if (
+            tick.market_hours == MarketHours.POST_MARKET
+            and current is not None
+            and current.slot.closes_session
+            and self.clock.last_close_before(tick.time_ms) == current.slot.close_ms
+        ):
             return self._close(tick.ticker, complete=True)
         self.counters["ticks_outside_session"] += 1
         return []
@@ -347,8 +374,9 @@ class BarAggregator:
         current = self._open.get(tick.ticker)
         if current is None:
             if self.daily or slot.opens_session:  # a session's running values are its first bar's too
-                current = _OpenBar(slot, tick.open_price, tick.day_high, tick.day_low, tick.price, tick.day_volume,
-                                   0, tick)
+                current = _OpenBar(
+                    slot, tick.open_price, tick.day_high, tick.day_low, tick.price, tick.day_volume, 0, tick
+                )
             else:
                 mark = self._volume_mark.get(tick.ticker)
                 base = mark[1] if mark is not None and mark[0] == slot.start_ms else None
@@ -422,8 +450,16 @@ class BarAggregator:
 
     def _feed_bar(self, ticker: str, bar: _OpenBar, origin: str) -> Bar:
         volume = bar.day_volume - (bar.volume_base or 0) if not self.daily else bar.day_volume
-        return Bar(ticker, BarClock.ts(bar.slot.close_ms), float(bar.open), float(bar.high), float(bar.low),
-                   float(bar.close), float(max(volume, 0)), origin)
+        return Bar(
+            ticker,
+            BarClock.ts(bar.slot.close_ms),
+            float(bar.open),
+            float(bar.high),
+            float(bar.low),
+            float(bar.close),
+            float(max(volume, 0)),
+            origin,
+        )
 
     def forget_unfilled(self, ticker: str) -> set[int]:
         """Clear and return ``ticker``'s unfilled bars (its state was rebuilt from a store that has them)."""

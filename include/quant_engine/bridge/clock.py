@@ -99,8 +99,9 @@ class ReplayReading:
             return None
         if replay.tzinfo is None or not (math.isfinite(speed) and speed > 0 and math.isfinite(position)):
             return None
-        return cls(int(replay.timestamp() * 1000), position, speed, payload.get("status") == "finished",
-                   asked_at, answered_at)
+        return cls(
+            int(replay.timestamp() * 1000), position, speed, payload.get("status") == "finished", asked_at, answered_at
+        )
 
 
 class NotAReplay(Exception):
@@ -146,8 +147,16 @@ class ReferenceClock:
         Unix seconds (tests pass their own).
     """
 
-    def __init__(self, mode: str, calendar: MarketCalendar, *, max_skew_s: float = DEFAULT_MAX_SKEW_S,
-                 health_url: str | None = None, poll_s: float = 1.0, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        mode: str,
+        calendar: MarketCalendar,
+        *,
+        max_skew_s: float = DEFAULT_MAX_SKEW_S,
+        health_url: str | None = None,
+        poll_s: float = 1.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         if mode not in CLOCK_MODES:
             raise ValueError(f"mode={mode!r} must be one of {', '.join(CLOCK_MODES)}")
         for name, value in (("max_skew_s", max_skew_s), ("poll_s", poll_s)):
@@ -170,8 +179,11 @@ class ReferenceClock:
         """For ``/health``: which clock rules, and the replay's last reading."""
         out: dict[str, Any] = {"mode": self.mode, "clock": self.kind or "undecided", "max_skew_s": self.max_skew_s}
         if self.reading is not None:
-            out.update(replay_time_ms=self.reading.replay_ms, replay_speed=self.reading.speed,
-                       polled_seconds_ago=round(self._wall() - self.reading.answered_at, 3))
+            out.update(
+                replay_time_ms=self.reading.replay_ms,
+                replay_speed=self.reading.speed,
+                polled_seconds_ago=round(self._wall() - self.reading.answered_at, 3),
+            )
         return out
 
     # --- the two readings ----------------------------------------------------------------------
@@ -208,8 +220,12 @@ class ReferenceClock:
 
     def observe(self, tick_time_ms: int) -> None:
         """In ``auto``, a feed whose ticks are within the skew of the wall clock is live: the wall clock rules."""
-        if self.mode == "auto" and self.kind is None and tick_time_ms >= 0 \
-                and abs(tick_time_ms / 1000.0 - self._wall()) <= self.max_skew_s:
+        if (
+            self.mode == "auto"
+            and self.kind is None
+            and tick_time_ms >= 0
+            and abs(tick_time_ms / 1000.0 - self._wall()) <= self.max_skew_s
+        ):
             self.kind = "wall"
             log.info("reference clock: the wall clock (the feed's ticks are live)")
 
@@ -240,8 +256,9 @@ class ReferenceClock:
             except OSError as exc:
                 self.poll_failures += 1
                 if not unreachable_logged:
-                    log.info("reference clock: %s unreachable (%s); asking every %g s", self.health_url, exc,
-                             self.poll_s)
+                    log.info(
+                        "reference clock: %s unreachable (%s); asking every %g s", self.health_url, exc, self.poll_s
+                    )
                     unreachable_logged = True
                 await asyncio.sleep(self.poll_s)
                 continue
@@ -251,8 +268,10 @@ class ReferenceClock:
             if reading is not None:
                 self.take(reading)
             elif self.mode == "auto":
-                log.info("reference clock: %s is not a replay feed's; the wall clock rules once the feed's "
-                         "ticks are live", self.health_url)
+                log.info(
+                    "reference clock: %s is not a replay feed's; the wall clock rules once the feed's ticks are live",
+                    self.health_url,
+                )
                 return
             elif self.polls == 1:
                 log.warning("QE_BRIDGE_CLOCK=replay, but %s does not answer as a replay feed", self.health_url)

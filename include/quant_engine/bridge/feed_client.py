@@ -45,8 +45,7 @@ log = logging.getLogger(__name__)
 
 YAHOO_STREAMER_URL = "wss://streamer.finance.yahoo.com/?version=2"
 #: Every reason a frame is dropped for, the keys of ``FeedStats.dropped``.
-DROP_REASONS: tuple[str, ...] = (*FRAME_ERROR_REASONS, "unknown_ticker", "future_time", "time_backwards",
-                                  "duplicate")
+DROP_REASONS: tuple[str, ...] = (*FRAME_ERROR_REASONS, "unknown_ticker", "future_time", "time_backwards", "duplicate")
 
 
 class Backoff:
@@ -77,8 +76,9 @@ class Backoff:
     [1.0, 2.0, 4.0, 4.0]
     """
 
-    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0, seed: int | None = None
+    ) -> None:
         if not (isinstance(initial_s, (int, float)) and initial_s > 0):
             raise ValueError(f"initial_s={initial_s!r} must be a number of seconds > 0")
         if not (isinstance(max_s, (int, float)) and max_s >= initial_s):
@@ -204,8 +204,11 @@ class FeedClient:
         names = tuple(dict.fromkeys(tickers))
         if not names or not all(isinstance(t, str) and t for t in names):
             raise ValueError(f"tickers={tickers!r} must be a non-empty sequence of non-empty strings")
-        for name, value in (("stale_after_s", stale_after_s), ("stable_after_s", stable_after_s),
-                            ("open_timeout", open_timeout)):
+        for name, value in (
+            ("stale_after_s", stale_after_s),
+            ("stable_after_s", stable_after_s),
+            ("open_timeout", open_timeout),
+        ):
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name}={value!r} must be a number of seconds > 0")
         if heartbeat_s is not None and not (isinstance(heartbeat_s, (int, float)) and heartbeat_s > 0):
@@ -308,8 +311,15 @@ class FeedClient:
 
     async def _connect(self) -> ClientConnection | None:
         try:
-            ws = await connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size,
-                               max_queue=self.max_queue, ping_interval=20, ping_timeout=20, close_timeout=1)
+            ws = await connect(
+                self.url,
+                open_timeout=self.open_timeout,
+                max_size=self.max_size,
+                max_queue=self.max_queue,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=1,
+            )
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
             self.stats.failed_connects += 1
             self.stats.last_error = f"connect: {type(exc).__name__}: {exc}"

@@ -126,8 +126,9 @@ def prometheus_text(metrics: Sequence[Metric]) -> str:
         lines += [f"# HELP {metric.name} {help_text}", f"# TYPE {metric.name} {metric.kind}"]
         for labels, value in metric.samples:
             label_text = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in labels.items())
-            lines.append(f"{metric.name}{{{label_text}}} {_number(value)}" if label_text
-                         else f"{metric.name} {_number(value)}")
+            lines.append(
+                f"{metric.name}{{{label_text}}} {_number(value)}" if label_text else f"{metric.name} {_number(value)}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -255,20 +256,38 @@ class SignalPublisher:
         Seconds a closing handshake may take; a client that stopped reading cannot hold up shutdown longer.
     """
 
-    def __init__(self, tokens: Collection[str], *, host: str = "127.0.0.1", port: int = 8766,
-                 max_size: int = 2**16, client_queue: int = 1024, served: Collection[str] | None = None,
-                 max_connections: int = 256, max_connections_per_address: int = 32,
-                 handshake_timeout_s: float = 5.0, max_subscriptions: int = 1000, max_depth: int = 4,
-                 control_rate: float = 20.0, ssl: ssl_module.SSLContext | None = None, close_timeout: float = 2.0,
-                 health: Callable[[], dict[str, Any]] | None = None,
-                 metrics: Callable[[], list[Metric]] | None = None) -> None:
-        for name, value, least in (("client_queue", client_queue, 1), ("max_size", max_size, 64),
-                                   ("max_connections", max_connections, 1),
-                                   ("max_connections_per_address", max_connections_per_address, 1),
-                                   ("max_subscriptions", max_subscriptions, 1), ("max_depth", max_depth, 2)):
+    def __init__(
+        self,
+        tokens: Collection[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8766,
+        max_size: int = 2**16,
+        client_queue: int = 1024,
+        served: Collection[str] | None = None,
+        max_connections: int = 256,
+        max_connections_per_address: int = 32,
+        handshake_timeout_s: float = 5.0,
+        max_subscriptions: int = 1000,
+        max_depth: int = 4,
+        control_rate: float = 20.0,
+        ssl: ssl_module.SSLContext | None = None,
+        close_timeout: float = 2.0,
+        health: Callable[[], dict[str, Any]] | None = None,
+        metrics: Callable[[], list[Metric]] | None = None,
+    ) -> None:
+        for name, value, least in (
+            ("client_queue", client_queue, 1),
+            ("max_size", max_size, 64),
+            ("max_connections", max_connections, 1),
+            ("max_connections_per_address", max_connections_per_address, 1),
+            ("max_subscriptions", max_subscriptions, 1),
+            ("max_depth", max_depth, 2),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}={value!r} must be an integer >= {least}"
-                                 + (" bytes" if name == "max_size" else ""))
+                raise ValueError(
+                    f"{name}={value!r} must be an integer >= {least}" + (" bytes" if name == "max_size" else "")
+                )
         for name, value in (("handshake_timeout_s", handshake_timeout_s), ("control_rate", control_rate)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}={value!r} must be a number > 0")
@@ -290,8 +309,19 @@ class SignalPublisher:
         self._refusal = _refusal_bytes(math.ceil(self.handshake_timeout_s))
         self.latest: dict[str, dict[str, Any]] = {}
         self.counters: dict[str, int] = dict.fromkeys(
-            ("signals_published", "messages_sent", "messages_dropped", "auth_failures", "bad_messages",
-             "clients_connected", "handshake_timeouts", "first_message_timeouts", "control_messages_delayed"), 0)
+            (
+                "signals_published",
+                "messages_sent",
+                "messages_dropped",
+                "auth_failures",
+                "bad_messages",
+                "clients_connected",
+                "handshake_timeouts",
+                "first_message_timeouts",
+                "control_messages_delayed",
+            ),
+            0,
+        )
         self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.bad_messages: dict[str, int] = dict.fromkeys(BAD_MESSAGE_REASONS, 0)
         self.subscriptions_refused: dict[str, int] = dict.fromkeys(SUBSCRIPTION_REFUSALS, 0)
@@ -315,10 +345,19 @@ class SignalPublisher:
     async def start(self) -> None:
         """Start listening."""
         self._server = await serve(
-            self._serve_client, self.host, self._port, process_request=self._process_request,
-            create_connection=self._connection, max_size=self.max_size, max_queue=4,
-            open_timeout=self.handshake_timeout_s, close_timeout=self.close_timeout, compression=None,
-            ssl=self.ssl, logger=_websockets_log)
+            self._serve_client,
+            self.host,
+            self._port,
+            process_request=self._process_request,
+            create_connection=self._connection,
+            max_size=self.max_size,
+            max_queue=4,
+            open_timeout=self.handshake_timeout_s,
+            close_timeout=self.close_timeout,
+            compression=None,
+            ssl=self.ssl,
+            logger=_websockets_log,
+        )
 
     async def stop(self) -> None:
         """Close every client (code 1001, going away) and stop listening."""
@@ -373,40 +412,78 @@ class SignalPublisher:
         c = self.counters
         return [
             Metric.single("qe_bridge_publisher_clients", "gauge", "Connected subscribers.", len(self._clients)),
-            Metric.single("qe_bridge_publisher_connections", "gauge",
-                          "Open TCP connections counted against the limits (subscribers, HTTP, handshakes).",
-                          self.open_connections),
-            Metric.single("qe_bridge_publisher_max_connections", "gauge",
-                          "Connections allowed at once (after clamping to the file-descriptor limit).",
-                          self.max_connections),
-            Metric("qe_bridge_connections_refused_total", "counter",
-                   "Connections answered 503 before their handshake, by the limit they hit.",
-                   [({"reason": r}, n) for r, n in self.refused.items()]),
-            Metric.single("qe_bridge_handshake_timeouts_total", "counter",
-                          "Connections dropped for not completing a request within the handshake timeout.",
-                          c["handshake_timeouts"]),
-            Metric.single("qe_bridge_first_message_timeouts_total", "counter",
-                          "Subscribers closed for not sending a message within the handshake timeout.",
-                          c["first_message_timeouts"]),
-            Metric.single("qe_bridge_subscriptions", "gauge", "Tickers followed, summed over subscribers.",
-                          self.subscriptions),
-            Metric("qe_bridge_subscriptions_refused_total", "counter",
-                   "Subscriptions refused: tickers not served, or beyond a subscriber's limit.",
-                   [({"reason": r}, n) for r, n in self.subscriptions_refused.items()]),
-            Metric.single("qe_bridge_control_messages_delayed_total", "counter",
-                          "Subscriber messages held back by the per-connection rate limit.",
-                          c["control_messages_delayed"]),
-            Metric.single("qe_bridge_signals_published_total", "counter", "Signals handed to the publisher.",
-                          c["signals_published"]),
-            Metric.single("qe_bridge_messages_sent_total", "counter", "Signal messages sent to subscribers.",
-                          c["messages_sent"]),
-            Metric.single("qe_bridge_messages_dropped_total", "counter",
-                          "Signal messages dropped from a slow subscriber's full queue.", c["messages_dropped"]),
-            Metric.single("qe_bridge_auth_failures_total", "counter", "Connections refused for a missing or bad token.",
-                          c["auth_failures"]),
-            Metric("qe_bridge_bad_client_messages_total", "counter",
-                   "Subscriber messages that were not a valid subscribe/unsubscribe, by reason.",
-                   [({"reason": r}, n) for r, n in self.bad_messages.items()]),
+            Metric.single(
+                "qe_bridge_publisher_connections",
+                "gauge",
+                "Open TCP connections counted against the limits (subscribers, HTTP, handshakes).",
+                self.open_connections,
+            ),
+            Metric.single(
+                "qe_bridge_publisher_max_connections",
+                "gauge",
+                "Connections allowed at once (after clamping to the file-descriptor limit).",
+                self.max_connections,
+            ),
+            Metric(
+                "qe_bridge_connections_refused_total",
+                "counter",
+                "Connections answered 503 before their handshake, by the limit they hit.",
+                [({"reason": r}, n) for r, n in self.refused.items()],
+            ),
+            Metric.single(
+                "qe_bridge_handshake_timeouts_total",
+                "counter",
+                "Connections dropped for not completing a request within the handshake timeout.",
+                c["handshake_timeouts"],
+            ),
+            Metric.single(
+                "qe_bridge_first_message_timeouts_total",
+                "counter",
+                "Subscribers closed for not sending a message within the handshake timeout.",
+                c["first_message_timeouts"],
+            ),
+            Metric.single(
+                "qe_bridge_subscriptions", "gauge", "Tickers followed, summed over subscribers.", self.subscriptions
+            ),
+            Metric(
+                "qe_bridge_subscriptions_refused_total",
+                "counter",
+                "Subscriptions refused: tickers not served, or beyond a subscriber's limit.",
+                [({"reason": r}, n) for r, n in self.subscriptions_refused.items()],
+            ),
+            Metric.single(
+                "qe_bridge_control_messages_delayed_total",
+                "counter",
+                "Subscriber messages held back by the per-connection rate limit.",
+                c["control_messages_delayed"],
+            ),
+            Metric.single(
+                "qe_bridge_signals_published_total",
+                "counter",
+                "Signals handed to the publisher.",
+                c["signals_published"],
+            ),
+            Metric.single(
+                "qe_bridge_messages_sent_total", "counter", "Signal messages sent to subscribers.", c["messages_sent"]
+            ),
+            Metric.single(
+                "qe_bridge_messages_dropped_total",
+                "counter",
+                "Signal messages dropped from a slow subscriber's full queue.",
+                c["messages_dropped"],
+            ),
+            Metric.single(
+                "qe_bridge_auth_failures_total",
+                "counter",
+                "Connections refused for a missing or bad token.",
+                c["auth_failures"],
+            ),
+            Metric(
+                "qe_bridge_bad_client_messages_total",
+                "counter",
+                "Subscriber messages that were not a valid subscribe/unsubscribe, by reason.",
+                [({"reason": r}, n) for r, n in self.bad_messages.items()],
+            ),
         ]
 
     # --- HTTP ---------------------------------------------------------------------------------
@@ -463,8 +540,9 @@ class SignalPublisher:
                     message = await connection.recv()
             except TimeoutError:
                 self.counters["first_message_timeouts"] += 1
-                await connection.close(CloseCode.POLICY_VIOLATION,
-                                       f"no subscription within {self.handshake_timeout_s:g} s")
+                await connection.close(
+                    CloseCode.POLICY_VIOLATION, f"no subscription within {self.handshake_timeout_s:g} s"
+                )
                 return
             while True:
                 await connection.send(json.dumps(self._control(client, message), separators=(",", ":")))
@@ -504,8 +582,13 @@ class SignalPublisher:
         for reason in refused.values():
             self.subscriptions_refused[reason] += 1
         shown = {name[:_NAME_SHOWN]: reason for name, reason in list(refused.items())[:_REFUSED_SHOWN]}
-        return {"subscribed": added, "unsubscribed": removed, "refused": shown, "refused_count": len(refused),
-                "total": len(client.tickers)}
+        return {
+            "subscribed": added,
+            "unsubscribed": removed,
+            "refused": shown,
+            "refused_count": len(refused),
+            "total": len(client.tickers),
+        }
 
     def _parse(self, message: str | bytes) -> dict[str, list[str]]:
         try:
@@ -517,7 +600,7 @@ class SignalPublisher:
         if _nesting(request, self.max_depth) > self.max_depth:
             raise _BadMessage("too_deep", f"nested deeper than {self.max_depth}")
         if not isinstance(request, dict) or not request or set(request) - {"subscribe", "unsubscribe"}:
-            raise _BadMessage("bad_shape", "expected {\"subscribe\": [...]} or {\"unsubscribe\": [...]}")
+            raise _BadMessage("bad_shape", 'expected {"subscribe": [...]} or {"unsubscribe": [...]}')
         for key, tickers in request.items():
             if not isinstance(tickers, list) or not all(isinstance(t, str) and t for t in tickers):
                 raise _BadMessage("bad_shape", f"{key!r} must be a list of ticker strings")
@@ -550,6 +633,12 @@ def _json_response(connection: ServerConnection, payload: Any) -> Response:
 def _refusal_bytes(retry_after_s: int) -> bytes:
     """The HTTP 503 a connection over a limit gets before anything is read from it."""
     body = b"too many connections; retry later\n"
-    headers = Headers([("Retry-After", str(max(1, retry_after_s))), ("Content-Type", "text/plain; charset=utf-8"),
-                       ("Content-Length", str(len(body))), ("Connection", "close")])
+    headers = Headers(
+        [
+            ("Retry-After", str(max(1, retry_after_s))),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+    )
     return Response(503, "Service Unavailable", headers, body).serialize()

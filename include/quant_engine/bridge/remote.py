@@ -44,8 +44,12 @@ def endpoint_client_config(timeout_s: float, workers: int) -> Any:
     """A botocore ``Config`` that gives up within ``timeout_s`` and leaves retrying to :class:`EndpointPredictor`."""
     from botocore.config import Config
 
-    return Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 1},
-                  max_pool_connections=workers)
+    return Config(
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"total_max_attempts": 1},
+        max_pool_connections=workers,
+    )
 
 
 class CircuitBreaker:
@@ -68,7 +72,9 @@ class CircuitBreaker:
     'closed'
     """
 
-    def __init__(self, failures: int = 5, reset_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, failures: int = 5, reset_s: float = 30.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
             raise ValueError(f"failures={failures!r} must be an integer >= 1")
         if not (isinstance(reset_s, (int, float)) and math.isfinite(reset_s) and reset_s > 0):
@@ -129,9 +135,18 @@ class EndpointPredictor:
         Seed of the jitter.
     """
 
-    def __init__(self, endpoint: SageMakerEndpointModel, breaker: CircuitBreaker, *,
-                 fallback: LocalChampionModel | None = None, workers: int = 4, timeout_s: float = 2.0,
-                 retries: int = 2, backoff_s: float = 0.05, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: SageMakerEndpointModel,
+        breaker: CircuitBreaker,
+        *,
+        fallback: LocalChampionModel | None = None,
+        workers: int = 4,
+        timeout_s: float = 2.0,
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        seed: int | None = None,
+    ) -> None:
         for name, value in (("workers", workers), ("retries", retries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "workers" else 0):
                 raise ValueError(f"{name}={value!r} must be an integer >= {1 if name == 'workers' else 0}")

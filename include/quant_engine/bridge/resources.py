@@ -50,15 +50,21 @@ def fit_file_limit(max_connections: int) -> int:
             except (ValueError, OSError) as exc:
                 log.warning("could not raise the file-descriptor limit from %d to %d: %s", soft, target, exc)
             else:
-                log.info("file-descriptor limit raised from %d to %d for %d connections", soft, target,
-                         max_connections)
+                log.info("file-descriptor limit raised from %d to %d for %d connections", soft, target, max_connections)
                 soft = target
     if soft == unlimited or soft >= needed:
         return max_connections
     fitted = max(1, soft - FD_RESERVE)
-    log.warning("QE_BRIDGE_MAX_CONNECTIONS=%d does not fit the file-descriptor limit (%d, hard %s) with %d kept for "
-                "files, the feed and threads: at most %d connections are served; raise the limit (ulimit -n) to "
-                "serve more", max_connections, soft, "unlimited" if hard == unlimited else hard, FD_RESERVE, fitted)
+    log.warning(
+        "QE_BRIDGE_MAX_CONNECTIONS=%d does not fit the file-descriptor limit (%d, hard %s) with %d kept for "
+        "files, the feed and threads: at most %d connections are served; raise the limit (ulimit -n) to "
+        "serve more",
+        max_connections,
+        soft,
+        "unlimited" if hard == unlimited else hard,
+        FD_RESERVE,
+        fitted,
+    )
     return fitted
 
 
@@ -104,9 +110,14 @@ class LoopErrors:
             return
         more = self._since_logged.pop(kind, 0)
         exc = context.get("exception")
-        log.error("event loop error %s: %s%s", kind, context.get("message", "unhandled"),
-                  f" ({more} more since the last line)" if more else "",
-                  exc_info=exc if first and exc is not None else None, extra={"error_kind": kind})
+        log.error(
+            "event loop error %s: %s%s",
+            kind,
+            context.get("message", "unhandled"),
+            f" ({more} more since the last line)" if more else "",
+            exc_info=exc if first and exc is not None else None,
+            extra={"error_kind": kind},
+        )
         self._logged_at[kind] = now
 
     def recent(self, within_s: float) -> dict[str, int]:

@@ -98,8 +98,10 @@ def build_model(settings: BridgeSettings, engine: Settings) -> SignalModel:
         return LocalChampionModel(registry, check_every_s=settings.reload_s)
     champion = LocalChampionModel(registry)  # what the endpoint was deployed from: its columns and vol range
     if champion.version is None:
-        raise ValueError(f"QE_BRIDGE_MODEL=sagemaker takes the endpoint's input columns from model "
-                         f"{registry.name!r}'s champion, and it has none yet; promote one first")
+        raise ValueError(
+            f"QE_BRIDGE_MODEL=sagemaker takes the endpoint's input columns from model "
+            f"{registry.name!r}'s champion, and it has none yet; promote one first"
+        )
     client = make_aws_clients(engine).client(
         "sagemaker-runtime", config=endpoint_client_config(settings.endpoint_timeout_s, settings.endpoint_workers)
     )
@@ -111,9 +113,14 @@ def build_predictor(settings: BridgeSettings, endpoint: SageMakerEndpointModel, 
     fallback = None
     if settings.fallback == "local":
         fallback = LocalChampionModel(make_model_registry(engine, settings.model_name), check_every_s=settings.reload_s)
-    return EndpointPredictor(endpoint, CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
-                             fallback=fallback, workers=settings.endpoint_workers, timeout_s=settings.endpoint_timeout_s,
-                             retries=settings.endpoint_retries)
+    return EndpointPredictor(
+        endpoint,
+        CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+        fallback=fallback,
+        workers=settings.endpoint_workers,
+        timeout_s=settings.endpoint_timeout_s,
+        retries=settings.endpoint_retries,
+    )
 
 
 class BridgeService:
@@ -132,31 +139,61 @@ class BridgeService:
         Extra :class:`FeedClient` arguments (backoff, seed, heartbeat) for tests and drills.
     """
 
-    def __init__(self, settings: BridgeSettings, handler: StateHandler, tickers: tuple[str, ...], *,
-                 predictor: EndpointPredictor | None = None, feed_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        handler: StateHandler,
+        tickers: tuple[str, ...],
+        *,
+        predictor: EndpointPredictor | None = None,
+        feed_options: dict[str, Any] | None = None,
+    ) -> None:
         if not tickers:
-            raise ValueError("the bridge needs at least one ticker "
-                             "(QE_BRIDGE_TICKERS, or stored bars to take them from)")
+            raise ValueError(
+                "the bridge needs at least one ticker (QE_BRIDGE_TICKERS, or stored bars to take them from)"
+            )
         self.settings = settings
         self.handler = handler
         self.tickers = tuple(tickers)
         self.predictor = predictor
         clock = handler.bars.clock
         self.buffer = TickBuffer(settings.buffer_size, settings.check_market_time(clock.market_time), clock=clock)
-        self.reference = ReferenceClock(settings.clock, clock.calendar, max_skew_s=settings.max_skew_s,
-                                        health_url=health_url(settings.feed_url), poll_s=settings.clock_poll_s)
-        self.feed = FeedClient(settings.feed_url, self.tickers, stale_after_s=settings.stale_after_s,
-                               **{"latest_time_ms": self.reference.latest_ms, **(feed_options or {})})
+        self.reference = ReferenceClock(
+            settings.clock,
+            clock.calendar,
+            max_skew_s=settings.max_skew_s,
+            health_url=health_url(settings.feed_url),
+            poll_s=settings.clock_poll_s,
+        )
+        self.feed = FeedClient(
+            settings.feed_url,
+            self.tickers,
+            stale_after_s=settings.stale_after_s,
+            **{"latest_time_ms": self.reference.latest_ms, **(feed_options or {})},
+        )
         self.publisher = SignalPublisher(
-            settings.tokens, host=settings.host, port=settings.port, max_size=settings.max_size,
-            client_queue=settings.client_queue, served=self.tickers, max_connections=settings.max_connections,
+            settings.tokens,
+            host=settings.host,
+            port=settings.port,
+            max_size=settings.max_size,
+            client_queue=settings.client_queue,
+            served=self.tickers,
+            max_connections=settings.max_connections,
             max_connections_per_address=settings.max_connections_per_address,
-            handshake_timeout_s=settings.handshake_timeout_s, max_subscriptions=settings.max_subscriptions,
-            max_depth=settings.max_depth, control_rate=settings.control_rate, ssl=settings.ssl_context(),
-            health=self.health, metrics=self.metrics)
+            handshake_timeout_s=settings.handshake_timeout_s,
+            max_subscriptions=settings.max_subscriptions,
+            max_depth=settings.max_depth,
+            control_rate=settings.control_rate,
+            ssl=settings.ssl_context(),
+            health=self.health,
+            metrics=self.metrics,
+        )
         #: The champion a background thread reloads: the model itself, or the endpoint's fallback.
-        self.champion = handler.model if isinstance(handler.model, LocalChampionModel) else (
-            predictor.fallback if predictor is not None else None)
+        self.champion = (
+            handler.model
+            if isinstance(handler.model, LocalChampionModel)
+            else (predictor.fallback if predictor is not None else None)
+        )
         self.loop_errors = LoopErrors()
         self.started_at = time.time()
         self._received: dict[str, float] = {}
@@ -184,15 +221,27 @@ class BridgeService:
         loop.set_exception_handler(self.loop_errors)
         self.publisher.max_connections = fit_file_limit(self.settings.max_connections)
         await self.publisher.start()
-        log.info("bridge listening", extra={
-            "port": self.port, "feed": self.settings.feed_url, "tickers": len(self.tickers),
-            "model_version": self.handler.model.version, "max_connections": self.publisher.max_connections,
-            "tls": self.publisher.ssl is not None, "clock": self.settings.clock})
-        tasks = {asyncio.create_task(self._ingest(), name="bridge-ingest"),
-                 asyncio.create_task(self._process(), name="bridge-process"),
-                 asyncio.create_task(self._housekeeping(), name="bridge-housekeeping")}
-        helpers = {asyncio.create_task(self.reference.run(), name="bridge-reference-clock"),
-                   asyncio.create_task(self._watch_champion(), name="bridge-champion")}
+        log.info(
+            "bridge listening",
+            extra={
+                "port": self.port,
+                "feed": self.settings.feed_url,
+                "tickers": len(self.tickers),
+                "model_version": self.handler.model.version,
+                "max_connections": self.publisher.max_connections,
+                "tls": self.publisher.ssl is not None,
+                "clock": self.settings.clock,
+            },
+        )
+        tasks = {
+            asyncio.create_task(self._ingest(), name="bridge-ingest"),
+            asyncio.create_task(self._process(), name="bridge-process"),
+            asyncio.create_task(self._housekeeping(), name="bridge-housekeeping"),
+        }
+        helpers = {
+            asyncio.create_task(self.reference.run(), name="bridge-reference-clock"),
+            asyncio.create_task(self._watch_champion(), name="bridge-champion"),
+        }
         if started is not None:
             started.set()
         stopped = asyncio.create_task(stop.wait())
@@ -244,8 +293,7 @@ class BridgeService:
         if not bars:
             return []
         batch = self.handler.prepare(bars)
-        prediction = await self.predictor.predict(batch) if self.predictor is not None \
-            else self.handler.predict(batch)
+        prediction = await self.predictor.predict(batch) if self.predictor is not None else self.handler.predict(batch)
         signals = self.handler.finish(batch, prediction, received)
         for s in signals:
             self.publisher.publish(s.to_json())
@@ -285,8 +333,11 @@ class BridgeService:
             bars = self.handler.bars.close_due(until)
             if bars:
                 self.closed_by_clock += len(bars)
-                log.info("closed %d bars whose closing tick never came (the reference clock passed them %g s ago)",
-                         len(bars), self.settings.close_grace_s)
+                log.info(
+                    "closed %d bars whose closing tick never came (the reference clock passed them %g s ago)",
+                    len(bars),
+                    self.settings.close_grace_s,
+                )
                 await self._publish(bars)
 
     def _flush_soon(self) -> None:
@@ -318,8 +369,12 @@ class BridgeService:
             except Exception as exc:  # noqa: BLE001 - an unreadable or broken champion: the old one serves on
                 self.handler.counters["model_load_errors"] += 1
                 if "model" not in self.handler.problems:
-                    log.warning("new champion not loaded (%s: %s); tried again in %g s", type(exc).__name__, exc,
-                                self.settings.reload_s)
+                    log.warning(
+                        "new champion not loaded (%s: %s); tried again in %g s",
+                        type(exc).__name__,
+                        exc,
+                        self.settings.reload_s,
+                    )
                 self.handler.problems["model"] = f"new champion not loaded: {type(exc).__name__}: {exc}"
                 continue
             if self.handler.problems.pop("model", None) is not None:
@@ -342,7 +397,9 @@ class BridgeService:
             out["endpoint"] = self.predictor.problem
         recent = self.loop_errors.recent(PROBLEM_WINDOW_S)
         if recent:
-            out["event_loop"] = "errors in the last minute: " + ", ".join(f"{k} x{n}" for k, n in sorted(recent.items()))
+            out["event_loop"] = "errors in the last minute: " + ", ".join(
+                f"{k} x{n}" for k, n in sorted(recent.items())
+            )
         if self._last_failure is not None and time.monotonic() - self._last_failure[0] <= PROBLEM_WINDOW_S:
             out["processing"] = f"a batch failed: {self._last_failure[1]}"
         return out
@@ -375,38 +432,61 @@ class BridgeService:
             "signals": {k: v for k, v in self.handler.counters.items() if k.startswith("signals_")},
             "model_version": self.handler.model.version,
             "uptime_seconds": round(now - self.started_at, 1),
-            "limits": {"max_connections": publisher.max_connections,
-                       "max_connections_per_address": publisher.max_connections_per_address,
-                       "handshake_timeout_s": publisher.handshake_timeout_s,
-                       "max_subscriptions": publisher.max_subscriptions, "max_size": publisher.max_size,
-                       "max_depth": publisher.max_depth, "control_rate": publisher.control_rate,
-                       "tls": publisher.ssl is not None},
+            "limits": {
+                "max_connections": publisher.max_connections,
+                "max_connections_per_address": publisher.max_connections_per_address,
+                "handshake_timeout_s": publisher.handshake_timeout_s,
+                "max_subscriptions": publisher.max_subscriptions,
+                "max_size": publisher.max_size,
+                "max_depth": publisher.max_depth,
+                "control_rate": publisher.control_rate,
+                "tls": publisher.ssl is not None,
+            },
             "counters": {
-                "feed": {"connects": stats.connects, "reconnects": stats.reconnects, "disconnects": stats.disconnects,
-                         "stale_reconnects": stats.stale_reconnects, "frames": stats.frames, "ticks": stats.ticks,
-                         "dropped": dict(stats.dropped)},
+                "feed": {
+                    "connects": stats.connects,
+                    "reconnects": stats.reconnects,
+                    "disconnects": stats.disconnects,
+                    "stale_reconnects": stats.stale_reconnects,
+                    "frames": stats.frames,
+                    "ticks": stats.ticks,
+                    "dropped": dict(stats.dropped),
+                },
                 "buffer": self.buffer.counters(),
                 "handler": dict(self.handler.counters),
-                "publisher": {**publisher.counters, "clients": publisher.clients,
-                              "connections": publisher.open_connections, "subscriptions": publisher.subscriptions,
-                              "refused": dict(publisher.refused), "bad_messages": dict(publisher.bad_messages),
-                              "subscriptions_refused": dict(publisher.subscriptions_refused)},
-                "batches": self.batches, "batch_errors": self.batch_errors,
+                "publisher": {
+                    **publisher.counters,
+                    "clients": publisher.clients,
+                    "connections": publisher.open_connections,
+                    "subscriptions": publisher.subscriptions,
+                    "refused": dict(publisher.refused),
+                    "bad_messages": dict(publisher.bad_messages),
+                    "subscriptions_refused": dict(publisher.subscriptions_refused),
+                },
+                "batches": self.batches,
+                "batch_errors": self.batch_errors,
                 "loop_errors": dict(self.loop_errors.counts),
             },
         }
         if self.predictor is not None:
-            health["endpoint"] = {"circuit": self.predictor.breaker.state, "calls": dict(self.predictor.calls),
-                                  "fallbacks": self.predictor.fallbacks}
+            health["endpoint"] = {
+                "circuit": self.predictor.breaker.state,
+                "calls": dict(self.predictor.calls),
+                "fallbacks": self.predictor.fallbacks,
+            }
         return health
 
     def _gaps(self) -> dict[str, Any]:
         """Bars missed and not in the store: per degraded ticker, the first few missing bar times."""
         unfilled = self.handler.bars.unfilled
-        return {"unfilled_bars_total": self.handler.bars.counters["bars_unfilled"],
-                "degraded_tickers": len(unfilled),
-                "missing": {t: [BarClock.ts(ms).isoformat() for ms in sorted(closes)[:5]]
-                            for t, closes in sorted(unfilled.items())[:20]}}
+        return {
+            "unfilled_bars_total": self.handler.bars.counters["bars_unfilled"],
+            "degraded_tickers": len(unfilled),
+            "missing": {
+                t: [BarClock.ts(ms).isoformat() for ms in sorted(closes)[:5]]
+                for t, closes in sorted(unfilled.items())[:20]
+            },
+        }
 
     def metrics(self) -> list[Metric]:
         """The bridge's metrics beyond the publisher's own, for ``GET /metrics``."""
@@ -415,74 +495,156 @@ class BridgeService:
         buffer = self.buffer.counters()
         history = self.handler.history
         metrics = [
-            Metric.single("qe_bridge_feed_connected", "gauge", "1 while the feed connection is open.",
-                          int(stats.connected)),
+            Metric.single(
+                "qe_bridge_feed_connected", "gauge", "1 while the feed connection is open.", int(stats.connected)
+            ),
             Metric.single("qe_bridge_feed_lag_seconds", "gauge", "Seconds since the last valid tick arrived.", lag),
-            Metric.single("qe_bridge_feed_reconnects_total", "counter", "Feed connections made after the first.",
-                          stats.reconnects),
-            Metric.single("qe_bridge_feed_stale_reconnects_total", "counter",
-                          "Feed connections aborted for silence.", stats.stale_reconnects),
+            Metric.single(
+                "qe_bridge_feed_reconnects_total", "counter", "Feed connections made after the first.", stats.reconnects
+            ),
+            Metric.single(
+                "qe_bridge_feed_stale_reconnects_total",
+                "counter",
+                "Feed connections aborted for silence.",
+                stats.stale_reconnects,
+            ),
             Metric.single("qe_bridge_ticks_total", "counter", "Valid ticks received.", stats.ticks),
-            Metric("qe_bridge_frames_dropped_total", "counter", "Feed frames dropped, by reason.",
-                   [({"reason": r}, n) for r, n in stats.dropped.items()]),
-            Metric.single("qe_bridge_tick_rate", "gauge", f"Ticks per second over the last {RATE_WINDOW_S} s.",
-                          self._ticks.rate(time.time())),
-            Metric("qe_bridge_reference_clock", "gauge", "1 for the clock ticks are judged by (wall, replay, or "
-                   "undecided while auto mode cannot tell).",
-                   [({"clock": self.reference.kind or "undecided"}, 1)]),
-            Metric("qe_bridge_buffer_ticks_total", "counter", "Ticks through the ingest buffer, by outcome.",
-                   [({"outcome": k}, buffer[k]) for k in ("accepted", "coalesced", "dropped")]),
+            Metric(
+                "qe_bridge_frames_dropped_total",
+                "counter",
+                "Feed frames dropped, by reason.",
+                [({"reason": r}, n) for r, n in stats.dropped.items()],
+            ),
+            Metric.single(
+                "qe_bridge_tick_rate",
+                "gauge",
+                f"Ticks per second over the last {RATE_WINDOW_S} s.",
+                self._ticks.rate(time.time()),
+            ),
+            Metric(
+                "qe_bridge_reference_clock",
+                "gauge",
+                "1 for the clock ticks are judged by (wall, replay, or undecided while auto mode cannot tell).",
+                [({"clock": self.reference.kind or "undecided"}, 1)],
+            ),
+            Metric(
+                "qe_bridge_buffer_ticks_total",
+                "counter",
+                "Ticks through the ingest buffer, by outcome.",
+                [({"outcome": k}, buffer[k]) for k in ("accepted", "coalesced", "dropped")],
+            ),
             Metric.single("qe_bridge_buffer_depth", "gauge", "Ticks waiting in the ingest buffer.", buffer["depth"]),
-            Metric.single("qe_bridge_late_ticks_total", "counter", "Ticks of sessions already closed.",
-                          bars["late_ticks"]),
-            Metric("qe_bridge_bars_total", "counter", "Closed bars, by where their values came from.",
-                   [({"origin": o}, bars[f"bars_{o}"]) for o in ORIGINS]),
-            Metric.single("qe_bridge_bars_closed_by_clock_total", "counter",
-                          "Bars closed by the reference clock because their closing tick never came.",
-                          self.closed_by_clock),
-            Metric.single("qe_bridge_bars_unfilled_total", "counter",
-                          "Bars missed that the stored history could not fill (the ticker's signals degrade).",
-                          bars["bars_unfilled"]),
-            Metric.single("qe_bridge_degraded_tickers", "gauge",
-                          "Tickers whose feature window lacks a missed bar.", len(self.handler.bars.unfilled)),
-            Metric.single("qe_bridge_ticks_outside_session_total", "counter",
-                          "Ticks between sessions (no bar takes them).", bars["ticks_outside_session"]),
-            Metric("qe_bridge_signals_total", "counter", "Signals, by volatility-check status.",
-                   [({"status": s}, counters[f"signals_{s}"]) for s in SIGNAL_STATUSES]),
+            Metric.single(
+                "qe_bridge_late_ticks_total", "counter", "Ticks of sessions already closed.", bars["late_ticks"]
+            ),
+            Metric(
+                "qe_bridge_bars_total",
+                "counter",
+                "Closed bars, by where their values came from.",
+                [({"origin": o}, bars[f"bars_{o}"]) for o in ORIGINS],
+            ),
+            Metric.single(
+                "qe_bridge_bars_closed_by_clock_total",
+                "counter",
+                "Bars closed by the reference clock because their closing tick never came.",
+                self.closed_by_clock,
+            ),
+            Metric.single(
+                "qe_bridge_bars_unfilled_total",
+                "counter",
+                "Bars missed that the stored history could not fill (the ticker's signals degrade).",
+                bars["bars_unfilled"],
+            ),
+            Metric.single(
+                "qe_bridge_degraded_tickers",
+                "gauge",
+                "Tickers whose feature window lacks a missed bar.",
+                len(self.handler.bars.unfilled),
+            ),
+            Metric.single(
+                "qe_bridge_ticks_outside_session_total",
+                "counter",
+                "Ticks between sessions (no bar takes them).",
+                bars["ticks_outside_session"],
+            ),
+            Metric(
+                "qe_bridge_signals_total",
+                "counter",
+                "Signals, by volatility-check status.",
+                [({"status": s}, counters[f"signals_{s}"]) for s in SIGNAL_STATUSES],
+            ),
             Metric.single("qe_bridge_predictions_total", "counter", "Model predictions made.", counters["predictions"]),
-            Metric.single("qe_bridge_predictions_logged_total", "counter", "Predictions written to the prediction log.",
-                          counters["predictions_logged"]),
-            Metric.single("qe_bridge_predictions_unlogged_total", "counter",
-                          "Predictions dropped after the prediction log could not be written for too long.",
-                          counters["predictions_unlogged"]),
-            Metric.single("qe_bridge_bar_errors_total", "counter", "Bars refused by the feature state.",
-                          counters["bar_errors"]),
-            Metric.single("qe_bridge_model_reloads_total", "counter", "Champion changes picked up.",
-                          counters["model_reloads"]),
-            Metric("qe_bridge_io_errors_total", "counter",
-                   "Reads and writes that failed (a file that could not be opened), by what they were for.",
-                   [({"what": "history"}, 0 if history is None else history.failures),
+            Metric.single(
+                "qe_bridge_predictions_logged_total",
+                "counter",
+                "Predictions written to the prediction log.",
+                counters["predictions_logged"],
+            ),
+            Metric.single(
+                "qe_bridge_predictions_unlogged_total",
+                "counter",
+                "Predictions dropped after the prediction log could not be written for too long.",
+                counters["predictions_unlogged"],
+            ),
+            Metric.single(
+                "qe_bridge_bar_errors_total", "counter", "Bars refused by the feature state.", counters["bar_errors"]
+            ),
+            Metric.single(
+                "qe_bridge_model_reloads_total", "counter", "Champion changes picked up.", counters["model_reloads"]
+            ),
+            Metric(
+                "qe_bridge_io_errors_total",
+                "counter",
+                "Reads and writes that failed (a file that could not be opened), by what they were for.",
+                [
+                    ({"what": "history"}, 0 if history is None else history.failures),
                     ({"what": "prediction_log"}, counters["log_write_errors"]),
-                    ({"what": "champion"}, counters["model_load_errors"])]),
-            Metric("qe_bridge_problems", "gauge", "1 per part that does not work now (/health says why).",
-                   [({"part": part}, 1) for part in self.problems()]),
-            Metric.single("qe_bridge_batch_errors_total", "counter", "Batches that failed and were skipped.",
-                          self.batch_errors),
-            Metric("qe_bridge_loop_errors_total", "counter", "Errors that reached the event loop, by kind.",
-                   [({"kind": k}, n) for k, n in sorted(self.loop_errors.counts.items())]),
+                    ({"what": "champion"}, counters["model_load_errors"]),
+                ],
+            ),
+            Metric(
+                "qe_bridge_problems",
+                "gauge",
+                "1 per part that does not work now (/health says why).",
+                [({"part": part}, 1) for part in self.problems()],
+            ),
+            Metric.single(
+                "qe_bridge_batch_errors_total", "counter", "Batches that failed and were skipped.", self.batch_errors
+            ),
+            Metric(
+                "qe_bridge_loop_errors_total",
+                "counter",
+                "Errors that reached the event loop, by kind.",
+                [({"kind": k}, n) for k, n in sorted(self.loop_errors.counts.items())],
+            ),
         ]
         if self.predictor is not None:
             predictor = self.predictor
             metrics += [
-                Metric("qe_bridge_endpoint_calls_total", "counter", "Endpoint calls, by outcome.",
-                       [({"outcome": k}, n) for k, n in predictor.calls.items()]),
-                Metric.single("qe_bridge_endpoint_circuit_state", "gauge",
-                              "The endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.",
-                              BREAKER_STATES.index(predictor.breaker.state)),
-                Metric.single("qe_bridge_endpoint_circuit_opens_total", "counter", "Times the circuit opened.",
-                              predictor.breaker.opened),
-                Metric.single("qe_bridge_endpoint_fallbacks_total", "counter",
-                              "Batches the local champion answered for the endpoint.", predictor.fallbacks),
+                Metric(
+                    "qe_bridge_endpoint_calls_total",
+                    "counter",
+                    "Endpoint calls, by outcome.",
+                    [({"outcome": k}, n) for k, n in predictor.calls.items()],
+                ),
+                Metric.single(
+                    "qe_bridge_endpoint_circuit_state",
+                    "gauge",
+                    "The endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.",
+                    BREAKER_STATES.index(predictor.breaker.state),
+                ),
+                Metric.single(
+                    "qe_bridge_endpoint_circuit_opens_total",
+                    "counter",
+                    "Times the circuit opened.",
+                    predictor.breaker.opened,
+                ),
+                Metric.single(
+                    "qe_bridge_endpoint_fallbacks_total",
+                    "counter",
+                    "Batches the local champion answered for the endpoint.",
+                    predictor.fallbacks,
+                ),
             ]
         return metrics
 
@@ -498,7 +660,9 @@ class JsonLinesFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS})
         if record.exc_info:
@@ -526,10 +690,15 @@ def build_service(settings: BridgeSettings | None = None, engine: Settings | Non
     settings.check_market_time(history.market_time)
     tickers = settings.tickers or tuple(history.tickers())
     model = build_model(settings, engine)
-    handler = StateHandler(get_feature_set(settings.feature_set), model, history=history,
-                           prediction_log=prediction_log(make_model_registry(engine, settings.model_name)),
-                           vol_policy=settings.vol_policy, log_batch=settings.log_batch,
-                           clock=BarClock(history.market_time))
+    handler = StateHandler(
+        get_feature_set(settings.feature_set),
+        model,
+        history=history,
+        prediction_log=prediction_log(make_model_registry(engine, settings.model_name)),
+        vol_policy=settings.vol_policy,
+        log_batch=settings.log_batch,
+        clock=BarClock(history.market_time),
+    )
     if not settings.tokens:
         log.warning("QE_BRIDGE_TOKENS is empty: every subscriber will be refused")
     predictor = build_predictor(settings, model, engine) if isinstance(model, SageMakerEndpointModel) else None
@@ -568,7 +737,9 @@ def add_bridge_commands(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("bridge", help="the live signal bridge (feed -> features -> model -> subscribers)")
     commands = group.add_subparsers(dest="bridge_command", metavar="COMMAND", required=True)
     run = commands.add_parser(
-        "run", help="run the bridge service until SIGTERM",
+        "run",
+        help="run the bridge service until SIGTERM",
         description="Run the bridge configured from QE_FEED_URL, QE_BRIDGE_* and QE_SAGEMAKER_ENDPOINT "
-                    "(see quant_engine.bridge.settings); logs JSON lines to stderr.")
+        "(see quant_engine.bridge.settings); logs JSON lines to stderr.",
+    )
     run.set_defaults(handler=_run)

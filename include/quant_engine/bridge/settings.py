@@ -80,29 +80,47 @@ MODEL_SOURCES: tuple[str, ...] = ("local", "sagemaker")
 FALLBACKS: tuple[str, ...] = ("none", "local")
 
 _TEXT = {
-    "feed_url": "QE_FEED_URL", "host": "QE_BRIDGE_HOST", "model_source": "QE_BRIDGE_MODEL",
-    "sagemaker_endpoint": "QE_SAGEMAKER_ENDPOINT", "model_name": "QE_BRIDGE_MODEL_NAME",
-    "feature_set": "QE_BRIDGE_FEATURE_SET", "buffer_policy": "QE_BRIDGE_BUFFER_POLICY",
-    "vol_policy": "QE_BRIDGE_VOL_POLICY", "bar_size": "QE_BRIDGE_BAR_SIZE", "calendar": "QE_BRIDGE_CALENDAR",
-    "clock": "QE_BRIDGE_CLOCK", "fallback": "QE_BRIDGE_FALLBACK", "tls_cert": "QE_BRIDGE_TLS_CERT",
+    "feed_url": "QE_FEED_URL",
+    "host": "QE_BRIDGE_HOST",
+    "model_source": "QE_BRIDGE_MODEL",
+    "sagemaker_endpoint": "QE_SAGEMAKER_ENDPOINT",
+    "model_name": "QE_BRIDGE_MODEL_NAME",
+    "feature_set": "QE_BRIDGE_FEATURE_SET",
+    "buffer_policy": "QE_BRIDGE_BUFFER_POLICY",
+    "vol_policy": "QE_BRIDGE_VOL_POLICY",
+    "bar_size": "QE_BRIDGE_BAR_SIZE",
+    "calendar": "QE_BRIDGE_CALENDAR",
+    "clock": "QE_BRIDGE_CLOCK",
+    "fallback": "QE_BRIDGE_FALLBACK",
+    "tls_cert": "QE_BRIDGE_TLS_CERT",
     "tls_key": "QE_BRIDGE_TLS_KEY",
 }
 #: Whole numbers and the least each may be.
 _WHOLE = {
-    "port": ("QE_BRIDGE_PORT", 0), "buffer_size": ("QE_BRIDGE_BUFFER_SIZE", 1), "log_batch": ("QE_BRIDGE_LOG_BATCH", 1),
-    "max_size": ("QE_BRIDGE_MAX_SIZE", 64), "client_queue": ("QE_BRIDGE_CLIENT_QUEUE", 1),
+    "port": ("QE_BRIDGE_PORT", 0),
+    "buffer_size": ("QE_BRIDGE_BUFFER_SIZE", 1),
+    "log_batch": ("QE_BRIDGE_LOG_BATCH", 1),
+    "max_size": ("QE_BRIDGE_MAX_SIZE", 64),
+    "client_queue": ("QE_BRIDGE_CLIENT_QUEUE", 1),
     "max_connections": ("QE_BRIDGE_MAX_CONNECTIONS", 1),
     "max_connections_per_address": ("QE_BRIDGE_MAX_CONNECTIONS_PER_ADDRESS", 1),
-    "max_subscriptions": ("QE_BRIDGE_MAX_SUBSCRIPTIONS", 1), "max_depth": ("QE_BRIDGE_MAX_DEPTH", 2),
-    "endpoint_retries": ("QE_BRIDGE_ENDPOINT_RETRIES", 0), "endpoint_workers": ("QE_BRIDGE_ENDPOINT_WORKERS", 1),
+    "max_subscriptions": ("QE_BRIDGE_MAX_SUBSCRIPTIONS", 1),
+    "max_depth": ("QE_BRIDGE_MAX_DEPTH", 2),
+    "endpoint_retries": ("QE_BRIDGE_ENDPOINT_RETRIES", 0),
+    "endpoint_workers": ("QE_BRIDGE_ENDPOINT_WORKERS", 1),
     "breaker_failures": ("QE_BRIDGE_BREAKER_FAILURES", 1),
 }
 #: Positive finite numbers; all but the rate are seconds.
 _NUMBERS = {
-    "stale_after_s": "QE_BRIDGE_STALE_S", "reload_s": "QE_BRIDGE_RELOAD_S", "log_flush_s": "QE_BRIDGE_LOG_FLUSH_S",
-    "handshake_timeout_s": "QE_BRIDGE_HANDSHAKE_TIMEOUT_S", "control_rate": "QE_BRIDGE_CONTROL_RATE",
-    "clock_poll_s": "QE_BRIDGE_CLOCK_POLL_S", "max_skew_s": "QE_BRIDGE_MAX_SKEW_S",
-    "close_grace_s": "QE_BRIDGE_CLOSE_GRACE_S", "endpoint_timeout_s": "QE_BRIDGE_ENDPOINT_TIMEOUT_S",
+    "stale_after_s": "QE_BRIDGE_STALE_S",
+    "reload_s": "QE_BRIDGE_RELOAD_S",
+    "log_flush_s": "QE_BRIDGE_LOG_FLUSH_S",
+    "handshake_timeout_s": "QE_BRIDGE_HANDSHAKE_TIMEOUT_S",
+    "control_rate": "QE_BRIDGE_CONTROL_RATE",
+    "clock_poll_s": "QE_BRIDGE_CLOCK_POLL_S",
+    "max_skew_s": "QE_BRIDGE_MAX_SKEW_S",
+    "close_grace_s": "QE_BRIDGE_CLOSE_GRACE_S",
+    "endpoint_timeout_s": "QE_BRIDGE_ENDPOINT_TIMEOUT_S",
     "breaker_reset_s": "QE_BRIDGE_BREAKER_RESET_S",
 }
 
@@ -159,17 +177,20 @@ class BridgeSettings:
             raise SettingsError(f"QE_FEED_URL={self.feed_url!r} must be a ws:// or wss:// URL")
         if not 0 <= self.port <= 65_535:
             raise SettingsError(f"QE_BRIDGE_PORT={self.port!r} is not a port number (0-65535)")
-        for name, choices, variable in (("model_source", MODEL_SOURCES, "QE_BRIDGE_MODEL"),
-                                        ("vol_policy", VOL_POLICIES, "QE_BRIDGE_VOL_POLICY"),
-                                        ("clock", CLOCK_MODES, "QE_BRIDGE_CLOCK"),
-                                        ("fallback", FALLBACKS, "QE_BRIDGE_FALLBACK")):
+        for name, choices, variable in (
+            ("model_source", MODEL_SOURCES, "QE_BRIDGE_MODEL"),
+            ("vol_policy", VOL_POLICIES, "QE_BRIDGE_VOL_POLICY"),
+            ("clock", CLOCK_MODES, "QE_BRIDGE_CLOCK"),
+            ("fallback", FALLBACKS, "QE_BRIDGE_FALLBACK"),
+        ):
             if getattr(self, name) not in choices:
                 raise SettingsError(f"{variable}={getattr(self, name)!r} must be one of {', '.join(choices)}")
         if self.model_source == "sagemaker" and not self.sagemaker_endpoint:
             raise SettingsError("QE_BRIDGE_MODEL=sagemaker needs QE_SAGEMAKER_ENDPOINT, the endpoint to invoke")
         if self.buffer_policy is not None and self.buffer_policy not in OVERLOAD_POLICIES:
-            raise SettingsError(f"QE_BRIDGE_BUFFER_POLICY={self.buffer_policy!r} must be one of "
-                                f"{', '.join(OVERLOAD_POLICIES)}")
+            raise SettingsError(
+                f"QE_BRIDGE_BUFFER_POLICY={self.buffer_policy!r} must be one of {', '.join(OVERLOAD_POLICIES)}"
+            )
         for name, (variable, least) in _WHOLE.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -195,8 +216,10 @@ class BridgeSettings:
         try:
             context.load_cert_chain(self.tls_cert, self.tls_key)
         except (ssl.SSLError, OSError) as exc:
-            raise SettingsError(f"QE_BRIDGE_TLS_CERT={self.tls_cert!r} / QE_BRIDGE_TLS_KEY={self.tls_key!r}: "
-                                f"not a certificate and its key ({exc})") from None
+            raise SettingsError(
+                f"QE_BRIDGE_TLS_CERT={self.tls_cert!r} / QE_BRIDGE_TLS_KEY={self.tls_key!r}: "
+                f"not a certificate and its key ({exc})"
+            ) from None
         return context
 
     def check_market_time(self, group: MarketTime) -> str:
@@ -206,13 +229,17 @@ class BridgeSettings:
         except CalendarError as exc:
             raise SettingsError(f"QE_BRIDGE_BAR_SIZE / QE_BRIDGE_CALENDAR: {exc}") from None
         if named != group:
-            raise SettingsError(f"the bridge is set for {named.describe()} but its feature group holds "
-                                f"{group.describe()}; unset QE_BRIDGE_BAR_SIZE / QE_BRIDGE_CALENDAR or serve "
-                                "another group (QE_FEATURE_GROUP)")
+            raise SettingsError(
+                f"the bridge is set for {named.describe()} but its feature group holds "
+                f"{group.describe()}; unset QE_BRIDGE_BAR_SIZE / QE_BRIDGE_CALENDAR or serve "
+                "another group (QE_FEATURE_GROUP)"
+            )
         policy = self.buffer_policy or ("coalesce" if group.size.is_daily else "drop_oldest")
         if policy == "coalesce" and not group.size.is_daily:
-            raise SettingsError(f"QE_BRIDGE_BUFFER_POLICY=coalesce is exact for daily bars only, not "
-                                f"{group.describe()}: use drop_oldest")
+            raise SettingsError(
+                f"QE_BRIDGE_BUFFER_POLICY=coalesce is exact for daily bars only, not "
+                f"{group.describe()}: use drop_oldest"
+            )
         return policy
 
     @classmethod
@@ -232,5 +259,4 @@ class BridgeSettings:
         for name in ("model_source", "clock", "fallback"):
             if name in values:
                 values[name] = str(values[name]).lower()
-        return cls(tokens=_names(env.get("QE_BRIDGE_TOKENS")), tickers=_names(env.get("QE_BRIDGE_TICKERS")),
-                   **values)  # type: ignore[arg-type]
+        return cls(tokens=_names(env.get("QE_BRIDGE_TOKENS")), tickers=_names(env.get("QE_BRIDGE_TICKERS")), **values)  # type: ignore[arg-type]

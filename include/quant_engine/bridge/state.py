@@ -51,8 +51,16 @@ from quant_engine.features.definitions import FeatureSet
 from quant_engine.monitoring.predictions import PredictionLog
 from quant_engine.monitoring.regimes import VolRegimeTracker
 
-__all__ = ["BRIDGE_SOURCE", "DEGRADED_DETAILS", "SIGNAL_STATUSES", "VOL_POLICIES", "Prediction", "PreparedBatch",
-           "Signal", "StateHandler"]
+__all__ = [
+    "BRIDGE_SOURCE",
+    "DEGRADED_DETAILS",
+    "SIGNAL_STATUSES",
+    "VOL_POLICIES",
+    "Prediction",
+    "PreparedBatch",
+    "Signal",
+    "StateHandler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +105,24 @@ class Signal:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as None), as the publisher sends it."""
+
         def clean(value: float) -> float | None:
             return None if value is None or not math.isfinite(value) else value
 
-        return {"ticker": self.ticker, "ts": self.ts.isoformat(), "prob": clean(self.prob),
-                "weight": clean(self.weight), "status": self.status, "detail": self.detail, "regime": self.regime,
-                "realized_vol": clean(self.realized_vol), "model_version": self.model_version,
-                "bar_origin": self.bar_origin, "received_at": self.received_at,
-                "features": {k: v if math.isfinite(v) else None for k, v in self.features.items()}}
+        return {
+            "ticker": self.ticker,
+            "ts": self.ts.isoformat(),
+            "prob": clean(self.prob),
+            "weight": clean(self.weight),
+            "status": self.status,
+            "detail": self.detail,
+            "regime": self.regime,
+            "realized_vol": clean(self.realized_vol),
+            "model_version": self.model_version,
+            "bar_origin": self.bar_origin,
+            "received_at": self.received_at,
+            "features": {k: v if math.isfinite(v) else None for k, v in self.features.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -128,7 +146,8 @@ class PreparedBatch:
         names = self.names if names is None else tuple(names)
         chosen = [values for (_, values), ready in zip(self.rows, self.ready, strict=True) if ready]
         return np.array([[values[n] for n in names] for values in chosen], dtype=np.float64).reshape(
-            len(chosen), len(names))
+            len(chosen), len(names)
+        )
 
 
 @dataclass(frozen=True)
@@ -166,18 +185,29 @@ class StateHandler:
         The feature group's calendar and bar size (default: NYSE daily).
     """
 
-    def __init__(self, feature_set: FeatureSet, model: SignalModel, *, history: Any | None = None,
-                 prediction_log: PredictionLog | None = None, vol_policy: str = "suppress", log_batch: int = 256,
-                 regimes: VolRegimeTracker | None = None, close_grace_ms: int = 3_600_000,
-                 clock: BarClock | None = None) -> None:
+    def __init__(
+        self,
+        feature_set: FeatureSet,
+        model: SignalModel,
+        *,
+        history: Any | None = None,
+        prediction_log: PredictionLog | None = None,
+        vol_policy: str = "suppress",
+        log_batch: int = 256,
+        regimes: VolRegimeTracker | None = None,
+        close_grace_ms: int = 3_600_000,
+        clock: BarClock | None = None,
+    ) -> None:
         if vol_policy not in VOL_POLICIES:
             raise ValueError(f"vol_policy={vol_policy!r} is not one of {', '.join(VOL_POLICIES)}")
         if isinstance(log_batch, bool) or not isinstance(log_batch, int) or log_batch < 1:
             raise ValueError(f"log_batch={log_batch!r} must be an integer >= 1")
         missing = [f for f in model.features if f not in feature_set.names]
         if missing:
-            raise ValueError(f"the model needs feature(s) {missing} that feature set {feature_set.name!r} "
-                             f"does not compute ({', '.join(feature_set.names)})")
+            raise ValueError(
+                f"the model needs feature(s) {missing} that feature set {feature_set.name!r} "
+                f"does not compute ({', '.join(feature_set.names)})"
+            )
         self.feature_set = feature_set
         self.model = model
         self.history = None if history is None else GuardedHistory(history)
@@ -193,9 +223,20 @@ class StateHandler:
         #: What does not work right now, by part (``history``, ``prediction_log``, ``model``), and why.
         self.problems: dict[str, str] = {}
         self.counters: dict[str, int] = dict.fromkeys(
-            ("warmups", "bar_errors", "predictions", "predictions_logged", "predictions_unlogged", "log_write_errors",
-             "model_reloads", "model_load_errors", "rebuilds", *(f"signals_{status}" for status in SIGNAL_STATUSES)),
-            0)
+            (
+                "warmups",
+                "bar_errors",
+                "predictions",
+                "predictions_logged",
+                "predictions_unlogged",
+                "log_write_errors",
+                "model_reloads",
+                "model_load_errors",
+                "rebuilds",
+                *(f"signals_{status}" for status in SIGNAL_STATUSES),
+            ),
+            0,
+        )
 
     @property
     def current_problems(self) -> dict[str, str]:
@@ -276,14 +317,18 @@ class StateHandler:
 
     def prepare(self, bars: Sequence[Bar]) -> PreparedBatch:
         """The features of closed bars (first step of a batch): state updates, in closing order per ticker."""
-        degraded = frozenset(ticker for ticker in {b.ticker for b in bars} if ticker in self.bars.unfilled
-                             and not self._mend(ticker))
+        degraded = frozenset(
+            ticker for ticker in {b.ticker for b in bars} if ticker in self.bars.unfilled and not self._mend(ticker)
+        )
         rows: list[tuple[Bar, dict[str, float]]] = []
         for group in _rounds(bars):
             rows += self._update(group)
         names = self.model.features
-        ready = np.array([all(math.isfinite(values[n]) for n in names) for _, values in rows], dtype=bool) \
-            if names else np.zeros(len(rows), dtype=bool)
+        ready = (
+            np.array([all(math.isfinite(values[n]) for n in names) for _, values in rows], dtype=bool)
+            if names
+            else np.zeros(len(rows), dtype=bool)
+        )
         return PreparedBatch(rows, degraded, tuple(names), ready)
 
     def predict(self, batch: PreparedBatch) -> Prediction:
@@ -294,14 +339,24 @@ class StateHandler:
             probs[batch.ready] = self.model.predict(batch.inputs())
         return Prediction(probs, version)
 
-    def finish(self, batch: PreparedBatch, prediction: Prediction,
-               received_at: Mapping[str, float] | None = None) -> list[Signal]:
+    def finish(
+        self, batch: PreparedBatch, prediction: Prediction, received_at: Mapping[str, float] | None = None
+    ) -> list[Signal]:
         """Signals of a predicted batch (third step): regime, volatility check, the prediction log's rows."""
         received_at = received_at or {}
         self.counters["predictions"] += int(np.isfinite(prediction.probs).sum())
-        signals = [self._signal(bar, values, float(p), prediction, received_at.get(bar.ticker),
-                                ready=bool(ready), degraded=bar.ticker in batch.degraded)
-                   for (bar, values), p, ready in zip(batch.rows, prediction.probs, batch.ready, strict=True)]
+        signals = [
+            self._signal(
+                bar,
+                values,
+                float(p),
+                prediction,
+                received_at.get(bar.ticker),
+                ready=bool(ready),
+                degraded=bar.ticker in batch.degraded,
+            )
+            for (bar, values), p, ready in zip(batch.rows, prediction.probs, batch.ready, strict=True)
+        ]
         for signal in signals:
             self.latest[signal.ticker] = signal
             if math.isfinite(signal.prob) and signal.status != "degraded":
@@ -325,8 +380,11 @@ class StateHandler:
                 self.bars.unfilled[ticker] = recent
                 return False
             stored_ms = set((pd.DatetimeIndex(stored["ts"]).as_unit("ns").asi8 // 1_000_000).tolist())
-            if len(stored) and int(pd.Timestamp(stored["ts"].iloc[-1]).value // 1_000_000) == last_ms \
-                    and recent <= stored_ms:
+            if (
+                len(stored)
+                and int(pd.Timestamp(stored["ts"].iloc[-1]).value // 1_000_000) == last_ms
+                and recent <= stored_ms
+            ):
                 self.features.reset(ticker)
                 self.features.warm_up(stored)
                 self.counters["rebuilds"] += 1
@@ -352,8 +410,17 @@ class StateHandler:
                 log.warning("bar refused: %s", exc)
         return out
 
-    def _signal(self, bar: Bar, values: dict[str, float], prob: float, prediction: Prediction,
-                received_at: float | None, *, ready: bool, degraded: bool) -> Signal:
+    def _signal(
+        self,
+        bar: Bar,
+        values: dict[str, float],
+        prob: float,
+        prediction: Prediction,
+        received_at: float | None,
+        *,
+        ready: bool,
+        degraded: bool,
+    ) -> Signal:
         vol = values.get(VOLATILITY_FEATURE, math.nan)
         percentile = self.model.volatility_percentile(vol) if math.isfinite(vol) else None
         regime = "unknown" if percentile is None else self.regimes.classify(percentile)
@@ -370,8 +437,9 @@ class StateHandler:
             status, scale = self._volatility_check(vol)
         self.counters[f"signals_{status}"] += 1
         weight = (2.0 * prob - 1.0) * scale if math.isfinite(prob) else 0.0
-        return Signal(bar.ticker, bar.ts, prob, weight, status, regime, vol, version, bar.origin, values, received_at,
-                      detail)
+        return Signal(
+            bar.ticker, bar.ts, prob, weight, status, regime, vol, version, bar.origin, values, received_at, detail
+        )
 
     def _volatility_check(self, vol: float) -> tuple[str, float]:
         """``(status, scale)`` of a signal at live volatility ``vol`` against the training range."""

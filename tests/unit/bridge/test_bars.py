@@ -25,8 +25,16 @@ def close_of(day: int, base: pd.Timestamp = MONDAY) -> pd.Timestamp:
     return NYSE.session_close((base + pd.Timedelta(days=day)).date())
 
 
-def tick(ticker: str, day: int, hour: float, price: float, *, post: bool = False, volume: int = 1000,
-         base: pd.Timestamp = MONDAY) -> Tick:
+def tick(
+    ticker: str,
+    day: int,
+    hour: float,
+    price: float,
+    *,
+    post: bool = False,
+    volume: int = 1000,
+    base: pd.Timestamp = MONDAY,
+) -> Tick:
     hours = MarketHours.POST_MARKET if post else MarketHours.REGULAR_MARKET
     return Tick(ticker, price, at(day, hour, base), volume, 100.0, max(price, 105.0), min(price, 95.0), hours)
 
@@ -35,8 +43,19 @@ class FakeHistory:
     """Stored daily bars per ticker (days from MONDAY), stamped at their session closes; records the queries."""
 
     def __init__(self, days: dict[str, list[int]]) -> None:
-        rows = [{"ticker": t, "ts": close_of(d), "open": 10.0 + d, "high": 12.0 + d, "low": 9.0 + d,
-                 "close": 11.0 + d, "volume": 500.0} for t, ds in days.items() for d in ds]
+        rows = [
+            {
+                "ticker": t,
+                "ts": close_of(d),
+                "open": 10.0 + d,
+                "high": 12.0 + d,
+                "low": 9.0 + d,
+                "close": 11.0 + d,
+                "volume": 500.0,
+            }
+            for t, ds in days.items()
+            for d in ds
+        ]
         self.frame = pd.DataFrame(rows)
         self.queries: list[tuple[str, pd.Timestamp, pd.Timestamp]] = []
 
@@ -201,13 +220,15 @@ def hourly_ticks(ticker: str, session: str, bars: list[tuple[float, float, float
     grid = clock.calendar.bar_grid("1h", *clock.calendar.session_range(session, session))
     out, day_volume, high, low = [], 0, -1e9, 1e9
     session_open = bars[0][0]
-    for (open_, hi, lo, close, volume), start, end in zip(bars, grid.start_ns // 10**6, grid.close_ns // 10**6,
-                                                         strict=False):
+    for (open_, hi, lo, close, volume), start, end in zip(
+        bars, grid.start_ns // 10**6, grid.close_ns // 10**6, strict=False
+    ):
         for k, (price, share) in enumerate(((open_, 0.2), (hi, 0.3), (lo, 0.3), (close, 0.2))):
             day_volume += int(volume * share)
             high, low = max(high, price), min(low, price)
-            out.append(Tick(ticker, price, int(start + (end - start) * (k + 1) // 4), day_volume, session_open,
-                            high, low))
+            out.append(
+                Tick(ticker, price, int(start + (end - start) * (k + 1) // 4), day_volume, session_open, high, low)
+            )
     return out
 
 
@@ -217,7 +238,8 @@ def test_intraday_bars_are_rebuilt_exactly_from_their_ticks() -> None:
     closed = [bar for t in hourly_ticks("A", "2019-07-03", wanted) for bar in agg.on_tick(t)]
     assert [str(b.ts) for b in closed] == ["2019-07-03 14:30:00+00:00", "2019-07-03 15:30:00+00:00"]
     assert [(b.open, b.high, b.low, b.close, b.volume, b.origin) for b in closed] == [
-        (*w[:4], float(w[4]), "feed") for w in wanted[:2]]
+        (*w[:4], float(w[4]), "feed") for w in wanted[:2]
+    ]
 
 
 def test_intraday_bars_of_a_half_day_end_with_its_short_last_bar_on_the_post_market_tick() -> None:
@@ -225,8 +247,9 @@ def test_intraday_bars_of_a_half_day_end_with_its_short_last_bar_on_the_post_mar
     agg = BarAggregator(clock=clock)
     wanted = [(100.0 + k, 101.0 + k, 99.0 + k, 100.5 + k, 100) for k in range(4)]  # 13:30-17:00 UTC on July 3
     closed = [bar for t in hourly_ticks("A", "2019-07-03", wanted) for bar in agg.on_tick(t)]
-    post = Tick("A", 103.5, at(0, 17, pd.Timestamp("2019-07-03", tz="UTC")), 400, 100.0, 104.0, 99.0,
-                MarketHours.POST_MARKET)
+    post = Tick(
+        "A", 103.5, at(0, 17, pd.Timestamp("2019-07-03", tz="UTC")), 400, 100.0, 104.0, 99.0, MarketHours.POST_MARKET
+    )
     closed += agg.on_tick(post)
     assert [str(b.ts)[11:16] for b in closed] == ["14:30", "15:30", "16:30", "17:00"]
     assert closed[-1].volume == 100.0 and closed[-1].origin == "feed"
@@ -237,5 +260,6 @@ def test_the_clock_names_the_bars_missed_between_two_instants() -> None:
     first = int(pd.Timestamp("2019-07-03 16:30Z").value // 1_000_000)
     later = int(pd.Timestamp("2019-07-05 14:30Z").value // 1_000_000)
     assert [str(BarClock.ts(ms))[5:16] for ms in clock.closes_between(first, later)] == ["07-03 17:00"]
-    assert clock.last_close_before(int(pd.Timestamp("2019-07-04 12:00Z").value // 1_000_000)) == \
-        int(pd.Timestamp("2019-07-03 17:00Z").value // 1_000_000)
+    assert clock.last_close_before(int(pd.Timestamp("2019-07-04 12:00Z").value // 1_000_000)) == int(
+        pd.Timestamp("2019-07-03 17:00Z").value // 1_000_000
+    )

@@ -17,8 +17,9 @@ from quant_engine.calendars import get_calendar
 from quant_engine.data.synthetic import SyntheticMarket
 
 NYSE = get_calendar("XNYS")
-BARS = SyntheticMarket(n_tickers=2, seed=1, start="2024-01-01", end="2024-06-28").fetch(None, "2024-03-04",
-                                                                                        "2024-04-30")
+BARS = SyntheticMarket(n_tickers=2, seed=1, start="2024-01-01", end="2024-06-28").fetch(
+    None, "2024-03-04", "2024-04-30"
+)
 SPEED = 23_400 / 0.5  # a session every half second
 
 
@@ -60,8 +61,12 @@ def test_the_bound_is_never_behind_the_replay_and_the_passed_instant_never_ahead
             clock.take(reading_of(server, asked=polled_at - 0.004, answered=polled_at + 0.003))
             now[0] = polled_at + 1.0
             slack_s = 0.004 + 0.05  # the poll's age when answered, and the bound's reuse
-            expected = NYSE.advance_trading_time(schedule.time_at(replay.position_ms(now[0] + skew_s)) * 10**6,
-                                                 int(slack_s * speed * 1e9)) // 10**6
+            expected = (
+                NYSE.advance_trading_time(
+                    schedule.time_at(replay.position_ms(now[0] + skew_s)) * 10**6, int(slack_s * speed * 1e9)
+                )
+                // 10**6
+            )
             assert clock.latest_ms() <= expected + 1
 
 

@@ -28,12 +28,18 @@ async def started(**options: object) -> SignalPublisher:
     return publisher
 
 
-def delta(*, subscribed: list[str] = (), unsubscribed: list[str] = (), refused: dict[str, str] | None = None,
-          total: int) -> dict:
+def delta(
+    *, subscribed: list[str] = (), unsubscribed: list[str] = (), refused: dict[str, str] | None = None, total: int
+) -> dict:
     """The reply to a subscriber message: what it changed."""
     refused = refused or {}
-    return {"subscribed": list(subscribed), "unsubscribed": list(unsubscribed), "refused": refused,
-            "refused_count": len(refused), "total": total}
+    return {
+        "subscribed": list(subscribed),
+        "unsubscribed": list(unsubscribed),
+        "refused": refused,
+        "refused_count": len(refused),
+        "total": total,
+    }
 
 
 def http_get(port: int, path: str) -> tuple[int, str, str]:
@@ -128,14 +134,19 @@ def test_messages_over_max_size_close_the_connection() -> None:
 
 def test_http_health_metrics_and_latest_signals() -> None:
     async def main() -> tuple[tuple, ...]:
-        publisher = await started(health=lambda: {"status": "ok", "feed_connected": True},
-                                  metrics=lambda: [Metric.single("qe_bridge_ticks_total", "counter", "Ticks.", 7)])
+        publisher = await started(
+            health=lambda: {"status": "ok", "feed_connected": True},
+            metrics=lambda: [Metric.single("qe_bridge_ticks_total", "counter", "Ticks.", 7)],
+        )
         publisher.publish({"ticker": "B", "prob": 0.4, "features": {"x": 1.0}})
         publisher.publish({"ticker": "A", "prob": 0.7})
         port = publisher.port
-        results = await asyncio.gather(*(asyncio.to_thread(http_get, port, p)
-                                         for p in ("/health", "/metrics", f"/signals/latest?token={TOKEN}", "/",
-                                                   "/signals/latest")))
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(http_get, port, p)
+                for p in ("/health", "/metrics", f"/signals/latest?token={TOKEN}", "/", "/signals/latest")
+            )
+        )
         await publisher.stop()
         return tuple(results)
 
@@ -146,8 +157,11 @@ def test_http_health_metrics_and_latest_signals() -> None:
     assert "# TYPE qe_bridge_ticks_total counter\nqe_bridge_ticks_total 7\n" in metrics[2]
     assert "qe_bridge_signals_published_total 2" in metrics[2]
     for line in metrics[2].splitlines():  # every sample line parses as name{labels} value
-        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or re.fullmatch(
-            r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+", line), line
+        assert (
+            line.startswith("# HELP ")
+            or line.startswith("# TYPE ")
+            or re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+", line)
+        ), line
     assert plain[0] == 401  # the WebSocket path without a token
     assert latest_without_token[0] == 401  # the signals are for subscribers only
 

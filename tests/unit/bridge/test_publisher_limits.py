@@ -103,11 +103,20 @@ def test_subscriptions_are_bounded_to_served_tickers_and_replies_to_the_change()
         async with connect(f"ws://127.0.0.1:{publisher.port}/?token={TOKEN}", max_size=2**20) as ws:
             await ws.send(json.dumps({"subscribe": ["A", "ZZZ", "A", "B", "C"]}))
             assert json.loads(await ws.recv()) == {
-                "subscribed": ["A", "B"], "unsubscribed": [], "refused": {"ZZZ": "unknown_ticker", "C": "over_limit"},
-                "refused_count": 2, "total": 2}
+                "subscribed": ["A", "B"],
+                "unsubscribed": [],
+                "refused": {"ZZZ": "unknown_ticker", "C": "over_limit"},
+                "refused_count": 2,
+                "total": 2,
+            }
             await ws.send(json.dumps({"unsubscribe": ["B"], "subscribe": ["C"]}))  # unsubscribe applies first
-            assert json.loads(await ws.recv()) == {"subscribed": ["C"], "unsubscribed": ["B"], "refused": {},
-                                                   "refused_count": 0, "total": 2}
+            assert json.loads(await ws.recv()) == {
+                "subscribed": ["C"],
+                "unsubscribed": ["B"],
+                "refused": {},
+                "refused_count": 0,
+                "total": 2,
+            }
             flood = [f"NEW{i:05d}" + "x" * 60 for i in range(5_000)]  # what filled 1.73 M subscriptions before
             await ws.send(json.dumps({"subscribe": flood}))
             reply = await ws.recv()
@@ -124,10 +133,13 @@ def test_bad_frames_are_counted_by_reason_and_the_client_is_told() -> None:
     async def main() -> None:
         publisher = await started(max_size=2**20)
         async with connect(f"ws://127.0.0.1:{publisher.port}/?token={TOKEN}", max_size=2**20) as ws:
-            for frame, reason in (("[" * 200_000, "too_deep"),  # the C parser's recursion limit
-                                  (json.dumps({"subscribe": [[[["A"]]]]}), "too_deep"),  # deeper than max_depth
-                                  ("{not json", "bad_json"), (json.dumps({"subscribe": "A"}), "bad_shape"),
-                                  (json.dumps({"subscribe": ["A"], "admin": True}), "bad_shape")):
+            for frame, reason in (
+                ("[" * 200_000, "too_deep"),  # the C parser's recursion limit
+                (json.dumps({"subscribe": [[[["A"]]]]}), "too_deep"),  # deeper than max_depth
+                ("{not json", "bad_json"),
+                (json.dumps({"subscribe": "A"}), "bad_shape"),
+                (json.dumps({"subscribe": ["A"], "admin": True}), "bad_shape"),
+            ):
                 await ws.send(frame)
                 answer = json.loads(await ws.recv())
                 assert answer["reason"] == reason and "error" in answer, frame[:40]
@@ -170,8 +182,11 @@ def test_tokens_in_any_scheme_case_compared_against_all_and_never_logged(caplog:
             async with connect(url, additional_headers={"Authorization": f"{scheme} another-token"}) as ws:
                 await ws.send(json.dumps({"subscribe": ["A"]}))
                 await ws.recv()
-        for headers in ({"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer s3cret-token-4"},
-                        [("Authorization", f"Bearer {TOKEN}"), ("Authorization", f"Bearer {TOKEN}")]):
+        for headers in (
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": "Bearer s3cret-token-4"},
+            [("Authorization", f"Bearer {TOKEN}"), ("Authorization", f"Bearer {TOKEN}")],
+        ):
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(url, additional_headers=headers):
                     pass
@@ -187,9 +202,28 @@ def test_tokens_in_any_scheme_case_compared_against_all_and_never_logged(caplog:
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -209,20 +243,28 @@ def test_tls_serves_wss_and_https_and_refuses_plain_text(tmp_path: Path) -> None
         with pytest.raises(InvalidMessage):  # a plain-text client gets no HTTP answer from a TLS port
             async with connect(f"ws://127.0.0.1:{publisher.port}/?token={TOKEN}", open_timeout=5):
                 pass
-        health = await asyncio.to_thread(lambda: json.loads(urllib.request.urlopen(
-            f"https://127.0.0.1:{publisher.port}/health", context=client_context, timeout=5).read()))
+        health = await asyncio.to_thread(
+            lambda: json.loads(
+                urllib.request.urlopen(
+                    f"https://127.0.0.1:{publisher.port}/health", context=client_context, timeout=5
+                ).read()
+            )
+        )
         await publisher.stop()
         return health
 
     assert run(main()) == {"status": "ok"}
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"max_connections": 0}, "max_connections=0 must be an integer >= 1"),
-    ({"max_depth": 1}, "max_depth=1 must be an integer >= 2"),
-    ({"handshake_timeout_s": 0}, "handshake_timeout_s=0 must be a number > 0"),
-    ({"control_rate": float("nan")}, "control_rate=nan"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_connections": 0}, "max_connections=0 must be an integer >= 1"),
+        ({"max_depth": 1}, "max_depth=1 must be an integer >= 2"),
+        ({"handshake_timeout_s": 0}, "handshake_timeout_s=0 must be a number > 0"),
+        ({"control_rate": float("nan")}, "control_rate=nan"),
+    ],
+)
 def test_bad_limits_are_named(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SignalPublisher({TOKEN}, **options)

@@ -17,9 +17,14 @@ stack = importlib.util.module_from_spec(_spec)
 sys.modules["qe_stack"] = stack  # dataclasses look their module up there
 _spec.loader.exec_module(stack)
 #: make up's process name -> the compose service that runs the same command.
-COMPOSE_NAME = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler",
-                "dag-processor": "airflow-dag-processor", "triggerer": "airflow-triggerer",
-                "feed": "feed", "bridge": "bridge"}
+COMPOSE_NAME = {
+    "api-server": "airflow-apiserver",
+    "scheduler": "airflow-scheduler",
+    "dag-processor": "airflow-dag-processor",
+    "triggerer": "airflow-triggerer",
+    "feed": "feed",
+    "bridge": "bridge",
+}
 
 
 @pytest.fixture
