@@ -94,25 +94,47 @@ def session_frames(after: pd.Timestamp, sessions: int, ticks_per_ticker: int, se
     frames = []
     for session in range(first, first + sessions):
         open_ms, close_ms = int(nyse.open_ns[session]) // 1_000_000, int(nyse.close_ns[session]) // 1_000_000
-        paths = np.round(50.0 * np.exp(np.cumsum(0.002 * rng.standard_normal((len(TICKERS), ticks_per_ticker)),
-                                                 axis=1)), 2)
+        paths = np.round(
+            50.0 * np.exp(np.cumsum(0.002 * rng.standard_normal((len(TICKERS), ticks_per_ticker)), axis=1)), 2
+        )
         for k in range(ticks_per_ticker):
             time_ms = open_ms + (k + 1) * ((close_ms - open_ms) // (ticks_per_ticker + 1))
             for i, ticker in enumerate(TICKERS):
                 seen = paths[i, : k + 1]
-                tick = Tick(ticker, float(seen[-1]), time_ms, 1_000 * (k + 1), float(seen[0]), float(seen.max()),
-                            float(seen.min()))
+                tick = Tick(
+                    ticker,
+                    float(seen[-1]),
+                    time_ms,
+                    1_000 * (k + 1),
+                    float(seen[0]),
+                    float(seen.max()),
+                    float(seen.min()),
+                )
                 frames.append((encode_tick(tick), False))
         for i, ticker in enumerate(TICKERS):
             seen = paths[i]
-            tick = Tick(ticker, float(seen[-1]), close_ms, 1_000 * ticks_per_ticker, float(seen[0]),
-                        float(seen.max()), float(seen.min()), MarketHours.POST_MARKET)
+            tick = Tick(
+                ticker,
+                float(seen[-1]),
+                close_ms,
+                1_000 * ticks_per_ticker,
+                float(seen[0]),
+                float(seen.max()),
+                float(seen.min()),
+                MarketHours.POST_MARKET,
+            )
             frames.append((encode_tick(tick), True))
     return frames
 
 
-def feed_process(frames: list[tuple[str, bool]], rate: float | None, port_queue: mp.Queue, go: mp.Event,
-                 result_queue: mp.Queue, cores: set[int] | None) -> None:
+def feed_process(
+    frames: list[tuple[str, bool]],
+    rate: float | None,
+    port_queue: mp.Queue,
+    go: mp.Event,
+    result_queue: mp.Queue,
+    cores: set[int] | None,
+) -> None:
     """Serve ``frames`` to the first subscriber once ``go`` is set: paced at ``rate``/s, or flat out."""
     from websockets.asyncio.server import broadcast, serve
 
@@ -134,7 +156,7 @@ def feed_process(frames: list[tuple[str, bool]], rate: float | None, port_queue:
             start = time.time()
             chunk = max(1, int(rate * 0.002)) if rate else 256  # paced: a chunk every 2 ms
             for i in range(0, len(frames), chunk):
-                for frame, _ in frames[i: i + chunk]:
+                for frame, _ in frames[i : i + chunk]:
                     broadcast(clients, frame)
                 if rate:
                     await asyncio.sleep(max(0.0, start + (i + chunk) / rate - time.time()))
@@ -151,8 +173,9 @@ def feed_process(frames: list[tuple[str, bool]], rate: float | None, port_queue:
 # --- the subscriber (its own process) -----------------------------------------------------------
 
 
-def subscriber_process(port: int, expected: int, skip: int, ready: mp.Event, result_queue: mp.Queue,
-                       cores: set[int] | None) -> None:
+def subscriber_process(
+    port: int, expected: int, skip: int, ready: mp.Event, result_queue: mp.Queue, cores: set[int] | None
+) -> None:
     """Subscribe to everything; latency of each message after the first ``skip`` = now - the system's receipt stamp."""
     from websockets.asyncio.client import connect
 
@@ -172,8 +195,10 @@ def subscriber_process(port: int, expected: int, skip: int, ready: mp.Event, res
                     break
                 arrivals.append((time.time(), message))
         # Parsed after the run, so parsing one message never delays the arrival stamp of the next.
-        latencies = [now - (json.loads(m)["received_at"] if m.startswith("{") else float(m.split("|")[0]))
-                     for now, m in arrivals[skip:]]
+        latencies = [
+            now - (json.loads(m)["received_at"] if m.startswith("{") else float(m.split("|")[0]))
+            for now, m in arrivals[skip:]
+        ]
         result_queue.put({"latencies_ms": [1_000 * x for x in latencies], "last_at": time.time()})
 
     asyncio.run(main())
@@ -217,19 +242,33 @@ def build_bridge(feed_url: str, history_end: pd.Timestamp):  # noqa: ANN201
     batch = feature_set.compute_batch(bars).dropna()
     names = feature_set.names
     label = (batch["log_return_1"] > 0).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "seed": 0},
-                        xgb.DMatrix(batch[names].to_numpy(np.float32), label=label, feature_names=names), 50)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 4, "seed": 0},
+        xgb.DMatrix(batch[names].to_numpy(np.float32), label=label, feature_names=names),
+        50,
+    )
     home = Path(os.environ["QE_HOME"])
     booster.save_model(str(home / "model.json"))
     registry = make_model_registry()
-    version = registry.register(home / "model.json", ModelMetadata(
-        features=names, data_start=str(batch["event_time"].min()), data_end=str(batch["event_time"].max()),
-        data_fingerprint="bench"))
+    version = registry.register(
+        home / "model.json",
+        ModelMetadata(
+            features=names,
+            data_start=str(batch["event_time"].min()),
+            data_end=str(batch["event_time"].max()),
+            data_fingerprint="bench",
+        ),
+    )
     record_baseline(registry, version, booster, batch.assign(label=label), batch.assign(label=label), names)
     registry.promote(version, "bench")
     settings = BridgeSettings(port=0, tokens=(TOKEN,), feed_url=feed_url, log_batch=10_000, buffer_size=100_000)
-    handler = StateHandler(feature_set, LocalChampionModel(registry), history=_MemoryHistory(bars),
-                           prediction_log=prediction_log(registry), log_batch=settings.log_batch)
+    handler = StateHandler(
+        feature_set,
+        LocalChampionModel(registry),
+        history=_MemoryHistory(bars),
+        prediction_log=prediction_log(registry),
+        log_batch=settings.log_batch,
+    )
     return BridgeService(settings, handler, tuple(TICKERS), feed_options={"heartbeat_s": None})
 
 
@@ -255,8 +294,10 @@ class Relay:
             await ws.send("{}")
             await ws.wait_closed()
 
-        async with serve(handler, "127.0.0.1", 0, compression=None) as server, \
-                connect(self.feed_url, max_size=2**20, max_queue=None, compression=None) as feed:
+        async with (
+            serve(handler, "127.0.0.1", 0, compression=None) as server,
+            connect(self.feed_url, max_size=2**20, max_queue=None, compression=None) as feed,
+        ):
             self.port = server.sockets[0].getsockname()[1]
             await feed.send(json.dumps({"subscribe": TICKERS}))
             started.set()
@@ -265,7 +306,7 @@ class Relay:
             reading.cancel()
 
     async def _read(self, feed, broadcast, pad: str) -> None:  # noqa: ANN001
-        async for frame in feed:
+        async for _frame in feed:
             now = time.time()
             if not self.received:
                 self.first_at = now
@@ -278,9 +319,15 @@ class Relay:
 # --- runs -------------------------------------------------------------------------------------------
 
 
-async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, expected_signals: int,
-               history_end: pd.Timestamp, skip: int = 0,
-               placement: tuple[set[int], set[int]] | None = None) -> dict[str, float]:
+async def _run(
+    system: str,
+    frames: list[tuple[str, bool]],
+    rate: float | None,
+    expected_signals: int,
+    history_end: pd.Timestamp,
+    skip: int = 0,
+    placement: tuple[set[int], set[int]] | None = None,
+) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     port_q, feed_q, sub_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
     go, ready = ctx.Event(), ctx.Event()
@@ -292,8 +339,9 @@ async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, 
     stop, started = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(target.run(stop, started))
     await started.wait()
-    subscriber = ctx.Process(target=subscriber_process,
-                             args=(target.port, expected_signals, skip, ready, sub_q, harness_cores), daemon=True)
+    subscriber = ctx.Process(
+        target=subscriber_process, args=(target.port, expected_signals, skip, ready, sub_q, harness_cores), daemon=True
+    )
     subscriber.start()
     await asyncio.to_thread(ready.wait, 60)
     if system == "bridge":
@@ -304,8 +352,11 @@ async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, 
     n_ticks = len(frames)
     deadline = time.time() + 30
     while time.time() < deadline:  # until the system has taken every tick
-        done = (target.feed.stats.ticks >= n_ticks and len(target.buffer) == 0) if system == "bridge" \
+        done = (
+            (target.feed.stats.ticks >= n_ticks and len(target.buffer) == 0)
+            if system == "bridge"
             else target.received >= n_ticks
+        )
         if done:
             break
         await asyncio.sleep(0.001)
@@ -317,27 +368,56 @@ async def _run(system: str, frames: list[tuple[str, bool]], rate: float | None, 
         process.terminate()
         process.join(5)
     latencies = np.array(subscribed["latencies_ms"])
-    out = {"sent": sent["sent"], "send_seconds": sent["end"] - sent["start"], "signals": len(latencies),
-           "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
-           "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else float("nan")}
+    out = {
+        "sent": sent["sent"],
+        "send_seconds": sent["end"] - sent["start"],
+        "signals": len(latencies),
+        "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else float("nan"),
+    }
     if system == "bridge":
         stats = target.feed.stats
-        out.update(received=stats.ticks, dropped=target.buffer.dropped, coalesced=target.buffer.coalesced,
-                   rate=stats.ticks / max(finished_at - sent["start"], 1e-9),
-                   tail_s=finished_at - sent["end"])
+        out.update(
+            received=stats.ticks,
+            dropped=target.buffer.dropped,
+            coalesced=target.buffer.coalesced,
+            rate=stats.ticks / max(finished_at - sent["start"], 1e-9),
+            tail_s=finished_at - sent["end"],
+        )
     else:
-        out.update(received=target.received, dropped=0, coalesced=0,
-                   rate=target.received / max(target.last_at - target.first_at, 1e-9), tail_s=finished_at - sent["end"])
+        out.update(
+            received=target.received,
+            dropped=0,
+            coalesced=0,
+            rate=target.received / max(target.last_at - target.first_at, 1e-9),
+            tail_s=finished_at - sent["end"],
+        )
     return out
 
 
-def _latency_runs(frames: list[tuple[str, bool]], sessions: int, history_end: pd.Timestamp,
-                  placement: tuple[set[int], set[int]] | None, all_cores: set[int] | None) -> dict[str, dict]:
+def _latency_runs(
+    frames: list[tuple[str, bool]],
+    sessions: int,
+    history_end: pd.Timestamp,
+    placement: tuple[set[int], set[int]] | None,
+    all_cores: set[int] | None,
+) -> dict[str, dict]:
     """Both systems' latency runs, this process on the system cores (or all of them when unpinned)."""
     _pin(placement[0] if placement else all_cores)
-    return {system: asyncio.run(_run(system, frames, LATENCY_RATE, sessions * len(TICKERS), history_end,
-                                     skip=len(TICKERS), placement=placement))
-            for system in ("bridge", "relay")}
+    return {
+        system: asyncio.run(
+            _run(
+                system,
+                frames,
+                LATENCY_RATE,
+                sessions * len(TICKERS),
+                history_end,
+                skip=len(TICKERS),
+                placement=placement,
+            )
+        )
+        for system in ("bridge", "relay")
+    }
 
 
 def run(sessions: int, flood: int, placement: tuple[set[int], set[int]] | None) -> dict[str, dict[str, float]]:
@@ -345,8 +425,9 @@ def run(sessions: int, flood: int, placement: tuple[set[int], set[int]] | None) 
     latency_frames = session_frames(history_end, sessions + 1, 10, seed=1)  # + the warm-up session
     flood_sessions = max(1, flood // (51 * len(TICKERS)))
     flood_frames = session_frames(history_end, flood_sessions, 50, seed=2)
-    paced_frames = session_frames(history_end, max(1, int(TARGET_RATE * PACED_SECONDS) // (51 * len(TICKERS))), 50,
-                                  seed=3)
+    paced_frames = session_frames(
+        history_end, max(1, int(TARGET_RATE * PACED_SECONDS) // (51 * len(TICKERS))), 50, seed=3
+    )
     all_cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as home:
@@ -355,11 +436,13 @@ def run(sessions: int, flood: int, placement: tuple[set[int], set[int]] | None) 
             results["latency_unpinned"] = _latency_runs(latency_frames, sessions, history_end, None, all_cores)
         results["latency"] = _latency_runs(latency_frames, sessions, history_end, placement, all_cores)
         for system in ("bridge", "relay"):
-            results[f"{system}_flood"] = asyncio.run(_run(system, flood_frames, None, 0, history_end,
-                                                          placement=placement))
+            results[f"{system}_flood"] = asyncio.run(
+                _run(system, flood_frames, None, 0, history_end, placement=placement)
+            )
         for system in ("bridge", "relay"):
-            results[f"{system}_paced"] = asyncio.run(_run(system, paced_frames, TARGET_RATE, 0, history_end,
-                                                          placement=placement))
+            results[f"{system}_paced"] = asyncio.run(
+                _run(system, paced_frames, TARGET_RATE, 0, history_end, placement=placement)
+            )
     return results
 
 
@@ -372,13 +455,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     placement = core_placement(not args.no_pin)
     load_before = os.getloadavg()[0]
     r = run(args.sessions, args.flood, placement)
-    print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before and "
-          f"{os.getloadavg()[0]:.1f} after the run (other work on the machine slows every figure, floor included)")
-    where = ("kernel placement" if placement is None else
-             f"system on core {min(placement[0])}, feed and subscriber on cores {sorted(placement[1])}")
+    print(
+        f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before and "
+        f"{os.getloadavg()[0]:.1f} after the run (other work on the machine slows every figure, floor included)"
+    )
+    where = (
+        "kernel placement"
+        if placement is None
+        else f"system on core {min(placement[0])}, feed and subscriber on cores {sorted(placement[1])}"
+    )
     lat, floor = r["latency"]["bridge"], r["latency"]["relay"]
-    print(f"tick-to-signal at {LATENCY_RATE:,} ticks/s, {len(TICKERS)} tickers, {lat['signals']} signals "
-          f"(relay floor: {floor['signals']} messages); {where}")
+    print(
+        f"tick-to-signal at {LATENCY_RATE:,} ticks/s, {len(TICKERS)} tickers, {lat['signals']} signals "
+        f"(relay floor: {floor['signals']} messages); {where}"
+    )
     print(f"  bridge      p50 {lat['p50_ms']:7.3f} ms   p99 {lat['p99_ms']:7.3f} ms")
     print(f"  relay floor p50 {floor['p50_ms']:7.3f} ms   p99 {floor['p99_ms']:7.3f} ms")
     print(f"  ratio       p50 {lat['p50_ms'] / floor['p50_ms']:7.2f}x     p99 {lat['p99_ms'] / floor['p99_ms']:7.2f}x")
@@ -390,19 +480,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"  relay floor p50 {floor['p50_ms']:7.3f} ms   p99 {floor['p99_ms']:7.3f} ms")
     flood, relay = r["bridge_flood"], r["relay_flood"]
     print(f"flat-out feed, {flood['sent']:,} ticks")
-    print(f"  bridge      {flood['rate']:10,.0f} ticks/s  (received {flood['received']:,}, buffer coalesced "
-          f"{flood['coalesced']:,}, dropped {flood['dropped']:,})")
+    print(
+        f"  bridge      {flood['rate']:10,.0f} ticks/s  (received {flood['received']:,}, buffer coalesced "
+        f"{flood['coalesced']:,}, dropped {flood['dropped']:,})"
+    )
     print(f"  relay floor {relay['rate']:10,.0f} ticks/s")
     print(f"  ratio       {flood['rate'] / relay['rate']:10.2f}x")
-    print(f"paced at {TARGET_RATE:,} ticks/s (target: sustained = every tick in, none dropped, caught up "
-          f"within {MAX_TAIL_S} s of the last tick)")
+    print(
+        f"paced at {TARGET_RATE:,} ticks/s (target: sustained = every tick in, none dropped, caught up "
+        f"within {MAX_TAIL_S} s of the last tick)"
+    )
     for name in ("bridge", "relay"):
         paced = r[f"{name}_paced"]
         sustained = paced["received"] == paced["sent"] and paced["dropped"] == 0 and paced["tail_s"] <= MAX_TAIL_S
         label = "relay floor" if name == "relay" else name
-        print(f"  {label:11} sent {paced['sent']:,} in {paced['send_seconds']:.1f} s, received {paced['received']:,}, "
-              f"dropped {paced['dropped']}, caught up {paced['tail_s'] * 1000:.0f} ms after the last tick: "
-              f"{'sustained' if sustained else 'NOT sustained'}")
+        print(
+            f"  {label:11} sent {paced['sent']:,} in {paced['send_seconds']:.1f} s, received {paced['received']:,}, "
+            f"dropped {paced['dropped']}, caught up {paced['tail_s'] * 1000:.0f} ms after the last tick: "
+            f"{'sustained' if sustained else 'NOT sustained'}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,14 @@
 Postgres (the Airflow metadata database), ``airflow db migrate``, the api-server, scheduler
 (LocalExecutor), dag-processor and triggerer, the replay feed and the bridge run as background
 processes of this machine. Everything lives under one folder (``QE_STACK_DIR``, default ``.stack/``):
-the Postgres data, the Airflow home, one log and one pid file per service, the generated JWT secret.
+the Postgres data, the Airflow home, one log and one pid file per service, the generated secrets.
+
+Postgres asks every login for a password (``scram-sha-256``, also on 127.0.0.1): its superuser
+``postgres`` has a generated one, kept beside the data; Airflow logs in as ``airflow``, a role that
+owns the ``airflow`` database and nothing else (no superuser, no CREATEDB, no CREATEROLE), with a
+generated password of its own that libpq reads from ``pgpass`` (``PGPASSFILE``), so it is in no
+URL or environment. Every secret file is created 0600 (private from its first byte, never
+``chmod``-ed after writing) and written atomically.
 ``up`` waits for every service to be healthy and stops on the first one that is not, showing its log;
 ``down`` stops what the pid files name and is safe to repeat. Each service runs in its own process
 group, so stopping it also stops the task processes it started.
@@ -32,9 +39,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from quant_engine.storage.atomic import write_bytes_atomic
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 POSTGRES_OS_USER = "postgres"  # Postgres refuses to run as root; Debian's package creates this user
+PG_SUPERUSER = "postgres"
+#: The role Airflow logs in as: it owns the airflow database, and may do nothing else.
+AIRFLOW_DB_ROLE = "airflow"
 
 
 @dataclass(frozen=True)
@@ -83,7 +95,8 @@ class StackConfig:
 
     @property
     def db_url(self) -> str:
-        return f"postgresql+psycopg2://airflow@127.0.0.1:{self.pg_port}/airflow"
+        """Airflow's metadata DB, without the password: libpq reads it from :attr:`pgpass_file` (``PGPASSFILE``)."""
+        return f"postgresql+psycopg2://{AIRFLOW_DB_ROLE}@127.0.0.1:{self.pg_port}/airflow"
 
     @property
     def pg_data(self) -> Path:
@@ -100,6 +113,20 @@ class StackConfig:
         return Path("/var/tmp") / f"quant-engine-stack-{digest}" / "postgres"
 
     @property
+    def pg_superuser_password_file(self) -> Path:
+        """The superuser's password, beside the data: where ``initdb`` (as the ``postgres`` OS user) can read it."""
+        return self.pg_data.parent / "pg_superuser_password"
+
+    @property
+    def airflow_db_password_file(self) -> Path:
+        return self.folder / "airflow_db_password"
+
+    @property
+    def pgpass_file(self) -> Path:
+        """libpq's password file for the ``airflow`` role (it ignores one that others could read)."""
+        return self.folder / "pgpass"
+
+    @property
     def airflow_home(self) -> Path:
         return self.folder / "airflow"
 
@@ -111,13 +138,16 @@ class StackConfig:
 
 
 def _secret(path: Path) -> str:
-    """A random secret generated on first use and kept (mode 0600) so restarts keep sessions valid."""
+    """A random secret generated on first use and kept (mode 0600 from the start) so restarts keep it."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
+        write_bytes_atomic(path, secrets.token_urlsafe(48).encode(), mode=0o600)
     return path.read_text().strip()
+
+
+def _pgpass(config: StackConfig) -> Path:
+    """Write libpq's password file for Airflow's role (0600 from the start), so the password is in no URL."""
+    line = f"127.0.0.1:{config.pg_port}:airflow:{AIRFLOW_DB_ROLE}:{_secret(config.airflow_db_password_file)}\n"
+    return write_bytes_atomic(config.pgpass_file, line.encode(), mode=0o600)
 
 
 def service_env(config: StackConfig) -> dict[str, str]:
@@ -125,38 +155,42 @@ def service_env(config: StackConfig) -> dict[str, str]:
     env = dict(os.environ)
     tokens = [t for t in env.get("QE_BRIDGE_TOKENS", "").split(",") if t.strip()]
     ui_token = env.get("QE_BRIDGE_UI_TOKEN") or (tokens[0] if tokens else _secret(config.folder / "bridge_ui_token"))
-    env.update({
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONUNBUFFERED": "1",
-        "QE_HOME": str(config.qe_home),
-        "QE_BRIDGE_URL": f"http://127.0.0.1:{config.bridge_port}",
-        "QE_FEED_URL": f"ws://127.0.0.1:{config.feed_port}",
-        "QE_BRIDGE_HOST": "127.0.0.1",
-        "QE_BRIDGE_TICKERS": env.get("QE_BRIDGE_TICKERS") or config.tickers,
-        # the UI plugin's subscriber token for the bridge's GET /signals/latest
-        "QE_BRIDGE_UI_TOKEN": ui_token,
-        "QE_BRIDGE_TOKENS": env.get("QE_BRIDGE_TOKENS") or ui_token,
-        "QE_BRIDGE_PORT": str(config.bridge_port),
-        "AIRFLOW_HOME": str(config.airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": config.db_url,
-        "AIRFLOW__CORE__AUTH_MANAGER":
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{config.user}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(config.folder / "passwords.json"),
-        "AIRFLOW__API_AUTH__JWT_SECRET": _secret(config.folder / "jwt_secret"),
-        "AIRFLOW__API__SECRET_KEY": _secret(config.folder / "api_secret_key"),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(config.api_port),
-        "AIRFLOW__API__BASE_URL": config.api_url,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{config.api_url}/execution/",
-        "AIRFLOW__API__EXPOSE_CONFIG": "False",
-    })
+    env.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+            "QE_HOME": str(config.qe_home),
+            "QE_BRIDGE_URL": f"http://127.0.0.1:{config.bridge_port}",
+            "QE_FEED_URL": f"ws://127.0.0.1:{config.feed_port}",
+            "QE_BRIDGE_HOST": "127.0.0.1",
+            "QE_BRIDGE_TICKERS": env.get("QE_BRIDGE_TICKERS") or config.tickers,
+            # the UI plugin's subscriber token for the bridge's GET /signals/latest
+            "QE_BRIDGE_UI_TOKEN": ui_token,
+            "QE_BRIDGE_TOKENS": env.get("QE_BRIDGE_TOKENS") or ui_token,
+            "QE_BRIDGE_PORT": str(config.bridge_port),
+            "AIRFLOW_HOME": str(config.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": config.db_url,
+            "PGPASSFILE": str(_pgpass(config)),
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{config.user}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(config.folder / "passwords.json"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(config.folder / "jwt_secret"),
+            "AIRFLOW__API__SECRET_KEY": _secret(config.folder / "api_secret_key"),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(config.api_port),
+            "AIRFLOW__API__BASE_URL": config.api_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{config.api_url}/execution/",
+            "AIRFLOW__API__EXPOSE_CONFIG": "False",
+        }
+    )
     return env
 
 
@@ -201,51 +235,132 @@ def _as_postgres_user(command: list[str]) -> list[str]:
 
 def _pg_tool(name: str) -> str:
     found = shutil.which(name) or next(
-        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
+        (str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None
+    )
     if not found:
         raise SystemExit(f"{name} not found: install PostgreSQL (Debian: apt-get install postgresql)")
     return found
 
 
 def start_postgres(config: StackConfig) -> None:
-    """Initialise the data folder once, start the server on the stack's port, create the airflow DB."""
-    import psycopg2  # the metadata DB driver from requirements.txt
-
+    """Initialise the data folder once (password auth), start the server, and give Airflow its own role and DB."""
     log = config.log_file("postgres")
     if not (config.pg_data / "PG_VERSION").exists():
-        config.pg_data.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if os.geteuid() == 0:
+        config.pg_data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        password_file = config.pg_superuser_password_file
+        _secret(password_file)
+        if os.geteuid() == 0:  # initdb runs as the postgres OS user: the data and the password are its
             shutil.chown(config.pg_data, POSTGRES_OS_USER, POSTGRES_OS_USER)
-        subprocess.run(_as_postgres_user([_pg_tool("initdb"), "-D", str(config.pg_data), "-U", "airflow",
-                                          "--auth=trust", "-E", "UTF8", "--no-sync"]),
-                       check=True, stdout=subprocess.DEVNULL)
-    status = subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "status"]),
-                            capture_output=True, check=False)
+            shutil.chown(password_file, POSTGRES_OS_USER, POSTGRES_OS_USER)
+        subprocess.run(
+            _as_postgres_user(
+                [
+                    _pg_tool("initdb"),
+                    "-D",
+                    str(config.pg_data),
+                    "-U",
+                    PG_SUPERUSER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={password_file}",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    else:
+        _refuse_password_free_cluster(config)
+    status = subprocess.run(
+        _as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "status"]), capture_output=True, check=False
+    )
     if status.returncode != 0:
         log.touch()
         if os.geteuid() == 0:
             shutil.chown(log, POSTGRES_OS_USER, POSTGRES_OS_USER)
         options = f"-p {config.pg_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
-        started = subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "-o", options,
-                                                    "-l", str(log), "-w", "-t", "60", "start"]),
-                                 capture_output=True, text=True, check=False)
+        started = subprocess.run(
+            _as_postgres_user(
+                [
+                    _pg_tool("pg_ctl"),
+                    "-D",
+                    str(config.pg_data),
+                    "-o",
+                    options,
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if started.returncode != 0:
             _fail(config, "postgres", started.stdout + started.stderr)
-    connection = psycopg2.connect(host="127.0.0.1", port=config.pg_port, user="airflow", dbname="postgres")
+    _create_airflow_database(config)
+    print(f"  postgres      127.0.0.1:{config.pg_port} (data {config.pg_data}, password auth)")
+
+
+def _refuse_password_free_cluster(config: StackConfig) -> None:
+    """A cluster an older ``make up`` initialised lets anyone in (``trust``): say how to start afresh."""
+    rules = [
+        line.split()
+        for line in (config.pg_data / "pg_hba.conf").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if any("trust" in rule for rule in rules) or not config.pg_superuser_password_file.exists():
+        raise SystemExit(
+            f"the Postgres data in {config.pg_data} was initialised without passwords (trust auth) by "
+            "an older `make up`; run `make down`, delete that folder and run `make up` again (the "
+            "Airflow metadata in it is lost; the engine's own state in QE_HOME is not)"
+        )
+
+
+def _create_airflow_database(config: StackConfig) -> None:
+    """The ``airflow`` role (login, no other power) with its password, owning the ``airflow`` database."""
+    import psycopg2  # the metadata DB driver from requirements.txt
+    from psycopg2 import sql
+
+    role = sql.Identifier(AIRFLOW_DB_ROLE)
+    connection = psycopg2.connect(
+        host="127.0.0.1",
+        port=config.pg_port,
+        user=PG_SUPERUSER,
+        dbname="postgres",
+        password=_secret(config.pg_superuser_password_file),
+    )
     connection.autocommit = True
     with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (AIRFLOW_DB_ROLE,))
+        verb = "ALTER" if cursor.fetchone() else "CREATE"
+        cursor.execute(
+            sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s").format(role),
+            (_secret(config.airflow_db_password_file),),
+        )
         cursor.execute("SELECT 1 FROM pg_database WHERE datname = 'airflow'")
         if cursor.fetchone() is None:
-            cursor.execute("CREATE DATABASE airflow")
+            cursor.execute(sql.SQL("CREATE DATABASE airflow OWNER {}").format(role))
+        else:
+            cursor.execute(sql.SQL("ALTER DATABASE airflow OWNER TO {}").format(role))
     connection.close()
-    print(f"  postgres      127.0.0.1:{config.pg_port} (data {config.pg_data})")
 
 
 def migrate(config: StackConfig, env: dict[str, str]) -> None:
     log = config.log_file("db-migrate")
     with log.open("w") as handle:
-        result = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, stdout=handle,
-                                stderr=subprocess.STDOUT, check=False, timeout=config.timeout_s * 2)
+        result = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=config.timeout_s * 2,
+        )
     if result.returncode != 0:
         _fail(config, "db-migrate", f"airflow db migrate exited {result.returncode}")
     print("  airflow db    migrated")
@@ -264,26 +379,42 @@ def services(config: StackConfig) -> dict[str, list[str]]:
     """
     airflow = str(BIN / "airflow")
     return {
-        "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(config.api_port),
-                       "--workers", "1"],
+        "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(config.api_port), "--workers", "1"],
         "scheduler": [airflow, "scheduler"],
         "dag-processor": [airflow, "dag-processor"],
         "triggerer": [airflow, "triggerer"],
-        "feed": _quant_engine_command("feed", "serve", "--host", "127.0.0.1", "--port", str(config.feed_port),
-                                      "--source", "synthetic", "--tickers", config.tickers,
-                                      "--start", config.feed_start),
+        "feed": _quant_engine_command(
+            "feed",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(config.feed_port),
+            "--source",
+            "synthetic",
+            "--tickers",
+            config.tickers,
+            "--start",
+            config.feed_start,
+        ),
         "bridge": _quant_engine_command("bridge", "run"),
     }
 
 
-def start_service(config: StackConfig, name: str, command: list[str],
-                  env: dict[str, str]) -> subprocess.Popen | None:
+def start_service(config: StackConfig, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen | None:
     """Start ``name`` unless its pid file names a live process; the new process, or None."""
     if _running_pid(config, name):
         return None
     with config.log_file(name).open("a") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, cwd=REPO_ROOT, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
     config.pid_file(name).write_text(f"{process.pid}\n")
     return process
 
@@ -293,8 +424,11 @@ def _airflow_components_healthy(config: StackConfig) -> tuple[bool, str]:
     if not ok:
         return False, body
     health = json.loads(body)
-    unhealthy = [part for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
-                 if (health.get(part) or {}).get("status") != "healthy"]
+    unhealthy = [
+        part
+        for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        if (health.get(part) or {}).get("status") != "healthy"
+    ]
     return not unhealthy, f"not healthy yet: {', '.join(unhealthy)}" if unhealthy else "healthy"
 
 
@@ -326,10 +460,11 @@ def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen]) -> N
 
 
 def write_passwords(config: StackConfig) -> None:
-    """SimpleAuthManager reads user passwords from this JSON file; the login is the configured one."""
-    path = config.folder / "passwords.json"
-    path.write_text(json.dumps({config.user: config.password}) + "\n")
-    path.chmod(0o600)
+    """SimpleAuthManager reads user passwords from this JSON file (0600 from the start); the login is the configured
+    one."""
+    write_bytes_atomic(
+        config.folder / "passwords.json", (json.dumps({config.user: config.password}) + "\n").encode(), mode=0o600
+    )
 
 
 def up(config: StackConfig) -> None:
@@ -345,13 +480,18 @@ def up(config: StackConfig) -> None:
     env = service_env(config)
     write_passwords(config)
     migrate(config, env)
-    started = {name: process for name, command in services(config).items()
-               if (process := start_service(config, name, command, env)) is not None}
+    started = {
+        name: process
+        for name, command in services(config).items()
+        if (process := start_service(config, name, command, env)) is not None
+    }
     wait_healthy(config, started)
     print(f"  api-server    {config.api_url}  (Airflow UI; login {config.user} / {config.password})")
     print(f"  Quant Engine  {config.api_url}/quant-engine/  (also in the UI's navigation)")
-    print(f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}"
-          "  (signals once the registry has a champion: run spot_training)")
+    print(
+        f"  bridge        http://127.0.0.1:{config.bridge_port}/health  ws://127.0.0.1:{config.bridge_port}"
+        "  (signals once the registry has a champion: run spot_training)"
+    )
     print(f"  feed          http://127.0.0.1:{config.feed_port}/health  ws://127.0.0.1:{config.feed_port}")
     print(f"  logs          {config.folder / 'logs'}   QE_HOME {config.qe_home}")
     print("Stop with `make down`.")
@@ -380,11 +520,17 @@ def down(config: StackConfig) -> None:
     for name in reversed(list(services(config))):
         stop_service(config, name)
     if (config.pg_data / "PG_VERSION").exists():
-        result = subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "status"]),
-                                capture_output=True, check=False)
+        result = subprocess.run(
+            _as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "status"]),
+            capture_output=True,
+            check=False,
+        )
         if result.returncode == 0:
-            subprocess.run(_as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "-m", "fast", "-w",
-                                              "stop"]), check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                _as_postgres_user([_pg_tool("pg_ctl"), "-D", str(config.pg_data), "-m", "fast", "-w", "stop"]),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             print("  stopped postgres")
     print("The quant-engine stack is down.")
 

@@ -86,8 +86,9 @@ class BarSize:
     minutes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.minutes is not None and (isinstance(self.minutes, bool) or not isinstance(self.minutes, int)
-                                         or not 1 <= self.minutes < 24 * 60):
+        if self.minutes is not None and (
+            isinstance(self.minutes, bool) or not isinstance(self.minutes, int) or not 1 <= self.minutes < 24 * 60
+        ):
             raise CalendarError(f"a bar of {self.minutes!r} minutes is not a bar size; use 1 to 1439 minutes, or 1d")
 
     @classmethod
@@ -337,6 +338,58 @@ class MarketCalendar:
         n_bars = len(self.bar_grid(bar_size, lo, hi))
         return (hi - lo) / years, n_bars / max(hi - lo, 1)
 
+    # -- trading time -----------------------------------------------------------------------------
+
+    def advance_trading_time(self, t_ns: int, amount_ns: int) -> int:
+        """The instant ``amount_ns`` of *trading* time after ``t_ns`` (before it when negative).
+
+        Nights, weekends, holidays and lunch breaks take no trading time, so a replay that skips
+        them (``quant-engine feed serve``'s ``sessions`` timeline) reaches exactly this instant
+        after ``amount_ns`` of replay, and one that lives through them (a live feed, the
+        ``calendar`` timeline) reaches at most this far. That makes it an upper bound of where any
+        feed can be when moving forward, and a lower bound when moving back. Where two instants
+        share the same trading time (a close and the next open), the earlier is returned. Outside
+        the calendar's span time runs as on a wall clock.
+
+        Examples
+        --------
+        >>> nyse = get_calendar("XNYS")
+        >>> friday_close = pd.Timestamp("2024-03-01 21:00", tz="UTC").value
+        >>> str(pd.Timestamp(nyse.advance_trading_time(friday_close, 30 * _NS_PER_MINUTE), tz="UTC"))
+        '2024-03-04 15:00:00+00:00'
+        """
+        t_ns, amount_ns = int(t_ns), int(amount_ns)
+        if amount_ns == 0:
+            return t_ns
+        return self._instant_at(self._trading_elapsed(t_ns) + amount_ns)
+
+    @functools.cached_property
+    def _trading_stretches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every trading stretch ``[start, end]`` in time order, and the trading time before and after each."""
+        start, end, _ = self._segments(np.arange(len(self)))
+        after = np.cumsum(end - start)
+        return start, end, after - (end - start), after
+
+    def _trading_elapsed(self, t_ns: int) -> int:
+        """Trading time from the calendar's first open to ``t_ns`` (wall time outside the span)."""
+        start, end, before, after = self._trading_stretches
+        if t_ns < start[0]:
+            return t_ns - int(start[0])
+        if t_ns > end[-1]:
+            return int(after[-1]) + t_ns - int(end[-1])
+        k = int(np.searchsorted(start, t_ns, side="right")) - 1
+        return int(before[k]) + min(t_ns - int(start[k]), int(end[k] - start[k]))
+
+    def _instant_at(self, elapsed_ns: int) -> int:
+        """The earliest instant with ``elapsed_ns`` of trading time behind it (the inverse of the above)."""
+        start, end, before, after = self._trading_stretches
+        if elapsed_ns < 0:
+            return int(start[0]) + elapsed_ns
+        if elapsed_ns > after[-1]:
+            return int(end[-1]) + elapsed_ns - int(after[-1])
+        j = int(np.searchsorted(after, elapsed_ns, side="left"))
+        return int(start[j]) + elapsed_ns - int(before[j])
+
     # -- internals --------------------------------------------------------------------------------
 
     def _segments(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -388,8 +441,10 @@ def get_calendar(name: str = DEFAULT_CALENDAR) -> MarketCalendar:
         canonical = str(name)
     known = xcals.get_calendar_names(include_aliases=True)
     if canonical not in known:
-        raise CalendarError(f"unknown calendar {name!r}; use XNYS (US equities), 24/5 (FX), 24/7 (crypto) or "
-                            "another exchange_calendars name such as XLON or XTKS")
+        raise CalendarError(
+            f"unknown calendar {name!r}; use XNYS (US equities), 24/5 (FX), 24/7 (crypto) or "
+            "another exchange_calendars name such as XLON or XTKS"
+        )
     with warnings.catch_warnings():
         # exchange_calendars still uses pandas APIs that pandas 3.1 deprecates (DatetimeIndex.weekday,
         # Series.values of tz-aware columns, which pandas attributes to itself): not ours to fix.
@@ -467,9 +522,14 @@ class MarketTime:
     def annualisation(self, last_year: int) -> dict[str, float | str]:
         """Periods a year for per-bar returns, and what they are made of (for reports)."""
         sessions, bars = self.exchange.bars_per_year(self.bar_size, last_year)
-        return {"calendar": self.calendar, "bar_size": self.bar_size, "sessions_per_year": round(sessions, 2),
-                "bars_per_session": round(bars, 4), "periods_per_year": round(sessions * bars, 2),
-                "years_averaged": ANNUALISATION_YEARS}
+        return {
+            "calendar": self.calendar,
+            "bar_size": self.bar_size,
+            "sessions_per_year": round(sessions, 2),
+            "bars_per_session": round(bars, 4),
+            "periods_per_year": round(sessions * bars, 2),
+            "years_averaged": ANNUALISATION_YEARS,
+        }
 
     def describe(self) -> str:
         return f"{self.bar_size} bars on the {self.calendar} calendar"

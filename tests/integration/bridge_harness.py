@@ -27,10 +27,14 @@ SESSION_WALL_S = 0.3
 SPEED = 23_400 / SESSION_WALL_S  # market ms per wall ms: a 6.5 h session in SESSION_WALL_S
 
 
-async def run_bridge(replay: pd.DataFrame, *, faults: FaultPlan | None = None, ticks_per_bar: int = 6,
-                     feature_set: str = "default",
-                     disrupt: Callable[[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]], Awaitable[None]]
-                     | None = None) -> tuple[list[dict], BridgeService]:
+async def run_bridge(
+    replay: pd.DataFrame,
+    *,
+    faults: FaultPlan | None = None,
+    ticks_per_bar: int = 6,
+    feature_set: str = "default",
+    disrupt: Callable[[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]], Awaitable[None]] | None = None,
+) -> tuple[list[dict], BridgeService]:
     """Replay ``replay`` through a feed server into a bridge; return what a subscriber received."""
     history = make_bar_history(get_settings())
     schedule = ReplaySchedule(replay, market_time=history.market_time, ticks_per_bar=ticks_per_bar, seed=1)
@@ -46,12 +50,20 @@ async def run_bridge(replay: pd.DataFrame, *, faults: FaultPlan | None = None, t
         servers.append(await FeedServer(schedule, clock, port=port, faults=faults).start())
 
     engine, settings = get_settings(), BridgeSettings(port=0, tokens=("tok",), feed_url=feed.url, log_batch=10_000)
-    handler = StateHandler(get_feature_set(feature_set), build_model(settings, engine), history=history,
-                           prediction_log=prediction_log(make_model_registry()), log_batch=settings.log_batch,
-                           clock=BarClock(history.market_time))
-    service = BridgeService(settings, handler, tuple(sorted(replay["ticker"].unique())),
-                            feed_options={"backoff_initial_s": 0.02, "backoff_max_s": 0.1, "seed": 7,
-                                          "stable_after_s": 0.05})
+    handler = StateHandler(
+        get_feature_set(feature_set),
+        build_model(settings, engine),
+        history=history,
+        prediction_log=prediction_log(make_model_registry()),
+        log_batch=settings.log_batch,
+        clock=BarClock(history.market_time),
+    )
+    service = BridgeService(
+        settings,
+        handler,
+        tuple(sorted(replay["ticker"].unique())),
+        feed_options={"backoff_initial_s": 0.02, "backoff_max_s": 0.1, "seed": 7, "stable_after_s": 0.05},
+    )
     stop, started = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(service.run(stop, started))
     await started.wait()

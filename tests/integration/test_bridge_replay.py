@@ -42,26 +42,41 @@ LONG_REPLAY_END = "2021-05-07"  # 26 sessions
 @pytest.fixture
 def stored(qe_home: Path) -> dict[str, object]:
     """Ingested history (features + bars) and a registered champion trained before the replay."""
-    ingest(IngestionRequest.build("synthetic", "2020-01-01", LONG_REPLAY_END, tickers=TICKERS, group=make_offline_store()), make_group_stores())
+    ingest(
+        IngestionRequest.build("synthetic", "2020-01-01", LONG_REPLAY_END, tickers=TICKERS, group=make_offline_store()),
+        make_group_stores(),
+    )
     rows = make_offline_store().read(None, "2020-01-01T00:00Z", "2021-03-31T23:59Z")
     features = get_feature_set("default").names
     label = (rows["log_return_5"] > rows["log_return_5"].median()).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "seed": 0},
-                        xgb.DMatrix(rows[features].to_numpy(np.float32), label=label, feature_names=features), 8)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "seed": 0},
+        xgb.DMatrix(rows[features].to_numpy(np.float32), label=label, feature_names=features),
+        8,
+    )
     booster.save_model(str(qe_home / "model.json"))
     registry = make_model_registry()
-    version = registry.register(qe_home / "model.json", ModelMetadata(
-        features=features, data_start="2020-01-01T00:00Z", data_end="2021-03-31T21:00Z", data_fingerprint="f"))
+    version = registry.register(
+        qe_home / "model.json",
+        ModelMetadata(
+            features=features, data_start="2020-01-01T00:00Z", data_end="2021-03-31T21:00Z", data_fingerprint="f"
+        ),
+    )
     registry.promote(version, "first model")
     offline = make_offline_store().read(None, f"{REPLAY_START}T00:00Z", f"{LONG_REPLAY_END}T23:59Z")
-    return {"version": version, "replay": replay_bars(REPLAY_END), "long_replay": replay_bars(LONG_REPLAY_END),
-            "offline": offline.set_index(["ticker", "event_time"])}
+    return {
+        "version": version,
+        "replay": replay_bars(REPLAY_END),
+        "long_replay": replay_bars(LONG_REPLAY_END),
+        "offline": offline.set_index(["ticker", "event_time"]),
+    }
 
 
 def replay_bars(end: str) -> pd.DataFrame:
     """The stored bars from REPLAY_START to ``end``: what the feed replays."""
-    return make_bar_history().read(TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"),
-                                           pd.Timestamp(end, tz="UTC") + pd.Timedelta(days=1))
+    return make_bar_history().read(
+        TICKERS, pd.Timestamp(REPLAY_START, tz="UTC"), pd.Timestamp(end, tz="UTC") + pd.Timedelta(days=1)
+    )
 
 
 def assert_parity(received: list[dict], stored: dict[str, object], replay: pd.DataFrame) -> None:

@@ -41,8 +41,14 @@ class AwsClients:
     def region(self) -> str:
         return str(self.session.region_name)
 
-    def client(self, service: str) -> Any:
-        """The client of ``service`` (``"s3"``, ``"sagemaker"``...), made on first use."""
+    def client(self, service: str, config: Any = None) -> Any:
+        """The client of ``service`` (``"s3"``, ``"sagemaker"``...), made on first use.
+
+        ``config`` (a ``botocore.config.Config``: timeouts, retries, pool size) makes a client of its
+        own, not shared with callers that want the defaults.
+        """
+        if config is not None:
+            return self.session.client(service, endpoint_url=self.endpoint_url, config=config)
         if service not in self._clients:
             self._clients[service] = self.session.client(service, endpoint_url=self.endpoint_url)
         return self._clients[service]

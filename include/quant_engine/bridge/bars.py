@@ -18,10 +18,13 @@ A bar closes
   (authoritative for the session's last bar);
 * intraday, when a tick of a later bar of the same ticker arrives;
 * when a later session's tick of the same ticker arrives, or when the feed's clock (the newest
-  tick time of any ticker, the *watermark*) passes the bar's close plus a grace period. A daily
-  bar closed so may be partial (its last ticks were lost), as may an intraday bar closed by the
-  watermark: the stored bar of that ``ts`` is preferred when the history has one; otherwise the
-  partial bar is used and counted.
+  tick time of any ticker, the *watermark*) passes the bar's close plus a grace period;
+* when the service's reference clock has passed the bar's close (:meth:`BarAggregator.close_due`):
+  the whole feed went quiet before the closing tick.
+
+A daily bar closed without its closing tick may be partial (its last ticks were lost), as may an
+intraday bar closed by a clock: the stored bar of that ``ts`` is preferred when the history has
+one; otherwise the partial bar is used and counted.
 
 Bars missing between a ticker's last closed bar and a new one (the feed was down) are the
 calendar's bar closes in between, never "weekdays": each is backfilled from the stored history in
@@ -29,13 +32,19 @@ time order; one the history does not have is *unfilled*, counted and remembered 
 (:attr:`BarAggregator.unfilled`), because the ticker's features now differ from the store's
 until it is rebuilt from a store that has the bar. A bar is closed once: any later tick of it, such
 as a ``POST_MARKET`` tick repeated after a reconnect, is dropped and counted as late.
+
+Stored history is read through :class:`GuardedHistory`: a read that fails (a file that cannot be
+opened: out of descriptors, a disk gone) is retried, then the bar goes on without it (a backfill
+becomes an unfilled gap, mended later like any other) and the failure is reported, never raised
+into the service's processing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,9 +52,12 @@ import pandas as pd
 from quant_engine.bridge.ticks import MarketHours, Tick
 from quant_engine.calendars import MarketTime
 
-__all__ = ["Bar", "BarAggregator", "BarClock", "BarSource", "ORIGINS"]
+__all__ = ["Bar", "BarAggregator", "BarClock", "BarSource", "GuardedHistory", "HistoryUnavailable", "ORIGINS"]
+
+log = logging.getLogger(__name__)
 
 _NS_PER_MS = 1_000_000
+_NEVER = np.iinfo(np.int64).max
 
 #: Where a closed bar's values came from.
 ORIGINS: tuple[str, ...] = ("feed", "stored", "partial", "backfill")
@@ -57,6 +69,56 @@ class BarSource(Protocol):
     def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
         """Bars of ``ticker`` with ``start <= ts <= end``: ``ticker, ts, open, high, low, close, volume``."""
         ...
+
+
+class HistoryUnavailable(RuntimeError):
+    """Stored bars could not be read (after retrying); the caller goes on without them."""
+
+
+class GuardedHistory:
+    """Reads of stored bars that fail with an :class:`OSError` (a file that cannot be opened) retried,
+    then raised as :class:`HistoryUnavailable`; the last failure is kept for ``/health`` until a read succeeds.
+
+    Parameters
+    ----------
+    history : BarSource
+        :class:`~quant_engine.features.bar_history.BarHistory` or anything with its reading methods.
+    attempts : int
+        Reads tried before giving up (at once: a processing batch must not sleep).
+    """
+
+    def __init__(self, history: Any, attempts: int = 2) -> None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts={attempts!r} must be an integer >= 1")
+        self.history = history
+        self.attempts = attempts
+        self.can_warm_up = hasattr(history, "last_bars")
+        self.failures = 0
+        self.error: str | None = None
+
+    def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        return self._read(self.history.between, ticker, start, end)
+
+    def last_bars(self, ticker: str, until: pd.Timestamp, count: int) -> pd.DataFrame:
+        return self._read(self.history.last_bars, ticker, until, count)
+
+    def _read(self, method: Callable[..., pd.DataFrame], *args: Any) -> pd.DataFrame:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                frame = method(*args)
+            except OSError as exc:
+                if attempt == self.attempts:
+                    self.failures += 1
+                    if self.error is None:
+                        log.warning("stored bars unreadable (%s); going on without them", exc)
+                    self.error = f"stored bars unreadable: {exc}"
+                    raise HistoryUnavailable(self.error) from exc
+            else:
+                if self.error is not None:
+                    log.info("stored bars readable again")
+                self.error = None
+                return frame
+        raise AssertionError("unreachable: the loop returns or raises")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +136,15 @@ class Bar:
 
     def as_record(self) -> dict[str, object]:
         """The bar as the mapping :meth:`StreamingFeatureState.update` takes."""
-        return {"ticker": self.ticker, "ts": self.ts, "open": self.open, "high": self.high, "low": self.low,
-                "close": self.close, "volume": self.volume}
+        return {
+            "ticker": self.ticker,
+            "ts": self.ts,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +190,13 @@ class BarClock:
         if found is None:
             return None
         close_ns, start_ns, session = found
-        self._last = Slot(close_ns // _NS_PER_MS, start_ns // _NS_PER_MS, session,
-                          bool(start_ns == self.calendar.open_ns[session]),
-                          bool(close_ns == self.calendar.close_ns[session]))
+        self._last = Slot(
+            close_ns // _NS_PER_MS,
+            start_ns // _NS_PER_MS,
+            session,
+            bool(start_ns == self.calendar.open_ns[session]),
+            bool(close_ns == self.calendar.close_ns[session]),
+        )
         return self._last
 
     def last_close_before(self, t_ms: int) -> int | None:
@@ -204,8 +277,9 @@ class BarAggregator:
     [('2024-01-02 21:00:00+00:00', 101.5, 'feed')]
     """
 
-    def __init__(self, history: BarSource | None = None, *, clock: BarClock | None = None,
-                 close_grace_ms: int = 3_600_000) -> None:
+    def __init__(
+        self, history: BarSource | None = None, *, clock: BarClock | None = None, close_grace_ms: int = 3_600_000
+    ) -> None:
         if isinstance(close_grace_ms, bool) or not isinstance(close_grace_ms, int) or close_grace_ms < 0:
             raise ValueError(f"close_grace_ms={close_grace_ms!r} must be an integer >= 0")
         self.history = history
@@ -216,12 +290,23 @@ class BarAggregator:
         self._open: dict[str, _OpenBar] = {}
         self._last_closed: dict[str, int] = {}
         self._volume_mark: dict[str, tuple[int, int]] = {}  # ticker -> (bar close it ended, day_volume)
-        self._next_expiry_ms = np.iinfo(np.int64).max
+        self._next_close_ms = _NEVER  # the earliest close of an open bar
         #: Per ticker, the closes (ms) of bars it missed that the history did not have.
         self.unfilled: dict[str, set[int]] = {}
         self.counters: dict[str, int] = dict.fromkeys(
-            ("ticks", "late_ticks", "ticks_outside_session", "bars_closed", "bars_feed", "bars_stored",
-             "bars_partial", "bars_backfill", "bars_unfilled"), 0)
+            (
+                "ticks",
+                "late_ticks",
+                "ticks_outside_session",
+                "bars_closed",
+                "bars_feed",
+                "bars_stored",
+                "bars_partial",
+                "bars_backfill",
+                "bars_unfilled",
+            ),
+            0,
+        )
 
     def seed(self, ticker: str, last_bar: pd.Timestamp | None) -> None:
         """Say which bar ``ticker``'s state already holds (its warm-up's last), so gaps after it get filled."""
@@ -275,8 +360,12 @@ class BarAggregator:
         Its own price is a post-market trade, not the session's, so the bar keeps the regular ticks' values.
         """
         current = self._open.get(tick.ticker)
-        if tick.market_hours == MarketHours.POST_MARKET and current is not None and current.slot.closes_session \
-                and self.clock.last_close_before(tick.time_ms) == current.slot.close_ms:
+        if (
+            tick.market_hours == MarketHours.POST_MARKET
+            and current is not None
+            and current.slot.closes_session
+            and self.clock.last_close_before(tick.time_ms) == current.slot.close_ms
+        ):
             return self._close(tick.ticker, complete=True)
         self.counters["ticks_outside_session"] += 1
         return []
@@ -285,14 +374,15 @@ class BarAggregator:
         current = self._open.get(tick.ticker)
         if current is None:
             if self.daily or slot.opens_session:  # a session's running values are its first bar's too
-                current = _OpenBar(slot, tick.open_price, tick.day_high, tick.day_low, tick.price, tick.day_volume,
-                                   0, tick)
+                current = _OpenBar(
+                    slot, tick.open_price, tick.day_high, tick.day_low, tick.price, tick.day_volume, 0, tick
+                )
             else:
                 mark = self._volume_mark.get(tick.ticker)
                 base = mark[1] if mark is not None and mark[0] == slot.start_ms else None
                 current = _OpenBar(slot, tick.price, tick.price, tick.price, tick.price, tick.day_volume, base, tick)
             self._open[tick.ticker] = current
-            self._next_expiry_ms = min(self._next_expiry_ms, slot.close_ms + self.close_grace_ms)
+            self._next_close_ms = min(self._next_close_ms, slot.close_ms)
             return
         if self.daily or current.slot.opens_session:
             current.open, current.high, current.low = tick.open_price, tick.day_high, tick.day_low
@@ -303,13 +393,26 @@ class BarAggregator:
     def advance(self, watermark_ms: int) -> list[Bar]:
         """Move the feed clock to ``watermark_ms``; close the bars whose grace has run out."""
         self.watermark_ms = max(self.watermark_ms, int(watermark_ms))
-        if self.watermark_ms < self._next_expiry_ms:
+        return self.close_due(self.watermark_ms - self.close_grace_ms)
+
+    def close_due(self, until_ms: int) -> list[Bar]:
+        """Close every open bar whose close is at or before ``until_ms`` without waiting for its closing tick.
+
+        The service calls it with the instant its reference clock had passed a grace period ago
+        (:meth:`~quant_engine.bridge.clock.ReferenceClock.passed_ms`), so a session whose last ticks never
+        came is closed anyway; the watermark does the same through :meth:`advance`.
+        """
+        if until_ms < self._next_close_ms:
             return []
-        expired = [t for t, b in self._open.items() if b.slot.close_ms + self.close_grace_ms <= self.watermark_ms]
+        expired = [t for t, b in self._open.items() if b.slot.close_ms <= until_ms]
         closed = [bar for ticker in sorted(expired) for bar in self._close(ticker, complete=False)]
-        self._next_expiry_ms = min((b.slot.close_ms + self.close_grace_ms for b in self._open.values()),
-                                   default=np.iinfo(np.int64).max)
+        self._next_close_ms = min((b.slot.close_ms for b in self._open.values()), default=_NEVER)
         return closed
+
+    @property
+    def open_bars(self) -> int:
+        """Bars that ticks are still building."""
+        return len(self._open)
 
     def _close(self, ticker: str, *, complete: bool) -> list[Bar]:
         """Close ``ticker``'s open bar: from the feed when ``complete``, else the stored bar when there is one."""
@@ -321,8 +424,12 @@ class BarAggregator:
         stored: dict[int, Bar] = {}
         if self.history is not None and (missed or not exact):
             first = missed[0] if missed else close_ms
-            frame = self.history.between(ticker, BarClock.ts(first), BarClock.ts(close_ms))
-            stored = {ms: bar for ms, bar in _stored_bars(frame, "backfill")}
+            try:
+                frame = self.history.between(ticker, BarClock.ts(first), BarClock.ts(close_ms))
+            except HistoryUnavailable:  # counted by GuardedHistory: the gap stays unfilled, mended later
+                frame = None
+            if frame is not None:
+                stored = {ms: bar for ms, bar in _stored_bars(frame, "backfill")}
         out = [stored[ms] for ms in missed if ms in stored]
         unfilled = [ms for ms in missed if ms not in stored]
         if unfilled:
@@ -343,8 +450,16 @@ class BarAggregator:
 
     def _feed_bar(self, ticker: str, bar: _OpenBar, origin: str) -> Bar:
         volume = bar.day_volume - (bar.volume_base or 0) if not self.daily else bar.day_volume
-        return Bar(ticker, BarClock.ts(bar.slot.close_ms), float(bar.open), float(bar.high), float(bar.low),
-                   float(bar.close), float(max(volume, 0)), origin)
+        return Bar(
+            ticker,
+            BarClock.ts(bar.slot.close_ms),
+            float(bar.open),
+            float(bar.high),
+            float(bar.low),
+            float(bar.close),
+            float(max(volume, 0)),
+            origin,
+        )
 
     def forget_unfilled(self, ticker: str) -> set[int]:
         """Clear and return ``ticker``'s unfilled bars (its state was rebuilt from a store that has them)."""

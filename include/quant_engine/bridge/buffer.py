@@ -67,8 +67,10 @@ class TickBuffer:
             raise ValueError(f"policy={policy!r} is not an overload policy; use one of {', '.join(OVERLOAD_POLICIES)}")
         self.clock = clock or BarClock()
         if policy == "coalesce" and not self.clock.size.is_daily:
-            raise ValueError(f"policy='coalesce' is exact for daily bars only, not {self.clock.market_time.describe()}: "
-                             "an intraday bar needs every tick's price; use drop_oldest")
+            raise ValueError(
+                f"policy='coalesce' is exact for daily bars only, not {self.clock.market_time.describe()}: "
+                "an intraday bar needs every tick's price; use drop_oldest"
+            )
         self.capacity = capacity
         self.policy = policy
         self._queue: deque[_Slot] = deque()
@@ -87,8 +89,12 @@ class TickBuffer:
             bar = self.clock.locate(tick.time_ms)
             session = -1 if bar is None else bar.session
             waiting = self._latest.get(tick.ticker)
-            if (waiting is not None and waiting.tick.market_hours != MarketHours.POST_MARKET
-                    and session >= 0 and waiting.session == session):
+            if (
+                waiting is not None
+                and waiting.tick.market_hours != MarketHours.POST_MARKET
+                and session >= 0
+                and waiting.session == session
+            ):
                 waiting.tick = tick
                 self.coalesced += 1
                 return
@@ -127,8 +133,13 @@ class TickBuffer:
 
     def counters(self) -> dict[str, int]:
         """``accepted``, ``coalesced``, ``dropped``, current ``depth`` and ``high_water``."""
-        return {"accepted": self.accepted, "coalesced": self.coalesced, "dropped": self.dropped,
-                "depth": len(self._queue), "high_water": self.high_water}
+        return {
+            "accepted": self.accepted,
+            "coalesced": self.coalesced,
+            "dropped": self.dropped,
+            "depth": len(self._queue),
+            "high_water": self.high_water,
+        }
 
     def _forget(self, slot: _Slot) -> None:
         if self._latest.get(slot.tick.ticker) is slot:

@@ -12,7 +12,9 @@ objects for as long as it lives. Unlike yfinance's ``AsyncWebSocket`` it never g
   dead: the connection is aborted and re-made (``stats.stale_reconnects``);
 * every frame that is not a usable tick is dropped and counted by reason in ``stats.dropped``:
   the wire's :data:`~quant_engine.bridge.wire.FRAME_ERROR_REASONS`, ``unknown_ticker`` (not
-  subscribed), ``time_backwards`` (older than the ticker's last tick) and ``duplicate`` (the
+  subscribed), ``future_time`` (stamped later than the reference clock allows: checked before the
+  tick touches any per-ticker state, so one frame from 2099 cannot silence its ticker or move the
+  market clock), ``time_backwards`` (older than the ticker's last tick) and ``duplicate`` (the
   ticker's last tick again).
 
 Ticks lost while disconnected stay lost, as on any live feed; the bridge backfills whole bars
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from quant_engine.bridge.clock import DEFAULT_MAX_SKEW_S
 from quant_engine.bridge.ticks import Tick
 from quant_engine.bridge.wire import FRAME_ERROR_REASONS, FrameError, decode_frame, subscribe_message
 
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 
 YAHOO_STREAMER_URL = "wss://streamer.finance.yahoo.com/?version=2"
 #: Every reason a frame is dropped for, the keys of ``FeedStats.dropped``.
-DROP_REASONS: tuple[str, ...] = (*FRAME_ERROR_REASONS, "unknown_ticker", "time_backwards", "duplicate")
+DROP_REASONS: tuple[str, ...] = (*FRAME_ERROR_REASONS, "unknown_ticker", "future_time", "time_backwards", "duplicate")
 
 
 class Backoff:
@@ -73,8 +76,9 @@ class Backoff:
     [1.0, 2.0, 4.0, 4.0]
     """
 
-    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0, seed: int | None = None
+    ) -> None:
         if not (isinstance(initial_s, (int, float)) and initial_s > 0):
             raise ValueError(f"initial_s={initial_s!r} must be a number of seconds > 0")
         if not (isinstance(max_s, (int, float)) and max_s >= initial_s):
@@ -155,6 +159,10 @@ class FeedClient:
         Seed of the backoff jitter.
     clock : callable
         Wall clock for ``stats.last_tick_wall_time`` and events (default ``time.time``).
+    latest_time_ms : callable, optional
+        ``() -> ms``: the newest tick time accepted now (the service passes its
+        :meth:`~quant_engine.bridge.clock.ReferenceClock.latest_ms`); default ``clock()`` plus
+        :data:`~quant_engine.bridge.clock.DEFAULT_MAX_SKEW_S`.
     open_timeout : float
         Longest wait for a connection's handshake, seconds.
     heartbeat_s : float, optional
@@ -182,6 +190,7 @@ class FeedClient:
         stable_after_s: float = 10.0,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        latest_time_ms: Callable[[], float] | None = None,
         open_timeout: float = 10.0,
         heartbeat_s: float | None = 15.0,
         max_size: int = 2**16,
@@ -195,8 +204,11 @@ class FeedClient:
         names = tuple(dict.fromkeys(tickers))
         if not names or not all(isinstance(t, str) and t for t in names):
             raise ValueError(f"tickers={tickers!r} must be a non-empty sequence of non-empty strings")
-        for name, value in (("stale_after_s", stale_after_s), ("stable_after_s", stable_after_s),
-                            ("open_timeout", open_timeout)):
+        for name, value in (
+            ("stale_after_s", stale_after_s),
+            ("stable_after_s", stable_after_s),
+            ("open_timeout", open_timeout),
+        ):
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name}={value!r} must be a number of seconds > 0")
         if heartbeat_s is not None and not (isinstance(heartbeat_s, (int, float)) and heartbeat_s > 0):
@@ -212,6 +224,7 @@ class FeedClient:
         self.backoff = Backoff(backoff_initial_s, backoff_max_s, backoff_factor, seed)
         self.stats = FeedStats()
         self._clock = clock
+        self._latest_time_ms = latest_time_ms or (lambda: (clock() + DEFAULT_MAX_SKEW_S) * 1000.0)
         self._on_event = on_event
         self._subscribed = frozenset(names)
         self._last: dict[str, Tick] = {}
@@ -298,8 +311,15 @@ class FeedClient:
 
     async def _connect(self) -> ClientConnection | None:
         try:
-            ws = await connect(self.url, open_timeout=self.open_timeout, max_size=self.max_size,
-                               max_queue=self.max_queue, ping_interval=20, ping_timeout=20, close_timeout=1)
+            ws = await connect(
+                self.url,
+                open_timeout=self.open_timeout,
+                max_size=self.max_size,
+                max_queue=self.max_queue,
+                ping_interval=20,
+                ping_timeout=20,
+                close_timeout=1,
+            )
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
             self.stats.failed_connects += 1
             self.stats.last_error = f"connect: {type(exc).__name__}: {exc}"
@@ -365,6 +385,9 @@ class FeedClient:
         ticker = tick.ticker
         if ticker not in self._subscribed:
             stats.dropped["unknown_ticker"] += 1
+            return None
+        if tick.time_ms > self._latest_time_ms():
+            stats.dropped["future_time"] += 1
             return None
         last = self._last.get(ticker)
         if last is not None and tick.time_ms <= last.time_ms:

@@ -76,19 +76,35 @@ MIN_TICKS_PER_BAR = 4
 #: time; ``calendar``: it runs through every hour, as a live feed does.
 TIMELINES: tuple[str, ...] = ("sessions", "calendar")
 #: Malformed frames the fault plan can inject; the first seven are the wire's ``FrameError``
-#: reasons, the rest decode but break the feed client's per-ticker checks.
+#: reasons, the rest decode but break the feed client's checks (``future_time``: a tick stamped
+#: in 2099, which the wire's 1971..2100 range lets through and only a reference clock catches).
 MALFORMED_KINDS: tuple[str, ...] = (
-    "bad_json", "bad_base64", "bad_protobuf", "missing_field", "bad_price", "bad_volume", "bad_time",
-    "nan_price", "negative_price", "unknown_ticker", "time_backwards", "duplicate",
+    "bad_json",
+    "bad_base64",
+    "bad_protobuf",
+    "missing_field",
+    "bad_price",
+    "bad_volume",
+    "bad_time",
+    "nan_price",
+    "negative_price",
+    "unknown_ticker",
+    "future_time",
+    "time_backwards",
+    "duplicate",
 )
 #: The reason a feed client drops each kind of malformed frame for.
 DROP_REASON_OF_KIND: dict[str, str] = {
-    **{kind: kind for kind in MALFORMED_KINDS}, "nan_price": "bad_price", "negative_price": "bad_price",
+    **{kind: kind for kind in MALFORMED_KINDS},
+    "nan_price": "bad_price",
+    "negative_price": "bad_price",
 }
 #: Kinds that only make sense after the connection received a tick of the same ticker.
 _KINDS_AFTER_A_TICK = ("time_backwards", "duplicate")
 #: Ticker of the injected ``unknown_ticker`` frames; no source has it.
 UNKNOWN_TICKER = "ZZZZ-UNKNOWN"
+#: Time of the injected ``future_time`` frames: 2099-06-01 UTC, inside the wire's range.
+FUTURE_TIME_MS = 4_083_955_200_000
 #: Ticks sent in a row before the replay lets other tasks run (when it is behind the clock).
 _YIELD_EVERY = 256
 
@@ -123,8 +139,9 @@ def price_decimals(prices: np.ndarray) -> int:
         if (np.round(prices, decimals) == prices).all():
             return decimals
     row = int(np.flatnonzero(np.round(prices, MAX_PRICE_HINT) != prices)[0])
-    raise ValueError(f"price {prices.ravel()[row]!r} has more than {MAX_PRICE_HINT} decimals; the float32 wire "
-                     "cannot carry it")
+    raise ValueError(
+        f"price {prices.ravel()[row]!r} has more than {MAX_PRICE_HINT} decimals; the float32 wire cannot carry it"
+    )
 
 
 class ReplaySchedule:
@@ -157,16 +174,30 @@ class ReplaySchedule:
     (20, 'POST_MARKET', True)
     """
 
-    def __init__(self, bars: pd.DataFrame, *, market_time: MarketTime | None = None, ticks_per_bar: int = 8,
-                 seed: int = 0, price_hint: int | None = None, timeline: str = "sessions") -> None:
-        if isinstance(ticks_per_bar, bool) or not isinstance(ticks_per_bar, int) or not (
-                MIN_TICKS_PER_BAR <= ticks_per_bar <= 60_000):
-            raise ValueError(f"ticks_per_bar={ticks_per_bar!r} must be a whole number from {MIN_TICKS_PER_BAR} "
-                             "(open, high, low, close) to 60000")
+    def __init__(
+        self,
+        bars: pd.DataFrame,
+        *,
+        market_time: MarketTime | None = None,
+        ticks_per_bar: int = 8,
+        seed: int = 0,
+        price_hint: int | None = None,
+        timeline: str = "sessions",
+    ) -> None:
+        if (
+            isinstance(ticks_per_bar, bool)
+            or not isinstance(ticks_per_bar, int)
+            or not (MIN_TICKS_PER_BAR <= ticks_per_bar <= 60_000)
+        ):
+            raise ValueError(
+                f"ticks_per_bar={ticks_per_bar!r} must be a whole number from {MIN_TICKS_PER_BAR} "
+                "(open, high, low, close) to 60000"
+            )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed={seed!r} must be a whole number >= 0")
-        if price_hint is not None and (isinstance(price_hint, bool) or not isinstance(price_hint, int)
-                                       or not 0 <= price_hint <= MAX_PRICE_HINT):
+        if price_hint is not None and (
+            isinstance(price_hint, bool) or not isinstance(price_hint, int) or not 0 <= price_hint <= MAX_PRICE_HINT
+        ):
             raise ValueError(f"price_hint={price_hint!r} must be a whole number from 0 to {MAX_PRICE_HINT}")
         if timeline not in TIMELINES:
             raise ValueError(f"timeline={timeline!r} must be one of {', '.join(TIMELINES)}")
@@ -191,13 +222,17 @@ class ReplaySchedule:
         off_grid = np.round(prices, self.price_hint) != prices
         if off_grid.any():
             row = int(np.flatnonzero(off_grid.any(axis=1))[0])
-            raise ValueError(f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} has prices with more than "
-                             f"{self.price_hint} decimals; raise price_hint so they survive the float32 wire")
+            raise ValueError(
+                f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} has prices with more than "
+                f"{self.price_hint} decimals; raise price_hint so they survive the float32 wire"
+            )
         volume = bars["volume"].to_numpy()
         if (volume != np.round(volume)).any():
             row = int(np.flatnonzero(volume != np.round(volume))[0])
-            raise ValueError(f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} has a fractional volume "
-                             f"{volume[row]}; the wire's day_volume is a whole number of shares")
+            raise ValueError(
+                f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} has a fractional volume "
+                f"{volume[row]}; the wire's day_volume is a whole number of shares"
+            )
 
     def _group_sessions(self, bars: pd.DataFrame) -> list[_Session]:
         calendar, size = self.market_time.exchange, self.market_time.size
@@ -207,22 +242,31 @@ class ReplaySchedule:
             sessions = np.where(calendar.close_ns[np.maximum(sessions, 0)] // 1_000_000 == close_ms, sessions, -1)
         if (sessions < 0).any():
             row = int(np.flatnonzero(sessions < 0)[0])
-            raise ValueError(f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} is not a bar close of "
-                             f"{self.market_time.describe()}; replay bars stamped by that calendar")
+            raise ValueError(
+                f"{bars['ticker'].iat[row]}@{bars['ts'].iat[row]} is not a bar close of "
+                f"{self.market_time.describe()}; replay bars stamped by that calendar"
+            )
         values = bars[["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64")
         tickers = bars["ticker"].astype(str).to_numpy()
         out = []
         for session in np.unique(sessions):
             grid = calendar.bar_grid(size, int(session), int(session) + 1)
-            starts = dict(zip((grid.close_ns // 1_000_000).tolist(), (grid.start_ns // 1_000_000).tolist()))
+            starts = dict(
+                zip((grid.close_ns // 1_000_000).tolist(), (grid.start_ns // 1_000_000).tolist(), strict=True)
+            )
             in_session = sessions == session
             session_bars = []
             for close in np.unique(close_ms[in_session]):
                 rows = np.flatnonzero(close_ms == close)
                 order = rows[np.argsort(tickers[rows], kind="stable")]
                 session_bars.append((int(close), starts[int(close)], tuple(tickers[order]), values[order]))
-            out.append(_Session(int(calendar.open_ns[session]) // 1_000_000,
-                                int(calendar.close_ns[session]) // 1_000_000, tuple(session_bars)))
+            out.append(
+                _Session(
+                    int(calendar.open_ns[session]) // 1_000_000,
+                    int(calendar.close_ns[session]) // 1_000_000,
+                    tuple(session_bars),
+                )
+            )
         return out
 
     @property
@@ -262,8 +306,18 @@ class ReplaySchedule:
             ticks += [tick for step in zip(*rows, strict=True) for tick in step]  # same time grid per ticker
         for ticker, (open_, high, low, volume) in sorted(running.items()):
             last = next(t for t in reversed(ticks) if t.ticker == ticker)
-            ticks.append(Tick(ticker, last.price, session.close_ms, int(volume), float(open_), float(high),
-                              float(low), MarketHours.POST_MARKET))
+            ticks.append(
+                Tick(
+                    ticker,
+                    last.price,
+                    session.close_ms,
+                    int(volume),
+                    float(open_),
+                    float(high),
+                    float(low),
+                    MarketHours.POST_MARKET,
+                )
+            )
         return [(self._position(index, tick.time_ms), tick) for tick in ticks]
 
     def ticks(self, from_position: float = -math.inf) -> Iterator[tuple[int, Tick]]:
@@ -290,8 +344,19 @@ class ReplaySchedule:
         index = self._session_at(position)
         return int(self._sessions[index].open_ms + position - self._offsets[index])
 
-    def bar_ticks(self, ticker: str, start_ms: int, close_ms: int, open_: float, high: float, low: float,
-                  close: float, volume: float, *, session: list[float] | None = None) -> list[Tick]:
+    def bar_ticks(
+        self,
+        ticker: str,
+        start_ms: int,
+        close_ms: int,
+        open_: float,
+        high: float,
+        low: float,
+        close: float,
+        volume: float,
+        *,
+        session: list[float] | None = None,
+    ) -> list[Tick]:
         """The ticks of one bar: ``ticks_per_bar`` regular ticks evenly inside ``(start, close)``.
 
         The path visits the open (first tick), the high and the low (two random inner ticks, in a
@@ -316,8 +381,16 @@ class ReplaySchedule:
         day_volume = int(session[3]) + bar_volume
         times = start_ms + ((close_ms - start_ms) * np.arange(1, n + 1)) // (n + 1)
         ticks = [
-            Tick(ticker, float(path[k]), int(times[k]), int(day_volume[k]), float(session[0]),
-                 float(running_high[k]), float(running_low[k]), MarketHours.REGULAR_MARKET)
+            Tick(
+                ticker,
+                float(path[k]),
+                int(times[k]),
+                int(day_volume[k]),
+                float(session[0]),
+                float(running_high[k]),
+                float(running_low[k]),
+                MarketHours.REGULAR_MARKET,
+            )
             for k in range(n)
         ]
         session[1], session[2], session[3] = float(running_high[-1]), float(running_low[-1]), float(day_volume[-1])
@@ -383,8 +456,10 @@ class ReplayClock:
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path} is not a replay anchor file ({exc}); remove it to start afresh") from exc
             if clock.speed != speed:
-                raise ValueError(f"{path} anchors a replay at speed {clock.speed}, not {speed}; "
-                                 "use that speed or remove the file to start afresh")
+                raise ValueError(
+                    f"{path} anchors a replay at speed {clock.speed}, not {speed}; "
+                    "use that speed or remove the file to start afresh"
+                )
             return clock
         clock = cls(anchor=time.time() if now is None else now, speed=speed)
         write_bytes_atomic(path, json.dumps(dataclasses.asdict(clock)).encode())
@@ -473,6 +548,7 @@ def malformed_frame(kind: str, tick: Tick, last_sent: Tick | None, *, price_hint
         "bad_volume": {"day_volume": -1},
         "bad_time": {"time_ms": tick.time_ms // 1000},  # seconds instead of milliseconds
         "unknown_ticker": {"ticker": UNKNOWN_TICKER},
+        "future_time": {"time_ms": FUTURE_TIME_MS},
     }
     if kind in replacements:
         return encode_tick(dataclasses.replace(tick, **replacements[kind]), price_hint=price_hint)
@@ -529,9 +605,19 @@ class FeedServer:
     connect a :class:`~quant_engine.bridge.feed_client.FeedClient` to ``server.url``.
     """
 
-    def __init__(self, schedule: ReplaySchedule, clock: ReplayClock, *, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, faults: FaultPlan | None = None, max_size: int = 2**16,
-                 max_queue: int = 16, write_limit: int = 2**18, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        schedule: ReplaySchedule,
+        clock: ReplayClock,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        faults: FaultPlan | None = None,
+        max_size: int = 2**16,
+        max_queue: int = 16,
+        write_limit: int = 2**18,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         if not isinstance(schedule, ReplaySchedule):
             raise TypeError(f"schedule must be a ReplaySchedule, not {type(schedule).__name__}")
         if not isinstance(clock, ReplayClock):
@@ -568,15 +654,28 @@ class FeedServer:
     async def start(self) -> FeedServer:
         """Listen and start the replay from the clock's current position."""
         self._server = await serve(
-            self._handle, self.host, self.port, process_request=self._process_request,
-            max_size=self.max_size, max_queue=self.max_queue, write_limit=self.write_limit,
-            ping_interval=20, ping_timeout=20, close_timeout=2,
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            max_size=self.max_size,
+            max_queue=self.max_queue,
+            write_limit=self.write_limit,
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=2,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._replay = asyncio.create_task(self._play(), name="feed-replay")
-        log.info("feed serving %d tickers, %d sessions of %s on %s (speed %s, %s timeline)",
-                 len(self.schedule.tickers), self.schedule.n_sessions, self.schedule.market_time.describe(),
-                 self.url, self.clock.speed, self.schedule.timeline)
+        log.info(
+            "feed serving %d tickers, %d sessions of %s on %s (speed %s, %s timeline)",
+            len(self.schedule.tickers),
+            self.schedule.n_sessions,
+            self.schedule.market_time.describe(),
+            self.url,
+            self.clock.speed,
+            self.schedule.timeline,
+        )
         return self
 
     async def stop(self) -> None:
@@ -627,7 +726,8 @@ class FeedServer:
     async def _handle(self, ws: ServerConnection) -> None:
         self.accepted += 1
         if self.accepted <= self.faults.drop_at_accept or (
-                self.faults.accept_drop_rate and self._rng.random() < self.faults.accept_drop_rate):
+            self.faults.accept_drop_rate and self._rng.random() < self.faults.accept_drop_rate
+        ):
             log.info("fault: dropping connection %d at accept", self.accepted)
             ws.transport.abort()
             return

@@ -46,8 +46,7 @@ ROW_OVERHEAD_STEPS = 50
 PROBE_ROWS = 1024
 
 #: Values every feature is probed at besides its thresholds: the infinities, the float32 extremes, zeros.
-_EXTREMES = np.array([-np.inf, np.finfo(np.float32).min, -0.0, 0.0, np.finfo(np.float32).max, np.inf],
-                     dtype=np.float32)
+_EXTREMES = np.array([-np.inf, np.finfo(np.float32).min, -0.0, 0.0, np.finfo(np.float32).max, np.inf], dtype=np.float32)
 #: The constants of xgboost's float ``Sigmoid``: the exponent is capped below ``expf``'s overflow.
 _SIGMOID_EXPONENT_CAP = np.float32(88.7)
 _SIGMOID_EPSILON = np.float32(1e-16)
@@ -227,14 +226,16 @@ class CompiledForest:
         """
         for rows in self.probe_rows(probe_rows):
             for kind, ours, theirs in (
-                    ("margin", self.predict_margin(rows), booster.inplace_predict(rows, predict_type="margin")),
-                    ("probability", self.predict(rows), booster.inplace_predict(rows))):
+                ("margin", self.predict_margin(rows), booster.inplace_predict(rows, predict_type="margin")),
+                ("probability", self.predict(rows), booster.inplace_predict(rows)),
+            ):
                 differs = np.flatnonzero(ours.view(np.uint32) != np.asarray(theirs, dtype=np.float32).view(np.uint32))
                 if differs.size:
                     i = differs[0]
                     raise NotCompilableError(
                         f"the compiled {kind} differs from xgboost's on {differs.size} of {len(rows)} probe rows, "
-                        f"e.g. {ours[i]!r} != {theirs[i]!r} for row {rows[i].tolist()}")
+                        f"e.g. {ours[i]!r} != {theirs[i]!r} for row {rows[i].tolist()}"
+                    )
 
     def probe_rows(self, count: int = PROBE_ROWS) -> tuple[np.ndarray, np.ndarray]:
         """Two deterministic float32 batches of ``count`` rows that take every branch, the second with NaNs.
@@ -249,8 +250,14 @@ class CompiledForest:
         columns = []
         for feature in range(self.n_features):
             thresholds = np.unique(self._threshold[splits & (self._feature == feature)])
-            values = np.concatenate([thresholds, np.nextafter(thresholds, np.float32(-np.inf)),
-                                     np.nextafter(thresholds, np.float32(np.inf)), _EXTREMES])
+            values = np.concatenate(
+                [
+                    thresholds,
+                    np.nextafter(thresholds, np.float32(-np.inf)),
+                    np.nextafter(thresholds, np.float32(np.inf)),
+                    _EXTREMES,
+                ]
+            )
             # Shuffled before the cut as well, so a feature with more values than rows is sampled evenly.
             columns.append(rng.permutation(np.resize(rng.permutation(values), count)))
         clean = np.stack(columns, axis=1).astype(np.float32)

@@ -83,8 +83,9 @@ class _Served:
 
     __slots__ = ("version", "features", "booster", "forest", "volatility", "sketch_values", "cumulative_weights")
 
-    def __init__(self, version: str, features: tuple[str, ...], booster: Any, forest: CompiledForest | None,
-                 volatility: Any) -> None:
+    def __init__(
+        self, version: str, features: tuple[str, ...], booster: Any, forest: CompiledForest | None, volatility: Any
+    ) -> None:
         self.version, self.features, self.booster, self.volatility = version, features, booster, volatility
         self.forest = forest
         self.sketch_values = [] if volatility is None else volatility.sketch_values.tolist()
@@ -110,8 +111,14 @@ class LocalChampionModel:
 
     """
 
-    def __init__(self, registry: ModelRegistry, *, baseline_loader: Callable[[str, str], Any] | None = None,
-                 check_every_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        baseline_loader: Callable[[str, str], Any] | None = None,
+        check_every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not check_every_s >= 0:
             raise ValueError(f"check_every_s={check_every_s!r} must be >= 0")
         self.registry = registry
@@ -122,8 +129,11 @@ class LocalChampionModel:
         promotion = registry.champion()
         self._served: _Served | None = None if promotion is None else self._load(promotion.version)
         if promotion is None:
-            log.warning("model %r has no champion yet: features are computed, signals wait for one "
-                        "(looked for every %g s)", registry.name, self.check_every_s)
+            log.warning(
+                "model %r has no champion yet: features are computed, signals wait for one (looked for every %g s)",
+                registry.name,
+                self.check_every_s,
+            )
         self._checked_at = clock()
 
     def _load(self, version: str) -> _Served:
@@ -135,23 +145,35 @@ class LocalChampionModel:
 
             def loader(name: str, v: str) -> Any:
                 return load_baseline(self.registry, v)[0]
+
         volatility = None
         try:
             volatility = loader(self.registry.name, version).feature(VOLATILITY_FEATURE)
         except (BaselineError, FileNotFoundError, KeyError):
-            log.warning("%s %s has no baseline for %s; signals are not volatility-checked",
-                        self.registry.name, version, VOLATILITY_FEATURE)
+            log.warning(
+                "%s %s has no baseline for %s; signals are not volatility-checked",
+                self.registry.name,
+                version,
+                VOLATILITY_FEATURE,
+            )
         booster.set_param({"nthread": 1})
         try:
             forest = CompiledForest.compile(booster)
         except NotCompilableError as exc:
             forest = None
-            log.warning("serving %s %s with xgboost only: its forest does not compile: %s",
-                        self.registry.name, version, exc)
+            log.warning(
+                "serving %s %s with xgboost only: its forest does not compile: %s", self.registry.name, version, exc
+            )
         else:
-            log.info("serving %s %s: batches up to %d rows by its compiled forest (%d trees, depth %d), "
-                     "larger ones by xgboost", self.registry.name, version, forest.max_rows, forest.n_trees,
-                     forest.depth)
+            log.info(
+                "serving %s %s: batches up to %d rows by its compiled forest (%d trees, depth %d), "
+                "larger ones by xgboost",
+                self.registry.name,
+                version,
+                forest.max_rows,
+                forest.n_trees,
+                forest.depth,
+            )
         return _Served(version, tuple(record.metadata.features), booster, forest, volatility)
 
     @property
@@ -193,19 +215,38 @@ class LocalChampionModel:
             return forest.predict(rows).astype(np.float64)
         return served.booster.inplace_predict(rows).astype(np.float64)
 
+    def check(self) -> _Served | None:
+        """The registry's champion, loaded, compiled and checked, when it is not the one served; else None.
+
+        Changes nothing, so a service runs it in a background thread (a load takes tens to hundreds
+        of milliseconds) and hands the result to :meth:`install` between batches. Raises what the
+        registry raises (an :class:`OSError` when a file cannot be opened).
+        """
+        promotion = self.registry.champion()
+        if promotion is None or promotion.version == self.version:
+            return None
+        return self._load(promotion.version)
+
+    def install(self, served: _Served) -> None:
+        """Serve what :meth:`check` loaded; the swap is one assignment, so a batch never mixes versions."""
+        previous = self.version
+        self._served = served
+        self.reloads += 1
+        log.info("champion of %s changed: %s -> %s", self.registry.name, previous or "none", served.version)
+
     def refresh(self) -> bool:
-        """Load the champion if it changed since the last check; the swap is one assignment."""
+        """Check and install in one call, at most every ``check_every_s``: True when the served model changed.
+
+        A failed check (an :class:`OSError`) raises, and is tried again after ``check_every_s``.
+        """
         now = self._clock()
         if now - self._checked_at < self.check_every_s:
             return False
         self._checked_at = now
-        promotion = self.registry.champion()
-        previous = self.version
-        if promotion is None or promotion.version == previous:
+        served = self.check()
+        if served is None:
             return False
-        self._served = self._load(promotion.version)
-        self.reloads += 1
-        log.info("champion of %s changed: %s -> %s", self.registry.name, previous or "none", promotion.version)
+        self.install(served)
         return True
 
 
@@ -223,8 +264,13 @@ class SageMakerEndpointModel:
         Training range of :data:`VOLATILITY_FEATURE` of the deployed model.
     """
 
-    def __init__(self, client: Any, endpoint_name: str, features: Sequence[str],
-                 volatility_range: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        endpoint_name: str,
+        features: Sequence[str],
+        volatility_range: tuple[float, float] | None = None,
+    ) -> None:
         if not isinstance(endpoint_name, str) or not endpoint_name:
             raise ValueError(f"endpoint_name={endpoint_name!r} must be a non-empty string")
         if isinstance(features, str) or not features:
@@ -264,16 +310,19 @@ class SageMakerEndpointModel:
         rows = _check_rows(rows, self._features)
         payload = io.StringIO()
         np.savetxt(payload, rows, delimiter=",", fmt="%.17g")
-        response = self.client.invoke_endpoint(EndpointName=self.endpoint_name, ContentType="text/csv",
-                                               Accept="text/csv", Body=payload.getvalue().encode())
+        response = self.client.invoke_endpoint(
+            EndpointName=self.endpoint_name, ContentType="text/csv", Accept="text/csv", Body=payload.getvalue().encode()
+        )
         text = response["Body"].read().decode().strip()
         try:
             probs = np.array([float(v) for v in text.replace("\n", ",").split(",") if v.strip()])
         except ValueError:
             raise ValueError(f"endpoint {self.endpoint_name!r} answered {text[:80]!r}, not probabilities") from None
         if probs.shape != (len(rows),) or not ((probs >= 0) & (probs <= 1)).all():
-            raise ValueError(f"endpoint {self.endpoint_name!r} returned {probs.size} values for {len(rows)} rows; "
-                             "expected one probability in [0, 1] per row")
+            raise ValueError(
+                f"endpoint {self.endpoint_name!r} returned {probs.size} values for {len(rows)} rows; "
+                "expected one probability in [0, 1] per row"
+            )
         return probs
 
     def refresh(self) -> bool:

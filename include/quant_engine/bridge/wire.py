@@ -39,7 +39,13 @@ __all__ = [
 
 #: Every ``FrameError.reason``, a short stable code the feed client counts drops by.
 FRAME_ERROR_REASONS: tuple[str, ...] = (
-    "bad_json", "bad_base64", "bad_protobuf", "missing_field", "bad_price", "bad_volume", "bad_time",
+    "bad_json",
+    "bad_base64",
+    "bad_protobuf",
+    "missing_field",
+    "bad_price",
+    "bad_volume",
+    "bad_time",
 )
 #: The most decimals a price may be quoted in; beyond this float32 carries no more digits anyway.
 MAX_PRICE_HINT = 12
@@ -177,8 +183,9 @@ def _tick_from(data: PricingData) -> Tick:
     # Written as ``0 < x < inf`` so NaN (which fails every comparison) is refused too.
     if not (0.0 < price < _INF and 0.0 < open_price < _INF and 0.0 < high < _INF and 0.0 < low < _INF):
         raise FrameError(
-            "bad_price", f"{ticker}: prices must be finite and > 0, got price={price} open={open_price} "
-                         f"high={high} low={low}")
+            "bad_price",
+            f"{ticker}: prices must be finite and > 0, got price={price} open={open_price} high={high} low={low}",
+        )
     if low > high:
         raise FrameError("bad_price", f"{ticker}: day_low={low} is above day_high={high}")
     if hint:

@@ -30,13 +30,17 @@ __all__ = [
 ]
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` so readers see the old file or the new one, never a torn one."""
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666) -> Path:
+    """Replace ``path`` with ``data`` so readers see the old file or the new one, never a torn one.
+
+    The temp file is created with ``mode`` (less the umask, as ``open`` does), so a secret written
+    with ``mode=0o600`` is private from its first byte, never readable until a later ``chmod``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        with open(tmp, "wb") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

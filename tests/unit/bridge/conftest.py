@@ -22,14 +22,23 @@ def register_model(home: Path, seed: int, *, promote: bool = True, vol_range: tu
     rows = pd.DataFrame(rng.normal(size=(300, len(FEATURES))), columns=FEATURES)
     rows["realized_vol_20"] = rng.uniform(*vol_range, size=len(rows))
     rows["label"] = (rows["log_return_5"] + 0.5 * rng.normal(size=len(rows)) > 0).astype(int)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "seed": seed},
-                        xgb.DMatrix(rows[FEATURES].to_numpy(np.float32), label=rows["label"], feature_names=FEATURES),
-                        5)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": seed},
+        xgb.DMatrix(rows[FEATURES].to_numpy(np.float32), label=rows["label"], feature_names=FEATURES),
+        5,
+    )
     path = home / f"model-{seed}.json"
     booster.save_model(str(path))
     registry = make_model_registry()
-    version = registry.register(path, ModelMetadata(features=FEATURES, data_start="2021-01-01T00:00Z",
-                                                    data_end="2021-03-31T21:00Z", data_fingerprint=f"seed{seed}"))
+    version = registry.register(
+        path,
+        ModelMetadata(
+            features=FEATURES,
+            data_start="2021-01-01T00:00Z",
+            data_end="2021-03-31T21:00Z",
+            data_fingerprint=f"seed{seed}",
+        ),
+    )
     record_baseline(registry, version, booster, rows.iloc[:200], rows.iloc[200:], FEATURES)
     if promote:
         registry.promote(version, f"seed {seed}")
@@ -59,10 +68,13 @@ def session_ticks(bars: pd.DataFrame, *, post: bool = True) -> list:
     for ts, group in bars.sort_values(["ts", "ticker"]).groupby("ts", sort=True):
         close_ms = int(ts.value // 1_000_000)
         rows = list(group.itertuples(index=False))
-        out += [Tick(r.ticker, r.open, close_ms - 3 * 3_600_000, int(r.volume) // 2, r.open, r.open, r.open)
-                for r in rows]
+        out += [
+            Tick(r.ticker, r.open, close_ms - 3 * 3_600_000, int(r.volume) // 2, r.open, r.open, r.open) for r in rows
+        ]
         out += [Tick(r.ticker, r.close, close_ms - 60_000, int(r.volume), r.open, r.high, r.low) for r in rows]
         if post:
-            out += [Tick(r.ticker, r.close, close_ms, int(r.volume), r.open, r.high, r.low, MarketHours.POST_MARKET)
-                    for r in rows]
+            out += [
+                Tick(r.ticker, r.close, close_ms, int(r.volume), r.open, r.high, r.low, MarketHours.POST_MARKET)
+                for r in rows
+            ]
     return out

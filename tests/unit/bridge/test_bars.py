@@ -3,10 +3,12 @@ are the calendar's bars in between, backfilled or counted; intraday bars rebuilt
 
 from __future__ import annotations
 
+import errno
+
 import pandas as pd
 import pytest
 
-from quant_engine.bridge.bars import BarAggregator, BarClock
+from quant_engine.bridge.bars import BarAggregator, BarClock, GuardedHistory
 from quant_engine.bridge.ticks import MarketHours, Tick
 from quant_engine.calendars import MarketTime, get_calendar
 
@@ -23,8 +25,16 @@ def close_of(day: int, base: pd.Timestamp = MONDAY) -> pd.Timestamp:
     return NYSE.session_close((base + pd.Timedelta(days=day)).date())
 
 
-def tick(ticker: str, day: int, hour: float, price: float, *, post: bool = False, volume: int = 1000,
-         base: pd.Timestamp = MONDAY) -> Tick:
+def tick(
+    ticker: str,
+    day: int,
+    hour: float,
+    price: float,
+    *,
+    post: bool = False,
+    volume: int = 1000,
+    base: pd.Timestamp = MONDAY,
+) -> Tick:
     hours = MarketHours.POST_MARKET if post else MarketHours.REGULAR_MARKET
     return Tick(ticker, price, at(day, hour, base), volume, 100.0, max(price, 105.0), min(price, 95.0), hours)
 
@@ -33,8 +43,19 @@ class FakeHistory:
     """Stored daily bars per ticker (days from MONDAY), stamped at their session closes; records the queries."""
 
     def __init__(self, days: dict[str, list[int]]) -> None:
-        rows = [{"ticker": t, "ts": close_of(d), "open": 10.0 + d, "high": 12.0 + d, "low": 9.0 + d,
-                 "close": 11.0 + d, "volume": 500.0} for t, ds in days.items() for d in ds]
+        rows = [
+            {
+                "ticker": t,
+                "ts": close_of(d),
+                "open": 10.0 + d,
+                "high": 12.0 + d,
+                "low": 9.0 + d,
+                "close": 11.0 + d,
+                "volume": 500.0,
+            }
+            for t, ds in days.items()
+            for d in ds
+        ]
         self.frame = pd.DataFrame(rows)
         self.queries: list[tuple[str, pd.Timestamp, pd.Timestamp]] = []
 
@@ -106,6 +127,47 @@ def test_watermark_closes_sessions_of_tickers_that_went_quiet() -> None:
     assert agg.on_tick(tick("Q", 0, 21, 101.0, post=True)) == []  # too late: closed already
 
 
+def test_the_reference_clock_closes_a_session_whose_closing_tick_never_came() -> None:
+    history = FakeHistory({"A": [0]})
+    agg = BarAggregator(GuardedHistory(history), close_grace_ms=HOUR_MS)
+    agg.on_tick(tick("A", 0, 15, 101.0))
+    agg.on_tick(tick("B", 0, 16, 50.0))  # and then the whole feed goes quiet: no watermark moves
+    assert agg.close_due(at(0, 20.9)) == [] and agg.open_bars == 2  # before the close: nothing
+    closed = agg.close_due(at(0, 21))
+    assert [(b.ticker, b.origin, b.close) for b in closed] == [("A", "stored", 11.0), ("B", "partial", 50.0)]
+    assert agg.open_bars == 0 and agg.watermark_ms == at(0, 16)  # the market clock is the ticks' alone
+    assert agg.on_tick(tick("A", 0, 21, 101.5, post=True)) == [] and agg.counters["late_ticks"] == 1
+
+
+class FailingHistory(FakeHistory):
+    """Stored bars whose files cannot be opened for the first ``failures`` reads."""
+
+    def __init__(self, days: dict[str, list[int]], failures: int) -> None:
+        super().__init__(days)
+        self.failures = failures
+
+    def between(self, ticker: str, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().between(ticker, start, end)
+
+
+def test_unreadable_history_leaves_an_unfilled_gap_and_is_retried_before_giving_up() -> None:
+    flaky = GuardedHistory(FailingHistory({"A": [1, 2]}, failures=1), attempts=2)
+    agg = BarAggregator(flaky)
+    agg.seed("A", close_of(0))
+    closed = agg.on_tick(tick("A", 3, 21, 120.0, post=True))  # one failed open, retried at once: filled
+    assert [b.origin for b in closed] == ["backfill", "backfill", "feed"] and flaky.error is None
+    broken = GuardedHistory(FailingHistory({"A": [1, 2]}, failures=2), attempts=2)
+    agg = BarAggregator(broken)
+    agg.seed("A", close_of(0))
+    closed = agg.on_tick(tick("A", 3, 21, 120.0, post=True))  # never readable: the bar goes on, the gap stays
+    assert [b.origin for b in closed] == ["feed"] and agg.counters["bars_unfilled"] == 2
+    assert broken.failures == 1 and "Too many open files" in broken.error
+    assert broken.between("A", close_of(1), close_of(2)).shape[0] == 2 and broken.error is None  # readable again
+
+
 def test_gap_is_backfilled_in_time_order_from_the_calendars_sessions() -> None:
     history = FakeHistory({"A": [1, 2, 3, 4]})
     agg = BarAggregator(history)
@@ -158,13 +220,15 @@ def hourly_ticks(ticker: str, session: str, bars: list[tuple[float, float, float
     grid = clock.calendar.bar_grid("1h", *clock.calendar.session_range(session, session))
     out, day_volume, high, low = [], 0, -1e9, 1e9
     session_open = bars[0][0]
-    for (open_, hi, lo, close, volume), start, end in zip(bars, grid.start_ns // 10**6, grid.close_ns // 10**6,
-                                                         strict=False):
+    for (open_, hi, lo, close, volume), start, end in zip(
+        bars, grid.start_ns // 10**6, grid.close_ns // 10**6, strict=False
+    ):
         for k, (price, share) in enumerate(((open_, 0.2), (hi, 0.3), (lo, 0.3), (close, 0.2))):
             day_volume += int(volume * share)
             high, low = max(high, price), min(low, price)
-            out.append(Tick(ticker, price, int(start + (end - start) * (k + 1) // 4), day_volume, session_open,
-                            high, low))
+            out.append(
+                Tick(ticker, price, int(start + (end - start) * (k + 1) // 4), day_volume, session_open, high, low)
+            )
     return out
 
 
@@ -174,7 +238,8 @@ def test_intraday_bars_are_rebuilt_exactly_from_their_ticks() -> None:
     closed = [bar for t in hourly_ticks("A", "2019-07-03", wanted) for bar in agg.on_tick(t)]
     assert [str(b.ts) for b in closed] == ["2019-07-03 14:30:00+00:00", "2019-07-03 15:30:00+00:00"]
     assert [(b.open, b.high, b.low, b.close, b.volume, b.origin) for b in closed] == [
-        (*w[:4], float(w[4]), "feed") for w in wanted[:2]]
+        (*w[:4], float(w[4]), "feed") for w in wanted[:2]
+    ]
 
 
 def test_intraday_bars_of_a_half_day_end_with_its_short_last_bar_on_the_post_market_tick() -> None:
@@ -182,8 +247,9 @@ def test_intraday_bars_of_a_half_day_end_with_its_short_last_bar_on_the_post_mar
     agg = BarAggregator(clock=clock)
     wanted = [(100.0 + k, 101.0 + k, 99.0 + k, 100.5 + k, 100) for k in range(4)]  # 13:30-17:00 UTC on July 3
     closed = [bar for t in hourly_ticks("A", "2019-07-03", wanted) for bar in agg.on_tick(t)]
-    post = Tick("A", 103.5, at(0, 17, pd.Timestamp("2019-07-03", tz="UTC")), 400, 100.0, 104.0, 99.0,
-                MarketHours.POST_MARKET)
+    post = Tick(
+        "A", 103.5, at(0, 17, pd.Timestamp("2019-07-03", tz="UTC")), 400, 100.0, 104.0, 99.0, MarketHours.POST_MARKET
+    )
     closed += agg.on_tick(post)
     assert [str(b.ts)[11:16] for b in closed] == ["14:30", "15:30", "16:30", "17:00"]
     assert closed[-1].volume == 100.0 and closed[-1].origin == "feed"
@@ -194,5 +260,6 @@ def test_the_clock_names_the_bars_missed_between_two_instants() -> None:
     first = int(pd.Timestamp("2019-07-03 16:30Z").value // 1_000_000)
     later = int(pd.Timestamp("2019-07-05 14:30Z").value // 1_000_000)
     assert [str(BarClock.ts(ms))[5:16] for ms in clock.closes_between(first, later)] == ["07-03 17:00"]
-    assert clock.last_close_before(int(pd.Timestamp("2019-07-04 12:00Z").value // 1_000_000)) == \
-        int(pd.Timestamp("2019-07-03 17:00Z").value // 1_000_000)
+    assert clock.last_close_before(int(pd.Timestamp("2019-07-04 12:00Z").value // 1_000_000)) == int(
+        pd.Timestamp("2019-07-03 17:00Z").value // 1_000_000
+    )

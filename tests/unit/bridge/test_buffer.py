@@ -18,8 +18,16 @@ BASE_MS = 19_730 * DAY_MS  # 2024-01-08 00:00 UTC
 
 def tick(ticker: str, day: int, minute: int, price: float, post: bool = False) -> Tick:
     hours = MarketHours.POST_MARKET if post else MarketHours.REGULAR_MARKET
-    return Tick(ticker, price, BASE_MS + day * DAY_MS + (14 * 60 + 30 + minute) * 60_000, 100 + minute,
-                100.0, max(100.0, price), min(100.0, price), hours)
+    return Tick(
+        ticker,
+        price,
+        BASE_MS + day * DAY_MS + (14 * 60 + 30 + minute) * 60_000,
+        100 + minute,
+        100.0,
+        max(100.0, price),
+        min(100.0, price),
+        hours,
+    )
 
 
 def session_ticks(tickers: list[str], days: int, per_session: int, seed: int) -> list[Tick]:
@@ -61,7 +69,9 @@ def test_post_market_ticks_are_never_coalesced_away() -> None:
     buffer.put(tick("A", 1, 2, 104.0))
     out = buffer.drain()
     assert [(t.price, t.market_hours) for t in out] == [
-        (102.0, MarketHours.POST_MARKET), (104.0, MarketHours.REGULAR_MARKET)]
+        (102.0, MarketHours.POST_MARKET),
+        (104.0, MarketHours.REGULAR_MARKET),
+    ]
 
 
 def test_drop_oldest_keeps_the_newest_and_counts_the_rest() -> None:

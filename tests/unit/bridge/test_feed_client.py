@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -20,6 +21,7 @@ from yfinance.pricing_pb2 import PricingData
 from quant_engine.bridge.feed_client import DROP_REASONS, Backoff, FeedClient, FeedEvent
 from quant_engine.bridge.feed_server import (
     DROP_REASON_OF_KIND,
+    FUTURE_TIME_MS,
     MALFORMED_KINDS,
     FaultPlan,
     FeedServer,
@@ -30,7 +32,9 @@ from quant_engine.bridge.ticks import Tick
 from quant_engine.bridge.wire import encode_tick
 from quant_engine.data.synthetic import SyntheticMarket
 
-BARS = SyntheticMarket(n_tickers=3, seed=2, start="2024-01-01", end="2024-12-31").fetch(None, "2024-02-01", "2024-06-28")
+BARS = SyntheticMarket(n_tickers=3, seed=2, start="2024-01-01", end="2024-12-31").fetch(
+    None, "2024-02-01", "2024-06-28"
+)
 SCHEDULE = ReplaySchedule(BARS, ticks_per_bar=8, seed=1)
 ORDER = [t for _, t in SCHEDULE.ticks()]
 #: A session every quarter of a second: a tick per ticker about every 31 ms.
@@ -71,7 +75,7 @@ def test_backoff_ceilings_grow_to_the_cap_and_delays_are_seeded_full_jitter() ->
         ceilings.append(backoff.ceiling_s)
         delays.append(backoff.next_delay())
     assert ceilings == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 1.0])
-    assert all(0 <= d <= c for d, c in zip(delays, ceilings))
+    assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     assert len(set(delays)) == len(delays)  # jittered, not a fixed ladder
     again = Backoff(initial_s=0.1, max_s=1.0, factor=2.0, seed=7)
     assert [again.next_delay() for _ in range(8)] == delays
@@ -86,8 +90,9 @@ def test_drop_at_accept_backs_off_ever_longer_then_resubscribes_and_streams() ->
     events: list[FeedEvent] = []
 
     async def main() -> tuple[list[Tick], FeedClient, FeedServer]:
-        async with FeedServer(SCHEDULE, ReplayClock(time.time(), FAST), port=0,
-                              faults=FaultPlan(drop_at_accept=4)) as server:
+        async with FeedServer(
+            SCHEDULE, ReplayClock(time.time(), FAST), port=0, faults=FaultPlan(drop_at_accept=4)
+        ) as server:
             client = fast_client(server.url, on_event=events.append)
             ticks = await collect(client, lambda got: len(got) >= 20)
             return ticks, client, server
@@ -173,24 +178,43 @@ def test_injected_faults_of_every_kind_are_dropped_and_counted_by_reason() -> No
     for name in TICKERS:  # nothing lost either: a contiguous run of the schedule per ticker
         got = [t for t in ticks if t.ticker == name]
         start = by_ticker[name].index(got[0])
-        assert got == by_ticker[name][start:start + len(got)]
+        assert got == by_ticker[name][start : start + len(got)]
 
 
 def _fuzz_frames(rng: random.Random, anchor: Tick, count: int) -> list[str | bytes]:
     """``count`` frames none of which is a new valid tick of a subscribed ticker."""
 
     def pricing(**fields) -> str:
-        return json.dumps({"type": "pricing", "message": base64.b64encode(PricingData(**fields).SerializeToString()).decode()})
+        return json.dumps(
+            {"type": "pricing", "message": base64.b64encode(PricingData(**fields).SerializeToString()).decode()}
+        )
 
-    good = dict(id=anchor.ticker, price=anchor.price, time=anchor.time_ms, day_volume=anchor.day_volume,
-                open_price=anchor.open_price, day_high=anchor.day_high, day_low=anchor.day_low, market_hours=1,
-                price_hint=2)
+    good = dict(
+        id=anchor.ticker,
+        price=anchor.price,
+        time=anchor.time_ms,
+        day_volume=anchor.day_volume,
+        open_price=anchor.open_price,
+        day_high=anchor.day_high,
+        day_low=anchor.day_low,
+        market_hours=1,
+        price_hint=2,
+    )
     breakers = [
-        {"price": math.nan}, {"price": -rng.uniform(0, 100)}, {"price": 0.0}, {"day_high": math.inf},
-        {"day_low": anchor.day_high + 1}, {"day_volume": -rng.randint(1, 10**9)}, {"time": anchor.time_ms // 1000},
-        {"time": -rng.randint(1, 10**6)}, {"id": ""}, {"market_hours": rng.randint(4, 100)},
-        {"price_hint": rng.randint(13, 10**6)}, {"id": "NOT" + str(rng.randint(0, 10**6))},
+        {"price": math.nan},
+        {"price": -rng.uniform(0, 100)},
+        {"price": 0.0},
+        {"day_high": math.inf},
+        {"day_low": anchor.day_high + 1},
+        {"day_volume": -rng.randint(1, 10**9)},
+        {"time": anchor.time_ms // 1000},
+        {"time": -rng.randint(1, 10**6)},
+        {"id": ""},
+        {"market_hours": rng.randint(4, 100)},
+        {"price_hint": rng.randint(13, 10**6)},
+        {"id": "NOT" + str(rng.randint(0, 10**6))},
         {"time": anchor.time_ms - rng.randint(1, 10**6)},  # backwards
+        {"time": rng.randint(4_000_000_000_000, 4_102_444_800_000)},  # 2096..2100: within the wire's range
     ]
     frames: list[str | bytes] = []
     for _ in range(count):
@@ -202,9 +226,13 @@ def _fuzz_frames(rng: random.Random, anchor: Tick, count: int) -> list[str | byt
         elif kind == 2:
             frames.append(json.dumps(rng.choice([[1, 2], {"type": "pricing"}, {"message": rng.random()}, None, "x"])))
         elif kind == 3:
-            frames.append(json.dumps({"type": "pricing", "message": "".join(rng.choice("!@#$%^&*()") for _ in range(12))}))
+            frames.append(
+                json.dumps({"type": "pricing", "message": "".join(rng.choice("!@#$%^&*()") for _ in range(12))})
+            )
         elif kind == 4:
-            frames.append(json.dumps({"type": "pricing", "message": base64.b64encode(rng.randbytes(rng.randint(1, 60))).decode()}))
+            frames.append(
+                json.dumps({"type": "pricing", "message": base64.b64encode(rng.randbytes(rng.randint(1, 60))).decode()})
+            )
         elif kind == 5:
             frames.append(pricing(**{**good, **rng.choice(breakers)}))
         elif kind == 6:
@@ -212,7 +240,9 @@ def _fuzz_frames(rng: random.Random, anchor: Tick, count: int) -> list[str | byt
         else:
             raw = bytearray(PricingData(**good).SerializeToString())
             cut = rng.randint(1, len(raw) - 1)
-            frames.append(json.dumps({"type": "pricing", "message": base64.b64encode(bytes(raw[:cut]) + b"\xff").decode()}))
+            frames.append(
+                json.dumps({"type": "pricing", "message": base64.b64encode(bytes(raw[:cut]) + b"\xff").decode()})
+            )
     return frames
 
 
@@ -271,3 +301,36 @@ def test_bad_arguments_are_named() -> None:
         FeedClient("ws://x", ["A"], stale_after_s=0)
     with pytest.raises(ValueError, match="heartbeat_s"):
         FeedClient("ws://x", ["A"], heartbeat_s=-1)
+
+
+def test_a_far_future_tick_is_dropped_before_it_can_silence_its_ticker() -> None:
+    """One frame stamped 2099 (inside the wire's range) would be the ticker's newest time for good; it is
+    dropped as future_time against the reference clock, and the ticker's real ticks keep coming."""
+    real = [t for t in ORDER if t.ticker in TICKERS][:6]
+    frames = [
+        encode_tick(real[0]),
+        encode_tick(dataclasses.replace(real[0], time_ms=FUTURE_TIME_MS)),
+        *(encode_tick(t) for t in real[1:]),
+    ]
+
+    async def feed(ws) -> None:
+        await ws.recv()
+        for frame in frames:
+            await ws.send(frame)
+        await ws.wait_closed()
+
+    async def main(expect: int = 6, **options) -> tuple[list[Tick], FeedClient]:
+        async with serve(feed, "127.0.0.1", 0) as server:
+            client = fast_client(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", **options)
+            return await collect(client, lambda got: len(got) == expect, timeout=10), client
+
+    ticks, client = asyncio.run(main())  # the default reference: the wall clock plus a minute
+    assert ticks == real and client.stats.dropped["future_time"] == 1
+    assert client.stats.dropped["time_backwards"] == 0
+    # a replay's reference: a tick later than it allows is future_time too, whatever its year
+    bound = [real[1].time_ms]
+    judged = FeedClient("ws://127.0.0.1:1", TICKERS, latest_time_ms=lambda: bound[0])
+    assert [judged._accept(encode_tick(t)) for t in real[:2]] == real[:2]
+    assert judged._accept(encode_tick(real[4])) is None and judged.stats.dropped["future_time"] == 1
+    bound[0] = real[4].time_ms  # the replay moved on: the same tick is on time now
+    assert judged._accept(encode_tick(real[4])) == real[4]

@@ -58,7 +58,7 @@ def test_each_session_walks_to_the_bars_exact_values_and_ends_with_one_post_mark
         assert len(regular) == ticks_per_bar and all(t.market_hours == MarketHours.REGULAR_MARKET for t in regular)
         assert post.market_hours == MarketHours.POST_MARKET and post.time_ms == bar.ts.value // 1_000_000
         assert regular[-1].price == bar.close and regular[0].price == bar.open
-        for earlier, later in zip(session, session[1:]):
+        for earlier, later in zip(session, session[1:], strict=False):
             assert later.time_ms > earlier.time_ms
             assert later.day_high >= earlier.day_high and later.day_low <= earlier.day_low
             assert later.day_volume >= earlier.day_volume
@@ -95,40 +95,55 @@ def test_a_days_ticks_do_not_depend_on_the_range_replayed() -> None:
     short = ReplaySchedule(MARKET.fetch(None, "2024-03-14", "2024-03-15"), ticks_per_bar=6, seed=9)
     long = ReplaySchedule(BARS, ticks_per_bar=6, seed=9)
     day = pd.Timestamp("2024-03-15 20:00", tz="UTC").value // 1_000_000  # a summer-time close
-    assert [t for _, t in short.ticks() if t.time_ms <= day and t.time_ms > day - SESSION_MS] == \
-           [t for _, t in long.ticks() if t.time_ms <= day and t.time_ms > day - SESSION_MS]
+    assert [t for _, t in short.ticks() if t.time_ms <= day and t.time_ms > day - SESSION_MS] == [
+        t for _, t in long.ticks() if t.time_ms <= day and t.time_ms > day - SESSION_MS
+    ]
 
 
 def test_sessions_follow_the_calendar_across_daylight_saving_and_a_half_day() -> None:
     bars = SyntheticMarket(n_tickers=2, seed=5, start="2024-11-01", end="2024-12-31").fetch(
-        None, "2024-11-01", "2024-11-29")  # DST ends on November 3; November 28 is a holiday, 29 a half day
+        None, "2024-11-01", "2024-11-29"
+    )  # DST ends on November 3; November 28 is a holiday, 29 a half day
     played = [t for _, t in ReplaySchedule(bars, ticks_per_bar=4).ticks()]
-    post = sorted({pd.Timestamp(t.time_ms, unit="ms", tz="UTC") for t in played
-                   if t.market_hours == MarketHours.POST_MARKET})
+    post = sorted(
+        {pd.Timestamp(t.time_ms, unit="ms", tz="UTC") for t in played if t.market_hours == MarketHours.POST_MARKET}
+    )
     assert post[:2] == [pd.Timestamp("2024-11-01 20:00Z"), pd.Timestamp("2024-11-04 21:00Z")]
     assert post[-1] == pd.Timestamp("2024-11-29 18:00Z") and len(post) == bars["ts"].nunique()
     first_tick = min(t.time_ms for t in played if pd.Timestamp(t.time_ms, unit="ms").day == 29)
     assert pd.Timestamp("2024-11-29 14:30Z").value // 10**6 < first_tick <= post[-1].value // 10**6
 
 
-@pytest.mark.parametrize(("calendar", "bar_size", "start", "end"),
-                         [("XNYS", "1h", "2019-07-01", "2019-07-05"), ("24/5", "1h", "2020-01-02", "2020-01-07"),
-                          ("XNYS", "5m", "2019-11-27", "2019-11-29")])
-def test_intraday_replay_gives_back_each_stored_bar_through_the_bridges_aggregator(calendar, bar_size, start,
-                                                                                  end) -> None:
+@pytest.mark.parametrize(
+    ("calendar", "bar_size", "start", "end"),
+    [
+        ("XNYS", "1h", "2019-07-01", "2019-07-05"),
+        ("24/5", "1h", "2020-01-02", "2020-01-07"),
+        ("XNYS", "5m", "2019-11-27", "2019-11-29"),
+    ],
+)
+def test_intraday_replay_gives_back_each_stored_bar_through_the_bridges_aggregator(
+    calendar, bar_size, start, end
+) -> None:
     market_time = MarketTime(calendar, bar_size)
     sessions = market_time.exchange.session_range(start, end)
-    first_open, last_close = (pd.Timestamp(int(t), tz="UTC") for t in (
-        market_time.exchange.open_ns[sessions[0]], market_time.exchange.close_ns[sessions[1] - 1]))
+    first_open, last_close = (
+        pd.Timestamp(int(t), tz="UTC")
+        for t in (market_time.exchange.open_ns[sessions[0]], market_time.exchange.close_ns[sessions[1] - 1])
+    )
     bars = SyntheticMarket(n_tickers=3, seed=2, freq=bar_size, calendar=calendar, start=start, end=end).fetch(
-        None, first_open, last_close)
+        None, first_open, last_close
+    )
     schedule = ReplaySchedule(bars, market_time=market_time, ticks_per_bar=5, seed=1)
     aggregator = BarAggregator(clock=BarClock(market_time))
     closed = [bar for _, tick in schedule.ticks() for bar in aggregator.on_tick(decode_frame(_encode(tick)))]
     rebuilt = pd.DataFrame([{**b.as_record(), "origin": b.origin} for b in closed])
     assert set(rebuilt["origin"]) == {"feed"} and len(rebuilt) == len(bars)
-    pd.testing.assert_frame_equal(rebuilt.drop(columns="origin").sort_values(["ticker", "ts"]).reset_index(drop=True),
-                                  bars.reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        rebuilt.drop(columns="origin").sort_values(["ticker", "ts"]).reset_index(drop=True),
+        bars.reset_index(drop=True),
+        check_dtype=False,
+    )
 
 
 @pytest.mark.parametrize("timeline", ["sessions", "calendar"])
@@ -190,6 +205,8 @@ def test_every_malformed_kind_is_dropped_for_its_reason() -> None:
             assert decoded.ticker not in MARKET.tickers
         elif reason == "duplicate":
             assert decoded == previous
+        elif reason == "future_time":  # a real tick's fields, stamped in 2099: only a reference clock tells
+            assert decoded.ticker == tick.ticker and decoded.time_ms > time.time() * 1000 + 50 * 365 * 86_400_000
         else:
             assert reason == "time_backwards" and decoded.time_ms < previous.time_ms
     with pytest.raises(ValueError, match="there is none yet"):
@@ -227,7 +244,7 @@ def test_only_subscribed_tickers_are_sent_and_unsubscribe_stops_them() -> None:
     for received in (first, second):  # contiguous runs of the schedule: nothing lost, nothing added
         expected = [t for t in order if t.ticker == received[0].ticker]
         start = expected.index(received[0])
-        assert received == expected[start:start + len(received)]
+        assert received == expected[start : start + len(received)]
 
 
 def test_health_answers_plain_http_on_the_feed_port() -> None:
@@ -279,14 +296,34 @@ def test_feed_serve_command_reads_its_bars_from_either_source() -> None:
     from quant_engine.features.ingest import IngestionRequest, ingest
 
     parser = build_parser()
-    args = parser.parse_args(["feed", "serve", "--source", "store", "--tickers", "SYN01", "--start", "2024-03-04",
-                              "--end", "2024-03-08", "--port", "0", "--malformed-rate", "0.1"])
+    args = parser.parse_args(
+        [
+            "feed",
+            "serve",
+            "--source",
+            "store",
+            "--tickers",
+            "SYN01",
+            "--start",
+            "2024-03-04",
+            "--end",
+            "2024-03-08",
+            "--port",
+            "0",
+            "--malformed-rate",
+            "0.1",
+        ]
+    )
     assert args.port == 0 and args.malformed_rate == 0.1 and args.speed == 60.0
     with pytest.raises(ValueError, match="run `quant-engine ingest` first"):
         _load_bars(args)
-    ingest(IngestionRequest.build("synthetic", "2024-03-04", "2024-03-08", tickers="SYN01", group=make_offline_store()), make_group_stores())
+    ingest(
+        IngestionRequest.build("synthetic", "2024-03-04", "2024-03-08", tickers="SYN01", group=make_offline_store()),
+        make_group_stores(),
+    )
     stored, stored_time = _load_bars(args)
-    synthetic, synthetic_time = _load_bars(parser.parse_args(["feed", "serve", "--tickers", "SYN01", "--start",
-                                                              "2024-03-04", "--end", "2024-03-08"]))
+    synthetic, synthetic_time = _load_bars(
+        parser.parse_args(["feed", "serve", "--tickers", "SYN01", "--start", "2024-03-04", "--end", "2024-03-08"])
+    )
     pd.testing.assert_frame_equal(stored, synthetic)
     assert len(stored) == 5 and stored_time == synthetic_time == MarketTime("XNYS", "1d")

@@ -23,15 +23,19 @@ from .conftest import FEATURES
 N_FEATURES = len(FEATURES)
 
 
-def train(*, max_depth: int = 3, rounds: int = 10, nan_share: float = 0.1, seed: int = 0,
-          **params: object) -> xgb.Booster:
+def train(
+    *, max_depth: int = 3, rounds: int = 10, nan_share: float = 0.1, seed: int = 0, **params: object
+) -> xgb.Booster:
     """A booster on 400 seeded rows, a share of their cells NaN so trees learn both default directions."""
     rng = np.random.default_rng(seed)
     rows = rng.normal(size=(400, N_FEATURES)).astype(np.float32)
     label = (rows[:, 0] + rows[:, 1] * rows[:, 2] + rng.normal(size=len(rows)) > 0).astype(int)
     rows[rng.random(rows.shape) < nan_share] = np.nan
-    return xgb.train({"objective": "binary:logistic", "max_depth": max_depth, "seed": seed, **params},
-                     xgb.DMatrix(rows, label=label), rounds)
+    return xgb.train(
+        {"objective": "binary:logistic", "max_depth": max_depth, "seed": seed, **params},
+        xgb.DMatrix(rows, label=label),
+        rounds,
+    )
 
 
 def query_rows(count: int, seed: int = 1) -> np.ndarray:
@@ -48,8 +52,12 @@ def register(booster: xgb.Booster, home: Path, name: str) -> str:
     path = home / f"{name}.json"
     booster.save_model(str(path))
     registry = make_model_registry()
-    version = registry.register(path, ModelMetadata(features=FEATURES, data_start="2021-01-01T00:00Z",
-                                                    data_end="2021-03-31T21:00Z", data_fingerprint=name))
+    version = registry.register(
+        path,
+        ModelMetadata(
+            features=FEATURES, data_start="2021-01-01T00:00Z", data_end="2021-03-31T21:00Z", data_fingerprint=name
+        ),
+    )
     registry.promote(version, name)
     return version
 
@@ -58,15 +66,19 @@ def batch_scorer(version: str, rows: np.ndarray) -> np.ndarray:
     return predict_proba(make_model_registry().load_booster(version), pd.DataFrame(rows, columns=FEATURES), FEATURES)
 
 
-@pytest.mark.parametrize("params", [
-    {"max_depth": 1, "rounds": 1},
-    {"max_depth": 3, "rounds": 50, "eta": 0.1, "base_score": 0.3},
-    {"max_depth": 6, "rounds": 50, "eta": 0.5, "scale_pos_weight": 3.0},
-    {"max_depth": 10, "rounds": 20, "base_score": 0.8, "nan_share": 0.3},
-    {"max_depth": 4, "rounds": 300, "eta": 0.05},
-    {"max_depth": 3, "rounds": 5, "num_parallel_tree": 3, "subsample": 0.7, "colsample_bynode": 0.7},
-    {"max_depth": 4, "rounds": 20, "nan_share": 0.0, "tree_method": "exact"},
-], ids=lambda params: ",".join(f"{k}={v}" for k, v in params.items()))
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_depth": 1, "rounds": 1},
+        {"max_depth": 3, "rounds": 50, "eta": 0.1, "base_score": 0.3},
+        {"max_depth": 6, "rounds": 50, "eta": 0.5, "scale_pos_weight": 3.0},
+        {"max_depth": 10, "rounds": 20, "base_score": 0.8, "nan_share": 0.3},
+        {"max_depth": 4, "rounds": 300, "eta": 0.05},
+        {"max_depth": 3, "rounds": 5, "num_parallel_tree": 3, "subsample": 0.7, "colsample_bynode": 0.7},
+        {"max_depth": 4, "rounds": 20, "nan_share": 0.0, "tree_method": "exact"},
+    ],
+    ids=lambda params: ",".join(f"{k}={v}" for k, v in params.items()),
+)
 def test_forest_equals_xgboost_bit_for_bit(params: dict[str, object]) -> None:
     booster = train(**params)
     forest = CompiledForest.compile(booster)
@@ -95,11 +107,14 @@ def test_margins_beyond_the_sigmoid_cap_match() -> None:
     assert np.array_equal(CompiledForest.compile(booster).predict(rows), expected)
 
 
-@pytest.mark.parametrize(("params", "reason"), [
-    ({"booster": "dart", "rate_drop": 0.2}, "booster 'dart' is not supported"),
-    ({"objective": "binary:logitraw"}, "objective 'binary:logitraw' is not supported"),
-    ({"objective": "reg:squarederror"}, "objective 'reg:squarederror' is not supported"),
-])
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"booster": "dart", "rate_drop": 0.2}, "booster 'dart' is not supported"),
+        ({"objective": "binary:logitraw"}, "objective 'binary:logitraw' is not supported"),
+        ({"objective": "reg:squarederror"}, "objective 'reg:squarederror' is not supported"),
+    ],
+)
 def test_unsupported_models_are_refused_with_the_reason(params: dict[str, object], reason: str) -> None:
     with pytest.raises(NotCompilableError, match=reason):
         CompiledForest.compile(train(rounds=3, **params))
@@ -109,13 +124,15 @@ def test_categorical_splits_and_several_targets_are_refused() -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x": rng.normal(size=300), "kind": pd.Categorical(rng.integers(0, 4, size=300))})
     label = ((frame["kind"].cat.codes == 1) | (frame["x"] > 1)).astype(int)
-    categorical = xgb.train({"objective": "binary:logistic", "max_depth": 3},
-                            xgb.DMatrix(frame, label=label, enable_categorical=True), 3)
+    categorical = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(frame, label=label, enable_categorical=True), 3
+    )
     with pytest.raises(NotCompilableError, match="categorical splits"):
         CompiledForest.compile(categorical)
     two_labels = np.stack([label, 1 - label], axis=1)
-    multi_target = xgb.train({"objective": "binary:logistic", "max_depth": 3},
-                             xgb.DMatrix(frame[["x"]].to_numpy(), label=two_labels), 3)
+    multi_target = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3}, xgb.DMatrix(frame[["x"]].to_numpy(), label=two_labels), 3
+    )
     with pytest.raises(NotCompilableError, match="2 targets"):
         CompiledForest.compile(multi_target)
 
@@ -126,11 +143,15 @@ def off_by_one_ulp(function: forest_module.Float32Function) -> forest_module.Flo
 
 
 @pytest.mark.parametrize("broken", ["expf", "logf"])
-def test_self_check_refuses_a_forest_whose_arithmetic_is_off_by_one_ulp(broken: str,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_self_check_refuses_a_forest_whose_arithmetic_is_off_by_one_ulp(
+    broken: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     libm_function = forest_module._libm_function
-    monkeypatch.setattr(forest_module, "_libm_function",
-                        lambda name: off_by_one_ulp(libm_function(name)) if name == broken else libm_function(name))
+    monkeypatch.setattr(
+        forest_module,
+        "_libm_function",
+        lambda name: off_by_one_ulp(libm_function(name)) if name == broken else libm_function(name),
+    )
     kind = "probability" if broken == "expf" else "margin"
     with pytest.raises(NotCompilableError, match=f"compiled {kind} differs from xgboost's on [0-9]+ of 1024 probe"):
         CompiledForest.compile(train())
@@ -162,18 +183,24 @@ def test_probe_rows_hold_every_threshold_its_neighbours_and_nans() -> None:
     splits = ~np.isnan(forest._threshold)
     for feature in range(N_FEATURES):
         thresholds = forest._threshold[splits & (forest._feature == feature)]
-        for values in (thresholds, np.nextafter(thresholds, np.float32(np.inf)),
-                       np.nextafter(thresholds, np.float32(-np.inf))):
+        for values in (
+            thresholds,
+            np.nextafter(thresholds, np.float32(np.inf)),
+            np.nextafter(thresholds, np.float32(-np.inf)),
+        ):
             assert np.isin(values, clean[:, feature]).all() and np.isin(values, with_nan[:, feature]).all()
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("0.0022116026", np.float32(0.0022116026)),
-    ("1.000000059604644775390625", np.float32(1.0)),  # exactly halfway: to even
-    ("1.00000005960464477539062500001", np.nextafter(np.float32(1), np.float32(2))),  # via float64: 1.0
-    ("1.00000005960464477539062499999", np.float32(1.0)),
-    ("-1.00000005960464477539062500001", -np.nextafter(np.float32(1), np.float32(2))),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.0022116026", np.float32(0.0022116026)),
+        ("1.000000059604644775390625", np.float32(1.0)),  # exactly halfway: to even
+        ("1.00000005960464477539062500001", np.nextafter(np.float32(1), np.float32(2))),  # via float64: 1.0
+        ("1.00000005960464477539062499999", np.float32(1.0)),
+        ("-1.00000005960464477539062500001", -np.nextafter(np.float32(1), np.float32(2))),
+    ],
+)
 def test_decimals_are_rounded_to_float32_once(text: str, expected: np.float32) -> None:
     assert forest_module._float32_from_decimal([text])[0] == expected
 
@@ -188,13 +215,17 @@ def test_forest_checks_its_input() -> None:
     assert np.array_equal(forest.predict(rows), booster.inplace_predict(rows.astype(np.float32)))
 
 
-@pytest.mark.parametrize("params", [
-    {"max_depth": 4, "rounds": 50, "base_score": 0.4},
-    {"max_depth": 6, "rounds": 300, "eta": 0.05, "scale_pos_weight": 2.0},
-], ids=["depth4x50", "depth6x300"])
-def test_champion_predicts_through_its_forest_as_the_batch_scorer(params: dict[str, object], qe_home: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"max_depth": 4, "rounds": 50, "base_score": 0.4},
+        {"max_depth": 6, "rounds": 300, "eta": 0.05, "scale_pos_weight": 2.0},
+    ],
+    ids=["depth4x50", "depth6x300"],
+)
+def test_champion_predicts_through_its_forest_as_the_batch_scorer(
+    params: dict[str, object], qe_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     booster = train(**params)
     version = register(booster, qe_home, "gbtree")
     with caplog.at_level(logging.INFO, logger="quant_engine.bridge.inference"):
@@ -203,8 +234,11 @@ def test_champion_predicts_through_its_forest_as_the_batch_scorer(params: dict[s
     assert f"batches up to {max_rows} rows by its compiled forest ({params['rounds']} trees" in caplog.text
     calls = []
     inplace_predict = xgb.Booster.inplace_predict
-    monkeypatch.setattr(xgb.Booster, "inplace_predict",
-                        lambda self, rows, **kwargs: calls.append(len(rows)) or inplace_predict(self, rows, **kwargs))
+    monkeypatch.setattr(
+        xgb.Booster,
+        "inplace_predict",
+        lambda self, rows, **kwargs: calls.append(len(rows)) or inplace_predict(self, rows, **kwargs),
+    )
     rows = query_rows(500).astype(np.float64)
     batches = (rows[:1], rows[:20], rows[:500])
     for batch in batches:
@@ -214,8 +248,9 @@ def test_champion_predicts_through_its_forest_as_the_batch_scorer(params: dict[s
     assert calls == [len(batch) for batch in batches if len(batch) > max_rows]
 
 
-def test_champion_falls_back_to_xgboost_for_a_forest_that_does_not_compile(qe_home: Path,
-                                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_champion_falls_back_to_xgboost_for_a_forest_that_does_not_compile(
+    qe_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     register(train(max_depth=3, rounds=10), qe_home, "gbtree")
     now = [0.0]
     model = LocalChampionModel(make_model_registry(), check_every_s=10, clock=lambda: now[0])

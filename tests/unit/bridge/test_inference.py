@@ -22,8 +22,9 @@ def test_local_champion_predicts_as_the_batch_scorer(qe_home: Path) -> None:
     version = register_model(qe_home, seed=1, vol_range=(0.12, 0.35))
     model = LocalChampionModel(make_model_registry())
     rows = np.random.default_rng(0).normal(size=(17, len(FEATURES)))
-    expected = predict_proba(make_model_registry().load_booster(version), pd.DataFrame(rows, columns=FEATURES),
-                             FEATURES)
+    expected = predict_proba(
+        make_model_registry().load_booster(version), pd.DataFrame(rows, columns=FEATURES), FEATURES
+    )
     assert model.version == version and model.features == tuple(FEATURES)
     assert np.array_equal(model.predict(rows), expected)
     low, high = model.volatility_range
@@ -73,9 +74,12 @@ def moto_endpoint() -> str:
 
 def queue_results(url: str, bodies: list[str]) -> None:
     payload = {"results": [{"Body": b, "ContentType": "text/csv"} for b in bodies]}
-    request = urllib.request.Request(f"{url}/moto-api/static/sagemaker/endpoint-results",
-                                     data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/moto-api/static/sagemaker/endpoint-results",
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request).read()
 
 

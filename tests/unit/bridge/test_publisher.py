@@ -28,6 +28,20 @@ async def started(**options: object) -> SignalPublisher:
     return publisher
 
 
+def delta(
+    *, subscribed: list[str] = (), unsubscribed: list[str] = (), refused: dict[str, str] | None = None, total: int
+) -> dict:
+    """The reply to a subscriber message: what it changed."""
+    refused = refused or {}
+    return {
+        "subscribed": list(subscribed),
+        "unsubscribed": list(unsubscribed),
+        "refused": refused,
+        "refused_count": len(refused),
+        "total": total,
+    }
+
+
 def http_get(port: int, path: str) -> tuple[int, str, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
@@ -47,10 +61,10 @@ def test_clients_need_a_token_by_header_or_query() -> None:
             assert refused.value.response.status_code == 401
         async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             await ws.send(json.dumps({"subscribe": ["A"]}))
-            assert json.loads(await ws.recv()) == {"subscribed": ["A"]}
+            assert json.loads(await ws.recv()) == delta(subscribed=["A"], total=1)
         async with connect(f"{url}?token={TOKEN}") as ws:
             await ws.send(json.dumps({"subscribe": ["*"]}))
-            assert json.loads(await ws.recv()) == {"subscribed": ["*"]}
+            assert json.loads(await ws.recv()) == delta(subscribed=["*"], total=1)
         assert publisher.counters["auth_failures"] == 2
         await publisher.stop()
 
@@ -68,7 +82,7 @@ def test_subscribers_get_their_tickers_only_and_bad_messages_are_answered() -> N
             await ws.send(json.dumps({"subscribe": ["A", "B"]}))
             await ws.recv()
             await ws.send(json.dumps({"unsubscribe": ["B"]}))
-            assert json.loads(await ws.recv()) == {"subscribed": ["A"]}
+            assert json.loads(await ws.recv()) == delta(unsubscribed=["B"], total=1)  # the change, not the list
             for ticker in ("B", "A", "C", "A"):
                 publisher.publish({"ticker": ticker, "prob": 0.6})
             got = [json.loads(await ws.recv()) for _ in range(2)]
@@ -120,14 +134,19 @@ def test_messages_over_max_size_close_the_connection() -> None:
 
 def test_http_health_metrics_and_latest_signals() -> None:
     async def main() -> tuple[tuple, ...]:
-        publisher = await started(health=lambda: {"status": "ok", "feed_connected": True},
-                                  metrics=lambda: [Metric.single("qe_bridge_ticks_total", "counter", "Ticks.", 7)])
+        publisher = await started(
+            health=lambda: {"status": "ok", "feed_connected": True},
+            metrics=lambda: [Metric.single("qe_bridge_ticks_total", "counter", "Ticks.", 7)],
+        )
         publisher.publish({"ticker": "B", "prob": 0.4, "features": {"x": 1.0}})
         publisher.publish({"ticker": "A", "prob": 0.7})
         port = publisher.port
-        results = await asyncio.gather(*(asyncio.to_thread(http_get, port, p)
-                                         for p in ("/health", "/metrics", f"/signals/latest?token={TOKEN}", "/",
-                                                   "/signals/latest")))
+        results = await asyncio.gather(
+            *(
+                asyncio.to_thread(http_get, port, p)
+                for p in ("/health", "/metrics", f"/signals/latest?token={TOKEN}", "/", "/signals/latest")
+            )
+        )
         await publisher.stop()
         return tuple(results)
 
@@ -138,8 +157,11 @@ def test_http_health_metrics_and_latest_signals() -> None:
     assert "# TYPE qe_bridge_ticks_total counter\nqe_bridge_ticks_total 7\n" in metrics[2]
     assert "qe_bridge_signals_published_total 2" in metrics[2]
     for line in metrics[2].splitlines():  # every sample line parses as name{labels} value
-        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or re.fullmatch(
-            r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+", line), line
+        assert (
+            line.startswith("# HELP ")
+            or line.startswith("# TYPE ")
+            or re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+", line)
+        ), line
     assert plain[0] == 401  # the WebSocket path without a token
     assert latest_without_token[0] == 401  # the signals are for subscribers only
 

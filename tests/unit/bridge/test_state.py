@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,13 @@ def market() -> pd.DataFrame:
 
 def handler_for(market: pd.DataFrame, **options: object) -> StateHandler:
     registry = make_model_registry()
-    return StateHandler(FEATURE_SET, LocalChampionModel(registry),
-                        history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
-                        prediction_log=prediction_log(registry), **options)
+    return StateHandler(
+        FEATURE_SET,
+        LocalChampionModel(registry),
+        history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+        prediction_log=prediction_log(registry),
+        **options,
+    )
 
 
 def test_live_features_and_predictions_equal_the_batch_path(qe_home: Path, market: pd.DataFrame) -> None:
@@ -96,13 +101,17 @@ def test_model_without_the_feature_sets_columns_is_refused(qe_home: Path) -> Non
         StateHandler(FEATURE_SET, LocalChampionModel(make_model_registry()), vol_policy="clip")
 
 
-def test_a_promoted_champion_takes_over_between_batches_without_losing_bars(qe_home: Path,
-                                                                             market: pd.DataFrame) -> None:
+def test_a_promoted_champion_takes_over_between_batches_without_losing_bars(
+    qe_home: Path, market: pd.DataFrame
+) -> None:
     first = register_model(qe_home, seed=1, vol_range=(0.0, 5.0))
     registry = make_model_registry()
-    handler = StateHandler(FEATURE_SET, LocalChampionModel(registry, check_every_s=0),
-                           history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
-                           prediction_log=prediction_log(registry))
+    handler = StateHandler(
+        FEATURE_SET,
+        LocalChampionModel(registry, check_every_s=0),
+        history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+        prediction_log=prediction_log(registry),
+    )
     days = [day for _, day in market.loc[market["ts"] >= LIVE_FROM].groupby("ts")][:4]
     signals = handler.on_ticks(session_ticks(days[0])) + handler.on_ticks(session_ticks(days[1]))
     second = register_model(qe_home, seed=2, vol_range=(0.0, 5.0))
@@ -117,8 +126,13 @@ def test_signals_wait_for_the_first_champion_without_losing_bars(qe_home: Path, 
     version = register_model(qe_home, seed=1, vol_range=(0.0, 5.0), promote=False)
     registry = make_model_registry()
     model = LocalChampionModel(registry, check_every_s=0)
-    handler = StateHandler(FEATURE_SET, model, history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
-                           prediction_log=prediction_log(registry), log_batch=1)
+    handler = StateHandler(
+        FEATURE_SET,
+        model,
+        history=FrameHistory(market.loc[market["ts"] < LIVE_FROM]),
+        prediction_log=prediction_log(registry),
+        log_batch=1,
+    )
     days = [day for _, day in market.loc[market["ts"] >= LIVE_FROM].groupby("ts")]
     waiting = handler.on_ticks(session_ticks(days[0]))
     assert {(s.status, s.model_version, s.weight) for s in waiting} == {("no_model", None, 0.0)}
@@ -139,16 +153,80 @@ def test_five_minute_bars_stream_to_the_batch_paths_features(qe_home: Path) -> N
 
     market_time = MarketTime("XNYS", "5m")
     bars = SyntheticMarket(n_tickers=2, seed=7, freq="5m", start="2019-11-18", end="2019-11-29").fetch(
-        None, "2019-11-18", "2019-11-30")  # ends with Thanksgiving (closed) and its half day
+        None, "2019-11-18", "2019-11-30"
+    )  # ends with Thanksgiving (closed) and its half day
     live_from = pd.Timestamp("2019-11-27", tz="UTC")
     registry = make_model_registry()
-    handler = StateHandler(FEATURE_SET, LocalChampionModel(registry), history=FrameHistory(bars[bars["ts"] < live_from]),
-                           clock=BarClock(market_time))
+    handler = StateHandler(
+        FEATURE_SET,
+        LocalChampionModel(registry),
+        history=FrameHistory(bars[bars["ts"] < live_from]),
+        clock=BarClock(market_time),
+    )
     live = bars[bars["ts"] >= live_from]
     ticks = [tick for _, tick in ReplaySchedule(live, market_time=market_time, ticks_per_bar=4).ticks()]
-    signals = [s for start in range(0, len(ticks), 50) for s in handler.on_ticks(ticks[start:start + 50])]
+    signals = [s for start in range(0, len(ticks), 50) for s in handler.on_ticks(ticks[start : start + 50])]
     assert len(signals) == len(live) and {s.bar_origin for s in signals} == {"feed"}
     assert max(s.ts for s in signals) == pd.Timestamp("2019-11-29 18:00", tz="UTC")  # the half day's last bar
     batch = FEATURE_SET.compute_batch(bars).set_index(["ticker", "event_time"])
     streamed = np.array([[s.features[n] for n in FEATURE_SET.names] for s in signals])
     assert np.array_equal(streamed, batch.loc[[(s.ticker, s.ts) for s in signals], FEATURE_SET.names].to_numpy())
+
+
+def unopenable(*args: object) -> None:
+    raise OSError(errno.EMFILE, "Too many open files")
+
+
+class UnopenableHistory(FrameHistory):
+    """Stored bars whose files cannot be opened for the first ``failures`` reads (out of descriptors)."""
+
+    def __init__(self, bars: pd.DataFrame, failures: int) -> None:
+        super().__init__(bars)
+        self.failures = failures
+
+    def last_bars(self, ticker: str, until: pd.Timestamp, count: int) -> pd.DataFrame:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().last_bars(ticker, until, count)
+
+
+def test_files_that_cannot_be_opened_never_end_processing(
+    qe_home: Path, market: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = register_model(qe_home, seed=1, vol_range=(0.0, 5.0))
+    registry = make_model_registry()
+    history = UnopenableHistory(market.loc[market["ts"] < LIVE_FROM], failures=2)
+    handler = StateHandler(
+        FEATURE_SET,
+        LocalChampionModel(registry, check_every_s=0),
+        history=history,
+        prediction_log=prediction_log(registry),
+        log_batch=1000,
+    )
+    days = [session_ticks(day) for _, day in market.loc[market["ts"] >= LIVE_FROM].groupby("ts")][:3]
+    # the stored bars: SYN00's warm-up fails (both attempts) on its first tick and succeeds on its next
+    signals = handler.on_ticks(days[0][:1])
+    assert handler.current_problems["history"].endswith("Too many open files") and handler.counters["warmups"] == 0
+    signals += handler.on_ticks(days[0][1:])
+    assert "history" not in handler.current_problems and handler.counters["warmups"] == 3
+    reference = handler_for(market, log_batch=1000).on_ticks(days[0])
+    assert [(s.ticker, s.features, s.status) for s in signals] == [(s.ticker, s.features, s.status) for s in reference]
+    # the prediction log: a failed write keeps the rows for the next flush
+    append = handler.prediction_log.append
+    monkeypatch.setattr(handler.prediction_log, "append", unopenable)
+    assert handler.flush() is None and handler.pending_log == 3 and "prediction_log" in handler.problems
+    monkeypatch.setattr(handler.prediction_log, "append", append)
+    # a new champion whose pointer cannot be read: the old one serves on, the next look picks it up
+    second = register_model(qe_home, seed=2, vol_range=(0.0, 5.0))
+    champion = registry.champion
+    monkeypatch.setattr(handler.model.registry, "champion", unopenable)
+    served = handler.on_ticks(days[1])
+    assert {s.model_version for s in served} == {first} and "model" in handler.problems
+    monkeypatch.setattr(handler.model.registry, "champion", champion)
+    served = handler.on_ticks(days[2])
+    assert {s.model_version for s in served} == {second} and "model" not in handler.problems
+    assert handler.flush() is not None and handler.problems == {}
+    logged = prediction_log(registry).read()
+    assert len(logged) == 9 and handler.counters["log_write_errors"] == 1
+    assert served[0].to_json()["detail"] is None and handler.counters["model_load_errors"] == 1

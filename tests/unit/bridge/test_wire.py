@@ -32,8 +32,17 @@ def frame_of(**fields) -> str:
 
 
 def valid_fields(**overrides) -> dict:
-    fields = dict(id="SYN03", price=101.37, time=1_709_586_000_000, day_volume=5, day_high=102.0, day_low=100.0,
-                  open_price=101.0, market_hours=1, price_hint=2)
+    fields = dict(
+        id="SYN03",
+        price=101.37,
+        time=1_709_586_000_000,
+        day_volume=5,
+        day_high=102.0,
+        day_low=100.0,
+        open_price=101.0,
+        market_hours=1,
+        price_hint=2,
+    )
     return {**fields, **overrides}
 
 
@@ -117,7 +126,11 @@ def test_control_frames_round_trip_and_bad_ones_have_reasons() -> None:
     assert parse_control(subscribe_message(["A", "B"])) == {"subscribe": ("A", "B"), "unsubscribe": ()}
     assert parse_control(unsubscribe_message(["A"])) == {"subscribe": (), "unsubscribe": ("A",)}
     assert parse_control('{"subscribe": "A"}')["subscribe"] == ("A",)
-    for frame, reason in [("{", "bad_json"), ('{"hello": 1}', "missing_field"), ('{"subscribe": [1]}', "missing_field")]:
+    for frame, reason in [
+        ("{", "bad_json"),
+        ('{"hello": 1}', "missing_field"),
+        ('{"subscribe": [1]}', "missing_field"),
+    ]:
         with pytest.raises(FrameError) as caught:
             parse_control(frame)
         assert caught.value.reason == reason

@@ -68,21 +68,29 @@ def test_healthchecks_probe_the_ports_the_services_expose(services: dict) -> Non
         assert f":{port}" in check or f"-p {port}" in check, f"{name}'s healthcheck does not probe {port}: {check}"
     for name, service in services.items():
         for port in _container_ports(service):
-            assert str(port) in _healthcheck_text(service) or name.startswith("airflow-worker"), \
+            assert str(port) in _healthcheck_text(service) or name.startswith("airflow-worker"), (
                 f"{name} exposes {port} but its healthcheck never looks there"
+            )
 
 
 def test_every_airflow_process_shares_one_jwt_secret_and_one_database(services: dict) -> None:
     quant_engine_image = services["airflow-apiserver"]["image"]
     users = {n: s for n, s in services.items() if s.get("image") == quant_engine_image}
     assert set(AIRFLOW_SERVICES) | {"airflow-worker-1", "airflow-worker-2", "bridge", "feed"} <= set(users)
-    for key in ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__API__SECRET_KEY",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "QE_HOME"):
+    for key in (
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "QE_HOME",
+    ):
         values = {name: service["environment"][key] for name, service in users.items()}
         assert len(set(values.values())) == 1, f"{key} differs between services: {values}"
     assert "@postgres:5432/airflow" in users["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    assert users["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] \
+    assert (
+        users["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
         == "http://airflow-apiserver:8080/execution/"
+    )
     assert services["bridge"]["environment"]["QE_FEED_URL"] == "ws://feed:8765"
     assert services["bridge"]["environment"]["QE_BRIDGE_PORT"] == "8766"
     feed_tickers = services["feed"]["command"][services["feed"]["command"].index("--tickers") + 1]
@@ -93,8 +101,9 @@ def test_no_secret_has_a_value_in_the_file(services: dict) -> None:
     for name, service in services.items():
         for key, value in (service.get("environment") or {}).items():
             if SECRET_NAMES.search(key) and not key.startswith("AWS_"):
-                assert REQUIRED_VARIABLE.fullmatch(str(value)) or re.fullmatch(r"\$\{[A-Z_]+:-\}", str(value)), \
+                assert REQUIRED_VARIABLE.fullmatch(str(value)) or re.fullmatch(r"\$\{[A-Z_]+:-\}", str(value)), (
                     f"{name}: {key} must come from the environment without a default, got {value!r}"
+                )
             if key.startswith("AWS_") and SECRET_NAMES.search(key):
                 assert str(value).startswith("${") and str(value).endswith(":-}"), f"{name}: {key} has a value"
             if "postgresql" in str(value):
@@ -162,3 +171,18 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_image() -> None:
     ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".airflow", ".stack*", "var", "tests"} <= ignored
     assert "README.md" not in ignored  # pyproject.toml names it as the package's readme
+
+
+def test_only_the_init_job_and_the_api_server_mount_the_ui_passwords(services: dict) -> None:
+    mounting = {
+        name: mount
+        for name, service in services.items()
+        for mount in service.get("volumes", [])
+        if isinstance(mount, str) and mount.startswith("airflow-auth:")
+    }
+    assert mounting == {
+        "airflow-init": "airflow-auth:/opt/airflow/auth",
+        "airflow-apiserver": "airflow-auth:/opt/airflow/auth:ro",
+    }
+    script = "\n".join(services["airflow-init"]["command"])
+    assert script.index("umask 077") < script.index("passwords.json")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,9 +17,14 @@ stack = importlib.util.module_from_spec(_spec)
 sys.modules["qe_stack"] = stack  # dataclasses look their module up there
 _spec.loader.exec_module(stack)
 #: make up's process name -> the compose service that runs the same command.
-COMPOSE_NAME = {"api-server": "airflow-apiserver", "scheduler": "airflow-scheduler",
-                "dag-processor": "airflow-dag-processor", "triggerer": "airflow-triggerer",
-                "feed": "feed", "bridge": "bridge"}
+COMPOSE_NAME = {
+    "api-server": "airflow-apiserver",
+    "scheduler": "airflow-scheduler",
+    "dag-processor": "airflow-dag-processor",
+    "triggerer": "airflow-triggerer",
+    "feed": "feed",
+    "bridge": "bridge",
+}
 
 
 @pytest.fixture
@@ -60,3 +67,39 @@ def test_down_with_nothing_running_is_a_no_op(config: object, capsys: pytest.Cap
     stack.down(config)
     stack.down(config)
     assert capsys.readouterr().out.count("The quant-engine stack is down.") == 2
+
+
+def test_airflow_logs_in_with_a_password_in_no_url_or_environment(config: object) -> None:
+    env = stack.service_env(config)
+    url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert ":" not in url.split("//", 1)[1].split("@", 1)[0]  # a role, no password
+    pgpass = Path(env["PGPASSFILE"])
+    host, port, database, role, password = pgpass.read_text().strip().split(":")
+    assert (host, port, database, role) == ("127.0.0.1", "55432", "airflow", stack.AIRFLOW_DB_ROLE)
+    assert len(password) >= 48 and password not in "".join(env.values())
+    for secret in (pgpass, config.airflow_db_password_file):
+        assert secret.stat().st_mode & 0o777 == 0o600
+    assert stack.service_env(config)["PGPASSFILE"] == str(pgpass) and pgpass.read_text().endswith(password + "\n")
+
+
+def test_a_cluster_initialised_without_passwords_is_refused_with_the_way_out(config: object) -> None:
+    data = config.pg_data
+    data.mkdir(parents=True)
+    (data / "pg_hba.conf").write_text("# TYPE DATABASE USER ADDRESS METHOD\nhost all all 127.0.0.1/32 trust\n")
+    with pytest.raises(SystemExit, match="initialised without passwords.*make down"):
+        stack._refuse_password_free_cluster(config)
+    (data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
+    with pytest.raises(SystemExit, match="initialised without passwords"):  # and no superuser password kept
+        stack._refuse_password_free_cluster(config)
+    stack._secret(config.pg_superuser_password_file)
+    stack._refuse_password_free_cluster(config)
+
+
+def test_the_ui_password_file_is_private_from_its_first_byte(config: object) -> None:
+    previous = os.umask(0)
+    try:
+        stack.write_passwords(config)
+    finally:
+        os.umask(previous)
+    path = Path(config.folder) / "passwords.json"
+    assert path.stat().st_mode & 0o777 == 0o600 and json.loads(path.read_text()) == {config.user: config.password}
