@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED := 1
 
 AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.migrated-$(DEPS_HASH)
 
-.PHONY: run test up down browser-deps stack-deps venv airflow-db bench clean help
+.PHONY: run test lint up down browser-deps stack-deps venv airflow-db bench clean help
 
 help:
 	@echo "make run   - install what is missing, then run the main job on the embedded default"
@@ -62,8 +62,13 @@ run: venv airflow-db
 	$(call dag_test,wfo_pipeline)
 	@$(BIN)/quant-engine wfo show --latest
 
-test: venv airflow-db browser-deps stack-deps
+test: venv airflow-db browser-deps stack-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Style and obvious mistakes (pyproject.toml's [tool.ruff]): the same check locally and in CI.
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The browser test drives Debian's Chromium through its chromedriver; CI starts on a clean machine.
 browser-deps:
