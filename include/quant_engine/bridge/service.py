@@ -37,9 +37,12 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from quant_engine.backends import make_aws_clients, make_bar_history, make_model_registry
 from quant_engine.bridge.bars import ORIGINS, Bar, BarClock
@@ -54,10 +57,14 @@ from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import SIGNAL_STATUSES, Signal, StateHandler
 from quant_engine.bridge.ticks import Tick
 from quant_engine.config import Settings, get_settings
+from quant_engine.online.layer import OnlineLayer
 
 __all__ = ["BridgeService", "JsonLinesFormatter", "add_bridge_commands", "build_model", "build_predictor", "main"]
 
 log = logging.getLogger(__name__)
+
+#: ``(model version, tickers, first ts, market now) -> labels`` (``ticker, ts, t1, label``) from stored bars.
+OnlineLabels = Callable[[str, list[str], pd.Timestamp, pd.Timestamp], pd.DataFrame]
 
 #: Seconds over which ``tick_rate`` is averaged.
 RATE_WINDOW_S = 10
@@ -147,6 +154,8 @@ class BridgeService:
         *,
         predictor: EndpointPredictor | None = None,
         feed_options: dict[str, Any] | None = None,
+        online_labels: OnlineLabels | None = None,
+        online_state: Path | None = None,
     ) -> None:
         if not tickers:
             raise ValueError(
@@ -156,6 +165,8 @@ class BridgeService:
         self.handler = handler
         self.tickers = tuple(tickers)
         self.predictor = predictor
+        self.online_labels = online_labels
+        self.online_state = online_state
         clock = handler.bars.clock
         self.buffer = TickBuffer(settings.buffer_size, settings.check_market_time(clock.market_time), clock=clock)
         self.reference = ReferenceClock(
@@ -202,6 +213,7 @@ class BridgeService:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-champion")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-log")
         self._flushing: asyncio.Task[None] | None = None
+        self._settling: asyncio.Task[None] | None = None
         self.batches = 0
         self.batch_errors = 0
         self.closed_by_clock = 0
@@ -256,9 +268,15 @@ class BridgeService:
                 task.cancel()
             await asyncio.gather(*tasks, *helpers, stopped, return_exceptions=True)
             await self._survive(self._handle(self.buffer.drain()))
-            if self._flushing is not None:
-                await asyncio.gather(self._flushing, return_exceptions=True)
+            for pending in (self._flushing, self._settling):
+                if pending is not None:
+                    await asyncio.gather(pending, return_exceptions=True)
             self.handler.flush()
+            if self.handler.online is not None and self.online_state is not None:
+                try:
+                    self.handler.online.save(self.online_state)
+                except OSError as exc:
+                    log.error("online state not saved at stop: %s", exc)
             await self.publisher.stop()
             self._loader.shutdown(wait=False, cancel_futures=True)
             self._writer.shutdown(wait=True)
@@ -321,6 +339,7 @@ class BridgeService:
             if loop.time() >= flush_at:
                 flush_at = loop.time() + self.settings.log_flush_s
                 self._flush_soon()
+                self._settle_soon()
 
     async def _close_passed_bars(self) -> None:
         """Close the bars whose close the reference clock passed ``close_grace_s`` ago, once every tick is in."""
@@ -355,6 +374,45 @@ class BridgeService:
             self.handler.log_written(rows, exc)
         else:
             self.handler.log_written(rows, None)
+
+    def _settle_soon(self) -> None:
+        """Teach the online layer the labels the stored bars settle, unless that is already under way."""
+        if self.handler.online is not None and (self._settling is None or self._settling.done()):
+            self._settling = asyncio.create_task(self._settle(), name="bridge-online-labels")
+
+    async def _settle(self) -> None:
+        """Labels read from the stored bars in the log thread, learnt between batches, the state saved in the thread."""
+        online, wanted = self.handler.online, self.handler.online_labels_wanted()
+        if online is None or wanted is None or self.online_labels is None:
+            return
+        tickers, first, now = wanted
+        version = online.version
+        loop = asyncio.get_running_loop()
+        try:
+            labels = await loop.run_in_executor(self._writer, self.online_labels, version, tickers, first, now)
+        except OSError as exc:
+            self.handler.problems["online"] = f"labels not read: {exc}"
+            return
+        async with self._state:
+            if online.version != version:  # a new champion meanwhile: these labels are not its
+                return
+            updates = online.settle(labels, now)
+            self.handler.counters["online_labels"] += len(updates)
+            state = online.to_json()
+        try:
+            await loop.run_in_executor(self._writer, self._save_online, updates, state)
+        except OSError as exc:
+            self.handler.problems["online"] = f"state not saved: {exc}"
+        else:
+            self.handler.problems.pop("online", None)
+
+    def _save_online(self, updates: Any, state: dict[str, Any] | None = None) -> None:
+        online = self.handler.online
+        if online is None:
+            return
+        online.write_updates(updates)
+        if self.online_state is not None:
+            online.save(self.online_state, state)
 
     async def _watch_champion(self) -> None:
         """Load a newly promoted champion in the background thread every ``reload_s``; swap it in between batches."""
@@ -468,6 +526,8 @@ class BridgeService:
                 "loop_errors": dict(self.loop_errors.counts),
             },
         }
+        if self.handler.online is not None:
+            health["online"] = self.handler.online.status()
         if self.predictor is not None:
             health["endpoint"] = {
                 "circuit": self.predictor.breaker.state,
@@ -646,6 +706,35 @@ class BridgeService:
                     predictor.fallbacks,
                 ),
             ]
+        online = self.handler.online
+        if online is not None:
+            losses = online.rolling_logloss
+            metrics += [
+                Metric.single(
+                    "qe_bridge_online_active",
+                    "gauge",
+                    "1 while signals use the adapted probability.",
+                    int(online.active),
+                ),
+                Metric.single(
+                    "qe_bridge_online_labels_total",
+                    "counter",
+                    "Settled labels the online layer learnt from.",
+                    online.labels,
+                ),
+                Metric.single(
+                    "qe_bridge_online_switched_off_total",
+                    "counter",
+                    "Times its rolling log-loss fell behind the batch model's and it switched itself off.",
+                    online.switched_off,
+                ),
+                Metric(
+                    "qe_bridge_online_rolling_logloss",
+                    "gauge",
+                    "Exponentially weighted log-loss on settled labels, by probability.",
+                    [({"prob": k}, math.nan if v is None else v) for k, v in losses.items()],
+                ),
+            ]
         return metrics
 
 
@@ -679,6 +768,44 @@ def configure_json_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def build_online(
+    settings: BridgeSettings, engine: Settings, history: Any, model: SignalModel
+) -> tuple[OnlineLayer, OnlineLabels, Path] | None:
+    """The online layer over the local champion (None when off or serving an endpoint), with its label source
+    and state file; restored from its state, or warmed up from the champion's logged predictions."""
+    if settings.online == "off" or not isinstance(model, LocalChampionModel):
+        return None
+    from quant_engine.monitoring.predictions import prediction_log
+    from quant_engine.monitoring.run import label_config
+
+    registry = model.registry
+    folder = engine.home / "online" / registry.name
+    layer = OnlineLayer(
+        forgetting=settings.online_forgetting,
+        max_shift=settings.online_max_shift,
+        min_labels=settings.online_min_labels,
+        updates_dir=folder / "updates",
+    )
+    state = folder / "state.json"
+
+    def labels(version: str, tickers: list[str], first: pd.Timestamp, now: pd.Timestamp) -> pd.DataFrame:
+        return label_config(registry.get(version)).labels(history.read(tickers, first, now))
+
+    version = model.version
+    if layer.load(state) and layer.version == version:
+        log.info("online layer restored", extra={"model_version": version, "labels": layer.labels})
+    elif version is not None:
+        logged = prediction_log(registry).read()
+        logged = logged[logged["model_version"] == version].drop_duplicates(["ticker", "ts"])
+        if not logged.empty:
+            settled = labels(version, sorted(logged["ticker"].unique()), logged["ts"].min(), logged["ts"].max())
+            learnt = layer.warm_up(logged, settled, version)
+            log.info(
+                "online layer warmed up from the prediction log", extra={"model_version": version, "labels": learnt}
+            )
+    return layer, labels, state
+
+
 def build_service(settings: BridgeSettings | None = None, engine: Settings | None = None) -> BridgeService:
     """A service wired from the environment: model, stored history, prediction log, tickers."""
     from quant_engine.features.definitions import get_feature_set
@@ -690,6 +817,7 @@ def build_service(settings: BridgeSettings | None = None, engine: Settings | Non
     settings.check_market_time(history.market_time)
     tickers = settings.tickers or tuple(history.tickers())
     model = build_model(settings, engine)
+    online = build_online(settings, engine, history, model)
     handler = StateHandler(
         get_feature_set(settings.feature_set),
         model,
@@ -698,11 +826,19 @@ def build_service(settings: BridgeSettings | None = None, engine: Settings | Non
         vol_policy=settings.vol_policy,
         log_batch=settings.log_batch,
         clock=BarClock(history.market_time),
+        online=None if online is None else online[0],
     )
     if not settings.tokens:
         log.warning("QE_BRIDGE_TOKENS is empty: every subscriber will be refused")
     predictor = build_predictor(settings, model, engine) if isinstance(model, SageMakerEndpointModel) else None
-    return BridgeService(settings, handler, tickers, predictor=predictor)
+    return BridgeService(
+        settings,
+        handler,
+        tickers,
+        predictor=predictor,
+        online_labels=None if online is None else online[1],
+        online_state=None if online is None else online[2],
+    )
 
 
 async def serve_until_signalled(service: BridgeService) -> None:

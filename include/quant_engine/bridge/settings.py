@@ -55,6 +55,12 @@ variable                                   default                   meaning
 ``QE_BRIDGE_BREAKER_RESET_S``              ``30``                    open circuit's pause before a trial call (s)
 ``QE_BRIDGE_FALLBACK``                     ``none``                  ``local``: the champion answers while the
                                                                      endpoint cannot; ``none``: signals degrade
+``QE_BRIDGE_ONLINE``                       ``on``                    online recalibration of the local champion
+                                                                     between retrains (:mod:`quant_engine.online`)
+``QE_BRIDGE_ONLINE_FORGETTING``            ``0.995``                 its weight of the past per label (0.5-1)
+``QE_BRIDGE_ONLINE_MAX_SHIFT``             ``0.1``                   most the adapted probability may move (<= 0.5)
+``QE_BRIDGE_ONLINE_MIN_LABELS``            ``100``                   labels judged before its rolling log-loss may
+                                                                     switch it off
 =========================================  ========================  ================================================
 """
 
@@ -73,11 +79,12 @@ from quant_engine.bridge.state import VOL_POLICIES
 from quant_engine.calendars import CalendarError, MarketTime
 from quant_engine.config import SettingsError, env_overrides
 
-__all__ = ["FALLBACKS", "MODEL_SOURCES", "BridgeSettings"]
+__all__ = ["FALLBACKS", "MODEL_SOURCES", "ONLINE_MODES", "BridgeSettings"]
 
 MODEL_SOURCES: tuple[str, ...] = ("local", "sagemaker")
 #: What answers while a SageMaker endpoint cannot: nothing (signals degrade) or the local champion.
 FALLBACKS: tuple[str, ...] = ("none", "local")
+ONLINE_MODES: tuple[str, ...] = ("on", "off")
 
 _TEXT = {
     "feed_url": "QE_FEED_URL",
@@ -92,6 +99,7 @@ _TEXT = {
     "calendar": "QE_BRIDGE_CALENDAR",
     "clock": "QE_BRIDGE_CLOCK",
     "fallback": "QE_BRIDGE_FALLBACK",
+    "online": "QE_BRIDGE_ONLINE",
     "tls_cert": "QE_BRIDGE_TLS_CERT",
     "tls_key": "QE_BRIDGE_TLS_KEY",
 }
@@ -109,6 +117,7 @@ _WHOLE = {
     "endpoint_retries": ("QE_BRIDGE_ENDPOINT_RETRIES", 0),
     "endpoint_workers": ("QE_BRIDGE_ENDPOINT_WORKERS", 1),
     "breaker_failures": ("QE_BRIDGE_BREAKER_FAILURES", 1),
+    "online_min_labels": ("QE_BRIDGE_ONLINE_MIN_LABELS", 0),
 }
 #: Positive finite numbers; all but the rate are seconds.
 _NUMBERS = {
@@ -122,6 +131,8 @@ _NUMBERS = {
     "close_grace_s": "QE_BRIDGE_CLOSE_GRACE_S",
     "endpoint_timeout_s": "QE_BRIDGE_ENDPOINT_TIMEOUT_S",
     "breaker_reset_s": "QE_BRIDGE_BREAKER_RESET_S",
+    "online_forgetting": "QE_BRIDGE_ONLINE_FORGETTING",
+    "online_max_shift": "QE_BRIDGE_ONLINE_MAX_SHIFT",
 }
 
 
@@ -171,6 +182,10 @@ class BridgeSettings:
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
     fallback: str = "none"
+    online: str = "on"
+    online_forgetting: float = 0.995
+    online_max_shift: float = 0.1
+    online_min_labels: int = 100
 
     def __post_init__(self) -> None:
         if not self.feed_url.startswith(("ws://", "wss://")):
@@ -182,6 +197,7 @@ class BridgeSettings:
             ("vol_policy", VOL_POLICIES, "QE_BRIDGE_VOL_POLICY"),
             ("clock", CLOCK_MODES, "QE_BRIDGE_CLOCK"),
             ("fallback", FALLBACKS, "QE_BRIDGE_FALLBACK"),
+            ("online", ONLINE_MODES, "QE_BRIDGE_ONLINE"),
         ):
             if getattr(self, name) not in choices:
                 raise SettingsError(f"{variable}={getattr(self, name)!r} must be one of {', '.join(choices)}")
@@ -201,6 +217,10 @@ class BridgeSettings:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise SettingsError(f"{variable}={value!r} must be a finite number > 0")
+        if not 0.5 <= self.online_forgetting <= 1:
+            raise SettingsError(f"QE_BRIDGE_ONLINE_FORGETTING={self.online_forgetting!r} must be between 0.5 and 1")
+        if self.online_max_shift > 0.5:
+            raise SettingsError(f"QE_BRIDGE_ONLINE_MAX_SHIFT={self.online_max_shift!r} must be <= 0.5")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("QE_BRIDGE_TLS_CERT and QE_BRIDGE_TLS_KEY go together: set both (TLS) or neither")
         for path, variable in ((self.tls_cert, "QE_BRIDGE_TLS_CERT"), (self.tls_key, "QE_BRIDGE_TLS_KEY")):
@@ -254,9 +274,11 @@ class BridgeSettings:
                 try:
                     values[name] = float(raw)
                 except ValueError:
-                    unit = "per second" if name == "control_rate" else "of seconds"
-                    raise SettingsError(f"{variable}={raw!r} is not a number {unit}") from None
-        for name in ("model_source", "clock", "fallback"):
+                    unit = {"control_rate": "per second", "online_forgetting": "", "online_max_shift": ""}.get(
+                        name, "of seconds"
+                    )
+                    raise SettingsError(f"{variable}={raw!r} is not a number{' ' + unit if unit else ''}") from None
+        for name in ("model_source", "clock", "fallback", "online"):
             if name in values:
                 values[name] = str(values[name]).lower()
         return cls(tokens=_names(env.get("QE_BRIDGE_TOKENS")), tickers=_names(env.get("QE_BRIDGE_TICKERS")), **values)  # type: ignore[arg-type]

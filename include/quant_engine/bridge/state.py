@@ -50,6 +50,7 @@ from quant_engine.data.schema import BarValidationError
 from quant_engine.features.definitions import FeatureSet
 from quant_engine.monitoring.predictions import PredictionLog
 from quant_engine.monitoring.regimes import VolRegimeTracker
+from quant_engine.online.layer import Adapted, OnlineLayer
 
 __all__ = [
     "BRIDGE_SOURCE",
@@ -88,6 +89,10 @@ class Signal:
     features differ from the store's), ``endpoint_unavailable`` (degraded: the endpoint did not
     answer, ``prob`` is NaN) or ``local_fallback`` (the local champion answered for the endpoint);
     None otherwise.
+
+    With an online layer (:mod:`quant_engine.online`), ``prob_batch`` is the champion's own
+    probability, ``prob_adapted`` its online recalibration and ``prob_source`` which of the two
+    ``prob`` is (``"batch"`` while the layer is off); all three are None without one.
     """
 
     ticker: str
@@ -102,6 +107,9 @@ class Signal:
     features: dict[str, float] = field(repr=False)
     received_at: float | None = None
     detail: str | None = None
+    prob_batch: float | None = None
+    prob_adapted: float | None = None
+    prob_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN as None), as the publisher sends it."""
@@ -121,6 +129,9 @@ class Signal:
             "model_version": self.model_version,
             "bar_origin": self.bar_origin,
             "received_at": self.received_at,
+            "prob_batch": None if self.prob_batch is None else clean(self.prob_batch),
+            "prob_adapted": None if self.prob_adapted is None else clean(self.prob_adapted),
+            "prob_source": self.prob_source,
             "features": {k: v if math.isfinite(v) else None for k, v in self.features.items()},
         }
 
@@ -183,6 +194,9 @@ class StateHandler:
         Passed to the :class:`BarAggregator`.
     clock : BarClock, optional
         The feature group's calendar and bar size (default: NYSE daily).
+    online : OnlineLayer, optional
+        Adapts the champion's probabilities between retrains (:mod:`quant_engine.online`); its labels
+        come from :meth:`settle_online`.
     """
 
     def __init__(
@@ -197,6 +211,7 @@ class StateHandler:
         regimes: VolRegimeTracker | None = None,
         close_grace_ms: int = 3_600_000,
         clock: BarClock | None = None,
+        online: OnlineLayer | None = None,
     ) -> None:
         if vol_policy not in VOL_POLICIES:
             raise ValueError(f"vol_policy={vol_policy!r} is not one of {', '.join(VOL_POLICIES)}")
@@ -220,6 +235,9 @@ class StateHandler:
         self._pending_log: list[tuple[str, pd.Timestamp, float, str]] = []
         self._warmed: set[str] = set()
         self.latest: dict[str, Signal] = {}
+        self.online = online
+        #: The latest bar close a signal was made for: the market time labels may be settled by.
+        self.market_now: pd.Timestamp | None = None
         #: What does not work right now, by part (``history``, ``prediction_log``, ``model``), and why.
         self.problems: dict[str, str] = {}
         self.counters: dict[str, int] = dict.fromkeys(
@@ -233,6 +251,7 @@ class StateHandler:
                 "model_reloads",
                 "model_load_errors",
                 "rebuilds",
+                "online_labels",
                 *(f"signals_{status}" for status in SIGNAL_STATUSES),
             ),
             0,
@@ -345,23 +364,53 @@ class StateHandler:
         """Signals of a predicted batch (third step): regime, volatility check, the prediction log's rows."""
         received_at = received_at or {}
         self.counters["predictions"] += int(np.isfinite(prediction.probs).sum())
-        signals = [
-            self._signal(
+        signals = []
+        for (bar, values), p, ready in zip(batch.rows, prediction.probs, batch.ready, strict=True):
+            degraded = bar.ticker in batch.degraded
+            adapted = None
+            if (
+                self.online is not None
+                and prediction.version is not None
+                and prediction.detail is None
+                and ready
+                and not degraded
+                and math.isfinite(p)
+            ):
+                adapted = self.online.adapt(bar.ticker, bar.ts, float(p), prediction.version)
+            signal = self._signal(
                 bar,
                 values,
                 float(p),
                 prediction,
                 received_at.get(bar.ticker),
                 ready=bool(ready),
-                degraded=bar.ticker in batch.degraded,
+                degraded=degraded,
+                adapted=adapted,
             )
-            for (bar, values), p, ready in zip(batch.rows, prediction.probs, batch.ready, strict=True)
-        ]
-        for signal in signals:
+            signals.append(signal)
             self.latest[signal.ticker] = signal
-            if math.isfinite(signal.prob) and signal.status != "degraded":
-                self._pending_log.append((signal.ticker, signal.ts, signal.prob, signal.model_version))
+            if self.market_now is None or bar.ts > self.market_now:
+                self.market_now = bar.ts
+            if math.isfinite(p) and signal.status != "degraded":
+                self._pending_log.append((signal.ticker, signal.ts, float(p), signal.model_version))
         return signals
+
+    # --- online adaptation ---------------------------------------------------------------------
+
+    def online_labels_wanted(self) -> tuple[list[str], pd.Timestamp, pd.Timestamp] | None:
+        """``(tickers, first ts, market now)``: the stored bars that may settle pending predictions."""
+        if self.online is None or self.market_now is None:
+            return None
+        wanted = self.online.wanted()
+        return None if wanted is None else (wanted[0], wanted[1], self.market_now)
+
+    def settle_online(self, labels: pd.DataFrame, now: pd.Timestamp) -> int:
+        """Teach the online layer the labels settled by market time ``now``; how many it learnt from."""
+        if self.online is None:
+            return 0
+        learnt = len(self.online.settle(labels, now))
+        self.counters["online_labels"] += learnt
+        return learnt
 
     def _mend(self, ticker: str) -> bool:
         """Whether ``ticker``'s missed bars no longer matter: all older than the longest feature window,
@@ -420,6 +469,7 @@ class StateHandler:
         *,
         ready: bool,
         degraded: bool,
+        adapted: Adapted | None = None,
     ) -> Signal:
         vol = values.get(VOLATILITY_FEATURE, math.nan)
         percentile = self.model.volatility_percentile(vol) if math.isfinite(vol) else None
@@ -436,9 +486,23 @@ class StateHandler:
         else:
             status, scale = self._volatility_check(vol)
         self.counters[f"signals_{status}"] += 1
+        if adapted is not None:
+            prob = adapted.prob
         weight = (2.0 * prob - 1.0) * scale if math.isfinite(prob) else 0.0
         return Signal(
-            bar.ticker, bar.ts, prob, weight, status, regime, vol, version, bar.origin, values, received_at, detail
+            bar.ticker,
+            bar.ts,
+            prob,
+            weight,
+            status,
+            regime,
+            vol,
+            version,
+            bar.origin,
+            values,
+            received_at,
+            detail,
+            *((adapted.prob_batch, adapted.prob_adapted, adapted.used) if adapted is not None else ()),
         )
 
     def _volatility_check(self, vol: float) -> tuple[str, float]:
