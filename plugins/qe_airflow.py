@@ -102,16 +102,23 @@ def reading_params() -> dict[str, Param]:
     }
 
 
+def tickers_param(default: object, description: str) -> Param:
+    """A ``tickers`` param: a JSON list (``["GOOG", "MSFT"]``) or a comma-separated string, as users write them.
+
+    :func:`quant_engine.validation.parse_tickers` reads either; the schema only keeps out what it
+    never could (numbers, a list of non-strings).
+    """
+    return Param(default, type=["null", "string", "array"], items={"type": "string"}, description=description)
+
+
 def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
     """The params of a labelled dataset built from the offline store, shared by every DAG that builds one.
 
     ``defaults`` are the library's defaults for the same keys, so a form and the code never disagree.
     """
     return {
-        "tickers": Param(
-            defaults["tickers"],
-            type=["null", "string"],
-            description="Comma-separated tickers; empty means every ticker in the offline store.",
+        "tickers": tickers_param(
+            defaults["tickers"], "Tickers, a list or comma-separated; empty means every ticker in the offline store."
         ),
         "feature_set": Param(
             defaults["feature_set"], type="string", enum=FEATURE_SETS, description="Features joined from the store."

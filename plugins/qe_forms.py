@@ -8,7 +8,7 @@ parsed) and the four forms read alike.
 from __future__ import annotations
 
 from airflow.sdk import Param
-from qe_airflow import FEATURE_SETS, SOURCES, dataset_params, reading_params
+from qe_airflow import FEATURE_SETS, SOURCES, dataset_params, reading_params, tickers_param
 
 __all__ = ["drift_form", "ingestion_form", "training_form", "wfo_form"]
 
@@ -25,11 +25,7 @@ def ingestion_form() -> dict[str, Param]:
         "path": Param(
             None, type=["null", "string"], description="File or folder of bars, for the csv and parquet sources."
         ),
-        "tickers": Param(
-            None,
-            type=["null", "string", "array"],
-            description="Tickers, comma-separated or a list; empty means every ticker of the source.",
-        ),
+        "tickers": tickers_param(None, "Tickers, a list or comma-separated; empty means every ticker of the source."),
         "start": Param(
             None,
             type=["null", "string"],

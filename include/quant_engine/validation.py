@@ -8,6 +8,7 @@ caller's family (``WfoConfigError``, ``TrainingInputError``...), so callers keep
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Collection, Sequence
@@ -101,19 +102,31 @@ def one_of(value: object, name: str, choices: Collection[str], *, error: type[Va
 
 
 def parse_tickers(value: object, *, error: type[ValueError] = ValueError) -> tuple[str, ...] | None:
-    """Tickers as a comma-separated string or a list; ``None`` means every ticker.
+    """Tickers as users write them: a comma-separated string, a list, or a JSON list in a string.
 
-    A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an error, never "all":
-    a form left with stray commas must not quietly widen a run to the whole universe.
+    ``None`` means every ticker. A string that starts with ``[`` is read as JSON (``'["GOOG",
+    "MSFT"]'``, as typed into a form's text field or a shell flag), anything else as
+    comma-separated names. A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an
+    error, never "all": a form left with stray commas must not quietly widen a run to the whole
+    universe.
 
     Examples
     --------
-    >>> parse_tickers("SYN00, SYN01,,SYN00"), parse_tickers(["A"]), parse_tickers(None)
-    (('SYN00', 'SYN01'), ('A',), None)
+    >>> parse_tickers("SYN00, SYN01,,SYN00"), parse_tickers(["A"]), parse_tickers('["A", "B"]')
+    (('SYN00', 'SYN01'), ('A',), ('A', 'B'))
+    >>> parse_tickers(None) is None
+    True
     """
     if value is None:
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise error(
+                f'tickers={value!r} is not a valid JSON list ({exc.msg}); write ["GOOG", "MSFT"] or GOOG,MSFT'
+            ) from None
+    elif isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
         raise error(f"tickers={value!r} must be a comma-separated string or a list of names")
