@@ -118,7 +118,8 @@ def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
     """
     return {
         "tickers": tickers_param(
-            defaults["tickers"], "Tickers, a list or comma-separated; empty means every ticker in the offline store."
+            defaults["tickers"],
+            "Tickers, a list or comma-separated; empty: QE_DEFAULT_TICKERS, else every ticker in the offline store.",
         ),
         "feature_set": Param(
             defaults["feature_set"], type="string", enum=FEATURE_SETS, description="Features joined from the store."

@@ -17,15 +17,20 @@ def ingestion_form() -> dict[str, Param]:
     """The run form of ``market_data_ingestion``."""
     return {
         "source": Param(
-            "synthetic",
-            type="string",
-            enum=SOURCES,
-            description="Where bars come from. synthetic is the embedded default market.",
+            None,
+            type=["null", "string"],
+            enum=[None, *SOURCES],
+            description="Where bars come from; empty: QE_DEFAULT_SOURCE (synthetic, the embedded market, unless set).",
         ),
         "path": Param(
-            None, type=["null", "string"], description="File or folder of bars, for the csv and parquet sources."
+            None,
+            type=["null", "string"],
+            description="File or folder of bars, for the csv and parquet sources; empty: QE_DEFAULT_SOURCE_PATH "
+            "when the source is the default one.",
         ),
-        "tickers": tickers_param(None, "Tickers, a list or comma-separated; empty means every ticker of the source."),
+        "tickers": tickers_param(
+            None, "Tickers, a list or comma-separated; empty: QE_DEFAULT_TICKERS, else every ticker of the source."
+        ),
         "start": Param(
             None,
             type=["null", "string"],

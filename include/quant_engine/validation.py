@@ -12,8 +12,10 @@ import json
 import math
 import numbers
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas only for the frame checks: settings read ticker lists without it
+    import pandas as pd
 
 __all__ = ["one_of", "parse_tickers", "real_number", "require_columns", "utc_column", "whole_number"]
 
@@ -101,14 +103,16 @@ def one_of(value: object, name: str, choices: Collection[str], *, error: type[Va
     return value
 
 
-def parse_tickers(value: object, *, error: type[ValueError] = ValueError) -> tuple[str, ...] | None:
+def parse_tickers(
+    value: object, *, error: type[ValueError] = ValueError, name: str = "tickers"
+) -> tuple[str, ...] | None:
     """Tickers as users write them: a comma-separated string, a list, or a JSON list in a string.
 
     ``None`` means every ticker. A string that starts with ``[`` is read as JSON (``'["GOOG",
     "MSFT"]'``, as typed into a form's text field or a shell flag), anything else as
     comma-separated names. A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an
     error, never "all": a form left with stray commas must not quietly widen a run to the whole
-    universe.
+    universe. ``name`` is what the messages call the value (a parameter, a variable).
 
     Examples
     --------
@@ -119,25 +123,28 @@ def parse_tickers(value: object, *, error: type[ValueError] = ValueError) -> tup
     """
     if value is None:
         return None
+    names: object = value
     if isinstance(value, str) and value.strip().startswith("["):
         try:
-            value = json.loads(value)
+            names = json.loads(value)
         except json.JSONDecodeError as exc:
             raise error(
-                f'tickers={value!r} is not a valid JSON list ({exc.msg}); write ["GOOG", "MSFT"] or GOOG,MSFT'
+                f'{name}={value!r} is not a valid JSON list ({exc.msg}); write ["GOOG", "MSFT"] or GOOG,MSFT'
             ) from None
     elif isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
-        raise error(f"tickers={value!r} must be a comma-separated string or a list of names")
-    names = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
-    if not names:
-        raise error(f"tickers={value!r} names no ticker; leave it empty (null) for every ticker")
-    return names
+        names = value.split(",")
+    if not isinstance(names, Sequence) or isinstance(names, str) or not all(isinstance(t, str) for t in names):
+        raise error(f"{name}={value!r} must be a comma-separated string or a list of names")
+    found = tuple(dict.fromkeys(t.strip() for t in names if t.strip()))
+    if not found:
+        raise error(f"{name}={value!r} names no ticker; leave it empty for every ticker")
+    return found
 
 
 def require_columns(frame: object, required: Sequence[str], what: str) -> pd.DataFrame:
     """``frame`` if it is a DataFrame holding every column of ``required``; ``what`` names it in the error."""
+    import pandas as pd
+
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
     missing = [c for c in required if c not in frame.columns]
@@ -148,6 +155,8 @@ def require_columns(frame: object, required: Sequence[str], what: str) -> pd.Dat
 
 def utc_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
     """``frame[column]`` as ``datetime64[ns, UTC]``; a naive or non-time column is an error."""
+    import pandas as pd
+
     values = frame[column]
     if not isinstance(values.dtype, pd.DatetimeTZDtype):
         raise ValueError(f"{what} column {column!r} has dtype {values.dtype}; it must be tz-aware datetime64 (UTC)")

@@ -29,8 +29,8 @@ def test_none_means_every_ticker() -> None:
 @pytest.mark.parametrize(
     ("written", "message"),
     [
-        ("", "names no ticker"),
-        (",,", "names no ticker"),
+        ("", "tickers='' names no ticker; leave it empty for every ticker"),
+        (",,", "tickers=',,' names no ticker"),
         ([], "names no ticker"),
         ("[]", "names no ticker"),
         ('["GOOG", "MSFT"', "is not a valid JSON list"),

@@ -25,9 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Ingest the sessions of a range into the feature store (idempotent: reruns write nothing new). "
         "Bars are stamped at their close from the group's exchange calendar.",
     )
-    ingest.add_argument("--source", choices=SOURCE_NAMES, default="synthetic")
-    ingest.add_argument("--path", help="file or folder of bars, for the csv and parquet sources")
-    ingest.add_argument("--tickers", help="comma-separated tickers (default: all the source has)")
+    ingest.add_argument(
+        "--source", choices=SOURCE_NAMES, help="where bars come from (default: QE_DEFAULT_SOURCE, else synthetic)"
+    )
+    ingest.add_argument(
+        "--path",
+        help="file or folder of bars, for the csv and parquet sources (default: QE_DEFAULT_SOURCE_PATH "
+        "with the default source)",
+    )
+    ingest.add_argument(
+        "--tickers", help="comma-separated tickers (default: QE_DEFAULT_TICKERS, else all the source has)"
+    )
     ingest.add_argument(
         "--start",
         help="first session, YYYY-MM-DD (default: the last closed session; for csv / "
@@ -128,11 +136,15 @@ INGEST_FLAGS = (
 
 def _ingest(args: argparse.Namespace) -> int:
     from quant_engine.backends import make_group_stores
+    from quant_engine.config import get_settings
     from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, ingest
 
-    stores = make_group_stores()
+    settings = get_settings()
+    stores = make_group_stores(settings)
     try:
-        request = IngestionRequest.from_params({name: getattr(args, name) for name in INGEST_FLAGS}, stores.offline)
+        request = IngestionRequest.from_params(
+            {name: getattr(args, name) for name in INGEST_FLAGS}, stores.offline, defaults=settings.run_defaults
+        )
     except NoSessionToIngest as skipped:
         print(f"{skipped}")
         return 0
