@@ -197,6 +197,14 @@ def drift_form() -> dict[str, Param]:
             minimum=1,
             description="Feature rows after the training data's end needed before a check runs.",
         ),
+        "max_wait_hours": Param(
+            6,
+            type="number",
+            minimum=0,
+            maximum=24,
+            description="Hours to wait for min_new_rows rows with settled labels before the run is "
+            "skipped (0: look once); without a champion the run skips at once.",
+        ),
         "comparison_threshold": Param(
             None,
             type=["null", "number"],
