@@ -93,9 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     history = commands.add_parser("history", help="feature rows of a ticker from the offline store")
     history.add_argument("ticker")
-    history.add_argument("--start")
-    history.add_argument("--end")
-    history.add_argument("--as-of", help="only what had been written by this time (bitemporal)")
+    history.add_argument("--start", type=_instant, help="first day or time (UTC unless it says)")
+    history.add_argument("--end", type=_instant, help="last day (inclusive) or time")
+    history.add_argument("--as-of", type=_instant, help="only what had been written by this time (bitemporal)")
     history.set_defaults(handler=_features_history)
 
     compact = commands.add_parser(
@@ -199,6 +199,17 @@ def _features_drop(args: argparse.Namespace) -> int:
     if not args.yes:
         print("nothing deleted; pass --yes to delete")
     return 0
+
+
+def _instant(value: str) -> str:
+    """An argparse type: a date or time kept as written; text that is neither is refused."""
+    import pandas as pd
+
+    try:
+        pd.Timestamp(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date or time; write YYYY-MM-DD or ISO 8601") from None
+    return value
 
 
 def _utc(value: str | None, *, end_of_day: bool = False):
