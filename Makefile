@@ -8,6 +8,12 @@ BIN := $(VENV)/bin
 DEPS_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 
+# Where this checkout keeps things. `make venv` also writes them into the venv (ops/shell_defaults.py),
+# so a plain shell (`.venv/bin/airflow dags test wfo_pipeline`, `source .venv/bin/activate`) finds the
+# same DAGs, plugins, Airflow home and QE_HOME; there as here, a variable already exported wins.
+CHECKOUT_DEFAULTS := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False QE_HOME=$(CURDIR)/var
+
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
@@ -19,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 
 AIRFLOW_DB_STAMP := $(AIRFLOW_HOME)/.migrated-$(DEPS_HASH)
 
-.PHONY: run test lint up down browser-deps stack-deps venv airflow-db bench clean help
+.PHONY: run test lint up down browser-deps stack-deps venv shell-defaults airflow-db bench clean help
 
 help:
 	@echo "make run   - install what is missing, then run the main job on the embedded default"
@@ -27,7 +33,12 @@ help:
 	@echo "make bench - run the benchmarks under bench/"
 	@echo "make up    - start the stack natively (Postgres, Airflow, feed, bridge); make down stops it"
 
-venv: $(DEPS_STAMP)
+venv: shell-defaults
+
+# The checkout's defaults for a plain shell: a .pth file in the venv's site-packages that sets each
+# one when a Python process of the venv starts, unless the environment already holds it.
+shell-defaults: $(DEPS_STAMP)
+	@$(BIN)/python ops/shell_defaults.py $(CHECKOUT_DEFAULTS)
 
 $(DEPS_STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "quant-engine needs Python 3.11 (found %d.%d at %s): the SageMaker SDK and Airflow 3 cannot share a 3.12 environment. Install 3.11 or set PYTHON=/path/to/python3.11." % (sys.version_info[0], sys.version_info[1], sys.executable))'

@@ -6,9 +6,12 @@ Graph::
     enough_new_data -> score -> check -> retraining_needed -> request_retraining
 
 * ``enough_new_data`` (sensor, reschedule mode, so waiting holds no worker slot): waits up to
-  6 hours until the store holds ``min_new_rows`` rows after the end of the champion's training
-  data, some of them with settled labels. Not ``soft_fail``: that would turn bad input (an
-  unknown model) into a silent skip too.
+  ``max_wait_hours`` (6) until the store holds ``min_new_rows`` rows after the end of the
+  champion's training data, some of them with settled labels. A run with nothing to do is a skip,
+  not a failure, and its log says why: without a champion it skips at once, with too few new
+  rows (as for days after a retrain) once the wait is over; every later task is skipped and the
+  run succeeds. Not ``soft_fail``: that would turn bad input (an unknown model) into a silent
+  skip too.
 * ``score``: the batch scorer logs the champion's predictions on the window
   (``quant_engine.monitoring.scoring``); a rerun logs nothing twice.
 * ``check``: the window's features against the baseline stored with the version, the settled
@@ -39,18 +42,17 @@ from qe_forms import drift_form
     doc_md=__doc__,
 )
 def drift_monitor():
-    @task.sensor(poke_interval=300, timeout=6 * 3600, mode="reschedule")
+    # The poke itself skips after max_wait_hours (at most 24); the timeout is only a guard.
+    @task.sensor(poke_interval=300, timeout=25 * 3600, mode="reschedule")
     def enough_new_data(params=None, dag=None):
-        from airflow.sdk import PokeReturnValue
-        from qe_airflow import fail_fast_on_bad_input, refuse_unknown_params
+        from qe_airflow import fail_fast_on_bad_input, ready_or_skip, refuse_unknown_params
 
         from quant_engine.backends import make_drift_monitor
 
         refuse_unknown_params(params, dag)
         with fail_fast_on_bad_input():
             state = make_drift_monitor(model_name=params["model_name"]).readiness(min_new_rows=params["min_new_rows"])
-        print(f"{state['new_rows']} new rows since {state['data_end']}, {state['matured_rows']} with settled labels")
-        return PokeReturnValue(is_done=state["ready"], xcom_value=state)
+        return ready_or_skip(state, max_wait_hours=params["max_wait_hours"])
 
     @task
     def score(ready: dict, params=None) -> dict:

@@ -5,9 +5,11 @@ same all-or-nothing write as the features, for the live bridge's warm-up and bac
 
 Each scheduled run (weekdays at 16:30 New York) ingests the sessions of the group's exchange
 calendar that closed in its data interval: Monday's run takes Monday's session, a run on a holiday
-has none and skips cleanly. With ``start``/``end`` params it backfills those sessions in one run;
-``airflow backfill create`` fills a range run by run. Reruns are idempotent (the stores skip
-records they already hold). Emits the feature-store asset ``drift_monitor`` schedules on.
+has none and skips cleanly. A run that names no source or tickers (every scheduled one) reads the
+settings' universe: ``QE_DEFAULT_SOURCE`` (``QE_DEFAULT_SOURCE_PATH``) and ``QE_DEFAULT_TICKERS``.
+With ``start``/``end`` params it backfills those sessions in one run; ``airflow backfill create``
+fills a range run by run. Reruns are idempotent (the stores skip records they already hold).
+Emits the feature-store asset ``drift_monitor`` schedules on.
 """
 
 from __future__ import annotations
@@ -42,14 +44,17 @@ def market_data_ingestion():
 
         window = (data_interval_start, data_interval_end) if data_interval_end is not None else None
         with fail_fast_on_bad_input():
+            settings = get_settings()
             try:
-                request = IngestionRequest.from_params(dict(params), make_offline_store(), window=window)
+                request = IngestionRequest.from_params(
+                    dict(params), make_offline_store(settings), window=window, defaults=settings.run_defaults
+                )
             except NoSessionToIngest as nothing:
                 raise AirflowSkipException(f"no session: {nothing}") from None
             print(f"ingesting {request.describe()} from {request.source}")
             bars = fetch_bars(request)
         return {
-            "bars": stage_frame(bars, run_dir("ingestion", run_id, get_settings()) / "bars.parquet"),
+            "bars": stage_frame(bars, run_dir("ingestion", run_id, settings) / "bars.parquet"),
             "request": request.to_dict(),
         }
 

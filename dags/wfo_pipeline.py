@@ -35,9 +35,11 @@ def wfo_pipeline():
         from quant_engine.wfo.config import WfoConfig
         from quant_engine.wfo.dataset import build_dataset
 
-        folder = run_dir("wfo", run_id, get_settings())
         with fail_fast_on_bad_input():  # bad input fails now, without retries, before any split task
-            summary = build_dataset(WfoConfig.from_params(dict(params)), folder, make_offline_store(), make_bar_store())
+            settings = get_settings()
+            folder = run_dir("wfo", run_id, settings)
+            config = WfoConfig.from_params(dict(params), default_tickers=settings.default_tickers)
+            summary = build_dataset(config, folder, make_offline_store(settings), make_bar_store(settings))
         return {"run_dir": str(folder), "rows": summary["rows"], "tickers": len(summary["tickers"])}
 
     @task

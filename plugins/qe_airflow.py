@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 
-from airflow.sdk import Asset, Param
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Asset, Param, PokeReturnValue
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 #: The assets the DAGs hand on to each other: ingestion updates the feature store, the drift monitor
 #: asks for retraining, training registers models and moves the champion.
@@ -36,6 +36,43 @@ def fail_fast_on_bad_input() -> Iterator[None]:
         yield
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def ready_or_skip(readiness: Mapping[str, object], *, max_wait_hours: float) -> PokeReturnValue:
+    """A sensor's answer to the drift monitor's readiness value: done, wait again, or skip the run saying why.
+
+    A run with nothing to do is a skip, not a failure, so a red run always means something is
+    wrong: no champion to monitor yet skips at once; too few new rows (or none settled, as right
+    after a retrain) skips once the sensor has waited ``max_wait_hours``. A skipped sensor skips
+    every task after it and the run succeeds. The reason goes to the task log either way.
+    """
+    from quant_engine.monitoring.run import NO_CHAMPION
+
+    reason = str(readiness["reason"])
+    if readiness["ready"]:
+        print(f"ready: {reason}")
+        return PokeReturnValue(is_done=True, xcom_value=dict(readiness))
+    if readiness["status"] == NO_CHAMPION:
+        print(f"skipping the run: {reason}")
+        raise AirflowSkipException(reason)
+    waited_hours = _sensor_waited_seconds() / 3600
+    if waited_hours >= max_wait_hours:
+        why = f"nothing to judge after waiting {waited_hours:.1f} h: {reason}"
+        print(f"skipping the run, {why}")
+        raise AirflowSkipException(why)
+    print(f"waiting (up to {max_wait_hours:g} h): {reason}")
+    return PokeReturnValue(is_done=False)
+
+
+def _sensor_waited_seconds() -> float:
+    """How long the running reschedule-mode sensor has been waiting: since its first poke."""
+    from datetime import UTC, datetime
+
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    first = context["ti"].get_first_reschedule_date(context)
+    return 0.0 if first is None else (datetime.now(UTC) - first).total_seconds()
 
 
 def refuse_unknown_params(params: Mapping[str, object], dag: object) -> None:
@@ -102,16 +139,24 @@ def reading_params() -> dict[str, Param]:
     }
 
 
+def tickers_param(default: object, description: str) -> Param:
+    """A ``tickers`` param: a JSON list (``["GOOG", "MSFT"]``) or a comma-separated string, as users write them.
+
+    :func:`quant_engine.validation.parse_tickers` reads either; the schema only keeps out what it
+    never could (numbers, a list of non-strings).
+    """
+    return Param(default, type=["null", "string", "array"], items={"type": "string"}, description=description)
+
+
 def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
     """The params of a labelled dataset built from the offline store, shared by every DAG that builds one.
 
     ``defaults`` are the library's defaults for the same keys, so a form and the code never disagree.
     """
     return {
-        "tickers": Param(
+        "tickers": tickers_param(
             defaults["tickers"],
-            type=["null", "string"],
-            description="Comma-separated tickers; empty means every ticker in the offline store.",
+            "Tickers, a list or comma-separated; empty: QE_DEFAULT_TICKERS, else every ticker in the offline store.",
         ),
         "feature_set": Param(
             defaults["feature_set"], type="string", enum=FEATURE_SETS, description="Features joined from the store."

@@ -8,7 +8,7 @@ parsed) and the four forms read alike.
 from __future__ import annotations
 
 from airflow.sdk import Param
-from qe_airflow import FEATURE_SETS, SOURCES, dataset_params, reading_params
+from qe_airflow import FEATURE_SETS, SOURCES, dataset_params, reading_params, tickers_param
 
 __all__ = ["drift_form", "ingestion_form", "training_form", "wfo_form"]
 
@@ -17,18 +17,19 @@ def ingestion_form() -> dict[str, Param]:
     """The run form of ``market_data_ingestion``."""
     return {
         "source": Param(
-            "synthetic",
-            type="string",
-            enum=SOURCES,
-            description="Where bars come from. synthetic is the embedded default market.",
+            None,
+            type=["null", "string"],
+            enum=[None, *SOURCES],
+            description="Where bars come from; empty: QE_DEFAULT_SOURCE (synthetic, the embedded market, unless set).",
         ),
         "path": Param(
-            None, type=["null", "string"], description="File or folder of bars, for the csv and parquet sources."
-        ),
-        "tickers": Param(
             None,
-            type=["null", "string", "array"],
-            description="Tickers, comma-separated or a list; empty means every ticker of the source.",
+            type=["null", "string"],
+            description="File or folder of bars, for the csv and parquet sources; empty: QE_DEFAULT_SOURCE_PATH "
+            "when the source is the default one.",
+        ),
+        "tickers": tickers_param(
+            None, "Tickers, a list or comma-separated; empty: QE_DEFAULT_TICKERS, else every ticker of the source."
         ),
         "start": Param(
             None,
@@ -195,6 +196,14 @@ def drift_form() -> dict[str, Param]:
             type="integer",
             minimum=1,
             description="Feature rows after the training data's end needed before a check runs.",
+        ),
+        "max_wait_hours": Param(
+            6,
+            type="number",
+            minimum=0,
+            maximum=24,
+            description="Hours to wait for min_new_rows rows with settled labels before the run is "
+            "skipped (0: look once); without a champion the run skips at once.",
         ),
         "comparison_threshold": Param(
             None,

@@ -14,8 +14,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".airflow"))
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
-os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins"))
+# The DAGs and plugins under test are always this checkout's (as `make` sets them), even where the
+# venv's plain-shell defaults (ops/shell_defaults.py) name another checkout sharing it.
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO_ROOT / "plugins")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # Keep AWS SDK calls in tests away from any real account: moto intercepts, and these make sure a
 # forgotten mock fails instead of reaching out with someone's credentials.

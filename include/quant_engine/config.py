@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from quant_engine.validation import parse_tickers
+
 Backend = Literal["local", "aws"]
 BACKENDS: tuple[str, ...] = ("local", "aws")
+#: The market data sources (:data:`quant_engine.data.sources.SOURCE_NAMES`, spelled out so reading the
+#: settings never imports the data stack) and those that read a file or folder.
+DATA_SOURCES: tuple[str, ...] = ("synthetic", "yfinance", "csv", "parquet")
+FILE_SOURCES: tuple[str, ...] = ("csv", "parquet")
 
 
 class SettingsError(ValueError):
@@ -30,6 +36,10 @@ def _flag(value: str | None, name: str) -> bool:
     if value.lower() in _TRUE + _FALSE:
         return value.lower() in _TRUE
     raise SettingsError(f"{name}={value!r} is not a yes/no value; use one of {', '.join(_TRUE + _FALSE)}")
+
+
+def _tickers(value: str | None, name: str) -> tuple[str, ...] | None:
+    return None if value is None else parse_tickers(value, error=SettingsError, name=name)
 
 
 def env_overrides(
@@ -86,6 +96,16 @@ class Settings:
     sagemaker_feature_store : bool
         ``QE_SAGEMAKER_FEATURE_STORE`` (``1``/``true``): with the aws backend, ingestion also writes
         every feature row to the SageMaker Feature Store group of the same name (``BatchWriteRecord``).
+    default_source : str
+        ``QE_DEFAULT_SOURCE``: where a run that names no source (every scheduled ingestion) reads
+        bars: ``synthetic`` (the embedded market), ``yfinance``, ``csv`` or ``parquet``.
+    default_source_path : str or None
+        ``QE_DEFAULT_SOURCE_PATH``: the file or folder of bars of a ``csv`` / ``parquet`` default
+        source (required by them, refused by the others).
+    default_tickers : tuple of str, optional
+        ``QE_DEFAULT_TICKERS`` (``GOOG,MSFT`` or ``["GOOG", "MSFT"]``): the universe of a run that
+        names no tickers, in every DAG; unset: every ticker the source (or the offline store) has.
+        ``yfinance`` needs it: Yahoo has no list of all tickers.
     """
 
     home: Path = field(default_factory=_default_home)
@@ -98,6 +118,9 @@ class Settings:
     feature_group: str = "market_features"
     sagemaker_role_arn: str | None = None
     sagemaker_feature_store: bool = False
+    default_source: str = "synthetic"
+    default_source_path: str | None = None
+    default_tickers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -110,6 +133,33 @@ class Settings:
             raise SettingsError(
                 f"QE_FEATURE_GROUP={self.feature_group!r} must contain only letters, digits, '-' and '_'"
             )
+        self._check_run_defaults()
+
+    def _check_run_defaults(self) -> None:
+        source = self.default_source
+        if source not in DATA_SOURCES:
+            raise SettingsError(
+                f"QE_DEFAULT_SOURCE={source!r} is not a data source; use one of {', '.join(DATA_SOURCES)}"
+            )
+        if source in FILE_SOURCES and not self.default_source_path:
+            raise SettingsError(f"QE_DEFAULT_SOURCE={source} needs QE_DEFAULT_SOURCE_PATH, the file or folder of bars")
+        if source not in FILE_SOURCES and self.default_source_path:
+            raise SettingsError(
+                f"QE_DEFAULT_SOURCE_PATH only applies to QE_DEFAULT_SOURCE=csv or parquet, not {source}; unset it"
+            )
+        if source == "yfinance" and not self.default_tickers:
+            raise SettingsError(
+                "QE_DEFAULT_SOURCE=yfinance needs QE_DEFAULT_TICKERS (e.g. GOOG,MSFT): Yahoo has no list of all tickers"
+            )
+
+    @property
+    def run_defaults(self) -> dict[str, object]:
+        """What a run that names no source or tickers reads: ``source``, ``path`` and ``tickers`` (a list or None)."""
+        return {
+            "source": self.default_source,
+            "path": self.default_source_path,
+            "tickers": None if self.default_tickers is None else list(self.default_tickers),
+        }
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +185,9 @@ class Settings:
             feature_group=get("QE_FEATURE_GROUP") or "market_features",
             sagemaker_role_arn=get("QE_SAGEMAKER_ROLE_ARN"),
             sagemaker_feature_store=_flag(get("QE_SAGEMAKER_FEATURE_STORE"), "QE_SAGEMAKER_FEATURE_STORE"),
+            default_source=(get("QE_DEFAULT_SOURCE") or "synthetic").strip().lower(),
+            default_source_path=get("QE_DEFAULT_SOURCE_PATH"),
+            default_tickers=_tickers(get("QE_DEFAULT_TICKERS"), "QE_DEFAULT_TICKERS"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

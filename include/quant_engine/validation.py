@@ -8,11 +8,14 @@ caller's family (``WfoConfigError``, ``TrainingInputError``...), so callers keep
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas only for the frame checks: settings read ticker lists without it
+    import pandas as pd
 
 __all__ = ["one_of", "parse_tickers", "real_number", "require_columns", "utc_column", "whole_number"]
 
@@ -100,31 +103,48 @@ def one_of(value: object, name: str, choices: Collection[str], *, error: type[Va
     return value
 
 
-def parse_tickers(value: object, *, error: type[ValueError] = ValueError) -> tuple[str, ...] | None:
-    """Tickers as a comma-separated string or a list; ``None`` means every ticker.
+def parse_tickers(
+    value: object, *, error: type[ValueError] = ValueError, name: str = "tickers"
+) -> tuple[str, ...] | None:
+    """Tickers as users write them: a comma-separated string, a list, or a JSON list in a string.
 
-    A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an error, never "all":
-    a form left with stray commas must not quietly widen a run to the whole universe.
+    ``None`` means every ticker. A string that starts with ``[`` is read as JSON (``'["GOOG",
+    "MSFT"]'``, as typed into a form's text field or a shell flag), anything else as
+    comma-separated names. A value that names no ticker at all (``""``, ``",,,"``, ``[]``) is an
+    error, never "all": a form left with stray commas must not quietly widen a run to the whole
+    universe. ``name`` is what the messages call the value (a parameter, a variable).
 
     Examples
     --------
-    >>> parse_tickers("SYN00, SYN01,,SYN00"), parse_tickers(["A"]), parse_tickers(None)
-    (('SYN00', 'SYN01'), ('A',), None)
+    >>> parse_tickers("SYN00, SYN01,,SYN00"), parse_tickers(["A"]), parse_tickers('["A", "B"]')
+    (('SYN00', 'SYN01'), ('A',), ('A', 'B'))
+    >>> parse_tickers(None) is None
+    True
     """
     if value is None:
         return None
-    if isinstance(value, str):
-        value = value.split(",")
-    if not isinstance(value, Sequence) or not all(isinstance(t, str) for t in value):
-        raise error(f"tickers={value!r} must be a comma-separated string or a list of names")
-    names = tuple(dict.fromkeys(t.strip() for t in value if t.strip()))
-    if not names:
-        raise error(f"tickers={value!r} names no ticker; leave it empty (null) for every ticker")
-    return names
+    names: object = value
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            names = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise error(
+                f'{name}={value!r} is not a valid JSON list ({exc.msg}); write ["GOOG", "MSFT"] or GOOG,MSFT'
+            ) from None
+    elif isinstance(value, str):
+        names = value.split(",")
+    if not isinstance(names, Sequence) or isinstance(names, str) or not all(isinstance(t, str) for t in names):
+        raise error(f"{name}={value!r} must be a comma-separated string or a list of names")
+    found = tuple(dict.fromkeys(t.strip() for t in names if t.strip()))
+    if not found:
+        raise error(f"{name}={value!r} names no ticker; leave it empty for every ticker")
+    return found
 
 
 def require_columns(frame: object, required: Sequence[str], what: str) -> pd.DataFrame:
     """``frame`` if it is a DataFrame holding every column of ``required``; ``what`` names it in the error."""
+    import pandas as pd
+
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
     missing = [c for c in required if c not in frame.columns]
@@ -135,6 +155,8 @@ def require_columns(frame: object, required: Sequence[str], what: str) -> pd.Dat
 
 def utc_column(frame: pd.DataFrame, column: str, what: str) -> pd.Series:
     """``frame[column]`` as ``datetime64[ns, UTC]``; a naive or non-time column is an error."""
+    import pandas as pd
+
     values = frame[column]
     if not isinstance(values.dtype, pd.DatetimeTZDtype):
         raise ValueError(f"{what} column {column!r} has dtype {values.dtype}; it must be tz-aware datetime64 (UTC)")

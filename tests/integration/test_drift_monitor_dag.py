@@ -112,5 +112,23 @@ def test_stationary_market_skips_the_request(qe_home: Path, airflow_home: Path, 
 def test_unknown_model_fails_before_scoring(qe_home: Path, run_dag: Callable) -> None:
     result = run_dag("drift_monitor", {**CONF, "model_name": "no_such_model"}, expect_success=False)
     output = result.stdout + result.stderr
-    assert "NoChampionError: model 'no_such_model' has no champion" in output
+    assert "NoChampionError: model 'no_such_model' has no registered version; check the name" in output
     assert "starting task_id=score " not in output
+
+
+def test_a_scheduled_run_before_any_champion_skips_and_succeeds(qe_home: Path, run_dag: Callable) -> None:
+    result = run_dag("drift_monitor")  # no conf, as the feature-store asset triggers it
+    output = result.stdout + result.stderr
+    assert "skipping the run: model 'xgb_direction' has no champion yet (0 version(s) registered" in output
+    assert output.count("[DAG TEST] starting task_id=") == 1  # the sensor; every later task skipped with it
+    assert not (qe_home / "reports" / "drift").exists()
+
+
+def test_too_few_new_rows_after_a_retrain_skip_once_the_wait_is_over(qe_home: Path, run_dag: Callable) -> None:
+    champion_on(qe_home, shifted=False)
+    result = run_dag("drift_monitor", {**CONF, "min_new_rows": 1_000_000, "max_wait_hours": 0})
+    output = result.stdout + result.stderr
+    assert "skipping the run, nothing to judge after waiting 0.0 h: " in output
+    assert "with settled labels; a check needs 1000000 and some settled" in output
+    assert output.count("[DAG TEST] starting task_id=") == 1
+    assert not (qe_home / "reports" / "drift").exists()

@@ -30,6 +30,23 @@ def test_ingests_a_users_csv_idempotently(run_dag, tmp_path) -> None:
     pd.testing.assert_frame_equal(make_offline_store().read(include_history=True), stored)
 
 
+def test_a_scheduled_run_reads_the_universe_and_source_set_once(run_dag, tmp_path, monkeypatch) -> None:
+    bars = SyntheticMarket(n_tickers=3, seed=11).fetch(None, "2023-01-01", "2024-03-08")
+    monkeypatch.setenv("QE_DEFAULT_SOURCE", "csv")
+    monkeypatch.setenv("QE_DEFAULT_SOURCE_PATH", str(write_bars(bars, tmp_path / "universe.csv")))
+    monkeypatch.setenv("QE_DEFAULT_TICKERS", "SYN02,SYN00")
+    result = run_dag("market_data_ingestion", None, logical_date="2024-03-08T21:30:00+00:00")  # no conf
+    assert " from csv" in result.stdout + result.stderr
+    assert set(make_offline_store().read()["ticker"]) == {"SYN00", "SYN02"}
+
+
+def test_a_setting_that_cannot_be_used_fails_the_run_naming_it(run_dag, monkeypatch) -> None:
+    monkeypatch.setenv("QE_DEFAULT_SOURCE", "bloomberg")
+    result = run_dag("market_data_ingestion", None, expect_success=False)
+    output = result.stdout + result.stderr
+    assert "state=failed" in output and "QE_DEFAULT_SOURCE='bloomberg' is not a data source" in output
+
+
 def test_bad_params_fail_fast_without_touching_the_stores(run_dag) -> None:
     result = run_dag("market_data_ingestion", {"tickers": "SYN00,NOPE", "start": "2024-03-04"}, expect_success=False)
     output = result.stdout + result.stderr

@@ -17,7 +17,7 @@ TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
 CONF = {
     "start": "2019-01-01",
     "end": "2021-12-31",
-    "tickers": ",".join(TICKERS),
+    "tickers": TICKERS,  # a JSON list in the conf, as users write it (a comma string works too)
     "n_groups": 4,
     "n_test_groups": 2,
     "embargo": "5D",

@@ -25,9 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Ingest the sessions of a range into the feature store (idempotent: reruns write nothing new). "
         "Bars are stamped at their close from the group's exchange calendar.",
     )
-    ingest.add_argument("--source", choices=SOURCE_NAMES, default="synthetic")
-    ingest.add_argument("--path", help="file or folder of bars, for the csv and parquet sources")
-    ingest.add_argument("--tickers", help="comma-separated tickers (default: all the source has)")
+    ingest.add_argument(
+        "--source", choices=SOURCE_NAMES, help="where bars come from (default: QE_DEFAULT_SOURCE, else synthetic)"
+    )
+    ingest.add_argument(
+        "--path",
+        help="file or folder of bars, for the csv and parquet sources (default: QE_DEFAULT_SOURCE_PATH "
+        "with the default source)",
+    )
+    ingest.add_argument(
+        "--tickers", help="comma-separated tickers (default: QE_DEFAULT_TICKERS, else all the source has)"
+    )
     ingest.add_argument(
         "--start",
         help="first session, YYYY-MM-DD (default: the last closed session; for csv / "
@@ -85,9 +93,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     history = commands.add_parser("history", help="feature rows of a ticker from the offline store")
     history.add_argument("ticker")
-    history.add_argument("--start")
-    history.add_argument("--end")
-    history.add_argument("--as-of", help="only what had been written by this time (bitemporal)")
+    history.add_argument("--start", type=_instant, help="first day or time (UTC unless it says)")
+    history.add_argument("--end", type=_instant, help="last day (inclusive) or time")
+    history.add_argument("--as-of", type=_instant, help="only what had been written by this time (bitemporal)")
     history.set_defaults(handler=_features_history)
 
     compact = commands.add_parser(
@@ -128,11 +136,15 @@ INGEST_FLAGS = (
 
 def _ingest(args: argparse.Namespace) -> int:
     from quant_engine.backends import make_group_stores
+    from quant_engine.config import get_settings
     from quant_engine.features.ingest import IngestionRequest, NoSessionToIngest, ingest
 
-    stores = make_group_stores()
+    settings = get_settings()
+    stores = make_group_stores(settings)
     try:
-        request = IngestionRequest.from_params({name: getattr(args, name) for name in INGEST_FLAGS}, stores.offline)
+        request = IngestionRequest.from_params(
+            {name: getattr(args, name) for name in INGEST_FLAGS}, stores.offline, defaults=settings.run_defaults
+        )
     except NoSessionToIngest as skipped:
         print(f"{skipped}")
         return 0
@@ -187,6 +199,17 @@ def _features_drop(args: argparse.Namespace) -> int:
     if not args.yes:
         print("nothing deleted; pass --yes to delete")
     return 0
+
+
+def _instant(value: str) -> str:
+    """An argparse type: a date or time kept as written; text that is neither is refused."""
+    import pandas as pd
+
+    try:
+        pd.Timestamp(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date or time; write YYYY-MM-DD or ISO 8601") from None
+    return value
 
 
 def _utc(value: str | None, *, end_of_day: bool = False):

@@ -45,8 +45,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
-    config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf})
     settings = get_settings()
+    config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf}, default_tickers=settings.default_tickers)
     folder = run_dir("wfo", args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)
     folder = run_pipeline(
         config,

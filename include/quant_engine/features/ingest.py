@@ -138,10 +138,14 @@ class IngestionRequest:
         *,
         window: tuple[object, object] | None = None,
         now: object = None,
+        defaults: Mapping[str, Any] | None = None,
     ) -> IngestionRequest:
         """Validate loosely typed parameters (DAG params, CLI flags) into a request.
 
-        Missing keys take :data:`INGEST_PARAMS`; an unknown key is an error, never ignored. The
+        Missing or null keys take ``defaults`` (the run defaults of the settings,
+        :attr:`quant_engine.config.Settings.run_defaults`: ``source``, ``path``, ``tickers``), then
+        :data:`INGEST_PARAMS`; a default ``path`` belongs to the default source and is dropped when
+        ``params`` name another. An unknown key is an error, never ignored. The
         sessions are ``start..end`` when given; else the whole file for a csv / parquet source;
         else those that closed in ``window`` (a scheduled run's data interval, ``(after, until]``);
         else the last session closed by ``now``. ``group`` is the target feature group's offline
@@ -161,8 +165,14 @@ class IngestionRequest:
         unknown = sorted(set(params) - set(INGEST_PARAMS))
         if unknown:
             raise IngestionError(f"unknown ingestion parameter(s) {unknown}; known: {', '.join(INGEST_PARAMS)}")
+        base = {**INGEST_PARAMS, **(defaults or {})}
+        unknown = sorted(set(base) - set(INGEST_PARAMS))
+        if unknown:
+            raise IngestionError(f"unknown default(s) {unknown}; known: {', '.join(INGEST_PARAMS)}")
+        if params.get("source") not in (None, base["source"]):
+            base["path"] = None  # the default path is the default source's file
         # null means "the default", except for a plausibility limit, where it turns the check off.
-        p = {**INGEST_PARAMS, **{k: v for k, v in params.items() if v is not None or k in _NULL_TURNS_OFF}}
+        p = {**base, **{k: v for k, v in params.items() if v is not None or k in _NULL_TURNS_OFF}}
         if p["source"] not in SOURCE_NAMES:
             raise IngestionError(f"source={p['source']!r} is not a data source; use one of {', '.join(SOURCE_NAMES)}")
         if p["source"] in SOURCES_NEEDING_PATH and not p["path"]:

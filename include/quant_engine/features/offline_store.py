@@ -844,7 +844,10 @@ class OfflineStore:
 
     def _require_schema(self, manifest: _Manifest) -> FeatureGroupSchema:
         if manifest.schema is None:
-            raise OfflineStoreError(f"feature group {self.feature_group!r} does not exist yet; write to it first")
+            raise OfflineStoreError(
+                f"feature group {self.feature_group!r} does not exist yet; ingest into it first "
+                "(quant-engine ingest, or the market_data_ingestion DAG)"
+            )
         return manifest.schema
 
     def read(

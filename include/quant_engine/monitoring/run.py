@@ -42,13 +42,14 @@ from quant_engine.monitoring.baseline import (
 from quant_engine.monitoring.calibration import calibrate_baseline
 from quant_engine.monitoring.concept_drift import QualityBaseline, evaluate_quality, join_labels
 from quant_engine.monitoring.feature_drift import check_drift
-from quant_engine.monitoring.predictions import champion, predict_proba, prediction_log
+from quant_engine.monitoring.predictions import NoChampionError, champion, predict_proba, prediction_log
 from quant_engine.monitoring.regimes import VolRegimeTracker, market_proxy_returns
 from quant_engine.monitoring.report import explain, json_safe, write_report
 from quant_engine.monitoring.verdict import drift_verdict
 from quant_engine.runs import claimed_folder
 from quant_engine.storage.filesystem import FileSystem, overwrite_atomic
 from quant_engine.training.dataset import load_summary, load_train_frame
+from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
 from quant_engine.validation import whole_number
 from quant_engine.wfo.config import LabelConfig
@@ -59,7 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NO_CHAMPION",
     "QUALITY_FILE",
+    "READY",
+    "WAITING",
     "DriftCheckResult",
     "DEFAULT_MIN_DRIFTED_FEATURES",
     "baseline_key",
@@ -72,6 +76,9 @@ __all__ = [
 ]
 
 QUALITY_FILE = "quality_baseline.json"
+#: :meth:`DriftMonitor.readiness` statuses: a check can run; no champion to monitor yet; too few new
+#: rows (or none settled) since the champion's training data.
+READY, NO_CHAMPION, WAITING = "ready", "no_champion", "waiting"
 #: Features that must drift together before the inputs count as drifted: one alone is the noise a
 #: stationary market shows now and then (see :mod:`quant_engine.monitoring.calibration`).
 DEFAULT_MIN_DRIFTED_FEATURES = 2
@@ -227,24 +234,64 @@ class DriftMonitor:
     state_dir: Path
 
     def readiness(self, *, min_new_rows: int = 100) -> dict[str, object]:
-        """Whether a drift check has something to judge: new rows since the baseline, and settled labels.
+        """Whether a drift check has something to judge, and if not, why: a readiness value, never an error.
 
-        A row's label is settled once ``horizon`` later bars are stored, so the rows counted as matured
-        are those with at least ``horizon`` later timestamps among the new rows.
+        A check needs a champion, ``min_new_rows`` stored rows after the end of its training data,
+        and some of them with settled labels: a row's label is settled once ``horizon`` later bars
+        are stored, so the rows counted as matured are those with at least ``horizon`` later
+        timestamps among the new rows. Until a first model is promoted there is nothing to monitor
+        (``no_champion``); right after a retrain the new champion has seen every stored row
+        (``waiting``). Both are states of a healthy system, for the caller to skip or wait on.
 
         Returns
         -------
         dict
-            ``ready``, ``model_version``, ``data_end``, ``latest``, ``new_rows``, ``matured_rows``.
+            ``status`` (:data:`READY`, :data:`NO_CHAMPION` or :data:`WAITING`), ``reason`` (one
+            sentence saying why), ``ready``, ``model_version`` (None without a champion),
+            ``data_end``, ``latest``, ``new_rows``, ``matured_rows``.
+
+        Raises
+        ------
+        NoChampionError
+            The model is unknown: no version of it was ever registered and it is not the engine's
+            own model (:data:`~quant_engine.training.defaults.DEFAULT_MODEL_NAME`), so the name is
+            more likely a typo than a model still to be trained.
         """
         whole_number(min_new_rows, "min_new_rows", minimum=1)
-        record = champion(self.registry)
+        registry = self.registry
+        promotion = registry.champion()
+        if promotion is None:
+            registered = len(registry.versions())
+            if not registered and registry.name != DEFAULT_MODEL_NAME:
+                raise NoChampionError(
+                    f"model {registry.name!r} has no registered version; check the name (the engine "
+                    f"trains {DEFAULT_MODEL_NAME!r}) or train and promote it first"
+                )
+            return {
+                "status": NO_CHAMPION,
+                "reason": f"model {registry.name!r} has no champion yet ({registered} version(s) registered, "
+                "none promoted): nothing to monitor until spot_training promotes one",
+                "ready": False,
+                "model_version": None,
+                "data_end": None,
+                "latest": None,
+                "new_rows": 0,
+                "matured_rows": 0,
+            }
+        record = registry.get(promotion.version)
         rows = _new_rows(self.store, record)
         label = label_config(record)
         stamps = np.sort(rows["event_time"].unique())
         matured = int((rows["event_time"] <= stamps[-1 - label.horizon]).sum()) if len(stamps) > label.horizon else 0
+        ready = len(rows) >= min_new_rows and matured > 0
+        counted = (
+            f"{len(rows)} new rows since {record.metadata.data_end} (the end of {record.name} "
+            f"{record.version}'s training data), {matured} with settled labels"
+        )
         return {
-            "ready": len(rows) >= min_new_rows and matured > 0,
+            "status": READY if ready else WAITING,
+            "reason": counted if ready else f"{counted}; a check needs {min_new_rows} and some settled",
+            "ready": ready,
             "model_version": record.version,
             "data_end": record.metadata.data_end,
             "latest": None if rows.empty else pd.Timestamp(stamps[-1]).isoformat(),

@@ -58,7 +58,9 @@ def prepare(
     ValueError
         Any parameter that cannot be used (the subclass names the family); nothing was built.
     """
-    params, basis = resolve_training_params(conf, registry_of, requested_by=requested_by)
+    params, basis = resolve_training_params(
+        conf, registry_of, requested_by=requested_by, default_tickers=settings.default_tickers
+    )
     if params["runner"] not in RUNNERS:
         raise TrainingSetError(f"runner={params['runner']!r} is not a runner; use one of {', '.join(RUNNERS)}")
     TrainingParams.from_hyperparameters(params["hyperparameters"])

@@ -5,7 +5,8 @@ labels, holdout; ``training["dataset"]``), the feature group (``training["featur
 the hyperparameters (``params``). Retraining, whether the drift monitor asked for it through the
 ``qe://drift/retraining-requested`` asset or a person triggered it, starts from that spec and rolls
 it forward to the newest stored data: the same window length, ending on the last stored day. Any
-key a run's conf names overrides the spec; what neither gives takes :data:`TRAINING_DEFAULTS`.
+key a run's conf names overrides the spec; what neither gives takes :data:`TRAINING_DEFAULTS` (the
+tickers: the settings' universe, ``QE_DEFAULT_TICKERS``, when set).
 Labels come from the stored bars, so no source is needed: the loop closes on any ingested data.
 """
 
@@ -57,7 +58,11 @@ def champion_spec(registry: ModelRegistry) -> dict[str, Any]:
 
 
 def resolve_training_params(
-    conf: Mapping[str, Any], registry_of: Any, *, requested_by: Sequence[Mapping[str, Any]] = ()
+    conf: Mapping[str, Any],
+    registry_of: Any,
+    *,
+    requested_by: Sequence[Mapping[str, Any]] = (),
+    default_tickers: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The parameters a run trains with, and where they came from (for its log).
 
@@ -69,6 +74,9 @@ def resolve_training_params(
         ``registry_of(model_name) -> ModelRegistry``.
     requested_by : sequence of mapping
         The extras of the asset events that triggered the run; a drift monitor's names the model.
+    default_tickers : sequence of str, optional
+        The settings' universe (``QE_DEFAULT_TICKERS``): the tickers when neither the conf nor the
+        champion's spec names any.
 
     Raises
     ------
@@ -88,4 +96,7 @@ def resolve_training_params(
     )
     if conf:
         basis += f", overridden by the conf's {', '.join(sorted(conf))}"
-    return {**TRAINING_DEFAULTS, **spec, "model_name": model_name, **conf}, basis
+    params = {**TRAINING_DEFAULTS, **spec, "model_name": model_name, **conf}
+    if params["tickers"] is None and default_tickers is not None:
+        params["tickers"] = list(default_tickers)
+    return params, basis

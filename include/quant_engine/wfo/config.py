@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -166,13 +166,14 @@ class WfoConfig:
     min_group_rows: int = 100
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> WfoConfig:
+    def from_params(cls, params: Mapping[str, Any], *, default_tickers: Sequence[str] | None = None) -> WfoConfig:
         """Validate loosely typed parameters (DAG params, ``--conf`` JSON) into a config.
 
-        Missing keys take :data:`DEFAULT_PARAMS`. Every rule that does not need data is checked here;
-        :func:`build_dataset` and :func:`plan` check the rest (tickers, the range's data, group sizes,
-        purging) before any model trains. Unknown keys are an error, so a misspelt parameter never
-        falls back to its default.
+        Missing keys take :data:`DEFAULT_PARAMS`, and missing or null ``tickers`` take
+        ``default_tickers`` (the settings' universe, ``QE_DEFAULT_TICKERS``) when given. Every rule
+        that does not need data is checked here; :func:`build_dataset` and :func:`plan` check the
+        rest (tickers, the range's data, group sizes, purging) before any model trains. Unknown keys
+        are an error, so a misspelt parameter never falls back to its default.
         """
         if not isinstance(params, Mapping):
             raise WfoConfigError(f"parameters must be a JSON object, got {type(params).__name__}")
@@ -181,7 +182,7 @@ class WfoConfig:
             raise WfoConfigError(f"unknown parameter(s) {unknown}; known: {', '.join(DEFAULT_PARAMS)}")
         # null means "the default", except for a barrier multiplier, where it disables the barrier.
         given = {k: v for k, v in params.items() if v is not None or k in ("pt_mult", "sl_mult")}
-        p = {**DEFAULT_PARAMS, **given}
+        p = {**DEFAULT_PARAMS, **({} if default_tickers is None else {"tickers": list(default_tickers)}), **given}
         start, end = utc_day(p["start"], "start", error=WfoConfigError), utc_day(p["end"], "end", error=WfoConfigError)
         if end < start:
             raise WfoConfigError(f"end {end.date()} is before start {start.date()}: the date range is empty")

@@ -142,6 +142,24 @@ def test_a_scheduled_run_on_a_holiday_is_a_clean_skip() -> None:
         request("2019-07-04")
 
 
+def test_a_run_naming_no_source_or_tickers_reads_the_settings_universe(tmp_path) -> None:
+    path = tmp_path / "bars.parquet"
+    SyntheticMarket(n_tickers=3, seed=3).fetch(None, "2024-01-02", "2024-03-08").to_parquet(path)
+    defaults = Settings.from_env(
+        {"QE_DEFAULT_SOURCE": "parquet", "QE_DEFAULT_SOURCE_PATH": str(path), "QE_DEFAULT_TICKERS": "SYN02,SYN00"}
+    ).run_defaults
+    window = (pd.Timestamp("2024-03-05T21:30Z"), pd.Timestamp("2024-03-06T21:30Z"))
+    scheduled = IngestionRequest.from_params({"source": None, "tickers": None}, make_offline_store(), defaults=defaults)
+    assert (scheduled.source, scheduled.path, scheduled.tickers) == ("parquet", str(path), ("SYN02", "SYN00"))
+    # a run naming another source leaves the default's file behind; tickers it names win
+    other = IngestionRequest.from_params(
+        {"source": "synthetic", "tickers": ["SYN01"]}, make_offline_store(), window=window, defaults=defaults
+    )
+    assert (other.source, other.path, other.tickers) == ("synthetic", None, ("SYN01",))
+    with pytest.raises(IngestionError, match=r"unknown default\(s\) \['universe'\]"):
+        IngestionRequest.from_params({}, make_offline_store(), defaults={"universe": "all"})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

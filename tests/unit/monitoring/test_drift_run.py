@@ -27,7 +27,10 @@ from quant_engine.monitoring.alarms import LocalAlarms
 from quant_engine.monitoring.baseline import CONSTRAINTS_FILE, STATISTICS_FILE, BaselineError
 from quant_engine.monitoring.predictions import NoChampionError
 from quant_engine.monitoring.run import (
+    NO_CHAMPION,
     QUALITY_FILE,
+    READY,
+    WAITING,
     baseline_key,
     load_baseline,
     record_baseline,
@@ -215,16 +218,30 @@ def test_shifted_market_is_found_with_calibrated_thresholds(qe_home: Path) -> No
 def test_readiness_counts_new_and_matured_rows(qe_home: Path) -> None:
     build_champion(qe_home, shifted=False)
     state = make_drift_monitor().readiness(min_new_rows=10)
-    assert state["ready"] and 0 < state["matured_rows"] < state["new_rows"]
+    assert state["ready"] and state["status"] == READY and 0 < state["matured_rows"] < state["new_rows"]
     assert pd.Timestamp(state["latest"]) > pd.Timestamp(state["data_end"])
-    assert not make_drift_monitor().readiness(min_new_rows=state["new_rows"] + 1)["ready"]
+    assert state["reason"].startswith(f"{state['new_rows']} new rows since {state['data_end']}")
+    waiting = make_drift_monitor().readiness(min_new_rows=state["new_rows"] + 1)
+    assert not waiting["ready"] and waiting["status"] == WAITING
+    assert waiting["reason"].endswith(f"; a check needs {state['new_rows'] + 1} and some settled")
     with pytest.raises(ValueError, match="min_new_rows=0"):
         make_drift_monitor().readiness(min_new_rows=0)
 
 
+def test_without_a_champion_there_is_nothing_to_monitor_and_an_unknown_model_is_an_error(qe_home: Path) -> None:
+    state = make_drift_monitor().readiness()  # the engine's own model, not trained yet: nothing to do
+    assert (state["status"], state["ready"], state["model_version"]) == (NO_CHAMPION, False, None)
+    assert state["reason"] == (
+        "model 'xgb_direction' has no champion yet (0 version(s) registered, none promoted): "
+        "nothing to monitor until spot_training promotes one"
+    )
+    with pytest.raises(NoChampionError, match="model 'no_such_model' has no registered version; check the name"):
+        make_drift_monitor(model_name="no_such_model").readiness()
+
+
 def test_check_needs_a_champion_predictions_and_a_sane_window(qe_home: Path) -> None:
     with pytest.raises(NoChampionError, match="no champion"):
-        make_drift_monitor().readiness()
+        make_drift_monitor().check("nothing")
     build_champion(qe_home, shifted=False)
     with pytest.raises(ValueError, match="no logged prediction"):
         make_drift_monitor().check("early", window_days=WINDOW_DAYS)

@@ -59,6 +59,19 @@ def test_without_a_champion_a_run_takes_the_defaults_and_its_conf(qe_home: Path)
     assert basis == "the defaults (xgb_direction has no champion yet), overridden by the conf's interruptions, tickers"
 
 
+def test_the_settings_universe_fills_tickers_neither_the_conf_nor_the_champion_names(qe_home: Path) -> None:
+    universe = ("SYN01", "SYN02")
+    params, _ = resolve_training_params({}, make_model_registry_of, default_tickers=universe)
+    assert params["tickers"] == ["SYN01", "SYN02"]
+    params, _ = resolve_training_params({"tickers": None}, make_model_registry_of, default_tickers=universe)
+    assert params["tickers"] == ["SYN01", "SYN02"]  # a form left empty
+    params, _ = resolve_training_params({"tickers": "SYN03"}, make_model_registry_of, default_tickers=universe)
+    assert params["tickers"] == "SYN03"
+    promote_a_champion(qe_home)
+    params, _ = resolve_training_params({}, make_model_registry_of, default_tickers=universe)
+    assert params["tickers"] == ["AAA", "BBB"]  # what production trained on
+
+
 def test_a_retrain_rolls_the_champions_spec_forward_and_the_conf_overrides_any_part(qe_home: Path) -> None:
     promote_a_champion(qe_home)
     params, basis = resolve_training_params({}, make_model_registry_of)

@@ -88,6 +88,14 @@ def test_to_params_round_trips() -> None:
     assert WfoConfig.from_params(json.loads(json.dumps(config.to_params()))) == config
 
 
+def test_empty_tickers_take_the_settings_universe_and_named_ones_win() -> None:
+    universe = ("SYN02", "SYN03")
+    assert WfoConfig.from_params(SMALL, default_tickers=universe).tickers == universe
+    assert WfoConfig.from_params({**SMALL, "tickers": None}, default_tickers=universe).tickers == universe
+    assert WfoConfig.from_params({**SMALL, "tickers": ["SYN00"]}, default_tickers=universe).tickers == ("SYN00",)
+    assert WfoConfig.from_params(SMALL).tickers is None  # no universe set: every ticker in the store
+
+
 def test_null_parameters_take_defaults() -> None:
     config = WfoConfig.from_params(
         {**SMALL, "tickers": None, "cost_bps": None, "horizon": None, "portfolio": None, "label_target": None}
