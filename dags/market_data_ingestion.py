@@ -34,6 +34,7 @@ def market_data_ingestion():
     def fetch_bars(params=None, run_id=None, data_interval_start=None, data_interval_end=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
         from qe_airflow import fail_fast_on_bad_input
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_offline_store
         from quant_engine.config import get_settings
@@ -43,7 +44,9 @@ def market_data_ingestion():
         window = (data_interval_start, data_interval_end) if data_interval_end is not None else None
         with fail_fast_on_bad_input():
             try:
-                request = IngestionRequest.from_params(dict(params), make_offline_store(), window=window)
+                request = IngestionRequest.from_params(
+                    dict(params), make_offline_store(aws=aws_clients()), window=window
+                )
             except NoSessionToIngest as nothing:
                 raise AirflowSkipException(f"no session: {nothing}") from None
             print(f"ingesting {request.describe()} from {request.source}")
@@ -81,6 +84,7 @@ def market_data_ingestion():
 
         import pandas as pd
         from qe_airflow import fail_fast_on_bad_input
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_group_stores
         from quant_engine.features.ingest import IngestionRequest, write_features
@@ -89,7 +93,7 @@ def market_data_ingestion():
         with fail_fast_on_bad_input():  # a group of another feature set or market time: retrying cannot help
             result = write_features(
                 pd.read_parquet(staged["features"]),
-                make_group_stores(),
+                make_group_stores(aws=aws_clients()),
                 bars=pd.read_parquet(staged["bars_in_range"]),
                 market_time=request.market_time,
             )

@@ -15,6 +15,8 @@ from typing import Literal
 
 Backend = Literal["local", "aws"]
 BACKENDS: tuple[str, ...] = ("local", "aws")
+#: How the walk-forward's fits are packed into SageMaker Processing jobs on the aws backend.
+PROCESSING_BATCHES: tuple[str, ...] = ("trial", "split")
 
 
 class SettingsError(ValueError):
@@ -86,6 +88,12 @@ class Settings:
     sagemaker_feature_store : bool
         ``QE_SAGEMAKER_FEATURE_STORE`` (``1``/``true``): with the aws backend, ingestion also writes
         every feature row to the SageMaker Feature Store group of the same name (``BatchWriteRecord``).
+    aws_conn_id : str
+        ``QE_AWS_CONN_ID``: the Airflow connection the DAGs take their AWS session from
+        (default ``aws_default``); the command line and the bridge use the standard environment.
+    processing_batch : {"trial", "split"}
+        ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
+        together, the default) or one per (trial, split).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -98,6 +106,8 @@ class Settings:
     feature_group: str = "market_features"
     sagemaker_role_arn: str | None = None
     sagemaker_feature_store: bool = False
+    aws_conn_id: str = "aws_default"
+    processing_batch: str = "trial"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -106,6 +116,13 @@ class Settings:
             raise SettingsError("QE_BACKEND=aws needs QE_S3_BUCKET, the bucket for the offline store")
         if self.sagemaker_feature_store and self.backend != "aws":
             raise SettingsError("QE_SAGEMAKER_FEATURE_STORE needs QE_BACKEND=aws: the local backend has no SageMaker")
+        if self.processing_batch not in PROCESSING_BATCHES:
+            raise SettingsError(
+                f"QE_PROCESSING_BATCH={self.processing_batch!r} is not a batching; use one of "
+                f"{', '.join(PROCESSING_BATCHES)}"
+            )
+        if not self.aws_conn_id or not self.aws_conn_id.strip():
+            raise SettingsError("QE_AWS_CONN_ID must name an Airflow connection")
         if not self.feature_group.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(
                 f"QE_FEATURE_GROUP={self.feature_group!r} must contain only letters, digits, '-' and '_'"
@@ -135,6 +152,8 @@ class Settings:
             feature_group=get("QE_FEATURE_GROUP") or "market_features",
             sagemaker_role_arn=get("QE_SAGEMAKER_ROLE_ARN"),
             sagemaker_feature_store=_flag(get("QE_SAGEMAKER_FEATURE_STORE"), "QE_SAGEMAKER_FEATURE_STORE"),
+            aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
+            processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 import quant_engine
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
@@ -248,6 +250,18 @@ def processing_job_request(
         "RoleArn": settings.sagemaker_role_arn,
         "Tags": [{"Key": "quant-engine", "Value": "wfo"}],
     }
+
+
+def find_job(describe: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """A job's description, or None when SageMaker knows no job of that name (``ValidationException``)."""
+    try:
+        return describe()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        message = str(error.get("Message", "")).lower()
+        if error.get("Code") == "ValidationException" and ("not found" in message or "could not find" in message):
+            return None
+        raise
 
 
 def poll_job(

@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from quant_engine.config import Settings, SettingsError
-from quant_engine.training.sagemaker_spot import (
+from quant_engine.aws.sagemaker_spot import (
     CHECKPOINT_LOCAL_PATH,
     ENTRY_SCRIPT,
     SpotSavings,
@@ -25,6 +24,7 @@ from quant_engine.training.sagemaker_spot import (
     source_archive,
     wait_for_training_job,
 )
+from quant_engine.config import Settings, SettingsError
 
 BUCKET = "qe-bucket"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
@@ -119,9 +119,9 @@ def test_source_archive_runs_the_trainer_module() -> None:
     with tarfile.open(fileobj=io.BytesIO(source_archive()), mode="r:gz") as tar:
         names = tar.getnames()
         entry = tar.extractfile(ENTRY_SCRIPT).read().decode()
-    assert "quant_engine/training/sagemaker_spot.py" in names and "quant_engine/config.py" in names
+    assert "quant_engine/aws/sagemaker_spot.py" in names and "quant_engine/config.py" in names
     assert not any("__pycache__" in n for n in names)
-    assert 'run_module("quant_engine.training.trainer"' in entry
+    assert 'run_module("quant_engine.aws.trainer_entry"' in entry
 
 
 def test_staged_entry_script_trains_as_the_framework_container_runs_it(tmp_path: Path) -> None:
