@@ -46,23 +46,26 @@ def drift_monitor():
     @task.sensor(poke_interval=300, timeout=25 * 3600, mode="reschedule")
     def enough_new_data(params=None, dag=None):
         from qe_airflow import fail_fast_on_bad_input, ready_or_skip, refuse_unknown_params
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_drift_monitor
 
         refuse_unknown_params(params, dag)
         with fail_fast_on_bad_input():
-            state = make_drift_monitor(model_name=params["model_name"]).readiness(min_new_rows=params["min_new_rows"])
+            monitor = make_drift_monitor(model_name=params["model_name"], aws=aws_clients())
+            state = monitor.readiness(min_new_rows=params["min_new_rows"])
         return ready_or_skip(state, max_wait_hours=params["max_wait_hours"])
 
     @task
     def score(ready: dict, params=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_drift_monitor
         from quant_engine.monitoring.scoring import score_batch
 
         with fail_fast_on_bad_input():
-            monitor = make_drift_monitor(model_name=params["model_name"])
+            monitor = make_drift_monitor(model_name=params["model_name"], aws=aws_clients())
             start, end = monitor.window(window_days=params["window_days"])
             result = score_batch(monitor.registry, monitor.store, start, end)
         print(
@@ -74,11 +77,12 @@ def drift_monitor():
     @task
     def check(scored: dict, params=None, run_id=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_drift_monitor
 
         with fail_fast_on_bad_input():
-            result = make_drift_monitor(model_name=params["model_name"]).check(
+            result = make_drift_monitor(model_name=params["model_name"], aws=aws_clients()).check(
                 run_id,
                 window_days=params["window_days"],
                 comparison_threshold=params["comparison_threshold"],

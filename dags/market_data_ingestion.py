@@ -36,6 +36,7 @@ def market_data_ingestion():
     def fetch_bars(params=None, run_id=None, data_interval_start=None, data_interval_end=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
         from qe_airflow import fail_fast_on_bad_input
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_offline_store
         from quant_engine.config import get_settings
@@ -47,7 +48,10 @@ def market_data_ingestion():
             settings = get_settings()
             try:
                 request = IngestionRequest.from_params(
-                    dict(params), make_offline_store(settings), window=window, defaults=settings.run_defaults
+                    dict(params),
+                    make_offline_store(settings, aws=aws_clients()),
+                    window=window,
+                    defaults=settings.run_defaults,
                 )
             except NoSessionToIngest as nothing:
                 raise AirflowSkipException(f"no session: {nothing}") from None
@@ -86,6 +90,7 @@ def market_data_ingestion():
 
         import pandas as pd
         from qe_airflow import fail_fast_on_bad_input
+        from qe_aws import aws_clients
 
         from quant_engine.backends import make_group_stores
         from quant_engine.features.ingest import IngestionRequest, write_features
@@ -94,7 +99,7 @@ def market_data_ingestion():
         with fail_fast_on_bad_input():  # a group of another feature set or market time: retrying cannot help
             result = write_features(
                 pd.read_parquet(staged["features"]),
-                make_group_stores(),
+                make_group_stores(aws=aws_clients()),
                 bars=pd.read_parquet(staged["bars_in_range"]),
                 market_time=request.market_time,
             )

@@ -35,34 +35,48 @@ def spot_training():
     @task
     def build_dataset(params=None, run_id=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
         from qe_airflow import asset_event_extras, fail_fast_on_bad_input, refuse_unknown_params
+        from qe_aws import aws_clients
 
-        from quant_engine.backends import make_bar_store, make_model_registry, make_offline_store
+        from quant_engine.backends import (
+            make_bar_store,
+            make_model_registry,
+            make_offline_store,
+            make_training_jobs,
+        )
         from quant_engine.config import get_settings
         from quant_engine.runs import run_dir
         from quant_engine.training.pipeline import prepare
 
         refuse_unknown_params(params, dag)
         settings = get_settings()
+        aws = aws_clients(settings)
         with fail_fast_on_bad_input():  # every parameter is checked before anything trains
             prepared = prepare(
                 dict(dag_run.conf or {}),
                 run_dir("training", run_id, settings),
-                registry_of=lambda name: make_model_registry(settings, name),
-                store=make_offline_store(settings),
-                bar_store=make_bar_store(settings),
-                settings=settings,
+                registry_of=lambda name: make_model_registry(settings, name, aws=aws),
+                store=make_offline_store(settings, aws=aws),
+                bar_store=make_bar_store(settings, aws=aws),
+                jobs=lambda: make_training_jobs(settings, aws=aws_clients(settings, always=True)),
                 requested_by=asset_event_extras(triggering_asset_events),
+                default_tickers=settings.default_tickers,
             )
         print(f"training {prepared['params']['model_name']} on {prepared['basis']}: {prepared['rows']} rows")
         return prepared
 
     @task
     def train(prepared: dict, run_id=None) -> dict:
-        from quant_engine.backends import make_aws_clients
+        from qe_aws import aws_clients
+
+        from quant_engine.backends import make_training_jobs
         from quant_engine.config import get_settings
         from quant_engine.training.pipeline import train
 
-        trained = train(prepared, run_id, settings=get_settings(), aws=make_aws_clients)
+        settings = get_settings()
+        # The job is named after the run, so a retried task re-attaches to it instead of starting another.
+        trained = train(
+            prepared, run_id, jobs=lambda: make_training_jobs(settings, aws=aws_clients(settings, always=True))
+        )
         spot = trained.get("spot")
         print(
             trained["billing"]
@@ -74,20 +88,25 @@ def spot_training():
 
     @task
     def evaluate(prepared: dict, trained: dict) -> dict:
+        from qe_aws import aws_clients
+
         from quant_engine.backends import make_model_registry
         from quant_engine.training.pipeline import evaluate
 
-        evaluated = evaluate(prepared, trained, make_model_registry(name=prepared["params"]["model_name"]))
+        registry = make_model_registry(name=prepared["params"]["model_name"], aws=aws_clients())
+        evaluated = evaluate(prepared, trained, registry)
         print(f"promote={evaluated['promote']}: {evaluated['reason']}")
         return evaluated
 
     @task(outlets=[REGISTRY_ASSET])
     def register(prepared: dict, trained: dict, evaluated: dict) -> str:
+        from qe_aws import aws_clients
+
         from quant_engine.backends import make_model_registry
         from quant_engine.monitoring.run import record_training_baselines
         from quant_engine.training.pipeline import register
 
-        registry = make_model_registry(name=prepared["params"]["model_name"])
+        registry = make_model_registry(name=prepared["params"]["model_name"], aws=aws_clients())
         version = register(prepared, trained, evaluated, registry)
         where = record_training_baselines(registry, version, prepared["run_dir"])
         print(f"registered {registry.name} {version}; baselines in {where}")
@@ -99,9 +118,11 @@ def spot_training():
 
     @task(outlets=[CHAMPION_ASSET])
     def promote(prepared: dict, version: str, evaluated: dict) -> dict:
+        from qe_aws import aws_clients
+
         from quant_engine.backends import make_model_registry
 
-        promotion = make_model_registry(name=prepared["params"]["model_name"]).promote(
+        promotion = make_model_registry(name=prepared["params"]["model_name"], aws=aws_clients()).promote(
             version, evaluated["reason"], expected_champion=evaluated["champion"]
         )
         print(f"champion: {promotion.version} (was {promotion.previous or 'none'})")

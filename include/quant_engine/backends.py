@@ -5,25 +5,36 @@ here, on the embedded local default (Parquet, SQLite, files, subprocesses) or on
 CloudWatch, SageMaker), as ``QE_BACKEND`` says. The library takes what it needs as arguments and
 never builds a backend itself; the edges (DAG tasks, the command line, the bridge) build here once
 and hand the pieces in, so switching the whole system is one variable and nothing else.
+
+Every AWS client comes from one :class:`~quant_engine.aws.session.AwsClients` (a ``boto3.Session``
+and an endpoint). Each ``make_*`` takes it as ``aws=``: the DAGs pass the clients of their Airflow
+connection (``plugins/qe_aws.py``); without it, a session from the standard environment is made
+(the command line, the bridge).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from quant_engine.aws.cloudwatch import CloudWatchAlarms
+from quant_engine.aws.dynamodb import DynamoDBOnlineStore
 from quant_engine.aws.feature_store import SageMakerFeatureGroup
 from quant_engine.aws.processing import SageMakerFits
+from quant_engine.aws.s3 import S3FileSystem
+from quant_engine.aws.sagemaker_spot import SpotTrainingJobs
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, get_settings
 from quant_engine.features.bar_history import BarHistory
 from quant_engine.features.offline_store import OfflineStore
-from quant_engine.features.online_store import DynamoDBOnlineStore, OnlineStore, SQLiteOnlineStore
+from quant_engine.features.online_store import OnlineStore, SQLiteOnlineStore
 from quant_engine.features.stores import GroupStores, bars_group_name
-from quant_engine.monitoring.alarms import Alarms, CloudWatchAlarms, LocalAlarms, check_schedule_name
+from quant_engine.monitoring.alarms import Alarms, LocalAlarms, check_schedule_name
 from quant_engine.monitoring.predictions import PredictionLog, prediction_log
 from quant_engine.monitoring.run import DriftMonitor, drift_schedule
-from quant_engine.storage.filesystem import FileSystem, LocalFileSystem, S3FileSystem
+from quant_engine.storage.filesystem import FileSystem, LocalFileSystem
 from quant_engine.training.defaults import DEFAULT_MODEL_NAME
+from quant_engine.training.pipeline import TrainingJobs
 from quant_engine.training.registry import ModelRegistry
 from quant_engine.wfo.runner import FitRunner, LocalFits
 
@@ -39,56 +50,75 @@ __all__ = [
     "make_online_store",
     "make_prediction_log",
     "make_sagemaker_feature_group",
+    "make_training_jobs",
     "make_wfo_fits",
 ]
 
 
-def make_aws_clients(settings: Settings | None = None) -> AwsClients:
-    """Clients of a session from the standard environment, in the configured region and endpoint."""
-    return AwsClients.from_settings(settings or get_settings())
+def make_aws_clients(
+    settings: Settings | None = None, *, session: Any = None, endpoint_url: str | None = None
+) -> AwsClients:
+    """The clients of ``session`` (a ``boto3.Session``; default: one from the standard environment in
+    the configured region), reaching ``endpoint_url`` (default: ``QE_AWS_ENDPOINT_URL``)."""
+    settings = settings or get_settings()
+    if session is None:
+        clients = AwsClients.from_settings(settings)
+        return clients if endpoint_url is None else AwsClients(clients.session, endpoint_url)
+    return AwsClients(session, endpoint_url or settings.aws_endpoint_url)
 
 
-def _file_system(settings: Settings, local_root: Path, s3_folder: str) -> FileSystem:
+def _aws(settings: Settings, aws: AwsClients | None) -> AwsClients:
+    return aws if aws is not None else make_aws_clients(settings)
+
+
+def _file_system(settings: Settings, local_root: Path, s3_folder: str, aws: AwsClients | None) -> FileSystem:
     if settings.backend == "aws":
         return S3FileSystem(
-            make_aws_clients(settings).client("s3"), str(settings.s3_bucket), f"{settings.s3_prefix}/{s3_folder}"
+            _aws(settings, aws).client("s3"), str(settings.s3_bucket), f"{settings.s3_prefix}/{s3_folder}"
         )
     return LocalFileSystem(local_root)
 
 
-def make_offline_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
+def make_offline_store(
+    settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
+) -> OfflineStore:
     """The offline feature store of ``feature_group`` (default: the configured one): local Parquet or S3."""
     settings = settings or get_settings()
     return OfflineStore(
-        _file_system(settings, settings.offline_store_dir, "offline-store"), feature_group or settings.feature_group
+        _file_system(settings, settings.offline_store_dir, "offline-store", aws),
+        feature_group or settings.feature_group,
     )
 
 
-def make_bar_store(settings: Settings | None = None, feature_group: str | None = None) -> OfflineStore:
+def make_bar_store(
+    settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
+) -> OfflineStore:
     """The offline group holding the bars of ``feature_group`` (default: the configured one)."""
     settings = settings or get_settings()
-    return make_offline_store(settings, bars_group_name(feature_group or settings.feature_group))
+    return make_offline_store(settings, bars_group_name(feature_group or settings.feature_group), aws=aws)
 
 
-def make_online_store(settings: Settings | None = None, feature_group: str | None = None) -> OnlineStore:
+def make_online_store(
+    settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
+) -> OnlineStore:
     """The online feature store: SQLite, or DynamoDB on aws (its table created on first use)."""
     settings = settings or get_settings()
     group = feature_group or settings.feature_group
     if settings.backend == "aws":
-        store = DynamoDBOnlineStore(make_aws_clients(settings).client("dynamodb"), settings.dynamodb_table, group)
+        store = DynamoDBOnlineStore(_aws(settings, aws).client("dynamodb"), settings.dynamodb_table, group)
         store.create_table_if_missing()  # one describe_table when it exists; first use creates it
         return store
     return SQLiteOnlineStore(settings.online_store_path, group)
 
 
 def make_sagemaker_feature_group(
-    settings: Settings | None = None, feature_group: str | None = None
+    settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
 ) -> SageMakerFeatureGroup | None:
     """The SageMaker Feature Store group ingestion mirrors into, or None when not configured."""
     settings = settings or get_settings()
     if not settings.sagemaker_feature_store:
         return None
-    clients = make_aws_clients(settings)
+    clients = _aws(settings, aws)
     return SageMakerFeatureGroup(
         clients.client("sagemaker"),
         clients.client("sagemaker-featurestore-runtime"),
@@ -96,62 +126,88 @@ def make_sagemaker_feature_group(
     )
 
 
-def make_group_stores(settings: Settings | None = None, feature_group: str | None = None) -> GroupStores:
+def make_group_stores(
+    settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
+) -> GroupStores:
     """Every store of one feature group, as ingestion writes them together."""
     settings = settings or get_settings()
     group = feature_group or settings.feature_group
+    if settings.backend == "aws" and aws is None:
+        aws = make_aws_clients(settings)  # one session for the four stores
     return GroupStores(
-        make_offline_store(settings, group),
-        make_bar_store(settings, group),
-        make_online_store(settings, group),
-        make_sagemaker_feature_group(settings, group),
+        make_offline_store(settings, group, aws=aws),
+        make_bar_store(settings, group, aws=aws),
+        make_online_store(settings, group, aws=aws),
+        make_sagemaker_feature_group(settings, group, aws=aws),
     )
 
 
-def make_bar_history(settings: Settings | None = None, feature_group: str | None = None) -> BarHistory:
+def make_bar_history(
+    settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
+) -> BarHistory:
     """The bars stored beside ``feature_group`` (default: the configured one)."""
-    return BarHistory(make_bar_store(settings, feature_group))
+    return BarHistory(make_bar_store(settings, feature_group, aws=aws))
 
 
-def make_model_registry(settings: Settings | None = None, name: str | None = None) -> ModelRegistry:
+def make_model_registry(
+    settings: Settings | None = None, name: str | None = None, *, aws: AwsClients | None = None
+) -> ModelRegistry:
     """The model registry: ``$QE_HOME/models`` locally, ``<prefix>/models`` on S3."""
     settings = settings or get_settings()
-    return ModelRegistry(_file_system(settings, settings.models_dir, "models"), name or DEFAULT_MODEL_NAME)
+    return ModelRegistry(_file_system(settings, settings.models_dir, "models", aws), name or DEFAULT_MODEL_NAME)
 
 
-def make_prediction_log(settings: Settings | None = None, name: str | None = None) -> PredictionLog:
+def make_prediction_log(
+    settings: Settings | None = None, name: str | None = None, *, aws: AwsClients | None = None
+) -> PredictionLog:
     """The prediction log of model ``name``, beside it in the registry's storage."""
-    return prediction_log(make_model_registry(settings, name))
+    return prediction_log(make_model_registry(settings, name, aws=aws))
 
 
-def make_alarms(settings: Settings | None = None, *, monitoring_schedule: str, endpoint: str | None = None) -> Alarms:
+def make_alarms(
+    settings: Settings | None = None,
+    *,
+    monitoring_schedule: str,
+    endpoint: str | None = None,
+    aws: AwsClients | None = None,
+) -> Alarms:
     """Drift metrics and alarm state: CloudWatch on aws, a file under ``$QE_HOME/monitoring/<schedule>`` otherwise."""
     settings = settings or get_settings()
     check_schedule_name(monitoring_schedule)
     if settings.backend == "aws":
-        return CloudWatchAlarms(make_aws_clients(settings).client("cloudwatch"), monitoring_schedule, endpoint)
+        return CloudWatchAlarms(_aws(settings, aws).client("cloudwatch"), monitoring_schedule, endpoint)
     return LocalAlarms(settings.home / "monitoring" / monitoring_schedule)
 
 
-def make_wfo_fits(settings: Settings | None = None) -> FitRunner:
+def make_wfo_fits(settings: Settings | None = None, *, aws: AwsClients | None = None) -> FitRunner:
     """Where walk-forward fits run: in this process, or as SageMaker Processing jobs on aws."""
     settings = settings or get_settings()
     if settings.backend == "aws":
-        return SageMakerFits(settings, make_aws_clients(settings))
+        return SageMakerFits(settings, _aws(settings, aws))
     return LocalFits()
 
 
-def make_drift_monitor(settings: Settings | None = None, model_name: str | None = None) -> DriftMonitor:
+def make_training_jobs(settings: Settings | None = None, *, aws: AwsClients | None = None) -> TrainingJobs:
+    """SageMaker managed spot training jobs (the ``sagemaker`` runner of the training pipeline)."""
+    settings = settings or get_settings()
+    return SpotTrainingJobs(settings, _aws(settings, aws))
+
+
+def make_drift_monitor(
+    settings: Settings | None = None, model_name: str | None = None, *, aws: AwsClients | None = None
+) -> DriftMonitor:
     """What the drift checks of model ``name`` read and write: its registry, the feature group, its bars,
     the alarms of its schedule, ``$QE_HOME/reports/drift`` and ``$QE_HOME/monitoring/<schedule>``."""
     settings = settings or get_settings()
-    registry = make_model_registry(settings, model_name)
+    if settings.backend == "aws" and aws is None:
+        aws = make_aws_clients(settings)
+    registry = make_model_registry(settings, model_name, aws=aws)
     schedule = drift_schedule(registry.name)
     return DriftMonitor(
         registry,
-        make_offline_store(settings),
-        make_bar_history(settings),
-        make_alarms(settings, monitoring_schedule=schedule),
+        make_offline_store(settings, aws=aws),
+        make_bar_history(settings, aws=aws),
+        make_alarms(settings, monitoring_schedule=schedule, aws=aws),
         settings.reports_dir / "drift",
         settings.home / "monitoring" / schedule,
     )

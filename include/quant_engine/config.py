@@ -21,6 +21,8 @@ BACKENDS: tuple[str, ...] = ("local", "aws")
 #: settings never imports the data stack) and those that read a file or folder.
 DATA_SOURCES: tuple[str, ...] = ("synthetic", "yfinance", "csv", "parquet")
 FILE_SOURCES: tuple[str, ...] = ("csv", "parquet")
+#: How the walk-forward's fits are packed into SageMaker Processing jobs on the aws backend.
+PROCESSING_BATCHES: tuple[str, ...] = ("trial", "split")
 
 
 class SettingsError(ValueError):
@@ -106,6 +108,12 @@ class Settings:
         ``QE_DEFAULT_TICKERS`` (``GOOG,MSFT`` or ``["GOOG", "MSFT"]``): the universe of a run that
         names no tickers, in every DAG; unset: every ticker the source (or the offline store) has.
         ``yfinance`` needs it: Yahoo has no list of all tickers.
+    aws_conn_id : str
+        ``QE_AWS_CONN_ID``: the Airflow connection the DAGs take their AWS session from
+        (default ``aws_default``); the command line and the bridge use the standard environment.
+    processing_batch : {"trial", "split"}
+        ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
+        together, the default) or one per (trial, split).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -121,6 +129,8 @@ class Settings:
     default_source: str = "synthetic"
     default_source_path: str | None = None
     default_tickers: tuple[str, ...] | None = None
+    aws_conn_id: str = "aws_default"
+    processing_batch: str = "trial"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -129,6 +139,13 @@ class Settings:
             raise SettingsError("QE_BACKEND=aws needs QE_S3_BUCKET, the bucket for the offline store")
         if self.sagemaker_feature_store and self.backend != "aws":
             raise SettingsError("QE_SAGEMAKER_FEATURE_STORE needs QE_BACKEND=aws: the local backend has no SageMaker")
+        if self.processing_batch not in PROCESSING_BATCHES:
+            raise SettingsError(
+                f"QE_PROCESSING_BATCH={self.processing_batch!r} is not a batching; use one of "
+                f"{', '.join(PROCESSING_BATCHES)}"
+            )
+        if not self.aws_conn_id or not self.aws_conn_id.strip():
+            raise SettingsError("QE_AWS_CONN_ID must name an Airflow connection")
         if not self.feature_group.replace("_", "").replace("-", "").isalnum():
             raise SettingsError(
                 f"QE_FEATURE_GROUP={self.feature_group!r} must contain only letters, digits, '-' and '_'"
@@ -188,6 +205,8 @@ class Settings:
             default_source=(get("QE_DEFAULT_SOURCE") or "synthetic").strip().lower(),
             default_source_path=get("QE_DEFAULT_SOURCE_PATH"),
             default_tickers=_tickers(get("QE_DEFAULT_TICKERS"), "QE_DEFAULT_TICKERS"),
+            aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
+            processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 import quant_engine
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
@@ -170,18 +172,46 @@ def stage_run(run_dir: Path, settings: Settings, s3: Any) -> StagedRun:
     return staged
 
 
-def job_name(run_dir: Path, tasks: Sequence[tuple[int, int]] | None, now: float | None = None) -> str:
-    """A unique job name (at most 63 characters): run digest, the task when there is one, a time stamp.
+def job_name(run_dir: Path, tasks: Sequence[tuple[int, int]] | None, attempt: int = 1) -> str:
+    """The job name (at most 63 characters) of ``tasks`` of a run, the same on every try.
 
-    The time stamp makes a retried task a new job instead of a name clash with the failed one.
+    A digest of the run folder's name and of the tasks, and what the job runs (``t<trial>-s<split>``,
+    ``t<trial>-n<count>`` for splits of one trial, ``n<count>``, ``all``), so a retried task finds
+    its job instead of starting another; ``attempt`` > 1 names the job that replaces a failed one.
     """
-    digest = hashlib.sha1(Path(run_dir).name.encode()).hexdigest()[:10]
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt={attempt!r} must be a whole number >= 1")
+    listed = "all" if tasks is None else format_tasks(tasks)
+    digest = hashlib.sha1(f"{Path(run_dir).name}\0{listed}".encode()).hexdigest()[:12]
     if tasks is None:
         what = "all"
+    elif len(tasks) == 1:
+        what = f"t{tasks[0][0]}-s{tasks[0][1]}"
+    elif len({t for t, _ in tasks}) == 1:
+        what = f"t{tasks[0][0]}-n{len(tasks)}"
     else:
-        what = f"t{tasks[0][0]}-s{tasks[0][1]}" if len(tasks) == 1 else f"n{len(tasks)}"
-    stamp = int((time.time() if now is None else now) * 1000)
-    return f"qe-wfo-{digest}-{what}-{stamp}"[:63]
+        what = f"n{len(tasks)}"
+    suffix = f"-{attempt}" if attempt > 1 else ""
+    return f"qe-wfo-{digest}-{what}"[: 63 - len(suffix)] + suffix
+
+
+def attach_or_name(
+    sagemaker: Any, run_dir: Path, tasks: Sequence[tuple[int, int]] | None
+) -> tuple[str, dict[str, Any] | None]:
+    """The job of ``tasks`` to wait for (its name and description), or the name a new job should take.
+
+    Names are tried in order (:func:`job_name` with attempt 1, 2, ...): a job that is running or
+    completed is re-attached to; one that failed or was stopped is passed over.
+    """
+    for attempt in range(1, 100):
+        name = job_name(run_dir, tasks, attempt)
+        job = find_job(lambda n=name: sagemaker.describe_processing_job(ProcessingJobName=n))
+        if job is None:
+            return name, None
+        if job["ProcessingJobStatus"] not in TERMINAL_FAILURES:
+            return name, job
+        log.info("Processing job %s ended %s; its retry takes the next name", name, job["ProcessingJobStatus"])
+    raise ProcessingJobError(f"{Path(run_dir).name} already has 99 failed Processing jobs for these tasks")
 
 
 def processing_job_request(
@@ -248,6 +278,18 @@ def processing_job_request(
         "RoleArn": settings.sagemaker_role_arn,
         "Tags": [{"Key": "quant-engine", "Value": "wfo"}],
     }
+
+
+def find_job(describe: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """A job's description, or None when SageMaker knows no job of that name (``ValidationException``)."""
+    try:
+        return describe()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        message = str(error.get("Message", "")).lower()
+        if error.get("Code") == "ValidationException" and ("not found" in message or "could not find" in message):
+            return None
+        raise
 
 
 def poll_job(
@@ -352,16 +394,19 @@ def run_tasks_on_sagemaker(
     """
     spec = spec or ProcessingSpec.from_env()
     staged = StagedRun.for_run(run_dir, settings)
-    image = spec.image_uri or framework_image_uri(
-        settings.aws_region, spec.framework, spec.framework_version, spec.instance_type
-    )
-    name = job_name(run_dir, tasks)
-    request = processing_job_request(name, staged, tasks, spec, settings, image)
-    sagemaker.create_processing_job(**request)
-    log.info("started Processing job %s (%s x%d, %s)", name, spec.instance_type, spec.instance_count, image)
+    name, existing = attach_or_name(sagemaker, run_dir, tasks)
+    if existing is None:
+        image = spec.image_uri or framework_image_uri(
+            settings.aws_region, spec.framework, spec.framework_version, spec.instance_type
+        )
+        request = processing_job_request(name, staged, tasks, spec, settings, image)
+        sagemaker.create_processing_job(**request)
+        log.info("started Processing job %s (%s x%d, %s)", name, spec.instance_type, spec.instance_count, image)
+    else:
+        log.info("re-attaching to Processing job %s (%s)", name, existing["ProcessingJobStatus"])
     # The stopping condition bounds the run; the extra quarter hour covers provisioning and upload.
     wait_for_job(sagemaker, name, timeout_s=spec.max_runtime_s + 900, poll_interval_s=spec.poll_interval_s, sleep=sleep)
-    files = collect_outputs(s3, request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"], Path(run_dir))
+    files = collect_outputs(s3, f"{staged.output_uri}/{name}", Path(run_dir))
     log.info("Processing job %s completed; collected %d files", name, len(files))
     return files
 
@@ -385,6 +430,17 @@ class SageMakerFits:
 
     def prepare(self, run_dir: Path) -> None:
         stage_run(run_dir, self.settings, self.clients.client("s3"))
+
+    def batches(self, tasks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """The fits packed into Processing jobs as ``QE_PROCESSING_BATCH`` says: one job per trial (its
+        splits together, so 60 fits of 10 trials cost 10 job start-ups) or one per ``(trial, split)``."""
+        pairs = [(int(t), int(s)) for t, s in tasks]
+        if self.settings.processing_batch == "split":
+            return [[pair] for pair in pairs]
+        by_trial: dict[int, list[tuple[int, int]]] = {}
+        for trial_id, split_id in pairs:
+            by_trial.setdefault(trial_id, []).append((trial_id, split_id))
+        return list(by_trial.values())
 
     def run(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         run_tasks_on_sagemaker(

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+from botocore.config import Config
 
 from quant_engine.config import Settings
 
-__all__ = ["AwsClients"]
+__all__ = ["AwsClients", "endpoint_client_config"]
 
 
 class AwsClients:
@@ -52,3 +53,14 @@ class AwsClients:
         if service not in self._clients:
             self._clients[service] = self.session.client(service, endpoint_url=self.endpoint_url)
         return self._clients[service]
+
+
+def endpoint_client_config(timeout_s: float, workers: int) -> Config:
+    """A botocore ``Config`` that gives up within ``timeout_s`` and leaves retrying to the caller
+    (the bridge's ``EndpointPredictor``), with a pool of ``workers`` connections."""
+    return Config(
+        connect_timeout=timeout_s,
+        read_timeout=timeout_s,
+        retries={"total_max_attempts": 1},
+        max_pool_connections=workers,
+    )

@@ -23,10 +23,10 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
+from quant_engine.aws.session import endpoint_client_config
 from quant_engine.bridge.inference import LocalChampionModel, SageMakerEndpointModel
 from quant_engine.bridge.state import LOCAL_FALLBACK, Prediction, PreparedBatch
 
@@ -38,18 +38,6 @@ log = logging.getLogger(__name__)
 BREAKER_STATES: tuple[str, ...] = ("closed", "half_open", "open")
 #: Outcomes of an endpoint call, the labels of its counter.
 CALL_OUTCOMES: tuple[str, ...] = ("ok", "error", "timeout", "short_circuited")
-
-
-def endpoint_client_config(timeout_s: float, workers: int) -> Any:
-    """A botocore ``Config`` that gives up within ``timeout_s`` and leaves retrying to :class:`EndpointPredictor`."""
-    from botocore.config import Config
-
-    return Config(
-        connect_timeout=timeout_s,
-        read_timeout=timeout_s,
-        retries={"total_max_attempts": 1},
-        max_pool_connections=workers,
-    )
 
 
 class CircuitBreaker:

@@ -15,7 +15,7 @@ or other parameters is never resumed from: resuming would silently train a model
 
 The store is the offline store's :class:`~quant_engine.storage.filesystem.FileSystem`
 (:class:`~quant_engine.storage.filesystem.LocalFileSystem` or
-:class:`~quant_engine.storage.filesystem.S3FileSystem`), so checkpoints live on local disk or
+:class:`~quant_engine.aws.s3.S3FileSystem`), so checkpoints live on local disk or
 S3 with the same code.
 """
 
@@ -25,11 +25,11 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from quant_engine.storage.filesystem import FileSystem, LocalFileSystem, S3FileSystem, overwrite_atomic
+from quant_engine.storage.filesystem import FileSystem, LocalFileSystem, overwrite_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -51,15 +51,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[FileSystem, str]:
+#: Makes the store of ``s3://bucket/prefix`` from ``(bucket, prefix)`` (``quant_engine.aws.s3.s3_store``).
+S3Store = Callable[[str, str], FileSystem]
+
+
+def open_checkpoint_store(location: str | Path, s3_store: S3Store | None = None) -> tuple[FileSystem, str]:
     """The store and key prefix for a checkpoint location: a directory or ``s3://bucket/prefix``.
 
     Parameters
     ----------
     location : str or Path
         Local directory (e.g. ``/opt/ml/checkpoints``) or an ``s3://bucket/prefix`` URI.
-    s3_client : botocore client, optional
-        Client for an S3 location (required for one).
+    s3_store : callable, optional
+        Makes the store of an S3 location from its bucket and prefix (required for one).
 
     Returns
     -------
@@ -75,10 +79,13 @@ def open_checkpoint_store(location: str | Path, s3_client: Any = None) -> tuple[
         bucket, _, key = text[len("s3://") :].partition("/")
         if not bucket:
             raise ValueError(f"checkpoint location {text!r} names no bucket; use s3://bucket/prefix")
-        if s3_client is None:
-            raise ValueError(f"checkpoint location {text!r} is on S3: pass the s3_client to reach it with")
+        if s3_store is None:
+            raise ValueError(
+                f"checkpoint location {text!r} is on S3: pass the s3_store to reach it with "
+                "(python -m quant_engine.aws.trainer_entry does)"
+            )
         parent, _, name = key.strip("/").rpartition("/")
-        return S3FileSystem(s3_client, bucket, parent), name or "checkpoints"
+        return s3_store(bucket, parent), name or "checkpoints"
     path = Path(text).expanduser().absolute()
     if path.parent == path:
         raise ValueError(f"checkpoint location {text!r} is a filesystem root; give a directory below it")

@@ -12,22 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-from quant_engine.aws.session import AwsClients
-from quant_engine.config import Settings
+from quant_engine.config import SettingsError
 from quant_engine.features.offline_store import OfflineStore
 from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set, load_summary
 from quant_engine.training.defaults import DATASET_DEFAULTS
 from quant_engine.training.registry import ModelMetadata, ModelRegistry, evaluate_candidate
-from quant_engine.training.sagemaker_spot import (
-    SpotTrainingSpec,
-    check_settings,
-    encode_hyperparameters,
-    run_spot_training,
-)
 from quant_engine.training.spec import resolve_training_params
 from quant_engine.training.spot import random_schedule, simulate
 from quant_engine.training.trainer import TrainingParams
@@ -37,6 +30,26 @@ RUNNERS: tuple[str, ...] = ("local_spot", "sagemaker")
 DATASET_KEYS: tuple[str, ...] = tuple(DATASET_DEFAULTS)
 
 
+class TrainingJobs(Protocol):
+    """Managed training jobs (SageMaker's: :class:`quant_engine.aws.sagemaker_spot.SpotTrainingJobs`)."""
+
+    def check(self, hyperparameters: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` when a job of ``hyperparameters`` could not be started with these settings."""
+        ...
+
+    def run(
+        self, channels: Mapping[str, Any], destination: Path, hyperparameters: Mapping[str, Any], *, run_id: str
+    ) -> dict[str, Any]:
+        """Train (or re-attach to the run's job), and return ``job_name``, ``model_path``, ``savings``, ``billing``."""
+        ...
+
+
+def _jobs(jobs: Callable[[], TrainingJobs] | None) -> TrainingJobs:
+    if jobs is None:
+        raise SettingsError("runner='sagemaker' needs SageMaker training jobs: set QE_BACKEND=aws")
+    return jobs()
+
+
 def prepare(
     conf: Mapping[str, Any],
     run_dir: Path,
@@ -44,14 +57,17 @@ def prepare(
     registry_of: Callable[[str], ModelRegistry],
     store: OfflineStore,
     bar_store: OfflineStore,
-    settings: Settings,
+    jobs: Callable[[], TrainingJobs] | None = None,
     requested_by: Sequence[Mapping[str, Any]] = (),
+    default_tickers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Resolve the run's parameters (the champion's spec, rolled forward, overridden by ``conf``),
     check them all, and build the training set in ``run_dir``.
 
     ``registry_of`` gives a model's registry by name; ``store`` and ``bar_store`` are the feature
-    group and its bars; ``settings`` are checked for what a SageMaker job needs.
+    group and its bars; ``jobs`` makes the managed training jobs, asked to check the run when its
+    runner is ``sagemaker``; ``default_tickers`` (``QE_DEFAULT_TICKERS``) stand in for a universe
+    neither ``conf`` nor a champion names.
 
     Raises
     ------
@@ -59,15 +75,13 @@ def prepare(
         Any parameter that cannot be used (the subclass names the family); nothing was built.
     """
     params, basis = resolve_training_params(
-        conf, registry_of, requested_by=requested_by, default_tickers=settings.default_tickers
+        conf, registry_of, requested_by=requested_by, default_tickers=default_tickers
     )
     if params["runner"] not in RUNNERS:
         raise TrainingSetError(f"runner={params['runner']!r} is not a runner; use one of {', '.join(RUNNERS)}")
     TrainingParams.from_hyperparameters(params["hyperparameters"])
     if params["runner"] == "sagemaker":
-        check_settings(settings)
-        SpotTrainingSpec.from_env()
-        encode_hyperparameters(params["hyperparameters"])
+        _jobs(jobs).check(params["hyperparameters"])
     config = TrainingSetConfig.from_params({k: params[k] for k in DATASET_KEYS}, store)
     summary = build_training_set(config, run_dir, store, bar_store)
     return {
@@ -82,25 +96,16 @@ def prepare(
 
 
 def train(
-    prepared: Mapping[str, Any], run_id: str, *, settings: Settings, aws: Callable[[], AwsClients]
+    prepared: Mapping[str, Any], run_id: str, *, jobs: Callable[[], TrainingJobs] | None = None
 ) -> dict[str, Any]:
     """Train with the run's runner: the trainer under the local spot simulator, or a SageMaker managed spot job.
 
-    ``aws`` makes the AWS clients, asked for only when the runner is ``sagemaker``.
+    ``jobs`` makes the managed training jobs, asked for only when the runner is ``sagemaker``.
     """
     folder, channels, params = Path(prepared["run_dir"]), prepared["channels"], prepared["params"]
     hyperparameters = params["hyperparameters"]
     if params["runner"] == "sagemaker":
-        clients = aws()
-        result = run_spot_training(
-            channels,
-            folder / "model",
-            hyperparameters,
-            settings,
-            run_id=run_id,
-            sagemaker=clients.client("sagemaker"),
-            s3=clients.client("s3"),
-        )
+        result = _jobs(jobs).run(channels, folder / "model", hyperparameters, run_id=run_id)
         return {
             "runner": "sagemaker",
             "model_path": result["model_path"],

@@ -64,11 +64,9 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from quant_engine.aws.session import AwsClients
-from quant_engine.config import Settings
 from quant_engine.progress import Progress
 from quant_engine.storage.atomic import write_bytes_atomic
-from quant_engine.training.checkpoints import CheckpointManager, open_checkpoint_store, sha256_hex
+from quant_engine.training.checkpoints import CheckpointManager, S3Store, open_checkpoint_store, sha256_hex
 from quant_engine.validation import real_number, whole_number
 
 __all__ = [
@@ -476,7 +474,7 @@ def train(
     validation_data: pd.DataFrame | str | Path | None = None,
     hyperparameters: Mapping[str, object] | None = None,
     checkpoint_dir: str | Path | None = None,
-    s3_client: Any = None,
+    s3_store: S3Store | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
@@ -494,8 +492,8 @@ def train(
         See :class:`TrainingParams`; strings are parsed as SageMaker passes them.
     checkpoint_dir : path or ``s3://`` URI, optional
         Where checkpoints live; None trains without any.
-    s3_client : botocore client, optional
-        Reaches an ``s3://`` checkpoint location.
+    s3_store : callable, optional
+        Makes the store of an ``s3://`` checkpoint location from its bucket and prefix.
     should_stop : callable, optional
         Polled after every round; when it returns True the trainer checkpoints and raises
         :class:`TrainingInterrupted` (the entry point wires it to SIGTERM).
@@ -542,7 +540,7 @@ def train(
 
     manager = None
     if checkpoint_dir is not None:
-        fs, prefix = open_checkpoint_store(checkpoint_dir, s3_client=s3_client)
+        fs, prefix = open_checkpoint_store(checkpoint_dir, s3_store=s3_store)
         manager = CheckpointManager(
             fs,
             data.fingerprint,
@@ -672,13 +670,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _s3_client() -> Any:
-    """An S3 client from the job's environment (region, endpoint, credentials), for S3 checkpoints."""
-    return AwsClients.from_settings(Settings.from_env()).client("s3")
+def main(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, s3_store: S3Store | None = None
+) -> int:
+    """Run the entry point; returns the exit code (0, :data:`EXIT_INTERRUPTED` or :data:`EXIT_BAD_INPUT`).
 
-
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Run the entry point; returns the exit code (0, :data:`EXIT_INTERRUPTED` or :data:`EXIT_BAD_INPUT`)."""
+    ``s3_store`` reaches an ``s3://`` checkpoint dir (``python -m quant_engine.aws.trainer_entry``
+    passes one made from the job's environment); without it such a dir is refused as bad input.
+    """
     env = os.environ if env is None else env
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -704,13 +703,17 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         checkpoint_dir = (
             None if args.no_checkpoints else (args.checkpoint_dir or env.get("QE_CHECKPOINT_DIR") or CHECKPOINT_DIR)
         )
+        if str(checkpoint_dir).startswith("s3://") and s3_store is None:
+            raise TrainingInputError(
+                f"checkpoint dir {checkpoint_dir} is on S3; run python -m quant_engine.aws.trainer_entry to reach it"
+            )
         result = train(
             train_path,
             model_dir,
             validation_data=args.validation or env.get("SM_CHANNEL_VALIDATION") or None,
             hyperparameters=_hyperparameters(args.hyperparameters, env),
             checkpoint_dir=checkpoint_dir,
-            s3_client=_s3_client() if str(checkpoint_dir).startswith("s3://") else None,
+            s3_store=s3_store,
             should_stop=stop.is_set,
             on_event=progress if args.progress else None,
         )

@@ -35,6 +35,10 @@ class FitRunner(Protocol):
         """Run ``tasks``; one result per task, with the ``path`` of its predictions in the run folder."""
         ...
 
+    def batches(self, tasks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """``tasks`` packed into the lists :meth:`run` should get at once (a DAG maps one task over them)."""
+        ...
+
 
 def run_split(run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path | None = None) -> dict[str, Any]:
     """Train trial ``trial_id`` on split ``split_id``'s purged training rows and predict its test rows.
@@ -91,6 +95,10 @@ class LocalFits:
 
     def prepare(self, run_dir: Path) -> None:
         """Nothing to stage: the fits read the run folder where it is."""
+
+    def batches(self, tasks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """One fit per batch: locally each ``(trial, split)`` is its own mapped task."""
+        return [[(int(t), int(s))] for t, s in tasks]
 
     def run(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         results = []

@@ -8,6 +8,7 @@ its output folder to the job's S3 output - so a test sees the whole round trip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -42,7 +43,7 @@ from quant_engine.wfo.config import WfoConfig
 from quant_engine.wfo.dataset import build_dataset
 from quant_engine.wfo.plan import plan
 from quant_engine.wfo.run_folder import prediction_path
-from quant_engine.wfo.runner import run_split
+from quant_engine.wfo.runner import LocalFits, run_split
 
 BUCKET = "qe-processing"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
@@ -166,12 +167,18 @@ def test_job_request_needs_a_role_and_short_task_lists(aws_settings: Settings) -
     )
 
 
-def test_job_names_are_valid_and_unique_per_attempt() -> None:
-    first = job_name(Path("runs/wfo/manual__2026-01-01T00:00:00+00:00"), [(3, 14)], now=1.0)
-    assert first.startswith("qe-wfo-") and first.endswith("-t3-s14-1000") and len(first) <= 63
-    assert first != job_name(Path("runs/wfo/manual__2026-01-01T00:00:00+00:00"), [(3, 14)], now=2.0)
-    assert job_name(Path("r"), None, now=1.0).endswith("-all-1000")
-    assert job_name(Path("r"), [(0, 1), (0, 2)], now=1.0).endswith("-n2-1000")
+def test_job_names_are_deterministic_valid_and_distinct_per_attempt() -> None:
+    run = Path("runs/wfo/manual__2026-01-01T00:00:00+00:00")
+    first = job_name(run, [(3, 14)])
+    assert first.startswith("qe-wfo-") and first.endswith("-t3-s14") and len(first) <= 63
+    assert first == job_name(run, [(3, 14)])  # a retried task finds its job by name
+    assert first != job_name(run, [(3, 15)]) and first != job_name(Path("runs/wfo/other"), [(3, 14)])
+    assert job_name(run, [(3, 14)], attempt=2) == first + "-2"
+    assert job_name(Path("r"), None).endswith("-all")
+    assert job_name(Path("r"), [(0, 1), (0, 2)]).endswith("-t0-n2")
+    assert job_name(Path("r"), [(0, 1), (1, 2)]).endswith("-n2")
+    with pytest.raises(ValueError, match="attempt=0 must be a whole number >= 1"):
+        job_name(run, [(3, 14)], attempt=0)
 
 
 def test_spec_from_env_and_its_checks() -> None:
@@ -365,3 +372,93 @@ def test_entry_point_rejects_bad_task_lists_and_inputs(tmp_path: Path) -> None:
         processing_entry.parse_tasks("0:1,1-2")
     with pytest.raises(FileNotFoundError, match="holds no plan.json"):
         processing_entry.main({"QE_PROCESSING_INPUT": str(tmp_path), "QE_PROCESSING_OUTPUT": str(tmp_path / "o")})
+
+
+def _fits_with_container(settings: Settings, s3, workdir: Path) -> tuple[SageMakerFits, list[dict], object]:
+    seen: list[dict] = []
+    session = boto3.session.Session(region_name=settings.aws_region)
+    session.events.register("before-parameter-build.sagemaker.CreateProcessingJob", fake_container(s3, workdir, seen))
+    fits = SageMakerFits(settings, AwsClients(session), spec=ProcessingSpec(poll_interval_s=0.01), sleep=lambda _: None)
+    return fits, seen, session
+
+
+def test_on_aws_the_fits_of_a_trial_share_one_processing_job(
+    planned_run: Path, aws_settings: Settings, s3, tmp_path: Path
+) -> None:
+    """QE_PROCESSING_BATCH=trial (the default): 2 trials x 3 splits cost 2 jobs, and every fit comes back."""
+    run = copy_run(planned_run, tmp_path)
+    fits, seen, _ = _fits_with_container(aws_settings, s3, tmp_path / "container")
+    tasks = [(t["trial_id"], t["split_id"]) for t in plan(run)]
+    batches = fits.batches(tasks)
+    assert batches == [[(0, 0), (0, 1), (0, 2)], [(1, 0), (1, 1), (1, 2)]]
+    fits.prepare(run)
+    results = [r for batch in batches for r in fits.run(run, batch)]
+
+    assert len(seen) == 2  # one CreateProcessingJob per trial, not per (trial, split)
+    assert [r["Environment"]["QE_WFO_TASKS"] for r in seen] == ["0:0,0:1,0:2", "1:0,1:1,1:2"]
+    assert [(r["trial_id"], r["split_id"]) for r in results] == tasks
+    assert all(Path(r["path"]).exists() for r in results)
+    local = run_split(planned_run, 1, 1, output_dir=tmp_path / "local")
+    pd.testing.assert_frame_equal(pd.read_parquet(prediction_path(run, 1, 1)), pd.read_parquet(local["path"]))
+
+
+def test_a_retried_fit_task_reattaches_to_its_job_instead_of_starting_another(
+    planned_run: Path, aws_settings: Settings, s3, tmp_path: Path
+) -> None:
+    run = copy_run(planned_run, tmp_path)
+    fits, seen, session = _fits_with_container(aws_settings, s3, tmp_path / "container")
+    fits.prepare(run)
+    first = fits.run(run, [(0, 0), (0, 1), (0, 2)])
+    for result in first:
+        Path(result["path"]).unlink()  # a retry on a fresh worker: the run folder lost its predictions
+    again = fits.run(run, [(0, 0), (0, 1), (0, 2)])
+
+    assert len(seen) == 1  # described, found Completed, collected: no second job
+    assert again == first and all(Path(r["path"]).exists() for r in again)
+    names = session.client("sagemaker").list_processing_jobs()["ProcessingJobSummaries"]
+    assert [j["ProcessingJobName"] for j in names] == [seen[0]["ProcessingJobName"]]
+
+
+def test_a_failed_job_is_replaced_by_the_next_name_not_reused(aws_settings: Settings, s3, tmp_path: Path) -> None:
+    class FailedOnce:
+        """A SageMaker client whose first job of these tasks failed (moto cannot fail one)."""
+
+        def __init__(self) -> None:
+            self.created: list[str] = []
+
+        def describe_processing_job(self, ProcessingJobName: str) -> dict:  # noqa: N803 - boto3's argument name
+            if ProcessingJobName == job_name(tmp_path, [(0, 0)]):
+                return {"ProcessingJobStatus": "Failed", "FailureReason": "OOM"}
+            if ProcessingJobName in self.created:
+                return {"ProcessingJobStatus": "Completed"}
+            raise boto3.client("sagemaker", region_name="us-east-1").exceptions.ClientError(
+                {"Error": {"Code": "ValidationException", "Message": f"Could not find job {ProcessingJobName}"}},
+                "DescribeProcessingJob",
+            )
+
+        def create_processing_job(self, **request: object) -> None:
+            self.created.append(str(request["ProcessingJobName"]))
+
+    client = FailedOnce()
+    run_tasks_on_sagemaker(
+        tmp_path,
+        [(0, 0)],
+        aws_settings,
+        sagemaker=client,
+        s3=s3,
+        spec=ProcessingSpec(poll_interval_s=0.01),
+        sleep=lambda _: None,
+    )
+    assert client.created == [job_name(tmp_path, [(0, 0)], attempt=2)]
+
+
+def test_split_batching_and_the_local_runner_keep_one_fit_per_task(aws_settings: Settings) -> None:
+    tasks = [(t, s) for t in range(2) for s in range(3)]
+    split = dataclasses.replace(aws_settings, processing_batch="split")
+    assert SageMakerFits(split, AwsClients(boto3.session.Session(region_name="us-east-1"))).batches(tasks) == [
+        [task] for task in tasks
+    ]
+    assert LocalFits().batches(tasks) == [[task] for task in tasks]
+    assert Settings.from_env({"QE_PROCESSING_BATCH": "SPLIT"}).processing_batch == "split"
+    with pytest.raises(SettingsError, match="QE_PROCESSING_BATCH='job' is not a batching; use one of trial, split"):
+        Settings.from_env({"QE_PROCESSING_BATCH": "job"})

@@ -12,19 +12,22 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
-from quant_engine.config import Settings, SettingsError
-from quant_engine.training.sagemaker_spot import (
+from quant_engine.aws.sagemaker_spot import (
     CHECKPOINT_LOCAL_PATH,
     ENTRY_SCRIPT,
     SpotSavings,
+    SpotTrainingJobs,
     SpotTrainingSpec,
     TrainingJobError,
     download_model,
     encode_hyperparameters,
     run_spot_training,
     source_archive,
+    training_job_name,
     wait_for_training_job,
 )
+from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, SettingsError
 
 BUCKET = "qe-bucket"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
@@ -119,9 +122,9 @@ def test_source_archive_runs_the_trainer_module() -> None:
     with tarfile.open(fileobj=io.BytesIO(source_archive()), mode="r:gz") as tar:
         names = tar.getnames()
         entry = tar.extractfile(ENTRY_SCRIPT).read().decode()
-    assert "quant_engine/training/sagemaker_spot.py" in names and "quant_engine/config.py" in names
+    assert "quant_engine/aws/sagemaker_spot.py" in names and "quant_engine/config.py" in names
     assert not any("__pycache__" in n for n in names)
-    assert 'run_module("quant_engine.training.trainer"' in entry
+    assert 'run_module("quant_engine.aws.trainer_entry"' in entry
 
 
 def test_staged_entry_script_trains_as_the_framework_container_runs_it(tmp_path: Path) -> None:
@@ -293,3 +296,48 @@ def test_download_refuses_members_that_leave_the_folder(aws, tmp_path: Path) -> 
     s3.put_object(Bucket=BUCKET, Key="empty.tar.gz", Body=_model_archive({"metrics.json": b"{}"}))
     with pytest.raises(TrainingJobError, match="holds no model.json"):
         download_model(s3, f"s3://{BUCKET}/empty.tar.gz", tmp_path / "out2")
+
+
+def test_job_names_come_from_the_run_and_the_task_not_the_clock() -> None:
+    name = training_job_name("scheduled__2026-01-05T00:00:00+00:00")
+    assert name == training_job_name("scheduled__2026-01-05T00:00:00+00:00") and len(name) <= 63
+    assert name != training_job_name("scheduled__2026-01-06T00:00:00+00:00")
+    assert name != training_job_name("scheduled__2026-01-05T00:00:00+00:00", task="train_b")
+    assert training_job_name("r", attempt=3).endswith("-3")
+
+
+def test_a_retried_task_reattaches_to_its_training_job(tmp_path: Path) -> None:
+    """The second call (a retry of the task) finds the run's job Completed and collects it: one CreateTrainingJob."""
+    run_id = "manual__2026-01-05T00:00:00+00:00"
+    name = training_job_name(run_id)
+    with mock_aws():
+        session = boto3.session.Session(region_name="eu-west-1")
+        s3 = session.client("s3")
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.put_object(
+            Bucket=BUCKET,
+            Key=f"quant-engine/training/{name}/output/{name}/output/model.tar.gz",
+            Body=_model_archive({"model.json": b'{"learner": {}}'}),
+        )
+        created: list[str] = []
+        session.events.register(
+            "before-parameter-build.sagemaker.CreateTrainingJob",
+            lambda params, **_: created.append(params["TrainingJobName"]),
+        )
+        jobs = SpotTrainingJobs(_settings(), AwsClients(session), SpotTrainingSpec(poll_interval_s=0.01))
+        jobs.check({"max_depth": 3})
+        first = jobs.run(_channels(tmp_path), tmp_path / "first", {"max_depth": 3}, run_id=run_id)
+        retry = jobs.run(_channels(tmp_path / "again"), tmp_path / "retry", {"max_depth": 3}, run_id=run_id)
+        listed = session.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+    assert created == [name] and [j["TrainingJobName"] for j in listed] == [name]
+    assert (first["job_name"], first["reattached"]) == (name, False)
+    assert (retry["job_name"], retry["reattached"]) == (name, True)
+    assert Path(retry["model_path"]).read_bytes() == b'{"learner": {}}'
+
+
+def test_training_jobs_check_refuses_what_sagemaker_would() -> None:
+    jobs = SpotTrainingJobs(_settings(sagemaker_role_arn=None), AwsClients(boto3.session.Session()))
+    with pytest.raises(SettingsError, match="QE_SAGEMAKER_ROLE_ARN is not set"):
+        jobs.check({"max_depth": 3})
+    with pytest.raises(ValueError, match="must be a string, a finite number or a boolean"):
+        SpotTrainingJobs(_settings(), AwsClients(boto3.session.Session())).check({"max_depth": [3]})

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
+from quant_engine.aws.s3 import S3FileSystem
 from quant_engine.backends import make_offline_store
 from quant_engine.config import Settings
 from quant_engine.features.offline_store import (
@@ -23,7 +24,7 @@ from quant_engine.features.offline_store import (
     SchemaMismatchError,
     UnknownCommitError,
 )
-from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem, S3FileSystem
+from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem
 
 GROUP = "market_features"
 BUCKET = "qe-offline"

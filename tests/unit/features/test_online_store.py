@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
+from quant_engine.aws.dynamodb import DynamoDBOnlineStore
 from quant_engine.backends import make_online_store
 from quant_engine.config import Settings
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.online_store import (
-    DynamoDBOnlineStore,
     OnlineStore,
     OnlineStoreError,
     SQLiteOnlineStore,

@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from quant_engine.aws.s3 import S3FileSystem
 from quant_engine.features import offline_store
 from quant_engine.features.offline_store import FeatureFrameError, OfflineStore, OfflineStoreError, UnknownFeatureError
-from quant_engine.storage.filesystem import LocalFileSystem, S3FileSystem
+from quant_engine.storage.filesystem import LocalFileSystem
 
 GROUP = "pit_features"
 BASE = pd.Timestamp("2024-01-01", tz="UTC")

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
+from quant_engine.aws.cloudwatch import CloudWatchAlarms
 from quant_engine.backends import make_alarms
 from quant_engine.config import Settings
 from quant_engine.monitoring.alarms import (
     AlarmDefinition,
-    CloudWatchAlarms,
     LocalAlarms,
     drift_alarm,
     drift_metrics,

@@ -156,6 +156,36 @@ def test_aws_profile_runs_moto_and_creates_the_bucket(services: dict) -> None:
         assert environment["AWS_ENDPOINT_URL"] == "${AWS_ENDPOINT_URL:-}"
 
 
+#: What the aws backend, SageMaker and the bridge's endpoint model read, passed through from the host.
+AWS_SETTINGS = (
+    "QE_BACKEND",
+    "QE_S3_BUCKET",
+    "QE_SAGEMAKER_ROLE_ARN",
+    "QE_SAGEMAKER_FEATURE_STORE",
+    "QE_PROCESSING_BATCH",
+    "QE_AWS_CONN_ID",
+    "QE_BRIDGE_MODEL",
+    "QE_SAGEMAKER_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "bridge"])
+def test_every_aws_setting_reaches_airflow_and_the_bridge_from_the_host(services: dict, name: str) -> None:
+    environment = services[name]["environment"]
+    for key in AWS_SETTINGS:
+        assert key in environment, f"{name} does not pass {key} through"
+        assert re.fullmatch(rf"\$\{{{key}:-[^}}]*\}}", str(environment[key])), (
+            f"{name}: {key} must come from the host (${{{key}:-...}}), got {environment[key]!r}"
+        )
+    assert environment["AWS_SESSION_TOKEN"] == "${AWS_SESSION_TOKEN:-}"  # temporary credentials, no default
+    assert environment["QE_AWS_CONN_ID"] == "${QE_AWS_CONN_ID:-aws_default}"
+
+
 def test_dockerfile_base_matches_the_airflow_pin_and_python_311() -> None:
     text = (REPO_ROOT / "Dockerfile").read_text()
     (base,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)

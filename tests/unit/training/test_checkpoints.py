@@ -10,8 +10,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from quant_engine.aws.s3 import S3FileSystem
 from quant_engine.storage.atomic import write_bytes_atomic
-from quant_engine.storage.filesystem import LocalFileSystem, S3FileSystem
+from quant_engine.storage.filesystem import LocalFileSystem
 from quant_engine.training.checkpoints import FORMAT_VERSION, CheckpointManager, open_checkpoint_store, sha256_hex
 
 DATA, PARAMS = "d" * 64, "p" * 64
@@ -138,13 +139,19 @@ def test_write_file_atomic_replaces_whole_files(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["model.json"]
 
 
+def _s3(client: object):
+    return lambda bucket, prefix: S3FileSystem(client, bucket, prefix)
+
+
 def test_open_checkpoint_store_local_and_s3() -> None:
     fs, prefix = open_checkpoint_store("/opt/ml/checkpoints")
     assert isinstance(fs, LocalFileSystem) and fs.root == Path("/opt/ml") and prefix == "checkpoints"
-    fs, prefix = open_checkpoint_store("s3://bucket/jobs/run-1/checkpoints/", s3_client=object())
+    fs, prefix = open_checkpoint_store("s3://bucket/jobs/run-1/checkpoints/", s3_store=_s3(object()))
     assert isinstance(fs, S3FileSystem) and (fs.bucket, fs.prefix, prefix) == ("bucket", "jobs/run-1", "checkpoints")
-    fs, prefix = open_checkpoint_store("s3://bucket", s3_client=object())
+    fs, prefix = open_checkpoint_store("s3://bucket", s3_store=_s3(object()))
     assert (fs.prefix, prefix) == ("", "checkpoints")
+    with pytest.raises(ValueError, match="is on S3: pass the s3_store"):
+        open_checkpoint_store("s3://bucket/x")
 
 
 @pytest.mark.parametrize(
@@ -153,7 +160,7 @@ def test_open_checkpoint_store_local_and_s3() -> None:
 )
 def test_open_checkpoint_store_rejects_bad_locations(location: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        open_checkpoint_store(location, s3_client=object())
+        open_checkpoint_store(location, s3_store=_s3(object()))
 
 
 def test_manager_validates_its_arguments(tmp_path: Path) -> None:
@@ -172,7 +179,7 @@ def test_s3_store_saves_verifies_prunes_and_skips_corruption() -> None:
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="ckpts")
-        fs, prefix = open_checkpoint_store("s3://ckpts/jobs/run-1/checkpoints", s3_client=client)
+        fs, prefix = open_checkpoint_store("s3://ckpts/jobs/run-1/checkpoints", s3_store=_s3(client))
         m = CheckpointManager(fs, DATA, PARAMS, prefix=prefix, keep=2)
         for r in (10, 20, 30):
             m.save(r, b"model-%d" % r)

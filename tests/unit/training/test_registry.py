@@ -14,10 +14,11 @@ import xgboost as xgb
 from moto import mock_aws
 from sklearn.metrics import log_loss
 
+from quant_engine.aws.s3 import S3FileSystem
 from quant_engine.backends import make_model_registry
 from quant_engine.config import Settings
 from quant_engine.storage import atomic
-from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem, S3FileSystem
+from quant_engine.storage.filesystem import ConcurrentCommitError, LocalFileSystem
 from quant_engine.training.registry import (
     ModelMetadata,
     ModelRegistry,

@@ -13,6 +13,7 @@ import pytest
 import xgboost as xgb
 from moto import mock_aws
 
+from quant_engine.aws.s3 import S3FileSystem
 from quant_engine.training.trainer import (
     EXIT_BAD_INPUT,
     TrainingInputError,
@@ -80,18 +81,22 @@ def test_checkpoints_on_s3_resume_exactly(tmp_path: Path, reference: bytes) -> N
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket="jobs")
         uri = "s3://jobs/spot/run-1/checkpoints"
+
+        def store(bucket: str, prefix: str) -> S3FileSystem:
+            return S3FileSystem(client, bucket, prefix)
+
         with pytest.raises(TrainingInterrupted):
             train(
                 frame(),
                 tmp_path / "m",
                 hyperparameters=HP,
                 checkpoint_dir=uri,
-                s3_client=client,
+                s3_store=store,
                 should_stop=stop_after(11),
             )
         keys = [o["Key"] for o in client.list_objects_v2(Bucket="jobs")["Contents"]]
         assert "spot/run-1/checkpoints/round-000000010.json" in keys
-        result = train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, s3_client=client)
+        result = train(frame(), tmp_path / "m", hyperparameters=HP, checkpoint_dir=uri, s3_store=store)
     assert result.resumed_from == 10 and model_bytes(result) == reference
 
 

@@ -1,9 +1,10 @@
 """SageMaker managed spot training of the script-mode trainer, through boto3 ``CreateTrainingJob``.
 
-The job runs ``python -m quant_engine.training.trainer`` (the same entry point the local runner
-starts as a subprocess) in SageMaker's XGBoost framework image for the region: the package
-sources travel as ``sourcedir.tar.gz`` with a small ``qe_train.py`` that runs the module, the
-framework's script mode (``sagemaker_program``, ``sagemaker_submit_directory``). S3 layout, under
+The job runs ``python -m quant_engine.aws.trainer_entry`` (the local runner's
+``python -m quant_engine.training.trainer``, with S3 checkpoints reachable) in SageMaker's XGBoost
+framework image for the region: the package sources travel as ``sourcedir.tar.gz`` with a small
+``qe_train.py`` that runs the module, the framework's script mode
+(``sagemaker_program``, ``sagemaker_submit_directory``). S3 layout, under
 ``settings.s3_uri("training", <job>)``::
 
     train/train.parquet, validation/validation.parquet   -> /opt/ml/input/data/{train,validation}
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.aws.processing import framework_image_uri, poll_job, split_s3_uri
+from quant_engine.aws.processing import TERMINAL_FAILURES, find_job, framework_image_uri, poll_job, split_s3_uri
+from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ ENTRY_SCRIPT = "qe_train.py"
 ENTRY_SOURCE = (
     "import runpy\nimport sys\n\n"
     "sys.argv = sys.argv[:1]  # the hyperparameters arrive in SM_HPS too\n"
-    'runpy.run_module("quant_engine.training.trainer", run_name="__main__", alter_sys=True)\n'
+    'runpy.run_module("quant_engine.aws.trainer_entry", run_name="__main__", alter_sys=True)\n'
 )
 CHANNELS: tuple[str, ...] = ("train", "validation")
 #: SageMaker's own limits on a training job.
@@ -155,13 +157,24 @@ class StagedTraining:
         return f"{self.base_uri}/output"
 
 
-def training_job_name(run_id: str, now: float | None = None) -> str:
-    """A unique job name (at most 63 characters): a digest of the run and a time stamp.
+def training_job_name(run_id: str, task: str = "train", attempt: int = 1) -> str:
+    """The job name of ``task`` in run ``run_id`` (at most 63 characters), the same on every try.
 
-    The time stamp makes a retried task a new job instead of a name clash with the failed one.
+    A retried task therefore finds its job (see :func:`run_spot_training`) instead of starting a
+    second one; ``attempt`` > 1 names the job that replaces a failed or stopped one (SageMaker never
+    reuses a name).
+
+    Examples
+    --------
+    >>> training_job_name("manual__2026-01-02T00:00:00+00:00") == training_job_name("manual__2026-01-02T00:00:00+00:00")
+    True
+    >>> training_job_name("r", attempt=2).endswith("-2")
+    True
     """
-    digest = hashlib.sha1(run_id.encode()).hexdigest()[:10]
-    return f"qe-train-{digest}-{int((time.time() if now is None else now) * 1000)}"[:63]
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt={attempt!r} must be a whole number >= 1")
+    digest = hashlib.sha1(f"{run_id}\0{task}".encode()).hexdigest()[:16]
+    return f"qe-train-{digest}" + (f"-{attempt}" if attempt > 1 else "")
 
 
 def source_archive() -> bytes:
@@ -365,6 +378,23 @@ def check_settings(settings: Settings) -> Settings:
     return settings
 
 
+def attach_or_name(sagemaker: Any, run_id: str, task: str = "train") -> tuple[str, dict[str, Any] | None]:
+    """The run's job to wait for (its name and description), or the name a new job should take.
+
+    Names are tried in order (:func:`training_job_name` with attempt 1, 2, ...): a job that is
+    running or completed is re-attached to; one that failed or was stopped is passed over.
+    """
+    for attempt in range(1, 100):
+        name = training_job_name(run_id, task, attempt)
+        job = find_job(lambda n=name: sagemaker.describe_training_job(TrainingJobName=n))
+        if job is None:
+            return name, None
+        if job["TrainingJobStatus"] not in TERMINAL_FAILURES:
+            return name, job
+        log.info("training job %s ended %s; its retry takes the next name", name, job["TrainingJobStatus"])
+    raise TrainingJobError(f"run {run_id!r} task {task!r} already has 99 failed training jobs; giving up")
+
+
 def run_spot_training(
     channels: Mapping[str, Path],
     destination: Path,
@@ -374,34 +404,45 @@ def run_spot_training(
     sagemaker: Any,
     s3: Any,
     run_id: str = "manual",
+    task: str = "train",
     spec: SpotTrainingSpec | None = None,
     job_name: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Stage, start, wait for and collect one managed spot job; the model lands in ``destination``.
 
+    The job is named after ``run_id`` and ``task`` (:func:`training_job_name`), so a retried task
+    re-attaches to a job that is running or completed instead of starting another
+    (:func:`attach_or_name`); ``job_name`` pins a name instead.
+
     Returns
     -------
     dict
-        ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`) and
-        ``billing`` (the summary line).
+        ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`),
+        ``billing`` (the summary line) and ``reattached`` (whether the job existed already).
     """
     settings = check_settings(settings)
     spec = spec or SpotTrainingSpec.from_env()
-    name = job_name or training_job_name(run_id)
-    image = spec.image_uri or framework_image_uri(
-        settings.aws_region, "xgboost", spec.framework_version, spec.instance_type
-    )
-    staged = stage_training(channels, name, settings, s3)
-    request = training_job_request(name, staged, hyperparameters, spec, settings, image)
-    sagemaker.create_training_job(**request)
-    log.info(
-        "started managed spot training job %s (%s, max run %d s, max wait %d s)",
-        name,
-        spec.instance_type,
-        spec.max_runtime_s,
-        spec.max_wait_s,
-    )
+    if job_name is None:
+        name, existing = attach_or_name(sagemaker, run_id, task)
+    else:
+        name, existing = job_name, find_job(lambda: sagemaker.describe_training_job(TrainingJobName=job_name))
+    if existing is None:
+        image = spec.image_uri or framework_image_uri(
+            settings.aws_region, "xgboost", spec.framework_version, spec.instance_type
+        )
+        staged = stage_training(channels, name, settings, s3)
+        request = training_job_request(name, staged, hyperparameters, spec, settings, image)
+        sagemaker.create_training_job(**request)
+        log.info(
+            "started managed spot training job %s (%s, max run %d s, max wait %d s)",
+            name,
+            spec.instance_type,
+            spec.max_runtime_s,
+            spec.max_wait_s,
+        )
+    else:
+        log.info("re-attaching to training job %s (%s)", name, existing["TrainingJobStatus"])
     # The stopping condition bounds the job; the extra quarter hour covers provisioning and upload.
     job = wait_for_training_job(
         sagemaker, name, timeout_s=spec.max_wait_s + 900, poll_interval_s=spec.poll_interval_s, sleep=sleep
@@ -416,4 +457,45 @@ def run_spot_training(
         "artifact": artifact,
         "savings": savings.to_json(),
         "billing": savings.describe(),
+        "reattached": existing is not None,
     }
+
+
+class SpotTrainingJobs:
+    """Managed spot training jobs with one session's clients: the training pipeline's ``TrainingJobs``.
+
+    Parameters
+    ----------
+    settings : Settings
+        The bucket, the execution role and the region.
+    aws : AwsClients
+        The clients (``sagemaker``, ``s3``) of one session.
+    spec : SpotTrainingSpec, optional
+        Default: :meth:`SpotTrainingSpec.from_env`.
+    """
+
+    def __init__(self, settings: Settings, aws: AwsClients, spec: SpotTrainingSpec | None = None) -> None:
+        self.settings = settings
+        self.aws = aws
+        self.spec = spec
+
+    def check(self, hyperparameters: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` (``SettingsError``) when a job could not be started: no bucket or role,
+        a bad ``QE_TRAINING_*`` value, hyperparameters SageMaker refuses."""
+        check_settings(self.settings)
+        self.spec or SpotTrainingSpec.from_env()
+        encode_hyperparameters(hyperparameters)
+
+    def run(
+        self, channels: Mapping[str, Any], destination: Path, hyperparameters: Mapping[str, Any], *, run_id: str
+    ) -> dict[str, Any]:
+        return run_spot_training(
+            {k: Path(v) for k, v in channels.items()},
+            destination,
+            hyperparameters,
+            self.settings,
+            sagemaker=self.aws.client("sagemaker"),
+            s3=self.aws.client("s3"),
+            run_id=run_id,
+            spec=self.spec,
+        )

@@ -1,0 +1,39 @@
+"""AWS access for the DAGs: the session of an Airflow connection, handed to the library's backends.
+
+Airflow deployments (MWAA, Astronomer, self-hosted) give tasks AWS access through connections, not
+the worker's environment. :func:`aws_clients` builds the provider's ``AwsBaseHook`` on the
+connection ``QE_AWS_CONN_ID`` names (default ``aws_default``): its ``boto3.Session`` (keys, a
+role to assume, a profile, as the connection says), its region (``region_name`` in the extra,
+else ``QE_AWS_REGION``) and its ``endpoint_url`` (extra, else ``QE_AWS_ENDPOINT_URL``: a moto
+server or LocalStack). The library never sees Airflow: it gets the clients as ``aws=``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quant_engine.aws.session import AwsClients
+    from quant_engine.config import Settings
+
+
+def aws_clients(settings: Settings | None = None, *, always: bool = False) -> AwsClients | None:
+    """The AWS clients of the connection ``settings.aws_conn_id``; None on the local backend unless
+    ``always`` (SageMaker training jobs, which a run may ask for whatever the backend).
+
+    A connection that does not exist leaves the hook (and so boto3) on the default credential
+    chain, as the provider does everywhere (a worker's instance role, say); it logs a warning.
+    """
+    from quant_engine.config import get_settings
+
+    settings = settings or get_settings()
+    if settings.backend != "aws" and not always:
+        return None
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    from quant_engine.backends import make_aws_clients
+
+    hook = AwsBaseHook(aws_conn_id=settings.aws_conn_id)
+    connection = hook.conn_config
+    session = hook.get_session(region_name=connection.region_name or settings.aws_region)
+    return make_aws_clients(settings, session=session, endpoint_url=connection.endpoint_url)
