@@ -12,10 +12,12 @@ Run folder
 ``dataset.parquet``
     One row per ``(ticker, ts)``, sorted by ``(ts, ticker)``: ``ticker, ts, t1, ret, label,
     fwd_ret_1, group`` and the feature columns; ``ret`` is the label's return, relative to the
-    cross-sectional mean with ``label_target="excess"``. See :func:`build_dataset`.
+    cross-sectional mean with ``label_target="excess"``; ``group`` is the row's CPCV group, K-fold
+    fold or walk-forward test window (-1: a row no walk-forward window tests). See :func:`build_dataset`.
 ``plan.json``, ``splits/split=<s>.npz``
-    The CPCV splits (a role per dataset row: train, test, purged, embargoed), the path map and the
-    list of ``(trial, split)`` tasks. See :func:`plan`.
+    The splits of the configured splitter (CPCV, purged K-fold or walk-forward; a role per dataset
+    row: train, test, purged, embargoed, unused), the path map and the list of ``(trial, split)``
+    tasks. See :func:`plan`.
 ``predictions/trial=<t>/split=<s>.parquet``
     Test predictions of one model. See :func:`run_split`.
 ``dataset.json``
@@ -45,6 +47,7 @@ __all__ = [
     "ROLE_NAMES",
     "TEST",
     "TRAIN",
+    "UNUSED",
     "load_config",
     "load_dataset",
     "load_plan",
@@ -53,9 +56,11 @@ __all__ = [
     "split_path",
 ]
 
-#: Row roles stored per split: train, test, purged (label overlaps a test block), embargoed.
-TRAIN, TEST, PURGED, EMBARGOED = 0, 1, 2, 3
-ROLE_NAMES: tuple[str, ...] = ("train", "test", "purged", "embargo")
+#: Row roles stored per split: train, test, purged (label overlaps a test block), embargoed, and
+#: unused (a walk-forward's rows outside its training window: after the test window, or before a
+#: rolling window starts).
+TRAIN, TEST, PURGED, EMBARGOED, UNUSED = 0, 1, 2, 3, 4
+ROLE_NAMES: tuple[str, ...] = ("train", "test", "purged", "embargo", "unused")
 KEY_COLUMNS: tuple[str, ...] = ("ticker", "ts", "t1", "ret", "label", "fwd_ret_1", "group")
 
 
