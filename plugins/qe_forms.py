@@ -216,6 +216,19 @@ def training_form() -> dict[str, Param]:
             type=["null", "string"],
             description="The walk-forward report that justified these settings, kept in the metadata.",
         ),
+        "wfo_run_id": Param(
+            D["wfo_run_id"],
+            type=["null", "string"],
+            description="A finished wfo_pipeline run: train its selected trial's hyperparameters, labels and "
+            "feature set on the full data; its PBO and deflated Sharpe go into the model's metadata.",
+        ),
+        "min_deflated_sharpe": Param(
+            D["min_deflated_sharpe"],
+            type=["null", "number"],
+            minimum=0,
+            exclusiveMaximum=1,
+            description="Promote only when the wfo_run_id's deflated Sharpe ratio is above this; empty: not required.",
+        ),
     }
 
 
