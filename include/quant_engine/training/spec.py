@@ -183,8 +183,15 @@ def resolve_training_params(
                 f" (no longer walk-forward run {spec['wfo_run_id']}'s trial: the conf changes {', '.join(changed)})"
             )
         else:
-            wfo_run = dict(registry.get(registry.champion().version).metadata.wfo_run or {}) or None
+            wfo_run = _champion_wfo_run(registry)
     return params, _overridden(basis, conf), wfo_run
+
+
+def _champion_wfo_run(registry: ModelRegistry) -> dict[str, Any] | None:
+    """The walk-forward run the champion came from, as its metadata records it."""
+    promotion = registry.champion()
+    record = None if promotion is None else registry.get(promotion.version).metadata.wfo_run
+    return dict(record) if record else None
 
 
 def _check_conf_keeps_the_run(conf: Mapping[str, Any], research: Mapping[str, Any], run_id: str) -> None:

@@ -30,6 +30,7 @@ from quant_engine.wfo.run_folder import (
     load_dataset,
     split_path,
 )
+from quant_engine.wfo.splitters import WalkForward
 
 __all__ = ["plan", "split_roles", "walk_forward_roles"]
 
@@ -106,9 +107,9 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
         splits = list(cv.split(pd.DataFrame(index=ts)))
     except ValueError as exc:
         raise WfoConfigError(f"the purge and embargo leave a split without training data: {exc}") from None
-    walk_forward = config.splitter_kind == "walk_forward"
+    walk_forward = isinstance(cv, WalkForward)
     n_splits = len(splits)
-    if walk_forward:
+    if isinstance(cv, WalkForward):  # test window s is group s, and the windows in order are the one path
         test_groups, paths = np.arange(n_splits).reshape(-1, 1), np.arange(n_splits).reshape(1, -1)
     else:
         test_groups, paths = cv.test_groups, cv.paths
@@ -131,7 +132,7 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
         if walk_forward:
             roles = walk_forward_roles(ts_ns, t1_ns, train, test)
         else:
-            roles = split_roles(ts_ns, t1_ns, groups, train, split_groups)
+            roles = split_roles(ts_ns, t1_ns, groups, train, split_groups.tolist())
         write_npz_atomic(split_path(run_dir, s), roles=roles, test_groups=np.asarray(split_groups))
         counts = np.bincount(roles, minlength=len(ROLE_NAMES))
         split_rows.append(

@@ -253,3 +253,11 @@ def test_a_retrain_of_a_champion_from_a_wfo_run_keeps_the_run_unless_the_conf_ch
     changed, basis, gone = resolve_training_params({"hyperparameters": DEFAULT_HYPERPARAMETERS}, make_model_registry_of)
     assert gone is None and changed["wfo_run_id"] is None
     assert "(no longer walk-forward run wf-7's trial: the conf changes hyperparameters)" in basis
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from quant_engine.training import spec
+
+    assert doctest.testmod(spec).failed == 0
