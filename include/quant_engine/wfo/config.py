@@ -29,7 +29,7 @@ from quant_engine.wfo.defaults import (
     TRIAL_MODEL_KEYS,
 )
 from quant_engine.wfo.labels import LABEL_COLUMNS, fixed_horizon_labels, triple_barrier_labels
-from quant_engine.wfo.splitters import CombinatorialPurgedCV, PurgedKFold, WalkForward, _check_window
+from quant_engine.wfo.splitters import CombinatorialPurgedCV, PurgedKFold, WalkForward
 
 #: The splitters :meth:`WfoConfig.splitter` builds.
 Splitter = CombinatorialPurgedCV | PurgedKFold | WalkForward
@@ -145,9 +145,9 @@ class WfoConfig:
     feature_set : str
         Features to join from the offline store.
     label : LabelConfig
-    splitter : str
-        ``cpcv`` (combinatorial purged CV: many backtest paths), ``purged_kfold`` or
-        ``walk_forward`` (one path each); see :mod:`quant_engine.wfo.splitters`.
+    splitter_kind : str
+        The ``splitter`` parameter: ``cpcv`` (combinatorial purged CV, many backtest paths),
+        ``purged_kfold`` or ``walk_forward`` (one path each); see :mod:`quant_engine.wfo.splitters`.
     n_groups, n_test_groups : int
         CPCV: ``C(n_groups, n_test_groups)`` splits, ``n_test_groups * n_splits / n_groups`` paths.
         Purged K-fold: ``n_groups`` folds (``n_test_groups`` is not used).
@@ -173,7 +173,9 @@ class WfoConfig:
     seed : int
         Seed of every model.
     min_group_rows : int
-        Fewest rows a CPCV group may hold; a path made of smaller pieces says little.
+        Fewest rows a CPCV group, K-fold fold or walk-forward test window may hold; a path made of
+        smaller pieces says little. A walk-forward's last window holds what is left of the data and
+        is exempt.
     """
 
     start: pd.Timestamp
@@ -245,12 +247,13 @@ class WfoConfig:
         for name in ("anchored", "purge"):
             if not isinstance(p[name], bool):
                 raise WfoConfigError(f"{name}={p[name]!r} must be true or false")
-        if splitter == "walk_forward":
-            _check_walk_forward_span(train_window, start, end)
-        try:
+        try:  # the windows are checked whichever splitter runs: a typo never waits for the day it is used
+            WalkForward(train_window, test_window, anchored=p["anchored"], embargo=embargo)
             _build_splitter(splitter, n_groups, n_test_groups, train_window, test_window, p["anchored"], embargo)
         except (TypeError, ValueError) as exc:
             raise WfoConfigError(str(exc)) from None
+        if splitter == "walk_forward":
+            _check_walk_forward_span(train_window, start, end)
         if p["portfolio"] not in PORTFOLIOS:
             raise WfoConfigError(
                 f"portfolio={p['portfolio']!r} is not a portfolio construction; use one of {', '.join(PORTFOLIOS)}"
@@ -345,17 +348,13 @@ def _build_splitter(
 
 
 def _parse_window(value: object, name: str) -> int | str:
-    """A walk-forward window: bars (an int, or a string of digits) or a duration string (``"365D"``)."""
+    """A walk-forward window: bars (an int, or a string of digits) or a duration string (``"365D"``);
+    :class:`~quant_engine.wfo.splitters.WalkForward` checks that it is positive."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
         raise WfoConfigError(f"{name}={value!r} must be a number of bars (252) or a duration ('365D')")
-    value = int(value) if isinstance(value, numbers.Integral) else value.strip()
-    try:
-        _check_window(name, value)
-    except (TypeError, ValueError) as exc:
-        raise WfoConfigError(str(exc)) from None
-    return value
+    return int(value) if isinstance(value, numbers.Integral) else value.strip()
 
 
 def _check_walk_forward_span(train_window: int | str, start: pd.Timestamp, end: pd.Timestamp) -> None:
