@@ -2,7 +2,10 @@
 
 Runs when someone triggers it and whenever the drift monitor asks for retraining (the asset
 ``qe://drift/retraining-requested``). A run trains what is in production: the champion's own spec,
-rolled forward to the newest stored data, any key of the run's conf overriding it. Graph::
+rolled forward to the newest stored data, any key of the run's conf overriding it; or, given a
+``wfo_run_id``, the trial that walk-forward run selected, on the full data, with the run's PBO and
+deflated Sharpe in the model's metadata (``min_deflated_sharpe`` makes promotion require the
+latter above it). Graph::
 
     build_dataset -> train -> evaluate -> register -> beats_champion -> promote
 
@@ -57,6 +60,7 @@ def spot_training():
                 registry_of=lambda name: make_model_registry(settings, name, aws=aws),
                 store=make_offline_store(settings, aws=aws),
                 bar_store=make_bar_store(settings, aws=aws),
+                settings=settings,
                 jobs=lambda: make_training_jobs(settings, aws=aws_clients(settings, always=True)),
                 requested_by=asset_event_extras(triggering_asset_events),
                 default_tickers=settings.default_tickers,

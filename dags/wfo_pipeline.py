@@ -1,4 +1,8 @@
-"""Walk-forward validation with combinatorial purged CV, one mapped task per (trial, split) locally.
+"""Walk-forward validation with purged cross-validation, one mapped task per (trial, split) locally.
+
+The ``splitter`` param picks the splits: combinatorial purged CV (many backtest paths), purged
+K-fold or walk-forward (anchored or rolling windows; one path of the test windows, PBO by CSCV over
+them), each purged by label spans and embargoed.
 
 Triggered by people (``airflow dags test wfo_pipeline --conf '{...}'`` or the UI), never on a
 schedule: a backtest answers a question someone asked. The first two tasks validate every

@@ -54,6 +54,7 @@ def ingestion_form() -> dict[str, Param]:
 def wfo_form() -> dict[str, Param]:
     """The run form of ``wfo_pipeline``, its defaults the library's."""
     from quant_engine.wfo.defaults import DEFAULT_PARAMS as D
+    from quant_engine.wfo.defaults import SPLITTERS
 
     return {
         **dataset_params(D),
@@ -74,8 +75,20 @@ def wfo_form() -> dict[str, Param]:
         "vol_window": Param(
             D["vol_window"], type="integer", minimum=2, description="Triple barrier: bars in the volatility estimate."
         ),
+        "splitter": Param(
+            D["splitter"],
+            type="string",
+            enum=list(SPLITTERS),
+            description="cpcv: combinatorial purged CV, many backtest paths; purged_kfold: n_groups folds, one "
+            "path; walk_forward: train on the past, test the next window, one path of the test windows "
+            "(PBO by CSCV over them).",
+        ),
         "n_groups": Param(
-            D["n_groups"], type="integer", minimum=2, description="CPCV: contiguous groups of timestamps."
+            D["n_groups"],
+            type="integer",
+            minimum=2,
+            maximum=30,
+            description="CPCV: contiguous groups of timestamps; purged_kfold: folds.",
         ),
         "n_test_groups": Param(
             D["n_test_groups"],
@@ -83,10 +96,34 @@ def wfo_form() -> dict[str, Param]:
             minimum=1,
             description="CPCV: test groups per split (smaller than n_groups).",
         ),
+        "train_window": Param(
+            D["train_window"],
+            type=["string", "integer"],
+            description="walk_forward: bars (504) or a duration ('730D') of the first training window "
+            "(of every one when rolling).",
+        ),
+        "test_window": Param(
+            D["test_window"],
+            type=["string", "integer"],
+            description="walk_forward: bars (252) or a duration ('365D') of each test window; they follow "
+            "each other to the end of the data.",
+        ),
+        "anchored": Param(
+            D["anchored"],
+            type="boolean",
+            description="walk_forward: on, training expands from the first bar; off, it rolls with train_window.",
+        ),
         "embargo": Param(
             D["embargo"],
             type=["string", "integer"],
-            description="Kept out of training after each test block: bars (5) or a duration ('5D').",
+            description="Kept out of training after each test block (before each walk_forward test "
+            "window): bars (5) or a duration ('5D').",
+        ),
+        "purge": Param(
+            D["purge"],
+            type="boolean",
+            description="Drop training rows whose label overlaps the test (every splitter). Off leaks the "
+            "test into training; for measuring that leak only.",
         ),
         "trials": Param(
             D["trials"],
@@ -107,7 +144,10 @@ def wfo_form() -> dict[str, Param]:
         ),
         "seed": Param(D["seed"], type="integer", minimum=0, description="Seed of every model."),
         "min_group_rows": Param(
-            D["min_group_rows"], type="integer", minimum=1, description="Fewest rows a CPCV group may hold."
+            D["min_group_rows"],
+            type="integer",
+            minimum=1,
+            description="Fewest rows a CPCV group, fold or walk_forward test window (but the last) may hold.",
         ),
     }
 
@@ -176,6 +216,19 @@ def training_form() -> dict[str, Param]:
             D["wfo_report"],
             type=["null", "string"],
             description="The walk-forward report that justified these settings, kept in the metadata.",
+        ),
+        "wfo_run_id": Param(
+            D["wfo_run_id"],
+            type=["null", "string"],
+            description="A finished wfo_pipeline run: train its selected trial's hyperparameters, labels and "
+            "feature set on the full data; its PBO and deflated Sharpe go into the model's metadata.",
+        ),
+        "min_deflated_sharpe": Param(
+            D["min_deflated_sharpe"],
+            type=["null", "number"],
+            minimum=0,
+            exclusiveMaximum=1,
+            description="Promote only when the wfo_run_id's deflated Sharpe ratio is above this; empty: not required.",
         ),
     }
 

@@ -54,3 +54,28 @@ def claimed_folder(parent: Path, run_id: str) -> Path:
 def run_dir(kind: str, run_id: str, settings: Settings) -> Path:
     """``$QE_HOME/runs/<kind>/<run_id>``, created and claimed by ``run_id``."""
     return claimed_folder(settings.home / "runs" / safe_name(kind), run_id)
+
+
+def find_run_dir(kind: str, run_id: str, settings: Settings) -> Path:
+    """The folder of an existing run of ``kind``, ``$QE_HOME/runs/<kind>/<run_id>``; nothing is created.
+
+    Raises
+    ------
+    RunIdError
+        ``run_id`` is not a string, no run of that id exists (the message lists the newest ones), or
+        its folder belongs to another run id that maps to the same name.
+    """
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise RunIdError(f"run id {run_id!r} must be a non-empty string")
+    root = settings.home / "runs" / safe_name(kind)
+    path = root / safe_name(run_id)
+    claim = path / CLAIM_FILE
+    if not claim.is_file():
+        known = sorted(root.glob(f"*/{CLAIM_FILE}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+        newest = [p.read_text(encoding="utf-8") for p in known[-10:]]
+        listed = ", ".join(reversed(newest)) if newest else "none yet"
+        raise RunIdError(f"no {kind} run of that id under {root} (newest runs: {listed})")
+    owner = claim.read_text(encoding="utf-8")
+    if owner != run_id:
+        raise RunIdError(f"run id {run_id!r} maps to folder {path}, which belongs to run {owner!r}")
+    return path

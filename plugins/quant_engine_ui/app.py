@@ -109,11 +109,23 @@ def wfo_section() -> str:
                 _cell(report["psr"]),
                 _cell(selected.get("mean_path_sharpe"), 2),
                 _cell(f"{report['n_splits']} / {report['n_paths']} / {report['n_trials']}"),
+                f'<span title="{html.escape(report.get("scheme", ""))}">'
+                f"{html.escape(report.get('splitter', 'cpcv'))}</span>",
                 html.escape(report.get("setup", "")),
             ]
         )
     table = _table(
-        ["run", "generated", "PBO", "deflated Sharpe", "PSR", "mean path Sharpe", "splits / paths / trials", "setup"],
+        [
+            "run",
+            "generated",
+            "PBO",
+            "deflated Sharpe",
+            "PSR",
+            "mean path Sharpe",
+            "splits / paths / trials",
+            "splitter",
+            "setup",
+        ],
         rows,
         "No walk-forward report yet: trigger the wfo_pipeline DAG.",
     )
@@ -141,9 +153,26 @@ def _model_names() -> list[str]:
     return sorted(names)
 
 
+def wfo_run_text(wfo_run: Mapping[str, Any] | None, reports: Mapping[str, Path]) -> str:
+    """The walk-forward run a model came from, linked to its report when that is stored; ``-`` for none."""
+    if not wfo_run:
+        return _cell(None)
+    from quant_engine.runs import safe_name
+
+    run_id = str(wfo_run.get("run_id"))
+    name = safe_name(run_id)
+    label = html.escape(run_id)
+    link = f'<a href="wfo/{urllib.parse.quote(name, safe="")}">{label}</a>' if name in reports else label
+    return (
+        f"{link} ({html.escape(str(wfo_run.get('splitter')))}, trial {_cell(wfo_run.get('selected_trial'))}: "
+        f"PBO {_cell(wfo_run.get('pbo'))}, deflated Sharpe {_cell(wfo_run.get('deflated_sharpe'))})"
+    )
+
+
 def registry_section() -> str:
     from quant_engine.backends import make_model_registry
 
+    reports = _report_folders("wfo")
     parts = ["<h2>Model registry</h2>"]
     for name in _model_names():
         registry = make_model_registry(name=name)
@@ -162,6 +191,7 @@ def registry_section() -> str:
                     + (' <span class="ok">champion</span>' if is_champion else ""),
                     _cell(version.created_at),
                     _cell({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}),
+                    wfo_run_text(version.metadata.wfo_run, reports),
                     _cell(version.metadata.wfo_report),
                 ]
             )
@@ -173,10 +203,18 @@ def registry_section() -> str:
             if champion
             else "no champion yet"
         )
+        serving = next((v for v in versions if champion is not None and v.version == champion.version), None)
+        if serving is not None:
+            origin = serving.metadata.wfo_run
+            why += (
+                f"<br>The champion comes from walk-forward run {wfo_run_text(origin, reports)}."
+                if origin
+                else "<br>The champion names no walk-forward run."
+            )
         parts.append(f"<h3>{html.escape(name)}</h3><p>{why}</p>")
         parts.append(
             _table(
-                ["version", "created", "holdout metrics", "WFO report"],
+                ["version", "created", "holdout metrics", "WFO run", "WFO report"],
                 rows,
                 "No version registered: run the spot_training DAG.",
             )

@@ -94,6 +94,7 @@ def test_bad_hyperparameters_fail_before_training(market: Path, run_dag: Callabl
         ({"hyperparameters": {"learning_rate": "nan"}}, "learning_rate='nan' must be finite numbers"),
         ({"tikers": "SYN00"}, "unknown parameter(s) ['tikers'] in the run's conf"),
         ({"tickers": ",,,"}, "names no ticker"),
+        ({"wfo_run_id": "no-such-run"}, "wfo_run_id='no-such-run': no wfo run of that id under"),
     ],
 )
 def test_deterministic_errors_fail_at_once_without_retries(market: Path, run_dag: Callable, change, message) -> None:

@@ -1,7 +1,10 @@
-"""``quant-engine models``: list the registry's versions, show one, promote one by hand.
+"""``quant-engine train`` and ``quant-engine models``: train here, list the registry's versions, show one,
+promote one by hand.
 
-A promotion from here is a person's decision and skips the promotion rule the ``spot_training``
-DAG applies; the reason given is stored in the champion pointer.
+``train`` runs the ``spot_training`` DAG's steps in one process, the promotion rule included
+(``--wfo-run-id`` trains a walk-forward run's selected trial). A promotion from ``models promote``
+is a person's decision and skips the promotion rule; the reason given is stored in the champion
+pointer.
 """
 
 from __future__ import annotations
@@ -11,8 +14,31 @@ import json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``models`` command group."""
+    """Add the ``train`` command and the ``models`` command group."""
     from quant_engine.training.defaults import DEFAULT_MODEL_NAME
+
+    train = subparsers.add_parser(
+        "train",
+        help="train, register and (by the promotion rule) promote a model here, without Airflow",
+        description="Train what the spot_training DAG would: the champion's spec rolled forward, or with "
+        "--wfo-run-id the selected trial of a finished walk-forward run on the full data.",
+    )
+    train.add_argument(
+        "--conf",
+        default="{}",
+        help="JSON object of parameters, as for the spot_training DAG (missing keys: the champion's or defaults)",
+    )
+    train.add_argument(
+        "--wfo-run-id",
+        help="a finished walk-forward run (wfo_pipeline or `quant-engine wfo run`): train its selected trial",
+    )
+    train.add_argument(
+        "--min-deflated-sharpe",
+        type=float,
+        help="promote only when the walk-forward run's deflated Sharpe ratio is above this (0..1)",
+    )
+    train.add_argument("--run-id", help="name of the training run folder (default: cli__<UTC time>)")
+    train.set_defaults(handler=_train)
 
     group = subparsers.add_parser("models", help="the model registry: versions and the champion")
     group.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"model name (default: {DEFAULT_MODEL_NAME})")
@@ -33,6 +59,65 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     promote.set_defaults(handler=_promote)
 
 
+def _train(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from quant_engine.backends import (
+        make_bar_store,
+        make_model_registry,
+        make_offline_store,
+        make_training_jobs,
+    )
+    from quant_engine.config import get_settings
+    from quant_engine.monitoring.run import record_training_baselines
+    from quant_engine.runs import run_dir
+    from quant_engine.training import pipeline
+
+    try:
+        conf = json.loads(args.conf)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--conf is not valid JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
+    for key, value in (("wfo_run_id", args.wfo_run_id), ("min_deflated_sharpe", args.min_deflated_sharpe)):
+        if value is None:
+            continue
+        if key in conf:
+            raise ValueError(f"--{key.replace('_', '-')} and --conf's {key!r} both set {key}; give it once")
+        conf[key] = value
+    settings = get_settings()
+    run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    prepared = pipeline.prepare(
+        conf,
+        run_dir("training", run_id, settings),
+        registry_of=lambda name: make_model_registry(settings, name),
+        store=make_offline_store(settings),
+        bar_store=make_bar_store(settings),
+        settings=settings,
+        jobs=lambda: make_training_jobs(settings),
+        default_tickers=settings.default_tickers,
+    )
+    registry = make_model_registry(settings, prepared["params"]["model_name"])
+    print(f"training {registry.name} on {prepared['basis']}: {prepared['rows']} rows")
+    trained = pipeline.train(prepared, run_id, jobs=lambda: make_training_jobs(settings))
+    evaluated = pipeline.evaluate(prepared, trained, registry)
+    version = pipeline.register(prepared, trained, evaluated, registry)
+    record_training_baselines(registry, version, prepared["run_dir"])
+    print(f"registered {registry.name} {version}")
+    wfo_run = prepared["wfo_run"]
+    if wfo_run:
+        print(
+            f"  from walk-forward run {wfo_run['run_id']} ({wfo_run['splitter']}): selected trial "
+            f"{wfo_run['selected_trial']}, PBO {_metric(wfo_run, 'pbo')}, deflated Sharpe "
+            f"{_metric(wfo_run, 'deflated_sharpe')}"
+        )
+    print(f"promote={evaluated['promote']}: {evaluated['reason']}")
+    if evaluated["promote"]:
+        promotion = registry.promote(version, evaluated["reason"], expected_champion=evaluated["champion"])
+        print(f"champion: {promotion.version} (was {promotion.previous or 'none'})")
+    return 0
+
+
 def _registry(args: argparse.Namespace):  # noqa: ANN202 - the registry module is imported lazily
     from quant_engine.backends import make_model_registry
 
@@ -51,14 +136,14 @@ def _list(args: argparse.Namespace) -> int:
         print(f"model {registry.name!r} has no versions yet; run the spot_training DAG")
         return 0
     champion = registry.champion()
-    print(f"  {'version':<8} {'created':<26} {'data':<23} {'logloss':>8} {'auc':>7}  runner")
+    print(f"  {'version':<8} {'created':<26} {'data':<23} {'logloss':>8} {'auc':>7}  runner      wfo run")
     for record in versions:
         meta = record.metadata
         mark = "*" if champion is not None and champion.version == record.version else " "
         print(
             f"{mark} {record.version:<8} {record.created_at:<26} {meta.data_start[:10]}..{meta.data_end[:10]} "
             f"{_metric(meta.metrics, 'logloss'):>8} {_metric(meta.metrics, 'auc'):>7}  "
-            f"{meta.training.get('runner', '-')}"
+            f"{meta.training.get('runner', '-'):<11} {meta.wfo_run['run_id'] if meta.wfo_run else '-'}"
         )
     return 0
 

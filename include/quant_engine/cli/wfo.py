@@ -9,7 +9,9 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``wfo`` command group."""
-    group = subparsers.add_parser("wfo", help="walk-forward validation with combinatorial purged CV")
+    from quant_engine.wfo.defaults import SPLITTERS
+
+    group = subparsers.add_parser("wfo", help="walk-forward validation: CPCV, purged K-fold or walk-forward splits")
     commands = group.add_subparsers(dest="wfo_command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="run the whole pipeline here, without Airflow")
@@ -19,6 +21,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="JSON object of parameters, as for the wfo_pipeline DAG (missing keys take its defaults)",
     )
     run.add_argument("--run-id", help="name of the run folder and report (default: cli__<UTC time>)")
+    run.add_argument(
+        "--splitter",
+        choices=SPLITTERS,
+        help="cpcv (many paths, the default), purged_kfold (n_groups folds) or walk_forward (one path each)",
+    )
+    run.add_argument(
+        "--train-window", help="walk_forward: bars (504) or a duration ('730D') of the first training window"
+    )
+    run.add_argument("--test-window", help="walk_forward: bars (252) or a duration ('365D') of each test window")
+    run.add_argument(
+        "--rolling",
+        dest="anchored",
+        action="store_false",
+        default=None,
+        help="walk_forward: rolling training windows of --train-window (default: anchored, expanding)",
+    )
+    run.add_argument("--embargo", help="bars (5) or a duration ('5D') kept out of training beside each test block")
+    run.add_argument(
+        "--no-purge",
+        dest="purge",
+        action="store_false",
+        default=None,
+        help="keep training labels that overlap the test (leaks; for measuring the leak only)",
+    )
     run.set_defaults(handler=_run)
 
     show = commands.add_parser("show", help="print a report's headline numbers")
@@ -45,6 +71,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--conf is not valid JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
+    for key in ("splitter", "train_window", "test_window", "anchored", "embargo", "purge"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in conf:
+            flag = {"anchored": "--rolling", "purge": "--no-purge"}.get(key, f"--{key.replace('_', '-')}")
+            raise ValueError(f"{flag} and --conf's {key!r} both set {key}; give it once")
+        conf[key] = value
     settings = get_settings()
     config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf}, default_tickers=settings.default_tickers)
     folder = run_dir("wfo", args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)

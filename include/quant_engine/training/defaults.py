@@ -11,7 +11,14 @@ from typing import Any
 
 from quant_engine.wfo.defaults import DEFAULT_PARAMS as WFO_DEFAULTS
 
-__all__ = ["DATASET_DEFAULTS", "DATA_KEYS", "DEFAULT_HYPERPARAMETERS", "DEFAULT_MODEL_NAME", "TRAINING_DEFAULTS"]
+__all__ = [
+    "DATASET_DEFAULTS",
+    "DATA_KEYS",
+    "DEFAULT_HYPERPARAMETERS",
+    "DEFAULT_MODEL_NAME",
+    "TRAINING_DEFAULTS",
+    "WFO_FIXED_KEYS",
+]
 
 #: The registry name of the model the engine trains, monitors and serves unless told otherwise.
 DEFAULT_MODEL_NAME = "xgb_direction"
@@ -51,6 +58,9 @@ DEFAULT_HYPERPARAMETERS: dict[str, Any] = {
     "seed": 42,
 }
 #: Every parameter a training run takes, with its default (the ``spot_training`` DAG's params).
+#: ``wfo_run_id`` names a finished walk-forward run whose selected trial the run trains (see
+#: :mod:`quant_engine.training.spec`); ``min_deflated_sharpe`` makes promotion require that run's
+#: deflated Sharpe ratio above it (None: not required).
 TRAINING_DEFAULTS: dict[str, Any] = {
     **DATASET_DEFAULTS,
     "runner": "local_spot",
@@ -59,4 +69,18 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "hyperparameters": DEFAULT_HYPERPARAMETERS,
     "model_name": DEFAULT_MODEL_NAME,
     "wfo_report": None,
+    "wfo_run_id": None,
+    "min_deflated_sharpe": None,
 }
+#: What a walk-forward run fixes when a training run takes its selected trial (``wfo_run_id``): the
+#: hyperparameters, the labels and the feature set. A run's conf may not change them.
+WFO_FIXED_KEYS: tuple[str, ...] = (
+    "feature_set",
+    "label_kind",
+    "horizon",
+    "label_target",
+    "pt_mult",
+    "sl_mult",
+    "vol_window",
+    "hyperparameters",
+)

@@ -5,6 +5,9 @@ so a task hands it to the next through XCom. :func:`prepare` checks every parame
 moves (a deterministic error fails at once) and builds the training set; :func:`train` runs the
 script-mode trainer under the chosen runner; :func:`evaluate` applies the promotion rule;
 :func:`register` stores the version with its full spec (the DAG records its drift baselines next).
+A run naming ``wfo_run_id`` trains that walk-forward run's selected trial and records the run in
+the model's metadata (:mod:`quant_engine.training.spec`); ``min_deflated_sharpe`` makes promotion
+require the run's deflated Sharpe above it.
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from quant_engine.config import SettingsError
+from quant_engine.config import Settings, SettingsError
 from quant_engine.features.offline_store import OfflineStore
+from quant_engine.runs import RunIdError, find_run_dir
 from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set, load_summary
 from quant_engine.training.defaults import DATASET_DEFAULTS
-from quant_engine.training.registry import ModelMetadata, ModelRegistry, evaluate_candidate
+from quant_engine.training.registry import ModelMetadata, ModelRegistry, PromotionRule, evaluate_candidate
 from quant_engine.training.spec import resolve_training_params
 from quant_engine.training.spot import random_schedule, simulate
 from quant_engine.training.trainer import TrainingParams
+from quant_engine.wfo.report import report_dir
+from quant_engine.wfo.run_folder import WfoOutcome, load_outcome
 
 RUNNERS: tuple[str, ...] = ("local_spot", "sagemaker")
 #: The dataset's own parameters among a run's (the rest pick the runner, the model and its name).
@@ -57,26 +63,38 @@ def prepare(
     registry_of: Callable[[str], ModelRegistry],
     store: OfflineStore,
     bar_store: OfflineStore,
+    settings: Settings,
     jobs: Callable[[], TrainingJobs] | None = None,
     requested_by: Sequence[Mapping[str, Any]] = (),
-    default_tickers: Sequence[str] = (),
+    default_tickers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Resolve the run's parameters (the champion's spec, rolled forward, overridden by ``conf``),
-    check them all, and build the training set in ``run_dir``.
+    """Resolve the run's parameters (the champion's spec, rolled forward, or the selected trial of the
+    walk-forward run ``wfo_run_id`` names; overridden by ``conf``), check them all, and build the
+    training set in ``run_dir``.
 
     ``registry_of`` gives a model's registry by name; ``store`` and ``bar_store`` are the feature
     group and its bars; ``jobs`` makes the managed training jobs, asked to check the run when its
-    runner is ``sagemaker``; ``default_tickers`` (``QE_DEFAULT_TICKERS``) stand in for a universe
-    neither ``conf`` nor a champion names.
+    runner is ``sagemaker``; ``settings`` locate the walk-forward runs (``$QE_HOME/runs/wfo``) and
+    their reports; ``default_tickers`` (``QE_DEFAULT_TICKERS``) stand in for a universe neither
+    ``conf``, a walk-forward run nor a champion names. The returned ``wfo_run`` is that run's record
+    for the model's metadata (None without one).
 
     Raises
     ------
     ValueError
         Any parameter that cannot be used (the subclass names the family); nothing was built.
     """
-    params, basis = resolve_training_params(
-        conf, registry_of, requested_by=requested_by, default_tickers=default_tickers
+    params, basis, wfo_run = resolve_training_params(
+        conf,
+        registry_of,
+        requested_by=requested_by,
+        wfo_run_of=lambda run_id: _wfo_outcome(run_id, settings),
+        default_tickers=default_tickers,
     )
+    promotion_rule(params, wfo_run)  # checked now, applied by evaluate
+    if wfo_run is not None and params["wfo_report"] is None:
+        report = report_dir(wfo_run["run_id"], settings.reports_dir) / "report.html"
+        params["wfo_report"] = str(report) if report.is_file() else None
     if params["runner"] not in RUNNERS:
         raise TrainingSetError(f"runner={params['runner']!r} is not a runner; use one of {', '.join(RUNNERS)}")
     TrainingParams.from_hyperparameters(params["hyperparameters"])
@@ -88,11 +106,48 @@ def prepare(
         "run_dir": str(run_dir),
         "params": params,
         "basis": basis,
+        "wfo_run": wfo_run,
         "feature_group": store.feature_group,
         "rows": summary["rows"],
         "channels": summary["channels"],
         "holdout": summary["holdout"],
     }
+
+
+def _wfo_outcome(run_id: object, settings: Settings) -> WfoOutcome:
+    """The finished walk-forward run ``run_id`` under ``$QE_HOME/runs/wfo``; the errors name the parameter."""
+    try:
+        return load_outcome(find_run_dir("wfo", run_id, settings))  # type: ignore[arg-type]
+    except RunIdError as exc:
+        raise TrainingSetError(f"wfo_run_id={run_id!r}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise TrainingSetError(f"wfo_run_id={run_id!r}: {exc}") from None
+
+
+def promotion_rule(params: Mapping[str, Any], wfo_run: Mapping[str, Any] | None) -> PromotionRule:
+    """The promotion rule of a run: the default one, requiring its walk-forward run's deflated Sharpe
+    above ``min_deflated_sharpe`` when that is set.
+
+    Raises
+    ------
+    TrainingSetError
+        ``min_deflated_sharpe`` is not a number in [0, 1), or is set for a run without a walk-forward
+        run (nothing measured its deflated Sharpe).
+    """
+    threshold = params.get("min_deflated_sharpe")
+    if threshold is None:
+        return PromotionRule()
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise TrainingSetError(
+            f"min_deflated_sharpe={threshold!r} must be a number in [0, 1): the deflated Sharpe ratio is a "
+            "probability; leave it empty to promote without one"
+        )
+    if wfo_run is None:
+        raise TrainingSetError(
+            f"min_deflated_sharpe={threshold!r} needs a wfo_run_id: only a walk-forward run measures the deflated "
+            "Sharpe ratio this model's configuration earned; name the run, or leave min_deflated_sharpe empty"
+        )
+    return PromotionRule(min_deflated_sharpe=float(threshold))
 
 
 def train(
@@ -137,10 +192,16 @@ def train(
 
 
 def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any], registry: ModelRegistry) -> dict[str, Any]:
-    """The candidate against the floor, and the champion of ``registry`` on rows neither trained on."""
+    """The candidate against the floor, the champion of ``registry`` on rows neither trained on, and
+    (with ``min_deflated_sharpe``) its walk-forward run's deflated Sharpe against the threshold."""
     summary = load_summary(prepared["run_dir"])
     return evaluate_candidate(
-        registry, trained["model_path"], pd.read_parquet(prepared["holdout"]), summary["features"]
+        registry,
+        trained["model_path"],
+        pd.read_parquet(prepared["holdout"]),
+        summary["features"],
+        promotion_rule(prepared["params"], prepared.get("wfo_run")),
+        wfo_run=prepared.get("wfo_run"),
     )
 
 
@@ -160,6 +221,7 @@ def register(
         params=params["hyperparameters"],
         metrics=evaluated["candidate"],
         wfo_report=params["wfo_report"],
+        wfo_run=prepared.get("wfo_run"),
         training={
             **{k: v for k, v in trained.items() if k != "model_path"},
             "dataset": summary["params"],

@@ -21,7 +21,8 @@ Promotion rule
 A candidate becomes champion when there is no champion yet, or when, evaluated on the candidate's
 own holdout together with the current champion, its log-loss is lower by at least
 ``min_logloss_gain`` (relative, default 0.5%) **and** its AUC is not lower by more than
-``max_auc_drop`` (absolute, default 0.005). See :class:`PromotionRule`.
+``max_auc_drop`` (absolute, default 0.005). With ``min_deflated_sharpe`` set, the walk-forward run
+the candidate came from must also have a deflated Sharpe ratio above it. See :class:`PromotionRule`.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class ModelMetadata:
         Holdout metrics (``logloss``, ``auc``, ...).
     wfo_report : str, optional
         The walk-forward report that justified this configuration.
+    wfo_run : mapping, optional
+        The walk-forward run whose selected trial this model is (``run_id``, ``splitter``, ``pbo``,
+        ``deflated_sharpe``, ``psr``, the selected trial and its parameters; see
+        :meth:`quant_engine.wfo.run_folder.WfoOutcome.record`).
     training : mapping
         How it was trained (runner, interruptions, spot savings, job name).
     """
@@ -151,6 +156,7 @@ class ModelMetadata:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     wfo_report: str | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
+    wfo_run: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         features = self.features
@@ -178,6 +184,8 @@ class ModelMetadata:
             if not isinstance(value, Mapping):
                 raise RegistryError(f"{name}={value!r} must be a mapping")
             object.__setattr__(self, name, _json_ready(value, name))
+        if self.wfo_run is not None:
+            object.__setattr__(self, "wfo_run", _check_wfo_run(self.wfo_run))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,12 +196,15 @@ class ModelMetadata:
             "params": dict(self.params),
             "metrics": dict(self.metrics),
             "wfo_report": self.wfo_report,
+            "wfo_run": None if self.wfo_run is None else dict(self.wfo_run),
             "training": dict(self.training),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelMetadata:
+        """Read :meth:`to_json`'s form back; a version registered before ``wfo_run`` existed has none."""
         return cls(
+            wfo_run=data.get("wfo_run"),
             **{
                 k: data[k]
                 for k in (
@@ -206,8 +217,27 @@ class ModelMetadata:
                     "wfo_report",
                     "training",
                 )
-            }
+            },
         )
+
+
+def _check_wfo_run(value: object) -> dict[str, Any]:
+    """A walk-forward run's record: a run id, a splitter, and its statistics as probabilities or None."""
+    if not isinstance(value, Mapping):
+        raise RegistryError(
+            f"wfo_run={value!r} must be a mapping with the run's run_id, splitter, pbo, deflated_sharpe"
+        )
+    record = _json_ready(value, "wfo_run")
+    for key in ("run_id", "splitter"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise RegistryError(f"wfo_run[{key!r}]={record.get(key)!r} must be a non-empty string")
+    for key in ("pbo", "deflated_sharpe", "psr"):
+        number = record.get(key)
+        if number is not None and (
+            isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= 1
+        ):
+            raise RegistryError(f"wfo_run[{key!r}]={number!r} must be a probability in [0, 1], or None")
+    return record
 
 
 @dataclass(frozen=True)
@@ -520,6 +550,10 @@ class PromotionRule:
         and a log-loss below the holdout's base rate (what always predicting the share of ups scores).
     min_unseen_rows : int
         Fewest rows neither model trained on that a comparison with the champion needs.
+    min_deflated_sharpe : float, optional
+        When set, a candidate must come from a walk-forward run whose deflated Sharpe ratio (the
+        probability that the selected trial's Sharpe is not the luck of the search) is above it;
+        None (the default) does not ask.
 
     Examples
     --------
@@ -537,6 +571,7 @@ class PromotionRule:
     max_auc_drop: float = 0.005
     min_auc_margin: float = 0.005
     min_unseen_rows: int = 100
+    min_deflated_sharpe: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_logloss_gain", "max_auc_drop", "min_auc_margin"):
@@ -549,6 +584,45 @@ class PromotionRule:
             or self.min_unseen_rows < 1
         ):
             raise RegistryError(f"min_unseen_rows={self.min_unseen_rows!r} must be a whole number >= 1")
+        threshold = self.min_deflated_sharpe
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1
+        ):
+            raise RegistryError(f"min_deflated_sharpe={threshold!r} must be a number in [0, 1), or None")
+
+    def research(self, wfo_run: Mapping[str, Any] | None) -> PromotionDecision | None:
+        """The refusal of a candidate whose walk-forward evidence is too weak, or None when it passes
+        (or ``min_deflated_sharpe`` is not set).
+
+        Examples
+        --------
+        >>> rule = PromotionRule(min_deflated_sharpe=0.9)
+        >>> rule.research({"run_id": "r7", "deflated_sharpe": 0.95, "n_trials": 4}) is None
+        True
+        >>> print(rule.research({"run_id": "r7", "deflated_sharpe": 0.62, "n_trials": 4}).reason)
+        ... # doctest: +NORMALIZE_WHITESPACE
+        deflated Sharpe 0.620 of walk-forward run r7 is not above min_deflated_sharpe=0.9: the selected
+        trial may owe its Sharpe ratio to the luck of searching 4 trials
+        """
+        threshold = self.min_deflated_sharpe
+        if threshold is None:
+            return None
+        if not wfo_run:
+            return PromotionDecision(
+                False,
+                f"min_deflated_sharpe={threshold:g} needs the walk-forward run the model came from, and it names "
+                "none: nothing measured its deflated Sharpe",
+            )
+        dsr = wfo_run.get("deflated_sharpe")
+        if dsr is None or not dsr > threshold:
+            shown = "n/a" if dsr is None else f"{dsr:.3f}"
+            return PromotionDecision(
+                False,
+                f"deflated Sharpe {shown} of walk-forward run {wfo_run['run_id']} is not above "
+                f"min_deflated_sharpe={threshold:g}: the selected trial may owe its Sharpe ratio to the luck of "
+                f"searching {wfo_run.get('n_trials', 'several')} trials",
+            )
+        return None
 
     def floor(self, candidate: Mapping[str, float]) -> PromotionDecision | None:
         """The refusal of a candidate no better than a coin flip, or None when it clears the floor."""
@@ -610,6 +684,8 @@ def evaluate_candidate(
     holdout: pd.DataFrame,
     features: Sequence[str],
     rule: PromotionRule | None = None,
+    *,
+    wfo_run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a candidate, and the champion on rows neither trained on, and apply ``rule``.
 
@@ -617,7 +693,8 @@ def evaluate_candidate(
     the part of that holdout after its own training data ended (:func:`trained_until`): rows it
     trained on would flatter it. When fewer than ``rule.min_unseen_rows`` such rows are left (or
     one label class only, or the holdout lacks a feature the champion needs), the comparison is
-    refused and said so: the candidate is not promoted automatically.
+    refused and said so: the candidate is not promoted automatically. ``wfo_run`` is the record of
+    the walk-forward run the candidate came from, which ``rule.min_deflated_sharpe`` judges.
 
     Returns
     -------
@@ -640,7 +717,7 @@ def evaluate_candidate(
         "compared_on": None,
     }
     if promotion is None:
-        decision = rule.decide(candidate, None)
+        decision = rule.floor(candidate) or rule.research(wfo_run) or rule.decide(candidate, None)
         return {**result, "promote": decision.promote, "reason": decision.reason}
     champion = registry.get(promotion.version)
     since = trained_until(champion)
@@ -672,6 +749,7 @@ def evaluate_candidate(
             registry.load_booster(champion.version), unseen, champion.metadata.features
         )
         decision = rule.decide(result["candidate_on_unseen"], result["champion_metrics"])
-    # The floor judges the candidate on its whole holdout, whatever the comparison said.
-    decision = rule.floor(candidate) or decision
+    # The floor judges the candidate on its whole holdout, and the walk-forward evidence its search,
+    # whatever the comparison said.
+    decision = rule.floor(candidate) or rule.research(wfo_run) or decision
     return {**result, "promote": decision.promote, "reason": decision.reason}

@@ -20,9 +20,19 @@ from quant_engine.features.definitions import get_feature_set
 from quant_engine.timeutil import utc_day
 from quant_engine.validation import parse_tickers, whole_number
 from quant_engine.wfo.backtest import PORTFOLIOS
-from quant_engine.wfo.defaults import DEFAULT_PARAMS, LABEL_KINDS, LABEL_TARGETS, TRIAL_KEYS, TRIAL_MODEL_KEYS
+from quant_engine.wfo.defaults import (
+    DEFAULT_PARAMS,
+    LABEL_KINDS,
+    LABEL_TARGETS,
+    SPLITTERS,
+    TRIAL_KEYS,
+    TRIAL_MODEL_KEYS,
+)
 from quant_engine.wfo.labels import LABEL_COLUMNS, fixed_horizon_labels, triple_barrier_labels
-from quant_engine.wfo.splitters import CombinatorialPurgedCV
+from quant_engine.wfo.splitters import CombinatorialPurgedCV, PurgedKFold, WalkForward
+
+#: The splitters :meth:`WfoConfig.splitter` builds.
+Splitter = CombinatorialPurgedCV | PurgedKFold | WalkForward
 
 __all__ = ["LabelConfig", "Trial", "WfoConfig", "WfoConfigError"]
 
@@ -135,10 +145,25 @@ class WfoConfig:
     feature_set : str
         Features to join from the offline store.
     label : LabelConfig
+    splitter_kind : str
+        The ``splitter`` parameter: ``cpcv`` (combinatorial purged CV, many backtest paths),
+        ``purged_kfold`` or ``walk_forward`` (one path each); see :mod:`quant_engine.wfo.splitters`.
     n_groups, n_test_groups : int
         CPCV: ``C(n_groups, n_test_groups)`` splits, ``n_test_groups * n_splits / n_groups`` paths.
+        Purged K-fold: ``n_groups`` folds (``n_test_groups`` is not used).
+    train_window, test_window : int or str
+        Walk-forward: bars (int) or a duration (``"730D"``) of the first training window and of each
+        test window; test windows follow each other back to back.
+    anchored : bool
+        Walk-forward: expanding training windows from the first bar (True) or rolling ones of
+        ``train_window`` (False).
     embargo : int or str
-        Bars (int) or a duration (``"5D"``) after each test block kept out of training.
+        Bars (int) or a duration (``"5D"``) kept out of training after each test block (CPCV, K-fold)
+        or before each test window (walk-forward: the time it takes to retrain).
+    purge : bool
+        Drop training rows whose label span ``[ts, t1]`` overlaps a test block (True, the sound
+        choice); False keeps them, which leaks the test labels into training and flatters every
+        statistic (for measuring that leak only).
     trials : tuple of Trial
     portfolio : str
         How the backtest turns probabilities into positions: ``market_neutral`` or ``directional``
@@ -148,7 +173,9 @@ class WfoConfig:
     seed : int
         Seed of every model.
     min_group_rows : int
-        Fewest rows a CPCV group may hold; a path made of smaller pieces says little.
+        Fewest rows a CPCV group, K-fold fold or walk-forward test window may hold; a path made of
+        smaller pieces says little. A walk-forward's last window holds what is left of the data and
+        is exempt.
     """
 
     start: pd.Timestamp
@@ -156,9 +183,14 @@ class WfoConfig:
     tickers: tuple[str, ...] | None = None
     feature_set: str = "default"
     label: LabelConfig = field(default_factory=LabelConfig)
+    splitter_kind: str = "cpcv"
     n_groups: int = 6
     n_test_groups: int = 2
+    train_window: int | str = "730D"
+    test_window: int | str = "365D"
+    anchored: bool = True
     embargo: int | str = "5D"
+    purge: bool = True
     trials: tuple[Trial, ...] = ()
     portfolio: str = "market_neutral"
     cost_bps: float = 5.0
@@ -198,18 +230,31 @@ class WfoConfig:
             sl_mult=p["sl_mult"],
             vol_window=p["vol_window"],
         )
+        splitter = p["splitter"]
+        if splitter not in SPLITTERS:
+            raise WfoConfigError(f"splitter={splitter!r} is not a splitter; use one of {', '.join(SPLITTERS)}")
         n_groups = whole_number(p["n_groups"], "n_groups", minimum=2, maximum=30, error=WfoConfigError)
         n_test_groups = whole_number(p["n_test_groups"], "n_test_groups", minimum=1, maximum=29, error=WfoConfigError)
-        if n_test_groups >= n_groups:
+        if splitter == "cpcv" and n_test_groups >= n_groups:
             raise WfoConfigError(
                 f"n_test_groups={n_test_groups} must be smaller than n_groups={n_groups}: at least one group "
                 "has to be left for training"
             )
         embargo = _parse_embargo(p["embargo"])
-        try:
-            CombinatorialPurgedCV(n_groups, n_test_groups, embargo=embargo)
+        train_window, test_window = (
+            _parse_window(p["train_window"], "train_window"),
+            _parse_window(p["test_window"], "test_window"),
+        )
+        for name in ("anchored", "purge"):
+            if not isinstance(p[name], bool):
+                raise WfoConfigError(f"{name}={p[name]!r} must be true or false")
+        try:  # the windows are checked whichever splitter runs: a typo never waits for the day it is used
+            WalkForward(train_window, test_window, anchored=p["anchored"], embargo=embargo)
+            _build_splitter(splitter, n_groups, n_test_groups, train_window, test_window, p["anchored"], embargo)
         except (TypeError, ValueError) as exc:
             raise WfoConfigError(str(exc)) from None
+        if splitter == "walk_forward":
+            _check_walk_forward_span(train_window, start, end)
         if p["portfolio"] not in PORTFOLIOS:
             raise WfoConfigError(
                 f"portfolio={p['portfolio']!r} is not a portfolio construction; use one of {', '.join(PORTFOLIOS)}"
@@ -222,9 +267,14 @@ class WfoConfig:
             tickers=parse_tickers(p["tickers"], error=WfoConfigError),
             feature_set=p["feature_set"],
             label=label,
+            splitter_kind=splitter,
             n_groups=n_groups,
             n_test_groups=n_test_groups,
+            train_window=train_window,
+            test_window=test_window,
+            anchored=p["anchored"],
             embargo=embargo,
+            purge=p["purge"],
             trials=_parse_trials(p["trials"]),
             portfolio=p["portfolio"],
             cost_bps=float(p["cost_bps"]),
@@ -247,9 +297,14 @@ class WfoConfig:
             "pt_mult": self.label.pt_mult,
             "sl_mult": self.label.sl_mult,
             "vol_window": self.label.vol_window,
+            "splitter": self.splitter_kind,
             "n_groups": self.n_groups,
             "n_test_groups": self.n_test_groups,
+            "train_window": self.train_window,
+            "test_window": self.test_window,
+            "anchored": self.anchored,
             "embargo": self.embargo,
+            "purge": self.purge,
             "trials": [asdict(t) for t in self.trials],
             "portfolio": self.portfolio,
             "cost_bps": self.cost_bps,
@@ -257,9 +312,62 @@ class WfoConfig:
             "min_group_rows": self.min_group_rows,
         }
 
-    def splitter(self, t1: object | None = None) -> CombinatorialPurgedCV:
-        """The CPCV splitter of this config, purging by ``t1``."""
-        return CombinatorialPurgedCV(self.n_groups, self.n_test_groups, embargo=self.embargo, t1=t1)
+    def splitter(self, t1: object | None = None) -> Splitter:
+        """The splitter this config names, purging by the label ends ``t1`` (not at all when ``purge`` is off)."""
+        return _build_splitter(
+            self.splitter_kind,
+            self.n_groups,
+            self.n_test_groups,
+            self.train_window,
+            self.test_window,
+            self.anchored,
+            self.embargo,
+            t1=t1 if self.purge else None,
+        )
+
+    @property
+    def single_path(self) -> bool:
+        """Whether the splits test every row at most once, so their test segments form one backtest path."""
+        return self.splitter_kind != "cpcv"
+
+
+def _build_splitter(
+    kind: str,
+    n_groups: int,
+    n_test_groups: int,
+    train_window: int | str,
+    test_window: int | str,
+    anchored: bool,
+    embargo: int | str,
+    t1: object | None = None,
+) -> Splitter:
+    if kind == "cpcv":
+        return CombinatorialPurgedCV(n_groups, n_test_groups, embargo=embargo, t1=t1)
+    if kind == "purged_kfold":
+        return PurgedKFold(n_groups, embargo=embargo, t1=t1)
+    return WalkForward(train_window, test_window, anchored=anchored, embargo=embargo, t1=t1)
+
+
+def _parse_window(value: object, name: str) -> int | str:
+    """A walk-forward window: bars (an int, or a string of digits) or a duration string (``"365D"``);
+    :class:`~quant_engine.wfo.splitters.WalkForward` checks that it is positive."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str)):
+        raise WfoConfigError(f"{name}={value!r} must be a number of bars (252) or a duration ('365D')")
+    return int(value) if isinstance(value, numbers.Integral) else value.strip()
+
+
+def _check_walk_forward_span(train_window: int | str, start: pd.Timestamp, end: pd.Timestamp) -> None:
+    """A duration training window must leave part of ``[start, end]`` to test; bars are checked on the data."""
+    if isinstance(train_window, int):
+        return
+    days = end - start + pd.Timedelta(days=1)
+    if pd.Timedelta(train_window) >= days:
+        raise WfoConfigError(
+            f"train_window={train_window!r} is not shorter than the sample {start.date()} .. {end.date()} "
+            f"({days.days} days): nothing is left to test; widen the range or shorten train_window"
+        )
 
 
 def _is_real(value: object) -> bool:

@@ -97,20 +97,10 @@ def build_dataset(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_sto
         log.warning("dropping %d rows whose features are incomplete in the store", int(incomplete.sum()))
         dataset = dataset.loc[~incomplete].reset_index(drop=True)
 
-    cv = config.splitter(dataset["t1"].to_numpy())
-    frame_for_cv = pd.DataFrame(index=pd.DatetimeIndex(dataset["ts"]))
-    try:
-        groups = cv.row_groups(frame_for_cv)
-    except ValueError as exc:
-        raise WfoConfigError(f"the dataset cannot be split into {config.n_groups} groups: {exc}") from None
+    groups = _row_groups(config, dataset)
     dataset["group"] = groups.astype(np.int16)
-    sizes = np.bincount(groups, minlength=config.n_groups)
-    if sizes.min() < config.min_group_rows:
-        raise WfoConfigError(
-            f"too few samples per group: {len(dataset)} rows over {config.n_groups} groups leave group "
-            f"{int(sizes.argmin())} with {int(sizes.min())} rows, fewer than min_group_rows="
-            f"{config.min_group_rows}; widen the date range, add tickers or use fewer groups"
-        )
+    sizes = np.bincount(groups[groups >= 0])
+    _check_group_sizes(config, dataset, sizes)
     dataset["label"] = dataset["label"].astype(np.int8)
     dataset = dataset.loc[:, [*KEY_COLUMNS, *names]]
     write_parquet_atomic(dataset, run_dir / "dataset.parquet")
@@ -122,6 +112,7 @@ def build_dataset(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_sto
         "last_ts": str(dataset["ts"].iloc[-1]),
         "features": names,
         "group_rows": sizes.tolist(),
+        "untested_rows": int((groups < 0).sum()),
         "positive_label_share": float(dataset["label"].mean()),
         "annualisation": market_time.annualisation(pd.Timestamp(dataset["ts"].iloc[-1]).year),
     }
@@ -134,6 +125,48 @@ def build_dataset(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_sto
         summary["last_ts"],
     )
     return summary
+
+
+def _row_groups(config: WfoConfig, dataset: pd.DataFrame) -> np.ndarray:
+    """The splitter's group of every row: CPCV group, K-fold fold or walk-forward test window (-1: never tested)."""
+    cv = config.splitter(dataset["t1"].to_numpy())
+    frame_for_cv = pd.DataFrame(index=pd.DatetimeIndex(dataset["ts"]))
+    try:
+        groups = cv.row_groups(frame_for_cv)
+    except ValueError as exc:
+        if config.splitter_kind == "walk_forward":
+            raise WfoConfigError(
+                f"the dataset ({frame_for_cv.index.nunique()} bars from {dataset['ts'].iloc[0]} to "
+                f"{dataset['ts'].iloc[-1]}) cannot be split by the walk-forward: {exc}"
+            ) from None
+        raise WfoConfigError(f"the dataset cannot be split into {config.n_groups} groups: {exc}") from None
+    return np.asarray(groups)
+
+
+def _check_group_sizes(config: WfoConfig, dataset: pd.DataFrame, sizes: np.ndarray) -> None:
+    """Every group (fold, test window) holds at least ``min_group_rows`` rows.
+
+    A walk-forward's last test window holds what is left of the data and may be shorter: it is one
+    more stretch of the single path, not a path of its own, so it is exempt.
+    """
+    if config.splitter_kind == "walk_forward":
+        checked = sizes[:-1]
+        if len(checked) and checked.min() < config.min_group_rows:
+            window = int(checked.argmin())
+            first = dataset.loc[dataset["group"] == window, "ts"].iloc[0]
+            raise WfoConfigError(
+                f"too few samples per test window: walk-forward test window {window} (from {first}) holds "
+                f"{int(checked.min())} rows, fewer than min_group_rows={config.min_group_rows}; use a longer "
+                "test_window, add tickers or lower min_group_rows"
+            )
+        return
+    if sizes.min() < config.min_group_rows:
+        what = "groups" if config.splitter_kind == "cpcv" else "folds"
+        raise WfoConfigError(
+            f"too few samples per group: {len(dataset)} rows over {config.n_groups} {what} leave group "
+            f"{int(sizes.argmin())} with {int(sizes.min())} rows, fewer than min_group_rows="
+            f"{config.min_group_rows}; widen the date range, add tickers or use fewer groups"
+        )
 
 
 def _check_tickers_held(config: WfoConfig, held: Sequence[str], store: Any) -> None:

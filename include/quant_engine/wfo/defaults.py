@@ -8,12 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_PARAMS", "DEFAULT_TRIAL_GRID", "LABEL_KINDS", "LABEL_TARGETS", "TRIAL_KEYS", "TRIAL_MODEL_KEYS"]
+__all__ = [
+    "DEFAULT_PARAMS",
+    "DEFAULT_TRIAL_GRID",
+    "LABEL_KINDS",
+    "LABEL_TARGETS",
+    "SPLITTERS",
+    "SPLITTER_NAMES",
+    "TRIAL_KEYS",
+    "TRIAL_MODEL_KEYS",
+]
 
 #: How a row is labelled: the sign of the horizon return, or the first triple barrier hit.
 LABEL_KINDS: tuple[str, ...] = ("fixed", "triple_barrier")
 #: What a label's return is measured against: nothing, or the mean of the run's tickers at ``ts``.
 LABEL_TARGETS: tuple[str, ...] = ("absolute", "excess")
+#: How the sample is split: combinatorial purged CV (many paths), purged K-fold or walk-forward (one path each).
+SPLITTERS: tuple[str, ...] = ("cpcv", "purged_kfold", "walk_forward")
+#: How reports and logs name each splitter.
+SPLITTER_NAMES: dict[str, str] = {"cpcv": "CPCV", "purged_kfold": "purged K-fold", "walk_forward": "walk-forward"}
 #: XGBoost settings a trial may set; anything else in a trial is a typo, not a silent default.
 TRIAL_MODEL_KEYS: tuple[str, ...] = (
     "max_depth",
@@ -40,7 +53,9 @@ DEFAULT_TRIAL_GRID: dict[str, list[Any]] = {
 #: the embedded synthetic market as ``make run`` ingests it (2015-2024), 6 groups choose 2 (15 splits,
 #: 5 paths), 4 trials, a market-neutral book and labels that ask whether a ticker beats the others
 #: over the next bar, the horizon of the market's edge (on seeds 1 and 2 this beat 5-bar and absolute
-#: labels).
+#: labels). ``n_groups`` is also purged K-fold's number of folds; ``train_window``, ``test_window`` and
+#: ``anchored`` shape the walk-forward (2 years before the first yearly test window, expanding);
+#: ``embargo`` and ``purge`` apply to every splitter.
 DEFAULT_PARAMS: dict[str, Any] = {
     "start": "2015-01-01",
     "end": "2024-12-31",
@@ -52,9 +67,14 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "pt_mult": 2.0,
     "sl_mult": 2.0,
     "vol_window": 20,
+    "splitter": "cpcv",
     "n_groups": 6,
     "n_test_groups": 2,
+    "train_window": "730D",
+    "test_window": "365D",
+    "anchored": True,
     "embargo": "5D",
+    "purge": True,
     "trials": DEFAULT_TRIAL_GRID,
     "portfolio": "market_neutral",
     "cost_bps": 5.0,

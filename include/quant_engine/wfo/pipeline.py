@@ -1,9 +1,10 @@
-"""Walk-forward optimisation with combinatorial purged CV: dataset -> plan -> fits -> paths -> statistics -> report.
+"""Walk-forward optimisation with purged cross-validation: dataset -> plan -> fits -> paths -> statistics -> report.
 
 The steps live in their own modules and meet in a run folder (:mod:`quant_engine.wfo.run_folder`):
-:func:`~quant_engine.wfo.dataset.build_dataset`, :func:`~quant_engine.wfo.plan.plan`, the fits
-(:mod:`quant_engine.wfo.runner`), then :func:`assemble` (every CPCV path of every trial,
-backtested) and :func:`statistics` (path Sharpes, the selected trial, PBO, PSR, deflated Sharpe)
+:func:`~quant_engine.wfo.dataset.build_dataset`, :func:`~quant_engine.wfo.plan.plan` (the splits
+of CPCV, purged K-fold or walk-forward), the fits (:mod:`quant_engine.wfo.runner`), then
+:func:`assemble` (every backtest path of every trial: CPCV's many, the single path of the others'
+test segments) and :func:`statistics` (path Sharpes, the selected trial, PBO, PSR, deflated Sharpe)
 here. The ``wfo_pipeline`` DAG runs them as separate tasks; :func:`run_pipeline` runs them all in
 one process, as ``quant-engine wfo run`` does.
 """
@@ -25,6 +26,7 @@ from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
 from quant_engine.wfo.backtest import assemble_paths, backtest
 from quant_engine.wfo.config import WfoConfig
 from quant_engine.wfo.dataset import build_dataset
+from quant_engine.wfo.defaults import SPLITTER_NAMES
 from quant_engine.wfo.plan import plan
 from quant_engine.wfo.report import write_report
 from quant_engine.wfo.run_folder import load_config, load_plan, periods_per_year_of, prediction_path
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 def assemble(run_dir: Path) -> dict[str, Any]:
-    """Backtest every CPCV path of every trial; write ``paths.parquet`` and return the path summaries.
+    """Backtest every path of every trial; write ``paths.parquet`` and return the path summaries.
 
     ``paths.parquet`` holds one row per ``(trial, path, ts)`` with the portfolio's net ``return``,
     ``gross``, ``cost``, ``turnover`` and ``exposure``.
@@ -110,6 +112,10 @@ def statistics(run_dir: Path) -> dict[str, Any]:
       out-of-sample history of the same days, so their mean is the trial's expected daily return
       across the CPCV resamplings). Those series, one column per trial, are the ``T x n_trials``
       matrix of the PBO by CSCV with :data:`PBO_BLOCKS` blocks.
+    * A single-path splitter (purged K-fold, walk-forward) has one path per trial: its test
+      segments in time order, each predicted by a model that never saw it. That path is the
+      trial's series, so the PBO is CSCV over the test segments' per-trial returns (the bars
+      before a walk-forward's first test window are never tested and take no part).
     * PSR (against a Sharpe of 0) and the deflated Sharpe use the selected trial's series, its
       skewness and kurtosis; the deflation counts ``n_trials`` trials with the variance of the
       trials' per-period Sharpe ratios of the same series.
@@ -155,9 +161,20 @@ def statistics(run_dir: Path) -> dict[str, Any]:
         metric=lambda r: np.nan_to_num(np.asarray(sharpe_ratio(r, periods_per_year=1), dtype=float), nan=0.0),
     )
     result = {
+        "splitter": config.splitter_kind,
         "selected_trial": selected,
-        "selection": "highest mean over paths of the path Sharpe ratio",
+        "selection": (
+            "highest Sharpe ratio of the one out-of-sample path (the test segments in time order)"
+            if config.single_path
+            else "highest mean over paths of the path Sharpe ratio"
+        ),
         "pbo": pbo.pbo,
+        "pbo_method": (
+            f"CSCV over the {SPLITTER_NAMES[config.splitter_kind]} test segments' per-trial returns "
+            f"({len(trial_returns)} bars)"
+            if config.single_path
+            else f"CSCV over the mean of each trial's CPCV paths ({len(trial_returns)} bars)"
+        ),
         "pbo_blocks": n_blocks,
         "pbo_combinations": pbo.n_combinations,
         "pbo_probability_of_loss": pbo.probability_of_loss,

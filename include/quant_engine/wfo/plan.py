@@ -1,8 +1,9 @@
 """The plan of a walk-forward run: every split fixed and checked, and the ``(trial, split)`` fits it asks for.
 
-The splitter checks every split before anything trains: one left without training rows by the
-purge and embargo fails here, as does one whose training labels hold one class only. Each split's
-row roles go to ``splits/split=<s>.npz``, the path map and the task list to ``plan.json``.
+The splits are the configured splitter's (CPCV, purged K-fold or walk-forward). The splitter checks
+every split before anything trains: one left without training rows by the purge and embargo fails
+here, as does one whose training labels hold one class only. Each split's row roles go to
+``splits/split=<s>.npz``, the path map and the task list to ``plan.json``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from quant_engine.wfo.run_folder import (
     ROLE_NAMES,
     TEST,
     TRAIN,
+    UNUSED,
     load_config,
     load_dataset,
     split_path,
 )
+from quant_engine.wfo.splitters import WalkForward
 
-__all__ = ["plan", "split_roles"]
+__all__ = ["plan", "split_roles", "walk_forward_roles"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,34 @@ def split_roles(
     return roles
 
 
+def walk_forward_roles(ts_ns: np.ndarray, t1_ns: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Role of every row in one walk-forward split: train, test, purged, embargoed or unused (int8 codes).
+
+    Of the rows before the test window that the split does not train on, those whose label span
+    reaches the test window are *purged*; the others inside the training window (from its first
+    training row) are the *embargo*, the gap before the test window. Every other row (after the
+    test window, or before a rolling window starts) is *unused*.
+    """
+    roles = np.full(len(ts_ns), UNUSED, dtype=np.int8)
+    roles[train] = TRAIN
+    roles[test] = TEST
+    start = ts_ns[test].min()
+    left_out_before = (roles == UNUSED) & (ts_ns < start)
+    purged = left_out_before & (t1_ns >= start)
+    roles[purged] = PURGED
+    roles[left_out_before & ~purged & (ts_ns >= ts_ns[train].min())] = EMBARGOED
+    return roles
+
+
 def plan(run_dir: Path) -> list[dict[str, int]]:
-    """Fix the CPCV splits and the ``(trial, split)`` tasks; write ``plan.json`` and one ``.npz`` per split.
+    """Fix the splits and the ``(trial, split)`` tasks; write ``plan.json`` and one ``.npz`` per split.
 
     The splitter checks every split before anything trains: one left without training rows by the
     purge and embargo raises here, as does a split whose training labels hold one class only.
     Predictions left by an earlier plan of the same run folder are removed.
+
+    CPCV's path map comes from the splitter (``C(N, k) * k / N`` paths); purged K-fold and
+    walk-forward test every row at most once, so their test segments, in split order, are one path.
 
     Returns
     -------
@@ -82,39 +107,59 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
         splits = list(cv.split(pd.DataFrame(index=ts)))
     except ValueError as exc:
         raise WfoConfigError(f"the purge and embargo leave a split without training data: {exc}") from None
-    ts_ns, t1_ns = ts.asi8, pd.DatetimeIndex(data["t1"]).asi8
+    walk_forward = isinstance(cv, WalkForward)
+    n_splits = len(splits)
+    if isinstance(cv, WalkForward):  # test window s is group s, and the windows in order are the one path
+        test_groups, paths = np.arange(n_splits).reshape(-1, 1), np.arange(n_splits).reshape(1, -1)
+    else:
+        test_groups, paths = cv.test_groups, cv.paths
+    ts_ns = ts.asi8
+    t1_ns = pd.DatetimeIndex(data["t1"]).asi8 if config.purge else ts_ns  # no purge: labels end where they start
     groups, labels = data["group"].to_numpy(), data["label"].to_numpy()
     split_rows = []
-    for s, ((train, _test), test_groups) in enumerate(zip(splits, cv.test_groups, strict=True)):
+    for s, ((train, test), split_groups) in enumerate(zip(splits, test_groups, strict=True)):
+        if not np.array_equal(test, np.flatnonzero(np.isin(groups, split_groups))):
+            raise ValueError(
+                f"split {s} tests other rows than the dataset's groups {split_groups.tolist()} hold; "
+                "the dataset was built with another splitter: build the dataset again"
+            )
         classes = np.unique(labels[train])
         if len(classes) < 2:
             raise WfoConfigError(
                 f"split {s} trains on labels of one class only ({classes.tolist()}); "
                 "use a longer range or a different label"
             )
-        roles = split_roles(ts_ns, t1_ns, groups, train, test_groups)
-        write_npz_atomic(split_path(run_dir, s), roles=roles, test_groups=np.asarray(test_groups))
+        if walk_forward:
+            roles = walk_forward_roles(ts_ns, t1_ns, train, test)
+        else:
+            roles = split_roles(ts_ns, t1_ns, groups, train, split_groups.tolist())
+        write_npz_atomic(split_path(run_dir, s), roles=roles, test_groups=np.asarray(split_groups))
         counts = np.bincount(roles, minlength=len(ROLE_NAMES))
         split_rows.append(
             {
                 "split_id": s,
-                "test_groups": [int(g) for g in test_groups],
+                "test_groups": [int(g) for g in split_groups],
+                "test_first_ts": str(ts[test[0]]),
+                "test_last_ts": str(ts[test[-1]]),
                 **{f"n_{name}": int(c) for name, c in zip(ROLE_NAMES, counts, strict=True)},
             }
         )
-    tasks = [{"trial_id": t, "split_id": s} for t in range(len(config.trials)) for s in range(cv.n_splits)]
-    bounds = data.groupby("group")["ts"].agg(["min", "max"])
+    tasks = [{"trial_id": t, "split_id": s} for t in range(len(config.trials)) for s in range(n_splits)]
+    tested = data.loc[data["group"] >= 0]
+    bounds = tested.groupby("group")["ts"].agg(["min", "max"])
     payload = {
-        "n_groups": config.n_groups,
-        "n_test_groups": config.n_test_groups,
-        "n_splits": cv.n_splits,
-        "n_paths": cv.n_paths,
-        "paths": cv.paths.tolist(),
+        "splitter": config.splitter_kind,
+        "n_groups": len(bounds),
+        "n_test_groups": test_groups.shape[1],
+        "n_splits": n_splits,
+        "n_paths": len(paths),
+        "paths": paths.tolist(),
         "splits": split_rows,
         "groups": [
             {"group": int(g), "first_ts": str(r["min"]), "last_ts": str(r["max"]), "rows": int((groups == g).sum())}
             for g, r in bounds.iterrows()
         ],
+        "untested_rows": int(len(data) - len(tested)),
         "trials": [asdict(t) for t in config.trials],
         "tasks": tasks,
     }
@@ -122,6 +167,11 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
     # Predictions of an earlier plan of this run folder belong to other splits; a rerun starts clean.
     shutil.rmtree(run_dir / "predictions", ignore_errors=True)
     log.info(
-        "plan: %d splits x %d trials = %d tasks, %d paths", cv.n_splits, len(config.trials), len(tasks), cv.n_paths
+        "plan: %s, %d splits x %d trials = %d tasks, %d paths",
+        config.splitter_kind,
+        n_splits,
+        len(config.trials),
+        len(tasks),
+        len(paths),
     )
     return tasks

@@ -4,9 +4,11 @@ Both land in ``$QE_HOME/reports/wfo/<run_id>/``. The HTML embeds its plots as ba
 with matplotlib's Agg canvas through :class:`~matplotlib.figure.Figure`, never pyplot, so nothing
 global changes), so it can be mailed or archived as one file: every path's equity curve, the PBO
 logit histogram, the distribution of path Sharpe ratios and the split diagram (train, test,
-purged and embargoed time of every split). The portfolio construction and the label settings head
-the page next to the statistics, since the same predictions read very differently in a
-market-neutral and a directional book.
+purged, embargoed and unused time of every split). The splitter that produced the paths (CPCV,
+purged K-fold or walk-forward, with its windows, embargo and purge), the portfolio construction
+and the label settings head the page next to the statistics, since the same predictions read very
+differently in a market-neutral and a directional book, and one walk-forward path is not many
+CPCV paths.
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ from matplotlib.figure import Figure
 
 from quant_engine.runs import claimed_folder, safe_name
 from quant_engine.storage.atomic import write_json_atomic, write_text_atomic
+from quant_engine.wfo.defaults import SPLITTER_NAMES
 from quant_engine.wfo.run_folder import (
     EMBARGOED,
     PURGED,
     ROLE_NAMES,
     TEST,
     TRAIN,
+    UNUSED,
     load_dataset,
     load_plan,
     split_path,
 )
 
-#: Colours of the split diagram, indexed by role code (train, test, purged, embargo).
-ROLE_COLOURS: tuple[str, ...] = ("#4c72b0", "#dd8452", "#c44e52", "#8c8c8c")
+#: Colours of the split diagram, indexed by role code (train, test, purged, embargo, unused).
+ROLE_COLOURS: tuple[str, ...] = ("#4c72b0", "#dd8452", "#c44e52", "#8c8c8c", "#f0f0f0")
 #: Priority when a timestamp's rows have different roles: what the diagram shows for it.
-_ROLE_PRIORITY = {TEST: 3, PURGED: 2, EMBARGOED: 1, TRAIN: 0}
+_ROLE_PRIORITY = {TEST: 4, PURGED: 3, EMBARGOED: 2, TRAIN: 1, UNUSED: 0}
 HEADLINE_KEYS: tuple[str, ...] = ("pbo", "deflated_sharpe", "psr", "selected_trial", "n_splits", "n_paths")
 
 
@@ -58,6 +62,58 @@ def setup(config: Mapping[str, Any]) -> str:
         f"{config['portfolio']} portfolio, {config['cost_bps']:g} bps costs; labels: {config['label_kind']}, "
         f"horizon {config['horizon']} bar(s), {config['label_target']} target"
     )
+
+
+def _window(value: object) -> str:
+    return f"{value} bars" if isinstance(value, int) else str(value)
+
+
+def scheme(config: Mapping[str, Any], n_splits: int, n_paths: int) -> str:
+    """Which splitter produced the paths, with its windows, embargo and purge, in one line.
+
+    Examples
+    --------
+    >>> scheme({"splitter": "walk_forward", "train_window": "730D", "test_window": "365D", "anchored": True,
+    ...         "embargo": "5D", "purge": True}, 8, 1)  # doctest: +NORMALIZE_WHITESPACE
+    'walk-forward, anchored (training expands from the first bar): first training window 730D, test windows
+    of 365D; 8 splits, 1 path (the test windows in time order); embargo 5D before each test window;
+    purged by label spans'
+    >>> scheme({"n_groups": 6, "n_test_groups": 2, "embargo": 3}, 15, 5)  # a run from before the choice
+    'CPCV: 6 groups choose 2; 15 splits, 5 paths; embargo 3 bars after each test block; purged by label spans'
+    """
+    kind = config.get("splitter", "cpcv")
+    embargo = _window(config["embargo"])
+    if kind == "walk_forward":
+        shape = (
+            "anchored (training expands from the first bar): first training window"
+            if config["anchored"]
+            else "rolling: training window"
+        )
+        parts = [
+            f"walk-forward, {shape} {_window(config['train_window'])}, test windows of "
+            f"{_window(config['test_window'])}",
+            f"{n_splits} splits, 1 path (the test windows in time order)",
+            f"embargo {embargo} before each test window",
+        ]
+    elif kind == "purged_kfold":
+        parts = [
+            f"purged K-fold: {config['n_groups']} folds",
+            f"{n_splits} splits, 1 path (the folds in time order)",
+            f"embargo {embargo} after each test fold",
+        ]
+    else:
+        parts = [
+            f"CPCV: {config['n_groups']} groups choose {config['n_test_groups']}",
+            f"{n_splits} splits, {n_paths} paths",
+            f"embargo {embargo} after each test block",
+        ]
+    purge = config.get("purge", True)
+    parts.append(
+        "purged by label spans"
+        if purge
+        else "NOT purged (training keeps labels that overlap the test: optimistic, for measuring the leak)"
+    )
+    return "; ".join(parts)
 
 
 def report_dir(run_id: str, reports_dir: Path) -> Path:
@@ -88,6 +144,9 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "n_splits": plan["n_splits"],
         "n_paths": plan["n_paths"],
         "n_trials": len(plan["trials"]),
+        "splitter": config.get("splitter", "cpcv"),
+        "scheme": scheme(config, plan["n_splits"], plan["n_paths"]),
+        "pbo_method": statistics.get("pbo_method"),
         "setup": setup(config),
         "paths": [r for r in path_rows if r["trial"] == selected],
         "trials": trials,
@@ -109,7 +168,7 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def plot_equity(paths: pd.DataFrame, selected: int) -> str:
+def plot_equity(paths: pd.DataFrame, selected: int, splitter: str = "cpcv") -> str:
     """Equity of every path of the selected trial, the other trials' paths faint behind them."""
     fig = Figure(figsize=(10, 4.5))
     ax = fig.add_subplot()
@@ -120,7 +179,7 @@ def plot_equity(paths: pd.DataFrame, selected: int) -> str:
         else:
             ax.plot(frame["ts"], equity, lw=0.6, color="#bbbbbb", zorder=0)
     ax.axhline(1.0, color="black", lw=0.5)
-    ax.set_title(f"Equity of every CPCV path, trial {selected} (other trials in grey)")
+    ax.set_title(f"Equity of every {SPLITTER_NAMES[splitter]} path, trial {selected} (other trials in grey)")
     ax.set_ylabel("equity (start = 1)")
     ax.legend(fontsize=7, ncol=5, loc="upper left")
     return _png(fig)
@@ -139,7 +198,7 @@ def plot_pbo_logits(logits: Sequence[float], pbo: float | None) -> str:
     return _png(fig)
 
 
-def plot_sharpe_distribution(trials: Sequence[Mapping[str, Any]]) -> str:
+def plot_sharpe_distribution(trials: Sequence[Mapping[str, Any]], splitter: str = "cpcv") -> str:
     """Path Sharpe ratios of every trial, one row of dots per trial, the mean marked."""
     fig = Figure(figsize=(6, 0.6 * len(trials) + 1.8))
     ax = fig.add_subplot()
@@ -151,7 +210,7 @@ def plot_sharpe_distribution(trials: Sequence[Mapping[str, Any]]) -> str:
     ax.set_yticks(range(len(trials)), [f"trial {t['trial']}" for t in trials])
     ax.axvline(0.0, color="#888888", lw=0.8)
     ax.set_xlabel("annualised Sharpe ratio of each path (bar: mean)")
-    ax.set_title("Sharpe distribution over CPCV paths")
+    ax.set_title(f"Sharpe distribution over {SPLITTER_NAMES[splitter]} paths")
     return _png(fig)
 
 
@@ -160,7 +219,7 @@ def timestamp_roles(run_dir: Path, n_splits: int) -> tuple[pd.DatetimeIndex, np.
 
     Rows of one timestamp can differ (a ticker's label reaching a test block is purged while
     another's is not); the timestamp then shows the most restrictive role: test, purged,
-    embargo, train.
+    embargo, train, unused.
     """
     ts = pd.DatetimeIndex(load_dataset(run_dir, ["ts"])["ts"])
     codes, unique = pd.factorize(ts, sort=True)
@@ -176,8 +235,8 @@ def timestamp_roles(run_dir: Path, n_splits: int) -> tuple[pd.DatetimeIndex, np.
     return pd.DatetimeIndex(unique), grid
 
 
-def plot_split_diagram(times: pd.DatetimeIndex, grid: np.ndarray) -> str:
-    """One row per split over time: train, test, purged and embargoed periods."""
+def plot_split_diagram(times: pd.DatetimeIndex, grid: np.ndarray, splitter: str = "cpcv") -> str:
+    """One row per split over time: train, test, purged, embargoed and unused periods."""
     fig = Figure(figsize=(10, 0.28 * len(grid) + 1.6))
     ax = fig.add_subplot()
     x = np.append(times.tz_convert(None).to_numpy(), times[-1].tz_convert(None).to_datetime64())
@@ -193,8 +252,9 @@ def plot_split_diagram(times: pd.DatetimeIndex, grid: np.ndarray) -> str:
     ax.set_yticks(np.arange(len(grid)) + 0.5, [f"split {s}" for s in range(len(grid))], fontsize=7)
     ax.invert_yaxis()
     handles = [ax.fill_between([], [], color=c, label=n) for c, n in zip(ROLE_COLOURS, ROLE_NAMES, strict=True)]
-    ax.legend(handles=handles, ncol=4, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
-    ax.set_title("CPCV splits: train / test / purged / embargo")
+    ax.legend(handles=handles, ncol=len(handles), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    name = SPLITTER_NAMES[splitter]
+    ax.set_title(f"{name[0].upper()}{name[1:]} splits: {' / '.join(ROLE_NAMES)}")
     return _png(fig)
 
 
@@ -226,7 +286,9 @@ pre{background:#f7f7f7;padding:1em;overflow:auto}
 def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
     """The self-contained HTML page of ``report``; ``images`` maps a title to a base64 PNG."""
     headline = [
+        ("Splits and paths", report["scheme"]),
         ("Probability of backtest overfitting (PBO)", report["pbo"]),
+        ("PBO computed by", report["pbo_method"]),
         ("Deflated Sharpe ratio (selected trial)", report["deflated_sharpe"]),
         ("Probabilistic Sharpe ratio (selected trial)", report["psr"]),
         ("Selected trial", report["selected_trial"]),
@@ -301,10 +363,10 @@ def write_report(run_dir: Path, reports_dir: Path, destination: Path | None = No
     logits = json.loads((run_dir / "statistics.json").read_text())["pbo_logits"]
     times, grid = timestamp_roles(run_dir, report["n_splits"])
     images = {
-        "Equity curves": plot_equity(paths, report["selected_trial"]),
+        "Equity curves": plot_equity(paths, report["selected_trial"], report["splitter"]),
         "PBO logit histogram": plot_pbo_logits(logits, report["pbo"]),
-        "Sharpe distribution": plot_sharpe_distribution(report["trials"]),
-        "Split diagram": plot_split_diagram(times, grid),
+        "Sharpe distribution": plot_sharpe_distribution(report["trials"], report["splitter"]),
+        "Split diagram": plot_split_diagram(times, grid, report["splitter"]),
     }
     report["files"] = {"json": str(destination / "report.json"), "html": str(destination / "report.html")}
     write_json_atomic(destination / "report.json", report, non_finite="null")
@@ -346,12 +408,17 @@ def headline(report: Mapping[str, Any]) -> str:
     lines = [
         f"WFO report {report['run_id']}: {report['n_splits']} splits, {report['n_paths']} paths, "
         f"{report['n_trials']} trials, data {report['data']['first_ts'][:10]} .. {report['data']['last_ts'][:10]}",
+        f"  {report.get('scheme') or 'CPCV'}",
         f"  {report['setup']}",
         f"  {annualisation_text(report['data']['annualisation'])}",
         f"  selected trial {report['selected_trial']} {json.dumps(report['selected_params'])}",
-        f"  mean path Sharpe {_fmt(selected['mean_path_sharpe'], 2)} "
-        f"(min {_fmt(min((p for p in selected['path_sharpes'] if p is not None), default=None), 2)}, "
-        f"max {_fmt(max((p for p in selected['path_sharpes'] if p is not None), default=None), 2)})",
+        (
+            f"  mean path Sharpe {_fmt(selected['mean_path_sharpe'], 2)} "
+            f"(min {_fmt(min((p for p in selected['path_sharpes'] if p is not None), default=None), 2)}, "
+            f"max {_fmt(max((p for p in selected['path_sharpes'] if p is not None), default=None), 2)})"
+            if report["n_paths"] > 1
+            else f"  Sharpe of the one path {_fmt(selected['mean_path_sharpe'], 2)}"
+        ),
         f"  PBO {_fmt(report['pbo'])}  PSR {_fmt(report['psr'])}  deflated Sharpe {_fmt(report['deflated_sharpe'])}",
     ]
     if "files" in report:

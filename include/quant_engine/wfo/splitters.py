@@ -430,6 +430,19 @@ class PurgedKFold(_GroupPurgedCV):
         """Test fold of each split, shape ``(n_splits, 1)``."""
         return np.arange(self.n_splits).reshape(-1, 1)
 
+    @property
+    def n_paths(self) -> int:
+        """One backtest path: each fold is tested exactly once."""
+        return 1
+
+    @property
+    def paths(self) -> np.ndarray:
+        """Split whose test prediction fills each fold of the one path, shape ``(1, n_splits)``.
+
+        Fold ``k`` comes from split ``k``, the only one that tests it.
+        """
+        return np.arange(self.n_splits).reshape(1, -1)
+
     def __repr__(self) -> str:
         return _repr(self, {"n_splits": self.n_splits, "embargo": self.embargo, "t1": self.t1})
 
@@ -691,6 +704,38 @@ class WalkForward:
                 raise ValueError("WalkForward's number of splits depends on the sample times; pass X")
             X = np.empty((len(self.t1), 0))
         return len(self._windows(_sample_times(X, self.t1)))
+
+    def row_groups(self, X: object) -> np.ndarray:
+        """Fold whose test window holds each row of ``X``, or ``-1`` for rows no fold tests.
+
+        Rows before the first test window (the first training window) and rows in a calendar gap
+        between test windows (a ``step`` longer than ``test_window``) are never tested. With
+        back-to-back windows the test windows in fold order are one out-of-sample path over the
+        rest of the data.
+
+        Raises
+        ------
+        ValueError
+            Test windows overlap (``step`` shorter than ``test_window``): a row would be tested by
+            more than one fold, so there is no single group per row.
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd
+        >>> t0 = pd.date_range("2024-01-01", periods=10, freq="D", tz="UTC")
+        >>> WalkForward(train_window=4, test_window=3).row_groups(pd.DataFrame(index=t0))
+        array([-1, -1, -1, -1,  0,  0,  0,  1,  1,  1])
+        """
+        times = _sample_times(X, self.t1)
+        group_of_time = np.full(times.n_times, -1, dtype=np.intp)
+        for fold, (_, first, stop) in enumerate(self._windows(times)):
+            if (group_of_time[first:stop] >= 0).any():
+                raise ValueError(
+                    f"the test windows overlap (step={self.step!r} is shorter than test_window="
+                    f"{self.test_window!r}): a row would be tested by more than one fold"
+                )
+            group_of_time[first:stop] = fold
+        return np.repeat(group_of_time, np.diff(times.starts))
 
     def split(self, X: object, y: object = None, groups: object = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(train, test)`` row positions of each fold, oldest test window first.

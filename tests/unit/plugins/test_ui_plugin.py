@@ -69,7 +69,7 @@ def _write_wfo_report(home: Path) -> None:
     (folder / "report.html").write_text("<html><body><h1>WFO report</h1><img alt='equity curves'></body></html>")
 
 
-def _register_model(tmp_path: Path) -> None:
+def _register_model(tmp_path: Path, wfo_run: dict | None = None) -> None:
     from quant_engine.backends import make_model_registry
     from quant_engine.training.registry import ModelMetadata
 
@@ -90,6 +90,7 @@ def _register_model(tmp_path: Path) -> None:
             data_end="2021-01-01T00:00Z",
             data_fingerprint="f00d",
             metrics={"logloss": 0.61},
+            wfo_run=wfo_run,
         ),
     )
     registry.promote(version, reason="first model")
@@ -224,3 +225,27 @@ def test_an_unreadable_report_or_registry_is_skipped_and_said_not_a_500(
     assert "Skipped walk-forward report broken-run: cannot read it" in text
     assert "Skipped registry stray_model: cannot read it" in text
     assert "Skipped drift report drift-run-2: cannot read it" in text
+
+
+def test_the_champion_names_the_walk_forward_run_it_came_from(
+    client: TestClient, token: str, qe_home: Path, tmp_path: Path
+) -> None:
+    _write_wfo_report(qe_home)
+    wfo_run = {"run_id": RUN_ID, "splitter": "walk_forward", "pbo": 0.1875, "deflated_sharpe": 0.4321, "psr": 0.9}
+    _register_model(tmp_path, {**wfo_run, "selected_trial": 1})
+    client.cookies.set("_token", token)
+    text = client.get("/").text
+    origin = (
+        f'The champion comes from walk-forward run <a href="wfo/{RUN_FOLDER}">{RUN_ID}</a> (walk_forward, '
+        "trial 1: PBO 0.188, deflated Sharpe 0.432)."
+    )
+    assert origin in text
+    # the run's row in the walk-forward table names its splitter; the link opens its report
+    assert '<span title="">cpcv</span>' in text  # this stored report predates the splitter choice
+    assert client.get(f"/wfo/{RUN_FOLDER}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_a_champion_without_a_walk_forward_run_says_so(client: TestClient, token: str, tmp_path: Path) -> None:
+    _register_model(tmp_path)
+    client.cookies.set("_token", token)
+    assert "The champion names no walk-forward run." in client.get("/").text

@@ -351,3 +351,81 @@ def test_promote_refuses_when_the_judged_champion_was_replaced(registry: ModelRe
         registry.promote(v3, "judged before v1 was promoted", expected_champion=None)
     registry.promote(v2, "judged against v1", expected_champion=v1)
     assert registry.champion().version == v2
+
+
+WFO_RUN = {
+    "run_id": "manual__2026-12-01",
+    "splitter": "walk_forward",
+    "pbo": 0.25,
+    "deflated_sharpe": 0.71,
+    "psr": 0.93,
+    "selected_trial": 1,
+    "selected_params": {"max_depth": 3, "threshold": 0.0},
+    "n_trials": 4,
+}
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from quant_engine.training import registry as module
+
+    assert doctest.testmod(module).failed == 0
+
+
+def test_metadata_keeps_the_walk_forward_run(registry: ModelRegistry, tmp_path: Path) -> None:
+    version = registry.register(_model(tmp_path / "a.json"), _metadata(wfo_run={**WFO_RUN, "pbo": np.float64(0.25)}))
+    stored = json.loads((tmp_path / "models" / registry.name / "versions" / version / "metadata.json").read_text())
+    assert stored["wfo_run"] == WFO_RUN
+    assert registry.get(version).metadata.wfo_run == WFO_RUN
+    # a version registered before the field existed reads back without one
+    old = {k: v for k, v in _metadata().to_json().items() if k != "wfo_run"}
+    assert ModelMetadata.from_json(old).wfo_run is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"wfo_run": "run-1"}, "wfo_run='run-1' must be a mapping"),
+        ({"wfo_run": {**WFO_RUN, "run_id": ""}}, r"wfo_run\['run_id'\]='' must be a non-empty string"),
+        ({"wfo_run": {k: v for k, v in WFO_RUN.items() if k != "splitter"}}, r"wfo_run\['splitter'\]=None must be"),
+        ({"wfo_run": {**WFO_RUN, "pbo": 1.5}}, r"wfo_run\['pbo'\]=1.5 must be a probability in \[0, 1\], or None"),
+        ({"wfo_run": {**WFO_RUN, "deflated_sharpe": float("nan")}}, r"wfo_run.deflated_sharpe is nan"),
+    ],
+)
+def test_a_bad_walk_forward_record_is_refused(change: dict, message: str) -> None:
+    with pytest.raises(RegistryError, match=message):
+        _metadata(**change)
+
+
+def test_min_deflated_sharpe_refuses_a_candidate_whose_search_may_be_luck(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    from quant_engine.training.registry import evaluate_candidate
+
+    holdout = _frame(n=600, seed=9).assign(ts=pd.date_range("2022-01-03", periods=600, freq="h", tz="UTC"))
+    strong = _model(tmp_path / "strong.json", rounds=30)
+    assert evaluate_candidate(registry, strong, holdout, FEATURES, wfo_run=WFO_RUN)["promote"]  # not asked: passes
+    rule = PromotionRule(min_deflated_sharpe=0.9)
+    refused = evaluate_candidate(registry, strong, holdout, FEATURES, rule, wfo_run=WFO_RUN)
+    assert not refused["promote"] and refused["reason"] == (
+        "deflated Sharpe 0.710 of walk-forward run manual__2026-12-01 is not above min_deflated_sharpe=0.9: "
+        "the selected trial may owe its Sharpe ratio to the luck of searching 4 trials"
+    )
+    passed = evaluate_candidate(
+        registry, strong, holdout, FEATURES, PromotionRule(min_deflated_sharpe=0.7), wfo_run=WFO_RUN
+    )
+    assert passed["promote"] and passed["reason"].startswith("first model")
+    # equal is not above; a run without a deflated Sharpe, or no run at all, cannot pass
+    assert PromotionRule(min_deflated_sharpe=0.71).research(WFO_RUN) is not None
+    assert "deflated Sharpe n/a" in rule.research({**WFO_RUN, "deflated_sharpe": None}).reason
+    assert "names none" in evaluate_candidate(registry, strong, holdout, FEATURES, rule)["reason"]
+    # against a champion too: the comparison may say promote, the research still refuses
+    registry.promote(registry.register(_model(tmp_path / "weak.json", rounds=1), _metadata()), "first")
+    beaten = evaluate_candidate(registry, strong, holdout, FEATURES, rule, wfo_run=WFO_RUN)
+    assert beaten["champion_metrics"] is not None and not beaten["promote"]
+    assert beaten["reason"].startswith("deflated Sharpe 0.710")
+    assert evaluate_candidate(registry, strong, holdout, FEATURES, wfo_run=WFO_RUN)["promote"]
+    for bad in (1.0, -0.1, True, "0.9"):
+        with pytest.raises(RegistryError, match="min_deflated_sharpe=.* must be a number in \\[0, 1\\), or None"):
+            PromotionRule(min_deflated_sharpe=bad)

@@ -443,6 +443,46 @@ def test_walk_forward_windows_by_hand():
     assert WalkForward(4, 3, t1=t1).get_n_splits() == 3
 
 
+@ORACLE
+@given(panels(), windows, windows, st.booleans(), st.integers(1, 4), st.booleans())
+def test_walk_forward_row_groups_are_the_test_windows(panel, train_window, test_window, anchored, step_size, default):
+    t0, t1 = panel
+    step = None if default else (step_size if isinstance(test_window, int) else step_size * 3 * HOUR)
+    cv = WalkForward(train_window, test_window, anchored=anchored, step=step, t1=_t1_series(t0, t1))
+    X = np.zeros((len(t0), 1))
+    expected_windows = _expected_walk_forward(t0, t1, train_window, test_window, anchored, step, 0)
+    if expected_windows is None:
+        with pytest.raises(ValueError, match="leaving none to test on"):
+            cv.row_groups(X)
+        return
+    tested = [i for _, test in expected_windows for i in test]
+    if len(tested) != len(set(tested)):
+        event("overlapping test windows")
+        with pytest.raises(ValueError, match="the test windows overlap"):
+            cv.row_groups(X)
+        return
+    expected = [-1] * len(t0)
+    for fold, (_, test) in enumerate(expected_windows):
+        for i in test:
+            expected[i] = fold
+    groups = cv.row_groups(X)
+    assert groups.tolist() == expected
+    if step is not None and not expected_windows:
+        return  # a long step over a gappy panel can miss every row
+    # rows before the first test window are never tested; with back-to-back windows every later row is
+    first_test = int(np.flatnonzero(groups >= 0)[0])
+    assert (groups[:first_test] == -1).all()
+    if step is None:
+        assert (groups[first_test:] >= 0).all() and (np.diff(groups[first_test:]) >= 0).all()
+
+
+def test_purged_kfold_has_one_path_of_its_folds():
+    cv = PurgedKFold(5)
+    assert cv.n_paths == 1 and cv.paths.tolist() == [[0, 1, 2, 3, 4]]
+    for g, split in enumerate(cv.paths[0]):
+        assert cv.test_groups[split].tolist() == [g]
+
+
 # ---------------------------------------------------------------- bad inputs, each message checked
 
 

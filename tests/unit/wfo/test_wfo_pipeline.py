@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,23 @@ from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.runs import run_dir
 from quant_engine.wfo.config import WfoConfig, WfoConfigError
 from quant_engine.wfo.dataset import build_dataset
-from quant_engine.wfo.defaults import DEFAULT_PARAMS
+from quant_engine.wfo.defaults import DEFAULT_PARAMS, SPLITTER_NAMES
 from quant_engine.wfo.pipeline import assemble, run_pipeline, statistics
-from quant_engine.wfo.plan import plan, split_roles
-from quant_engine.wfo.run_folder import EMBARGOED, PURGED, TEST, TRAIN, load_dataset, prediction_path, split_path
+from quant_engine.wfo.plan import plan, split_roles, walk_forward_roles
+from quant_engine.wfo.run_folder import (
+    EMBARGOED,
+    PURGED,
+    TEST,
+    TRAIN,
+    UNUSED,
+    load_dataset,
+    prediction_path,
+    split_path,
+)
 from quant_engine.wfo.runner import run_split
 
 TICKERS = ["SYN00", "SYN01", "SYN02"]
+SPLITTER_KEYS = ("splitter", "train_window", "test_window", "anchored", "purge")
 START, END = "2020-01-01", "2021-12-31"
 SMALL = {
     "start": START,
@@ -142,6 +154,19 @@ def test_null_parameters_take_defaults() -> None:
         ({"trials": [{"learning_rate": 0}]}, r"trial 0: learning_rate=0 must be a number in \(0, 1\]"),
         ({"trials": [{"max_depth": 2}, {"max_depth": 2}]}, r"trial\(s\) \[1\] repeat an earlier trial"),
         ({"n_trees": 5}, r"unknown parameter\(s\) \['n_trees'\]"),
+        ({"splitter": "kfold"}, "splitter='kfold' is not a splitter; use one of cpcv, purged_kfold, walk_forward"),
+        (
+            {"splitter": "walk_forward", "train_window": "800D"},
+            r"train_window='800D' is not shorter than the sample 2020-01-01 \.\. 2021-12-31 \(731 days\): "
+            "nothing is left to test",
+        ),
+        ({"train_window": "two years"}, "train_window='two years' is not a duration"),
+        ({"test_window": 0}, "test_window=0 bars must be positive"),
+        ({"test_window": "-5D"}, "test_window='-5D' must be a positive duration"),
+        ({"test_window": 2.5}, r"test_window=2\.5 must be a number of bars \(252\) or a duration"),
+        ({"anchored": "yes"}, "anchored='yes' must be true or false"),
+        ({"purge": 1}, "purge=1 must be true or false"),
+        ({"splitter": "purged_kfold", "n_groups": 40}, "n_groups=40 must be a whole number >= 2 and <= 30"),
     ],
 )
 def test_bad_parameters_are_named(change: dict, message: str) -> None:
@@ -153,6 +178,38 @@ def test_trial_grid_expands_to_its_product() -> None:
     config = WfoConfig.from_params({**SMALL, "trials": {"max_depth": [2, 3, 4], "threshold": [0.0, 0.05]}})
     assert len(config.trials) == 6
     assert config.trials[1].max_depth == 2 and config.trials[1].threshold == 0.05
+
+
+def test_the_splitter_parameter_builds_that_splitter() -> None:
+    from quant_engine.wfo.splitters import CombinatorialPurgedCV, PurgedKFold, WalkForward
+
+    t1 = np.array(["2020-01-03"], dtype="datetime64[ns]")
+    cpcv = WfoConfig.from_params(SMALL).splitter(t1)
+    assert isinstance(cpcv, CombinatorialPurgedCV) and (cpcv.n_groups, cpcv.n_test_groups) == (4, 2)
+    assert cpcv.t1 is t1 and cpcv.embargo == "3D"
+    # K-fold takes n_groups folds; n_test_groups is CPCV's and not checked against them
+    kfold = WfoConfig.from_params({**SMALL, "splitter": "purged_kfold", "n_groups": 3, "n_test_groups": 5})
+    assert isinstance(kfold.splitter(t1), PurgedKFold) and kfold.splitter(t1).n_splits == 3 and kfold.single_path
+    walk = WfoConfig.from_params(
+        {**SMALL, "splitter": "walk_forward", "train_window": "300", "test_window": "90D", "anchored": False}
+    )
+    cv = walk.splitter(t1)
+    assert isinstance(cv, WalkForward) and walk.single_path and not WfoConfig.from_params(SMALL).single_path
+    assert (cv.train_window, cv.test_window, cv.anchored, cv.embargo, cv.t1) == (300, "90D", False, "3D", t1)
+    # without the purge the splitter sees labels that end where they start
+    assert WfoConfig.from_params({**SMALL, "splitter": "walk_forward", "purge": False}).splitter(t1).t1 is None
+    assert WfoConfig.from_params({**SMALL, "purge": False}).splitter(t1).t1 is None
+
+
+def test_splitter_settings_round_trip() -> None:
+    config = WfoConfig.from_params(
+        {**SMALL, "splitter": "walk_forward", "train_window": 250, "test_window": "60D", "anchored": False}
+    )
+    assert config.to_params()["splitter"] == "walk_forward" and config.to_params()["train_window"] == 250
+    assert WfoConfig.from_params(json.loads(json.dumps(config.to_params()))) == config
+    # a run folder written before the choice existed reads back as the CPCV it was
+    old = {k: v for k, v in WfoConfig.from_params(SMALL).to_params().items() if k not in SPLITTER_KEYS}
+    assert WfoConfig.from_params(old).splitter_kind == "cpcv"
 
 
 # --- dataset and plan: the checks that need data -------------------------------------------------
@@ -454,3 +511,218 @@ def test_replanning_a_run_folder_drops_its_old_predictions(settings: Settings, t
     )
     plan(tmp_path)
     assert not prediction_path(tmp_path, 0, 0).exists()
+
+
+# --- single-path splitters: purged K-fold and walk-forward through the pipeline ------------------
+
+SINGLE_PATH = {
+    "purged_kfold": {"splitter": "purged_kfold", "n_groups": 4},
+    "anchored": {"splitter": "walk_forward", "train_window": "365D", "test_window": "120D"},
+    "rolling": {"splitter": "walk_forward", "train_window": 200, "test_window": 60, "anchored": False, "embargo": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def single_path_runs(store_home: Path) -> dict[str, Path]:
+    """One whole run of each single-path splitter on the module's store."""
+    settings = Settings(home=store_home)
+    runs = {}
+    for name, change in SINGLE_PATH.items():
+        folder = run_dir("wfo", f"single-{name}", settings)
+        run_pipeline(
+            WfoConfig.from_params({**SMALL, **change}),
+            folder,
+            make_offline_store(settings),
+            make_bar_store(settings),
+            make_wfo_fits(settings),
+            settings.reports_dir,
+        )
+        runs[name] = folder
+    return runs
+
+
+@pytest.mark.parametrize("name", list(SINGLE_PATH))
+def test_single_path_splits_test_every_row_once_and_never_train_on_the_test(
+    single_path_runs: dict[str, Path], name: str
+) -> None:
+    run = single_path_runs[name]
+    written = json.loads((run / "plan.json").read_text())
+    data = load_dataset(run, ["ts", "t1", "group"])
+    n = written["n_splits"]
+    assert written["splitter"] == SINGLE_PATH[name]["splitter"]
+    assert written["n_paths"] == 1 and written["paths"] == [list(range(n))] and written["n_groups"] == n
+    assert n == 4 if name == "purged_kfold" else n >= 3
+    tested = []
+    ts, t1 = data["ts"].to_numpy(), data["t1"].to_numpy()
+    for split in written["splits"]:
+        with np.load(split_path(run, split["split_id"])) as stored:
+            roles = stored["roles"]
+        test = np.flatnonzero(roles == TEST)
+        tested.extend(test.tolist())
+        assert (data["group"].to_numpy()[test] == split["split_id"]).all()
+        assert sum(split[f"n_{r}"] for r in ("train", "test", "purged", "embargo", "unused")) == len(data)
+        train = roles == TRAIN
+        start, end = ts[test].min(), t1[test].max()
+        assert not (train & (ts <= end) & (t1 >= start)).any(), "a training label overlaps the test"
+        if name == "purged_kfold":
+            assert split["n_unused"] == 0
+            continue
+        # walk-forward: training precedes the test window, its labels settle before it, and the
+        # embargo is the gap right before it
+        assert ts[train].max() < start and t1[train].max() < start
+        gap = np.unique(ts[roles == EMBARGOED])
+        if name == "rolling":
+            before = np.unique(ts[ts < start])
+            assert gap.tolist() == before[-3:][~np.isin(before[-3:], ts[roles == PURGED])].tolist()
+            if split["split_id"] > 0:
+                assert (roles[ts < ts[train].min()] == UNUSED).all() and split["n_unused"] > 0
+        else:
+            assert (gap >= start - np.timedelta64(3, "D")).all()
+            assert ts[train].min() == ts.min()  # anchored: training expands from the first bar
+        assert (roles[ts > ts[test].max()] == UNUSED).all()
+    # every row of the path is tested once, and only the first training window goes untested
+    assert len(tested) == len(set(tested)) == (data["group"] >= 0).sum()
+    if name == "purged_kfold":
+        assert len(tested) == len(data) and written["untested_rows"] == 0
+    else:
+        assert written["untested_rows"] == int((data["ts"] < data.loc[data["group"] == 0, "ts"].min()).sum()) > 0
+
+
+def _oracle_path(run: Path, trial_id: int) -> pd.Series:
+    """The trial's one path, backtested independently: its test segments' predictions, in split order."""
+    from quant_engine.wfo.backtest import backtest
+
+    config = WfoConfig.from_params(json.loads((run / "config.json").read_text()))
+    n_splits = json.loads((run / "plan.json").read_text())["n_splits"]
+    frame = pd.concat([pd.read_parquet(prediction_path(run, trial_id, s)) for s in range(n_splits)])
+    trial = config.trials[trial_id]
+    return backtest(frame, threshold=trial.threshold, cost_bps=config.cost_bps, portfolio=config.portfolio).returns
+
+
+@pytest.mark.parametrize("name", list(SINGLE_PATH))
+def test_single_path_pbo_is_cscv_over_the_test_segments(single_path_runs: dict[str, Path], name: str) -> None:
+    from quant_engine.wfo.stats import probability_of_backtest_overfitting, sharpe_ratio
+
+    run = single_path_runs[name]
+    data = load_dataset(run, ["ts", "group"])
+    tested_days = np.sort(data.loc[data["group"] >= 0, "ts"].unique())
+    paths = pd.read_parquet(run / "paths.parquet")
+    assert sorted(paths["path"].unique()) == [0]
+    matrix = []
+    for trial_id in range(2):
+        got = paths.loc[paths["trial"] == trial_id]
+        want = _oracle_path(run, trial_id)
+        assert got["ts"].to_numpy().tolist() == tested_days.tolist() == want.index.to_numpy().tolist()
+        np.testing.assert_allclose(got["return"], want.to_numpy(), rtol=0, atol=1e-15)
+        matrix.append(want.to_numpy())
+    matrix = np.column_stack(matrix)
+    stats = json.loads((run / "statistics.json").read_text())
+    expected = probability_of_backtest_overfitting(
+        matrix,
+        n_blocks=16,
+        metric=lambda r: np.nan_to_num(np.asarray(sharpe_ratio(r, periods_per_year=1), dtype=float), nan=0.0),
+    )
+    assert stats["pbo"] == pytest.approx(expected.pbo) and stats["pbo_combinations"] == 12870
+    np.testing.assert_allclose(stats["pbo_logits"], expected.logits)
+    assert stats["splitter"] == SINGLE_PATH[name]["splitter"]
+    assert stats["pbo_method"].startswith(
+        f"CSCV over the {SPLITTER_NAMES[stats['splitter']]} test segments' per-trial returns"
+    )
+    assert "one out-of-sample path" in stats["selection"]
+    sharpes = [t["path_sharpes"] for t in stats["trials"]]
+    assert all(len(s) == 1 for s in sharpes) and stats["selected_trial"] == int(np.nanargmax([s[0] for s in sharpes]))
+    assert 0 <= stats["deflated_sharpe"] <= stats["psr"] <= 1
+
+
+def _plain_sharpe(values: list[float]) -> float:
+    """Mean over standard deviation (n - 1), 0 for a flat series, in plain Python."""
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean / math.sqrt(variance) if variance > 0 else 0.0
+
+
+def _brute_force_pbo(matrix: list[list[float]], n_blocks: int) -> tuple[float, list[float]]:
+    """CSCV written out in plain Python (Bailey et al. 2017), ranking a flat series' Sharpe as 0."""
+    size = len(matrix) // n_blocks
+    rows = matrix[len(matrix) - size * n_blocks :]
+    blocks = [rows[b * size : (b + 1) * size] for b in range(n_blocks)]
+    n_trials, logits = len(matrix[0]), []
+    for chosen in itertools.combinations(range(n_blocks), n_blocks // 2):
+        inside = [row for b in chosen for row in blocks[b]]
+        outside = [row for b in range(n_blocks) if b not in chosen for row in blocks[b]]
+        is_scores = [_plain_sharpe([r[j] for r in inside]) for j in range(n_trials)]
+        oos_scores = [_plain_sharpe([r[j] for r in outside]) for j in range(n_trials)]
+        best = is_scores.index(max(is_scores))
+        rank = sum(s < oos_scores[best] for s in oos_scores) + (sum(s == oos_scores[best] for s in oos_scores) + 1) / 2
+        omega = rank / (n_trials + 1)
+        logits.append(math.log(omega / (1 - omega)))
+    return sum(v <= 0 for v in logits) / len(logits), logits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_single_path_statistics_match_a_brute_force_cscv(tmp_path: Path, seed: int) -> None:
+    """A walk-forward run folder by hand: 3 trials, one path each over 2 test segments of 11 bars."""
+    from quant_engine.storage.atomic import write_json_atomic
+
+    rng = np.random.default_rng(seed)
+    days = pd.date_range("2021-01-04", periods=22, freq="B", tz="UTC")
+    returns = rng.normal(0.0, 0.01, (22, 3)) + [0.0, 0.003, -0.001]
+    returns[3:9, 0] = 0.0  # a flat stretch: a block with no Sharpe ratio ranks as 0
+    rows = [pd.DataFrame({"trial": t, "path": 0, "ts": days, "return": returns[:, t]}) for t in range(3)]
+    pd.concat(rows).to_parquet(tmp_path / "paths.parquet")
+    summaries = [{"trial": t, "path": 0, "sharpe": _plain_sharpe(returns[:, t].tolist()) * 15.9} for t in range(3)]
+    write_json_atomic(tmp_path / "paths.json", summaries, non_finite="null")
+    config = {**SMALL, **SINGLE_PATH["anchored"], "trials": [{"max_depth": d} for d in (2, 3, 4)]}
+    write_json_atomic(tmp_path / "config.json", config, non_finite="null")
+    annualisation = MarketTime("XNYS", "1d").annualisation(2021)
+    write_json_atomic(tmp_path / "dataset.json", {"annualisation": annualisation}, non_finite="null")
+
+    result = statistics(tmp_path)
+
+    pbo, logits = _brute_force_pbo(returns.tolist(), 16)  # 22 bars: the 6 oldest dropped, 16 blocks of 1 bar
+    assert result["pbo_blocks"] == 16 and len(result["pbo_logits"]) == math.comb(16, 8)
+    np.testing.assert_allclose(result["pbo_logits"], logits, rtol=1e-12)
+    assert result["pbo"] == pbo
+    assert result["splitter"] == "walk_forward" and "22 bars" in result["pbo_method"]
+
+
+def test_walk_forward_roles_by_hand() -> None:
+    day = 86_400 * 10**9
+    ts = np.arange(12) * day
+    t1 = ts + 2 * day
+    # a rolling window over rows 2..7 (rows 6 and 7 left out), testing rows 8..9
+    roles = walk_forward_roles(ts, t1, np.array([2, 3, 4, 5]), np.array([8, 9]))
+    # rows 6 and 7 carry labels reaching day 8: purged; 0, 1 are before the window and 10, 11 after the test
+    assert roles.tolist() == [UNUSED] * 2 + [TRAIN] * 4 + [PURGED] * 2 + [TEST] * 2 + [UNUSED] * 2
+    # labels of one bar: only row 7's reaches the test; rows 5 and 6 were dropped by a 2-bar embargo
+    roles = walk_forward_roles(ts, ts + day, np.array([0, 1, 2, 3, 4]), np.array([8, 9]))
+    assert roles.tolist() == [TRAIN] * 5 + [EMBARGOED] * 2 + [PURGED] + [TEST] * 2 + [UNUSED] * 2
+
+
+def test_walk_forward_checks_that_need_data(settings: Settings, tmp_path: Path) -> None:
+    store, bars = make_offline_store(settings), make_bar_store(settings)
+    with pytest.raises(WfoConfigError, match=r"cannot be split by the walk-forward: train_window=600 covers all \d+"):
+        build_dataset(
+            WfoConfig.from_params({**SMALL, "splitter": "walk_forward", "train_window": 600}), tmp_path, store, bars
+        )
+    assert not (tmp_path / "dataset.parquet").exists()
+    # the windows before the last must hold min_group_rows; the last holds what is left of the data
+    change = {**SINGLE_PATH["anchored"], "min_group_rows": 200}
+    summary = build_dataset(WfoConfig.from_params({**SMALL, **change}), tmp_path, store, bars)
+    assert min(summary["group_rows"][:-1]) >= 200 > summary["group_rows"][-1]
+    assert summary["untested_rows"] == summary["rows"] - sum(summary["group_rows"])
+    with pytest.raises(
+        WfoConfigError,
+        match=r"walk-forward test window 0 \(from 2021-01-04 21:00:00\+00:00\) holds \d+ rows, fewer than "
+        r"min_group_rows=300; use a longer test_window",
+    ):
+        build_dataset(WfoConfig.from_params({**SMALL, **change, "min_group_rows": 300}), tmp_path / "x", store, bars)
+
+
+def test_a_walk_forward_embargo_leaving_no_training_data_fails_in_the_plan(settings: Settings, tmp_path: Path) -> None:
+    change = {"splitter": "walk_forward", "train_window": 30, "test_window": 120, "embargo": 40}
+    build_dataset(
+        WfoConfig.from_params({**SMALL, **change}), tmp_path, make_offline_store(settings), make_bar_store(settings)
+    )
+    with pytest.raises(WfoConfigError, match=r"split 0 \(test window from .*\) has no training rows left"):
+        plan(tmp_path)

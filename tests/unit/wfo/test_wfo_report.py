@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import doctest
+import html
 import json
 import re
 from pathlib import Path
@@ -17,11 +19,12 @@ from quant_engine.cli import wfo as cli
 from quant_engine.config import Settings, get_settings
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.runs import run_dir
+from quant_engine.wfo import report as report_module
 from quant_engine.wfo.config import WfoConfig
 from quant_engine.wfo.defaults import DEFAULT_PARAMS
 from quant_engine.wfo.pipeline import run_pipeline
 from quant_engine.wfo.report import headline, latest_report, load_report, report_dir, setup, timestamp_roles
-from quant_engine.wfo.run_folder import PURGED, TEST, load_dataset
+from quant_engine.wfo.run_folder import EMBARGOED, PURGED, TEST, TRAIN, UNUSED, load_dataset
 
 CONF = {
     "start": "2020-01-01",
@@ -108,6 +111,10 @@ def test_report_json_has_the_headline_and_every_path(report_folder: Path) -> Non
     assert selected["mean_path_sharpe"] == pytest.approx(np.mean([p["sharpe"] for p in report["paths"]]))
     assert "pbo_logits" not in report["statistics"] and report["statistics"]["pbo_combinations"] == 12870
     assert report["files"]["html"] == str(report_folder / "report.html")
+    assert report["splitter"] == "cpcv" and report["scheme"] == (
+        "CPCV: 4 groups choose 2; 6 splits, 3 paths; embargo 3 bars after each test block; purged by label spans"
+    )
+    assert report["pbo_method"].startswith("CSCV over the mean of each trial's CPCV paths")
 
 
 def test_report_html_is_self_contained_with_four_plots(report_folder: Path) -> None:
@@ -128,6 +135,54 @@ def test_report_html_is_self_contained_with_four_plots(report_folder: Path) -> N
     configuration = page.split("<h2>Configuration</h2>")[1]
     assert "&quot;portfolio&quot;: &quot;market_neutral&quot;" in configuration
     assert "&quot;label_target&quot;: &quot;excess&quot;" in configuration
+
+
+def test_docstring_examples_run() -> None:
+    assert doctest.testmod(report_module).failed == 0
+
+
+@pytest.fixture(scope="module")
+def walk_forward_folder(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rolling walk-forward run beside report-run; its report goes elsewhere, so report-run stays the latest."""
+    settings = Settings(home=home)
+    change = {"splitter": "walk_forward", "train_window": 150, "test_window": "120D", "anchored": False}
+    return run_pipeline(
+        WfoConfig.from_params({**CONF, **change}),
+        run_dir("wfo", "walk-forward-run", settings),
+        make_offline_store(settings),
+        make_bar_store(settings),
+        make_wfo_fits(settings),
+        tmp_path_factory.mktemp("walk_forward_reports"),
+    )
+
+
+def test_a_walk_forward_report_says_which_scheme_made_its_one_path(home: Path, walk_forward_folder: Path) -> None:
+    report = load_report(walk_forward_folder)
+    scheme = (
+        "walk-forward, rolling: training window 150 bars, test windows of 120D; "
+        f"{report['n_splits']} splits, 1 path (the test windows in time order); embargo 3 bars before each test "
+        "window; purged by label spans"
+    )
+    assert report["splitter"] == "walk_forward" and report["scheme"] == scheme and report["n_paths"] == 1
+    assert report["pbo_method"].startswith("CSCV over the walk-forward test segments' per-trial returns")
+    page = (walk_forward_folder / "report.html").read_text()
+    assert f"<td>Splits and paths</td><td>{scheme}</td>" in page
+    assert f"<td>PBO computed by</td><td>{html.escape(report['pbo_method'])}</td>" in page
+    text = headline(report)
+    assert scheme in text and "Sharpe of the one path" in text and "mean path Sharpe" not in text
+    # the split diagram: each rolling window trains on the bars just before its test window
+    run = home / "runs" / "wfo" / "walk-forward-run"
+    times, grid = timestamp_roles(run, report["n_splits"])
+    plan = json.loads((run / "plan.json").read_text())
+    for split in plan["splits"]:
+        row = grid[split["split_id"]]
+        test = np.flatnonzero(row == TEST)
+        assert times[test[0]] == pd.Timestamp(split["test_first_ts"]) and (np.diff(test) == 1).all()
+        assert (row[test[-1] + 1 :] == UNUSED).all()
+        trained = np.flatnonzero(row == TRAIN)
+        assert trained[-1] < test[0] and (row[: trained[0]] == UNUSED).all()
+        assert (row[test[0] - 3 : test[0]] != TRAIN).all() and (row[test[0] - 3 : test[0]] == EMBARGOED).any()
+    assert (grid[1:] == UNUSED).any(axis=1).all()
 
 
 def test_report_files_are_written_atomically(report_folder: Path) -> None:
@@ -198,16 +253,41 @@ def test_cli_run(use_home: Path, capsys: pytest.CaptureFixture) -> None:
     assert (use_home / "reports" / "wfo" / "cli-run" / "report.html").exists()
 
 
+def test_cli_run_takes_the_splitter_and_its_windows(use_home: Path, capsys: pytest.CaptureFixture) -> None:
+    conf = {k: v for k, v in CONF.items() if k != "embargo"}
+    argv = ["wfo", "run", "--conf", json.dumps(conf), "--run-id", "cli-wf", "--splitter", "walk_forward"]
+    args = _parse([*argv, "--train-window", "300D", "--test-window", "100", "--rolling", "--embargo", "2"])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "walk-forward, rolling: training window 300D, test windows of 100 bars; " in out
+    assert "1 path (the test windows in time order); embargo 2 bars before each test window" in out
+    config = load_report(use_home / "reports" / "wfo" / "cli-wf")["config"]
+    assert (config["splitter"], config["train_window"], config["test_window"], config["anchored"]) == (
+        "walk_forward",
+        "300D",
+        100,
+        False,
+    )
+
+
 @pytest.mark.parametrize(
-    ("conf", "message"),
+    ("conf", "flags", "message"),
     [
-        ("{not json", "--conf is not valid JSON"),
-        ("[1, 2]", "--conf must be a JSON object"),
-        ('{"n_test_groups": 9}', "n_test_groups=9 must be smaller than n_groups=6"),
+        ("{not json", [], "--conf is not valid JSON"),
+        ("[1, 2]", [], "--conf must be a JSON object"),
+        ('{"n_test_groups": 9}', [], "n_test_groups=9 must be smaller than n_groups=6"),
+        ('{"splitter": "cpcv"}', ["--splitter", "walk_forward"], "--splitter and --conf's 'splitter' both set"),
+        ('{"anchored": true}', ["--rolling"], "--rolling and --conf's 'anchored' both set anchored"),
+        ("{}", ["--splitter", "walk_forward", "--train-window", "20Y"], "train_window='20Y' is not a duration"),
+        (
+            '{"start": "2020-01-01", "end": "2020-12-31"}',
+            ["--splitter", "walk_forward", "--train-window", "400D"],
+            r"train_window='400D' is not shorter than the sample 2020-01-01 \.\. 2020-12-31",
+        ),
     ],
 )
-def test_cli_run_rejects_bad_conf(conf: str, message: str) -> None:
-    args = _parse(["wfo", "run", "--conf", conf])
+def test_cli_run_rejects_bad_conf(conf: str, flags: list[str], message: str) -> None:
+    args = _parse(["wfo", "run", "--conf", conf, *flags])
     with pytest.raises(ValueError, match=message):
         args.handler(args)
 
