@@ -43,7 +43,7 @@ USER_ERRORS: dict[str, str] = {
     "quant_engine.data.yfinance_source.YFinanceUnavailableError": "check the network, or ingest from a file",
     "quant_engine.aws.feature_store.FeatureStoreError": "",
     "quant_engine.aws.processing.ProcessingJobError": "",
-    "quant_engine.training.sagemaker_spot.TrainingJobError": "",
+    "quant_engine.aws.sagemaker_spot.TrainingJobError": "",
     "quant_engine.training.spot.SpotRunError": "",
     "botocore.exceptions.BotoCoreError": "check the AWS credentials, QE_AWS_REGION and QE_AWS_ENDPOINT_URL",
     "botocore.exceptions.ClientError": "check the AWS credentials, permissions and QE_S3_BUCKET",

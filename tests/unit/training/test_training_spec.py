@@ -65,14 +65,14 @@ def test_without_a_champion_a_run_takes_the_defaults_and_its_conf(qe_home: Path)
 
 def test_the_settings_universe_fills_tickers_neither_the_conf_nor_the_champion_names(qe_home: Path) -> None:
     universe = ("SYN01", "SYN02")
-    params, _ = resolve_training_params({}, make_model_registry_of, default_tickers=universe)
+    params, _, _ = resolve_training_params({}, make_model_registry_of, default_tickers=universe)
     assert params["tickers"] == ["SYN01", "SYN02"]
-    params, _ = resolve_training_params({"tickers": None}, make_model_registry_of, default_tickers=universe)
+    params, _, _ = resolve_training_params({"tickers": None}, make_model_registry_of, default_tickers=universe)
     assert params["tickers"] == ["SYN01", "SYN02"]  # a form left empty
-    params, _ = resolve_training_params({"tickers": "SYN03"}, make_model_registry_of, default_tickers=universe)
+    params, _, _ = resolve_training_params({"tickers": "SYN03"}, make_model_registry_of, default_tickers=universe)
     assert params["tickers"] == "SYN03"
     promote_a_champion(qe_home)
-    params, _ = resolve_training_params({}, make_model_registry_of, default_tickers=universe)
+    params, _, _ = resolve_training_params({}, make_model_registry_of, default_tickers=universe)
     assert params["tickers"] == ["AAA", "BBB"]  # what production trained on
 
 
