@@ -131,7 +131,7 @@ class StackConfig:
     @property
     def result_backend(self) -> str:
         """Celery's results in Airflow's metadata DB, logging in like Airflow (the password from ``pgpass``)."""
-        return f"db+postgresql://{AIRFLOW_DB_ROLE}@127.0.0.1:{self.pg_port}/airflow"
+        return f"db+postgresql+psycopg2://{AIRFLOW_DB_ROLE}@127.0.0.1:{self.pg_port}/airflow"
 
     def broker_url(self) -> str:
         return f"redis://:{_secret(self.redis_password_file)}@127.0.0.1:{self.redis_port}/0"
