@@ -1,11 +1,13 @@
-"""Walk-forward validation with combinatorial purged CV, one mapped task per (trial, split).
+"""Walk-forward validation with combinatorial purged CV, one mapped task per ``chunk`` (trial, split) fits.
 
 Triggered by people (``airflow dags test wfo_pipeline --conf '{...}'`` or the UI), never on a
 schedule: a backtest answers a question someone asked. The first two tasks validate every
 parameter against the offline store and the splitter, so bad input fails before any model trains.
 Models run here or, with ``QE_BACKEND=aws``, as SageMaker Processing jobs. Files pass between
 tasks through the run folder ``$QE_HOME/runs/wfo/<run_id>``; the report lands in
-``$QE_HOME/reports/wfo/<run_id>``.
+``$QE_HOME/reports/wfo/<run_id>``. The ``chunk`` param (fits per mapped task) only cuts the fits
+into tasks; each task logs its fits' compute seconds and returns them, so a run shows how much of a
+task instance was fitting and how much was scheduling.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ def wfo_pipeline():
         from quant_engine.wfo.dataset import build_dataset
 
         folder = run_dir("wfo", run_id, get_settings())
+        config = {k: v for k, v in dict(params).items() if k != "chunk"}  # the orchestration's, not the library's
         with fail_fast_on_bad_input():  # bad input fails now, without retries, before any split task
-            summary = build_dataset(WfoConfig.from_params(dict(params)), folder, make_offline_store(), make_bar_store())
+            summary = build_dataset(WfoConfig.from_params(config), folder, make_offline_store(), make_bar_store())
         return {"run_dir": str(folder), "rows": summary["rows"], "tickers": len(summary["tickers"])}
 
     @task
-    def plan(staged: dict) -> list[dict]:
+    def plan(staged: dict, params=None) -> list[dict]:
         from qe_airflow import fail_fast_on_bad_input
 
         from quant_engine.backends import make_wfo_fits
@@ -50,16 +53,31 @@ def wfo_pipeline():
         with fail_fast_on_bad_input():
             tasks = plan(staged["run_dir"])
         make_wfo_fits().prepare(staged["run_dir"])
-        print(f"planned {len(tasks)} (trial, split) fits, one mapped run_split task each")
-        return [{"run_dir": staged["run_dir"], **t, "position": i + 1, "of": len(tasks)} for i, t in enumerate(tasks)]
+        chunk = int(params["chunk"])
+        chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
+        print(f"planned {len(tasks)} (trial, split) fits in {len(chunks)} mapped run_split tasks of up to {chunk}")
+        return [
+            {
+                "run_dir": staged["run_dir"],
+                "fits": [[t["trial_id"], t["split_id"]] for t in fits],
+                "label": _label(fits),
+                "position": i + 1,
+                "of": len(chunks),
+            }
+            for i, fits in enumerate(chunks)
+        ]
 
-    @task(map_index_template="trial {{ task.op_kwargs['trial_id'] }} split {{ task.op_kwargs['split_id'] }}")
-    def run_split(run_dir: str, trial_id: int, split_id: int, position: int, of: int) -> dict:
+    @task(map_index_template="{{ task.op_kwargs['label'] }}")
+    def run_split(run_dir: str, fits: list[list[int]], label: str, position: int, of: int) -> dict:
+        import time
+
         from quant_engine.backends import make_wfo_fits
 
-        [result] = make_wfo_fits().run(run_dir, [(trial_id, split_id)])
-        print(f"WFO fit {position}/{of} done (trial {trial_id}, split {split_id})")  # progress in the task log
-        return result
+        begun = time.perf_counter()
+        results = make_wfo_fits().run(run_dir, [(t, s) for t, s in fits])
+        compute_s = time.perf_counter() - begun
+        print(f"WFO task {position}/{of} done ({label}): {len(fits)} fit(s) in {compute_s:.2f} s")  # the task log
+        return {"fits": results, "compute_s": compute_s}
 
     @task
     def assemble_paths(staged: dict) -> dict:
@@ -85,6 +103,12 @@ def wfo_pipeline():
 
     staged = build_dataset()
     run_split.expand_kwargs(plan(staged)) >> assemble_paths(staged) >> statistics(staged) >> report(staged)
+
+
+def _label(fits: list[dict]) -> str:
+    """A mapped task's name in the UI: its fit, or its first and last fits and how many."""
+    first, last = (f"trial {fits[i]['trial_id']} split {fits[i]['split_id']}" for i in (0, -1))
+    return first if len(fits) == 1 else f"{first} .. {last} ({len(fits)} fits)"
 
 
 wfo_pipeline_dag = wfo_pipeline()

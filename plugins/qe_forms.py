@@ -108,7 +108,19 @@ def wfo_form() -> dict[str, Param]:
         "min_group_rows": Param(
             D["min_group_rows"], type="integer", minimum=1, description="Fewest rows a CPCV group may hold."
         ),
+        # How the fits are cut into tasks, not what they compute: the report is the same for any chunk.
+        "chunk": Param(
+            WFO_CHUNK,
+            type="integer",
+            minimum=1,
+            description="(trial, split) fits per mapped run_split task: more per task spreads each task "
+            "instance's scheduling overhead over more fits; fewer spreads the fits over more workers.",
+        ),
     }
+
+
+#: Default fits per mapped ``run_split`` task of ``wfo_pipeline`` (see the README's "Scaling out").
+WFO_CHUNK = 1
 
 
 def training_form() -> dict[str, Param]:

@@ -65,6 +65,30 @@ def _mapped_indexes(output: str) -> list[str]:
     ]
 
 
+def test_chunked_fits_make_fewer_tasks_and_the_same_report(market: Path, run_dag: Callable) -> None:
+    reports = {}
+    for chunk in (1, 5):
+        result = run_dag("wfo_pipeline", {**CONF, "chunk": chunk})
+        (folder,) = [f for f in (market / "reports" / "wfo").iterdir() if f.name not in reports.values()]
+        reports[chunk] = folder.name
+        indexes = set(_mapped_indexes(result.stdout + result.stderr))
+        if chunk == 5:  # 12 fits in tasks of 5, 5 and 2
+            assert indexes == {
+                "trial 0 split 0 .. trial 0 split 4 (5 fits)",
+                "trial 0 split 5 .. trial 1 split 3 (5 fits)",
+                "trial 1 split 4 .. trial 1 split 5 (2 fits)",
+            }
+    same = [
+        {
+            k: v
+            for k, v in json.loads((market / "reports" / "wfo" / name / "report.json").read_text()).items()
+            if k not in ("run_id", "generated_at", "files")
+        }
+        for name in reports.values()
+    ]
+    assert same[0] == same[1]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
