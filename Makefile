@@ -98,7 +98,7 @@ up: venv stack-deps
 down:
 	@$(BIN)/python ops/stack.py down
 
-bench: venv
+bench: venv stack-deps
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
