@@ -119,8 +119,11 @@ def wfo_form() -> dict[str, Param]:
     }
 
 
-#: Default fits per mapped ``run_split`` task of ``wfo_pipeline`` (see the README's "Scaling out").
-WFO_CHUNK = 1
+#: Default fits per mapped ``run_split`` task of ``wfo_pipeline``. Measured on the scale-mode stack
+#: (``bench/task_overhead.py``, README's "Task granularity"): a task instance costs ~13 s beyond its
+#: fits; 15 fits of the 500-ticker universe (~10 s each) keep that under 10 %, and the default grid's
+#: 60 fits still make 4 tasks, one per slot of two workers x 2.
+WFO_CHUNK = 15
 
 
 def training_form() -> dict[str, Param]:

@@ -41,6 +41,8 @@ CONF = {
         {"max_depth": 3, "learning_rate": 0.1, "n_estimators": 30, "min_child_weight": 10, "threshold": 0.0},
     ],
 }
+#: One mapped task per fit (the default chunk would put all 12 in one task), so they can spread.
+DAG_CONF = {**CONF, "chunk": 1}
 RUN_TIMEOUT_S = 600
 #: What differs between two runs of the same conf: their names, times and where their files are.
 RUN_IDENTITY = ("run_id", "generated_at", "files")
@@ -75,7 +77,7 @@ def api(stack: object, method: str, path: str, token: str, body: dict | None = N
 
 def trigger_wfo(stack: object, token: str) -> str:
     api(stack, "PATCH", "/api/v2/dags/wfo_pipeline", token, {"is_paused": False})
-    return api(stack, "POST", "/api/v2/dags/wfo_pipeline/dagRuns", token, {"logical_date": None, "conf": CONF})[
+    return api(stack, "POST", "/api/v2/dags/wfo_pipeline/dagRuns", token, {"logical_date": None, "conf": DAG_CONF})[
         "dag_run_id"
     ]
 
