@@ -32,6 +32,7 @@ help:
 	@echo "make test  - install what is missing, then run the whole test suite"
 	@echo "make bench - run the benchmarks under bench/"
 	@echo "make up    - start the stack natively (Postgres, Airflow, feed, bridge); make down stops it"
+	@echo "             make up SCALE=1 (or QE_STACK_WORKERS=N): CeleryExecutor on Redis with 2 (N) workers"
 
 venv: shell-defaults
 
@@ -87,20 +88,28 @@ browser-deps:
 		echo "== installing chromium and chromium-driver (browser test)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Postgres for the stack's Airflow metadata database (Debian's package; CI starts on a clean machine).
+# Postgres for the stack's Airflow metadata database, Redis for scale mode's Celery broker (Debian's
+# packages; CI starts on a clean machine).
 stack-deps:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 		echo "== installing postgresql (make up's metadata database)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || { \
+		echo "== installing redis-server (make up SCALE=1's Celery broker)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # The compose stack's processes on this machine, for real end-to-end runs (see ops/stack.py).
+# `make up SCALE=1` (or QE_STACK_WORKERS=N make up): CeleryExecutor, Redis and 2 (N) Celery workers.
+ifneq ($(filter-out 0,$(SCALE)),)
+export QE_STACK_WORKERS ?= 2
+endif
 up: venv stack-deps
 	@$(BIN)/python ops/stack.py up
 
 down:
 	@$(BIN)/python ops/stack.py down
 
-bench: venv
+bench: venv stack-deps
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:

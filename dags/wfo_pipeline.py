@@ -1,4 +1,4 @@
-"""Walk-forward validation with purged cross-validation, one mapped task per (trial, split) locally.
+"""Walk-forward validation with purged cross-validation, one mapped task per ``chunk`` of (trial, split) fits.
 
 The ``splitter`` param picks the splits: combinatorial purged CV (many backtest paths), purged
 K-fold or walk-forward (anchored or rolling windows; one path of the test windows, PBO by CSCV over
@@ -11,7 +11,9 @@ Models run here or, with ``QE_BACKEND=aws``, as SageMaker Processing jobs: one j
 mapped task) per trial with its splits together, or per (trial, split) with
 ``QE_PROCESSING_BATCH=split``. Files pass between
 tasks through the run folder ``$QE_HOME/runs/wfo/<run_id>``; the report lands in
-``$QE_HOME/reports/wfo/<run_id>``.
+``$QE_HOME/reports/wfo/<run_id>``. The ``chunk`` param (fits per mapped task) only cuts the fits
+into tasks; each task logs its fits' compute seconds and returns them, so a run shows how much of a
+task instance was fitting and how much was scheduling.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from qe_forms import wfo_form
 
 
 def _label(batch: list) -> str:
-    """A mapped task's name in the grid: ``trial 1 split 2``, or ``trial 1 split 0,1,2`` for a batch."""
+    """A mapped task's name in the grid: ``trial 1 split 2``, ``trial 1 split 0,1,2``, or the first and last fits."""
     trials = sorted({t for t, _ in batch})
-    splits = ",".join(str(s) for _, s in batch)
-    return f"trial {trials[0]} split {splits}" if len(trials) == 1 else f"{len(batch)} fits"
+    if len(trials) == 1:
+        return f"trial {trials[0]} split {','.join(str(s) for _, s in batch)}"
+    (t0, s0), (t1, s1) = batch[0], batch[-1]
+    return f"trial {t0} split {s0} .. trial {t1} split {s1} ({len(batch)} fits)"
 
 
 @dag(
@@ -50,17 +54,20 @@ def wfo_pipeline():
         from quant_engine.wfo.dataset import build_dataset
 
         aws = aws_clients()
+        config = {k: v for k, v in dict(params).items() if k != "chunk"}  # the orchestration's, not the library's
         with fail_fast_on_bad_input():  # bad input fails now, without retries, before any split task
             settings = get_settings()
             folder = run_dir("wfo", run_id, settings)
-            config = WfoConfig.from_params(dict(params), default_tickers=settings.default_tickers)
             summary = build_dataset(
-                config, folder, make_offline_store(settings, aws=aws), make_bar_store(settings, aws=aws)
+                WfoConfig.from_params(config, default_tickers=settings.default_tickers),
+                folder,
+                make_offline_store(settings, aws=aws),
+                make_bar_store(settings, aws=aws),
             )
         return {"run_dir": str(folder), "rows": summary["rows"], "tickers": len(summary["tickers"])}
 
     @task
-    def plan(staged: dict) -> list[dict]:
+    def plan(staged: dict, params=None) -> list[dict]:
         from qe_airflow import fail_fast_on_bad_input
         from qe_aws import aws_clients
 
@@ -71,13 +78,13 @@ def wfo_pipeline():
             tasks = plan(staged["run_dir"])
         fits = make_wfo_fits(aws=aws_clients())
         fits.prepare(staged["run_dir"])
-        # Locally one mapped task per (trial, split); on aws one per Processing job (QE_PROCESSING_BATCH).
-        batches = fits.batches([(t["trial_id"], t["split_id"]) for t in tasks])
+        # Locally `chunk` fits per mapped task; on aws one task per Processing job (QE_PROCESSING_BATCH).
+        batches = fits.batches([(t["trial_id"], t["split_id"]) for t in tasks], chunk=int(params["chunk"]))
         print(f"planned {len(tasks)} (trial, split) fits in {len(batches)} mapped run_split task(s)")
         return [
             {
                 "run_dir": staged["run_dir"],
-                "tasks": batch,
+                "fits": [[int(t), int(s)] for t, s in batch],
                 "label": _label(batch),
                 "position": i + 1,
                 "of": len(batches),
@@ -86,14 +93,18 @@ def wfo_pipeline():
         ]
 
     @task(map_index_template="{{ task.op_kwargs['label'] }}")
-    def run_split(run_dir: str, tasks: list, label: str, position: int, of: int) -> list[dict]:
+    def run_split(run_dir: str, fits: list[list[int]], label: str, position: int, of: int) -> dict:
+        import time
+
         from qe_aws import aws_clients
 
         from quant_engine.backends import make_wfo_fits
 
-        results = make_wfo_fits(aws=aws_clients()).run(run_dir, [(int(t), int(s)) for t, s in tasks])
-        print(f"WFO fits {position}/{of} done ({label})")  # progress in the task log
-        return results
+        begun = time.perf_counter()
+        results = make_wfo_fits(aws=aws_clients()).run(run_dir, [(t, s) for t, s in fits])
+        compute_s = time.perf_counter() - begun
+        print(f"WFO task {position}/{of} done ({label}): {len(fits)} fit(s) in {compute_s:.2f} s")  # the task log
+        return {"fits": results, "compute_s": compute_s}
 
     @task
     def assemble_paths(staged: dict) -> dict:

@@ -21,6 +21,15 @@ Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STA
 day the feed replays), ``QE_STACK_TICKERS`` (SYN00..SYN04, replayed by the feed and followed by the
 bridge). ``QE_HOME`` is handed to every service. The bridge runs before the registry has a champion
 (its health says ``waiting_for_model``) and picks the first promoted one up by itself.
+
+Scale mode (``QE_STACK_WORKERS=N``, N >= 1; ``make up SCALE=1`` means 2): the compose file's ``scale``
+profile natively. Debian's ``redis-server`` is the Celery broker on ``QE_STACK_REDIS_PORT`` (56379),
+bound to 127.0.0.1 and asking for a generated password (its config file is 0600); every Airflow
+process runs the CeleryExecutor, with Celery's results in the metadata database; N ``airflow celery
+worker`` processes named ``worker-1@<host>`` .. ``worker-N@<host>`` each run
+``QE_STACK_WORKER_CONCURRENCY`` (2) tasks at a time. A task instance's ``hostname`` is its worker's
+name (``qe_airflow.task_hostname``), so a run shows which worker ran what. ``make down`` stops the
+workers and Redis whatever ``QE_STACK_WORKERS`` says then.
 """
 
 from __future__ import annotations
@@ -64,6 +73,9 @@ class StackConfig:
     qe_home: Path
     feed_start: str
     tickers: str
+    workers: int = 0
+    worker_concurrency: int = 2
+    redis_port: int = 56379
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StackConfig:
@@ -73,6 +85,12 @@ class StackConfig:
             raw = env.get(name, str(default))
             if not raw.isdigit() or not 0 < int(raw) < 65536:
                 raise SystemExit(f"{name}={raw!r} is not a TCP port (1-65535)")
+            return int(raw)
+
+        def count(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(name, str(default)).strip()
+            if not raw.isdigit() or not low <= int(raw) <= high:
+                raise SystemExit(f"{name}={raw!r} is not a whole number from {low} to {high}")
             return int(raw)
 
         return cls(
@@ -87,7 +105,36 @@ class StackConfig:
             qe_home=Path(env.get("QE_HOME", REPO_ROOT / "var")).resolve(),
             feed_start=env.get("QE_STACK_FEED_START", "2024-01-02"),
             tickers=env.get("QE_STACK_TICKERS", "SYN00,SYN01,SYN02,SYN03,SYN04"),
+            workers=count("QE_STACK_WORKERS", 0, 0, 16),
+            worker_concurrency=count("QE_STACK_WORKER_CONCURRENCY", 2, 1, 64),
+            redis_port=port("QE_STACK_REDIS_PORT", 56379),
         )
+
+    @property
+    def scale(self) -> bool:
+        """Celery workers on Redis (the compose file's ``scale`` profile) instead of the LocalExecutor."""
+        return self.workers > 0
+
+    @property
+    def worker_names(self) -> list[str]:
+        return [f"worker-{i}" for i in range(1, self.workers + 1)]
+
+    @property
+    def redis_password_file(self) -> Path:
+        return self.folder / "redis_password"
+
+    @property
+    def redis_conf(self) -> Path:
+        """redis-server's config file: it holds the password, so it is 0600 like the other secrets."""
+        return self.folder / "redis" / "redis.conf"
+
+    @property
+    def result_backend(self) -> str:
+        """Celery's results in Airflow's metadata DB, logging in like Airflow (the password from ``pgpass``)."""
+        return f"db+postgresql+psycopg2://{AIRFLOW_DB_ROLE}@127.0.0.1:{self.pg_port}/airflow"
+
+    def broker_url(self) -> str:
+        return f"redis://:{_secret(self.redis_password_file)}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def api_url(self) -> str:
@@ -191,7 +238,23 @@ def service_env(config: StackConfig) -> dict[str, str]:
             "AIRFLOW__API__EXPOSE_CONFIG": "False",
         }
     )
+    if config.scale:
+        env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": config.broker_url(),
+                "AIRFLOW__CELERY__RESULT_BACKEND": config.result_backend,
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(config.worker_concurrency),
+                # a task instance's hostname names its worker (QE_STACK_WORKER_NAME), not just the machine
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "qe_airflow.task_hostname",
+            }
+        )
     return env
+
+
+def worker_env(env: dict[str, str], name: str) -> dict[str, str]:
+    """A Celery worker's environment: the shared one and the worker's own name."""
+    return {**env, "QE_STACK_WORKER_NAME": name}
 
 
 def _alive(pid: int) -> bool:
@@ -350,6 +413,60 @@ def _create_airflow_database(config: StackConfig) -> None:
     connection.close()
 
 
+def _redis_server() -> str:
+    """Debian's ``redis-server`` (``up`` refuses to start scale mode without it)."""
+    debian = Path("/usr/bin/redis-server")
+    return shutil.which("redis-server") or (str(debian) if debian.exists() else "redis-server")
+
+
+def write_redis_conf(config: StackConfig) -> Path:
+    """Redis on 127.0.0.1 only, with the generated password, no persistence; the file is 0600 from the start."""
+    folder = config.redis_conf.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = [
+        f"port {config.redis_port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"requirepass {_secret(config.redis_password_file)}",
+        "daemonize no",
+        'logfile ""',  # stdout: the service's log file
+        'save ""',
+        "appendonly no",
+        f"dir {folder}",
+    ]
+    return write_bytes_atomic(config.redis_conf, ("\n".join(lines) + "\n").encode(), mode=0o600)
+
+
+def _redis_healthy(config: StackConfig) -> tuple[bool, str]:
+    import redis  # the Celery provider's broker client, pinned in requirements.txt
+
+    client = redis.Redis(
+        host="127.0.0.1", port=config.redis_port, password=_secret(config.redis_password_file), socket_timeout=3
+    )
+    try:
+        return bool(client.ping()), "PONG"
+    except redis.RedisError as exc:
+        return False, str(exc)
+    finally:
+        client.close()
+
+
+def _workers_healthy(config: StackConfig) -> tuple[bool, str]:
+    """Every worker answers Celery's ping through the broker (``celery inspect ping``, without Airflow)."""
+    from celery import Celery
+
+    app = Celery(broker=config.broker_url())
+    try:
+        replies = app.control.ping(timeout=2.0)
+    except Exception as exc:  # the broker not answering is "not yet", whatever kombu calls it
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        app.close()
+    answered = {node.split("@", 1)[0] for reply in replies for node in reply}
+    missing = [name for name in config.worker_names if name not in answered]
+    return not missing, f"no ping answer yet from {', '.join(missing)}" if missing else "pong"
+
+
 def migrate(config: StackConfig, env: dict[str, str]) -> None:
     log = config.log_file("db-migrate")
     with log.open("w") as handle:
@@ -378,11 +495,29 @@ def services(config: StackConfig) -> dict[str, list[str]]:
     (``QE_FEED_URL``, ``QE_BRIDGE_*``) from :func:`service_env`.
     """
     airflow = str(BIN / "airflow")
+    redis = {"redis": [_redis_server(), str(config.redis_conf)]} if config.scale else {}
+    workers = {
+        name: [
+            airflow,
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{name}@%h",
+            "--concurrency",
+            str(config.worker_concurrency),
+            "--pid",
+            str(config.folder / "run" / "celery" / f"{name}.pid"),
+            "--skip-serve-logs",  # one machine, one log folder: the api-server reads the task logs itself
+        ]
+        for name in config.worker_names
+    }
     return {
+        **redis,
         "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(config.api_port), "--workers", "1"],
         "scheduler": [airflow, "scheduler"],
         "dag-processor": [airflow, "dag-processor"],
         "triggerer": [airflow, "triggerer"],
+        **workers,
         "feed": _quant_engine_command(
             "feed",
             "serve",
@@ -438,7 +573,9 @@ def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen]) -> N
     A service in ``started`` that exits meanwhile fails at once instead of at the timeout.
     """
     checks = {
+        **({"redis": lambda: _redis_healthy(config)} if config.scale else {}),
         "api-server": lambda: _airflow_components_healthy(config),
+        **({"celery-workers": lambda: _workers_healthy(config)} if config.scale else {}),
         "feed": lambda: _http_ok(f"http://127.0.0.1:{config.feed_port}/health"),
         "bridge": lambda: _http_ok(f"http://127.0.0.1:{config.bridge_port}/health"),
     }
@@ -476,14 +613,27 @@ def up(config: StackConfig) -> None:
         command = services(config)[name]
         if not Path(command[0]).exists():
             raise SystemExit(f"{name}: {command[0]} is not installed; run `make venv` first")
+    if config.scale and not Path(_redis_server()).is_absolute():
+        raise SystemExit(
+            f"QE_STACK_WORKERS={config.workers} needs redis-server as the Celery broker, and it is not "
+            "installed: `make stack-deps` installs it (Debian: apt-get install redis-server)"
+        )
     start_postgres(config)
     env = service_env(config)
     write_passwords(config)
+    if config.scale:
+        write_redis_conf(config)
+        (config.folder / "run" / "celery").mkdir(exist_ok=True)
     migrate(config, env)
     started = {
         name: process
         for name, command in services(config).items()
-        if (process := start_service(config, name, command, env)) is not None
+        if (
+            process := start_service(
+                config, name, command, worker_env(env, name) if name in config.worker_names else env
+            )
+        )
+        is not None
     }
     wait_healthy(config, started)
     print(f"  api-server    {config.api_url}  (Airflow UI; login {config.user} / {config.password})")
@@ -493,6 +643,11 @@ def up(config: StackConfig) -> None:
         "  (signals once the registry has a champion: run spot_training)"
     )
     print(f"  feed          http://127.0.0.1:{config.feed_port}/health  ws://127.0.0.1:{config.feed_port}")
+    if config.scale:
+        print(
+            f"  celery        {config.workers} workers ({', '.join(config.worker_names)}) x "
+            f"{config.worker_concurrency} tasks; broker redis 127.0.0.1:{config.redis_port} (password auth)"
+        )
     print(f"  logs          {config.folder / 'logs'}   QE_HOME {config.qe_home}")
     print("Stop with `make down`.")
 
@@ -516,8 +671,23 @@ def stop_service(config: StackConfig, name: str, grace_s: float = 20.0) -> None:
     config.pid_file(name).unlink(missing_ok=True)
 
 
+def stop_order(config: StackConfig) -> list[str]:
+    """What ``down`` stops, in order: the workers first, Redis last, whatever ``QE_STACK_WORKERS`` says now.
+
+    A stack started in scale mode leaves pid files for its workers and Redis; ``down`` stops every
+    service a pid file names, so a plain ``make down`` also stops a scaled stack.
+    """
+    known = list(services(config))
+    running = sorted(p.stem for p in (config.folder / "run").glob("*.pid")) if (config.folder / "run").is_dir() else []
+    names = known + [name for name in running if name not in known]
+    workers = [name for name in names if name.startswith("worker-")]
+    rest = [name for name in reversed(known) if name not in workers and name != "redis"]
+    extra = [name for name in names if name not in workers and name not in rest and name != "redis"]
+    return workers + rest + extra + (["redis"] if "redis" in names else [])
+
+
 def down(config: StackConfig) -> None:
-    for name in reversed(list(services(config))):
+    for name in stop_order(config):
         stop_service(config, name)
     if (config.pg_data / "PG_VERSION").exists():
         result = subprocess.run(

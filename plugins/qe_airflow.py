@@ -178,3 +178,17 @@ def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
             "of all tickers at the same bar (fixed labels only).",
         ),
     }
+
+
+def task_hostname() -> str:
+    """The ``hostname`` a task instance records: its Celery worker's name in scale mode, else the machine's.
+
+    ``make up`` in scale mode runs several workers on one machine and names each in
+    ``QE_STACK_WORKER_NAME``; Airflow's ``[core] hostname_callable`` points here so the task
+    instances (UI, REST API) say which worker ran them. Without the variable it is the machine's
+    fully qualified name, Airflow's default.
+    """
+    import os
+    import socket
+
+    return os.environ.get("QE_STACK_WORKER_NAME") or socket.getfqdn()

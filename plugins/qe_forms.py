@@ -149,7 +149,22 @@ def wfo_form() -> dict[str, Param]:
             minimum=1,
             description="Fewest rows a CPCV group, fold or walk_forward test window (but the last) may hold.",
         ),
+        # How the fits are cut into tasks, not what they compute: the report is the same for any chunk.
+        "chunk": Param(
+            WFO_CHUNK,
+            type="integer",
+            minimum=1,
+            description="(trial, split) fits per mapped run_split task: more per task spreads each task "
+            "instance's scheduling overhead over more fits; fewer spreads the fits over more workers.",
+        ),
     }
+
+
+#: Default fits per mapped ``run_split`` task of ``wfo_pipeline``. Measured on the scale-mode stack
+#: (``bench/task_overhead.py``, README's "Task granularity"): a task instance costs ~13 s beyond its
+#: fits; 15 fits of the 500-ticker universe (~10 s each) keep that under 10 %, and the default grid's
+#: 60 fits still make 4 tasks, one per slot of two workers x 2.
+WFO_CHUNK = 15
 
 
 def training_form() -> dict[str, Param]:

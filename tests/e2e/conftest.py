@@ -7,6 +7,7 @@ on failure the services' logs, go to ``tests/e2e/artifacts/`` (gitignored; CI ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,41 +78,81 @@ def _make(target: str, env: dict[str, str], timeout: int) -> subprocess.Complete
     )
 
 
-def _keep_logs(name: str) -> None:
-    logs = STACK_DIR / "logs"
+def _keep_logs(name: str, folder: Path = STACK_DIR) -> None:
+    logs = folder / "logs"
     if logs.is_dir():
         shutil.copytree(logs, ARTIFACTS / name, dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def running_stack(folder: Path, ports: dict[str, int], extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """``make up`` in ``folder`` on ``ports`` (``QE_STACK_*_PORT`` names), ``make down`` afterwards, always."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "QE_STACK_DIR": str(folder),
+        **{name: str(port) for name, port in ports.items()},
+        "QE_STACK_USER": "admin",
+        "QE_STACK_PASSWORD": "e2e-password",
+        "QE_HOME": str(folder / "qe_home"),
+        "QE_BACKEND": "local",
+        **(extra_env or {}),
+    }
+    _make("down", env, timeout=120)  # a stack a killed run left behind
+    shutil.rmtree(folder, ignore_errors=True)
+    started = _make("up", env, timeout=420)
+    try:
+        if started.returncode != 0:
+            _keep_logs(f"{folder.name}-logs", folder)
+            pytest.fail(f"make up failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
+        yield Stack(
+            url=f"http://127.0.0.1:{ports['QE_STACK_API_PORT']}",
+            user="admin",
+            password="e2e-password",
+            qe_home=folder / "qe_home",
+            env=env,
+        )
+    finally:
+        stopped = _make("down", env, timeout=120)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     """``make up`` with the test's own ports and folder; ``make down`` afterwards, always."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "QE_STACK_DIR": str(STACK_DIR),
-        "QE_STACK_PG_PORT": "55632",
-        "QE_STACK_API_PORT": "28380",
-        "QE_STACK_FEED_PORT": "28865",
-        "QE_STACK_BRIDGE_PORT": "28866",
-        "QE_STACK_USER": "admin",
-        "QE_STACK_PASSWORD": "e2e-password",
-        "QE_HOME": str(STACK_DIR / "qe_home"),
-        "QE_BACKEND": "local",
+    ports = {
+        "QE_STACK_PG_PORT": 55632,
+        "QE_STACK_API_PORT": 28380,
+        "QE_STACK_FEED_PORT": 28865,
+        "QE_STACK_BRIDGE_PORT": 28866,
     }
-    _make("down", env, timeout=120)  # a stack a killed run left behind
-    shutil.rmtree(STACK_DIR, ignore_errors=True)
-    started = _make("up", env, timeout=420)
-    try:
-        if started.returncode != 0:
-            _keep_logs("stack-logs")
-            pytest.fail(f"make up failed:\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}")
-        yield Stack(
-            url="http://127.0.0.1:28380", user="admin", password="e2e-password", qe_home=STACK_DIR / "qe_home", env=env
-        )
-    finally:
-        stopped = _make("down", env, timeout=120)
-        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    with running_stack(STACK_DIR, ports) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def scale_stack() -> Iterator[Stack]:
+    """``make up`` in scale mode: Redis, CeleryExecutor and two workers, in its own folder and ports.
+
+    A worker that dies is noticed after 30 s without a task heartbeat (Airflow's default is 300 s),
+    so a test that kills one sees its tasks retried within its timeout. Module-scoped: it is down
+    again before the next module's stack starts.
+    """
+    ports = {
+        "QE_STACK_PG_PORT": 55642,
+        "QE_STACK_API_PORT": 28390,
+        "QE_STACK_FEED_PORT": 28875,
+        "QE_STACK_BRIDGE_PORT": 28876,
+        "QE_STACK_REDIS_PORT": 56389,
+    }
+    settings = {
+        "QE_STACK_WORKERS": "2",
+        "QE_STACK_WORKER_CONCURRENCY": "2",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+    }
+    with running_stack(REPO_ROOT / ".stack-e2e-celery", ports, settings) as running:
+        yield running
 
 
 @pytest.fixture

@@ -50,9 +50,10 @@ def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> N
         "excess",
     )
     assert (folder / "report.html").stat().st_size > 10_000
-    # one mapped task per (trial, split), and the last task logged where the report is
+    # the default chunk (15 fits per mapped task) runs the 12 fits in one task; the last task logged
+    # where the report is
     output = result.stdout + result.stderr
-    assert len(set(_mapped_indexes(output))) == 12
+    assert set(_mapped_indexes(output)) == {"trial 0 split 0 .. trial 1 split 5 (12 fits)"}
     assert f"report: {folder / 'report.html'}" in output
     assert report["setup"] in output
 
@@ -63,6 +64,32 @@ def _mapped_indexes(output: str) -> list[str]:
         for line in output.splitlines()
         if "task_id='run_split'" in line and "rendered_map_index='" in line
     ]
+
+
+def test_chunked_fits_make_fewer_tasks_and_the_same_report(market: Path, run_dag: Callable) -> None:
+    reports = {}
+    for chunk in (1, 5):
+        result = run_dag("wfo_pipeline", {**CONF, "chunk": chunk})
+        (folder,) = [f for f in (market / "reports" / "wfo").iterdir() if f.name not in reports.values()]
+        reports[chunk] = folder.name
+        indexes = set(_mapped_indexes(result.stdout + result.stderr))
+        if chunk == 1:  # one mapped task per (trial, split)
+            assert indexes == {f"trial {t} split {s}" for t in range(2) for s in range(6)}
+        if chunk == 5:  # 12 fits in tasks of 5, 5 and 2
+            assert indexes == {
+                "trial 0 split 0 .. trial 0 split 4 (5 fits)",
+                "trial 0 split 5 .. trial 1 split 3 (5 fits)",
+                "trial 1 split 4 .. trial 1 split 5 (2 fits)",
+            }
+    same = [
+        {
+            k: v
+            for k, v in json.loads((market / "reports" / "wfo" / name / "report.json").read_text()).items()
+            if k not in ("run_id", "generated_at", "files")
+        }
+        for name in reports.values()
+    ]
+    assert same[0] == same[1]
 
 
 @pytest.mark.parametrize(

@@ -431,9 +431,10 @@ class SageMakerFits:
     def prepare(self, run_dir: Path) -> None:
         stage_run(run_dir, self.settings, self.clients.client("s3"))
 
-    def batches(self, tasks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    def batches(self, tasks: Sequence[tuple[int, int]], chunk: int = 1) -> list[list[tuple[int, int]]]:
         """The fits packed into Processing jobs as ``QE_PROCESSING_BATCH`` says: one job per trial (its
-        splits together, so 60 fits of 10 trials cost 10 job start-ups) or one per ``(trial, split)``."""
+        splits together, so 60 fits of 10 trials cost 10 job start-ups) or one per ``(trial, split)``;
+        ``chunk`` does not apply (a job's start-up, not the task's, is what batching saves here)."""
         pairs = [(int(t), int(s)) for t, s in tasks]
         if self.settings.processing_batch == "split":
             return [[pair] for pair in pairs]

@@ -19,6 +19,7 @@ import xgboost as xgb
 from quant_engine.features.definitions import get_feature_set
 from quant_engine.progress import Progress
 from quant_engine.storage.atomic import write_parquet_atomic
+from quant_engine.validation import whole_number
 from quant_engine.wfo.run_folder import TEST, TRAIN, load_config, load_dataset, prediction_path, split_path
 
 __all__ = ["FitRunner", "LocalFits", "run_split"]
@@ -35,8 +36,9 @@ class FitRunner(Protocol):
         """Run ``tasks``; one result per task, with the ``path`` of its predictions in the run folder."""
         ...
 
-    def batches(self, tasks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """``tasks`` packed into the lists :meth:`run` should get at once (a DAG maps one task over them)."""
+    def batches(self, tasks: Sequence[tuple[int, int]], chunk: int = 1) -> list[list[tuple[int, int]]]:
+        """``tasks`` packed into the lists :meth:`run` should get at once (a DAG maps one task over them);
+        ``chunk`` is how many fits a list holds where the runner leaves that to the caller."""
         ...
 
 
@@ -96,9 +98,12 @@ class LocalFits:
     def prepare(self, run_dir: Path) -> None:
         """Nothing to stage: the fits read the run folder where it is."""
 
-    def batches(self, tasks: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """One fit per batch: locally each ``(trial, split)`` is its own mapped task."""
-        return [[(int(t), int(s))] for t, s in tasks]
+    def batches(self, tasks: Sequence[tuple[int, int]], chunk: int = 1) -> list[list[tuple[int, int]]]:
+        """``chunk`` fits per batch, in plan order: locally a mapped task runs that many fits in turn (a task
+        instance costs seconds of scheduling and imports; see bench/task_overhead.py)."""
+        chunk = whole_number(chunk, "chunk", minimum=1)
+        pairs = [(int(t), int(s)) for t, s in tasks]
+        return [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
 
     def run(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         results = []

@@ -103,3 +103,128 @@ def test_the_ui_password_file_is_private_from_its_first_byte(config: object) -> 
         os.umask(previous)
     path = Path(config.folder) / "passwords.json"
     assert path.stat().st_mode & 0o777 == 0o600 and json.loads(path.read_text()) == {config.user: config.password}
+
+
+@pytest.fixture
+def scale_config(tmp_path: Path) -> object:
+    return stack.StackConfig.from_env(
+        {"QE_STACK_DIR": str(tmp_path / "stack"), "QE_HOME": str(tmp_path / "home"), "QE_STACK_WORKERS": "2"}
+    )
+
+
+def _compose() -> dict:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["services"]
+
+
+def test_scale_mode_runs_the_compose_scale_profile(scale_config: object) -> None:
+    compose = _compose()
+    profile = {name for name, service in compose.items() if "scale" in service.get("profiles", [])}
+    commands = stack.services(scale_config)
+    scaled = {name for name in commands if name not in COMPOSE_NAME}
+    # make up SCALE=1's default of two workers is the profile's two
+    assert {"redis" if name == "redis" else f"airflow-{name}" for name in scaled} == profile
+    assert list(commands)[0] == "redis"  # the broker first, so the executor finds it
+    assert commands["redis"][-1] == str(scale_config.redis_conf)
+    hostnames = []
+    for name in scale_config.worker_names:
+        command = commands[name]
+        compose_words = compose[f"airflow-{name}"]["command"].split()
+        assert command[1 : 1 + len(compose_words)] == compose_words, f"{name} runs {command}, compose {compose_words}"
+        hostnames.append(command[command.index("--celery-hostname") + 1])
+        assert command[command.index("--concurrency") + 1] == "2"
+        assert command[command.index("--pid") + 1].endswith(f"/run/celery/{name}.pid")
+    assert hostnames == ["worker-1@%h", "worker-2@%h"]
+    assert set(stack.services(stack.StackConfig.from_env({"QE_STACK_DIR": "/x"}))) == set(COMPOSE_NAME)
+
+
+def test_scale_mode_shares_celery_settings_like_compose(scale_config: object) -> None:
+    env = stack.service_env(scale_config)
+    compose_env = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["x-airflow-env"]
+    worker_env = _compose()["airflow-worker-1"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == worker_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    password = stack._secret(scale_config.redis_password_file)
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{password}@127.0.0.1:56379/0"
+    assert compose_env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    # results in the metadata DB, with the same driver as compose and the password from pgpass
+    scheme = "db+postgresql+psycopg2://"
+    assert compose_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith(scheme)
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"{scheme}airflow@127.0.0.1:55432/airflow"
+    assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "qe_airflow.task_hostname"
+    assert stack.worker_env(env, "worker-2")["QE_STACK_WORKER_NAME"] == "worker-2"
+    assert "QE_STACK_WORKER_NAME" not in env
+    assert len(password) >= 48 and scale_config.redis_password_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_redis_config_binds_localhost_with_the_password_and_is_private(scale_config: object) -> None:
+    path = stack.write_redis_conf(scale_config)
+    settings = dict(line.split(" ", 1) for line in path.read_text().splitlines())
+    assert settings["bind"] == "127.0.0.1" and settings["port"] == "56379" and settings["protected-mode"] == "yes"
+    assert settings["requirepass"] == stack._secret(scale_config.redis_password_file)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert settings["requirepass"] not in " ".join(stack.services(scale_config)["redis"])  # not in `ps`
+
+
+def test_redis_health_asks_for_the_password(scale_config: object, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import time
+
+    server = stack._redis_server()
+    if not Path(server).is_absolute():
+        pytest.skip("redis-server is not installed (`make stack-deps` installs it)")
+    with socket.socket() as probe:  # a free port for this test's own server
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    config = stack.StackConfig.from_env(
+        {"QE_STACK_DIR": str(tmp_path / "s"), "QE_STACK_WORKERS": "1", "QE_STACK_REDIS_PORT": str(free_port)}
+    )
+    process = subprocess.Popen([server, str(stack.write_redis_conf(config))], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not (healthy := stack._redis_healthy(config))[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert healthy == (True, "PONG")
+        config.redis_password_file.write_text("not-the-password")
+        ok, why = stack._redis_healthy(config)
+        assert not ok and ("password" in why.lower() or "auth" in why.lower()), why
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_down_stops_a_scaled_stack_whatever_the_worker_count_says_now(config: object) -> None:
+    run = config.folder / "run"
+    run.mkdir(parents=True)
+    for name in ("redis", "worker-2", "worker-1", "scheduler"):
+        (run / f"{name}.pid").write_text("0\n")  # no live process: down only forgets them
+    order = stack.stop_order(config)
+    assert order[:2] == ["worker-1", "worker-2"] and order[-1] == "redis"
+    assert order.index("scheduler") < order.index("api-server")
+    stack.down(config)
+    assert not list(run.glob("*.pid"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("QE_STACK_WORKERS", "-1"),
+        ("QE_STACK_WORKERS", "two"),
+        ("QE_STACK_WORKERS", "17"),
+        ("QE_STACK_WORKER_CONCURRENCY", "0"),
+    ],
+)
+def test_a_bad_worker_count_is_refused_with_its_name(name: str, value: str) -> None:
+    with pytest.raises(SystemExit, match=f"{name}={value!r}"):
+        stack.StackConfig.from_env({name: value})
+
+
+def test_task_hostname_names_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "plugins"))
+    from qe_airflow import task_hostname
+
+    monkeypatch.delenv("QE_STACK_WORKER_NAME", raising=False)
+    assert task_hostname() == socket.getfqdn()
+    monkeypatch.setenv("QE_STACK_WORKER_NAME", "worker-7")
+    assert task_hostname() == "worker-7"
