@@ -74,12 +74,12 @@ def wfo_pipeline():
         from quant_engine.backends import make_wfo_fits
         from quant_engine.wfo.plan import plan
 
+        fits = make_wfo_fits(aws=aws_clients())
         with fail_fast_on_bad_input():
             tasks = plan(staged["run_dir"])
-        fits = make_wfo_fits(aws=aws_clients())
+            # Locally `chunk` fits per mapped task; on aws one task per Processing job (QE_PROCESSING_BATCH).
+            batches = fits.batches([(t["trial_id"], t["split_id"]) for t in tasks], chunk=params["chunk"])
         fits.prepare(staged["run_dir"])
-        # Locally `chunk` fits per mapped task; on aws one task per Processing job (QE_PROCESSING_BATCH).
-        batches = fits.batches([(t["trial_id"], t["split_id"]) for t in tasks], chunk=int(params["chunk"]))
         print(f"planned {len(tasks)} (trial, split) fits in {len(batches)} mapped run_split task(s)")
         return [
             {

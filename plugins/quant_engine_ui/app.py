@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pandas as pd
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
@@ -250,6 +251,60 @@ def drift_section() -> str:
     )
 
 
+def online_section() -> str:
+    """Batch vs adapted quality over time: the bridge's online layer's logged updates, week by week."""
+    from quant_engine.online.layer import OnlineLayer
+
+    parts = []
+    for name in _model_names():
+        folder = _settings().home / "online" / name / "updates"
+        if not folder.is_dir():
+            continue
+        try:
+            updates = OnlineLayer(updates_dir=folder).read_updates()
+        except Exception as exc:  # noqa: BLE001 - one unreadable log must not take the page down
+            parts.append(f"<h3>{html.escape(name)}</h3>" + _unreadable(f"online updates of {name}", exc))
+            continue
+        if updates.empty:
+            continue
+        weeks = updates.assign(week=pd.to_datetime(updates["t1"], utc=True).dt.to_period("W").dt.start_time)
+        rows = [
+            [
+                html.escape(str(week.date())),
+                html.escape(", ".join(sorted(set(group["model_version"])))),
+                _cell(len(group)),
+                _cell(group["logloss_batch"].mean(), 5),
+                _cell(group["logloss_adapted"].mean(), 5),
+                _cell((group["used"] == "adapted").mean(), 2),
+                _cell(group["slope"].iloc[-1]),
+            ]
+            for week, group in list(weeks.groupby("week", sort=True))[-12:]
+        ]
+        parts.append(
+            f"<h3>{html.escape(name)}</h3>"
+            + _table(
+                [
+                    "week (label settled)",
+                    "version",
+                    "labels",
+                    "log-loss batch",
+                    "log-loss adapted",
+                    "adapted used",
+                    "slope",
+                ],
+                rows,
+                "no settled labels yet",
+            )
+        )
+    if not parts:
+        return ""
+    return (
+        "<h2>Online adaptation</h2><p>The bridge's recalibration of the champion, judged on each label once "
+        "it settled: the champion's own log-loss against the adapted one, and how often signals used the "
+        "adapted probability (the last 12 weeks).</p>" + "".join(parts)
+    )
+
+
 def fetch_bridge(
     base_url: str, token: str | None, timeout_s: float = BRIDGE_TIMEOUT_S
 ) -> tuple[dict | None, Any, str | None]:
@@ -312,7 +367,14 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> HTMLResponse:
-        body = "<h1>Quant Engine</h1>" + wfo_section() + registry_section() + drift_section() + bridge_section()
+        body = (
+            "<h1>Quant Engine</h1>"
+            + wfo_section()
+            + registry_section()
+            + drift_section()
+            + online_section()
+            + bridge_section()
+        )
         return _page("Quant Engine", body)
 
     @app.get("/wfo/{name}", response_class=HTMLResponse)

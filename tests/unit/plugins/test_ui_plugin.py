@@ -249,3 +249,20 @@ def test_a_champion_without_a_walk_forward_run_says_so(client: TestClient, token
     _register_model(tmp_path)
     client.cookies.set("_token", token)
     assert "The champion names no walk-forward run." in client.get("/").text
+
+
+def test_online_adaptation_shows_batch_against_adapted_quality_week_by_week(
+    client: TestClient, token: str, qe_home: Path
+) -> None:
+    from quant_engine.online.layer import OnlineLayer
+
+    layer = OnlineLayer(updates_dir=qe_home / "online" / "xgb_direction" / "updates")
+    sessions = pd.date_range("2024-01-02 21:00", periods=15, freq="B", tz="UTC")
+    labels = pd.DataFrame({"ticker": "A", "ts": sessions[:-1], "t1": sessions[1:], "label": [1, 0] * 7})
+    for ts in sessions:
+        layer.write_updates(layer.settle(labels, ts))
+        layer.adapt("A", ts, 0.6, "v0001")
+    client.cookies.set("_token", token)
+    text = client.get("/").text
+    assert "<h2>Online adaptation</h2>" in text
+    assert "2024-01-08" in text and "v0001" in text  # a week's row, by the week its labels settled
