@@ -25,10 +25,11 @@ def test_the_line_sets_what_is_unset_and_keeps_what_is_exported(tmp_path: Path) 
     assert shell_defaults.write(DEFAULTS, site) is None  # already so: nothing rewritten
     show = f"import site, os; site.addsitedir({str(site)!r}); print(os.environ['QE_HOME'], os.environ['AIRFLOW_HOME'])"
     env = {k: v for k, v in os.environ.items() if k not in DEFAULTS}
-    fresh = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    # -S: not the venv's own site-packages, whose checkout .pth (make venv's) would set them first
+    fresh = subprocess.run([sys.executable, "-S", "-c", show], env=env, capture_output=True, text=True, check=True)
     assert fresh.stdout.split(" ", 1) == ["/checkout/var", "/checkout/.airflow with 'quotes'\n"]
     exported = subprocess.run(
-        [sys.executable, "-c", show], env={**env, "QE_HOME": "/mine"}, capture_output=True, text=True, check=True
+        [sys.executable, "-S", "-c", show], env={**env, "QE_HOME": "/mine"}, capture_output=True, text=True, check=True
     )
     assert exported.stdout.startswith("/mine ")
     assert list(site.iterdir()) == [site / shell_defaults.PTH_NAME]  # no partial file left behind
