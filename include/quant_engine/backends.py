@@ -210,4 +210,5 @@ def make_drift_monitor(
         make_alarms(settings, monitoring_schedule=schedule, aws=aws),
         settings.reports_dir / "drift",
         settings.home / "monitoring" / schedule,
+        settings.home / "online" / registry.name / "updates" if settings.backend == "local" else None,
     )

@@ -286,6 +286,13 @@ window {html.escape(str(document.get("window", {})))}; retraining requested:
         )
     }
 <figure><img alt="quality" src="data:image/png;base64,{_quality_plot(quality)}"></figure>
+<h2>The bridge's online adaptation on the window's settled labels</h2>
+{
+        _table(
+            [document["evidence"]["online"]] if document["evidence"].get("online") else [],
+            ("labels", "logloss_batch", "logloss_adapted", "adapted_used", "slope", "intercept"),
+        )
+    }
 <h2>Feature distributions, baseline vs current</h2>{plots}
 <h2>Constraint violations</h2>
 {_table(document["constraint_violations"], ("feature_name", "constraint_check_type", "description"))}

@@ -46,6 +46,7 @@ from quant_engine.monitoring.predictions import NoChampionError, champion, predi
 from quant_engine.monitoring.regimes import VolRegimeTracker, market_proxy_returns
 from quant_engine.monitoring.report import explain, json_safe, write_report
 from quant_engine.monitoring.verdict import drift_verdict
+from quant_engine.online.layer import OnlineLayer, summarize_updates
 from quant_engine.runs import claimed_folder
 from quant_engine.storage.filesystem import FileSystem, overwrite_atomic
 from quant_engine.training.dataset import load_summary, load_train_frame
@@ -224,6 +225,9 @@ class DriftMonitor:
         Where each check's report folder goes (``$QE_HOME/reports/drift``).
     state_dir : Path
         The schedule's own state (the volatility regime), ``$QE_HOME/monitoring/<schedule>``.
+    online_updates : Path, optional
+        The bridge's online layer's update log of this model (``$QE_HOME/online/<model>/updates``):
+        its batch-against-adapted quality in the window goes into the report.
     """
 
     registry: ModelRegistry
@@ -232,6 +236,14 @@ class DriftMonitor:
     alarms: Alarms
     reports_dir: Path
     state_dir: Path
+    online_updates: Path | None = None
+
+    def _online(self, version: str, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, object] | None:
+        """The bridge's online layer on this version's labels settled in the window (None without any)."""
+        if self.online_updates is None or not self.online_updates.is_dir():
+            return None
+        updates = OnlineLayer(updates_dir=self.online_updates).read_updates()
+        return summarize_updates(updates, version, start, end) if not updates.empty else None
 
     def readiness(self, *, min_new_rows: int = 100) -> dict[str, object]:
         """Whether a drift check has something to judge, and if not, why: a readiness value, never an error.
@@ -420,6 +432,7 @@ class DriftMonitor:
                 "min_drifted_features": min_drifted_features,
                 "quality": concept.to_dict(),
                 "alarms": alarm_states,
+                "online": self._online(record.version, start, end),
                 "notes": [*verdict.notes, *notes],
             },
             "constraint_violations": drift.violations_document()["violations"],

@@ -40,7 +40,7 @@ from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
 from quant_engine.timeutil import utc_timestamp
 from quant_engine.validation import real_number, require_columns, whole_number
 
-__all__ = ["UPDATE_COLUMNS", "Adapted", "OnlineLayer"]
+__all__ = ["UPDATE_COLUMNS", "Adapted", "OnlineLayer", "summarize_updates"]
 
 STATE_FORMAT = 1
 #: One row per settled label in the updates log.
@@ -312,3 +312,24 @@ class OnlineLayer:
 def _logloss(prob: float, label: int) -> float:
     p = clip_probability(prob)
     return -math.log(p if label else 1.0 - p)
+
+
+def summarize_updates(updates: pd.DataFrame, version: str, start: object, end: object) -> dict[str, Any] | None:
+    """Batch against adapted quality on ``version``'s labels settled in ``[start, end]``: the drift report's
+    view of the bridge's online layer (None when it learnt nothing there)."""
+    settled = pd.to_datetime(updates["t1"], utc=True)
+    window = updates[
+        (updates["model_version"] == version)
+        & (settled >= utc_timestamp(start, "start")).to_numpy()
+        & (settled <= utc_timestamp(end, "end")).to_numpy()
+    ]
+    if window.empty:
+        return None
+    return {
+        "labels": len(window),
+        "logloss_batch": float(window["logloss_batch"].mean()),
+        "logloss_adapted": float(window["logloss_adapted"].mean()),
+        "adapted_used": float((window["used"] == "adapted").mean()),
+        "slope": float(window["slope"].iloc[-1]),
+        "intercept": float(window["intercept"].iloc[-1]),
+    }

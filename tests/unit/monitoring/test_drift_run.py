@@ -247,3 +247,32 @@ def test_check_needs_a_champion_predictions_and_a_sane_window(qe_home: Path) -> 
         make_drift_monitor().check("early", window_days=WINDOW_DAYS)
     with pytest.raises(ValueError, match="window_days=0"):
         make_drift_monitor().check("bad", window_days=0)
+
+
+def test_the_report_shows_the_bridges_online_adaptation_on_the_windows_labels(qe_home: Path) -> None:
+    from quant_engine.online.layer import OnlineLayer
+
+    version = build_champion(qe_home, shifted=False)
+    score_window()
+    start, end = make_drift_monitor().window(window_days=WINDOW_DAYS)
+    layer = OnlineLayer(updates_dir=qe_home / "online" / "xgb_direction" / "updates")
+    sessions = pd.date_range(start, end, freq="B")[:30]
+    labels = pd.DataFrame({"ticker": "SYN00", "ts": sessions[:-1], "t1": sessions[1:], "label": [1, 0] * 14 + [1]})
+    early = pd.DataFrame(
+        {"ticker": "SYN00", "ts": [start - pd.Timedelta(days=40)], "t1": [start - pd.Timedelta(days=39)], "label": [1]}
+    )
+    layer.adapt("SYN00", early["ts"][0], 0.55, version)
+    layer.write_updates(layer.settle(early, early["t1"][0]))  # settled before the window: not counted
+    for ts in sessions:
+        layer.write_updates(layer.settle(labels, ts))
+        layer.adapt("SYN00", ts, 0.6, version)
+    result = make_drift_monitor().check("with-online", window_days=WINDOW_DAYS)
+    online = json.loads((Path(result.report_dir) / "report.json").read_text())["evidence"]["online"]
+    assert online["labels"] == 29 and online["logloss_batch"] == pytest.approx(
+        -(15 * np.log(0.6) + 14 * np.log(0.4)) / 29
+    )
+    assert 0 <= online["adapted_used"] <= 1
+    assert (
+        "<h2>The bridge's online adaptation on the window's settled labels</h2>"
+        in (Path(result.report_dir) / "report.html").read_text()
+    )
