@@ -267,7 +267,8 @@ def online_section() -> str:
             continue
         if updates.empty:
             continue
-        weeks = updates.assign(week=pd.to_datetime(updates["t1"], utc=True).dt.to_period("W").dt.start_time)
+        settled = pd.to_datetime(updates["t1"], utc=True).dt.tz_convert(None)  # weeks of UTC dates
+        weeks = updates.assign(week=settled.dt.to_period("W").dt.start_time)
         rows = [
             [
                 html.escape(str(week.date())),
