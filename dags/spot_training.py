@@ -63,7 +63,6 @@ def spot_training():
                 settings=settings,
                 jobs=lambda: make_training_jobs(settings, aws=aws_clients(settings, always=True)),
                 requested_by=asset_event_extras(triggering_asset_events),
-                default_tickers=settings.default_tickers,
             )
         print(f"training {prepared['params']['model_name']} on {prepared['basis']}: {prepared['rows']} rows")
         return prepared

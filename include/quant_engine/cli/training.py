@@ -95,7 +95,6 @@ def _train(args: argparse.Namespace) -> int:
         bar_store=make_bar_store(settings),
         settings=settings,
         jobs=lambda: make_training_jobs(settings),
-        default_tickers=settings.default_tickers,
     )
     registry = make_model_registry(settings, prepared["params"]["model_name"])
     print(f"training {registry.name} on {prepared['basis']}: {prepared['rows']} rows")

@@ -66,7 +66,6 @@ def prepare(
     settings: Settings,
     jobs: Callable[[], TrainingJobs] | None = None,
     requested_by: Sequence[Mapping[str, Any]] = (),
-    default_tickers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Resolve the run's parameters (the champion's spec, rolled forward, or the selected trial of the
     walk-forward run ``wfo_run_id`` names; overridden by ``conf``), check them all, and build the
@@ -75,8 +74,8 @@ def prepare(
     ``registry_of`` gives a model's registry by name; ``store`` and ``bar_store`` are the feature
     group and its bars; ``jobs`` makes the managed training jobs, asked to check the run when its
     runner is ``sagemaker``; ``settings`` locate the walk-forward runs (``$QE_HOME/runs/wfo``) and
-    their reports; ``default_tickers`` (``QE_DEFAULT_TICKERS``) stand in for a universe neither
-    ``conf``, a walk-forward run nor a champion names. The returned ``wfo_run`` is that run's record
+    their reports, and their ``QE_DEFAULT_TICKERS`` stand in for a universe neither ``conf``, a
+    walk-forward run nor a champion names. The returned ``wfo_run`` is that run's record
     for the model's metadata (None without one).
 
     Raises
@@ -89,7 +88,7 @@ def prepare(
         registry_of,
         requested_by=requested_by,
         wfo_run_of=lambda run_id: _wfo_outcome(run_id, settings),
-        default_tickers=default_tickers,
+        default_tickers=settings.default_tickers,
     )
     promotion_rule(params, wfo_run)  # checked now, applied by evaluate
     if wfo_run is not None and params["wfo_report"] is None:
