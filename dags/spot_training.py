@@ -1,13 +1,10 @@
 """Train an XGBoost model with checkpoints on (simulated or managed) spot capacity and register it.
 
-Runs when someone triggers it and whenever the drift monitor asks for retraining (the asset
-``qe://drift/retraining-requested``). A run trains what is in production: the champion's own spec,
-rolled forward to the newest stored data, any key of the run's conf overriding it; or, given a
-``wfo_run_id``, the trial that walk-forward run selected, on the full data, with the run's PBO and
-deflated Sharpe in the model's metadata (``min_deflated_sharpe`` makes promotion require the
-latter above it). Graph::
-
-    build_dataset -> train -> evaluate -> register -> beats_champion -> promote
+Runs when triggered and when the drift monitor asks for retraining (``qe://drift/retraining-requested``).
+A run trains what is in production: the champion's own spec, rolled forward to the newest stored
+data, any key of the run's conf overriding it; or, given a ``wfo_run_id``, the trial that
+walk-forward run selected, on the full data, with the run's PBO and deflated Sharpe in the model's
+metadata (``min_deflated_sharpe`` makes promotion require the latter above it).
 
 The steps are ``quant_engine.training.pipeline``'s: every parameter checked before any data moves;
 the trainer under the local spot simulator (``runner=local_spot``) or a SageMaker managed spot job;
@@ -38,14 +35,9 @@ def spot_training():
     @task
     def build_dataset(params=None, run_id=None, dag=None, dag_run=None, triggering_asset_events=None) -> dict:
         from qe_airflow import asset_event_extras, fail_fast_on_bad_input, refuse_unknown_params
-        from qe_aws import aws_clients
+        from qe_aws import aws_clients, training_jobs
 
-        from quant_engine.backends import (
-            make_bar_store,
-            make_model_registry,
-            make_offline_store,
-            make_training_jobs,
-        )
+        from quant_engine.backends import make_bar_store, make_model_registry, make_offline_store
         from quant_engine.config import get_settings
         from quant_engine.runs import run_dir
         from quant_engine.training.pipeline import prepare
@@ -61,7 +53,7 @@ def spot_training():
                 store=make_offline_store(settings, aws=aws),
                 bar_store=make_bar_store(settings, aws=aws),
                 settings=settings,
-                jobs=lambda: make_training_jobs(settings, aws=aws_clients(settings, always=True)),
+                jobs=lambda: training_jobs(settings),
                 requested_by=asset_event_extras(triggering_asset_events),
             )
         print(f"training {prepared['params']['model_name']} on {prepared['basis']}: {prepared['rows']} rows")
@@ -69,47 +61,36 @@ def spot_training():
 
     @task
     def train(prepared: dict, run_id=None) -> dict:
-        from qe_aws import aws_clients
+        from qe_aws import training_jobs
 
-        from quant_engine.backends import make_training_jobs
         from quant_engine.config import get_settings
-        from quant_engine.training.pipeline import train
+        from quant_engine.training.pipeline import describe_training, train
 
         settings = get_settings()
         # The job is named after the run, so a retried task re-attaches to it instead of starting another.
-        trained = train(
-            prepared, run_id, jobs=lambda: make_training_jobs(settings, aws=aws_clients(settings, always=True))
-        )
-        spot = trained.get("spot")
-        print(
-            trained["billing"]
-            if spot is None
-            else f"local spot: {spot['attempts']} attempts, {spot['interruptions']} interruptions, "
-            f"{spot['lost_rounds']} rounds lost, checkpoint overhead {spot['checkpoint_overhead']:.1%}"
-        )
+        trained = train(prepared, run_id, jobs=lambda: training_jobs(settings))
+        print(describe_training(trained))
         return trained
 
     @task
     def evaluate(prepared: dict, trained: dict) -> dict:
-        from qe_aws import aws_clients
+        from qe_aws import model_registry
 
-        from quant_engine.backends import make_model_registry
         from quant_engine.training.pipeline import evaluate
 
-        registry = make_model_registry(name=prepared["params"]["model_name"], aws=aws_clients())
+        registry = model_registry(prepared["params"]["model_name"])
         evaluated = evaluate(prepared, trained, registry)
         print(f"promote={evaluated['promote']}: {evaluated['reason']}")
         return evaluated
 
     @task(outlets=[REGISTRY_ASSET])
     def register(prepared: dict, trained: dict, evaluated: dict) -> str:
-        from qe_aws import aws_clients
+        from qe_aws import model_registry
 
-        from quant_engine.backends import make_model_registry
         from quant_engine.monitoring.run import record_training_baselines
         from quant_engine.training.pipeline import register
 
-        registry = make_model_registry(name=prepared["params"]["model_name"], aws=aws_clients())
+        registry = model_registry(prepared["params"]["model_name"])
         version = register(prepared, trained, evaluated, registry)
         where = record_training_baselines(registry, version, prepared["run_dir"])
         print(f"registered {registry.name} {version}; baselines in {where}")
@@ -121,11 +102,9 @@ def spot_training():
 
     @task(outlets=[CHAMPION_ASSET])
     def promote(prepared: dict, version: str, evaluated: dict) -> dict:
-        from qe_aws import aws_clients
+        from qe_aws import model_registry
 
-        from quant_engine.backends import make_model_registry
-
-        promotion = make_model_registry(name=prepared["params"]["model_name"], aws=aws_clients()).promote(
+        promotion = model_registry(prepared["params"]["model_name"]).promote(
             version, evaluated["reason"], expected_champion=evaluated["champion"]
         )
         print(f"champion: {promotion.version} (was {promotion.previous or 'none'})")

@@ -23,15 +23,6 @@ from airflow.sdk import dag, task
 from qe_forms import wfo_form
 
 
-def _label(batch: list) -> str:
-    """A mapped task's name in the grid: ``trial 1 split 2``, ``trial 1 split 0,1,2``, or the first and last fits."""
-    trials = sorted({t for t, _ in batch})
-    if len(trials) == 1:
-        return f"trial {trials[0]} split {','.join(str(s) for _, s in batch)}"
-    (t0, s0), (t1, s1) = batch[0], batch[-1]
-    return f"trial {t0} split {s0} .. trial {t1} split {s1} ({len(batch)} fits)"
-
-
 @dag(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
@@ -72,7 +63,7 @@ def wfo_pipeline():
         from qe_aws import aws_clients
 
         from quant_engine.backends import make_wfo_fits
-        from quant_engine.wfo.plan import plan
+        from quant_engine.wfo.plan import mapped_batches, plan
 
         fits = make_wfo_fits(aws=aws_clients())
         with fail_fast_on_bad_input():
@@ -81,16 +72,7 @@ def wfo_pipeline():
             batches = fits.batches([(t["trial_id"], t["split_id"]) for t in tasks], chunk=params["chunk"])
         fits.prepare(staged["run_dir"])
         print(f"planned {len(tasks)} (trial, split) fits in {len(batches)} mapped run_split task(s)")
-        return [
-            {
-                "run_dir": staged["run_dir"],
-                "fits": [[int(t), int(s)] for t, s in batch],
-                "label": _label(batch),
-                "position": i + 1,
-                "of": len(batches),
-            }
-            for i, batch in enumerate(batches)
-        ]
+        return mapped_batches(staged["run_dir"], batches)
 
     @task(map_index_template="{{ task.op_kwargs['label'] }}")
     def run_split(run_dir: str, fits: list[list[int]], label: str, position: int, of: int) -> dict:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from quant_engine.aws.session import AwsClients
     from quant_engine.config import Settings
+    from quant_engine.training.pipeline import TrainingJobs
+    from quant_engine.training.registry import ModelRegistry
 
 
 def aws_clients(settings: Settings | None = None, *, always: bool = False) -> AwsClients | None:
@@ -37,3 +39,17 @@ def aws_clients(settings: Settings | None = None, *, always: bool = False) -> Aw
     connection = hook.conn_config
     session = hook.get_session(region_name=connection.region_name or settings.aws_region)
     return make_aws_clients(settings, session=session, endpoint_url=connection.endpoint_url)
+
+
+def training_jobs(settings: Settings) -> TrainingJobs:
+    """SageMaker training jobs through the connection, whatever the backend (a run may ask for them)."""
+    from quant_engine.backends import make_training_jobs
+
+    return make_training_jobs(settings, aws=aws_clients(settings, always=True))
+
+
+def model_registry(name: str) -> ModelRegistry:
+    """Model ``name``'s registry, on S3 through the connection on the aws backend."""
+    from quant_engine.backends import make_model_registry
+
+    return make_model_registry(name=name, aws=aws_clients())

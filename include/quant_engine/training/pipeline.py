@@ -190,6 +190,17 @@ def train(
     return {"runner": "local_spot", "model_path": str(folder / "model" / "model.json"), "spot": report}
 
 
+def describe_training(trained: Mapping[str, Any]) -> str:
+    """One line on how training went: the local spot simulator's interruptions, or the job's billing."""
+    spot = trained.get("spot")
+    if spot is None:
+        return str(trained["billing"])
+    return (
+        f"local spot: {spot['attempts']} attempts, {spot['interruptions']} interruptions, "
+        f"{spot['lost_rounds']} rounds lost, checkpoint overhead {spot['checkpoint_overhead']:.1%}"
+    )
+
+
 def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any], registry: ModelRegistry) -> dict[str, Any]:
     """The candidate against the floor, the champion of ``registry`` on rows neither trained on, and
     (with ``min_deflated_sharpe``) its walk-forward run's deflated Sharpe against the threshold."""

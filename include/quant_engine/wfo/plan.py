@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ from quant_engine.wfo.run_folder import (
 )
 from quant_engine.wfo.splitters import WalkForward
 
-__all__ = ["plan", "split_roles", "walk_forward_roles"]
+__all__ = ["batch_label", "mapped_batches", "plan", "split_roles", "walk_forward_roles"]
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +176,27 @@ def plan(run_dir: Path) -> list[dict[str, int]]:
         len(paths),
     )
     return tasks
+
+
+def batch_label(batch: Sequence[tuple[int, int]]) -> str:
+    """A batch of fits named for a task grid: ``trial 1 split 2``, ``trial 1 split 0,1,2``, or its first and
+    last fits."""
+    trials = sorted({t for t, _ in batch})
+    if len(trials) == 1:
+        return f"trial {trials[0]} split {','.join(str(s) for _, s in batch)}"
+    (t0, s0), (t1, s1) = batch[0], batch[-1]
+    return f"trial {t0} split {s0} .. trial {t1} split {s1} ({len(batch)} fits)"
+
+
+def mapped_batches(run_dir: str, batches: Sequence[Sequence[tuple[int, int]]]) -> list[dict[str, Any]]:
+    """One mapped task's keyword arguments per batch of fits: the run, its fits, a label and its position."""
+    return [
+        {
+            "run_dir": run_dir,
+            "fits": [[int(t), int(s)] for t, s in batch],
+            "label": batch_label(batch),
+            "position": i + 1,
+            "of": len(batches),
+        }
+        for i, batch in enumerate(batches)
+    ]
