@@ -37,3 +37,16 @@ def qe_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     monkeypatch.setenv("QE_HOME", str(home))
     monkeypatch.setenv("QE_BACKEND", "local")
     return home
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep the stack tests (marked ``e2e``) on one xdist worker, one after the other.
+
+    `make test` runs the suite on two workers (``-n 2 --dist loadgroup``): the stack tests spend most
+    of their time waiting for Airflow, so the other worker gets through the rest meanwhile. Their
+    stacks (``make up`` in ``.stack-e2e*``) are shared by tests and started one at a time, so all of
+    them go to the same worker.
+    """
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(pytest.mark.xdist_group("stack"))

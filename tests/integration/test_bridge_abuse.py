@@ -25,6 +25,7 @@ import asyncio
 import json
 import resource
 import time
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -93,6 +94,13 @@ async def subscribed(
 
 def sessions_after(bars: pd.DataFrame, after: pd.Timestamp) -> list[pd.Timestamp]:
     return sorted(t for t in bars["ts"].unique() if t > after)
+
+
+def every_bar_after(bars: pd.DataFrame, after: pd.Timestamp) -> Callable[[list[dict]], bool]:
+    """A wait condition: every ticker's bar of every session after ``after`` was received (one ticker's
+    bar of the last session is not enough: the others may still be on their way)."""
+    expected = {(t, ts) for t, ts in zip(bars["ticker"], bars["ts"], strict=True) if ts > after}
+    return lambda got: {(s["ticker"], pd.Timestamp(s["ts"])) for s in got} >= expected
 
 
 async def silent_connections(port: int, count: int, sources: int) -> list[asyncio.StreamWriter]:
@@ -193,7 +201,7 @@ def test_abuse_leaves_the_bridge_up_serving_an_honest_subscriber_with_every_limi
         during = bridge.rss_kib()
         for writer in held:
             writer.close()
-        await subscriber.wait_for(lambda got: {pd.Timestamp(s["ts"]) for s in got} >= set(sessions), timeout=180)
+        await subscriber.wait_for(every_bar_after(bars, ready), timeout=180)
         async with asyncio.timeout(30):
             while bridge.metrics()["qe_bridge_publisher_connections"] > 2:  # the subscriber and this probe
                 await asyncio.sleep(0.1)
@@ -287,7 +295,7 @@ def test_out_of_file_descriptors_the_bridge_keeps_publishing_and_says_why(store:
         await asyncio.sleep(2.0)  # champion checks and log flushes every 0.2 s: all fail meanwhile
         for writer in writers:
             writer.close()
-        await subscriber.wait_for(lambda got: {pd.Timestamp(s["ts"]) for s in got} >= set(sessions), timeout=180)
+        await subscriber.wait_for(every_bar_after(bars, ready), timeout=180)
         async with asyncio.timeout(30):
             while set(bridge.health()["problems"]) - {"event_loop"}:
                 await asyncio.sleep(0.2)
