@@ -131,6 +131,16 @@ def test_a_module_named_by_the_setting_registers_sets_that_resolve_and_pass_the_
     np.testing.assert_allclose(frame["range_position_10"], (close - lowest) / (highest - lowest), rtol=1e-12)
 
 
+def test_the_documented_example_module_registers_and_passes_the_check(fresh_registry, monkeypatch, market) -> None:
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "examples"))
+    monkeypatch.delitem(sys.modules, "my_features", raising=False)
+    monkeypatch.setenv("QE_FEATURE_MODULES", "my_features")
+    assert declared_feature_set_names() == feature_set_names() == (*BUILTIN_FEATURE_SETS, "trend_range")
+    assert get_feature_set("trend_range").names[-2:] == ["trend_slope_20", "range_position_20"]
+    results = check_parity(fresh_registry.features().values(), bars=market)
+    assert [(r.feature, r.ok) for r in results] == [("trend_slope_20", True), ("range_position_20", True)]
+
+
 def test_an_entry_point_of_an_installed_distribution_registers_through_its_callable(
     fresh_registry, tmp_path, monkeypatch, market
 ) -> None:
