@@ -77,17 +77,11 @@ class RegisteredFeatureSet:
 class FeatureRegistry:
     """The features and sets users registered in this process, and the discovery of their modules.
 
-    Parameters
-    ----------
-    modules : sequence of str, optional
-        Modules to import on discovery; default: ``QE_FEATURE_MODULES`` read when discovery runs.
-    entry_points : bool
-        Whether discovery also loads the :data:`ENTRY_POINT_GROUP` entry points.
+    Discovery reads ``QE_FEATURE_MODULES`` when it runs, not when the registry is made, so a
+    process that sets the variable before its first lookup is served.
     """
 
-    def __init__(self, modules: Sequence[str] | None = None, *, entry_points: bool = True) -> None:
-        self._modules = None if modules is None else tuple(modules)
-        self._entry_points = entry_points
+    def __init__(self) -> None:
         self._features: dict[str, RegisteredFeature] = {}
         self._sets: dict[str, RegisteredFeatureSet] = {}
         self._discovered = False
@@ -153,9 +147,9 @@ class FeatureRegistry:
             return
         self._discovered = True
         try:
-            for module in self._configured_modules():
+            for module in feature_modules_from_env():
                 _import(module, f"{FEATURE_MODULES_VARIABLE} names {module!r}")
-            for entry_point in _entry_points() if self._entry_points else ():
+            for entry_point in _entry_points():
                 _load(entry_point)
         except FeatureRegistrationError as exc:
             self._failure = exc
@@ -170,9 +164,6 @@ class FeatureRegistry:
         """The registered (not built-in) features by name, after discovery."""
         self.discover()
         return dict(self._features)
-
-    def _configured_modules(self) -> tuple[str, ...]:
-        return feature_modules_from_env() if self._modules is None else self._modules
 
 
 def _probe(definition: FeatureDefinition, where: str) -> None:
@@ -293,7 +284,7 @@ def register_feature_set(name: str, features: Sequence[str], *, version: int = 1
 # --- the names, without importing anything -------------------------------------------------------
 
 
-def declared_feature_set_names(modules: Sequence[str] | None = None, *, entry_points: bool = True) -> tuple[str, ...]:
+def declared_feature_set_names() -> tuple[str, ...]:
     """The built-in set names, then those the feature modules declare, read from their source.
 
     For the DAG forms: nothing is imported (a module's packages are located, not run), so parsing
@@ -305,10 +296,8 @@ def declared_feature_set_names(modules: Sequence[str] | None = None, *, entry_po
     FeatureRegistrationError
         A configured module whose source cannot be found.
     """
-    modules = feature_modules_from_env() if modules is None else tuple(modules)
-    sources = [(m, f"{FEATURE_MODULES_VARIABLE} names {m!r}") for m in modules]
-    if entry_points:
-        sources += [(ep.module, f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP}") for ep in _entry_points()]
+    sources = [(m, f"{FEATURE_MODULES_VARIABLE} names {m!r}") for m in feature_modules_from_env()]
+    sources += [(ep.module, f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP}") for ep in _entry_points()]
     names = list(BUILTIN_FEATURE_SETS)
     for module, origin in sources:
         for name in _literal_set_names(_source_path(module, origin)):

@@ -268,4 +268,4 @@ def test_the_setting_takes_dotted_module_names_only() -> None:
 
 
 def test_the_builtin_names_the_forms_list_are_the_definitions_sets(fresh_registry) -> None:
-    assert tuple(feature_set_names()) == BUILTIN_FEATURE_SETS == declared_feature_set_names(entry_points=False)
+    assert tuple(feature_set_names()) == BUILTIN_FEATURE_SETS == declared_feature_set_names()
