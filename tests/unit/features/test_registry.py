@@ -8,6 +8,9 @@ registrations into another.
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -189,15 +192,34 @@ def test_a_registered_set_is_ingested_and_accepted_by_walk_forward(fresh_registr
     assert WfoConfig.from_params({"feature_set": "momentum_plus"}).feature_set == "momentum_plus"
 
 
-def test_the_dag_forms_offer_exactly_the_librarys_feature_sets(fresh_registry, write_module, monkeypatch) -> None:
+_FORMS_PROBE = """
+import json, sys
+from qe_forms import ingestion_form, training_form, wfo_form
+offered = [form()["feature_set"].schema["enum"] for form in (ingestion_form, wfo_form, training_form)]
+heavy = sorted(m for m in ("numpy", "pandas", "{module}") if m in sys.modules)
+print(json.dumps({{"offered": offered, "heavy": heavy}}))
+"""
+
+
+def test_the_dag_forms_offer_registered_sets_without_importing_anything_heavy(write_module, tmp_path) -> None:
     module = write_module(USER_MODULE)
-    monkeypatch.setenv("QE_FEATURE_MODULES", module)
-    spec = importlib.util.spec_from_file_location("qe_airflow_forms_probe", REPO_ROOT / "plugins" / "qe_airflow.py")
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
-    offered = plugin.feature_sets()
-    assert module not in sys.modules, "the forms must not import the feature modules"
-    assert offered == list(feature_set_names())
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "include"), str(REPO_ROOT / "plugins"), str(tmp_path)]),
+        "QE_FEATURE_MODULES": module,
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", _FORMS_PROBE.format(module=module)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert found["offered"] == [[*BUILTIN_FEATURE_SETS, "momentum_plus"]] * 3
+    assert found["heavy"] == [], f"listing the feature sets imported {found['heavy']} while parsing a DAG"
 
 
 # --- clear errors ---------------------------------------------------------------------------------
