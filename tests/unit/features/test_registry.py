@@ -144,23 +144,41 @@ def test_the_documented_example_module_registers_and_passes_the_check(fresh_regi
     assert [(r.feature, r.ok) for r in results] == [("trend_slope_20", True), ("range_position_20", True)]
 
 
-def test_an_entry_point_of_an_installed_distribution_registers_through_its_callable(
-    fresh_registry, tmp_path, monkeypatch, market
-) -> None:
-    module = f"qe_ep_features_{uuid.uuid4().hex[:10]}"
-    (tmp_path / f"{module}.py").write_text(ENTRY_POINT_MODULE)
-    dist_info = tmp_path / "qe_demo_features-1.0.dist-info"
+def _install_entry_point(tmp_path: Path, value: str) -> None:
+    """A distribution's metadata on ``sys.path`` whose one entry point of our group is ``value``."""
+    name = f"qe_demo_{uuid.uuid4().hex[:10]}"
+    dist_info = tmp_path / f"{name}-1.0.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: qe-demo-features\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ndemo = {module}:register\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\ndemo = {value}\n")
     importlib.invalidate_caches()
+
+
+def test_an_entry_point_of_an_installed_distribution_registers_through_its_callable(
+    fresh_registry, write_module, tmp_path, market
+) -> None:
+    module = write_module(ENTRY_POINT_MODULE)
+    _install_entry_point(tmp_path, f"{module}:register")
 
     assert declared_feature_set_names() == (*BUILTIN_FEATURE_SETS, "momentum_plus")
     assert module not in sys.modules, "listing the names must not import the module"
     assert get_feature_set("momentum_plus").names == ["log_return_1", "log_return_10", "range_position_10"]
     results = check_parity(fresh_registry.features().values(), bars=market)
     assert [(r.module, r.ok) for r in results] == [(module, True), (module, True)]
+
+
+def test_an_entry_point_naming_a_module_registers_on_import(fresh_registry, write_module, tmp_path) -> None:
+    module = write_module(USER_MODULE)
+    _install_entry_point(tmp_path, module)
+    assert get_feature_set("momentum_plus").names[-1] == "range_position_10"
+    assert fresh_registry.feature_sets()["momentum_plus"].module == module
+
+
+def test_an_entry_point_naming_a_missing_function_says_so(fresh_registry, write_module, tmp_path) -> None:
+    module = write_module(USER_MODULE)
+    _install_entry_point(tmp_path, f"{module}:no_such_function")
+    with pytest.raises(FeatureRegistrationError, match=f"entry point 'demo'.*{module} has no no_such_function"):
+        feature_set_names()
 
 
 def test_a_look_ahead_feature_fails_the_check_and_the_command(fresh_registry, write_module, monkeypatch) -> None:
