@@ -21,8 +21,17 @@ CHAMPION_ASSET = Asset("qe://models/champion")
 #: Data sources ingestion reads (``quant_engine.data.sources.SOURCE_NAMES``; spelled out so parsing a
 #: DAG never imports the library's data stack).
 SOURCES = ["synthetic", "csv", "parquet", "yfinance"]
-#: Feature sets (``quant_engine.features.definitions.feature_set_names()``), spelled out likewise.
-FEATURE_SETS = ["default", "extended", "close_only", "ohlc"]
+
+
+def feature_sets() -> list[str]:
+    """The feature sets a form offers: the built-in ones, then those your feature modules declare.
+
+    The same names as ``quant_engine.features.definitions.feature_set_names()``, read from the
+    feature modules' source instead of importing them, so parsing a DAG stays light.
+    """
+    from quant_engine.features.registry import declared_feature_set_names
+
+    return list(declared_feature_set_names())
 
 
 @contextlib.contextmanager
@@ -159,7 +168,7 @@ def dataset_params(defaults: Mapping[str, object]) -> dict[str, Param]:
             "Tickers, a list or comma-separated; empty: QE_DEFAULT_TICKERS, else every ticker in the offline store.",
         ),
         "feature_set": Param(
-            defaults["feature_set"], type="string", enum=FEATURE_SETS, description="Features joined from the store."
+            defaults["feature_set"], type="string", enum=feature_sets(), description="Features joined from the store."
         ),
         "label_kind": Param(
             defaults["label_kind"],

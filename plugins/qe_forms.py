@@ -8,7 +8,7 @@ parsed) and the four forms read alike.
 from __future__ import annotations
 
 from airflow.sdk import Param
-from qe_airflow import FEATURE_SETS, SOURCES, dataset_params, reading_params, tickers_param
+from qe_airflow import SOURCES, dataset_params, feature_sets, reading_params, tickers_param
 
 __all__ = ["drift_form", "ingestion_form", "training_form", "wfo_form"]
 
@@ -45,7 +45,7 @@ def ingestion_form() -> dict[str, Param]:
             description="Last session to ingest, inclusive; empty means the same as start.",
         ),
         "feature_set": Param(
-            "default", type="string", enum=FEATURE_SETS, description="Feature definitions to compute."
+            "default", type="string", enum=feature_sets(), description="Feature definitions to compute."
         ),
         **reading_params(),
     }

@@ -21,6 +21,8 @@ BACKENDS: tuple[str, ...] = ("local", "aws")
 #: settings never imports the data stack) and those that read a file or folder.
 DATA_SOURCES: tuple[str, ...] = ("synthetic", "yfinance", "csv", "parquet")
 FILE_SOURCES: tuple[str, ...] = ("csv", "parquet")
+#: The variable naming the modules that register users' own features (:mod:`quant_engine.features.registry`).
+FEATURE_MODULES_VARIABLE = "QE_FEATURE_MODULES"
 #: How the walk-forward's fits are packed into SageMaker Processing jobs on the aws backend.
 PROCESSING_BATCHES: tuple[str, ...] = ("trial", "split")
 
@@ -64,6 +66,24 @@ def env_overrides(
         else:
             raise SettingsError(f"{variable}={raw!r} is not a whole number")
     return values
+
+
+def feature_modules_from_env(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The modules ``QE_FEATURE_MODULES`` names (``mypkg.features,other.mod``), in order.
+
+    Read on its own as well as in :class:`Settings`: the feature registry and the DAG forms need
+    this one value, and an unrelated setting's mistake should not stop them.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(FEATURE_MODULES_VARIABLE) or ""
+    modules = tuple(m.strip() for m in raw.split(",") if m.strip())
+    bad = [m for m in modules if not all(part.isidentifier() for part in m.split("."))]
+    if bad:
+        raise SettingsError(
+            f"{FEATURE_MODULES_VARIABLE}={raw!r}: {bad} are not module names; write dotted names "
+            "separated by commas, e.g. mypkg.features,other.mod"
+        )
+    return modules
 
 
 def _default_home() -> Path:
@@ -114,6 +134,10 @@ class Settings:
     processing_batch : {"trial", "split"}
         ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
         together, the default) or one per (trial, split).
+    feature_modules : tuple of str
+        ``QE_FEATURE_MODULES`` (``mypkg.features,other.mod``): modules that register your own
+        features and feature sets, imported the first time a feature set is looked up
+        (:mod:`quant_engine.features.registry`).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -131,6 +155,7 @@ class Settings:
     default_tickers: tuple[str, ...] | None = None
     aws_conn_id: str = "aws_default"
     processing_batch: str = "trial"
+    feature_modules: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -207,6 +232,7 @@ class Settings:
             default_tickers=_tickers(get("QE_DEFAULT_TICKERS"), "QE_DEFAULT_TICKERS"),
             aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
+            feature_modules=feature_modules_from_env(env),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

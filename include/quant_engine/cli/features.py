@@ -17,7 +17,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         STAMPED_AT_CHOICES,
     )
     from quant_engine.data.schema import ON_ERROR_CHOICES
-    from quant_engine.features.definitions import feature_set_names
 
     ingest = subparsers.add_parser(
         "ingest",
@@ -42,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "parquet without dates, the whole file)",
     )
     ingest.add_argument("--end", help="last session, inclusive (default: start)")
-    ingest.add_argument("--feature-set", default="default", choices=feature_set_names())
+    # Not argparse choices: listing them would import every registered feature module for any command.
+    ingest.add_argument(
+        "--feature-set",
+        default="default",
+        help="default, extended, close_only, ohlc or a set your feature modules register (quant-engine features list)",
+    )
     ingest.add_argument(
         "--calendar",
         help="exchange calendar of a new feature group: XNYS (default), 24/5 (FX), "
@@ -83,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ingest.set_defaults(handler=_ingest)
 
-    features = subparsers.add_parser("features", help="read the feature store")
+    features = subparsers.add_parser("features", help="read the feature store; list and check feature definitions")
     commands = features.add_subparsers(dest="features_command", metavar="COMMAND", required=True)
     get = commands.add_parser("get", help="latest feature vector of a ticker from the online store")
     get.add_argument("ticker")
@@ -114,6 +118,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     drop.add_argument("group", help="the feature group (QE_FEATURE_GROUP), e.g. market_features")
     drop.add_argument("--yes", action="store_true", help="really delete (without it, only say what would go)")
     drop.set_defaults(handler=_features_drop)
+
+    listing = commands.add_parser(
+        "list",
+        help="feature sets by name, built-in and registered (QE_FEATURE_MODULES, entry points), and their features",
+    )
+    listing.set_defaults(handler=_features_list)
+
+    check = commands.add_parser(
+        "check",
+        help="run every feature batch and streaming on a seeded synthetic market; exit 1 if any value differs",
+        description="The batch = stream parity check over the built-in features and every registered one, "
+        "and whether the DAG forms can list every registered set.",
+    )
+    check.add_argument("--feature", action="append", help="check only this feature (repeat for several)")
+    check.add_argument("--seed", type=int, default=7, help="seed of the synthetic market (default 7)")
+    check.set_defaults(handler=_features_check)
 
 
 INGEST_FLAGS = (
@@ -199,6 +219,41 @@ def _features_drop(args: argparse.Namespace) -> int:
     if not args.yes:
         print("nothing deleted; pass --yes to delete")
     return 0
+
+
+def _features_list(args: argparse.Namespace) -> int:
+    from quant_engine.features.definitions import feature_set_names, get_feature_set
+    from quant_engine.features.registry import BUILTIN_MODULE, registry
+
+    registered = registry().feature_sets()
+    for name in feature_set_names():
+        feature_set = get_feature_set(name)
+        module = registered[name].module if name in registered else BUILTIN_MODULE
+        print(f"{name} (v{feature_set.version}, {module}): {', '.join(feature_set.names)}")
+    return 0
+
+
+def _features_check(args: argparse.Namespace) -> int:
+    from quant_engine.features.definitions import feature_set_names
+    from quant_engine.features.parity import check_parity, registered_features
+    from quant_engine.features.registry import declared_feature_set_names
+
+    features = registered_features()
+    if args.feature:
+        known = {f.definition.name for f in features}
+        unknown = [name for name in args.feature if name not in known]
+        if unknown:
+            raise ValueError(f"no feature(s) {unknown} registered; known: {', '.join(sorted(known))}")
+        features = [f for f in features if f.definition.name in args.feature]
+    results = check_parity(features, seed=args.seed)
+    for result in results:
+        print(result.describe())
+    unseen = sorted(set(feature_set_names()) - set(declared_feature_set_names()))
+    for name in unseen:
+        print(f"UNLISTED  feature set {name!r}: the DAG forms cannot offer it; register it with a literal name")
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} of {len(results)} features agree batch = stream")
+    return 1 if failed or unseen else 0
 
 
 def _instant(value: str) -> str:

@@ -8,6 +8,9 @@ in both cases a contiguous run of float64. The same function on the same numbers
 layout gives the same bits (the tests check it bit for bit), so offline/online parity holds by
 construction rather than by careful re-implementation.
 
+Your own features plug in through :mod:`quant_engine.features.registry` and get the same two
+executors; :mod:`quant_engine.features.parity` checks each registered feature against this claim.
+
 The price of that guarantee is that every feature must be a finite-window function. Recursive
 indicators (EMA, Wilder's RSI) depend on all history since the first bar, so they would differ
 between a backfill and a bridge that started yesterday; here RSI is Cutler's variant over simple
@@ -29,6 +32,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from quant_engine.data.schema import BarValidationError
+from quant_engine.features.registry import registry
 
 #: Trading days per year; the annualisation factor of every volatility feature is its square root.
 TRADING_DAYS_PER_YEAR = 252
@@ -779,22 +783,29 @@ _FEATURE_SETS: dict[str, FeatureSet] = {
     "ohlc": FeatureSet("ohlc", 1, OHLC_FEATURES),
 }
 
+#: Every built-in feature by name: what a registered feature set may list beside registered ones.
+BUILTIN_FEATURES: Mapping[str, FeatureDefinition] = {f.name: f for fs in _FEATURE_SETS.values() for f in fs.features}
+
 
 def get_feature_set(name: str) -> FeatureSet:
     """The named feature set: ``"default"`` (close and volume), ``"extended"`` (adds OHLC range
-    features), ``"close_only"`` (the close alone) or ``"ohlc"`` (close and range, no volume).
+    features), ``"close_only"`` (the close alone), ``"ohlc"`` (close and range, no volume), or
+    a set registered by your own feature modules (:mod:`quant_engine.features.registry`).
 
     Examples
     --------
     >>> get_feature_set("default").lookback
     253
     """
-    try:
-        return _FEATURE_SETS[name]
-    except KeyError:
-        raise ValueError(f"no feature set {name!r}; known: {', '.join(feature_set_names())}") from None
+    builtin = _FEATURE_SETS.get(name)
+    if builtin is not None:
+        return builtin
+    registered = registry().feature_sets().get(name)
+    if registered is None:
+        raise ValueError(f"no feature set {name!r}; known: {', '.join(feature_set_names())}")
+    return registered.feature_set
 
 
 def feature_set_names() -> Sequence[str]:
-    """Names accepted by :func:`get_feature_set`."""
-    return tuple(_FEATURE_SETS)
+    """Names accepted by :func:`get_feature_set`: the built-in sets, then the registered ones."""
+    return (*_FEATURE_SETS, *registry().feature_sets())
