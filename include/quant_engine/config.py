@@ -114,6 +114,10 @@ class Settings:
     processing_batch : {"trial", "split"}
         ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
         together, the default) or one per (trial, split).
+    sagemaker_image_uri : str or None
+        ``QE_SAGEMAKER_IMAGE_URI``: the engine's job image (``docker/sagemaker/Dockerfile``) pushed to
+        ECR, run by Processing and training jobs on the aws backend; unset, they fall back to
+        SageMaker's XGBoost framework image only where its Python is 3.11 (:mod:`quant_engine.aws.images`).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -131,6 +135,7 @@ class Settings:
     default_tickers: tuple[str, ...] | None = None
     aws_conn_id: str = "aws_default"
     processing_batch: str = "trial"
+    sagemaker_image_uri: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -143,6 +148,13 @@ class Settings:
             raise SettingsError(
                 f"QE_PROCESSING_BATCH={self.processing_batch!r} is not a batching; use one of "
                 f"{', '.join(PROCESSING_BATCHES)}"
+            )
+        if self.sagemaker_image_uri is not None and (
+            not self.sagemaker_image_uri or any(c.isspace() for c in self.sagemaker_image_uri)
+        ):
+            raise SettingsError(
+                f"QE_SAGEMAKER_IMAGE_URI={self.sagemaker_image_uri!r} is not an image reference "
+                "(<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>)"
             )
         if not self.aws_conn_id or not self.aws_conn_id.strip():
             raise SettingsError("QE_AWS_CONN_ID must name an Airflow connection")
@@ -207,6 +219,7 @@ class Settings:
             default_tickers=_tickers(get("QE_DEFAULT_TICKERS"), "QE_DEFAULT_TICKERS"),
             aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
+            sagemaker_image_uri=get("QE_SAGEMAKER_IMAGE_URI"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

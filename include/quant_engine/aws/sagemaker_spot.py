@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.aws.processing import TERMINAL_FAILURES, find_job, framework_image_uri, poll_job, split_s3_uri
+from quant_engine.aws.images import job_image_uri
+from quant_engine.aws.processing import TERMINAL_FAILURES, find_job, poll_job, split_s3_uri
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
 
@@ -81,7 +82,7 @@ class SpotTrainingSpec:
         ``StoppingCondition.MaxWaitTimeInSeconds``: waiting for spot capacity plus training; at
         least ``max_runtime_s`` (``QE_TRAINING_MAX_WAIT_S``).
     image_uri : str, optional
-        Container image (``QE_TRAINING_IMAGE_URI``); default: SageMaker's XGBoost framework image.
+        Container image (``QE_TRAINING_IMAGE_URI``); default: :func:`~quant_engine.aws.images.job_image_uri`.
     framework_version : str
         XGBoost framework image version looked up when ``image_uri`` is not given.
     poll_interval_s : float
@@ -428,8 +429,12 @@ def run_spot_training(
     else:
         name, existing = job_name, find_job(lambda: sagemaker.describe_training_job(TrainingJobName=job_name))
     if existing is None:
-        image = spec.image_uri or framework_image_uri(
-            settings.aws_region, "xgboost", spec.framework_version, spec.instance_type
+        image = job_image_uri(
+            settings,
+            spec.image_uri,
+            framework="xgboost",
+            framework_version=spec.framework_version,
+            instance_type=spec.instance_type,
         )
         staged = stage_training(channels, name, settings, s3)
         request = training_job_request(name, staged, hyperparameters, spec, settings, image)
