@@ -198,15 +198,6 @@ def test_processing_entry_runs_its_hosts_share_as_the_job_request_names_it(
         )
 
 
-def test_processing_entry_without_an_input_says_so(image_only: Path, tmp_path: Path) -> None:
-    root = tmp_path / "opt_ml"
-    (root / "processing" / "input").mkdir(parents=True)
-    env = container_env(root, image_only, {}, python_path=str(REPO_ROOT / "include"))
-    result = run(["python3", "-m", "quant_engine.wfo.processing_entry"], env, cwd=root)
-    assert result.returncode != 0
-    assert f"{root / 'processing' / 'input'} holds no plan.json" in result.stderr
-
-
 # --- training -------------------------------------------------------------------------------------
 
 

@@ -1,9 +1,10 @@
 """SageMaker managed spot training of the script-mode trainer, through boto3 ``CreateTrainingJob``.
 
 The job runs ``python -m quant_engine.aws.trainer_entry`` (the local runner's
-``python -m quant_engine.training.trainer``, with S3 checkpoints reachable) in SageMaker's XGBoost
-framework image for the region: the package sources travel as ``sourcedir.tar.gz`` with a small
-``qe_train.py`` that runs the module, the framework's script mode
+``python -m quant_engine.training.trainer``, with S3 checkpoints reachable): in the engine's job
+image (``QE_SAGEMAKER_IMAGE_URI``) as its ``train`` command; in a SageMaker XGBoost framework image
+(only where its Python is 3.11, :mod:`quant_engine.aws.images`) through script mode, for which the
+package sources travel as ``sourcedir.tar.gz`` with a small ``qe_train.py`` that runs the module
 (``sagemaker_program``, ``sagemaker_submit_directory``). S3 layout, under
 ``settings.s3_uri("training", <job>)``::
 
