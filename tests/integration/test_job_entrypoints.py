@@ -44,7 +44,6 @@ from quant_engine.aws.sagemaker_spot import (
     CHANNELS,
     SpotTrainingSpec,
     StagedTraining,
-    encode_hyperparameters,
     training_job_request,
 )
 from quant_engine.backends import make_bar_store, make_group_stores, make_offline_store
@@ -252,15 +251,3 @@ def test_train_command_trains_from_the_opt_ml_layout_and_resumes_from_its_checkp
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((root / "model" / "metrics.json").read_text())["resumed_from"] == 12
     assert model.read_bytes() == first_bytes
-
-
-def test_train_command_reports_bad_hyperparameters_as_bad_input(image_only: Path, tmp_path: Path) -> None:
-    root = tmp_path / "opt_ml"
-    training_layout(root, {"num_round": 3, "max_depth": 2})
-    hps = root / "input" / "config" / "hyperparameters.json"
-    hps.write_text(json.dumps({**json.loads(hps.read_text()), "max_dpeth": encode_hyperparameters({"x": 2})["x"]}))
-    env = container_env(root, image_only, {}, python_path=str(REPO_ROOT / "include"))
-    env["PATH"] = f"{REPO_ROOT / 'docker' / 'sagemaker'}:{env['PATH']}"
-    result = run(["train"], env, cwd=root)
-    assert result.returncode == 2 and "max_dpeth" in result.stderr
-    assert not (root / "model" / "model.json").exists()

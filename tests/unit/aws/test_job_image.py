@@ -9,6 +9,7 @@ with only the image's packages importable, which shows the installed packages ar
 
 from __future__ import annotations
 
+import doctest
 import fnmatch
 import importlib.metadata
 import importlib.util
@@ -22,6 +23,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from quant_engine.aws import images
 from quant_engine.aws.images import (
     REQUIRED_PYTHON,
     XGBOOST_FRAMEWORK_PYTHON,
@@ -31,7 +33,9 @@ from quant_engine.aws.images import (
     job_image_uri,
 )
 from quant_engine.aws.processing import ENTRY_POINT
+from quant_engine.aws.trainer_entry import sagemaker_layout
 from quant_engine.config import Settings, SettingsError
+from quant_engine.wfo import processing_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DOCKERFILE = REPO_ROOT / "docker" / "sagemaker" / "Dockerfile"
@@ -229,3 +233,33 @@ def test_the_setting_comes_from_qe_sagemaker_image_uri() -> None:
     assert Settings.from_env({"QE_BACKEND": "aws", "QE_S3_BUCKET": "b"}).sagemaker_image_uri is None
     with pytest.raises(SettingsError, match="QE_SAGEMAKER_IMAGE_URI='my image' is not an image reference"):
         Settings(sagemaker_image_uri="my image")
+
+
+def test_the_examples_in_the_docstrings_hold() -> None:
+    assert doctest.testmod(images).failed == 0
+    assert doctest.testmod(processing_entry).failed == 0
+
+
+# --- the entry points read SageMaker's layout where no variable says otherwise ---------------------
+
+
+def test_the_trainer_reads_the_layout_under_sagemaker_base_dir(tmp_path: Path) -> None:
+    for channel in ("train", "validation"):
+        (tmp_path / "input" / "data" / channel).mkdir(parents=True)
+    env = sagemaker_layout({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert env["SM_CHANNEL_TRAIN"] == str(tmp_path / "input" / "data" / "train")
+    assert env["SM_CHANNEL_VALIDATION"] == str(tmp_path / "input" / "data" / "validation")
+    assert env["SM_MODEL_DIR"] == str(tmp_path / "model")
+    assert env["QE_HYPERPARAMETERS_FILE"] == str(tmp_path / "input" / "config" / "hyperparameters.json")
+    assert env["QE_CHECKPOINT_DIR"] == str(tmp_path / "checkpoints")
+
+
+def test_set_variables_win_over_the_layout_and_no_layout_adds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "input" / "data" / "train").mkdir(parents=True)
+    toolkit = {"SAGEMAKER_BASE_DIR": str(tmp_path), "SM_CHANNEL_TRAIN": "/elsewhere", "SM_MODEL_DIR": "/m"}
+    env = sagemaker_layout(toolkit)
+    assert (env["SM_CHANNEL_TRAIN"], env["SM_MODEL_DIR"]) == ("/elsewhere", "/m")
+    # outside SageMaker (no layout root) a missing channel stays missing, so the trainer says so
+    assert sagemaker_layout({"SAGEMAKER_BASE_DIR": str(tmp_path / "absent")}) == {
+        "SAGEMAKER_BASE_DIR": str(tmp_path / "absent")
+    }
