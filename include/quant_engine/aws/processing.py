@@ -1,6 +1,6 @@
 """SageMaker Processing for walk-forward splits: stage a run on S3, run jobs, collect the predictions.
 
-A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker framework image, so
+A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker job image, so
 the model code in the container is the same :func:`~quant_engine.wfo.runner.run_split` a local
 task runs; :class:`SageMakerFits` is the walk-forward's fit runner on the aws backend. S3 layout,
 under ``settings.s3_uri("wfo", <run>)``::
@@ -13,8 +13,7 @@ The image is the engine's job image (``QE_SAGEMAKER_IMAGE_URI``, built from
 ``docker/sagemaker/Dockerfile``) unless ``QE_PROCESSING_IMAGE_URI`` names another; SageMaker's
 XGBoost framework image only where its Python is 3.11 (:mod:`quant_engine.aws.images`). The staged
 sources come first on ``PYTHONPATH``, so the job runs the submitting checkout's code in any of them.
-The job size comes from ``QE_PROCESSING_*`` variables
-(:meth:`ProcessingSpec.from_env`).
+The job size comes from ``QE_PROCESSING_*`` variables (:meth:`ProcessingSpec.from_env`).
 """
 
 from __future__ import annotations
