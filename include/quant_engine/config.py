@@ -138,6 +138,10 @@ class Settings:
         ``QE_FEATURE_MODULES`` (``mypkg.features,other.mod``): modules that register your own
         features and feature sets, imported the first time a feature set is looked up
         (:mod:`quant_engine.features.registry`).
+    sagemaker_image_uri : str or None
+        ``QE_SAGEMAKER_IMAGE_URI``: the engine's job image (``docker/sagemaker/Dockerfile``) pushed to
+        ECR, run by Processing and training jobs on the aws backend; unset, they fall back to
+        SageMaker's XGBoost framework image only where its Python is 3.11 (:mod:`quant_engine.aws.images`).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -156,6 +160,7 @@ class Settings:
     aws_conn_id: str = "aws_default"
     processing_batch: str = "trial"
     feature_modules: tuple[str, ...] = ()
+    sagemaker_image_uri: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -168,6 +173,13 @@ class Settings:
             raise SettingsError(
                 f"QE_PROCESSING_BATCH={self.processing_batch!r} is not a batching; use one of "
                 f"{', '.join(PROCESSING_BATCHES)}"
+            )
+        if self.sagemaker_image_uri is not None and (
+            not self.sagemaker_image_uri or any(c.isspace() for c in self.sagemaker_image_uri)
+        ):
+            raise SettingsError(
+                f"QE_SAGEMAKER_IMAGE_URI={self.sagemaker_image_uri!r} is not an image reference "
+                "(<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>)"
             )
         if not self.aws_conn_id or not self.aws_conn_id.strip():
             raise SettingsError("QE_AWS_CONN_ID must name an Airflow connection")
@@ -233,6 +245,7 @@ class Settings:
             aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
             feature_modules=feature_modules_from_env(env),
+            sagemaker_image_uri=get("QE_SAGEMAKER_IMAGE_URI"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

@@ -1,6 +1,6 @@
 """SageMaker Processing for walk-forward splits: stage a run on S3, run jobs, collect the predictions.
 
-A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker framework image, so
+A job runs :mod:`quant_engine.wfo.processing_entry` (script mode) in a SageMaker job image, so
 the model code in the container is the same :func:`~quant_engine.wfo.runner.run_split` a local
 task runs; :class:`SageMakerFits` is the walk-forward's fit runner on the aws backend. S3 layout,
 under ``settings.s3_uri("wfo", <run>)``::
@@ -9,12 +9,11 @@ under ``settings.s3_uri("wfo", <run>)``::
     code/     the quant_engine package sources                   -> /opt/ml/processing/code (PYTHONPATH)
     output/<job>/predictions/trial=<t>/split=<s>.parquet         <- /opt/ml/processing/output
 
-The image defaults to SageMaker's XGBoost 3.2 framework image for the region (``image_uris.retrieve``
-of the ``sagemaker`` SDK, which works offline), the XGBoost release the engine trains with. The
-package is shipped as source, so the image must provide what ``run_split`` imports (Python 3.11,
-pandas, pyarrow, xgboost); where the framework image does not, build one from ``requirements.txt``
-and set ``QE_PROCESSING_IMAGE_URI``. The job size comes from ``QE_PROCESSING_*`` variables
-(:meth:`ProcessingSpec.from_env`).
+The image is the engine's job image (``QE_SAGEMAKER_IMAGE_URI``, built from
+``docker/sagemaker/Dockerfile``) unless ``QE_PROCESSING_IMAGE_URI`` names another; SageMaker's
+XGBoost framework image only where its Python is 3.11 (:mod:`quant_engine.aws.images`). The staged
+sources come first on ``PYTHONPATH``, so the job runs the submitting checkout's code in any of them.
+The job size comes from ``QE_PROCESSING_*`` variables (:meth:`ProcessingSpec.from_env`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 import quant_engine
+from quant_engine.aws.images import job_image_uri
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
 from quant_engine.wfo.processing_entry import PROCESSING_INPUT, PROCESSING_OUTPUT, format_tasks
@@ -67,7 +67,7 @@ class ProcessingSpec:
     max_runtime_s : int
         ``StoppingCondition.MaxRuntimeInSeconds`` (``QE_PROCESSING_MAX_RUNTIME_S``).
     image_uri : str, optional
-        Container image (``QE_PROCESSING_IMAGE_URI``); default: SageMaker's ``framework`` image.
+        Container image (``QE_PROCESSING_IMAGE_URI``); default: :func:`~quant_engine.aws.images.job_image_uri`.
     framework, framework_version : str
         The framework image to look up when ``image_uri`` is not given.
     poll_interval_s : float
@@ -396,8 +396,12 @@ def run_tasks_on_sagemaker(
     staged = StagedRun.for_run(run_dir, settings)
     name, existing = attach_or_name(sagemaker, run_dir, tasks)
     if existing is None:
-        image = spec.image_uri or framework_image_uri(
-            settings.aws_region, spec.framework, spec.framework_version, spec.instance_type
+        image = job_image_uri(
+            settings,
+            spec.image_uri,
+            framework=spec.framework,
+            framework_version=spec.framework_version,
+            instance_type=spec.instance_type,
         )
         request = processing_job_request(name, staged, tasks, spec, settings, image)
         sagemaker.create_processing_job(**request)

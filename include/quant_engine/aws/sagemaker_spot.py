@@ -1,9 +1,10 @@
 """SageMaker managed spot training of the script-mode trainer, through boto3 ``CreateTrainingJob``.
 
 The job runs ``python -m quant_engine.aws.trainer_entry`` (the local runner's
-``python -m quant_engine.training.trainer``, with S3 checkpoints reachable) in SageMaker's XGBoost
-framework image for the region: the package sources travel as ``sourcedir.tar.gz`` with a small
-``qe_train.py`` that runs the module, the framework's script mode
+``python -m quant_engine.training.trainer``, with S3 checkpoints reachable): in the engine's job
+image (``QE_SAGEMAKER_IMAGE_URI``) as its ``train`` command; in a SageMaker XGBoost framework image
+(only where its Python is 3.11, :mod:`quant_engine.aws.images`) through script mode, for which the
+package sources travel as ``sourcedir.tar.gz`` with a small ``qe_train.py`` that runs the module
 (``sagemaker_program``, ``sagemaker_submit_directory``). S3 layout, under
 ``settings.s3_uri("training", <job>)``::
 
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import quant_engine
-from quant_engine.aws.processing import TERMINAL_FAILURES, find_job, framework_image_uri, poll_job, split_s3_uri
+from quant_engine.aws.images import job_image_uri
+from quant_engine.aws.processing import TERMINAL_FAILURES, find_job, poll_job, split_s3_uri
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
 
@@ -81,7 +83,7 @@ class SpotTrainingSpec:
         ``StoppingCondition.MaxWaitTimeInSeconds``: waiting for spot capacity plus training; at
         least ``max_runtime_s`` (``QE_TRAINING_MAX_WAIT_S``).
     image_uri : str, optional
-        Container image (``QE_TRAINING_IMAGE_URI``); default: SageMaker's XGBoost framework image.
+        Container image (``QE_TRAINING_IMAGE_URI``); default: :func:`~quant_engine.aws.images.job_image_uri`.
     framework_version : str
         XGBoost framework image version looked up when ``image_uri`` is not given.
     poll_interval_s : float
@@ -428,8 +430,12 @@ def run_spot_training(
     else:
         name, existing = job_name, find_job(lambda: sagemaker.describe_training_job(TrainingJobName=job_name))
     if existing is None:
-        image = spec.image_uri or framework_image_uri(
-            settings.aws_region, "xgboost", spec.framework_version, spec.instance_type
+        image = job_image_uri(
+            settings,
+            spec.image_uri,
+            framework="xgboost",
+            framework_version=spec.framework_version,
+            instance_type=spec.instance_type,
         )
         staged = stage_training(channels, name, settings, s3)
         request = training_job_request(name, staged, hyperparameters, spec, settings, image)

@@ -9,7 +9,9 @@ The container contract, the same on SageMaker and in a local subprocess:
 * ``QE_WFO_TASKS``: the tasks to run as ``"trial:split,trial:split"``; unset means every task of
   the plan;
 * ``QE_RESOURCE_CONFIG`` (default ``/opt/ml/config/resourceconfig.json``): on a cluster of several
-  instances each one runs every ``n_hosts``-th task, by its position in ``hosts``.
+  instances each one runs every ``n_hosts``-th task, by its position in ``hosts``;
+* ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``, the name SageMaker's training toolkit gives it): the
+  root the three defaults above sit under, so a test or a local run maps the whole layout at once.
 
 Each task is :func:`quant_engine.wfo.runner.run_split`, exactly what a local DAG task runs.
 """
@@ -25,9 +27,21 @@ from pathlib import Path
 from quant_engine.wfo.run_folder import load_plan
 from quant_engine.wfo.runner import run_split
 
+BASE_DIR = "/opt/ml"
 PROCESSING_INPUT = "/opt/ml/processing/input"
 PROCESSING_OUTPUT = "/opt/ml/processing/output"
 RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
+
+
+def sagemaker_path(path: str, env: Mapping[str, str]) -> Path:
+    """``path`` (under ``/opt/ml``) moved under ``SAGEMAKER_BASE_DIR`` when that is set.
+
+    Examples
+    --------
+    >>> sagemaker_path(PROCESSING_INPUT, {"SAGEMAKER_BASE_DIR": "/tmp/ml"}).as_posix()
+    '/tmp/ml/processing/input'
+    """
+    return Path(env.get("SAGEMAKER_BASE_DIR") or BASE_DIR) / Path(path).relative_to(BASE_DIR)
 
 
 def parse_tasks(value: str) -> list[tuple[int, int]]:
@@ -65,8 +79,8 @@ def host_share(tasks: Sequence[tuple[int, int]], resource_config: Path) -> list[
 def main(env: Mapping[str, str] | None = None) -> int:
     """Run this instance's share of the tasks; print one JSON line per finished task."""
     env = os.environ if env is None else env
-    input_dir = Path(env.get("QE_PROCESSING_INPUT") or PROCESSING_INPUT)
-    output_dir = Path(env.get("QE_PROCESSING_OUTPUT") or PROCESSING_OUTPUT)
+    input_dir = Path(env.get("QE_PROCESSING_INPUT") or sagemaker_path(PROCESSING_INPUT, env))
+    output_dir = Path(env.get("QE_PROCESSING_OUTPUT") or sagemaker_path(PROCESSING_OUTPUT, env))
     if not (input_dir / "plan.json").exists():
         raise FileNotFoundError(f"{input_dir} holds no plan.json; the job's input must be a planned run folder")
     listed = env.get("QE_WFO_TASKS")
@@ -74,7 +88,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         tasks = parse_tasks(listed)
     else:
         tasks = [(t["trial_id"], t["split_id"]) for t in load_plan(input_dir)["tasks"]]
-    mine = host_share(tasks, Path(env.get("QE_RESOURCE_CONFIG") or RESOURCE_CONFIG))
+    mine = host_share(tasks, Path(env.get("QE_RESOURCE_CONFIG") or sagemaker_path(RESOURCE_CONFIG, env)))
     output_dir.mkdir(parents=True, exist_ok=True)
     for trial_id, split_id in mine:
         result = run_split(input_dir, trial_id, split_id, output_dir=output_dir)

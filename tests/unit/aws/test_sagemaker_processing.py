@@ -47,6 +47,7 @@ from quant_engine.wfo.runner import LocalFits, run_split
 
 BUCKET = "qe-processing"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
+JOB_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/quant-engine-job:0.1.0"
 PARAMS = {
     "start": "2021-01-01",
     "end": "2021-12-31",
@@ -78,7 +79,13 @@ def planned_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def aws_settings(tmp_path: Path) -> Settings:
     return Settings(
-        home=tmp_path, backend="aws", aws_region="us-east-1", s3_bucket=BUCKET, s3_prefix="qe", sagemaker_role_arn=ROLE
+        home=tmp_path,
+        backend="aws",
+        aws_region="us-east-1",
+        s3_bucket=BUCKET,
+        s3_prefix="qe",
+        sagemaker_role_arn=ROLE,
+        sagemaker_image_uri=JOB_IMAGE,
     )
 
 
@@ -288,7 +295,7 @@ def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
     )
 
     (request,) = seen
-    assert request["AppSpecification"]["ImageUri"].endswith("/sagemaker-xgboost:3.2-0")
+    assert request["AppSpecification"]["ImageUri"] == JOB_IMAGE  # QE_SAGEMAKER_IMAGE_URI, the job image
     assert request["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.m5.xlarge"
     assert request["Environment"]["QE_WFO_TASKS"] == "1:2"
     job = sagemaker.describe_processing_job(ProcessingJobName=request["ProcessingJobName"])

@@ -32,11 +32,19 @@ from quant_engine.config import Settings, SettingsError
 BUCKET = "qe-bucket"
 ROLE = "arn:aws:iam::123456789012:role/qe-sagemaker"
 JOB = "qe-train-test-1"
+JOB_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/quant-engine-job:0.1.0"
 
 
 def _settings(**changes: object) -> Settings:
     return Settings(
-        **{"backend": "aws", "s3_bucket": BUCKET, "sagemaker_role_arn": ROLE, "aws_region": "eu-west-1", **changes}
+        **{
+            "backend": "aws",
+            "s3_bucket": BUCKET,
+            "sagemaker_role_arn": ROLE,
+            "aws_region": "eu-west-1",
+            "sagemaker_image_uri": JOB_IMAGE,
+            **changes,
+        }
     )
 
 
@@ -93,9 +101,7 @@ def test_managed_spot_request_shape(aws, tmp_path: Path) -> None:
     assert job["EnableManagedSpotTraining"] is True
     assert job["CheckpointConfig"] == {"S3Uri": f"{base}/checkpoints", "LocalPath": CHECKPOINT_LOCAL_PATH}
     assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 1800, "MaxWaitTimeInSeconds": 3600}
-    assert job["AlgorithmSpecification"]["TrainingImage"] == (
-        "141502667606.dkr.ecr.eu-west-1.amazonaws.com/sagemaker-xgboost:3.2-0"
-    )
+    assert job["AlgorithmSpecification"]["TrainingImage"] == JOB_IMAGE  # QE_SAGEMAKER_IMAGE_URI
     assert job["RoleArn"] == ROLE and job["OutputDataConfig"] == {"S3OutputPath": f"{base}/output"}
     assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]} == {
         "train": f"{base}/train",
