@@ -174,6 +174,8 @@ class Settings:
         self._check_tracking()
 
     def _check_tracking(self) -> None:
+        if self.tracking_ui_url is not None and not self.tracking_ui_url.startswith(("http://", "https://")):
+            raise SettingsError(f"QE_TRACKING_UI_URL={self.tracking_ui_url!r} must be an http(s):// address")
         uri = self.tracking_uri
         if uri is None:
             return
@@ -188,8 +190,6 @@ class Settings:
                 f"QE_TRACKING_URI={uri!r} is not an MLflow tracking URI; use one of "
                 f"{', '.join(s + '://...' for s in TRACKING_SCHEMES)} or a SageMaker MLflow tracking server's ARN"
             )
-        if self.tracking_ui_url is not None and not self.tracking_ui_url.startswith(("http://", "https://")):
-            raise SettingsError(f"QE_TRACKING_UI_URL={self.tracking_ui_url!r} must be an http(s):// address")
 
     def _check_run_defaults(self) -> None:
         source = self.default_source
