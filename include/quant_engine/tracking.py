@@ -165,7 +165,7 @@ class Tracker:
 
         ``key`` identifies the run within its kind (the Airflow run id, ``model:version``): a run
         with the same key is logged into again. ``params`` and ``tags`` become strings (non-string
-        values as JSON; None values are left out); ``metrics`` keep their finite numbers (others are left out); each of
+        values as JSON, None values left out); ``metrics`` keep their finite numbers; each of
         ``series`` is one metric with a step per value (the paths' Sharpe ratios); ``artifacts``
         are files copied under ``artifact_dir``. ``keep`` records the logged run beside the run's
         result (:func:`save_tracked_run`). Any error, ``keep``'s included, is a warning, never raised.
