@@ -85,13 +85,13 @@ def spot_training():
 
     @task(outlets=[REGISTRY_ASSET])
     def register(prepared: dict, trained: dict, evaluated: dict) -> str:
-        from qe_aws import model_registry
+        from qe_aws import experiment_tracker, model_registry
 
         from quant_engine.monitoring.run import record_training_baselines
         from quant_engine.training.pipeline import register
 
         registry = model_registry(prepared["params"]["model_name"])
-        version = register(prepared, trained, evaluated, registry)
+        version = register(prepared, trained, evaluated, registry, tracker=experiment_tracker())
         where = record_training_baselines(registry, version, prepared["run_dir"])
         print(f"registered {registry.name} {version}; baselines in {where}")
         return version

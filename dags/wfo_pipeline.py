@@ -103,10 +103,12 @@ def wfo_pipeline():
 
     @task
     def report(staged: dict) -> str:
+        from qe_aws import experiment_tracker
+
         from quant_engine.config import get_settings
         from quant_engine.wfo.report import headline, load_report, write_report
 
-        folder = write_report(staged["run_dir"], get_settings().reports_dir)
+        folder = write_report(staged["run_dir"], get_settings().reports_dir, tracker=experiment_tracker())
         print(headline(load_report(folder)))
         return str(folder / "report.html")
 

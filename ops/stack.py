@@ -1,7 +1,8 @@
 """Start and stop the native stack behind ``make up`` / ``make down``: the compose services without Docker.
 
 Postgres (the Airflow metadata database), ``airflow db migrate``, the api-server, scheduler
-(LocalExecutor), dag-processor and triggerer, the replay feed and the bridge run as background
+(LocalExecutor), dag-processor and triggerer, the replay feed, the bridge and the MLflow UI (``mlflow
+server`` on the engine's embedded tracking database, ``$QE_HOME/mlflow/mlflow.db``) run as background
 processes of this machine. Everything lives under one folder (``QE_STACK_DIR``, default ``.stack/``):
 the Postgres data, the Airflow home, one log and one pid file per service, the generated secrets.
 
@@ -16,11 +17,12 @@ URL or environment. Every secret file is created 0600 (private from its first by
 group, so stopping it also stops the task processes it started.
 
 Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STACK_API_PORT`` (28080),
-``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD``
-(admin / admin), ``QE_STACK_TIMEOUT_S`` (240, per service), ``QE_STACK_FEED_START`` (2024-01-02, first
-day the feed replays), ``QE_STACK_TICKERS`` (SYN00..SYN04, replayed by the feed and followed by the
-bridge). ``QE_HOME`` is handed to every service. The bridge runs before the registry has a champion
-(its health says ``waiting_for_model``) and picks the first promoted one up by itself.
+``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_MLFLOW_PORT`` (28500, the
+MLflow UI), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD`` (admin / admin), ``QE_STACK_TIMEOUT_S`` (240,
+per service), ``QE_STACK_FEED_START`` (2024-01-02, first day the feed replays), ``QE_STACK_TICKERS``
+(SYN00..SYN04, replayed by the feed and followed by the bridge). ``QE_HOME`` is handed to every
+service. The bridge runs before the registry has a champion (its health says ``waiting_for_model``)
+and picks the first promoted one up by itself.
 
 Scale mode (``QE_STACK_WORKERS=N``, N >= 1; ``make up SCALE=1`` means 2): the compose file's ``scale``
 profile natively. Debian's ``redis-server`` is the Celery broker on ``QE_STACK_REDIS_PORT`` (56379),
@@ -76,6 +78,7 @@ class StackConfig:
     workers: int = 0
     worker_concurrency: int = 2
     redis_port: int = 56379
+    mlflow_port: int = 28500
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> StackConfig:
@@ -108,6 +111,7 @@ class StackConfig:
             workers=count("QE_STACK_WORKERS", 0, 0, 16),
             worker_concurrency=count("QE_STACK_WORKER_CONCURRENCY", 2, 1, 64),
             redis_port=port("QE_STACK_REDIS_PORT", 56379),
+            mlflow_port=port("QE_STACK_MLFLOW_PORT", 28500),
         )
 
     @property
@@ -139,6 +143,15 @@ class StackConfig:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The engine's embedded MLflow store (``Settings.mlflow_dir``): the runs write it, the UI reads it."""
+        return self.qe_home / "mlflow"
 
     @property
     def db_url(self) -> str:
@@ -215,6 +228,8 @@ def service_env(config: StackConfig) -> dict[str, str]:
             "QE_BRIDGE_UI_TOKEN": ui_token,
             "QE_BRIDGE_TOKENS": env.get("QE_BRIDGE_TOKENS") or ui_token,
             "QE_BRIDGE_PORT": str(config.bridge_port),
+            # the Quant Engine page links each run to its page in this stack's MLflow UI
+            "QE_TRACKING_UI_URL": config.mlflow_url,
             "AIRFLOW_HOME": str(config.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
@@ -533,6 +548,20 @@ def services(config: StackConfig) -> dict[str, list[str]]:
             config.feed_start,
         ),
         "bridge": _quant_engine_command("bridge", "run"),
+        "mlflow": [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{config.mlflow_dir / 'mlflow.db'}",
+            "--default-artifact-root",
+            (config.mlflow_dir / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(config.mlflow_port),
+            "--workers",
+            "1",
+        ],
     }
 
 
@@ -578,6 +607,7 @@ def wait_healthy(config: StackConfig, started: dict[str, subprocess.Popen]) -> N
         **({"celery-workers": lambda: _workers_healthy(config)} if config.scale else {}),
         "feed": lambda: _http_ok(f"http://127.0.0.1:{config.feed_port}/health"),
         "bridge": lambda: _http_ok(f"http://127.0.0.1:{config.bridge_port}/health"),
+        "mlflow": lambda: _http_ok(f"{config.mlflow_url}/health"),
     }
     for name, check in checks.items():
         begun = time.monotonic()
@@ -608,8 +638,9 @@ def up(config: StackConfig) -> None:
     for sub in ("run", "logs"):
         (config.folder / sub).mkdir(parents=True, exist_ok=True)
     config.qe_home.mkdir(parents=True, exist_ok=True)
+    config.mlflow_dir.mkdir(exist_ok=True)
     print(f"Starting the quant-engine stack in {config.folder}")
-    for name in ("feed", "bridge"):
+    for name in ("feed", "bridge", "mlflow"):
         command = services(config)[name]
         if not Path(command[0]).exists():
             raise SystemExit(f"{name}: {command[0]} is not installed; run `make venv` first")
@@ -643,6 +674,7 @@ def up(config: StackConfig) -> None:
         "  (signals once the registry has a champion: run spot_training)"
     )
     print(f"  feed          http://127.0.0.1:{config.feed_port}/health  ws://127.0.0.1:{config.feed_port}")
+    print(f"  mlflow        {config.mlflow_url}  (experiment tracking UI on {config.mlflow_dir / 'mlflow.db'})")
     if config.scale:
         print(
             f"  celery        {config.workers} workers ({', '.join(config.worker_names)}) x "

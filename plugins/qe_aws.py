@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from quant_engine.aws.session import AwsClients
     from quant_engine.config import Settings
+    from quant_engine.tracking import Tracker
     from quant_engine.training.pipeline import TrainingJobs
     from quant_engine.training.registry import ModelRegistry
 
@@ -53,3 +54,11 @@ def model_registry(name: str) -> ModelRegistry:
     from quant_engine.backends import make_model_registry
 
     return make_model_registry(name=name, aws=aws_clients())
+
+
+def experiment_tracker() -> Tracker | None:
+    """The MLflow tracker (None with ``QE_TRACKING=0``); a SageMaker tracking server is signed for with the
+    connection's session on the aws backend."""
+    from quant_engine.backends import make_tracker
+
+    return make_tracker(aws=aws_clients())

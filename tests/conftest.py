@@ -32,10 +32,13 @@ for _key, _value in {
 
 @pytest.fixture(autouse=True)
 def qe_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own empty QE_HOME and the local backend."""
+    """Each test gets its own empty QE_HOME, the local backend and no experiment tracking."""
     home = tmp_path_factory.mktemp("qe_home")
     monkeypatch.setenv("QE_HOME", str(home))
     monkeypatch.setenv("QE_BACKEND", "local")
+    # MLflow tracking is off unless a test turns it on (tests/unit/tracking): importing MLflow and
+    # creating its database take seconds, which every run in every test would pay.
+    monkeypatch.setenv("QE_TRACKING", "0")
     return home
 
 

@@ -33,6 +33,7 @@ from quant_engine.monitoring.alarms import Alarms, LocalAlarms, check_schedule_n
 from quant_engine.monitoring.predictions import PredictionLog, prediction_log
 from quant_engine.monitoring.run import DriftMonitor, drift_schedule
 from quant_engine.storage.filesystem import FileSystem, LocalFileSystem
+from quant_engine.tracking import Tracker
 from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 from quant_engine.training.pipeline import TrainingJobs
 from quant_engine.training.registry import ModelRegistry
@@ -50,6 +51,7 @@ __all__ = [
     "make_online_store",
     "make_prediction_log",
     "make_sagemaker_feature_group",
+    "make_tracker",
     "make_training_jobs",
     "make_wfo_fits",
 ]
@@ -193,6 +195,22 @@ def make_training_jobs(settings: Settings | None = None, *, aws: AwsClients | No
     return SpotTrainingJobs(settings, _aws(settings, aws))
 
 
+def make_tracker(settings: Settings | None = None, *, aws: AwsClients | None = None) -> Tracker | None:
+    """The MLflow tracker runs are logged to (None with ``QE_TRACKING=0``): ``QE_TRACKING_URI``, or the
+    embedded SQLite database and artifact folder under ``$QE_HOME/mlflow``. A SageMaker tracking
+    server (an ARN) is signed for with ``aws``'s session (the connection's in Airflow), else the
+    standard environment's."""
+    settings = settings or get_settings()
+    if not settings.tracking:
+        return None
+    uri = settings.tracking_store_uri
+    if uri.startswith("arn:"):
+        return Tracker(uri, boto3_session=_aws(settings, aws).session)
+    if settings.tracking_uri is None:
+        return Tracker(uri, artifact_root=settings.mlflow_dir / "artifacts")
+    return Tracker(uri)
+
+
 def make_drift_monitor(
     settings: Settings | None = None, model_name: str | None = None, *, aws: AwsClients | None = None
 ) -> DriftMonitor:
@@ -211,4 +229,5 @@ def make_drift_monitor(
         settings.reports_dir / "drift",
         settings.home / "monitoring" / schedule,
         settings.home / "online" / registry.name / "updates" if settings.backend == "local" else None,
+        make_tracker(settings, aws=aws),
     )

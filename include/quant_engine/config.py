@@ -8,6 +8,7 @@ variable (``QE_BACKEND``) and nothing else.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,12 @@ FILE_SOURCES: tuple[str, ...] = ("csv", "parquet")
 FEATURE_MODULES_VARIABLE = "QE_FEATURE_MODULES"
 #: How the walk-forward's fits are packed into SageMaker Processing jobs on the aws backend.
 PROCESSING_BATCHES: tuple[str, ...] = ("trial", "split")
+#: What ``QE_TRACKING_URI`` may name: an MLflow tracking store by URI scheme, or a SageMaker managed
+#: MLflow tracking server (or MLflow app) by ARN, which the ``sagemaker-mlflow`` plugin resolves.
+TRACKING_SCHEMES: tuple[str, ...] = ("sqlite", "file", "http", "https", "postgresql", "mysql")
+SAGEMAKER_MLFLOW_ARN = re.compile(
+    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:(mlflow-tracking-server|mlflow-app)/[A-Za-z0-9][A-Za-z0-9-]*$"
+)
 
 
 class SettingsError(ValueError):
@@ -142,6 +149,16 @@ class Settings:
         ``QE_SAGEMAKER_IMAGE_URI``: the engine's job image (``docker/sagemaker/Dockerfile``) pushed to
         ECR, run by Processing and training jobs on the aws backend; unset, they fall back to
         SageMaker's XGBoost framework image only where its Python is 3.11 (:mod:`quant_engine.aws.images`).
+    tracking : bool
+        ``QE_TRACKING`` (default on; ``0`` turns it off): log walk-forward, training and drift runs
+        to MLflow (:mod:`quant_engine.tracking`).
+    tracking_uri : str or None
+        ``QE_TRACKING_URI``: the MLflow tracking server, e.g. ``http://mlflow:5000`` or, on AWS, the
+        ARN of a SageMaker managed MLflow tracking server; unset: the embedded SQLite database
+        ``$QE_HOME/mlflow/mlflow.db`` (:attr:`tracking_store_uri`).
+    tracking_ui_url : str or None
+        ``QE_TRACKING_UI_URL``: where people open the MLflow UI, for the Quant Engine page's links
+        (``make up`` sets it); unset: the tracking URI itself when that is an HTTP server.
     """
 
     home: Path = field(default_factory=_default_home)
@@ -161,6 +178,9 @@ class Settings:
     processing_batch: str = "trial"
     feature_modules: tuple[str, ...] = ()
     sagemaker_image_uri: str | None = None
+    tracking: bool = True
+    tracking_uri: str | None = None
+    tracking_ui_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -188,6 +208,25 @@ class Settings:
                 f"QE_FEATURE_GROUP={self.feature_group!r} must contain only letters, digits, '-' and '_'"
             )
         self._check_run_defaults()
+        self._check_tracking()
+
+    def _check_tracking(self) -> None:
+        if self.tracking_ui_url is not None and not self.tracking_ui_url.startswith(("http://", "https://")):
+            raise SettingsError(f"QE_TRACKING_UI_URL={self.tracking_ui_url!r} must be an http(s):// address")
+        uri = self.tracking_uri
+        if uri is None:
+            return
+        if uri.startswith("arn:"):
+            if not SAGEMAKER_MLFLOW_ARN.match(uri):
+                raise SettingsError(
+                    f"QE_TRACKING_URI={uri!r} is not the ARN of a SageMaker MLflow tracking server "
+                    "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>)"
+                )
+        elif uri.partition(":")[0].lower() not in TRACKING_SCHEMES:
+            raise SettingsError(
+                f"QE_TRACKING_URI={uri!r} is not an MLflow tracking URI; use one of "
+                f"{', '.join(s + '://...' for s in TRACKING_SCHEMES)} or a SageMaker MLflow tracking server's ARN"
+            )
 
     def _check_run_defaults(self) -> None:
         source = self.default_source
@@ -246,6 +285,9 @@ class Settings:
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
             feature_modules=feature_modules_from_env(env),
             sagemaker_image_uri=get("QE_SAGEMAKER_IMAGE_URI"),
+            tracking=get("QE_TRACKING") is None or _flag(get("QE_TRACKING"), "QE_TRACKING"),
+            tracking_uri=get("QE_TRACKING_URI"),
+            tracking_ui_url=get("QE_TRACKING_UI_URL"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.
@@ -264,6 +306,24 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The embedded MLflow store: ``mlflow.db`` and ``artifacts/``."""
+        return self.home / "mlflow"
+
+    @property
+    def tracking_store_uri(self) -> str:
+        """``QE_TRACKING_URI``, or the embedded SQLite database under :attr:`mlflow_dir`."""
+        return self.tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def tracking_link_base(self) -> str | None:
+        """Where the MLflow UI answers for links: ``QE_TRACKING_UI_URL``, else an HTTP tracking URI, else None."""
+        if self.tracking_ui_url:
+            return self.tracking_ui_url
+        uri = self.tracking_uri or ""
+        return uri if uri.startswith(("http://", "https://")) else None
 
     def s3_uri(self, *parts: str) -> str:
         """``s3://bucket/prefix/part/...`` for the aws backend."""

@@ -89,6 +89,37 @@ def _report_file(kind: str, name: str, filename: str) -> Path:
     return folder / filename
 
 
+def mlflow_link(tracked: Mapping[str, Any] | None) -> str:
+    """A run's MLflow page as a link (``QE_TRACKING_UI_URL``, or an HTTP tracking server), its run id
+    without a UI to link to, ``-`` for a run that was not tracked."""
+    if not tracked:
+        return _cell(None)
+    from quant_engine.tracking import TrackedRun
+
+    try:
+        run = TrackedRun.from_json(tracked)
+    except (KeyError, TypeError):
+        return _cell(None)
+    base = _settings().tracking_link_base
+    if base is None:
+        return f'<span title="{html.escape(run.tracking_uri)}">{html.escape(run.run_id[:12])}</span>'
+    return f'<a href="{html.escape(run.ui_url(base))}">{html.escape(run.run_id[:12])}</a>'
+
+
+def _tracked_in(folder: Path) -> dict[str, Any] | None:
+    from quant_engine.tracking import load_tracked_run
+
+    run = load_tracked_run(folder)
+    return None if run is None else run.to_json()
+
+
+def _tracked_version(registry: Any, version: str) -> dict[str, Any] | None:
+    try:
+        return registry.tracked_run(version)
+    except (OSError, ValueError):  # an unreadable record only loses its link
+        return None
+
+
 def wfo_section() -> str:
     from quant_engine.wfo.report import load_report
 
@@ -113,6 +144,7 @@ def wfo_section() -> str:
                 f'<span title="{html.escape(report.get("scheme", ""))}">'
                 f"{html.escape(report.get('splitter', 'cpcv'))}</span>",
                 html.escape(report.get("setup", "")),
+                mlflow_link(_tracked_in(folder)),
             ]
         )
     table = _table(
@@ -126,6 +158,7 @@ def wfo_section() -> str:
             "splits / paths / trials",
             "splitter",
             "setup",
+            "MLflow",
         ],
         rows,
         "No walk-forward report yet: trigger the wfo_pipeline DAG.",
@@ -194,6 +227,7 @@ def registry_section() -> str:
                     _cell({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}),
                     wfo_run_text(version.metadata.wfo_run, reports),
                     _cell(version.metadata.wfo_report),
+                    mlflow_link(_tracked_version(registry, version.version)),
                 ]
             )
         why = (
@@ -215,7 +249,7 @@ def registry_section() -> str:
         parts.append(f"<h3>{html.escape(name)}</h3><p>{why}</p>")
         parts.append(
             _table(
-                ["version", "created", "holdout metrics", "WFO run", "WFO report"],
+                ["version", "created", "holdout metrics", "WFO run", "WFO report", "MLflow"],
                 rows,
                 "No version registered: run the spot_training DAG.",
             )
@@ -246,7 +280,7 @@ def drift_section() -> str:
         f"{_cell(document.get('model_name'))} {_cell(document.get('model_version'))}, window "
         f"{_cell(window.get('start'))} .. {_cell(window.get('end'))} ({_cell(window.get('rows'))} rows): "
         f'verdict <span class="{css}">{html.escape(str(verdict))}</span>, retraining requested: '
-        f"{_cell(document.get('retraining_requested'))}.</p>"
+        f"{_cell(document.get('retraining_requested'))}; MLflow run {mlflow_link(_tracked_in(folder))}.</p>"
         + _table(["feature alarm", "state"], alarm_rows, "No alarms defined.")
     )
 

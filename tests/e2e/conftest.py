@@ -125,6 +125,7 @@ def stack() -> Iterator[Stack]:
         "QE_STACK_API_PORT": 28380,
         "QE_STACK_FEED_PORT": 28865,
         "QE_STACK_BRIDGE_PORT": 28866,
+        "QE_STACK_MLFLOW_PORT": 28867,
     }
     with running_stack(STACK_DIR, ports) as running:
         yield running
@@ -143,6 +144,7 @@ def scale_stack() -> Iterator[Stack]:
         "QE_STACK_API_PORT": 28390,
         "QE_STACK_FEED_PORT": 28875,
         "QE_STACK_BRIDGE_PORT": 28876,
+        "QE_STACK_MLFLOW_PORT": 28877,
         "QE_STACK_REDIS_PORT": 56389,
     }
     settings = {

@@ -66,6 +66,7 @@ def _train(args: argparse.Namespace) -> int:
         make_bar_store,
         make_model_registry,
         make_offline_store,
+        make_tracker,
         make_training_jobs,
     )
     from quant_engine.config import get_settings
@@ -100,7 +101,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"training {registry.name} on {prepared['basis']}: {prepared['rows']} rows")
     trained = pipeline.train(prepared, run_id, jobs=lambda: make_training_jobs(settings))
     evaluated = pipeline.evaluate(prepared, trained, registry)
-    version = pipeline.register(prepared, trained, evaluated, registry)
+    version = pipeline.register(prepared, trained, evaluated, registry, tracker=make_tracker(settings))
     record_training_baselines(registry, version, prepared["run_dir"])
     print(f"registered {registry.name} {version}")
     wfo_run = prepared["wfo_run"]

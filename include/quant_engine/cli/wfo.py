@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from quant_engine.backends import make_bar_store, make_offline_store, make_wfo_fits
+    from quant_engine.backends import make_bar_store, make_offline_store, make_tracker, make_wfo_fits
     from quant_engine.config import get_settings
     from quant_engine.runs import run_dir
     from quant_engine.wfo.config import WfoConfig
@@ -89,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         make_bar_store(settings),
         make_wfo_fits(settings),
         settings.reports_dir,
+        tracker=make_tracker(settings),
     )
     print(headline(load_report(folder)))
     return 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,14 +41,15 @@ from quant_engine.monitoring.baseline import (
 )
 from quant_engine.monitoring.calibration import calibrate_baseline
 from quant_engine.monitoring.concept_drift import QualityBaseline, evaluate_quality, join_labels
-from quant_engine.monitoring.feature_drift import check_drift
+from quant_engine.monitoring.feature_drift import VIOLATIONS_FILE, FeatureDrift, check_drift
 from quant_engine.monitoring.predictions import NoChampionError, champion, predict_proba, prediction_log
 from quant_engine.monitoring.regimes import VolRegimeTracker, market_proxy_returns
-from quant_engine.monitoring.report import explain, json_safe, write_report
+from quant_engine.monitoring.report import HTML_FILE, JSON_FILE, explain, json_safe, write_report
 from quant_engine.monitoring.verdict import drift_verdict
 from quant_engine.online.layer import OnlineLayer, summarize_updates
 from quant_engine.runs import claimed_folder
 from quant_engine.storage.filesystem import FileSystem, overwrite_atomic
+from quant_engine.tracking import Tracker, save_tracked_run
 from quant_engine.training.dataset import load_summary, load_train_frame
 from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 from quant_engine.training.registry import ModelRegistry, ModelVersion, parse_version
@@ -72,6 +73,7 @@ __all__ = [
     "load_baseline",
     "record_baseline",
     "record_training_baselines",
+    "track_check",
     "DriftMonitor",
     "drift_schedule",
 ]
@@ -228,6 +230,9 @@ class DriftMonitor:
     online_updates : Path, optional
         The bridge's online layer's update log of this model (``$QE_HOME/online/<model>/updates``):
         its batch-against-adapted quality in the window goes into the report.
+    tracker : Tracker, optional
+        Where each check is logged in MLflow (per-feature distances, the verdict, the report);
+        None: not tracked.
     """
 
     registry: ModelRegistry
@@ -237,6 +242,7 @@ class DriftMonitor:
     reports_dir: Path
     state_dir: Path
     online_updates: Path | None = None
+    tracker: Tracker | None = None
 
     def _online(self, version: str, start: pd.Timestamp, end: pd.Timestamp) -> dict[str, object] | None:
         """The bridge's online layer on this version's labels settled in the window (None without any)."""
@@ -447,8 +453,41 @@ class DriftMonitor:
             )
         )
         write_report(folder, document, baseline=baseline, window=window, features=plotted, quality=concept)
+        if self.tracker is not None:
+            track_check(self.tracker, document, drift.features.values(), folder)
         log.info("drift check %s of %s %s: %s", run_id, registry.name, record.version, verdict.kind)
         return DriftCheckResult(run_id, registry.name, record.version, verdict.kind, retrain, str(folder))
+
+
+def track_check(tracker: Tracker, document: dict, features: Iterable[FeatureDrift], folder: Path) -> None:
+    """Log a drift check to ``tracker``: its window and thresholds, each feature's distances, the verdict
+    and the report; the MLflow run is recorded beside the report (``mlflow.json``)."""
+    evidence, features = document["evidence"], list(features)
+    metrics: dict[str, object] = {
+        "retraining_requested": document["retraining_requested"],
+        "window_rows": document["window"]["rows"],
+        "drifted_features": sum(f.drifted for f in features),
+    }
+    for feature in features:
+        for measure in ("distance", "robust_distance", "psi", "wasserstein_sigma", "threshold", "drifted"):
+            metrics[f"{feature.name}.{measure}"] = getattr(feature, measure)
+    tracker.log_run(
+        "drift",
+        document["run_id"],
+        name=document["run_id"],
+        params={
+            "model_name": document["model_name"],
+            "model_version": document["model_version"],
+            "window_start": document["window"]["start"],
+            "window_end": document["window"]["end"],
+            "min_drifted_features": evidence["min_drifted_features"],
+            "calibrated_window_days": evidence["calibrated_window_days"],
+        },
+        metrics=metrics,
+        tags={"verdict": document["verdict"], "model": f"{document['model_name']} {document['model_version']}"},
+        artifacts=[folder / name for name in (HTML_FILE, JSON_FILE, VIOLATIONS_FILE) if (folder / name).is_file()],
+        keep=lambda tracked: save_tracked_run(folder, tracked),
+    )
 
 
 def record_training_baselines(registry: ModelRegistry, version: object, training_dir: Path) -> str:

@@ -22,6 +22,7 @@ import pandas as pd
 from quant_engine.config import Settings, SettingsError
 from quant_engine.features.offline_store import OfflineStore
 from quant_engine.runs import RunIdError, find_run_dir
+from quant_engine.tracking import Tracker, flatten
 from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set, load_summary
 from quant_engine.training.defaults import DATASET_DEFAULTS
 from quant_engine.training.registry import ModelMetadata, ModelRegistry, PromotionRule, evaluate_candidate
@@ -216,10 +217,16 @@ def evaluate(prepared: Mapping[str, Any], trained: Mapping[str, Any], registry: 
 
 
 def register(
-    prepared: Mapping[str, Any], trained: Mapping[str, Any], evaluated: Mapping[str, Any], registry: ModelRegistry
+    prepared: Mapping[str, Any],
+    trained: Mapping[str, Any],
+    evaluated: Mapping[str, Any],
+    registry: ModelRegistry,
+    *,
+    tracker: Tracker | None = None,
 ) -> str:
     """Register the model in ``registry`` with its full spec (dataset, feature group, hyperparameters,
-    evaluation); returns the version. Its drift baselines are recorded next
+    evaluation); returns the version. With a ``tracker`` the run is then logged to MLflow
+    (:func:`track_training`). Its drift baselines are recorded next
     (:func:`quant_engine.monitoring.run.record_training_baselines`)."""
     params = prepared["params"]
     summary = load_summary(prepared["run_dir"])
@@ -242,4 +249,50 @@ def register(
             "basis": prepared["basis"],
         },
     )
-    return registry.register(trained["model_path"], metadata)
+    version = registry.register(trained["model_path"], metadata)
+    if tracker is not None:
+        track_training(tracker, registry, version, Path(trained["model_path"]))
+    return version
+
+
+def track_training(tracker: Tracker, registry: ModelRegistry, version: str, model_path: Path) -> None:
+    """Log a registered version's training run to ``tracker``: hyperparameters and dataset as params,
+    holdout metrics, the spot interruptions (local simulator) or savings (SageMaker) as metrics, the
+    model file (``model_path``, the bytes the version holds) as an artifact. The MLflow run is
+    recorded beside the version (:meth:`ModelRegistry.record_tracked_run`)."""
+    record = registry.get(version)
+    metadata, training = record.metadata, record.metadata.training
+    evaluation = training.get("evaluation") or {}
+    metrics = {
+        **flatten(metadata.metrics, "holdout"),
+        **flatten(training.get("spot") or {}, "spot"),
+        **flatten(training.get("savings") or {}, "spot"),
+        "rows": training.get("rows"),
+        "promote": evaluation.get("promote"),
+    }
+    tracker.log_run(
+        "training",
+        f"{registry.name}:{version}",
+        name=f"{registry.name} {version}",
+        params={
+            **flatten(metadata.params, "hyperparameters"),
+            **flatten(training.get("dataset") or {}, "dataset"),
+            "feature_group": training.get("feature_group"),
+            "runner": training.get("runner"),
+            "features": list(metadata.features),
+            "data_start": metadata.data_start,
+            "data_end": metadata.data_end,
+        },
+        metrics=metrics,
+        tags={
+            "model_name": registry.name,
+            "model_version": version,
+            "basis": training.get("basis"),
+            "wfo_run_id": (metadata.wfo_run or {}).get("run_id"),
+            "promotion": evaluation.get("reason"),
+            "billing": training.get("billing"),
+        },
+        artifacts=[model_path],
+        artifact_dir="model",
+        keep=lambda tracked: registry.record_tracked_run(version, tracked.to_json()),
+    )

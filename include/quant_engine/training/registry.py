@@ -41,7 +41,7 @@ import pandas as pd
 import xgboost as xgb
 from sklearn.metrics import log_loss, roc_auc_score
 
-from quant_engine.storage.filesystem import ConcurrentCommitError, FileSystem
+from quant_engine.storage.filesystem import ConcurrentCommitError, FileSystem, overwrite_atomic
 from quant_engine.training.defaults import DEFAULT_MODEL_NAME
 
 __all__ = [
@@ -427,6 +427,21 @@ class ModelRegistry:
                 f"model file of {self.name} {record.version} does not match its recorded sha256; it was altered"
             )
         return _booster_from_bytes(data, f"{self.name} {record.version}")
+
+    # --- experiment tracking ----------------------------------------------------------------------
+
+    def record_tracked_run(self, version: object, tracked: Mapping[str, Any]) -> None:
+        """Keep where ``version``'s training run was logged (:class:`quant_engine.tracking.TrackedRun`) at
+        ``<name>/tracking/<version>.json``: beside the version, whose own folder never changes."""
+        version = self.get(version).version
+        overwrite_atomic(self.fs, self._key("tracking", f"{version}.json"), _dumps(dict(tracked)))
+
+    def tracked_run(self, version: object) -> dict[str, Any] | None:
+        """What :meth:`record_tracked_run` kept for ``version``; None when its run was not tracked."""
+        try:
+            return json.loads(self.fs.read(self._key("tracking", f"{parse_version(version)}.json")))
+        except FileNotFoundError:
+            return None
 
     # --- champion --------------------------------------------------------------------------------
 

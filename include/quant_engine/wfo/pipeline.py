@@ -23,6 +23,7 @@ import pandas as pd
 
 from quant_engine.features.offline_store import OfflineStore
 from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
+from quant_engine.tracking import Tracker
 from quant_engine.wfo.backtest import assemble_paths, backtest
 from quant_engine.wfo.config import WfoConfig
 from quant_engine.wfo.dataset import build_dataset
@@ -86,16 +87,26 @@ def assemble(run_dir: Path) -> dict[str, Any]:
 
 
 def run_pipeline(
-    config: WfoConfig, run_dir: Path, store: OfflineStore, bar_store: OfflineStore, fits: FitRunner, reports_dir: Path
+    config: WfoConfig,
+    run_dir: Path,
+    store: OfflineStore,
+    bar_store: OfflineStore,
+    fits: FitRunner,
+    reports_dir: Path,
+    *,
+    tracker: Tracker | None = None,
 ) -> Path:
-    """Every step in order into ``run_dir``, the fits by ``fits``; returns the report folder under ``reports_dir``."""
+    """Every step in order into ``run_dir``, the fits by ``fits``; returns the report folder under ``reports_dir``.
+
+    With a ``tracker`` the run is logged to MLflow once its report is written.
+    """
     build_dataset(config, run_dir, store, bar_store)
     tasks = plan(run_dir)
     fits.prepare(run_dir)
     fits.run(run_dir, [(t["trial_id"], t["split_id"]) for t in tasks])
     assemble(run_dir)
     statistics(run_dir)
-    return write_report(run_dir, reports_dir)
+    return write_report(run_dir, reports_dir, tracker=tracker)
 
 
 #: CSCV blocks for the PBO (Bailey et al. use 16): C(16, 8) = 12,870 in/out-of-sample combinations.

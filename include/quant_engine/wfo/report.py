@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 
 from quant_engine.runs import claimed_folder, safe_name
 from quant_engine.storage.atomic import write_json_atomic, write_text_atomic
+from quant_engine.tracking import Tracker, flatten, save_tracked_run
 from quant_engine.wfo.defaults import SPLITTER_NAMES
 from quant_engine.wfo.run_folder import (
     EMBARGOED,
@@ -347,11 +348,14 @@ def render_html(report: Mapping[str, Any], images: Mapping[str, str]) -> str:
     return "\n".join(parts)
 
 
-def write_report(run_dir: Path, reports_dir: Path, destination: Path | None = None) -> Path:
+def write_report(
+    run_dir: Path, reports_dir: Path, destination: Path | None = None, *, tracker: Tracker | None = None
+) -> Path:
     """Write ``report.json`` and ``report.html`` for the run in ``run_dir``; return the folder.
 
     ``destination`` defaults to :func:`report_dir` of the run's id under ``reports_dir``. Each file is written to a
-    temporary name and renamed, so a reader sees the old report or the new one, never half.
+    temporary name and renamed, so a reader sees the old report or the new one, never half. With a
+    ``tracker``, the run is then logged to MLflow (:func:`track_report`).
     """
     run_dir = Path(run_dir)
     report = build_report(run_dir)
@@ -371,7 +375,41 @@ def write_report(run_dir: Path, reports_dir: Path, destination: Path | None = No
     report["files"] = {"json": str(destination / "report.json"), "html": str(destination / "report.html")}
     write_json_atomic(destination / "report.json", report, non_finite="null")
     write_text_atomic(destination / "report.html", render_html(report, images))
+    if tracker is not None:
+        track_report(tracker, report, destination)
     return destination
+
+
+def track_report(tracker: Tracker, report: Mapping[str, Any], folder: Path) -> None:
+    """Log a walk-forward run to ``tracker``: its configuration and selected trial as params; PBO,
+    deflated Sharpe, PSR and each trial's mean path Sharpe as metrics; every path's Sharpe ratio as
+    a series (``path_sharpe`` for the selected trial, one step per path); the report as artifacts.
+    The MLflow run is recorded beside the report (``mlflow.json``)."""
+    statistics = report["statistics"]
+    metrics = {key: statistics.get(key) for key in ("pbo", "deflated_sharpe", "psr", "pbo_probability_of_loss")}
+    metrics.update({key: report[key] for key in ("selected_trial", "n_splits", "n_paths", "n_trials")})
+    series = {}
+    for trial in report["trials"]:
+        metrics[f"trial_{trial['trial']}.mean_path_sharpe"] = trial.get("mean_path_sharpe")
+        series[f"trial_{trial['trial']}.path_sharpe"] = trial["path_sharpes"]
+    selected = report["trials"][report["selected_trial"]]
+    metrics["mean_path_sharpe"] = selected.get("mean_path_sharpe")
+    series["path_sharpe"] = selected["path_sharpes"]
+    tracker.log_run(
+        "wfo",
+        report["run_id"],
+        name=report["run_id"],
+        params={
+            **flatten({k: v for k, v in report["config"].items() if k != "trials"}),
+            **flatten(report["selected_params"], "selected"),
+            "trials": report["config"].get("trials"),
+        },
+        metrics=metrics,
+        series=series,
+        tags={"splitter": report["splitter"], "scheme": report["scheme"], "setup": report["setup"]},
+        artifacts=[folder / "report.html", folder / "report.json"],
+        keep=lambda tracked: save_tracked_run(folder, tracked),
+    )
 
 
 def load_report(location: Path) -> dict[str, Any]:

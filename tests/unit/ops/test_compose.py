@@ -15,7 +15,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
-LONG_LIVED = (*AIRFLOW_SERVICES, "postgres", "feed", "bridge")
+LONG_LIVED = (*AIRFLOW_SERVICES, "postgres", "feed", "bridge", "mlflow")
 #: Names of variables that hold a secret (not PASSWORDS_FILE, which names where one is kept).
 SECRET_NAMES = re.compile(r"(SECRET|PASSWORD|TOKENS?|_KEY)$", re.IGNORECASE)
 #: ``${NAME:?message}``: compose refuses to start while NAME is unset.
@@ -61,7 +61,7 @@ def test_default_stack_has_every_service_with_a_healthcheck_and_restart_policy(s
 
 
 def test_healthchecks_probe_the_ports_the_services_expose(services: dict) -> None:
-    expected = {"airflow-apiserver": 8080, "feed": 8765, "bridge": 8766, "moto": 5000, "redis": 6379}
+    expected = {"airflow-apiserver": 8080, "feed": 8765, "bridge": 8766, "mlflow": 5500, "moto": 5000, "redis": 6379}
     for name, port in expected.items():
         assert port in _container_ports(services[name]), f"{name} does not expose {port}"
         check = _healthcheck_text(services[name])

@@ -24,6 +24,7 @@ COMPOSE_NAME = {
     "triggerer": "airflow-triggerer",
     "feed": "feed",
     "bridge": "bridge",
+    "mlflow": "mlflow",
 }
 
 
@@ -55,6 +56,24 @@ def test_services_share_the_settings_compose_gives_airflow(config: object) -> No
     secret_file = Path(config.folder) / "jwt_secret"
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 64 and secret_file.stat().st_mode & 0o077 == 0
     assert stack.service_env(config)["AIRFLOW__API_AUTH__JWT_SECRET"] == env["AIRFLOW__API_AUTH__JWT_SECRET"]
+
+
+def test_the_mlflow_ui_serves_the_tracking_database_the_engine_writes(config: object) -> None:
+    from quant_engine.config import Settings
+
+    command = stack.services(config)["mlflow"]
+    option = dict(zip(command[2::2], command[3::2], strict=False))
+    assert command[1] == "server"
+    assert option["--backend-store-uri"] == Settings(home=config.qe_home).tracking_store_uri
+    assert option["--default-artifact-root"] == (config.qe_home / "mlflow" / "artifacts").as_uri()
+    assert option["--host"] == "127.0.0.1" and option["--port"] == "28500"
+    # the Quant Engine page links runs to this UI, and compose serves the same database in its QE_HOME
+    assert stack.service_env(config)["QE_TRACKING_UI_URL"] == "http://127.0.0.1:28500"
+    compose = _compose()["mlflow"]
+    compose_option = dict(zip(compose["command"][1::2], compose["command"][2::2], strict=False))
+    home = compose["environment"]["QE_HOME"]
+    assert compose_option["--backend-store-uri"] == Settings(home=Path(home)).tracking_store_uri
+    assert compose["environment"]["QE_TRACKING_UI_URL"].endswith(f"localhost:{compose_option['--port']}}}")
 
 
 @pytest.mark.parametrize("value", ["0", "70000", "http", ""])

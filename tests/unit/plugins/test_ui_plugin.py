@@ -266,3 +266,25 @@ def test_online_adaptation_shows_batch_against_adapted_quality_week_by_week(
     text = client.get("/").text
     assert "<h2>Online adaptation</h2>" in text
     assert "2024-01-08" in text and "v0001" in text  # a week's row, by the week its labels settled
+
+
+def test_runs_link_to_their_mlflow_runs(
+    client: TestClient, token: str, qe_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quant_engine.backends import make_model_registry
+    from quant_engine.tracking import TrackedRun, save_tracked_run
+
+    _write_wfo_report(qe_home)
+    save_tracked_run(qe_home / "reports" / "wfo" / RUN_FOLDER, TrackedRun("sqlite:///db", "1", "a" * 32))
+    _register_model(tmp_path)
+    make_model_registry().record_tracked_run("v0001", TrackedRun("sqlite:///db", "2", "b" * 32).to_json())
+    _write_drift_report(qe_home)
+    save_tracked_run(qe_home / "reports" / "drift" / "drift-run-1", TrackedRun("sqlite:///db", "3", "c" * 32))
+    client.cookies.set("_token", token)
+    without_ui = client.get("/").text  # no UI to link to: the run id is still shown
+    assert f'<span title="sqlite:///db">{"a" * 12}</span>' in without_ui
+    monkeypatch.setenv("QE_TRACKING_UI_URL", "http://127.0.0.1:28500")
+    text = client.get("/").text
+    for experiment, run in (("1", "a"), ("2", "b"), ("3", "c")):
+        link = f'<a href="http://127.0.0.1:28500/#/experiments/{experiment}/runs/{run * 32}">{run * 12}</a>'
+        assert link in text, link
