@@ -8,6 +8,7 @@ variable (``QE_BACKEND``) and nothing else.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,46 @@ def env_overrides(
     return values
 
 
+@dataclass(frozen=True)
+class Notifications:
+    """Who hears about failed runs and drift verdicts, and through which Airflow SMTP connection.
+
+    Read on its own (:meth:`from_env`) as well as inside :class:`Settings`: the failure mail must
+    still go out when the failure is another ``QE_*`` variable :class:`Settings` refuses.
+
+    Attributes
+    ----------
+    emails : tuple of str
+        ``QE_NOTIFY_EMAILS`` (``ops@example.com,quant@example.com``): the recipients; empty (the
+        default) turns notifications off.
+    smtp_conn_id : str
+        ``QE_NOTIFY_SMTP_CONN_ID``: the Airflow SMTP connection mail goes through (default
+        ``smtp_default``); its host, port, login and "From email" field.
+    """
+
+    emails: tuple[str, ...] = ()
+    smtp_conn_id: str = "smtp_default"
+
+    def __post_init__(self) -> None:
+        for address in self.emails:
+            local, _, domain = address.partition("@")
+            if not local or not domain or any(c.isspace() for c in address):
+                raise SettingsError(f"QE_NOTIFY_EMAILS holds {address!r}, which is not an email address")
+        if not self.smtp_conn_id.strip():
+            raise SettingsError("QE_NOTIFY_SMTP_CONN_ID must name an Airflow connection")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.emails)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Notifications:
+        """Read ``QE_NOTIFY_*`` from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        emails = tuple(a.strip() for a in re.split(r"[,;]", env.get("QE_NOTIFY_EMAILS") or "") if a.strip())
+        return cls(emails=emails, smtp_conn_id=env.get("QE_NOTIFY_SMTP_CONN_ID") or "smtp_default")
+
+
 def _default_home() -> Path:
     return Path.home() / ".quant_engine"
 
@@ -114,6 +155,8 @@ class Settings:
     processing_batch : {"trial", "split"}
         ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
         together, the default) or one per (trial, split).
+    notifications : Notifications
+        ``QE_NOTIFY_*``: the mail of failed runs and drift verdicts (off by default).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -131,6 +174,7 @@ class Settings:
     default_tickers: tuple[str, ...] | None = None
     aws_conn_id: str = "aws_default"
     processing_batch: str = "trial"
+    notifications: Notifications = field(default_factory=Notifications)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -207,6 +251,7 @@ class Settings:
             default_tickers=_tickers(get("QE_DEFAULT_TICKERS"), "QE_DEFAULT_TICKERS"),
             aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
+            notifications=Notifications.from_env(env),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.
