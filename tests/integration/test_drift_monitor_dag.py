@@ -126,8 +126,15 @@ def test_unknown_model_fails_before_scoring(qe_home: Path, run_dag: Callable) ->
     assert "starting task_id=score " not in output
 
 
-def test_a_scheduled_run_before_any_champion_skips_and_succeeds(qe_home: Path, run_dag: Callable) -> None:
-    result = run_dag("drift_monitor")  # no conf, as the feature-store asset triggers it
+def test_a_scheduled_run_before_any_champion_skips_and_succeeds(
+    qe_home: Path, run_dag: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SmtpSink() as sink:  # a skip is no failure: nothing is mailed
+        for key, value in {**sink.connection_env("qe_test_smtp"), "QE_NOTIFY_SMTP_CONN_ID": "qe_test_smtp"}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("QE_NOTIFY_EMAILS", "ops@example.com")
+        result = run_dag("drift_monitor")  # no conf, as the feature-store asset triggers it
+    assert sink.received == []
     output = result.stdout + result.stderr
     assert "skipping the run: model 'xgb_direction' has no champion yet (0 version(s) registered" in output
     assert output.count("[DAG TEST] starting task_id=") == 1  # the sensor; every later task skipped with it
