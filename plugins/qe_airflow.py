@@ -92,8 +92,8 @@ def mail_drift_verdict(checked: Mapping[str, object], context: Mapping[str, obje
     _send_mail(DRIFT_SUBJECT, DRIFT_HTML, {**context, "checked": dict(checked)})
 
 
-def _send_mail(subject: str, html: str, context: Mapping[str, object]) -> bool:
-    """Send one mail through the provider's SMTP notifier; whether it went.
+def _send_mail(subject: str, html: str, context: Mapping[str, object]) -> None:
+    """Send one mail through the provider's SMTP notifier.
 
     Nothing is sent without ``QE_NOTIFY_EMAILS``. A mail that cannot go out (bad setting, no
     connection, server down) is logged and swallowed: a notification never turns a run red.
@@ -106,7 +106,7 @@ def _send_mail(subject: str, html: str, context: Mapping[str, object]) -> bool:
 
         settings = Notifications.from_env()
         if not settings.enabled:
-            return False
+            return
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
         notifier = SmtpNotifier(
@@ -115,9 +115,8 @@ def _send_mail(subject: str, html: str, context: Mapping[str, object]) -> bool:
         notifier(dict(context))
     except Exception as exc:
         log.error("notification not sent (%s: %s); the run goes on", type(exc).__name__, exc)
-        return False
+        return
     log.info("notification sent to %s: %s", ", ".join(settings.emails), notifier.subject)
-    return True
 
 
 def ready_or_skip(readiness: Mapping[str, object], *, max_wait_hours: float) -> PokeReturnValue:
