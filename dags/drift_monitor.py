@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import dag, task
-from qe_airflow import FEATURE_STORE_ASSET, RETRAINING_REQUESTED
+from qe_airflow import FEATURE_STORE_ASSET, RETRAINING_REQUESTED, mail_drift_verdict, notify_on_failure
 from qe_forms import drift_form
 
 
@@ -36,7 +36,7 @@ from qe_forms import drift_form
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
+    default_args=notify_on_failure({"retries": 1, "retry_delay": pendulum.duration(seconds=30)}),
     tags=["quant-engine", "monitoring"],
     params=drift_form(),
     doc_md=__doc__,
@@ -108,6 +108,7 @@ def drift_monitor():
         }
         outlet_events[RETRAINING_REQUESTED].extra = extra
         print(f"retraining requested: {extra}")
+        mail_drift_verdict(checked)  # to QE_NOTIFY_EMAILS, if set; a mail that fails is only logged
         return extra
 
     checked = check(score(enough_new_data()))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
-from qe_airflow import FEATURE_STORE_ASSET
+from qe_airflow import FEATURE_STORE_ASSET, notify_on_failure
 from qe_forms import ingestion_form
 
 
@@ -26,7 +26,7 @@ from qe_forms import ingestion_form
     start_date=pendulum.datetime(2000, 1, 3, tz="America/New_York"),  # backfills may reach far back
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
+    default_args=notify_on_failure({"retries": 2, "retry_delay": pendulum.duration(minutes=5)}),
     tags=["quant-engine", "feature-store"],
     params=ingestion_form(),
     doc_md=__doc__,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import dag, task
-from qe_airflow import CHAMPION_ASSET, REGISTRY_ASSET, RETRAINING_REQUESTED
+from qe_airflow import CHAMPION_ASSET, REGISTRY_ASSET, RETRAINING_REQUESTED, notify_on_failure
 from qe_forms import training_form
 
 
@@ -26,7 +26,7 @@ from qe_forms import training_form
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
+    default_args=notify_on_failure({"retries": 1, "retry_delay": pendulum.duration(seconds=30)}),
     tags=["quant-engine", "training"],
     params=training_form(),
     doc_md=__doc__,

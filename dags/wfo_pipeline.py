@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import dag, task
+from qe_airflow import notify_on_failure
 from qe_forms import wfo_form
 
 
@@ -27,7 +28,7 @@ from qe_forms import wfo_form
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
+    default_args=notify_on_failure({"retries": 2, "retry_delay": pendulum.duration(seconds=30)}),
     tags=["quant-engine", "wfo"],
     params=wfo_form(),
     doc_md=__doc__,

@@ -47,6 +47,87 @@ def fail_fast_on_bad_input() -> Iterator[None]:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
+#: The failure mail, rendered by the SMTP notifier against the context Airflow hands the callback
+#: (values are substituted, never parsed, so an error message cannot inject template code).
+FAILURE_SUBJECT = "[quant-engine] {{ ti.dag_id }}: task {{ ti.task_id }} failed in run {{ ti.run_id }}"
+FAILURE_HTML = (
+    "<p>DAG <b>{{ ti.dag_id | e }}</b>, task <b>{{ ti.task_id | e }}</b>"
+    "{% if ti.map_index is defined and ti.map_index >= 0 %} (map index {{ ti.map_index }}){% endif %} "
+    "failed in run <b>{{ ti.run_id | e }}</b> on try {{ ti.try_number }}.</p>"
+    "{% if data_interval_end %}<p>Data interval: {{ data_interval_start }} .. {{ data_interval_end }}</p>{% endif %}"
+    "<p>Error:</p><pre>{{ qe_error | e }}</pre>"
+    '{% if ti.log_url is defined %}<p><a href="{{ ti.log_url }}">Task log</a></p>{% endif %}'
+)
+#: The drift mail: the verdict, what it rests on and where the report lies.
+DRIFT_SUBJECT = "[quant-engine] drift: {{ checked.verdict }} for {{ checked.model_name }} {{ checked.model_version }}"
+DRIFT_HTML = (
+    "<p>The drift check of run <b>{{ checked.run_id | e }}</b> judged "
+    "<b>{{ checked.model_name | e }} {{ checked.model_version | e }}</b>: verdict <b>{{ checked.verdict }}</b>; "
+    "retraining requested.</p>"
+    "<p>Drifted features: {{ checked.drifted_features | join(', ') | e or 'none' }}</p>"
+    "<p>Quality metrics out of bounds: {{ checked.breached_metrics | join(', ') | e or 'none' }}</p>"
+    "<p>Report: {{ checked.report_dir | e }}/report.html</p>"
+)
+
+
+def notify_on_failure(default_args: Mapping[str, object]) -> dict[str, object]:
+    """A DAG's ``default_args`` with :func:`mail_task_failure` as every task's ``on_failure_callback``.
+
+    Always attached: the callback reads ``QE_NOTIFY_*`` when it runs (on the worker), so turning
+    mail on or off needs no DAG change, and parsing a DAG reads no setting.
+    """
+    return {**default_args, "on_failure_callback": mail_task_failure}
+
+
+def mail_task_failure(context: Mapping[str, object]) -> None:
+    """``on_failure_callback``: mail the task's final failure (not a retry, not a skip) to ``QE_NOTIFY_EMAILS``.
+
+    Names the DAG, the task, the run, the data interval and the error.
+    """
+    error = context.get("exception")
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error or "unknown")
+    _send_mail(FAILURE_SUBJECT, FAILURE_HTML, {**context, "qe_error": text})
+
+
+def mail_drift_verdict(checked: Mapping[str, object], context: Mapping[str, object] | None = None) -> None:
+    """Mail a drift check that asked for retraining (the ``check`` task's value) to ``QE_NOTIFY_EMAILS``.
+
+    ``context`` defaults to the running task's.
+    """
+    if context is None:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    _send_mail(DRIFT_SUBJECT, DRIFT_HTML, {**context, "checked": dict(checked)})
+
+
+def _send_mail(subject: str, html: str, context: Mapping[str, object]) -> None:
+    """Send one mail through the provider's SMTP notifier.
+
+    Nothing is sent without ``QE_NOTIFY_EMAILS``. A mail that cannot go out (bad setting, no
+    connection, server down) is logged and swallowed: a notification never turns a run red.
+    """
+    import logging
+
+    log = logging.getLogger("quant_engine.notifications")
+    try:
+        from quant_engine.config import Notifications
+
+        settings = Notifications.from_env()
+        if not settings.enabled:
+            return
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        notifier = SmtpNotifier(
+            to=list(settings.emails), subject=subject, html_content=html, smtp_conn_id=settings.smtp_conn_id
+        )
+        notifier(dict(context))
+    except Exception as exc:
+        log.error("notification not sent (%s: %s); the run goes on", type(exc).__name__, exc)
+        return
+    log.info("notification sent to %s: %s", ", ".join(settings.emails), notifier.subject)
+
+
 def ready_or_skip(readiness: Mapping[str, object], *, max_wait_hours: float) -> PokeReturnValue:
     """A sensor's answer to the drift monitor's readiness value: done, wait again, or skip the run saying why.
 

@@ -93,6 +93,46 @@ def feature_modules_from_env(env: Mapping[str, str] | None = None) -> tuple[str,
     return modules
 
 
+@dataclass(frozen=True)
+class Notifications:
+    """Who hears about failed runs and drift verdicts, and through which Airflow SMTP connection.
+
+    Read on its own (:meth:`from_env`) as well as inside :class:`Settings`: the failure mail must
+    still go out when the failure is another ``QE_*`` variable :class:`Settings` refuses.
+
+    Attributes
+    ----------
+    emails : tuple of str
+        ``QE_NOTIFY_EMAILS`` (``ops@example.com,quant@example.com``): the recipients; empty (the
+        default) turns notifications off.
+    smtp_conn_id : str
+        ``QE_NOTIFY_SMTP_CONN_ID``: the Airflow SMTP connection mail goes through (default
+        ``smtp_default``); its host, port, login and "From email" field.
+    """
+
+    emails: tuple[str, ...] = ()
+    smtp_conn_id: str = "smtp_default"
+
+    def __post_init__(self) -> None:
+        for address in self.emails:
+            local, _, domain = address.partition("@")
+            if not local or not domain or any(c.isspace() for c in address):
+                raise SettingsError(f"QE_NOTIFY_EMAILS holds {address!r}, which is not an email address")
+        if not self.smtp_conn_id.strip():
+            raise SettingsError("QE_NOTIFY_SMTP_CONN_ID must name an Airflow connection")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.emails)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Notifications:
+        """Read ``QE_NOTIFY_*`` from ``env`` (default: ``os.environ``)."""
+        env = os.environ if env is None else env
+        emails = tuple(a.strip() for a in re.split(r"[,;]", env.get("QE_NOTIFY_EMAILS") or "") if a.strip())
+        return cls(emails=emails, smtp_conn_id=env.get("QE_NOTIFY_SMTP_CONN_ID") or "smtp_default")
+
+
 def _default_home() -> Path:
     return Path.home() / ".quant_engine"
 
@@ -159,6 +199,8 @@ class Settings:
     tracking_ui_url : str or None
         ``QE_TRACKING_UI_URL``: where people open the MLflow UI, for the Quant Engine page's links
         (``make up`` sets it); unset: the tracking URI itself when that is an HTTP server.
+    notifications : Notifications
+        ``QE_NOTIFY_*``: the mail of failed runs and drift verdicts (off by default).
     """
 
     home: Path = field(default_factory=_default_home)
@@ -181,6 +223,7 @@ class Settings:
     tracking: bool = True
     tracking_uri: str | None = None
     tracking_ui_url: str | None = None
+    notifications: Notifications = field(default_factory=Notifications)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -288,6 +331,7 @@ class Settings:
             tracking=get("QE_TRACKING") is None or _flag(get("QE_TRACKING"), "QE_TRACKING"),
             tracking_uri=get("QE_TRACKING_URI"),
             tracking_ui_url=get("QE_TRACKING_UI_URL"),
+            notifications=Notifications.from_env(env),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from smtp_sink import SmtpSink
 
 from quant_engine.backends import make_bar_store, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.data.synthetic import Shift, SyntheticMarket
@@ -86,9 +87,15 @@ def retraining_events(airflow_home: Path) -> list[dict]:
     return [json.loads(extra) if isinstance(extra, str) else extra for (extra,) in rows]
 
 
-def test_shifted_market_requests_retraining(qe_home: Path, airflow_home: Path, run_dag: Callable) -> None:
+def test_shifted_market_requests_retraining(
+    qe_home: Path, airflow_home: Path, run_dag: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
     version = champion_on(qe_home, shifted=True)
-    result = run_dag("drift_monitor", CONF)
+    with SmtpSink() as sink:  # the verdict is mailed (tests/integration/test_notifications.py has the details)
+        for key, value in {**sink.connection_env("qe_test_smtp"), "QE_NOTIFY_SMTP_CONN_ID": "qe_test_smtp"}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("QE_NOTIFY_EMAILS", "quant@example.com")
+        result = run_dag("drift_monitor", CONF)
     folder, report = only_report(qe_home)
     assert report["verdict"] in ("feature_drift", "both") and report["model_version"] == version
     assert "realized_vol_20" in report["evidence"]["drifted_features"]
@@ -97,6 +104,9 @@ def test_shifted_market_requests_retraining(qe_home: Path, airflow_home: Path, r
     assert "retraining requested: " in output
     mine = [e for e in retraining_events(airflow_home) if safe_name(e.get("run_id", "")) == folder.name]
     assert [(e["verdict"], e["model_version"]) for e in mine] == [(report["verdict"], version)]
+    (mail,) = sink.received
+    assert mail.subject == f"[quant-engine] drift: {report['verdict']} for xgb_direction {version}"
+    assert ", ".join(report["evidence"]["drifted_features"]) in mail.text
 
 
 def test_stationary_market_skips_the_request(qe_home: Path, airflow_home: Path, run_dag: Callable) -> None:
@@ -116,8 +126,15 @@ def test_unknown_model_fails_before_scoring(qe_home: Path, run_dag: Callable) ->
     assert "starting task_id=score " not in output
 
 
-def test_a_scheduled_run_before_any_champion_skips_and_succeeds(qe_home: Path, run_dag: Callable) -> None:
-    result = run_dag("drift_monitor")  # no conf, as the feature-store asset triggers it
+def test_a_scheduled_run_before_any_champion_skips_and_succeeds(
+    qe_home: Path, run_dag: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SmtpSink() as sink:  # a skip is no failure: nothing is mailed
+        for key, value in {**sink.connection_env("qe_test_smtp"), "QE_NOTIFY_SMTP_CONN_ID": "qe_test_smtp"}.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("QE_NOTIFY_EMAILS", "ops@example.com")
+        result = run_dag("drift_monitor")  # no conf, as the feature-store asset triggers it
+    assert sink.received == []
     output = result.stdout + result.stderr
     assert "skipping the run: model 'xgb_direction' has no champion yet (0 version(s) registered" in output
     assert output.count("[DAG TEST] starting task_id=") == 1  # the sensor; every later task skipped with it

@@ -199,9 +199,14 @@ class DriftCheckResult:
     verdict: str
     retrain: bool
     report_dir: str
+    #: What the verdict rests on, for a notification that cannot open the report: the drifted
+    #: features (largest distance first) and the quality metrics that left their bounds.
+    drifted_features: tuple[str, ...] = ()
+    breached_metrics: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        """JSON-safe (an XCom value): the tuples become lists."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
 def drift_schedule(model_name: str) -> str:
@@ -456,7 +461,16 @@ class DriftMonitor:
         if self.tracker is not None:
             track_check(self.tracker, document, drift.features.values(), folder)
         log.info("drift check %s of %s %s: %s", run_id, registry.name, record.version, verdict.kind)
-        return DriftCheckResult(run_id, registry.name, record.version, verdict.kind, retrain, str(folder))
+        return DriftCheckResult(
+            run_id,
+            registry.name,
+            record.version,
+            verdict.kind,
+            retrain,
+            str(folder),
+            drifted_features=tuple(verdict.drifted_features),
+            breached_metrics=tuple(verdict.breached_metrics),
+        )
 
 
 def track_check(tracker: Tracker, document: dict, features: Iterable[FeatureDrift], folder: Path) -> None:
