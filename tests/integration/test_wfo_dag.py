@@ -35,7 +35,8 @@ def market(qe_home: Path) -> Path:
     return qe_home
 
 
-def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> None:
+def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QE_TRACKING", "1")  # the suite turns it off elsewhere; here the DAG logs to MLflow
     result = run_dag("wfo_pipeline", CONF)
     (folder,) = (market / "reports" / "wfo").iterdir()
     report = json.loads((folder / "report.json").read_text())
@@ -56,6 +57,24 @@ def test_wfo_pipeline_writes_a_sane_report(market: Path, run_dag: Callable) -> N
     assert set(_mapped_indexes(output)) == {"trial 0 split 0 .. trial 1 split 5 (12 fits)"}
     assert f"report: {folder / 'report.html'}" in output
     assert report["setup"] in output
+    assert_tracked_in_mlflow(market, folder, report)
+
+
+def assert_tracked_in_mlflow(home: Path, folder: Path, report: dict) -> None:
+    """The run is in the embedded MLflow store under QE_HOME, with its statistics and report."""
+    from mlflow.tracking import MlflowClient
+
+    from quant_engine.tracking import EXPERIMENTS, load_tracked_run
+
+    tracked = load_tracked_run(folder)
+    assert tracked is not None, f"no {folder / 'mlflow.json'}"
+    assert tracked.tracking_uri == f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=tracked.tracking_uri)
+    run = client.get_run(tracked.run_id)
+    assert run.info.experiment_id == client.get_experiment_by_name(EXPERIMENTS["wfo"]).experiment_id
+    assert run.data.metrics["pbo"] == pytest.approx(report["pbo"])
+    assert run.data.metrics["deflated_sharpe"] == pytest.approx(report["deflated_sharpe"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"report.html", "report.json"}
 
 
 def _mapped_indexes(output: str) -> list[str]:
