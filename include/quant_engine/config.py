@@ -111,6 +111,11 @@ class Settings:
     aws_conn_id : str
         ``QE_AWS_CONN_ID``: the Airflow connection the DAGs take their AWS session from
         (default ``aws_default``); the command line and the bridge use the standard environment.
+    sagemaker_endpoint : str
+        ``QE_SAGEMAKER_ENDPOINT``: the real-time endpoint ``model_deployment`` deploys to on the aws
+        backend and the bridge calls with ``QE_BRIDGE_MODEL=sagemaker`` (default ``quant-engine``).
+    endpoint_instance_type : str
+        ``QE_ENDPOINT_INSTANCE_TYPE``: the endpoint's instance type (default ``ml.m5.large``).
     processing_batch : {"trial", "split"}
         ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
         together, the default) or one per (trial, split).
@@ -131,6 +136,8 @@ class Settings:
     default_tickers: tuple[str, ...] | None = None
     aws_conn_id: str = "aws_default"
     processing_batch: str = "trial"
+    sagemaker_endpoint: str = "quant-engine"
+    endpoint_instance_type: str = "ml.m5.large"
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -207,6 +214,8 @@ class Settings:
             default_tickers=_tickers(get("QE_DEFAULT_TICKERS"), "QE_DEFAULT_TICKERS"),
             aws_conn_id=get("QE_AWS_CONN_ID") or "aws_default",
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
+            sagemaker_endpoint=get("QE_SAGEMAKER_ENDPOINT") or "quant-engine",
+            endpoint_instance_type=get("QE_ENDPOINT_INSTANCE_TYPE") or "ml.m5.large",
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.
