@@ -1,8 +1,9 @@
 """The SageMaker feature group is created by its first write, from the frame's features, against moto.
 
 moto 5.2.5 implements CreateFeatureGroup / DescribeFeatureGroup (a group is ``Created`` at once) but
-not the ``sagemaker-featurestore-runtime`` API (nor an online store in its description), so records go to a Stubber; the wait for a group
-SageMaker is still creating is checked with a Stubber too.
+not the ``sagemaker-featurestore-runtime`` API nor an online store in its description, so records
+go to a Stubber and the request is read as sent; the wait for a group SageMaker is still creating
+is checked with a Stubber too.
 """
 
 from __future__ import annotations
