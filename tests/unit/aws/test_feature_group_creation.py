@@ -37,7 +37,7 @@ def test_the_first_ingestion_creates_the_group_with_offline_and_online_stores(tm
         runtime = boto3.client("sagemaker-featurestore-runtime", region_name="us-east-1")
         sagemaker = built.mirror.sagemaker
         assert (built.mirror.offline_s3_uri, built.mirror.role_arn) == (
-            f"s3://{BUCKET}/quant-engine/sagemaker-feature-store",
+            f"s3://{BUCKET}/quant-engine/feature-store",
             ROLE,
         )
         mirror = SageMakerFeatureGroup(
@@ -65,7 +65,7 @@ def test_the_first_ingestion_creates_the_group_with_offline_and_online_stores(tm
     assert described["FeatureGroupStatus"] == "Created"
     assert [r["OnlineStoreConfig"] for r in requests] == [{"EnableOnlineStore": True}] * 2  # the 2nd: "exists"
     assert described["OfflineStoreConfig"]["S3StorageConfig"]["S3Uri"] == (
-        f"s3://{BUCKET}/quant-engine/sagemaker-feature-store"
+        f"s3://{BUCKET}/quant-engine/feature-store"
     )
     assert [d["FeatureName"] for d in described["FeatureDefinitions"]] == ["ticker", "event_time", *stored]
     assert described["RoleArn"] == ROLE
