@@ -64,9 +64,7 @@ def test_the_first_ingestion_creates_the_group_with_offline_and_online_stores(tm
         stored = built.offline.schema.feature_names
     assert described["FeatureGroupStatus"] == "Created"
     assert [r["OnlineStoreConfig"] for r in requests] == [{"EnableOnlineStore": True}] * 2  # the 2nd: "exists"
-    assert described["OfflineStoreConfig"]["S3StorageConfig"]["S3Uri"] == (
-        f"s3://{BUCKET}/quant-engine/feature-store"
-    )
+    assert described["OfflineStoreConfig"]["S3StorageConfig"]["S3Uri"] == (f"s3://{BUCKET}/quant-engine/feature-store")
     assert [d["FeatureName"] for d in described["FeatureDefinitions"]] == ["ticker", "event_time", *stored]
     assert described["RoleArn"] == ROLE
 
