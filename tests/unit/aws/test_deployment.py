@@ -293,3 +293,39 @@ def test_the_bridge_serves_the_deployed_version_and_returns_to_the_previous_one_
     np.testing.assert_allclose(model.predict(ROWS), score_version(registry, v2, ROWS), rtol=0, atol=1e-6)
     history.record_rollback(v2, by="model_deployment", reason="unhealthy")
     assert model.refresh() is True and model.version == v1
+
+
+def test_the_command_line_says_what_serves_and_lists_the_history(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from quant_engine.backends import make_model_registry
+    from quant_engine.cli import training as cli
+
+    def models(*argv: str) -> list[str]:
+        parser = argparse.ArgumentParser(prog="quant-engine")
+        cli.register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["models", *argv])
+        assert args.handler(args) == 0
+        return capsys.readouterr().out.splitlines()
+
+    registry = make_model_registry()
+    v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
+    registry.promote(v1, "first")
+    assert models("deployments") == [f"serving: {v1} (the champion, nothing deployed)"]
+    history = DeploymentHistory(registry)
+    history.record_deployed(v2, target="local", by="alice", reason="approved by alice", now="2026-12-01T10:00Z")
+    history.record_rollback(v2, by="model_deployment", reason="health check failed", now="2026-12-01T10:05Z")
+    lines = models("deployments")
+    assert lines[0] == "serving: nothing (the last deployment was rolled back)"
+    assert lines[1].split() == [
+        "2026-12-01T10:00:00",
+        v2,
+        "deployed",
+        "local",
+        "by",
+        "alice:",
+        "approved",
+        "by",
+        "alice",
+    ]
+    assert lines[2].split()[:4] == ["2026-12-01T10:05:00", v2, "rolled_back", "local"]
