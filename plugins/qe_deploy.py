@@ -58,7 +58,10 @@ def _deployer(settings: Settings) -> EndpointDeployer:
             "deploying to SageMaker needs QE_SAGEMAKER_ROLE_ARN, the role the endpoint reads the model with"
         )
     spec = EndpointSpec(
-        settings.sagemaker_endpoint, settings.sagemaker_role_arn, instance_type=settings.endpoint_instance_type
+        settings.sagemaker_endpoint,
+        settings.sagemaker_role_arn,
+        instance_type=settings.endpoint_instance_type,
+        image_uri=settings.endpoint_image_uri,
     )
     return EndpointDeployer(aws_clients(settings), spec)
 

@@ -116,6 +116,8 @@ class Settings:
         backend and the bridge calls with ``QE_BRIDGE_MODEL=sagemaker`` (default ``quant-engine``).
     endpoint_instance_type : str
         ``QE_ENDPOINT_INSTANCE_TYPE``: the endpoint's instance type (default ``ml.m5.large``).
+    endpoint_image_uri : str or None
+        ``QE_ENDPOINT_IMAGE_URI``: the endpoint's serving image; unset: SageMaker's XGBoost image.
     processing_batch : {"trial", "split"}
         ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
         together, the default) or one per (trial, split).
@@ -138,6 +140,7 @@ class Settings:
     processing_batch: str = "trial"
     sagemaker_endpoint: str = "quant-engine"
     endpoint_instance_type: str = "ml.m5.large"
+    endpoint_image_uri: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -216,6 +219,7 @@ class Settings:
             processing_batch=(get("QE_PROCESSING_BATCH") or "trial").lower(),
             sagemaker_endpoint=get("QE_SAGEMAKER_ENDPOINT") or "quant-engine",
             endpoint_instance_type=get("QE_ENDPOINT_INSTANCE_TYPE") or "ml.m5.large",
+            endpoint_image_uri=get("QE_ENDPOINT_IMAGE_URI"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

@@ -95,6 +95,7 @@ def test_an_approved_version_is_deployed_and_a_broken_endpoint_rolled_back(
 ) -> None:
     monkeypatch.setenv("QE_SAGEMAKER_ROLE_ARN", ROLE)
     monkeypatch.setenv("QE_SAGEMAKER_ENDPOINT", "qe-test")
+    monkeypatch.setenv("QE_ENDPOINT_IMAGE_URI", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/qe-serving:1")
     aws = make_aws_clients(
         aws_connection, session=boto3.session.Session(region_name=REGION, **KEYS), endpoint_url=moto_server
     )
@@ -141,3 +142,4 @@ def test_an_approved_version_is_deployed_and_a_broken_endpoint_rolled_back(
     assert endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == live.endpoint_config
     model = sagemaker.describe_model(ModelName=live.endpoint_config)
     assert model["PrimaryContainer"]["ModelDataUrl"].endswith(f"/deployments/xgb_direction/{version}/model.tar.gz")
+    assert model["PrimaryContainer"]["Image"].endswith("/qe-serving:1") and model["ExecutionRoleArn"] == ROLE
