@@ -186,9 +186,8 @@ class EndpointDeployer:
         try:
             return self.sagemaker.describe_endpoint(EndpointName=self.spec.endpoint_name)
         except ClientError as exc:
-            if _error_code(exc) == "ValidationException" and "not found" in _message(exc).lower():
-                return None
-            if _error_code(exc) == "ValidationException" and "could not find" in _message(exc).lower():
+            message = _message(exc).lower()
+            if _error_code(exc) == "ValidationException" and ("could not find" in message or "not found" in message):
                 return None
             raise
 
@@ -321,8 +320,10 @@ def deploy_to_endpoint(
     deployer.create_endpoint_config(name, deployer.create_model(name, archive_uri))
     live = DeploymentHistory(registry).live()
     previous = deployer.switch(name)
-    if previous == name and live is not None and live.version == record.version:
-        return live  # a retried task: this version serves already
+    if previous == name:  # a retried task: the endpoint switched already; the history says from what
+        if live is not None and live.version == record.version:
+            return live
+        previous = None if live is None else live.endpoint_config
     return DeploymentHistory(registry).record_deployed(
         record.version,
         target=f"endpoint:{deployer.spec.endpoint_name}",
