@@ -1,9 +1,10 @@
 """Deploy a model version after a person approves it; roll it back when its health check fails.
 
 Runs when ``spot_training`` promotes a champion (``qe://models/champion``) and when triggered
-(``version`` picks another registry version than the champion). ``approve`` is Airflow's
-human-in-the-loop ``ApprovalOperator``: the run waits in ``awaiting_input`` until someone answers
-in the UI's Required Actions (or the HITL REST API); "Reject" skips the deployment. Then:
+(``version`` picks another registry version than the champion); a version that serves already
+is skipped. ``approve`` is Airflow's human-in-the-loop ``ApprovalOperator``: the run waits in
+``awaiting_input`` until someone answers in the UI's Required Actions (or the HITL REST API);
+"Reject" skips the deployment. Then:
 
 - local backend: the registry's live deployment moves to the version, and the bridge's local
   model serves it (until then it serves the champion, as before the first deployment);
@@ -41,12 +42,15 @@ from qe_airflow import CHAMPION_ASSET
 def model_deployment():
     @task
     def candidate(params=None, dag=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
         from qe_airflow import fail_fast_on_bad_input, refuse_unknown_params
         from qe_deploy import candidate
 
         refuse_unknown_params(params, dag)
         with fail_fast_on_bad_input():
             chosen = candidate(params["model_name"], params["version"])
+        if chosen["version"] == chosen["live"]:
+            raise AirflowSkipException(f"{chosen['version']} serves already: nothing to approve")
         print(f"asking for approval of {chosen['summary']}")
         return chosen
 
