@@ -116,7 +116,8 @@ def make_online_store(
 def make_sagemaker_feature_group(
     settings: Settings | None = None, feature_group: str | None = None, *, aws: AwsClients | None = None
 ) -> SageMakerFeatureGroup | None:
-    """The SageMaker Feature Store group ingestion mirrors into, or None when not configured."""
+    """The SageMaker Feature Store group ingestion mirrors into, or None when not configured; its first
+    write creates the group (offline store under ``<prefix>/feature-store``, online store on)."""
     settings = settings or get_settings()
     if not settings.sagemaker_feature_store:
         return None
@@ -125,6 +126,8 @@ def make_sagemaker_feature_group(
         clients.client("sagemaker"),
         clients.client("sagemaker-featurestore-runtime"),
         feature_group or settings.feature_group,
+        offline_s3_uri=settings.s3_uri("feature-store"),
+        role_arn=settings.sagemaker_role_arn,
     )
 
 

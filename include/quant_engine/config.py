@@ -178,6 +178,13 @@ class Settings:
     aws_conn_id : str
         ``QE_AWS_CONN_ID``: the Airflow connection the DAGs take their AWS session from
         (default ``aws_default``); the command line and the bridge use the standard environment.
+    sagemaker_endpoint : str
+        ``QE_SAGEMAKER_ENDPOINT``: the real-time endpoint ``model_deployment`` deploys to on the aws
+        backend and the bridge calls with ``QE_BRIDGE_MODEL=sagemaker`` (default ``quant-engine``).
+    endpoint_instance_type : str
+        ``QE_ENDPOINT_INSTANCE_TYPE``: the endpoint's instance type (default ``ml.m5.large``).
+    endpoint_image_uri : str or None
+        ``QE_ENDPOINT_IMAGE_URI``: the endpoint's serving image; unset: SageMaker's XGBoost image.
     processing_batch : {"trial", "split"}
         ``QE_PROCESSING_BATCH``: on the aws backend, one Processing job per trial (its splits' fits
         together, the default) or one per (trial, split).
@@ -224,6 +231,9 @@ class Settings:
     tracking_uri: str | None = None
     tracking_ui_url: str | None = None
     notifications: Notifications = field(default_factory=Notifications)
+    sagemaker_endpoint: str = "quant-engine"
+    endpoint_instance_type: str = "ml.m5.large"
+    endpoint_image_uri: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -332,6 +342,9 @@ class Settings:
             tracking_uri=get("QE_TRACKING_URI"),
             tracking_ui_url=get("QE_TRACKING_UI_URL"),
             notifications=Notifications.from_env(env),
+            sagemaker_endpoint=get("QE_SAGEMAKER_ENDPOINT") or "quant-engine",
+            endpoint_instance_type=get("QE_ENDPOINT_INSTANCE_TYPE") or "ml.m5.large",
+            endpoint_image_uri=get("QE_ENDPOINT_IMAGE_URI"),
         )
 
     # Local layout. Derived, so a settings object is the whole truth about where things are.

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -136,12 +137,21 @@ class SageMakerFeatureGroup:
         feature_group_name: str,
         *,
         event_time_type: str = "Fractional",
+        offline_s3_uri: str | None = None,
+        role_arn: str | None = None,
+        poll_s: float = 5.0,
+        timeout_s: float = 600.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         _check_event_time_type(event_time_type)
         self.name = check_name(feature_group_name, "feature group name")
         self.sagemaker = sagemaker_client
         self.runtime = runtime_client
         self.event_time_type = event_time_type
+        self.offline_s3_uri = offline_s3_uri
+        self.role_arn = role_arn
+        self.poll_s, self.timeout_s, self._sleep = poll_s, timeout_s, sleep
+        self._ready = False
 
     def __repr__(self) -> str:
         return f"SageMakerFeatureGroup({self.name!r}, event_time_type={self.event_time_type!r})"
@@ -222,6 +232,40 @@ class SageMakerFeatureGroup:
         log.info("created feature group %s (%s)", self.name, arn)
         return arn
 
+    def ensure(self, schema: FeatureGroupSchema) -> str:
+        """Create the group for ``schema`` if needed (offline store under ``offline_s3_uri``, online
+        store on) and wait until it is ``Created``; return its ARN.
+
+        Idempotent: an existing group with the same definitions is kept (:meth:`create`). SageMaker
+        creates a group asynchronously and refuses records until it is ``Created``, so this waits.
+
+        Raises
+        ------
+        FeatureStoreError
+            No ``offline_s3_uri`` / ``role_arn`` to create with, the creation failed, or it took
+            longer than ``timeout_s``.
+        """
+        if self.offline_s3_uri is None or self.role_arn is None:
+            raise FeatureStoreError(
+                f"feature group {self.name!r} can only be created with an offline store S3 URI and a role "
+                "(QE_SAGEMAKER_ROLE_ARN)"
+            )
+        arn = self.create(schema, offline_s3_uri=self.offline_s3_uri, role_arn=self.role_arn)
+        waited = 0.0
+        while True:
+            described = self.describe()
+            status = described.get("FeatureGroupStatus", "Created")
+            if status == "Created":
+                return arn
+            if status in ("CreateFailed", "Deleting", "DeleteFailed"):
+                raise FeatureStoreError(
+                    f"feature group {self.name!r} is {status}: {described.get('FailureReason', 'no reason given')}"
+                )
+            if waited >= self.timeout_s:
+                raise FeatureStoreError(f"feature group {self.name!r} still {status} after {self.timeout_s:g} s")
+            self._sleep(self.poll_s)
+            waited += self.poll_s
+
     def describe(self) -> dict[str, Any]:
         """``DescribeFeatureGroup`` for this group."""
         return self.sagemaker.describe_feature_group(FeatureGroupName=self.name)
@@ -299,6 +343,11 @@ class SageMakerFeatureGroup:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts!r} must be an integer >= 1")
         records = self.records(frame)
+        if not self._ready and self.offline_s3_uri is not None:
+            # the first write creates the group (once per instance; later writes go straight to records)
+            names = [c for c in frame.columns if c not in (RECORD_IDENTIFIER, EVENT_TIME)]
+            self.ensure(FeatureGroupSchema.for_features(names))
+            self._ready = True
         for start in range(0, len(records), batch_size):
             self._write_batch(records[start : start + batch_size], max_attempts)
         return len(records)

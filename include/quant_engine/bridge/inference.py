@@ -26,6 +26,7 @@ import numpy as np
 
 from quant_engine.bridge.forest import CompiledForest, NotCompilableError
 from quant_engine.monitoring.baseline import BaselineError
+from quant_engine.training.deployment import served_version
 from quant_engine.training.registry import ModelRegistry
 
 __all__ = ["LocalChampionModel", "NoModelError", "SageMakerEndpointModel", "SignalModel", "VOLATILITY_FEATURE"]
@@ -93,7 +94,8 @@ class _Served:
 
 
 class LocalChampionModel:
-    """The registry's champion, reloaded when another version is promoted.
+    """The registry's served version, reloaded when it changes: the live deployment once
+    ``model_deployment`` has deployed one, else the champion (reloaded when another is promoted).
 
     A bridge may start before any model is promoted (a fresh stack): it then serves nothing
     (``version`` is None, no features needed), and :meth:`refresh` picks the first champion up.
@@ -126,9 +128,9 @@ class LocalChampionModel:
         self._clock = clock
         self._baseline_loader = baseline_loader
         self.reloads = 0
-        promotion = registry.champion()
-        self._served: _Served | None = None if promotion is None else self._load(promotion.version)
-        if promotion is None:
+        version = served_version(registry)
+        self._served: _Served | None = None if version is None else self._load(version)
+        if version is None:
             log.warning(
                 "model %r has no champion yet: features are computed, signals wait for one (looked for every %g s)",
                 registry.name,
@@ -216,16 +218,17 @@ class LocalChampionModel:
         return served.booster.inplace_predict(rows).astype(np.float64)
 
     def check(self) -> _Served | None:
-        """The registry's champion, loaded, compiled and checked, when it is not the one served; else None.
+        """The registry's served version (:func:`~quant_engine.training.deployment.served_version`),
+        loaded, compiled and checked, when it is not the one served; else None.
 
         Changes nothing, so a service runs it in a background thread (a load takes tens to hundreds
         of milliseconds) and hands the result to :meth:`install` between batches. Raises what the
         registry raises (an :class:`OSError` when a file cannot be opened).
         """
-        promotion = self.registry.champion()
-        if promotion is None or promotion.version == self.version:
+        version = served_version(self.registry)
+        if version is None or version == self.version:
             return None
-        return self._load(promotion.version)
+        return self._load(version)
 
     def install(self, served: _Served) -> None:
         """Serve what :meth:`check` loaded; the swap is one assignment, so a batch never mixes versions."""

@@ -58,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     promote.set_defaults(handler=_promote)
 
+    deployments = commands.add_parser(
+        "deployments", help="what serves now, and every deployment and rollback (model_deployment), oldest first"
+    )
+    deployments.set_defaults(handler=_deployments)
+
 
 def _train(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
@@ -161,4 +166,26 @@ def _promote(args: argparse.Namespace) -> int:
     promotion = _registry(args).promote(args.version, args.reason)
     previous = f" (was {promotion.previous})" if promotion.previous else ""
     print(f"champion: {promotion.version}{previous}: {promotion.reason}")
+    return 0
+
+
+def _deployments(args: argparse.Namespace) -> int:
+    from quant_engine.training.deployment import DeploymentHistory, served_version
+
+    registry = _registry(args)
+    history = DeploymentHistory(registry)
+    entries = history.entries()
+    serving = served_version(registry)
+    basis = (
+        "the live deployment"
+        if history.live()
+        else "the champion, nothing deployed"
+        if not entries
+        else "the last deployment was rolled back"
+    )
+    print(f"serving: {serving or 'nothing'} ({basis})")
+    for entry in entries:
+        print(
+            f"  {entry.at[:19]}  {entry.version}  {entry.outcome:<11} {entry.target:<24} by {entry.by}: {entry.reason}"
+        )
     return 0

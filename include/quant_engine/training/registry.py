@@ -418,15 +418,20 @@ class ModelRegistry:
                 return version
         raise ConcurrentCommitError(f"could not claim a version of {self.name!r} in {_REGISTER_ATTEMPTS} attempts")
 
-    def load_booster(self, version: object) -> xgb.Booster:
-        """The booster of ``version``, after checking its bytes against the digest in its metadata."""
+    def model_bytes(self, version: object) -> bytes:
+        """The model file of ``version``, after checking its bytes against the digest in its metadata."""
         record = self.get(version)
         data = self.fs.read(self._key("versions", record.version, record.model_key))
         if hashlib.sha256(data).hexdigest() != record.model_sha256:
             raise RegistryError(
                 f"model file of {self.name} {record.version} does not match its recorded sha256; it was altered"
             )
-        return _booster_from_bytes(data, f"{self.name} {record.version}")
+        return data
+
+    def load_booster(self, version: object) -> xgb.Booster:
+        """The booster of ``version``, its bytes checked against the digest in its metadata."""
+        record = self.get(version)
+        return _booster_from_bytes(self.model_bytes(record.version), f"{self.name} {record.version}")
 
     # --- experiment tracking ----------------------------------------------------------------------
 

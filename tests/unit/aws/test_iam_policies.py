@@ -48,6 +48,7 @@ ROLES = {
         "aws/sagemaker_spot.py",
         "aws/processing.py",
         "aws/feature_store.py",
+        "aws/deployment.py",
     ],
     "sagemaker-execution": ["aws/trainer_entry.py", "aws/s3.py"],
     "bridge": ["bridge/*.py", "aws/s3.py"],

@@ -1,0 +1,331 @@
+"""Model deployment: the registry's deployment history, the local deployment, and SageMaker endpoints.
+
+moto 5.2.5 implements CreateModel, CreateEndpointConfig, CreateEndpoint, DescribeEndpoint,
+DeleteEndpoint and InvokeEndpoint (answering what its ``results_queue`` holds, since it runs no
+container), but not ``UpdateEndpoint``: first deployments and their rollback run against moto, the
+blue/green update and its rollback are checked call by call with botocore's Stubber.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import boto3
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from botocore.stub import Stubber
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.sagemakerruntime.models import sagemakerruntime_backends
+
+from quant_engine.aws.deployment import (
+    ARCHIVE_MEMBER,
+    DeploymentError,
+    EndpointDeployer,
+    EndpointSpec,
+    deploy_to_endpoint,
+    deployment_name,
+    model_archive,
+)
+from quant_engine.aws.session import AwsClients
+from quant_engine.storage.filesystem import LocalFileSystem
+from quant_engine.training.deployment import (
+    DEPLOYED,
+    ROLLED_BACK,
+    DeploymentHistory,
+    HealthCheckError,
+    health_sample,
+    score_version,
+    served_version,
+)
+from quant_engine.training.registry import ModelRegistry, RegistryError
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/quant-engine-sagemaker-execution"
+BUCKET = "qe-deploy"
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:endpoint/quant-engine"
+FEATURES = ["a", "b"]
+ROWS = np.random.default_rng(0).normal(size=(32, 2))
+
+
+def _register(registry: ModelRegistry, seed: int, tmp_path) -> str:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 2))
+    booster = xgb.train(
+        {"objective": "binary:logistic", "seed": seed, "max_depth": 2},
+        xgb.DMatrix(x, label=(x[:, 0] + rng.normal(scale=0.5, size=200) > 0).astype(int), feature_names=FEATURES),
+        3 + seed,
+    )
+    path = tmp_path / f"model-{seed}.json"
+    booster.save_model(path)
+    metadata = {"features": FEATURES, "data_start": "2024-01-01T00:00Z", "data_end": "2024-06-01T00:00Z"}
+    return registry.register(path, {**metadata, "data_fingerprint": f"data-{seed}"})
+
+
+@pytest.fixture
+def registry(tmp_path) -> ModelRegistry:
+    return ModelRegistry(LocalFileSystem(tmp_path / "models"), "xgb_direction")
+
+
+# -- the history and the local deployment ---------------------------------------------------------
+
+
+def test_history_records_deployments_and_rollbacks_and_says_what_serves(registry, tmp_path):
+    v1, v2, v3 = (_register(registry, seed, tmp_path) for seed in (1, 2, 3))
+    history = DeploymentHistory(registry)
+    registry.promote(v1, "first model")
+    assert history.live() is None and served_version(registry) == v1  # nothing deployed: the champion serves
+
+    history.record_deployed(v1, target="local", by="alice", reason="approved by alice")
+    registry.promote(v2, "beats v1")
+    assert served_version(registry) == v1  # a promoted champion waits for approval
+    second = history.record_deployed(v2, target="local", by="bob", reason="approved by bob")
+    assert (second.previous, served_version(registry)) == (v1, v2)
+    assert history.record_deployed(v2, target="local", by="bob", reason="retry") == second  # a retry adds nothing
+
+    history.record_deployed(v3, target="local", by="carol", reason="approved by carol")
+    rollback = history.record_rollback(v3, by="model_deployment", reason="health check failed")
+    assert (rollback.outcome, rollback.previous, served_version(registry)) == (ROLLED_BACK, v2, v2)
+    assert history.record_rollback(v3, by="model_deployment", reason="again") is None  # done already
+    assert [(e.version, e.outcome, e.by) for e in history.entries()] == [
+        (v1, DEPLOYED, "alice"),
+        (v2, DEPLOYED, "bob"),
+        (v3, DEPLOYED, "carol"),
+        (v3, ROLLED_BACK, "model_deployment"),
+    ]
+    stored = json.loads((tmp_path / "models" / "xgb_direction" / "deployments.json").read_text())
+    assert stored["live"] == 1 and len(stored["history"]) == 4
+
+
+def test_a_failed_first_deployment_serves_nothing_and_bad_requests_are_refused(registry, tmp_path):
+    v1 = _register(registry, 1, tmp_path)
+    registry.promote(v1, "first")
+    history = DeploymentHistory(registry)
+    history.record_deployed(v1, target="local", by="alice", reason="approved")
+    history.record_rollback(v1, by="model_deployment", reason="unhealthy")
+    assert history.live() is None and served_version(registry) is None
+    with pytest.raises(RegistryError, match="no version v0009"):
+        history.record_deployed("v9", target="local", by="alice", reason="approved")
+    with pytest.raises(RegistryError, match="by=' '"):
+        history.record_deployed(v1, target="local", by=" ", reason="approved")
+
+
+def test_health_check_scores_a_sample_and_fails_on_an_altered_model_file(registry, tmp_path):
+    v1 = _register(registry, 1, tmp_path)
+    frame = pd.DataFrame({"a": [np.nan, *ROWS[:, 0]], "b": [0.0, *ROWS[:, 1]]})
+    sample = health_sample(frame, FEATURES, rows=10)
+    np.testing.assert_array_equal(sample, ROWS[-10:])
+    probs = score_version(registry, v1, sample)
+    oracle = registry.load_booster(v1).predict(xgb.DMatrix(sample.astype(np.float32), feature_names=FEATURES))
+    np.testing.assert_array_equal(probs, oracle)
+    with pytest.raises(HealthCheckError, match=r"lacks feature\(s\) \['c'\]"):
+        health_sample(frame, ["a", "c"])
+
+    model_file = next((tmp_path / "models" / "xgb_direction" / "versions" / v1).glob("model-*.json"))
+    model_file.write_bytes(model_file.read_bytes()[:-40])  # a damaged artifact
+    with pytest.raises(HealthCheckError, match="cannot be loaded: .*sha256"):
+        score_version(registry, v1, sample)
+
+
+# -- SageMaker endpoints --------------------------------------------------------------------------
+
+
+def _answer(body: str) -> None:
+    """What moto's InvokeEndpoint answers next (it runs no container: the test says what one would)."""
+    sagemakerruntime_backends[DEFAULT_ACCOUNT_ID][REGION].results_queue.append((body, "text/csv", "AllTraffic", ""))
+
+
+def _csv(probs: np.ndarray) -> str:
+    return "\n".join(f"{p:.17g}" for p in probs)
+
+
+@pytest.fixture
+def aws():
+    with mock_aws():
+        clients = AwsClients(boto3.Session(region_name=REGION))
+        clients.client("s3").create_bucket(Bucket=BUCKET)
+        yield clients
+
+
+def _deployer(aws: AwsClients) -> EndpointDeployer:
+    return EndpointDeployer(aws, EndpointSpec("quant-engine", ROLE, image_uri="xgb:1", poll_s=0, timeout_s=1))
+
+
+def test_first_deployment_creates_model_config_and_endpoint_and_passes_its_health_check(aws, registry, tmp_path):
+    v1 = _register(registry, 1, tmp_path)
+    deployer = _deployer(aws)
+    archive = f"s3://{BUCKET}/quant-engine/deployments/xgb_direction/{v1}/model.tar.gz"
+    entry = deploy_to_endpoint(deployer, registry, v1, archive_uri=archive, by="alice", reason="approved by alice")
+
+    name = deployment_name("xgb_direction", v1, registry.get(v1).model_sha256)
+    assert (entry.endpoint_config, entry.previous_endpoint_config, entry.target) == (
+        name,
+        None,
+        "endpoint:quant-engine",
+    )
+    sagemaker = aws.client("sagemaker")
+    model = sagemaker.describe_model(ModelName=name)
+    assert model["PrimaryContainer"]["ModelDataUrl"] == archive and model["ExecutionRoleArn"] == ROLE
+    assert sagemaker.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"][0]["ModelName"] == name
+    assert deployer.live_config() == name
+    staged = aws.client("s3").get_object(Bucket=BUCKET, Key=archive.split(f"{BUCKET}/")[1])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(staged)) as tar:
+        assert tar.getnames() == [ARCHIVE_MEMBER]
+        assert tar.extractfile(ARCHIVE_MEMBER).read() == registry.model_bytes(v1)
+    assert staged == model_archive(registry.model_bytes(v1))  # the same bytes on a retry
+
+    expected = score_version(registry, v1, ROWS)
+    _answer(_csv(expected))
+    assert "32 rows answered as expected" in deployer.check(name, ROWS, expected)
+    # a retried deploy task finds everything in place and records nothing new
+    again = deploy_to_endpoint(deployer, registry, v1, archive_uri=archive, by="alice", reason="approved by alice")
+    assert again == entry and len(DeploymentHistory(registry).entries()) == 1
+
+
+def test_an_endpoint_answering_for_another_model_fails_the_check_and_a_first_deployment_is_deleted(
+    aws, registry, tmp_path
+):
+    v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
+    deployer = _deployer(aws)
+    entry = deploy_to_endpoint(
+        deployer, registry, v2, archive_uri=f"s3://{BUCKET}/m/{v2}.tar.gz", by="alice", reason="approved"
+    )
+    _answer(_csv(score_version(registry, v1, ROWS)))  # the container serves another model's answers
+    with pytest.raises(DeploymentError, match="the deployed version predicts"):
+        deployer.check(entry.endpoint_config, ROWS, score_version(registry, v2, ROWS))
+    _answer("<html>502 Bad Gateway</html>")
+    with pytest.raises(DeploymentError, match="not probabilities"):
+        deployer.check(entry.endpoint_config, ROWS[:1], score_version(registry, v2, ROWS[:1]))
+
+    deployer.rollback(entry.previous_endpoint_config)
+    assert deployer.describe() is None  # nothing served before: the failed endpoint is gone
+    deployer.rollback(None)  # a retried rollback changes nothing
+
+
+def test_an_update_is_blue_green_and_a_rollback_returns_to_the_previous_config(registry, tmp_path):
+    """UpdateEndpoint is not in moto 5.2.5: the calls are checked one by one, SageMaker's answers queued."""
+    v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
+    aws = AwsClients(boto3.Session(region_name=REGION))
+    deployer, sagemaker = _deployer(aws), aws.client("sagemaker")
+    old = deployment_name("xgb_direction", v1, registry.get(v1).model_sha256)
+    new = deployment_name("xgb_direction", v2, registry.get(v2).model_sha256)
+    DeploymentHistory(registry).record_deployed(
+        v1, target="endpoint:quant-engine", by="alice", reason="first", endpoint_config=old
+    )
+
+    def endpoint(config: str, status: str = "InService") -> dict:
+        return {
+            "EndpointName": "quant-engine",
+            "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/quant-engine",
+            "EndpointConfigName": config,
+            "EndpointStatus": status,
+            "CreationTime": pd.Timestamp("2026-01-01").to_pydatetime(),
+            "LastModifiedTime": pd.Timestamp("2026-01-01").to_pydatetime(),
+            "ProductionVariants": [{"VariantName": "AllTraffic", "CurrentInstanceCount": 1}],
+        }
+
+    name_only = {"EndpointName": "quant-engine"}
+    with Stubber(sagemaker) as stub, Stubber(aws.client("s3")) as s3:
+        s3.add_response(
+            "put_object",
+            {},
+            {"Bucket": BUCKET, "Key": f"m/{v2}.tar.gz", "Body": model_archive(registry.model_bytes(v2))},
+        )
+        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/x"})
+        stub.add_response("create_endpoint_config", {"EndpointConfigArn": ARN})
+        stub.add_response("describe_endpoint", endpoint(old), name_only)
+        stub.add_response("update_endpoint", {"EndpointArn": ARN}, {**name_only, "EndpointConfigName": new})
+        stub.add_response("describe_endpoint", endpoint(old, "Updating"), name_only)
+        stub.add_response("describe_endpoint", endpoint(new), name_only)
+        entry = deploy_to_endpoint(
+            deployer, registry, v2, archive_uri=f"s3://{BUCKET}/m/{v2}.tar.gz", by="bob", reason="approved by bob"
+        )
+        assert (entry.endpoint_config, entry.previous_endpoint_config, entry.previous) == (new, old, v1)
+
+        # the health check failed: back to the old config, blue/green again
+        stub.add_response("describe_endpoint", endpoint(new), name_only)
+        stub.add_response("update_endpoint", {"EndpointArn": ARN}, {**name_only, "EndpointConfigName": old})
+        stub.add_response("describe_endpoint", endpoint(old), name_only)
+        deployer.rollback(entry.previous_endpoint_config)
+
+        # an update SageMaker rolled back by itself is a failure, not a success
+        stub.add_response("describe_endpoint", endpoint(old), name_only)
+        stub.add_response("update_endpoint", {"EndpointArn": ARN}, {**name_only, "EndpointConfigName": new})
+        failed = {**endpoint(old), "FailureReason": "model failed to load"}
+        stub.add_response("describe_endpoint", failed, name_only)
+        with pytest.raises(DeploymentError, match="kept the old configuration .model failed to load"):
+            deployer.switch(new)
+        stub.assert_no_pending_responses()
+    DeploymentHistory(registry).record_rollback(v2, by="model_deployment", reason="unhealthy")
+    assert served_version(registry) == v1
+
+
+def test_names_and_specs_are_checked():
+    assert deployment_name("m" * 80, "v0001", "f" * 64).endswith("-v0001-ffffffff")
+    assert len(deployment_name("m" * 80, "v0001", "f" * 64)) == 63
+    with pytest.raises(ValueError, match="QE_SAGEMAKER_ENDPOINT"):
+        EndpointSpec("bad_name!", ROLE)
+    with pytest.raises(ValueError, match="QE_SAGEMAKER_ROLE_ARN"):
+        EndpointSpec("quant-engine", "not-an-arn")
+
+
+def test_the_bridge_serves_the_deployed_version_and_returns_to_the_previous_one_on_rollback(registry, tmp_path):
+    from quant_engine.bridge.inference import LocalChampionModel
+
+    v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
+    registry.promote(v1, "first")
+
+    def no_baseline(name: str, version: str):
+        raise FileNotFoundError(f"{name} {version} has no baseline")
+
+    model = LocalChampionModel(registry, baseline_loader=no_baseline, check_every_s=0)
+    assert model.version == v1  # nothing deployed yet: the champion, as before
+    history = DeploymentHistory(registry)
+    history.record_deployed(v1, target="local", by="alice", reason="approved")
+    registry.promote(v2, "beats v1")
+    assert model.refresh() is False and model.version == v1  # promoted, not approved: still v1
+    history.record_deployed(v2, target="local", by="bob", reason="approved")
+    assert model.refresh() is True and model.version == v2
+    np.testing.assert_allclose(model.predict(ROWS), score_version(registry, v2, ROWS), rtol=0, atol=1e-6)
+    history.record_rollback(v2, by="model_deployment", reason="unhealthy")
+    assert model.refresh() is True and model.version == v1
+
+
+def test_the_command_line_says_what_serves_and_lists_the_history(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from quant_engine.backends import make_model_registry
+    from quant_engine.cli import training as cli
+
+    def models(*argv: str) -> list[str]:
+        parser = argparse.ArgumentParser(prog="quant-engine")
+        cli.register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(["models", *argv])
+        assert args.handler(args) == 0
+        return capsys.readouterr().out.splitlines()
+
+    registry = make_model_registry()
+    v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
+    registry.promote(v1, "first")
+    assert models("deployments") == [f"serving: {v1} (the champion, nothing deployed)"]
+    history = DeploymentHistory(registry)
+    history.record_deployed(v2, target="local", by="alice", reason="approved by alice", now="2026-12-01T10:00Z")
+    history.record_rollback(v2, by="model_deployment", reason="health check failed", now="2026-12-01T10:05Z")
+    lines = models("deployments")
+    assert lines[0] == "serving: nothing (the last deployment was rolled back)"
+    assert lines[1].split() == [
+        "2026-12-01T10:00:00",
+        v2,
+        "deployed",
+        "local",
+        "by",
+        "alice:",
+        "approved",
+        "by",
+        "alice",
+    ]
+    assert lines[2].split()[:4] == ["2026-12-01T10:05:00", v2, "rolled_back", "local"]
