@@ -23,7 +23,7 @@ from __future__ import annotations
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
-from qe_airflow import CHAMPION_ASSET
+from qe_airflow import CHAMPION_ASSET, notify_on_failure
 
 
 @dag(
@@ -31,7 +31,7 @@ from qe_airflow import CHAMPION_ASSET
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=30)},
+    default_args=notify_on_failure({"retries": 1, "retry_delay": pendulum.duration(seconds=30)}),
     tags=["quant-engine", "deployment"],
     params={
         "model_name": Param("xgb_direction", type="string", description="The registry model to deploy."),

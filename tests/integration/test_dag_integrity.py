@@ -69,3 +69,23 @@ def test_the_dag_forms_offer_exactly_the_librarys_data_sources() -> None:
     plugin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plugin)
     assert sorted(plugin.SOURCES) == sorted(SOURCE_NAMES)
+
+
+def test_every_task_of_every_dag_mails_its_failure() -> None:
+    """The failure notification (``QE_NOTIFY_EMAILS``) reaches every task, a new DAG's too."""
+    from airflow.dag_processing.dagbag import DagBag
+    from qe_airflow import mail_task_failure
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    silent = [
+        f"{dag_id}.{task.task_id}"
+        for dag_id, dag in bag.dags.items()
+        for task in dag.tasks
+        if mail_task_failure not in _callbacks(task.on_failure_callback)
+    ]
+    assert bag.dags and not silent, f"tasks that would fail without a mail: {silent}"
+
+
+def _callbacks(value: object) -> list:
+    """A task's callback setting as a list: Airflow takes one callable or a list of them."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
