@@ -24,18 +24,21 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 #: Wall seconds one replayed NYSE session (6.5 hours) takes with the default ``--replay-speed``.
 SESSION_WALL_S = 1.0
 DEFAULT_REPLAY_SPEED = 23_400 / SESSION_WALL_S
-#: Wall seconds between starting the feed and its first replayed tick: the bridge starts meanwhile.
-#: Bars that close before the bridge is connected are not lost: they become its warm-up.
-REPLAY_LEAD_S = 5.0
+#: Wall seconds from starting the feed to its first replayed tick: time for the feed to start and for
+#: the waiting bridge's reconnection backoff to find it. Bars that close before the bridge is
+#: connected are not lost, they become its warm-up, but they give no signal.
+REPLAY_LEAD_S = 8.0
 
 #: Training parameters of a quickstart: no simulated spot interruptions (they show the checkpoints at
 #: work, which is spot_training's story, and each restart costs a trainer start-up).
@@ -342,41 +345,66 @@ class _Service:
 
 
 def _serve(settings, tickers: list[str], replay: tuple[str, str], args: argparse.Namespace, run_id: str) -> None:  # noqa: ANN001
-    """Feed and bridge as subprocesses; print the first ``args.signals`` signals a subscriber gets, then stop both."""
+    """Bridge and feed as subprocesses; print the first ``args.signals`` signals a subscriber gets, then stop both.
+
+    The bridge starts first and a subscriber connects to it before the feed starts, so a slow start
+    of either (a loaded machine) delays the replay instead of losing its first sessions.
+    """
     from quant_engine.runs import run_dir
 
     folder = run_dir("quickstart", run_id, settings)
-    anchor = folder / "anchor.json"
-    anchor.write_text(json.dumps({"anchor": time.time() + REPLAY_LEAD_S, "speed": args.replay_speed}))
     token = secrets.token_urlsafe(16)
+    feed_port = _free_port()
     env = {**os.environ, "QE_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"}
     print(f"quickstart: replaying {replay[0]} .. {replay[1]} of the stored bars through the feed and the bridge")
     command = _quant_engine()
-    feed = _Service(
-        "feed",
-        [command, "feed", "serve", "--source", "store", "--port", "0", "--start", replay[0], "--end", replay[1],
-         "--tickers", ",".join(tickers), "--speed", f"{args.replay_speed:g}", "--anchor-file", str(anchor)],
-        env,
-        folder / "feed.log",
-    )  # fmt: skip
-    services = [feed]
+    bridge_env = {
+        **env,
+        "QE_FEED_URL": f"ws://127.0.0.1:{feed_port}",
+        "QE_BRIDGE_HOST": "127.0.0.1",
+        "QE_BRIDGE_PORT": "0",
+        "QE_BRIDGE_TOKENS": token,
+        "QE_BRIDGE_TICKERS": ",".join(tickers),
+    }
+    services = [_Service("bridge", [command, "bridge", "run"], bridge_env, folder / "bridge.log")]
+
+    def start_feed() -> None:
+        anchor = folder / "anchor.json"
+        anchor.write_text(json.dumps({"anchor": time.time() + REPLAY_LEAD_S, "speed": args.replay_speed}))
+        services.append(
+            _Service(
+                "feed",
+                [
+                    command,
+                    "feed",
+                    "serve",
+                    "--source",
+                    "store",
+                    "--port",
+                    str(feed_port),
+                    "--start",
+                    replay[0],
+                    "--end",
+                    replay[1],
+                    "--tickers",
+                    ",".join(tickers),
+                    "--speed",
+                    f"{args.replay_speed:g}",
+                    "--anchor-file",
+                    str(anchor),
+                ],
+                env,
+                folder / "feed.log",
+            )  # fmt: skip
+        )
+        services[-1].wait_for("feed serving on ", args.timeout)
+
     try:
-        feed_url = feed.wait_for("feed serving on ", args.timeout).split()[3]
-        bridge_env = {
-            **env,
-            "QE_FEED_URL": feed_url,
-            "QE_BRIDGE_HOST": "127.0.0.1",
-            "QE_BRIDGE_PORT": "0",
-            "QE_BRIDGE_TOKENS": token,
-            "QE_BRIDGE_TICKERS": ",".join(tickers),
-        }
-        bridge = _Service("bridge", [command, "bridge", "run"], bridge_env, folder / "bridge.log")
-        services.append(bridge)
-        port = json.loads(bridge.wait_for('"bridge listening"', args.timeout))["port"]
-        print(f"  feed    {feed_url}  (health http://127.0.0.1:{feed_url.rsplit(':', 1)[1]}/health)")
+        port = json.loads(services[0].wait_for('"bridge listening"', args.timeout))["port"]
         print(f"  bridge  ws://127.0.0.1:{port}  (http://127.0.0.1:{port}/health, /metrics, /signals/latest)")
+        print(f"  feed    ws://127.0.0.1:{feed_port}  (http://127.0.0.1:{feed_port}/health)")
         print(f"  logs    {folder}")
-        received = asyncio.run(_first_signals(port, token, args.signals, args.timeout))
+        received = asyncio.run(_first_signals(port, token, args.signals, args.timeout, start_feed))
     finally:
         for service in reversed(services):
             service.stop()
@@ -392,21 +420,31 @@ def _serve(settings, tickers: list[str], replay: tuple[str, str], args: argparse
         )
 
 
-async def _first_signals(port: int, token: str, count: int, timeout: float) -> list[dict[str, Any]]:
-    """Subscribe to every ticker and collect the first ``count`` signals (fewer if ``timeout`` passes)."""
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def _first_signals(
+    port: int, token: str, count: int, timeout: float, start_feed: Callable[[], None]
+) -> list[dict[str, Any]]:
+    """Subscribe to every ticker, then start the feed and collect the first ``count`` signals (fewer if
+    ``timeout`` passes)."""
     from websockets.asyncio.client import connect
 
     received: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(timeout):
-            headers = {"Authorization": f"Bearer {token}"}
-            async with connect(f"ws://127.0.0.1:{port}/", additional_headers=headers) as ws:
-                await ws.send(json.dumps({"subscribe": ["*"]}))
-                await ws.recv()  # the subscription's acknowledgement
+    headers = {"Authorization": f"Bearer {token}"}
+    async with connect(f"ws://127.0.0.1:{port}/", additional_headers=headers) as ws:
+        await ws.send(json.dumps({"subscribe": ["*"]}))
+        await ws.recv()  # the subscription's acknowledgement
+        await asyncio.to_thread(start_feed)
+        try:
+            async with asyncio.timeout(timeout):
                 while len(received) < count:
                     received.append(json.loads(await ws.recv()))
-    except TimeoutError:
-        pass
+        except TimeoutError:
+            pass
     return received
 
 
