@@ -19,9 +19,10 @@ Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STA
 ``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD``
 (admin / admin), ``QE_STACK_TIMEOUT_S`` (240, per service), ``QE_STACK_FEED_START`` (2024-01-02, first
 day the feed replays), ``QE_STACK_FEED_SOURCE`` (``synthetic``, or ``store``: the bars ingestion
-stored, as ``make up DATA=FILE`` sets after its quickstart), ``QE_STACK_TICKERS`` (SYN00..SYN04, replayed by the feed and followed by the
-bridge). ``QE_HOME`` is handed to every service. The bridge runs before the registry has a champion
-(its health says ``waiting_for_model``) and picks the first promoted one up by itself.
+stored, as ``make up DATA=FILE`` sets after its quickstart), ``QE_STACK_TICKERS`` (SYN00..SYN04,
+replayed by the feed and followed by the bridge). ``QE_HOME`` is handed to every service. The
+bridge runs before the registry has a champion (its health says ``waiting_for_model``) and picks
+the first promoted one up by itself.
 
 Scale mode (``QE_STACK_WORKERS=N``, N >= 1; ``make up SCALE=1`` means 2): the compose file's ``scale``
 profile natively. Debian's ``redis-server`` is the Celery broker on ``QE_STACK_REDIS_PORT`` (56379),
