@@ -144,6 +144,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in took.items())
     print(f"quickstart: done in {time.monotonic() - begun:.0f} s ({steps})")
 
+    if champion is None:
+        print("no champion: signals say no_model until one is promoted (quant-engine models promote VERSION)")
     replay = _replay_window(bars, args.sessions)
     if args.stack_env:
         _write_stack_env(args.stack_env, tickers, replay)
@@ -154,8 +156,6 @@ def _quickstart(args: argparse.Namespace) -> int:
             f"next: quant-engine quickstart {args.file} --serve (replays the last {args.sessions} sessions through the"
             f" bridge), or make up DATA={args.file} (the whole stack); walk-forward report: {wfo_run}"
         )
-    if champion is None:
-        print("no champion: signals say no_model until one is promoted (quant-engine models promote VERSION)")
     return 0
 
 
