@@ -32,6 +32,7 @@ help:
 	@echo "make test  - install what is missing, then run the whole test suite"
 	@echo "make bench - run the benchmarks under bench/"
 	@echo "make up    - start the stack natively (Postgres, Airflow, feed, bridge); make down stops it"
+	@echo "             make up DATA=my.csv: quant-engine quickstart on your bars first, the feed replaying them"
 	@echo "             make up SCALE=1 (or QE_STACK_WORKERS=N): CeleryExecutor on Redis with 2 (N) workers"
 
 venv: shell-defaults
@@ -106,8 +107,15 @@ stack-deps:
 ifneq ($(filter-out 0,$(SCALE)),)
 export QE_STACK_WORKERS ?= 2
 endif
+# `make up DATA=my.csv`: `quant-engine quickstart` on your file first (ingest, walk-forward, a champion), then
+# the stack, its feed replaying the file's stored bars (the settings the quickstart writes) instead of SYN00..
 up: venv stack-deps
+ifneq ($(DATA),)
+	@$(BIN)/quant-engine quickstart $(DATA) --stack-env $(QE_HOME)/quickstart-stack.env
+	@set -a && . $(QE_HOME)/quickstart-stack.env && set +a && $(BIN)/python ops/stack.py up
+else
 	@$(BIN)/python ops/stack.py up
+endif
 
 down:
 	@$(BIN)/python ops/stack.py down

@@ -19,10 +19,11 @@ group, so stopping it also stops the task processes it started.
 Settings (environment): ``QE_STACK_DIR``, ``QE_STACK_PG_PORT`` (55432), ``QE_STACK_API_PORT`` (28080),
 ``QE_STACK_FEED_PORT`` (8765), ``QE_STACK_BRIDGE_PORT`` (8766), ``QE_STACK_MLFLOW_PORT`` (28500, the
 MLflow UI), ``QE_STACK_USER`` / ``QE_STACK_PASSWORD`` (admin / admin), ``QE_STACK_TIMEOUT_S`` (240,
-per service), ``QE_STACK_FEED_START`` (2024-01-02, first day the feed replays), ``QE_STACK_TICKERS``
-(SYN00..SYN04, replayed by the feed and followed by the bridge). ``QE_HOME`` is handed to every
-service. The bridge runs before the registry has a champion (its health says ``waiting_for_model``)
-and picks the first promoted one up by itself.
+per service), ``QE_STACK_FEED_START`` (2024-01-02, first day the feed replays), ``QE_STACK_FEED_SOURCE``
+(``synthetic``, or ``store``: the bars ingestion stored, as ``make up DATA=FILE`` sets after its
+quickstart), ``QE_STACK_TICKERS`` (SYN00..SYN04, replayed by the feed and followed by the bridge).
+``QE_HOME`` is handed to every service. The bridge runs before the registry has a champion (its
+health says ``waiting_for_model``) and picks the first promoted one up by itself.
 
 Scale mode (``QE_STACK_WORKERS=N``, N >= 1; ``make up SCALE=1`` means 2): the compose file's ``scale``
 profile natively. Debian's ``redis-server`` is the Celery broker on ``QE_STACK_REDIS_PORT`` (56379),
@@ -76,6 +77,7 @@ class StackConfig:
     feed_start: str
     tickers: str
     workers: int = 0
+    feed_source: str = "synthetic"
     worker_concurrency: int = 2
     redis_port: int = 56379
     mlflow_port: int = 28500
@@ -109,6 +111,7 @@ class StackConfig:
             feed_start=env.get("QE_STACK_FEED_START", "2024-01-02"),
             tickers=env.get("QE_STACK_TICKERS", "SYN00,SYN01,SYN02,SYN03,SYN04"),
             workers=count("QE_STACK_WORKERS", 0, 0, 16),
+            feed_source=feed_source(env.get("QE_STACK_FEED_SOURCE", "synthetic")),
             worker_concurrency=count("QE_STACK_WORKER_CONCURRENCY", 2, 1, 64),
             redis_port=port("QE_STACK_REDIS_PORT", 56379),
             mlflow_port=port("QE_STACK_MLFLOW_PORT", 28500),
@@ -195,6 +198,13 @@ class StackConfig:
 
     def log_file(self, name: str) -> Path:
         return self.folder / "logs" / f"{name}.log"
+
+
+def feed_source(raw: str) -> str:
+    """``QE_STACK_FEED_SOURCE``: what the feed replays, the synthetic market or the stored bars."""
+    if raw not in ("synthetic", "store"):
+        raise SystemExit(f"QE_STACK_FEED_SOURCE={raw!r} is not a feed source; use synthetic or store")
+    return raw
 
 
 def _secret(path: Path) -> str:
@@ -505,7 +515,8 @@ def _quant_engine_command(*args: str) -> list[str]:
 def services(config: StackConfig) -> dict[str, list[str]]:
     """Each long-lived service and its command line, in start order.
 
-    The feed replays the synthetic market's ``QE_STACK_TICKERS`` from ``QE_STACK_FEED_START`` at the
+    The feed replays ``QE_STACK_TICKERS`` of the synthetic market (or, with ``QE_STACK_FEED_SOURCE=store``,
+    of the bars ingestion stored: ``make up DATA=FILE``) from ``QE_STACK_FEED_START`` at the
     feed's default speed; the bridge subscribes to the same tickers and reads its settings
     (``QE_FEED_URL``, ``QE_BRIDGE_*``) from :func:`service_env`.
     """
@@ -541,7 +552,7 @@ def services(config: StackConfig) -> dict[str, list[str]]:
             "--port",
             str(config.feed_port),
             "--source",
-            "synthetic",
+            config.feed_source,
             "--tickers",
             config.tickers,
             "--start",

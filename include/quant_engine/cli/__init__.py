@@ -25,6 +25,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "quant_engine.cli.wfo",
     "quant_engine.cli.training",
     "quant_engine.cli.bridge",
+    "quant_engine.cli.quickstart",
 )
 
 #: The errors that are the user's to fix, each with the hint added when its message has none (no
@@ -45,6 +46,7 @@ USER_ERRORS: dict[str, str] = {
     "quant_engine.aws.processing.ProcessingJobError": "",
     "quant_engine.aws.sagemaker_spot.TrainingJobError": "",
     "quant_engine.training.spot.SpotRunError": "",
+    "quant_engine.cli.quickstart.ServeError": "",
     "botocore.exceptions.BotoCoreError": "check the AWS credentials, QE_AWS_REGION and QE_AWS_ENDPOINT_URL",
     "botocore.exceptions.ClientError": "check the AWS credentials, permissions and QE_S3_BUCKET",
 }
