@@ -75,10 +75,9 @@ def run_split(
     names = get_feature_set(config.feature_set).names
     with np.load(split_file) as stored:
         roles = stored["roles"]
-    if len(roles) != dataset_rows(dataset_file):
-        raise ValueError(
-            f"{split_file} has {len(roles)} rows but the dataset {dataset_rows(dataset_file)}; rebuild the plan"
-        )
+    n_rows = dataset_rows(dataset_file)
+    if len(roles) != n_rows:
+        raise ValueError(f"{split_file} has {len(roles)} rows but the dataset {n_rows}; rebuild the plan")
     train, test = np.flatnonzero(roles == TRAIN), np.flatnonzero(roles == TEST)
     del roles
     if whole_panel:
