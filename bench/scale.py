@@ -10,6 +10,15 @@ and above the imports):
 * **plan**: the CPCV plan (6 groups choose 2: 15 splits), every split's row roles written;
 * **fit**: one ``(trial, split)`` fit, what one mapped ``run_split`` task of ``wfo_pipeline`` does.
 
+Then one split task's memory against the universe: a rolling walk-forward (2 years of training, 1
+year of test, so a split holds about 3 of the 20 years' rows) is built and planned at every size,
+and its middle split's fit runs twice, each in its own process: reading only the split's rows
+(``run_split``, as the DAG's tasks do) and, the baseline, reading the whole panel and slicing it
+(``run_split(..., whole_panel=True)``, the read before the split read). The table gives both peaks
+(RSS above the imports), their ratio, and what 100k more rows cost from one size to the next: the
+split read's per split row and the whole-panel read's per panel row, each flat across sizes when the
+memory follows those rows.
+
 Each stage's growth is the exponent ``b`` of ``cost ~ tickers^b`` fitted on log-log over the sizes
 (rows grow with the tickers: the years are fixed). Then the walk-forward's fits of a fixed grid
 (``--pool-trials`` trials x 15 splits at ``--pool-tickers`` tickers) run on 1, 2 and 4 worker
@@ -40,12 +49,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "2005-01-03", "2024-12-31"  # 20 years of sessions
 STAGES = ("ingest", "dataset", "plan", "fit")
+#: The memory table's splitter: a fixed-length window, so a split is a fixed share of the panel's years.
+ROLLING = {"splitter": "walk_forward", "train_window": "730D", "test_window": "365D", "anchored": False}
 TRIAL = {"max_depth": 3, "learning_rate": 0.1, "n_estimators": 50, "min_child_weight": 100, "threshold": 0.0}
 
 
-def _conf(n_trials: int) -> dict:
+def _conf(n_trials: int, run: str = "cpcv") -> dict:
     trials = [{**TRIAL, "max_depth": 2 + t % 3, "learning_rate": 0.05 * (1 + t // 3)} for t in range(n_trials)]
-    return {"start": START, "end": END, "n_groups": 6, "n_test_groups": 2, "trials": trials}
+    splitter = ROLLING if run == "rolling" else {"n_groups": 6, "n_test_groups": 2}
+    return {"start": START, "end": END, **splitter, "trials": trials}
 
 
 def _rss_mb() -> float:
@@ -55,9 +67,9 @@ def _rss_mb() -> float:
 # --- stages, each in its own process ------------------------------------------------------------
 
 
-def _stage(name: str, home: Path, tickers: int, n_trials: int, workers: int) -> dict:
+def _stage(name: str, home: Path, tickers: int, n_trials: int, workers: int, run: str, whole_panel: bool) -> dict:
     os.environ.update({"QE_HOME": str(home), "QE_BACKEND": "local"})
-    run_dir = home / "runs" / "wfo" / "bench"
+    run_dir = home / "runs" / "wfo" / run
     bars_file = home / "bars.parquet"
     if name == "generate":
         from quant_engine.data.synthetic import SyntheticMarket
@@ -83,7 +95,7 @@ def _stage(name: str, home: Path, tickers: int, n_trials: int, workers: int) -> 
         from quant_engine.wfo.dataset import build_dataset
 
         def call() -> dict:
-            config = WfoConfig.from_params(_conf(n_trials))
+            config = WfoConfig.from_params(_conf(n_trials, run))
             return {"rows": build_dataset(config, run_dir, make_offline_store(), make_bar_store())["rows"]}
 
     elif name == "plan":
@@ -93,11 +105,17 @@ def _stage(name: str, home: Path, tickers: int, n_trials: int, workers: int) -> 
             return {"tasks": len(plan(run_dir))}
 
     elif name == "fit":
+        from quant_engine.wfo.dataset import dataset_rows
+        from quant_engine.wfo.run_folder import load_plan
         from quant_engine.wfo.runner import run_split
 
         def call() -> dict:
-            result = run_split(run_dir, 0, 0)
-            return {"rows": result["n_train"] + result["n_test"]}
+            split_id = load_plan(run_dir)["n_splits"] // 2 if run == "rolling" else 0
+            result = run_split(run_dir, 0, split_id, whole_panel=whole_panel)
+            return {
+                "rows": result["n_train"] + result["n_test"],
+                "panel_rows": dataset_rows(run_dir / "dataset.parquet"),
+            }
 
     elif name == "pool":
         from concurrent.futures import ProcessPoolExecutor
@@ -121,9 +139,18 @@ def _stage(name: str, home: Path, tickers: int, n_trials: int, workers: int) -> 
     return {"stage": name, "wall_s": wall, "peak_rss_mb": peak, "above_imports_mb": peak - imported, **extra}
 
 
-def _run_stage(name: str, home: Path, tickers: int, n_trials: int = 2, workers: int = 1) -> dict:
+def _run_stage(
+    name: str,
+    home: Path,
+    tickers: int,
+    n_trials: int = 2,
+    workers: int = 1,
+    run: str = "cpcv",
+    whole_panel: bool = False,
+) -> dict:
     command = [sys.executable, __file__, "--stage", name, "--home", str(home), "--tickers", str(tickers)]
-    command += ["--n-trials", str(n_trials), "--stage-workers", str(workers)]
+    command += ["--n-trials", str(n_trials), "--stage-workers", str(workers), "--run", run]
+    command += ["--whole-panel"] if whole_panel else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "include"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
@@ -141,9 +168,11 @@ def _exponent(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
 
 
-def growth(sizes: list[int], scratch: Path, keep: int) -> dict[str, list[dict]]:
-    """Every stage at every size; the store of ``keep`` tickers stays for the fixed grid."""
+def growth(sizes: list[int], scratch: Path, keep: int) -> tuple[dict[str, list[dict]], list[dict]]:
+    """Every stage at every size, and one rolling walk-forward split's fit read both ways at every size;
+    the store of ``keep`` tickers stays for the fixed grid."""
     rows: dict[str, list[dict]] = {stage: [] for stage in STAGES}
+    memory: list[dict] = []
     for tickers in sizes:
         home = scratch / f"home-{tickers}"
         home.mkdir()
@@ -159,9 +188,20 @@ def growth(sizes: list[int], scratch: Path, keep: int) -> dict[str, list[dict]]:
                 f"(+{result['above_imports_mb']:.0f} MB over imports)",
                 flush=True,
             )
+        for stage in ("dataset", "plan"):
+            _run_stage(stage, home, tickers, run="rolling")
+        split_read = _run_stage("fit", home, tickers, run="rolling")
+        whole_read = _run_stage("fit", home, tickers, run="rolling", whole_panel=True)
+        memory.append({"tickers": tickers, "split_read": split_read, "whole_panel_read": whole_read})
+        print(
+            f"    rolling split of {split_read['rows']:,} rows (panel {split_read['panel_rows']:,}): peak above "
+            f"imports {split_read['above_imports_mb']:.0f} MB reading the split, "
+            f"{whole_read['above_imports_mb']:.0f} MB reading the panel",
+            flush=True,
+        )
         if tickers != keep:
             shutil.rmtree(home, ignore_errors=True)
-    return rows
+    return rows, memory
 
 
 def pool(tickers: int, n_trials: int, workers: list[int], scratch: Path) -> list[dict]:
@@ -180,6 +220,42 @@ def pool(tickers: int, n_trials: int, workers: list[int], scratch: Path) -> list
     return results
 
 
+def _print_memory(memory: list[dict]) -> None:
+    """One split task's peak against the universe: the split read, the whole-panel read, their ratio, and
+    what each more 100k rows cost from the size before (the fixed costs of a fit, XGBoost's among them,
+    cancel there): the split read's per split row, the whole-panel read's per panel row."""
+    print(
+        "\nOne split task (the rolling walk-forward's middle split, 2 years train + 1 year test) read two ways; "
+        "peak RSS above imports:"
+    )
+    print(
+        "| tickers | panel rows | split rows | split read MB | whole-panel read MB | whole / split | "
+        "split read: MB per 100k more split rows | whole-panel read: MB per 100k more panel rows |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    previous = None
+    for row in memory:
+        split, whole = row["split_read"], row["whole_panel_read"]
+        split_mb, whole_mb = max(split["above_imports_mb"], 1.0), max(whole["above_imports_mb"], 1.0)
+        if previous is None:
+            slopes = "– | –"
+        else:
+            before_split, before_whole = previous["split_read"], previous["whole_panel_read"]
+            per_split = (split["above_imports_mb"] - before_split["above_imports_mb"]) / (
+                split["rows"] - before_split["rows"]
+            )
+            per_panel = (whole["above_imports_mb"] - before_whole["above_imports_mb"]) / (
+                whole["panel_rows"] - before_whole["panel_rows"]
+            )
+            slopes = f"{per_split * 1e5:.0f} | {per_panel * 1e5:.0f}"
+        print(
+            f"| {row['tickers']} | {split['panel_rows']:,} | {split['rows']:,} "
+            f"({split['rows'] / split['panel_rows']:.0%}) | {split_mb:.0f} | {whole_mb:.0f} | "
+            f"{whole_mb / split_mb:.2f}x | {slopes} |"
+        )
+        previous = row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="10,100", help="ticker counts, comma-separated (default 10,100)")
@@ -192,9 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tickers", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--n-trials", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--stage-workers", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--run", default="cpcv", choices=("cpcv", "rolling"), help=argparse.SUPPRESS)
+    parser.add_argument("--whole-panel", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stage:
-        print(json.dumps(_stage(args.stage, args.home, args.tickers, args.n_trials, args.stage_workers)))
+        stage = _stage(
+            args.stage, args.home, args.tickers, args.n_trials, args.stage_workers, args.run, args.whole_panel
+        )
+        print(json.dumps(stage))
         return 0
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -205,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qe-bench-scale-") as folder:
         scratch = Path(folder)
         print(f"growth: {', '.join(map(str, sizes))} tickers x 20 years of daily bars ({START}..{END})")
-        table = growth(sizes, scratch, keep=args.pool_tickers)
+        table, memory = growth(sizes, scratch, keep=args.pool_tickers)
         print(f"fixed grid: {args.pool_trials} trials x 15 splits at {args.pool_tickers} tickers")
         pooled = pool(args.pool_tickers, args.pool_trials, workers, scratch)
     load = os.getloadavg()[0]
@@ -227,13 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         f"memory is {hungriest}'s ({largest[hungriest]['peak_rss_mb']:.0f} MB peak RSS)."
     )
     print("(memory exponent: of the RSS above the stage's imports; one fit = one mapped run_split task)")
+    _print_memory(memory)
     base = pooled[0]["wall_s"]
     print("\n| worker processes | wall s | speed-up |\n|---|---|---|")
     for row in pooled:
         print(f"| {row['workers']} | {row['wall_s']:.1f} | {base / row['wall_s']:.2f}x |")
     print(f"\nload average at end: {load:.2f} ({os.cpu_count()} CPUs)")
     if args.json:
-        args.json.write_text(json.dumps({"growth": table, "pool": pooled, "load": load}, indent=2))
+        payload = {"growth": table, "split_memory": memory, "pool": pooled, "load": load}
+        args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
 

@@ -20,9 +20,10 @@ from quant_engine.features.definitions import get_feature_set
 from quant_engine.progress import Progress
 from quant_engine.storage.atomic import write_parquet_atomic
 from quant_engine.validation import whole_number
+from quant_engine.wfo.dataset import dataset_rows, read_rows
 from quant_engine.wfo.run_folder import TEST, TRAIN, load_config, load_dataset, prediction_path, split_path
 
-__all__ = ["FitRunner", "LocalFits", "run_split"]
+__all__ = ["PREDICTION_KEYS", "FitRunner", "LocalFits", "run_split"]
 
 
 class FitRunner(Protocol):
@@ -42,12 +43,23 @@ class FitRunner(Protocol):
         ...
 
 
-def run_split(run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path | None = None) -> dict[str, Any]:
+#: The columns a split's predictions carry beside ``prob``, in the file's order after ``prob``.
+PREDICTION_KEYS: tuple[str, ...] = ("ticker", "ts", "fwd_ret_1", "t1", "label", "group")
+
+
+def run_split(
+    run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path | None = None, whole_panel: bool = False
+) -> dict[str, Any]:
     """Train trial ``trial_id`` on split ``split_id``'s purged training rows and predict its test rows.
 
     Writes ``predictions/trial=<t>/split=<s>.parquet`` under ``output_dir`` (default: the run
     folder) with ``ticker, ts, prob, fwd_ret_1, t1, label, group``. The model is seeded and
     single-threaded, so a rerun writes the same bytes of predictions.
+
+    Only the split's training and test rows are read, each with the columns it needs
+    (:func:`~quant_engine.wfo.dataset.read_rows`), so the fit's memory follows the split, not the
+    universe. ``whole_panel=True`` reads the whole dataset and slices it in memory instead, as
+    before the split read: the oracle the tests and ``bench/scale.py`` hold the split read to.
     """
     run_dir = Path(run_dir)
     config = load_config(run_dir)
@@ -56,16 +68,31 @@ def run_split(run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path |
     split_file = split_path(run_dir, split_id)
     if not split_file.exists():
         raise FileNotFoundError(f"{split_file} does not exist; split_id={split_id} is not in the plan")
+    dataset_file = run_dir / "dataset.parquet"
+    if not dataset_file.exists():
+        raise FileNotFoundError(f"{dataset_file} does not exist; build the dataset first")
     trial = config.trials[trial_id]
     names = get_feature_set(config.feature_set).names
-    data = load_dataset(run_dir)
     with np.load(split_file) as stored:
         roles = stored["roles"]
-    if len(roles) != len(data):
-        raise ValueError(f"{split_file} has {len(roles)} rows but the dataset {len(data)}; rebuild the plan")
+    n_rows = dataset_rows(dataset_file)
+    if len(roles) != n_rows:
+        raise ValueError(f"{split_file} has {len(roles)} rows but the dataset {n_rows}; rebuild the plan")
     train, test = np.flatnonzero(roles == TRAIN), np.flatnonzero(roles == TEST)
-    features = data[names].to_numpy(dtype=np.float32)
-    labels = data["label"].to_numpy()
+    del roles
+    if whole_panel:
+        data = load_dataset(run_dir)
+        features = data[names].to_numpy(dtype=np.float32)
+        labels = data["label"].to_numpy()
+        train_x, train_y, test_x = features[train], labels[train], features[test]
+        keys = data.iloc[test][list(PREDICTION_KEYS)]
+        del data, features, labels
+    else:
+        rows = read_rows(dataset_file, train, [*names, "label"])
+        train_x, train_y = rows[names].to_numpy(dtype=np.float32), rows["label"].to_numpy()
+        rows = read_rows(dataset_file, test, [*names, *PREDICTION_KEYS])
+        test_x, keys = rows[names].to_numpy(dtype=np.float32), rows[list(PREDICTION_KEYS)]
+        del rows
     model = xgb.XGBClassifier(
         **trial.model_params,
         objective="binary:logistic",
@@ -74,14 +101,14 @@ def run_split(run_dir: Path, trial_id: int, split_id: int, *, output_dir: Path |
         n_jobs=1,
         eval_metric="logloss",
     )
-    model.fit(features[train], labels[train])
-    prob = model.predict_proba(features[test])[:, 1].astype(np.float64)
-    out = data.iloc[test][["ticker", "ts", "fwd_ret_1", "t1", "label", "group"]].assign(prob=prob)
+    model.fit(train_x, train_y)
+    prob = model.predict_proba(test_x)[:, 1].astype(np.float64)
+    out = keys.assign(prob=prob)
     path = write_parquet_atomic(
         out.loc[:, ["ticker", "ts", "prob", "fwd_ret_1", "t1", "label", "group"]],
         prediction_path(output_dir or run_dir, trial_id, split_id),
     )
-    accuracy = float(((prob > 0.5) == (labels[test] == 1)).mean())
+    accuracy = float(((prob > 0.5) == (keys["label"].to_numpy() == 1)).mean())
     return {
         "trial_id": trial_id,
         "split_id": split_id,
