@@ -293,10 +293,10 @@ def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
     assert request["Environment"]["QE_WFO_TASKS"] == "1:2"
     job = sagemaker.describe_processing_job(ProcessingJobName=request["ProcessingJobName"])
     assert job["ProcessingJobStatus"] == "Completed" and job["RoleArn"] == ROLE
-    assert files == [prediction_path(run, 1, 2)]
+    assert files == [{"trial_id": 1, "split_id": 2, "path": str(prediction_path(run, 1, 2))}]
     # the container ran the same run_split: identical to a local run of the task
     local = pd.read_parquet(run_split(planned_run, 1, 2, output_dir=tmp_path / "local")["path"])
-    pd.testing.assert_frame_equal(pd.read_parquet(files[0]), local)
+    pd.testing.assert_frame_equal(pd.read_parquet(files[0]["path"]), local)
 
 
 def test_the_aws_backend_stages_in_plan_and_runs_each_dag_task_as_a_job(
