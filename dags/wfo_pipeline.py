@@ -99,7 +99,7 @@ def wfo_pipeline():
 
     staged = build_dataset()
     # One mapped task per batch: its fits here, or one Processing job re-attached to on retry (aws).
-    run_split = QeFitsOperator.partial(task_id="run_split", map_index_template="{{ task.label }}")
+    run_split = QeFitsOperator.partial(task_id="run_split", map_index_template="{{ task.batch_label }}")
     run_split.expand_kwargs(plan(staged)) >> assemble_paths(staged) >> statistics(staged) >> report(staged)
 
 

@@ -142,15 +142,18 @@ class QeFitsOperator(_ReattachingJob, SageMakerProcessingOperator):
 
     job_type = "Processing"
     result_key = "Processing"
-    template_fields = (*SageMakerProcessingOperator.template_fields, "run_dir", "fits", "label", "position", "of")
 
     def __init__(self, *, run_dir: str, fits: list, label: str, position: int, of: int, **kwargs: Any) -> None:
         super().__init__(config={}, print_log=False, **kwargs)
-        self.run_dir, self.fits, self.label, self.position, self.of = run_dir, fits, label, position, of
+        # ``label`` is BaseOperator's (the task group's) name for the task id: the batch's is ``batch_label``.
+        self.run_dir, self.fits, self.batch_label, self.position, self.of = run_dir, fits, label, position, of
 
     @property
     def tasks(self) -> list[tuple[int, int]]:
         return [(int(t), int(s)) for t, s in self.fits]
+
+    def headline(self, results: list) -> str:
+        return f"WFO task {self.position}/{self.of} done ({self.batch_label}): {len(results)} fit(s)"
 
     def connect(self) -> Any:
         from qe_aws import aws_clients
@@ -173,7 +176,7 @@ class QeFitsOperator(_ReattachingJob, SageMakerProcessingOperator):
             begun = time.perf_counter()
             results = self.connect().run(self.run_dir, self.tasks)
             compute_s = time.perf_counter() - begun
-            print(f"WFO task {self.position}/{self.of} done ({self.label}): {len(results)} fit(s) in {compute_s:.2f} s")
+            print(f"{self.headline(results)} in {compute_s:.2f} s")  # the task log
             return {"fits": results, "compute_s": compute_s}
         # One Processing job per mapped task, named after the run and its fits: a retry re-attaches.
         return self._start_or_reattach(context, self.connect().plan(self.run_dir, self.tasks))
@@ -181,5 +184,5 @@ class QeFitsOperator(_ReattachingJob, SageMakerProcessingOperator):
     def collect(self, context: Any, job: dict[str, Any]) -> dict[str, Any]:
         name = job["ProcessingJobName"]
         results = self.connect().collect(self.run_dir, self.tasks, name)
-        print(f"WFO task {self.position}/{self.of} done ({self.label}): {len(results)} fit(s) in Processing job {name}")
+        print(f"{self.headline(results)} in Processing job {name}")
         return {"fits": results, "job_name": name}
