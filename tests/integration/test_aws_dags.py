@@ -26,7 +26,7 @@ pytestmark = pytest.mark.airflow
 ROLE = "arn:aws:iam::123456789012:role/quant-engine-sagemaker-execution"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/quant-engine:test"
 TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
-START, END = "2020-07-01", "2021-12-31"
+START, END = "2021-01-01", "2021-12-31"
 
 
 @pytest.fixture
