@@ -440,15 +440,17 @@ def test_a_failed_job_is_replaced_by_the_next_name_not_reused(aws_settings: Sett
             self.created.append(str(request["ProcessingJobName"]))
 
     client = FailedOnce()
-    run_tasks_on_sagemaker(
-        tmp_path,
-        [(0, 0)],
-        aws_settings,
-        sagemaker=client,
-        s3=s3,
-        spec=ProcessingSpec(poll_interval_s=0.01),
-        sleep=lambda _: None,
-    )
+    # this client's jobs write nothing: the run then fails on the missing predictions, after creating the job
+    with pytest.raises(ProcessingJobError, match="without writing predictions/trial=0/split=0.parquet"):
+        run_tasks_on_sagemaker(
+            tmp_path,
+            [(0, 0)],
+            aws_settings,
+            sagemaker=client,
+            s3=s3,
+            spec=ProcessingSpec(poll_interval_s=0.01),
+            sleep=lambda _: None,
+        )
     assert client.created == [job_name(tmp_path, [(0, 0)], attempt=2)]
 
 
