@@ -19,6 +19,7 @@ import pendulum
 from airflow.sdk import dag, task
 from qe_airflow import CHAMPION_ASSET, REGISTRY_ASSET, RETRAINING_REQUESTED, notify_on_failure
 from qe_forms import training_form
+from qe_sagemaker import QeTrainingOperator
 
 
 @dag(
@@ -60,19 +61,6 @@ def spot_training():
         return prepared
 
     @task
-    def train(prepared: dict, run_id=None) -> dict:
-        from qe_aws import training_jobs
-
-        from quant_engine.config import get_settings
-        from quant_engine.training.pipeline import describe_training, train
-
-        settings = get_settings()
-        # The job is named after the run, so a retried task re-attaches to it instead of starting another.
-        trained = train(prepared, run_id, jobs=lambda: training_jobs(settings))
-        print(describe_training(trained))
-        return trained
-
-    @task
     def evaluate(prepared: dict, trained: dict) -> dict:
         from qe_aws import model_registry
 
@@ -111,9 +99,10 @@ def spot_training():
         return promotion.to_json()
 
     prepared = build_dataset()
-    trained = train(prepared)
-    evaluated = evaluate(prepared, trained)
-    version = register(prepared, trained, evaluated)
+    # A SageMaker job is named after the run: a retried task re-attaches to it (plugins/qe_sagemaker.py).
+    trained = QeTrainingOperator(task_id="train", prepared=prepared)
+    evaluated = evaluate(prepared, trained.output)
+    version = register(prepared, trained.output, evaluated)
     version >> beats_champion(evaluated) >> promote(prepared, version, evaluated)
 
 

@@ -22,6 +22,7 @@ import pendulum
 from airflow.sdk import dag, task
 from qe_airflow import notify_on_failure
 from qe_forms import wfo_form
+from qe_sagemaker import QeFitsOperator
 
 
 @dag(
@@ -75,20 +76,6 @@ def wfo_pipeline():
         print(f"planned {len(tasks)} (trial, split) fits in {len(batches)} mapped run_split task(s)")
         return mapped_batches(staged["run_dir"], batches)
 
-    @task(map_index_template="{{ task.op_kwargs['label'] }}")
-    def run_split(run_dir: str, fits: list[list[int]], label: str, position: int, of: int) -> dict:
-        import time
-
-        from qe_aws import aws_clients
-
-        from quant_engine.backends import make_wfo_fits
-
-        begun = time.perf_counter()
-        results = make_wfo_fits(aws=aws_clients()).run(run_dir, [(t, s) for t, s in fits])
-        compute_s = time.perf_counter() - begun
-        print(f"WFO task {position}/{of} done ({label}): {len(fits)} fit(s) in {compute_s:.2f} s")  # the task log
-        return {"fits": results, "compute_s": compute_s}
-
     @task
     def assemble_paths(staged: dict) -> dict:
         from quant_engine.wfo import pipeline
@@ -114,6 +101,8 @@ def wfo_pipeline():
         return str(folder / "report.html")
 
     staged = build_dataset()
+    # One mapped task per batch: its fits here, or one Processing job re-attached to on retry (aws).
+    run_split = QeFitsOperator.partial(task_id="run_split", map_index_template="{{ task.batch_label }}")
     run_split.expand_kwargs(plan(staged)) >> assemble_paths(staged) >> statistics(staged) >> report(staged)
 
 

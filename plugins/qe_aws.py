@@ -42,6 +42,14 @@ def aws_clients(settings: Settings | None = None, *, always: bool = False) -> Aw
     return make_aws_clients(settings, session=session, endpoint_url=connection.endpoint_url)
 
 
+def connection_region(settings: Settings) -> str:
+    """The region the connection's extra names, else ``QE_AWS_REGION``: where the provider's
+    SageMaker operators reach the jobs the library's clients (:func:`aws_clients`) staged."""
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=settings.aws_conn_id).conn_config.region_name or settings.aws_region
+
+
 def training_jobs(settings: Settings) -> TrainingJobs:
     """SageMaker training jobs through the connection, whatever the backend (a run may ask for them)."""
     from quant_engine.backends import make_training_jobs

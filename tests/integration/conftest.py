@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
+from moto_aws import AWS_BUCKET, AWS_KEYS, AWS_REGION
+
+from quant_engine.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
@@ -58,3 +65,42 @@ def run_dag(airflow_home: Path, qe_home: Path) -> Callable[..., subprocess.Compl
         return result
 
     return run
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port, in this process, shared by the session's AWS tests."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_connection(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The aws backend configured by QE_* values only, the connection holding every AWS detail;
+    the server's state (shared by the process's servers) reset to an empty bucket."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10).close()
+    for key in [k for k in os.environ if k.startswith("AWS_")] + ["QE_AWS_ENDPOINT_URL", "QE_AWS_REGION"]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("QE_BACKEND", "aws")
+    monkeypatch.setenv("QE_S3_BUCKET", AWS_BUCKET)
+    connection = {
+        "conn_type": "aws",
+        "login": AWS_KEYS["aws_access_key_id"],
+        "password": AWS_KEYS["aws_secret_access_key"],
+        "extra": {"region_name": AWS_REGION, "endpoint_url": moto_server},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    s3 = boto3.client("s3", region_name=AWS_REGION, endpoint_url=moto_server, **AWS_KEYS)
+    s3.create_bucket(Bucket=AWS_BUCKET, CreateBucketConfiguration={"LocationConstraint": AWS_REGION})
+    return Settings.from_env()

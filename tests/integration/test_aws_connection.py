@@ -8,64 +8,17 @@ credentials and no way to reach the server, so data landing there proves the con
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import urllib.request
-from collections.abc import Iterator
-
 import boto3
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
+from moto_aws import AWS_BUCKET as BUCKET
+from moto_aws import AWS_KEYS as KEYS
+from moto_aws import AWS_REGION as REGION
 
 from quant_engine.backends import make_aws_clients, make_offline_store, make_online_store
 from quant_engine.config import Settings
 
 pytestmark = pytest.mark.airflow
-
-BUCKET = "qe-airflow-conn"
-REGION = "eu-west-1"  # only the connection says so: the settings' region stays us-east-1
-KEYS = {"aws_access_key_id": "AKIDFROMCONNECTION", "aws_secret_access_key": "secret-from-connection"}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def moto_server() -> Iterator[str]:
-    """moto's server on a free loopback port, its state (shared by the process's servers) reset."""
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
-    try:
-        yield url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws_connection(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The aws backend configured by QE_* values only, the connection holding every AWS detail."""
-    for key in [k for k in os.environ if k.startswith("AWS_")] + ["QE_AWS_ENDPOINT_URL", "QE_AWS_REGION"]:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("QE_BACKEND", "aws")
-    monkeypatch.setenv("QE_S3_BUCKET", BUCKET)
-    connection = {
-        "conn_type": "aws",
-        "login": KEYS["aws_access_key_id"],
-        "password": KEYS["aws_secret_access_key"],
-        "extra": {"region_name": REGION, "endpoint_url": moto_server},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-    s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_server, **KEYS)
-    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    return Settings.from_env()
 
 
 def test_ingestion_runs_against_moto_with_credentials_only_from_the_connection(

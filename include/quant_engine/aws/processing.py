@@ -70,8 +70,8 @@ class ProcessingSpec:
         Container image (``QE_PROCESSING_IMAGE_URI``); default: :func:`~quant_engine.aws.images.job_image_uri`.
     framework, framework_version : str
         The framework image to look up when ``image_uri`` is not given.
-    poll_interval_s : float
-        Seconds between ``DescribeProcessingJob`` calls while waiting.
+    poll_interval_s : int
+        Seconds between ``DescribeProcessingJob`` calls while waiting (``QE_PROCESSING_POLL_INTERVAL_S``).
     """
 
     instance_type: str = "ml.m5.xlarge"
@@ -81,7 +81,7 @@ class ProcessingSpec:
     image_uri: str | None = None
     framework: str = "xgboost"
     framework_version: str = "3.2-0"
-    poll_interval_s: float = 30.0
+    poll_interval_s: int = 30
 
     def __post_init__(self) -> None:
         if not self.instance_type.startswith("ml."):
@@ -102,8 +102,15 @@ class ProcessingSpec:
             "volume_size_gb": "QE_PROCESSING_VOLUME_GB",
             "max_runtime_s": "QE_PROCESSING_MAX_RUNTIME_S",
             "image_uri": "QE_PROCESSING_IMAGE_URI",
+            "poll_interval_s": "QE_PROCESSING_POLL_INTERVAL_S",
         }
-        return cls(**env_overrides(env, variables, whole_numbers=("instance_count", "volume_size_gb", "max_runtime_s")))
+        whole = ("instance_count", "volume_size_gb", "max_runtime_s", "poll_interval_s")
+        return cls(**env_overrides(env, variables, whole_numbers=whole))
+
+    @property
+    def wait_timeout_s(self) -> int:
+        """How long to wait for a job: its stopping condition plus a quarter hour of provisioning and upload."""
+        return self.max_runtime_s + 900
 
 
 def framework_image_uri(
@@ -373,46 +380,89 @@ def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:
     return written
 
 
-def run_tasks_on_sagemaker(
+@dataclass(frozen=True)
+class ProcessingJobPlan:
+    """The Processing job of some tasks: one to re-attach to (``existing``, its description) or one to
+    start (``request``, the ``CreateProcessingJob`` arguments)."""
+
+    name: str
+    existing: dict[str, Any] | None
+    request: dict[str, Any] | None
+
+
+def plan_processing_job(
     run_dir: Path,
     tasks: Sequence[tuple[int, int]] | None,
+    settings: Settings,
+    *,
+    sagemaker: Any,
+    spec: ProcessingSpec | None = None,
+) -> ProcessingJobPlan:
+    """The job of ``tasks`` of a staged run (``None``: all), found (:func:`attach_or_name`) or described."""
+    spec = spec or ProcessingSpec.from_env()
+    name, existing = attach_or_name(sagemaker, run_dir, tasks)
+    if existing is not None:
+        log.info("re-attaching to Processing job %s (%s)", name, existing["ProcessingJobStatus"])
+        return ProcessingJobPlan(name, existing, None)
+    image = job_image_uri(
+        settings,
+        spec.image_uri,
+        framework=spec.framework,
+        framework_version=spec.framework_version,
+        instance_type=spec.instance_type,
+    )
+    request = processing_job_request(name, StagedRun.for_run(run_dir, settings), tasks, spec, settings, image)
+    return ProcessingJobPlan(name, None, request)
+
+
+def collect_predictions(
+    run_dir: Path, tasks: Sequence[tuple[int, int]], job_name: str, settings: Settings, s3: Any
+) -> list[dict[str, Any]]:
+    """Fetch the predictions job ``job_name`` wrote into the run folder, one result per task.
+
+    Raises
+    ------
+    ProcessingJobError
+        The job left out a task's predictions.
+    """
+    files = collect_outputs(s3, f"{StagedRun.for_run(run_dir, settings).output_uri}/{job_name}", Path(run_dir))
+    log.info("Processing job %s: collected %d files", job_name, len(files))
+    results = []
+    for trial_id, split_id in tasks:
+        path = prediction_path(run_dir, trial_id, split_id)
+        if not path.exists():
+            raise ProcessingJobError(f"Processing job {job_name} finished without writing {path.relative_to(run_dir)}")
+        results.append({"trial_id": trial_id, "split_id": split_id, "path": str(path)})
+    return results
+
+
+def run_tasks_on_sagemaker(
+    run_dir: Path,
+    tasks: Sequence[tuple[int, int]],
     settings: Settings,
     *,
     sagemaker: Any,
     s3: Any,
     spec: ProcessingSpec | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> list[Path]:
-    """Run ``tasks`` of a staged run (``None``: all) as one Processing job and fetch its predictions.
+) -> list[dict[str, Any]]:
+    """Run ``tasks`` of a staged run as one Processing job (or re-attach to it) and fetch its predictions.
 
-    The predictions land in the run folder where a local task would have written them.
+    The predictions land in the run folder where a local task would have written them. Inside
+    Airflow the provider's operator waits instead (``plugins/qe_sagemaker.py``).
 
     Returns
     -------
-    list of Path
-        The files downloaded.
+    list of dict
+        ``trial_id``, ``split_id`` and ``path`` of each task's predictions.
     """
     spec = spec or ProcessingSpec.from_env()
-    staged = StagedRun.for_run(run_dir, settings)
-    name, existing = attach_or_name(sagemaker, run_dir, tasks)
-    if existing is None:
-        image = job_image_uri(
-            settings,
-            spec.image_uri,
-            framework=spec.framework,
-            framework_version=spec.framework_version,
-            instance_type=spec.instance_type,
-        )
-        request = processing_job_request(name, staged, tasks, spec, settings, image)
-        sagemaker.create_processing_job(**request)
-        log.info("started Processing job %s (%s x%d, %s)", name, spec.instance_type, spec.instance_count, image)
-    else:
-        log.info("re-attaching to Processing job %s (%s)", name, existing["ProcessingJobStatus"])
-    # The stopping condition bounds the run; the extra quarter hour covers provisioning and upload.
-    wait_for_job(sagemaker, name, timeout_s=spec.max_runtime_s + 900, poll_interval_s=spec.poll_interval_s, sleep=sleep)
-    files = collect_outputs(s3, f"{staged.output_uri}/{name}", Path(run_dir))
-    log.info("Processing job %s completed; collected %d files", name, len(files))
-    return files
+    plan = plan_processing_job(run_dir, tasks, settings, sagemaker=sagemaker, spec=spec)
+    if plan.request is not None:
+        sagemaker.create_processing_job(**plan.request)
+        log.info("started Processing job %s (%s x%d)", plan.name, spec.instance_type, spec.instance_count)
+    wait_for_job(sagemaker, plan.name, timeout_s=spec.wait_timeout_s, poll_interval_s=spec.poll_interval_s, sleep=sleep)
+    return collect_predictions(run_dir, tasks, plan.name, settings, s3)
 
 
 class SageMakerFits:
@@ -448,19 +498,27 @@ class SageMakerFits:
         return list(by_trial.values())
 
     def run(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        run_tasks_on_sagemaker(
+        return run_tasks_on_sagemaker(
             run_dir,
-            tasks,
+            [(int(t), int(s)) for t, s in tasks],
             self.settings,
             sagemaker=self.clients.client("sagemaker"),
             s3=self.clients.client("s3"),
             spec=self.spec,
             sleep=self.sleep,
         )
-        results = []
-        for trial_id, split_id in tasks:
-            path = prediction_path(run_dir, trial_id, split_id)
-            if not path.exists():
-                raise ProcessingJobError(f"the Processing job finished without writing {path.relative_to(run_dir)}")
-            results.append({"trial_id": trial_id, "split_id": split_id, "path": str(path)})
-        return results
+
+    @property
+    def job_spec(self) -> ProcessingSpec:
+        """The spec given, else the one ``QE_PROCESSING_*`` variables describe now."""
+        return self.spec or ProcessingSpec.from_env()
+
+    def plan(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> ProcessingJobPlan:
+        """The job of ``tasks`` to re-attach to, or the request of a new one (:func:`plan_processing_job`)."""
+        return plan_processing_job(
+            run_dir, tasks, self.settings, sagemaker=self.clients.client("sagemaker"), spec=self.job_spec
+        )
+
+    def collect(self, run_dir: Path, tasks: Sequence[tuple[int, int]], job_name: str) -> list[dict[str, Any]]:
+        """The predictions of completed job ``job_name`` in the run folder (:func:`collect_predictions`)."""
+        return collect_predictions(run_dir, tasks, job_name, self.settings, self.clients.client("s3"))

@@ -86,8 +86,8 @@ class SpotTrainingSpec:
         Container image (``QE_TRAINING_IMAGE_URI``); default: :func:`~quant_engine.aws.images.job_image_uri`.
     framework_version : str
         XGBoost framework image version looked up when ``image_uri`` is not given.
-    poll_interval_s : float
-        Seconds between ``DescribeTrainingJob`` calls while waiting.
+    poll_interval_s : int
+        Seconds between ``DescribeTrainingJob`` calls while waiting (``QE_TRAINING_POLL_INTERVAL_S``).
     """
 
     instance_type: str = "ml.m5.xlarge"
@@ -97,7 +97,7 @@ class SpotTrainingSpec:
     max_wait_s: int = 7200
     image_uri: str | None = None
     framework_version: str = "3.2-0"
-    poll_interval_s: float = 30.0
+    poll_interval_s: int = 30
 
     def __post_init__(self) -> None:
         if not isinstance(self.instance_type, str) or not self.instance_type.startswith("ml."):
@@ -129,12 +129,15 @@ class SpotTrainingSpec:
             "max_runtime_s": "QE_TRAINING_MAX_RUNTIME_S",
             "max_wait_s": "QE_TRAINING_MAX_WAIT_S",
             "image_uri": "QE_TRAINING_IMAGE_URI",
+            "poll_interval_s": "QE_TRAINING_POLL_INTERVAL_S",
         }
-        return cls(
-            **env_overrides(
-                env, variables, whole_numbers=("instance_count", "volume_size_gb", "max_runtime_s", "max_wait_s")
-            )
-        )
+        whole = ("instance_count", "volume_size_gb", "max_runtime_s", "max_wait_s", "poll_interval_s")
+        return cls(**env_overrides(env, variables, whole_numbers=whole))
+
+    @property
+    def wait_timeout_s(self) -> int:
+        """How long to wait for a job: its stopping condition plus a quarter hour of provisioning and upload."""
+        return self.max_wait_s + 900
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,78 @@ def attach_or_name(sagemaker: Any, run_id: str, task: str = "train") -> tuple[st
     raise TrainingJobError(f"run {run_id!r} task {task!r} already has 99 failed training jobs; giving up")
 
 
+@dataclass(frozen=True)
+class TrainingJobPlan:
+    """The run's training job: one to re-attach to (``existing``, its description) or one to start
+    (``request``, the ``CreateTrainingJob`` arguments, its channels and sources already staged)."""
+
+    name: str
+    existing: dict[str, Any] | None
+    request: dict[str, Any] | None
+
+
+def plan_training_job(
+    channels: Mapping[str, Path],
+    hyperparameters: Mapping[str, Any],
+    settings: Settings,
+    *,
+    sagemaker: Any,
+    s3: Any,
+    run_id: str = "manual",
+    task: str = "train",
+    spec: SpotTrainingSpec | None = None,
+    job_name: str | None = None,
+) -> TrainingJobPlan:
+    """The job of ``run_id`` and ``task`` (:func:`attach_or_name`), staged and described when it is new.
+
+    ``job_name`` pins a name instead. Nothing is uploaded for a job that exists already.
+    """
+    settings = check_settings(settings)
+    spec = spec or SpotTrainingSpec.from_env()
+    if job_name is None:
+        name, existing = attach_or_name(sagemaker, run_id, task)
+    else:
+        name, existing = job_name, find_job(lambda: sagemaker.describe_training_job(TrainingJobName=job_name))
+    if existing is not None:
+        log.info("re-attaching to training job %s (%s)", name, existing["TrainingJobStatus"])
+        return TrainingJobPlan(name, existing, None)
+    image = job_image_uri(
+        settings,
+        spec.image_uri,
+        framework="xgboost",
+        framework_version=spec.framework_version,
+        instance_type=spec.instance_type,
+    )
+    staged = stage_training(channels, name, settings, s3)
+    return TrainingJobPlan(name, None, training_job_request(name, staged, hyperparameters, spec, settings, image))
+
+
+def collect_model(job: Mapping[str, Any], destination: Path, s3: Any) -> dict[str, Any]:
+    """The model of a completed job, unpacked into ``destination``, and what the job cost.
+
+    Returns
+    -------
+    dict
+        ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`) and
+        ``billing`` (the summary line).
+    """
+    if job.get("TrainingJobStatus") != "Completed":
+        raise TrainingJobError(
+            f"training job {job.get('TrainingJobName')} is {job.get('TrainingJobStatus')}, not Completed"
+        )
+    artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
+    model_path = download_model(s3, artifact, Path(destination))
+    savings = SpotSavings.from_job(job)
+    log.info("training job %s completed; %s", job["TrainingJobName"], savings.describe())
+    return {
+        "job_name": job["TrainingJobName"],
+        "model_path": str(model_path),
+        "artifact": artifact,
+        "savings": savings.to_json(),
+        "billing": savings.describe(),
+    }
+
+
 def run_spot_training(
     channels: Mapping[str, Path],
     destination: Path,
@@ -415,56 +490,39 @@ def run_spot_training(
 
     The job is named after ``run_id`` and ``task`` (:func:`training_job_name`), so a retried task
     re-attaches to a job that is running or completed instead of starting another
-    (:func:`attach_or_name`); ``job_name`` pins a name instead.
+    (:func:`plan_training_job`). Inside Airflow the provider's operator waits instead
+    (``plugins/qe_sagemaker.py``); this polling wait serves the command line.
 
     Returns
     -------
     dict
-        ``job_name``, ``model_path``, ``artifact``, ``savings`` (:meth:`SpotSavings.to_json`),
-        ``billing`` (the summary line) and ``reattached`` (whether the job existed already).
+        :func:`collect_model`'s, and ``reattached`` (whether the job existed already).
     """
-    settings = check_settings(settings)
     spec = spec or SpotTrainingSpec.from_env()
-    if job_name is None:
-        name, existing = attach_or_name(sagemaker, run_id, task)
-    else:
-        name, existing = job_name, find_job(lambda: sagemaker.describe_training_job(TrainingJobName=job_name))
-    if existing is None:
-        image = job_image_uri(
-            settings,
-            spec.image_uri,
-            framework="xgboost",
-            framework_version=spec.framework_version,
-            instance_type=spec.instance_type,
-        )
-        staged = stage_training(channels, name, settings, s3)
-        request = training_job_request(name, staged, hyperparameters, spec, settings, image)
-        sagemaker.create_training_job(**request)
+    plan = plan_training_job(
+        channels,
+        hyperparameters,
+        settings,
+        sagemaker=sagemaker,
+        s3=s3,
+        run_id=run_id,
+        task=task,
+        spec=spec,
+        job_name=job_name,
+    )
+    if plan.request is not None:
+        sagemaker.create_training_job(**plan.request)
         log.info(
             "started managed spot training job %s (%s, max run %d s, max wait %d s)",
-            name,
+            plan.name,
             spec.instance_type,
             spec.max_runtime_s,
             spec.max_wait_s,
         )
-    else:
-        log.info("re-attaching to training job %s (%s)", name, existing["TrainingJobStatus"])
-    # The stopping condition bounds the job; the extra quarter hour covers provisioning and upload.
     job = wait_for_training_job(
-        sagemaker, name, timeout_s=spec.max_wait_s + 900, poll_interval_s=spec.poll_interval_s, sleep=sleep
+        sagemaker, plan.name, timeout_s=spec.wait_timeout_s, poll_interval_s=spec.poll_interval_s, sleep=sleep
     )
-    artifact = job["ModelArtifacts"]["S3ModelArtifacts"]
-    model_path = download_model(s3, artifact, Path(destination))
-    savings = SpotSavings.from_job(job)
-    log.info("training job %s completed; %s", name, savings.describe())
-    return {
-        "job_name": name,
-        "model_path": str(model_path),
-        "artifact": artifact,
-        "savings": savings.to_json(),
-        "billing": savings.describe(),
-        "reattached": existing is not None,
-    }
+    return {**collect_model(job, destination, s3), "reattached": plan.existing is not None}
 
 
 class SpotTrainingJobs:
@@ -489,8 +547,13 @@ class SpotTrainingJobs:
         """Raise ``ValueError`` (``SettingsError``) when a job could not be started: no bucket or role,
         a bad ``QE_TRAINING_*`` value, hyperparameters SageMaker refuses."""
         check_settings(self.settings)
-        self.spec or SpotTrainingSpec.from_env()
+        self.job_spec  # noqa: B018  (reading it validates the QE_TRAINING_* values)
         encode_hyperparameters(hyperparameters)
+
+    @property
+    def job_spec(self) -> SpotTrainingSpec:
+        """The spec given, else the one ``QE_TRAINING_*`` variables describe now."""
+        return self.spec or SpotTrainingSpec.from_env()
 
     def run(
         self, channels: Mapping[str, Any], destination: Path, hyperparameters: Mapping[str, Any], *, run_id: str
@@ -505,3 +568,19 @@ class SpotTrainingJobs:
             run_id=run_id,
             spec=self.spec,
         )
+
+    def plan(self, channels: Mapping[str, Any], hyperparameters: Mapping[str, Any], *, run_id: str) -> TrainingJobPlan:
+        """The run's job to re-attach to, or the staged request of a new one (:func:`plan_training_job`)."""
+        return plan_training_job(
+            {k: Path(v) for k, v in channels.items()},
+            hyperparameters,
+            self.settings,
+            sagemaker=self.aws.client("sagemaker"),
+            s3=self.aws.client("s3"),
+            run_id=run_id,
+            spec=self.spec,
+        )
+
+    def collect(self, job: Mapping[str, Any], destination: Path) -> dict[str, Any]:
+        """The completed ``job``'s model in ``destination`` (:func:`collect_model`)."""
+        return collect_model(job, destination, self.aws.client("s3"))

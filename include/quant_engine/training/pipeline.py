@@ -160,14 +160,7 @@ def train(
     folder, channels, params = Path(prepared["run_dir"]), prepared["channels"], prepared["params"]
     hyperparameters = params["hyperparameters"]
     if params["runner"] == "sagemaker":
-        result = _jobs(jobs).run(channels, folder / "model", hyperparameters, run_id=run_id)
-        return {
-            "runner": "sagemaker",
-            "model_path": result["model_path"],
-            "job_name": result["job_name"],
-            "savings": result["savings"],
-            "billing": result["billing"],
-        }
+        return sagemaker_trained(_jobs(jobs).run(channels, folder / "model", hyperparameters, run_id=run_id))
     trainer = TrainingParams.from_hyperparameters(hyperparameters)
     report = simulate(
         [
@@ -189,6 +182,11 @@ def train(
         grace_s=10.0,
     ).as_dict()
     return {"runner": "local_spot", "model_path": str(folder / "model" / "model.json"), "spot": report}
+
+
+def sagemaker_trained(result: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`train`'s result for a SageMaker job, from what the job's collection returned."""
+    return {"runner": "sagemaker", **{k: result[k] for k in ("model_path", "job_name", "savings", "billing")}}
 
 
 def describe_training(trained: Mapping[str, Any]) -> str:

@@ -300,10 +300,10 @@ def test_a_task_runs_as_a_processing_job_and_its_predictions_come_back(
     assert request["Environment"]["QE_WFO_TASKS"] == "1:2"
     job = sagemaker.describe_processing_job(ProcessingJobName=request["ProcessingJobName"])
     assert job["ProcessingJobStatus"] == "Completed" and job["RoleArn"] == ROLE
-    assert files == [prediction_path(run, 1, 2)]
+    assert files == [{"trial_id": 1, "split_id": 2, "path": str(prediction_path(run, 1, 2))}]
     # the container ran the same run_split: identical to a local run of the task
     local = pd.read_parquet(run_split(planned_run, 1, 2, output_dir=tmp_path / "local")["path"])
-    pd.testing.assert_frame_equal(pd.read_parquet(files[0]), local)
+    pd.testing.assert_frame_equal(pd.read_parquet(files[0]["path"]), local)
 
 
 def test_the_aws_backend_stages_in_plan_and_runs_each_dag_task_as_a_job(
@@ -447,15 +447,17 @@ def test_a_failed_job_is_replaced_by_the_next_name_not_reused(aws_settings: Sett
             self.created.append(str(request["ProcessingJobName"]))
 
     client = FailedOnce()
-    run_tasks_on_sagemaker(
-        tmp_path,
-        [(0, 0)],
-        aws_settings,
-        sagemaker=client,
-        s3=s3,
-        spec=ProcessingSpec(poll_interval_s=0.01),
-        sleep=lambda _: None,
-    )
+    # this client's jobs write nothing: the run then fails on the missing predictions, after creating the job
+    with pytest.raises(ProcessingJobError, match="without writing predictions/trial=0/split=0.parquet"):
+        run_tasks_on_sagemaker(
+            tmp_path,
+            [(0, 0)],
+            aws_settings,
+            sagemaker=client,
+            s3=s3,
+            spec=ProcessingSpec(poll_interval_s=0.01),
+            sleep=lambda _: None,
+        )
     assert client.created == [job_name(tmp_path, [(0, 0)], attempt=2)]
 
 
