@@ -232,7 +232,7 @@ def build_bridge(feed_url: str, history_end: pd.Timestamp):  # noqa: ANN201
     from quant_engine.bridge.settings import BridgeSettings
     from quant_engine.bridge.state import StateHandler
     from quant_engine.data.synthetic import SyntheticMarket
-    from quant_engine.features.definitions import get_feature_set
+    from quant_engine.features.registry import get_feature_set
     from quant_engine.monitoring.predictions import prediction_log
     from quant_engine.monitoring.run import record_baseline
     from quant_engine.training.registry import ModelMetadata

@@ -26,7 +26,7 @@ import argparse
 import pandas as pd
 
 from quant_engine.data.synthetic import Shift, SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.baseline import build_baseline
 from quant_engine.monitoring.calibration import calibrate_baseline
 from quant_engine.monitoring.feature_drift import check_drift

@@ -32,7 +32,7 @@ import pandas as pd
 import xgboost as xgb
 
 from quant_engine.data.synthetic import Shift, SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.online.layer import OnlineLayer
 from quant_engine.training.defaults import DEFAULT_HYPERPARAMETERS
 from quant_engine.wfo.config import LabelConfig

@@ -105,7 +105,7 @@ def _stage(name: str, home: Path, tickers: int, n_trials: int, workers: int, run
             return {"tasks": len(plan(run_dir))}
 
     elif name == "fit":
-        from quant_engine.wfo.dataset import dataset_rows
+        from quant_engine.wfo.dataset_file import dataset_rows
         from quant_engine.wfo.run_folder import load_plan
         from quant_engine.wfo.runner import run_split
 

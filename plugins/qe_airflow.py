@@ -26,7 +26,7 @@ SOURCES = ["synthetic", "csv", "parquet", "yfinance"]
 def feature_sets() -> list[str]:
     """The feature sets a form offers: the built-in ones, then those your feature modules declare.
 
-    The same names as ``quant_engine.features.definitions.feature_set_names()``, read from the
+    The same names as ``quant_engine.features.registry.feature_set_names()``, read from the
     feature modules' source instead of importing them, so parsing a DAG stays light.
     """
     from quant_engine.features.registry import declared_feature_set_names

@@ -20,7 +20,7 @@ from quant_engine.bridge.service import BridgeService, build_model
 from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
 from quant_engine.config import get_settings
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.predictions import prediction_log
 
 SESSION_WALL_S = 0.3

@@ -30,8 +30,8 @@ from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import StateHandler
 from quant_engine.config import get_settings
 from quant_engine.data.synthetic import Shift, SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.predictions import prediction_log
 from quant_engine.monitoring.run import record_baseline
 from quant_engine.online.layer import OnlineLayer

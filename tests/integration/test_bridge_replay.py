@@ -27,8 +27,8 @@ from bridge_harness import SESSION_WALL_S, run_bridge
 
 from quant_engine.backends import make_bar_history, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.bridge.feed_server import DROP_REASON_OF_KIND, MALFORMED_KINDS, FaultPlan
-from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.predictions import prediction_log
 from quant_engine.monitoring.scoring import score_batch
 from quant_engine.training.registry import ModelMetadata

@@ -17,7 +17,7 @@ from bridge_harness import run_bridge
 from quant_engine.backends import make_bar_history, make_offline_store
 from quant_engine.calendars import get_calendar
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 
 pytestmark = pytest.mark.airflow
 

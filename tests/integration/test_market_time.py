@@ -24,8 +24,8 @@ from quant_engine.bridge.state import StateHandler
 from quant_engine.calendars import get_calendar
 from quant_engine.config import get_settings
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.concept_drift import join_labels
 from quant_engine.monitoring.predictions import prediction_log
 from quant_engine.training.registry import ModelMetadata

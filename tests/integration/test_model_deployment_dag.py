@@ -22,7 +22,8 @@ import boto3
 import numpy as np
 import pytest
 import xgboost as xgb
-from test_aws_connection import KEYS, REGION, aws_connection, moto_server  # noqa: F401
+from moto_aws import AWS_KEYS as KEYS
+from moto_aws import AWS_REGION as REGION
 
 from quant_engine.backends import make_aws_clients, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.features.ingest import IngestionRequest, ingest
@@ -88,8 +89,8 @@ def _deploy_with_approval(airflow_home: Path, qe_home: Path, approver: str) -> t
 def test_an_approved_version_is_deployed_and_a_broken_endpoint_rolled_back(
     airflow_home: Path,
     qe_home: Path,
-    aws_connection,  # noqa: F811
-    moto_server: str,  # noqa: F811
+    aws_connection,
+    moto_server: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import ClientError
 
-from quant_engine.aws.processing import framework_image_uri, split_s3_uri
+from quant_engine.aws.images import framework_image_uri
+from quant_engine.aws.processing import split_s3_uri
 from quant_engine.aws.session import AwsClients
 from quant_engine.training.deployment import Deployment, DeploymentHistory
 from quant_engine.training.registry import ModelRegistry

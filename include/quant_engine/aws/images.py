@@ -104,6 +104,15 @@ def check_job_image(image_uri: str) -> str:
     )
 
 
+def framework_image_uri(
+    region: str, framework: str = "xgboost", version: str = "3.2-0", instance_type: str = "ml.m5.xlarge"
+) -> str:
+    """SageMaker's framework image for ``region``, from the SDK's offline table of ECR accounts."""
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve(framework, region=region, version=version, instance_type=instance_type)
+
+
 def job_image_uri(
     settings: Settings,
     override: str | None,
@@ -121,8 +130,6 @@ def job_image_uri(
     """
     image = override or settings.sagemaker_image_uri
     if not image:
-        from quant_engine.aws.processing import framework_image_uri  # here: processing imports this module
-
         image = framework_image_uri(settings.aws_region, framework, framework_version, instance_type)
         if framework_python(image) is None:  # a framework without a table here: its Python is unknown
             raise JobImageError(

@@ -113,15 +113,6 @@ class ProcessingSpec:
         return self.max_runtime_s + 900
 
 
-def framework_image_uri(
-    region: str, framework: str = "xgboost", version: str = "3.2-0", instance_type: str = "ml.m5.xlarge"
-) -> str:
-    """SageMaker's framework image for ``region``, from the SDK's offline table of ECR accounts."""
-    from sagemaker.core import image_uris
-
-    return image_uris.retrieve(framework, region=region, version=version, instance_type=instance_type)
-
-
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``("bucket", "key")``.
 

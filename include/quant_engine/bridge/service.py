@@ -808,7 +808,7 @@ def build_online(
 
 def build_service(settings: BridgeSettings | None = None, engine: Settings | None = None) -> BridgeService:
     """A service wired from the environment: model, stored history, prediction log, tickers."""
-    from quant_engine.features.definitions import get_feature_set
+    from quant_engine.features.registry import get_feature_set
     from quant_engine.monitoring.predictions import prediction_log
 
     settings = settings or BridgeSettings.from_env()

@@ -222,8 +222,7 @@ def _features_drop(args: argparse.Namespace) -> int:
 
 
 def _features_list(args: argparse.Namespace) -> int:
-    from quant_engine.features.definitions import feature_set_names, get_feature_set
-    from quant_engine.features.registry import BUILTIN_MODULE, registry
+    from quant_engine.features.registry import BUILTIN_MODULE, feature_set_names, get_feature_set, registry
 
     registered = registry().feature_sets()
     for name in feature_set_names():
@@ -234,9 +233,8 @@ def _features_list(args: argparse.Namespace) -> int:
 
 
 def _features_check(args: argparse.Namespace) -> int:
-    from quant_engine.features.definitions import feature_set_names
     from quant_engine.features.parity import check_parity, registered_features
-    from quant_engine.features.registry import declared_feature_set_names
+    from quant_engine.features.registry import declared_feature_set_names, feature_set_names
 
     features = registered_features()
     if args.feature:

@@ -52,7 +52,7 @@ class ServeError(RuntimeError):
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``quickstart`` command."""
     from quant_engine.data.schema import ON_ERROR_CHOICES
-    from quant_engine.features.definitions import feature_set_names
+    from quant_engine.features.registry import feature_set_names
 
     quick = subparsers.add_parser(
         "quickstart",

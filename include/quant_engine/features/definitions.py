@@ -32,7 +32,6 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from quant_engine.data.schema import BarValidationError
-from quant_engine.features.registry import registry
 
 #: Trading days per year; the annualisation factor of every volatility feature is its square root.
 TRADING_DAYS_PER_YEAR = 252
@@ -776,7 +775,9 @@ class StreamingFeatureState:
         return row
 
 
-_FEATURE_SETS: dict[str, FeatureSet] = {
+#: The built-in feature sets by name; :func:`quant_engine.features.registry.get_feature_set` resolves
+#: these and the sets your own feature modules register.
+BUILTIN_SETS: Mapping[str, FeatureSet] = {
     "default": FeatureSet("default", 1, DEFAULT_FEATURES),
     "extended": FeatureSet("extended", 1, EXTENDED_FEATURES),
     "close_only": FeatureSet("close_only", 1, CLOSE_ONLY_FEATURES),
@@ -784,28 +785,4 @@ _FEATURE_SETS: dict[str, FeatureSet] = {
 }
 
 #: Every built-in feature by name: what a registered feature set may list beside registered ones.
-BUILTIN_FEATURES: Mapping[str, FeatureDefinition] = {f.name: f for fs in _FEATURE_SETS.values() for f in fs.features}
-
-
-def get_feature_set(name: str) -> FeatureSet:
-    """The named feature set: ``"default"`` (close and volume), ``"extended"`` (adds OHLC range
-    features), ``"close_only"`` (the close alone), ``"ohlc"`` (close and range, no volume), or
-    a set registered by your own feature modules (:mod:`quant_engine.features.registry`).
-
-    Examples
-    --------
-    >>> get_feature_set("default").lookback
-    253
-    """
-    builtin = _FEATURE_SETS.get(name)
-    if builtin is not None:
-        return builtin
-    registered = registry().feature_sets().get(name)
-    if registered is None:
-        raise ValueError(f"no feature set {name!r}; known: {', '.join(feature_set_names())}")
-    return registered.feature_set
-
-
-def feature_set_names() -> Sequence[str]:
-    """Names accepted by :func:`get_feature_set`: the built-in sets, then the registered ones."""
-    return (*_FEATURE_SETS, *registry().feature_sets())
+BUILTIN_FEATURES: Mapping[str, FeatureDefinition] = {f.name: f for fs in BUILTIN_SETS.values() for f in fs.features}

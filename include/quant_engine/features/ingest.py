@@ -34,8 +34,9 @@ from quant_engine.calendars import DEFAULT_BAR_SIZE, DEFAULT_CALENDAR, CalendarE
 from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conform_bars
 from quant_engine.data.schema import ON_ERROR_CHOICES
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
-from quant_engine.features.definitions import FeatureSet, feature_set_names, get_feature_set
+from quant_engine.features.definitions import FeatureSet
 from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
+from quant_engine.features.registry import feature_set_names, get_feature_set
 from quant_engine.features.stores import BARS_GROUP_SUFFIX, GroupStores
 from quant_engine.storage.atomic import write_parquet_atomic
 from quant_engine.storage.filesystem import overwrite_atomic

@@ -3,7 +3,7 @@
 A user module calls :func:`register_feature` (the arguments of
 :class:`~quant_engine.features.definitions.FeatureDefinition`) and :func:`register_feature_set`
 (a name and the features it lists, built-in or registered). Ingestion, walk-forward, training and
-the bridge resolve a set name through :func:`~quant_engine.features.definitions.get_feature_set`,
+the bridge resolve a set name through :func:`get_feature_set`,
 so a registered set goes everywhere a built-in one does, batch and streaming alike, and
 :func:`quant_engine.features.parity.check_parity` (``quant-engine features check``) proves the two
 paths agree on each registered feature.
@@ -236,6 +236,34 @@ def registry() -> FeatureRegistry:
 
 def _caller_module() -> str:
     return str(sys._getframe(2).f_globals.get("__name__", "<unknown module>"))
+
+
+def get_feature_set(name: str) -> FeatureSet:
+    """The named feature set: ``"default"`` (close and volume), ``"extended"`` (adds OHLC range
+    features), ``"close_only"`` (the close alone), ``"ohlc"`` (close and range, no volume), or
+    a set registered by your own feature modules (:func:`register_feature_set`).
+
+    Examples
+    --------
+    >>> get_feature_set("default").lookback
+    253
+    """
+    from quant_engine.features.definitions import BUILTIN_SETS
+
+    builtin = BUILTIN_SETS.get(name)
+    if builtin is not None:
+        return builtin
+    registered = registry().feature_sets().get(name)
+    if registered is None:
+        raise ValueError(f"no feature set {name!r}; known: {', '.join(feature_set_names())}")
+    return registered.feature_set
+
+
+def feature_set_names() -> Sequence[str]:
+    """Names accepted by :func:`get_feature_set`: the built-in sets, then the registered ones."""
+    from quant_engine.features.definitions import BUILTIN_SETS
+
+    return (*BUILTIN_SETS, *registry().feature_sets())
 
 
 def register_feature(

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.offline_store import OfflineStore
+from quant_engine.features.registry import get_feature_set
 from quant_engine.storage.atomic import write_json_atomic, write_parquet_atomic
 from quant_engine.timeutil import utc_day
 from quant_engine.training.defaults import DATA_KEYS, DATASET_DEFAULTS

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.timeutil import utc_day
 from quant_engine.validation import parse_tickers, whole_number
 from quant_engine.wfo.backtest import PORTFOLIOS

@@ -16,11 +16,11 @@ from typing import Any, Protocol
 import numpy as np
 import xgboost as xgb
 
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.progress import Progress
 from quant_engine.storage.atomic import write_parquet_atomic
 from quant_engine.validation import whole_number
-from quant_engine.wfo.dataset import dataset_rows, read_rows
+from quant_engine.wfo.dataset_file import dataset_rows, read_rows
 from quant_engine.wfo.run_folder import TEST, TRAIN, load_config, load_dataset, prediction_path, split_path
 
 __all__ = ["PREDICTION_KEYS", "FitRunner", "LocalFits", "run_split"]
@@ -57,7 +57,7 @@ def run_split(
     single-threaded, so a rerun writes the same bytes of predictions.
 
     Only the split's training and test rows are read, each with the columns it needs
-    (:func:`~quant_engine.wfo.dataset.read_rows`), so the fit's memory follows the split, not the
+    (:func:`~quant_engine.wfo.dataset_file.read_rows`), so the fit's memory follows the split, not the
     universe. ``whole_panel=True`` reads the whole dataset and slices it in memory instead, as
     before the split read: the oracle the tests and ``bench/scale.py`` hold the split read to.
     """

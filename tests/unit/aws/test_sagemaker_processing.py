@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from moto import mock_aws
 
+from quant_engine.aws.images import framework_image_uri
 from quant_engine.aws.processing import (
     ENTRY_POINT,
     PROCESSING_CODE,
@@ -26,7 +27,6 @@ from quant_engine.aws.processing import (
     SageMakerFits,
     StagedRun,
     collect_outputs,
-    framework_image_uri,
     job_name,
     processing_job_request,
     run_tasks_on_sagemaker,

@@ -9,7 +9,7 @@ import pandas as pd
 import xgboost as xgb
 
 from quant_engine.backends import make_model_registry
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.run import record_baseline
 from quant_engine.training.registry import ModelMetadata
 

@@ -28,7 +28,7 @@ from quant_engine.bridge.settings import BridgeSettings
 from quant_engine.bridge.state import BRIDGE_SOURCE, StateHandler
 from quant_engine.config import SettingsError
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.predictions import prediction_log
 
 from .conftest import FrameHistory, register_model

@@ -13,7 +13,7 @@ from quant_engine.backends import make_model_registry
 from quant_engine.bridge.inference import LocalChampionModel
 from quant_engine.bridge.state import BRIDGE_SOURCE, StateHandler
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.predictions import predict_proba, prediction_log
 
 from .conftest import FrameHistory, register_model, session_ticks

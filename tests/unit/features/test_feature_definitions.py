@@ -11,13 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quant_engine.data.schema import BarValidationError
-from quant_engine.features.definitions import (
-    DEFAULT_FEATURES,
-    FeatureDefinition,
-    FeatureSet,
-    feature_set_names,
-    get_feature_set,
-)
+from quant_engine.features.definitions import DEFAULT_FEATURES, FeatureDefinition, FeatureSet
+from quant_engine.features.registry import feature_set_names, get_feature_set
 
 ANNUALISE = math.sqrt(252)
 

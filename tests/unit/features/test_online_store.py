@@ -18,12 +18,12 @@ from moto import mock_aws
 from quant_engine.aws.dynamodb import DynamoDBOnlineStore
 from quant_engine.backends import make_online_store
 from quant_engine.config import Settings
-from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.online_store import (
     OnlineStore,
     OnlineStoreError,
     SQLiteOnlineStore,
 )
+from quant_engine.features.registry import get_feature_set
 
 T0 = pd.Timestamp("2024-03-01", tz="UTC")
 

@@ -24,7 +24,6 @@ from quant_engine.backends import make_group_stores, make_offline_store
 from quant_engine.cli import main
 from quant_engine.config import SettingsError, feature_modules_from_env
 from quant_engine.features import registry as registry_module
-from quant_engine.features.definitions import feature_set_names, get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
 from quant_engine.features.parity import check_parity, registered_features, synthetic_bars
 from quant_engine.features.registry import (
@@ -33,6 +32,8 @@ from quant_engine.features.registry import (
     FeatureRegistrationError,
     FeatureRegistry,
     declared_feature_set_names,
+    feature_set_names,
+    get_feature_set,
 )
 from quant_engine.wfo.config import WfoConfig
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quant_engine.data.synthetic import SyntheticMarket
-from quant_engine.features.definitions import feature_set_names, get_feature_set
+from quant_engine.features.registry import feature_set_names, get_feature_set
 from quant_engine.wfo.labels import fixed_horizon_labels, triple_barrier_labels
 
 PANEL = SyntheticMarket(n_tickers=4, seed=9, start="2019-01-01", end="2020-12-31").fetch(

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from quant_engine.data.synthetic import Shift, SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.baseline import Baseline, BaselineError, build_baseline
 from quant_engine.monitoring.calibration import calibrate_baseline
 from quant_engine.monitoring.feature_drift import check_drift

@@ -31,7 +31,7 @@ import pytest
 import xgboost as xgb
 
 from quant_engine.data.synthetic import Shift, SyntheticMarket
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.monitoring.baseline import build_baseline
 from quant_engine.monitoring.concept_drift import QualityBaseline, evaluate_quality, join_labels
 from quant_engine.monitoring.feature_drift import check_drift

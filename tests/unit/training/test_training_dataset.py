@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from quant_engine.backends import make_bar_store, make_group_stores, make_offline_store
-from quant_engine.features.definitions import get_feature_set
 from quant_engine.features.ingest import IngestionRequest, ingest
+from quant_engine.features.registry import get_feature_set
 from quant_engine.training.dataset import TrainingSetConfig, TrainingSetError, build_training_set
 from quant_engine.wfo.config import WfoConfigError
 

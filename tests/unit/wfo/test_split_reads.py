@@ -14,10 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from quant_engine.features.definitions import get_feature_set
+from quant_engine.features.registry import get_feature_set
 from quant_engine.storage.atomic import write_json_atomic
 from quant_engine.wfo.config import WfoConfig
-from quant_engine.wfo.dataset import dataset_rows, read_rows, row_group_starts, write_dataset
+from quant_engine.wfo.dataset_file import dataset_rows, read_rows, row_group_starts, write_dataset
 from quant_engine.wfo.plan import plan
 from quant_engine.wfo.run_folder import KEY_COLUMNS, TEST, TRAIN, load_dataset, prediction_path, split_path
 from quant_engine.wfo.runner import run_split
