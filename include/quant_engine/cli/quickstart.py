@@ -253,20 +253,12 @@ def _train(conf: dict[str, Any], run_id: str, promote_anyway: bool, settings) ->
     """``spot_training`` with the walk-forward run's id; the champion's version afterwards (None: none)."""
     if "wfo_run_id" in conf:
         raise ValueError("--train-conf's wfo_run_id is the quickstart's own walk-forward run; leave it out")
-    from quant_engine.backends import make_bar_store, make_model_registry, make_offline_store, make_training_jobs
+    from quant_engine.backends import make_model_registry, make_training_jobs
+    from quant_engine.cli.training import prepare_training
     from quant_engine.monitoring.run import record_training_baselines
-    from quant_engine.runs import run_dir
     from quant_engine.training import pipeline
 
-    prepared = pipeline.prepare(
-        {**conf, "wfo_run_id": run_id},
-        run_dir("training", run_id, settings),
-        registry_of=lambda name: make_model_registry(settings, name),
-        store=make_offline_store(settings),
-        bar_store=make_bar_store(settings),
-        settings=settings,
-        jobs=lambda: make_training_jobs(settings),
-    )
+    prepared = prepare_training({**conf, "wfo_run_id": run_id}, run_id, settings)
     registry = make_model_registry(settings, prepared["params"]["model_name"])
     rows = prepared["rows"]
     print(f"quickstart: training on {rows['train']} rows, judged on {rows['holdout']} later ones ({prepared['basis']})")

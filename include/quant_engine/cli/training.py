@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quant_engine.config import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,19 +68,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     deployments.set_defaults(handler=_deployments)
 
 
+def prepare_training(conf: dict, run_id: str, settings: Settings) -> dict:
+    """``spot_training``'s prepare step from a terminal: the run folder, stores and jobs of ``settings``."""
+    from quant_engine.backends import make_bar_store, make_model_registry, make_offline_store, make_training_jobs
+    from quant_engine.runs import run_dir
+    from quant_engine.training import pipeline
+
+    return pipeline.prepare(
+        conf,
+        run_dir("training", run_id, settings),
+        registry_of=lambda name: make_model_registry(settings, name),
+        store=make_offline_store(settings),
+        bar_store=make_bar_store(settings),
+        settings=settings,
+        jobs=lambda: make_training_jobs(settings),
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from quant_engine.backends import (
-        make_bar_store,
         make_model_registry,
-        make_offline_store,
         make_tracker,
         make_training_jobs,
     )
     from quant_engine.config import get_settings
     from quant_engine.monitoring.run import record_training_baselines
-    from quant_engine.runs import run_dir
     from quant_engine.training import pipeline
 
     try:
@@ -93,15 +111,7 @@ def _train(args: argparse.Namespace) -> int:
         conf[key] = value
     settings = get_settings()
     run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    prepared = pipeline.prepare(
-        conf,
-        run_dir("training", run_id, settings),
-        registry_of=lambda name: make_model_registry(settings, name),
-        store=make_offline_store(settings),
-        bar_store=make_bar_store(settings),
-        settings=settings,
-        jobs=lambda: make_training_jobs(settings),
-    )
+    prepared = prepare_training(conf, run_id, settings)
     registry = make_model_registry(settings, prepared["params"]["model_name"])
     print(f"training {registry.name} on {prepared['basis']}: {prepared['rows']} rows")
     trained = pipeline.train(prepared, run_id, jobs=lambda: make_training_jobs(settings))
