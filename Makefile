@@ -75,11 +75,11 @@ run: venv airflow-db
 	$(call dag_test,wfo_pipeline)
 	@$(BIN)/quant-engine wfo show --latest
 
-# Two pytest workers: the stack tests (marked e2e, kept on one worker by tests/conftest.py) mostly
-# wait for Airflow, so the other worker runs the rest meanwhile. TEST_WORKERS=0 runs in one process.
+# Two pytest workers: the stack tests (tests/e2e, kept together on one worker by tests/conftest.py)
+# mostly wait for Airflow, so the other worker runs the rest meanwhile. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: venv airflow-db browser-deps stack-deps lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 # Style and obvious mistakes (pyproject.toml's [tool.ruff]): the same check locally and in CI.
 lint: venv

@@ -42,14 +42,24 @@ def qe_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
     return home
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep the stack tests (marked ``e2e``) on one xdist worker, one after the other.
+#: Where the stack tests live (``make up`` stacks, Celery workers, the browser): one xdist worker runs them.
+STACK_TESTS = "tests/e2e/"
 
-    `make test` runs the suite on two workers (``-n 2 --dist loadgroup``): the stack tests spend most
-    of their time waiting for Airflow, so the other worker gets through the rest meanwhile. Their
-    stacks (``make up`` in ``.stack-e2e*``) are shared by tests and started one at a time, so all of
-    them go to the same worker.
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Two workers (`make test`: ``-n 2``): every stack test on one of them, in order; the rest spread.
+
+    The stack tests spend most of their time waiting for Airflow, so the other worker gets through
+    the unit and integration tests meanwhile. Their stacks (``make up`` in ``.stack-e2e*``) are
+    shared by tests and must start one at a time, so they form one unit of work. (xdist's own
+    ``--dist loadgroup`` cannot do this under pytest 9: it renames node ids through an attribute
+    pytest 9 no longer reads.)
     """
-    for item in items:
-        if item.get_closest_marker("e2e") is not None:
-            item.add_marker(pytest.mark.xdist_group("stack"))
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StackTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return STACK_TESTS if nodeid.startswith(STACK_TESTS) else nodeid
+
+    return StackTestsTogether(config, log)
