@@ -33,7 +33,7 @@ import numpy as np
 from botocore.exceptions import ClientError
 
 from quant_engine.aws.images import framework_image_uri
-from quant_engine.aws.processing import split_s3_uri
+from quant_engine.aws.processing import find_job, split_s3_uri
 from quant_engine.aws.session import AwsClients
 from quant_engine.training.deployment import Deployment, DeploymentHistory
 from quant_engine.training.registry import ModelRegistry
@@ -184,13 +184,7 @@ class EndpointDeployer:
     # -- the endpoint -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any] | None:
         """``DescribeEndpoint``, or None when the endpoint does not exist."""
-        try:
-            return self.sagemaker.describe_endpoint(EndpointName=self.spec.endpoint_name)
-        except ClientError as exc:
-            message = _message(exc).lower()
-            if _error_code(exc) == "ValidationException" and ("could not find" in message or "not found" in message):
-                return None
-            raise
+        return find_job(lambda: self.sagemaker.describe_endpoint(EndpointName=self.spec.endpoint_name))
 
     def live_config(self) -> str | None:
         """The EndpointConfig the endpoint serves now, or None before the first deployment."""

@@ -279,7 +279,8 @@ def processing_job_request(
 
 
 def find_job(describe: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-    """A job's description, or None when SageMaker knows no job of that name (``ValidationException``)."""
+    """A SageMaker description (a job's, an endpoint's), or None when SageMaker knows none of that
+    name (``ValidationException``)."""
     try:
         return describe()
     except ClientError as exc:
@@ -372,9 +373,9 @@ def collect_outputs(s3: Any, output_uri: str, destination: Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class ProcessingJobPlan:
-    """The Processing job of some tasks: one to re-attach to (``existing``, its description) or one to
-    start (``request``, the ``CreateProcessingJob`` arguments)."""
+class JobPlan:
+    """A SageMaker job to re-attach to (``existing``, its description) or to start (``request``, the
+    ``Create*Job`` arguments, its inputs already staged): Processing and training jobs alike."""
 
     name: str
     existing: dict[str, Any] | None
@@ -388,13 +389,13 @@ def plan_processing_job(
     *,
     sagemaker: Any,
     spec: ProcessingSpec | None = None,
-) -> ProcessingJobPlan:
+) -> JobPlan:
     """The job of ``tasks`` of a staged run (``None``: all), found (:func:`attach_or_name`) or described."""
     spec = spec or ProcessingSpec.from_env()
     name, existing = attach_or_name(sagemaker, run_dir, tasks)
     if existing is not None:
         log.info("re-attaching to Processing job %s (%s)", name, existing["ProcessingJobStatus"])
-        return ProcessingJobPlan(name, existing, None)
+        return JobPlan(name, existing, None)
     image = job_image_uri(
         settings,
         spec.image_uri,
@@ -403,7 +404,7 @@ def plan_processing_job(
         instance_type=spec.instance_type,
     )
     request = processing_job_request(name, StagedRun.for_run(run_dir, settings), tasks, spec, settings, image)
-    return ProcessingJobPlan(name, None, request)
+    return JobPlan(name, None, request)
 
 
 def collect_predictions(
@@ -504,7 +505,7 @@ class SageMakerFits:
         """The spec given, else the one ``QE_PROCESSING_*`` variables describe now."""
         return self.spec or ProcessingSpec.from_env()
 
-    def plan(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> ProcessingJobPlan:
+    def plan(self, run_dir: Path, tasks: Sequence[tuple[int, int]]) -> JobPlan:
         """The job of ``tasks`` to re-attach to, or the request of a new one (:func:`plan_processing_job`)."""
         return plan_processing_job(
             run_dir, tasks, self.settings, sagemaker=self.clients.client("sagemaker"), spec=self.job_spec

@@ -38,7 +38,7 @@ from typing import Any
 
 import quant_engine
 from quant_engine.aws.images import job_image_uri
-from quant_engine.aws.processing import TERMINAL_FAILURES, find_job, poll_job, split_s3_uri
+from quant_engine.aws.processing import TERMINAL_FAILURES, JobPlan, find_job, poll_job, split_s3_uri
 from quant_engine.aws.session import AwsClients
 from quant_engine.config import Settings, SettingsError, env_overrides
 
@@ -400,16 +400,6 @@ def attach_or_name(sagemaker: Any, run_id: str, task: str = "train") -> tuple[st
     raise TrainingJobError(f"run {run_id!r} task {task!r} already has 99 failed training jobs; giving up")
 
 
-@dataclass(frozen=True)
-class TrainingJobPlan:
-    """The run's training job: one to re-attach to (``existing``, its description) or one to start
-    (``request``, the ``CreateTrainingJob`` arguments, its channels and sources already staged)."""
-
-    name: str
-    existing: dict[str, Any] | None
-    request: dict[str, Any] | None
-
-
 def plan_training_job(
     channels: Mapping[str, Path],
     hyperparameters: Mapping[str, Any],
@@ -421,7 +411,7 @@ def plan_training_job(
     task: str = "train",
     spec: SpotTrainingSpec | None = None,
     job_name: str | None = None,
-) -> TrainingJobPlan:
+) -> JobPlan:
     """The job of ``run_id`` and ``task`` (:func:`attach_or_name`), staged and described when it is new.
 
     ``job_name`` pins a name instead. Nothing is uploaded for a job that exists already.
@@ -434,7 +424,7 @@ def plan_training_job(
         name, existing = job_name, find_job(lambda: sagemaker.describe_training_job(TrainingJobName=job_name))
     if existing is not None:
         log.info("re-attaching to training job %s (%s)", name, existing["TrainingJobStatus"])
-        return TrainingJobPlan(name, existing, None)
+        return JobPlan(name, existing, None)
     image = job_image_uri(
         settings,
         spec.image_uri,
@@ -443,7 +433,7 @@ def plan_training_job(
         instance_type=spec.instance_type,
     )
     staged = stage_training(channels, name, settings, s3)
-    return TrainingJobPlan(name, None, training_job_request(name, staged, hyperparameters, spec, settings, image))
+    return JobPlan(name, None, training_job_request(name, staged, hyperparameters, spec, settings, image))
 
 
 def collect_model(job: Mapping[str, Any], destination: Path, s3: Any) -> dict[str, Any]:
@@ -569,7 +559,7 @@ class SpotTrainingJobs:
             spec=self.spec,
         )
 
-    def plan(self, channels: Mapping[str, Any], hyperparameters: Mapping[str, Any], *, run_id: str) -> TrainingJobPlan:
+    def plan(self, channels: Mapping[str, Any], hyperparameters: Mapping[str, Any], *, run_id: str) -> JobPlan:
         """The run's job to re-attach to, or the staged request of a new one (:func:`plan_training_job`)."""
         return plan_training_job(
             {k: Path(v) for k, v in channels.items()},
