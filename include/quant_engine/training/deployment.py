@@ -209,10 +209,10 @@ def _now(now: object) -> str:
 def served_version(registry: ModelRegistry) -> str | None:
     """The version the bridge serves: the live deployment once ``model_deployment`` has deployed one,
     else the champion (a registry that never used the deployment DAG serves as it always did)."""
-    live = DeploymentHistory(registry).live()
-    if live is not None:
-        return live.version
-    if DeploymentHistory(registry).entries():
+    state = DeploymentHistory(registry)._read()[0]  # one read: the bridge asks on every reload check
+    if state["live"] is not None:
+        return state["history"][state["live"]]["version"]
+    if state["history"]:
         return None  # the only deployment was rolled back: nothing approved serves
     promotion = registry.champion()
     return None if promotion is None else promotion.version

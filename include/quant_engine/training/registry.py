@@ -420,18 +420,20 @@ class ModelRegistry:
 
     def model_bytes(self, version: object) -> bytes:
         """The model file of ``version``, after checking its bytes against the digest in its metadata."""
+        return self._checked_model_bytes(self.get(version))
+
+    def load_booster(self, version: object) -> xgb.Booster:
+        """The booster of ``version``, its bytes checked against the digest in its metadata."""
         record = self.get(version)
+        return _booster_from_bytes(self._checked_model_bytes(record), f"{self.name} {record.version}")
+
+    def _checked_model_bytes(self, record: ModelVersion) -> bytes:
         data = self.fs.read(self._key("versions", record.version, record.model_key))
         if hashlib.sha256(data).hexdigest() != record.model_sha256:
             raise RegistryError(
                 f"model file of {self.name} {record.version} does not match its recorded sha256; it was altered"
             )
         return data
-
-    def load_booster(self, version: object) -> xgb.Booster:
-        """The booster of ``version``, its bytes checked against the digest in its metadata."""
-        record = self.get(version)
-        return _booster_from_bytes(self.model_bytes(record.version), f"{self.name} {record.version}")
 
     # --- experiment tracking ----------------------------------------------------------------------
 
