@@ -4,8 +4,9 @@ The steps are the DAGs' own library calls, run in this process one after the oth
 ``market_data_ingestion`` (:func:`~quant_engine.features.ingest.fetch_bars`, ``compute_features``,
 ``write_features``), ``wfo_pipeline`` (:func:`~quant_engine.wfo.pipeline.run_pipeline`) and
 ``spot_training`` with the walk-forward run's id (``quant_engine.training.pipeline``'s prepare,
-train, evaluate, register, and the promotion rule). Nothing is re-implemented here, so what the
-quickstart reports is what the Airflow runs would have produced on the same data.
+train, evaluate, register, and the promotion rule), through the same functions as ``quant-engine wfo
+run`` and ``quant-engine train`` (tracked in MLflow as those are). Nothing is re-implemented here, so
+what the quickstart reports is what the Airflow runs would have produced on the same data.
 
 ``--serve`` then starts the replay feed (``quant-engine feed serve --source store``) and the bridge
 (``quant-engine bridge run``) as subprocesses, replays the file's last sessions through them fast,
@@ -31,6 +32,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from quant_engine.cli.conf import json_object
 
 #: Wall seconds one replayed NYSE session (6.5 hours) takes with the default ``--replay-speed``.
 SESSION_WALL_S = 1.0
@@ -121,8 +124,8 @@ def _quickstart(args: argparse.Namespace) -> int:
     for name in ("sessions", "signals"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name}={getattr(args, name)} must be at least 1")
-    wfo_conf = _json_object(args.wfo_conf, "--wfo-conf")
-    train_conf = _json_object(args.train_conf, "--train-conf")
+    wfo_conf = json_object(args.wfo_conf, "--wfo-conf")
+    train_conf = json_object(args.train_conf, "--train-conf")
     if not args.file.exists():
         raise FileNotFoundError(2, "no such bar file", str(args.file))
     settings = get_settings()
@@ -157,16 +160,6 @@ def _quickstart(args: argparse.Namespace) -> int:
             f" bridge), or make up DATA={args.file} (the whole stack); walk-forward report: {wfo_run}"
         )
     return 0
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{flag} must be a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _ingest(args: argparse.Namespace, settings, *, write: bool = True):  # noqa: ANN001, ANN202 - imported lazily
@@ -212,11 +205,9 @@ def _ingest(args: argparse.Namespace, settings, *, write: bool = True):  # noqa:
 
 def _walk_forward(conf: dict[str, Any], tickers: list[str], request, run_id: str, settings) -> str:  # noqa: ANN001
     """The walk-forward pipeline over the file's tickers and range; prints the headline, returns the report."""
-    from quant_engine.backends import make_bar_store, make_offline_store, make_wfo_fits
-    from quant_engine.runs import run_dir
+    from quant_engine.cli.wfo import run_walk_forward
     from quant_engine.wfo.config import WfoConfig
     from quant_engine.wfo.defaults import DEFAULT_PARAMS
-    from quant_engine.wfo.pipeline import run_pipeline
     from quant_engine.wfo.report import load_report
 
     params = {
@@ -229,14 +220,7 @@ def _walk_forward(conf: dict[str, Any], tickers: list[str], request, run_id: str
     }
     config = WfoConfig.from_params(params, default_tickers=settings.default_tickers)
     print(f"quickstart: walk-forward validation ({params['splitter']}) of {len(tickers)} tickers, run {run_id}")
-    folder = run_pipeline(
-        config,
-        run_dir("wfo", run_id, settings),
-        make_offline_store(settings),
-        make_bar_store(settings),
-        make_wfo_fits(settings),
-        settings.reports_dir,
-    )
+    folder = run_walk_forward(config, run_id, settings)
     report = load_report(folder)
     selected = report["trials"][report["selected_trial"]]
     print(
@@ -253,20 +237,14 @@ def _train(conf: dict[str, Any], run_id: str, promote_anyway: bool, settings) ->
     """``spot_training`` with the walk-forward run's id; the champion's version afterwards (None: none)."""
     if "wfo_run_id" in conf:
         raise ValueError("--train-conf's wfo_run_id is the quickstart's own walk-forward run; leave it out")
-    from quant_engine.backends import make_model_registry, make_training_jobs
-    from quant_engine.cli.training import prepare_training
-    from quant_engine.monitoring.run import record_training_baselines
-    from quant_engine.training import pipeline
+    from quant_engine.cli.training import prepare_training, train_and_register
+    from quant_engine.training.pipeline import describe_training
 
     prepared = prepare_training({**conf, "wfo_run_id": run_id}, run_id, settings)
-    registry = make_model_registry(settings, prepared["params"]["model_name"])
     rows = prepared["rows"]
     print(f"quickstart: training on {rows['train']} rows, judged on {rows['holdout']} later ones ({prepared['basis']})")
-    trained = pipeline.train(prepared, run_id, jobs=lambda: make_training_jobs(settings))
-    print(f"  {pipeline.describe_training(trained)}")
-    evaluated = pipeline.evaluate(prepared, trained, registry)
-    version = pipeline.register(prepared, trained, evaluated, registry)
-    record_training_baselines(registry, version, prepared["run_dir"])
+    registry, trained, evaluated, version = train_and_register(prepared, run_id, settings)
+    print(f"  {describe_training(trained)}")
     print(f"  registered {registry.name} {version}; promote={evaluated['promote']}: {evaluated['reason']}")
     if evaluated["promote"]:
         promotion = registry.promote(version, evaluated["reason"], expected_champion=evaluated["champion"])

@@ -13,8 +13,11 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from quant_engine.cli.conf import json_object
+
 if TYPE_CHECKING:
     from quant_engine.config import Settings
+    from quant_engine.training.registry import ModelRegistry
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,24 +88,28 @@ def prepare_training(conf: dict, run_id: str, settings: Settings) -> dict:
     )
 
 
-def _train(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
-
-    from quant_engine.backends import (
-        make_model_registry,
-        make_tracker,
-        make_training_jobs,
-    )
-    from quant_engine.config import get_settings
+def train_and_register(prepared: dict, run_id: str, settings: Settings) -> tuple[ModelRegistry, dict, dict, str]:
+    """``spot_training``'s train, evaluate and register steps from a terminal (the run logged to the
+    tracker of ``settings``, its drift baselines recorded): the registry, the training and evaluation
+    results and the new version. Promotion is the caller's."""
+    from quant_engine.backends import make_model_registry, make_tracker, make_training_jobs
     from quant_engine.monitoring.run import record_training_baselines
     from quant_engine.training import pipeline
 
-    try:
-        conf = json.loads(args.conf)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--conf is not valid JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
+    registry = make_model_registry(settings, prepared["params"]["model_name"])
+    trained = pipeline.train(prepared, run_id, jobs=lambda: make_training_jobs(settings))
+    evaluated = pipeline.evaluate(prepared, trained, registry)
+    version = pipeline.register(prepared, trained, evaluated, registry, tracker=make_tracker(settings))
+    record_training_baselines(registry, version, prepared["run_dir"])
+    return registry, trained, evaluated, version
+
+
+def _train(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from quant_engine.config import get_settings
+
+    conf = json_object(args.conf, "--conf")
     for key, value in (("wfo_run_id", args.wfo_run_id), ("min_deflated_sharpe", args.min_deflated_sharpe)):
         if value is None:
             continue
@@ -112,12 +119,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = get_settings()
     run_id = args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
     prepared = prepare_training(conf, run_id, settings)
-    registry = make_model_registry(settings, prepared["params"]["model_name"])
-    print(f"training {registry.name} on {prepared['basis']}: {prepared['rows']} rows")
-    trained = pipeline.train(prepared, run_id, jobs=lambda: make_training_jobs(settings))
-    evaluated = pipeline.evaluate(prepared, trained, registry)
-    version = pipeline.register(prepared, trained, evaluated, registry, tracker=make_tracker(settings))
-    record_training_baselines(registry, version, prepared["run_dir"])
+    print(f"training {prepared['params']['model_name']} on {prepared['basis']}: {prepared['rows']} rows")
+    registry, _, evaluated, version = train_and_register(prepared, run_id, settings)
     print(f"registered {registry.name} {version}")
     wfo_run = prepared["wfo_run"]
     if wfo_run:

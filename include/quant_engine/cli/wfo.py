@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from quant_engine.cli.conf import json_object
+
+if TYPE_CHECKING:
+    from quant_engine.config import Settings
+    from quant_engine.wfo.config import WfoConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,20 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from quant_engine.backends import make_bar_store, make_offline_store, make_tracker, make_wfo_fits
     from quant_engine.config import get_settings
-    from quant_engine.runs import run_dir
     from quant_engine.wfo.config import WfoConfig
     from quant_engine.wfo.defaults import DEFAULT_PARAMS
-    from quant_engine.wfo.pipeline import run_pipeline
     from quant_engine.wfo.report import headline, load_report
 
-    try:
-        conf = json.loads(args.conf)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--conf is not valid JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise ValueError(f"--conf must be a JSON object, got {type(conf).__name__}")
+    conf = json_object(args.conf, "--conf")
     for key in ("splitter", "train_window", "test_window", "anchored", "embargo", "purge"):
         value = getattr(args, key)
         if value is None:
@@ -81,18 +79,27 @@ def _run(args: argparse.Namespace) -> int:
         conf[key] = value
     settings = get_settings()
     config = WfoConfig.from_params({**DEFAULT_PARAMS, **conf}, default_tickers=settings.default_tickers)
-    folder = run_dir("wfo", args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)
-    folder = run_pipeline(
+    folder = run_walk_forward(config, args.run_id or f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}", settings)
+    print(headline(load_report(folder)))
+    return 0
+
+
+def run_walk_forward(config: WfoConfig, run_id: str, settings: Settings) -> Path:
+    """``wfo_pipeline`` from a terminal: the run folder, stores, fit runner and tracker of ``settings``;
+    returns the report folder."""
+    from quant_engine.backends import make_bar_store, make_offline_store, make_tracker, make_wfo_fits
+    from quant_engine.runs import run_dir
+    from quant_engine.wfo.pipeline import run_pipeline
+
+    return run_pipeline(
         config,
-        folder,
+        run_dir("wfo", run_id, settings),
         make_offline_store(settings),
         make_bar_store(settings),
         make_wfo_fits(settings),
         settings.reports_dir,
         tracker=make_tracker(settings),
     )
-    print(headline(load_report(folder)))
-    return 0
 
 
 def _show(args: argparse.Namespace) -> int:
