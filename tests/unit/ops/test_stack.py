@@ -189,8 +189,7 @@ def test_redis_health_asks_for_the_password(scale_config: object, tmp_path: Path
     import time
 
     server = stack._redis_server()
-    if not Path(server).is_absolute():
-        pytest.skip("redis-server is not installed (`make stack-deps` installs it)")
+    assert Path(server).is_absolute(), "redis-server is missing: `make stack-deps` (run by `make test`) installs it"
     with socket.socket() as probe:  # a free port for this test's own server
         probe.bind(("127.0.0.1", 0))
         free_port = probe.getsockname()[1]
