@@ -60,8 +60,14 @@ class Stack:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)["access_token"]
 
-    def api_get(self, path: str, token: str) -> dict:
-        request = urllib.request.Request(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"})
+    def api(self, method: str, path: str, token: str, body: dict | None = None) -> dict:
+        """One call of the api-server's REST API with a token from :meth:`api_token`; its JSON answer."""
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -64,20 +63,9 @@ def celery_stack(scale_stack):
     return scale_stack
 
 
-def api(stack: object, method: str, path: str, token: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{stack.url}{path}",
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def trigger_wfo(stack: object, token: str) -> str:
-    api(stack, "PATCH", "/api/v2/dags/wfo_pipeline", token, {"is_paused": False})
-    return api(stack, "POST", "/api/v2/dags/wfo_pipeline/dagRuns", token, {"logical_date": None, "conf": DAG_CONF})[
+    stack.api("PATCH", "/api/v2/dags/wfo_pipeline", token, {"is_paused": False})
+    return stack.api("POST", "/api/v2/dags/wfo_pipeline/dagRuns", token, {"logical_date": None, "conf": DAG_CONF})[
         "dag_run_id"
     ]
 
@@ -85,7 +73,7 @@ def trigger_wfo(stack: object, token: str) -> str:
 def wait_for_run(stack: object, token: str, run_id: str) -> dict:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while time.monotonic() < deadline:
-        run = api(stack, "GET", f"/api/v2/dags/wfo_pipeline/dagRuns/{run_id}", token)
+        run = stack.api("GET", f"/api/v2/dags/wfo_pipeline/dagRuns/{run_id}", token)
         if run["state"] in ("success", "failed"):
             return run
         time.sleep(3)
@@ -93,7 +81,7 @@ def wait_for_run(stack: object, token: str, run_id: str) -> dict:
 
 
 def task_instances(stack: object, token: str, run_id: str) -> list[dict]:
-    return api(stack, "GET", f"/api/v2/dags/wfo_pipeline/dagRuns/{run_id}/taskInstances?limit=500", token)[
+    return stack.api("GET", f"/api/v2/dags/wfo_pipeline/dagRuns/{run_id}/taskInstances?limit=500", token)[
         "task_instances"
     ]
 

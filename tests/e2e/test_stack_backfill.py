@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_unattended_loop import api, finished
+from test_unattended_loop import finished
 
 from quant_engine.backends import make_bar_history
 
@@ -29,18 +29,17 @@ BACKFILL_TIMEOUT_S = 600
 
 def backfill(stack, token: str, reprocess: str) -> list[dict]:
     """Create a backfill of RANGE, wait until the scheduler has finished it: its runs."""
-    created = api(
-        stack,
+    created = stack.api(
         "POST",
         "/api/v2/backfills",
         token,
         {"dag_id": "market_data_ingestion", **RANGE, "reprocess_behavior": reprocess, "max_active_runs": 1},
     )
     deadline = time.monotonic() + BACKFILL_TIMEOUT_S
-    while api(stack, "GET", f"/api/v2/backfills/{created['id']}", token)["completed_at"] is None:
+    while stack.api("GET", f"/api/v2/backfills/{created['id']}", token)["completed_at"] is None:
         assert time.monotonic() < deadline, f"backfill {created['id']} not completed in {BACKFILL_TIMEOUT_S} s"
         time.sleep(3)
-    runs = api(stack, "GET", "/api/v2/dags/market_data_ingestion/dagRuns?run_type=backfill&limit=100", token)
+    runs = stack.api("GET", "/api/v2/dags/market_data_ingestion/dagRuns?run_type=backfill&limit=100", token)
     return sorted(runs["dag_runs"], key=lambda run: run["logical_date"])
 
 
@@ -61,7 +60,7 @@ def test_a_backfill_ingests_exactly_its_intervals_sessions_and_a_rerun_changes_n
     stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = stack.api_token()
-    api(stack, "PATCH", "/api/v2/dags/market_data_ingestion", token, {"is_paused": False})  # backfills need it
+    stack.api("PATCH", "/api/v2/dags/market_data_ingestion", token, {"is_paused": False})  # backfills need it
     # Unpaused, ingestion runs its latest schedule at once (today's session): let that end first.
     finished(stack, token, "market_data_ingestion", run_type="scheduled", allow_failure=True)
 

@@ -125,11 +125,11 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
     _log_in(browser, stack)
     token = stack.api_token()
     runs = "/api/v2/dags/wfo_pipeline/dagRuns"
-    before = {r["dag_run_id"] for r in stack.api_get(runs, token)["dag_runs"]}  # a reused database's runs
+    before = {r["dag_run_id"] for r in stack.api("GET", runs, token)["dag_runs"]}  # a reused database's runs
     _trigger_with_params(browser, stack)
 
     (run,) = _wait_for(
-        lambda: [r for r in stack.api_get(runs, token)["dag_runs"] if r["dag_run_id"] not in before],
+        lambda: [r for r in stack.api("GET", runs, token)["dag_runs"] if r["dag_run_id"] not in before],
         60,
         "the triggered run to appear",
     )
@@ -137,7 +137,7 @@ def test_trigger_wfo_from_the_form_and_read_its_report_in_the_quant_engine_page(
     assert run["conf"]["n_groups"] == 4 and run["conf"]["trials"] == TRIALS
     run_path = f"/api/v2/dags/wfo_pipeline/dagRuns/{run['dag_run_id']}"
     state = _wait_for(
-        lambda: (s := stack.api_get(run_path, token)["state"]) in ("success", "failed") and s,
+        lambda: (s := stack.api("GET", run_path, token)["state"]) in ("success", "failed") and s,
         RUN_TIMEOUT_S,
         "the wfo_pipeline run to finish",
         interval_s=3.0,

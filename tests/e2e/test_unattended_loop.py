@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -30,19 +29,8 @@ RUN_TIMEOUT_S = 420
 QUANT_ENGINE = str(Path(sys.executable).with_name("quant-engine"))
 
 
-def api(stack, method: str, path: str, token: str, body: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{stack.url}{path}",
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def runs_of(stack, token: str, dag_id: str) -> set[str]:
-    return {r["dag_run_id"] for r in api(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns", token)["dag_runs"]}
+    return {r["dag_run_id"] for r in stack.api("GET", f"/api/v2/dags/{dag_id}/dagRuns", token)["dag_runs"]}
 
 
 def finished(
@@ -58,7 +46,7 @@ def finished(
     """The first new run of ``dag_id`` (of ``run_type``) once it has finished; it must have succeeded."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        runs = api(stack, "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after", token)["dag_runs"]
+        runs = stack.api("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=run_after", token)["dag_runs"]
         fresh = [r for r in runs if r["dag_run_id"] not in after and (run_type is None or r["run_type"] == run_type)]
         done = [r for r in fresh if r["state"] in ("success", "failed")]
         if done:
@@ -70,7 +58,7 @@ def finished(
 
 def trigger(stack, token: str, dag_id: str, conf: dict) -> dict:
     before = runs_of(stack, token, dag_id)
-    api(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", token, {"logical_date": None, "conf": conf})
+    stack.api("POST", f"/api/v2/dags/{dag_id}/dagRuns", token, {"logical_date": None, "conf": conf})
     return finished(stack, token, dag_id, after=before)
 
 
@@ -89,7 +77,7 @@ def test_drift_retrains_the_champions_spec_and_decides_on_unseen_data_without_a_
     market.fetch(None, "2017-01-01", "2023-12-29").assign(ticker=lambda f: f["ticker"].map(NAMES)).to_parquet(path)
     token = stack.api_token()
     for dag_id in ("market_data_ingestion", "spot_training", "drift_monitor"):
-        api(stack, "PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
+        stack.api("PATCH", f"/api/v2/dags/{dag_id}", token, {"is_paused": False})
     # Unpaused, ingestion runs its latest schedule at once (the synthetic default): let it end, then
     # start from an empty feature group, as a user bringing their own data would.
     finished(stack, token, "market_data_ingestion", run_type="scheduled", allow_failure=True)
