@@ -86,6 +86,10 @@ def fresh_yfinance_memory() -> None:
 
 @pytest.fixture
 def yahoo() -> FakeYahoo:
+    """The fake Yahoo, answering every ``requests`` session; yfinance's process-wide session is set to
+    one, so a source built without a session (as ingestion builds it from the name "yfinance") is
+    answered too instead of reaching out through yfinance's default ``curl_cffi`` session."""
+    YfData(session=requests.Session())
     fake = FakeYahoo(
         {
             "AAPL": recording("AAPL_1d.json"),
@@ -259,7 +263,6 @@ def test_ingesting_from_yahoo_stores_the_calendars_stamps(yahoo: FakeYahoo, star
     from quant_engine.calendars import get_calendar
     from quant_engine.features.ingest import IngestionRequest, ingest
 
-    source()  # yfinance keeps the session of the last source built: the one `responses` answers
     result = ingest(
         IngestionRequest.build("yfinance", start, end, tickers="QQQ", group=make_offline_store()), make_group_stores()
     )
