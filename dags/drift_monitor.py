@@ -77,7 +77,7 @@ def drift_monitor():
     @task
     def check(scored: dict, params=None, run_id=None) -> dict:
         from qe_airflow import fail_fast_on_bad_input
-        from qe_aws import aws_clients
+        from qe_aws import aws_clients, publish_report
 
         from quant_engine.backends import make_drift_monitor
 
@@ -91,8 +91,9 @@ def drift_monitor():
                 min_drifted_features=params["min_drifted_features"],
                 confidence=params["confidence"],
             )
-        print(f"verdict {result.verdict} for {result.model_name} {result.model_version}; report in {result.report_dir}")
-        return result.to_dict()
+        report = publish_report(result.report_dir, "drift")  # S3 on the aws backend
+        print(f"verdict {result.verdict} for {result.model_name} {result.model_version}; report: {report}")
+        return result.to_dict() | {"report": report}
 
     @task.short_circuit
     def retraining_needed(checked: dict) -> bool:

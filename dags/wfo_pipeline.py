@@ -91,14 +91,14 @@ def wfo_pipeline():
 
     @task
     def report(staged: dict) -> str:
-        from qe_aws import experiment_tracker
+        from qe_aws import experiment_tracker, publish_report
 
         from quant_engine.config import get_settings
         from quant_engine.wfo.report import headline, load_report, write_report
 
         folder = write_report(staged["run_dir"], get_settings().reports_dir, tracker=experiment_tracker())
         print(headline(load_report(folder)))
-        return str(folder / "report.html")
+        return publish_report(folder, "wfo")  # S3 on the aws backend
 
     staged = build_dataset()
     # One mapped task per batch: its fits here, or one Processing job re-attached to on retry (aws).

@@ -66,7 +66,7 @@ DRIFT_HTML = (
     "retraining requested.</p>"
     "<p>Drifted features: {{ checked.drifted_features | join(', ') | e or 'none' }}</p>"
     "<p>Quality metrics out of bounds: {{ checked.breached_metrics | join(', ') | e or 'none' }}</p>"
-    "<p>Report: {{ checked.report_dir | e }}/report.html</p>"
+    "<p>Report: {{ checked.report | e }}</p>"
 )
 
 

@@ -10,6 +10,7 @@ server or LocalStack). The library never sees Airflow: it gets the clients as ``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -70,3 +71,29 @@ def experiment_tracker() -> Tracker | None:
     from quant_engine.backends import make_tracker
 
     return make_tracker(aws=aws_clients())
+
+
+def publish_report(folder: str | Path, kind: str) -> str:
+    """Where a run's report can be read: on the aws backend the folder is copied with the provider's
+    ``S3Hook`` (through the connection) to ``s3://<bucket>/<prefix>/reports/<kind>/<run folder>/``,
+    since a worker's disk (MWAA's, a Celery worker's) is neither kept nor shared; locally the folder.
+
+    ``report.json`` is copied last: the library writes it last too, so a reader that finds it finds
+    the whole report. Returns the report's ``report.html`` (its S3 URI on aws).
+    """
+    from quant_engine.config import get_settings
+
+    folder, settings = Path(folder), get_settings()
+    if settings.backend != "aws":
+        return str(folder / "report.html")
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: (p.name == "report.json", str(p)))
+    if not any(p.name == "report.json" for p in files):
+        raise FileNotFoundError(f"{folder} holds no report.json: the report was not written, nothing to publish")
+    hook = S3Hook(aws_conn_id=settings.aws_conn_id)
+    destination = settings.s3_uri("reports", kind, folder.name)
+    bucket, prefix = destination.removeprefix("s3://").split("/", 1)
+    for path in files:
+        hook.load_file(path, f"{prefix}/{path.relative_to(folder).as_posix()}", bucket_name=bucket, replace=True)
+    return f"{destination}/report.html"

@@ -31,7 +31,7 @@ def drift_result() -> dict:
     return DriftCheckResult(
         "scheduled__2026-03-02", "xgb_direction", "3", "both", True, "/qe/reports/drift/scheduled__2026-03-02",
         drifted_features=("realized_vol_20", "ret_5"), breached_metrics=("log_loss",),
-    ).to_dict()  # fmt: skip
+    ).to_dict() | {"report": "s3://qe-bucket/quant-engine/reports/drift/scheduled__2026-03-02/report.html"}  # fmt: skip
 
 
 @pytest.mark.airflow
@@ -56,6 +56,7 @@ def test_a_drift_verdict_mails_the_verdict_and_the_drifting_features(sink: SmtpS
     assert "run <b>scheduled__2026-03-02</b>" in mail.text and "verdict <b>both</b>" in mail.text
     assert "Drifted features: realized_vol_20, ret_5" in mail.text
     assert "Quality metrics out of bounds: log_loss" in mail.text
+    assert "Report: s3://qe-bucket/quant-engine/reports/drift/scheduled__2026-03-02/report.html" in mail.text
 
 
 def test_without_recipients_nothing_is_sent(sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
