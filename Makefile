@@ -77,9 +77,10 @@ run: venv airflow-db
 
 # Two pytest workers: the stack tests (tests/e2e, kept together on one worker by tests/conftest.py)
 # mostly wait for Airflow, so the other worker runs the rest meanwhile. TEST_WORKERS=0: one process.
+# --durations: the 25 slowest tests, so a run shows where the suite's time goes.
 TEST_WORKERS ?= 2
 test: venv airflow-db browser-deps stack-deps lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25
 
 # Style and obvious mistakes (pyproject.toml's [tool.ruff]): the same check locally and in CI.
 lint: venv
