@@ -23,7 +23,9 @@ per service), ``QE_STACK_FEED_START`` (2024-01-02, first day the feed replays), 
 (``synthetic``, or ``store``: the bars ingestion stored, as ``make up DATA=FILE`` sets after its
 quickstart), ``QE_STACK_TICKERS`` (SYN00..SYN04, replayed by the feed and followed by the bridge).
 ``QE_HOME`` is handed to every service. The bridge runs before the registry has a champion (its
-health says ``waiting_for_model``) and picks the first promoted one up by itself.
+health says ``waiting_for_model``) and picks the first promoted one up by itself. As in compose, the
+provider operators' waits (the SageMaker jobs) are deferred to the triggerer:
+``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE`` (``True`` unless set).
 
 Scale mode (``QE_STACK_WORKERS=N``, N >= 1; ``make up SCALE=1`` means 2): the compose file's ``scale``
 profile natively. Debian's ``redis-server`` is the Celery broker on ``QE_STACK_REDIS_PORT`` (56379),
@@ -247,6 +249,8 @@ def service_env(config: StackConfig) -> dict[str, str]:
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+            # as compose: a SageMaker wait frees its slot of the 4, the triggerer polls the job
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": env.get("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": config.db_url,
             "PGPASSFILE": str(_pgpass(config)),
             "AIRFLOW__CORE__AUTH_MANAGER": (

@@ -16,7 +16,7 @@ try) and describe it first:
 A failed or stopped job fails the task with SageMaker's reason (the provider's messages). Each
 operator also runs the local backend's path, so a DAG has one shape whatever ``QE_BACKEND`` says.
 ``deferrable`` defaults to Airflow's ``[operators] default_deferrable``, as for every provider
-operator; the triggerer then needs ``aiobotocore`` (see docs/aws.md).
+operator; ``make up`` and compose turn it on, and the triggerer polls with ``aiobotocore`` (docs/aws.md).
 """
 
 from __future__ import annotations

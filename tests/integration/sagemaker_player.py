@@ -45,13 +45,17 @@ def _download_prefix(s3: Any, uri: str, destination: Path) -> None:
 
 
 class SageMakerPlayer:
-    """Runs the jobs of a moto server in this process; ``s3`` is a client of that server."""
+    """Runs the jobs of a moto server in this process; ``s3`` is a client of that server.
+
+    Jobs run only while the player is entered (``with player:``, as often as a test needs): a job
+    created outside stays ``InProgress`` until then.
+    """
 
     def __init__(self, s3: Any, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.s3, self.workdir = s3, workdir
         self.started: set[str] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sagemaker-player", daemon=True)
+        self._thread: threading.Thread | None = None
         original_training = SageMakerResponse.create_training_job
         original_processing = SageMakerResponse.create_processing_job
 
@@ -72,12 +76,15 @@ class SageMakerPlayer:
         monkeypatch.setattr(SageMakerResponse, "create_processing_job", create_processing_job)
 
     def __enter__(self) -> SageMakerPlayer:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="sagemaker-player", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        if self._thread is not None:
+            self._thread.join(timeout=60)
 
     def _jobs(self) -> list[tuple[str, Any]]:
         found = []

@@ -4,11 +4,17 @@ AWS access comes only from the ``aws_default`` connection (see test_aws_connecti
 the provider's operators create run as SageMaker would run them: :class:`sagemaker_player.SageMakerPlayer`
 downloads each job's inputs from the server, runs its entry point in a simulated ``/opt/ml`` and
 uploads its outputs, while the DAG's task waits on the job.
+
+The SageMaker tasks run deferrable (Airflow's ``[operators] default_deferrable``, as ``make up`` and
+compose set it): ``airflow dags test`` runs the provider's ``SageMakerTrigger`` in line, its
+aiobotocore client polling the job on the server, then resumes the task with ``execute_complete``.
+The metadata database shows the way each task took: its trigger and its state changes.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,12 +46,37 @@ ROLE = "arn:aws:iam::123456789012:role/quant-engine-sagemaker-execution"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/quant-engine:test"
 TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
 START, END = "2021-01-01", "2021-12-31"
+#: A deferred task's state changes in the metadata database's ``log`` table.
+DEFERRED_TRY = ["running", "deferred", "running", "success"]
+
+
+def _deferrals(airflow_home: Path, dag_id: str, task_id: str) -> dict[str, list[str]]:
+    """Per job name, the state changes of the task instance that deferred to a ``SageMakerTrigger`` on it."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        deferred = db.execute(
+            "SELECT t.kwargs, ti.run_id, ti.map_index FROM task_instance ti JOIN trigger t ON t.id = ti.trigger_id"
+            " WHERE ti.dag_id = ? AND ti.task_id = ? AND t.classpath = ?",
+            (dag_id, task_id, "airflow.providers.amazon.aws.triggers.sagemaker.SageMakerTrigger"),
+        ).fetchall()
+        return {
+            json.loads(kwargs)["job_name"]: [
+                event
+                for (event,) in db.execute(
+                    "SELECT event FROM log WHERE dag_id = ? AND task_id = ? AND run_id = ? AND map_index = ?"
+                    " ORDER BY id",
+                    (dag_id, task_id, run_id, map_index),
+                )
+            ]
+            for kwargs, run_id, map_index in deferred
+        }
 
 
 @pytest.fixture
 def aws_market(aws_connection: Settings, moto_server: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """4 tickers x 3 years of synthetic features in the moto bucket; SageMaker settings for quick polls."""
+    """4 tickers x 3 years of synthetic features in the moto bucket; SageMaker settings for quick polls,
+    the waits deferred to the trigger."""
     for name, value in {
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         "QE_SAGEMAKER_ROLE_ARN": ROLE,
         "QE_PROCESSING_IMAGE_URI": IMAGE,
         "QE_TRAINING_IMAGE_URI": IMAGE,
@@ -66,7 +97,12 @@ def aws_market(aws_connection: Settings, moto_server: str, monkeypatch: pytest.M
 
 
 def test_wfo_pipeline_runs_one_processing_job_per_trial(
-    aws_market: dict, run_dag: Callable, qe_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws_market: dict,
+    run_dag: Callable,
+    airflow_home: Path,
+    qe_home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     conf = {
         "start": START,
@@ -86,8 +122,15 @@ def test_wfo_pipeline_runs_one_processing_job_per_trial(
     assert {j["ProcessingJobStatus"] for j in jobs} == {"Completed"} and player.started == {
         j["ProcessingJobName"] for j in jobs
     }
+    # each mapped task deferred to the trigger on its job, and resumed to collect that job's fits
+    names = sorted(j["ProcessingJobName"] for j in jobs)
+    deferrals = _deferrals(airflow_home, "wfo_pipeline", "run_split")
+    assert {name: deferrals.get(name) for name in names} == {name: DEFERRED_TRY for name in names}
     output = result.stdout + result.stderr
-    assert output.count("6 fit(s) in Processing job qe-wfo-") == 2
+    assert output.count("[DAG TEST] running trigger in line") == 2
+    for name in names:
+        assert f"SageMaker job {name} completed." in output  # the provider's execute_complete
+        assert f"6 fit(s) in Processing job {name}" in output
     (folder,) = (qe_home / "reports" / "wfo").iterdir()
     report = json.loads((folder / "report.json").read_text())
     assert (report["n_splits"], report["n_paths"], report["n_trials"]) == (6, 3, 2)
@@ -95,7 +138,7 @@ def test_wfo_pipeline_runs_one_processing_job_per_trial(
 
 
 def test_spot_training_trains_in_a_sagemaker_job_and_registers_on_s3(
-    aws_market: dict, run_dag: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aws_market: dict, run_dag: Callable, airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conf = {
         "start": START,
@@ -108,8 +151,12 @@ def test_spot_training_trains_in_a_sagemaker_job_and_registers_on_s3(
     with SageMakerPlayer(aws_market["aws"].client("s3"), tmp_path / "opt_ml", monkeypatch) as player:
         result = run_dag("spot_training", conf)
     (job,) = sagemaker.list_training_jobs()["TrainingJobSummaries"]
-    assert job["TrainingJobStatus"] == "Completed" and player.started == {job["TrainingJobName"]}
-    assert "managed spot savings unknown" in result.stdout + result.stderr  # moto reports no billing
+    name = job["TrainingJobName"]
+    assert job["TrainingJobStatus"] == "Completed" and player.started == {name}
+    assert _deferrals(airflow_home, "spot_training", "train").get(name) == DEFERRED_TRY
+    output = result.stdout + result.stderr
+    assert f"SageMaker job {name} completed." in output  # the trigger's event, back in execute_complete
+    assert "managed spot savings unknown" in output  # moto reports no billing
     registry = make_model_registry(aws_market["settings"], "aws_model", aws=aws_market["aws"])
     (record,) = registry.list()
     assert record.metadata.training["job_name"] == job["TrainingJobName"]

@@ -6,12 +6,14 @@ environment, volumes and profiles agree with each other, with the repository and
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
@@ -187,6 +189,18 @@ def test_every_aws_setting_reaches_airflow_and_the_bridge_from_the_host(services
         )
     assert environment["AWS_SESSION_TOKEN"] == "${AWS_SESSION_TOKEN:-}"  # temporary credentials, no default
     assert environment["QE_AWS_CONN_ID"] == "${QE_AWS_CONN_ID:-aws_default}"
+
+
+def test_sagemaker_waits_defer_to_a_triggerer_that_can_run_their_trigger(services: dict) -> None:
+    """Deferral is on in every Airflow process unless the host says otherwise, and the image's
+    triggerer has what the provider's ``SageMakerTrigger`` needs: aiobotocore, accepting the pinned botocore."""
+    for name in (*AIRFLOW_SERVICES, "airflow-worker-1", "airflow-worker-2"):
+        assert services[name]["environment"]["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == (
+            "${AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE:-True}"
+        ), f"{name} does not defer by default"
+    assert importlib.metadata.version("aiobotocore") == _pin("aiobotocore")
+    (accepted,) = [r for r in importlib.metadata.requires("aiobotocore") if Requirement(r).name == "botocore"]
+    assert Requirement(accepted).specifier.contains(_pin("botocore")), f"aiobotocore wants {accepted}"
 
 
 def test_dockerfile_base_matches_the_airflow_pin_and_python_311() -> None:

@@ -58,6 +58,17 @@ def test_services_share_the_settings_compose_gives_airflow(config: object) -> No
     assert stack.service_env(config)["AIRFLOW__API_AUTH__JWT_SECRET"] == env["AIRFLOW__API_AUTH__JWT_SECRET"]
 
 
+def test_sagemaker_waits_defer_to_the_triggerer_unless_the_host_says_otherwise(
+    config: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compose_env = yaml.safe_load((REPO_ROOT / "docker-compose.yaml").read_text())["x-airflow-env"]
+    assert compose_env["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"].endswith(":-True}")
+    monkeypatch.delenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", raising=False)
+    assert stack.service_env(config)["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "True"
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "False")
+    assert stack.service_env(config)["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] == "False"
+
+
 def test_the_mlflow_ui_serves_the_tracking_database_the_engine_writes(config: object) -> None:
     from quant_engine.config import Settings
 
