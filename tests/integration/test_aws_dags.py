@@ -45,6 +45,8 @@ pytestmark = pytest.mark.airflow
 ROLE = "arn:aws:iam::123456789012:role/quant-engine-sagemaker-execution"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/quant-engine:test"
 TICKERS = ["SYN00", "SYN01", "SYN02", "SYN03"]
+#: Where the report tasks publish on the aws backend (QE_S3_PREFIX defaults to quant-engine).
+S3_REPORTS = "quant-engine/reports"
 START, END = "2021-01-01", "2021-12-31"
 #: A deferred task's state changes in the metadata database's ``log`` table.
 DEFERRED_TRY = ["running", "deferred", "running", "success"]
@@ -134,6 +136,10 @@ def test_wfo_pipeline_runs_one_processing_job_per_trial(
     (folder,) = (qe_home / "reports" / "wfo").iterdir()
     report = json.loads((folder / "report.json").read_text())
     assert (report["n_splits"], report["n_paths"], report["n_trials"]) == (6, 3, 2)
+    published = (
+        aws_market["aws"].client("s3").get_object(Bucket=AWS_BUCKET, Key=f"{S3_REPORTS}/wfo/{folder.name}/report.json")
+    )
+    assert json.loads(published["Body"].read()) == report  # copied off the worker's disk by the report task
     assert 0 <= report["pbo"] <= 1 and 0 <= report["deflated_sharpe"] <= report["psr"] <= 1
 
 
@@ -226,3 +232,4 @@ def test_drift_monitor_on_aws_requests_retraining_for_a_shifted_market(
     assert cloudwatch.list_metrics()["Metrics"] and cloudwatch.describe_alarms()["MetricAlarms"]
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=AWS_BUCKET)["Contents"]]
     assert len(keys) > 0 and any("prediction" in k for k in keys)
+    assert f"{S3_REPORTS}/drift/{report_folder.name}/report.json" in keys and "report: s3://" in output
