@@ -50,26 +50,12 @@ def approver(approval: dict[str, Any] | None) -> str:
 
 
 def endpoint_deployer(settings: Settings) -> EndpointDeployer:
-    """The endpoint ``QE_SAGEMAKER_ENDPOINT`` through the connection, its wait sized by
-    ``QE_ENDPOINT_POLL_INTERVAL_S`` / ``QE_ENDPOINT_WAIT_TIMEOUT_S``."""
+    """The endpoint ``QE_SAGEMAKER_ENDPOINT`` through the connection."""
     from qe_aws import aws_clients
 
     from quant_engine.aws.deployment import EndpointDeployer, EndpointSpec
-    from quant_engine.config import env_overrides
 
-    if not settings.sagemaker_role_arn:
-        raise ValueError(
-            "deploying to SageMaker needs QE_SAGEMAKER_ROLE_ARN, the role the endpoint reads the model with"
-        )
-    waits = {"poll_interval_s": "QE_ENDPOINT_POLL_INTERVAL_S", "wait_timeout_s": "QE_ENDPOINT_WAIT_TIMEOUT_S"}
-    spec = EndpointSpec(
-        settings.sagemaker_endpoint,
-        settings.sagemaker_role_arn,
-        instance_type=settings.endpoint_instance_type,
-        image_uri=settings.endpoint_image_uri,
-        **env_overrides(None, waits, whole_numbers=tuple(waits)),  # type: ignore[arg-type]
-    )
-    return EndpointDeployer(aws_clients(settings), spec)
+    return EndpointDeployer(aws_clients(settings), EndpointSpec.from_settings(settings))
 
 
 def deploy(chosen: dict[str, Any], by: str) -> dict[str, Any]:

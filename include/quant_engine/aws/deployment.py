@@ -30,6 +30,7 @@ import io
 import logging
 import re
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +40,7 @@ from botocore.exceptions import ClientError
 from quant_engine.aws.images import framework_image_uri
 from quant_engine.aws.processing import find_job, split_s3_uri
 from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, env_overrides
 from quant_engine.training.deployment import Deployment, DeploymentHistory
 from quant_engine.training.registry import ModelRegistry
 
@@ -107,6 +109,23 @@ class EndpointSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a whole number of seconds >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> EndpointSpec:
+        """The endpoint the settings name, its wait from ``QE_ENDPOINT_POLL_INTERVAL_S`` and
+        ``QE_ENDPOINT_WAIT_TIMEOUT_S`` in ``env`` (default: ``os.environ``)."""
+        if not settings.sagemaker_role_arn:
+            raise ValueError(
+                "deploying to SageMaker needs QE_SAGEMAKER_ROLE_ARN, the role the endpoint reads the model with"
+            )
+        waits = {"poll_interval_s": "QE_ENDPOINT_POLL_INTERVAL_S", "wait_timeout_s": "QE_ENDPOINT_WAIT_TIMEOUT_S"}
+        return cls(
+            settings.sagemaker_endpoint,
+            settings.sagemaker_role_arn,
+            instance_type=settings.endpoint_instance_type,
+            image_uri=settings.endpoint_image_uri,
+            **env_overrides(env, waits, whole_numbers=tuple(waits)),  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from quant_engine.aws.deployment import (
     record_endpoint_deployment,
 )
 from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, SettingsError
 from quant_engine.storage.filesystem import LocalFileSystem
 from quant_engine.training.deployment import (
     DEPLOYED,
@@ -268,7 +269,7 @@ def test_an_update_is_planned_blue_green_waited_for_when_under_way_and_a_kept_ol
         stub.assert_no_pending_responses()
 
 
-def test_names_and_specs_are_checked():
+def test_names_and_specs_are_checked(tmp_path):
     assert deployment_name("m" * 80, "v0001", "f" * 64).endswith("-v0001-ffffffff")
     assert len(deployment_name("m" * 80, "v0001", "f" * 64)) == 63
     with pytest.raises(ValueError, match="QE_SAGEMAKER_ENDPOINT"):
@@ -277,6 +278,20 @@ def test_names_and_specs_are_checked():
         EndpointSpec("quant-engine", "not-an-arn")
     with pytest.raises(ValueError, match="poll_interval_s=0 must be a whole number"):
         EndpointSpec("quant-engine", ROLE, poll_interval_s=0)
+    settings = Settings(
+        home=tmp_path, sagemaker_role_arn=ROLE, sagemaker_endpoint="qe-live", endpoint_image_uri="xgb:1"
+    )
+    spec = EndpointSpec.from_settings(settings, {"QE_ENDPOINT_POLL_INTERVAL_S": "5"})
+    assert (spec.endpoint_name, spec.image_uri, spec.poll_interval_s, spec.wait_timeout_s) == (
+        "qe-live",
+        "xgb:1",
+        5,
+        3600,
+    )
+    with pytest.raises(SettingsError, match="QE_ENDPOINT_WAIT_TIMEOUT_S='1h' is not a whole number"):
+        EndpointSpec.from_settings(settings, {"QE_ENDPOINT_WAIT_TIMEOUT_S": "1h"})
+    with pytest.raises(ValueError, match="needs QE_SAGEMAKER_ROLE_ARN"):
+        EndpointSpec.from_settings(Settings(home=tmp_path))
 
 
 def test_the_bridge_serves_the_deployed_version_and_returns_to_the_previous_one_on_rollback(registry, tmp_path):
