@@ -79,6 +79,7 @@ class _EndpointStep(SageMakerEndpointOperator):
                         job_name=plan.endpoint_name,
                         job_type="endpoint",
                         waiter_delay=self.check_interval,
+                        waiter_max_attempts=self._attempts(),
                         aws_conn_id=self.aws_conn_id,
                         region_name=self.region_name,
                         verify=self.verify,
@@ -90,12 +91,15 @@ class _EndpointStep(SageMakerEndpointOperator):
             else:
                 self.hook.get_waiter("endpoint_in_service").wait(
                     EndpointName=plan.endpoint_name,
-                    WaiterConfig={"Delay": self.check_interval, "MaxAttempts": self.max_ingestion_time},
+                    WaiterConfig={"Delay": self.check_interval, "MaxAttempts": self._attempts()},
                 )
         except WaiterError:
             self._confirm(deployer, plan.config_name)  # says why (SageMaker's FailureReason)
             raise
         return self.served(context, deployer, **resume)
+
+    def _attempts(self) -> int:
+        return max(1, self.max_ingestion_time // self.check_interval)
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Back from the trigger: the provider checks the event (a failure raises), then ``served``."""

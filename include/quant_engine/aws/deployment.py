@@ -237,8 +237,8 @@ class EndpointDeployer:
         While an update runs, SageMaker still names the old configuration ``EndpointConfigName`` and
         the new one in ``PendingDeploymentSummary``; an update to ``config_name`` under way is waited for.
         """
-        request = {**(resources or {}), "Endpoint": {"EndpointName": self.spec.endpoint_name}}
-        request["Endpoint"]["EndpointConfigName"] = config_name
+        endpoint = {"EndpointName": self.spec.endpoint_name, "EndpointConfigName": config_name}
+        request = {**(resources or {}), "Endpoint": endpoint}
         described = self.describe()
         if described is None:
             return EndpointPlan(self.spec.endpoint_name, config_name, "create", request, None)
