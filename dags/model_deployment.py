@@ -8,9 +8,10 @@ is skipped. ``approve`` is Airflow's human-in-the-loop ``ApprovalOperator``: the
 
 - local backend: the registry's live deployment moves to the version, and the bridge's local
   model serves it (until then it serves the champion, as before the first deployment);
-- aws backend: the version is also put on the SageMaker endpoint ``QE_SAGEMAKER_ENDPOINT``: a
-  Model and an EndpointConfig named after the version, the endpoint created, or updated
-  blue/green, and awaited ``InService``.
+- aws backend: the version is also put on the SageMaker endpoint ``QE_SAGEMAKER_ENDPOINT`` through
+  the Amazon provider's ``SageMakerEndpointOperator`` (``plugins/qe_endpoint.py``): a Model and an
+  EndpointConfig named after the version, the endpoint created, or updated blue/green, and awaited
+  ``InService`` (deferred to the triggerer when deferrable).
 
 ``health_check`` scores the newest stored feature rows with the version (on aws: asks the endpoint
 for them and compares its answers with the version's own); when unhealthy, ``roll_back`` serves
@@ -24,6 +25,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 from qe_airflow import CHAMPION_ASSET, notify_on_failure
+from qe_endpoint import QeDeployOperator, QeRollbackOperator
 
 
 @dag(
@@ -65,18 +67,6 @@ def model_deployment():
     )
 
     @task
-    def deploy(chosen: dict, approval: dict) -> dict:
-        from qe_airflow import fail_fast_on_bad_input
-        from qe_deploy import approver, deploy
-
-        with fail_fast_on_bad_input():
-            deployed = deploy(chosen, approver(approval))
-        print(
-            f"{deployed['model_name']} {deployed['version']} live on {deployed['target']} (was {deployed['previous']})"
-        )
-        return deployed
-
-    @task
     def health_check(deployed: dict) -> dict:
         from qe_deploy import health_check
 
@@ -90,20 +80,9 @@ def model_deployment():
         print(f"healthy={healthy}: {detail}")
         return {"healthy": healthy, "detail": detail}
 
-    @task
-    def roll_back(deployed: dict, verdict: dict) -> None:
-        from airflow.sdk.exceptions import AirflowFailException
-        from qe_deploy import roll_back
-
-        if verdict["healthy"]:
-            print("healthy: nothing to roll back")
-            return
-        print(roll_back(deployed, f"health check failed: {verdict['detail']}"))
-        raise AirflowFailException(f"deployment rolled back: {verdict['detail']}")
-
     chosen >> approve
-    deployed = deploy(chosen, approve.output)
-    roll_back(deployed, health_check(deployed))
+    deployed = QeDeployOperator(task_id="deploy", chosen=chosen, approval=approve.output).output
+    QeRollbackOperator(task_id="roll_back", deployed=deployed, verdict=health_check(deployed))
 
 
 model_deployment_dag = model_deployment()

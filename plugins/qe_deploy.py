@@ -2,10 +2,11 @@
 the AWS layer's endpoint deployer.
 
 On the local backend a deployment moves the registry's live deployment, which the bridge's local
-model serves (:func:`quant_engine.training.deployment.served_version`); on the aws backend it also
-puts the version on the SageMaker endpoint ``QE_SAGEMAKER_ENDPOINT``. The health check scores the
-newest stored feature rows with the deployed version (and, on aws, asks the endpoint for the same
-rows); a failed check is rolled back to what served before.
+model serves (:func:`quant_engine.training.deployment.served_version`); on the aws backend
+``plugins/qe_endpoint.py``'s operators also put the version on the SageMaker endpoint
+``QE_SAGEMAKER_ENDPOINT`` (and take it off again). The health check scores the newest stored
+feature rows with the deployed version (and, on aws, asks the endpoint for the same rows); a failed
+check is rolled back to what served before.
 """
 
 from __future__ import annotations
@@ -48,43 +49,26 @@ def approver(approval: dict[str, Any] | None) -> str:
     return str(user.get("name") or user.get("id") or "unknown")
 
 
-def _deployer(settings: Settings) -> EndpointDeployer:
+def endpoint_deployer(settings: Settings) -> EndpointDeployer:
+    """The endpoint ``QE_SAGEMAKER_ENDPOINT`` through the connection."""
     from qe_aws import aws_clients
 
     from quant_engine.aws.deployment import EndpointDeployer, EndpointSpec
 
-    if not settings.sagemaker_role_arn:
-        raise ValueError(
-            "deploying to SageMaker needs QE_SAGEMAKER_ROLE_ARN, the role the endpoint reads the model with"
-        )
-    spec = EndpointSpec(
-        settings.sagemaker_endpoint,
-        settings.sagemaker_role_arn,
-        instance_type=settings.endpoint_instance_type,
-        image_uri=settings.endpoint_image_uri,
-    )
-    return EndpointDeployer(aws_clients(settings), spec)
+    return EndpointDeployer(aws_clients(settings), EndpointSpec.from_settings(settings))
 
 
 def deploy(chosen: dict[str, Any], by: str) -> dict[str, Any]:
-    """Put the approved version live: the registry's live deployment, and the endpoint on aws."""
+    """Local backend: the registry's live deployment moves to the approved version, which the
+    bridge's local model serves (on aws, ``qe_endpoint.QeDeployOperator`` puts it on the endpoint)."""
     from qe_aws import model_registry
 
-    from quant_engine.config import get_settings
     from quant_engine.training.deployment import DeploymentHistory
 
-    settings = get_settings()
     registry = model_registry(chosen["model_name"])
-    reason = f"approved by {by}"
-    if settings.backend == "aws":
-        from quant_engine.aws.deployment import deploy_to_endpoint
-
-        archive = settings.s3_uri("deployments", registry.name, chosen["version"], "model.tar.gz")
-        entry = deploy_to_endpoint(
-            _deployer(settings), registry, chosen["version"], archive_uri=archive, by=by, reason=reason
-        )
-    else:
-        entry = DeploymentHistory(registry).record_deployed(chosen["version"], target="local", by=by, reason=reason)
+    entry = DeploymentHistory(registry).record_deployed(
+        chosen["version"], target="local", by=by, reason=f"approved by {by}"
+    )
     return entry.to_json() | {"model_name": registry.name}
 
 
@@ -104,19 +88,17 @@ def health_check(deployed: dict[str, Any]) -> str:
     expected = score_version(registry, deployed["version"], rows)
     if not deployed["target"].startswith("endpoint:"):
         return f"{registry.name} {deployed['version']} loads and scores {len(rows)} stored rows"
-    return _deployer(settings).check(deployed["endpoint_config"], rows, expected)
+    return endpoint_deployer(settings).check(deployed["endpoint_config"], rows, expected)
 
 
 def roll_back(deployed: dict[str, Any], reason: str) -> str:
-    """Serve what served before ``deployed`` again (the endpoint's previous configuration on aws) and
-    record the rollback; a rollback already done changes nothing."""
+    """Record the rollback of ``deployed`` (on aws, once the endpoint serves its previous configuration
+    again or, after a first deployment, is deleted: ``qe_endpoint.QeRollbackOperator``); a rollback
+    recorded already changes nothing."""
     from qe_aws import model_registry
 
-    from quant_engine.config import get_settings
     from quant_engine.training.deployment import DeploymentHistory
 
     registry = model_registry(deployed["model_name"])
-    if deployed["target"].startswith("endpoint:"):
-        _deployer(get_settings()).rollback(deployed["previous_endpoint_config"])
     DeploymentHistory(registry).record_rollback(deployed["version"], by="model_deployment", reason=reason)
     return f"rolled {registry.name} {deployed['version']} back; serving {deployed['previous'] or 'nothing'} again"

@@ -2,32 +2,34 @@
 
 The DAG's AWS access comes only from the ``aws_default`` connection (as in test_aws_connection).
 The approval is answered while the run waits in ``awaiting_input``, by ``hitl_answer.py`` doing what
-Airflow's HITL REST API does. moto runs no serving container: its InvokeEndpoint answers what the
-test queues on the server (``/moto-api/static/sagemaker/endpoint-results``): first another model's
-probabilities (a broken deployment: the health check fails and the new endpoint is rolled back),
-then the version's own (the deployment stands). moto has no UpdateEndpoint, so both runs are first
-deployments; the blue/green update is tested call by call in tests/unit/aws/test_deployment.py.
+Airflow's HITL REST API does. ``endpoint_player.py`` makes the server play SageMaker's endpoints
+(``UpdateEndpoint``, the Creating / Updating states, an endpoint answering with the model in its
+archive), so the runs go through the provider's ``SageMakerEndpointOperator`` as on AWS: a first
+version creates the endpoint (deferred to ``SageMakerTrigger``, run in line by ``dags test``), a
+second one updates it blue/green (the worker polling), and a third, whose container answers wrong
+numbers, is rolled back to the second's configuration by a task that finds its Model,
+EndpointConfig and update left by an earlier try.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 import xgboost as xgb
+from endpoint_player import EndpointPlayer
 from moto_aws import AWS_KEYS as KEYS
 from moto_aws import AWS_REGION as REGION
 
+from quant_engine.aws.deployment import EndpointDeployer, EndpointSpec, deployment_name
 from quant_engine.backends import make_aws_clients, make_group_stores, make_model_registry, make_offline_store
 from quant_engine.features.ingest import IngestionRequest, ingest
-from quant_engine.training.deployment import ROLLED_BACK, DeploymentHistory, health_sample, score_version
+from quant_engine.training.deployment import ROLLED_BACK, DeploymentHistory
 
 pytestmark = pytest.mark.airflow
 
@@ -35,26 +37,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_BIN = str(Path(sys.executable).with_name("airflow"))
 ROLE = "arn:aws:iam::123456789012:role/quant-engine-sagemaker-execution"
 TICKERS = ["SYN00", "SYN01"]
+INLINE_TRIGGER = "[DAG TEST] running trigger in line"  # dags test running a deferred task's trigger
 
 
-def _queue_answer(server: str, probs: np.ndarray) -> None:
-    body = {
-        "region": REGION,
-        "results": [{"Body": "\n".join(f"{p:.17g}" for p in probs), "ContentType": "text/csv"}],
-    }
-    request = urllib.request.Request(
-        f"{server}/moto-api/static/sagemaker/endpoint-results",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(request, timeout=10).close()
-
-
-def _deploy_with_approval(airflow_home: Path, qe_home: Path, approver: str) -> tuple[bool, str]:
+def _deploy_with_approval(
+    airflow_home: Path, qe_home: Path, approver: str, *, deferrable: bool = False
+) -> tuple[bool, str]:
     """``airflow dags test model_deployment`` with its approval answered from outside; (succeeded, log)."""
     env = {
         **os.environ,
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": str(deferrable),
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
@@ -86,7 +78,20 @@ def _deploy_with_approval(airflow_home: Path, qe_home: Path, approver: str) -> t
     return run.returncode == 0 and "state=success" in output, output
 
 
-def test_an_approved_version_is_deployed_and_a_broken_endpoint_rolled_back(
+def _register(registry, features: list[str], rows: np.ndarray, seed: int, folder: Path) -> str:
+    """A version trained on its own label (column ``seed`` above its median), so versions predict apart."""
+    labels = (rows[:, seed] > np.median(rows[:, seed])).astype(int)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "seed": seed},
+        xgb.DMatrix(rows, label=labels, feature_names=features),
+        4,
+    )
+    booster.save_model(folder / f"model-{seed}.json")
+    metadata = {"features": features, "data_start": "2024-01-02T00:00Z", "data_end": "2024-03-28T00:00Z"}
+    return registry.register(folder / f"model-{seed}.json", metadata | {"data_fingerprint": f"synthetic-{seed}"})
+
+
+def test_versions_are_created_updated_blue_green_and_an_unhealthy_update_rolled_back(
     airflow_home: Path,
     qe_home: Path,
     aws_connection,
@@ -94,53 +99,79 @@ def test_an_approved_version_is_deployed_and_a_broken_endpoint_rolled_back(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
+    player = EndpointPlayer(monkeypatch)
     monkeypatch.setenv("QE_SAGEMAKER_ROLE_ARN", ROLE)
     monkeypatch.setenv("QE_SAGEMAKER_ENDPOINT", "qe-test")
     monkeypatch.setenv("QE_ENDPOINT_IMAGE_URI", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/qe-serving:1")
+    monkeypatch.setenv("QE_ENDPOINT_POLL_INTERVAL_S", "1")
     aws = make_aws_clients(
         aws_connection, session=boto3.session.Session(region_name=REGION, **KEYS), endpoint_url=moto_server
     )
-    stores = make_group_stores(aws_connection, aws=aws)
-    ingest(IngestionRequest.build("synthetic", "2024-01-02", "2024-03-27", tickers=TICKERS), stores)
+    ingest(
+        IngestionRequest.build("synthetic", "2024-01-02", "2024-03-27", tickers=TICKERS),
+        make_group_stores(aws_connection, aws=aws),
+    )
     frame = make_offline_store(aws_connection, aws=aws).read()
     features = [c for c in frame.columns if c not in ("ticker", "event_time")][:4]
     rows = frame[features].dropna().to_numpy()
-    booster = xgb.train(
-        {"objective": "binary:logistic", "max_depth": 2},
-        xgb.DMatrix(rows, label=(rows[:, 0] > np.median(rows[:, 0])).astype(int), feature_names=features),
-        4,
-    )
-    booster.save_model(tmp_path / "model.json")
     registry = make_model_registry(aws_connection, aws=aws)
-    version = registry.register(
-        tmp_path / "model.json",
-        {"features": features, "data_start": "2024-01-02T00:00Z", "data_end": "2024-03-28T00:00Z"}
-        | {"data_fingerprint": "synthetic-q1"},
-    )
-    registry.promote(version, "first model")
+    v1, v2, v3 = (_register(registry, features, rows, seed, tmp_path) for seed in (1, 2, 3))
+    config = {v: deployment_name(registry.name, v, registry.get(v).model_sha256) for v in (v1, v2, v3)}
     sagemaker = aws.client("sagemaker")
 
-    # 1. the endpoint answers with another model's numbers: unhealthy, rolled back, the run fails
-    sample = health_sample(make_offline_store(aws_connection, aws=aws).read(), features)
-    _queue_answer(moto_server, 1.0 - score_version(registry, version, sample))
-    succeeded, log = _deploy_with_approval(airflow_home, qe_home, "alice")
-    assert not succeeded and "deployment rolled back: endpoint qe-test answered" in log, log[-6000:]
-    assert sagemaker.list_endpoints()["Endpoints"] == []  # a failed first deployment leaves no endpoint
-    assert [(e.version, e.outcome, e.by) for e in DeploymentHistory(registry).entries()] == [
-        (version, "deployed", "alice"),
-        (version, ROLLED_BACK, "model_deployment"),
-    ]
+    def endpoint() -> dict:
+        return sagemaker.describe_endpoint(EndpointName="qe-test")
 
-    # 2. a new session arrives; the endpoint answers as the version does: deployed, the run succeeds
-    ingest(IngestionRequest.build("synthetic", "2024-03-28", "2024-03-28", tickers=TICKERS), stores)
-    sample = health_sample(make_offline_store(aws_connection, aws=aws).read(), features)
-    _queue_answer(moto_server, score_version(registry, version, sample))
+    def history_of() -> list:
+        return DeploymentHistory(registry).entries()
+
+    # 1. the first version creates the endpoint, whose wait is deferred to SageMakerTrigger
+    registry.promote(v1, "first model")
+    succeeded, log = _deploy_with_approval(airflow_home, qe_home, "alice", deferrable=True)
+    assert succeeded, log[-6000:]
+    assert "endpoint qe-test: create" in log and log.count(INLINE_TRIGGER) == 1
+    assert (endpoint()["EndpointStatus"], endpoint()["EndpointConfigName"]) == ("InService", config[v1])
+    model = sagemaker.describe_model(ModelName=config[v1])
+    assert model["PrimaryContainer"]["ModelDataUrl"].endswith(f"/deployments/xgb_direction/{v1}/model.tar.gz")
+    assert model["PrimaryContainer"]["Image"].endswith("/qe-serving:1") and model["ExecutionRoleArn"] == ROLE
+    assert "rows answered as expected" in log  # the endpoint scored the sample with v1's own booster
+
+    # 2. the second version: blue/green, UpdateEndpoint, the worker polling until InService
+    registry.promote(v2, "better")
     succeeded, log = _deploy_with_approval(airflow_home, qe_home, "bob")
     assert succeeded, log[-6000:]
+    assert "endpoint qe-test: update" in log and log.count(INLINE_TRIGGER) == 0
+    assert (endpoint()["EndpointStatus"], endpoint()["EndpointConfigName"]) == ("InService", config[v2])
     live = DeploymentHistory(registry).live()
-    assert (live.version, live.by, live.target) == (version, "bob", "endpoint:qe-test")
-    endpoint = sagemaker.describe_endpoint(EndpointName="qe-test")
-    assert endpoint["EndpointStatus"] == "InService" and endpoint["EndpointConfigName"] == live.endpoint_config
-    model = sagemaker.describe_model(ModelName=live.endpoint_config)
-    assert model["PrimaryContainer"]["ModelDataUrl"].endswith(f"/deployments/xgb_direction/{version}/model.tar.gz")
-    assert model["PrimaryContainer"]["Image"].endswith("/qe-serving:1") and model["ExecutionRoleArn"] == ROLE
+    assert (live.version, live.by, live.previous, live.endpoint_config, live.previous_endpoint_config) == (
+        v2,
+        "bob",
+        v1,
+        config[v2],
+        config[v1],
+    )
+
+    # 3. an earlier try of v3's deploy task created its Model and EndpointConfig and started the
+    # update before it died; v3's container answers wrong numbers: the retry only waits, the health
+    # check fails, and the endpoint is updated back to v2's configuration
+    deployer = EndpointDeployer(aws, EndpointSpec("qe-test", ROLE, image_uri="qe-serving:1"))
+    archive = aws_connection.s3_uri("deployments", registry.name, v3, "model.tar.gz")
+    deployer.stage(registry.model_bytes(v3), archive)
+    sagemaker.create_model(**deployer.model_request(config[v3], archive))
+    sagemaker.create_endpoint_config(**deployer.endpoint_config_request(config[v3], config[v3]))
+    sagemaker.update_endpoint(EndpointName="qe-test", EndpointConfigName=config[v3])
+    player.answers_wrong.add(config[v3])
+    registry.promote(v3, "looks better on paper")
+    succeeded, log = _deploy_with_approval(airflow_home, qe_home, "carol", deferrable=True)
+    assert not succeeded and "deployment rolled back: endpoint qe-test answered" in log, log[-6000:]
+    assert f"endpoint qe-test: wait {config[v3]}" in log and f"endpoint qe-test: update {config[v2]}" in log
+    assert log.count(INLINE_TRIGGER) == 2  # the deploy's wait and the rollback's, both deferred
+    assert (endpoint()["EndpointStatus"], endpoint()["EndpointConfigName"]) == ("InService", config[v2])
+    history = [(e.version, e.outcome, e.by, e.endpoint_config, e.previous_endpoint_config) for e in history_of()]
+    assert history == [
+        (v1, "deployed", "alice", config[v1], None),
+        (v2, "deployed", "bob", config[v2], config[v1]),
+        (v3, "deployed", "carol", config[v3], config[v2]),  # what served before: the update's old config
+        (v3, ROLLED_BACK, "model_deployment", config[v2], config[v3]),  # v2's config serving again
+    ]
+    assert DeploymentHistory(registry).live().version == v2

@@ -6,11 +6,17 @@ Names are derived from the model, the version and the model's digest
 (``qe-<model>-<version>-<sha8>``), so a retried task finds what its first try created instead of
 creating it twice.
 
-The first deployment creates the endpoint. Later ones are blue/green: a new EndpointConfig and
-``UpdateEndpoint``, which SageMaker carries out by starting the new fleet, shifting traffic to it
-once healthy and only then retiring the old one; the endpoint keeps answering throughout. A failed
-update leaves the old configuration serving (SageMaker rolls back by itself); a health check that
-fails after the update is rolled back here, by updating to the previous configuration again.
+This module decides and checks; it does not wait. :func:`plan_deployment` stages the archive and
+says what serving the version still takes (an :class:`EndpointPlan`: the Model and EndpointConfig
+requests not made yet, then create the endpoint, update it, or only wait for the update a first
+try started), in the request shape of the Amazon provider's ``SageMakerEndpointOperator``, which
+carries it out and waits (``plugins/qe_endpoint.py``). The first deployment creates the endpoint;
+later ones are blue/green: ``UpdateEndpoint`` with the new EndpointConfig, which SageMaker carries
+out by starting the new fleet, shifting traffic to it once healthy and only then retiring the old
+one; the endpoint keeps answering throughout. A failed update leaves the old configuration serving
+(SageMaker rolls back by itself): :meth:`EndpointDeployer.confirm` tells that apart from success.
+A health check that fails after the update is rolled back by planning the previous configuration
+again (:meth:`EndpointDeployer.plan`), or, after a first deployment, deleting the endpoint.
 
 The health check asks the endpoint for a sample of rows and compares its answers with the version's
 own predictions (computed in process from the registry's model file): an endpoint that answers, but
@@ -24,9 +30,8 @@ import io
 import logging
 import re
 import tarfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,16 +40,19 @@ from botocore.exceptions import ClientError
 from quant_engine.aws.images import framework_image_uri
 from quant_engine.aws.processing import find_job, split_s3_uri
 from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, env_overrides
 from quant_engine.training.deployment import Deployment, DeploymentHistory
 from quant_engine.training.registry import ModelRegistry
 
 __all__ = [
     "DeploymentError",
     "EndpointDeployer",
+    "EndpointPlan",
     "EndpointSpec",
-    "deploy_to_endpoint",
     "deployment_name",
     "model_archive",
+    "plan_deployment",
+    "record_endpoint_deployment",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,8 +81,9 @@ class EndpointSpec:
         The fleet of the production variant.
     image_uri : str, optional
         Serving image; default SageMaker's XGBoost framework image of the region.
-    poll_s, timeout_s : float
-        How often and how long to wait for the endpoint to be ``InService``.
+    poll_interval_s, wait_timeout_s : int
+        How often and how long to wait for the endpoint to be ``InService``
+        (``QE_ENDPOINT_POLL_INTERVAL_S``, ``QE_ENDPOINT_WAIT_TIMEOUT_S``).
     """
 
     endpoint_name: str
@@ -82,8 +91,8 @@ class EndpointSpec:
     instance_type: str = "ml.m5.large"
     instance_count: int = 1
     image_uri: str | None = None
-    poll_s: float = 30.0
-    timeout_s: float = 3600.0
+    poll_interval_s: int = 30
+    wait_timeout_s: int = 3600
 
     def __post_init__(self) -> None:
         if not isinstance(self.endpoint_name, str) or not re.fullmatch(
@@ -96,8 +105,45 @@ class EndpointSpec:
             raise ValueError(f"role_arn={self.role_arn!r} must be an IAM role ARN (QE_SAGEMAKER_ROLE_ARN)")
         if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) or self.instance_count < 1:
             raise ValueError(f"instance_count={self.instance_count!r} must be an integer >= 1")
-        if not self.poll_s >= 0 or not self.timeout_s > 0:
-            raise ValueError(f"poll_s={self.poll_s!r} must be >= 0 and timeout_s={self.timeout_s!r} > 0")
+        for name in ("poll_interval_s", "wait_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a whole number of seconds >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, env: Mapping[str, str] | None = None) -> EndpointSpec:
+        """The endpoint the settings name, its wait from ``QE_ENDPOINT_POLL_INTERVAL_S`` and
+        ``QE_ENDPOINT_WAIT_TIMEOUT_S`` in ``env`` (default: ``os.environ``)."""
+        if not settings.sagemaker_role_arn:
+            raise ValueError(
+                "deploying to SageMaker needs QE_SAGEMAKER_ROLE_ARN, the role the endpoint reads the model with"
+            )
+        waits = {"poll_interval_s": "QE_ENDPOINT_POLL_INTERVAL_S", "wait_timeout_s": "QE_ENDPOINT_WAIT_TIMEOUT_S"}
+        return cls(
+            settings.sagemaker_endpoint,
+            settings.sagemaker_role_arn,
+            instance_type=settings.endpoint_instance_type,
+            image_uri=settings.endpoint_image_uri,
+            **env_overrides(env, waits, whole_numbers=tuple(waits)),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """What serving ``config_name`` on the endpoint still takes, decided from what exists.
+
+    ``operation`` is ``create`` (no endpoint yet), ``update`` (blue/green from ``previous_config``)
+    or ``wait`` (the endpoint serves ``config_name`` already, or is being updated to it: a retried
+    task). ``request`` is ``SageMakerEndpointOperator``'s config: ``Model`` and ``EndpointConfig``
+    (CreateModel / CreateEndpointConfig requests) only when they do not exist yet, and ``Endpoint``.
+    ``previous_config`` is what served before the deployment (None: nothing).
+    """
+
+    endpoint_name: str
+    config_name: str
+    operation: str
+    request: dict[str, Any]
+    previous_config: str | None
 
 
 def deployment_name(model_name: str, version: str, sha256: str) -> str:
@@ -128,13 +174,12 @@ def model_archive(model_bytes: bytes) -> bytes:
 
 
 class EndpointDeployer:
-    """Deploy, check and roll back one endpoint through a session's ``sagemaker``, ``sagemaker-runtime``
+    """Plan, check and roll back one endpoint through a session's ``sagemaker``, ``sagemaker-runtime``
     and ``s3`` clients."""
 
-    def __init__(self, aws: AwsClients, spec: EndpointSpec, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, aws: AwsClients, spec: EndpointSpec) -> None:
         self.aws = aws
         self.spec = spec
-        self._sleep = sleep
         self.sagemaker = aws.client("sagemaker")
 
     def __repr__(self) -> str:
@@ -147,39 +192,34 @@ class EndpointDeployer:
         self.aws.client("s3").put_object(Bucket=bucket, Key=key, Body=model_archive(model_bytes))
         return archive_uri
 
-    def create_model(self, name: str, archive_uri: str) -> str:
-        """The SageMaker Model ``name`` serving ``archive_uri``; an existing one is kept (a retry)."""
+    def model_request(self, name: str, archive_uri: str) -> dict[str, Any]:
+        """The CreateModel request of Model ``name``: the serving image reading ``archive_uri``."""
         image = self.spec.image_uri or framework_image_uri(self.aws.region, instance_type=self.spec.instance_type)
-        try:
-            self.sagemaker.create_model(
-                ModelName=name,
-                ExecutionRoleArn=self.spec.role_arn,
-                PrimaryContainer={"Image": image, "ModelDataUrl": archive_uri},
-            )
-        except ClientError as exc:
-            if not _already_exists(exc):
-                raise DeploymentError(f"CreateModel {name} failed: {_message(exc)}") from None
-        return name
+        return {
+            "ModelName": name,
+            "ExecutionRoleArn": self.spec.role_arn,
+            "PrimaryContainer": {"Image": image, "ModelDataUrl": archive_uri},
+        }
 
-    def create_endpoint_config(self, name: str, model_name: str) -> str:
-        """The EndpointConfig ``name``: one variant of ``model_name`` taking all traffic; kept when it exists."""
-        try:
-            self.sagemaker.create_endpoint_config(
-                EndpointConfigName=name,
-                ProductionVariants=[
-                    {
-                        "VariantName": VARIANT,
-                        "ModelName": model_name,
-                        "InitialInstanceCount": self.spec.instance_count,
-                        "InstanceType": self.spec.instance_type,
-                        "InitialVariantWeight": 1.0,
-                    }
-                ],
-            )
-        except ClientError as exc:
-            if not _already_exists(exc):
-                raise DeploymentError(f"CreateEndpointConfig {name} failed: {_message(exc)}") from None
-        return name
+    def endpoint_config_request(self, name: str, model_name: str) -> dict[str, Any]:
+        """The CreateEndpointConfig request of ``name``: one variant of ``model_name`` taking all traffic."""
+        variant = {
+            "VariantName": VARIANT,
+            "ModelName": model_name,
+            "InitialInstanceCount": self.spec.instance_count,
+            "InstanceType": self.spec.instance_type,
+            "InitialVariantWeight": 1.0,
+        }
+        return {"EndpointConfigName": name, "ProductionVariants": [variant]}
+
+    def resource_requests(self, name: str, archive_uri: str) -> dict[str, Any]:
+        """The Model and EndpointConfig ``name`` requests still to make: those that exist are kept (a retry)."""
+        requests: dict[str, Any] = {}
+        if find_job(lambda: self.sagemaker.describe_model(ModelName=name)) is None:
+            requests["Model"] = self.model_request(name, archive_uri)
+        if find_job(lambda: self.sagemaker.describe_endpoint_config(EndpointConfigName=name)) is None:
+            requests["EndpointConfig"] = self.endpoint_config_request(name, name)
+        return requests
 
     # -- the endpoint -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any] | None:
@@ -191,73 +231,49 @@ class EndpointDeployer:
         described = self.describe()
         return None if described is None else described["EndpointConfigName"]
 
-    def switch(self, config_name: str) -> str | None:
-        """Serve ``config_name``: create the endpoint, or update it blue/green; wait until ``InService``.
+    def plan(self, config_name: str, resources: dict[str, Any] | None = None) -> EndpointPlan:
+        """What serving ``config_name`` takes from the endpoint's state: create, update or only wait.
 
-        Returns the configuration served before (None for a new endpoint). Switching to the
-        configuration already served only waits for it.
+        While an update runs, SageMaker still names the old configuration ``EndpointConfigName`` and
+        the new one in ``PendingDeploymentSummary``; an update to ``config_name`` under way is waited for.
         """
+        endpoint = {"EndpointName": self.spec.endpoint_name, "EndpointConfigName": config_name}
+        request = {**(resources or {}), "Endpoint": endpoint}
         described = self.describe()
-        previous = None if described is None else described["EndpointConfigName"]
         if described is None:
-            self.sagemaker.create_endpoint(EndpointName=self.spec.endpoint_name, EndpointConfigName=config_name)
-            log.info("creating endpoint %s with %s", self.spec.endpoint_name, config_name)
-        elif previous != config_name:
-            if described["EndpointStatus"] not in ("InService", "Failed"):
-                self.wait_in_service()  # SageMaker takes no update while one is in progress
-            self.sagemaker.update_endpoint(EndpointName=self.spec.endpoint_name, EndpointConfigName=config_name)
-            log.info("updating endpoint %s: %s -> %s (blue/green)", self.spec.endpoint_name, previous, config_name)
-        self.wait_in_service(config_name)
-        return previous
+            return EndpointPlan(self.spec.endpoint_name, config_name, "create", request, None)
+        serving = described["EndpointConfigName"]
+        pending = (described.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+        operation = "wait" if config_name in (serving, pending) else "update"
+        return EndpointPlan(self.spec.endpoint_name, config_name, operation, request, serving)
 
-    def wait_in_service(self, config_name: str | None = None) -> dict[str, Any]:
-        """Poll until the endpoint is ``InService`` (serving ``config_name`` when given).
+    def confirm(self, config_name: str) -> dict[str, Any]:
+        """The endpoint's description once a create or update is over; :class:`DeploymentError` unless
+        it is ``InService`` serving ``config_name`` (a failed update leaves the old one serving)."""
+        described = self.describe()
+        if described is None:
+            raise DeploymentError(f"endpoint {self.spec.endpoint_name} does not exist")
+        status, reason = described["EndpointStatus"], described.get("FailureReason", "no reason given")
+        if status != "InService":
+            raise DeploymentError(f"endpoint {self.spec.endpoint_name} is {status}, not InService: {reason}")
+        if described["EndpointConfigName"] != config_name:
+            raise DeploymentError(
+                f"endpoint {self.spec.endpoint_name} serves {described['EndpointConfigName']}, not {config_name}: "
+                f"the update failed and SageMaker kept the old configuration ({reason})"
+            )
+        return described
 
-        Raises
-        ------
-        DeploymentError
-            The endpoint is ``Failed``, serves another configuration once the update is over (SageMaker
-            rolled the update back), or is not in service within ``timeout_s``.
-        """
-        waited = 0.0
-        while True:
-            described = self.describe()
-            if described is None:
-                raise DeploymentError(f"endpoint {self.spec.endpoint_name} does not exist")
-            status = described["EndpointStatus"]
-            if status == "Failed":
-                raise DeploymentError(
-                    f"endpoint {self.spec.endpoint_name} failed: {described.get('FailureReason', 'no reason given')}"
-                )
-            if status == "InService":
-                if config_name is not None and described["EndpointConfigName"] != config_name:
-                    raise DeploymentError(
-                        f"endpoint {self.spec.endpoint_name} serves {described['EndpointConfigName']}, not "
-                        f"{config_name}: the update failed and SageMaker kept the old configuration "
-                        f"({described.get('FailureReason', 'no reason given')})"
-                    )
-                return described
-            if waited >= self.spec.timeout_s:
-                raise DeploymentError(
-                    f"endpoint {self.spec.endpoint_name} is still {status} after {self.spec.timeout_s:g} s"
-                )
-            self._sleep(self.spec.poll_s)
-            waited += self.spec.poll_s
-
-    def rollback(self, previous_config: str | None) -> None:
-        """Serve ``previous_config`` again; with None (a failed first deployment) delete the endpoint."""
-        if previous_config is None:
-            if self.describe() is not None:
-                self.sagemaker.delete_endpoint(EndpointName=self.spec.endpoint_name)
-                log.info("deleted endpoint %s: its first deployment failed", self.spec.endpoint_name)
-            return
-        self.switch(previous_config)
+    def delete(self) -> None:
+        """Delete the endpoint (a failed first deployment's rollback); a deleted one stays deleted."""
+        if self.describe() is not None:
+            self.sagemaker.delete_endpoint(EndpointName=self.spec.endpoint_name)
+            log.info("deleted endpoint %s: its first deployment failed", self.spec.endpoint_name)
 
     # -- the health check ---------------------------------------------------------------------
     def check(self, config_name: str, rows: np.ndarray, expected: np.ndarray, *, atol: float = 1e-5) -> str:
         """Raise :class:`DeploymentError` unless the endpoint serves ``config_name`` in service with its
         variant up, and answers ``rows`` with ``expected`` (the version's own probabilities) within ``atol``."""
-        described = self.wait_in_service(config_name)
+        described = self.confirm(config_name)
         variants = {v["VariantName"]: v for v in described.get("ProductionVariants", [])}
         variant = variants.get(VARIANT)
         if variant is None or variant.get("CurrentInstanceCount", self.spec.instance_count) < 1:
@@ -289,41 +305,55 @@ class EndpointDeployer:
         return f"endpoint {self.spec.endpoint_name} serves {config_name}: {len(expected)} rows answered as expected"
 
 
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _message(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Message", exc))
 
 
-def _already_exists(exc: ClientError) -> bool:
-    message = _message(exc).lower()
-    return _error_code(exc) in ("ValidationException", "ResourceInUse") and (
-        "already exist" in message or "cannot create already existing" in message
-    )
+def plan_deployment(
+    deployer: EndpointDeployer, registry: ModelRegistry, version: object, *, archive_uri: str
+) -> EndpointPlan:
+    """Stage ``version``'s model archive and plan its Model, EndpointConfig and endpoint step.
 
-
-def deploy_to_endpoint(
-    deployer: EndpointDeployer, registry: ModelRegistry, version: object, *, archive_uri: str, by: str, reason: str
-) -> Deployment:
-    """Stage ``version``'s model, create its Model and EndpointConfig, switch the endpoint to it
-    (create, or blue/green update) and record the deployment in the registry's history."""
+    When the endpoint serves the version's configuration already (a retried task whose first try
+    switched it), what served before comes from the deployment history.
+    """
     record = registry.get(version)
     name = deployment_name(registry.name, record.version, record.model_sha256)
     deployer.stage(registry.model_bytes(record.version), archive_uri)
-    deployer.create_endpoint_config(name, deployer.create_model(name, archive_uri))
-    live = DeploymentHistory(registry).live()
-    previous = deployer.switch(name)
-    if previous == name:  # a retried task: the endpoint switched already; the history says from what
-        if live is not None and live.version == record.version:
-            return live
-        previous = None if live is None else live.endpoint_config
-    return DeploymentHistory(registry).record_deployed(
+    plan = deployer.plan(name, deployer.resource_requests(name, archive_uri))
+    if plan.previous_config == name:
+        live = DeploymentHistory(registry).live()
+        if live is None:
+            plan = replace(plan, previous_config=None)
+        else:  # the first try recorded the deployment too, or not yet
+            before = live.previous_endpoint_config if live.endpoint_config == name else live.endpoint_config
+            plan = replace(plan, previous_config=before)
+    return plan
+
+
+def record_endpoint_deployment(
+    deployer: EndpointDeployer,
+    registry: ModelRegistry,
+    version: object,
+    *,
+    previous_config: str | None,
+    by: str,
+    reason: str,
+) -> Deployment:
+    """Once the endpoint's create or update is over: confirm it serves ``version`` and record the
+    deployment in the registry's history (a deployment recorded already is returned as it is)."""
+    record = registry.get(version)
+    name = deployment_name(registry.name, record.version, record.model_sha256)
+    deployer.confirm(name)
+    history = DeploymentHistory(registry)
+    live = history.live()
+    if live is not None and live.version == record.version and live.endpoint_config == name:
+        return live
+    return history.record_deployed(
         record.version,
         target=f"endpoint:{deployer.spec.endpoint_name}",
         by=by,
         reason=reason,
         endpoint_config=name,
-        previous_endpoint_config=previous,
+        previous_endpoint_config=previous_config,
     )

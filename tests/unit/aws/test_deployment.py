@@ -2,8 +2,10 @@
 
 moto 5.2.5 implements CreateModel, CreateEndpointConfig, CreateEndpoint, DescribeEndpoint,
 DeleteEndpoint and InvokeEndpoint (answering what its ``results_queue`` holds, since it runs no
-container), but not ``UpdateEndpoint``: first deployments and their rollback run against moto, the
-blue/green update and its rollback are checked call by call with botocore's Stubber.
+container), but not ``UpdateEndpoint``: a first deployment's plan, record, check and deletion run
+against moto here; what a plan and a confirmation read from an update's DescribeEndpoint answers is
+checked with botocore's Stubber. The whole DAG, updates included, runs against a moto server that
+plays SageMaker's endpoints in tests/integration/test_model_deployment_dag.py.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from quant_engine.aws.deployment import (
     ARCHIVE_MEMBER,
     DeploymentError,
     EndpointDeployer,
+    EndpointPlan,
     EndpointSpec,
-    deploy_to_endpoint,
     deployment_name,
     model_archive,
+    plan_deployment,
+    record_endpoint_deployment,
 )
 from quant_engine.aws.session import AwsClients
+from quant_engine.config import Settings, SettingsError
 from quant_engine.storage.filesystem import LocalFileSystem
 from quant_engine.training.deployment import (
     DEPLOYED,
@@ -152,38 +157,55 @@ def aws():
 
 
 def _deployer(aws: AwsClients) -> EndpointDeployer:
-    return EndpointDeployer(aws, EndpointSpec("quant-engine", ROLE, image_uri="xgb:1", poll_s=0, timeout_s=1))
+    return EndpointDeployer(aws, EndpointSpec("quant-engine", ROLE, image_uri="xgb:1"))
 
 
-def test_first_deployment_creates_model_config_and_endpoint_and_passes_its_health_check(aws, registry, tmp_path):
+def _carry_out(aws: AwsClients, plan: EndpointPlan) -> None:
+    """What ``SageMakerEndpointOperator`` does with a plan's request (tested under Airflow in
+    tests/integration/test_model_deployment_dag.py)."""
+    sagemaker = aws.client("sagemaker")
+    if "Model" in plan.request:
+        sagemaker.create_model(**plan.request["Model"])
+    if "EndpointConfig" in plan.request:
+        sagemaker.create_endpoint_config(**plan.request["EndpointConfig"])
+    assert plan.operation == "create"  # moto 5.2.5 has no UpdateEndpoint
+    sagemaker.create_endpoint(**plan.request["Endpoint"])
+
+
+def test_a_first_deployment_plans_model_config_and_endpoint_and_a_retry_repeats_none(aws, registry, tmp_path):
     v1 = _register(registry, 1, tmp_path)
     deployer = _deployer(aws)
     archive = f"s3://{BUCKET}/quant-engine/deployments/xgb_direction/{v1}/model.tar.gz"
-    entry = deploy_to_endpoint(deployer, registry, v1, archive_uri=archive, by="alice", reason="approved by alice")
+    plan = plan_deployment(deployer, registry, v1, archive_uri=archive)
 
     name = deployment_name("xgb_direction", v1, registry.get(v1).model_sha256)
-    assert (entry.endpoint_config, entry.previous_endpoint_config, entry.target) == (
-        name,
-        None,
-        "endpoint:quant-engine",
-    )
-    sagemaker = aws.client("sagemaker")
-    model = sagemaker.describe_model(ModelName=name)
-    assert model["PrimaryContainer"]["ModelDataUrl"] == archive and model["ExecutionRoleArn"] == ROLE
-    assert sagemaker.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"][0]["ModelName"] == name
-    assert deployer.live_config() == name
+    assert (plan.operation, plan.config_name, plan.previous_config) == ("create", name, None)
+    assert plan.request["Model"]["PrimaryContainer"] == {"Image": "xgb:1", "ModelDataUrl": archive}
+    assert plan.request["EndpointConfig"]["ProductionVariants"][0]["ModelName"] == name
+    assert plan.request["Endpoint"] == {"EndpointName": "quant-engine", "EndpointConfigName": name}
     staged = aws.client("s3").get_object(Bucket=BUCKET, Key=archive.split(f"{BUCKET}/")[1])["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(staged)) as tar:
         assert tar.getnames() == [ARCHIVE_MEMBER]
         assert tar.extractfile(ARCHIVE_MEMBER).read() == registry.model_bytes(v1)
     assert staged == model_archive(registry.model_bytes(v1))  # the same bytes on a retry
 
+    _carry_out(aws, plan)
+    entry = record_endpoint_deployment(deployer, registry, v1, previous_config=None, by="alice", reason="approved")
+    assert (entry.endpoint_config, entry.previous_endpoint_config, entry.target) == (
+        name,
+        None,
+        "endpoint:quant-engine",
+    )
+    assert deployer.live_config() == name
     expected = score_version(registry, v1, ROWS)
     _answer(_csv(expected))
     assert "32 rows answered as expected" in deployer.check(name, ROWS, expected)
-    # a retried deploy task finds everything in place and records nothing new
-    again = deploy_to_endpoint(deployer, registry, v1, archive_uri=archive, by="alice", reason="approved by alice")
-    assert again == entry and len(DeploymentHistory(registry).entries()) == 1
+
+    # a retried deploy task finds everything in place: it creates nothing, only waits, records nothing new
+    again = plan_deployment(deployer, registry, v1, archive_uri=archive)
+    assert (again.operation, again.previous_config, sorted(again.request)) == ("wait", None, ["Endpoint"])
+    assert record_endpoint_deployment(deployer, registry, v1, previous_config=None, by="alice", reason="x") == entry
+    assert len(DeploymentHistory(registry).entries()) == 1
 
 
 def test_an_endpoint_answering_for_another_model_fails_the_check_and_a_first_deployment_is_deleted(
@@ -191,86 +213,85 @@ def test_an_endpoint_answering_for_another_model_fails_the_check_and_a_first_dep
 ):
     v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
     deployer = _deployer(aws)
-    entry = deploy_to_endpoint(
-        deployer, registry, v2, archive_uri=f"s3://{BUCKET}/m/{v2}.tar.gz", by="alice", reason="approved"
-    )
+    plan = plan_deployment(deployer, registry, v2, archive_uri=f"s3://{BUCKET}/m/{v2}.tar.gz")
+    _carry_out(aws, plan)
     _answer(_csv(score_version(registry, v1, ROWS)))  # the container serves another model's answers
     with pytest.raises(DeploymentError, match="the deployed version predicts"):
-        deployer.check(entry.endpoint_config, ROWS, score_version(registry, v2, ROWS))
+        deployer.check(plan.config_name, ROWS, score_version(registry, v2, ROWS))
     _answer("<html>502 Bad Gateway</html>")
     with pytest.raises(DeploymentError, match="not probabilities"):
-        deployer.check(entry.endpoint_config, ROWS[:1], score_version(registry, v2, ROWS[:1]))
+        deployer.check(plan.config_name, ROWS[:1], score_version(registry, v2, ROWS[:1]))
+    with pytest.raises(DeploymentError, match=f"serves {plan.config_name}, not qe-other"):
+        deployer.confirm("qe-other")
 
-    deployer.rollback(entry.previous_endpoint_config)
+    deployer.delete()
     assert deployer.describe() is None  # nothing served before: the failed endpoint is gone
-    deployer.rollback(None)  # a retried rollback changes nothing
+    deployer.delete()  # a retried rollback changes nothing
+    with pytest.raises(DeploymentError, match="does not exist"):
+        deployer.confirm(plan.config_name)
 
 
-def test_an_update_is_blue_green_and_a_rollback_returns_to_the_previous_config(registry, tmp_path):
-    """UpdateEndpoint is not in moto 5.2.5: the calls are checked one by one, SageMaker's answers queued."""
-    v1, v2 = _register(registry, 1, tmp_path), _register(registry, 2, tmp_path)
+def test_an_update_is_planned_blue_green_waited_for_when_under_way_and_a_kept_old_config_is_a_failure():
+    """What the plan and the confirmation read from DescribeEndpoint, SageMaker's answers queued
+    (the whole update runs against moto in tests/integration/test_model_deployment_dag.py)."""
     aws = AwsClients(boto3.Session(region_name=REGION))
     deployer, sagemaker = _deployer(aws), aws.client("sagemaker")
-    old = deployment_name("xgb_direction", v1, registry.get(v1).model_sha256)
-    new = deployment_name("xgb_direction", v2, registry.get(v2).model_sha256)
-    DeploymentHistory(registry).record_deployed(
-        v1, target="endpoint:quant-engine", by="alice", reason="first", endpoint_config=old
-    )
 
-    def endpoint(config: str, status: str = "InService") -> dict:
+    def endpoint(config: str, status: str = "InService", **more) -> dict:
         return {
             "EndpointName": "quant-engine",
-            "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/quant-engine",
+            "EndpointArn": ARN,
             "EndpointConfigName": config,
             "EndpointStatus": status,
             "CreationTime": pd.Timestamp("2026-01-01").to_pydatetime(),
             "LastModifiedTime": pd.Timestamp("2026-01-01").to_pydatetime(),
-            "ProductionVariants": [{"VariantName": "AllTraffic", "CurrentInstanceCount": 1}],
+            **more,
         }
 
-    name_only = {"EndpointName": "quant-engine"}
-    with Stubber(sagemaker) as stub, Stubber(aws.client("s3")) as s3:
-        s3.add_response(
-            "put_object",
-            {},
-            {"Bucket": BUCKET, "Key": f"m/{v2}.tar.gz", "Body": model_archive(registry.model_bytes(v2))},
-        )
-        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:123456789012:model/x"})
-        stub.add_response("create_endpoint_config", {"EndpointConfigArn": ARN})
-        stub.add_response("describe_endpoint", endpoint(old), name_only)
-        stub.add_response("update_endpoint", {"EndpointArn": ARN}, {**name_only, "EndpointConfigName": new})
-        stub.add_response("describe_endpoint", endpoint(old, "Updating"), name_only)
-        stub.add_response("describe_endpoint", endpoint(new), name_only)
-        entry = deploy_to_endpoint(
-            deployer, registry, v2, archive_uri=f"s3://{BUCKET}/m/{v2}.tar.gz", by="bob", reason="approved by bob"
-        )
-        assert (entry.endpoint_config, entry.previous_endpoint_config, entry.previous) == (new, old, v1)
+    with Stubber(sagemaker) as stub:
+        stub.add_response("describe_endpoint", endpoint("qe-old"))
+        plan = deployer.plan("qe-new", {"EndpointConfig": {"EndpointConfigName": "qe-new"}})
+        assert (plan.operation, plan.previous_config) == ("update", "qe-old")
+        assert plan.request["Endpoint"] == {"EndpointName": "quant-engine", "EndpointConfigName": "qe-new"}
 
-        # the health check failed: back to the old config, blue/green again
-        stub.add_response("describe_endpoint", endpoint(new), name_only)
-        stub.add_response("update_endpoint", {"EndpointArn": ARN}, {**name_only, "EndpointConfigName": old})
-        stub.add_response("describe_endpoint", endpoint(old), name_only)
-        deployer.rollback(entry.previous_endpoint_config)
+        # SageMaker names the old config while updating, the new one pending: a retried task waits
+        pending = {"PendingDeploymentSummary": {"EndpointConfigName": "qe-new"}}
+        stub.add_response("describe_endpoint", endpoint("qe-old", "Updating", **pending))
+        assert deployer.plan("qe-new").operation == "wait"
 
         # an update SageMaker rolled back by itself is a failure, not a success
-        stub.add_response("describe_endpoint", endpoint(old), name_only)
-        stub.add_response("update_endpoint", {"EndpointArn": ARN}, {**name_only, "EndpointConfigName": new})
-        failed = {**endpoint(old), "FailureReason": "model failed to load"}
-        stub.add_response("describe_endpoint", failed, name_only)
+        stub.add_response("describe_endpoint", endpoint("qe-old", FailureReason="model failed to load"))
         with pytest.raises(DeploymentError, match="kept the old configuration .model failed to load"):
-            deployer.switch(new)
+            deployer.confirm("qe-new")
+        stub.add_response("describe_endpoint", endpoint("qe-new", "Failed", FailureReason="no capacity"))
+        with pytest.raises(DeploymentError, match="is Failed, not InService: no capacity"):
+            deployer.confirm("qe-new")
         stub.assert_no_pending_responses()
-    DeploymentHistory(registry).record_rollback(v2, by="model_deployment", reason="unhealthy")
-    assert served_version(registry) == v1
 
 
-def test_names_and_specs_are_checked():
+def test_names_and_specs_are_checked(tmp_path):
     assert deployment_name("m" * 80, "v0001", "f" * 64).endswith("-v0001-ffffffff")
     assert len(deployment_name("m" * 80, "v0001", "f" * 64)) == 63
     with pytest.raises(ValueError, match="QE_SAGEMAKER_ENDPOINT"):
         EndpointSpec("bad_name!", ROLE)
     with pytest.raises(ValueError, match="QE_SAGEMAKER_ROLE_ARN"):
         EndpointSpec("quant-engine", "not-an-arn")
+    with pytest.raises(ValueError, match="poll_interval_s=0 must be a whole number"):
+        EndpointSpec("quant-engine", ROLE, poll_interval_s=0)
+    settings = Settings(
+        home=tmp_path, sagemaker_role_arn=ROLE, sagemaker_endpoint="qe-live", endpoint_image_uri="xgb:1"
+    )
+    spec = EndpointSpec.from_settings(settings, {"QE_ENDPOINT_POLL_INTERVAL_S": "5"})
+    assert (spec.endpoint_name, spec.image_uri, spec.poll_interval_s, spec.wait_timeout_s) == (
+        "qe-live",
+        "xgb:1",
+        5,
+        3600,
+    )
+    with pytest.raises(SettingsError, match="QE_ENDPOINT_WAIT_TIMEOUT_S='1h' is not a whole number"):
+        EndpointSpec.from_settings(settings, {"QE_ENDPOINT_WAIT_TIMEOUT_S": "1h"})
+    with pytest.raises(ValueError, match="needs QE_SAGEMAKER_ROLE_ARN"):
+        EndpointSpec.from_settings(Settings(home=tmp_path))
 
 
 def test_the_bridge_serves_the_deployed_version_and_returns_to_the_previous_one_on_rollback(registry, tmp_path):

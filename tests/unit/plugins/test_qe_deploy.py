@@ -1,4 +1,5 @@
-"""``plugins/qe_deploy.py`` on the local backend: deploy the approved version, check it, roll a broken one back."""
+"""``plugins/qe_deploy.py`` and ``qe_endpoint.py``'s operators on the local backend: deploy the approved
+version, check it, roll a broken one back (the operators do the local step only: no endpoint, no XCom)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
 import qe_deploy  # noqa: E402 - the plugins folder is on the path only from here
+from airflow.sdk.exceptions import AirflowFailException  # noqa: E402
+from qe_endpoint import QeDeployOperator, QeRollbackOperator  # noqa: E402
 
 from quant_engine.backends import make_group_stores, make_model_registry, make_offline_store  # noqa: E402
 from quant_engine.features.ingest import IngestionRequest, ingest  # noqa: E402
@@ -44,9 +47,12 @@ def test_local_deploy_serves_the_approved_version_and_rolls_a_broken_one_back(tm
 
     chosen = qe_deploy.candidate(registry.name, None)
     assert (chosen["version"], chosen["live"]) == (v1, None)
-    first = qe_deploy.deploy(chosen, qe_deploy.approver({"responded_by_user": {"id": "7", "name": "alice"}}))
+    alice = {"responded_by_user": {"id": "7", "name": "alice"}}
+    first = QeDeployOperator(task_id="deploy", chosen=chosen, approval=alice).execute({})
     assert (first["target"], first["by"], served_version(registry)) == ("local", "alice", v1)
     assert "scores 64 stored rows" in qe_deploy.health_check(first)
+    healthy = {"healthy": True, "detail": "fine"}
+    assert QeRollbackOperator(task_id="roll_back", deployed=first, verdict=healthy).execute({}) is None
 
     second = qe_deploy.deploy(qe_deploy.candidate(registry.name, v2), "bob")
     assert (second["previous"], served_version(registry)) == (v1, v2)
@@ -54,9 +60,11 @@ def test_local_deploy_serves_the_approved_version_and_rolls_a_broken_one_back(tm
     model_file.write_bytes(b'{"learner": "truncated')  # the artifact is damaged after its deployment
     with pytest.raises(HealthCheckError, match="cannot be loaded"):
         qe_deploy.health_check(second)
-    assert qe_deploy.roll_back(second, "health check failed").endswith(f"serving {v1} again")
+    unhealthy = {"healthy": False, "detail": "cannot be loaded"}
+    with pytest.raises(AirflowFailException, match="deployment rolled back: cannot be loaded"):
+        QeRollbackOperator(task_id="roll_back", deployed=second, verdict=unhealthy).execute({})
     assert served_version(registry) == v1
-    qe_deploy.roll_back(second, "a retried rollback")  # changes nothing
+    assert qe_deploy.roll_back(second, "a retried rollback").endswith(f"serving {v1} again")  # changes nothing
     assert [(e.version, e.outcome) for e in DeploymentHistory(registry).entries()] == [
         (v1, "deployed"),
         (v2, "deployed"),
