@@ -179,6 +179,21 @@ AWS_SETTINGS = (
 )
 
 
+def documented_aws_settings() -> list[str]:
+    """The variables in docs/aws.md's "Settings for AWS" table, which says compose passes them all."""
+    text = (REPO_ROOT / "docs" / "aws.md").read_text().split("## Settings for AWS", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| `")]
+    return sorted({name for cell in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)})
+
+
+@pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "bridge"])
+def test_every_documented_aws_setting_is_passed_through(services: dict, name: str) -> None:
+    documented = documented_aws_settings()
+    assert len(documented) > 20 and "QE_ENDPOINT_WAIT_TIMEOUT_S" in documented  # the table was read
+    missing = [key for key in documented if key not in services[name]["environment"]]
+    assert missing == [], f"{name} does not pass {missing} through, though docs/aws.md says compose does"
+
+
 @pytest.mark.parametrize("name", [*AIRFLOW_SERVICES, "bridge"])
 def test_every_aws_setting_reaches_airflow_and_the_bridge_from_the_host(services: dict, name: str) -> None:
     environment = services[name]["environment"]
