@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -247,8 +247,9 @@ def _stored_bars(frame: pd.DataFrame, origin: str) -> Iterator[tuple[int, Bar]]:
     frame = frame.sort_values("ts", kind="stable")
     ts_ms = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC").as_unit("ns").asi8 // _NS_PER_MS
     columns = [frame[c].to_numpy(dtype=np.float64).tolist() for c in ("open", "high", "low", "close", "volume")]
-    for ms, ticker, *values in zip(ts_ms.tolist(), frame["ticker"].astype(str).tolist(), *columns, strict=True):
-        yield ms, Bar(ticker, BarClock.ts(ms), *values, origin)
+    rows = zip(ts_ms.tolist(), frame["ticker"].astype(str).tolist(), *columns, strict=True)
+    for ms, ticker, open_, high, low, close, volume in rows:
+        yield ms, Bar(ticker, BarClock.ts(ms), open_, high, low, close, volume, origin)
 
 
 class BarAggregator:
@@ -438,7 +439,7 @@ class BarAggregator:
         if exact:
             out.append(self._feed_bar(ticker, current, "feed"))
         elif close_ms in stored:
-            out.append(Bar(**{**_as_dict(stored[close_ms]), "origin": "stored"}))
+            out.append(replace(stored[close_ms], origin="stored"))
         else:
             out.append(self._feed_bar(ticker, current, "partial"))
         self._last_closed[ticker] = close_ms
@@ -464,7 +465,3 @@ class BarAggregator:
     def forget_unfilled(self, ticker: str) -> set[int]:
         """Clear and return ``ticker``'s unfilled bars (its state was rebuilt from a store that has them)."""
         return self.unfilled.pop(ticker, set())
-
-
-def _as_dict(bar: Bar) -> dict[str, object]:
-    return {name: getattr(bar, name) for name in Bar.__slots__}

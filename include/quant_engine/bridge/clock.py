@@ -195,7 +195,7 @@ class ReferenceClock:
         now = self._wall()
         if now > self._bound_until:
             self._bound_until = now + _BOUND_REUSE_S
-            reading = self.reading
+            reading = self._replay_reading()
             ahead_s = self._bound_until - reading.asked_at + self.max_skew_s
             self._bound_ms = self._move(reading.replay_ms, ahead_s * reading.speed)
         return self._bound_ms
@@ -207,10 +207,14 @@ class ReferenceClock:
             return int((now - grace_s) * 1000)
         if self.kind != "replay":
             return None
-        reading = self.reading
+        reading = self._replay_reading()
         running_ms = (now - reading.answered_at) * reading.speed * 1000.0 + min(reading.position_ms, 0.0)
         reached_ms = reading.replay_ms + (0 if reading.finished else max(0, int(running_ms)))
         return self._move(reached_ms, -grace_s * reading.speed)
+
+    def _replay_reading(self) -> ReplayReading:
+        assert self.reading is not None, "take() sets kind to 'replay' together with the reading"
+        return self.reading
 
     def _move(self, t_ms: int, trading_s: float) -> int:
         moved = self.calendar.advance_trading_time(int(t_ms) * _NS_PER_MS, int(trading_s * 1e9))

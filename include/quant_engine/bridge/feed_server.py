@@ -541,17 +541,17 @@ def malformed_frame(kind: str, tick: Tick, last_sent: Tick | None, *, price_hint
     if kind == "bad_protobuf":
         raw = base64.b64decode(json.loads(good)["message"])
         return json.dumps({"type": "pricing", "message": base64.b64encode(raw[:4]).decode()})  # cut inside the id
-    replacements: dict[str, dict[str, object]] = {
-        "bad_price": {"price": 0.0},
-        "nan_price": {"price": math.nan},
-        "negative_price": {"price": -tick.price},
-        "bad_volume": {"day_volume": -1},
-        "bad_time": {"time_ms": tick.time_ms // 1000},  # seconds instead of milliseconds
-        "unknown_ticker": {"ticker": UNKNOWN_TICKER},
-        "future_time": {"time_ms": FUTURE_TIME_MS},
+    one_field_wrong = {
+        "bad_price": dataclasses.replace(tick, price=0.0),
+        "nan_price": dataclasses.replace(tick, price=math.nan),
+        "negative_price": dataclasses.replace(tick, price=-tick.price),
+        "bad_volume": dataclasses.replace(tick, day_volume=-1),
+        "bad_time": dataclasses.replace(tick, time_ms=tick.time_ms // 1000),  # seconds instead of milliseconds
+        "unknown_ticker": dataclasses.replace(tick, ticker=UNKNOWN_TICKER),
+        "future_time": dataclasses.replace(tick, time_ms=FUTURE_TIME_MS),
     }
-    if kind in replacements:
-        return encode_tick(dataclasses.replace(tick, **replacements[kind]), price_hint=price_hint)
+    if kind in one_field_wrong:
+        return encode_tick(one_field_wrong[kind], price_hint=price_hint)
     if kind not in _KINDS_AFTER_A_TICK:
         raise ValueError(f"kind={kind!r} is not one of {', '.join(MALFORMED_KINDS)}")
     if last_sent is None:

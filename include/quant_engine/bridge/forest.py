@@ -27,6 +27,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:
     import xgboost as xgb
@@ -82,7 +83,7 @@ def _float32_from_decimal(texts: Sequence[str]) -> np.ndarray:
     narrow = wide.astype(np.float32)
     toward = np.nextafter(narrow, np.where(wide > narrow, np.float32(np.inf), np.float32(-np.inf)))
     ties = (wide != narrow) & (wide == (narrow.astype(np.float64) + toward.astype(np.float64)) / 2)
-    for i in np.flatnonzero(ties):
+    for i in np.flatnonzero(ties).tolist():
         exact, tie = Fraction(texts[i]), Fraction(float(wide[i]))
         if exact != tie and (exact > tie) == (toward[i] > narrow[i]):
             narrow[i] = toward[i]
@@ -160,9 +161,14 @@ class CompiledForest:
 
     def __init__(self, learner: dict[str, Any], expf: Float32Function, logf: Float32Function) -> None:
         self.n_features = int(learner["learner_model_param"]["num_feature"])
-        self.base_margin = -np.float32(logf(_ONE / _base_score(learner["learner_model_param"]) - _ONE))
+        self.base_margin = -np.float32(logf(float(_ONE / _base_score(learner["learner_model_param"]) - _ONE)))
         self._expf = expf
-        features, thresholds, lefts, default_right, values = [[0]], [[np.nan]], [[0]], [[False]], [[self.base_margin]]
+        # Node 0 is a leaf (root 0, pointing at itself) that holds the base margin; the trees follow it.
+        features: list[ArrayLike] = [[0]]
+        thresholds: list[ArrayLike] = [[np.nan]]
+        lefts: list[ArrayLike] = [[0]]
+        default_right: list[ArrayLike] = [[False]]
+        values: list[ArrayLike] = [[self.base_margin]]
         roots, depth = [0], 0
         start = 1
         for tree in learner["gradient_booster"]["model"]["trees"]:

@@ -159,22 +159,23 @@ class LocalChampionModel:
                 VOLATILITY_FEATURE,
             )
         booster.set_param({"nthread": 1})
+        forest: CompiledForest | None = None
         try:
-            forest = CompiledForest.compile(booster)
+            compiled = CompiledForest.compile(booster)
         except NotCompilableError as exc:
-            forest = None
             log.warning(
                 "serving %s %s with xgboost only: its forest does not compile: %s", self.registry.name, version, exc
             )
         else:
+            forest = compiled
             log.info(
                 "serving %s %s: batches up to %d rows by its compiled forest (%d trees, depth %d), "
                 "larger ones by xgboost",
                 self.registry.name,
                 version,
-                forest.max_rows,
-                forest.n_trees,
-                forest.depth,
+                compiled.max_rows,
+                compiled.n_trees,
+                compiled.depth,
             )
         return _Served(version, tuple(record.metadata.features), booster, forest, volatility)
 

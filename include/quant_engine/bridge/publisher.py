@@ -288,9 +288,9 @@ class SignalPublisher:
                 raise ValueError(
                     f"{name}={value!r} must be an integer >= {least}" + (" bytes" if name == "max_size" else "")
                 )
-        for name, value in (("handshake_timeout_s", handshake_timeout_s), ("control_rate", control_rate)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value!r} must be a number > 0")
+        for name, number in (("handshake_timeout_s", handshake_timeout_s), ("control_rate", control_rate)):
+            if not (isinstance(number, (int, float)) and math.isfinite(number) and number > 0):
+                raise ValueError(f"{name}={number!r} must be a number > 0")
         self._tokens = tuple(t.encode() for t in dict.fromkeys(tokens))
         self.host, self._port = host, port
         self.max_size, self.client_queue, self.close_timeout = max_size, client_queue, close_timeout
@@ -349,7 +349,8 @@ class SignalPublisher:
             self.host,
             self._port,
             process_request=self._process_request,
-            create_connection=self._connection,
+            # websockets annotates create_connection as a class but documents and calls it as a factory
+            create_connection=self._connection,  # type: ignore[arg-type]
             max_size=self.max_size,
             max_queue=4,
             open_timeout=self.handshake_timeout_s,
@@ -517,7 +518,7 @@ class SignalPublisher:
             if scheme.lower() == "bearer":
                 token = value.strip()
         if token is None:
-            token = (parse_qs(query).get("token") or [None])[0]
+            token = next(iter(parse_qs(query).get("token", [])), None)
         if not token:
             return False
         supplied = token.encode()
@@ -528,7 +529,8 @@ class SignalPublisher:
 
     # --- WebSocket clients --------------------------------------------------------------------
 
-    async def _serve_client(self, connection: _GuardedConnection) -> None:
+    async def _serve_client(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, _GuardedConnection), "serve() makes every connection with self._connection"
         client = _Client(connection, self.client_queue)
         self._clients.add(client)
         self.counters["clients_connected"] += 1

@@ -138,9 +138,9 @@ class EndpointPredictor:
         for name, value in (("workers", workers), ("retries", retries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "workers" else 0):
                 raise ValueError(f"{name}={value!r} must be an integer >= {1 if name == 'workers' else 0}")
-        for name, value in (("timeout_s", timeout_s), ("backoff_s", backoff_s)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value!r} must be a number of seconds > 0")
+        for name, seconds in (("timeout_s", timeout_s), ("backoff_s", backoff_s)):
+            if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"{name}={seconds!r} must be a number of seconds > 0")
         self.endpoint = endpoint
         self.breaker = breaker
         self.fallback = fallback

@@ -109,6 +109,7 @@ def build_model(settings: BridgeSettings, engine: Settings) -> SignalModel:
             f"QE_BRIDGE_MODEL=sagemaker takes the endpoint's input columns from model "
             f"{registry.name!r}'s champion, and it has none yet; promote one first"
         )
+    assert settings.sagemaker_endpoint, "BridgeSettings refuses QE_BRIDGE_MODEL=sagemaker without an endpoint"
     client = make_aws_clients(engine).client(
         "sagemaker-runtime", config=endpoint_client_config(settings.endpoint_timeout_s, settings.endpoint_workers)
     )
@@ -387,6 +388,7 @@ class BridgeService:
             return
         tickers, first, now = wanted
         version = online.version
+        assert version is not None, "pending predictions (wanted) are kept by adapt(), which sets the version"
         loop = asyncio.get_running_loop()
         try:
             labels = await loop.run_in_executor(self._writer, self.online_labels, version, tickers, first, now)

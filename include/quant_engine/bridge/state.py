@@ -392,6 +392,7 @@ class StateHandler:
             if self.market_now is None or bar.ts > self.market_now:
                 self.market_now = bar.ts
             if math.isfinite(p) and signal.status != "degraded":
+                assert signal.model_version is not None, "only a versioned model's prediction is finite"
                 self._pending_log.append((signal.ticker, signal.ts, float(p), signal.model_version))
         return signals
 
