@@ -63,14 +63,14 @@ def build_dataset(config: WfoConfig, run_dir: Path, store: OfflineStore, bar_sto
     """
     run_dir = Path(run_dir)
     first, last = config.start, config.end + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
-    market_time = group_market_time(store)
-    if market_time is None:
+    market_time, schema = group_market_time(store), store.schema
+    if market_time is None or schema is None:
         raise WfoConfigError(
             f"the offline store (feature group {store.feature_group!r} in {store.fs!r}) is "
             "empty; run the market_data_ingestion DAG or `quant-engine ingest` first"
         )
     names = get_feature_set(config.feature_set).names
-    missing_features = [n for n in names if n not in store.schema.feature_names]
+    missing_features = [n for n in names if n not in schema.feature_names]
     if missing_features:
         raise WfoConfigError(
             f"feature set {config.feature_set!r} needs {missing_features}, which feature group "

@@ -14,6 +14,7 @@ before handing the labels to a splitter.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -31,7 +32,7 @@ PROFIT_TAKE, STOP_LOSS, VERTICAL = 1, -1, 0
 def _check_multiplier(name: str, value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name}={value!r} must be a positive number of volatilities, or None to disable it")
     return float(value)
 

@@ -225,7 +225,7 @@ def timestamp_roles(run_dir: Path, n_splits: int) -> tuple[pd.DatetimeIndex, np.
     ts = pd.DatetimeIndex(load_dataset(run_dir, ["ts"])["ts"])
     codes, unique = pd.factorize(ts, sort=True)
     priority = np.array([_ROLE_PRIORITY[r] for r in range(len(ROLE_NAMES))])
-    by_priority = np.array(sorted(_ROLE_PRIORITY, key=_ROLE_PRIORITY.get))
+    by_priority = np.array(sorted(_ROLE_PRIORITY, key=_ROLE_PRIORITY.__getitem__))
     grid = np.zeros((n_splits, len(unique)), dtype=np.int8)
     for s in range(n_splits):
         with np.load(split_path(run_dir, s)) as stored:

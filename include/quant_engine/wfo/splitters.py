@@ -142,13 +142,13 @@ def _utc_ns(values: object, what: str) -> np.ndarray:
 def _aligned_t1(X: object, t1: object, n_rows: int) -> object:
     """``t1`` lined up with the rows of ``X``: by index where both are pandas, else by position."""
     x_index = getattr(X, "index", None)
-    by_index = (
+    if (
         isinstance(t1, pd.Series)
+        and x_index is not None
         and _index_times(x_index) is not None
         and type(t1.index) is type(x_index)
         and not t1.index.equals(x_index)
-    )
-    if by_index:
+    ):
         if not t1.index.is_unique:
             raise ValueError(
                 "t1's index differs from X's index and has duplicates, so t1 cannot be aligned to X; "
@@ -237,7 +237,10 @@ def _duration(name: str, value: str | dt.timedelta | np.timedelta64) -> pd.Timed
     return duration
 
 
-def _duration_ns(value: str | dt.timedelta | np.timedelta64) -> int:
+def _duration_ns(value: Embargo | np.timedelta64) -> int:
+    """A duration in nanoseconds; windows and embargoes reach here only once they are known not to be bar counts."""
+    if not isinstance(value, (str, dt.timedelta, np.timedelta64)):
+        raise TypeError(f"{value!r} is not a duration (str, timedelta or np.timedelta64)")
     return int(pd.Timedelta(value).as_unit("ns").value)
 
 

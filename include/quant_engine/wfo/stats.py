@@ -35,7 +35,8 @@ import numpy as np
 from scipy import stats as sps
 
 ArrayOrFloat = float | np.ndarray
-Metric = Callable[[np.ndarray], np.ndarray]
+#: Scores each column (trial) of a (periods, trials) block of returns: one value per trial.
+Metric = Callable[[np.ndarray], ArrayOrFloat]
 
 
 def _returns(returns: object) -> np.ndarray:
