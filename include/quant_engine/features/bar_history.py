@@ -100,7 +100,7 @@ class BarHistory:
     def _start_for(self, count: int, until: pd.Timestamp) -> pd.Timestamp:
         """An instant early enough that ``count`` bars of the calendar lie between it and ``until``."""
         calendar, size = self.market_time.exchange, self.market_time.size
-        per_session = 1 if size.is_daily else max(1, calendar.regular_minutes // size.minutes)
+        per_session = 1 if size.minutes is None else max(1, calendar.regular_minutes // size.minutes)
         last = calendar.last_closed_session(until)
         first = max(0, (last if last is not None else 0) - math.ceil(count / per_session) - _SPARE_SESSIONS)
         return pd.Timestamp(int(calendar.open_ns[first]), tz="UTC")

@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -633,9 +634,11 @@ class StreamingFeatureState:
         for j, (feature, inputs, offsets) in enumerate(
             zip(self._features, self._buffer_rows, self._window_offsets, strict=True)
         ):
-            ready = slice(None) if all_warm else np.flatnonzero(counts >= feature.window)
-            if not all_warm and ready.size == 0:
-                continue
+            ready: slice | np.ndarray = slice(None)
+            if not all_warm:
+                ready = np.flatnonzero(counts >= feature.window)
+                if ready.size == 0:
+                    continue
             positions = window_ends[ready, np.newaxis] + offsets
             out[ready, j] = feature.apply(*(ring.take(positions + r * column_length) for r in inputs))
         return [dict(zip(self._names, row, strict=True)) for row in out.tolist()]
@@ -699,7 +702,7 @@ class StreamingFeatureState:
         self._counts[ticker] = count + len(ts_ns)
         self._last_ts[ticker] = int(ts_ns[-1])
 
-    def _checked(self, bar: Mapping[str, object]) -> tuple[str, int, np.ndarray]:
+    def _checked(self, bar: Mapping[str, Any]) -> tuple[str, int, np.ndarray]:
         """``(ticker, ts in UTC ns, input values)`` of a bar that passes every rule, else the error."""
         ticker, ts_ns = self._identity(bar)
         try:

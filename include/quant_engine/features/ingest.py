@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 
 from quant_engine.calendars import DEFAULT_BAR_SIZE, DEFAULT_CALENDAR, CalendarError, MarketTime
-from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, conform_bars
-from quant_engine.data.schema import ON_ERROR_CHOICES
+from quant_engine.data.files import CsvSource, ParquetSource
+from quant_engine.data.plausibility import STAMPED_AT_CHOICES, ScaleLimits, StampedAt, conform_bars
+from quant_engine.data.schema import ON_ERROR_CHOICES, OnError
 from quant_engine.data.sources import SOURCE_NAMES, make_source, source_on
 from quant_engine.features.definitions import FeatureSet
 from quant_engine.features.offline_store import FeatureGroupSchema, OfflineStore
@@ -127,8 +128,8 @@ class IngestionRequest:
     feature_set: str = "default"
     assume_tz: str | None = None
     date_close: str | None = None
-    on_error: str = "raise"
-    stamped_at: str = "close"
+    on_error: OnError = "raise"
+    stamped_at: StampedAt = "close"
     limits: ScaleLimits = field(default_factory=ScaleLimits)
 
     @classmethod
@@ -342,9 +343,12 @@ def file_session_range(
     date_close: str | None = None,
 ) -> tuple[pd.Timestamp, pd.Timestamp]:
     """Labels of the first and last session the bars of a user's CSV or Parquet file (or folder) fall in."""
-    bars, _ = make_source(
+    files = make_source(
         source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop", calendar=market_time.calendar
-    ).read(list(tickers) if tickers else None)
+    )
+    if not isinstance(files, (CsvSource, ParquetSource)):
+        raise IngestionError(f"source={source!r} is not a file source; only csv and parquet bars have a file range")
+    bars, _ = files.read(list(tickers) if tickers else None)
     sessions = market_time.session_indices(bars["ts"])
     sessions = sessions[sessions >= 0]
     if len(sessions) == 0:
@@ -392,7 +396,7 @@ def fetch_bars(request: IngestionRequest, *, now: object = None) -> pd.DataFrame
     feature_set = get_feature_set(request.feature_set)
     calendar, size = request.market_time.exchange, request.market_time.size
     lo, hi = calendar.session_range(request.first_session, request.last_session)
-    bars_per_session = 1 if size.is_daily else max(1, math.floor(calendar.regular_minutes / size.minutes))
+    bars_per_session = 1 if size.minutes is None else max(1, math.floor(calendar.regular_minutes / size.minutes))
     first = max(0, lo - math.ceil(feature_set.lookback / bars_per_session) - _EXTRA_HISTORY_SESSIONS)
     fetch_from = pd.Timestamp(int(calendar.open_ns[first]), tz="UTC")
     fetch_until = pd.Timestamp(int(calendar.close_ns[hi - 1]), tz="UTC")
@@ -545,7 +549,9 @@ def declare_market_time(store: OfflineStore, columns: Sequence[str], market_time
             f"feature group {store.feature_group!r} holds {stored.describe()}, not "
             f"{market_time.describe()}; ingest into another group (QE_FEATURE_GROUP) instead"
         )
-    held = list(store.schema.feature_names)
+    schema = store.schema
+    assert schema is not None, "group_market_time found this group's schema"
+    held = list(schema.feature_names)
     if held != list(columns):
         missing, extra = [c for c in columns if c not in held], [c for c in held if c not in columns]
         raise IngestionError(
@@ -617,7 +623,7 @@ def _write_stores(features: pd.DataFrame, bars: pd.DataFrame | None, stores: Gro
                 mirror.write(features)
     except BaseException:
         for store, made in ((bar_store, bar_commit), (offline, commit)):
-            if made is not None and made.commit_id is not None:
+            if store is not None and made is not None and made.commit_id is not None:
                 log.error("ingestion failed; reverting commit %s of %s", made.commit_id, store.feature_group)
                 store.revert(made.commit_id)
         raise

@@ -347,6 +347,7 @@ class _Manifest:
         ]
         cut_at = None
         if use_snapshot:
+            assert self.snapshot is not None, "use_snapshot counts files of commits the snapshot covers"
             keys.insert(0, self.snapshot.key)
             if any(c.commit_id in covered and as_of is not None and c.write_time > as_of for c in self.commits):
                 cut_at = as_of
@@ -366,6 +367,14 @@ def _quote(frame: pd.DataFrame, mask: np.ndarray) -> str:
     if len(rows) > _MAX_QUOTED:
         quoted.append(f"... {len(rows)} rows in all")
     return ", ".join(quoted)
+
+
+def _stored_commit_ids(commits: Sequence[CommitInfo]) -> tuple[str, ...]:
+    """The ids of a manifest's commits: only a write that changed nothing has no id, and it is never stored."""
+    ids = tuple(c.commit_id for c in commits if c.commit_id is not None)
+    if len(ids) != len(commits):
+        raise OfflineStoreError("the feature group's manifest lists a commit without a commit_id")
+    return ids
 
 
 def _schema_from_frame(frame: pd.DataFrame) -> FeatureGroupSchema:
@@ -578,23 +587,30 @@ class OfflineStore:
             # Stamped under the lock: a writer that waited for it must not commit a time before the
             # commit it waited for, or an as_of read at that time would change after the fact.
             api_invocation_time = pd.Timestamp.now(tz="UTC")
-            write_time = api_invocation_time if given_write_time is None else given_write_time
+            written_at = api_invocation_time if given_write_time is None else given_write_time
             manifest = self._load()
             schema = manifest.schema
             if schema is None:
                 schema = replace(_schema_from_frame(frame), created_time=api_invocation_time)
             batch = _validate_batch(frame, schema, self.feature_group)
-            fresh, rows_new, rows_corrected = self._changed_rows(manifest, schema, batch, write_time)
-            counts = dict(rows_new=rows_new, rows_corrected=rows_corrected, rows_unchanged=len(batch) - len(fresh))
+            fresh, rows_new, rows_corrected = self._changed_rows(manifest, schema, batch, written_at)
+            rows_unchanged = len(batch) - len(fresh)
             if len(fresh) == 0:
                 if manifest.schema is None:
                     self._commit(replace(manifest, schema=schema))
-                return CommitInfo(None, write_time, api_invocation_time, 0, **counts)
+                return CommitInfo(None, written_at, api_invocation_time, 0, rows_new, rows_corrected, rows_unchanged)
             self._vacuum(manifest)
-            commit_id = f"{write_time.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
-            file_days = self._stage(fresh, schema, commit_id, write_time, api_invocation_time)
+            commit_id = f"{written_at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
+            file_days = self._stage(fresh, schema, commit_id, written_at, api_invocation_time)
             commit = CommitInfo(
-                commit_id, write_time, api_invocation_time, len(fresh), **counts, files=tuple(file_days)
+                commit_id,
+                written_at,
+                api_invocation_time,
+                len(fresh),
+                rows_new,
+                rows_corrected,
+                rows_unchanged,
+                files=tuple(file_days),
             )
             self._commit(
                 replace(
@@ -772,7 +788,7 @@ class OfflineStore:
             schema = self._require_schema(manifest)
             if not manifest.commits:
                 return None
-            live_ids = tuple(c.commit_id for c in manifest.commits)
+            live_ids = _stored_commit_ids(manifest.commits)
             if manifest.snapshot is not None and manifest.snapshot.commit_ids == live_ids:
                 return self._key(manifest.snapshot.key)
             self._vacuum(manifest)

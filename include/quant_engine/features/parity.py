@@ -117,10 +117,10 @@ def _check_one(feature: RegisteredFeature, bars: pd.DataFrame, by_time: Sequence
                 streamed.append((bar["ticker"], bar["ts"], from_update, from_many[definition.name]))
     except Exception as exc:  # a user's function may raise anything; the report says which feature
         return ParityResult(definition.name, feature.module, 0, 0, error=f"{type(exc).__name__}: {exc}")
-    tickers, times, from_update, from_many = zip(*streamed, strict=True)
+    tickers, times, updated, updated_many = zip(*streamed, strict=True)
     expected = batch.reindex(pd.MultiIndex.from_arrays([list(tickers), list(times)])).to_numpy()
     mismatches, first = 0, None
-    for path, values in (("update", np.array(from_update)), ("update_many", np.array(from_many))):
+    for path, values in (("update", np.array(updated)), ("update_many", np.array(updated_many))):
         differs = ~((values == expected) | (np.isnan(values) & np.isnan(expected)))
         mismatches += int(differs.sum())
         if differs.any() and first is None:

@@ -97,7 +97,7 @@ class FeatureRegistry:
 
         where = f"{module}: feature {name!r}"
         try:
-            definition = FeatureDefinition(name, inputs, window, compute, description)
+            definition = FeatureDefinition(name, tuple(inputs), window, compute, description)
         except (TypeError, ValueError) as exc:
             raise FeatureRegistrationError(f"{where}: {exc}") from None
         if name in BUILTIN_FEATURES:
@@ -207,7 +207,7 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
 def _load(entry_point: importlib.metadata.EntryPoint) -> None:
     """Import an entry point's module and, when it names a callable, call it to register."""
     origin = f"entry point {entry_point.name!r} ({entry_point.value}) of group {ENTRY_POINT_GROUP}"
-    target = _import(entry_point.module, origin)
+    target: object = _import(entry_point.module, origin)
     for attribute in entry_point.attr.split(".") if entry_point.attr else ():
         if not hasattr(target, attribute):
             raise FeatureRegistrationError(f"{origin}: {entry_point.module} has no {entry_point.attr}")
@@ -336,9 +336,9 @@ def declared_feature_set_names() -> tuple[str, ...]:
 
 def _source_path(module: str, origin: str) -> Path:
     """Where ``module``'s source is, found as the import system would but without running any package."""
-    loaded = sys.modules.get(module)
-    if loaded is not None and getattr(loaded, "__file__", None):
-        return Path(loaded.__file__)
+    loaded_file = getattr(sys.modules.get(module), "__file__", None)
+    if loaded_file:
+        return Path(loaded_file)
     spec, search = None, None
     parts = module.split(".")
     for depth in range(1, len(parts) + 1):
