@@ -12,12 +12,35 @@ import json
 import math
 import numbers
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 if TYPE_CHECKING:  # pandas only for the frame checks: settings read ticker lists without it
     import pandas as pd
 
-__all__ = ["one_of", "parse_tickers", "real_number", "require_columns", "utc_column", "whole_number"]
+__all__ = [
+    "is_real",
+    "is_whole",
+    "one_of",
+    "parse_tickers",
+    "real_number",
+    "require_columns",
+    "utc_column",
+    "whole_number",
+]
+
+
+def is_whole(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an integer (a numpy one too) and not a bool.
+
+    Use it, not ``isinstance(value, numbers.Integral)``, on a parameter annotated ``int``: mypy holds
+    that no ``int`` is an ``Integral``, so it would skip, unchecked, the code after that test.
+    """
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def is_real(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a real number (an int or a numpy one too) and not a bool; see :func:`is_whole`."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
 
 
 def _bounds(minimum: float | None, maximum: float | None, *, above: bool = False, below: bool = False) -> str:
@@ -47,15 +70,11 @@ def whole_number(
     ...
     ValueError: keep=0 must be a whole number >= 1
     """
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or (minimum is not None and value < minimum)
-        or (maximum is not None and value > maximum)
-    ):
+    whole = int(value) if is_whole(value) else None
+    if whole is None or (minimum is not None and whole < minimum) or (maximum is not None and whole > maximum):
         bounds = _bounds(minimum, maximum)
         raise error(f"{name}={value!r} must be a whole number" + (f" {bounds}" if bounds else ""))
-    return int(value)
+    return whole
 
 
 def real_number(
@@ -79,15 +98,16 @@ def real_number(
     ...
     ValueError: alpha=nan must be a finite number > 0
     """
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    number = float(value) if is_real(value) else math.nan
+    ok = math.isfinite(number)
     if ok and minimum is not None:
-        ok = value > minimum if above else value >= minimum
+        ok = number > minimum if above else number >= minimum
     if ok and maximum is not None:
-        ok = value < maximum if below else value <= maximum
+        ok = number < maximum if below else number <= maximum
     if not ok:
         bounds = _bounds(minimum, maximum, above=above, below=below)
         raise error(f"{name}={value!r} must be a finite number" + (f" {bounds}" if bounds else ""))
-    return float(value)  # type: ignore[arg-type]
+    return number
 
 
 def one_of(value: object, name: str, choices: Collection[str], *, error: type[ValueError] = ValueError) -> str:

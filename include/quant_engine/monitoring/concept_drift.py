@@ -30,7 +30,6 @@ different mix of market regimes moves the metrics too, and that alone is not dri
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,7 +41,7 @@ from scipy import stats
 from quant_engine.monitoring.detectors import ADWIN, PageHinkley
 from quant_engine.monitoring.predictions import PredictionLog
 from quant_engine.timeutil import utc_timestamp
-from quant_engine.validation import require_columns, utc_column
+from quant_engine.validation import is_real, is_whole, require_columns, utc_column
 
 __all__ = [
     "ConceptDriftReport",
@@ -68,7 +67,7 @@ DEFAULT_TOLERANCES: dict[str, float] = {"hit_rate": 0.01, "log_loss": 0.005 * ma
 
 
 def _check_confidence(confidence: object) -> float:
-    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+    if not is_real(confidence) or not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} must be a number in (0, 1)")
     return float(confidence)
 
@@ -206,11 +205,11 @@ class QualityBaseline:
     brier_std: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, numbers.Integral) or self.n < 2:
+        if not is_whole(self.n) or self.n < 2:
             raise ValueError(f"QualityBaseline n={self.n!r} must be an integer >= 2")
         for name in ("hit_rate", "log_loss", "brier", "log_loss_std", "brier_std"):
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+            if not (is_real(value) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"QualityBaseline {name}={value!r} must be a finite number >= 0")
         if not self.hit_rate <= 1:
             raise ValueError(f"QualityBaseline hit_rate={self.hit_rate!r} must be in [0, 1]")
@@ -391,7 +390,7 @@ def evaluate_quality(
     for name, value in (tolerances or {}).items():
         if name not in METRICS:
             raise ValueError(f"tolerances has unknown metric {name!r}; use {', '.join(METRICS)}")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        if not is_real(value) or not math.isfinite(value) or value < 0:
             raise ValueError(f"tolerances[{name!r}]={value!r} must be a finite number >= 0")
         margins[name] = float(value)
     frame = joined.frame
@@ -430,7 +429,7 @@ def rolling_quality(joined: LabelJoin, window: int, *, confidence: float = 0.99)
         ``t1`` (the values after all of that time's predictions settled); ``n`` is the predictions
         in the window (< ``window`` at the start) and the hit-rate bounds are its Wilson interval.
     """
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
+    if not is_whole(window) or window < 1:
         raise ValueError(f"window={window!r} must be an integer >= 1")
     z = float(stats.norm.ppf(0.5 + _check_confidence(confidence) / 2))
     frame = joined.frame

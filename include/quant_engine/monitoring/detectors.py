@@ -24,7 +24,7 @@ import math
 import numbers
 from collections import deque
 
-from quant_engine.validation import real_number, whole_number
+from quant_engine.validation import is_real, real_number, whole_number
 
 __all__ = ["ADWIN", "PageHinkley"]
 
@@ -36,6 +36,14 @@ def _check_value(x: object, detector: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{detector}.update(x={value!r}): x must be finite; NaN or inf means a broken input upstream")
     return value
+
+
+def _unit_interval(value: object, name: str, *, one_allowed: bool = False) -> float:
+    """``value`` as a float in (0, 1), or (0, 1] when ``one_allowed``; a bool or text is refused."""
+    number = float(value) if is_real(value) else math.nan
+    if not (0 < number < 1 or (one_allowed and number == 1)):
+        raise ValueError(f"{name}={value!r} must be a number in (0, 1{']' if one_allowed else ')'}")
+    return number
 
 
 class ADWIN:
@@ -85,9 +93,7 @@ class ADWIN:
         min_window_length: int = 5,
         grace_period: int = 10,
     ) -> None:
-        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not 0 < delta < 1:
-            raise ValueError(f"delta={delta!r} must be a number in (0, 1)")
-        self.delta = float(delta)
+        self.delta = _unit_interval(delta, "delta")
         self.clock = whole_number(clock, "clock", minimum=1)
         self.max_buckets = whole_number(max_buckets, "max_buckets", minimum=2)
         self.min_window_length = whole_number(min_window_length, "min_window_length", minimum=1)
@@ -250,13 +256,9 @@ class PageHinkley:
         *,
         min_instances: int = 30,
     ) -> None:
-        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta) or delta < 0:
-            raise ValueError(f"delta={delta!r} must be a finite number >= 0")
-        self.delta = float(delta)
+        self.delta = real_number(delta, "delta", minimum=0)
         self.threshold = real_number(threshold, "threshold", minimum=0, above=True)
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha <= 1:
-            raise ValueError(f"alpha={alpha!r} must be a number in (0, 1]")
-        self.alpha = float(alpha)
+        self.alpha = _unit_interval(alpha, "alpha", one_allowed=True)
         self.min_instances = whole_number(min_instances, "min_instances", minimum=1)
         self.reset()
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from quant_engine.monitoring.concept_drift import ConceptDriftReport
 from quant_engine.monitoring.regimes import VolRegimeState
+from quant_engine.validation import is_whole
 
 __all__ = ["VERDICTS", "FeatureEvidence", "Verdict", "drift_verdict"]
 
@@ -173,11 +174,7 @@ def drift_verdict(
         raise TypeError(f"concept must be a ConceptDriftReport, got {type(concept).__name__}")
     if vol_regime is not None and not isinstance(vol_regime, VolRegimeState):
         raise TypeError(f"vol_regime must be a VolRegimeState or None, got {type(vol_regime).__name__}")
-    if (
-        isinstance(min_drifted_features, bool)
-        or not isinstance(min_drifted_features, numbers.Integral)
-        or min_drifted_features < 1
-    ):
+    if not is_whole(min_drifted_features) or min_drifted_features < 1:
         raise ValueError(f"min_drifted_features={min_drifted_features!r} must be an integer >= 1")
 
     evidence = {str(name): _feature_evidence(str(name), value) for name, value in feature_drift.items()}
@@ -187,12 +184,13 @@ def drift_verdict(
     )
     inputs_moved = len(drifted) >= min_drifted_features
     quality_fell = concept.drifted
-    kind: VerdictKind = {
+    kinds: dict[tuple[bool, bool], VerdictKind] = {
         (False, False): "none",
         (True, False): "feature_drift",
         (False, True): "concept_drift",
         (True, True): "both",
-    }[(inputs_moved, quality_fell)]
+    }
+    kind = kinds[(inputs_moved, quality_fell)]
 
     notes = []
     if not evidence:

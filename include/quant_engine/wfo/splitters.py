@@ -48,7 +48,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from quant_engine.validation import whole_number
+from quant_engine.validation import is_real, is_whole, whole_number
 
 #: Names of the ``MultiIndex`` level that holds the event time of a panel row.
 TIME_LEVELS: tuple[str, ...] = ("ts", "event_time")
@@ -205,11 +204,11 @@ def _check_embargo(embargo: Embargo) -> Embargo:
     """Reject an embargo that is not bars, a fraction in [0, 1) or a non-negative duration."""
     if isinstance(embargo, bool):
         raise TypeError(f"embargo={embargo!r} is a bool; give bars (int), a fraction (float) or a duration")
-    if isinstance(embargo, numbers.Integral):
+    if is_whole(embargo):
         if embargo < 0:
             raise ValueError(f"embargo={embargo} bars is negative; it must be >= 0")
         return embargo
-    if isinstance(embargo, numbers.Real):
+    if is_real(embargo):
         if not 0.0 <= embargo < 1.0:
             raise ValueError(
                 f"embargo={embargo} is a float, read as a fraction of the unique timestamps, so it must be "
@@ -246,9 +245,9 @@ def _duration_ns(value: Embargo | np.timedelta64) -> int:
 
 def _embargo_bars(embargo: Embargo, n_times: int) -> int | None:
     """The embargo in unique timestamps, or None when it is a duration."""
-    if isinstance(embargo, numbers.Integral):
+    if is_whole(embargo):
         return int(embargo)
-    if isinstance(embargo, numbers.Real):
+    if is_real(embargo):
         return math.ceil(round(embargo * n_times, 9))  # round off float noise: 0.07 * 100 = 7.000000000000001
     return None
 
@@ -564,7 +563,7 @@ def _check_window(name: str, value: Window) -> Window:
     """A window is a positive number of bars (int) or a positive duration."""
     if isinstance(value, bool):
         raise TypeError(f"{name}={value!r} is a bool; give bars (int) or a duration")
-    if isinstance(value, numbers.Integral):
+    if is_whole(value):
         if value <= 0:
             raise ValueError(f"{name}={value} bars must be positive")
         return value
@@ -631,7 +630,7 @@ class WalkForward:
         self.test_window = _check_window("test_window", test_window)
         if step is not None:
             _check_window("step", step)
-            if isinstance(step, numbers.Integral) != isinstance(test_window, numbers.Integral):
+            if is_whole(step) != is_whole(test_window):
                 raise TypeError(
                     f"step={step!r} must be in the unit of test_window={test_window!r}: both bars (int) "
                     "or both durations"
@@ -646,7 +645,7 @@ class WalkForward:
     def _windows(self, times: _SampleTimes) -> list[tuple[int, int, int]]:
         """``(train_first, test_first, test_stop)`` unique-timestamp offsets of each fold."""
         unique, n_times = times.unique, times.n_times
-        if isinstance(self.train_window, numbers.Integral):
+        if is_whole(self.train_window):
             first_test = int(self.train_window)
             test_start = int(unique[min(first_test, n_times - 1)])
         else:
@@ -658,7 +657,7 @@ class WalkForward:
                 "none to test on"
             )
         step = self.test_window if self.step is None else self.step
-        if isinstance(self.test_window, numbers.Integral):
+        if is_whole(self.test_window) and is_whole(step):  # __init__ holds both in bars or both durations
             firsts = np.arange(first_test, n_times, int(step))
             stops = np.minimum(firsts + int(self.test_window), n_times)
         else:
@@ -675,7 +674,7 @@ class WalkForward:
                 continue
             if self.anchored:
                 train_first = 0
-            elif isinstance(self.train_window, numbers.Integral):
+            elif is_whole(self.train_window):
                 train_first = max(0, first - int(self.train_window))
             else:
                 train_first = int(np.searchsorted(unique, unique[first] - _duration_ns(self.train_window)))

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from scipy import stats as sps
+
+from quant_engine.validation import is_whole
 
 ArrayOrFloat = float | np.ndarray
 #: Scores each column (trial) of a (periods, trials) block of returns: one value per trial.
@@ -190,7 +191,7 @@ def expected_max_sharpe(n_trials: int, var_trial_sharpes: float) -> float:
     >>> round(expected_max_sharpe(100, 0.5 / 250), 4)
     0.1132
     """
-    if isinstance(n_trials, bool) or not isinstance(n_trials, numbers.Integral) or n_trials < 1:
+    if not is_whole(n_trials) or n_trials < 1:
         raise ValueError(f"n_trials={n_trials!r} must be an int of at least 1")
     if not np.isfinite(var_trial_sharpes) or var_trial_sharpes < 0:
         raise ValueError(f"var_trial_sharpes={var_trial_sharpes!r} must be a finite variance >= 0")
@@ -321,7 +322,7 @@ def probability_of_backtest_overfitting(
     values = np.asarray(performance, dtype="float64")
     if values.ndim != 2 or values.shape[1] < 2:
         raise ValueError(f"performance must be 2-d (periods, trials) with at least 2 trials, got shape {values.shape}")
-    if isinstance(n_blocks, bool) or not isinstance(n_blocks, numbers.Integral) or n_blocks < 2 or n_blocks % 2:
+    if not is_whole(n_blocks) or n_blocks < 2 or n_blocks % 2:
         raise ValueError(
             f"n_blocks={n_blocks!r} must be an even int of at least 2, so in- and out-of-sample halves match"
         )
