@@ -346,8 +346,7 @@ def file_session_range(
     files = make_source(
         source, path=path, assume_tz=assume_tz, date_close=date_close, on_error="drop", calendar=market_time.calendar
     )
-    if not isinstance(files, (CsvSource, ParquetSource)):
-        raise IngestionError(f"source={source!r} is not a file source; only csv and parquet bars have a file range")
+    assert isinstance(files, (CsvSource, ParquetSource)), "make_source refuses a path for any other source"
     bars, _ = files.read(list(tickers) if tickers else None)
     sessions = market_time.session_indices(bars["ts"])
     sessions = sessions[sessions >= 0]

@@ -524,3 +524,18 @@ def test_a_failed_compaction_leaves_the_store_as_before(store, monkeypatch):
     assert_same_answers(bitemporal_answers(store), answers)
     assert len(store.vacuum()) == 1  # the staged snapshot, never committed
     assert store.fs.list(f"{GROUP}/snapshots") == []
+
+
+def test_compaction_names_a_manifest_commit_without_an_id(tmp_path):
+    # Only a write that changed nothing lacks a commit_id, and it is never stored: a manifest
+    # holding one was damaged, and the snapshot must not be keyed on a missing id.
+    store = OfflineStore(LocalFileSystem(tmp_path), GROUP)
+    store.write(make_frame(days=2), write_time=T0)
+    manifest_path = tmp_path / GROUP / "feature_group.json"
+    manifest = json.loads(manifest_path.read_bytes())
+    manifest["commits"][0]["commit_id"] = None
+    manifest_path.write_text(json.dumps(manifest))
+
+    with pytest.raises(OfflineStoreError, match="lists a commit without a commit_id"):
+        store.compact()
+    assert not list((tmp_path / GROUP).glob("snapshots/*"))
