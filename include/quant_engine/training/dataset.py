@@ -186,7 +186,7 @@ def build_training_set(
         holdout.loc[:, ["ticker", "ts", "t1", *columns]].reset_index(drop=True), out_dir / HOLDOUT_FILE
     )
     write_parquet_atomic(train.loc[:, ["ticker", "ts"]].reset_index(drop=True), out_dir / TRAIN_TIMES_FILE)
-    summary = {
+    summary: dict[str, Any] = {
         "features": features,
         "rows": {
             "train": int(in_train.sum()),

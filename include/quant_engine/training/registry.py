@@ -333,9 +333,10 @@ class ModelRegistry:
         committed, seen = set(), set()
         for key in self.fs.list(self._key("versions")):
             parts = key.split("/")
-            if len(parts) != 4 or not _VERSION.match(parts[2]):
+            match = _VERSION.match(parts[2]) if len(parts) == 4 else None
+            if match is None:
                 continue
-            number = int(_VERSION.match(parts[2]).group(1))
+            number = int(match.group(1))
             seen.add(number)
             if parts[3] == "metadata.json":
                 committed.add(number)

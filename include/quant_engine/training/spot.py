@@ -289,6 +289,7 @@ def simulate(
             delivered = event is not None and _interrupt(proc, progress, event, grace_s)
             code = proc.wait()
             reader.join()
+            assert proc.stdout is not None, "Popen was given stdout=PIPE"
             proc.stdout.close()
             stderr.seek(0)
             log_tail = stderr.read()[-4000:].decode(errors="replace")

@@ -55,7 +55,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -424,7 +424,7 @@ class _CheckpointWriter:
         self.manager = manager
         self.emit = emit
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-        self.pending = None
+        self.pending: Future[None] | None = None
         self.last_round = start  # the resumed checkpoint is stored already
         self.written = 0
         self.blocked_seconds = 0.0  # training time spent on checkpoints (serialise + wait)
@@ -555,7 +555,7 @@ def train(
     xgb_params = _booster_params(params, n_cols)
     booster, start = None, 0
     checkpoint = manager.latest(max_round=params.num_round) if manager else None
-    while checkpoint is not None and booster is None:
+    while manager is not None and checkpoint is not None and booster is None:
         try:
             booster = xgb.Booster(xgb_params, [dtrain], model_file=bytearray(checkpoint.model))
             start = checkpoint.round
@@ -565,6 +565,7 @@ def train(
     if booster is None:
         booster = xgb.Booster(xgb_params, [dtrain])
     else:
+        assert checkpoint is not None, "a booster is only loaded from a checkpoint"
         log.info("resuming from checkpoint %s at round %d of %d", checkpoint.key, start, params.num_round)
     emit({"event": "resume", "round": start})
 
