@@ -194,6 +194,8 @@ class DynamoDBOnlineStore:
         names, rows = _latest_rows(frame)
         written = 0
         with self._table_errors(), self.transaction():
+            undo_log = self._undo_log
+            assert undo_log is not None, "transaction() keeps an undo log while its block runs"
             for row in rows:
                 record_id = self._record_id(row.ticker)
                 event_time = {"N": str(row.event_time_ns)}
@@ -219,7 +221,7 @@ class DynamoDBOnlineStore:
                     )
                 except self._client.exceptions.ConditionalCheckFailedException:
                     continue  # the stored record is newer, or the same one
-                self._undo_log.append((record_id, row.event_time_ns, response.get("Attributes")))
+                undo_log.append((record_id, row.event_time_ns, response.get("Attributes")))
                 written += 1
         return written
 
@@ -280,7 +282,7 @@ class DynamoDBOnlineStore:
         return {t: found[t] for t in unique if t in found}
 
     def _batch_get(self, keys: list[dict[str, Any]]) -> list[Mapping[str, Any]]:
-        request = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
+        request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": True}}
         items: list[Mapping[str, Any]] = []
         for attempt in range(_DYNAMODB_RETRIES):
             response = self._client.batch_get_item(RequestItems=request)

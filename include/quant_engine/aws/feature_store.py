@@ -353,7 +353,7 @@ class SageMakerFeatureGroup:
         return len(records)
 
     def _write_batch(self, records: Sequence[list[dict[str, str]]], max_attempts: int) -> None:
-        entries = [{"FeatureGroupName": self.name, "Record": record} for record in records]
+        entries: list[dict[str, Any]] = [{"FeatureGroupName": self.name, "Record": record} for record in records]
         for _attempt in range(max_attempts):
             response = self.runtime.batch_write_record(Entries=entries)
             if response["Errors"]:

@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ class ProcessingSpec:
             "poll_interval_s": "QE_PROCESSING_POLL_INTERVAL_S",
         }
         whole = ("instance_count", "volume_size_gb", "max_runtime_s", "poll_interval_s")
-        return cls(**env_overrides(env, variables, whole_numbers=whole))
+        overrides: dict[str, Any] = env_overrides(env, variables, whole_numbers=whole)  # str or int by field
+        return cls(**overrides)
 
     @property
     def wait_timeout_s(self) -> int:
@@ -203,7 +205,7 @@ def attach_or_name(
     """
     for attempt in range(1, 100):
         name = job_name(run_dir, tasks, attempt)
-        job = find_job(lambda n=name: sagemaker.describe_processing_job(ProcessingJobName=n))
+        job = find_job(partial(sagemaker.describe_processing_job, ProcessingJobName=name))
         if job is None:
             return name, None
         if job["ProcessingJobStatus"] not in TERMINAL_FAILURES:

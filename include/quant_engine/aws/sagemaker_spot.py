@@ -33,6 +33,7 @@ import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,8 @@ class SpotTrainingSpec:
             "poll_interval_s": "QE_TRAINING_POLL_INTERVAL_S",
         }
         whole = ("instance_count", "volume_size_gb", "max_runtime_s", "max_wait_s", "poll_interval_s")
-        return cls(**env_overrides(env, variables, whole_numbers=whole))
+        overrides: dict[str, Any] = env_overrides(env, variables, whole_numbers=whole)  # str or int by field
+        return cls(**overrides)
 
     @property
     def wait_timeout_s(self) -> int:
@@ -366,7 +368,9 @@ def download_model(s3: Any, artifact_uri: str, destination: Path) -> Path:
             target = destination / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(tar.extractfile(member).read())
+            extracted = tar.extractfile(member)
+            assert extracted is not None, "a regular file (member.isfile(), checked above) always extracts"
+            tmp.write_bytes(extracted.read())
             tmp.replace(target)
     model = destination / "model.json"
     if not model.is_file():
@@ -391,7 +395,7 @@ def attach_or_name(sagemaker: Any, run_id: str, task: str = "train") -> tuple[st
     """
     for attempt in range(1, 100):
         name = training_job_name(run_id, task, attempt)
-        job = find_job(lambda n=name: sagemaker.describe_training_job(TrainingJobName=n))
+        job = find_job(partial(sagemaker.describe_training_job, TrainingJobName=name))
         if job is None:
             return name, None
         if job["TrainingJobStatus"] not in TERMINAL_FAILURES:
