@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import pandas as pd
 
@@ -23,7 +23,7 @@ __all__ = [
     "resolve_range",
 ]
 
-TimeLike = str | dt.date | dt.datetime | pd.Timestamp
+TimeLike: TypeAlias = str | dt.date | dt.datetime | pd.Timestamp
 
 
 class UnknownTickerError(ValueError):

@@ -102,5 +102,5 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | os.PathLike[str]) -> P
 def write_npz_atomic(path: str | os.PathLike[str], **arrays: np.ndarray) -> Path:
     """Named arrays as one compressed ``.npz`` file, atomically."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, allow_pickle=True, **arrays)
     return write_bytes_atomic(path, buffer.getvalue())
