@@ -82,10 +82,12 @@ TEST_WORKERS ?= 2
 test: venv airflow-db browser-deps stack-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25
 
-# Style and obvious mistakes (pyproject.toml's [tool.ruff]): the same check locally and in CI.
+# Style and obvious mistakes (pyproject.toml's [tool.ruff]), then types of the domain library
+# (pyproject.toml's [tool.mypy]: include/): the same checks locally and in CI.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The browser test drives Debian's Chromium through its chromedriver; CI starts on a clean machine.
 browser-deps:
