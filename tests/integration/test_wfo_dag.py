@@ -117,9 +117,8 @@ def test_chunked_fits_make_fewer_tasks_and_the_same_report(market: Path, run_dag
         ({"tickers": "SYN00,SYN99"}, "unknown ticker(s) SYN99: not in the offline store"),
         ({"n_groups": 3, "embargo": "400D"}, "the purge and embargo leave a split without training data"),
         ({"portfolio": "long_only"}, "'long_only' is not one of ['market_neutral', 'directional']"),
-        ({"label_kind": "triple_barrier"}, "label_target='excess' needs label_kind='fixed'"),
-    ],
-)
+    ],  # one failure per place a run can be refused (build_dataset, plan, the params' schema); the library's
+)  # other refusals are its unit tests' (tests/unit/wfo), each a whole `airflow dags test` here
 def test_bad_input_fails_before_any_split_task(market: Path, run_dag: Callable, change: dict, message: str) -> None:
     result = run_dag("wfo_pipeline", {**CONF, **change}, expect_success=False)
     output = result.stdout + result.stderr
