@@ -79,12 +79,12 @@ def health_check(deployed: dict[str, Any]) -> str:
 
     from quant_engine.backends import make_offline_store
     from quant_engine.config import get_settings
-    from quant_engine.training.deployment import health_sample, score_version
+    from quant_engine.training.deployment import newest_stored_rows, score_version
 
     settings = get_settings()
     registry = model_registry(deployed["model_name"])
     features = registry.get(deployed["version"]).metadata.features
-    rows = health_sample(make_offline_store(settings, aws=aws_clients(settings)).read(), features)
+    rows = newest_stored_rows(make_offline_store(settings, aws=aws_clients(settings)), features)
     expected = score_version(registry, deployed["version"], rows)
     if not deployed["target"].startswith("endpoint:"):
         return f"{registry.name} {deployed['version']} loads and scores {len(rows)} stored rows"

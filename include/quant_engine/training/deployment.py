@@ -23,13 +23,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from quant_engine.storage.filesystem import ConcurrentCommitError
 from quant_engine.training.registry import ModelRegistry, RegistryError, parse_version
+
+if TYPE_CHECKING:
+    from quant_engine.features.offline_store import OfflineStore
 
 __all__ = [
     "DEPLOYED",
@@ -39,6 +42,7 @@ __all__ = [
     "HealthCheckError",
     "check_probabilities",
     "health_sample",
+    "newest_stored_rows",
     "score_version",
     "served_version",
 ]
@@ -219,14 +223,34 @@ def served_version(registry: ModelRegistry) -> str | None:
 
 
 def health_sample(frame: pd.DataFrame, features: Sequence[str], rows: int = 64) -> np.ndarray:
-    """The last ``rows`` complete rows of ``features`` in ``frame`` (the newest stored feature vectors)."""
+    """The newest ``rows`` complete rows of ``features`` in ``frame``: by ``event_time`` across every
+    ticker when the frame has it (the store returns rows by ticker first, whose tail is one ticker's),
+    else the frame's last rows."""
     missing = [f for f in features if f not in frame.columns]
     if missing:
         raise HealthCheckError(f"the feature store lacks feature(s) {missing} the model needs")
+    if "event_time" in frame.columns:
+        frame = frame.sort_values("event_time", kind="stable")
     complete = frame[list(features)].dropna()
     if complete.empty:
         raise HealthCheckError(f"the feature store holds no complete row of {list(features)} to score")
     return complete.tail(rows).to_numpy(dtype=np.float64)
+
+
+def newest_stored_rows(
+    store: OfflineStore, features: Sequence[str], rows: int = 64, window_days: int = 31
+) -> np.ndarray:
+    """:func:`health_sample` of ``store``'s newest rows, read back from its newest stored day in
+    doubling windows (``window_days``, twice that, ... up to ten years, then everything) until ``rows``
+    complete rows are found: a health check of 64 rows should not read a 500-ticker history."""
+    latest = store.latest_event_day()
+    days = window_days
+    while latest is not None and days <= 3660:
+        sample = health_sample(store.read(start=latest - pd.Timedelta(days=days)), features, rows)
+        if len(sample) >= rows:
+            return sample
+        days *= 2
+    return health_sample(store.read(), features, rows)
 
 
 def score_version(registry: ModelRegistry, version: object, rows: np.ndarray) -> np.ndarray:

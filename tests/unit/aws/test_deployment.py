@@ -36,6 +36,7 @@ from quant_engine.aws.deployment import (
     record_endpoint_deployment,
 )
 from quant_engine.aws.session import AwsClients
+from quant_engine.backends import make_offline_store
 from quant_engine.config import Settings, SettingsError
 from quant_engine.storage.filesystem import LocalFileSystem
 from quant_engine.training.deployment import (
@@ -44,6 +45,7 @@ from quant_engine.training.deployment import (
     DeploymentHistory,
     HealthCheckError,
     health_sample,
+    newest_stored_rows,
     score_version,
     served_version,
 )
@@ -119,6 +121,22 @@ def test_a_failed_first_deployment_serves_nothing_and_bad_requests_are_refused(r
         history.record_deployed(v1, target="local", by=" ", reason="approved")
 
 
+@pytest.mark.parametrize("window_days", [1, 4, 40, 5000])
+def test_the_newest_stored_rows_are_the_whole_stores_newest_whatever_the_first_window(tmp_path, window_days):
+    """Oracle: the sample of the whole store; 30 rows of 3 tickers take 10 days, so the first windows of
+    1 and 4 days are too thin and must widen."""
+    rng = np.random.default_rng(window_days)
+    times = pd.date_range("2037-12-20", "2038-02-10", freq="D", tz="UTC")  # across 2038-01-19
+    frame = pd.DataFrame(
+        {"ticker": np.repeat(["AAA", "BBB", "CCC"], len(times)), "event_time": np.tile(times, 3)}
+    ).assign(a=rng.normal(size=3 * len(times)), b=rng.normal(size=3 * len(times)))
+    store = make_offline_store(Settings(home=tmp_path))
+    store.write(frame)
+    sample = newest_stored_rows(store, FEATURES, rows=30, window_days=window_days)
+    np.testing.assert_array_equal(sample, health_sample(store.read(), FEATURES, rows=30))
+    assert len(sample) == 30
+
+
 def test_health_check_scores_a_sample_and_fails_on_an_altered_model_file(registry, tmp_path):
     v1 = _register(registry, 1, tmp_path)
     frame = pd.DataFrame({"a": [np.nan, *ROWS[:, 0]], "b": [0.0, *ROWS[:, 1]]})
@@ -129,6 +147,12 @@ def test_health_check_scores_a_sample_and_fails_on_an_altered_model_file(registr
     np.testing.assert_array_equal(probs, oracle)
     with pytest.raises(HealthCheckError, match=r"lacks feature\(s\) \['c'\]"):
         health_sample(frame, ["a", "c"])
+    # as the store returns rows, by ticker first: the newest rows are every ticker's last, not one ticker's
+    times = pd.date_range("2024-01-01", periods=5, freq="D", tz="UTC")
+    stored = pd.DataFrame(
+        {"ticker": ["A"] * 5 + ["B"] * 5, "event_time": [*times, *times], "a": range(10), "b": range(10, 20)}
+    )
+    np.testing.assert_array_equal(health_sample(stored, FEATURES, rows=4), [[3, 13], [8, 18], [4, 14], [9, 19]])
 
     model_file = next((tmp_path / "models" / "xgb_direction" / "versions" / v1).glob("model-*.json"))
     model_file.write_bytes(model_file.read_bytes()[:-40])  # a damaged artifact

@@ -393,6 +393,21 @@ def test_a_second_writer_on_s3_cannot_overwrite_a_concurrent_commit(aws_env, mon
 # -- reading -----------------------------------------------------------------------------------
 
 
+def test_the_newest_event_day_comes_from_the_manifest_and_bounds_a_recent_read(store):
+    assert store.latest_event_day() is None
+    store.write(make_frame(days=5, start="1969-12-29"), write_time=T0)  # across the epoch
+    store.write(make_frame(days=2, start="1969-12-30", seed=1), write_time=T0 + pd.Timedelta(hours=1))  # corrections
+    stored = store.read()
+    assert store.latest_event_day() == stored["event_time"].max().normalize() == utc("1970-01-02")
+    store.compact()
+    assert store.latest_event_day() == utc("1970-01-02")
+    recent = store.read(start=store.latest_event_day() - pd.Timedelta(days=1))
+    pd.testing.assert_frame_equal(
+        recent.reset_index(drop=True),
+        stored[stored["event_time"] >= utc("1970-01-01")].reset_index(drop=True),
+    )
+
+
 def test_read_filters_by_ticker_and_inclusive_time_range(store):
     store.write(make_frame(tickers=("AAA", "BBB", "CCC"), days=5), write_time=T0)
     rows = store.read(["CCC", "AAA"], start=utc("2024-01-03"), end=utc("2024-01-05"))
