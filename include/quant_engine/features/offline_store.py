@@ -510,11 +510,14 @@ class OfflineStore:
         """The group's schema, or None when the group has not been created yet."""
         return self._load().schema
 
-    def latest_event_day(self) -> pd.Timestamp | None:
-        """The UTC day of the newest stored event, from the manifest alone (no data file is read);
-        None when nothing is stored. Lets a reader that wants only recent rows bound its ``read``."""
+    def stored_event_days(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """The UTC days of the oldest and the newest stored event, from the manifest alone (no data
+        file is read); None when nothing is stored. Lets a reader that wants only recent rows bound
+        its ``read``, and know when a bound reaches back past everything."""
         days = [day for day, _rows in self._load().file_days.values()]
-        return None if not days else pd.Timestamp(max(days) * _NS_PER_DAY, tz="UTC")
+        if not days:
+            return None
+        return pd.Timestamp(min(days) * _NS_PER_DAY, tz="UTC"), pd.Timestamp(max(days) * _NS_PER_DAY, tz="UTC")
 
     def commits(self) -> list[CommitInfo]:
         """Every live commit, oldest first."""

@@ -241,12 +241,13 @@ def newest_stored_rows(
     store: OfflineStore, features: Sequence[str], rows: int = 64, window_days: int = 31
 ) -> np.ndarray:
     """:func:`health_sample` of ``store``'s newest rows, read back from its newest stored day in
-    doubling windows (``window_days``, twice that, ... up to ten years, then everything) until ``rows``
-    complete rows are found: a health check of 64 rows should not read a 500-ticker history."""
-    latest = store.latest_event_day()
+    doubling windows (``window_days``, twice that, ...) until ``rows`` complete rows are found, or
+    everything once a window would reach past the oldest stored day: a health check of 64 rows
+    should not read a 500-ticker history."""
+    span = store.stored_event_days()
     days = window_days
-    while latest is not None and days <= 3660:
-        sample = health_sample(store.read(start=latest - pd.Timedelta(days=days)), features, rows)
+    while span is not None and span[1] - pd.Timedelta(days=days) > span[0]:
+        sample = health_sample(store.read(start=span[1] - pd.Timedelta(days=days)), features, rows)
         if len(sample) >= rows:
             return sample
         days *= 2

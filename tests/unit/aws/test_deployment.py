@@ -137,6 +137,18 @@ def test_the_newest_stored_rows_are_the_whole_stores_newest_whatever_the_first_w
     assert len(sample) == 30
 
 
+def test_a_store_thinner_than_the_sample_is_read_whole_once_the_window_passes_its_first_day(tmp_path, monkeypatch):
+    times = pd.date_range("2024-01-01", periods=40, freq="D", tz="UTC")
+    store = make_offline_store(Settings(home=tmp_path))
+    store.write(pd.DataFrame({"ticker": "AAA", "event_time": times, "a": np.arange(40.0), "b": np.arange(40.0)}))
+    starts = []
+    read = store.read
+    monkeypatch.setattr(store, "read", lambda start=None: starts.append(start) or read(start=start))
+    assert len(newest_stored_rows(store, FEATURES, rows=64, window_days=4)) == 40
+    # 4, 8, 16, 32 days back from 2024-02-09, then everything; never the whole store twice
+    assert starts == [*(times[-1] - pd.Timedelta(days=d) for d in (4, 8, 16, 32)), None]
+
+
 def test_health_check_scores_a_sample_and_fails_on_an_altered_model_file(registry, tmp_path):
     v1 = _register(registry, 1, tmp_path)
     frame = pd.DataFrame({"a": [np.nan, *ROWS[:, 0]], "b": [0.0, *ROWS[:, 1]]})

@@ -393,15 +393,17 @@ def test_a_second_writer_on_s3_cannot_overwrite_a_concurrent_commit(aws_env, mon
 # -- reading -----------------------------------------------------------------------------------
 
 
-def test_the_newest_event_day_comes_from_the_manifest_and_bounds_a_recent_read(store):
-    assert store.latest_event_day() is None
+def test_the_stored_event_days_come_from_the_manifest_and_bound_a_recent_read(store):
+    assert store.stored_event_days() is None
     store.write(make_frame(days=5, start="1969-12-29"), write_time=T0)  # across the epoch
     store.write(make_frame(days=2, start="1969-12-30", seed=1), write_time=T0 + pd.Timedelta(hours=1))  # corrections
     stored = store.read()
-    assert store.latest_event_day() == stored["event_time"].max().normalize() == utc("1970-01-02")
+    first, latest = store.stored_event_days()
+    assert latest == stored["event_time"].max().normalize() == utc("1970-01-02")
+    assert first == stored["event_time"].min().normalize() == utc("1969-12-29")
     store.compact()
-    assert store.latest_event_day() == utc("1970-01-02")
-    recent = store.read(start=store.latest_event_day() - pd.Timedelta(days=1))
+    assert store.stored_event_days() == (utc("1969-12-29"), utc("1970-01-02"))
+    recent = store.read(start=latest - pd.Timedelta(days=1))
     pd.testing.assert_frame_equal(
         recent.reset_index(drop=True),
         stored[stored["event_time"] >= utc("1970-01-01")].reset_index(drop=True),
