@@ -22,6 +22,9 @@ On the local backend both do the local step only (``qe_deploy``), so the DAG has
 from __future__ import annotations
 
 import datetime
+from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerEndpointOperator
@@ -109,20 +112,27 @@ class _EndpointStep(SageMakerEndpointOperator):
         return self.served(context, deployer, **resume)
 
     @staticmethod
-    def _confirm(deployer: EndpointDeployer, config_name: str) -> None:
-        """SageMaker's refusal of the fleet is final: a retry would start the same fleet again."""
+    @contextmanager
+    def _refusal_is_final() -> Iterator[None]:
+        """SageMaker's refusal of the fleet (a ``DeploymentError``) fails the task without retries: a
+        retry would start the same fleet again."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from quant_engine.aws.deployment import DeploymentError
 
         try:
-            deployer.confirm(config_name)
+            yield
         except DeploymentError as exc:
             raise AirflowFailException(str(exc)) from exc
 
+    @classmethod
+    def _confirm(cls, deployer: EndpointDeployer, config_name: str) -> None:
+        with cls._refusal_is_final():
+            deployer.confirm(config_name)
+
+    @abstractmethod
     def served(self, context: Any, deployer: EndpointDeployer, *, config_name: str, previous_config: str | None) -> Any:
         """What the step leaves once the endpoint's create or update is over (each subclass says)."""
-        raise NotImplementedError
 
 
 class QeDeployOperator(_EndpointStep):
@@ -158,16 +168,16 @@ class QeDeployOperator(_EndpointStep):
 
         from quant_engine.aws.deployment import record_endpoint_deployment
 
-        self._confirm(deployer, config_name)
         registry, by = model_registry(self.chosen["model_name"]), approver(self.approval)
-        entry = record_endpoint_deployment(
-            deployer,
-            registry,
-            self.chosen["version"],
-            previous_config=previous_config,
-            by=by,
-            reason=f"approved by {by}",
-        )
+        with self._refusal_is_final():  # it confirms the endpoint serves config_name before recording
+            entry = record_endpoint_deployment(
+                deployer,
+                registry,
+                self.chosen["version"],
+                previous_config=previous_config,
+                by=by,
+                reason=f"approved by {by}",
+            )
         return self._said(entry.to_json() | {"model_name": registry.name})
 
     @staticmethod
