@@ -21,14 +21,13 @@ On the local backend both do the local step only (``qe_deploy``), so the DAG has
 
 from __future__ import annotations
 
-import datetime
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerEndpointOperator
-from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+from qe_sagemaker import defer_to_trigger, point_at_connection, wait_attempts
 
 if TYPE_CHECKING:
     from quant_engine.aws.deployment import EndpointDeployer, EndpointPlan
@@ -46,7 +45,6 @@ class _EndpointStep(SageMakerEndpointOperator):
     def connect(self) -> EndpointDeployer | None:
         """The endpoint's deployer on the aws backend (pointing the provider's hook at the engine's
         connection and sizing its wait), None on the local backend."""
-        from qe_aws import connection_region
         from qe_deploy import endpoint_deployer
 
         from quant_engine.config import get_settings
@@ -55,9 +53,8 @@ class _EndpointStep(SageMakerEndpointOperator):
         if settings.backend != "aws":
             return None
         deployer = endpoint_deployer(settings)
-        self.aws_conn_id, self.region_name = settings.aws_conn_id, connection_region(settings)
-        self.check_interval = deployer.spec.poll_interval_s
-        self.max_ingestion_time = deployer.spec.wait_timeout_s
+        spec = deployer.spec
+        point_at_connection(self, settings, poll_interval_s=spec.poll_interval_s, wait_timeout_s=spec.wait_timeout_s)
         return deployer
 
     def carry_out(self, context: Any, deployer: EndpointDeployer, plan: EndpointPlan) -> Any:
@@ -77,32 +74,16 @@ class _EndpointStep(SageMakerEndpointOperator):
                 self.config, self.operation = plan.request, plan.operation
                 super().execute(context)  # the provider's creates, then its waiter or its deferral
             elif self.deferrable:
-                self.defer(
-                    trigger=SageMakerTrigger(
-                        job_name=plan.endpoint_name,
-                        job_type="endpoint",
-                        waiter_delay=self.check_interval,
-                        waiter_max_attempts=self._attempts(),
-                        aws_conn_id=self.aws_conn_id,
-                        region_name=self.region_name,
-                        verify=self.verify,
-                        botocore_config=self.botocore_config,
-                    ),
-                    method_name="execute_complete",
-                    timeout=datetime.timedelta(seconds=self.max_ingestion_time),
-                )
+                defer_to_trigger(self, plan.endpoint_name, "endpoint")
             else:
                 self.hook.get_waiter("endpoint_in_service").wait(
                     EndpointName=plan.endpoint_name,
-                    WaiterConfig={"Delay": self.check_interval, "MaxAttempts": self._attempts()},
+                    WaiterConfig={"Delay": self.check_interval, "MaxAttempts": wait_attempts(self)},
                 )
         except WaiterError:
             self._confirm(deployer, plan.config_name)  # says why (SageMaker's FailureReason)
             raise
         return self.served(context, deployer, **resume)
-
-    def _attempts(self) -> int:
-        return max(1, self.max_ingestion_time // self.check_interval)
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Back from the trigger: the provider checks the event (a failure raises), then ``served``."""

@@ -32,6 +32,43 @@ if TYPE_CHECKING:
     from quant_engine.config import Settings
 
 
+def point_at_connection(operator: Any, settings: Settings, *, poll_interval_s: int, wait_timeout_s: int) -> None:
+    """Point a provider SageMaker operator's hook at the engine's connection and region (where the
+    library's clients staged its work), and size its wait (``max_attempts`` is what the provider's
+    own deferral of a job it started gives its trigger)."""
+    from qe_aws import connection_region
+
+    operator.aws_conn_id = settings.aws_conn_id
+    operator.region_name = connection_region(settings)
+    operator.check_interval = int(poll_interval_s)
+    operator.max_ingestion_time = int(wait_timeout_s)
+    operator.max_attempts = wait_attempts(operator)
+
+
+def wait_attempts(operator: Any) -> int:
+    """How many polls of ``check_interval`` seconds fit in the operator's wait (``max_ingestion_time`` s)."""
+    return max(1, operator.max_ingestion_time // max(1, operator.check_interval))
+
+
+def defer_to_trigger(operator: Any, job_name: str, job_type: str) -> None:
+    """Hand the wait for ``job_name`` (a job, or an endpoint with ``job_type="endpoint"``) to the
+    triggerer; the task resumes in the operator's ``execute_complete`` with the trigger's event."""
+    operator.defer(
+        trigger=SageMakerTrigger(
+            job_name=job_name,
+            job_type=job_type,
+            waiter_delay=operator.check_interval,
+            waiter_max_attempts=wait_attempts(operator),
+            aws_conn_id=operator.aws_conn_id,
+            region_name=operator.region_name,
+            verify=operator.verify,
+            botocore_config=operator.botocore_config,
+        ),
+        method_name="execute_complete",
+        timeout=datetime.timedelta(seconds=operator.max_ingestion_time),
+    )
+
+
 class _ReattachingJob:
     """What the training and processing operators share: connect, re-attach or start, collect."""
 
@@ -40,13 +77,7 @@ class _ReattachingJob:
 
     def _connect(self, settings: Settings, spec: Any) -> None:
         """Point the provider's hook at the engine's connection and region, and size the wait from ``spec``."""
-        from qe_aws import connection_region
-
-        self.aws_conn_id = settings.aws_conn_id
-        self.region_name = connection_region(settings)
-        self.check_interval = int(spec.poll_interval_s)
-        self.max_ingestion_time = int(spec.wait_timeout_s)
-        self.max_attempts = max(1, self.max_ingestion_time // max(1, self.check_interval))
+        point_at_connection(self, settings, poll_interval_s=spec.poll_interval_s, wait_timeout_s=spec.wait_timeout_s)
 
     def _describe(self, name: str) -> dict[str, Any]:
         return getattr(self.hook, f"describe_{self.job_type.lower()}_job")(name)
@@ -63,20 +94,7 @@ class _ReattachingJob:
         if status == "Completed":
             return self.collect(context, plan.existing)
         if self.deferrable:
-            self.defer(
-                timeout=datetime.timedelta(seconds=self.max_ingestion_time),
-                trigger=SageMakerTrigger(
-                    job_name=plan.name,
-                    job_type=self.job_type,
-                    waiter_delay=self.check_interval,
-                    waiter_max_attempts=self.max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
+            defer_to_trigger(self, plan.name, self.job_type)
         job = self.hook.check_status(
             plan.name, f"{self.job_type}JobStatus", self._describe, self.check_interval, self.max_ingestion_time
         )
